@@ -1,0 +1,222 @@
+/*
+ * The signer recovers from a lost session, a lost login and a lost token
+ * server without the caller restarting. Each loss is caused for real: through
+ * the module's own function list (another application on the same token would
+ * do the same), or by killing the p11-kit server process.
+ */
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <CUnit/Basic.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/obj_mac.h>
+
+#include "p11.h"
+#include "provider.h"
+#include "token_harness.h"
+
+static eg_th_kind kind;
+static eg_th *th;
+static eg_token *tok;
+static eg_p11_key *key;
+static EVP_PKEY *pkey;
+
+static int suite_init(void)
+{
+    eg_keygen_spec spec = {EG_KEY_EC, 0, NID_X9_62_prime256v1, "recovery", NULL, 0, true, false};
+
+    if (eg_th_create(kind, "recovery", &th) != 0 || eg_token_open(eg_th_config(th), &tok) != 0 ||
+        eg_p11_key_generate(tok, &spec, &key) != 0 || eg_provider_init(NULL) != 0 ||
+        eg_provider_add_token(NULL, tok) != 0 || eg_provider_key_pkey(NULL, key, &pkey) != 0) {
+        ERR_print_errors_fp(stderr);
+        return -1;
+    }
+    return 0;
+}
+
+static int suite_clean(void)
+{
+    EVP_PKEY_free(pkey);
+    eg_p11_key_free(key);
+    if (tok != NULL)
+        eg_provider_remove_token(NULL, tok);
+    eg_token_free(tok);
+    eg_th_destroy(th);
+    return 0;
+}
+
+/* Signs a message through the provider and checks it against the public key. */
+static int sign_and_verify(void)
+{
+    static const unsigned char msg[] = "to be signed";
+    unsigned char sig[256];
+    size_t siglen = sizeof(sig);
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    EVP_PKEY *pub = eg_p11_key_public(key);
+    int ok;
+
+    ok = ctx != NULL && EVP_DigestSignInit_ex(ctx, NULL, "SHA256", NULL, NULL, pkey, NULL) == 1 &&
+         EVP_DigestSign(ctx, sig, &siglen, msg, sizeof(msg)) == 1;
+    EVP_MD_CTX_free(ctx);
+    if (!ok)
+        ERR_print_errors_fp(stderr);
+    if (ok) {
+        ctx = EVP_MD_CTX_new();
+        ok = ctx != NULL &&
+             EVP_DigestVerifyInit_ex(ctx, NULL, "SHA256", NULL, "provider=default", pub, NULL) ==
+                 1 &&
+             EVP_DigestVerify(ctx, sig, siglen, msg, sizeof(msg)) == 1;
+        EVP_MD_CTX_free(ctx);
+    }
+    EVP_PKEY_free(pub);
+    return ok ? 0 : -1;
+}
+
+/* The module instance the signer uses, as another application in this process sees it. */
+static CK_FUNCTION_LIST *module_functions(CK_SLOT_ID *slot)
+{
+    CK_RV (*get_list)(CK_FUNCTION_LIST_PTR_PTR);
+    const eg_token_config *cfg = eg_th_config(th);
+    CK_FUNCTION_LIST *fl = NULL;
+    CK_SLOT_ID slots[8];
+    CK_ULONG n = 8, i;
+    CK_TOKEN_INFO info;
+    void *dl = dlopen(cfg->module_path, RTLD_NOW | RTLD_NOLOAD);
+
+    if (dl == NULL)
+        return NULL;
+    *(void **)&get_list = dlsym(dl, "C_GetFunctionList");
+    if (get_list == NULL || get_list(&fl) != CKR_OK ||
+        fl->C_GetSlotList(CK_TRUE, slots, &n) != CKR_OK)
+        return NULL;
+    for (i = 0; i < n; i++) {
+        if (fl->C_GetTokenInfo(slots[i], &info) == CKR_OK &&
+            memcmp(info.label, cfg->token_label, strlen(cfg->token_label)) == 0) {
+            *slot = slots[i];
+            return fl;
+        }
+    }
+    return NULL;
+}
+
+static void test_recovers_when_all_sessions_are_closed(void)
+{
+    eg_token_stats before, after;
+    CK_FUNCTION_LIST *fl;
+    CK_SLOT_ID slot;
+
+    if (kind == EG_TH_P11KIT) {
+        /* Each C_GetFunctionList() of the p11-kit client is its own unconnected
+         * application, so nothing in this process can reach our sessions; the
+         * server restart below is how that token loses them. */
+        fprintf(stderr, "(not reachable through the p11-kit client) ");
+        return;
+    }
+    CU_ASSERT_EQUAL_FATAL(sign_and_verify(), 0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(fl = module_functions(&slot));
+    eg_token_get_stats(tok, &before);
+    /* Closes the signer's pooled sessions under it, and with them the login. */
+    CU_ASSERT_EQUAL_FATAL(fl->C_CloseAllSessions(slot), CKR_OK);
+    CU_ASSERT_EQUAL(sign_and_verify(), 0);
+    CU_ASSERT_EQUAL(sign_and_verify(), 0);
+    eg_token_get_stats(tok, &after);
+    CU_ASSERT(after.recoveries > before.recoveries);
+    CU_ASSERT(after.sessions_opened > before.sessions_opened);
+}
+
+static void test_recovers_when_logged_out(void)
+{
+    eg_token_stats before, after;
+    CK_SESSION_HANDLE h;
+    CK_FUNCTION_LIST *fl;
+    CK_SLOT_ID slot;
+
+    if (kind == EG_TH_P11KIT) {
+        /* Each C_GetFunctionList() of the p11-kit client is its own unconnected
+         * application, so nothing in this process can reach our sessions; the
+         * server restart below is how that token loses them. */
+        fprintf(stderr, "(not reachable through the p11-kit client) ");
+        return;
+    }
+    CU_ASSERT_EQUAL_FATAL(sign_and_verify(), 0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(fl = module_functions(&slot));
+    eg_token_get_stats(tok, &before);
+    /* Login state is per application: a logout on any session logs out the signer's. */
+    CU_ASSERT_EQUAL_FATAL(fl->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, &h), CKR_OK);
+    CU_ASSERT_EQUAL(fl->C_Logout(h), CKR_OK);
+    fl->C_CloseSession(h);
+    CU_ASSERT_EQUAL(sign_and_verify(), 0);
+    eg_token_get_stats(tok, &after);
+    CU_ASSERT(after.recoveries > before.recoveries);
+}
+
+struct signer_thread {
+    pthread_t tid;
+    atomic_int stop;
+    unsigned long ok, bad;
+};
+
+static void *sign_loop(void *arg)
+{
+    struct signer_thread *t = arg;
+
+    while (!atomic_load(&t->stop)) {
+        if (sign_and_verify() == 0)
+            t->ok++;
+        else
+            t->bad++;
+        usleep(2000);
+    }
+    return NULL;
+}
+
+static void test_recovers_when_token_server_restarts(void)
+{
+    struct signer_thread t[2];
+    unsigned long ok_before, ok_after = 0;
+    eg_token_stats before, after;
+    int i;
+
+    if (kind != EG_TH_P11KIT) {
+        printf("(only the p11-kit-served token has a server to kill) ");
+        return;
+    }
+    eg_token_get_stats(tok, &before);
+    memset(t, 0, sizeof(t));
+    for (i = 0; i < 2; i++)
+        pthread_create(&t[i].tid, NULL, sign_loop, &t[i]);
+    usleep(300000);
+    ok_before = t[0].ok + t[1].ok;
+    CU_ASSERT_EQUAL_FATAL(eg_th_server_kill(th), 0);
+    usleep(500000); /* callers wait, bounded by recover_ms, while the token is away */
+    CU_ASSERT_EQUAL_FATAL(eg_th_server_start(th), 0);
+    usleep(1500000);
+    for (i = 0; i < 2; i++) {
+        atomic_store(&t[i].stop, 1);
+        pthread_join(t[i].tid, NULL);
+        ok_after += t[i].ok;
+        CU_ASSERT_EQUAL(t[i].bad, 0);
+    }
+    eg_token_get_stats(tok, &after);
+    CU_ASSERT(ok_before > 0);
+    CU_ASSERT(ok_after > ok_before + 10);
+    CU_ASSERT(after.recoveries > before.recoveries);
+    CU_ASSERT_EQUAL(sign_and_verify(), 0);
+}
+
+static CU_TestInfo tests[] = {
+    {"recovers when all sessions are closed", test_recovers_when_all_sessions_are_closed},
+    {"recovers when logged out", test_recovers_when_logged_out},
+    {"recovers when the token server restarts", test_recovers_when_token_server_restarts},
+    CU_TEST_INFO_NULL,
+};
+
+int main(int argc, char **argv)
+{
+    return eg_th_run(argc, argv, &kind, suite_init, suite_clean, tests);
+}

@@ -1,0 +1,50 @@
+/* Signer error codes on the OpenSSL error stack. */
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+
+#include "signer.h"
+#include "errors.h"
+#include "p11.h"
+
+#define EG_REASON_STRING(name, text) {ERR_PACK(0, 0, name), text},
+static ERR_STRING_DATA eg_reason_strings[] = {EG_SIGNER_REASONS(EG_REASON_STRING){0, NULL}};
+#undef EG_REASON_STRING
+
+static int eg_lib;
+static pthread_once_t eg_lib_once = PTHREAD_ONCE_INIT;
+
+static void eg_errlib_init(void)
+{
+    static ERR_STRING_DATA lib_name[2];
+
+    eg_lib = ERR_get_next_error_library();
+    lib_name[0].error = ERR_PACK(eg_lib, 0, 0);
+    lib_name[0].string = "estgate signer";
+    ERR_load_strings(eg_lib, lib_name);
+    ERR_load_strings(eg_lib, eg_reason_strings);
+}
+
+int eg_signer_errlib(void)
+{
+    pthread_once(&eg_lib_once, eg_errlib_init);
+    return eg_lib;
+}
+
+void eg_signer_error(int reason, const char *fmt, ...)
+{
+    char detail[256];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(detail, sizeof(detail), fmt, ap);
+    va_end(ap);
+    ERR_new();
+    ERR_set_debug(OPENSSL_FILE, OPENSSL_LINE, OPENSSL_FUNC);
+    ERR_set_error(eg_signer_errlib(), reason, "%s", detail);
+}
+
+void eg_signer_p11_error(const char *call, CK_ULONG rv)
+{
+    eg_signer_error(EG_R_TOKEN_CALL, "%s: %s (0x%lx)", call, eg_p11_rv_name(rv), rv);
+}

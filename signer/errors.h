@@ -1,0 +1,36 @@
+/* Signer errors: our own reason codes on the OpenSSL error stack. */
+#ifndef EG_SIGNER_ERRORS_H
+#define EG_SIGNER_ERRORS_H
+
+#include <openssl/err.h>
+
+#include "signer.h"
+
+#define EG_SIGNER_REASONS(X)                                                                       \
+    X(EG_R_MODULE_LOAD, "cannot load PKCS#11 module")                                              \
+    X(EG_R_MODULE_INIT, "C_Initialize failed")                                                     \
+    X(EG_R_TOKEN_NOT_FOUND, "token not found")                                                     \
+    X(EG_R_PIN_FILE, "cannot read PIN file")                                                       \
+    X(EG_R_LOGIN, "login failed")                                                                  \
+    X(EG_R_SESSION, "cannot open session")                                                         \
+    X(EG_R_BAD_URI, "malformed PKCS#11 URI")                                                       \
+    X(EG_R_KEY_NOT_FOUND, "key not found")                                                         \
+    X(EG_R_KEY_AMBIGUOUS, "URI matches more than one key")                                         \
+    X(EG_R_KEY_UNSUPPORTED, "unsupported key type")                                                \
+    X(EG_R_MECHANISM, "mechanism not supported by token")                                          \
+    X(EG_R_TOKEN_CALL, "PKCS#11 call failed")                                                      \
+    X(EG_R_BAD_PARAM, "invalid parameter")                                                         \
+    X(EG_R_OPENSSL, "OpenSSL operation failed")
+
+#define EG_REASON_ENUM(name, text) name,
+enum eg_signer_reason { EG_R_NONE = 0, EG_SIGNER_REASONS(EG_REASON_ENUM) EG_R_MAX };
+#undef EG_REASON_ENUM
+
+/* The OpenSSL library code for estgate's signer, registered on first use. */
+int eg_signer_errlib(void);
+/* Pushes reason with a printf-style detail (the failing call, CK_RV name, object). */
+void eg_signer_error(int reason, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Pushes EG_R_TOKEN_CALL naming the C_* function and CK_RV. */
+void eg_signer_p11_error(const char *call, CK_ULONG rv);
+
+#endif

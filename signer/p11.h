@@ -1,0 +1,91 @@
+/* Cryptoki wrapper: every C_* call of estgate goes through these functions. */
+#ifndef EG_P11_H
+#define EG_P11_H
+
+#include <stdbool.h>
+#include <openssl/evp.h>
+
+#include "signer.h"
+
+/* Tokens. */
+int eg_token_open(const eg_token_config *cfg, eg_token **out);
+void eg_token_free(eg_token *tok);
+const char *eg_token_label(const eg_token *tok);
+bool eg_token_has_mechanism(eg_token *tok, CK_MECHANISM_TYPE mech, CK_FLAGS needed);
+
+typedef struct eg_token_stats {
+    uint64_t sign_calls; /* C_Sign calls that returned CKR_OK */
+    uint64_t recoveries; /* retries after a lost session, login or token connection */
+    uint64_t sessions_opened;
+} eg_token_stats;
+void eg_token_get_stats(eg_token *tok, eg_token_stats *out);
+
+/*
+ * Run fn with a pooled, logged-in session. If fn returns a CK_RV that says the
+ * session, the login or the token connection was lost, the token is recovered
+ * (sessions reopened, re-login, module re-initialised if needed) and fn runs
+ * again, until cfg->recover_ms has passed. fn must be safe to repeat: it may
+ * only create session objects or idempotent state before it fails.
+ * Returns the last CK_RV of fn (or of the recovery).
+ */
+typedef CK_RV eg_p11_fn(eg_p11_call *call, void *arg);
+CK_RV eg_token_run(eg_token *tok, eg_p11_fn *fn, void *arg);
+
+/* Inside eg_token_run(): the session's token and the wrapped C_* calls. */
+eg_token *eg_p11_call_token(eg_p11_call *call);
+CK_RV eg_p11_find_objects(eg_p11_call *call, CK_ATTRIBUTE *tmpl, CK_ULONG n, CK_OBJECT_HANDLE *out,
+                          CK_ULONG max, CK_ULONG *found);
+CK_RV eg_p11_get_attributes(eg_p11_call *call, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE *tmpl,
+                            CK_ULONG n);
+CK_RV eg_p11_sign(eg_p11_call *call, CK_MECHANISM *mech, CK_OBJECT_HANDLE key, const uint8_t *in,
+                  size_t inlen, uint8_t *sig, size_t *siglen);
+CK_RV eg_p11_generate_key_pair(eg_p11_call *call, CK_MECHANISM *mech, CK_ATTRIBUTE *pub,
+                               CK_ULONG npub, CK_ATTRIBUTE *priv, CK_ULONG npriv,
+                               CK_OBJECT_HANDLE *hpub, CK_OBJECT_HANDLE *hpriv);
+CK_RV eg_p11_generate_key(eg_p11_call *call, CK_MECHANISM *mech, CK_ATTRIBUTE *tmpl, CK_ULONG n,
+                          CK_OBJECT_HANDLE *out);
+CK_RV eg_p11_create_object(eg_p11_call *call, CK_ATTRIBUTE *tmpl, CK_ULONG n,
+                           CK_OBJECT_HANDLE *out);
+CK_RV eg_p11_destroy_object(eg_p11_call *call, CK_OBJECT_HANDLE obj);
+CK_RV eg_p11_wrap_key(eg_p11_call *call, CK_MECHANISM *mech, CK_OBJECT_HANDLE wrapping,
+                      CK_OBJECT_HANDLE key, uint8_t *out, size_t *outlen);
+CK_RV eg_p11_generate_random(eg_p11_call *call, uint8_t *out, size_t len);
+
+/* CK_RV as text, e.g. "CKR_PIN_INCORRECT". */
+const char *eg_p11_rv_name(CK_RV rv);
+
+/* Keys. */
+typedef struct eg_keygen_spec {
+    eg_key_type type;
+    unsigned bits;     /* RSA modulus bits */
+    int curve_nid;     /* EC: NID_X9_62_prime256v1 or NID_secp384r1 */
+    const char *label; /* CKA_LABEL of both halves */
+    const uint8_t *id; /* CKA_ID of both halves; NULL: random 16 bytes */
+    size_t idlen;
+    bool token_object; /* CKA_TOKEN: persists in the token */
+    bool wrappable;    /* CKA_EXTRACTABLE: may leave only by C_WrapKey */
+} eg_keygen_spec;
+
+/* Generates a key pair in the token: sensitive, private, signing. */
+int eg_p11_key_generate(eg_token *tok, const eg_keygen_spec *spec, eg_p11_key **out);
+/* Finds the private key a URI names (object=, id=, type=private). */
+int eg_p11_key_open(eg_token *tok, const char *uri, eg_p11_key **out);
+eg_p11_key *eg_p11_key_ref(eg_p11_key *key);
+void eg_p11_key_free(eg_p11_key *key);
+
+eg_key_type eg_p11_key_type(const eg_p11_key *key);
+eg_token *eg_p11_key_token(const eg_p11_key *key);
+/* The public half as a software EVP_PKEY (default provider); caller frees. */
+EVP_PKEY *eg_p11_key_public(const eg_p11_key *key);
+/* RFC 7512 URI of the key, e.g. "pkcs11:token=CA;id=%01%02;type=private". */
+const char *eg_p11_key_uri(const eg_p11_key *key);
+const uint8_t *eg_p11_key_id(const eg_p11_key *key, size_t *len);
+/* Raw C_Sign with the key: digest or message in, signature out (raw r||s for ECDSA). */
+int eg_p11_key_sign(eg_p11_key *key, CK_MECHANISM *mech, const uint8_t *in, size_t inlen,
+                    uint8_t *sig, size_t *siglen);
+/* Reads CK_BBOOL attributes of the private key (for checks and listings). */
+int eg_p11_key_get_bool(eg_p11_key *key, CK_ATTRIBUTE_TYPE type, bool *out);
+/* Destroys the key pair in the token. The handle stays valid to free. */
+int eg_p11_key_destroy(eg_p11_key *key);
+
+#endif

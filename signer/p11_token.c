@@ -1,0 +1,659 @@
+/*
+ * Tokens: module loading, login, the session pool and recovery.
+ *
+ * A module is loaded and initialised once per process however many tokens use
+ * it. A token is a slot found by its label. Sessions are opened lazily up to
+ * pool_size and reused; a caller borrows one for the length of an
+ * eg_token_run() callback. When a call reports that the session, the login or
+ * the token connection is gone, the session is dropped, the token re-logged or
+ * the module re-initialised (a p11-kit server that restarted), and the
+ * callback runs again until recover_ms has passed.
+ */
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+
+#include "errors.h"
+#include "p11_local.h"
+
+#define EG_PIN_MAX      256
+#define EG_POOL_DEFAULT 16
+#define EG_RECOVER_MS   10000
+
+typedef struct eg_module {
+    struct eg_module *next;
+    char *path;
+    char *init_args;
+    void *dl;
+    CK_FUNCTION_LIST *fl;
+    unsigned refs;
+    atomic_uint gen; /* bumped at every re-initialisation */
+    atomic_int initialized;
+    pthread_mutex_t lock;
+    /*
+     * Calls into the module hold it shared; re-initialisation holds it
+     * exclusive, so no call is in flight while C_Finalize tears the module's
+     * state (a p11-kit client's socket) down under it.
+     */
+    pthread_rwlock_t calls;
+} eg_module;
+
+struct eg_token {
+    eg_module *mod;
+    char *label;
+    char *pin; /* NULL: no login */
+    size_t pinlen;
+    unsigned pool_size;
+    unsigned recover_ms;
+
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    CK_SESSION_HANDLE *idle; /* pooled sessions of generation gen */
+    unsigned nidle;
+    unsigned nopen; /* sessions of generation gen, idle or borrowed */
+    unsigned gen;
+    unsigned mod_gen; /* module generation the slot was found in */
+    int have_slot;
+    CK_SLOT_ID slot;
+    int logged_in;
+    CK_MECHANISM_TYPE *mechs;
+    CK_MECHANISM_INFO *mech_info;
+    CK_ULONG nmechs;
+
+    atomic_uint_fast64_t sign_calls;
+    atomic_uint_fast64_t recoveries;
+    atomic_uint_fast64_t sessions_opened;
+};
+
+static pthread_mutex_t modules_lock = PTHREAD_MUTEX_INITIALIZER;
+static eg_module *modules;
+
+/* The module is initialised with OS locking: SoftHSM turns its locks off without it. */
+static CK_RV module_initialize(eg_module *m)
+{
+    CK_C_INITIALIZE_ARGS args;
+    CK_RV rv;
+
+    memset(&args, 0, sizeof(args));
+    args.flags = CKF_OS_LOCKING_OK;
+    args.pReserved = m->init_args;
+    rv = m->fl->C_Initialize(&args);
+    if (rv == CKR_CRYPTOKI_ALREADY_INITIALIZED)
+        rv = CKR_OK; /* another library in this process (libp11) got there first */
+    if (rv == CKR_OK)
+        m->initialized = 1;
+    return rv;
+}
+
+static void module_free(eg_module *m)
+{
+    if (m == NULL)
+        return;
+    if (m->initialized)
+        m->fl->C_Finalize(NULL);
+    if (m->dl != NULL)
+        dlclose(m->dl);
+    pthread_rwlock_destroy(&m->calls);
+    pthread_mutex_destroy(&m->lock);
+    free(m->path);
+    free(m->init_args);
+    free(m);
+}
+
+static int module_load(const char *path, const char *init_args, eg_module **out)
+{
+    CK_RV (*get_list)(CK_FUNCTION_LIST_PTR_PTR);
+    eg_module *m;
+    CK_RV rv;
+    int rc = -1;
+
+    pthread_rwlockattr_t attr;
+
+    if ((m = calloc(1, sizeof(*m))) == NULL)
+        return -1;
+    pthread_mutex_init(&m->lock, NULL);
+    pthread_rwlockattr_init(&attr);
+    /* A busy signer must not keep a re-initialisation waiting for ever. */
+    pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&m->calls, &attr);
+    pthread_rwlockattr_destroy(&attr);
+    m->path = strdup(path);
+    m->init_args = init_args ? strdup(init_args) : NULL;
+    if (m->path == NULL || (init_args && m->init_args == NULL))
+        goto out;
+    /*
+     * RTLD_NODELETE: modules register atexit handlers and thread keys, and leak
+     * checkers need their symbols after we let go; unloading buys nothing.
+     */
+    if ((m->dl = dlopen(path, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE)) == NULL) {
+        eg_signer_error(EG_R_MODULE_LOAD, "%s: %s", path, dlerror());
+        goto out;
+    }
+    *(void **)&get_list = dlsym(m->dl, "C_GetFunctionList");
+    if (get_list == NULL || (rv = get_list(&m->fl)) != CKR_OK || m->fl == NULL) {
+        eg_signer_error(EG_R_MODULE_LOAD, "%s: no usable C_GetFunctionList", path);
+        goto out;
+    }
+    if ((rv = module_initialize(m)) != CKR_OK) {
+        eg_signer_error(EG_R_MODULE_INIT, "%s: C_Initialize: %s", path, eg_p11_rv_name(rv));
+        goto out;
+    }
+    *out = m;
+    m = NULL;
+    rc = 0;
+out:
+    module_free(m);
+    return rc;
+}
+
+static int same_str(const char *a, const char *b)
+{
+    return (a == NULL && b == NULL) || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
+
+static int module_get(const char *path, const char *init_args, eg_module **out)
+{
+    eg_module *m;
+    int rc = -1;
+
+    pthread_mutex_lock(&modules_lock);
+    for (m = modules; m != NULL; m = m->next) {
+        if (strcmp(m->path, path) != 0)
+            continue;
+        if (!same_str(m->init_args, init_args)) {
+            /* Cryptoki is initialised once per process: one init string per module. */
+            eg_signer_error(EG_R_MODULE_INIT, "%s already loaded with another init string", path);
+            goto out;
+        }
+        break;
+    }
+    if (m == NULL) {
+        if (module_load(path, init_args, &m) != 0)
+            goto out;
+        m->next = modules;
+        modules = m;
+    }
+    m->refs++;
+    *out = m;
+    rc = 0;
+out:
+    pthread_mutex_unlock(&modules_lock);
+    return rc;
+}
+
+static void module_put(eg_module *m)
+{
+    eg_module **p;
+
+    if (m == NULL)
+        return;
+    pthread_mutex_lock(&modules_lock);
+    if (--m->refs == 0) {
+        for (p = &modules; *p != NULL; p = &(*p)->next) {
+            if (*p == m) {
+                *p = m->next;
+                break;
+            }
+        }
+        module_free(m);
+    }
+    pthread_mutex_unlock(&modules_lock);
+}
+
+/*
+ * Re-initialises a module whose token connection was lost, once per loss:
+ * seen_gen is the generation the failing caller used.
+ */
+static CK_RV module_reinit(eg_module *m, unsigned seen_gen)
+{
+    CK_RV rv = CKR_OK;
+
+    pthread_mutex_lock(&m->lock);
+    pthread_rwlock_wrlock(&m->calls);
+    if (m->gen == seen_gen) {
+        if (m->initialized)
+            m->fl->C_Finalize(NULL);
+        m->initialized = 0;
+        m->gen++;
+    }
+    if (!m->initialized)
+        rv = module_initialize(m);
+    pthread_rwlock_unlock(&m->calls);
+    pthread_mutex_unlock(&m->lock);
+    return rv;
+}
+
+static int read_pin_file(const char *path, char **pin, size_t *pinlen)
+{
+    char buf[EG_PIN_MAX + 2];
+    struct stat st;
+    ssize_t n;
+    size_t len;
+    int fd = -1, rc = -1;
+
+    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0 || fstat(fd, &st) != 0) {
+        eg_signer_error(EG_R_PIN_FILE, "%s: %s", path, strerror(errno));
+        goto out;
+    }
+    if (st.st_mode & S_IROTH) {
+        eg_signer_error(EG_R_PIN_FILE, "%s is readable by everyone; chmod o-rwx it", path);
+        goto out;
+    }
+    if ((n = read(fd, buf, sizeof(buf) - 1)) < 0) {
+        eg_signer_error(EG_R_PIN_FILE, "%s: %s", path, strerror(errno));
+        goto out;
+    }
+    buf[n] = 0;
+    len = strcspn(buf, "\r\n");
+    if (len == 0 || len > EG_PIN_MAX) {
+        eg_signer_error(EG_R_PIN_FILE, "%s: PIN is empty or longer than %d bytes", path,
+                        EG_PIN_MAX);
+        goto out;
+    }
+    if ((*pin = OPENSSL_malloc(len + 1)) == NULL)
+        goto out;
+    memcpy(*pin, buf, len);
+    (*pin)[len] = 0;
+    *pinlen = len;
+    rc = 0;
+out:
+    OPENSSL_cleanse(buf, sizeof(buf));
+    if (fd >= 0)
+        close(fd);
+    return rc;
+}
+
+/* Token labels are 32 bytes padded with spaces. */
+static int label_matches(const CK_UTF8CHAR *padded, const char *label)
+{
+    size_t n = 32, len = strlen(label);
+
+    while (n > 0 && padded[n - 1] == ' ')
+        n--;
+    return n == len && memcmp(padded, label, len) == 0;
+}
+
+static void load_mechanisms(eg_token *tok)
+{
+    CK_FUNCTION_LIST *fl = tok->mod->fl;
+    CK_ULONG n = 0, i;
+
+    OPENSSL_free(tok->mechs);
+    OPENSSL_free(tok->mech_info);
+    tok->mechs = NULL;
+    tok->mech_info = NULL;
+    tok->nmechs = 0;
+    if (fl->C_GetMechanismList(tok->slot, NULL, &n) != CKR_OK || n == 0)
+        return;
+    tok->mechs = OPENSSL_zalloc(n * sizeof(*tok->mechs));
+    tok->mech_info = OPENSSL_zalloc(n * sizeof(*tok->mech_info));
+    if (tok->mechs == NULL || tok->mech_info == NULL ||
+        fl->C_GetMechanismList(tok->slot, tok->mechs, &n) != CKR_OK)
+        return;
+    for (i = 0; i < n; i++)
+        fl->C_GetMechanismInfo(tok->slot, tok->mechs[i], &tok->mech_info[i]);
+    tok->nmechs = n;
+}
+
+/* Finds the slot holding the token; called with tok->lock held. */
+static CK_RV find_slot(eg_token *tok)
+{
+    CK_FUNCTION_LIST *fl = tok->mod->fl;
+    CK_SLOT_ID *slots = NULL;
+    CK_TOKEN_INFO info;
+    CK_ULONG n = 0, i;
+    CK_RV rv;
+
+    if ((rv = fl->C_GetSlotList(CK_TRUE, NULL, &n)) != CKR_OK)
+        goto out;
+    if ((slots = calloc(n ? n : 1, sizeof(*slots))) == NULL) {
+        rv = CKR_HOST_MEMORY;
+        goto out;
+    }
+    if ((rv = fl->C_GetSlotList(CK_TRUE, slots, &n)) != CKR_OK)
+        goto out;
+    rv = CKR_TOKEN_NOT_PRESENT;
+    for (i = 0; i < n; i++) {
+        if (fl->C_GetTokenInfo(slots[i], &info) == CKR_OK &&
+            label_matches(info.label, tok->label)) {
+            tok->slot = slots[i];
+            tok->have_slot = 1;
+            tok->mod_gen = tok->mod->gen;
+            load_mechanisms(tok);
+            rv = CKR_OK;
+            break;
+        }
+    }
+out:
+    free(slots);
+    return rv;
+}
+
+/* Forgets every session of the current generation (they died with the module). */
+static void drop_generation(eg_token *tok)
+{
+    tok->gen++;
+    tok->nidle = 0;
+    tok->nopen = 0;
+    tok->have_slot = 0;
+    tok->logged_in = 0;
+    pthread_cond_broadcast(&tok->cond);
+}
+
+static CK_RV login(eg_token *tok, CK_SESSION_HANDLE h)
+{
+    CK_RV rv;
+
+    if (tok->pin == NULL || tok->logged_in)
+        return CKR_OK;
+    rv = tok->mod->fl->C_Login(h, CKU_USER, (CK_UTF8CHAR *)tok->pin, tok->pinlen);
+    if (rv == CKR_USER_ALREADY_LOGGED_IN)
+        rv = CKR_OK;
+    if (rv == CKR_OK)
+        tok->logged_in = 1;
+    return rv;
+}
+
+/* Opens a new session and logs in; called with tok->lock held. */
+static CK_RV open_session(eg_token *tok, CK_SESSION_HANDLE *h)
+{
+    CK_FUNCTION_LIST *fl = tok->mod->fl;
+    CK_RV rv;
+
+    if (!tok->mod->initialized)
+        return CKR_CRYPTOKI_NOT_INITIALIZED; /* eg_token_run re-initialises, unlocked */
+    if (!tok->have_slot && (rv = find_slot(tok)) != CKR_OK)
+        return rv;
+    rv = fl->C_OpenSession(tok->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, h);
+    if (rv != CKR_OK)
+        return rv;
+    atomic_fetch_add(&tok->sessions_opened, 1);
+    if ((rv = login(tok, *h)) != CKR_OK) {
+        fl->C_CloseSession(*h);
+        return rv;
+    }
+    tok->nopen++;
+    return CKR_OK;
+}
+
+static CK_RV session_get(eg_token *tok, eg_p11_call *call)
+{
+    CK_SESSION_HANDLE h;
+    CK_RV rv = CKR_OK;
+
+    pthread_mutex_lock(&tok->lock);
+    for (;;) {
+        if (tok->have_slot && tok->mod_gen != tok->mod->gen)
+            drop_generation(tok);
+        if (tok->nidle > 0) {
+            h = tok->idle[--tok->nidle];
+            rv = login(tok, h);
+            break;
+        }
+        if (tok->nopen < tok->pool_size) {
+            rv = open_session(tok, &h);
+            break;
+        }
+        pthread_cond_wait(&tok->cond, &tok->lock);
+    }
+    if (rv == CKR_OK) {
+        call->tok = tok;
+        call->fl = tok->mod->fl;
+        call->h = h;
+        call->gen = tok->gen;
+    }
+    pthread_mutex_unlock(&tok->lock);
+    return rv;
+}
+
+static int session_lost(CK_RV rv)
+{
+    return rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED;
+}
+
+/* The module or the token behind it is gone: a restarted server, a pulled HSM. */
+static int connection_lost(CK_RV rv)
+{
+    return rv == CKR_DEVICE_REMOVED || rv == CKR_TOKEN_NOT_PRESENT || rv == CKR_DEVICE_ERROR ||
+           rv == CKR_CRYPTOKI_NOT_INITIALIZED || rv == CKR_SLOT_ID_INVALID ||
+           rv == CKR_TOKEN_NOT_RECOGNIZED || rv == CKR_GENERAL_ERROR;
+}
+
+static int recoverable(CK_RV rv)
+{
+    return session_lost(rv) || connection_lost(rv) || rv == CKR_USER_NOT_LOGGED_IN;
+}
+
+static void session_put(eg_token *tok, eg_p11_call *call, CK_RV rv)
+{
+    pthread_mutex_lock(&tok->lock);
+    if (call->gen != tok->gen) {
+        /* The generation was dropped while we held it: the handle is dead. */
+    } else if (session_lost(rv) || connection_lost(rv)) {
+        tok->mod->fl->C_CloseSession(call->h);
+        tok->nopen--;
+        /* Closing an application's last session logs it out (PKCS#11 5.6). */
+        tok->logged_in = 0;
+    } else {
+        if (rv == CKR_USER_NOT_LOGGED_IN)
+            tok->logged_in = 0;
+        tok->idle[tok->nidle++] = call->h;
+    }
+    pthread_cond_signal(&tok->cond);
+    pthread_mutex_unlock(&tok->lock);
+}
+
+/* Makes the next session_get() reach the token again after rv. */
+static void recover(eg_token *tok, unsigned mod_gen, CK_RV rv)
+{
+    atomic_fetch_add(&tok->recoveries, 1);
+    if (!connection_lost(rv))
+        return; /* a lost session was dropped in session_put; a lost login redone in get */
+    pthread_mutex_lock(&tok->lock);
+    if (tok->mod_gen == mod_gen)
+        drop_generation(tok);
+    pthread_mutex_unlock(&tok->lock);
+    module_reinit(tok->mod, mod_gen);
+}
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(unsigned ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
+
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+CK_RV eg_token_run(eg_token *tok, eg_p11_fn *fn, void *arg)
+{
+    uint64_t deadline = now_ms() + tok->recover_ms;
+    unsigned backoff = 0, mod_gen;
+    eg_p11_call call;
+    CK_RV rv;
+
+    for (;;) {
+        if (!tok->mod->initialized)
+            module_reinit(tok->mod, tok->mod->gen);
+        pthread_rwlock_rdlock(&tok->mod->calls);
+        mod_gen = tok->mod->gen;
+        rv = session_get(tok, &call);
+        if (rv == CKR_OK) {
+            rv = fn(&call, arg);
+            session_put(tok, &call, rv);
+        }
+        pthread_rwlock_unlock(&tok->mod->calls);
+        if (!recoverable(rv) || now_ms() >= deadline)
+            return rv;
+        recover(tok, mod_gen, rv);
+        /* Retry at once after a lost session; back off while a token is away. */
+        if (connection_lost(rv)) {
+            sleep_ms(backoff);
+            backoff = backoff ? (backoff * 2 > 500 ? 500 : backoff * 2) : 20;
+        }
+    }
+}
+
+/*
+ * A module that talks to its token over a socket (p11-kit client, network HSMs)
+ * gets SIGPIPE when the other end dies; that must be a recoverable error, not
+ * the end of the process. Only a default disposition is changed.
+ */
+static void ignore_sigpipe(void)
+{
+    struct sigaction sa;
+
+    if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) {
+        sa.sa_handler = SIG_IGN;
+        sigaction(SIGPIPE, &sa, NULL);
+    }
+}
+
+int eg_token_open(const eg_token_config *cfg, eg_token **out)
+{
+    eg_token *tok = NULL;
+    CK_RV rv;
+    int rc = -1;
+
+    if (cfg == NULL || cfg->module_path == NULL || cfg->token_label == NULL) {
+        eg_signer_error(EG_R_BAD_PARAM, "token config needs module_path and token_label");
+        goto out;
+    }
+    ignore_sigpipe();
+    if ((tok = OPENSSL_zalloc(sizeof(*tok))) == NULL)
+        goto out;
+    pthread_mutex_init(&tok->lock, NULL);
+    pthread_cond_init(&tok->cond, NULL);
+    tok->pool_size = cfg->pool_size ? cfg->pool_size : EG_POOL_DEFAULT;
+    tok->recover_ms = cfg->recover_ms ? cfg->recover_ms : EG_RECOVER_MS;
+    if ((tok->label = OPENSSL_strdup(cfg->token_label)) == NULL ||
+        (tok->idle = OPENSSL_zalloc(tok->pool_size * sizeof(*tok->idle))) == NULL)
+        goto out;
+    if (cfg->pin_file != NULL && read_pin_file(cfg->pin_file, &tok->pin, &tok->pinlen) != 0)
+        goto out;
+    if (module_get(cfg->module_path, cfg->init_args, &tok->mod) != 0)
+        goto out;
+    pthread_mutex_lock(&tok->lock);
+    rv = find_slot(tok);
+    pthread_mutex_unlock(&tok->lock);
+    if (rv != CKR_OK) {
+        eg_signer_error(EG_R_TOKEN_NOT_FOUND, "no token labelled '%s' in %s (%s)", tok->label,
+                        cfg->module_path, eg_p11_rv_name(rv));
+        goto out;
+    }
+    /* Log in now so that a wrong PIN is reported at start, not at first use. */
+    if (tok->pin != NULL) {
+        eg_p11_call call;
+
+        if ((rv = session_get(tok, &call)) != CKR_OK) {
+            eg_signer_error(rv == CKR_PIN_INCORRECT || rv == CKR_PIN_LOCKED ? EG_R_LOGIN
+                                                                            : EG_R_SESSION,
+                            "token '%s': %s", tok->label, eg_p11_rv_name(rv));
+            goto out;
+        }
+        session_put(tok, &call, CKR_OK);
+    }
+    *out = tok;
+    tok = NULL;
+    rc = 0;
+out:
+    eg_token_free(tok);
+    return rc;
+}
+
+void eg_token_free(eg_token *tok)
+{
+    unsigned i;
+
+    if (tok == NULL)
+        return;
+    if (tok->mod != NULL && tok->mod_gen == tok->mod->gen) {
+        for (i = 0; i < tok->nidle; i++)
+            tok->mod->fl->C_CloseSession(tok->idle[i]);
+    }
+    module_put(tok->mod);
+    if (tok->pin != NULL)
+        OPENSSL_clear_free(tok->pin, tok->pinlen);
+    OPENSSL_free(tok->label);
+    OPENSSL_free(tok->idle);
+    OPENSSL_free(tok->mechs);
+    OPENSSL_free(tok->mech_info);
+    pthread_cond_destroy(&tok->cond);
+    pthread_mutex_destroy(&tok->lock);
+    OPENSSL_free(tok);
+}
+
+const char *eg_token_label(const eg_token *tok)
+{
+    return tok->label;
+}
+
+bool eg_token_has_mechanism(eg_token *tok, CK_MECHANISM_TYPE mech, CK_FLAGS needed)
+{
+    bool found = false;
+    CK_ULONG i;
+
+    pthread_mutex_lock(&tok->lock);
+    for (i = 0; i < tok->nmechs; i++) {
+        if (tok->mechs[i] == mech) {
+            found = (tok->mech_info[i].flags & needed) == needed;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&tok->lock);
+    return found;
+}
+
+void eg_token_get_stats(eg_token *tok, eg_token_stats *out)
+{
+    out->sign_calls = atomic_load(&tok->sign_calls);
+    out->recoveries = atomic_load(&tok->recoveries);
+    out->sessions_opened = atomic_load(&tok->sessions_opened);
+}
+
+void eg_token_count_sign(eg_token *tok)
+{
+    atomic_fetch_add(&tok->sign_calls, 1);
+}
+
+eg_token *eg_p11_call_token(eg_p11_call *call)
+{
+    return call->tok;
+}
+
+unsigned eg_p11_call_gen(const eg_p11_call *call)
+{
+    return call->gen;
+}
+
+CK_RV eg_p11_call_not_found(eg_p11_call *call, CK_RV rv)
+{
+    CK_SESSION_INFO info;
+    CK_RV srv;
+
+    if (call->tok->pin == NULL)
+        return rv;
+    srv = call->fl->C_GetSessionInfo(call->h, &info);
+    if (srv != CKR_OK)
+        return srv; /* the session itself is gone: recovered as such */
+    if (info.state == CKS_RO_PUBLIC_SESSION || info.state == CKS_RW_PUBLIC_SESSION)
+        return CKR_USER_NOT_LOGGED_IN;
+    return rv;
+}

@@ -1,0 +1,39 @@
+/*
+ * estgate signer: Cryptoki wrapper and OpenSSL 3 provider.
+ * Umbrella header: opaque handles only. Module headers hold the prototypes.
+ */
+#ifndef EG_SIGNER_H
+#define EG_SIGNER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <p11-kit/pkcs11.h>
+
+/* One token (a slot found by its label) with its module, login and session pool. */
+typedef struct eg_token eg_token;
+/* A key in a token, named by a PKCS#11 URI; handles re-resolve after recovery. */
+typedef struct eg_p11_key eg_p11_key;
+/* A parsed RFC 7512 PKCS#11 URI. */
+typedef struct eg_p11_uri eg_p11_uri;
+/* A borrowed session, valid only inside an eg_token_run() callback. */
+typedef struct eg_p11_call eg_p11_call;
+
+/* How to reach a token. The module and its init string are configuration. */
+typedef struct eg_token_config {
+    const char *module_path; /* the PKCS#11 module (.so) */
+    const char *init_args;   /* C_Initialize pReserved string (NSS), or NULL */
+    const char *token_label; /* CKA_LABEL of the token in its slot */
+    const char *pin_file;    /* user PIN, first line of this file; NULL: no login */
+    unsigned pool_size;      /* most sessions open at once; 0: default (16) */
+    unsigned recover_ms;     /* how long to keep trying to reach a lost token; 0: 10000 */
+} eg_token_config;
+
+typedef enum eg_key_type {
+    EG_KEY_NONE = 0,
+    EG_KEY_RSA,
+    EG_KEY_EC,
+    EG_KEY_ED25519,
+} eg_key_type;
+
+#endif
