@@ -1,0 +1,1047 @@
+/*
+ * The ledger (see ledger.h).
+ *
+ * One writer thread owns the write connection. Callers queue an operation and
+ * sleep; the writer takes up to max_batch of them, runs each in its own
+ * SAVEPOINT inside one BEGIN IMMEDIATE ... COMMIT (so a constraint violation
+ * fails only its own caller), and wakes every caller after the COMMIT, which in
+ * WAL mode with synchronous=FULL has reached the disk. While one batch's fsync
+ * runs, the next one fills, so the commit rate bounds batches, not callers.
+ *
+ * Intents in flight (between begin and complete/fail) are a set of row ids that
+ * only the writer thread touches, so deciding NEW/BUSY/RETRY and changing the
+ * set happen in the order the batch commits them. Reads use a pool of
+ * read-only connections, which WAL lets run beside the writer.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+
+#include "ledger.h"
+#include "ledger_local.h"
+
+#define LEDGER_SCHEMA_VERSION 1
+#define LEDGER_BATCH_DEFAULT  256
+#define LEDGER_BUSY_MS        5000
+#define LEDGER_SERIAL_MAX     20
+
+/*
+ * Schema migrations: migrations[v] takes user_version v to v + 1. Append only.
+ * The CHECKs make a half-written row impossible: an issued row has its
+ * certificate, a pending one has no completion time.
+ */
+static const char *const migrations[LEDGER_SCHEMA_VERSION] = {
+    "CREATE TABLE issuance ("
+    " id INTEGER PRIMARY KEY,"
+    " created INTEGER NOT NULL,"
+    " profile TEXT NOT NULL,"
+    " principal TEXT NOT NULL,"
+    " request_hash BLOB NOT NULL CHECK (length(request_hash) = 32),"
+    " serial BLOB NOT NULL UNIQUE CHECK (length(serial) BETWEEN 1 AND 20),"
+    " subject TEXT NOT NULL,"
+    " not_after INTEGER NOT NULL,"
+    " state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'issued', 'failed')),"
+    " fail_reason TEXT,"
+    " completed INTEGER,"
+    " cert BLOB," /* last: counting by state need not read it */
+    " CHECK ((state = 'issued') = (cert IS NOT NULL)),"
+    " CHECK ((state = 'pending') = (completed IS NULL)));"
+    /* A failed attempt leaves the index, so the same request can be retried. */
+    "CREATE UNIQUE INDEX issuance_key ON issuance (profile, principal, request_hash)"
+    " WHERE state <> 'failed';"
+    "CREATE TABLE audit ("
+    " id INTEGER PRIMARY KEY,"
+    " time INTEGER NOT NULL,"
+    " type TEXT NOT NULL,"
+    " profile TEXT,"
+    " principal TEXT,"
+    " peer TEXT,"
+    " detail TEXT,"
+    " intent_id INTEGER REFERENCES issuance (id));"
+    "CREATE INDEX audit_intent ON audit (intent_id) WHERE intent_id IS NOT NULL;",
+};
+
+enum {
+    W_BEGIN,
+    W_COMMIT,
+    W_ROLLBACK,
+    W_SAVEPOINT,
+    W_RELEASE,
+    W_ROLLBACK_TO,
+    W_FIND_KEY,
+    W_INSERT,
+    W_COMPLETE,
+    W_FAIL,
+    W_AUDIT,
+    W_NSTMT
+};
+
+static const char *const writer_sql[W_NSTMT] = {
+    [W_BEGIN] = "BEGIN IMMEDIATE",
+    [W_COMMIT] = "COMMIT",
+    [W_ROLLBACK] = "ROLLBACK",
+    [W_SAVEPOINT] = "SAVEPOINT op",
+    [W_RELEASE] = "RELEASE op",
+    [W_ROLLBACK_TO] = "ROLLBACK TO op",
+    /* The state term lets the planner use the partial index. */
+    [W_FIND_KEY] = "SELECT id, state = 'issued', serial, cert FROM issuance"
+                   " WHERE profile = ?1 AND principal = ?2 AND request_hash = ?3"
+                   " AND state <> 'failed'",
+    [W_INSERT] = "INSERT INTO issuance (created, profile, principal, request_hash, serial,"
+                 " subject, not_after, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending')",
+    [W_COMPLETE] = "UPDATE issuance SET state = 'issued', completed = ?1, cert = ?2"
+                   " WHERE id = ?3 AND state = 'pending'",
+    [W_FAIL] = "UPDATE issuance SET state = 'failed', completed = ?1, fail_reason = ?2"
+               " WHERE id = ?3 AND state = 'pending'",
+    [W_AUDIT] = "INSERT INTO audit (time, type, profile, principal, peer, detail, intent_id)"
+                " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+};
+
+enum { R_FIND_SERIAL, R_COUNT_ISSUED, R_NSTMT };
+
+static const char *const reader_sql[R_NSTMT] = {
+    [R_FIND_SERIAL] = "SELECT cert FROM issuance WHERE serial = ?1 AND state = 'issued'",
+    [R_COUNT_ISSUED] = "SELECT count(*) FROM issuance WHERE state = 'issued'",
+};
+
+typedef enum op_kind { OP_BEGIN, OP_COMPLETE, OP_FAIL, OP_AUDIT, OP_PRAGMA } op_kind;
+
+/* One caller's operation; lives on the caller's stack until done is set. */
+typedef struct ledger_op {
+    struct ledger_op *next;
+    op_kind kind;
+    const eg_issue_intent *intent; /* OP_BEGIN */
+    int64_t id;                    /* OP_COMPLETE, OP_FAIL */
+    const uint8_t *der;            /* OP_COMPLETE */
+    size_t der_len;
+    const char *text;            /* OP_FAIL: reason; OP_PRAGMA: name */
+    const eg_audit_event *event; /* OP_AUDIT */
+    eg_intent_result res;        /* OP_BEGIN */
+    char *value;                 /* OP_PRAGMA */
+    int64_t flight_added;        /* undone if the batch does not commit */
+    int64_t flight_removed;
+    int rc;
+    int done;
+    pthread_cond_t cond;
+} ledger_op;
+
+typedef struct ledger_reader {
+    struct ledger_reader *next;
+    sqlite3 *db;
+    sqlite3_stmt *st[R_NSTMT];
+} ledger_reader;
+
+struct eg_ledger {
+    char *path;
+    unsigned max_batch;
+    unsigned max_wait_us;
+    int lock_fd;
+    sqlite3 *db; /* the writer's: used only by the writer thread while it runs */
+    sqlite3_stmt *st[W_NSTMT];
+
+    /* Intents in flight, writer thread only. A plain array: it holds at most one
+     * id per caller waiting on the token, and a scan of that is nothing beside an fsync. */
+    int64_t *flight;
+    size_t nflight;
+    size_t flight_cap;
+
+    int sync_ready;
+    pthread_mutex_t lock; /* the queue, stopping, stats */
+    pthread_cond_t wake;  /* the writer waits here for work */
+    ledger_op *head;
+    ledger_op *tail;
+    unsigned queued;
+    int stopping;
+    int running;
+    pthread_t writer;
+    eg_ledger_stats stats;
+
+    pthread_mutex_t rlock; /* idle readers */
+    ledger_reader *readers;
+};
+
+static void log_db(sqlite3 *db, const char *what)
+{
+    fprintf(stderr, "ledger: %s: %s\n", what, sqlite3_errmsg(db));
+}
+
+static void stmt_clear(sqlite3_stmt *st)
+{
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+}
+
+/* Runs a statement that returns no rows; 0 or SQLite's (extended) code. */
+static int stmt_run(sqlite3_stmt *st, const char *what)
+{
+    int rc = sqlite3_step(st);
+
+    if (rc == SQLITE_DONE)
+        rc = SQLITE_OK;
+    else if (what != NULL)
+        log_db(sqlite3_db_handle(st), what);
+    stmt_clear(st);
+    return rc;
+}
+
+static int64_t now(void)
+{
+    return (int64_t)time(NULL);
+}
+
+/* --- the in-flight set (writer thread only) --- */
+
+static int flight_has(const eg_ledger *lg, int64_t id)
+{
+    for (size_t i = 0; i < lg->nflight; i++)
+        if (lg->flight[i] == id)
+            return 1;
+    return 0;
+}
+
+static int flight_add(eg_ledger *lg, int64_t id)
+{
+    int rc = -1;
+    size_t cap = lg->flight_cap ? lg->flight_cap * 2 : 64;
+    int64_t *grown;
+
+    if (lg->nflight == lg->flight_cap) {
+        if ((grown = realloc(lg->flight, cap * sizeof(*grown))) == NULL) {
+            fprintf(stderr, "ledger: in-flight set: out of memory\n");
+            goto out;
+        }
+        lg->flight = grown;
+        lg->flight_cap = cap;
+    }
+    lg->flight[lg->nflight++] = id;
+    rc = 0;
+out:
+    return rc;
+}
+
+static void flight_del(eg_ledger *lg, int64_t id)
+{
+    for (size_t i = 0; i < lg->nflight; i++) {
+        if (lg->flight[i] == id) {
+            lg->flight[i] = lg->flight[--lg->nflight];
+            break;
+        }
+    }
+}
+
+/* --- operations, run by the writer inside the batch's transaction --- */
+
+/* Finds the live (not failed) intent with in's key: 1 found, 0 none, -1 error. */
+static int find_key(eg_ledger *lg, const eg_issue_intent *in, eg_intent_result *res)
+{
+    sqlite3_stmt *st = lg->st[W_FIND_KEY];
+    const void *serial, *cert;
+    size_t slen, clen;
+    int rc = -1, step;
+
+    sqlite3_bind_text(st, 1, in->profile, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, in->principal, -1, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 3, in->request_hash, sizeof(in->request_hash), SQLITE_STATIC);
+    if ((step = sqlite3_step(st)) == SQLITE_DONE) {
+        rc = 0;
+        goto out;
+    }
+    if (step != SQLITE_ROW) {
+        log_db(lg->db, "begin_issue: find request");
+        goto out;
+    }
+    res->id = sqlite3_column_int64(st, 0);
+    /* A pending row: BUSY unless the caller finds it is not in flight. */
+    res->state = sqlite3_column_int(st, 1) ? EG_INTENT_ISSUED : EG_INTENT_BUSY;
+    serial = sqlite3_column_blob(st, 2);
+    slen = (size_t)sqlite3_column_bytes(st, 2);
+    res->serial_len = slen <= sizeof(res->serial) ? slen : sizeof(res->serial);
+    memcpy(res->serial, serial, res->serial_len);
+    if (res->state == EG_INTENT_ISSUED) {
+        cert = sqlite3_column_blob(st, 3);
+        clen = (size_t)sqlite3_column_bytes(st, 3);
+        if ((res->cert = malloc(clen)) == NULL) {
+            fprintf(stderr, "ledger: begin_issue: out of memory\n");
+            goto out;
+        }
+        memcpy(res->cert, cert, clen);
+        res->cert_len = clen;
+    }
+    rc = 1;
+out:
+    stmt_clear(st);
+    return rc;
+}
+
+/* Inserts a pending intent: 0, -2 when the serial is taken, -1 on error. */
+static int insert_intent(eg_ledger *lg, const eg_issue_intent *in, int64_t *id)
+{
+    sqlite3_stmt *st = lg->st[W_INSERT];
+    int rc = -1, step;
+
+    sqlite3_bind_int64(st, 1, now());
+    sqlite3_bind_text(st, 2, in->profile, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, in->principal, -1, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 4, in->request_hash, sizeof(in->request_hash), SQLITE_STATIC);
+    sqlite3_bind_blob(st, 5, in->serial, (int)in->serial_len, SQLITE_STATIC);
+    sqlite3_bind_text(st, 6, in->subject, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 7, in->not_after);
+    step = sqlite3_step(st);
+    /* The key was looked up first in this transaction, so a UNIQUE failure is the serial. */
+    if (step == SQLITE_CONSTRAINT_UNIQUE) {
+        rc = -2;
+        goto out;
+    }
+    if (step != SQLITE_DONE) {
+        log_db(lg->db, "begin_issue: insert");
+        goto out;
+    }
+    *id = sqlite3_last_insert_rowid(lg->db);
+    rc = 0;
+out:
+    stmt_clear(st);
+    return rc;
+}
+
+static int op_begin(eg_ledger *lg, ledger_op *op)
+{
+    eg_intent_result *res = &op->res;
+    int rc = -1, found;
+
+    if ((found = find_key(lg, op->intent, res)) < 0)
+        goto out;
+    if (found && (res->state == EG_INTENT_ISSUED || flight_has(lg, res->id))) {
+        rc = 0; /* ISSUED or BUSY: nothing changes */
+        goto out;
+    }
+    if (!found) {
+        if ((rc = insert_intent(lg, op->intent, &res->id)) != 0)
+            goto out;
+        rc = -1;
+        memcpy(res->serial, op->intent->serial, op->intent->serial_len);
+        res->serial_len = op->intent->serial_len;
+    }
+    if (flight_add(lg, res->id) != 0)
+        goto out;
+    op->flight_added = res->id;
+    res->state = found ? EG_INTENT_RETRY : EG_INTENT_NEW;
+    rc = 0;
+out:
+    return rc;
+}
+
+/* Completes (der != NULL) or fails an intent in flight. */
+static int op_finish(eg_ledger *lg, ledger_op *op)
+{
+    const char *what = op->kind == OP_COMPLETE ? "complete_issue" : "fail_issue";
+    sqlite3_stmt *st = lg->st[op->kind == OP_COMPLETE ? W_COMPLETE : W_FAIL];
+    int rc = -1;
+
+    if (!flight_has(lg, op->id)) {
+        fprintf(stderr, "ledger: %s: intent %lld is not in flight\n", what, (long long)op->id);
+        goto out;
+    }
+    sqlite3_bind_int64(st, 1, now());
+    if (op->kind == OP_COMPLETE)
+        sqlite3_bind_blob(st, 2, op->der, (int)op->der_len, SQLITE_STATIC);
+    else
+        sqlite3_bind_text(st, 2, op->text, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, op->id);
+    if (stmt_run(st, what) != SQLITE_OK)
+        goto out;
+    if (sqlite3_changes(lg->db) != 1) {
+        fprintf(stderr, "ledger: %s: intent %lld is not pending\n", what, (long long)op->id);
+        goto out;
+    }
+    flight_del(lg, op->id);
+    op->flight_removed = op->id;
+    rc = 0;
+out:
+    return rc;
+}
+
+static int op_audit(eg_ledger *lg, ledger_op *op)
+{
+    const eg_audit_event *ev = op->event;
+    sqlite3_stmt *st = lg->st[W_AUDIT];
+
+    sqlite3_bind_int64(st, 1, now());
+    sqlite3_bind_text(st, 2, ev->type, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, ev->profile, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, ev->principal, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, ev->peer, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 6, ev->detail, -1, SQLITE_STATIC);
+    if (ev->intent_id != 0)
+        sqlite3_bind_int64(st, 7, ev->intent_id);
+    return stmt_run(st, "audit") == SQLITE_OK ? 0 : -1;
+}
+
+/* Test hook; prepared per call, as nothing in service uses it. */
+static int op_pragma(eg_ledger *lg, ledger_op *op)
+{
+    sqlite3_stmt *st = NULL;
+    char sql[64];
+    int rc = -1;
+
+    if (strspn(op->text, "abcdefghijklmnopqrstuvwxyz_") != strlen(op->text) ||
+        snprintf(sql, sizeof(sql), "PRAGMA %s", op->text) >= (int)sizeof(sql))
+        goto out;
+    if (sqlite3_prepare_v2(lg->db, sql, -1, &st, NULL) != SQLITE_OK ||
+        sqlite3_step(st) != SQLITE_ROW) {
+        log_db(lg->db, sql);
+        goto out;
+    }
+    if ((op->value = strdup((const char *)sqlite3_column_text(st, 0))) == NULL)
+        goto out;
+    rc = 0;
+out:
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static int op_exec(eg_ledger *lg, ledger_op *op)
+{
+    switch (op->kind) {
+    case OP_BEGIN:
+        return op_begin(lg, op);
+    case OP_COMPLETE:
+    case OP_FAIL:
+        return op_finish(lg, op);
+    case OP_AUDIT:
+        return op_audit(lg, op);
+    case OP_PRAGMA:
+        return op_pragma(lg, op);
+    }
+    return -1;
+}
+
+/* --- the writer --- */
+
+/* Runs one operation in its own savepoint; -1 only if the whole transaction was lost. */
+static int run_op(eg_ledger *lg, ledger_op *op)
+{
+    op->rc = -1;
+    if (stmt_run(lg->st[W_SAVEPOINT], "savepoint") == SQLITE_OK) {
+        op->rc = op_exec(lg, op);
+        if (op->rc != 0)
+            stmt_run(lg->st[W_ROLLBACK_TO], "rollback to savepoint");
+        stmt_run(lg->st[W_RELEASE], "release savepoint");
+    }
+    /* I/O errors and SQLITE_FULL may roll the whole transaction back. */
+    return sqlite3_get_autocommit(lg->db) ? -1 : 0;
+}
+
+/* The batch did not commit: every caller in it fails, and what it did to memory is undone. */
+static void abandon_batch(eg_ledger *lg, ledger_op *batch)
+{
+    if (!sqlite3_get_autocommit(lg->db))
+        stmt_run(lg->st[W_ROLLBACK], "rollback");
+    /* In one batch at most one operation touches an id (completing or failing one takes
+     * a caller who got it from an earlier batch), so the undoing may go in any order;
+     * dropping the added ids first leaves room for the removed ones without growing. */
+    for (ledger_op *op = batch; op != NULL; op = op->next)
+        if (op->flight_added != 0)
+            flight_del(lg, op->flight_added);
+    for (ledger_op *op = batch; op != NULL; op = op->next) {
+        if (op->flight_removed != 0)
+            flight_add(lg, op->flight_removed);
+        free(op->res.cert);
+        op->res.cert = NULL;
+        free(op->value);
+        op->value = NULL;
+        op->rc = -1;
+    }
+}
+
+/* Waits until a full batch is queued or max_wait_us has passed since the first one came. */
+static void wait_to_fill(eg_ledger *lg)
+{
+    struct timespec deadline;
+
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += lg->max_wait_us / 1000000;
+    deadline.tv_nsec += (long)(lg->max_wait_us % 1000000) * 1000;
+    if (deadline.tv_nsec >= 1000000000) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000;
+    }
+    while (lg->queued < lg->max_batch && !lg->stopping)
+        if (pthread_cond_timedwait(&lg->wake, &lg->lock, &deadline) == ETIMEDOUT)
+            break;
+}
+
+/* Takes up to max_batch queued operations; NULL when closing and nothing is left. */
+static ledger_op *take_batch(eg_ledger *lg, unsigned *n)
+{
+    ledger_op *batch, *last = NULL, *op;
+    unsigned count = 0;
+
+    pthread_mutex_lock(&lg->lock);
+    while (lg->head == NULL && !lg->stopping)
+        pthread_cond_wait(&lg->wake, &lg->lock);
+    if (lg->head != NULL && lg->max_wait_us > 0)
+        wait_to_fill(lg);
+    batch = lg->head;
+    for (op = batch; op != NULL && count < lg->max_batch; op = op->next) {
+        last = op;
+        count++;
+    }
+    if (last != NULL) {
+        lg->head = last->next;
+        if (lg->head == NULL)
+            lg->tail = NULL;
+        last->next = NULL;
+        lg->queued -= count;
+    }
+    pthread_mutex_unlock(&lg->lock);
+    *n = count;
+    return batch;
+}
+
+static void deliver(eg_ledger *lg, ledger_op *batch, unsigned n, int committed)
+{
+    ledger_op *op, *next;
+
+    pthread_mutex_lock(&lg->lock);
+    if (committed) {
+        lg->stats.commits++;
+        lg->stats.operations += n;
+    }
+    for (op = batch; op != NULL; op = next) {
+        next = op->next; /* op belongs to its caller again once done is set */
+        op->done = 1;
+        pthread_cond_signal(&op->cond);
+    }
+    pthread_mutex_unlock(&lg->lock);
+}
+
+static void run_batch(eg_ledger *lg, ledger_op *batch, unsigned n)
+{
+    int committed = 0;
+
+    if (stmt_run(lg->st[W_BEGIN], "begin") != SQLITE_OK)
+        goto out;
+    for (ledger_op *op = batch; op != NULL; op = op->next)
+        if (run_op(lg, op) != 0)
+            goto out;
+    if (stmt_run(lg->st[W_COMMIT], "commit") != SQLITE_OK)
+        goto out;
+    committed = 1;
+out:
+    if (!committed)
+        abandon_batch(lg, batch);
+    deliver(lg, batch, n, committed);
+}
+
+static void *writer_main(void *arg)
+{
+    eg_ledger *lg = arg;
+    ledger_op *batch;
+    unsigned n;
+
+    while ((batch = take_batch(lg, &n)) != NULL)
+        run_batch(lg, batch, n);
+    return NULL;
+}
+
+/* Queues op and sleeps until the writer has committed (or abandoned) its batch. */
+static int submit(eg_ledger *lg, ledger_op *op)
+{
+    int rc = -1;
+
+    if (pthread_cond_init(&op->cond, NULL) != 0)
+        goto out;
+    pthread_mutex_lock(&lg->lock);
+    if (!lg->stopping) {
+        if (lg->tail != NULL)
+            lg->tail->next = op;
+        else
+            lg->head = op;
+        lg->tail = op;
+        lg->queued++;
+        pthread_cond_signal(&lg->wake);
+        while (!op->done)
+            pthread_cond_wait(&op->cond, &lg->lock);
+        rc = op->rc;
+    } else {
+        fprintf(stderr, "ledger: operation after close\n");
+    }
+    pthread_mutex_unlock(&lg->lock);
+    pthread_cond_destroy(&op->cond);
+out:
+    return rc;
+}
+
+/* --- readers --- */
+
+static void reader_free(ledger_reader *r)
+{
+    if (r == NULL)
+        return;
+    for (int i = 0; i < R_NSTMT; i++)
+        sqlite3_finalize(r->st[i]);
+    sqlite3_close(r->db);
+    free(r);
+}
+
+static ledger_reader *reader_open(const char *path)
+{
+    ledger_reader *r = NULL, *ret = NULL;
+
+    if ((r = calloc(1, sizeof(*r))) == NULL)
+        goto out;
+    if (sqlite3_open_v2(path, &r->db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) !=
+        SQLITE_OK) {
+        log_db(r->db, "open reader");
+        goto out;
+    }
+    sqlite3_busy_timeout(r->db, LEDGER_BUSY_MS);
+    for (int i = 0; i < R_NSTMT; i++) {
+        if (sqlite3_prepare_v3(r->db, reader_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &r->st[i],
+                               NULL) != SQLITE_OK) {
+            log_db(r->db, reader_sql[i]);
+            goto out;
+        }
+    }
+    ret = r;
+    r = NULL;
+out:
+    reader_free(r);
+    return ret;
+}
+
+/* Borrows an idle reader, or opens one: the pool grows to the number of concurrent readers. */
+static ledger_reader *reader_get(eg_ledger *lg)
+{
+    ledger_reader *r;
+
+    pthread_mutex_lock(&lg->rlock);
+    if ((r = lg->readers) != NULL)
+        lg->readers = r->next;
+    pthread_mutex_unlock(&lg->rlock);
+    return r != NULL ? r : reader_open(lg->path);
+}
+
+static void reader_put(eg_ledger *lg, ledger_reader *r)
+{
+    if (r == NULL)
+        return;
+    pthread_mutex_lock(&lg->rlock);
+    r->next = lg->readers;
+    lg->readers = r;
+    pthread_mutex_unlock(&lg->rlock);
+}
+
+/* --- open and close --- */
+
+static eg_ledger *ledger_new(const char *path, const eg_ledger_options *opt)
+{
+    eg_ledger *lg = NULL, *ret = NULL;
+    pthread_condattr_t ca;
+
+    if ((lg = calloc(1, sizeof(*lg))) == NULL)
+        goto out;
+    lg->lock_fd = -1;
+    if ((lg->path = strdup(path)) == NULL)
+        goto out;
+    lg->max_batch = opt != NULL && opt->max_batch != 0 ? opt->max_batch : LEDGER_BATCH_DEFAULT;
+    lg->max_wait_us = opt != NULL ? opt->max_wait_us : 0;
+    if (pthread_condattr_init(&ca) != 0)
+        goto out;
+    if (pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) == 0 &&
+        pthread_cond_init(&lg->wake, &ca) == 0) {
+        pthread_mutex_init(&lg->lock, NULL);
+        pthread_mutex_init(&lg->rlock, NULL);
+        lg->sync_ready = 1;
+    }
+    pthread_condattr_destroy(&ca);
+    if (!lg->sync_ready)
+        goto out;
+    ret = lg;
+    lg = NULL;
+out:
+    if (ret == NULL)
+        fprintf(stderr, "ledger: open %s: out of memory\n", path);
+    eg_ledger_close(lg);
+    return ret;
+}
+
+/* Only one process may hold intents in flight, or RETRY would hand one out twice. */
+static int lock_ledger(eg_ledger *lg)
+{
+    char lockpath[PATH_MAX];
+    int rc = -1;
+
+    if (snprintf(lockpath, sizeof(lockpath), "%s.lock", lg->path) >= (int)sizeof(lockpath)) {
+        fprintf(stderr, "ledger: %s: path too long\n", lg->path);
+        goto out;
+    }
+    if ((lg->lock_fd = open(lockpath, O_RDWR | O_CREAT | O_CLOEXEC, 0600)) < 0) {
+        fprintf(stderr, "ledger: open %s: %s\n", lockpath, strerror(errno));
+        goto out;
+    }
+    if (flock(lg->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+        fprintf(stderr, "ledger: %s is in use (%s held): %s\n", lg->path, lockpath,
+                strerror(errno));
+        goto out;
+    }
+    rc = 0;
+out:
+    return rc;
+}
+
+/* Reads one integer or text PRAGMA on db into buf. */
+static int pragma_get(sqlite3 *db, const char *sql, char *buf, size_t len)
+{
+    sqlite3_stmt *st = NULL;
+    const unsigned char *v;
+    int rc = -1;
+
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK || sqlite3_step(st) != SQLITE_ROW ||
+        (v = sqlite3_column_text(st, 0)) == NULL) {
+        log_db(db, sql);
+        goto out;
+    }
+    snprintf(buf, len, "%s", (const char *)v);
+    rc = 0;
+out:
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static int exec_sql(sqlite3 *db, const char *sql, const char *what)
+{
+    int rc = -1;
+
+    if (sqlite3_exec(db, sql, NULL, NULL, NULL) != SQLITE_OK) {
+        log_db(db, what);
+        goto out;
+    }
+    rc = 0;
+out:
+    return rc;
+}
+
+static int open_writer(eg_ledger *lg)
+{
+    char mode[16];
+    int rc = -1;
+
+    if (sqlite3_open_v2(lg->path, &lg->db,
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                        NULL) != SQLITE_OK) {
+        fprintf(stderr, "ledger: open %s: %s\n", lg->path,
+                lg->db != NULL ? sqlite3_errmsg(lg->db) : "out of memory");
+        goto out;
+    }
+    sqlite3_extended_result_codes(lg->db, 1); /* tells a taken serial from other failures */
+    sqlite3_busy_timeout(lg->db, LEDGER_BUSY_MS);
+    if (pragma_get(lg->db, "PRAGMA journal_mode = WAL", mode, sizeof(mode)) != 0)
+        goto out;
+    if (strcmp(mode, "wal") != 0) {
+        fprintf(stderr, "ledger: %s: cannot use WAL (journal_mode is %s)\n", lg->path, mode);
+        goto out;
+    }
+    if (exec_sql(lg->db, "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON", "pragmas") != 0)
+        goto out;
+    rc = 0;
+out:
+    return rc;
+}
+
+static int migrate(eg_ledger *lg)
+{
+    char buf[32];
+    int rc = -1, in_tx = 0, version;
+
+    if (exec_sql(lg->db, "BEGIN IMMEDIATE", "migrate: begin") != 0)
+        goto out;
+    in_tx = 1;
+    if (pragma_get(lg->db, "PRAGMA user_version", buf, sizeof(buf)) != 0)
+        goto out;
+    version = atoi(buf);
+    if (version < 0 || version > LEDGER_SCHEMA_VERSION) {
+        fprintf(stderr, "ledger: %s: schema version %d is not one this build knows (0-%d)\n",
+                lg->path, version, LEDGER_SCHEMA_VERSION);
+        goto out;
+    }
+    for (int v = version; v < LEDGER_SCHEMA_VERSION; v++) {
+        snprintf(buf, sizeof(buf), "migrate to version %d", v + 1);
+        if (exec_sql(lg->db, migrations[v], buf) != 0)
+            goto out;
+    }
+    snprintf(buf, sizeof(buf), "PRAGMA user_version = %d", LEDGER_SCHEMA_VERSION);
+    if (version < LEDGER_SCHEMA_VERSION && exec_sql(lg->db, buf, "migrate: version") != 0)
+        goto out;
+    if (exec_sql(lg->db, "COMMIT", "migrate: commit") != 0)
+        goto out;
+    in_tx = 0;
+    rc = 0;
+out:
+    if (in_tx)
+        sqlite3_exec(lg->db, "ROLLBACK", NULL, NULL, NULL);
+    return rc;
+}
+
+static int prepare_writer(eg_ledger *lg)
+{
+    int rc = -1;
+
+    for (int i = 0; i < W_NSTMT; i++) {
+        if (sqlite3_prepare_v3(lg->db, writer_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &lg->st[i],
+                               NULL) != SQLITE_OK) {
+            log_db(lg->db, writer_sql[i]);
+            goto out;
+        }
+    }
+    rc = 0;
+out:
+    return rc;
+}
+
+/* SQLite syncs the directory for a new WAL but not for a new database or our lock file. */
+static int sync_parent_dir(const char *path)
+{
+    char dir[PATH_MAX];
+    const char *slash = strrchr(path, '/');
+    int fd = -1, rc = -1;
+
+    if (slash == NULL)
+        snprintf(dir, sizeof(dir), ".");
+    else if (slash == path)
+        snprintf(dir, sizeof(dir), "/");
+    else
+        snprintf(dir, sizeof(dir), "%.*s", (int)(slash - path), path);
+    if ((fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0 || fsync(fd) != 0) {
+        fprintf(stderr, "ledger: sync directory %s: %s\n", dir, strerror(errno));
+        goto out;
+    }
+    rc = 0;
+out:
+    if (fd >= 0)
+        close(fd);
+    return rc;
+}
+
+int eg_ledger_open(const char *path, const eg_ledger_options *opt, eg_ledger **out)
+{
+    eg_ledger *lg = NULL;
+    int rc = -1;
+
+    if (path == NULL || out == NULL) {
+        fprintf(stderr, "ledger: open: no path or no handle to return\n");
+        goto out;
+    }
+    /* Connections are NOMUTEX (each used by one thread at a time), which needs this. */
+    if (!sqlite3_threadsafe()) {
+        fprintf(stderr, "ledger: SQLite is built without thread support\n");
+        goto out;
+    }
+    if ((lg = ledger_new(path, opt)) == NULL || lock_ledger(lg) != 0 || open_writer(lg) != 0 ||
+        migrate(lg) != 0 || prepare_writer(lg) != 0 || sync_parent_dir(path) != 0)
+        goto out;
+    /* One reader now, so that a database readers cannot open fails here, not later. */
+    if ((lg->readers = reader_open(path)) == NULL)
+        goto out;
+    if (pthread_create(&lg->writer, NULL, writer_main, lg) != 0) {
+        fprintf(stderr, "ledger: open %s: cannot start the writer thread\n", path);
+        goto out;
+    }
+    lg->running = 1;
+    *out = lg;
+    lg = NULL;
+    rc = 0;
+out:
+    eg_ledger_close(lg);
+    return rc;
+}
+
+void eg_ledger_close(eg_ledger *lg)
+{
+    ledger_reader *r;
+
+    if (lg == NULL)
+        return;
+    if (lg->running) {
+        pthread_mutex_lock(&lg->lock);
+        lg->stopping = 1;
+        pthread_cond_signal(&lg->wake);
+        pthread_mutex_unlock(&lg->lock);
+        pthread_join(lg->writer, NULL);
+    }
+    while ((r = lg->readers) != NULL) {
+        lg->readers = r->next;
+        reader_free(r);
+    }
+    for (int i = 0; i < W_NSTMT; i++)
+        sqlite3_finalize(lg->st[i]);
+    if (lg->db != NULL && sqlite3_close(lg->db) != SQLITE_OK)
+        log_db(lg->db, "close");
+    /* Intents still in flight stay pending and are offered for retry at the next open. */
+    free(lg->flight);
+    if (lg->lock_fd >= 0)
+        close(lg->lock_fd); /* after the database: the next owner must not overlap us */
+    if (lg->sync_ready) {
+        pthread_cond_destroy(&lg->wake);
+        pthread_mutex_destroy(&lg->lock);
+        pthread_mutex_destroy(&lg->rlock);
+    }
+    free(lg->path);
+    free(lg);
+}
+
+/* --- the API --- */
+
+static int intent_valid(const eg_issue_intent *in)
+{
+    return in != NULL && in->profile != NULL && in->principal != NULL && in->serial != NULL &&
+           in->serial_len >= 1 && in->serial_len <= LEDGER_SERIAL_MAX && in->subject != NULL;
+}
+
+int eg_ledger_begin_issue(eg_ledger *lg, const eg_issue_intent *in, eg_intent_result *out)
+{
+    ledger_op op = {.kind = OP_BEGIN, .intent = in};
+    int rc = -1;
+
+    if (lg == NULL || out == NULL || !intent_valid(in)) {
+        fprintf(stderr, "ledger: begin_issue: incomplete intent or serial not 1-20 octets\n");
+        goto out;
+    }
+    if ((rc = submit(lg, &op)) != 0)
+        goto out;
+    *out = op.res;
+out:
+    return rc;
+}
+
+int eg_ledger_complete_issue(eg_ledger *lg, int64_t id, const uint8_t *der, size_t len)
+{
+    ledger_op op = {.kind = OP_COMPLETE, .id = id, .der = der, .der_len = len};
+    int rc = -1;
+
+    if (lg == NULL || der == NULL || len == 0 || len > INT_MAX) {
+        fprintf(stderr, "ledger: complete_issue: no certificate\n");
+        goto out;
+    }
+    rc = submit(lg, &op);
+out:
+    return rc;
+}
+
+int eg_ledger_fail_issue(eg_ledger *lg, int64_t id, const char *reason)
+{
+    ledger_op op = {.kind = OP_FAIL, .id = id, .text = reason};
+    int rc = -1;
+
+    if (lg == NULL)
+        goto out;
+    rc = submit(lg, &op);
+out:
+    return rc;
+}
+
+int eg_ledger_audit(eg_ledger *lg, const eg_audit_event *ev)
+{
+    ledger_op op = {.kind = OP_AUDIT, .event = ev};
+    int rc = -1;
+
+    if (lg == NULL || ev == NULL || ev->type == NULL) {
+        fprintf(stderr, "ledger: audit: event without a type\n");
+        goto out;
+    }
+    rc = submit(lg, &op);
+out:
+    return rc;
+}
+
+int eg_ledger_writer_pragma(eg_ledger *lg, const char *name, char **value)
+{
+    ledger_op op = {.kind = OP_PRAGMA, .text = name};
+    int rc = -1;
+
+    if (lg == NULL || name == NULL || value == NULL || submit(lg, &op) != 0)
+        goto out;
+    *value = op.value;
+    rc = 0;
+out:
+    return rc;
+}
+
+int eg_ledger_find_serial(eg_ledger *lg, const uint8_t *serial, size_t len, uint8_t **der,
+                          size_t *der_len)
+{
+    ledger_reader *r = NULL;
+    sqlite3_stmt *st = NULL;
+    const void *blob;
+    uint8_t *copy = NULL;
+    size_t n;
+    int rc = -1, step;
+
+    if (lg == NULL || serial == NULL || len > INT_MAX || der == NULL || der_len == NULL ||
+        (r = reader_get(lg)) == NULL)
+        goto out;
+    st = r->st[R_FIND_SERIAL];
+    sqlite3_bind_blob(st, 1, serial, (int)len, SQLITE_STATIC);
+    if ((step = sqlite3_step(st)) == SQLITE_DONE) {
+        rc = 0;
+        goto out;
+    }
+    if (step != SQLITE_ROW) {
+        log_db(r->db, "find_serial");
+        goto out;
+    }
+    blob = sqlite3_column_blob(st, 0);
+    n = (size_t)sqlite3_column_bytes(st, 0);
+    if ((copy = malloc(n)) == NULL)
+        goto out;
+    memcpy(copy, blob, n);
+    *der = copy;
+    *der_len = n;
+    copy = NULL;
+    rc = 1;
+out:
+    if (st != NULL)
+        stmt_clear(st); /* ends the read transaction, so WAL checkpoints can pass it */
+    reader_put(lg, r);
+    free(copy);
+    return rc;
+}
+
+int64_t eg_ledger_count_issued(eg_ledger *lg)
+{
+    ledger_reader *r = NULL;
+    sqlite3_stmt *st = NULL;
+    int64_t rc = -1;
+
+    if (lg == NULL || (r = reader_get(lg)) == NULL)
+        goto out;
+    st = r->st[R_COUNT_ISSUED];
+    if (sqlite3_step(st) != SQLITE_ROW) {
+        log_db(r->db, "count_issued");
+        goto out;
+    }
+    rc = sqlite3_column_int64(st, 0);
+out:
+    if (st != NULL)
+        stmt_clear(st);
+    reader_put(lg, r);
+    return rc;
+}
+
+void eg_ledger_get_stats(eg_ledger *lg, eg_ledger_stats *out)
+{
+    if (lg == NULL || out == NULL)
+        return;
+    pthread_mutex_lock(&lg->lock);
+    *out = lg->stats;
+    pthread_mutex_unlock(&lg->lock);
+}

@@ -1,0 +1,92 @@
+/*
+ * The ledger: every certificate estgated issues and every audit event, in
+ * SQLite (WAL, synchronous=FULL). An issuance is recorded as an intent before
+ * the token signs and completed with the certificate before the response
+ * leaves, so nothing a client received is ever missing after a crash.
+ * Commits from concurrent callers are grouped: one writer thread commits a
+ * batch in one transaction (one fsync) and wakes every caller in it.
+ */
+#ifndef EG_LEDGER_H
+#define EG_LEDGER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct eg_ledger eg_ledger;
+
+typedef struct eg_ledger_options {
+    unsigned max_batch;   /* most operations per commit; 0: 256 */
+    unsigned max_wait_us; /* how long a batch may wait to fill; 0: commit at once */
+} eg_ledger_options;
+
+/* Opens (creating and migrating as needed) the ledger at path. One process at a time: open
+ * holds a lock on "<path>.lock", because a pending intent that no open ledger has in flight is
+ * taken to be left by a crashed process and is offered for retry. */
+int eg_ledger_open(const char *path, const eg_ledger_options *opt, eg_ledger **out);
+void eg_ledger_close(eg_ledger *lg);
+
+/* What a caller is about to issue. The idempotency key is (profile, principal, request_hash). */
+typedef struct eg_issue_intent {
+    const char *profile;      /* profile label */
+    const char *principal;    /* who asked: Basic user or client certificate fingerprint */
+    uint8_t request_hash[32]; /* SHA-256 of the request (the CSR's DER) */
+    const uint8_t *serial;    /* the certificate's serial: DER INTEGER content, 1-20 octets */
+    size_t serial_len;
+    const char *subject; /* RFC 2253 subject, for operators */
+    int64_t not_after;   /* Unix time */
+} eg_issue_intent;
+
+typedef enum eg_intent_state {
+    EG_INTENT_NEW = 0, /* recorded durably; sign and complete it */
+    EG_INTENT_ISSUED,  /* the same request was issued before: *cert holds that certificate */
+    EG_INTENT_RETRY,   /* an earlier attempt stopped before completing: sign again with
+                          the serial returned in *serial (the recorded one) */
+    EG_INTENT_BUSY,    /* the same request is being issued right now by another caller
+                          in this process: answer "try again later" */
+} eg_intent_state;
+
+typedef struct eg_intent_result {
+    eg_intent_state state;
+    int64_t id;    /* the intent's row id */
+    uint8_t *cert; /* EG_INTENT_ISSUED: DER certificate; free with free() */
+    size_t cert_len;
+    uint8_t serial[20]; /* EG_INTENT_RETRY/ISSUED: the recorded serial */
+    size_t serial_len;
+} eg_intent_result;
+
+/* Records an intent durably, or finds the earlier one for the same key. 0: *out is filled (id
+ * and serial in every state); -2: the serial is already recorded for another intent, so draw a
+ * new one and call again; -1: error. */
+int eg_ledger_begin_issue(eg_ledger *lg, const eg_issue_intent *in, eg_intent_result *out);
+/* Completes an intent with its certificate, durably, before the response leaves. id must be
+ * in flight: returned by begin_issue as NEW or RETRY, and neither completed nor failed. */
+int eg_ledger_complete_issue(eg_ledger *lg, int64_t id, const uint8_t *der, size_t len);
+/* Marks an intent failed (signing refused or failed): no half-written record stays. The key
+ * may be issued again; the serial stays taken. id must be in flight, as for complete. */
+int eg_ledger_fail_issue(eg_ledger *lg, int64_t id, const char *reason);
+
+/* Looks a certificate up by serial (DER INTEGER content); 1 found, 0 not found, -1 error. */
+int eg_ledger_find_serial(eg_ledger *lg, const uint8_t *serial, size_t len, uint8_t **der,
+                          size_t *der_len);
+/* Counts certificates in the ledger (completed intents); -1 on error. */
+int64_t eg_ledger_count_issued(eg_ledger *lg);
+
+typedef struct eg_audit_event {
+    const char *type;      /* e.g. "enroll.ok", "auth.fail.basic", "policy.deny.san" */
+    const char *profile;   /* NULL when not known */
+    const char *principal; /* NULL when not known */
+    const char *peer;      /* client address */
+    const char *detail;    /* human-readable, never a secret */
+    int64_t intent_id;     /* 0 when none */
+} eg_audit_event;
+
+/* Stores an audit event (grouped with other commits; durable on return). */
+int eg_ledger_audit(eg_ledger *lg, const eg_audit_event *ev);
+
+typedef struct eg_ledger_stats {
+    uint64_t commits;    /* transactions committed (each one fsync) */
+    uint64_t operations; /* operations carried by them */
+} eg_ledger_stats;
+void eg_ledger_get_stats(eg_ledger *lg, eg_ledger_stats *out);
+
+#endif

@@ -1,0 +1,703 @@
+/* The ledger: schema, idempotent issuance, group commit, and what survives a crash. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <CUnit/CUnit.h>
+#include <sqlite3.h>
+
+#include "cu_run.h"
+#include "ledger.h"
+#include "ledger_local.h"
+
+static char dir[PATH_MAX];
+static char db_path[PATH_MAX + 16];
+
+/* --- fixture: a fresh database in its own directory per test --- */
+
+static void fresh_dir(void)
+{
+    const char *tmp = getenv("TMPDIR");
+
+    snprintf(dir, sizeof(dir), "%s/test_ledger.XXXXXX", tmp != NULL ? tmp : "/tmp");
+    if (mkdtemp(dir) == NULL) {
+        perror("mkdtemp");
+        abort();
+    }
+    snprintf(db_path, sizeof(db_path), "%s/ledger.db", dir);
+}
+
+static void remove_dir(void)
+{
+    char path[PATH_MAX + 256];
+    DIR *d = opendir(dir);
+    struct dirent *e;
+
+    while (d != NULL && (e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+        unlink(path);
+    }
+    if (d != NULL)
+        closedir(d);
+    rmdir(dir);
+}
+
+/* --- requests and certificates made up from a number --- */
+
+typedef struct req {
+    eg_issue_intent in;
+    char principal[32];
+    char subject[48];
+    uint8_t serial[8];
+} req;
+
+static void set_serial(req *r, uint32_t serial)
+{
+    r->serial[0] = 0x40; /* positive, no leading zero */
+    for (int i = 0; i < 4; i++)
+        r->serial[4 + i] = (uint8_t)(serial >> (24 - 8 * i));
+    r->in.serial = r->serial;
+    r->in.serial_len = sizeof(r->serial);
+}
+
+/* The request for key; its serial is key unless changed with set_serial. */
+static void req_init(req *r, uint32_t key)
+{
+    memset(r, 0, sizeof(*r));
+    snprintf(r->principal, sizeof(r->principal), "device-%u", key % 7);
+    snprintf(r->subject, sizeof(r->subject), "CN=device-%u,O=Test", key);
+    r->in.profile = "iot";
+    r->in.principal = r->principal;
+    r->in.subject = r->subject;
+    r->in.not_after = 2000000000;
+    for (int i = 0; i < 4; i++)
+        r->in.request_hash[i] = (uint8_t)(key >> (24 - 8 * i));
+    set_serial(r, key);
+}
+
+#define CERT_MAX 700
+
+static size_t fake_cert(uint32_t key, uint8_t *der)
+{
+    size_t len = 600 + key % 97;
+
+    for (size_t i = 0; i < len; i++)
+        der[i] = (uint8_t)(key * 31 + i);
+    der[0] = 0x30;
+    return len;
+}
+
+static eg_ledger *open_ledger(const eg_ledger_options *opt)
+{
+    eg_ledger *lg = NULL;
+
+    CU_ASSERT_EQUAL_FATAL(eg_ledger_open(db_path, opt, &lg), 0);
+    return lg;
+}
+
+/* begin + complete for key; 0 when it was NEW and is now issued. */
+static int issue(eg_ledger *lg, uint32_t key, int64_t *id)
+{
+    eg_intent_result res;
+    uint8_t der[CERT_MAX];
+    req r;
+
+    req_init(&r, key);
+    if (eg_ledger_begin_issue(lg, &r.in, &res) != 0 || res.state != EG_INTENT_NEW)
+        return -1;
+    if (eg_ledger_complete_issue(lg, res.id, der, fake_cert(key, der)) != 0)
+        return -1;
+    if (id != NULL)
+        *id = res.id;
+    return 0;
+}
+
+static int has_cert(eg_ledger *lg, uint32_t key)
+{
+    uint8_t want[CERT_MAX], *der = NULL;
+    size_t len = 0, want_len = fake_cert(key, want);
+    req r;
+    int ok;
+
+    req_init(&r, key);
+    ok = eg_ledger_find_serial(lg, r.serial, sizeof(r.serial), &der, &len) == 1 &&
+         len == want_len && memcmp(der, want, len) == 0;
+    free(der);
+    return ok;
+}
+
+/* --- looking inside with a connection of our own --- */
+
+static int64_t sql_int(const char *sql, int64_t bind)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    int64_t v = -1;
+
+    if (sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+        sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK) {
+        if (sqlite3_bind_parameter_count(st) > 0)
+            sqlite3_bind_int64(st, 1, bind);
+        if (sqlite3_step(st) == SQLITE_ROW)
+            v = sqlite3_column_int64(st, 0);
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return v;
+}
+
+static int sql_text_is(const char *sql, const char *want)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    const unsigned char *v;
+    int ok = 0;
+
+    if (sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+        sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW &&
+        (v = sqlite3_column_text(st, 0)) != NULL)
+        ok = strcmp((const char *)v, want) == 0;
+    if (!ok)
+        fprintf(stderr, "\n  %s: not %s\n", sql, want);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return ok;
+}
+
+static int writer_pragma_is(eg_ledger *lg, const char *name, const char *want)
+{
+    char *v = NULL;
+    int ok = eg_ledger_writer_pragma(lg, name, &v) == 0 && strcmp(v, want) == 0;
+
+    free(v);
+    return ok;
+}
+
+/* --- schema --- */
+
+static void test_schema_is_wal_full_sync_with_version(void)
+{
+    eg_ledger *lg = open_ledger(NULL);
+
+    CU_ASSERT(writer_pragma_is(lg, "journal_mode", "wal"));
+    CU_ASSERT(writer_pragma_is(lg, "synchronous", "2"));
+    CU_ASSERT(writer_pragma_is(lg, "foreign_keys", "1"));
+    CU_ASSERT(writer_pragma_is(lg, "user_version", "1"));
+    CU_ASSERT(sql_text_is("SELECT sql LIKE '%WHERE state <> ''failed''' FROM sqlite_schema"
+                          " WHERE name = 'issuance_key'",
+                          "1"));
+    CU_ASSERT(sql_text_is("SELECT group_concat(name) FROM (SELECT name FROM pragma_table_info("
+                          "'audit') ORDER BY cid)",
+                          "id,time,type,profile,principal,peer,detail,intent_id"));
+    eg_ledger_close(lg);
+    lg = open_ledger(NULL); /* an existing ledger opens without migrating again */
+    CU_ASSERT(writer_pragma_is(lg, "user_version", "1"));
+    eg_ledger_close(lg);
+}
+
+static void test_newer_schema_is_refused(void)
+{
+    eg_ledger *lg = NULL;
+    sqlite3 *db = NULL;
+
+    CU_ASSERT_EQUAL_FATAL(sqlite3_open(db_path, &db), SQLITE_OK);
+    CU_ASSERT_EQUAL(sqlite3_exec(db, "PRAGMA user_version = 99", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    CU_ASSERT_EQUAL(eg_ledger_open(db_path, NULL, &lg), -1);
+    CU_ASSERT_PTR_NULL(lg);
+}
+
+static void test_second_open_is_refused(void)
+{
+    eg_ledger *lg = open_ledger(NULL), *again = NULL;
+
+    CU_ASSERT_EQUAL(eg_ledger_open(db_path, NULL, &again), -1);
+    CU_ASSERT_PTR_NULL(again);
+    eg_ledger_close(lg);
+    lg = open_ledger(NULL);
+    eg_ledger_close(lg);
+}
+
+/* --- issuance --- */
+
+static void test_issued_request_returns_same_certificate(void)
+{
+    eg_ledger *lg = open_ledger(NULL);
+    uint8_t der[CERT_MAX], *found = NULL;
+    size_t len = fake_cert(1, der), found_len = 0;
+    eg_intent_result first, again;
+    req r;
+
+    req_init(&r, 1);
+    CU_ASSERT_EQUAL_FATAL(eg_ledger_begin_issue(lg, &r.in, &first), 0);
+    CU_ASSERT_EQUAL(first.state, EG_INTENT_NEW);
+    CU_ASSERT(first.id > 0);
+    CU_ASSERT_EQUAL(eg_ledger_find_serial(lg, r.serial, sizeof(r.serial), &found, &found_len),
+                    0); /* pending is not a certificate */
+    CU_ASSERT_EQUAL(eg_ledger_count_issued(lg), 0);
+    CU_ASSERT_EQUAL_FATAL(eg_ledger_complete_issue(lg, first.id, der, len), 0);
+
+    set_serial(&r, 999); /* a retried request draws a new serial; the recorded one wins */
+    CU_ASSERT_EQUAL_FATAL(eg_ledger_begin_issue(lg, &r.in, &again), 0);
+    CU_ASSERT_EQUAL(again.state, EG_INTENT_ISSUED);
+    CU_ASSERT_EQUAL(again.id, first.id);
+    CU_ASSERT_EQUAL_FATAL(again.cert_len, len);
+    CU_ASSERT(memcmp(again.cert, der, len) == 0);
+    set_serial(&r, 1);
+    CU_ASSERT(again.serial_len == sizeof(r.serial) && memcmp(again.serial, r.serial, 8) == 0);
+    free(again.cert);
+
+    CU_ASSERT_EQUAL(eg_ledger_count_issued(lg), 1);
+    CU_ASSERT(has_cert(lg, 1));
+    CU_ASSERT_EQUAL(eg_ledger_complete_issue(lg, first.id, der, len), -1); /* not in flight */
+    eg_ledger_close(lg);
+}
+
+typedef struct race {
+    eg_ledger *lg;
+    pthread_barrier_t *start;
+    uint32_t serial;
+    int rc;
+    eg_intent_result res;
+} race;
+
+static void *race_begin(void *arg)
+{
+    race *ra = arg;
+    req r;
+
+    req_init(&r, 7);
+    set_serial(&r, ra->serial);
+    pthread_barrier_wait(ra->start);
+    ra->rc = eg_ledger_begin_issue(ra->lg, &r.in, &ra->res);
+    return NULL;
+}
+
+static void test_request_in_flight_is_busy(void)
+{
+    enum { N = 8 };
+    eg_ledger *lg = open_ledger(NULL);
+    pthread_barrier_t start;
+    pthread_t t[N];
+    race ra[N];
+    int news = 0, busy = 0;
+    int64_t id = 0;
+
+    pthread_barrier_init(&start, NULL, N);
+    for (int i = 0; i < N; i++) {
+        ra[i] = (race){.lg = lg, .start = &start, .serial = 100 + i};
+        pthread_create(&t[i], NULL, race_begin, &ra[i]);
+    }
+    for (int i = 0; i < N; i++) {
+        pthread_join(t[i], NULL);
+        CU_ASSERT_EQUAL(ra[i].rc, 0);
+        news += ra[i].res.state == EG_INTENT_NEW;
+        busy += ra[i].res.state == EG_INTENT_BUSY;
+        if (ra[i].res.state == EG_INTENT_NEW)
+            id = ra[i].res.id;
+    }
+    pthread_barrier_destroy(&start);
+    CU_ASSERT_EQUAL(news, 1);
+    CU_ASSERT_EQUAL(busy, N - 1);
+    for (int i = 0; i < N; i++)
+        CU_ASSERT(ra[i].res.id == id);
+    eg_ledger_close(lg);
+}
+
+static void test_failed_attempt_can_be_retried(void)
+{
+    eg_ledger *lg = open_ledger(NULL);
+    eg_intent_result first, second;
+    uint8_t der[CERT_MAX];
+    req r;
+
+    req_init(&r, 3);
+    CU_ASSERT_EQUAL_FATAL(eg_ledger_begin_issue(lg, &r.in, &first), 0);
+    CU_ASSERT_EQUAL(first.state, EG_INTENT_NEW);
+    CU_ASSERT_EQUAL(eg_ledger_fail_issue(lg, first.id, "token refused"), 0);
+    CU_ASSERT_EQUAL(eg_ledger_fail_issue(lg, first.id, "again"), -1);
+    CU_ASSERT_EQUAL(eg_ledger_begin_issue(lg, &r.in, &second), -2); /* its serial stays taken */
+    set_serial(&r, 33);
+    CU_ASSERT_EQUAL_FATAL(eg_ledger_begin_issue(lg, &r.in, &second), 0);
+    CU_ASSERT_EQUAL(second.state, EG_INTENT_NEW);
+    CU_ASSERT(second.id != first.id);
+    CU_ASSERT_EQUAL(eg_ledger_complete_issue(lg, first.id, der, fake_cert(3, der)), -1);
+    CU_ASSERT_EQUAL(eg_ledger_complete_issue(lg, second.id, der, fake_cert(3, der)), 0);
+    eg_ledger_close(lg);
+    CU_ASSERT(sql_text_is("SELECT state || ':' || fail_reason FROM issuance WHERE id = 1",
+                          "failed:token refused"));
+    CU_ASSERT_EQUAL(sql_int("SELECT count(*) FROM issuance WHERE state = 'issued'", 0), 1);
+}
+
+static void test_serial_collision_is_reported_apart(void)
+{
+    eg_ledger *lg = open_ledger(NULL);
+    eg_intent_result res, untouched;
+    req a, b;
+
+    req_init(&a, 10);
+    req_init(&b, 11);
+    set_serial(&b, 10);
+    CU_ASSERT_EQUAL_FATAL(eg_ledger_begin_issue(lg, &a.in, &res), 0);
+    memset(&untouched, 0xa5, sizeof(untouched));
+    res = untouched;
+    CU_ASSERT_EQUAL(eg_ledger_begin_issue(lg, &b.in, &res), -2);
+    CU_ASSERT(memcmp(&res, &untouched, sizeof(res)) == 0);
+    set_serial(&b, 11);
+    CU_ASSERT_EQUAL(eg_ledger_begin_issue(lg, &b.in, &res), 0);
+    CU_ASSERT_EQUAL(res.state, EG_INTENT_NEW);
+    b.in.serial_len = 21;
+    CU_ASSERT_EQUAL(eg_ledger_begin_issue(lg, &b.in, &res), -1);
+    eg_ledger_close(lg);
+}
+
+/* --- a pending row left by a process that died --- */
+
+static void begin_and_die(int fd)
+{
+    eg_ledger *lg = NULL;
+    eg_intent_result res;
+    req r;
+
+    req_init(&r, 42);
+    if (eg_ledger_open(db_path, NULL, &lg) != 0 || eg_ledger_begin_issue(lg, &r.in, &res) != 0 ||
+        res.state != EG_INTENT_NEW || write(fd, &res.id, sizeof(res.id)) != sizeof(res.id))
+        _exit(1);
+    _exit(0); /* no complete, no close: as if the token had hung and the process was killed */
+}
+
+static void test_pending_row_of_dead_process_is_retried(void)
+{
+    eg_intent_result res, busy;
+    int fds[2], status = -1;
+    int64_t id = 0;
+    eg_ledger *lg;
+    pid_t pid;
+    req r;
+
+    CU_ASSERT_EQUAL_FATAL(pipe(fds), 0);
+    if ((pid = fork()) == 0)
+        begin_and_die(fds[1]);
+    close(fds[1]);
+    CU_ASSERT_EQUAL(read(fds[0], &id, sizeof(id)), sizeof(id));
+    close(fds[0]);
+    CU_ASSERT_EQUAL_FATAL(waitpid(pid, &status, 0), pid);
+    CU_ASSERT_FATAL(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+
+    lg = open_ledger(NULL);
+    req_init(&r, 42);
+    set_serial(&r, 4242);
+    CU_ASSERT_EQUAL_FATAL(eg_ledger_begin_issue(lg, &r.in, &res), 0);
+    CU_ASSERT_EQUAL(res.state, EG_INTENT_RETRY);
+    CU_ASSERT_EQUAL(res.id, id);
+    set_serial(&r, 42);
+    CU_ASSERT(res.serial_len == sizeof(r.serial) && memcmp(res.serial, r.serial, 8) == 0);
+    CU_ASSERT_EQUAL(eg_ledger_begin_issue(lg, &r.in, &busy), 0); /* now it is ours */
+    CU_ASSERT_EQUAL(busy.state, EG_INTENT_BUSY);
+    eg_ledger_close(lg);
+}
+
+/* --- audit --- */
+
+static void test_audit_events_are_stored(void)
+{
+    eg_ledger *lg = open_ledger(NULL);
+    int64_t id = 0;
+    eg_audit_event ev = {.type = "auth.fail.basic", .peer = "192.0.2.7", .detail = "bad password"};
+
+    CU_ASSERT_EQUAL(eg_ledger_audit(lg, &ev), 0);
+    CU_ASSERT_EQUAL_FATAL(issue(lg, 5, &id), 0);
+    ev = (eg_audit_event){.type = "enroll.ok",
+                          .profile = "iot",
+                          .principal = "device-5",
+                          .peer = "192.0.2.8",
+                          .detail = "CN=device-5,O=Test",
+                          .intent_id = id};
+    CU_ASSERT_EQUAL(eg_ledger_audit(lg, &ev), 0);
+    CU_ASSERT_EQUAL(eg_ledger_audit(lg, &ev), 0);
+    ev.intent_id = 999999; /* no such intent */
+    CU_ASSERT_EQUAL(eg_ledger_audit(lg, &ev), -1);
+    ev.type = NULL;
+    CU_ASSERT_EQUAL(eg_ledger_audit(lg, &ev), -1);
+    eg_ledger_close(lg);
+
+    CU_ASSERT_EQUAL(sql_int("SELECT count(*) FROM audit", 0), 3);
+    CU_ASSERT_EQUAL(
+        sql_int("SELECT count(*) FROM audit WHERE type = 'enroll.ok' AND intent_id = ?", id), 2);
+    CU_ASSERT(sql_text_is("SELECT type || '|' || peer || '|' || detail || '|' ||"
+                          " (profile IS NULL) || (intent_id IS NULL) FROM audit WHERE id = 1",
+                          "auth.fail.basic|192.0.2.7|bad password|11"));
+}
+
+/* --- group commit --- */
+
+typedef struct worker {
+    eg_ledger *lg;
+    uint32_t first;
+    unsigned count;
+    unsigned failed;
+} worker;
+
+static void *issue_many(void *arg)
+{
+    worker *w = arg;
+
+    for (unsigned i = 0; i < w->count; i++)
+        if (issue(w->lg, w->first + i, NULL) != 0)
+            w->failed++;
+    return NULL;
+}
+
+static void test_concurrent_issuance_is_grouped(void)
+{
+    enum { THREADS = 16, EACH = 200 };
+    eg_ledger *lg = open_ledger(NULL);
+    eg_ledger_stats st;
+    pthread_t t[THREADS];
+    worker w[THREADS];
+    unsigned failed = 0;
+
+    for (int i = 0; i < THREADS; i++) {
+        w[i] = (worker){.lg = lg, .first = 1000u * (i + 1), .count = EACH};
+        pthread_create(&t[i], NULL, issue_many, &w[i]);
+    }
+    for (int i = 0; i < THREADS; i++) {
+        pthread_join(t[i], NULL);
+        failed += w[i].failed;
+    }
+    eg_ledger_get_stats(lg, &st);
+    printf("\n    %llu operations in %llu commits ", (unsigned long long)st.operations,
+           (unsigned long long)st.commits);
+    CU_ASSERT_EQUAL(failed, 0);
+    CU_ASSERT_EQUAL(eg_ledger_count_issued(lg), THREADS * EACH);
+    CU_ASSERT_EQUAL(st.operations, 2 * THREADS * EACH);
+    CU_ASSERT(st.commits * 2 < st.operations);
+    CU_ASSERT(has_cert(lg, 1000) && has_cert(lg, 16000 + EACH - 1));
+    eg_ledger_close(lg);
+}
+
+typedef struct begin_arg {
+    eg_ledger *lg;
+    uint32_t key;
+    uint32_t serial;
+    int rc;
+} begin_arg;
+
+static void *begin_one(void *arg)
+{
+    begin_arg *b = arg;
+    eg_intent_result res;
+    req r;
+
+    req_init(&r, b->key);
+    set_serial(&r, b->serial);
+    b->rc = eg_ledger_begin_issue(b->lg, &r.in, &res);
+    return NULL;
+}
+
+/* Half the batch collides on serials; the other half must still commit, in that same batch. */
+static void test_failing_operation_spares_its_batch(void)
+{
+    enum { N = 8 };
+    eg_ledger_options opt = {.max_batch = N, .max_wait_us = 5000000};
+    eg_ledger_stats before, after;
+    pthread_t t[N];
+    begin_arg b[N];
+    eg_ledger *lg = open_ledger(NULL);
+
+    CU_ASSERT_EQUAL_FATAL(issue(lg, 500, NULL), 0);
+    eg_ledger_close(lg);
+    lg = open_ledger(&opt);
+    eg_ledger_get_stats(lg, &before);
+    for (int i = 0; i < N; i++) {
+        /* odd ones reuse the serial of key 500 */
+        b[i] = (begin_arg){.lg = lg, .key = 600 + i, .serial = i % 2 ? 500 : 600 + i};
+        pthread_create(&t[i], NULL, begin_one, &b[i]);
+    }
+    for (int i = 0; i < N; i++) {
+        pthread_join(t[i], NULL);
+        CU_ASSERT_EQUAL(b[i].rc, i % 2 ? -2 : 0);
+    }
+    eg_ledger_get_stats(lg, &after);
+    CU_ASSERT_EQUAL(after.commits - before.commits, 1);
+    CU_ASSERT_EQUAL(after.operations - before.operations, N);
+    eg_ledger_close(lg);
+    CU_ASSERT_EQUAL(sql_int("SELECT count(*) FROM issuance WHERE state = 'pending'", 0), N / 2);
+}
+
+/* --- SIGKILL in the middle of issuing --- */
+
+typedef struct crash_rec {
+    int64_t id;
+    uint32_t key;
+    uint32_t pad;
+} crash_rec;
+
+typedef struct crash_worker {
+    eg_ledger *lg;
+    int fd;
+    uint32_t base;
+} crash_worker;
+
+static void *crash_issue(void *arg)
+{
+    crash_worker *cw = arg;
+    crash_rec rec = {0};
+
+    for (uint32_t i = 0;; i++) {
+        rec.key = cw->base + i;
+        if (issue(cw->lg, rec.key, &rec.id) != 0)
+            _exit(3);
+        /* Reported only now that complete_issue returned: the client has its certificate. */
+        if (write(cw->fd, &rec, sizeof(rec)) != sizeof(rec))
+            _exit(4);
+    }
+    return NULL;
+}
+
+static void crash_child(int fd, uint32_t round)
+{
+    enum { THREADS = 4 };
+    crash_worker cw[THREADS];
+    pthread_t t[THREADS];
+    eg_ledger *lg = NULL;
+
+    if (eg_ledger_open(db_path, NULL, &lg) != 0)
+        _exit(2);
+    for (uint32_t i = 0; i < THREADS; i++) {
+        cw[i] = (crash_worker){.lg = lg, .fd = fd, .base = (round << 24) | (i << 20)};
+        pthread_create(&t[i], NULL, crash_issue, &cw[i]);
+    }
+    pthread_join(t[0], NULL);
+    _exit(5);
+}
+
+/* Appends records to recs until EOF, killing the child deadline_ms from now; returns how many. */
+static size_t collect(int fd, pid_t pid, unsigned deadline_ms, crash_rec **recs, size_t *cap,
+                      size_t *total)
+{
+    struct timespec t0, t;
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    size_t n = *total;
+    int killed = 0;
+    ssize_t got;
+
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        if (!killed && (t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000 >=
+                           (long)deadline_ms) {
+            kill(pid, SIGKILL);
+            killed = 1;
+        }
+        if (poll(&p, 1, 10) <= 0)
+            continue;
+        if (n == *cap &&
+            (*recs = realloc(*recs, (*cap = *cap * 2 + 1024) * sizeof(**recs))) == NULL)
+            abort();
+        if ((got = read(fd, &(*recs)[n], sizeof(**recs))) <= 0)
+            break;
+        CU_ASSERT_EQUAL_FATAL(got, sizeof(**recs)); /* pipe writes this small are atomic */
+        n++;
+    }
+    n -= *total;
+    *total += n;
+    return n;
+}
+
+/* Every reported id is an issued row holding its certificate, found by id and by serial. */
+static size_t count_lost(eg_ledger *lg, const crash_rec *recs, size_t n)
+{
+    uint8_t want[CERT_MAX];
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    size_t lost = n, len;
+
+    if (sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(db, "SELECT cert FROM issuance WHERE id = ? AND state = 'issued'", -1,
+                           &st, NULL) != SQLITE_OK)
+        goto out;
+    for (size_t i = 0; i < n; i++) {
+        len = fake_cert(recs[i].key, want);
+        sqlite3_bind_int64(st, 1, recs[i].id);
+        if (sqlite3_step(st) == SQLITE_ROW && (size_t)sqlite3_column_bytes(st, 0) == len &&
+            memcmp(sqlite3_column_blob(st, 0), want, len) == 0 && has_cert(lg, recs[i].key))
+            lost--;
+        sqlite3_reset(st);
+    }
+out:
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return lost;
+}
+
+static void check_survivors(const crash_rec *recs, size_t n)
+{
+    eg_ledger *lg = open_ledger(NULL);
+
+    CU_ASSERT_EQUAL(count_lost(lg, recs, n), 0);
+    CU_ASSERT(eg_ledger_count_issued(lg) >= (int64_t)n);
+    eg_ledger_close(lg);
+    CU_ASSERT(sql_text_is("PRAGMA integrity_check", "ok"));
+    CU_ASSERT_EQUAL(sql_int("SELECT count(*) FROM pragma_foreign_key_check", 0), 0);
+}
+
+static void test_acknowledged_issuance_survives_sigkill(void)
+{
+    crash_rec *recs = NULL;
+    size_t cap = 0, total = 0;
+    unsigned seed = (unsigned)time(NULL) ^ (unsigned)getpid();
+    int fds[2], status;
+    pid_t pid;
+
+    for (uint32_t round = 1; round <= 3; round++) {
+        unsigned deadline = 150 + (unsigned)rand_r(&seed) % 500;
+
+        CU_ASSERT_EQUAL_FATAL(pipe(fds), 0);
+        if ((pid = fork()) == 0) {
+            close(fds[0]);
+            crash_child(fds[1], round);
+        }
+        close(fds[1]);
+        CU_ASSERT(collect(fds[0], pid, deadline, &recs, &cap, &total) > 0);
+        close(fds[0]);
+        CU_ASSERT_EQUAL_FATAL(waitpid(pid, &status, 0), pid);
+        CU_ASSERT(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+        check_survivors(recs, total); /* this round's and every earlier one's */
+    }
+    printf("\n    %zu acknowledged issuances checked after 3 kills ", total);
+    free(recs);
+}
+
+static CU_TestInfo tests[] = {
+    {"schema is WAL, FULL sync, versioned", test_schema_is_wal_full_sync_with_version},
+    {"newer schema is refused", test_newer_schema_is_refused},
+    {"second open is refused", test_second_open_is_refused},
+    {"issued request returns the same certificate", test_issued_request_returns_same_certificate},
+    {"request in flight is busy", test_request_in_flight_is_busy},
+    {"failed attempt can be retried", test_failed_attempt_can_be_retried},
+    {"serial collision is reported apart", test_serial_collision_is_reported_apart},
+    {"pending row of a dead process is retried", test_pending_row_of_dead_process_is_retried},
+    {"audit events are stored", test_audit_events_are_stored},
+    {"concurrent issuance is grouped", test_concurrent_issuance_is_grouped},
+    {"failing operation spares its batch", test_failing_operation_spares_its_batch},
+    {"acknowledged issuance survives SIGKILL", test_acknowledged_issuance_survives_sigkill},
+    CU_TEST_INFO_NULL,
+};
+
+int main(void)
+{
+    return eg_cu_run_each("ledger", fresh_dir, remove_dir, tests);
+}
