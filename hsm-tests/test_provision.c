@@ -1,0 +1,843 @@
+/*
+ * estgate-provision against real tokens: the built binary runs as a child
+ * (posix_spawn, no shell) on a fresh harness token, and what it wrote is
+ * checked in-process: the PEM files with OpenSSL, the token through the
+ * signer (key attributes, stored certificates, a refused C_WrapKey).
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <spawn.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <CUnit/Basic.h>
+#include <openssl/bn.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+
+#include "p11.h"
+#include "token_harness.h"
+
+extern char **environ;
+
+#define MAX_ARGS 40
+
+static eg_th_kind kind;
+static eg_th *th;
+static char tool[PATH_MAX];
+
+struct result {
+    int code; /* exit status, or 128 + signal */
+    char out[32768];
+    char err[8192];
+};
+
+static char *tpath(char *buf, const char *name)
+{
+    snprintf(buf, PATH_MAX, "%s/%s", eg_th_dir(th), name);
+    return buf;
+}
+
+static void read_text(const char *path, char *buf, size_t cap)
+{
+    FILE *f = fopen(path, "r");
+    size_t n = f ? fread(buf, 1, cap - 1, f) : 0;
+
+    buf[n] = 0;
+    if (f != NULL)
+        fclose(f);
+}
+
+static int wait_child(pid_t pid)
+{
+    int status;
+
+    while (waitpid(pid, &status, 0) < 0) {
+        if (errno != EINTR)
+            return -1;
+    }
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+/* Runs argv[0] with stdout and stderr captured in files of the token directory. */
+static int spawn_capture(char *const argv[], struct result *r)
+{
+    char outp[PATH_MAX], errp[PATH_MAX];
+    posix_spawn_file_actions_t fa;
+    pid_t pid;
+    int rc;
+
+    tpath(outp, "child.out");
+    tpath(errp, "child.err");
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, outp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    posix_spawn_file_actions_addopen(&fa, 2, errp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    rc = posix_spawn(&pid, argv[0], &fa, NULL, argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    if (rc != 0) {
+        printf("posix_spawn %s: %s\n", argv[0], strerror(rc));
+        return -1;
+    }
+    r->code = wait_child(pid);
+    read_text(outp, r->out, sizeof(r->out));
+    read_text(errp, r->err, sizeof(r->err));
+    if (r->code != 0)
+        printf("\n  [%s exited %d] %s", argv[1], r->code, r->err);
+    return 0;
+}
+
+/*
+ * Runs estgate-provision with the words in the NULL-terminated list, then the
+ * harness token's options; token and pin_file override the token's own.
+ */
+static int provision(struct result *r, const char *token, const char *pin_file, ...)
+{
+    const eg_token_config *cfg = eg_th_config(th);
+    char *argv[MAX_ARGS];
+    const char *a;
+    va_list ap;
+    int n = 0;
+
+    argv[n++] = tool;
+    va_start(ap, pin_file);
+    while ((a = va_arg(ap, const char *)) != NULL && n < MAX_ARGS - 10)
+        argv[n++] = (char *)a;
+    va_end(ap);
+    argv[n++] = "--module";
+    argv[n++] = (char *)cfg->module_path;
+    if (cfg->init_args != NULL) {
+        argv[n++] = "--init-args";
+        argv[n++] = (char *)cfg->init_args;
+    }
+    argv[n++] = "--token";
+    argv[n++] = (char *)(token ? token : cfg->token_label);
+    argv[n++] = "--pin-file";
+    argv[n++] = (char *)(pin_file ? pin_file : cfg->pin_file);
+    argv[n] = NULL;
+    return spawn_capture(argv, r);
+}
+
+static int write_secret(const char *path, const char *text)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    ssize_t n;
+
+    if (fd < 0)
+        return -1;
+    n = write(fd, text, strlen(text));
+    close(fd);
+    return n == (ssize_t)strlen(text) ? 0 : -1;
+}
+
+static STACK_OF(X509) * read_chain(const char *path)
+{
+    STACK_OF(X509) *sk = sk_X509_new_null();
+    BIO *in = BIO_new_file(path, "r");
+    X509 *x;
+
+    while (sk != NULL && in != NULL && (x = PEM_read_bio_X509(in, NULL, NULL, NULL)) != NULL)
+        sk_X509_push(sk, x);
+    ERR_clear_error();
+    BIO_free(in);
+    return sk;
+}
+
+static X509 *read_cert(const char *path)
+{
+    STACK_OF(X509) *sk = read_chain(path);
+    X509 *x = sk_X509_num(sk) > 0 ? sk_X509_shift(sk) : NULL;
+
+    sk_X509_pop_free(sk, X509_free);
+    return x;
+}
+
+/* What `openssl verify -CAfile ca [-purpose p]` does, in-process. */
+static bool verifies(X509 *leaf, X509 *ca, int purpose)
+{
+    X509_STORE *st = X509_STORE_new();
+    X509_STORE_CTX *ctx = X509_STORE_CTX_new();
+    bool ok;
+
+    ok = st != NULL && ctx != NULL && X509_STORE_add_cert(st, ca) == 1 &&
+         X509_STORE_CTX_init(ctx, st, leaf, NULL) == 1 &&
+         (purpose == 0 || X509_STORE_CTX_set_purpose(ctx, purpose) == 1) &&
+         X509_verify_cert(ctx) == 1;
+    if (!ok && ctx != NULL)
+        printf("\n  verify: %s\n", X509_verify_cert_error_string(X509_STORE_CTX_get_error(ctx)));
+    X509_STORE_CTX_free(ctx);
+    X509_STORE_free(st);
+    return ok;
+}
+
+static bool ext_critical(X509 *x, int nid)
+{
+    int i = X509_get_ext_by_NID(x, nid, -1);
+
+    return i >= 0 && X509_EXTENSION_get_critical(X509_get_ext(x, i)) == 1;
+}
+
+static void check_serial(X509 *x)
+{
+    BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(x), NULL);
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(bn);
+    CU_ASSERT(!BN_is_negative(bn));
+    CU_ASSERT(BN_num_bits(bn) >= 64);
+    BN_free(bn);
+}
+
+/* The checks `openssl x509 -text` would let a person make on a root. */
+static void check_root(X509 *x, int sig_nid, const char *cn)
+{
+    const ASN1_OCTET_STRING *ski = X509_get0_subject_key_id(x);
+    const ASN1_OCTET_STRING *aki = X509_get0_authority_key_id(x);
+    char name[256];
+
+    CU_ASSERT_EQUAL(X509_get_version(x), X509_VERSION_3);
+    CU_ASSERT(X509_check_ca(x) == 1);
+    CU_ASSERT(ext_critical(x, NID_basic_constraints));
+    CU_ASSERT(ext_critical(x, NID_key_usage));
+    CU_ASSERT_EQUAL(X509_get_key_usage(x), KU_KEY_CERT_SIGN | KU_CRL_SIGN);
+    CU_ASSERT(ski != NULL && aki != NULL && ASN1_OCTET_STRING_cmp(ski, aki) == 0);
+    check_serial(x);
+    CU_ASSERT_EQUAL(X509_get_signature_nid(x), sig_nid);
+    CU_ASSERT_EQUAL(X509_NAME_cmp(X509_get_subject_name(x), X509_get_issuer_name(x)), 0);
+    X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, name, sizeof(name));
+    CU_ASSERT_STRING_EQUAL(name, cn);
+    CU_ASSERT_EQUAL(X509_verify(x, X509_get0_pubkey(x)), 1);
+    CU_ASSERT(verifies(x, x, 0));
+}
+
+static int open_token(eg_token **tok)
+{
+    if (eg_token_open(eg_th_config(th), tok) != 0) {
+        ERR_print_errors_fp(stdout);
+        return -1;
+    }
+    return 0;
+}
+
+static int open_key(eg_token *tok, const char *label, eg_p11_key **key)
+{
+    char uri[256];
+
+    snprintf(uri, sizeof(uri), "pkcs11:object=%s;type=private", label);
+    if (eg_p11_key_open(tok, uri, key) != 0) {
+        ERR_print_errors_fp(stdout);
+        return -1;
+    }
+    return 0;
+}
+
+struct cert_args {
+    const uint8_t *id;
+    size_t idlen;
+    uint8_t der[8192];
+    CK_ULONG derlen;
+};
+
+static CK_RV cert_fn(eg_p11_call *call, void *arg)
+{
+    struct cert_args *a = arg;
+    CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
+    CK_ATTRIBUTE t[2] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_ID, (void *)a->id, a->idlen}};
+    CK_ATTRIBUTE v = {CKA_VALUE, a->der, sizeof(a->der)};
+    CK_OBJECT_HANDLE h;
+    CK_ULONG n;
+    CK_RV rv;
+
+    a->derlen = 0;
+    if ((rv = eg_p11_find_objects(call, t, 2, &h, 1, &n)) != CKR_OK || n == 0)
+        return rv;
+    if ((rv = eg_p11_get_attributes(call, h, &v, 1)) == CKR_OK)
+        a->derlen = v.ulValueLen;
+    return rv;
+}
+
+/* The certificate the token holds under the key's CKA_ID, or NULL. */
+static X509 *token_cert(eg_p11_key *key)
+{
+    struct cert_args a;
+    const unsigned char *p = a.der;
+
+    a.id = eg_p11_key_id(key, &a.idlen);
+    if (eg_token_run(eg_p11_key_token(key), cert_fn, &a) != CKR_OK || a.derlen == 0)
+        return NULL;
+    return d2i_X509(NULL, &p, (long)a.derlen);
+}
+
+static void check_bool(eg_p11_key *key, CK_ATTRIBUTE_TYPE type, bool want)
+{
+    bool v = !want;
+
+    CU_ASSERT_EQUAL(eg_p11_key_get_bool(key, type, &v), 0);
+    CU_ASSERT_EQUAL(v, want);
+}
+
+/*
+ * The token key labelled label has the public key want, is sensitive and can
+ * never leave the token, and has cert (or, when NULL, no certificate) stored
+ * under its CKA_ID.
+ */
+static void check_token_key(const char *label, EVP_PKEY *want, X509 *cert)
+{
+    eg_token *tok = NULL;
+    eg_p11_key *key = NULL;
+    EVP_PKEY *pub = NULL;
+    X509 *stored = NULL;
+
+    CU_ASSERT_EQUAL_FATAL(open_token(&tok), 0);
+    CU_ASSERT_EQUAL(open_key(tok, label, &key), 0);
+    if (key != NULL) {
+        pub = eg_p11_key_public(key);
+        CU_ASSERT(pub != NULL && EVP_PKEY_eq(pub, want) == 1);
+        check_bool(key, CKA_SENSITIVE, true);
+        check_bool(key, CKA_ALWAYS_SENSITIVE, true);
+        check_bool(key, CKA_EXTRACTABLE, false);
+        check_bool(key, CKA_NEVER_EXTRACTABLE, true);
+        stored = token_cert(key);
+        CU_ASSERT(cert != NULL ? stored != NULL && X509_cmp(stored, cert) == 0 : stored == NULL);
+    }
+    X509_free(stored);
+    EVP_PKEY_free(pub);
+    eg_p11_key_free(key);
+    eg_token_free(tok);
+}
+
+/* No temporary file of an atomic write (".NAME.XXXXXX") is left in the token directory. */
+static bool no_temp_files(void)
+{
+    DIR *d = opendir(eg_th_dir(th));
+    struct dirent *e;
+    bool ok = d != NULL;
+
+    while (d != NULL && (e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.' && (strstr(e->d_name, ".pem.") || strstr(e->d_name, ".csr."))) {
+            printf("\n  left behind: %s\n", e->d_name);
+            ok = false;
+        }
+    }
+    if (d != NULL)
+        closedir(d);
+    return ok;
+}
+
+static void ca_self_signed(const char *label, const char *key, int sig_nid)
+{
+    struct result *r = calloc(1, sizeof(*r));
+    char out[PATH_MAX], name[64], path[PATH_MAX], cn[64];
+    X509 *x;
+
+    snprintf(name, sizeof(name), "%s.pem", label);
+    snprintf(cn, sizeof(cn), "Test CA %s", key);
+    snprintf(out, sizeof(out), "CN=%s,O=estgate tests", cn);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    CU_ASSERT_EQUAL(provision(r, NULL, NULL, "ca", "create", "--label", label, "--key", key,
+                              "--subject", out, "--self-signed", "--days", "3650", "--out",
+                              tpath(path, name), NULL),
+                    0);
+    CU_ASSERT_EQUAL(r->code, 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->out, "type=private"));
+    free(r);
+    x = read_cert(path);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(x);
+    check_root(x, sig_nid, cn);
+    check_token_key(label, X509_get0_pubkey(x), x);
+    CU_ASSERT(no_temp_files());
+    X509_free(x);
+}
+
+static void test_ca_create_ec_p256(void)
+{
+    ca_self_signed("ca-p256", "ec-p256", NID_ecdsa_with_SHA256);
+}
+
+static void test_ca_create_ec_p384(void)
+{
+    ca_self_signed("ca-p384", "ec-p384", NID_ecdsa_with_SHA384);
+}
+
+static void test_ca_create_rsa2048(void)
+{
+    ca_self_signed("ca-rsa", "rsa2048", NID_sha256WithRSAEncryption);
+}
+
+/* ---- the CA key cannot be wrapped out of the token ---- */
+
+struct wrap_args {
+    const uint8_t *id;
+    size_t idlen;
+    CK_RV wrap_rv;
+};
+
+/* Wraps the private key with this id under a fresh session AES key made for wrapping. */
+static CK_RV wrap_fn(eg_p11_call *call, void *arg)
+{
+    struct wrap_args *a = arg;
+    CK_OBJECT_CLASS sk = CKO_SECRET_KEY, pk = CKO_PRIVATE_KEY;
+    CK_KEY_TYPE aes = CKK_AES;
+    CK_ULONG len = 32, n = 0;
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_ATTRIBUTE kt[] = {{CKA_CLASS, &sk, sizeof(sk)},
+                         {CKA_KEY_TYPE, &aes, sizeof(aes)},
+                         {CKA_TOKEN, &no, sizeof(no)},
+                         {CKA_VALUE_LEN, &len, sizeof(len)},
+                         {CKA_WRAP, &yes, sizeof(yes)}};
+    CK_ATTRIBUTE ft[] = {{CKA_CLASS, &pk, sizeof(pk)}, {CKA_ID, (void *)a->id, a->idlen}};
+    CK_MECHANISM gen = {CKM_AES_KEY_GEN, NULL, 0}, wrap = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+    CK_OBJECT_HANDLE kek, priv;
+    uint8_t out[8192];
+    size_t outlen = sizeof(out);
+    CK_RV rv;
+
+    if ((rv = eg_p11_generate_key(call, &gen, kt, 5, &kek)) != CKR_OK)
+        return rv;
+    rv = eg_p11_find_objects(call, ft, 2, &priv, 1, &n);
+    if (rv == CKR_OK && n == 1)
+        a->wrap_rv = eg_p11_wrap_key(call, &wrap, kek, priv, out, &outlen);
+    else if (rv == CKR_OK)
+        rv = CKR_KEY_HANDLE_INVALID;
+    eg_p11_destroy_object(call, kek);
+    OPENSSL_cleanse(out, sizeof(out));
+    return rv;
+}
+
+/* C_WrapKey of key: the CK_RV of the wrap itself, or of what had to come before it. */
+static CK_RV try_wrap(eg_p11_key *key)
+{
+    struct wrap_args a = {NULL, 0, CKR_GENERAL_ERROR};
+    CK_RV rv;
+
+    a.id = eg_p11_key_id(key, &a.idlen);
+    rv = eg_token_run(eg_p11_key_token(key), wrap_fn, &a);
+    if (rv != CKR_OK)
+        printf("\n  wrap set-up: %s\n", eg_p11_rv_name(rv));
+    return rv != CKR_OK ? rv : a.wrap_rv;
+}
+
+/* The same wrap works on a key made extractable: the refusal is the attribute's doing. */
+static void check_wrap_control(eg_token *tok)
+{
+    eg_keygen_spec spec = {EG_KEY_EC, 0,   NID_X9_62_prime256v1, "wrap-control", NULL, 0,
+                           false,     true};
+    eg_p11_key *key = NULL;
+
+    CU_ASSERT_EQUAL_FATAL(eg_p11_key_generate(tok, &spec, &key), 0);
+    CU_ASSERT_EQUAL(try_wrap(key), CKR_OK);
+    eg_p11_key_destroy(key);
+    eg_p11_key_free(key);
+}
+
+static void test_ca_key_cannot_be_wrapped(void)
+{
+    struct result *r = calloc(1, sizeof(*r));
+    eg_p11_key *key = NULL;
+    eg_token *tok = NULL;
+    char csr[PATH_MAX];
+    CK_RV rv;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    provision(r, NULL, NULL, "ca", "create", "--label", "ca-wrap", "--key", "ec-p256", "--subject",
+              "CN=Wrap test CA", "--csr", tpath(csr, "wrap.csr"), NULL);
+    CU_ASSERT_EQUAL(r->code, 0);
+    free(r);
+    CU_ASSERT_EQUAL_FATAL(open_token(&tok), 0);
+    CU_ASSERT_EQUAL(open_key(tok, "ca-wrap", &key), 0);
+    if (key != NULL) {
+        rv = try_wrap(key);
+        if (kind == EG_TH_SOFTHSM) {
+            CU_ASSERT_EQUAL(rv, CKR_KEY_UNEXTRACTABLE);
+            check_wrap_control(tok);
+        } else if (kind == EG_TH_P11KIT) {
+            CU_ASSERT_NOT_EQUAL(rv, CKR_OK);
+        } else {
+            printf("(NSS wraps even non-extractable keys; C_WrapKey said %s) ", eg_p11_rv_name(rv));
+        }
+    }
+    eg_p11_key_free(key);
+    eg_token_free(tok);
+}
+
+/* ---- tls create ---- */
+
+static int run_openssl(char *const argv[])
+{
+    struct result *r = calloc(1, sizeof(*r));
+    int code = -1;
+
+    if (r != NULL && spawn_capture(argv, r) == 0)
+        code = r->code;
+    free(r);
+    return code;
+}
+
+static void check_tls_leaf(X509 *leaf, X509 *ca)
+{
+    CU_ASSERT_EQUAL(X509_get_version(leaf), X509_VERSION_3);
+    CU_ASSERT_EQUAL(X509_check_ca(leaf), 0);
+    CU_ASSERT(ext_critical(leaf, NID_key_usage));
+    CU_ASSERT_EQUAL(X509_get_key_usage(leaf), KU_DIGITAL_SIGNATURE);
+    CU_ASSERT_EQUAL(X509_get_extended_key_usage(leaf), XKU_SSL_SERVER);
+    CU_ASSERT_EQUAL(X509_check_host(leaf, "est.test.example", 0, 0, NULL), 1);
+    CU_ASSERT_EQUAL(X509_check_host(leaf, "localhost", 0, 0, NULL), 1);
+    CU_ASSERT_EQUAL(X509_check_ip_asc(leaf, "127.0.0.1", 0), 1);
+    CU_ASSERT_EQUAL(X509_check_ip_asc(leaf, "::1", 0), 1);
+    CU_ASSERT_EQUAL(X509_check_host(leaf, "other.example", 0, 0, NULL), 0);
+    CU_ASSERT_EQUAL(
+        ASN1_OCTET_STRING_cmp(X509_get0_authority_key_id(leaf), X509_get0_subject_key_id(ca)), 0);
+    check_serial(leaf);
+    CU_ASSERT_EQUAL(X509_get_signature_nid(leaf), NID_ecdsa_with_SHA256);
+    CU_ASSERT(verifies(leaf, ca, X509_PURPOSE_SSL_SERVER));
+}
+
+static void test_tls_create_verifies_against_ca(void)
+{
+    struct result *r = calloc(1, sizeof(*r));
+    char ca_path[PATH_MAX], tls_path[PATH_MAX];
+    STACK_OF(X509) *chain = NULL;
+    X509 *ca = NULL;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    provision(r, NULL, NULL, "ca", "create", "--label", "tls-ca", "--key", "ec-p256", "--subject",
+              "CN=TLS issuing CA", "--self-signed", "--days", "365", "--out",
+              tpath(ca_path, "tls-ca.pem"), NULL);
+    CU_ASSERT_EQUAL(r->code, 0);
+    provision(r, NULL, NULL, "tls", "create", "--label", "tls", "--key", "rsa2048", "--ca-label",
+              "tls-ca", "--dns", "est.test.example", "--dns", "localhost", "--ip", "127.0.0.1",
+              "--ip", "::1", "--days", "30", "--out", tpath(tls_path, "tls.pem"), NULL);
+    CU_ASSERT_EQUAL(r->code, 0);
+    free(r);
+    ca = read_cert(ca_path);
+    chain = read_chain(tls_path);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(ca);
+    CU_ASSERT_EQUAL_FATAL(sk_X509_num(chain), 2);
+    CU_ASSERT_EQUAL(X509_cmp(sk_X509_value(chain, 1), ca), 0);
+    check_tls_leaf(sk_X509_value(chain, 0), ca);
+    if (access("/usr/bin/openssl", X_OK) == 0) {
+        char *argv[] = {"/usr/bin/openssl", "verify",    "-CAfile", ca_path,
+                        "-purpose",         "sslserver", tls_path,  NULL};
+
+        CU_ASSERT_EQUAL(run_openssl(argv), 0);
+    }
+    check_token_key("tls", X509_get0_pubkey(sk_X509_value(chain, 0)), sk_X509_value(chain, 0));
+    X509_free(ca);
+    sk_X509_pop_free(chain, X509_free);
+}
+
+/* ---- ca create --csr and ca import ---- */
+
+static X509_REQ *read_req(const char *path)
+{
+    BIO *in = BIO_new_file(path, "r");
+    X509_REQ *req = in ? PEM_read_bio_X509_REQ(in, NULL, NULL, NULL) : NULL;
+
+    BIO_free(in);
+    return req;
+}
+
+static bool requests_ca(X509_REQ *req)
+{
+    STACK_OF(X509_EXTENSION) *exts = X509_REQ_get_extensions(req);
+    BASIC_CONSTRAINTS *bc = X509V3_get_d2i(exts, NID_basic_constraints, NULL, NULL);
+    bool ca = bc != NULL && bc->ca;
+
+    BASIC_CONSTRAINTS_free(bc);
+    sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
+    return ca;
+}
+
+static void test_ca_create_csr_verifies(void)
+{
+    struct result *r = calloc(1, sizeof(*r));
+    char path[PATH_MAX];
+    X509_REQ *req;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    provision(r, NULL, NULL, "ca", "create", "--label", "csr-ca", "--key", "ec-p384", "--subject",
+              "CN=Subordinate CA,O=estgate tests", "--csr", tpath(path, "csr-ca.csr"), NULL);
+    CU_ASSERT_EQUAL(r->code, 0);
+    free(r);
+    req = read_req(path);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(req);
+    CU_ASSERT_EQUAL(X509_REQ_verify(req, X509_REQ_get0_pubkey(req)), 1);
+    CU_ASSERT(requests_ca(req));
+    if (access("/usr/bin/openssl", X_OK) == 0) {
+        char *argv[] = {"/usr/bin/openssl", "req", "-verify", "-noout", "-in", path, NULL};
+
+        CU_ASSERT_EQUAL(run_openssl(argv), 0);
+    }
+    check_token_key("csr-ca", X509_REQ_get0_pubkey(req), NULL);
+    X509_REQ_free(req);
+}
+
+static int add_ext(X509 *x, X509V3_CTX *ctx, int nid, const char *value)
+{
+    X509_EXTENSION *ext = X509V3_EXT_nconf_nid(NULL, ctx, nid, value);
+    int ok = ext != NULL && X509_add_ext(x, ext, -1) == 1;
+
+    X509_EXTENSION_free(ext);
+    return ok ? 0 : -1;
+}
+
+/* A software CA certificate, as an external root would issue it. */
+static X509 *issue_ca(const char *cn, EVP_PKEY *pub, X509 *issuer, EVP_PKEY *signer)
+{
+    static long serial = 1000;
+    X509 *x = X509_new();
+    X509V3_CTX ctx;
+    int ok;
+
+    ok = x != NULL && X509_set_version(x, X509_VERSION_3) &&
+         ASN1_INTEGER_set(X509_get_serialNumber(x), serial++) &&
+         X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_UTF8,
+                                    (const unsigned char *)cn, -1, -1, 0) &&
+         X509_set_issuer_name(x,
+                              issuer ? X509_get_subject_name(issuer) : X509_get_subject_name(x)) &&
+         X509_gmtime_adj(X509_getm_notBefore(x), 0) &&
+         X509_gmtime_adj(X509_getm_notAfter(x), 30L * 86400) && X509_set_pubkey(x, pub);
+    X509V3_set_ctx(&ctx, issuer ? issuer : x, x, NULL, NULL, 0);
+    ok = ok && add_ext(x, &ctx, NID_basic_constraints, "critical,CA:TRUE") == 0 &&
+         add_ext(x, &ctx, NID_key_usage, "critical,keyCertSign,cRLSign") == 0 &&
+         add_ext(x, &ctx, NID_subject_key_identifier, "hash") == 0 &&
+         add_ext(x, &ctx, NID_authority_key_identifier, "keyid:always") == 0 &&
+         X509_sign(x, signer, EVP_sha256()) > 0;
+    if (!ok) {
+        ERR_print_errors_fp(stdout);
+        X509_free(x);
+        x = NULL;
+    }
+    return x;
+}
+
+static int write_pem(const char *path, X509 *a, X509 *b)
+{
+    BIO *out = BIO_new_file(path, "w");
+    int ok = out != NULL && PEM_write_bio_X509(out, a) && (b == NULL || PEM_write_bio_X509(out, b));
+
+    BIO_free(out);
+    return ok ? 0 : -1;
+}
+
+static void test_ca_import_refuses_other_key_then_takes_its_own(void)
+{
+    struct result *r = calloc(1, sizeof(*r));
+    char csr[PATH_MAX], wrong[PATH_MAX], chain[PATH_MAX];
+    EVP_PKEY *root_key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+    X509 *root = NULL, *sub = NULL;
+    X509_REQ *req = NULL;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(root_key);
+    provision(r, NULL, NULL, "ca", "create", "--label", "imp-ca", "--key", "ec-p256", "--subject",
+              "CN=Imported CA", "--csr", tpath(csr, "imp-ca.csr"), NULL);
+    CU_ASSERT_EQUAL(r->code, 0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(req = read_req(csr));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(root = issue_ca("External root", root_key, NULL, root_key));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(
+        sub = issue_ca("Imported CA", X509_REQ_get0_pubkey(req), root, root_key));
+    /* The root's own certificate has the wrong public key for the token key. */
+    CU_ASSERT_EQUAL_FATAL(write_pem(tpath(wrong, "wrong.pem"), root, NULL), 0);
+    provision(r, NULL, NULL, "ca", "import", "--label", "imp-ca", "--chain", wrong, NULL);
+    CU_ASSERT_EQUAL(r->code, 65);
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->err, "public key"));
+    check_token_key("imp-ca", X509_REQ_get0_pubkey(req), NULL);
+    /* Its chain, root first: the order in the file does not matter. */
+    CU_ASSERT_EQUAL_FATAL(write_pem(tpath(chain, "imp-chain.pem"), root, sub), 0);
+    provision(r, NULL, NULL, "ca", "import", "--label", "imp-ca", "--chain", chain, NULL);
+    CU_ASSERT_EQUAL(r->code, 0);
+    check_token_key("imp-ca", X509_REQ_get0_pubkey(req), sub);
+    provision(r, NULL, NULL, "ca", "import", "--label", "imp-ca", "--chain", chain, NULL);
+    CU_ASSERT_EQUAL(r->code, 0); /* again: nothing new, nothing duplicated */
+    check_token_key("imp-ca", X509_REQ_get0_pubkey(req), sub);
+    free(r);
+    X509_free(sub);
+    X509_free(root);
+    X509_REQ_free(req);
+    EVP_PKEY_free(root_key);
+}
+
+/* ---- list ---- */
+
+static void test_list_shows_uris(void)
+{
+    struct result *r = calloc(1, sizeof(*r));
+    char path[PATH_MAX], cert_uri[512], *p;
+    eg_p11_key *key = NULL;
+    eg_token *tok = NULL;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    provision(r, NULL, NULL, "ca", "create", "--label", "list-ca", "--key", "ec-p256", "--subject",
+              "CN=Listed CA", "--self-signed", "--days", "30", "--out", tpath(path, "list-ca.pem"),
+              NULL);
+    CU_ASSERT_EQUAL(r->code, 0);
+    provision(r, NULL, NULL, "list", NULL);
+    CU_ASSERT_EQUAL(r->code, 0);
+    CU_ASSERT_EQUAL_FATAL(open_token(&tok), 0);
+    if (open_key(tok, "list-ca", &key) == 0) {
+        /* The URI the signer gives the key is the one listed, and the certificate's beside it. */
+        CU_ASSERT_PTR_NOT_NULL(strstr(r->out, eg_p11_key_uri(key)));
+        snprintf(cert_uri, sizeof(cert_uri), "%s", eg_p11_key_uri(key));
+        if ((p = strstr(cert_uri, "type=private")) != NULL)
+            strcpy(p, "type=cert");
+        CU_ASSERT_PTR_NOT_NULL(strstr(r->out, cert_uri));
+    }
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->out, "extractable: no, never extractable: yes"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->out, "subject: CN=Listed CA"));
+    eg_p11_key_free(key);
+    eg_token_free(tok);
+    free(r);
+}
+
+/* ---- errors ---- */
+
+static void test_wrong_pin_exits_77_and_writes_nothing(void)
+{
+    struct result *r = calloc(1, sizeof(*r));
+    char pin[PATH_MAX], out[PATH_MAX];
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    CU_ASSERT_EQUAL_FATAL(write_secret(tpath(pin, "wrong-pin"), "not-the-pin\n"), 0);
+    provision(r, NULL, pin, "list", NULL);
+    CU_ASSERT_EQUAL(r->code, 77);
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->err, "PIN"));
+    provision(r, NULL, pin, "ca", "create", "--label", "never", "--key", "ec-p256", "--subject",
+              "CN=Never", "--self-signed", "--days", "1", "--out", tpath(out, "never.pem"), NULL);
+    CU_ASSERT_EQUAL(r->code, 77);
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->err, "CKR_PIN_INCORRECT"));
+    CU_ASSERT_NOT_EQUAL(access(out, F_OK), 0);
+    CU_ASSERT(no_temp_files());
+    free(r);
+}
+
+static void test_unknown_token_exits_69(void)
+{
+    struct result *r = calloc(1, sizeof(*r));
+    char out[PATH_MAX];
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    provision(r, "no-such-token", NULL, "list", NULL);
+    CU_ASSERT_EQUAL(r->code, 69);
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->err, "no-such-token"));
+    provision(r, "no-such-token", NULL, "tls", "create", "--label", "t", "--key", "ec-p256",
+              "--ca-label", "ca", "--dns", "a.example", "--days", "1", "--out",
+              tpath(out, "unknown.pem"), NULL);
+    CU_ASSERT_EQUAL(r->code, 69);
+    CU_ASSERT_NOT_EQUAL(access(out, F_OK), 0);
+    free(r);
+}
+
+static void test_bad_key_exits_64(void)
+{
+    struct result *r = calloc(1, sizeof(*r));
+    char out[PATH_MAX];
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    provision(r, NULL, NULL, "ca", "create", "--label", "bad", "--key", "ec-p521", "--subject",
+              "CN=Bad", "--self-signed", "--days", "1", "--out", tpath(out, "bad.pem"), NULL);
+    CU_ASSERT_EQUAL(r->code, 64);
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->err, "--key"));
+    provision(r, NULL, NULL, "ca", "create", "--frobnicate", NULL);
+    CU_ASSERT_EQUAL(r->code, 64);
+    provision(r, NULL, NULL, "ca", "create", "--label", "bad", "--key", "ec-p256", "--subject",
+              "CN=Bad", "--self-signed", "--csr", out, NULL);
+    CU_ASSERT_EQUAL(r->code, 64);
+    CU_ASSERT_NOT_EQUAL(access(out, F_OK), 0);
+    free(r);
+}
+
+/* ---- init-token ---- */
+
+static void test_init_token_in_free_slot(void)
+{
+    struct result *r = calloc(1, sizeof(*r));
+    char so[PATH_MAX], pin[PATH_MAX];
+    eg_token_config cfg = *eg_th_config(th);
+    eg_token *tok = NULL;
+    char *argv[] = {tool,
+                    "init-token",
+                    "--module",
+                    (char *)cfg.module_path,
+                    "--label",
+                    "prov-second",
+                    "--so-pin-file",
+                    tpath(so, "second-so-pin"),
+                    "--pin-file",
+                    tpath(pin, "second-pin"),
+                    NULL};
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    if (kind != EG_TH_SOFTHSM) {
+        printf("(init-token needs a free slot: tested on softhsm) ");
+        free(r);
+        return;
+    }
+    CU_ASSERT_EQUAL_FATAL(write_secret(so, "second-so-pin\n"), 0);
+    CU_ASSERT_EQUAL_FATAL(write_secret(pin, "second-user-pin\n"), 0);
+    CU_ASSERT_EQUAL(spawn_capture(argv, r), 0);
+    CU_ASSERT_EQUAL(r->code, 0);
+    /* The new token is found by its label and the user PIN logs in. */
+    cfg.token_label = "prov-second";
+    cfg.pin_file = pin;
+    if (eg_token_open(&cfg, &tok) != 0) {
+        ERR_print_errors_fp(stdout);
+        CU_FAIL("the initialised token does not open with its user PIN");
+    }
+    eg_token_free(tok);
+    CU_ASSERT_EQUAL(spawn_capture(argv, r), 0);
+    CU_ASSERT_EQUAL(r->code, 73); /* never initialised twice */
+    free(r);
+}
+
+static int suite_init(void)
+{
+    const char *build = getenv("EG_BUILD_DIR");
+
+    if (build == NULL) {
+        fprintf(stderr, "EG_BUILD_DIR is not set (ctest sets it)\n");
+        return -1;
+    }
+    snprintf(tool, sizeof(tool), "%s/provisioning/estgate-provision", build);
+    if (access(tool, X_OK) != 0) {
+        fprintf(stderr, "%s: %s (build it first)\n", tool, strerror(errno));
+        return -1;
+    }
+    return eg_th_create(kind, "provision", &th);
+}
+
+static int suite_clean(void)
+{
+    eg_th_destroy(th);
+    return 0;
+}
+
+static CU_TestInfo tests[] = {
+    {"ca create: EC P-256 self-signed root", test_ca_create_ec_p256},
+    {"ca create: EC P-384 self-signed root", test_ca_create_ec_p384},
+    {"ca create: RSA-2048 self-signed root", test_ca_create_rsa2048},
+    {"the CA key cannot be wrapped", test_ca_key_cannot_be_wrapped},
+    {"tls create: verifies against the CA", test_tls_create_verifies_against_ca},
+    {"ca create --csr: signature verifies", test_ca_create_csr_verifies},
+    {"ca import: refuses another key's certificate, takes its own",
+     test_ca_import_refuses_other_key_then_takes_its_own},
+    {"list shows the URIs", test_list_shows_uris},
+    {"wrong PIN: exit 77, nothing written", test_wrong_pin_exits_77_and_writes_nothing},
+    {"unknown token: exit 69", test_unknown_token_exits_69},
+    {"bad --key and bad options: exit 64", test_bad_key_exits_64},
+    {"init-token in a free slot", test_init_token_in_free_slot},
+    CU_TEST_INFO_NULL,
+};
+
+int main(int argc, char **argv)
+{
+    return eg_th_run(argc, argv, &kind, suite_init, suite_clean, tests);
+}

@@ -1,0 +1,133 @@
+/* Output files written atomically: mkstemp in the target directory, fsync, rename. */
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "files.h"
+#include "provision.h"
+#include "report.h"
+
+struct eg_prov_outfile {
+    char *path;
+    char *tmp;
+    char *dir;
+    mode_t mode;
+    int fd;
+    int committed;
+};
+
+static int split_path(eg_prov_outfile *f, const char *path)
+{
+    char *d = strdup(path), *b = strdup(path);
+    int rc = -1;
+
+    if (d == NULL || b == NULL)
+        goto out;
+    f->path = strdup(path);
+    f->dir = strdup(dirname(d));
+    /* A dot file in the same directory: rename() is atomic only within a file system. */
+    if (f->path == NULL || f->dir == NULL ||
+        asprintf(&f->tmp, "%s/.%s.XXXXXX", f->dir, basename(b)) < 0) {
+        f->tmp = NULL;
+        goto out;
+    }
+    rc = 0;
+out:
+    free(d);
+    free(b);
+    return rc;
+}
+
+int eg_prov_outfile_open(const char *path, mode_t mode, eg_prov_outfile **out)
+{
+    eg_prov_outfile *f = calloc(1, sizeof(*f));
+    int rc;
+
+    if (f != NULL)
+        f->fd = -1;
+    if (f == NULL || split_path(f, path) != 0) {
+        rc = eg_prov_fail(EG_EXIT_SOFTWARE, "out of memory");
+        goto out;
+    }
+    f->mode = mode;
+    if ((f->fd = mkostemp(f->tmp, O_CLOEXEC)) < 0) {
+        rc = eg_prov_fail(EG_EXIT_CANTCREAT, "cannot create a file in %s for %s: %s", f->dir, path,
+                          strerror(errno));
+        free(f->tmp);
+        f->tmp = NULL;
+        goto out;
+    }
+    *out = f;
+    f = NULL;
+    rc = EG_EXIT_OK;
+out:
+    eg_prov_outfile_free(f);
+    return rc;
+}
+
+int eg_prov_outfile_write(eg_prov_outfile *f, BIO *mem)
+{
+    char *p;
+    long len = BIO_get_mem_data(mem, &p);
+    ssize_t n;
+
+    while (len > 0) {
+        if ((n = write(f->fd, p, (size_t)len)) < 0) {
+            if (errno == EINTR)
+                continue;
+            return eg_prov_fail(EG_EXIT_CANTCREAT, "writing %s: %s", f->path, strerror(errno));
+        }
+        p += n;
+        len -= n;
+    }
+    return EG_EXIT_OK;
+}
+
+/* Makes the rename itself durable. */
+static int sync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC), rc;
+
+    if (fd < 0)
+        return -1;
+    rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+int eg_prov_outfile_commit(eg_prov_outfile *f)
+{
+    if (fchmod(f->fd, f->mode) != 0 || fsync(f->fd) != 0)
+        return eg_prov_fail(EG_EXIT_CANTCREAT, "writing %s: %s", f->path, strerror(errno));
+    if (close(f->fd) != 0) {
+        f->fd = -1;
+        return eg_prov_fail(EG_EXIT_CANTCREAT, "writing %s: %s", f->path, strerror(errno));
+    }
+    f->fd = -1;
+    if (rename(f->tmp, f->path) != 0)
+        return eg_prov_fail(EG_EXIT_CANTCREAT, "renaming %s to %s: %s", f->tmp, f->path,
+                            strerror(errno));
+    f->committed = 1;
+    if (sync_dir(f->dir) != 0)
+        return eg_prov_fail(EG_EXIT_CANTCREAT, "syncing %s: %s", f->dir, strerror(errno));
+    return EG_EXIT_OK;
+}
+
+void eg_prov_outfile_free(eg_prov_outfile *f)
+{
+    if (f == NULL)
+        return;
+    if (f->fd >= 0)
+        close(f->fd);
+    if (!f->committed && f->tmp != NULL)
+        unlink(f->tmp);
+    free(f->path);
+    free(f->tmp);
+    free(f->dir);
+    free(f);
+}

@@ -1,0 +1,286 @@
+/*
+ * The token through the signer: keys are named by PKCS#11 URIs, and every
+ * signature goes through the provider, so no private key is ever in memory.
+ */
+#include <string.h>
+
+#include <openssl/crypto.h>
+
+#include "p11_uri.h"
+#include "provider.h"
+#include "report.h"
+#include "token.h"
+
+int eg_prov_token_open(const eg_prov_token_opts *o, eg_token **out)
+{
+    eg_token_config cfg = {o->module, o->init_args, o->token, o->pin_file, 0, 0};
+    eg_token *tok = NULL;
+    int rc;
+
+    if (eg_token_open(&cfg, &tok) != 0) {
+        rc = eg_prov_fail_stack(EG_EXIT_UNAVAILABLE, "cannot open token '%s'", o->token);
+        goto out;
+    }
+    if (eg_provider_init(NULL) != 0 || eg_provider_add_token(NULL, tok) != 0) {
+        rc = eg_prov_fail_stack(EG_EXIT_SOFTWARE, "cannot load the estgate provider");
+        goto out;
+    }
+    *out = tok;
+    tok = NULL;
+    rc = EG_EXIT_OK;
+out:
+    eg_token_free(tok);
+    return rc;
+}
+
+void eg_prov_token_close(eg_token *tok)
+{
+    if (tok == NULL)
+        return;
+    eg_provider_remove_token(NULL, tok);
+    eg_token_free(tok);
+}
+
+struct label_args {
+    const char *label;
+    CK_ULONG found;
+};
+
+static CK_RV label_fn(eg_p11_call *call, void *arg)
+{
+    struct label_args *a = arg;
+    CK_ATTRIBUTE t = {CKA_LABEL, (void *)a->label, strlen(a->label)};
+    CK_OBJECT_HANDLE h;
+
+    return eg_p11_find_objects(call, &t, 1, &h, 1, &a->found);
+}
+
+int eg_prov_label_unused(eg_token *tok, const char *label)
+{
+    struct label_args a = {label, 0};
+    CK_RV rv;
+
+    if ((rv = eg_token_run(tok, label_fn, &a)) != CKR_OK)
+        return eg_prov_fail(EG_EXIT_SOFTWARE, "searching token '%s' for label '%s': %s",
+                            eg_token_label(tok), label, eg_p11_rv_name(rv));
+    if (a.found > 0)
+        return eg_prov_fail(EG_EXIT_CANTCREAT,
+                            "token '%s' already holds an object labelled '%s'; choose another "
+                            "--label (estgate-provision never replaces keys)",
+                            eg_token_label(tok), label);
+    return EG_EXIT_OK;
+}
+
+int eg_prov_key_by_label(eg_token *tok, const char *label, eg_p11_key **out)
+{
+    char *uri = eg_p11_uri_format(eg_token_label(tok), label, NULL, 0, "private");
+    int rc;
+
+    if (uri == NULL) {
+        rc = eg_prov_fail(EG_EXIT_SOFTWARE, "out of memory");
+        goto out;
+    }
+    if (eg_p11_key_open(tok, uri, out) != 0) {
+        rc = eg_prov_fail_stack(EG_EXIT_SOFTWARE, "cannot open key '%s' (%s)", label, uri);
+        goto out;
+    }
+    rc = EG_EXIT_OK;
+out:
+    OPENSSL_free(uri);
+    return rc;
+}
+
+struct cert_args {
+    const uint8_t *id;
+    size_t idlen;
+    CK_ULONG found;
+    uint8_t *der;
+    CK_ULONG derlen;
+};
+
+/* Reads CKA_VALUE of the certificate with the id; may run again after a recovery. */
+static CK_RV cert_fn(eg_p11_call *call, void *arg)
+{
+    struct cert_args *a = arg;
+    CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
+    CK_ATTRIBUTE t[2] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_ID, (void *)a->id, a->idlen}};
+    CK_ATTRIBUTE v = {CKA_VALUE, NULL, 0};
+    CK_OBJECT_HANDLE h[2];
+    CK_RV rv;
+
+    OPENSSL_free(a->der);
+    a->der = NULL;
+    if ((rv = eg_p11_find_objects(call, t, 2, h, 2, &a->found)) != CKR_OK || a->found != 1)
+        return rv;
+    if ((rv = eg_p11_get_attributes(call, h[0], &v, 1)) != CKR_OK)
+        return rv;
+    if (v.ulValueLen == CK_UNAVAILABLE_INFORMATION ||
+        (v.pValue = OPENSSL_malloc(v.ulValueLen)) == NULL)
+        return CKR_HOST_MEMORY;
+    if ((rv = eg_p11_get_attributes(call, h[0], &v, 1)) != CKR_OK) {
+        OPENSSL_free(v.pValue);
+        return rv;
+    }
+    a->der = v.pValue;
+    a->derlen = v.ulValueLen;
+    return CKR_OK;
+}
+
+int eg_prov_key_cert(eg_p11_key *key, X509 **out)
+{
+    struct cert_args a = {NULL, 0, 0, NULL, 0};
+    const unsigned char *p;
+    X509 *cert = NULL;
+    CK_RV rv;
+    int rc;
+
+    a.id = eg_p11_key_id(key, &a.idlen);
+    if ((rv = eg_token_run(eg_p11_key_token(key), cert_fn, &a)) != CKR_OK) {
+        rc = eg_prov_fail(EG_EXIT_SOFTWARE, "reading the certificate of %s: %s",
+                          eg_p11_key_uri(key), eg_p11_rv_name(rv));
+        goto out;
+    }
+    if (a.found > 1) {
+        rc = eg_prov_fail(EG_EXIT_DATAERR, "more than one certificate has the id of %s",
+                          eg_p11_key_uri(key));
+        goto out;
+    }
+    p = a.der;
+    if (a.der != NULL && (cert = d2i_X509(NULL, &p, (long)a.derlen)) == NULL) {
+        rc = eg_prov_fail(EG_EXIT_DATAERR, "the certificate stored for %s does not parse",
+                          eg_p11_key_uri(key));
+        goto out;
+    }
+    *out = cert;
+    rc = EG_EXIT_OK;
+out:
+    OPENSSL_free(a.der);
+    return rc;
+}
+
+struct present_args {
+    unsigned char *der;
+    int derlen;
+    CK_ULONG found;
+};
+
+static CK_RV present_fn(eg_p11_call *call, void *arg)
+{
+    struct present_args *a = arg;
+    CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
+    CK_ATTRIBUTE t[2] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_VALUE, a->der, (CK_ULONG)a->derlen}};
+    CK_OBJECT_HANDLE h;
+
+    return eg_p11_find_objects(call, t, 2, &h, 1, &a->found);
+}
+
+int eg_prov_cert_present(eg_token *tok, X509 *cert, bool *present)
+{
+    struct present_args a = {NULL, 0, 0};
+    CK_RV rv;
+    int rc;
+
+    if ((a.derlen = i2d_X509(cert, &a.der)) <= 0) {
+        rc = eg_prov_fail_stack(EG_EXIT_SOFTWARE, "cannot encode a certificate");
+        goto out;
+    }
+    if ((rv = eg_token_run(tok, present_fn, &a)) != CKR_OK) {
+        rc = eg_prov_fail(EG_EXIT_SOFTWARE, "searching token '%s' for a certificate: %s",
+                          eg_token_label(tok), eg_p11_rv_name(rv));
+        goto out;
+    }
+    *present = a.found > 0;
+    rc = EG_EXIT_OK;
+out:
+    OPENSSL_free(a.der);
+    return rc;
+}
+
+int eg_prov_key_pkey(eg_p11_key *key, EVP_PKEY **out)
+{
+    if (eg_provider_key_pkey(NULL, key, out) != 0)
+        return eg_prov_fail_stack(EG_EXIT_SOFTWARE, "the provider cannot use %s",
+                                  eg_p11_key_uri(key));
+    return EG_EXIT_OK;
+}
+
+/* DER encodings of what a certificate object carries; all freed by cert_der_free. */
+struct cert_der {
+    unsigned char *value, *subject, *issuer, *serial;
+    int nvalue, nsubject, nissuer, nserial;
+};
+
+static void cert_der_free(struct cert_der *d)
+{
+    OPENSSL_free(d->value);
+    OPENSSL_free(d->subject);
+    OPENSSL_free(d->issuer);
+    OPENSSL_free(d->serial);
+}
+
+static int cert_der(X509 *cert, struct cert_der *d)
+{
+    memset(d, 0, sizeof(*d));
+    d->nvalue = i2d_X509(cert, &d->value);
+    d->nsubject = i2d_X509_NAME(X509_get_subject_name(cert), &d->subject);
+    d->nissuer = i2d_X509_NAME(X509_get_issuer_name(cert), &d->issuer);
+    d->nserial = i2d_ASN1_INTEGER(X509_get0_serialNumber(cert), &d->serial);
+    return d->nvalue > 0 && d->nsubject > 0 && d->nissuer > 0 && d->nserial > 0 ? 0 : -1;
+}
+
+struct store_args {
+    struct cert_der der;
+    const char *label;
+    const uint8_t *id;
+    size_t idlen;
+};
+
+/* Creates the object unless an earlier try (before a recovery) already did. */
+static CK_RV store_fn(eg_p11_call *call, void *arg)
+{
+    struct store_args *a = arg;
+    CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
+    CK_CERTIFICATE_TYPE ct = CKC_X_509;
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_ATTRIBUTE t[10] = {
+        {CKA_CLASS, &cls, sizeof(cls)},
+        {CKA_VALUE, a->der.value, (CK_ULONG)a->der.nvalue},
+        {CKA_CERTIFICATE_TYPE, &ct, sizeof(ct)},
+        {CKA_TOKEN, &yes, sizeof(yes)},
+        {CKA_PRIVATE, &no, sizeof(no)},
+        {CKA_SUBJECT, a->der.subject, (CK_ULONG)a->der.nsubject},
+        {CKA_ISSUER, a->der.issuer, (CK_ULONG)a->der.nissuer},
+        {CKA_SERIAL_NUMBER, a->der.serial, (CK_ULONG)a->der.nserial},
+        {CKA_LABEL, (void *)a->label, strlen(a->label)},
+        {CKA_ID, (void *)a->id, a->idlen},
+    };
+    CK_OBJECT_HANDLE h;
+    CK_ULONG found;
+    CK_RV rv;
+
+    if ((rv = eg_p11_find_objects(call, t, 2, &h, 1, &found)) != CKR_OK || found > 0)
+        return rv;
+    return eg_p11_create_object(call, t, a->idlen > 0 ? 10 : 9, &h);
+}
+
+int eg_prov_store_cert(eg_token *tok, X509 *cert, const char *label, const uint8_t *id,
+                       size_t idlen)
+{
+    struct store_args a = {{NULL, NULL, NULL, NULL, 0, 0, 0, 0}, label, id, idlen};
+    CK_RV rv;
+    int rc;
+
+    if (cert_der(cert, &a.der) != 0) {
+        rc = eg_prov_fail_stack(EG_EXIT_SOFTWARE, "cannot encode the certificate '%s'", label);
+        goto out;
+    }
+    if ((rv = eg_token_run(tok, store_fn, &a)) != CKR_OK) {
+        rc = eg_prov_fail(EG_EXIT_SOFTWARE, "cannot store certificate '%s' in token '%s': %s",
+                          label, eg_token_label(tok), eg_p11_rv_name(rv));
+        goto out;
+    }
+    rc = EG_EXIT_OK;
+out:
+    cert_der_free(&a.der);
+    return rc;
+}
