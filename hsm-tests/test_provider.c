@@ -466,6 +466,39 @@ static void test_csrs_verify_with_openssl(void)
     }
 }
 
+/*
+ * Token keys share the library context with software keys (TLS key shares,
+ * CSR checks): after the token has signed, software EC keys must still be
+ * generated, sign and agree through the default provider. A provider change
+ * that made signing inits fetch our keymgmt first once poisoned OpenSSL 3.0's
+ * fetch cache, and "EC" key generation then failed in the whole context.
+ */
+static void test_software_keys_still_work_beside_token_keys(void)
+{
+    static const unsigned char msg[] = "software";
+    EVP_PKEY *a, *b;
+    EVP_PKEY_CTX *dctx = NULL;
+    EVP_MD_CTX *mctx;
+    unsigned char sig[128], secret[64];
+    size_t siglen = sizeof(sig), slen = sizeof(secret);
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(a = EVP_PKEY_Q_keygen(pf.libctx, NULL, "EC", "P-256"));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b = EVP_PKEY_Q_keygen(pf.libctx, NULL, "EC", "P-256"));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(mctx = EVP_MD_CTX_new());
+    CU_ASSERT_EQUAL(EVP_DigestSignInit_ex(mctx, NULL, "SHA256", pf.libctx, NULL, a, NULL), 1);
+    CU_ASSERT_EQUAL(EVP_DigestSign(mctx, sig, &siglen, msg, sizeof(msg)), 1);
+    EVP_MD_CTX_free(mctx);
+    dctx = EVP_PKEY_CTX_new_from_pkey(pf.libctx, a, NULL);
+    CU_ASSERT(dctx != NULL && EVP_PKEY_derive_init(dctx) == 1 &&
+              EVP_PKEY_derive_set_peer(dctx, b) == 1 && EVP_PKEY_derive(dctx, secret, &slen) == 1 &&
+              slen == 32);
+    EVP_PKEY_CTX_free(dctx);
+    EVP_PKEY_free(a);
+    EVP_PKEY_free(b);
+    if (CU_get_number_of_failures() > 0)
+        ERR_print_errors_fp(stderr);
+}
+
 static CU_TestInfo tests[] = {
     {"token keys have no private half", test_token_keys_have_no_private_half},
     {"store finds keys by URI", test_store_finds_keys_by_uri},
@@ -475,6 +508,7 @@ static CU_TestInfo tests[] = {
     {"CRLs verify with openssl", test_crls_verify_with_openssl},
     {"CMS SignedData verifies with openssl", test_cms_signed_data_verifies_with_openssl},
     {"CSRs verify with openssl", test_csrs_verify_with_openssl},
+    {"software keys still work beside token keys", test_software_keys_still_work_beside_token_keys},
     CU_TEST_INFO_NULL,
 };
 
