@@ -8,7 +8,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <spawn.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -25,10 +24,9 @@
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
+#include "child.h"
 #include "p11.h"
 #include "token_harness.h"
-
-extern char **environ;
 
 #define MAX_ARGS 40
 
@@ -36,71 +34,24 @@ static eg_th_kind kind;
 static eg_th *th;
 static char tool[PATH_MAX];
 
-struct result {
-    int code; /* exit status, or 128 + signal */
-    char out[32768];
-    char err[8192];
-};
-
 static char *tpath(char *buf, const char *name)
 {
     snprintf(buf, PATH_MAX, "%s/%s", eg_th_dir(th), name);
     return buf;
 }
 
-static void read_text(const char *path, char *buf, size_t cap)
+/* Runs argv with its output captured; 0 when it ran, whatever its exit status. */
+static int spawn_capture(char *const argv[], eg_child_result *r)
 {
-    FILE *f = fopen(path, "r");
-    size_t n = f ? fread(buf, 1, cap - 1, f) : 0;
-
-    buf[n] = 0;
-    if (f != NULL)
-        fclose(f);
-}
-
-static int wait_child(pid_t pid)
-{
-    int status;
-
-    while (waitpid(pid, &status, 0) < 0) {
-        if (errno != EINTR)
-            return -1;
-    }
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
-
-/* Runs argv[0] with stdout and stderr captured in files of the token directory. */
-static int spawn_capture(char *const argv[], struct result *r)
-{
-    char outp[PATH_MAX], errp[PATH_MAX];
-    posix_spawn_file_actions_t fa;
-    pid_t pid;
-    int rc;
-
-    tpath(outp, "child.out");
-    tpath(errp, "child.err");
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, outp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    posix_spawn_file_actions_addopen(&fa, 2, errp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    rc = posix_spawn(&pid, argv[0], &fa, NULL, argv, environ);
-    posix_spawn_file_actions_destroy(&fa);
-    if (rc != 0) {
-        printf("posix_spawn %s: %s\n", argv[0], strerror(rc));
-        return -1;
-    }
-    r->code = wait_child(pid);
-    read_text(outp, r->out, sizeof(r->out));
-    read_text(errp, r->err, sizeof(r->err));
-    if (r->code != 0)
-        printf("\n  [%s exited %d] %s", argv[1], r->code, r->err);
-    return 0;
+    eg_child_run(eg_th_dir(th), NULL, argv, r);
+    return r->code == -1 ? -1 : 0;
 }
 
 /*
  * Runs estgate-provision with the words in the NULL-terminated list, then the
  * harness token's options; token and pin_file override the token's own.
  */
-static int provision(struct result *r, const char *token, const char *pin_file, ...)
+static int provision(eg_child_result *r, const char *token, const char *pin_file, ...)
 {
     const eg_token_config *cfg = eg_th_config(th);
     char *argv[MAX_ARGS];
@@ -334,7 +285,7 @@ static bool no_temp_files(void)
 
 static void ca_self_signed(const char *label, const char *key, int sig_nid)
 {
-    struct result *r = calloc(1, sizeof(*r));
+    eg_child_result *r = calloc(1, sizeof(*r));
     char out[PATH_MAX], name[64], path[PATH_MAX], cn[64];
     X509 *x;
 
@@ -440,7 +391,7 @@ static void check_wrap_control(eg_token *tok)
 
 static void test_ca_key_cannot_be_wrapped(void)
 {
-    struct result *r = calloc(1, sizeof(*r));
+    eg_child_result *r = calloc(1, sizeof(*r));
     eg_p11_key *key = NULL;
     eg_token *tok = NULL;
     char csr[PATH_MAX];
@@ -472,7 +423,7 @@ static void test_ca_key_cannot_be_wrapped(void)
 
 static int run_openssl(char *const argv[])
 {
-    struct result *r = calloc(1, sizeof(*r));
+    eg_child_result *r = calloc(1, sizeof(*r));
     int code = -1;
 
     if (r != NULL && spawn_capture(argv, r) == 0)
@@ -502,7 +453,7 @@ static void check_tls_leaf(X509 *leaf, X509 *ca)
 
 static void test_tls_create_verifies_against_ca(void)
 {
-    struct result *r = calloc(1, sizeof(*r));
+    eg_child_result *r = calloc(1, sizeof(*r));
     char ca_path[PATH_MAX], tls_path[PATH_MAX];
     STACK_OF(X509) *chain = NULL;
     X509 *ca = NULL;
@@ -558,7 +509,7 @@ static bool requests_ca(X509_REQ *req)
 
 static void test_ca_create_csr_verifies(void)
 {
-    struct result *r = calloc(1, sizeof(*r));
+    eg_child_result *r = calloc(1, sizeof(*r));
     char path[PATH_MAX];
     X509_REQ *req;
 
@@ -630,7 +581,7 @@ static int write_pem(const char *path, X509 *a, X509 *b)
 
 static void test_ca_import_refuses_other_key_then_takes_its_own(void)
 {
-    struct result *r = calloc(1, sizeof(*r));
+    eg_child_result *r = calloc(1, sizeof(*r));
     char csr[PATH_MAX], wrong[PATH_MAX], chain[PATH_MAX];
     EVP_PKEY *root_key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
     X509 *root = NULL, *sub = NULL;
@@ -670,7 +621,7 @@ static void test_ca_import_refuses_other_key_then_takes_its_own(void)
 
 static void test_list_shows_uris(void)
 {
-    struct result *r = calloc(1, sizeof(*r));
+    eg_child_result *r = calloc(1, sizeof(*r));
     char path[PATH_MAX], cert_uri[512], *p;
     eg_p11_key *key = NULL;
     eg_token *tok = NULL;
@@ -702,7 +653,7 @@ static void test_list_shows_uris(void)
 
 static void test_wrong_pin_exits_77_and_writes_nothing(void)
 {
-    struct result *r = calloc(1, sizeof(*r));
+    eg_child_result *r = calloc(1, sizeof(*r));
     char pin[PATH_MAX], out[PATH_MAX];
 
     CU_ASSERT_PTR_NOT_NULL_FATAL(r);
@@ -721,7 +672,7 @@ static void test_wrong_pin_exits_77_and_writes_nothing(void)
 
 static void test_unknown_token_exits_69(void)
 {
-    struct result *r = calloc(1, sizeof(*r));
+    eg_child_result *r = calloc(1, sizeof(*r));
     char out[PATH_MAX];
 
     CU_ASSERT_PTR_NOT_NULL_FATAL(r);
@@ -738,7 +689,7 @@ static void test_unknown_token_exits_69(void)
 
 static void test_bad_key_exits_64(void)
 {
-    struct result *r = calloc(1, sizeof(*r));
+    eg_child_result *r = calloc(1, sizeof(*r));
     char out[PATH_MAX];
 
     CU_ASSERT_PTR_NOT_NULL_FATAL(r);
@@ -759,7 +710,7 @@ static void test_bad_key_exits_64(void)
 
 static void test_init_token_in_free_slot(void)
 {
-    struct result *r = calloc(1, sizeof(*r));
+    eg_child_result *r = calloc(1, sizeof(*r));
     char so[PATH_MAX], pin[PATH_MAX];
     eg_token_config cfg = *eg_th_config(th);
     eg_token *tok = NULL;

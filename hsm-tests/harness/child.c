@@ -1,0 +1,114 @@
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "child.h"
+
+extern char **environ;
+
+const char *eg_child_built(const char *rel, char *buf)
+{
+    const char *dir = getenv("EG_BUILD_DIR");
+
+    snprintf(buf, PATH_MAX, "%s/%s", dir != NULL ? dir : "build", rel);
+    return buf;
+}
+
+const char *eg_child_which(const char *name, char *buf)
+{
+    const char *path = getenv("PATH");
+    const char *p, *end;
+
+    if (strchr(name, '/') != NULL) {
+        snprintf(buf, PATH_MAX, "%s", name);
+        return access(buf, X_OK) == 0 ? buf : NULL;
+    }
+    for (p = path ? path : "/usr/bin:/bin"; *p != 0; p = *end ? end + 1 : end) {
+        end = strchrnul(p, ':');
+        snprintf(buf, PATH_MAX, "%.*s/%s", (int)(end - p), p, name);
+        if (access(buf, X_OK) == 0)
+            return buf;
+    }
+    return NULL;
+}
+
+static void read_text(const char *path, char *buf, size_t cap)
+{
+    FILE *f = fopen(path, "r");
+    size_t n = f ? fread(buf, 1, cap - 1, f) : 0;
+
+    buf[n] = 0;
+    if (f != NULL)
+        fclose(f);
+}
+
+int eg_child_wait(pid_t pid)
+{
+    int status;
+
+    while (waitpid(pid, &status, 0) < 0) {
+        if (errno != EINTR)
+            return -1;
+    }
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+static int spawn(char *const argv[], const char *in, const char *out, const char *err, int append,
+                 pid_t *pid)
+{
+    int flags = O_WRONLY | O_CREAT | (append ? O_APPEND : O_TRUNC);
+    posix_spawn_file_actions_t fa;
+    char exe[PATH_MAX];
+    int rc;
+
+    if (eg_child_which(argv[0], exe) == NULL) {
+        printf("\n  [%s: not found]\n", argv[0]);
+        return -1;
+    }
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 0, in ? in : "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, 1, out, flags, 0600);
+    posix_spawn_file_actions_addopen(&fa, 2, err, flags, 0600);
+    rc = posix_spawn(pid, exe, &fa, NULL, argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    if (rc != 0) {
+        printf("\n  [posix_spawn %s: %s]\n", exe, strerror(rc));
+        return -1;
+    }
+    return 0;
+}
+
+int eg_child_run(const char *dir, const char *in_path, char *const argv[], eg_child_result *r)
+{
+    char outp[PATH_MAX], errp[PATH_MAX];
+    pid_t pid;
+    int i;
+
+    snprintf(outp, sizeof(outp), "%s/child.out", dir);
+    snprintf(errp, sizeof(errp), "%s/child.err", dir);
+    r->out[0] = r->err[0] = 0;
+    r->code = -1;
+    if (spawn(argv, in_path, outp, errp, 0, &pid) != 0)
+        return -1;
+    r->code = eg_child_wait(pid);
+    read_text(outp, r->out, sizeof(r->out));
+    read_text(errp, r->err, sizeof(r->err));
+    if (r->code != 0) {
+        printf("\n  [exit %d:", r->code);
+        for (i = 0; argv[i] != NULL; i++)
+            printf(" %s", argv[i]);
+        printf("]\n  %s", r->err);
+    }
+    return r->code;
+}
+
+int eg_child_start(char *const argv[], const char *log_path, pid_t *pid)
+{
+    return spawn(argv, NULL, log_path, log_path, 1, pid);
+}

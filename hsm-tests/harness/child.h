@@ -1,0 +1,36 @@
+/*
+ * Programs run as children by the end-to-end tests: estgate-provision,
+ * estgated, curl, openssl, java. posix_spawn, no shell; the child inherits the
+ * environment, which is how a p11kit-kind token's server address reaches it.
+ */
+#ifndef EG_CHILD_H
+#define EG_CHILD_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+typedef struct eg_child_result {
+    int code; /* exit status, or 128 + signal; -1 when it did not run */
+    char out[65536];
+    char err[16384];
+} eg_child_result;
+
+/* A built program: $EG_BUILD_DIR/rel (ctest sets EG_BUILD_DIR), into buf (PATH_MAX). */
+const char *eg_child_built(const char *rel, char *buf);
+/* The first of names found on PATH, into buf (PATH_MAX); NULL if none. */
+const char *eg_child_which(const char *name, char *buf);
+
+/*
+ * Runs argv (NULL-terminated; argv[0] a path or a name looked up on PATH) to
+ * completion with stdout and stderr captured through files in dir. stdin is
+ * /dev/null unless in_path is given. Prints the command and stderr when it
+ * fails. Returns r->code.
+ */
+int eg_child_run(const char *dir, const char *in_path, char *const argv[], eg_child_result *r);
+
+/* Starts argv in the background with stdout and stderr appended to log_path. */
+int eg_child_start(char *const argv[], const char *log_path, pid_t *pid);
+/* Waits for pid; exit status or 128 + signal, -1 on error. */
+int eg_child_wait(pid_t pid);
+
+#endif
