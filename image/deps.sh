@@ -5,7 +5,7 @@
 set -eu
 
 build="cmake gcc make pkg-config libssl-dev openssl libp11-dev libp11-kit-dev
-       libcunit1-dev libsqlite3-dev"
+       libcunit1-dev libsqlite3-dev libinih-dev"
 tokens="softhsm2 p11-kit p11-kit-modules libnss3 libnss3-tools"
 test="$build $tokens clang-format"
 demo="$build $tokens"
