@@ -1,0 +1,145 @@
+/*
+ * Audit events: stable dotted names, one structured log line per event, and
+ * the ledger row. Values are quoted and escaped so that a hostile principal or
+ * SAN in a reason cannot forge a field or a second line.
+ */
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "audit.h"
+
+static const char *const kind_names[] = {
+    [EG_AUDIT_ISSUED] = "issued",
+    [EG_AUDIT_REISSUED] = "reissued",
+    [EG_AUDIT_CACERTS] = "cacerts",
+    [EG_AUDIT_AUTH_MISSING] = "auth.missing",
+    [EG_AUDIT_AUTH_BAD_PASSWORD] = "auth.bad_password",
+    [EG_AUDIT_AUTH_UNKNOWN_USER] = "auth.unknown_user",
+    [EG_AUDIT_AUTH_CERT_UNTRUSTED] = "auth.cert_untrusted",
+    [EG_AUDIT_AUTH_CERT_MISMATCH] = "auth.cert_mismatch",
+    [EG_AUDIT_POLICY] = "policy",
+    [EG_AUDIT_MALFORMED] = "malformed",
+    [EG_AUDIT_CSR_SIGNATURE] = "csr.signature",
+    [EG_AUDIT_LIMIT] = "limit",
+    [EG_AUDIT_UNAVAILABLE] = "unavailable",
+    [EG_AUDIT_INTERNAL] = "internal",
+};
+
+static const char *const dim_names[] = {
+    [EG_DIM_NONE] = "none",   [EG_DIM_KEY] = "key",         [EG_DIM_EKU] = "eku",
+    [EG_DIM_SAN] = "san",     [EG_DIM_SUBJECT] = "subject", [EG_DIM_VALIDITY] = "validity",
+    [EG_DIM_ATTRS] = "attrs", [EG_DIM_REKEY] = "rekey",
+};
+
+const char *eg_audit_kind_name(eg_audit_kind k)
+{
+    if ((unsigned)k >= sizeof(kind_names) / sizeof(kind_names[0]) || kind_names[k] == NULL)
+        return "unknown";
+    return kind_names[k];
+}
+
+const char *eg_policy_dim_name(eg_policy_dim d)
+{
+    if ((unsigned)d >= sizeof(dim_names) / sizeof(dim_names[0]) || dim_names[d] == NULL)
+        return "unknown";
+    return dim_names[d];
+}
+
+struct line {
+    char *p;
+    size_t cap, len;
+};
+
+static void put_char(struct line *l, char c)
+{
+    if (l->len + 1 < l->cap)
+        l->p[l->len++] = c;
+    l->p[l->len < l->cap ? l->len : l->cap - 1] = '\0';
+}
+
+static void put_str(struct line *l, const char *s)
+{
+    while (*s != '\0')
+        put_char(l, *s++);
+}
+
+/* key=value, quoted when the value holds anything but a plain token; bytes that
+   are not printable ASCII are written as \xNN so the line stays one line. */
+static void put_field(struct line *l, const char *key, const char *value)
+{
+    const unsigned char *v = (const unsigned char *)value;
+    bool plain = *v != '\0';
+    char hex[8];
+
+    for (; *v != '\0'; v++) {
+        if (*v <= ' ' || *v >= 0x7f || *v == '"' || *v == '\\' || *v == '=')
+            plain = false;
+    }
+    put_char(l, ' ');
+    put_str(l, key);
+    put_char(l, '=');
+    if (plain) {
+        put_str(l, value);
+        return;
+    }
+    put_char(l, '"');
+    for (v = (const unsigned char *)value; *v != '\0'; v++) {
+        if (*v == '"' || *v == '\\') {
+            put_char(l, '\\');
+            put_char(l, (char)*v);
+        } else if (*v < ' ' || *v >= 0x7f) {
+            snprintf(hex, sizeof(hex), "\\x%02x", *v);
+            put_str(l, hex);
+        } else {
+            put_char(l, (char)*v);
+        }
+    }
+    put_char(l, '"');
+}
+
+void eg_audit_format(const eg_audit_record *rec, char *buf, size_t cap)
+{
+    struct line l = {buf, cap, 0};
+
+    if (cap == 0)
+        return;
+    buf[0] = '\0';
+    put_str(&l, "estgated audit");
+    put_field(&l, "event", eg_audit_kind_name(rec->kind));
+    if (rec->profile != NULL)
+        put_field(&l, "profile", rec->profile[0] != '\0' ? rec->profile : "default");
+    if (rec->principal != NULL)
+        put_field(&l, "principal", rec->principal);
+    if (rec->peer != NULL)
+        put_field(&l, "peer", rec->peer);
+    if (rec->dim != EG_DIM_NONE)
+        put_field(&l, "dim", eg_policy_dim_name(rec->dim));
+    if (rec->reason != NULL && rec->reason[0] != '\0')
+        put_field(&l, "reason", rec->reason);
+}
+
+int eg_audit_emit(eg_ledger *lg, const eg_audit_record *rec)
+{
+    char line[1024], detail[320];
+    eg_audit_event ev = {0};
+
+    eg_audit_format(rec, line, sizeof(line) - 1);
+    /* One write per line, so concurrent events do not interleave. */
+    strcat(line, "\n");
+    fputs(line, stderr);
+    if (lg == NULL || rec->kind == EG_AUDIT_CACERTS)
+        return 0;
+    if (rec->dim != EG_DIM_NONE)
+        snprintf(detail, sizeof(detail), "dim=%s %s", eg_policy_dim_name(rec->dim),
+                 rec->reason ? rec->reason : "");
+    else
+        snprintf(detail, sizeof(detail), "%s", rec->reason ? rec->reason : "");
+    ev.type = eg_audit_kind_name(rec->kind);
+    ev.profile = rec->profile;
+    ev.principal = rec->principal;
+    ev.peer = rec->peer;
+    ev.detail = detail;
+    ev.intent_id = rec->intent_id;
+    return eg_ledger_audit(lg, &ev) == 0 ? 0 : -1;
+}

@@ -1,0 +1,666 @@
+/*
+ * The core: profiles with their CA keys and chains, loaded once at open and
+ * read-only afterwards, so eg_core_enroll can run on many threads at once
+ * (the token and the ledger do their own locking).
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/pkcs7.h>
+#include <openssl/sha.h>
+
+#include "audit.h"
+#include "core.h"
+#include "issue.h"
+#include "ledger.h"
+#include "p11.h"
+#include "policy.h"
+#include "provider.h"
+
+typedef struct core_profile {
+    eg_profile_cfg cfg; /* our own copy; users and other web-only parts left out */
+    eg_policy pol;      /* pol.cfg points at cfg */
+    eg_issue_ca ca;
+    uint8_t *cacerts;
+    size_t cacerts_len;
+    uint8_t *csrattrs; /* NULL: nothing to say */
+    size_t csrattrs_len;
+} core_profile;
+
+struct eg_core {
+    eg_token *tok;
+    eg_ledger *lg;
+    core_profile *profiles;
+    size_t nprofiles;
+};
+
+void eg_answer_clear(eg_answer *a)
+{
+    if (a == NULL)
+        return;
+    free(a->der);
+    memset(a, 0, sizeof(*a));
+}
+
+static void answer_set(eg_answer *a, eg_status st, eg_audit_kind ev, eg_policy_dim dim,
+                       const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+static void answer_set(eg_answer *a, eg_status st, eg_audit_kind ev, eg_policy_dim dim,
+                       const char *fmt, ...)
+{
+    va_list ap;
+
+    a->status = st;
+    a->event = ev;
+    a->dim = dim;
+    va_start(ap, fmt);
+    vsnprintf(a->reason, sizeof(a->reason), fmt, ap);
+    va_end(ap);
+}
+
+static int answer_copy(eg_answer *a, const uint8_t *der, size_t len)
+{
+    if ((a->der = malloc(len)) == NULL)
+        return -1;
+    memcpy(a->der, der, len);
+    a->der_len = len;
+    return 0;
+}
+
+/* ---- profiles ---- */
+
+static core_profile *find_profile(eg_core *core, const char *label)
+{
+    size_t i;
+
+    if (label == NULL)
+        label = "";
+    for (i = 0; i < core->nprofiles; i++) {
+        if (strcmp(core->profiles[i].cfg.label, label) == 0)
+            return &core->profiles[i];
+    }
+    return NULL;
+}
+
+static void profile_clear(core_profile *p)
+{
+    size_t i;
+
+    free(p->cfg.name);
+    free(p->cfg.label);
+    free(p->cfg.ca_key_uri);
+    free(p->cfg.ca_chain_file);
+    free(p->cfg.subject_template);
+    for (i = 0; i < p->cfg.nsans; i++)
+        free(p->cfg.sans[i].pattern);
+    EVP_PKEY_free(p->ca.key);
+    X509_free(p->ca.cert);
+    free(p->cacerts);
+    free(p->csrattrs);
+    memset(p, 0, sizeof(*p));
+}
+
+static char *dup_or_empty(const char *s)
+{
+    return strdup(s != NULL ? s : "");
+}
+
+/* Copies what the core uses; password hashes and the web's settings stay behind. */
+static int profile_copy(const eg_profile_cfg *src, core_profile *p)
+{
+    eg_profile_cfg *d = &p->cfg;
+    size_t i;
+    int ok;
+
+    *d = *src;
+    memset(d->users, 0, sizeof(d->users));
+    d->nusers = 0;
+    d->realm = d->client_ca_file = NULL;
+    d->name = d->label = d->ca_key_uri = d->ca_chain_file = d->subject_template = NULL;
+    for (i = 0; i < d->nsans; i++)
+        d->sans[i].pattern = NULL;
+    ok = (d->name = dup_or_empty(src->name)) != NULL &&
+         (d->label = dup_or_empty(src->label)) != NULL &&
+         (d->ca_key_uri = dup_or_empty(src->ca_key_uri)) != NULL &&
+         (d->ca_chain_file = dup_or_empty(src->ca_chain_file)) != NULL &&
+         (src->subject_template == NULL ||
+          (d->subject_template = strdup(src->subject_template)) != NULL);
+    for (i = 0; ok && i < d->nsans; i++)
+        ok = (d->sans[i].pattern = dup_or_empty(src->sans[i].pattern)) != NULL;
+    p->pol.cfg = d;
+    return ok ? 0 : -1;
+}
+
+static time_t asn1_time_unix(const ASN1_TIME *t)
+{
+    struct tm tm;
+
+    if (ASN1_TIME_to_tm(t, &tm) != 1)
+        return 0;
+    return timegm(&tm);
+}
+
+/* The digest for the CA's key: SHA-384 for P-384, SHA-512 for P-521, none for Ed25519. */
+static const char *ca_digest(EVP_PKEY *pub)
+{
+    char group[64] = "";
+
+    switch (EVP_PKEY_get_base_id(pub)) {
+    case EVP_PKEY_ED25519:
+        return NULL;
+    case EVP_PKEY_EC:
+        EVP_PKEY_get_group_name(pub, group, sizeof(group), NULL);
+        if (strcmp(group, "secp384r1") == 0 || strcmp(group, "P-384") == 0)
+            return "SHA384";
+        if (strcmp(group, "secp521r1") == 0 || strcmp(group, "P-521") == 0)
+            return "SHA512";
+        return "SHA256";
+    default:
+        return "SHA256";
+    }
+}
+
+/* RFC 7030 4.1.3: a certs-only SignedData (no signers) holding the chain. */
+static int cacerts_der(STACK_OF(X509) * chain, uint8_t **der, size_t *len)
+{
+    PKCS7 *p7 = PKCS7_new();
+    unsigned char *buf = NULL;
+    int i, n = -1, ok;
+
+    ok = p7 != NULL && PKCS7_set_type(p7, NID_pkcs7_signed) == 1 &&
+         PKCS7_content_new(p7, NID_pkcs7_data) == 1;
+    for (i = 0; ok && i < sk_X509_num(chain); i++)
+        ok = PKCS7_add_certificate(p7, sk_X509_value(chain, i)) == 1;
+    if (ok)
+        n = i2d_PKCS7(p7, &buf);
+    PKCS7_free(p7);
+    if (n <= 0)
+        return -1;
+    *der = malloc((size_t)n);
+    if (*der != NULL)
+        memcpy(*der, buf, (size_t)n);
+    *len = (size_t)n;
+    OPENSSL_free(buf);
+    return *der != NULL ? 0 : -1;
+}
+
+static STACK_OF(X509) * read_chain(const char *path)
+{
+    STACK_OF(X509) *sk = sk_X509_new_null();
+    BIO *in = BIO_new_file(path, "r");
+    X509 *x;
+
+    while (sk != NULL && in != NULL && (x = PEM_read_bio_X509(in, NULL, NULL, NULL)) != NULL) {
+        if (sk_X509_push(sk, x) <= 0)
+            X509_free(x);
+    }
+    ERR_clear_error();
+    BIO_free(in);
+    if (sk_X509_num(sk) <= 0) {
+        sk_X509_free(sk);
+        return NULL;
+    }
+    return sk;
+}
+
+static int load_ca(core_profile *p, char *err, size_t cap)
+{
+    STACK_OF(X509) *chain = read_chain(p->cfg.ca_chain_file);
+    int rc = -1;
+
+    if (chain == NULL) {
+        snprintf(err, cap, "no certificate in %s", p->cfg.ca_chain_file);
+        goto out;
+    }
+    if (eg_provider_load_key(NULL, p->cfg.ca_key_uri, &p->ca.key) != 0) {
+        snprintf(err, cap, "cannot load the CA key %s from the token", p->cfg.ca_key_uri);
+        goto out;
+    }
+    p->ca.cert = X509_dup(sk_X509_value(chain, 0));
+    if (p->ca.cert == NULL || EVP_PKEY_eq(X509_get0_pubkey(p->ca.cert), p->ca.key) != 1) {
+        snprintf(err, cap, "the first certificate of %s is not the certificate of %s",
+                 p->cfg.ca_chain_file, p->cfg.ca_key_uri);
+        goto out;
+    }
+    if (X509_check_ca(p->ca.cert) < 1) {
+        snprintf(err, cap, "the first certificate of %s is not a CA", p->cfg.ca_chain_file);
+        goto out;
+    }
+    /* Cache the CA's extensions now, while one thread owns it. */
+    X509_check_purpose(p->ca.cert, -1, 0);
+    p->ca.md = ca_digest(X509_get0_pubkey(p->ca.cert));
+    p->ca.not_before = asn1_time_unix(X509_get0_notBefore(p->ca.cert));
+    p->ca.not_after = asn1_time_unix(X509_get0_notAfter(p->ca.cert));
+    if (cacerts_der(chain, &p->cacerts, &p->cacerts_len) != 0) {
+        snprintf(err, cap, "cannot encode the CA chain as PKCS#7");
+        goto out;
+    }
+    rc = 0;
+out:
+    sk_X509_pop_free(chain, X509_free);
+    return rc;
+}
+
+static int profile_load(const eg_profile_cfg *src, core_profile *p)
+{
+    char err[512] = "out of memory";
+    int rc = -1;
+
+    if (profile_copy(src, p) != 0)
+        goto out;
+    if (p->cfg.subject_template != NULL &&
+        eg_subject_tmpl_parse(p->cfg.subject_template, &p->pol.tmpl, err, sizeof(err)) != 0)
+        goto out;
+    if (load_ca(p, err, sizeof(err)) != 0)
+        goto out;
+    if (eg_csrattrs_der(&p->pol, &p->csrattrs, &p->csrattrs_len) != 0) {
+        snprintf(err, sizeof(err), "cannot encode the CSR attributes");
+        goto out;
+    }
+    rc = 0;
+out:
+    if (rc != 0) {
+        fprintf(stderr, "estgated: profile %s: %s\n", src->name ? src->name : "?", err);
+        ERR_print_errors_fp(stderr);
+    }
+    return rc;
+}
+
+static int open_token(const eg_config *cfg, eg_token **tok)
+{
+    eg_token_config tc = {
+        .module_path = cfg->module_path,
+        .init_args = cfg->init_args,
+        .token_label = cfg->token_label,
+        .pin_file = cfg->pin_file,
+        .pool_size = cfg->pool_size,
+        .recover_ms = cfg->recover_ms,
+    };
+
+    if (eg_token_open(&tc, tok) != 0) {
+        fprintf(stderr, "estgated: cannot open token \"%s\" with %s\n",
+                cfg->token_label ? cfg->token_label : "", cfg->module_path ? cfg->module_path : "");
+        ERR_print_errors_fp(stderr);
+        return -1;
+    }
+    if (eg_provider_init(NULL) != 0 || eg_provider_add_token(NULL, *tok) != 0) {
+        fprintf(stderr, "estgated: cannot make the token reachable through the provider\n");
+        ERR_print_errors_fp(stderr);
+        return -1;
+    }
+    return 0;
+}
+
+void eg_core_close(eg_core *core)
+{
+    size_t i;
+
+    if (core == NULL)
+        return;
+    for (i = 0; i < core->nprofiles; i++)
+        profile_clear(&core->profiles[i]);
+    free(core->profiles);
+    eg_ledger_close(core->lg);
+    if (core->tok != NULL) {
+        eg_provider_remove_token(NULL, core->tok);
+        eg_token_free(core->tok);
+    }
+    free(core);
+}
+
+int eg_core_open(const eg_config *cfg, eg_core **out)
+{
+    eg_core *core = calloc(1, sizeof(*core));
+    int rc = -1;
+    size_t i;
+
+    if (core == NULL || cfg == NULL || cfg->nprofiles == 0 || cfg->ledger_path == NULL)
+        goto out;
+    if ((core->profiles = calloc(cfg->nprofiles, sizeof(*core->profiles))) == NULL)
+        goto out;
+    if (open_token(cfg, &core->tok) != 0)
+        goto out;
+    for (i = 0; i < cfg->nprofiles; i++, core->nprofiles++) {
+        if (profile_load(&cfg->profiles[i], &core->profiles[i]) != 0) {
+            core->nprofiles++; /* so that close frees what it got */
+            goto out;
+        }
+    }
+    if (eg_ledger_open(cfg->ledger_path, NULL, &core->lg) != 0) {
+        fprintf(stderr, "estgated: cannot open the ledger %s\n", cfg->ledger_path);
+        goto out;
+    }
+    *out = core;
+    core = NULL;
+    rc = 0;
+out:
+    eg_core_close(core);
+    return rc;
+}
+
+/* ---- enroll ---- */
+
+typedef struct enroll {
+    eg_core *core;
+    const eg_enroll_req *req;
+    core_profile *prof;
+    X509_REQ *csr;
+    int64_t intent_id;
+    eg_answer a;
+} enroll;
+
+static bool same_names(const GENERAL_NAMES *x, const GENERAL_NAMES *y)
+{
+    int i, j, n = sk_GENERAL_NAME_num(x);
+    bool found = true;
+
+    if ((n < 0 ? 0 : n) != (sk_GENERAL_NAME_num(y) < 0 ? 0 : sk_GENERAL_NAME_num(y)))
+        return false;
+    for (i = 0; i < n && found; i++) {
+        found = false;
+        for (j = 0; j < n && !found; j++)
+            found = GENERAL_NAME_cmp(sk_GENERAL_NAME_value(x, i), sk_GENERAL_NAME_value(y, j)) == 0;
+    }
+    return found;
+}
+
+/* RFC 7030 4.2.2: the same subject and SAN as the certificate being renewed. */
+static int check_reenroll(enroll *e)
+{
+    const unsigned char *p = e->req->current_cert;
+    X509 *cur = d2i_X509(NULL, &p, (long)e->req->current_cert_len);
+    X509_NAME *subject = NULL;
+    GENERAL_NAMES *want = NULL, *have = NULL;
+    int rc = -1;
+
+    if (cur == NULL) {
+        answer_set(&e->a, EG_MALFORMED, EG_AUDIT_MALFORMED, EG_DIM_NONE,
+                   "the current certificate cannot be parsed");
+        goto out;
+    }
+    subject = eg_issue_subject(&e->prof->pol, e->csr);
+    want = eg_policy_csr_sans(e->csr);
+    have = X509_get_ext_d2i(cur, NID_subject_alt_name, NULL, NULL);
+    if (subject == NULL || X509_NAME_cmp(subject, X509_get_subject_name(cur)) != 0) {
+        answer_set(&e->a, EG_FORBIDDEN, EG_AUDIT_AUTH_CERT_MISMATCH, EG_DIM_NONE,
+                   "the CSR's subject differs from the current certificate's");
+    } else if (!same_names(want, have)) {
+        answer_set(&e->a, EG_FORBIDDEN, EG_AUDIT_AUTH_CERT_MISMATCH, EG_DIM_NONE,
+                   "the CSR's subjectAltName differs from the current certificate's");
+    } else if (!e->prof->cfg.allow_rekey &&
+               EVP_PKEY_eq(X509_get0_pubkey(cur), X509_REQ_get0_pubkey(e->csr)) != 1) {
+        answer_set(&e->a, EG_FORBIDDEN, EG_AUDIT_POLICY, EG_DIM_REKEY,
+                   "this profile does not allow a new key at reenrollment");
+    } else {
+        rc = 0;
+    }
+out:
+    GENERAL_NAMES_free(want);
+    GENERAL_NAMES_free(have);
+    X509_NAME_free(subject);
+    X509_free(cur);
+    ERR_clear_error();
+    return rc;
+}
+
+/* Parse, the CSR's own signature, policy, and the reenroll rules. 0: go on and issue. */
+static int check_request(enroll *e)
+{
+    const unsigned char *p = e->req->csr;
+    eg_policy_verdict v;
+    EVP_PKEY *pk;
+    int rc;
+
+    e->csr = p ? d2i_X509_REQ(NULL, &p, (long)e->req->csr_len) : NULL;
+    if (e->csr == NULL || p != e->req->csr + e->req->csr_len) {
+        ERR_clear_error();
+        answer_set(&e->a, EG_MALFORMED, EG_AUDIT_MALFORMED, EG_DIM_NONE,
+                   "the request is not a DER PKCS#10 certification request");
+        return -1;
+    }
+    pk = X509_REQ_get0_pubkey(e->csr);
+    if (pk == NULL || X509_REQ_verify(e->csr, pk) != 1) {
+        ERR_clear_error();
+        answer_set(&e->a, EG_MALFORMED, EG_AUDIT_CSR_SIGNATURE, EG_DIM_NONE,
+                   "the CSR's signature does not verify with its public key");
+        return -1;
+    }
+    rc = eg_policy_check(&e->prof->pol, e->csr, &v);
+    if (rc == 1)
+        answer_set(&e->a, EG_FORBIDDEN, EG_AUDIT_POLICY, v.dim, "%s", v.reason);
+    else if (rc != 0)
+        answer_set(&e->a, EG_INTERNAL, EG_AUDIT_INTERNAL, EG_DIM_NONE,
+                   "the policy could not be checked");
+    if (rc != 0)
+        return -1;
+    return e->req->current_cert != NULL ? check_reenroll(e) : 0;
+}
+
+static void hex(const uint8_t *b, size_t n, char *out, size_t cap)
+{
+    size_t i;
+
+    out[0] = '\0';
+    for (i = 0; i < n && 2 * i + 2 < cap; i++)
+        snprintf(out + 2 * i, 3, "%02x", b[i]);
+}
+
+static eg_audit_kind ok_kind(const enroll *e)
+{
+    return e->req->current_cert != NULL ? EG_AUDIT_REISSUED : EG_AUDIT_ISSUED;
+}
+
+static void fail_intent(enroll *e, const char *why)
+{
+    if (eg_ledger_fail_issue(e->core->lg, e->intent_id, why) != 0)
+        fprintf(stderr,
+                "estgated: intent %lld could not be marked failed (%s); it will be "
+                "offered for retry\n",
+                (long long)e->intent_id, why);
+}
+
+/* Build, lint, sign in the token, record. The intent is completed or failed on every path. */
+static void sign_and_record(enroll *e, const eg_intent_result *ir, const X509_NAME *subject,
+                            const eg_validity *val)
+{
+    char why[256], serial[48];
+    unsigned char *der = NULL;
+    int n = 0;
+    X509 *x = eg_issue_build(&e->prof->pol, &e->prof->ca, e->csr, subject, ir->serial,
+                             ir->serial_len, val, why, sizeof(why));
+
+    hex(ir->serial, ir->serial_len, serial, sizeof(serial));
+    if (x == NULL || eg_issue_lint(&e->prof->pol, &e->prof->ca, x, why, sizeof(why)) != 0) {
+        fail_intent(e, why);
+        answer_set(&e->a, EG_INTERNAL, EG_AUDIT_INTERNAL, EG_DIM_NONE, "%s", why);
+    } else if (eg_issue_sign(&e->prof->ca, x, why, sizeof(why)) != 0) {
+        fail_intent(e, why);
+        answer_set(&e->a, EG_UNAVAILABLE, EG_AUDIT_UNAVAILABLE, EG_DIM_NONE, "%s", why);
+        e->a.retry_after = 5;
+    } else if ((n = i2d_X509(x, &der)) <= 0 ||
+               eg_ledger_complete_issue(e->core->lg, e->intent_id, der, (size_t)n) != 0) {
+        fail_intent(e, "the certificate could not be recorded");
+        answer_set(&e->a, EG_UNAVAILABLE, EG_AUDIT_UNAVAILABLE, EG_DIM_NONE,
+                   "the ledger did not record the certificate");
+        e->a.retry_after = 5;
+    } else if (answer_copy(&e->a, der, (size_t)n) != 0) {
+        answer_set(&e->a, EG_INTERNAL, EG_AUDIT_INTERNAL, EG_DIM_NONE, "out of memory");
+    } else {
+        answer_set(&e->a, EG_OK, ok_kind(e), EG_DIM_NONE, "serial=%s", serial);
+    }
+    OPENSSL_free(der);
+    X509_free(x);
+}
+
+/* Records the intent; a serial that is already taken is drawn again. */
+static int begin_intent(enroll *e, const X509_NAME *subject, const eg_validity *val,
+                        eg_intent_result *ir)
+{
+    uint8_t serial[EG_SERIAL_LEN];
+    char subj[256] = "";
+    eg_issue_intent in = {
+        .profile = e->prof->cfg.label,
+        .principal = e->req->principal ? e->req->principal : "anonymous",
+        .serial = serial,
+        .serial_len = sizeof(serial),
+        .subject = subj,
+        .not_after = (int64_t)val->not_after,
+    };
+    BIO *b = BIO_new(BIO_s_mem());
+    int rc = -2, tries;
+
+    if (b != NULL && X509_NAME_print_ex(b, subject, 0, XN_FLAG_RFC2253) >= 0)
+        BIO_read(b, subj, sizeof(subj) - 1);
+    BIO_free(b);
+    SHA256(e->req->csr, e->req->csr_len, (unsigned char *)in.request_hash);
+    for (tries = 0; rc == -2 && tries < 8; tries++) {
+        if (eg_issue_serial(serial) != 0)
+            return -1;
+        rc = eg_ledger_begin_issue(e->core->lg, &in, ir);
+    }
+    return rc;
+}
+
+static void issue(enroll *e)
+{
+    X509_NAME *subject = eg_issue_subject(&e->prof->pol, e->csr);
+    eg_intent_result ir = {0};
+    eg_validity val;
+    char why[256], serial[48];
+
+    if (subject == NULL ||
+        eg_issue_validity(&e->prof->pol, &e->prof->ca, time(NULL), &val, why, sizeof(why)) != 0) {
+        answer_set(&e->a, EG_INTERNAL, EG_AUDIT_INTERNAL, EG_DIM_NONE, "%s",
+                   subject ? why : "cannot build the subject");
+        goto out;
+    }
+    if (begin_intent(e, subject, &val, &ir) != 0) {
+        answer_set(&e->a, EG_UNAVAILABLE, EG_AUDIT_UNAVAILABLE, EG_DIM_NONE,
+                   "the ledger did not record the intent to issue");
+        e->a.retry_after = 5;
+        goto out;
+    }
+    e->intent_id = ir.id;
+    hex(ir.serial, ir.serial_len, serial, sizeof(serial));
+    switch (ir.state) {
+    case EG_INTENT_ISSUED: /* an idempotent retry: the same certificate, no new signature */
+        e->a.der = ir.cert;
+        e->a.der_len = ir.cert_len;
+        ir.cert = NULL;
+        answer_set(&e->a, EG_OK, ok_kind(e), EG_DIM_NONE, "serial=%s (sent again)", serial);
+        break;
+    case EG_INTENT_BUSY:
+        answer_set(&e->a, EG_UNAVAILABLE, EG_AUDIT_UNAVAILABLE, EG_DIM_NONE,
+                   "the same request is being issued right now");
+        e->a.retry_after = 1;
+        break;
+    case EG_INTENT_NEW:
+    case EG_INTENT_RETRY:
+        sign_and_record(e, &ir, subject, &val);
+        break;
+    }
+out:
+    free(ir.cert);
+    X509_NAME_free(subject);
+}
+
+static void printable_label(const char *s, char *out, size_t cap)
+{
+    size_t n = 0;
+
+    for (; s != NULL && *s != '\0' && n + 1 < cap; s++)
+        out[n++] = (*s > ' ' && *s < 0x7f && *s != '"') ? *s : '?';
+    out[n] = '\0';
+}
+
+int eg_core_enroll(eg_core *core, const eg_enroll_req *req, eg_answer *out)
+{
+    enroll e = {.core = core, .req = req};
+    char label[72];
+    eg_audit_record rec;
+
+    if (core == NULL || req == NULL || out == NULL)
+        return -1;
+    printable_label(req->profile, label, sizeof(label));
+    e.prof = find_profile(core, req->profile);
+    if (e.prof == NULL)
+        answer_set(&e.a, EG_UNKNOWN_PROFILE, EG_AUDIT_MALFORMED, EG_DIM_NONE,
+                   "there is no profile \"%s\"", label);
+    else if (check_request(&e) == 0)
+        issue(&e);
+    rec = (eg_audit_record){
+        .kind = e.a.event,
+        .dim = e.a.dim,
+        .profile = e.prof ? e.prof->cfg.name : label,
+        .principal = req->principal,
+        .peer = req->peer,
+        .reason = e.a.reason,
+        .intent_id = e.intent_id,
+    };
+    eg_audit_emit(core->lg, &rec);
+    X509_REQ_free(e.csr);
+    *out = e.a;
+    return 0;
+}
+
+/* ---- cacerts, csrattrs, audit ---- */
+
+static int fixed_answer(eg_core *core, const char *profile, bool csrattrs, eg_answer *out)
+{
+    core_profile *p;
+    eg_answer a = {0};
+
+    if (core == NULL || out == NULL)
+        return -1;
+    p = find_profile(core, profile);
+    if (p == NULL) {
+        answer_set(&a, EG_UNKNOWN_PROFILE, EG_AUDIT_MALFORMED, EG_DIM_NONE, "no such profile");
+    } else if (csrattrs && p->csrattrs == NULL) {
+        answer_set(&a, EG_NOTHING, EG_AUDIT_CACERTS, EG_DIM_NONE, "no CSR attributes");
+    } else if (answer_copy(&a, csrattrs ? p->csrattrs : p->cacerts,
+                           csrattrs ? p->csrattrs_len : p->cacerts_len) != 0) {
+        answer_set(&a, EG_INTERNAL, EG_AUDIT_INTERNAL, EG_DIM_NONE, "out of memory");
+    } else {
+        answer_set(&a, EG_OK, EG_AUDIT_CACERTS, EG_DIM_NONE, "%s", "");
+    }
+    *out = a;
+    return 0;
+}
+
+int eg_core_cacerts(eg_core *core, const char *profile, eg_answer *out)
+{
+    return fixed_answer(core, profile, false, out);
+}
+
+int eg_core_csrattrs(eg_core *core, const char *profile, eg_answer *out)
+{
+    return fixed_answer(core, profile, true, out);
+}
+
+void eg_core_audit(eg_core *core, const char *profile, const char *principal, const char *peer,
+                   eg_audit_kind kind, eg_policy_dim dim, const char *reason)
+{
+    eg_audit_record rec = {
+        .kind = kind,
+        .dim = dim,
+        .profile = profile,
+        .principal = principal,
+        .peer = peer,
+        .reason = reason,
+    };
+
+    eg_audit_emit(core ? core->lg : NULL, &rec);
+}
+
+void eg_core_get_stats(eg_core *core, eg_core_stats *out)
+{
+    eg_token_stats ts = {0};
+
+    eg_token_get_stats(core->tok, &ts);
+    out->token_signatures = ts.sign_calls;
+    out->certificates = eg_ledger_count_issued(core->lg);
+}

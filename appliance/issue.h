@@ -1,0 +1,56 @@
+/*
+ * Building, linting and signing one end-entity certificate from a checked
+ * CSR. Nothing is signed that the lint has not passed.
+ */
+#ifndef EG_ISSUE_H
+#define EG_ISSUE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
+#include "policy.h"
+
+#define EG_SERIAL_LEN 16
+
+/* The issuing CA of a profile, read-only after open. */
+typedef struct eg_issue_ca {
+    X509 *cert;
+    EVP_PKEY *key;     /* the token key, through the provider */
+    const char *md;    /* "SHA256", "SHA384", "SHA512"; NULL for Ed25519 */
+    time_t not_before; /* the CA's validity, as Unix times */
+    time_t not_after;
+} eg_issue_ca;
+
+/* The validity of a certificate issued now: [now - 5 min, now + max_days] inside the CA's. */
+typedef struct eg_validity {
+    time_t not_before, not_after;
+} eg_validity;
+
+/* 0, or -1 with reason when the CA cannot issue now (expired, not yet valid). */
+int eg_issue_validity(const eg_policy *pol, const eg_issue_ca *ca, time_t now, eg_validity *out,
+                      char *reason, size_t cap);
+
+/* A fresh positive serial of EG_SERIAL_LEN octets with a non-zero first octet (its DER
+   INTEGER content as is). */
+int eg_issue_serial(uint8_t out[EG_SERIAL_LEN]);
+
+/* The subject the certificate gets: the template filled in, or the CSR's allowed attributes. */
+X509_NAME *eg_issue_subject(const eg_policy *pol, X509_REQ *req);
+
+/* The unsigned certificate. NULL with reason on failure. */
+X509 *eg_issue_build(const eg_policy *pol, const eg_issue_ca *ca, X509_REQ *req,
+                     const X509_NAME *subject, const uint8_t *serial, size_t serial_len,
+                     const eg_validity *val, char *reason, size_t cap);
+
+/* RFC 5280 profile checks of a built certificate. 0, or -1 with reason. */
+int eg_issue_lint(const eg_policy *pol, const eg_issue_ca *ca, X509 *cert, char *reason,
+                  size_t cap);
+
+/* Signs cert with the CA key (in the token). 0, or -1 with reason. */
+int eg_issue_sign(const eg_issue_ca *ca, X509 *cert, char *reason, size_t cap);
+
+#endif

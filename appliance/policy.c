@@ -1,0 +1,467 @@
+/*
+ * Policy checks of a CSR against a profile. Nothing here trusts the CSR's
+ * strings: names are checked byte by byte (an embedded NUL or a non-LDH byte
+ * in a DNS name is refused, not truncated), and what goes into a reason is
+ * made printable first because reasons reach the client and the log.
+ */
+#include <arpa/inet.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <openssl/ec.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/objects.h>
+
+#include "policy.h"
+
+static const eg_keyrule_cfg default_keys[] = {
+    {.type = EVP_PKEY_RSA, .min_bits = 2048, .max_bits = 8192},
+    {.type = EVP_PKEY_EC, .curve_nid = NID_X9_62_prime256v1},
+    {.type = EVP_PKEY_EC, .curve_nid = NID_secp384r1},
+    {.type = EVP_PKEY_ED25519},
+};
+
+static void printable(const unsigned char *s, size_t len, char *out, size_t cap)
+{
+    size_t i, n = 0;
+
+    for (i = 0; i < len && n + 1 < cap; i++)
+        out[n++] = (s[i] >= ' ' && s[i] < 0x7f) ? (char)s[i] : '?';
+    if (cap > 0)
+        out[n] = '\0';
+}
+
+static int refuse(eg_policy_verdict *v, eg_policy_dim dim, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int refuse(eg_policy_verdict *v, eg_policy_dim dim, const char *fmt, ...)
+{
+    va_list ap;
+
+    v->dim = dim;
+    va_start(ap, fmt);
+    vsnprintf(v->reason, sizeof(v->reason), fmt, ap);
+    va_end(ap);
+    return 1;
+}
+
+/* ---- subject template ---- */
+
+static int tmpl_item(char *item, eg_subject_tmpl *t, char *err, size_t cap)
+{
+    char *eq = strchr(item, '=');
+    eg_subject_rdn *r = &t->rdns[t->n];
+
+    if (eq == NULL || eq == item || t->n >= EG_MAX_RULES) {
+        snprintf(err, cap, "subject template item \"%s\" is not KEY=VALUE", item);
+        return -1;
+    }
+    *eq = '\0';
+    r->nid = OBJ_txt2nid(item);
+    if (r->nid == NID_undef) {
+        snprintf(err, cap, "subject template attribute \"%s\" is unknown", item);
+        return -1;
+    }
+    r->from_cn = strcmp(eq + 1, "${cn}") == 0;
+    if (!r->from_cn &&
+        (eq[1] == '\0' || strlen(eq + 1) >= sizeof(r->value) || strstr(eq + 1, "${") != NULL)) {
+        snprintf(err, cap,
+                 "subject template value for %s is empty, too long or an unknown "
+                 "placeholder",
+                 item);
+        return -1;
+    }
+    if (!r->from_cn)
+        strcpy(r->value, eq + 1);
+    t->uses_cn |= r->from_cn;
+    t->n++;
+    return 0;
+}
+
+int eg_subject_tmpl_parse(const char *text, eg_subject_tmpl *out, char *err, size_t cap)
+{
+    eg_subject_tmpl t = {0};
+    char *copy = strdup(text), *save = NULL, *item;
+    int rc = -1;
+
+    if (copy == NULL) {
+        snprintf(err, cap, "out of memory");
+        goto out;
+    }
+    for (item = strtok_r(copy, ",", &save); item != NULL; item = strtok_r(NULL, ",", &save)) {
+        while (*item == ' ')
+            item++;
+        if (tmpl_item(item, &t, err, cap) != 0)
+            goto out;
+    }
+    if (t.n == 0) {
+        snprintf(err, cap, "subject template is empty");
+        goto out;
+    }
+    *out = t;
+    rc = 0;
+out:
+    free(copy);
+    return rc;
+}
+
+/* ---- key ---- */
+
+void eg_policy_keyrules(const eg_profile_cfg *p, const eg_keyrule_cfg **rules, size_t *n)
+{
+    if (p->nkeys > 0) {
+        *rules = p->keys;
+        *n = p->nkeys;
+    } else {
+        *rules = default_keys;
+        *n = sizeof(default_keys) / sizeof(default_keys[0]);
+    }
+}
+
+static int curve_nid(EVP_PKEY *pk)
+{
+    char name[64];
+    int nid;
+
+    if (EVP_PKEY_get_group_name(pk, name, sizeof(name), NULL) != 1)
+        return NID_undef;
+    nid = OBJ_txt2nid(name);
+    return nid != NID_undef ? nid : EC_curve_nist2nid(name);
+}
+
+static bool key_rule_matches(const eg_keyrule_cfg *r, int type, int bits, int nid)
+{
+    if (r->type != type)
+        return false;
+    if (type == EVP_PKEY_RSA)
+        return bits >= r->min_bits && bits <= (r->max_bits > 0 ? r->max_bits : 8192);
+    if (type == EVP_PKEY_EC)
+        return nid == r->curve_nid;
+    return true;
+}
+
+static int check_key(const eg_profile_cfg *p, X509_REQ *req, eg_policy_verdict *v)
+{
+    EVP_PKEY *pk = X509_REQ_get0_pubkey(req);
+    const eg_keyrule_cfg *rules;
+    size_t n, i;
+    int type, bits, nid = NID_undef;
+
+    if (pk == NULL)
+        return refuse(v, EG_DIM_KEY, "the CSR's public key cannot be read");
+    type = EVP_PKEY_get_base_id(pk);
+    bits = EVP_PKEY_get_bits(pk);
+    if (type == EVP_PKEY_EC)
+        nid = curve_nid(pk);
+    eg_policy_keyrules(p, &rules, &n);
+    for (i = 0; i < n; i++) {
+        if (key_rule_matches(&rules[i], type, bits, nid))
+            return 0;
+    }
+    if (type == EVP_PKEY_EC)
+        return refuse(v, EG_DIM_KEY, "EC key on curve %s is not allowed by this profile",
+                      nid != NID_undef ? OBJ_nid2sn(nid) : "(unknown)");
+    if (type == EVP_PKEY_RSA)
+        return refuse(v, EG_DIM_KEY, "RSA-%d key is not allowed by this profile", bits);
+    return refuse(v, EG_DIM_KEY, "%s key is not allowed by this profile",
+                  type != NID_undef ? OBJ_nid2sn(type) : "unknown");
+}
+
+/* ---- EKU ---- */
+
+static int check_eku(const eg_profile_cfg *p, STACK_OF(X509_EXTENSION) * exts, eg_policy_verdict *v)
+{
+    EXTENDED_KEY_USAGE *eku = X509V3_get_d2i(exts, NID_ext_key_usage, NULL, NULL);
+    char name[80];
+    int i, rc = 0;
+    size_t j;
+
+    for (i = 0; eku != NULL && i < sk_ASN1_OBJECT_num(eku) && rc == 0; i++) {
+        ASN1_OBJECT *o = sk_ASN1_OBJECT_value(eku, i);
+        int nid = OBJ_obj2nid(o);
+        bool ok = false;
+
+        for (j = 0; j < p->nekus && !ok; j++)
+            ok = nid != NID_undef && p->ekus[j] == nid;
+        if (!ok) {
+            OBJ_obj2txt(name, sizeof(name), o, 0);
+            rc = refuse(v, EG_DIM_EKU, "EKU %s is not allowed by this profile", name);
+        }
+    }
+    EXTENDED_KEY_USAGE_free(eku);
+    return rc;
+}
+
+/* ---- SAN ---- */
+
+/* LDH labels of 1..63 bytes, 253 in all; "*." first only when literal wildcards are asked. */
+static bool dns_name_valid(const char *s, size_t len)
+{
+    size_t i, label = 0;
+
+    if (len >= 2 && s[0] == '*' && s[1] == '.') {
+        s += 2;
+        len -= 2;
+    }
+    if (len == 0 || len > 253)
+        return false;
+    for (i = 0; i < len; i++) {
+        char c = s[i];
+
+        if (c == '.') {
+            if (label == 0 || s[i - 1] == '-')
+                return false;
+            label = 0;
+            continue;
+        }
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              (c == '-' && label > 0)))
+            return false;
+        if (++label > 63)
+            return false;
+    }
+    return label > 0 && s[len - 1] != '-';
+}
+
+static bool dns_matches(const char *pattern, const char *name, size_t len)
+{
+    size_t plen = strlen(pattern);
+
+    if (name[0] == '*' || pattern[0] == '*') /* wildcards only as the very same literal */
+        return plen == len && strncasecmp(pattern, name, len) == 0;
+    if (pattern[0] == '.')
+        return len > plen && strncasecmp(name + len - plen, pattern, plen) == 0;
+    return plen == len && strncasecmp(pattern, name, len) == 0;
+}
+
+static bool ip_matches(const char *pattern, const unsigned char *ip, int iplen)
+{
+    char net[64];
+    const char *slash = strchr(pattern, '/');
+    unsigned char addr[16];
+    size_t n = slash ? (size_t)(slash - pattern) : strlen(pattern);
+    int bits, family = iplen == 4 ? AF_INET : AF_INET6, i;
+
+    if ((iplen != 4 && iplen != 16) || n >= sizeof(net))
+        return false;
+    memcpy(net, pattern, n);
+    net[n] = '\0';
+    if (inet_pton(family, net, addr) != 1)
+        return false;
+    bits = slash ? atoi(slash + 1) : iplen * 8;
+    if (bits < 0 || bits > iplen * 8)
+        return false;
+    for (i = 0; i < iplen && bits > 0; i++, bits -= 8) {
+        unsigned char mask = bits >= 8 ? 0xff : (unsigned char)(0xff << (8 - bits));
+
+        if ((addr[i] & mask) != (ip[i] & mask))
+            return false;
+    }
+    return true;
+}
+
+static bool email_matches(const char *pattern, const char *s, size_t len)
+{
+    const char *at = memchr(s, '@', len);
+    size_t dlen;
+
+    if (at == NULL || at == s || memchr(at + 1, '@', len - (size_t)(at + 1 - s)) != NULL)
+        return false;
+    dlen = len - (size_t)(at + 1 - s);
+    return strlen(pattern) == dlen && strncasecmp(pattern, at + 1, dlen) == 0;
+}
+
+static bool san_allowed(const eg_profile_cfg *p, const GENERAL_NAME *gn)
+{
+    const ASN1_STRING *str = NULL;
+    eg_san_type type;
+    size_t i, len;
+    const char *s;
+
+    switch (gn->type) {
+    case GEN_DNS:
+        type = EG_SAN_DNS, str = gn->d.dNSName;
+        break;
+    case GEN_IPADD:
+        type = EG_SAN_IP, str = gn->d.iPAddress;
+        break;
+    case GEN_EMAIL:
+        type = EG_SAN_EMAIL, str = gn->d.rfc822Name;
+        break;
+    case GEN_URI:
+        type = EG_SAN_URI, str = gn->d.uniformResourceIdentifier;
+        break;
+    default:
+        return false;
+    }
+    s = (const char *)ASN1_STRING_get0_data(str);
+    len = (size_t)ASN1_STRING_length(str);
+    if (type != EG_SAN_IP && (len == 0 || memchr(s, '\0', len) != NULL))
+        return false;
+    if (type == EG_SAN_DNS && !dns_name_valid(s, len))
+        return false;
+    for (i = 0; i < p->nsans; i++) {
+        const char *pat = p->sans[i].pattern;
+
+        if (p->sans[i].type != type || pat == NULL)
+            continue;
+        if ((type == EG_SAN_DNS && dns_matches(pat, s, len)) ||
+            (type == EG_SAN_IP && ip_matches(pat, (const unsigned char *)s, (int)len)) ||
+            (type == EG_SAN_EMAIL && email_matches(pat, s, len)) ||
+            (type == EG_SAN_URI && len >= strlen(pat) && memcmp(pat, s, strlen(pat)) == 0))
+            return true;
+    }
+    return false;
+}
+
+void eg_policy_san_text(const GENERAL_NAME *gn, char *buf, size_t cap)
+{
+    const ASN1_STRING *str = NULL;
+    const char *prefix = "other";
+    char text[200], ip[INET6_ADDRSTRLEN];
+
+    text[0] = '\0';
+    switch (gn->type) {
+    case GEN_DNS:
+        prefix = "dns", str = gn->d.dNSName;
+        break;
+    case GEN_EMAIL:
+        prefix = "email", str = gn->d.rfc822Name;
+        break;
+    case GEN_URI:
+        prefix = "uri", str = gn->d.uniformResourceIdentifier;
+        break;
+    case GEN_IPADD:
+        prefix = "ip";
+        if (!inet_ntop(gn->d.iPAddress->length == 4 ? AF_INET : AF_INET6, gn->d.iPAddress->data, ip,
+                       sizeof(ip)) ||
+            (gn->d.iPAddress->length != 4 && gn->d.iPAddress->length != 16))
+            strcpy(ip, "(malformed)");
+        snprintf(text, sizeof(text), "%s", ip);
+        break;
+    case GEN_DIRNAME:
+        prefix = "dirname";
+        break;
+    case GEN_OTHERNAME:
+        prefix = "othername";
+        break;
+    default:
+        break;
+    }
+    if (str != NULL)
+        printable(ASN1_STRING_get0_data(str), (size_t)ASN1_STRING_length(str), text, sizeof(text));
+    snprintf(buf, cap, "%s%s%s", prefix, text[0] ? ":" : "", text);
+}
+
+GENERAL_NAMES *eg_policy_csr_sans(X509_REQ *req)
+{
+    STACK_OF(X509_EXTENSION) *exts = X509_REQ_get_extensions(req);
+    GENERAL_NAMES *gens = X509V3_get_d2i(exts, NID_subject_alt_name, NULL, NULL);
+
+    sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
+    return gens;
+}
+
+static int check_sans(const eg_profile_cfg *p, STACK_OF(X509_EXTENSION) * exts,
+                      eg_policy_verdict *v)
+{
+    int crit = -1, i, rc = 0;
+    GENERAL_NAMES *gens = X509V3_get_d2i(exts, NID_subject_alt_name, &crit, NULL);
+    char text[220];
+
+    if (gens == NULL && crit != -1)
+        return refuse(v, EG_DIM_SAN, "the CSR's subjectAltName cannot be parsed");
+    if (sk_GENERAL_NAME_num(gens) <= 0) {
+        GENERAL_NAMES_free(gens);
+        if (p->require_san)
+            return refuse(v, EG_DIM_SAN,
+                          "this profile requires a subjectAltName and the CSR "
+                          "has none");
+        return 0;
+    }
+    for (i = 0; i < sk_GENERAL_NAME_num(gens) && rc == 0; i++) {
+        const GENERAL_NAME *gn = sk_GENERAL_NAME_value(gens, i);
+
+        if (!san_allowed(p, gn)) {
+            eg_policy_san_text(gn, text, sizeof(text));
+            rc = refuse(v, EG_DIM_SAN, "SAN %s is not allowed by this profile", text);
+        }
+    }
+    GENERAL_NAMES_free(gens);
+    return rc;
+}
+
+/* ---- subject ---- */
+
+static int check_subject(const eg_policy *pol, X509_REQ *req, eg_policy_verdict *v)
+{
+    const eg_profile_cfg *p = pol->cfg;
+    const X509_NAME *name = X509_REQ_get_subject_name(req);
+    int i, nid;
+    size_t j;
+
+    if (pol->tmpl.n > 0) {
+        /* The template makes the subject; of the CSR's, only its CN may be used. */
+        if (pol->tmpl.uses_cn && X509_NAME_get_index_by_NID(name, NID_commonName, -1) < 0)
+            return refuse(v, EG_DIM_SUBJECT,
+                          "this profile's subject template needs a CN and "
+                          "the CSR has none");
+        return 0;
+    }
+    for (i = 0; i < X509_NAME_entry_count(name); i++) {
+        bool ok = false;
+
+        nid = OBJ_obj2nid(X509_NAME_ENTRY_get_object(X509_NAME_get_entry(name, i)));
+        if (p->nsubject_nids == 0)
+            ok = nid == NID_commonName; /* the default: a CN and nothing else */
+        for (j = 0; j < p->nsubject_nids && !ok; j++)
+            ok = nid != NID_undef && p->subject_nids[j] == nid;
+        if (!ok)
+            return refuse(v, EG_DIM_SUBJECT,
+                          "subject attribute %s is not allowed by this "
+                          "profile",
+                          nid != NID_undef ? OBJ_nid2sn(nid) : "(unknown)");
+    }
+    return 0;
+}
+
+static int check_attrs(const eg_profile_cfg *p, X509_REQ *req, eg_policy_verdict *v)
+{
+    size_t i;
+
+    for (i = 0; i < p->nrequired_attrs; i++) {
+        if (X509_REQ_get_attr_by_NID(req, p->required_attrs[i], -1) < 0)
+            return refuse(v, EG_DIM_ATTRS,
+                          "the CSR lacks the attribute %s that this profile "
+                          "requires",
+                          OBJ_nid2sn(p->required_attrs[i]));
+    }
+    return 0;
+}
+
+int eg_policy_check(const eg_policy *pol, X509_REQ *req, eg_policy_verdict *v)
+{
+    STACK_OF(X509_EXTENSION) *exts = X509_REQ_get_extensions(req);
+    eg_policy_verdict r = {0};
+    int rc;
+
+    /* A CSR without extensions gives NULL with an error queued; that is not a problem. */
+    ERR_clear_error();
+    rc = check_key(pol->cfg, req, &r);
+    if (rc == 0)
+        rc = check_eku(pol->cfg, exts, &r);
+    if (rc == 0)
+        rc = check_sans(pol->cfg, exts, &r);
+    if (rc == 0)
+        rc = check_subject(pol, req, &r);
+    if (rc == 0)
+        rc = check_attrs(pol->cfg, req, &r);
+    sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
+    if (rc == 1)
+        *v = r;
+    return rc;
+}

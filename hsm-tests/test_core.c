@@ -1,0 +1,1009 @@
+/*
+ * The core against a real token: a CA made by estgate-provision in a fresh
+ * harness token, profiles written in C, CSRs made with software keys, and
+ * what the core answers checked in-process and with stock `openssl`.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <CUnit/Basic.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/pkcs7.h>
+#include <openssl/rsa.h>
+#include <openssl/x509v3.h>
+
+#include "audit.h"
+#include "core.h"
+#include "issue.h"
+#include "ledger.h"
+#include "child.h"
+#include "token_harness.h"
+
+#define NTHREADS 8
+
+static eg_th_kind kind;
+static eg_th *th;
+static eg_core *core;
+static eg_config cfg;
+static char ca_path[PATH_MAX], ledger_path[PATH_MAX], ca_uri[256];
+static EVP_PKEY *key_a, *key_b;
+static uint8_t *first_cert; /* the first certificate issued, DER */
+static size_t first_len;
+static uint8_t *tmpl_cert; /* issued under the template profile, DER */
+static size_t tmpl_len;
+
+/* ---- helpers: files and child processes ---- */
+
+static char *tpath(char *buf, const char *name)
+{
+    snprintf(buf, PATH_MAX, "%s/%s", eg_th_dir(th), name);
+    return buf;
+}
+
+static int write_file(const char *name, const void *data, size_t len)
+{
+    char path[PATH_MAX];
+    FILE *f = fopen(tpath(path, name), "wb");
+    size_t n = f ? fwrite(data, 1, len, f) : 0;
+
+    if (f != NULL)
+        fclose(f);
+    return n == len ? 0 : -1;
+}
+
+/* Runs argv (PATH searched) with stdout+stderr in out; exit status, -1 if it did not run. */
+static int run(char *const argv[], char *out, size_t cap)
+{
+    eg_child_result *r = calloc(1, sizeof(*r));
+    int rc = -1;
+
+    if (r != NULL) {
+        /* The environment carries SOFTHSM2_CONF or P11_KIT_SERVER_ADDRESS to the child. */
+        rc = eg_child_run(eg_th_dir(th), NULL, argv, r);
+        size_t n = strnlen(r->out, cap - 1), m = strnlen(r->err, cap - 1 - n);
+
+        memcpy(out, r->out, n);
+        memcpy(out + n, r->err, m);
+        out[n + m] = '\0';
+        free(r);
+    }
+    return rc;
+}
+
+/* ---- helpers: CSRs ---- */
+
+static int add_subject(X509_NAME *name, const char *subject)
+{
+    char buf[256], *save = NULL, *item, *eq;
+
+    snprintf(buf, sizeof(buf), "%s", subject);
+    for (item = strtok_r(buf, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+        if ((eq = strchr(item, '=')) == NULL)
+            return -1;
+        *eq = '\0';
+        if (X509_NAME_add_entry_by_txt(name, item, MBSTRING_UTF8, (unsigned char *)eq + 1, -1, -1,
+                                       0) != 1)
+            return -1;
+    }
+    return 0;
+}
+
+static int add_exts(X509_REQ *req, const char *sans, const char *eku)
+{
+    STACK_OF(X509_EXTENSION) *exts = sk_X509_EXTENSION_new_null();
+    X509_EXTENSION *e;
+    int ok = exts != NULL;
+
+    if (ok && sans != NULL) {
+        e = X509V3_EXT_nconf_nid(NULL, NULL, NID_subject_alt_name, sans);
+        ok = e != NULL && sk_X509_EXTENSION_push(exts, e) > 0;
+    }
+    if (ok && eku != NULL) {
+        e = X509V3_EXT_nconf_nid(NULL, NULL, NID_ext_key_usage, eku);
+        ok = e != NULL && sk_X509_EXTENSION_push(exts, e) > 0;
+    }
+    if (ok && sk_X509_EXTENSION_num(exts) > 0)
+        ok = X509_REQ_add_extensions(req, exts) == 1;
+    sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
+    return ok ? 0 : -1;
+}
+
+/* A signed PKCS#10 request as DER (malloc'd); sans/eku in openssl.cnf syntax, or NULL. */
+static uint8_t *make_csr(EVP_PKEY *key, const char *subject, const char *sans, const char *eku,
+                         const char *challenge, size_t *len)
+{
+    X509_REQ *req = X509_REQ_new();
+    unsigned char *der = NULL;
+    uint8_t *out = NULL;
+    int n = -1;
+
+    if (req != NULL && X509_REQ_set_version(req, 0) == 1 && X509_REQ_set_pubkey(req, key) == 1 &&
+        add_subject(X509_REQ_get_subject_name(req), subject) == 0 &&
+        add_exts(req, sans, eku) == 0 &&
+        (challenge == NULL ||
+         X509_REQ_add1_attr_by_NID(req, NID_pkcs9_challengePassword, MBSTRING_UTF8,
+                                   (const unsigned char *)challenge, -1) == 1) &&
+        X509_REQ_sign(req, key, EVP_sha256()) > 0)
+        n = i2d_X509_REQ(req, &der);
+    X509_REQ_free(req);
+    if (n > 0 && (out = malloc((size_t)n)) != NULL) {
+        memcpy(out, der, (size_t)n);
+        *len = (size_t)n;
+    }
+    OPENSSL_free(der);
+    if (out == NULL)
+        ERR_print_errors_fp(stdout);
+    return out;
+}
+
+static void enroll(const char *profile, const char *principal, const uint8_t *csr, size_t len,
+                   const uint8_t *cur, size_t curlen, eg_answer *a)
+{
+    eg_enroll_req req = {
+        .profile = profile,
+        .principal = principal,
+        .auth = EG_AUTH_BASIC,
+        .csr = csr,
+        .csr_len = len,
+        .current_cert = cur,
+        .current_cert_len = curlen,
+        .peer = "192.0.2.7",
+    };
+
+    memset(a, 0xa5, sizeof(*a)); /* every field must be written */
+    CU_ASSERT_EQUAL_FATAL(eg_core_enroll(core, &req, a), 0);
+}
+
+static uint64_t sign_calls(void)
+{
+    eg_core_stats st;
+
+    eg_core_get_stats(core, &st);
+    return st.token_signatures;
+}
+
+static X509 *answer_cert(const eg_answer *a)
+{
+    const unsigned char *p = a->der;
+
+    return a->status == EG_OK && a->der != NULL ? d2i_X509(NULL, &p, (long)a->der_len) : NULL;
+}
+
+static X509 *read_ca(void)
+{
+    BIO *in = BIO_new_file(ca_path, "r");
+    X509 *x = in ? PEM_read_bio_X509(in, NULL, NULL, NULL) : NULL;
+
+    BIO_free(in);
+    return x;
+}
+
+/* `openssl verify -CAfile ca.pem cert.pem` with the stock tool. */
+static bool openssl_verifies(const eg_answer *a, const char *name)
+{
+    char path[PATH_MAX], out[4096];
+    char *argv[] = {"openssl", "verify", "-CAfile", ca_path, path, NULL};
+    X509 *x = answer_cert(a);
+    BIO *b = BIO_new_file(tpath(path, name), "w");
+    bool ok = x != NULL && b != NULL && PEM_write_bio_X509(b, x) == 1;
+
+    BIO_free(b);
+    X509_free(x);
+    ok = ok && run(argv, out, sizeof(out)) == 0 && strstr(out, ": OK") != NULL;
+    if (!ok)
+        printf("\n  openssl verify: %s\n", out);
+    return ok;
+}
+
+/* ---- profiles ---- */
+
+static void profile_common(eg_profile_cfg *p, const char *name, const char *label)
+{
+    p->name = (char *)name;
+    p->label = (char *)label;
+    p->ca_key_uri = ca_uri;
+    p->ca_chain_file = ca_path;
+    p->auth = EG_AUTH_BASIC;
+}
+
+static void add_san(eg_profile_cfg *p, eg_san_type t, const char *pattern)
+{
+    p->sans[p->nsans].type = t;
+    p->sans[p->nsans++].pattern = (char *)pattern;
+}
+
+/* "iot": SAN rules of every type, CN and O allowed, client auth, 30 days, no rekey. */
+static void profile_iot(eg_profile_cfg *p)
+{
+    profile_common(p, "iot", "iot");
+    p->keys[p->nkeys++] = (eg_keyrule_cfg){.type = EVP_PKEY_EC, .curve_nid = NID_X9_62_prime256v1};
+    p->keys[p->nkeys++] = (eg_keyrule_cfg){.type = EVP_PKEY_RSA, .min_bits = 2048};
+    p->ekus[p->nekus++] = NID_client_auth;
+    add_san(p, EG_SAN_DNS, ".example.com");
+    add_san(p, EG_SAN_DNS, "exact.example.org");
+    add_san(p, EG_SAN_DNS, "*.wild.example.net");
+    add_san(p, EG_SAN_IP, "10.0.0.0/8");
+    add_san(p, EG_SAN_IP, "2001:db8::/32");
+    add_san(p, EG_SAN_EMAIL, "example.com");
+    add_san(p, EG_SAN_URI, "urn:dev:ops:");
+    p->require_san = true;
+    p->subject_nids[p->nsubject_nids++] = NID_commonName;
+    p->subject_nids[p->nsubject_nids++] = NID_organizationName;
+    p->max_days = 30;
+}
+
+/* "default": a subject template, challengePassword required, rekey allowed. */
+static void profile_default(eg_profile_cfg *p)
+{
+    profile_common(p, "default", "");
+    p->keys[p->nkeys++] = (eg_keyrule_cfg){.type = EVP_PKEY_EC, .curve_nid = NID_X9_62_prime256v1};
+    p->ekus[p->nekus++] = NID_server_auth;
+    p->ekus[p->nekus++] = NID_client_auth;
+    add_san(p, EG_SAN_DNS, ".example.com");
+    p->subject_template = "CN=${cn},O=Example";
+    p->max_days = 7;
+    p->allow_rekey = true;
+    p->required_attrs[p->nrequired_attrs++] = NID_pkcs9_challengePassword;
+}
+
+/* "plain": no template or extensions, so csrattrs is a list; "bare": nothing to say. */
+static void profile_plain(eg_profile_cfg *p, eg_profile_cfg *bare)
+{
+    profile_common(p, "plain", "plain");
+    p->keys[p->nkeys++] = (eg_keyrule_cfg){.type = EVP_PKEY_EC, .curve_nid = NID_secp384r1};
+    p->required_attrs[p->nrequired_attrs++] = NID_pkcs9_challengePassword;
+    p->max_days = 10;
+    profile_common(bare, "bare", "bare");
+    bare->max_days = 10;
+}
+
+static void config_fill(void)
+{
+    const eg_token_config *tc = eg_th_config(th);
+
+    cfg.module_path = (char *)tc->module_path;
+    cfg.init_args = (char *)tc->init_args;
+    cfg.token_label = (char *)tc->token_label;
+    cfg.pin_file = (char *)tc->pin_file;
+    cfg.ledger_path = ledger_path;
+    cfg.recover_ms = 1500; /* a lost token is reported after 1.5 s, not 10 */
+    profile_iot(&cfg.profiles[0]);
+    profile_default(&cfg.profiles[1]);
+    profile_plain(&cfg.profiles[2], &cfg.profiles[3]);
+    cfg.nprofiles = 4;
+}
+
+/* ---- tests ---- */
+
+static void check_issued(X509 *x, const char *want_subject, int max_days)
+{
+    char subj[256] = "";
+    BIO *b = BIO_new(BIO_s_mem());
+    const ASN1_INTEGER *sn = X509_get0_serialNumber(x);
+    time_t now = time(NULL), na;
+    struct tm tm;
+    int days = 0, secs = 0;
+
+    X509_NAME_print_ex(b, X509_get_subject_name(x), 0, XN_FLAG_RFC2253);
+    BIO_read(b, subj, sizeof(subj) - 1);
+    BIO_free(b);
+    CU_ASSERT_STRING_EQUAL(subj, want_subject);
+    CU_ASSERT_EQUAL(X509_check_ca(x), 0);
+    CU_ASSERT(ASN1_STRING_type(sn) == V_ASN1_INTEGER);
+    CU_ASSERT(ASN1_STRING_length(sn) >= 8 && ASN1_STRING_length(sn) <= 20);
+    CU_ASSERT(ASN1_TIME_diff(&days, &secs, X509_get0_notBefore(x), X509_get0_notAfter(x)) == 1);
+    CU_ASSERT(days * 86400 + secs <= max_days * 86400 + 300);
+    CU_ASSERT_EQUAL_FATAL(ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm), 1);
+    na = timegm(&tm);
+    CU_ASSERT(na <= now + (time_t)max_days * 86400 && na > now + (time_t)(max_days - 1) * 86400);
+    CU_ASSERT(X509_get_ext_by_NID(x, NID_subject_key_identifier, -1) >= 0);
+    CU_ASSERT(X509_get_ext_by_NID(x, NID_authority_key_identifier, -1) >= 0);
+}
+
+static void test_good_csr_issued_and_verifies(void)
+{
+    size_t len;
+    uint8_t *csr =
+        make_csr(key_a, "CN=dev1,O=Acme", "DNS:dev1.example.com,IP:10.1.2.3", NULL, NULL, &len);
+    uint64_t before = sign_calls();
+    GENERAL_NAMES *gens;
+    eg_answer a;
+    X509 *x;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(csr);
+    enroll("iot", "basic:alice", csr, len, NULL, 0, &a);
+    CU_ASSERT_EQUAL(a.status, EG_OK);
+    CU_ASSERT_EQUAL(a.event, EG_AUDIT_ISSUED);
+    CU_ASSERT_EQUAL(sign_calls(), before + 1); /* signed in the token, once */
+    x = answer_cert(&a);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(x);
+    check_issued(x, "O=Acme,CN=dev1", 30);
+    CU_ASSERT(openssl_verifies(&a, "dev1.pem"));
+    CU_ASSERT(X509_get_key_usage(x) & KU_DIGITAL_SIGNATURE);
+    CU_ASSERT_FALSE(X509_get_key_usage(x) & KU_KEY_ENCIPHERMENT);
+    CU_ASSERT(X509_get_key_usage(x) != UINT32_MAX);
+    CU_ASSERT_EQUAL(X509_get_extended_key_usage(x), XKU_SSL_CLIENT);
+    gens = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
+    CU_ASSERT_EQUAL(sk_GENERAL_NAME_num(gens), 2);
+    GENERAL_NAMES_free(gens);
+    first_cert = a.der;
+    first_len = a.der_len;
+    a.der = NULL;
+    /* The same principal and CSR again: the recorded certificate, no new signature. */
+    before = sign_calls();
+    enroll("iot", "basic:alice", csr, len, NULL, 0, &a);
+    CU_ASSERT_EQUAL(a.status, EG_OK);
+    CU_ASSERT_EQUAL(sign_calls(), before);
+    CU_ASSERT(a.der_len == first_len && memcmp(a.der, first_cert, first_len) == 0);
+    eg_answer_clear(&a);
+    X509_free(x);
+    free(csr);
+}
+
+static void test_rsa_key_gets_key_encipherment(void)
+{
+    EVP_PKEY *rsa = EVP_RSA_gen(2048);
+    size_t len;
+    uint8_t *csr = rsa ? make_csr(rsa, "CN=rsa1", "DNS:rsa1.example.com", NULL, NULL, &len) : NULL;
+    eg_answer a;
+    X509 *x;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(csr);
+    enroll("iot", "basic:alice", csr, len, NULL, 0, &a);
+    CU_ASSERT_EQUAL(a.status, EG_OK);
+    x = answer_cert(&a);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(x);
+    CU_ASSERT_EQUAL(X509_get_key_usage(x), KU_DIGITAL_SIGNATURE | KU_KEY_ENCIPHERMENT);
+    CU_ASSERT(openssl_verifies(&a, "rsa1.pem"));
+    X509_free(x);
+    eg_answer_clear(&a);
+    free(csr);
+    EVP_PKEY_free(rsa);
+}
+
+static void test_ledger_counts_certificates(void)
+{
+    eg_core_stats st;
+
+    eg_core_get_stats(core, &st);
+    CU_ASSERT(st.certificates >= 2); /* dev1 (once, though asked twice) and rsa1 */
+}
+
+struct refusal {
+    const char *profile;
+    const char *subject, *sans, *eku, *challenge;
+    eg_policy_dim dim;
+    const char *reason_has;
+};
+
+static void expect_refusal(EVP_PKEY *key, const struct refusal *r)
+{
+    size_t len;
+    uint8_t *csr = make_csr(key, r->subject, r->sans, r->eku, r->challenge, &len);
+    uint64_t before = sign_calls();
+    eg_answer a;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(csr);
+    enroll(r->profile, "basic:mallory", csr, len, NULL, 0, &a);
+    CU_ASSERT_EQUAL(a.status, EG_FORBIDDEN);
+    CU_ASSERT_EQUAL(a.event, EG_AUDIT_POLICY);
+    CU_ASSERT_EQUAL(a.dim, r->dim);
+    CU_ASSERT_PTR_NULL(a.der);
+    CU_ASSERT_EQUAL(sign_calls(), before);
+    if (r->reason_has != NULL && strstr(a.reason, r->reason_has) == NULL) {
+        printf("\n  reason \"%s\" lacks \"%s\"\n", a.reason, r->reason_has);
+        CU_FAIL("the reason does not say what was wrong");
+    }
+    if (a.status != EG_FORBIDDEN || a.dim != r->dim)
+        printf("\n  %s / %s: got %d dim %s: %s\n", r->subject, r->sans ? r->sans : "-", a.status,
+               eg_policy_dim_name(a.dim), a.reason);
+    eg_answer_clear(&a);
+    free(csr);
+}
+
+static void test_policy_refusals_name_their_dimension(void)
+{
+    static const struct refusal rs[] = {
+        {"iot", "CN=d", "DNS:evil.com", NULL, NULL, EG_DIM_SAN, "SAN dns:evil.com is not allowed"},
+        {"iot", "CN=d", "DNS:example.com", NULL, NULL, EG_DIM_SAN, "dns:example.com"},
+        {"iot", "CN=d", "DNS:a.wild.example.net", NULL, NULL, EG_DIM_SAN, NULL},
+        {"iot", "CN=d", "DNS:*.example.com", NULL, NULL, EG_DIM_SAN, NULL},
+        {"iot", "CN=d", "IP:192.168.1.1", NULL, NULL, EG_DIM_SAN, "ip:192.168.1.1"},
+        {"iot", "CN=d", "IP:2001:db9::1", NULL, NULL, EG_DIM_SAN, NULL},
+        {"iot", "CN=d", "email:ops@evil.com", NULL, NULL, EG_DIM_SAN, "email:ops@evil.com"},
+        {"iot", "CN=d", "URI:urn:dev:other:1", NULL, NULL, EG_DIM_SAN, NULL},
+        {"iot", "CN=d", NULL, NULL, NULL, EG_DIM_SAN, "requires a subjectAltName"},
+        {"iot", "CN=d", "DNS:d.example.com", "serverAuth", NULL, EG_DIM_EKU, "EKU"},
+        {"iot", "CN=d,OU=ops", "DNS:d.example.com", NULL, NULL, EG_DIM_SUBJECT, "OU"},
+        {"", "CN=d", "DNS:d.example.com", NULL, NULL, EG_DIM_ATTRS, "challengePassword"},
+        {"", "O=no-cn", "DNS:d.example.com", NULL, "pw", EG_DIM_SUBJECT, "CN"},
+    };
+    size_t i;
+
+    for (i = 0; i < sizeof(rs) / sizeof(rs[0]); i++)
+        expect_refusal(key_b, &rs[i]);
+}
+
+static void test_key_refusals(void)
+{
+    struct refusal r = {"iot", "CN=d", "DNS:d.example.com", NULL, NULL, EG_DIM_KEY, "RSA-1024"};
+    EVP_PKEY *rsa = EVP_RSA_gen(1024), *p384 = EVP_EC_gen("P-384");
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(rsa);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(p384);
+    expect_refusal(rsa, &r);
+    r.reason_has = "secp384r1";
+    expect_refusal(p384, &r);
+    EVP_PKEY_free(rsa);
+    EVP_PKEY_free(p384);
+}
+
+static void test_every_san_kind_allowed(void)
+{
+    size_t len;
+    uint8_t *csr = make_csr(key_b, "CN=many,O=Acme",
+                            "DNS:a.b.example.com,DNS:exact.example.org,DNS:*.wild.example.net,"
+                            "IP:10.255.0.1,IP:2001:db8::1,email:ops@example.com,"
+                            "URI:urn:dev:ops:1234",
+                            "clientAuth", NULL, &len);
+    eg_answer a;
+    X509 *x;
+    GENERAL_NAMES *gens;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(csr);
+    enroll("iot", "basic:bob", csr, len, NULL, 0, &a);
+    CU_ASSERT_EQUAL(a.status, EG_OK);
+    if (a.status != EG_OK)
+        printf("\n  %s\n", a.reason);
+    x = answer_cert(&a);
+    gens = x ? X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL) : NULL;
+    CU_ASSERT_EQUAL(sk_GENERAL_NAME_num(gens), 7);
+    GENERAL_NAMES_free(gens);
+    X509_free(x);
+    eg_answer_clear(&a);
+    free(csr);
+}
+
+static void test_subject_template_fills_cn(void)
+{
+    size_t len;
+    uint8_t *csr =
+        make_csr(key_a, "CN=dev9,O=Ignored,OU=Whatever", "DNS:dev9.example.com", NULL, "pw", &len);
+    eg_answer a;
+    X509 *x;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(csr);
+    enroll("", "basic:carol", csr, len, NULL, 0, &a);
+    CU_ASSERT_EQUAL(a.status, EG_OK);
+    x = answer_cert(&a);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(x);
+    check_issued(x, "O=Example,CN=dev9", 7);
+    CU_ASSERT_EQUAL(X509_get_extended_key_usage(x), XKU_SSL_SERVER | XKU_SSL_CLIENT);
+    CU_ASSERT(openssl_verifies(&a, "dev9.pem"));
+    tmpl_cert = a.der;
+    tmpl_len = a.der_len;
+    a.der = NULL;
+    X509_free(x);
+    free(csr);
+}
+
+static void test_tampered_and_garbage_csrs_are_malformed(void)
+{
+    static const uint8_t garbage[] = {0x30, 0x03, 0x02, 0x01, 0x05, 0xde, 0xad};
+    size_t len;
+    uint8_t *csr = make_csr(key_a, "CN=dev1", "DNS:dev1.example.com", NULL, NULL, &len);
+    uint8_t *longer;
+    eg_answer a;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(csr);
+    csr[len - 1] ^= 0x01; /* the last octet of the signature */
+    enroll("iot", "basic:alice", csr, len, NULL, 0, &a);
+    CU_ASSERT_EQUAL(a.status, EG_MALFORMED);
+    CU_ASSERT_EQUAL(a.event, EG_AUDIT_CSR_SIGNATURE);
+    eg_answer_clear(&a);
+    enroll("iot", "basic:alice", garbage, sizeof(garbage), NULL, 0, &a);
+    CU_ASSERT_EQUAL(a.status, EG_MALFORMED);
+    CU_ASSERT_EQUAL(a.event, EG_AUDIT_MALFORMED);
+    eg_answer_clear(&a);
+    /* A good CSR with bytes after it is not a CSR either. */
+    csr[len - 1] ^= 0x01;
+    longer = malloc(len + 2);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(longer);
+    memcpy(longer, csr, len);
+    longer[len] = 0x00, longer[len + 1] = 0x00;
+    enroll("iot", "basic:alice", longer, len + 2, NULL, 0, &a);
+    CU_ASSERT_EQUAL(a.status, EG_MALFORMED);
+    eg_answer_clear(&a);
+    free(longer);
+    free(csr);
+}
+
+static void test_reenroll_rules(void)
+{
+    size_t len;
+    uint8_t *csr;
+    eg_answer a;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(first_cert);
+    /* Same subject, SAN and key: issued, as a reissue. */
+    csr = make_csr(key_a, "CN=dev1,O=Acme", "IP:10.1.2.3,DNS:dev1.example.com", NULL, NULL, &len);
+    enroll("iot", "cert:dev1", csr, len, first_cert, first_len, &a);
+    CU_ASSERT_EQUAL(a.status, EG_OK);
+    CU_ASSERT_EQUAL(a.event, EG_AUDIT_REISSUED);
+    if (a.status != EG_OK)
+        printf("\n  %s\n", a.reason);
+    eg_answer_clear(&a);
+    free(csr);
+    /* Another SAN: refused as a mismatch. */
+    csr = make_csr(key_a, "CN=dev1,O=Acme", "DNS:dev2.example.com,IP:10.1.2.3", NULL, NULL, &len);
+    enroll("iot", "cert:dev1", csr, len, first_cert, first_len, &a);
+    CU_ASSERT_EQUAL(a.status, EG_FORBIDDEN);
+    CU_ASSERT_EQUAL(a.event, EG_AUDIT_AUTH_CERT_MISMATCH);
+    eg_answer_clear(&a);
+    free(csr);
+    /* Another subject: refused as a mismatch. */
+    csr = make_csr(key_a, "CN=dev2,O=Acme", "DNS:dev1.example.com,IP:10.1.2.3", NULL, NULL, &len);
+    enroll("iot", "cert:dev1", csr, len, first_cert, first_len, &a);
+    CU_ASSERT_EQUAL(a.event, EG_AUDIT_AUTH_CERT_MISMATCH);
+    eg_answer_clear(&a);
+    free(csr);
+    /* A new key where the profile forbids it. */
+    csr = make_csr(key_b, "CN=dev1,O=Acme", "DNS:dev1.example.com,IP:10.1.2.3", NULL, NULL, &len);
+    enroll("iot", "cert:dev1", csr, len, first_cert, first_len, &a);
+    CU_ASSERT_EQUAL(a.status, EG_FORBIDDEN);
+    CU_ASSERT_EQUAL(a.event, EG_AUDIT_POLICY);
+    CU_ASSERT_EQUAL(a.dim, EG_DIM_REKEY);
+    eg_answer_clear(&a);
+    free(csr);
+}
+
+static void test_reenroll_rekey_where_allowed(void)
+{
+    size_t len;
+    uint8_t *csr = make_csr(key_b, "CN=dev9", "DNS:dev9.example.com", NULL, "pw", &len);
+    eg_answer a;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(tmpl_cert);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(csr);
+    enroll("", "cert:dev9", csr, len, tmpl_cert, tmpl_len, &a);
+    CU_ASSERT_EQUAL(a.status, EG_OK);
+    CU_ASSERT_EQUAL(a.event, EG_AUDIT_REISSUED);
+    if (a.status != EG_OK)
+        printf("\n  %s\n", a.reason);
+    eg_answer_clear(&a);
+    free(csr);
+}
+
+static void test_cacerts_is_pkcs7_with_the_ca(void)
+{
+    char path[PATH_MAX], out[8192];
+    char *argv[] = {"openssl", "pkcs7", "-inform", "DER", "-in", path, "-print_certs", NULL};
+    eg_answer a;
+    const unsigned char *p;
+    PKCS7 *p7;
+    X509 *ca = read_ca();
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(ca);
+    CU_ASSERT_EQUAL(eg_core_cacerts(core, "iot", &a), 0);
+    CU_ASSERT_EQUAL_FATAL(a.status, EG_OK);
+    p = a.der;
+    p7 = d2i_PKCS7(NULL, &p, (long)a.der_len);
+    CU_ASSERT(p7 != NULL && PKCS7_type_is_signed(p7));
+    CU_ASSERT(p7 != NULL && sk_PKCS7_SIGNER_INFO_num(p7->d.sign->signer_info) == 0);
+    CU_ASSERT(p7 != NULL && sk_X509_num(p7->d.sign->cert) == 1 &&
+              X509_cmp(sk_X509_value(p7->d.sign->cert, 0), ca) == 0);
+    CU_ASSERT_EQUAL(write_file("cacerts.p7", a.der, a.der_len), 0);
+    tpath(path, "cacerts.p7");
+    CU_ASSERT_EQUAL(run(argv, out, sizeof(out)), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "CN = Test CA"));
+    PKCS7_free(p7);
+    X509_free(ca);
+    eg_answer_clear(&a);
+}
+
+static bool asn1parse_has(const char *profile, const char *name, const char *a1, const char *a2)
+{
+    char path[PATH_MAX], out[16384];
+    char *argv[] = {"openssl", "asn1parse", "-inform", "DER", "-in", path, NULL};
+    eg_answer a;
+    bool ok;
+
+    CU_ASSERT_EQUAL(eg_core_csrattrs(core, profile, &a), 0);
+    ok = a.status == EG_OK && write_file(name, a.der, a.der_len) == 0;
+    tpath(path, name);
+    ok = ok && run(argv, out, sizeof(out)) == 0 && strstr(out, "error") == NULL &&
+         strstr(out, a1) != NULL && strstr(out, a2) != NULL;
+    if (!ok)
+        printf("\n  csrattrs %s (status %d):\n%s\n", profile, a.status, out);
+    eg_answer_clear(&a);
+    return ok;
+}
+
+static void test_csrattrs_parse(void)
+{
+    eg_answer a;
+
+    /* The RFC 9908 template, with the SAN and EKU extension templates inside. */
+    CU_ASSERT(asn1parse_has("iot", "iot.csrattrs", "1.2.840.113549.1.9.16.2.61",
+                            "1.2.840.113549.1.9.16.2.62"));
+    CU_ASSERT(
+        asn1parse_has("iot", "iot.csrattrs", "Subject Alternative Name", "Extended Key Usage"));
+    CU_ASSERT(asn1parse_has("", "default.csrattrs", "challengePassword", ":Example"));
+    /* No template: the OID list with the key type. */
+    CU_ASSERT(asn1parse_has("plain", "plain.csrattrs", "challengePassword", "secp384r1"));
+    CU_ASSERT(asn1parse_has("plain", "plain.csrattrs", "id-ecPublicKey", "SEQUENCE"));
+    CU_ASSERT_EQUAL(eg_core_csrattrs(core, "bare", &a), 0);
+    CU_ASSERT_EQUAL(a.status, EG_NOTHING);
+    CU_ASSERT_PTR_NULL(a.der);
+    eg_answer_clear(&a);
+}
+
+static void test_unknown_profile(void)
+{
+    size_t len;
+    uint8_t *csr = make_csr(key_a, "CN=x", "DNS:x.example.com", NULL, NULL, &len);
+    eg_answer a;
+
+    enroll("nope", "basic:alice", csr, len, NULL, 0, &a);
+    CU_ASSERT_EQUAL(a.status, EG_UNKNOWN_PROFILE);
+    eg_answer_clear(&a);
+    CU_ASSERT_EQUAL(eg_core_cacerts(core, "nope", &a), 0);
+    CU_ASSERT_EQUAL(a.status, EG_UNKNOWN_PROFILE);
+    eg_answer_clear(&a);
+    CU_ASSERT_EQUAL(eg_core_csrattrs(core, "nope", &a), 0);
+    CU_ASSERT_EQUAL(a.status, EG_UNKNOWN_PROFILE);
+    eg_answer_clear(&a);
+    free(csr);
+}
+
+struct worker {
+    pthread_t t;
+    pthread_barrier_t *go;
+    uint8_t *csr;
+    size_t len;
+    char principal[32];
+    eg_answer a;
+};
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    eg_enroll_req req = {.profile = "iot",
+                         .principal = w->principal,
+                         .csr = w->csr,
+                         .csr_len = w->len,
+                         .peer = "192.0.2.8"};
+
+    pthread_barrier_wait(w->go);
+    eg_core_enroll(core, &req, &w->a);
+    return NULL;
+}
+
+static void test_threads_enroll_at_once(void)
+{
+    struct worker w[NTHREADS] = {0};
+    pthread_barrier_t go;
+    ASN1_INTEGER *serials[NTHREADS] = {0};
+    uint64_t before = sign_calls();
+    char name[64];
+    int i, j;
+
+    pthread_barrier_init(&go, NULL, NTHREADS);
+    for (i = 0; i < NTHREADS; i++) {
+        EVP_PKEY *k = EVP_EC_gen("P-256");
+
+        snprintf(name, sizeof(name), "DNS:t%d.example.com", i);
+        w[i].csr = k ? make_csr(k, "CN=thread", name, NULL, NULL, &w[i].len) : NULL;
+        snprintf(w[i].principal, sizeof(w[i].principal), "basic:t%d", i);
+        w[i].go = &go;
+        EVP_PKEY_free(k);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(w[i].csr);
+    }
+    for (i = 0; i < NTHREADS; i++)
+        CU_ASSERT_EQUAL_FATAL(pthread_create(&w[i].t, NULL, worker_main, &w[i]), 0);
+    for (i = 0; i < NTHREADS; i++) {
+        X509 *x;
+
+        pthread_join(w[i].t, NULL);
+        CU_ASSERT_EQUAL(w[i].a.status, EG_OK);
+        x = answer_cert(&w[i].a);
+        serials[i] = x ? ASN1_INTEGER_dup(X509_get0_serialNumber(x)) : NULL;
+        CU_ASSERT_PTR_NOT_NULL(serials[i]);
+        X509_free(x);
+        eg_answer_clear(&w[i].a);
+        free(w[i].csr);
+    }
+    for (i = 0; i < NTHREADS; i++) {
+        for (j = i + 1; j < NTHREADS; j++)
+            CU_ASSERT(serials[i] && serials[j] && ASN1_INTEGER_cmp(serials[i], serials[j]) != 0);
+    }
+    CU_ASSERT_EQUAL(sign_calls(), before + NTHREADS);
+    for (i = 0; i < NTHREADS; i++)
+        ASN1_INTEGER_free(serials[i]);
+    pthread_barrier_destroy(&go);
+}
+
+static void test_audit_names_and_line(void)
+{
+    char line[512];
+    eg_audit_record rec = {.kind = EG_AUDIT_POLICY,
+                           .dim = EG_DIM_SAN,
+                           .profile = "iot",
+                           .principal = "basic:eve\"\nforged=1",
+                           .peer = "192.0.2.7",
+                           .reason = "SAN dns:evil.com is not allowed"};
+
+    CU_ASSERT_STRING_EQUAL(eg_audit_kind_name(EG_AUDIT_AUTH_BAD_PASSWORD), "auth.bad_password");
+    CU_ASSERT_STRING_EQUAL(eg_audit_kind_name(EG_AUDIT_CSR_SIGNATURE), "csr.signature");
+    CU_ASSERT_STRING_EQUAL(eg_audit_kind_name(EG_AUDIT_AUTH_CERT_MISMATCH), "auth.cert_mismatch");
+    CU_ASSERT_STRING_EQUAL(eg_policy_dim_name(EG_DIM_SAN), "san");
+    CU_ASSERT_STRING_EQUAL(eg_policy_dim_name(EG_DIM_REKEY), "rekey");
+    eg_audit_format(&rec, line, sizeof(line));
+    CU_ASSERT_STRING_EQUAL(line, "estgated audit event=policy profile=iot "
+                                 "principal=\"basic:eve\\\"\\x0aforged=1\" peer=192.0.2.7 "
+                                 "dim=san reason=\"SAN dns:evil.com is not allowed\"");
+    eg_core_audit(core, "iot", "basic:eve", "192.0.2.9", EG_AUDIT_AUTH_BAD_PASSWORD, EG_DIM_NONE,
+                  "wrong password");
+}
+
+static time_t unix_time(const ASN1_TIME *t)
+{
+    struct tm tm;
+
+    return ASN1_TIME_to_tm(t, &tm) == 1 ? timegm(&tm) : 0;
+}
+
+/* The lint refuses what must never be signed. */
+static void test_lint_refuses_bad_certificates(void)
+{
+    eg_policy pol = {.cfg = &cfg.profiles[0]};
+    eg_issue_ca ca = {.cert = read_ca()};
+    uint8_t serial[21] = {0x01};
+    size_t len;
+    uint8_t *csr = make_csr(key_a, "CN=lint", "DNS:lint.example.com", NULL, NULL, &len);
+    const unsigned char *p = csr;
+    X509_REQ *req = csr ? d2i_X509_REQ(NULL, &p, (long)len) : NULL;
+    X509_NAME *subject = req ? eg_issue_subject(&pol, req) : NULL;
+    eg_validity val;
+    char why[256];
+    X509 *x;
+
+    CU_ASSERT_FATAL(ca.cert != NULL && subject != NULL);
+    ca.not_before = unix_time(X509_get0_notBefore(ca.cert));
+    ca.not_after = unix_time(X509_get0_notAfter(ca.cert));
+    CU_ASSERT_EQUAL_FATAL(eg_issue_validity(&pol, &ca, time(NULL), &val, why, sizeof(why)), 0);
+    x = eg_issue_build(&pol, &ca, req, subject, serial, 16, &val, why, sizeof(why));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(x);
+    CU_ASSERT_EQUAL(eg_issue_lint(&pol, &ca, x, why, sizeof(why)), 0);
+    if (eg_issue_lint(&pol, &ca, x, why, sizeof(why)) != 0)
+        printf("\n  %s\n", why);
+    /* Past the CA's notAfter. */
+    ASN1_TIME_set(X509_getm_notAfter(x), time(NULL) + 86400 * 4000);
+    CU_ASSERT_EQUAL(eg_issue_lint(&pol, &ca, x, why, sizeof(why)), -1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(why, "validity"));
+    X509_free(x);
+    /* 21 octets of serial. */
+    x = eg_issue_build(&pol, &ca, req, subject, serial, sizeof(serial), &val, why, sizeof(why));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(x);
+    CU_ASSERT_EQUAL(eg_issue_lint(&pol, &ca, x, why, sizeof(why)), -1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(why, "serial"));
+    X509_free(x);
+    /* A CA flag. */
+    x = eg_issue_build(&pol, &ca, req, subject, serial, 16, &val, why, sizeof(why));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(x);
+    X509_EXTENSION_free(X509_delete_ext(x, X509_get_ext_by_NID(x, NID_basic_constraints, -1)));
+    {
+        BASIC_CONSTRAINTS *bc = BASIC_CONSTRAINTS_new();
+
+        bc->ca = 1;
+        X509_add1_ext_i2d(x, NID_basic_constraints, bc, 1, X509V3_ADD_APPEND);
+        BASIC_CONSTRAINTS_free(bc);
+    }
+    CU_ASSERT_EQUAL(eg_issue_lint(&pol, &ca, x, why, sizeof(why)), -1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(why, "CA"));
+    /* No SAN where the profile requires one. */
+    X509_free(x);
+    x = eg_issue_build(&pol, &ca, req, subject, serial, 16, &val, why, sizeof(why));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(x);
+    X509_EXTENSION_free(X509_delete_ext(x, X509_get_ext_by_NID(x, NID_subject_alt_name, -1)));
+    CU_ASSERT_EQUAL(eg_issue_lint(&pol, &ca, x, why, sizeof(why)), -1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(why, "SAN"));
+    X509_free(x);
+    X509_NAME_free(subject);
+    X509_REQ_free(req);
+    X509_free(ca.cert);
+    free(csr);
+}
+
+/* p11kit: with the token's server gone, 503 with retry_after and the intent failed, so the
+   same request is issued once the token is back. */
+static void test_token_loss_is_unavailable_then_recovers(void)
+{
+    size_t len;
+    uint8_t *csr;
+    eg_answer a;
+
+    if (kind != EG_TH_P11KIT) {
+        printf("(p11kit only) ");
+        return;
+    }
+    csr = make_csr(key_b, "CN=lost", "DNS:lost.example.com", NULL, NULL, &len);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(csr);
+    CU_ASSERT_EQUAL_FATAL(eg_th_server_kill(th), 0);
+    enroll("iot", "basic:dave", csr, len, NULL, 0, &a);
+    CU_ASSERT_EQUAL(a.status, EG_UNAVAILABLE);
+    CU_ASSERT_EQUAL(a.event, EG_AUDIT_UNAVAILABLE);
+    CU_ASSERT_EQUAL(a.retry_after, 5);
+    CU_ASSERT_PTR_NULL(a.der);
+    eg_answer_clear(&a);
+    CU_ASSERT_EQUAL_FATAL(eg_th_server_start(th), 0);
+    enroll("iot", "basic:dave", csr, len, NULL, 0, &a);
+    CU_ASSERT_EQUAL(a.status, EG_OK);
+    if (a.status != EG_OK)
+        printf("\n  %s\n", a.reason);
+    eg_answer_clear(&a);
+    free(csr);
+}
+
+/* Last: the core closes, and the ledger it leaves holds what was issued. */
+static void test_ledger_holds_certificate_after_close(void)
+{
+    const unsigned char *p = first_cert;
+    X509 *x = d2i_X509(NULL, &p, (long)first_len);
+    const ASN1_INTEGER *sn = x ? X509_get0_serialNumber(x) : NULL;
+    eg_ledger *lg = NULL;
+    uint8_t *der = NULL;
+    size_t len = 0;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(sn);
+    eg_core_close(core);
+    core = NULL;
+    CU_ASSERT_EQUAL_FATAL(eg_ledger_open(ledger_path, NULL, &lg), 0);
+    CU_ASSERT_EQUAL(eg_ledger_find_serial(lg, ASN1_STRING_get0_data(sn),
+                                          (size_t)ASN1_STRING_length(sn), &der, &len),
+                    1);
+    CU_ASSERT(len == first_len && der != NULL && memcmp(der, first_cert, len) == 0);
+    free(der);
+    eg_ledger_close(lg);
+    X509_free(x);
+}
+
+/* A chain whose first certificate is not the key's is refused at open. */
+static void test_open_refuses_a_chain_of_another_key(void)
+{
+    char leaf[PATH_MAX], lpath[PATH_MAX];
+    const unsigned char *p = first_cert;
+    X509 *x = d2i_X509(NULL, &p, (long)first_len);
+    BIO *b = BIO_new_file(tpath(leaf, "leaf-chain.pem"), "w");
+    eg_config bad = cfg;
+    eg_core *c = NULL;
+
+    CU_ASSERT_FATAL(x != NULL && b != NULL && PEM_write_bio_X509(b, x) == 1);
+    BIO_free(b);
+    X509_free(x);
+    bad.nprofiles = 1;
+    bad.profiles[0].ca_chain_file = leaf;
+    bad.ledger_path = tpath(lpath, "other-ledger.db");
+    CU_ASSERT_NOT_EQUAL(eg_core_open(&bad, &c), 0);
+    CU_ASSERT_PTR_NULL(c);
+    eg_core_close(c);
+}
+
+/* ---- suite ---- */
+
+static int make_ca(void)
+{
+    const eg_token_config *tc = eg_th_config(th);
+    const char *build = getenv("EG_BUILD_DIR");
+    char tool[PATH_MAX], out[8192];
+    char *argv[24];
+    int n = 0, rc;
+
+    if (build == NULL) {
+        fprintf(stderr, "EG_BUILD_DIR is not set (ctest sets it)\n");
+        return -1;
+    }
+    snprintf(tool, sizeof(tool), "%s/provisioning/estgate-provision", build);
+    argv[n++] = tool;
+    argv[n++] = "ca";
+    argv[n++] = "create";
+    argv[n++] = "--module";
+    argv[n++] = (char *)tc->module_path;
+    if (tc->init_args != NULL) {
+        argv[n++] = "--init-args";
+        argv[n++] = (char *)tc->init_args;
+    }
+    argv[n++] = "--token";
+    argv[n++] = (char *)tc->token_label;
+    argv[n++] = "--pin-file";
+    argv[n++] = (char *)tc->pin_file;
+    argv[n++] = "--label";
+    argv[n++] = "ca";
+    argv[n++] = "--key";
+    argv[n++] = "ec-p256";
+    argv[n++] = "--subject";
+    argv[n++] = "CN=Test CA";
+    argv[n++] = "--self-signed";
+    argv[n++] = "--days";
+    argv[n++] = "3650";
+    argv[n++] = "--out";
+    argv[n++] = ca_path;
+    argv[n] = NULL;
+    rc = run(argv, out, sizeof(out));
+    if (rc != 0)
+        fprintf(stderr, "estgate-provision ca create exited %d: %s\n", rc, out);
+    return rc == 0 ? 0 : -1;
+}
+
+static int suite_init(void)
+{
+    if (eg_th_create(kind, "core", &th) != 0)
+        return -1;
+    tpath(ca_path, "ca.pem");
+    tpath(ledger_path, "ledger.db");
+    snprintf(ca_uri, sizeof(ca_uri), "pkcs11:token=%s;object=ca", eg_th_config(th)->token_label);
+    if (make_ca() != 0)
+        return -1;
+    key_a = EVP_EC_gen("P-256");
+    key_b = EVP_EC_gen("P-256");
+    if (key_a == NULL || key_b == NULL)
+        return -1;
+    config_fill();
+    if (eg_core_open(&cfg, &core) != 0) {
+        fprintf(stderr, "eg_core_open failed\n");
+        return -1;
+    }
+    return 0;
+}
+
+static int suite_clean(void)
+{
+    eg_core_close(core);
+    EVP_PKEY_free(key_a);
+    EVP_PKEY_free(key_b);
+    free(first_cert);
+    free(tmpl_cert);
+    eg_th_destroy(th);
+    return 0;
+}
+
+static CU_TestInfo tests[] = {
+    {"a good CSR is issued, verifies, obeys the profile; a retry gets the same certificate",
+     test_good_csr_issued_and_verifies},
+    {"an RSA key gets keyEncipherment", test_rsa_key_gets_key_encipherment},
+    {"the ledger counts the certificates", test_ledger_counts_certificates},
+    {"policy refusals name their dimension", test_policy_refusals_name_their_dimension},
+    {"RSA-1024 and an unlisted curve are refused", test_key_refusals},
+    {"every SAN kind its rule allows is issued", test_every_san_kind_allowed},
+    {"a subject template takes the CSR's CN only", test_subject_template_fills_cn},
+    {"tampered and garbage CSRs are malformed", test_tampered_and_garbage_csrs_are_malformed},
+    {"reenroll: same names ok, other names or a new key refused", test_reenroll_rules},
+    {"reenroll: a new key where the profile allows it", test_reenroll_rekey_where_allowed},
+    {"cacerts is a certs-only PKCS#7 with the CA", test_cacerts_is_pkcs7_with_the_ca},
+    {"csrattrs parses: template, OID list, nothing", test_csrattrs_parse},
+    {"an unknown profile is 404", test_unknown_profile},
+    {"8 threads enroll at once with distinct serials", test_threads_enroll_at_once},
+    {"audit names and the escaped log line", test_audit_names_and_line},
+    {"the lint refuses what must never be signed", test_lint_refuses_bad_certificates},
+    {"token loss: 503, then the same request is issued",
+     test_token_loss_is_unavailable_then_recovers},
+    {"after close the ledger holds the certificate", test_ledger_holds_certificate_after_close},
+    {"open refuses a chain of another key", test_open_refuses_a_chain_of_another_key},
+    CU_TEST_INFO_NULL,
+};
+
+int main(int argc, char **argv)
+{
+    return eg_th_run(argc, argv, &kind, suite_init, suite_clean, tests);
+}
