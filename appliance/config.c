@@ -306,7 +306,7 @@ static int split_listen(const char *value, char *host, size_t hostsz, unsigned l
         return -1;
     memcpy(host, value, n);
     host[n] = '\0';
-    if (*p != ':' || parse_ulong(p + 1, 65535, port, &end) != 0 || *port == 0)
+    if (*p != ':' || parse_ulong(p + 1, 65535, port, &end) != 0)
         return -1;
     end += strspn(end, " \t");
     *tls12 = strcmp(end, "tls12") == 0;
@@ -329,7 +329,8 @@ static int parse_listen(loader *ld, void *base, const char *key, const char *val
                  SHOWN, value);
         return -1;
     }
-    for (size_t i = 0; i < cfg->nlisteners; i++) {
+    /* Port 0 asks for a free port each time: never a clash. */
+    for (size_t i = 0; port != 0 && i < cfg->nlisteners; i++) {
         if (cfg->listeners[i].port == port && strcmp(cfg->listeners[i].address, host) == 0) {
             err_here(ld, key, "'%.*s' is listed twice", SHOWN, value);
             return -1;

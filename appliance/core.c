@@ -164,15 +164,19 @@ static const char *ca_digest(EVP_PKEY *pub)
     }
 }
 
-/* RFC 7030 4.1.3: a certs-only SignedData (no signers) holding the chain. */
+/* RFC 7030 4.1.3 and 4.2.3: a certs-only SignedData (no signers) holding the certificates. */
 static int cacerts_der(STACK_OF(X509) * chain, uint8_t **der, size_t *len)
 {
     PKCS7 *p7 = PKCS7_new();
     unsigned char *buf = NULL;
     int i, n = -1, ok;
 
+    /*
+     * The encapsulated content is id-data with no content at all: clients such
+     * as Bouncy Castle refuse a certs-only answer that carries any, even empty.
+     */
     ok = p7 != NULL && PKCS7_set_type(p7, NID_pkcs7_signed) == 1 &&
-         PKCS7_content_new(p7, NID_pkcs7_data) == 1;
+         (p7->d.sign->contents->type = OBJ_nid2obj(NID_pkcs7_data)) != NULL;
     for (i = 0; ok && i < sk_X509_num(chain); i++)
         ok = PKCS7_add_certificate(p7, sk_X509_value(chain, i)) == 1;
     if (ok)
@@ -186,6 +190,31 @@ static int cacerts_der(STACK_OF(X509) * chain, uint8_t **der, size_t *len)
     *len = (size_t)n;
     OPENSSL_free(buf);
     return *der != NULL ? 0 : -1;
+}
+
+/* The issued certificate in a->der becomes the certs-only SignedData EST answers with. */
+static int answer_certs_only(eg_answer *a)
+{
+    const unsigned char *p = a->der;
+    STACK_OF(X509) *one = sk_X509_new_null();
+    X509 *x = d2i_X509(NULL, &p, (long)a->der_len);
+    uint8_t *der = NULL;
+    size_t len = 0;
+    int rc = -1;
+
+    if (one == NULL || x == NULL || sk_X509_push(one, x) <= 0) {
+        X509_free(x);
+        sk_X509_free(one);
+        return -1;
+    }
+    if (cacerts_der(one, &der, &len) == 0) {
+        free(a->der);
+        a->der = der;
+        a->der_len = len;
+        rc = 0;
+    }
+    sk_X509_pop_free(one, X509_free);
+    return rc;
 }
 
 static STACK_OF(X509) * read_chain(const char *path)
@@ -603,6 +632,8 @@ int eg_core_enroll(eg_core *core, const eg_enroll_req *req, eg_answer *out)
     };
     eg_audit_emit(core->lg, &rec);
     X509_REQ_free(e.csr);
+    if (e.a.status == EG_OK && answer_certs_only(&e.a) != 0)
+        answer_set(&e.a, EG_INTERNAL, EG_AUDIT_INTERNAL, EG_DIM_NONE, "out of memory");
     *out = e.a;
     return 0;
 }

@@ -69,8 +69,8 @@ typedef struct eg_answer {
     eg_policy_dim dim;
     char reason[256];     /* for the client and the log; never a secret */
     unsigned retry_after; /* seconds, with EG_UNAVAILABLE */
-    uint8_t *der;         /* EG_OK: the certificate (enroll), certs-only PKCS#7
-                             (cacerts) or CsrAttrs (csrattrs) */
+    uint8_t *der;         /* EG_OK: certs-only PKCS#7 (DER) holding the issued certificate
+                             (enroll) or the CA chain (cacerts); CsrAttrs (csrattrs) */
     size_t der_len;
 } eg_answer;
 

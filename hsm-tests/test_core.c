@@ -173,11 +173,20 @@ static uint64_t sign_calls(void)
     return st.token_signatures;
 }
 
+/* The one certificate in an enroll answer's certs-only PKCS#7. */
 static X509 *answer_cert(const eg_answer *a)
 {
     const unsigned char *p = a->der;
+    PKCS7 *p7 = a->status == EG_OK && a->der ? d2i_PKCS7(NULL, &p, (long)a->der_len) : NULL;
+    STACK_OF(X509) *certs = p7 && PKCS7_type_is_signed(p7) ? p7->d.sign->cert : NULL;
+    X509 *x = NULL;
 
-    return a->status == EG_OK && a->der != NULL ? d2i_X509(NULL, &p, (long)a->der_len) : NULL;
+    if (certs != NULL && sk_X509_num(certs) == 1) {
+        x = sk_X509_value(certs, 0);
+        X509_up_ref(x);
+    }
+    PKCS7_free(p7);
+    return x;
 }
 
 static X509 *read_ca(void)
@@ -190,6 +199,21 @@ static X509 *read_ca(void)
 }
 
 /* `openssl verify -CAfile ca.pem cert.pem` with the stock tool. */
+/* x as DER in malloc'd memory (what a client presents as its current certificate). */
+static uint8_t *cert_der(X509 *x, size_t *len)
+{
+    unsigned char *buf = NULL;
+    uint8_t *der = NULL;
+    int n = i2d_X509(x, &buf);
+
+    if (n > 0 && (der = malloc((size_t)n)) != NULL) {
+        memcpy(der, buf, (size_t)n);
+        *len = (size_t)n;
+    }
+    OPENSSL_free(buf);
+    return der;
+}
+
 static bool openssl_verifies(const eg_answer *a, const char *name)
 {
     char path[PATH_MAX], out[4096];
@@ -337,15 +361,23 @@ static void test_good_csr_issued_and_verifies(void)
     gens = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
     CU_ASSERT_EQUAL(sk_GENERAL_NAME_num(gens), 2);
     GENERAL_NAMES_free(gens);
-    first_cert = a.der;
-    first_len = a.der_len;
-    a.der = NULL;
+    first_cert = cert_der(x, &first_len);
+    eg_answer_clear(&a);
+    X509_free(x);
     /* The same principal and CSR again: the recorded certificate, no new signature. */
     before = sign_calls();
     enroll("iot", "basic:alice", csr, len, NULL, 0, &a);
     CU_ASSERT_EQUAL(a.status, EG_OK);
     CU_ASSERT_EQUAL(sign_calls(), before);
-    CU_ASSERT(a.der_len == first_len && memcmp(a.der, first_cert, first_len) == 0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(x = answer_cert(&a));
+    {
+        size_t again_len = 0;
+        uint8_t *again = cert_der(x, &again_len);
+
+        CU_ASSERT(again != NULL && again_len == first_len &&
+                  memcmp(again, first_cert, first_len) == 0);
+        free(again);
+    }
     eg_answer_clear(&a);
     X509_free(x);
     free(csr);
@@ -491,9 +523,8 @@ static void test_subject_template_fills_cn(void)
     check_issued(x, "O=Example,CN=dev9", 7);
     CU_ASSERT_EQUAL(X509_get_extended_key_usage(x), XKU_SSL_SERVER | XKU_SSL_CLIENT);
     CU_ASSERT(openssl_verifies(&a, "dev9.pem"));
-    tmpl_cert = a.der;
-    tmpl_len = a.der_len;
-    a.der = NULL;
+    tmpl_cert = cert_der(x, &tmpl_len);
+    eg_answer_clear(&a);
     X509_free(x);
     free(csr);
 }
