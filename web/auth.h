@@ -1,0 +1,46 @@
+/*
+ * Who is asking: HTTP Basic against a profile's users, and TLS client
+ * certificates against a profile's trust bundle, both decided per request and
+ * per profile. Verified passwords are remembered for a few minutes so that a
+ * device's repeated requests do not pay the deliberately slow KDF again.
+ */
+#ifndef EG_AUTH_H
+#define EG_AUTH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "core.h"
+
+typedef struct eg_auth eg_auth;
+
+#define EG_AUTH_CACHE_SECONDS 300
+#define EG_AUTH_CACHE_ENTRIES 4096
+
+typedef struct eg_auth_result {
+    eg_audit_kind fail;  /* on refusal: auth.missing, auth.bad_password, ... */
+    char principal[160]; /* "basic:<user>", "cert:<sha256 hex of the leaf DER>" */
+    char reason[200];    /* for the client and the log; never a secret */
+} eg_auth_result;
+
+/* Loads every profile's client CA bundle once; cfg must outlive the handle. */
+int eg_auth_new(const eg_config *cfg, eg_auth **out);
+void eg_auth_free(eg_auth *a);
+
+/*
+ * Splits "Basic <base64(user:password)>". user and password are malloc'd; the
+ * caller wipes password with OPENSSL_clear_free. -1 with a reason when malformed.
+ */
+int eg_auth_parse_basic(const char *header, char **user, char **password, char *why, size_t whylen);
+
+/* 0: admitted (res->principal set); -1: refused (res->fail and res->reason set). */
+int eg_auth_basic(eg_auth *a, const eg_profile_cfg *p, const char *header, eg_auth_result *res);
+/* The chain as the handshake gave it, DER, leaf first; verified for purpose sslclient. */
+int eg_auth_cert(eg_auth *a, const eg_profile_cfg *p, const uint8_t *const *certs,
+                 const size_t *lens, size_t n, eg_auth_result *res);
+
+/* How many times the password KDF ran (eg_password_verify calls): for tests. */
+uint64_t eg_auth_kdf_runs(eg_auth *a);
+
+#endif

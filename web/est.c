@@ -1,0 +1,373 @@
+/*
+ * EST request handling without HTTP plumbing: route, check method and media
+ * type, authenticate, decode, ask the core, map its answer to a status.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+
+#include "auth.h"
+#include "est.h"
+#include "server.h"
+#include "wire.h"
+
+#define EST_PREFIX      "/.well-known/est/"
+#define RETRY_AFTER_MIN 1
+#define LABEL_MAX       64
+
+typedef enum est_op {
+    OP_CACERTS,
+    OP_SIMPLEENROLL,
+    OP_SIMPLEREENROLL,
+    OP_CSRATTRS,
+    OP_FULLCMC,
+    OP_SERVERKEYGEN,
+    OP_COUNT,
+} est_op;
+
+static const struct {
+    const char *name;
+    const char *method;
+} ops[OP_COUNT] = {
+    [OP_CACERTS] = {"cacerts", "GET"},
+    [OP_SIMPLEENROLL] = {"simpleenroll", "POST"},
+    [OP_SIMPLEREENROLL] = {"simplereenroll", "POST"},
+    [OP_CSRATTRS] = {"csrattrs", "GET"},
+    [OP_FULLCMC] = {"fullcmc", "POST"},
+    [OP_SERVERKEYGEN] = {"serverkeygen", "POST"},
+};
+
+struct eg_est {
+    const eg_config *cfg;
+    eg_core *core;
+    eg_auth *auth;
+};
+
+/* One request in flight: what routing found, for responses and audit records. */
+typedef struct est_ctx {
+    eg_est *est;
+    const eg_http_req *req;
+    eg_http_resp *resp;
+    const eg_profile_cfg *profile;
+    char label[LABEL_MAX + 1];
+    est_op op;
+} est_ctx;
+
+void eg_http_resp_clear(eg_http_resp *r)
+{
+    if (r == NULL)
+        return;
+    for (size_t i = 0; i < r->nheaders; i++)
+        free(r->headers[i]);
+    free(r->body);
+    memset(r, 0, sizeof(*r));
+}
+
+int eg_est_new(const eg_config *cfg, eg_core *core, eg_est **out)
+{
+    eg_est *est = calloc(1, sizeof(*est));
+    int rc = -1;
+
+    if (est == NULL)
+        goto out;
+    est->cfg = cfg;
+    est->core = core;
+    if (eg_auth_new(cfg, &est->auth) != 0)
+        goto out;
+    *out = est;
+    est = NULL;
+    rc = 0;
+out:
+    eg_est_free(est);
+    return rc;
+}
+
+void eg_est_free(eg_est *est)
+{
+    if (est == NULL)
+        return;
+    eg_auth_free(est->auth);
+    free(est);
+}
+
+static void add_header(eg_http_resp *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void add_header(eg_http_resp *r, const char *fmt, ...)
+{
+    va_list ap;
+    char *h = NULL;
+
+    if (r->nheaders == EG_HTTP_MAX_HEADERS)
+        return;
+    va_start(ap, fmt);
+    if (vasprintf(&h, fmt, ap) >= 0)
+        r->headers[r->nheaders++] = h;
+    va_end(ap);
+}
+
+/* An error answer: text/plain, the reason and a newline. */
+static void respond_text(eg_http_resp *r, int status, const char *reason)
+{
+    size_t n = strlen(reason);
+
+    r->status = status;
+    r->content_type = EG_WIRE_CT_TEXT;
+    free(r->body);
+    r->body_len = 0;
+    if ((r->body = malloc(n + 1)) != NULL) {
+        memcpy(r->body, reason, n);
+        r->body[n] = '\n';
+        r->body_len = n + 1;
+    }
+}
+
+/* Refuses at the wire level: audited, then answered with the reason. */
+static void refuse(est_ctx *c, int status, eg_audit_kind kind, const char *principal,
+                   const char *reason)
+{
+    const char *profile = c->profile != NULL ? c->profile->name : NULL;
+
+    eg_core_audit(c->est->core, profile, principal, c->req->peer, kind, EG_DIM_NONE, reason);
+    respond_text(c->resp, status, reason);
+}
+
+/* "/.well-known/est/[label/]op": 0 with c->op and c->label, -1 when no such path. */
+static int route(est_ctx *c, const char *path)
+{
+    const char *rest, *slash, *opname;
+    size_t label_len = 0;
+
+    if (path == NULL || strncmp(path, EST_PREFIX, strlen(EST_PREFIX)) != 0)
+        return -1;
+    rest = path + strlen(EST_PREFIX);
+    opname = rest;
+    if ((slash = strchr(rest, '/')) != NULL) {
+        label_len = (size_t)(slash - rest);
+        opname = slash + 1;
+        if (label_len == 0 || label_len > LABEL_MAX ||
+            strspn(rest, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-") <
+                label_len)
+            return -1;
+    }
+    for (int i = 0; i < OP_COUNT; i++) {
+        if (strcmp(opname, ops[i].name) == 0) {
+            memcpy(c->label, rest, label_len);
+            c->label[label_len] = '\0';
+            c->op = (est_op)i;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* The core's answer as HTTP: DER as base64 on success, the reason otherwise. */
+static void respond_answer(est_ctx *c, const eg_answer *a)
+{
+    static const int statuses[] = {
+        [EG_OK] = 200,        [EG_NOTHING] = 204,         [EG_MALFORMED] = 400,
+        [EG_FORBIDDEN] = 403, [EG_UNKNOWN_PROFILE] = 404, [EG_UNAVAILABLE] = 503,
+        [EG_INTERNAL] = 500,
+    };
+    eg_http_resp *r = c->resp;
+    int status =
+        (unsigned)a->status < sizeof(statuses) / sizeof(statuses[0]) ? statuses[a->status] : 500;
+
+    if (status == 204) {
+        r->status = 204;
+        return;
+    }
+    if (status != 200) {
+        respond_text(r, status, a->reason[0] ? a->reason : "internal error");
+        if (status == 503)
+            add_header(r, "Retry-After: %u",
+                       a->retry_after > RETRY_AFTER_MIN ? a->retry_after : RETRY_AFTER_MIN);
+        return;
+    }
+    if (eg_wire_encode_body(a->der, a->der_len, &r->body, &r->body_len) != 0) {
+        respond_text(r, 500, "out of memory");
+        return;
+    }
+    r->status = 200;
+    r->content_type = c->op == OP_CSRATTRS ? EG_WIRE_CT_CSRATTRS : EG_WIRE_CT_CERTS;
+    add_header(r, EG_WIRE_CTE_BASE64);
+}
+
+static void unauthorized(est_ctx *c, const eg_auth_result *res)
+{
+    const char *realm = c->profile->realm;
+    char fallback[96];
+
+    if (realm == NULL) {
+        snprintf(fallback, sizeof(fallback), "estgate %s", c->profile->name);
+        realm = fallback;
+    }
+    refuse(c, 401, res->fail, res->principal[0] ? res->principal : NULL, res->reason);
+    add_header(c->resp, "WWW-Authenticate: Basic realm=\"%s\", charset=\"UTF-8\"", realm);
+}
+
+/*
+ * Who may enroll: a trusted client certificate, valid Basic credentials, or
+ * anyone where the profile allows none; the first mode that admits wins.
+ * Returns the admitting EG_AUTH_* mode, or 0 after answering the refusal.
+ */
+static unsigned authenticate(est_ctx *c, char *principal, size_t plen)
+{
+    const eg_http_req *q = c->req;
+    unsigned modes = c->profile->auth;
+    eg_auth_result cert = {.fail = EG_AUDIT_AUTH_MISSING}, basic = {.fail = EG_AUDIT_AUTH_MISSING};
+    bool cert_tried = false, basic_tried = false;
+
+    if ((modes & EG_AUTH_MTLS) && q->n_client_certs > 0) {
+        cert_tried = true;
+        if (eg_auth_cert(c->est->auth, c->profile, q->client_certs, q->client_cert_lens,
+                         q->n_client_certs, &cert) == 0) {
+            snprintf(principal, plen, "%s", cert.principal);
+            return EG_AUTH_MTLS;
+        }
+    }
+    if ((modes & EG_AUTH_BASIC) && q->authorization != NULL) {
+        basic_tried = true;
+        if (eg_auth_basic(c->est->auth, c->profile, q->authorization, &basic) == 0) {
+            snprintf(principal, plen, "%s", basic.principal);
+            return EG_AUTH_BASIC;
+        }
+    }
+    if (modes & EG_AUTH_NONE) {
+        snprintf(principal, plen, "anonymous");
+        return EG_AUTH_NONE;
+    }
+    if (basic_tried || ((modes & EG_AUTH_BASIC) && !cert_tried)) {
+        if (!basic_tried)
+            snprintf(basic.reason, sizeof(basic.reason), "credentials required");
+        unauthorized(c, &basic);
+    } else if (cert_tried) {
+        refuse(c, 403, cert.fail, cert.principal, cert.reason);
+    } else {
+        refuse(c, 403, EG_AUDIT_AUTH_MISSING, NULL, "a client certificate is required");
+    }
+    return 0;
+}
+
+/* simplereenroll: only the certificate being renewed may ask (RFC 7030 4.2.2). */
+static unsigned authenticate_renewal(est_ctx *c, char *principal, size_t plen)
+{
+    const eg_http_req *q = c->req;
+    eg_auth_result res;
+
+    if (q->n_client_certs == 0) {
+        refuse(c, 403, EG_AUDIT_AUTH_MISSING, NULL,
+               "simplereenroll needs the TLS client certificate being renewed");
+        return 0;
+    }
+    if (eg_auth_cert(c->est->auth, c->profile, q->client_certs, q->client_cert_lens,
+                     q->n_client_certs, &res) != 0) {
+        refuse(c, 403, res.fail, res.principal, res.reason);
+        return 0;
+    }
+    snprintf(principal, plen, "%s", res.principal);
+    return EG_AUTH_MTLS;
+}
+
+static void enroll(est_ctx *c)
+{
+    const eg_http_req *q = c->req;
+    eg_enroll_req er = {0};
+    eg_answer a = {0};
+    uint8_t *der = NULL;
+    size_t der_len = 0;
+    char principal[160] = "", why[200];
+    unsigned mode;
+
+    if (!eg_wire_enroll_type_ok(q->content_type)) {
+        refuse(c, 415, EG_AUDIT_LIMIT, NULL,
+               "Content-Type must be application/pkcs10 (or application/x-pem-file)");
+        goto out;
+    }
+    mode = c->op == OP_SIMPLEREENROLL ? authenticate_renewal(c, principal, sizeof(principal))
+                                      : authenticate(c, principal, sizeof(principal));
+    if (mode == 0)
+        goto out;
+    if (eg_wire_decode_body(q->body, q->body_len, &der, &der_len, why, sizeof(why)) != 0) {
+        refuse(c, 400, EG_AUDIT_MALFORMED, principal, why);
+        goto out;
+    }
+    er.profile = c->label;
+    er.principal = principal;
+    er.auth = mode;
+    er.csr = der;
+    er.csr_len = der_len;
+    if (c->op == OP_SIMPLEREENROLL) {
+        er.current_cert = q->client_certs[0];
+        er.current_cert_len = q->client_cert_lens[0];
+    }
+    er.peer = q->peer;
+    if (eg_core_enroll(c->est->core, &er, &a) != 0 && a.status == EG_OK) {
+        a.status = EG_INTERNAL;
+        snprintf(a.reason, sizeof(a.reason), "internal error");
+    }
+    respond_answer(c, &a);
+out:
+    eg_answer_clear(&a);
+    free(der);
+}
+
+/* cacerts and csrattrs: public (RFC 7030 4.1, 4.5), straight from the core. */
+static void public_op(est_ctx *c)
+{
+    eg_answer a = {0};
+    int rc = c->op == OP_CACERTS ? eg_core_cacerts(c->est->core, c->label, &a)
+                                 : eg_core_csrattrs(c->est->core, c->label, &a);
+
+    if (rc != 0 && a.status == EG_OK) {
+        a.status = EG_INTERNAL;
+        snprintf(a.reason, sizeof(a.reason), "internal error");
+    }
+    respond_answer(c, &a);
+    eg_answer_clear(&a);
+}
+
+void eg_est_handle(eg_est *est, const eg_http_req *req, eg_http_resp *resp)
+{
+    est_ctx c = {.est = est, .req = req, .resp = resp};
+    char why[160];
+
+    memset(resp, 0, sizeof(*resp));
+    if (route(&c, req->path) != 0) {
+        refuse(&c, 404, EG_AUDIT_MALFORMED, NULL, "no such EST resource");
+        return;
+    }
+    if ((c.profile = eg_config_profile(est->cfg, c.label)) == NULL) {
+        snprintf(why, sizeof(why), "no EST profile \"%s\"", c.label);
+        refuse(&c, 404, EG_AUDIT_MALFORMED, NULL, why);
+        return;
+    }
+    if (req->method == NULL || strcmp(req->method, ops[c.op].method) != 0) {
+        snprintf(why, sizeof(why), "%s needs %s", ops[c.op].name, ops[c.op].method);
+        refuse(&c, 405, EG_AUDIT_LIMIT, NULL, why);
+        add_header(resp, "Allow: %s", ops[c.op].method);
+        return;
+    }
+    switch (c.op) {
+    case OP_FULLCMC:
+        refuse(&c, 501, EG_AUDIT_LIMIT, NULL, "full CMC is not supported; use simpleenroll");
+        break;
+    case OP_SERVERKEYGEN:
+        refuse(&c, 501, EG_AUDIT_LIMIT, NULL,
+               "serverkeygen is not supported yet; generate a key and use simpleenroll");
+        break;
+    case OP_CACERTS:
+    case OP_CSRATTRS:
+        public_op(&c);
+        break;
+    default:
+        enroll(&c);
+        break;
+    }
+}
+
+void eg_est_audit(eg_est *est, const eg_http_req *req, eg_audit_kind kind, const char *reason)
+{
+    eg_core_audit(est->core, NULL, NULL, req->peer, kind, EG_DIM_NONE, reason);
+}

@@ -1,0 +1,389 @@
+/* civetweb glue: a connection's facts into an eg_http_req, the eg_http_resp back out. */
+#include <link.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <civetweb.h>
+#include <openssl/err.h>
+#include <openssl/x509.h>
+
+#include "server.h"
+#include "tls.h"
+#include "wire.h"
+
+#define GROUPS    2 /* 0: TLS 1.3 only; 1: TLS 1.2 allowed */
+#define MAX_CHAIN 8 /* client certificates passed on: leaf and intermediates */
+#define PORTS_LEN (EG_MAX_LISTENERS * 64)
+
+typedef struct group {
+    eg_server *srv;
+    SSL_CTX *ssl;
+    struct mg_context *mg;
+    size_t listeners[EG_MAX_LISTENERS]; /* indexes into cfg->listeners, in port order */
+    size_t n;
+} group;
+
+struct eg_server {
+    const eg_config *cfg;
+    eg_est *est;
+    group groups[GROUPS];
+    unsigned ports[EG_MAX_LISTENERS];
+};
+
+/* civetweb asks at start (*ssl_ctx NULL) and at stop: ours both times, freed by us. */
+static int external_ssl_ctx(void **ssl_ctx, void *user_data)
+{
+    group *g = user_data;
+
+    if (*ssl_ctx == NULL)
+        *ssl_ctx = g->ssl;
+    return 1;
+}
+
+/* An answer the glue makes itself: text/plain with the reason, connection closed. */
+static int refuse(struct mg_connection *conn, eg_server *srv, const eg_http_req *req, int status,
+                  eg_audit_kind kind, const char *reason)
+{
+    char len[24];
+
+    eg_est_audit(srv->est, req, kind, reason);
+    /* The body was not (fully) read: the next bytes are not a request. */
+    mg_disable_connection_keep_alive(conn);
+    snprintf(len, sizeof(len), "%zu", strlen(reason) + 1);
+    mg_response_header_start(conn, status);
+    mg_response_header_add(conn, "Content-Type", EG_WIRE_CT_TEXT, -1);
+    mg_response_header_add(conn, "Content-Length", len, -1);
+    mg_response_header_send(conn);
+    mg_printf(conn, "%s\n", reason);
+    return status;
+}
+
+static void send_response(struct mg_connection *conn, const eg_http_resp *r)
+{
+    char len[24], line[512];
+
+    snprintf(len, sizeof(len), "%zu", r->body_len);
+    mg_response_header_start(conn, r->status);
+    if (r->content_type != NULL)
+        mg_response_header_add(conn, "Content-Type", r->content_type, -1);
+    for (size_t i = 0; i < r->nheaders; i++) {
+        snprintf(line, sizeof(line), "%s\r\n", r->headers[i]);
+        mg_response_header_add_lines(conn, line);
+    }
+    if (r->status != 204)
+        mg_response_header_add(conn, "Content-Length", len, -1);
+    mg_response_header_send(conn);
+    if (r->body_len > 0)
+        mg_write(conn, r->body, r->body_len);
+}
+
+/*
+ * Reads at most max_body bytes; *over when the body is longer. With a
+ * Content-Length above the limit nothing is read at all.
+ */
+static int read_body(struct mg_connection *conn, size_t max_body, uint8_t **out, size_t *len,
+                     bool *over)
+{
+    const struct mg_request_info *ri = mg_get_request_info(conn);
+    uint8_t *buf;
+    size_t n = 0;
+    int got;
+
+    *over = ri->content_length > 0 && (unsigned long long)ri->content_length > max_body;
+    if (*over)
+        return 0;
+    if ((buf = malloc(max_body + 1)) == NULL)
+        return -1;
+    while (n <= max_body && (got = mg_read(conn, buf + n, max_body + 1 - n)) > 0)
+        n += (size_t)got;
+    *over = n > max_body;
+    *out = buf;
+    *len = n;
+    return 0;
+}
+
+/* The TLS client chain as DER, leaf first (ders freed by the caller). */
+static size_t client_chain(const struct mg_request_info *ri, uint8_t **ders, size_t *lens)
+{
+    X509 *leaf = ri->client_cert != NULL ? ri->client_cert->peer_cert : NULL;
+    STACK_OF(X509) *inter = eg_tls_peer_intermediates(leaf);
+    size_t n = 0;
+    int len;
+
+    if (leaf == NULL || (len = i2d_X509(leaf, &ders[0])) <= 0)
+        return 0;
+    lens[n++] = (size_t)len;
+    for (int i = 0; i < sk_X509_num(inter) && n < MAX_CHAIN; i++) {
+        ders[n] = NULL;
+        if ((len = i2d_X509(sk_X509_value(inter, i), &ders[n])) <= 0)
+            break;
+        lens[n++] = (size_t)len;
+    }
+    return n;
+}
+
+static void fill_request(struct mg_connection *conn, eg_http_req *req, char *peer, size_t plen)
+{
+    const struct mg_request_info *ri = mg_get_request_info(conn);
+    bool v6 = strchr(ri->remote_addr, ':') != NULL;
+
+    snprintf(peer, plen, v6 ? "[%s]:%d" : "%s:%d", ri->remote_addr, ri->remote_port);
+    req->method = ri->request_method;
+    req->path = ri->local_uri;
+    req->content_type = mg_get_header(conn, "Content-Type");
+    req->content_transfer_encoding = mg_get_header(conn, "Content-Transfer-Encoding");
+    req->authorization = mg_get_header(conn, "Authorization");
+    req->peer = peer;
+}
+
+static int on_request(struct mg_connection *conn)
+{
+    const struct mg_request_info *ri = mg_get_request_info(conn);
+    eg_server *srv = ((group *)ri->user_data)->srv;
+    eg_http_req req = {0};
+    eg_http_resp resp = {0};
+    uint8_t *ders[MAX_CHAIN] = {NULL}, *body = NULL;
+    size_t lens[MAX_CHAIN], body_len = 0;
+    char peer[80];
+    bool over = false;
+    int status;
+
+    fill_request(conn, &req, peer, sizeof(peer));
+    /* Request smuggling: civetweb 1.15 accepts both; a proxy might frame differently. */
+    if (mg_get_header(conn, "Content-Length") != NULL &&
+        mg_get_header(conn, "Transfer-Encoding") != NULL)
+        return refuse(conn, srv, &req, 400, EG_AUDIT_LIMIT,
+                      "request has both Content-Length and Transfer-Encoding");
+    if (read_body(conn, srv->cfg->max_body, &body, &body_len, &over) != 0)
+        return refuse(conn, srv, &req, 500, EG_AUDIT_INTERNAL, "out of memory");
+    if (over) {
+        free(body);
+        return refuse(conn, srv, &req, 413, EG_AUDIT_LIMIT, "request body too large");
+    }
+    req.body = body;
+    req.body_len = body_len;
+    req.n_client_certs = client_chain(ri, ders, lens);
+    req.client_certs = (const uint8_t *const *)ders;
+    req.client_cert_lens = lens;
+    eg_est_handle(srv->est, &req, &resp);
+    send_response(conn, &resp);
+    status = resp.status;
+    eg_http_resp_clear(&resp);
+    for (size_t i = 0; i < req.n_client_certs; i++)
+        OPENSSL_free(ders[i]);
+    free(body);
+    return status;
+}
+
+/*
+ * Debian's civetweb 1.15 dlopen()s "libssl.so" and looks its functions up by
+ * name into a table in its data segment. OpenSSL 3 has no symbol
+ * SSL_get_peer_certificate (it is a macro for SSL_get1_peer_certificate), so
+ * that slot stays NULL and civetweb calls NULL after every TLS handshake
+ * (upstream civetweb issue #1334). We find the table entry by its name
+ * pointer and fill it; the SSL_free entry tells the entry's layout and proves
+ * that civetweb's libssl is the very copy we link.
+ */
+typedef struct table_scan {
+    uintptr_t *free_slot; /* the SSL_free entry's function slot */
+    uintptr_t *peer_slot; /* the SSL_get_peer_certificate entry's, same offset */
+} table_scan;
+
+static bool in_segment(const struct dl_phdr_info *info, uintptr_t p, size_t len, bool writable)
+{
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        uintptr_t lo = info->dlpi_addr + ph->p_vaddr;
+
+        if (ph->p_type == PT_LOAD && ((ph->p_flags & PF_W) != 0) == writable && p >= lo &&
+            p + len <= lo + ph->p_memsz)
+            return true;
+    }
+    return false;
+}
+
+/* Whether word w points to the NUL-terminated string name in a read-only segment. */
+static bool names(const struct dl_phdr_info *info, uintptr_t w, const char *name)
+{
+    size_t n = strlen(name) + 1;
+
+    return w != 0 && in_segment(info, w, n, false) && memcmp((const char *)w, name, n) == 0;
+}
+
+static void scan_segment(const struct dl_phdr_info *info, const ElfW(Phdr) * ph, table_scan *t)
+{
+    uintptr_t *w = (uintptr_t *)(info->dlpi_addr + ph->p_vaddr);
+    size_t n = ph->p_memsz / sizeof(uintptr_t), k = 0;
+
+    for (size_t i = 0; i + 2 < n && k == 0; i++) {
+        if (!names(info, w[i], "SSL_free"))
+            continue;
+        for (size_t j = 1; j <= 2 && k == 0; j++) {
+            if (w[i + j] == (uintptr_t)SSL_free) {
+                k = j;
+                t->free_slot = &w[i + j];
+            }
+        }
+    }
+    for (size_t i = 0; k != 0 && i + k < n; i++)
+        if (names(info, w[i], "SSL_get_peer_certificate"))
+            t->peer_slot = &w[i + k];
+}
+
+static int scan_civetweb(struct dl_phdr_info *info, size_t size, void *arg)
+{
+    if (info->dlpi_name == NULL || strstr(info->dlpi_name, "libcivetweb.so") == NULL)
+        return 0;
+    for (int i = 0; i < info->dlpi_phnum; i++)
+        if (info->dlpi_phdr[i].p_type == PT_LOAD && (info->dlpi_phdr[i].p_flags & PF_W))
+            scan_segment(info, &info->dlpi_phdr[i], arg);
+    return 1;
+}
+
+static int civetweb_fix_openssl3(void)
+{
+    table_scan t = {NULL, NULL};
+
+    dl_iterate_phdr(scan_civetweb, &t);
+    if (t.free_slot == NULL) {
+        fprintf(stderr, "estgated: civetweb does not use the libssl.so.3 we link\n");
+        return -1;
+    }
+    if (t.peer_slot != NULL && *t.peer_slot == 0)
+        *t.peer_slot = (uintptr_t)SSL_get1_peer_certificate;
+    if (t.peer_slot == NULL || *t.peer_slot == 0) {
+        fprintf(stderr, "estgated: civetweb has no SSL_get_peer_certificate\n");
+        return -1;
+    }
+    return 0;
+}
+
+static int log_message(const struct mg_connection *conn, const char *message)
+{
+    fprintf(stderr, "estgated web: %s\n", message);
+    return 1;
+}
+
+/* "127.0.0.1:8443s,[::]:8443s" for the group's listeners. */
+static void group_ports(const eg_server *s, const group *g, char *buf, size_t len)
+{
+    size_t o = 0;
+
+    buf[0] = '\0';
+    for (size_t i = 0; i < g->n && o < len; i++) {
+        const eg_listener_cfg *l = &s->cfg->listeners[g->listeners[i]];
+        bool v6 = strchr(l->address, ':') != NULL;
+
+        o += (size_t)snprintf(buf + o, len - o, v6 ? "%s[%s]:%us" : "%s%s:%us", i ? "," : "",
+                              l->address, l->port);
+    }
+}
+
+static int group_start(eg_server *s, group *g, EVP_PKEY *key, bool tls12)
+{
+    static const struct mg_callbacks callbacks = {
+        .begin_request = on_request,
+        .log_message = log_message,
+        .external_ssl_ctx = external_ssl_ctx,
+    };
+    struct mg_server_port ports[EG_MAX_LISTENERS];
+    char listen[PORTS_LEN], threads[16], keepalive[16], why[256] = "";
+    const char *options[] = {
+        "listening_ports",
+        listen,
+        "num_threads",
+        threads,
+        "enable_keep_alive",
+        "yes",
+        "keep_alive_timeout_ms",
+        keepalive,
+        "request_timeout_ms",
+        "30000",
+        NULL,
+    };
+    struct mg_error_data err = {.text = why, .text_buffer_size = sizeof(why)};
+    struct mg_init_data init = {
+        .callbacks = &callbacks, .user_data = g, .configuration_options = options};
+    int n;
+
+    if ((g->ssl = eg_tls_ctx_new(s->cfg, key, tls12, why, sizeof(why))) == NULL)
+        goto fail;
+    group_ports(s, g, listen, sizeof(listen));
+    snprintf(threads, sizeof(threads), "%u", s->cfg->threads ? s->cfg->threads : 4);
+    snprintf(keepalive, sizeof(keepalive), "%u", s->cfg->keepalive_ms);
+    if ((g->mg = mg_start2(&init, &err)) == NULL)
+        goto fail;
+    /* Starting may have reloaded civetweb's table of OpenSSL functions. */
+    if (civetweb_fix_openssl3() != 0)
+        goto fail;
+    n = mg_get_server_ports(g->mg, EG_MAX_LISTENERS, ports);
+    for (int i = 0; i < n && (size_t)i < g->n; i++)
+        s->ports[g->listeners[i]] = (unsigned)ports[i].port;
+    return 0;
+fail:
+    fprintf(stderr, "estgated: cannot listen on %s: %s\n", listen, why);
+    ERR_print_errors_fp(stderr);
+    return -1;
+}
+
+static pthread_once_t library_once = PTHREAD_ONCE_INIT;
+static int library_rc = -1;
+
+static void library_init(void)
+{
+    /* civetweb's TLS set-up dlopen()s "libssl.so": the same libssl.so.3 we link.
+       Debian's 1.15 reports failure here for the one missing function, having
+       loaded all others; civetweb_fix_openssl3 checks and completes the table. */
+    mg_init_library(MG_FEATURES_TLS | MG_FEATURES_IPV6);
+    library_rc = civetweb_fix_openssl3();
+}
+
+int eg_server_start(const eg_config *cfg, eg_est *est, EVP_PKEY *tls_key, eg_server **out)
+{
+    eg_server *s = calloc(1, sizeof(*s));
+    int rc = -1;
+
+    if (s == NULL)
+        return -1;
+    pthread_once(&library_once, library_init);
+    if (library_rc != 0)
+        goto out;
+    s->cfg = cfg;
+    s->est = est;
+    for (size_t i = 0; i < cfg->nlisteners; i++) {
+        group *g = &s->groups[cfg->listeners[i].allow_tls12 ? 1 : 0];
+
+        g->listeners[g->n++] = i;
+    }
+    for (int i = 0; i < GROUPS; i++) {
+        s->groups[i].srv = s;
+        if (s->groups[i].n > 0 && group_start(s, &s->groups[i], tls_key, i == 1) != 0)
+            goto out;
+    }
+    *out = s;
+    s = NULL;
+    rc = 0;
+out:
+    eg_server_stop(s);
+    return rc;
+}
+
+void eg_server_stop(eg_server *s)
+{
+    if (s == NULL)
+        return;
+    for (int i = 0; i < GROUPS; i++) {
+        if (s->groups[i].mg != NULL)
+            mg_stop(s->groups[i].mg);
+        SSL_CTX_free(s->groups[i].ssl);
+    }
+    free(s);
+}
+
+unsigned eg_server_port(const eg_server *s, size_t i)
+{
+    return i < EG_MAX_LISTENERS ? s->ports[i] : 0;
+}

@@ -1,0 +1,31 @@
+/*
+ * The HTTPS server: civetweb with our own SSL_CTX, one civetweb context per
+ * TLS policy (listeners that allow TLS 1.2, and those that do not), because
+ * civetweb 1.15 has one SSL_CTX per context. Requests go to eg_est_handle().
+ */
+#ifndef EG_SERVER_H
+#define EG_SERVER_H
+
+#include <openssl/evp.h>
+
+#include "config.h"
+#include "est.h"
+
+typedef struct eg_server eg_server;
+
+/*
+ * Starts listening on cfg's listeners (port 0: an ephemeral port, see
+ * eg_server_port). tls_key is the TLS server key for cfg->tls_chain_file,
+ * normally a token key from eg_provider_load_key; the server takes its own
+ * reference. cfg and est must outlive the server.
+ */
+int eg_server_start(const eg_config *cfg, eg_est *est, EVP_PKEY *tls_key, eg_server **out);
+/* Stops accepting, finishes requests in flight, frees; NULL is a no-op. */
+void eg_server_stop(eg_server *s);
+/* The port listener i (index in cfg->listeners) is bound to; 0 if unknown. */
+unsigned eg_server_port(const eg_server *s, size_t i);
+
+/* For the glue: records a refusal made before eg_est_handle() (est.c). */
+void eg_est_audit(eg_est *est, const eg_http_req *req, eg_audit_kind kind, const char *reason);
+
+#endif

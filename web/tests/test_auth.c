@@ -1,0 +1,301 @@
+/*
+ * Basic credentials are parsed strictly; a verified password is cached (the
+ * KDF runs once for repeated requests) but a wrong one never is; client
+ * certificates are verified per profile, so one from profile A's CA is
+ * refused on profile B.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <CUnit/CUnit.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+#include "auth.h"
+#include "cu_run.h"
+
+static char dir[] = "/tmp/eg-test-auth-XXXXXX";
+static char ca_a_file[128], ca_b_file[128];
+static eg_config cfg;
+static eg_auth *auth;
+static EVP_PKEY *key;
+static X509 *ca_a, *ca_b, *inter_a, *leaf_a, *leaf_b, *leaf_via_inter, *server_only_a;
+
+static X509 *make_cert(const char *cn, X509 *issuer, bool ca, int eku_nid)
+{
+    X509 *x = X509_new();
+    X509_NAME *name = X509_NAME_new();
+    X509V3_CTX v3;
+    X509_EXTENSION *ext = NULL;
+    static long serial = 1;
+    const char *eku = eku_nid == NID_client_auth ? "clientAuth" : "serverAuth";
+    bool ok;
+
+    ok = x != NULL && name != NULL && X509_set_version(x, X509_VERSION_3) &&
+         ASN1_INTEGER_set(X509_get_serialNumber(x), serial++) &&
+         X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1,
+                                    0) &&
+         X509_set_subject_name(x, name) &&
+         X509_set_issuer_name(x, issuer ? X509_get_subject_name(issuer) : name) &&
+         X509_gmtime_adj(X509_getm_notBefore(x), -60) &&
+         X509_gmtime_adj(X509_getm_notAfter(x), 3600) && X509_set_pubkey(x, key);
+    X509V3_set_ctx(&v3, issuer ? issuer : x, x, NULL, NULL, 0);
+    if (ok && ca)
+        ok = (ext = X509V3_EXT_conf_nid(NULL, &v3, NID_basic_constraints, "critical,CA:TRUE")) &&
+             X509_add_ext(x, ext, -1);
+    X509_EXTENSION_free(ext);
+    ext = NULL;
+    if (ok && eku_nid != 0)
+        ok = (ext = X509V3_EXT_conf_nid(NULL, &v3, NID_ext_key_usage, eku)) &&
+             X509_add_ext(x, ext, -1);
+    X509_EXTENSION_free(ext);
+    X509_NAME_free(name);
+    if (!ok || !X509_sign(x, key, EVP_sha256())) {
+        X509_free(x);
+        return NULL;
+    }
+    return x;
+}
+
+static int write_pem(const char *path, X509 *x)
+{
+    FILE *fp = fopen(path, "w");
+    int ok = fp != NULL && PEM_write_X509(fp, x);
+
+    if (fp != NULL)
+        fclose(fp);
+    return ok ? 0 : -1;
+}
+
+static void profile(eg_profile_cfg *p, const char *name, const char *client_ca)
+{
+    p->name = strdup(name);
+    p->label = strdup(name);
+    p->auth = EG_AUTH_BASIC | EG_AUTH_MTLS;
+    p->client_ca_file = strdup(client_ca);
+    p->users[0].name = strdup("alice");
+    p->nusers = 1;
+}
+
+static int suite_init(void)
+{
+    /* One software key for every certificate: what is checked is who signed what. */
+    if (mkdtemp(dir) == NULL || (key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256")) == NULL)
+        return -1;
+    ca_a = make_cert("CA A", NULL, true, 0);
+    ca_b = make_cert("CA B", NULL, true, 0);
+    inter_a = make_cert("CA A intermediate", ca_a, true, 0);
+    leaf_a = make_cert("device A", ca_a, false, NID_client_auth);
+    leaf_b = make_cert("device B", ca_b, false, NID_client_auth);
+    leaf_via_inter = make_cert("device A2", inter_a, false, NID_client_auth);
+    server_only_a = make_cert("server A", ca_a, false, NID_server_auth);
+    if (!ca_a || !ca_b || !inter_a || !leaf_a || !leaf_b || !leaf_via_inter || !server_only_a)
+        return -1;
+    snprintf(ca_a_file, sizeof(ca_a_file), "%s/ca-a.pem", dir);
+    snprintf(ca_b_file, sizeof(ca_b_file), "%s/ca-b.pem", dir);
+    if (write_pem(ca_a_file, ca_a) != 0 || write_pem(ca_b_file, ca_b) != 0)
+        return -1;
+    profile(&cfg.profiles[0], "a", ca_a_file);
+    profile(&cfg.profiles[1], "b", ca_b_file);
+    cfg.nprofiles = 2;
+    /* Both profiles hold the same user with the same password. */
+    if (eg_password_hash("s3cret", &cfg.profiles[0].users[0].hash) != 0 ||
+        (cfg.profiles[1].users[0].hash = strdup(cfg.profiles[0].users[0].hash)) == NULL)
+        return -1;
+    return eg_auth_new(&cfg, &auth);
+}
+
+static int suite_clean(void)
+{
+    eg_auth_free(auth);
+    for (size_t i = 0; i < cfg.nprofiles; i++) {
+        eg_profile_cfg *p = &cfg.profiles[i];
+
+        free(p->name);
+        free(p->label);
+        free(p->client_ca_file);
+        free(p->users[0].name);
+        free(p->users[0].hash);
+    }
+    X509_free(ca_a);
+    X509_free(ca_b);
+    X509_free(inter_a);
+    X509_free(leaf_a);
+    X509_free(leaf_b);
+    X509_free(leaf_via_inter);
+    X509_free(server_only_a);
+    EVP_PKEY_free(key);
+    unlink(ca_a_file);
+    unlink(ca_b_file);
+    rmdir(dir);
+    return 0;
+}
+
+static char *basic(const char *userpass)
+{
+    static char hdr[256];
+
+    strcpy(hdr, "Basic ");
+    EVP_EncodeBlock((unsigned char *)hdr + 6, (const unsigned char *)userpass,
+                    (int)strlen(userpass));
+    return hdr;
+}
+
+static void expect_parse(const char *header, const char *user, const char *pw)
+{
+    char *u = NULL, *p = NULL, why[200] = "";
+
+    CU_ASSERT_EQUAL_FATAL(eg_auth_parse_basic(header, &u, &p, why, sizeof(why)), 0);
+    CU_ASSERT_STRING_EQUAL(u, user);
+    CU_ASSERT_STRING_EQUAL(p, pw);
+    free(u);
+    free(p);
+}
+
+static void expect_parse_refused(const char *header, const char *reason)
+{
+    char *u = NULL, *p = NULL, why[200] = "";
+
+    CU_ASSERT_EQUAL(eg_auth_parse_basic(header, &u, &p, why, sizeof(why)), -1);
+    CU_ASSERT_PTR_NULL(u);
+    CU_ASSERT_PTR_NULL(p);
+    if (strstr(why, reason) == NULL)
+        fprintf(stderr, "\"%s\": reason \"%s\" lacks \"%s\"\n", header, why, reason);
+    CU_ASSERT_PTR_NOT_NULL(strstr(why, reason));
+}
+
+static void test_basic_parsing(void)
+{
+    expect_parse(basic("alice:s3cret"), "alice", "s3cret");
+    expect_parse("basic   YWxpY2U6czNjcmV0  ", "alice", "s3cret");
+    expect_parse(basic("bob:a:b:c"), "bob", "a:b:c");
+    expect_parse(basic("bob:"), "bob", "");
+    expect_parse_refused("Bearer abc", "not HTTP Basic");
+    expect_parse_refused("Basic", "not HTTP Basic");
+    expect_parse_refused("BasicYWxpY2U6czNjcmV0", "not HTTP Basic");
+    expect_parse_refused("Basic YWxp*2U6czNjcmV0", "not base64");
+    expect_parse_refused("Basic YWxpY2U6czNjcmV", "not base64");
+    expect_parse_refused("Basic ", "not base64");
+    expect_parse_refused(basic("alice"), "not user:password");
+    expect_parse_refused(basic(":pw"), "not user:password");
+    expect_parse_refused("Basic YQBiOmM=", "NUL byte"); /* "a\0b:c" */
+    expect_parse_refused(basic("a\tb:c"), "control character");
+}
+
+static void test_cache_hit_skips_kdf(void)
+{
+    eg_auth_result res;
+    uint64_t runs = eg_auth_kdf_runs(auth);
+
+    CU_ASSERT_EQUAL(eg_auth_basic(auth, &cfg.profiles[0], basic("alice:s3cret"), &res), 0);
+    CU_ASSERT_STRING_EQUAL(res.principal, "basic:alice");
+    CU_ASSERT_EQUAL(eg_auth_kdf_runs(auth), runs + 1);
+    for (int i = 0; i < 3; i++)
+        CU_ASSERT_EQUAL(eg_auth_basic(auth, &cfg.profiles[0], basic("alice:s3cret"), &res), 0);
+    CU_ASSERT_EQUAL(eg_auth_kdf_runs(auth), runs + 1);
+    /* The profile is part of the cache key: B verifies for itself once. */
+    CU_ASSERT_EQUAL(eg_auth_basic(auth, &cfg.profiles[1], basic("alice:s3cret"), &res), 0);
+    CU_ASSERT_EQUAL(eg_auth_basic(auth, &cfg.profiles[1], basic("alice:s3cret"), &res), 0);
+    CU_ASSERT_EQUAL(eg_auth_kdf_runs(auth), runs + 2);
+}
+
+static void test_wrong_password_never_cached(void)
+{
+    eg_auth_result res;
+    uint64_t runs = eg_auth_kdf_runs(auth);
+
+    for (int i = 0; i < 2; i++) {
+        CU_ASSERT_EQUAL(eg_auth_basic(auth, &cfg.profiles[0], basic("alice:wrong"), &res), -1);
+        CU_ASSERT_EQUAL(res.fail, EG_AUDIT_AUTH_BAD_PASSWORD);
+        CU_ASSERT_STRING_EQUAL(res.reason, "wrong user name or password");
+    }
+    CU_ASSERT_EQUAL(eg_auth_kdf_runs(auth), runs + 2);
+    /* A prefix or extension of the right password is not a hit either. */
+    CU_ASSERT_EQUAL(eg_auth_basic(auth, &cfg.profiles[0], basic("alice:s3cre"), &res), -1);
+    CU_ASSERT_EQUAL(eg_auth_basic(auth, &cfg.profiles[0], basic("alice:s3cret "), &res), -1);
+    CU_ASSERT_EQUAL(eg_auth_kdf_runs(auth), runs + 4);
+}
+
+static void test_unknown_and_missing(void)
+{
+    eg_auth_result res;
+    uint64_t runs = eg_auth_kdf_runs(auth);
+
+    CU_ASSERT_EQUAL(eg_auth_basic(auth, &cfg.profiles[0], basic("mallory:s3cret"), &res), -1);
+    CU_ASSERT_EQUAL(res.fail, EG_AUDIT_AUTH_UNKNOWN_USER);
+    CU_ASSERT_STRING_EQUAL(res.principal, "basic:mallory");
+    /* Same cost as a known user, so timing does not tell names apart. */
+    CU_ASSERT_EQUAL(eg_auth_kdf_runs(auth), runs + 1);
+    CU_ASSERT_EQUAL(eg_auth_basic(auth, &cfg.profiles[0], NULL, &res), -1);
+    CU_ASSERT_EQUAL(res.fail, EG_AUDIT_AUTH_MISSING);
+    CU_ASSERT_EQUAL(eg_auth_basic(auth, &cfg.profiles[0], "Basic !!", &res), -1);
+    CU_ASSERT_EQUAL(res.fail, EG_AUDIT_AUTH_MISSING);
+    CU_ASSERT_PTR_NOT_NULL(strstr(res.reason, "not base64"));
+}
+
+static int check_cert(const eg_profile_cfg *p, X509 *leaf, X509 *inter, eg_auth_result *res)
+{
+    unsigned char *der[2] = {NULL, NULL};
+    size_t lens[2] = {0, 0}, n = 0;
+    int rc;
+
+    lens[n++] = (size_t)i2d_X509(leaf, &der[0]);
+    if (inter != NULL)
+        lens[n++] = (size_t)i2d_X509(inter, &der[1]);
+    rc = eg_auth_cert(auth, p, (const uint8_t *const *)der, lens, n, res);
+    OPENSSL_free(der[0]);
+    OPENSSL_free(der[1]);
+    return rc;
+}
+
+static void test_cert_per_profile(void)
+{
+    eg_auth_result res;
+    unsigned char md[32];
+    unsigned int mdlen;
+    char want[80] = "cert:";
+
+    CU_ASSERT_EQUAL(check_cert(&cfg.profiles[0], leaf_a, NULL, &res), 0);
+    X509_digest(leaf_a, EVP_sha256(), md, &mdlen);
+    for (unsigned int i = 0; i < mdlen; i++)
+        snprintf(want + 5 + 2 * i, sizeof(want) - 5 - 2 * i, "%02x", md[i]);
+    CU_ASSERT_STRING_EQUAL(res.principal, want);
+    CU_ASSERT_EQUAL(check_cert(&cfg.profiles[1], leaf_a, NULL, &res), -1);
+    CU_ASSERT_EQUAL(res.fail, EG_AUDIT_AUTH_CERT_UNTRUSTED);
+    CU_ASSERT_PTR_NOT_NULL(strstr(res.reason, "not trusted for profile b"));
+    CU_ASSERT_EQUAL(check_cert(&cfg.profiles[1], leaf_b, NULL, &res), 0);
+    CU_ASSERT_EQUAL(check_cert(&cfg.profiles[0], leaf_b, NULL, &res), -1);
+}
+
+static void test_cert_chain_and_purpose(void)
+{
+    eg_auth_result res;
+
+    CU_ASSERT_EQUAL(check_cert(&cfg.profiles[0], leaf_via_inter, NULL, &res), -1);
+    CU_ASSERT_EQUAL(check_cert(&cfg.profiles[0], leaf_via_inter, inter_a, &res), 0);
+    CU_ASSERT_EQUAL(check_cert(&cfg.profiles[1], leaf_via_inter, inter_a, &res), -1);
+    CU_ASSERT_EQUAL(check_cert(&cfg.profiles[0], server_only_a, NULL, &res), -1);
+    CU_ASSERT_EQUAL(res.fail, EG_AUDIT_AUTH_CERT_UNTRUSTED);
+    CU_ASSERT_PTR_NOT_NULL(strstr(res.reason, "purpose"));
+    CU_ASSERT_EQUAL(eg_auth_cert(auth, &cfg.profiles[0], NULL, NULL, 0, &res), -1);
+    CU_ASSERT_EQUAL(res.fail, EG_AUDIT_AUTH_MISSING);
+}
+
+int main(void)
+{
+    CU_TestInfo tests[] = {
+        {"Basic credentials are parsed strictly", test_basic_parsing},
+        {"a cache hit skips the KDF", test_cache_hit_skips_kdf},
+        {"a wrong password is never cached", test_wrong_password_never_cached},
+        {"unknown users and missing credentials", test_unknown_and_missing},
+        {"a certificate is trusted per profile", test_cert_per_profile},
+        {"client intermediates and the sslclient purpose", test_cert_chain_and_purpose},
+        CU_TEST_INFO_NULL,
+    };
+
+    return eg_cu_run("web/auth", suite_init, suite_clean, tests);
+}

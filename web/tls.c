@@ -1,0 +1,126 @@
+#include <pthread.h>
+#include <stdio.h>
+
+#include <openssl/err.h>
+#include <openssl/x509_vfy.h>
+
+#include "tls.h"
+
+/* TLS 1.2, for legacy devices on listeners that opt in: forward secrecy and AEAD only. */
+#define TLS12_CIPHERS                                                                              \
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"                                   \
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"                                   \
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+
+static int chain_idx = -1;
+static pthread_once_t chain_once = PTHREAD_ONCE_INIT;
+
+static void chain_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
+{
+    sk_X509_pop_free(ptr, X509_free);
+}
+
+static void chain_index(void)
+{
+    chain_idx = X509_get_ex_new_index(0, NULL, NULL, NULL, chain_free);
+}
+
+STACK_OF(X509) * eg_tls_peer_intermediates(X509 *leaf)
+{
+    pthread_once(&chain_once, chain_index);
+    return chain_idx < 0 || leaf == NULL ? NULL : X509_get_ex_data(leaf, chain_idx);
+}
+
+/*
+ * Replaces chain verification at the handshake: any client certificate is
+ * accepted here, because which CA is trusted depends on the profile the
+ * request names, known only later. The client's intermediates are kept on the
+ * leaf object, which is the one civetweb hands to the request as peer_cert.
+ * Only the intermediates: a reference to the leaf itself would keep it alive.
+ */
+static int keep_client_chain(X509_STORE_CTX *x, void *arg)
+{
+    X509 *leaf = X509_STORE_CTX_get0_cert(x);
+    STACK_OF(X509) *sent = X509_STORE_CTX_get0_untrusted(x);
+    STACK_OF(X509) *copy = sk_X509_new_null();
+
+    pthread_once(&chain_once, chain_index);
+    for (int i = 0; copy != NULL && i < sk_X509_num(sent); i++) {
+        X509 *c = sk_X509_value(sent, i);
+
+        if (c != leaf && X509_up_ref(c) && !sk_X509_push(copy, c))
+            X509_free(c);
+    }
+    if (leaf != NULL && copy != NULL && chain_idx >= 0 && X509_set_ex_data(leaf, chain_idx, copy))
+        copy = NULL;
+    sk_X509_pop_free(copy, X509_free);
+    return 1;
+}
+
+static int name_cmp(const X509_NAME *const *a, const X509_NAME *const *b)
+{
+    return X509_NAME_cmp(*a, *b);
+}
+
+/* The union of the profiles' client CA subjects, for CertificateRequest. */
+static int set_client_ca_names(SSL_CTX *ctx, const eg_config *cfg, char *why, size_t whylen)
+{
+    STACK_OF(X509_NAME) *names = sk_X509_NAME_new(name_cmp);
+
+    if (names == NULL)
+        return -1;
+    for (size_t i = 0; i < cfg->nprofiles; i++) {
+        const char *file = cfg->profiles[i].client_ca_file;
+
+        if (file != NULL && !SSL_add_file_cert_subjects_to_stack(names, file)) {
+            snprintf(why, whylen, "cannot read client CA bundle %s", file);
+            sk_X509_NAME_pop_free(names, X509_NAME_free);
+            return -1;
+        }
+    }
+    SSL_CTX_set_client_CA_list(ctx, names);
+    return 0;
+}
+
+static int set_protocols(SSL_CTX *ctx, bool allow_tls12)
+{
+    /* No resumption: a resumed session carries the leaf but not the client's
+       intermediates, and every request's certificate is verified per profile. */
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET | SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
+                                 SSL_OP_CIPHER_SERVER_PREFERENCE);
+    return SSL_CTX_set_num_tickets(ctx, 0) &&
+           SSL_CTX_set_min_proto_version(ctx, allow_tls12 ? TLS1_2_VERSION : TLS1_3_VERSION) &&
+           SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION) &&
+           SSL_CTX_set_cipher_list(ctx, TLS12_CIPHERS);
+}
+
+SSL_CTX *eg_tls_ctx_new(const eg_config *cfg, EVP_PKEY *key, bool allow_tls12, char *why,
+                        size_t whylen)
+{
+    SSL_CTX *ctx = SSL_CTX_new_ex(NULL, NULL, TLS_server_method());
+    SSL_CTX *ret = NULL;
+
+    if (ctx == NULL || !set_protocols(ctx, allow_tls12)) {
+        snprintf(why, whylen, "cannot set up TLS: %s", ERR_reason_error_string(ERR_get_error()));
+        goto out;
+    }
+    if (SSL_CTX_use_certificate_chain_file(ctx, cfg->tls_chain_file) != 1) {
+        snprintf(why, whylen, "cannot use TLS chain %s", cfg->tls_chain_file);
+        goto out;
+    }
+    if (SSL_CTX_use_PrivateKey(ctx, key) != 1 || SSL_CTX_check_private_key(ctx) != 1) {
+        snprintf(why, whylen, "TLS key %s does not match the chain %s", cfg->tls_key_uri,
+                 cfg->tls_chain_file);
+        goto out;
+    }
+    if (set_client_ca_names(ctx, cfg, why, whylen) != 0)
+        goto out;
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    SSL_CTX_set_cert_verify_callback(ctx, keep_client_chain, NULL);
+    ret = ctx;
+    ctx = NULL;
+out:
+    SSL_CTX_free(ctx);
+    return ret;
+}

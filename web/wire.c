@@ -1,0 +1,208 @@
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <openssl/evp.h>
+
+#include "wire.h"
+
+#define PEM_DASHES "-----"
+
+static bool is_space(uint8_t c)
+{
+    return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\v' || c == '\f';
+}
+
+static int b64_value(uint8_t c)
+{
+    if (c >= 'A' && c <= 'Z')
+        return c - 'A';
+    if (c >= 'a' && c <= 'z')
+        return c - 'a' + 26;
+    if (c >= '0' && c <= '9')
+        return c - '0' + 52;
+    if (c == '+')
+        return 62;
+    if (c == '/')
+        return 63;
+    return -1;
+}
+
+static void bad_char(char *why, size_t whylen, uint8_t c, size_t at)
+{
+    if (isprint(c))
+        snprintf(why, whylen, "body is not base64: invalid character '%c' at offset %zu", c, at);
+    else
+        snprintf(why, whylen, "body is not base64: invalid byte 0x%02x at offset %zu", c, at);
+}
+
+/*
+ * Whitespace anywhere is skipped (line breaks of any width, CRLF, trailing
+ * blanks); padding is optional but nothing may follow it. base is where in
+ * to the body starts, so that reasons give the client's own offsets.
+ */
+static int b64_decode(const uint8_t *in, size_t len, size_t base, uint8_t **out, size_t *out_len,
+                      char *why, size_t whylen)
+{
+    uint8_t *buf = malloc(len / 4 * 3 + 3);
+    size_t o = 0, nsym = 0, npad = 0;
+    uint32_t acc = 0;
+    int bits = 0, rc = -1;
+
+    if (buf == NULL) {
+        snprintf(why, whylen, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < len; i++) {
+        int v = b64_value(in[i]);
+
+        if (is_space(in[i]))
+            continue;
+        if (in[i] == '=') {
+            npad++;
+            continue;
+        }
+        if (v < 0 || npad > 0) {
+            if (v < 0)
+                bad_char(why, whylen, in[i], base + i);
+            else
+                snprintf(why, whylen, "body is not base64: data after padding at offset %zu",
+                         base + i);
+            goto out;
+        }
+        nsym++;
+        acc = (acc << 6) | (uint32_t)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            buf[o++] = (uint8_t)(acc >> bits);
+        }
+    }
+    if (nsym == 0) {
+        snprintf(why, whylen, "body is empty: expected a base64 PKCS#10 request");
+        goto out;
+    }
+    if (nsym % 4 == 1 || npad > 2 || (npad > 0 && (nsym + npad) % 4 != 0)) {
+        snprintf(why, whylen, "body is not base64: truncated (%zu symbols, %zu padding)", nsym,
+                 npad);
+        goto out;
+    }
+    *out = buf;
+    *out_len = o;
+    buf = NULL;
+    rc = 0;
+out:
+    free(buf);
+    return rc;
+}
+
+static const uint8_t *find_bytes(const uint8_t *hay, size_t len, const char *needle)
+{
+    return memmem(hay, len, needle, strlen(needle));
+}
+
+/*
+ * A PEM CSR: the base64 between "-----BEGIN <label>-----" and the matching
+ * END line. start is where BEGIN is; the armoured part goes to b64 and b64_len.
+ */
+static int pem_unarmour(const uint8_t *body, size_t len, size_t start, size_t *b64, size_t *b64_len,
+                        char *why, size_t whylen)
+{
+    static const char *labels[] = {"CERTIFICATE REQUEST", "NEW CERTIFICATE REQUEST"};
+    const uint8_t *p = body + start + strlen(PEM_DASHES "BEGIN ");
+    const uint8_t *end = body + len;
+    const uint8_t *close = find_bytes(p, (size_t)(end - p), PEM_DASHES);
+    char endline[64];
+    const uint8_t *e;
+    size_t label_len;
+
+    if (close == NULL) {
+        snprintf(why, whylen, "PEM body has no end to its BEGIN line");
+        return -1;
+    }
+    label_len = (size_t)(close - p);
+    for (size_t i = 0; i < sizeof(labels) / sizeof(labels[0]); i++) {
+        if (label_len != strlen(labels[i]) || memcmp(p, labels[i], label_len) != 0)
+            continue;
+        snprintf(endline, sizeof(endline), PEM_DASHES "END %s" PEM_DASHES, labels[i]);
+        p = close + strlen(PEM_DASHES);
+        e = find_bytes(p, (size_t)(end - p), endline);
+        if (e == NULL) {
+            snprintf(why, whylen, "PEM body has no \"%s\" line", endline);
+            return -1;
+        }
+        for (const uint8_t *t = e + strlen(endline); t < end; t++) {
+            if (!is_space(*t)) {
+                snprintf(why, whylen, "PEM body has data after its END line at offset %zu",
+                         (size_t)(t - body));
+                return -1;
+            }
+        }
+        *b64 = (size_t)(p - body);
+        *b64_len = (size_t)(e - p);
+        return 0;
+    }
+    snprintf(why, whylen, "PEM body is a \"%.*s\", not a CERTIFICATE REQUEST",
+             (int)(label_len < 40 ? label_len : 40), (const char *)p);
+    return -1;
+}
+
+int eg_wire_decode_body(const uint8_t *body, size_t len, uint8_t **der, size_t *der_len, char *why,
+                        size_t whylen)
+{
+    size_t start = 0, b64 = 0, b64_len = len;
+    const char *begin = PEM_DASHES "BEGIN ";
+
+    while (start < len && is_space(body[start]))
+        start++;
+    if (len - start >= strlen(begin) && memcmp(body + start, begin, strlen(begin)) == 0 &&
+        pem_unarmour(body, len, start, &b64, &b64_len, why, whylen) != 0)
+        return -1;
+    return b64_decode(body + b64, b64_len, b64, der, der_len, why, whylen);
+}
+
+int eg_wire_encode_body(const uint8_t *der, size_t len, uint8_t **out, size_t *out_len)
+{
+    size_t lines = (len + 47) / 48;
+    uint8_t *buf = malloc(lines * 66 + 1);
+    size_t o = 0;
+
+    if (buf == NULL)
+        return -1;
+    /* 48 bytes make one 64-character line; EVP_EncodeBlock adds a NUL we overwrite. */
+    for (size_t i = 0; i < len; i += 48) {
+        size_t n = len - i < 48 ? len - i : 48;
+
+        o += (size_t)EVP_EncodeBlock(buf + o, der + i, (int)n);
+        buf[o++] = '\r';
+        buf[o++] = '\n';
+    }
+    *out = buf;
+    *out_len = o;
+    return 0;
+}
+
+bool eg_wire_media_is(const char *content_type, const char *type)
+{
+    size_t n = strlen(type);
+    const char *p = content_type;
+
+    if (p == NULL)
+        return false;
+    while (*p == ' ' || *p == '\t')
+        p++;
+    if (strncasecmp(p, type, n) != 0)
+        return false;
+    p += n;
+    while (*p == ' ' || *p == '\t')
+        p++;
+    return *p == '\0' || *p == ';';
+}
+
+bool eg_wire_enroll_type_ok(const char *content_type)
+{
+    return eg_wire_media_is(content_type, "application/pkcs10") ||
+           eg_wire_media_is(content_type, "application/x-pem-file");
+}

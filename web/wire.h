@@ -1,0 +1,35 @@
+/*
+ * EST wire formats (RFC 7030 with RFC 8951): what real clients put in a POST
+ * body, and what a response body and its headers look like.
+ */
+#ifndef EG_WIRE_H
+#define EG_WIRE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define EG_WIRE_CT_CERTS    "application/pkcs7-mime; smime-type=certs-only"
+#define EG_WIRE_CT_CSRATTRS "application/csrattrs"
+#define EG_WIRE_CT_TEXT     "text/plain; charset=utf-8"
+#define EG_WIRE_CTE_BASE64  "Content-Transfer-Encoding: base64"
+
+/*
+ * Decodes a request body to DER: base64 whatever the Content-Transfer-Encoding
+ * header says (RFC 8951), lines of any width, CRLF or LF, surrounding
+ * whitespace, or a PEM CSR ("CERTIFICATE REQUEST" or "NEW CERTIFICATE
+ * REQUEST"). On failure -1 with a reason for the client in why.
+ */
+int eg_wire_decode_body(const uint8_t *body, size_t len, uint8_t **der, size_t *der_len, char *why,
+                        size_t whylen);
+
+/* base64 of der with CRLF after every 64 characters (and at the end). */
+int eg_wire_encode_body(const uint8_t *der, size_t len, uint8_t **out, size_t *out_len);
+
+/* Whether a Content-Type header names type (case-insensitive, parameters ignored). */
+bool eg_wire_media_is(const char *content_type, const char *type);
+
+/* simpleenroll/simplereenroll: application/pkcs10 or application/x-pem-file. */
+bool eg_wire_enroll_type_ok(const char *content_type);
+
+#endif
