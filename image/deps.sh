@@ -5,10 +5,13 @@
 set -eu
 
 build="cmake gcc make pkg-config libssl-dev openssl libp11-dev libp11-kit-dev
-       libcunit1-dev libsqlite3-dev libinih-dev"
+       libcunit1-dev libsqlite3-dev libinih-dev libcivetweb-dev"
 tokens="softhsm2 p11-kit p11-kit-modules libnss3 libnss3-tools"
-test="$build $tokens clang-format"
-demo="$build $tokens"
+# Real EST clients for the end-to-end tests: curl + openssl, and Bouncy
+# Castle's EST client run as a single-file Java program (needs a JDK).
+clients="curl openjdk-17-jdk-headless libbcpkix-java libbcprov-java libbcutil-java"
+test="$build $tokens $clients clang-format"
+demo="$build $tokens curl"
 
 case "${1:-}" in
 build) want=$build ;;

@@ -1,0 +1,150 @@
+/*
+ * estgated: the EST daemon. Loads the configuration, opens the token and the
+ * ledger through the core, serves HTTPS through web/, and runs until SIGTERM
+ * or SIGINT.
+ *
+ *   estgated [-c FILE]             run (default /etc/estgate/estgated.ini)
+ *   estgated --check-config FILE   validate a configuration, list every problem
+ *   estgated --hash-password       read a password on stdin, print its hash
+ *
+ * When it is ready to serve it prints one line per listener to stdout,
+ * "estgated: listening on https://ADDR:PORT/", so that scripts and tests know
+ * the port even when the configuration asked for port 0.
+ */
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/err.h>
+#include <openssl/evp.h>
+
+#include "config.h"
+#include "core.h"
+#include "est.h"
+#include "provider.h"
+#include "server.h"
+
+#define EG_DEFAULT_CONFIG "/etc/estgate/estgated.ini"
+
+/* sysexits.h */
+#define EX_USAGE_   64
+#define EX_CONFIG_  78
+#define EX_UNAVAIL_ 69
+
+static void usage(FILE *fp)
+{
+    fputs("usage: estgated [-c FILE]\n"
+          "       estgated --check-config FILE\n"
+          "       estgated --hash-password   (password on stdin)\n"
+          "\n"
+          "Serves EST (RFC 7030) over HTTPS with every signature made in the\n"
+          "PKCS#11 token named in the configuration. Default configuration:\n"
+          "  " EG_DEFAULT_CONFIG "\n"
+          "Configuration reference: docs/configuration.md.\n",
+          fp);
+}
+
+/* Blocks SIGTERM, SIGINT and SIGHUP in every thread; main waits for them. */
+static void block_signals(sigset_t *set)
+{
+    sigemptyset(set);
+    sigaddset(set, SIGTERM);
+    sigaddset(set, SIGINT);
+    sigaddset(set, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, set, NULL);
+}
+
+static int wait_for_stop(const sigset_t *set)
+{
+    int sig;
+
+    for (;;) {
+        if (sigwait(set, &sig) != 0)
+            return -1;
+        if (sig == SIGHUP) {
+            /* Reload is not built yet: say so rather than pretend. */
+            fprintf(stderr, "estgated: SIGHUP ignored: reload is not supported yet; restart to "
+                            "apply a new configuration\n");
+            continue;
+        }
+        fprintf(stderr, "estgated: %s, stopping\n", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+        return 0;
+    }
+}
+
+static void print_listeners(const eg_config *cfg, const eg_server *srv)
+{
+    size_t i;
+
+    for (i = 0; i < cfg->nlisteners; i++) {
+        const char *a = cfg->listeners[i].address;
+        int v6 = strchr(a, ':') != NULL;
+
+        printf("estgated: listening on https://%s%s%s:%u/%s\n", v6 ? "[" : "", a, v6 ? "]" : "",
+               eg_server_port(srv, i), cfg->listeners[i].allow_tls12 ? " (TLS 1.2 allowed)" : "");
+    }
+    fflush(stdout);
+}
+
+static int run(const char *path)
+{
+    eg_config_errors errs = {NULL, 0};
+    eg_config *cfg = NULL;
+    eg_core *core = NULL;
+    eg_est *est = NULL;
+    eg_server *srv = NULL;
+    EVP_PKEY *tls_key = NULL;
+    sigset_t set;
+    int rc = EX_UNAVAIL_;
+
+    block_signals(&set);
+    if (eg_config_load(path, &cfg, &errs) != 0) {
+        eg_config_errors_print(&errs, path, stderr);
+        eg_config_errors_clear(&errs);
+        return EX_CONFIG_;
+    }
+    if (eg_core_open(cfg, &core) != 0) {
+        fprintf(stderr, "estgated: cannot open the token, CA keys or ledger:\n");
+        goto out;
+    }
+    if (eg_provider_load_key(NULL, cfg->tls_key_uri, &tls_key) != 0) {
+        fprintf(stderr, "estgated: cannot load the TLS key %s:\n", cfg->tls_key_uri);
+        goto out;
+    }
+    if (eg_est_new(cfg, core, &est) != 0 || eg_server_start(cfg, est, tls_key, &srv) != 0) {
+        fprintf(stderr, "estgated: cannot start the HTTPS listeners:\n");
+        goto out;
+    }
+    print_listeners(cfg, srv);
+    if (wait_for_stop(&set) != 0)
+        goto out;
+    rc = 0;
+out:
+    if (rc != 0)
+        ERR_print_errors_fp(stderr);
+    eg_server_stop(srv);
+    eg_est_free(est);
+    EVP_PKEY_free(tls_key);
+    eg_core_close(core);
+    eg_config_free(cfg);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc >= 2 &&
+        (strcmp(argv[1], "--check-config") == 0 || strcmp(argv[1], "--hash-password") == 0))
+        return eg_config_check_main(argc, argv);
+    if (argc == 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+        usage(stdout);
+        return 0;
+    }
+    if (argc == 1)
+        return run(EG_DEFAULT_CONFIG);
+    if (argc == 3 && strcmp(argv[1], "-c") == 0)
+        return run(argv[2]);
+    usage(stderr);
+    return EX_USAGE_;
+}

@@ -1,0 +1,891 @@
+/*
+ * estgated end to end: the real daemon on a fresh token (SoftHSM in-process or
+ * behind p11-kit server), provisioned with estgate-provision, configured with
+ * an INI file, and driven by real clients: curl + openssl as the operator
+ * guide shows, and Bouncy Castle's EST client (hsm-tests/java/EstClient.java).
+ * Every certificate a client receives is checked against the chain from
+ * /cacerts and against its profile; every refusal has its HTTP status.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <CUnit/CUnit.h>
+#include <openssl/evp.h>
+#include <openssl/ssl.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
+#include <openssl/x509v3.h>
+
+#include "child.h"
+#include "config.h"
+#include "ledger.h"
+#include "token_harness.h"
+
+#define MAX_DAYS 30
+#define BURST    40
+
+static eg_th_kind kind;
+static eg_th *th;
+static char dir[1024], ini[PATH_MAX], ca[PATH_MAX], pass[PATH_MAX], daemon_log[PATH_MAX];
+static char tool[PATH_MAX], estgated[PATH_MAX];
+static unsigned port, port12;
+static pid_t daemon_pid;
+static eg_child_result *res; /* the last child's output; one at a time */
+
+static char *tpath(char *buf, const char *name)
+{
+    snprintf(buf, PATH_MAX, "%s/%s", dir, name);
+    return buf;
+}
+
+static char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    char *buf = NULL;
+    long n;
+
+    if (f != NULL && fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 &&
+        fseek(f, 0, SEEK_SET) == 0 && (buf = malloc((size_t)n + 1)) != NULL) {
+        *len = fread(buf, 1, (size_t)n, f);
+        buf[*len] = 0;
+    }
+    if (f != NULL)
+        fclose(f);
+    return buf;
+}
+
+static int spit(const char *path, const void *data, size_t len, mode_t mode)
+{
+    FILE *f = fopen(path, "wb");
+    int ok = f != NULL && fwrite(data, 1, len, f) == len;
+
+    if (f != NULL && fclose(f) != 0)
+        ok = 0;
+    return ok && chmod(path, mode) == 0 ? 0 : -1;
+}
+
+/* Runs a NULL-terminated command; its exit status. */
+static int cmd(const char *first, ...)
+{
+    char *argv[64];
+    va_list ap;
+    int n = 0;
+
+    argv[n++] = (char *)first;
+    va_start(ap, first);
+    while (n < 63 && (argv[n] = va_arg(ap, char *)) != NULL)
+        n++;
+    va_end(ap);
+    argv[n] = NULL;
+    return eg_child_run(dir, NULL, argv, res);
+}
+
+/* ---- the daemon ---- */
+
+static int provision(void)
+{
+    const eg_token_config *c = eg_th_config(th);
+    char tls[PATH_MAX];
+
+    eg_child_built("provisioning/estgate-provision", tool);
+    if (cmd(tool, "ca", "create", "--module", c->module_path, "--token", c->token_label,
+            "--pin-file", c->pin_file, "--label", "ca", "--key", "ec-p256", "--subject",
+            "CN=e2e CA,O=estgate tests", "--self-signed", "--days", "3650", "--out", ca, NULL) != 0)
+        return -1;
+    return cmd(tool, "tls", "create", "--module", c->module_path, "--token", c->token_label,
+               "--pin-file", c->pin_file, "--label", "tls", "--key", "ec-p256", "--ca-label", "ca",
+               "--dns", "localhost", "--ip", "127.0.0.1", "--days", "30", "--out",
+               tpath(tls, "tls-chain.pem"), NULL);
+}
+
+/* A software CA for the partner profile, and a client certificate it issued. */
+static int partner_pki(void)
+{
+    char key[PATH_MAX], crt[PATH_MAX], ckey[PATH_MAX], csr[PATH_MAX], ccrt[PATH_MAX];
+
+    return cmd("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+               "-nodes", "-keyout", tpath(key, "partner-ca.key"), "-out",
+               tpath(crt, "partner-ca.pem"), "-subj", "/CN=Partner CA", "-days", "30", "-addext",
+               "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=keyCertSign,cRLSign",
+               NULL) ||
+           cmd("openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+               "-nodes", "-keyout", tpath(ckey, "partner-dev.key"), "-out",
+               tpath(csr, "partner-dev.csr"), "-subj", "/CN=p1.example.com", NULL) ||
+           cmd("openssl", "x509", "-req", "-in", csr, "-CA", crt, "-CAkey", key, "-CAcreateserial",
+               "-days", "30", "-out", tpath(ccrt, "partner-dev.pem"), NULL);
+}
+
+static int write_config(void)
+{
+    const eg_token_config *c = eg_th_config(th);
+    char *hash = NULL, text[32768], secret[33];
+    unsigned char rnd[16];
+    int i, n, rc = -1;
+
+    /* A random Basic password, in a 0600 file, as the demo makes one. */
+    if (RAND_bytes(rnd, sizeof(rnd)) != 1)
+        return -1;
+    for (i = 0; i < 16; i++)
+        snprintf(secret + 2 * i, 3, "%02x", rnd[i]);
+    if (spit(pass, secret, 32, 0600) != 0 || eg_password_hash(secret, &hash) != 0)
+        return -1;
+    n = snprintf(text, sizeof(text),
+                 "[server]\n"
+                 "listen = 127.0.0.1:0\n"
+                 "listen = 127.0.0.1:0 tls12\n"
+                 "tls_key = pkcs11:token=%s;object=tls;type=private\n"
+                 "tls_chain = tls-chain.pem\n"
+                 "ledger = ledger.db\n"
+                 "max_body = 16k\n"
+                 "\n[token]\nmodule = %s\n%s%s%slabel = %s\npin_file = %s\nrecover_ms = 1500\n"
+                 "\n[profile default]\n"
+                 "ca_key = pkcs11:token=%s;object=ca;type=private\nca_chain = %s\n"
+                 "auth = basic\nuser = alice:%s\n"
+                 "san = dns:.example.com\nmax_days = %d\neku = clientAuth\n"
+                 "key_types = ec:P-256, ec:P-384, rsa:2048-4096\n"
+                 "\n[profile iot]\n"
+                 "ca_key = pkcs11:token=%s;object=ca;type=private\nca_chain = %s\n"
+                 "auth = mtls\nclient_ca = %s\nsan = dns:.example.com\nmax_days = %d\n"
+                 "\n[profile partner]\n"
+                 "ca_key = pkcs11:token=%s;object=ca;type=private\nca_chain = %s\n"
+                 "auth = mtls\nclient_ca = partner-ca.pem\nsan = dns:.example.com\n",
+                 c->token_label, c->module_path, c->init_args ? "init_args = " : "",
+                 c->init_args ? c->init_args : "", c->init_args ? "\n" : "", c->token_label,
+                 c->pin_file, c->token_label, ca, hash, MAX_DAYS, c->token_label, ca, ca, MAX_DAYS,
+                 c->token_label, ca);
+    if (n > 0 && (size_t)n < sizeof(text))
+        rc = spit(ini, text, (size_t)n, 0600);
+    free(hash);
+    return rc;
+}
+
+/* Starts estgated and waits for its "listening on" lines; 0 with the ports set. */
+static int daemon_start(void)
+{
+    char *argv[] = {estgated, "-c", ini, NULL};
+    struct timespec tick = {0, 50 * 1000 * 1000};
+    size_t len;
+    char *log, *p;
+    int i;
+
+    unlink(daemon_log);
+    if (eg_child_start(argv, daemon_log, &daemon_pid) != 0)
+        return -1;
+    for (i = 0; i < 400; i++) { /* 20 s: a p11-kit token can be slow to open */
+        nanosleep(&tick, NULL);
+        if ((log = slurp(daemon_log, &len)) == NULL)
+            continue;
+        p = strstr(log, "listening on https://127.0.0.1:");
+        if (p != NULL && strstr(p + 1, "listening on https://127.0.0.1:") != NULL) {
+            port = (unsigned)atoi(p + strlen("listening on https://127.0.0.1:"));
+            p = strstr(p + 1, "listening on https://127.0.0.1:");
+            port12 = (unsigned)atoi(p + strlen("listening on https://127.0.0.1:"));
+            free(log);
+            return 0;
+        }
+        free(log);
+        if (kill(daemon_pid, 0) != 0)
+            break;
+    }
+    if ((log = slurp(daemon_log, &len)) != NULL)
+        printf("\n  estgated did not start:\n%s\n", log);
+    free(log);
+    return -1;
+}
+
+static int daemon_stop(int sig)
+{
+    int rc;
+
+    if (daemon_pid <= 0)
+        return -1;
+    kill(daemon_pid, sig);
+    rc = eg_child_wait(daemon_pid);
+    daemon_pid = 0;
+    return rc;
+}
+
+static int suite_init(void)
+{
+    if ((res = calloc(1, sizeof(*res))) == NULL || eg_th_create(kind, "e2e", &th) != 0)
+        return -1;
+    snprintf(dir, sizeof(dir), "%s", eg_th_dir(th));
+    tpath(ini, "estgated.ini");
+    tpath(ca, "ca.pem");
+    tpath(pass, "basic.pass");
+    tpath(daemon_log, "estgated.log");
+    eg_child_built("appliance/estgated", estgated);
+    if (provision() != 0 || partner_pki() != 0 || write_config() != 0 || daemon_start() != 0)
+        return -1;
+    return 0;
+}
+
+static int suite_clean(void)
+{
+    if (daemon_pid > 0)
+        daemon_stop(SIGTERM);
+    eg_th_destroy(th);
+    free(res);
+    return 0;
+}
+
+/* ---- clients ---- */
+
+typedef struct http {
+    int status;
+    char headers[4096];
+    char body_path[PATH_MAX];
+} http;
+
+/*
+ * curl against the daemon: method and path, then extra curl arguments
+ * (NULL-terminated). The body goes to body_path, the headers are kept.
+ */
+static int curl(http *h, unsigned p, const char *path, ...)
+{
+    char url[512], hdr[PATH_MAX], *argv[64];
+    size_t len;
+    va_list ap;
+    char *text;
+    int n = 0;
+
+    snprintf(url, sizeof(url), "https://localhost:%u/.well-known/est/%s", p, path);
+    tpath(h->body_path, "body");
+    argv[n++] = "curl";
+    argv[n++] = "-sS";
+    argv[n++] = "--cacert";
+    argv[n++] = ca;
+    argv[n++] = "-o";
+    argv[n++] = h->body_path;
+    argv[n++] = "-D";
+    argv[n++] = tpath(hdr, "headers");
+    argv[n++] = "-w";
+    argv[n++] = "%{http_code}";
+    va_start(ap, path);
+    while (n < 60 && (argv[n] = va_arg(ap, char *)) != NULL)
+        n++;
+    va_end(ap);
+    argv[n++] = url;
+    argv[n] = NULL;
+    h->status = -1;
+    h->headers[0] = 0;
+    if (eg_child_run(dir, NULL, argv, res) != 0)
+        return -1;
+    h->status = atoi(res->out);
+    if ((text = slurp(hdr, &len)) != NULL) {
+        snprintf(h->headers, sizeof(h->headers), "%s", text);
+        free(text);
+    }
+    return h->status;
+}
+
+static char *basic_user(char *buf)
+{
+    size_t len;
+    char *pw = slurp(pass, &len);
+
+    snprintf(buf, 128, "alice:%s", pw ? pw : "");
+    free(pw);
+    return buf;
+}
+
+/* A P-256 (or spec'd) key and a DER CSR for cn with SAN dns. */
+static int make_csr(const char *name, const char *newkey, const char *cn, const char *ext)
+{
+    char key[PATH_MAX], csr[PATH_MAX], subj[256], addext[256];
+
+    snprintf(subj, sizeof(subj), "/CN=%s", cn);
+    snprintf(addext, sizeof(addext), "%s", ext ? ext : "subjectAltName=DNS:x.example.com");
+    snprintf(key, sizeof(key), "%s/%s.key", dir, name);
+    snprintf(csr, sizeof(csr), "%s/%s.csr", dir, name);
+    if (strcmp(newkey, "ec") == 0)
+        return cmd("openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                   "-nodes", "-keyout", key, "-subj", subj, "-addext", addext, "-outform", "DER",
+                   "-out", csr, NULL);
+    return cmd("openssl", "req", "-new", "-newkey", newkey, "-nodes", "-keyout", key, "-subj", subj,
+               "-addext", addext, "-outform", "DER", "-out", csr, NULL);
+}
+
+/* name.csr (DER) as base64 in name.b64: wrapped at 64 columns, LF. */
+static int csr_b64(const char *name)
+{
+    char in[PATH_MAX], out[PATH_MAX];
+
+    snprintf(in, sizeof(in), "%s/%s.csr", dir, name);
+    snprintf(out, sizeof(out), "%s/%s.b64", dir, name);
+    return cmd("openssl", "base64", "-in", in, "-out", out, NULL);
+}
+
+/* The certs-only PKCS#7 response body (base64) as PEM certificates in pem. */
+static int body_to_pem(const http *h, const char *pem)
+{
+    char der[PATH_MAX];
+
+    return cmd("openssl", "base64", "-d", "-in", h->body_path, "-out", tpath(der, "body.der"),
+               NULL) ||
+           cmd("openssl", "pkcs7", "-inform", "DER", "-in", der, "-print_certs", "-out", pem, NULL);
+}
+
+static X509 *read_cert(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    X509 *x = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
+
+    if (f != NULL)
+        fclose(f);
+    return x;
+}
+
+/* The issued certificate obeys the default/iot profile and chains to /cacerts. */
+static void check_issued(const char *pem, const char *cn)
+{
+    char chain[PATH_MAX];
+    http h;
+    X509 *x;
+    EXTENDED_KEY_USAGE *eku;
+    const ASN1_TIME *nb, *na;
+    int days, secs;
+
+    CU_ASSERT_EQUAL_FATAL(curl(&h, port, "cacerts", NULL), 200);
+    CU_ASSERT_EQUAL_FATAL(body_to_pem(&h, tpath(chain, "cacerts.pem")), 0);
+    CU_ASSERT_EQUAL(cmd("openssl", "verify", "-CAfile", chain, "-purpose", "sslclient", pem, NULL),
+                    0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(x = read_cert(pem));
+    CU_ASSERT_EQUAL(X509_check_ca(x), 0);
+    CU_ASSERT(X509_check_host(x, cn, 0, 0, NULL) == 1);
+    eku = X509_get_ext_d2i(x, NID_ext_key_usage, NULL, NULL);
+    CU_ASSERT(eku != NULL && sk_ASN1_OBJECT_num(eku) == 1 &&
+              OBJ_obj2nid(sk_ASN1_OBJECT_value(eku, 0)) == NID_client_auth);
+    EXTENDED_KEY_USAGE_free(eku);
+    nb = X509_get0_notBefore(x);
+    na = X509_get0_notAfter(x);
+    CU_ASSERT(ASN1_TIME_diff(&days, &secs, nb, na) == 1 &&
+              (days < MAX_DAYS + 1 || (days == MAX_DAYS + 1 && secs == 0)));
+    X509_free(x);
+}
+
+/* ---- curl + openssl, as the operator guide shows ---- */
+
+static void test_curl_cacerts(void)
+{
+    char pem[PATH_MAX];
+    http h;
+    X509 *got, *want;
+
+    CU_ASSERT_EQUAL_FATAL(curl(&h, port, "cacerts", NULL), 200);
+    CU_ASSERT_PTR_NOT_NULL(strstr(h.headers, "application/pkcs7-mime"));
+    CU_ASSERT_EQUAL_FATAL(body_to_pem(&h, tpath(pem, "cacerts.pem")), 0);
+    got = read_cert(pem);
+    want = read_cert(ca);
+    CU_ASSERT(got != NULL && want != NULL && X509_cmp(got, want) == 0);
+    X509_free(got);
+    X509_free(want);
+}
+
+/* "@path" for curl's --data-binary, in buf. */
+static char *at(char *buf, const char *name)
+{
+    snprintf(buf, PATH_MAX + 1, "@%s/%s", dir, name);
+    return buf;
+}
+
+/* simpleenroll of name.b64 on profile path with extra curl arguments; status. */
+static int enroll(http *h, const char *path, const char *name, const char *ctype, const char *a1,
+                  const char *a2, const char *a3, const char *a4)
+{
+    char data[PATH_MAX + 1], file[64], user[128], hdr[128];
+
+    snprintf(file, sizeof(file), "%s.b64", name);
+    snprintf(hdr, sizeof(hdr), "Content-Type: %s", ctype ? ctype : "application/pkcs10");
+    if (a1 == NULL)
+        return curl(h, port, path, "-u", basic_user(user), "-H", hdr, "--data-binary",
+                    at(data, file), NULL);
+    return curl(h, port, path, "-H", hdr, "--data-binary", at(data, file), a1, a2, a3, a4, NULL);
+}
+
+static void test_curl_simpleenroll_with_basic(void)
+{
+    char pem[PATH_MAX];
+    http h;
+
+    CU_ASSERT_EQUAL_FATAL(
+        make_csr("dev1", "ec", "dev1.example.com", "subjectAltName=DNS:dev1.example.com"), 0);
+    CU_ASSERT_EQUAL_FATAL(csr_b64("dev1"), 0);
+    CU_ASSERT_EQUAL_FATAL(enroll(&h, "simpleenroll", "dev1", NULL, NULL, NULL, NULL, NULL), 200);
+    CU_ASSERT_PTR_NOT_NULL(strstr(h.headers, "application/pkcs7-mime"));
+    CU_ASSERT_EQUAL_FATAL(body_to_pem(&h, tpath(pem, "dev1.pem")), 0);
+    check_issued(pem, "dev1.example.com");
+}
+
+static void test_curl_simplereenroll_over_mtls(void)
+{
+    char cert[PATH_MAX], key[PATH_MAX], pem[PATH_MAX];
+    X509 *old, *renewed;
+    http h;
+
+    /* The renewal CSR repeats the certificate's subject and SAN, as RFC 7030 4.2.2 asks. */
+    CU_ASSERT_EQUAL_FATAL(
+        make_csr("dev1r", "ec", "dev1.example.com", "subjectAltName=DNS:dev1.example.com"), 0);
+    CU_ASSERT_EQUAL_FATAL(csr_b64("dev1r"), 0);
+    CU_ASSERT_EQUAL_FATAL(enroll(&h, "iot/simplereenroll", "dev1r", NULL, "--cert",
+                                 tpath(cert, "dev1.pem"), "--key", tpath(key, "dev1.key")),
+                          200);
+    CU_ASSERT_EQUAL_FATAL(body_to_pem(&h, tpath(pem, "dev1-renewed.pem")), 0);
+    check_issued(pem, "dev1.example.com");
+    old = read_cert(cert);
+    renewed = read_cert(pem);
+    CU_ASSERT(old != NULL && renewed != NULL &&
+              X509_NAME_cmp(X509_get_subject_name(old), X509_get_subject_name(renewed)) == 0 &&
+              ASN1_INTEGER_cmp(X509_get0_serialNumber(old), X509_get0_serialNumber(renewed)) != 0);
+    X509_free(old);
+    X509_free(renewed);
+}
+
+/* ---- Bouncy Castle's EST client ---- */
+
+static int bc(const char *command, ...)
+{
+    char server[64], *argv[48];
+    va_list ap;
+    int n = 0;
+
+    snprintf(server, sizeof(server), "localhost:%u", port);
+    argv[n++] = "java";
+    argv[n++] = "-cp";
+    argv[n++] = "/usr/share/java/bcpkix.jar:/usr/share/java/bcprov.jar:/usr/share/java/bcutil.jar";
+    argv[n++] = EG_SOURCE_DIR "/hsm-tests/java/EstClient.java";
+    argv[n++] = (char *)command;
+    argv[n++] = "--server";
+    argv[n++] = server;
+    argv[n++] = "--trust";
+    argv[n++] = ca;
+    va_start(ap, command);
+    while (n < 46 && (argv[n] = va_arg(ap, char *)) != NULL)
+        n++;
+    va_end(ap);
+    argv[n] = NULL;
+    return eg_child_run(dir, NULL, argv, res);
+}
+
+static void test_bouncy_castle_client(void)
+{
+    char out[PATH_MAX], key[PATH_MAX], cert[PATH_MAX], cert2[PATH_MAX];
+
+    CU_ASSERT_EQUAL(bc("cacerts", "--out", tpath(out, "bc-cacerts.pem"), NULL), 0);
+    CU_ASSERT_EQUAL(bc("csrattrs", NULL), 0);
+    CU_ASSERT_EQUAL_FATAL(bc("enroll", "--user", "alice", "--pass-file", pass, "--cn",
+                             "bc1.example.com", "--dns", "bc1.example.com", "--key-out",
+                             tpath(key, "bc1.key"), "--cert-out", tpath(cert, "bc1.pem"), NULL),
+                          0);
+    check_issued(cert, "bc1.example.com");
+    CU_ASSERT_EQUAL_FATAL(bc("reenroll", "--label", "iot", "--key", key, "--cert", cert,
+                             "--cert-out", tpath(cert2, "bc1-renewed.pem"), NULL),
+                          0);
+    check_issued(cert2, "bc1.example.com");
+}
+
+/* ---- what real clients send ---- */
+
+static void test_wire_variants_are_accepted(void)
+{
+    char b64[PATH_MAX], csr[PATH_MAX], pem[PATH_MAX];
+    size_t len, i, o;
+    char *text, *crlf;
+    http h;
+
+    CU_ASSERT_EQUAL_FATAL(
+        make_csr("var", "ec", "var.example.com", "subjectAltName=DNS:var.example.com"), 0);
+    CU_ASSERT_EQUAL_FATAL(csr_b64("var"), 0);
+    /* CRLF line ends and trailing whitespace, with Content-Transfer-Encoding. */
+    CU_ASSERT_PTR_NOT_NULL_FATAL(text = slurp(tpath(b64, "var.b64"), &len));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(crlf = malloc(2 * len + 8));
+    for (i = o = 0; i < len; i++) {
+        if (text[i] == '\n')
+            crlf[o++] = '\r';
+        crlf[o++] = text[i];
+    }
+    memcpy(crlf + o, "  \r\n", 4);
+    CU_ASSERT_EQUAL(spit(tpath(b64, "varcrlf.b64"), crlf, o + 4, 0600), 0);
+    CU_ASSERT_EQUAL(enroll(&h, "simpleenroll", "varcrlf", NULL, "-u", basic_user(csr), "-H",
+                           "Content-Transfer-Encoding: base64"),
+                    200);
+    /* The same request again, without the header (RFC 8951): the same certificate back. */
+    CU_ASSERT_EQUAL(enroll(&h, "simpleenroll", "var", NULL, NULL, NULL, NULL, NULL), 200);
+    /* PEM, as Cisco IOS sends it. */
+    CU_ASSERT_EQUAL_FATAL(cmd("openssl", "req", "-inform", "DER", "-in", tpath(csr, "var.csr"),
+                              "-out", tpath(pem, "varpem.b64"), NULL),
+                          0);
+    CU_ASSERT_EQUAL(
+        enroll(&h, "simpleenroll", "varpem", "application/x-pem-file", NULL, NULL, NULL, NULL),
+        200);
+    free(text);
+    free(crlf);
+}
+
+/* ---- every refusal with its status ---- */
+
+static void test_wrong_or_missing_password_is_401(void)
+{
+    char data[PATH_MAX + 1];
+    http h;
+
+    CU_ASSERT_EQUAL(
+        enroll(&h, "simpleenroll", "dev1", NULL, "-u", "alice:wrong-password", "-H", "X-Test: 1"),
+        401);
+    CU_ASSERT_PTR_NOT_NULL(strstr(h.headers, "WWW-Authenticate: Basic realm="));
+    CU_ASSERT_EQUAL(curl(&h, port, "simpleenroll", "-H", "Content-Type: application/pkcs10",
+                         "--data-binary", at(data, "dev1.b64"), NULL),
+                    401);
+    CU_ASSERT_PTR_NOT_NULL(strstr(h.headers, "WWW-Authenticate"));
+}
+
+static void test_client_certificate_of_another_profile_is_403(void)
+{
+    char cert[PATH_MAX], key[PATH_MAX];
+    http h;
+
+    /* Valid for iot (our CA), refused on partner; valid for partner, refused on iot. */
+    CU_ASSERT_EQUAL(enroll(&h, "partner/simpleenroll", "dev1r", NULL, "--cert",
+                           tpath(cert, "dev1.pem"), "--key", tpath(key, "dev1.key")),
+                    403);
+    CU_ASSERT_EQUAL(enroll(&h, "iot/simpleenroll", "dev1r", NULL, "--cert",
+                           tpath(cert, "partner-dev.pem"), "--key", tpath(key, "partner-dev.key")),
+                    403);
+}
+
+static void test_csr_with_bad_signature_is_400(void)
+{
+    char path[PATH_MAX];
+    size_t len;
+    char *der;
+    http h;
+
+    CU_ASSERT_EQUAL_FATAL(
+        make_csr("badsig", "ec", "bad.example.com", "subjectAltName=DNS:bad.example.com"), 0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(der = slurp(tpath(path, "badsig.csr"), &len));
+    der[len - 5] ^= 0x01; /* inside the signature value */
+    CU_ASSERT_EQUAL(spit(path, der, len, 0600), 0);
+    free(der);
+    CU_ASSERT_EQUAL_FATAL(csr_b64("badsig"), 0);
+    CU_ASSERT_EQUAL(enroll(&h, "simpleenroll", "badsig", NULL, NULL, NULL, NULL, NULL), 400);
+}
+
+static void test_policy_refusals_are_403(void)
+{
+    static const struct {
+        const char *name, *newkey, *cn, *ext;
+    } cases[] = {
+        {"rsa1024", "rsa:1024", "small.example.com", "subjectAltName=DNS:small.example.com"},
+        {"evilsan", "ec", "evil.example.com", "subjectAltName=DNS:evil.com"},
+        {"serveku", "ec", "srv.example.com", "extendedKeyUsage=serverAuth"},
+    };
+    size_t i;
+    http h;
+
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        CU_ASSERT_EQUAL_FATAL(make_csr(cases[i].name, cases[i].newkey, cases[i].cn, cases[i].ext),
+                              0);
+        CU_ASSERT_EQUAL_FATAL(csr_b64(cases[i].name), 0);
+        CU_ASSERT_EQUAL(enroll(&h, "simpleenroll", cases[i].name, NULL, NULL, NULL, NULL, NULL),
+                        403);
+    }
+}
+
+static void test_wire_errors_have_their_status(void)
+{
+    char data[PATH_MAX + 1], path[PATH_MAX], user[128];
+    char big[20000];
+    http h;
+
+    memset(big, 'A', sizeof(big));
+    CU_ASSERT_EQUAL(spit(tpath(path, "big.b64"), big, sizeof(big), 0600), 0);
+    CU_ASSERT_EQUAL(enroll(&h, "simpleenroll", "big", NULL, NULL, NULL, NULL, NULL), 413);
+    CU_ASSERT_EQUAL(spit(tpath(path, "garbage.b64"), "!!not base64!!\n", 15, 0600), 0);
+    CU_ASSERT_EQUAL(enroll(&h, "simpleenroll", "garbage", NULL, NULL, NULL, NULL, NULL), 400);
+    CU_ASSERT_EQUAL(enroll(&h, "simpleenroll", "dev1", "text/plain", NULL, NULL, NULL, NULL), 415);
+    CU_ASSERT_EQUAL(curl(&h, port, "nosuchlabel/cacerts", NULL), 404);
+    CU_ASSERT_EQUAL(curl(&h, port, "simpleenroll", "-u", basic_user(user), NULL), 405);
+    CU_ASSERT_EQUAL(curl(&h, port, "fullcmc", "-u", basic_user(user), "--data-binary",
+                         at(data, "dev1.b64"), NULL),
+                    501);
+}
+
+/* Content-Length and Transfer-Encoding together, sent raw over TLS. */
+static void test_content_length_with_transfer_encoding_is_400(void)
+{
+    char req[PATH_MAX], connect[64];
+    const char *raw = "POST /.well-known/est/simpleenroll HTTP/1.1\r\n"
+                      "Host: localhost\r\n"
+                      "Content-Type: application/pkcs10\r\n"
+                      "Content-Length: 4\r\n"
+                      "Transfer-Encoding: chunked\r\n"
+                      "Connection: close\r\n\r\n"
+                      "0\r\n\r\n";
+    char *argv[] = {"openssl", "s_client", "-quiet", "-connect", connect, "-CAfile", ca, NULL};
+
+    snprintf(connect, sizeof(connect), "localhost:%u", port);
+    CU_ASSERT_EQUAL_FATAL(spit(tpath(req, "clte.txt"), raw, strlen(raw), 0600), 0);
+    eg_child_run(dir, req, argv, res);
+    CU_ASSERT_PTR_NOT_NULL(strstr(res->out, "HTTP/1.1 400"));
+}
+
+static void test_tls12_only_where_allowed(void)
+{
+    http h;
+
+    CU_ASSERT_EQUAL(curl(&h, port12, "cacerts", "--tls-max", "1.2", NULL), 200);
+    CU_ASSERT_NOT_EQUAL(curl(&h, port, "cacerts", "--tls-max", "1.2", NULL), 200);
+}
+
+/* A TLS connection to the daemon that stays open between requests. */
+static SSL *tls_connect(SSL_CTX **ctxp, unsigned p)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)p)};
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    SSL *ssl = NULL;
+    int fd = -1;
+
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (ctx == NULL || SSL_CTX_load_verify_locations(ctx, ca, NULL) != 1)
+        goto fail;
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    if ((fd = socket(AF_INET, SOCK_STREAM, 0)) < 0 ||
+        connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 || (ssl = SSL_new(ctx)) == NULL ||
+        SSL_set_fd(ssl, fd) != 1 || SSL_set1_host(ssl, "localhost") != 1 ||
+        SSL_set_tlsext_host_name(ssl, "localhost") != 1 || SSL_connect(ssl) != 1)
+        goto fail;
+    *ctxp = ctx;
+    return ssl;
+fail:
+    SSL_free(ssl);
+    if (fd >= 0)
+        close(fd);
+    SSL_CTX_free(ctx);
+    return NULL;
+}
+
+static void tls_close(SSL *ssl, SSL_CTX *ctx)
+{
+    int fd = ssl ? SSL_get_fd(ssl) : -1;
+
+    SSL_free(ssl);
+    if (fd >= 0)
+        close(fd);
+    SSL_CTX_free(ctx);
+}
+
+/* One request on ssl; the answer's head in head (NUL-terminated); the status. */
+static int tls_request(SSL *ssl, const char *method, const char *path, const char *body, char *head,
+                       size_t cap)
+{
+    char user[128], auth[256], req[8192];
+    unsigned char b64[200];
+    size_t got = 0;
+    int n;
+
+    basic_user(user);
+    EVP_EncodeBlock(b64, (const unsigned char *)user, (int)strlen(user));
+    snprintf(auth, sizeof(auth), "Authorization: Basic %s\r\n", b64);
+    n = snprintf(req, sizeof(req),
+                 "%s /.well-known/est/%s HTTP/1.1\r\nHost: localhost\r\n%s"
+                 "Content-Type: application/pkcs10\r\nContent-Length: %zu\r\n\r\n%s",
+                 method, path, auth, strlen(body), body);
+    if (n <= 0 || (size_t)n >= sizeof(req) || SSL_write(ssl, req, n) != n)
+        return -1;
+    head[0] = 0;
+    while (got + 1 < cap && strstr(head, "\r\n\r\n") == NULL) {
+        if ((n = SSL_read(ssl, head + got, (int)(cap - 1 - got))) <= 0)
+            break;
+        got += (size_t)n;
+        head[got] = 0;
+    }
+    return strncmp(head, "HTTP/1.1 ", 9) == 0 ? atoi(head + 9) : -1;
+}
+
+/*
+ * The token server goes away. The TLS key is in the token too, so new
+ * handshakes fail while it is away; a client on an established keep-alive
+ * connection gets 503 with Retry-After, and service resumes when it is back.
+ */
+static void test_token_unavailable_is_503(void)
+{
+    char path[PATH_MAX], head[4096];
+    SSL_CTX *ctx = NULL;
+    size_t len;
+    char *body;
+    SSL *ssl;
+    http h;
+
+    if (kind != EG_TH_P11KIT) {
+        fprintf(stderr, "(only the p11-kit-served token has a server to kill) ");
+        return;
+    }
+    CU_ASSERT_EQUAL_FATAL(
+        make_csr("down", "ec", "down.example.com", "subjectAltName=DNS:down.example.com"), 0);
+    CU_ASSERT_EQUAL_FATAL(csr_b64("down"), 0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(body = slurp(tpath(path, "down.b64"), &len));
+    ssl = tls_connect(&ctx, port);
+    CU_ASSERT_PTR_NOT_NULL(ssl);
+    CU_ASSERT_EQUAL_FATAL(eg_th_server_kill(th), 0);
+    if (ssl != NULL) {
+        CU_ASSERT_EQUAL(tls_request(ssl, "POST", "simpleenroll", body, head, sizeof(head)), 503);
+        CU_ASSERT_PTR_NOT_NULL(strstr(head, "Retry-After:"));
+    }
+    tls_close(ssl, ctx);
+    CU_ASSERT_EQUAL_FATAL(eg_th_server_start(th), 0);
+    CU_ASSERT_EQUAL(enroll(&h, "simpleenroll", "down", NULL, NULL, NULL, NULL, NULL), 200);
+    free(body);
+}
+
+/* ---- durability ---- */
+
+/* Serial of a PEM certificate file, as DER INTEGER content octets. */
+static int cert_serial(const char *pem, uint8_t *serial, size_t *len, uint8_t **der, int *derlen)
+{
+    X509 *x = read_cert(pem);
+    const ASN1_INTEGER *s = x ? X509_get0_serialNumber(x) : NULL;
+    int rc = -1;
+
+    if (s != NULL && s->length <= 20) {
+        memcpy(serial, s->data, (size_t)s->length);
+        *len = (size_t)s->length;
+        *der = NULL;
+        *derlen = i2d_X509(x, der);
+        rc = *derlen > 0 ? 0 : -1;
+    }
+    X509_free(x);
+    return rc;
+}
+
+/* How many burst clients have a complete answer on disk. */
+static int done_count(char (*out)[PATH_MAX])
+{
+    struct stat st;
+    int i, n = 0;
+
+    for (i = 0; i < BURST; i++)
+        n += stat(out[i], &st) == 0 && st.st_size > 100;
+    return n;
+}
+
+static void test_sigkill_loses_no_received_certificate(void)
+{
+    char name[32], data[PATH_MAX + 1], out[BURST][PATH_MAX], log[PATH_MAX], url[256], user[128];
+    pid_t pids[BURST];
+    eg_ledger *lg = NULL;
+    struct timespec pause = {0, 10 * 1000 * 1000};
+    int i, received = 0, found = 0;
+
+    snprintf(url, sizeof(url), "https://localhost:%u/.well-known/est/simpleenroll", port);
+    for (i = 0; i < BURST; i++) {
+        snprintf(name, sizeof(name), "burst%d", i);
+        char cn[64], ext[96];
+        snprintf(cn, sizeof(cn), "burst%d.example.com", i);
+        snprintf(ext, sizeof(ext), "subjectAltName=DNS:%s", cn);
+        CU_ASSERT_EQUAL_FATAL(make_csr(name, "ec", cn, ext), 0);
+        CU_ASSERT_EQUAL_FATAL(csr_b64(name), 0);
+    }
+    basic_user(user);
+    for (i = 0; i < BURST; i++) {
+        snprintf(name, sizeof(name), "burst%d.b64", i);
+        snprintf(out[i], PATH_MAX, "%s/burst%d.p7", dir, i);
+        unlink(out[i]);
+        char *argv[] = {"curl",
+                        "-sS",
+                        "--fail",
+                        "--cacert",
+                        ca,
+                        "-u",
+                        user,
+                        "-H",
+                        "Content-Type: application/pkcs10",
+                        "--data-binary",
+                        at(data, name),
+                        "-o",
+                        out[i],
+                        url,
+                        NULL};
+        CU_ASSERT_EQUAL(eg_child_start(argv, tpath(log, "burst.log"), &pids[i]), 0);
+    }
+    /* Kill it once a few clients hold their certificate, with the rest in flight. */
+    for (int waited = 0; waited < 200 && done_count(out) < 3; waited++)
+        nanosleep(&pause, NULL);
+    CU_ASSERT_EQUAL(daemon_stop(SIGKILL), 128 + SIGKILL);
+    for (i = 0; i < BURST; i++)
+        eg_child_wait(pids[i]);
+
+    /* Every certificate a client holds is in the ledger, byte for byte. */
+    CU_ASSERT_EQUAL_FATAL(eg_ledger_open(tpath(log, "ledger.db"), NULL, &lg), 0);
+    for (i = 0; i < BURST; i++) {
+        http h = {0};
+        char pem[PATH_MAX];
+        uint8_t serial[20], *der = NULL, *stored = NULL;
+        size_t slen = 0, stored_len = 0;
+        int derlen = 0;
+
+        if (access(out[i], R_OK) != 0)
+            continue;
+        snprintf(h.body_path, sizeof(h.body_path), "%.4000s", out[i]);
+        snprintf(name, sizeof(name), "burst%d.pem", i);
+        if (body_to_pem(&h, tpath(pem, name)) != 0)
+            continue; /* a partial body is not a certificate the client received */
+        received++;
+        CU_ASSERT_EQUAL_FATAL(cert_serial(pem, serial, &slen, &der, &derlen), 0);
+        {
+            int frc = eg_ledger_find_serial(lg, serial, slen, &stored, &stored_len);
+
+            if (frc == 1 && stored_len == (size_t)derlen && memcmp(stored, der, stored_len) == 0)
+                found++;
+            else
+                printf("\n  burst %d: serial of %zu octets, ledger answered %d\n", i, slen, frc);
+        }
+        free(stored);
+        OPENSSL_free(der);
+    }
+    eg_ledger_close(lg);
+    printf("(%d of %d received before the kill) ", received, BURST);
+    CU_ASSERT(received >= 3);
+    CU_ASSERT_EQUAL(found, received);
+    CU_ASSERT_EQUAL_FATAL(daemon_start(), 0);
+    {
+        http h;
+        CU_ASSERT_EQUAL(curl(&h, port, "cacerts", NULL), 200);
+    }
+}
+
+static CU_TestInfo tests[] = {
+    {"curl: cacerts", test_curl_cacerts},
+    {"curl: simpleenroll with Basic", test_curl_simpleenroll_with_basic},
+    {"curl: simplereenroll over mTLS", test_curl_simplereenroll_over_mtls},
+    {"Bouncy Castle EST client", test_bouncy_castle_client},
+    {"wire variants are accepted", test_wire_variants_are_accepted},
+    {"wrong or missing password is 401", test_wrong_or_missing_password_is_401},
+    {"client certificate of another profile is 403",
+     test_client_certificate_of_another_profile_is_403},
+    {"CSR with a bad signature is 400", test_csr_with_bad_signature_is_400},
+    {"policy refusals are 403", test_policy_refusals_are_403},
+    {"wire errors have their status", test_wire_errors_have_their_status},
+    {"Content-Length with Transfer-Encoding is 400",
+     test_content_length_with_transfer_encoding_is_400},
+    {"TLS 1.2 only where allowed", test_tls12_only_where_allowed},
+    {"token unavailable is 503", test_token_unavailable_is_503},
+    {"SIGKILL loses no received certificate", test_sigkill_loses_no_received_certificate},
+    CU_TEST_INFO_NULL,
+};
+
+int main(int argc, char **argv)
+{
+    return eg_th_run(argc, argv, &kind, suite_init, suite_clean, tests);
+}
