@@ -1,10 +1,13 @@
 #!/bin/sh
 # The main job on a fresh Debian 12 machine: installs what is missing, builds,
-# provisions a demo SoftHSMv2 token with a CA and a TLS key, and shows them.
+# provisions a demo SoftHSMv2 token with a CA and a TLS key, writes a demo
+# configuration (a Basic-auth profile and an mTLS profile), and runs estgated
+# on https://localhost:8443 in the foreground (Ctrl-C stops it).
 #   appliance/demo.sh            provision once, then reuse demo/
 #   appliance/demo.sh --fresh    throw the demo token away and start over
 # Everything lives in demo/ (git-ignored): the token, its PIN files, the
-# certificates. PINs are random and only in files readable by you.
+# certificates, the configuration and the ledger. PINs and the demo password
+# are random and only in files readable by you.
 set -eu
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -17,6 +20,7 @@ echo "== build"
 cmake -S "$root" -B "$root/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build "$root/build" -j "$jobs" >/dev/null
 provision=$root/build/provisioning/estgate-provision
+estgated=$root/build/appliance/estgated
 
 module=""
 for m in /usr/lib/softhsm/libsofthsm2.so /usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so \
@@ -48,15 +52,88 @@ if [ ! -f "$demo/ready" ]; then
     # shellcheck disable=SC2086
     "$provision" tls create $tok --label demo-tls --key ec-p256 --ca-label demo-ca \
         --dns localhost --ip 127.0.0.1 --ip ::1 --days 825 --out "$demo/tls-chain.pem"
+
+    # The Basic password: random, in a 0600 file; the configuration holds only
+    # its PBKDF2 hash.
+    openssl rand -hex 12 >"$demo/basic.pass"
+    hash=$("$estgated" --hash-password <"$demo/basic.pass")
+    cat >"$demo/estgated.ini" <<CONFIG
+# estgated demo configuration, written by appliance/demo.sh.
+# Reference: docs/configuration.md. Paths are relative to this file.
+[server]
+listen = 127.0.0.1:8443
+tls_key = pkcs11:token=estgate-demo;object=demo-tls;type=private
+tls_chain = tls-chain.pem
+ledger = ledger.db
+
+[token]
+module = $module
+label = estgate-demo
+pin_file = user.pin
+
+# /.well-known/est/: devices enroll with a user name and password.
+[profile default]
+ca_key = pkcs11:token=estgate-demo;object=demo-ca;type=private
+ca_chain = ca.pem
+auth = basic
+user = demo:$hash
+san = dns:.example.com
+eku = clientAuth
+max_days = 90
+
+# /.well-known/est/iot/: devices holding a certificate from the demo CA
+# enroll and renew with it (mutual TLS).
+[profile iot]
+ca_key = pkcs11:token=estgate-demo;object=demo-ca;type=private
+ca_chain = ca.pem
+auth = mtls
+client_ca = ca.pem
+san = dns:.example.com
+eku = clientAuth
+max_days = 30
+CONFIG
     touch "$demo/ready"
 fi
 
 echo "== what the token holds"
 # shellcheck disable=SC2086
 "$provision" list $tok
-echo "== the TLS certificate, checked with stock OpenSSL against the demo CA"
-openssl verify -CAfile "$demo/ca.pem" -purpose sslserver "$demo/tls-chain.pem"
-openssl x509 -in "$demo/tls-chain.pem" -noout -subject -issuer -enddate -ext subjectAltName
-echo
-echo "Demo token: $demo (SOFTHSM2_CONF=$SOFTHSM2_CONF)"
-echo "CA certificate: $demo/ca.pem   TLS chain: $demo/tls-chain.pem"
+echo "== the configuration"
+"$estgated" --check-config "$demo/estgated.ini"
+
+url=https://localhost:8443/.well-known/est
+umask 077
+cat >"$demo/connection.env" <<FACTS
+# estgate demo connection facts (shell syntax), written by appliance/demo.sh
+EST_URL=$url
+EST_MTLS_URL=$url/iot
+EST_CA=$demo/ca.pem
+EST_USER=demo
+EST_PASSWORD=$(cat "$demo/basic.pass")
+EST_PASSWORD_FILE=$demo/basic.pass
+FACTS
+
+cat <<HOWTO
+
+== estgated serves $url (Ctrl-C stops it)
+Connection facts for scripts: $demo/connection.env
+
+Try it from another terminal:
+  cd $demo
+  # the CA certificates
+  curl -sS --cacert ca.pem $url/cacerts | openssl base64 -d |
+      openssl pkcs7 -inform DER -print_certs -out cacerts.pem
+  # a device key and CSR, enrolled with the demo password
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout dev.key \\
+      -subj /CN=dev1.example.com -addext subjectAltName=DNS:dev1.example.com -out dev.csr
+  curl -sS --cacert ca.pem -u "demo:\$(cat basic.pass)" -H 'Content-Type: application/pkcs10' \\
+      --data-binary @dev.csr $url/simpleenroll | openssl base64 -d |
+      openssl pkcs7 -inform DER -print_certs -out dev.pem
+  openssl verify -CAfile cacerts.pem dev.pem
+  # renew with that certificate (mutual TLS, profile iot)
+  curl -sS --cacert ca.pem --cert dev.pem --key dev.key -H 'Content-Type: application/pkcs10' \\
+      --data-binary @dev.csr $url/iot/simplereenroll | openssl base64 -d |
+      openssl pkcs7 -inform DER -print_certs -out dev-renewed.pem
+
+HOWTO
+exec "$estgated" -c "$demo/estgated.ini"

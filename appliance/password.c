@@ -16,6 +16,7 @@
 #include <openssl/rand.h>
 
 #include "config.h"
+#include "password_local.h"
 
 #define PREFIX      "$pbkdf2-sha256$"
 #define ITERATIONS  600000u
@@ -133,7 +134,7 @@ bool eg_password_hash_valid(const char *hash)
     return ok;
 }
 
-int eg_password_hash(const char *password, char **out)
+int eg_password_hash_cost(const char *password, unsigned iterations, char **out)
 {
     unsigned char salt[SALT_LEN], key[DERIVED_LEN];
     char salt64[B64_LEN(SALT_LEN) + 1], key64[B64_LEN(DERIVED_LEN) + 1];
@@ -141,14 +142,14 @@ int eg_password_hash(const char *password, char **out)
     int rc = -1;
 
     /* An empty password is a mistake, never a choice: refuse to make one. */
-    if (password == NULL || password[0] == '\0')
+    if (password == NULL || password[0] == '\0' || iterations < ITER_MIN || iterations > ITER_MAX)
         goto out;
     if (RAND_bytes(salt, sizeof(salt)) != 1 ||
-        pbkdf2(password, salt, sizeof(salt), ITERATIONS, key) != 0)
+        pbkdf2(password, salt, sizeof(salt), iterations, key) != 0)
         goto out;
     EVP_EncodeBlock((unsigned char *)salt64, salt, sizeof(salt));
     EVP_EncodeBlock((unsigned char *)key64, key, sizeof(key));
-    if (asprintf(&s, PREFIX "%u$%s$%s", ITERATIONS, salt64, key64) < 0) {
+    if (asprintf(&s, PREFIX "%u$%s$%s", iterations, salt64, key64) < 0) {
         s = NULL;
         goto out;
     }
@@ -158,6 +159,11 @@ out:
     OPENSSL_cleanse(key, sizeof(key));
     OPENSSL_cleanse(key64, sizeof(key64));
     return rc;
+}
+
+int eg_password_hash(const char *password, char **out)
+{
+    return eg_password_hash_cost(password, ITERATIONS, out);
 }
 
 bool eg_password_verify(const char *password, const char *hash)

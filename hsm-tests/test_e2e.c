@@ -31,6 +31,7 @@
 #include "child.h"
 #include "config.h"
 #include "ledger.h"
+#include "password_local.h"
 #include "token_harness.h"
 
 #define MAX_DAYS 30
@@ -139,7 +140,7 @@ static int write_config(void)
         return -1;
     for (i = 0; i < 16; i++)
         snprintf(secret + 2 * i, 3, "%02x", rnd[i]);
-    if (spit(pass, secret, 32, 0600) != 0 || eg_password_hash(secret, &hash) != 0)
+    if (spit(pass, secret, 32, 0600) != 0 || eg_password_hash_cost(secret, 10000, &hash) != 0)
         return -1;
     n = snprintf(text, sizeof(text),
                  "[server]\n"
