@@ -562,7 +562,8 @@ static void issue(enroll *e)
     char why[256], serial[48];
 
     if (subject == NULL ||
-        eg_issue_validity(&e->prof->pol, &e->prof->ca, time(NULL), &val, why, sizeof(why)) != 0) {
+        eg_issue_validity(&e->prof->pol, &e->prof->ca, time(NULL), eg_policy_requested_days(e->csr),
+                          &val, why, sizeof(why)) != 0) {
         answer_set(&e->a, EG_INTERNAL, EG_AUDIT_INTERNAL, EG_DIM_NONE, "%s",
                    subject ? why : "cannot build the subject");
         goto out;

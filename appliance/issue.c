@@ -28,10 +28,14 @@ static int fail(char *reason, size_t cap, const char *what)
     return -1;
 }
 
-int eg_issue_validity(const eg_policy *pol, const eg_issue_ca *ca, time_t now, eg_validity *out,
-                      char *reason, size_t cap)
+int eg_issue_validity(const eg_policy *pol, const eg_issue_ca *ca, time_t now, unsigned asked,
+                      eg_validity *out, char *reason, size_t cap)
 {
     unsigned days = pol->cfg->max_days ? pol->cfg->max_days : DEFAULT_DAYS;
+
+    /* A shorter validity asked for in the CSR is granted; a longer one was refused. */
+    if (asked > 0 && asked < days)
+        days = asked;
     eg_validity v = {now - CLOCK_SKEW_S, now + (time_t)days * 86400};
 
     if (ca->not_after <= now || ca->not_before > now) {

@@ -30,9 +30,13 @@ typedef struct eg_validity {
     time_t not_before, not_after;
 } eg_validity;
 
-/* 0, or -1 with reason when the CA cannot issue now (expired, not yet valid). */
-int eg_issue_validity(const eg_policy *pol, const eg_issue_ca *ca, time_t now, eg_validity *out,
-                      char *reason, size_t cap);
+/*
+ * The validity for now: max_days, or the shorter one asked in the CSR (asked,
+ * days; 0 for none), inside the CA's. 0, or -1 with reason when the CA cannot
+ * issue now (expired, not yet valid).
+ */
+int eg_issue_validity(const eg_policy *pol, const eg_issue_ca *ca, time_t now, unsigned asked,
+                      eg_validity *out, char *reason, size_t cap);
 
 /* A fresh positive serial of EG_SERIAL_LEN octets with a non-zero first octet (its DER
    INTEGER content as is). */

@@ -443,6 +443,84 @@ static int check_attrs(const eg_profile_cfg *p, X509_REQ *req, eg_policy_verdict
     return 0;
 }
 
+/* ---- requested validity ---- */
+
+/* One Microsoft enrollment name-value pair: SEQUENCE { name BMPString, value BMPString }. */
+static int name_value(const ASN1_TYPE *t, char *name, size_t ncap, char *value, size_t vcap)
+{
+    const unsigned char *p;
+    STACK_OF(ASN1_TYPE) *seq = NULL;
+    unsigned char *u = NULL;
+    int rc = -1, i, len;
+
+    if (t == NULL || t->type != V_ASN1_SEQUENCE)
+        return -1;
+    p = t->value.sequence->data;
+    seq = d2i_ASN1_SEQUENCE_ANY(NULL, &p, t->value.sequence->length);
+    if (seq == NULL || sk_ASN1_TYPE_num(seq) != 2)
+        goto out;
+    for (i = 0; i < 2; i++) {
+        const ASN1_TYPE *e = sk_ASN1_TYPE_value(seq, i);
+
+        if (e->type != V_ASN1_BMPSTRING || (len = ASN1_STRING_to_UTF8(&u, e->value.bmpstring)) < 0)
+            goto out;
+        snprintf(i == 0 ? name : value, i == 0 ? ncap : vcap, "%.*s", len, (char *)u);
+        OPENSSL_free(u);
+        u = NULL;
+    }
+    rc = 0;
+out:
+    OPENSSL_free(u);
+    sk_ASN1_TYPE_pop_free(seq, ASN1_TYPE_free);
+    return rc;
+}
+
+unsigned eg_policy_requested_days(X509_REQ *req)
+{
+    static const struct {
+        const char *unit;
+        unsigned hours;
+    } units[] = {
+        {"years", 365 * 24}, {"months", 31 * 24}, {"weeks", 7 * 24}, {"days", 24}, {"hours", 1}};
+    ASN1_OBJECT *oid = OBJ_txt2obj("1.3.6.1.4.1.311.13.2.1", 1);
+    unsigned long count = 0, hours = 0;
+    char name[64], value[64], unit[64] = "";
+    int i = -1, j;
+
+    /* Windows certreq asks for a validity with ValidityPeriod (a unit) and
+       ValidityPeriodUnits (a count) in szOID_ENROLLMENT_NAME_VALUE_PAIR. */
+    while (oid != NULL && (i = X509_REQ_get_attr_by_OBJ(req, oid, i)) >= 0) {
+        X509_ATTRIBUTE *a = X509_REQ_get_attr(req, i);
+
+        for (j = 0; j < X509_ATTRIBUTE_count(a); j++) {
+            if (name_value(X509_ATTRIBUTE_get0_type(a, j), name, sizeof(name), value,
+                           sizeof(value)) != 0)
+                continue;
+            if (strcasecmp(name, "ValidityPeriod") == 0)
+                snprintf(unit, sizeof(unit), "%s", value);
+            else if (strcasecmp(name, "ValidityPeriodUnits") == 0)
+                count = strtoul(value, NULL, 10);
+        }
+    }
+    ASN1_OBJECT_free(oid);
+    for (i = 0; i < (int)(sizeof(units) / sizeof(units[0])); i++) {
+        if (strcasecmp(unit, units[i].unit) == 0 && count > 0 && count < 100000)
+            hours = count * units[i].hours;
+    }
+    return (unsigned)((hours + 23) / 24);
+}
+
+static int check_validity(const eg_profile_cfg *p, X509_REQ *req, eg_policy_verdict *v)
+{
+    unsigned max = p->max_days ? p->max_days : 365, asked = eg_policy_requested_days(req);
+
+    if (asked > max)
+        return refuse(v, EG_DIM_VALIDITY,
+                      "a validity of %u days was requested; this profile allows at most %u", asked,
+                      max);
+    return 0;
+}
+
 int eg_policy_check(const eg_policy *pol, X509_REQ *req, eg_policy_verdict *v)
 {
     STACK_OF(X509_EXTENSION) *exts = X509_REQ_get_extensions(req);
@@ -460,6 +538,8 @@ int eg_policy_check(const eg_policy *pol, X509_REQ *req, eg_policy_verdict *v)
         rc = check_subject(pol, req, &r);
     if (rc == 0)
         rc = check_attrs(pol->cfg, req, &r);
+    if (rc == 0)
+        rc = check_validity(pol->cfg, req, &r);
     sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
     if (rc == 1)
         *v = r;

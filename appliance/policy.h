@@ -46,6 +46,12 @@ typedef struct eg_policy_verdict {
 /* 0: allowed; 1: refused, *v says why; -1: could not be checked (internal). */
 int eg_policy_check(const eg_policy *pol, X509_REQ *req, eg_policy_verdict *v);
 
+/*
+ * The validity a CSR asks for, in days rounded up (Windows certreq's
+ * ValidityPeriod and ValidityPeriodUnits enrollment attributes); 0 when it
+ * asks for none. More than the profile's max_days is refused by the policy.
+ */
+unsigned eg_policy_requested_days(X509_REQ *req);
 /* The key rules in force: the profile's, or the defaults (RSA >= 2048, P-256, P-384, Ed25519). */
 void eg_policy_keyrules(const eg_profile_cfg *p, const eg_keyrule_cfg **rules, size_t *n);
 

@@ -28,6 +28,7 @@
 #include "issue.h"
 #include "ledger.h"
 #include "child.h"
+#include "csr_attrs.h"
 #include "token_harness.h"
 
 #define NTHREADS 8
@@ -120,6 +121,9 @@ static int add_exts(X509_REQ *req, const char *sans, const char *eku)
 }
 
 /* A signed PKCS#10 request as DER (malloc'd); sans/eku in openssl.cnf syntax, or NULL. */
+/* When set, make_csr() adds Windows certreq's validity request: {unit, count}. */
+static const char *ms_validity[2];
+
 static uint8_t *make_csr(EVP_PKEY *key, const char *subject, const char *sans, const char *eku,
                          const char *challenge, size_t *len)
 {
@@ -134,6 +138,8 @@ static uint8_t *make_csr(EVP_PKEY *key, const char *subject, const char *sans, c
         (challenge == NULL ||
          X509_REQ_add1_attr_by_NID(req, NID_pkcs9_challengePassword, MBSTRING_UTF8,
                                    (const unsigned char *)challenge, -1) == 1) &&
+        (ms_validity[0] == NULL ||
+         eg_csr_add_ms_validity(req, ms_validity[0], ms_validity[1]) == 0) &&
         X509_REQ_sign(req, key, EVP_sha256()) > 0)
         n = i2d_X509_REQ(req, &der);
     X509_REQ_free(req);
@@ -465,6 +471,42 @@ static void test_policy_refusals_name_their_dimension(void)
 
     for (i = 0; i < sizeof(rs) / sizeof(rs[0]); i++)
         expect_refusal(key_b, &rs[i]);
+}
+
+/* Windows certreq asks for a validity: more than max_days is refused, less is granted. */
+static void test_requested_validity(void)
+{
+    EVP_PKEY *k = EVP_EC_gen("P-256");
+    size_t len1 = 0, len2 = 0;
+    uint8_t *too_long, *shorter;
+    eg_answer a;
+    X509 *x;
+    int days = 0, secs = 0;
+
+    ms_validity[0] = "Years";
+    ms_validity[1] = "2";
+    too_long = make_csr(k, "CN=win1", "DNS:win1.example.com", NULL, NULL, &len1);
+    ms_validity[0] = "Days";
+    ms_validity[1] = "7";
+    shorter = make_csr(k, "CN=win2", "DNS:win2.example.com", NULL, NULL, &len2);
+    ms_validity[0] = ms_validity[1] = NULL;
+    CU_ASSERT_PTR_NOT_NULL_FATAL(too_long);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(shorter);
+    enroll("iot", "basic:alice", too_long, len1, NULL, 0, &a);
+    CU_ASSERT_EQUAL(a.status, EG_FORBIDDEN);
+    CU_ASSERT_EQUAL(a.dim, EG_DIM_VALIDITY);
+    CU_ASSERT_PTR_NOT_NULL(strstr(a.reason, "730 days"));
+    eg_answer_clear(&a);
+    enroll("iot", "basic:alice", shorter, len2, NULL, 0, &a);
+    CU_ASSERT_EQUAL(a.status, EG_OK);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(x = answer_cert(&a));
+    CU_ASSERT(ASN1_TIME_diff(&days, &secs, X509_get0_notBefore(x), X509_get0_notAfter(x)) == 1);
+    CU_ASSERT(days == 7 && secs <= 300); /* back-dated by at most 5 minutes */
+    X509_free(x);
+    eg_answer_clear(&a);
+    free(too_long);
+    free(shorter);
+    EVP_PKEY_free(k);
 }
 
 static void test_key_refusals(void)
@@ -813,7 +855,7 @@ static void test_lint_refuses_bad_certificates(void)
     CU_ASSERT_FATAL(ca.cert != NULL && subject != NULL);
     ca.not_before = unix_time(X509_get0_notBefore(ca.cert));
     ca.not_after = unix_time(X509_get0_notAfter(ca.cert));
-    CU_ASSERT_EQUAL_FATAL(eg_issue_validity(&pol, &ca, time(NULL), &val, why, sizeof(why)), 0);
+    CU_ASSERT_EQUAL_FATAL(eg_issue_validity(&pol, &ca, time(NULL), 0, &val, why, sizeof(why)), 0);
     x = eg_issue_build(&pol, &ca, req, subject, serial, 16, &val, why, sizeof(why));
     CU_ASSERT_PTR_NOT_NULL_FATAL(x);
     CU_ASSERT_EQUAL(eg_issue_lint(&pol, &ca, x, why, sizeof(why)), 0);
@@ -1016,6 +1058,7 @@ static CU_TestInfo tests[] = {
     {"the ledger counts the certificates", test_ledger_counts_certificates},
     {"policy refusals name their dimension", test_policy_refusals_name_their_dimension},
     {"RSA-1024 and an unlisted curve are refused", test_key_refusals},
+    {"a requested validity is refused past max_days, granted below", test_requested_validity},
     {"every SAN kind its rule allows is issued", test_every_san_kind_allowed},
     {"a subject template takes the CSR's CN only", test_subject_template_fills_cn},
     {"tampered and garbage CSRs are malformed", test_tampered_and_garbage_csrs_are_malformed},

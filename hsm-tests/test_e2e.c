@@ -30,6 +30,7 @@
 
 #include "child.h"
 #include "config.h"
+#include "csr_attrs.h"
 #include "ledger.h"
 #include "password_local.h"
 #include "token_harness.h"
@@ -583,6 +584,36 @@ static void test_csr_with_bad_signature_is_400(void)
     CU_ASSERT_EQUAL(enroll(&h, "simpleenroll", "badsig", NULL, NULL, NULL, NULL, NULL), 400);
 }
 
+/* A DER CSR asking for a validity the way Windows certreq does, in name.csr. */
+static int make_csr_asking_validity(const char *name, const char *cn, const char *unit,
+                                    const char *count)
+{
+    char path[PATH_MAX], san[128];
+    EVP_PKEY *key = EVP_EC_gen("P-256");
+    X509_REQ *req = X509_REQ_new();
+    STACK_OF(X509_EXTENSION) *exts = sk_X509_EXTENSION_new_null();
+    X509_EXTENSION *ext;
+    unsigned char *der = NULL;
+    int len = -1, rc = -1;
+
+    snprintf(san, sizeof(san), "DNS:%s", cn);
+    if (key != NULL && req != NULL && exts != NULL && X509_REQ_set_pubkey(req, key) == 1 &&
+        X509_NAME_add_entry_by_txt(X509_REQ_get_subject_name(req), "CN", MBSTRING_UTF8,
+                                   (const unsigned char *)cn, -1, -1, 0) == 1 &&
+        (ext = X509V3_EXT_nconf_nid(NULL, NULL, NID_subject_alt_name, san)) != NULL &&
+        sk_X509_EXTENSION_push(exts, ext) > 0 && X509_REQ_add_extensions(req, exts) == 1 &&
+        eg_csr_add_ms_validity(req, unit, count) == 0 &&
+        X509_REQ_sign(req, key, EVP_sha256()) > 0 && (len = i2d_X509_REQ(req, &der)) > 0) {
+        snprintf(path, sizeof(path), "%s/%s.csr", dir, name);
+        rc = spit(path, der, (size_t)len, 0600);
+    }
+    OPENSSL_free(der);
+    sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
+    X509_REQ_free(req);
+    EVP_PKEY_free(key);
+    return rc;
+}
+
 static void test_policy_refusals_are_403(void)
 {
     static const struct {
@@ -602,6 +633,10 @@ static void test_policy_refusals_are_403(void)
         CU_ASSERT_EQUAL(enroll(&h, "simpleenroll", cases[i].name, NULL, NULL, NULL, NULL, NULL),
                         403);
     }
+    /* Two years asked for, where the profile allows MAX_DAYS. */
+    CU_ASSERT_EQUAL_FATAL(make_csr_asking_validity("longval", "long.example.com", "Years", "2"), 0);
+    CU_ASSERT_EQUAL_FATAL(csr_b64("longval"), 0);
+    CU_ASSERT_EQUAL(enroll(&h, "simpleenroll", "longval", NULL, NULL, NULL, NULL, NULL), 403);
 }
 
 static void test_wire_errors_have_their_status(void)
