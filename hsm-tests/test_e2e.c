@@ -901,6 +901,26 @@ static void test_sigkill_loses_no_received_certificate(void)
     }
 }
 
+/* The daemon's log (audit lines included) never holds a password or the PIN. */
+static void test_secrets_never_reach_the_log(void)
+{
+    size_t len, plen, pinlen;
+    char *log = slurp(daemon_log, &len), *pw = slurp(pass, &plen);
+    char *pin = slurp(eg_th_config(th)->pin_file, &pinlen);
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(log);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(pw);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(pin);
+    pin[strcspn(pin, "\r\n")] = 0;
+    CU_ASSERT_PTR_NOT_NULL(strstr(log, "event=auth.bad_password")); /* the log is the real one */
+    CU_ASSERT_PTR_NULL(strstr(log, pw));
+    CU_ASSERT_PTR_NULL(strstr(log, "wrong-password"));
+    CU_ASSERT_PTR_NULL(strstr(log, pin));
+    free(log);
+    free(pw);
+    free(pin);
+}
+
 static CU_TestInfo tests[] = {
     {"curl: cacerts", test_curl_cacerts},
     {"curl: simpleenroll with Basic", test_curl_simpleenroll_with_basic},
@@ -917,6 +937,7 @@ static CU_TestInfo tests[] = {
      test_content_length_with_transfer_encoding_is_400},
     {"TLS 1.2 only where allowed", test_tls12_only_where_allowed},
     {"token unavailable is 503", test_token_unavailable_is_503},
+    {"secrets never reach the log", test_secrets_never_reach_the_log},
     {"SIGKILL loses no received certificate", test_sigkill_loses_no_received_certificate},
     CU_TEST_INFO_NULL,
 };
