@@ -192,29 +192,70 @@ static int cacerts_der(STACK_OF(X509) * chain, uint8_t **der, size_t *len)
     return *der != NULL ? 0 : -1;
 }
 
-/* The issued certificate in a->der becomes the certs-only SignedData EST answers with. */
+/* DER tag and length of n content octets at p; the number of octets written. */
+static size_t der_header(uint8_t *p, uint8_t tag, size_t n)
+{
+    size_t k = 0, i;
+
+    p[0] = tag;
+    if (n < 0x80) {
+        p[1] = (uint8_t)n;
+        return 2;
+    }
+    for (i = n; i > 0; i >>= 8)
+        k++;
+    p[1] = (uint8_t)(0x80 | k);
+    for (i = 0; i < k; i++)
+        p[2 + i] = (uint8_t)(n >> (8 * (k - 1 - i)));
+    return 2 + k;
+}
+
+static uint8_t *put(uint8_t *p, const void *src, size_t n)
+{
+    memcpy(p, src, n);
+    return p + n;
+}
+
+/*
+ * The issued certificate in a->der becomes the certs-only SignedData EST
+ * answers with (RFC 7030 4.2.3), written around the DER as it is: parsing the
+ * certificate again only to re-encode it cost OpenSSL 3.0 a decoder chain.
+ *   ContentInfo { signedData, [0] SignedData { 1, {}, { data }, [0] { cert }, {} } }
+ */
 static int answer_certs_only(eg_answer *a)
 {
-    const unsigned char *p = a->der;
-    STACK_OF(X509) *one = sk_X509_new_null();
-    X509 *x = d2i_X509(NULL, &p, (long)a->der_len);
-    uint8_t *der = NULL;
-    size_t len = 0;
-    int rc = -1;
+    static const uint8_t oid_signed[] = {0x06, 0x09, 0x2a, 0x86, 0x48, 0x86,
+                                         0xf7, 0x0d, 0x01, 0x07, 0x02};
+    static const uint8_t head[] = {0x02, 0x01, 0x01, /* version 1 */
+                                   0x31, 0x00,       /* no digest algorithms */
+                                   0x30, 0x0b, 0x06, 0x09, 0x2a, 0x86, 0x48,
+                                   0x86, 0xf7, 0x0d, 0x01, 0x07, 0x01}; /* id-data, no content */
+    static const uint8_t tail[] = {0x31, 0x00};                         /* no signers */
+    uint8_t hdr[4][8], *out, *p;
+    size_t h[4], certs, sd, expl, total;
 
-    if (one == NULL || x == NULL || sk_X509_push(one, x) <= 0) {
-        X509_free(x);
-        sk_X509_free(one);
+    certs = a->der_len;
+    h[0] = der_header(hdr[0], 0xa0, certs); /* [0] IMPLICIT certificates */
+    sd = sizeof(head) + h[0] + certs + sizeof(tail);
+    h[1] = der_header(hdr[1], 0x30, sd);
+    expl = h[1] + sd;
+    h[2] = der_header(hdr[2], 0xa0, expl); /* [0] EXPLICIT content */
+    total = sizeof(oid_signed) + h[2] + expl;
+    h[3] = der_header(hdr[3], 0x30, total);
+    if ((out = malloc(h[3] + total)) == NULL)
         return -1;
-    }
-    if (cacerts_der(one, &der, &len) == 0) {
-        free(a->der);
-        a->der = der;
-        a->der_len = len;
-        rc = 0;
-    }
-    sk_X509_pop_free(one, X509_free);
-    return rc;
+    p = put(out, hdr[3], h[3]);
+    p = put(p, oid_signed, sizeof(oid_signed));
+    p = put(p, hdr[2], h[2]);
+    p = put(p, hdr[1], h[1]);
+    p = put(p, head, sizeof(head));
+    p = put(p, hdr[0], h[0]);
+    p = put(p, a->der, certs);
+    put(p, tail, sizeof(tail));
+    free(a->der);
+    a->der = out;
+    a->der_len = h[3] + total;
+    return 0;
 }
 
 static STACK_OF(X509) * read_chain(const char *path)

@@ -368,6 +368,17 @@ static void test_good_csr_issued_and_verifies(void)
     CU_ASSERT_EQUAL(sk_GENERAL_NAME_num(gens), 2);
     GENERAL_NAMES_free(gens);
     first_cert = cert_der(x, &first_len);
+    {
+        /* The hand-written certs-only SignedData is the DER OpenSSL would write. */
+        const unsigned char *in = a.der;
+        PKCS7 *p7 = d2i_PKCS7(NULL, &in, (long)a.der_len);
+        unsigned char *again = NULL;
+        int n = p7 ? i2d_PKCS7(p7, &again) : -1;
+
+        CU_ASSERT(n > 0 && (size_t)n == a.der_len && memcmp(again, a.der, a.der_len) == 0);
+        OPENSSL_free(again);
+        PKCS7_free(p7);
+    }
     eg_answer_clear(&a);
     X509_free(x);
     /* The same principal and CSR again: the recorded certificate, no new signature. */

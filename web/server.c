@@ -302,6 +302,10 @@ static int group_start(eg_server *s, group *g, EVP_PKEY *key, bool tls12)
         keepalive,
         "request_timeout_ms",
         "30000",
+        /* Headers and body go out as two writes: without this, Nagle holds the
+           body until the client's delayed ACK of the headers, 40 ms later. */
+        "tcp_nodelay",
+        "1",
         NULL,
     };
     struct mg_error_data err = {.text = why, .text_buffer_size = sizeof(why)};

@@ -1,0 +1,676 @@
+/*
+ * estgated under load, on a fresh token, in one run:
+ *   raw       C_Sign with the CA key the daemon will use, through the same
+ *             module path (for p11kit: another client of the same server),
+ *             1 and 2 threads, one session each: what the token can do
+ *   cacerts   wrk on GET /.well-known/est/cacerts
+ *   enroll    wrk on POST /.well-known/est/simpleenroll, Basic auth, TLS 1.3
+ *             keep-alive, a different CSR on every request (bench/est_enroll.lua)
+ * then the ledger is opened to check that it holds at least every certificate
+ * wrk received.
+ *
+ * usage: bench_est softhsm|p11kit [seconds per measurement] [connections] [threads]
+ *   threads: estgated's [server] threads; default: connections (civetweb
+ *   keeps a worker on a keep-alive connection for as long as it is open)
+ */
+#include <dlfcn.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <openssl/x509v3.h>
+
+#include "child.h"
+#include "ledger.h"
+#include "password_local.h"
+#include "token_harness.h"
+
+/* The most enrollments per second the CSR file is made for: a generous upper bound. */
+#define EG_BENCH_MAX_ENROLL_RATE 6000
+#define EG_BENCH_SLICES          5
+
+static eg_th *th;
+static char dir[1024], ini[PATH_MAX], ca[PATH_MAX], daemon_log[PATH_MAX];
+static char csr_file[PATH_MAX], auth_file[PATH_MAX];
+static char tool[PATH_MAX], estgated[PATH_MAX];
+static unsigned port;
+static pid_t daemon_pid;
+static eg_child_result *res;
+
+typedef struct wrk_result {
+    double rps, p50_ms, p99_ms;
+    long non2xx;
+    char socket_errors[128];                  /* wrk's "Socket errors:" line, "" when none */
+    long ok, refused, wrapped, first_refused; /* est_enroll.lua's counts */
+} wrk_result;
+
+static double now_s(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static char *tpath(char *buf, const char *name)
+{
+    snprintf(buf, PATH_MAX, "%s/%s", dir, name);
+    return buf;
+}
+
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    char *buf = NULL;
+    size_t len;
+    long n;
+
+    if (f != NULL && fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 &&
+        fseek(f, 0, SEEK_SET) == 0 && (buf = malloc((size_t)n + 1)) != NULL) {
+        len = fread(buf, 1, (size_t)n, f);
+        buf[len] = 0;
+    }
+    if (f != NULL)
+        fclose(f);
+    return buf;
+}
+
+static int spit(const char *path, const void *data, size_t len, mode_t mode)
+{
+    FILE *f = fopen(path, "wb");
+    int ok = f != NULL && fwrite(data, 1, len, f) == len;
+
+    if (f != NULL && fclose(f) != 0)
+        ok = 0;
+    return ok && chmod(path, mode) == 0 ? 0 : -1;
+}
+
+/* Runs a NULL-terminated command to completion in dir; its exit status. */
+static int cmd(const char *first, ...)
+{
+    char *argv[64];
+    va_list ap;
+    int n = 0;
+
+    argv[n++] = (char *)first;
+    va_start(ap, first);
+    while (n < 63 && (argv[n] = va_arg(ap, char *)) != NULL)
+        n++;
+    va_end(ap);
+    argv[n] = NULL;
+    return eg_child_run(dir, NULL, argv, res);
+}
+
+/* ---- the token: provisioning and its raw sign rate ---- */
+
+static int provision(void)
+{
+    const eg_token_config *c = eg_th_config(th);
+    char tls[PATH_MAX];
+
+    eg_child_built("provisioning/estgate-provision", tool);
+    if (cmd(tool, "ca", "create", "--module", c->module_path, "--token", c->token_label,
+            "--pin-file", c->pin_file, "--label", "ca", "--key", "ec-p256", "--subject",
+            "CN=bench CA,O=estgate bench", "--self-signed", "--days", "3650", "--out", ca,
+            NULL) != 0)
+        return -1;
+    return cmd(tool, "tls", "create", "--module", c->module_path, "--token", c->token_label,
+               "--pin-file", c->pin_file, "--label", "tls", "--key", "ec-p256", "--ca-label", "ca",
+               "--dns", "localhost", "--ip", "127.0.0.1", "--days", "30", "--out",
+               tpath(tls, "tls-chain.pem"), NULL);
+}
+
+typedef struct raw_module {
+    void *dl;
+    CK_FUNCTION_LIST *fl;
+    CK_SLOT_ID slot;
+    int initialized; /* we called C_Initialize, so we C_Finalize */
+} raw_module;
+
+/*
+ * The module at the daemon's path, initialised by us: for p11kit a new client
+ * connection to the same server, for softhsm the same token files the daemon
+ * will open.
+ */
+static int raw_open(raw_module *m)
+{
+    const eg_token_config *cfg = eg_th_config(th);
+    CK_RV (*get_list)(CK_FUNCTION_LIST_PTR_PTR);
+    CK_C_INITIALIZE_ARGS args = {.flags = CKF_OS_LOCKING_OK};
+    CK_SLOT_ID slots[16];
+    CK_ULONG n = 16, i;
+    CK_TOKEN_INFO info;
+    CK_RV rv;
+    size_t ll = strlen(cfg->token_label);
+
+    if ((m->dl = dlopen(cfg->module_path, RTLD_NOW)) == NULL)
+        return -1;
+    *(void **)&get_list = dlsym(m->dl, "C_GetFunctionList");
+    if (get_list == NULL || get_list(&m->fl) != CKR_OK)
+        return -1;
+    rv = m->fl->C_Initialize(&args);
+    if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED)
+        return -1;
+    m->initialized = rv == CKR_OK;
+    if (m->fl->C_GetSlotList(CK_TRUE, slots, &n) != CKR_OK)
+        return -1;
+    for (i = 0; i < n; i++) {
+        if (m->fl->C_GetTokenInfo(slots[i], &info) == CKR_OK &&
+            memcmp(info.label, cfg->token_label, ll) == 0 && (ll == 32 || info.label[ll] == ' ')) {
+            m->slot = slots[i];
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static void raw_close(raw_module *m)
+{
+    if (m->initialized)
+        m->fl->C_Finalize(NULL);
+    if (m->dl != NULL)
+        dlclose(m->dl);
+    memset(m, 0, sizeof(*m));
+}
+
+typedef struct raw_worker {
+    raw_module *m;
+    double seconds;
+    unsigned long ops;
+    int failed;
+} raw_worker;
+
+/* A session of its own, logged in, and the CA's private key in it. */
+static int raw_session(raw_module *m, CK_SESSION_HANDLE *h, CK_OBJECT_HANDLE *key)
+{
+    const char *pin = eg_th_user_pin(th);
+    CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_LABEL, "ca", 2}};
+    CK_ULONG n = 0;
+    CK_RV rv;
+
+    if (m->fl->C_OpenSession(m->slot, CKF_SERIAL_SESSION, NULL, NULL, h) != CKR_OK)
+        return -1;
+    rv = m->fl->C_Login(*h, CKU_USER, (CK_UTF8CHAR *)pin, strlen(pin));
+    if ((rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) ||
+        m->fl->C_FindObjectsInit(*h, t, 2) != CKR_OK)
+        return -1;
+    m->fl->C_FindObjects(*h, key, 1, &n);
+    m->fl->C_FindObjectsFinal(*h);
+    return n == 1 ? 0 : -1;
+}
+
+static void *raw_run(void *arg)
+{
+    raw_worker *w = arg;
+    CK_FUNCTION_LIST *fl = w->m->fl;
+    CK_MECHANISM mech = {CKM_ECDSA, NULL, 0};
+    CK_SESSION_HANDLE h = CK_INVALID_HANDLE;
+    CK_OBJECT_HANDLE key;
+    uint8_t digest[32], sig[256];
+    CK_ULONG len;
+    double end;
+
+    memset(digest, 0x5a, sizeof(digest));
+    if (raw_session(w->m, &h, &key) != 0) {
+        w->failed = 1;
+        goto out;
+    }
+    for (end = now_s() + w->seconds; now_s() < end; w->ops++) {
+        len = sizeof(sig);
+        if (fl->C_SignInit(h, &mech, key) != CKR_OK ||
+            fl->C_Sign(h, digest, sizeof(digest), sig, &len) != CKR_OK) {
+            w->failed = 1;
+            break;
+        }
+    }
+out:
+    if (h != CK_INVALID_HANDLE)
+        fl->C_CloseSession(h);
+    return NULL;
+}
+
+/* nthreads signers for seconds; adds their signatures and the time taken. */
+static int raw_slice(raw_module *m, unsigned nthreads, double seconds, double *ops, double *took)
+{
+    raw_worker w[2] = {{m, seconds, 0, 0}, {m, seconds, 0, 0}};
+    pthread_t tid[2];
+    double start = now_s();
+    unsigned i;
+    int rc = 0;
+
+    for (i = 0; i < nthreads; i++)
+        if (pthread_create(&tid[i], NULL, raw_run, &w[i]) != 0)
+            return -1;
+    for (i = 0; i < nthreads; i++) {
+        pthread_join(tid[i], NULL);
+        rc |= w[i].failed ? -1 : 0;
+        *ops += (double)w[i].ops;
+    }
+    *took += now_s() - start;
+    return rc;
+}
+
+/*
+ * Raw sign rates with 1 and 2 threads. They take turns in short slices so a
+ * slow spell of a shared machine falls on both alike. The instance is
+ * finalised before the daemon starts.
+ */
+static int raw_rates(double seconds, double rate[2])
+{
+    raw_module m = {0};
+    double ops[2] = {0, 0}, took[2] = {0, 0};
+    int s, t, rc = -1;
+
+    if (raw_open(&m) != 0) {
+        fprintf(stderr, "bench: cannot open %s for raw C_Sign\n", eg_th_config(th)->module_path);
+        goto out;
+    }
+    for (s = 0; s < EG_BENCH_SLICES; s++)
+        for (t = 0; t < 2; t++)
+            if (raw_slice(&m, (unsigned)t + 1, seconds / EG_BENCH_SLICES, &ops[t], &took[t]) != 0) {
+                fprintf(stderr, "bench: raw C_Sign with the CA key failed\n");
+                goto out;
+            }
+    rate[0] = ops[0] / took[0];
+    rate[1] = ops[1] / took[1];
+    rc = 0;
+out:
+    raw_close(&m);
+    return rc;
+}
+
+/* ---- the requests ---- */
+
+/* One P-256 CSR for benchN.example.com (CN and SAN), as base64 DER on one line. */
+static int csr_line(unsigned long i, FILE *f)
+{
+    EVP_PKEY *key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+    X509_REQ *req = X509_REQ_new();
+    STACK_OF(X509_EXTENSION) *exts = sk_X509_EXTENSION_new_null();
+    X509_EXTENSION *san = NULL;
+    unsigned char *der = NULL, *b64 = NULL;
+    char cn[64], dns[80];
+    int len, rc = -1;
+
+    snprintf(cn, sizeof(cn), "bench%lu.example.com", i);
+    snprintf(dns, sizeof(dns), "DNS:%s", cn);
+    if (key == NULL || req == NULL || exts == NULL ||
+        X509_NAME_add_entry_by_txt(X509_REQ_get_subject_name(req), "CN", MBSTRING_ASC,
+                                   (unsigned char *)cn, -1, -1, 0) != 1 ||
+        X509_REQ_set_pubkey(req, key) != 1 ||
+        (san = X509V3_EXT_conf_nid(NULL, NULL, NID_subject_alt_name, dns)) == NULL ||
+        sk_X509_EXTENSION_push(exts, san) <= 0)
+        goto out;
+    san = NULL; /* the stack owns it */
+    if (X509_REQ_add_extensions(req, exts) != 1 || X509_REQ_sign(req, key, EVP_sha256()) <= 0 ||
+        (len = i2d_X509_REQ(req, &der)) <= 0 ||
+        (b64 = malloc(4 * ((size_t)len + 2) / 3 + 1)) == NULL)
+        goto out;
+    EVP_EncodeBlock(b64, der, len);
+    rc = fprintf(f, "%s\n", b64) > 0 ? 0 : -1;
+out:
+    free(b64);
+    OPENSSL_free(der);
+    X509_EXTENSION_free(san);
+    sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
+    X509_REQ_free(req);
+    EVP_PKEY_free(key);
+    return rc;
+}
+
+typedef struct csr_part {
+    unsigned long first, n; /* this part makes CSRs first, first + 2, ... below n */
+    char *buf;              /* its lines */
+    size_t len;
+    int failed;
+} csr_part;
+
+static void *csr_run(void *arg)
+{
+    csr_part *p = arg;
+    FILE *f = open_memstream(&p->buf, &p->len);
+    unsigned long i;
+
+    p->failed = f == NULL;
+    for (i = p->first; !p->failed && i < p->n; i += 2)
+        p->failed = csr_line(i, f) != 0;
+    if (f != NULL && fclose(f) != 0)
+        p->failed = 1;
+    return NULL;
+}
+
+/* n CSRs into csr_file, made by two threads; the time it took in *took. */
+static int make_csrs(unsigned long n, double *took)
+{
+    csr_part part[2] = {{0, n, NULL, 0, 0}, {1, n, NULL, 0, 0}};
+    pthread_t tid[2];
+    double start = now_s();
+    FILE *f = NULL;
+    int i, started = 0, rc = -1;
+
+    for (i = 0; i < 2; i++, started++)
+        if (pthread_create(&tid[i], NULL, csr_run, &part[i]) != 0)
+            break;
+    for (i = 0; i < started; i++)
+        pthread_join(tid[i], NULL);
+    if (started < 2 || part[0].failed || part[1].failed || (f = fopen(csr_file, "w")) == NULL ||
+        fwrite(part[0].buf, 1, part[0].len, f) != part[0].len ||
+        fwrite(part[1].buf, 1, part[1].len, f) != part[1].len)
+        goto out;
+    rc = 0;
+out:
+    if (f != NULL && fclose(f) != 0)
+        rc = -1;
+    if (rc == 0)
+        *took = now_s() - start;
+    free(part[0].buf);
+    free(part[1].buf);
+    return rc;
+}
+
+/* ---- the daemon ---- */
+
+/* A random Basic password for user "bench": its hash into the config, base64(bench:pw) to a
+ * 0600 file for the wrk script. */
+static int make_credentials(char **hash)
+{
+    unsigned char rnd[16], b64[128];
+    char secret[33], user[64];
+    int i, rc = -1;
+
+    if (RAND_bytes(rnd, sizeof(rnd)) != 1)
+        goto out;
+    for (i = 0; i < 16; i++)
+        snprintf(secret + 2 * i, 3, "%02x", rnd[i]);
+    snprintf(user, sizeof(user), "bench:%s", secret);
+    EVP_EncodeBlock(b64, (unsigned char *)user, (int)strlen(user));
+    if (spit(auth_file, b64, strlen((char *)b64), 0600) != 0 ||
+        eg_password_hash_cost(secret, 10000, hash) != 0)
+        goto out;
+    rc = 0;
+out:
+    OPENSSL_cleanse(secret, sizeof(secret));
+    OPENSSL_cleanse(user, sizeof(user));
+    OPENSSL_cleanse(b64, sizeof(b64));
+    return rc;
+}
+
+static int write_config(unsigned threads)
+{
+    const eg_token_config *c = eg_th_config(th);
+    char *hash = NULL, text[8192];
+    int n, rc = -1;
+
+    if (make_credentials(&hash) != 0)
+        return -1;
+    n = snprintf(text, sizeof(text),
+                 "[server]\n"
+                 "listen = 127.0.0.1:0\n"
+                 "tls_key = pkcs11:token=%s;object=tls;type=private\n"
+                 "tls_chain = tls-chain.pem\n"
+                 "ledger = ledger.db\n"
+                 "threads = %u\n"
+                 "\n[token]\nmodule = %s\n%s%s%slabel = %s\npin_file = %s\n"
+                 "\n[profile default]\n"
+                 "ca_key = pkcs11:token=%s;object=ca;type=private\nca_chain = %s\n"
+                 "auth = basic\nuser = bench:%s\n"
+                 "san = dns:.example.com\nmax_days = 30\neku = clientAuth\n"
+                 "key_types = ec:P-256\n",
+                 c->token_label, threads, c->module_path, c->init_args ? "init_args = " : "",
+                 c->init_args ? c->init_args : "", c->init_args ? "\n" : "", c->token_label,
+                 c->pin_file, c->token_label, ca, hash);
+    if (n > 0 && (size_t)n < sizeof(text))
+        rc = spit(ini, text, (size_t)n, 0600);
+    free(hash);
+    return rc;
+}
+
+/* Starts estgated and waits for its "listening on" line; 0 with port set. */
+static int daemon_start(void)
+{
+    static const char tag[] = "listening on https://127.0.0.1:";
+    char *argv[] = {estgated, "-c", ini, NULL};
+    struct timespec tick = {0, 50 * 1000 * 1000};
+    char *log, *p;
+    int i;
+
+    if (eg_child_start(argv, daemon_log, &daemon_pid) != 0)
+        return -1;
+    for (i = 0; i < 400; i++) { /* 20 s: a p11-kit token can be slow to open */
+        nanosleep(&tick, NULL);
+        if ((log = slurp(daemon_log)) == NULL)
+            continue;
+        p = strstr(log, tag);
+        if (p != NULL)
+            port = (unsigned)atoi(p + strlen(tag));
+        free(log);
+        if (p != NULL)
+            return 0;
+        if (kill(daemon_pid, 0) != 0)
+            break;
+    }
+    if ((log = slurp(daemon_log)) != NULL)
+        fprintf(stderr, "estgated did not start:\n%s\n", log);
+    free(log);
+    return -1;
+}
+
+static int daemon_stop(void)
+{
+    int rc;
+
+    if (daemon_pid <= 0)
+        return -1;
+    kill(daemon_pid, SIGTERM);
+    rc = eg_child_wait(daemon_pid);
+    daemon_pid = 0;
+    return rc;
+}
+
+/* ---- wrk ---- */
+
+/* "4.80ms" and the like, in milliseconds; -1 when it does not parse. */
+static double wrk_ms(const char *text)
+{
+    char *end;
+    double v = strtod(text, &end);
+
+    if (end == text)
+        return -1;
+    if (strncmp(end, "us", 2) == 0)
+        return v / 1000;
+    if (strncmp(end, "ms", 2) == 0)
+        return v;
+    if (*end == 's')
+        return v * 1000;
+    if (*end == 'm')
+        return v * 60000;
+    return -1;
+}
+
+static int wrk_parse(const char *out, wrk_result *r)
+{
+    const char *p50 = strstr(out, "Latency Distribution"), *p99, *rps, *p;
+
+    memset(r, 0, sizeof(*r));
+    if (p50 == NULL || (p50 = strstr(p50, "50%")) == NULL || (p99 = strstr(p50, "99%")) == NULL ||
+        (rps = strstr(out, "Requests/sec:")) == NULL)
+        return -1;
+    r->p50_ms = wrk_ms(p50 + 3 + strspn(p50 + 3, " \t"));
+    r->p99_ms = wrk_ms(p99 + 3 + strspn(p99 + 3, " \t"));
+    r->rps = strtod(rps + strlen("Requests/sec:"), NULL);
+    if ((p = strstr(out, "Non-2xx or 3xx responses:")) != NULL)
+        r->non2xx = strtol(p + strlen("Non-2xx or 3xx responses:"), NULL, 10);
+    if ((p = strstr(out, "Socket errors:")) != NULL)
+        snprintf(r->socket_errors, sizeof(r->socket_errors), "%.*s", (int)strcspn(p, "\n"), p);
+    if ((p = strstr(out, "est_enroll:")) != NULL &&
+        sscanf(p, "est_enroll: ok=%ld refused=%ld wrapped=%ld first_refused=%ld", &r->ok,
+               &r->refused, &r->wrapped, &r->first_refused) != 4)
+        return -1;
+    return r->p50_ms >= 0 && r->p99_ms >= 0 && r->rps > 0 ? 0 : -1;
+}
+
+/* wrk -t2 on path for seconds with conns connections; script and its arguments optional. */
+static int wrk_run(const char *path, double seconds, unsigned conns, const char *script,
+                   wrk_result *r)
+{
+    char url[256], c[16], d[32], nthreads[] = "2";
+    char *argv[] = {"wrk", "-t", nthreads, "-c", c,    "-d", d,    "--latency",
+                    url,   NULL, NULL,     NULL, NULL, NULL, NULL, NULL};
+
+    snprintf(url, sizeof(url), "https://127.0.0.1:%u/.well-known/est/%s", port, path);
+    snprintf(c, sizeof(c), "%u", conns);
+    snprintf(d, sizeof(d), "%.0fs", seconds);
+    if (script != NULL) {
+        argv[8] = "-s";
+        argv[9] = (char *)script;
+        argv[10] = url;
+        argv[11] = "--";
+        argv[12] = csr_file;
+        argv[13] = nthreads;
+        argv[14] = auth_file;
+    }
+    if (eg_child_run(dir, NULL, argv, res) != 0 || wrk_parse(res->out, r) != 0) {
+        fprintf(stderr, "bench: wrk on %s failed:\n%s\n%s\n", path, res->out, res->err);
+        return -1;
+    }
+    printf("\nwrk %s:\n%s", path, res->out);
+    return 0;
+}
+
+/* ---- the run ---- */
+
+static int ledger_count(int64_t *issued)
+{
+    char path[PATH_MAX];
+    eg_ledger *lg = NULL;
+
+    if (eg_ledger_open(tpath(path, "ledger.db"), NULL, &lg) != 0)
+        return -1;
+    *issued = eg_ledger_count_issued(lg);
+    eg_ledger_close(lg);
+    return *issued >= 0 ? 0 : -1;
+}
+
+static void print_table(const char *kind, const double raw[2], const wrk_result *cacerts,
+                        const wrk_result *enroll)
+{
+    printf("\n| token | raw C_Sign 1t/s | raw C_Sign 2t/s | cacerts req/s | cacerts p50 ms "
+           "| cacerts p99 ms | enroll req/s | enroll p50 ms | enroll p99 ms | enroll/raw 2t |\n");
+    printf("|---|---|---|---|---|---|---|---|---|---|\n");
+    printf("| %s | %.0f | %.0f | %.0f | %.2f | %.2f | %.0f | %.2f | %.2f | %.1f%% |\n", kind,
+           raw[0], raw[1], cacerts->rps, cacerts->p50_ms, cacerts->p99_ms, enroll->rps,
+           enroll->p50_ms, enroll->p99_ms, 100.0 * enroll->rps / raw[1]);
+}
+
+/* Fails a run whose numbers would not mean what they say. */
+static int check_run(const wrk_result *cacerts, const wrk_result *enroll, int64_t issued)
+{
+    int rc = 0;
+
+    if (cacerts->non2xx != 0 || enroll->refused != 0 || enroll->non2xx != 0) {
+        fprintf(stderr, "bench: refused answers: cacerts %ld, enroll %ld (first status %ld)\n",
+                cacerts->non2xx, enroll->refused, enroll->first_refused);
+        rc = -1;
+    }
+    if (enroll->wrapped != 0) {
+        fprintf(stderr, "bench: the CSR file ran out %ld times: raise EG_BENCH_MAX_ENROLL_RATE\n",
+                enroll->wrapped);
+        rc = -1;
+    }
+    if (issued < enroll->ok) {
+        fprintf(stderr, "bench: ledger holds %lld certificates, wrk received %ld\n",
+                (long long)issued, enroll->ok);
+        rc = -1;
+    }
+    return rc;
+}
+
+static int bench(eg_th_kind kind, double seconds, unsigned conns, unsigned threads)
+{
+    char script[PATH_MAX];
+    unsigned long ncsr = (unsigned long)(seconds * EG_BENCH_MAX_ENROLL_RATE) + 1000;
+    double raw[2] = {0, 0}, took = 0;
+    wrk_result cacerts, enroll;
+    int64_t issued = -1;
+
+    snprintf(script, sizeof(script), "%s/est_enroll.lua", EG_BENCH_SOURCE_DIR);
+    if (provision() != 0 || raw_rates(seconds, raw) != 0)
+        return -1;
+    printf("raw C_Sign, CA key (P-256): %.0f/s 1 thread, %.0f/s 2 threads\n", raw[0], raw[1]);
+    if (make_csrs(ncsr, &took) != 0)
+        return -1;
+    printf("%lu CSRs (P-256, software) made by 2 threads in %.1f s\n", ncsr, took);
+    if (write_config(threads) != 0 || daemon_start() != 0)
+        return -1;
+    printf("estgated pid %d on port %u, threads = %u\n", (int)daemon_pid, port, threads);
+    fflush(stdout);
+    if (wrk_run("cacerts", seconds, conns, NULL, &cacerts) != 0 ||
+        wrk_run("simpleenroll", seconds, conns, script, &enroll) != 0)
+        return -1;
+    if (daemon_stop() != 0) {
+        fprintf(stderr, "bench: estgated did not exit cleanly on SIGTERM\n");
+        return -1;
+    }
+    if (ledger_count(&issued) != 0)
+        return -1;
+    print_table(eg_th_kind_name(kind), raw, &cacerts, &enroll);
+    printf("\nledger: %lld certificates; wrk received %ld (200), refused %ld\n", (long long)issued,
+           enroll.ok, enroll.refused);
+    if (cacerts.socket_errors[0] || enroll.socket_errors[0])
+        printf("cacerts: %s\nenroll: %s\n", cacerts.socket_errors, enroll.socket_errors);
+    return check_run(&cacerts, &enroll, issued);
+}
+
+int main(int argc, char **argv)
+{
+    double seconds = argc > 2 ? atof(argv[2]) : 10.0;
+    unsigned conns = argc > 3 ? (unsigned)atoi(argv[3]) : 64;
+    unsigned threads = argc > 4 ? (unsigned)atoi(argv[4]) : conns;
+    eg_th_kind kind;
+    int rc = 1;
+
+    if (argc < 2 || eg_th_kind_parse(argv[1], &kind) != 0 || kind == EG_TH_NSS || seconds < 1 ||
+        conns < 2 || threads < 1) {
+        fprintf(stderr, "usage: %s softhsm|p11kit [seconds] [connections] [threads]\n", argv[0]);
+        return 64;
+    }
+    /*
+     * civetweb keeps a worker on a keep-alive connection while it stays open;
+     * the rest wait before their TLS handshake, where wrk neither times them
+     * out nor counts them, so fewer threads look faster than they are.
+     */
+    if (threads < conns)
+        fprintf(stderr, "bench: %u threads for %u connections: %u connections starve unseen\n",
+                threads, conns, conns - threads);
+    /* Where eg_child_built finds estgated and estgate-provision. */
+    setenv("EG_BUILD_DIR", EG_BENCH_BUILD_DIR, 0);
+    if ((res = calloc(1, sizeof(*res))) == NULL || eg_th_create(kind, "bench", &th) != 0)
+        goto out;
+    snprintf(dir, sizeof(dir), "%s", eg_th_dir(th));
+    tpath(ini, "estgated.ini");
+    tpath(ca, "ca.pem");
+    tpath(daemon_log, "estgated.log");
+    tpath(csr_file, "csrs.b64");
+    tpath(auth_file, "basic.b64");
+    eg_child_built("appliance/estgated", estgated);
+    printf("token: %s, %.0f s per measurement, wrk -t2 -c%u, estgated threads = %u\n",
+           eg_th_kind_name(kind), seconds, conns, threads);
+    rc = bench(kind, seconds, conns, threads) == 0 ? 0 : 1;
+out:
+    if (daemon_pid > 0)
+        daemon_stop();
+    eg_th_destroy(th);
+    free(res);
+    return rc;
+}
