@@ -30,6 +30,7 @@
 #include <openssl/x509v3.h>
 
 #include "child.h"
+#include "estgated_fixture.h"
 #include "ledger.h"
 #include "password_local.h"
 #include "token_harness.h"
@@ -41,7 +42,6 @@
 static eg_th *th;
 static char dir[1024], ini[PATH_MAX], ca[PATH_MAX], daemon_log[PATH_MAX];
 static char csr_file[PATH_MAX], auth_file[PATH_MAX];
-static char tool[PATH_MAX], estgated[PATH_MAX];
 static unsigned port;
 static pid_t daemon_pid;
 static eg_child_result *res;
@@ -67,66 +67,16 @@ static char *tpath(char *buf, const char *name)
     return buf;
 }
 
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    char *buf = NULL;
-    size_t len;
-    long n;
-
-    if (f != NULL && fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 &&
-        fseek(f, 0, SEEK_SET) == 0 && (buf = malloc((size_t)n + 1)) != NULL) {
-        len = fread(buf, 1, (size_t)n, f);
-        buf[len] = 0;
-    }
-    if (f != NULL)
-        fclose(f);
-    return buf;
-}
-
-static int spit(const char *path, const void *data, size_t len, mode_t mode)
-{
-    FILE *f = fopen(path, "wb");
-    int ok = f != NULL && fwrite(data, 1, len, f) == len;
-
-    if (f != NULL && fclose(f) != 0)
-        ok = 0;
-    return ok && chmod(path, mode) == 0 ? 0 : -1;
-}
-
 /* Runs a NULL-terminated command to completion in dir; its exit status. */
-static int cmd(const char *first, ...)
-{
-    char *argv[64];
-    va_list ap;
-    int n = 0;
-
-    argv[n++] = (char *)first;
-    va_start(ap, first);
-    while (n < 63 && (argv[n] = va_arg(ap, char *)) != NULL)
-        n++;
-    va_end(ap);
-    argv[n] = NULL;
-    return eg_child_run(dir, NULL, argv, res);
-}
+#define cmd(...) eg_child_cmd(dir, res, __VA_ARGS__)
 
 /* ---- the token: provisioning and its raw sign rate ---- */
 
 static int provision(void)
 {
-    const eg_token_config *c = eg_th_config(th);
     char tls[PATH_MAX];
 
-    eg_child_built("provisioning/estgate-provision", tool);
-    if (cmd(tool, "ca", "create", "--module", c->module_path, "--token", c->token_label,
-            "--pin-file", c->pin_file, "--label", "ca", "--key", "ec-p256", "--subject",
-            "CN=bench CA,O=estgate bench", "--self-signed", "--days", "3650", "--out", ca,
-            NULL) != 0)
-        return -1;
-    return cmd(tool, "tls", "create", "--module", c->module_path, "--token", c->token_label,
-               "--pin-file", c->pin_file, "--label", "tls", "--key", "ec-p256", "--ca-label", "ca",
-               "--dns", "localhost", "--ip", "127.0.0.1", "--days", "30", "--out",
-               tpath(tls, "tls-chain.pem"), NULL);
+    return eg_fx_provision(th, "CN=bench CA,O=estgate bench", ca, tpath(tls, "tls-chain.pem"), res);
 }
 
 typedef struct raw_module {
@@ -394,7 +344,7 @@ static int make_credentials(char **hash)
         snprintf(secret + 2 * i, 3, "%02x", rnd[i]);
     snprintf(user, sizeof(user), "bench:%s", secret);
     EVP_EncodeBlock(b64, (unsigned char *)user, (int)strlen(user));
-    if (spit(auth_file, b64, strlen((char *)b64), 0600) != 0 ||
+    if (eg_file_write(auth_file, b64, strlen((char *)b64), 0600) != 0 ||
         eg_password_hash_cost(secret, 10000, hash) != 0)
         goto out;
     rc = 0;
@@ -430,51 +380,19 @@ static int write_config(unsigned threads)
                  c->init_args ? c->init_args : "", c->init_args ? "\n" : "", c->token_label,
                  c->pin_file, c->token_label, ca, hash);
     if (n > 0 && (size_t)n < sizeof(text))
-        rc = spit(ini, text, (size_t)n, 0600);
+        rc = eg_file_write(ini, text, (size_t)n, 0600);
     free(hash);
     return rc;
 }
 
-/* Starts estgated and waits for its "listening on" line; 0 with port set. */
 static int daemon_start(void)
 {
-    static const char tag[] = "listening on https://127.0.0.1:";
-    char *argv[] = {estgated, "-c", ini, NULL};
-    struct timespec tick = {0, 50 * 1000 * 1000};
-    char *log, *p;
-    int i;
-
-    if (eg_child_start(argv, daemon_log, &daemon_pid) != 0)
-        return -1;
-    for (i = 0; i < 400; i++) { /* 20 s: a p11-kit token can be slow to open */
-        nanosleep(&tick, NULL);
-        if ((log = slurp(daemon_log)) == NULL)
-            continue;
-        p = strstr(log, tag);
-        if (p != NULL)
-            port = (unsigned)atoi(p + strlen(tag));
-        free(log);
-        if (p != NULL)
-            return 0;
-        if (kill(daemon_pid, 0) != 0)
-            break;
-    }
-    if ((log = slurp(daemon_log)) != NULL)
-        fprintf(stderr, "estgated did not start:\n%s\n", log);
-    free(log);
-    return -1;
+    return eg_fx_daemon_start(ini, daemon_log, &daemon_pid, &port, 1);
 }
 
 static int daemon_stop(void)
 {
-    int rc;
-
-    if (daemon_pid <= 0)
-        return -1;
-    kill(daemon_pid, SIGTERM);
-    rc = eg_child_wait(daemon_pid);
-    daemon_pid = 0;
-    return rc;
+    return eg_fx_daemon_stop(&daemon_pid, SIGTERM);
 }
 
 /* ---- wrk ---- */
@@ -663,7 +581,6 @@ int main(int argc, char **argv)
     tpath(daemon_log, "estgated.log");
     tpath(csr_file, "csrs.b64");
     tpath(auth_file, "basic.b64");
-    eg_child_built("appliance/estgated", estgated);
     printf("token: %s, %.0f s per measurement, wrk -t2 -c%u, estgated threads = %u\n",
            eg_th_kind_name(kind), seconds, conns, threads);
     rc = bench(kind, seconds, conns, threads) == 0 ? 0 : 1;

@@ -29,6 +29,7 @@
 #include <openssl/x509v3.h>
 
 #include "child.h"
+#include "estgated_fixture.h"
 #include "config.h"
 #include "csr_attrs.h"
 #include "ledger.h"
@@ -41,7 +42,6 @@
 static eg_th_kind kind;
 static eg_th *th;
 static char dir[1024], ini[PATH_MAX], ca[PATH_MAX], pass[PATH_MAX], daemon_log[PATH_MAX];
-static char tool[PATH_MAX], estgated[PATH_MAX];
 static unsigned port, port12;
 static pid_t daemon_pid;
 static eg_child_result *res; /* the last child's output; one at a time */
@@ -52,65 +52,10 @@ static char *tpath(char *buf, const char *name)
     return buf;
 }
 
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    char *buf = NULL;
-    long n;
-
-    if (f != NULL && fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 &&
-        fseek(f, 0, SEEK_SET) == 0 && (buf = malloc((size_t)n + 1)) != NULL) {
-        *len = fread(buf, 1, (size_t)n, f);
-        buf[*len] = 0;
-    }
-    if (f != NULL)
-        fclose(f);
-    return buf;
-}
-
-static int spit(const char *path, const void *data, size_t len, mode_t mode)
-{
-    FILE *f = fopen(path, "wb");
-    int ok = f != NULL && fwrite(data, 1, len, f) == len;
-
-    if (f != NULL && fclose(f) != 0)
-        ok = 0;
-    return ok && chmod(path, mode) == 0 ? 0 : -1;
-}
-
-/* Runs a NULL-terminated command; its exit status. */
-static int cmd(const char *first, ...)
-{
-    char *argv[64];
-    va_list ap;
-    int n = 0;
-
-    argv[n++] = (char *)first;
-    va_start(ap, first);
-    while (n < 63 && (argv[n] = va_arg(ap, char *)) != NULL)
-        n++;
-    va_end(ap);
-    argv[n] = NULL;
-    return eg_child_run(dir, NULL, argv, res);
-}
+/* Runs a NULL-terminated command in the token directory; its exit status. */
+#define cmd(...) eg_child_cmd(dir, res, __VA_ARGS__)
 
 /* ---- the daemon ---- */
-
-static int provision(void)
-{
-    const eg_token_config *c = eg_th_config(th);
-    char tls[PATH_MAX];
-
-    eg_child_built("provisioning/estgate-provision", tool);
-    if (cmd(tool, "ca", "create", "--module", c->module_path, "--token", c->token_label,
-            "--pin-file", c->pin_file, "--label", "ca", "--key", "ec-p256", "--subject",
-            "CN=e2e CA,O=estgate tests", "--self-signed", "--days", "3650", "--out", ca, NULL) != 0)
-        return -1;
-    return cmd(tool, "tls", "create", "--module", c->module_path, "--token", c->token_label,
-               "--pin-file", c->pin_file, "--label", "tls", "--key", "ec-p256", "--ca-label", "ca",
-               "--dns", "localhost", "--ip", "127.0.0.1", "--days", "30", "--out",
-               tpath(tls, "tls-chain.pem"), NULL);
-}
 
 /* A software CA for the partner profile, and a client certificate it issued. */
 static int partner_pki(void)
@@ -141,7 +86,8 @@ static int write_config(void)
         return -1;
     for (i = 0; i < 16; i++)
         snprintf(secret + 2 * i, 3, "%02x", rnd[i]);
-    if (spit(pass, secret, 32, 0600) != 0 || eg_password_hash_cost(secret, 10000, &hash) != 0)
+    if (eg_file_write(pass, secret, 32, 0600) != 0 ||
+        eg_password_hash_cost(secret, 10000, &hash) != 0)
         return -1;
     n = snprintf(text, sizeof(text),
                  "[server]\n"
@@ -168,59 +114,27 @@ static int write_config(void)
                  c->pin_file, c->token_label, ca, hash, MAX_DAYS, c->token_label, ca, ca, MAX_DAYS,
                  c->token_label, ca);
     if (n > 0 && (size_t)n < sizeof(text))
-        rc = spit(ini, text, (size_t)n, 0600);
+        rc = eg_file_write(ini, text, (size_t)n, 0600);
     free(hash);
     return rc;
 }
 
-/* Starts estgated and waits for its "listening on" lines; 0 with the ports set. */
+/* Starts estgated; 0 with port (TLS 1.3) and port12 (TLS 1.2 allowed) set. */
 static int daemon_start(void)
 {
-    char *argv[] = {estgated, "-c", ini, NULL};
-    struct timespec tick = {0, 50 * 1000 * 1000};
-    size_t len;
-    char *log, *p;
-    int i;
+    unsigned ports[2];
 
-    unlink(daemon_log);
-    if (eg_child_start(argv, daemon_log, &daemon_pid) != 0)
+    if (eg_fx_daemon_start(ini, daemon_log, &daemon_pid, ports, 2) != 0)
         return -1;
-    for (i = 0; i < 400; i++) { /* 20 s: a p11-kit token can be slow to open */
-        nanosleep(&tick, NULL);
-        if ((log = slurp(daemon_log, &len)) == NULL)
-            continue;
-        p = strstr(log, "listening on https://127.0.0.1:");
-        if (p != NULL && strstr(p + 1, "listening on https://127.0.0.1:") != NULL) {
-            port = (unsigned)atoi(p + strlen("listening on https://127.0.0.1:"));
-            p = strstr(p + 1, "listening on https://127.0.0.1:");
-            port12 = (unsigned)atoi(p + strlen("listening on https://127.0.0.1:"));
-            free(log);
-            return 0;
-        }
-        free(log);
-        if (kill(daemon_pid, 0) != 0)
-            break;
-    }
-    if ((log = slurp(daemon_log, &len)) != NULL)
-        printf("\n  estgated did not start:\n%s\n", log);
-    free(log);
-    return -1;
-}
-
-static int daemon_stop(int sig)
-{
-    int rc;
-
-    if (daemon_pid <= 0)
-        return -1;
-    kill(daemon_pid, sig);
-    rc = eg_child_wait(daemon_pid);
-    daemon_pid = 0;
-    return rc;
+    port = ports[0];
+    port12 = ports[1];
+    return 0;
 }
 
 static int suite_init(void)
 {
+    char tls[PATH_MAX];
+
     if ((res = calloc(1, sizeof(*res))) == NULL || eg_th_create(kind, "e2e", &th) != 0)
         return -1;
     snprintf(dir, sizeof(dir), "%s", eg_th_dir(th));
@@ -228,8 +142,9 @@ static int suite_init(void)
     tpath(ca, "ca.pem");
     tpath(pass, "basic.pass");
     tpath(daemon_log, "estgated.log");
-    eg_child_built("appliance/estgated", estgated);
-    if (provision() != 0 || partner_pki() != 0 || write_config() != 0 || daemon_start() != 0)
+    tpath(tls, "tls-chain.pem");
+    if (eg_fx_provision(th, "CN=e2e CA,O=estgate tests", ca, tls, res) != 0 || partner_pki() != 0 ||
+        write_config() != 0 || daemon_start() != 0)
         return -1;
     return 0;
 }
@@ -237,7 +152,7 @@ static int suite_init(void)
 static int suite_clean(void)
 {
     if (daemon_pid > 0)
-        daemon_stop(SIGTERM);
+        eg_fx_daemon_stop(&daemon_pid, SIGTERM);
     eg_th_destroy(th);
     free(res);
     return 0;
@@ -286,7 +201,7 @@ static int curl(http *h, unsigned p, const char *path, ...)
     if (eg_child_run(dir, NULL, argv, res) != 0)
         return -1;
     h->status = atoi(res->out);
-    if ((text = slurp(hdr, &len)) != NULL) {
+    if ((text = eg_file_read(hdr, &len)) != NULL) {
         snprintf(h->headers, sizeof(h->headers), "%s", text);
         free(text);
     }
@@ -296,7 +211,7 @@ static int curl(http *h, unsigned p, const char *path, ...)
 static char *basic_user(char *buf)
 {
     size_t len;
-    char *pw = slurp(pass, &len);
+    char *pw = eg_file_read(pass, &len);
 
     snprintf(buf, 128, "alice:%s", pw ? pw : "");
     free(pw);
@@ -511,7 +426,7 @@ static void test_wire_variants_are_accepted(void)
         make_csr("var", "ec", "var.example.com", "subjectAltName=DNS:var.example.com"), 0);
     CU_ASSERT_EQUAL_FATAL(csr_b64("var"), 0);
     /* CRLF line ends and trailing whitespace, with Content-Transfer-Encoding. */
-    CU_ASSERT_PTR_NOT_NULL_FATAL(text = slurp(tpath(b64, "var.b64"), &len));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(text = eg_file_read(tpath(b64, "var.b64"), &len));
     CU_ASSERT_PTR_NOT_NULL_FATAL(crlf = malloc(2 * len + 8));
     for (i = o = 0; i < len; i++) {
         if (text[i] == '\n')
@@ -519,7 +434,7 @@ static void test_wire_variants_are_accepted(void)
         crlf[o++] = text[i];
     }
     memcpy(crlf + o, "  \r\n", 4);
-    CU_ASSERT_EQUAL(spit(tpath(b64, "varcrlf.b64"), crlf, o + 4, 0600), 0);
+    CU_ASSERT_EQUAL(eg_file_write(tpath(b64, "varcrlf.b64"), crlf, o + 4, 0600), 0);
     CU_ASSERT_EQUAL(enroll(&h, "simpleenroll", "varcrlf", NULL, "-u", basic_user(csr), "-H",
                            "Content-Transfer-Encoding: base64"),
                     200);
@@ -576,9 +491,9 @@ static void test_csr_with_bad_signature_is_400(void)
 
     CU_ASSERT_EQUAL_FATAL(
         make_csr("badsig", "ec", "bad.example.com", "subjectAltName=DNS:bad.example.com"), 0);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(der = slurp(tpath(path, "badsig.csr"), &len));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(der = eg_file_read(tpath(path, "badsig.csr"), &len));
     der[len - 5] ^= 0x01; /* inside the signature value */
-    CU_ASSERT_EQUAL(spit(path, der, len, 0600), 0);
+    CU_ASSERT_EQUAL(eg_file_write(path, der, len, 0600), 0);
     free(der);
     CU_ASSERT_EQUAL_FATAL(csr_b64("badsig"), 0);
     CU_ASSERT_EQUAL(enroll(&h, "simpleenroll", "badsig", NULL, NULL, NULL, NULL, NULL), 400);
@@ -605,7 +520,7 @@ static int make_csr_asking_validity(const char *name, const char *cn, const char
         eg_csr_add_ms_validity(req, unit, count) == 0 &&
         X509_REQ_sign(req, key, EVP_sha256()) > 0 && (len = i2d_X509_REQ(req, &der)) > 0) {
         snprintf(path, sizeof(path), "%s/%s.csr", dir, name);
-        rc = spit(path, der, (size_t)len, 0600);
+        rc = eg_file_write(path, der, (size_t)len, 0600);
     }
     OPENSSL_free(der);
     sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
@@ -646,9 +561,9 @@ static void test_wire_errors_have_their_status(void)
     http h;
 
     memset(big, 'A', sizeof(big));
-    CU_ASSERT_EQUAL(spit(tpath(path, "big.b64"), big, sizeof(big), 0600), 0);
+    CU_ASSERT_EQUAL(eg_file_write(tpath(path, "big.b64"), big, sizeof(big), 0600), 0);
     CU_ASSERT_EQUAL(enroll(&h, "simpleenroll", "big", NULL, NULL, NULL, NULL, NULL), 413);
-    CU_ASSERT_EQUAL(spit(tpath(path, "garbage.b64"), "!!not base64!!\n", 15, 0600), 0);
+    CU_ASSERT_EQUAL(eg_file_write(tpath(path, "garbage.b64"), "!!not base64!!\n", 15, 0600), 0);
     CU_ASSERT_EQUAL(enroll(&h, "simpleenroll", "garbage", NULL, NULL, NULL, NULL, NULL), 400);
     CU_ASSERT_EQUAL(enroll(&h, "simpleenroll", "dev1", "text/plain", NULL, NULL, NULL, NULL), 415);
     CU_ASSERT_EQUAL(curl(&h, port, "nosuchlabel/cacerts", NULL), 404);
@@ -672,7 +587,7 @@ static void test_content_length_with_transfer_encoding_is_400(void)
     char *argv[] = {"openssl", "s_client", "-quiet", "-connect", connect, "-CAfile", ca, NULL};
 
     snprintf(connect, sizeof(connect), "localhost:%u", port);
-    CU_ASSERT_EQUAL_FATAL(spit(tpath(req, "clte.txt"), raw, strlen(raw), 0600), 0);
+    CU_ASSERT_EQUAL_FATAL(eg_file_write(tpath(req, "clte.txt"), raw, strlen(raw), 0600), 0);
     eg_child_run(dir, req, argv, res);
     CU_ASSERT_PTR_NOT_NULL(strstr(res->out, "HTTP/1.1 400"));
 }
@@ -771,7 +686,7 @@ static void test_token_unavailable_is_503(void)
     CU_ASSERT_EQUAL_FATAL(
         make_csr("down", "ec", "down.example.com", "subjectAltName=DNS:down.example.com"), 0);
     CU_ASSERT_EQUAL_FATAL(csr_b64("down"), 0);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(body = slurp(tpath(path, "down.b64"), &len));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(body = eg_file_read(tpath(path, "down.b64"), &len));
     ssl = tls_connect(&ctx, port);
     CU_ASSERT_PTR_NOT_NULL(ssl);
     CU_ASSERT_EQUAL_FATAL(eg_th_server_kill(th), 0);
@@ -858,7 +773,7 @@ static void test_sigkill_loses_no_received_certificate(void)
     /* Kill it once a few clients hold their certificate, with the rest in flight. */
     for (int waited = 0; waited < 200 && done_count(out) < 3; waited++)
         nanosleep(&pause, NULL);
-    CU_ASSERT_EQUAL(daemon_stop(SIGKILL), 128 + SIGKILL);
+    CU_ASSERT_EQUAL(eg_fx_daemon_stop(&daemon_pid, SIGKILL), 128 + SIGKILL);
     for (i = 0; i < BURST; i++)
         eg_child_wait(pids[i]);
 
@@ -905,8 +820,8 @@ static void test_sigkill_loses_no_received_certificate(void)
 static void test_secrets_never_reach_the_log(void)
 {
     size_t len, plen, pinlen;
-    char *log = slurp(daemon_log, &len), *pw = slurp(pass, &plen);
-    char *pin = slurp(eg_th_config(th)->pin_file, &pinlen);
+    char *log = eg_file_read(daemon_log, &len), *pw = eg_file_read(pass, &plen);
+    char *pin = eg_file_read(eg_th_config(th)->pin_file, &pinlen);
 
     CU_ASSERT_PTR_NOT_NULL_FATAL(log);
     CU_ASSERT_PTR_NOT_NULL_FATAL(pw);

@@ -2,9 +2,11 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <spawn.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -111,4 +113,48 @@ int eg_child_run(const char *dir, const char *in_path, char *const argv[], eg_ch
 int eg_child_start(char *const argv[], const char *log_path, pid_t *pid)
 {
     return spawn(argv, NULL, log_path, log_path, 1, pid);
+}
+
+int eg_child_cmd(const char *dir, eg_child_result *r, const char *first, ...)
+{
+    char *argv[64];
+    va_list ap;
+    int n = 0;
+
+    argv[n++] = (char *)first;
+    va_start(ap, first);
+    while (n < 63 && (argv[n] = va_arg(ap, char *)) != NULL)
+        n++;
+    va_end(ap);
+    argv[n] = NULL;
+    return eg_child_run(dir, NULL, argv, r);
+}
+
+char *eg_file_read(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    char *buf = NULL;
+    size_t got = 0;
+    long n;
+
+    if (f != NULL && fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 &&
+        fseek(f, 0, SEEK_SET) == 0 && (buf = malloc((size_t)n + 1)) != NULL) {
+        got = fread(buf, 1, (size_t)n, f);
+        buf[got] = 0;
+    }
+    if (f != NULL)
+        fclose(f);
+    if (buf != NULL && len != NULL)
+        *len = got;
+    return buf;
+}
+
+int eg_file_write(const char *path, const void *data, size_t len, mode_t mode)
+{
+    FILE *f = fopen(path, "wb");
+    int ok = f != NULL && fwrite(data, 1, len, f) == len;
+
+    if (f != NULL && fclose(f) != 0)
+        ok = 0;
+    return ok && chmod(path, mode) == 0 ? 0 : -1;
 }

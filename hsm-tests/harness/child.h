@@ -28,6 +28,15 @@ const char *eg_child_which(const char *name, char *buf);
  */
 int eg_child_run(const char *dir, const char *in_path, char *const argv[], eg_child_result *r);
 
+/* Runs first, then the rest of a NULL-terminated argument list, as eg_child_run. */
+int eg_child_cmd(const char *dir, eg_child_result *r, const char *first, ...)
+    __attribute__((sentinel));
+
+/* A whole file, NUL-terminated, in malloc'd memory; *len (if not NULL) its size. */
+char *eg_file_read(const char *path, size_t *len);
+/* Writes data to path (created or truncated) with mode; 0 or -1. */
+int eg_file_write(const char *path, const void *data, size_t len, mode_t mode);
+
 /* Starts argv in the background with stdout and stderr appended to log_path. */
 int eg_child_start(char *const argv[], const char *log_path, pid_t *pid);
 /* Waits for pid; exit status or 128 + signal, -1 on error. */

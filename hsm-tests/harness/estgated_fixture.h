@@ -1,0 +1,33 @@
+/*
+ * A real estgated for end-to-end tests and benchmarks: a harness token
+ * provisioned with estgate-provision, and the daemon started from an INI file
+ * with its listeners on port 0.
+ */
+#ifndef EG_ESTGATED_FIXTURE_H
+#define EG_ESTGATED_FIXTURE_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+#include "child.h"
+#include "token_harness.h"
+
+/*
+ * A P-256 CA key "ca" with a self-signed root (subject ca_subject) written to
+ * ca_out, and a P-256 TLS key "tls" for localhost/127.0.0.1 issued by it,
+ * its chain written to tls_out. r receives the last command's output.
+ */
+int eg_fx_provision(eg_th *th, const char *ca_subject, const char *ca_out, const char *tls_out,
+                    eg_child_result *r);
+
+/*
+ * Starts build/appliance/estgated -c ini with its output in log, and waits
+ * (up to 20 s) for nports "listening on https://127.0.0.1:PORT" lines;
+ * 0 with *pid and ports[] set. Prints the log when it does not start.
+ */
+int eg_fx_daemon_start(const char *ini, const char *log, pid_t *pid, unsigned *ports,
+                       size_t nports);
+/* Sends sig and reaps the daemon; its exit status (128 + signal when killed). */
+int eg_fx_daemon_stop(pid_t *pid, int sig);
+
+#endif
