@@ -8,7 +8,6 @@
  *   directory: where the databases go (default /var/tmp); a fresh
  *   subdirectory is made there and removed afterwards.
  */
-#include <dirent.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
@@ -20,6 +19,7 @@
 #include <unistd.h>
 
 #include "ledger.h"
+#include "tmpdir.h"
 
 #define CERT_LEN 1024
 
@@ -148,23 +148,6 @@ static double fsync_rate(const char *dir)
     return rate;
 }
 
-static void remove_dir(const char *dir)
-{
-    char path[PATH_MAX + 256];
-    DIR *d = opendir(dir);
-    struct dirent *e;
-
-    while (d != NULL && (e = readdir(d)) != NULL) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-            continue;
-        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
-        unlink(path);
-    }
-    if (d != NULL)
-        closedir(d);
-    rmdir(dir);
-}
-
 int main(int argc, char **argv)
 {
     static const unsigned threads[] = {1, 2, 8, 32};
@@ -176,11 +159,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: %s [directory] [seconds per run]\n", argv[0]);
         return 2;
     }
-    snprintf(dir, sizeof(dir), "%s/bench_ledger.XXXXXX", argc > 1 ? argv[1] : "/var/tmp");
-    if (mkdtemp(dir) == NULL) {
-        perror(dir);
+    if (eg_tmpdir_make(dir, sizeof(dir), argc > 1 ? argv[1] : "/var/tmp", "bench_ledger") != 0)
         return 1;
-    }
     printf("ledger in %s, %.1f s per run, begin + complete (1 KiB cert) per issuance\n", dir,
            seconds);
     printf("disk: %.0f fsync/s (4 KiB append + fdatasync)\n\n", fsync_rate(dir));
@@ -194,6 +174,6 @@ int main(int argc, char **argv)
     }
     rc = 0;
 out:
-    remove_dir(dir);
+    eg_tmpdir_remove(dir);
     return rc;
 }

@@ -3,7 +3,6 @@
  * INI file, real certificates (made here, software keys: no CA signing is
  * checked) and a real PIN file into a fresh directory.
  */
-#include <dirent.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
@@ -21,6 +20,7 @@
 
 #include "config.h"
 #include "cu_run.h"
+#include "tmpdir.h"
 
 static char dir[PATH_MAX];
 static char ini[PATH_MAX + 32];
@@ -109,13 +109,8 @@ static void make_hash(const char *password, unsigned iterations, char *out, size
 
 static void setup(void)
 {
-    const char *tmp = getenv("TMPDIR");
-
-    snprintf(dir, sizeof(dir), "%s/test_config.XXXXXX", tmp != NULL ? tmp : "/tmp");
-    if (mkdtemp(dir) == NULL) {
-        perror("mkdtemp");
+    if (eg_tmpdir_make(dir, sizeof(dir), NULL, "test_config") != 0)
         abort();
-    }
     snprintf(ini, sizeof(ini), "%s/estgated.ini", dir);
     if (cert_key == NULL && (cert_key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256")) == NULL)
         abort();
@@ -138,19 +133,7 @@ static void setup(void)
 
 static void teardown(void)
 {
-    char path[PATH_MAX + 256];
-    DIR *d = opendir(dir);
-    struct dirent *e;
-
-    while (d != NULL && (e = readdir(d)) != NULL) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-            continue;
-        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
-        unlink(path);
-    }
-    if (d != NULL)
-        closedir(d);
-    rmdir(dir);
+    eg_tmpdir_remove(dir);
     eg_config_errors_clear(&errs);
 }
 

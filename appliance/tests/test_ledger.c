@@ -1,5 +1,4 @@
 /* The ledger: schema, idempotent issuance, group commit, and what survives a crash. */
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -19,39 +18,23 @@
 #include "cu_run.h"
 #include "ledger.h"
 #include "ledger_local.h"
+#include "tmpdir.h"
 
 static char dir[PATH_MAX];
 static char db_path[PATH_MAX + 16];
 
 /* --- fixture: a fresh database in its own directory per test --- */
 
-static void fresh_dir(void)
-{
-    const char *tmp = getenv("TMPDIR");
-
-    snprintf(dir, sizeof(dir), "%s/test_ledger.XXXXXX", tmp != NULL ? tmp : "/tmp");
-    if (mkdtemp(dir) == NULL) {
-        perror("mkdtemp");
-        abort();
-    }
-    snprintf(db_path, sizeof(db_path), "%s/ledger.db", dir);
-}
-
 static void remove_dir(void)
 {
-    char path[PATH_MAX + 256];
-    DIR *d = opendir(dir);
-    struct dirent *e;
+    eg_tmpdir_remove(dir);
+}
 
-    while (d != NULL && (e = readdir(d)) != NULL) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-            continue;
-        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
-        unlink(path);
-    }
-    if (d != NULL)
-        closedir(d);
-    rmdir(dir);
+static void fresh_dir(void)
+{
+    if (eg_tmpdir_make(dir, sizeof(dir), NULL, "test_ledger") != 0)
+        abort();
+    snprintf(db_path, sizeof(db_path), "%s/ledger.db", dir);
 }
 
 /* --- requests and certificates made up from a number --- */
