@@ -4,7 +4,7 @@
 # Runs apt-get update only when something has to be installed.
 set -eu
 
-build="cmake gcc make pkg-config libssl-dev openssl libp11-dev libp11-kit-dev
+build="cmake gcc make pkg-config libssl-dev openssl libp11-kit-dev
        libcunit1-dev libsqlite3-dev libinih-dev libcivetweb-dev"
 tokens="softhsm2 p11-kit p11-kit-modules libnss3 libnss3-tools"
 # Real EST clients for the end-to-end tests: curl + openssl, and Bouncy

@@ -1,7 +1,7 @@
 /*
  * `list`: the keys and certificates in the token with their PKCS#11 URIs.
- * libp11 enumerates the objects; the signer then opens each private key by
- * its URI to show its type and security attributes, so what is listed is
+ * The objects are found through the signer, which then opens each private key
+ * by its URI to show its type and security attributes, so what is listed is
  * exactly what the appliance would open.
  */
 #include <string.h>
@@ -9,11 +9,11 @@
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/ec.h>
+#include <openssl/err.h>
 #include <openssl/objects.h>
 
 #include "args.h"
 #include "p11_uri.h"
-#include "p11lib.h"
 #include "report.h"
 #include "token.h"
 
@@ -80,58 +80,96 @@ static int listing_add(struct listing *ls, const char *token, enum obj_kind kind
     return EG_EXIT_OK;
 }
 
-static int add_keys(struct listing *ls, PKCS11_TOKEN *t, enum obj_kind kind)
-{
-    PKCS11_KEY *keys = NULL;
-    unsigned n = 0, i;
-    int rc, r;
+#define EG_LIST_MAX 1024
 
-    r = kind == OBJ_PRIVATE ? PKCS11_enumerate_keys(t, &keys, &n)
-                            : PKCS11_enumerate_public_keys(t, &keys, &n);
-    if (r != 0)
-        return eg_prov_fail_stack(EG_EXIT_SOFTWARE, "cannot list the %ss", kind_title[kind]);
-    for (i = 0; i < n; i++) {
-        rc = listing_add(ls, t->label, kind, keys[i].label, keys[i].id, keys[i].id_len, NULL);
-        if (rc != EG_EXIT_OK)
-            return rc;
+/* A variable-length attribute, NUL-terminated for labels; *len 0 when it is absent. */
+static CK_RV get_var(eg_p11_call *call, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type,
+                     unsigned char **out, size_t *len)
+{
+    CK_ATTRIBUTE a = {type, NULL, 0};
+    CK_RV rv;
+
+    *out = NULL;
+    *len = 0;
+    rv = eg_p11_get_attributes(call, h, &a, 1);
+    if (rv == CKR_ATTRIBUTE_TYPE_INVALID || a.ulValueLen == CK_UNAVAILABLE_INFORMATION)
+        return CKR_OK;
+    if (rv != CKR_OK)
+        return rv;
+    if ((a.pValue = OPENSSL_zalloc(a.ulValueLen + 1)) == NULL)
+        return CKR_HOST_MEMORY;
+    if ((rv = eg_p11_get_attributes(call, h, &a, 1)) != CKR_OK) {
+        OPENSSL_free(a.pValue);
+        return rv;
     }
-    return EG_EXIT_OK;
+    *out = a.pValue;
+    *len = a.ulValueLen;
+    return CKR_OK;
 }
 
-static int add_certs(struct listing *ls, PKCS11_TOKEN *t)
-{
-    PKCS11_CERT *certs = NULL;
-    unsigned n = 0, i;
+struct enum_args {
+    struct listing *ls;
+    const char *token;
     int rc;
+};
 
-    if (PKCS11_enumerate_certs(t, &certs, &n) != 0)
-        return eg_prov_fail_stack(EG_EXIT_SOFTWARE, "cannot list the certificates");
-    for (i = 0; i < n; i++) {
-        rc = listing_add(ls, t->label, OBJ_CERT, certs[i].label, certs[i].id, certs[i].id_len,
-                         certs[i].x509);
-        if (rc != EG_EXIT_OK)
-            return rc;
+static CK_RV add_class(eg_p11_call *call, struct enum_args *a, enum obj_kind kind)
+{
+    static const CK_OBJECT_CLASS classes[] = {CKO_PRIVATE_KEY, CKO_PUBLIC_KEY, CKO_CERTIFICATE};
+    CK_ATTRIBUTE t = {CKA_CLASS, (void *)&classes[kind], sizeof(classes[kind])};
+    CK_OBJECT_HANDLE *h = OPENSSL_malloc(EG_LIST_MAX * sizeof(*h));
+    CK_ULONG n = 0, i;
+    CK_RV rv;
+
+    if (h == NULL)
+        return CKR_HOST_MEMORY;
+    rv = eg_p11_find_objects(call, &t, 1, h, EG_LIST_MAX, &n);
+    for (i = 0; rv == CKR_OK && a->rc == EG_EXIT_OK && i < n; i++) {
+        unsigned char *label = NULL, *id = NULL, *der = NULL;
+        size_t llen, idlen, derlen;
+        const unsigned char *p;
+        X509 *cert = NULL;
+
+        if ((rv = get_var(call, h[i], CKA_LABEL, &label, &llen)) == CKR_OK &&
+            (rv = get_var(call, h[i], CKA_ID, &id, &idlen)) == CKR_OK &&
+            (kind != OBJ_CERT || (rv = get_var(call, h[i], CKA_VALUE, &der, &derlen)) == CKR_OK)) {
+            p = der;
+            if (der != NULL)
+                cert = d2i_X509(NULL, &p, (long)derlen);
+            a->rc = listing_add(a->ls, a->token, kind, (char *)label, id, idlen, cert);
+        }
+        X509_free(cert);
+        OPENSSL_free(label);
+        OPENSSL_free(id);
+        OPENSSL_free(der);
     }
-    return EG_EXIT_OK;
+    OPENSSL_free(h);
+    return rv;
 }
 
-/* The libp11 phase: what the token holds, copied out before libp11 lets go of it. */
-static int enumerate(const eg_prov_token_opts *o, struct listing *ls)
+/* Everything the token holds; runs again from the start after a recovery. */
+static CK_RV enumerate_fn(eg_p11_call *call, void *arg)
 {
-    eg_prov_p11lib *l = NULL;
-    PKCS11_TOKEN *t;
-    int rc;
+    struct enum_args *a = arg;
+    CK_RV rv = CKR_OK;
+    int k;
 
-    if ((rc = eg_prov_p11lib_open(o, &l)) != EG_EXIT_OK)
-        goto out;
-    t = l->slot->token;
-    if ((rc = add_keys(ls, t, OBJ_PRIVATE)) != EG_EXIT_OK ||
-        (rc = add_keys(ls, t, OBJ_PUBLIC)) != EG_EXIT_OK || (rc = add_certs(ls, t)) != EG_EXIT_OK)
-        goto out;
-    rc = EG_EXIT_OK;
-out:
-    eg_prov_p11lib_free(l);
-    return rc;
+    listing_clear(a->ls);
+    a->rc = EG_EXIT_OK;
+    for (k = OBJ_PRIVATE; rv == CKR_OK && a->rc == EG_EXIT_OK && k <= OBJ_CERT; k++)
+        rv = add_class(call, a, (enum obj_kind)k);
+    return rv;
+}
+
+static int enumerate(eg_token *tok, struct listing *ls)
+{
+    struct enum_args a = {ls, eg_token_label(tok), EG_EXIT_OK};
+    CK_RV rv = eg_token_run(tok, enumerate_fn, &a);
+
+    if (rv != CKR_OK)
+        return eg_prov_fail(EG_EXIT_SOFTWARE, "listing the objects of token '%s': %s",
+                            eg_token_label(tok), eg_p11_rv_name(rv));
+    return a.rc;
 }
 
 static void print_key_type(BIO *out, eg_p11_key *key)
@@ -192,21 +230,15 @@ static void print_cert(BIO *out, X509 *cert)
     BIO_printf(out, "\n");
 }
 
-/* The signer phase: opens each private key by its URI for its attributes. */
-static int print_listing(const eg_prov_token_opts *o, const struct listing *ls)
+/* Each private key is opened by its URI for its attributes, as the appliance would open it. */
+static int print_listing(eg_token *tok, const struct listing *ls)
 {
     BIO *out = BIO_new_fp(stdout, BIO_NOCLOSE);
-    eg_token *tok = NULL;
     size_t i;
-    int rc;
 
-    if (out == NULL) {
-        rc = eg_prov_fail(EG_EXIT_SOFTWARE, "out of memory");
-        goto out;
-    }
-    if ((rc = eg_prov_token_open(o, &tok)) != EG_EXIT_OK)
-        goto out;
-    BIO_printf(out, "token '%s': %zu object(s)\n", o->token, ls->n);
+    if (out == NULL)
+        return eg_prov_fail(EG_EXIT_SOFTWARE, "out of memory");
+    BIO_printf(out, "token '%s': %zu object(s)\n", eg_token_label(tok), ls->n);
     for (i = 0; i < ls->n; i++) {
         BIO_printf(out, "%s %s\n", kind_title[ls->objs[i].kind], ls->objs[i].uri);
         if (ls->objs[i].kind == OBJ_PRIVATE)
@@ -214,17 +246,15 @@ static int print_listing(const eg_prov_token_opts *o, const struct listing *ls)
         else if (ls->objs[i].cert != NULL)
             print_cert(out, ls->objs[i].cert);
     }
-    rc = EG_EXIT_OK;
-out:
-    eg_prov_token_close(tok);
     BIO_free(out);
-    return rc;
+    return EG_EXIT_OK;
 }
 
 int eg_prov_cmd_list(int argc, char **argv)
 {
     eg_prov_token_opts o = {NULL, NULL, NULL, NULL};
     struct listing ls = {NULL, 0, 0};
+    eg_token *tok = NULL;
     bool help = false;
     int rc;
 
@@ -237,8 +267,11 @@ int eg_prov_cmd_list(int argc, char **argv)
     }
     if ((rc = eg_prov_token_opts_check(&o)) != EG_EXIT_OK)
         return rc;
-    if ((rc = enumerate(&o, &ls)) == EG_EXIT_OK)
-        rc = print_listing(&o, &ls);
+    if ((rc = eg_prov_token_open(&o, &tok)) != EG_EXIT_OK)
+        return rc;
+    if ((rc = enumerate(tok, &ls)) == EG_EXIT_OK)
+        rc = print_listing(tok, &ls);
     listing_clear(&ls);
+    eg_prov_token_close(tok);
     return rc;
 }

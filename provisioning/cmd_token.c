@@ -8,9 +8,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/crypto.h>
+
 #include "args.h"
 #include "files.h"
-#include "p11lib.h"
+#include "p11.h"
 #include "report.h"
 
 static const char init_token_help[] =
@@ -91,103 +93,69 @@ static int init_token_parse(int argc, char **argv, struct init_token *a)
     return EG_EXIT_OK;
 }
 
-static int slot_by_id(eg_prov_p11lib *l, unsigned long id, PKCS11_SLOT **out)
-{
-    unsigned i;
-
-    for (i = 0; i < l->nslots; i++) {
-        if (PKCS11_get_slotid_from_slot(&l->slots[i]) == id) {
-            *out = &l->slots[i];
-            return EG_EXIT_OK;
-        }
-    }
-    return eg_prov_fail(EG_EXIT_UNAVAILABLE, "the module has no slot %lu", id);
-}
-
 /* --slot, or the first slot whose token is not initialised. */
-static int choose_slot(const struct init_token *a, eg_prov_p11lib *l, PKCS11_SLOT **out)
+static int choose_slot(const struct init_token *a, const eg_slot_info *slots, size_t n,
+                       CK_SLOT_ID *out)
 {
-    PKCS11_SLOT *s = NULL;
-    unsigned i;
-    int rc;
+    const eg_slot_info *s = NULL;
+    size_t i;
 
-    if (a->have_slot && (rc = slot_by_id(l, a->slot, &s)) != EG_EXIT_OK)
-        return rc;
-    for (i = 0; !a->have_slot && i < l->nslots && s == NULL; i++) {
-        if (l->slots[i].token != NULL && !l->slots[i].token->initialized)
-            s = &l->slots[i];
+    for (i = 0; i < n && s == NULL; i++) {
+        if (a->have_slot ? slots[i].id == a->slot : slots[i].token_present && !slots[i].initialized)
+            s = &slots[i];
     }
+    if (s == NULL && a->have_slot)
+        return eg_prov_fail(EG_EXIT_UNAVAILABLE, "the module has no slot %lu", a->slot);
     if (s == NULL)
         return eg_prov_fail(EG_EXIT_UNAVAILABLE,
                             "%s has no free slot (NSS's softoken never has one: make its token "
                             "with certutil -N -d sql:DIR instead)",
                             a->tok.module);
-    if (s->token == NULL)
-        return eg_prov_fail(EG_EXIT_UNAVAILABLE, "slot %lu holds no token", a->slot);
-    if (s->token->initialized)
+    if (!s->token_present)
+        return eg_prov_fail(EG_EXIT_UNAVAILABLE, "slot %lu holds no token", s->id);
+    if (s->initialized)
         return eg_prov_fail(EG_EXIT_CANTCREAT,
                             "slot %lu holds the initialised token '%s'; "
                             "init-token never re-initialises a token (that "
                             "would destroy its keys)",
-                            PKCS11_get_slotid_from_slot(s), s->token->label);
-    *out = s;
-    return EG_EXIT_OK;
-}
-
-/* As the SO on the new token: sets the user PIN, then checks it logs in. */
-static int set_user_pin(const struct init_token *a, eg_prov_p11lib *l, const char *so_pin,
-                        const char *pin)
-{
-    PKCS11_SLOT *s;
-
-    /* SoftHSM moves a token it initialised to a new slot id: look again. */
-    if (eg_prov_p11lib_refresh(l) != EG_EXIT_OK || (s = eg_prov_p11lib_find(l, a->label)) == NULL)
-        return eg_prov_fail(EG_EXIT_SOFTWARE, "token '%s' was initialised but is not found",
-                            a->label);
-    if (PKCS11_login(s, 1, so_pin) != 0)
-        return eg_prov_fail_stack(EG_EXIT_NOPERM, "the new token refused its SO PIN");
-    if (PKCS11_init_pin(s->token, pin) != 0)
-        return eg_prov_fail_stack(EG_EXIT_SOFTWARE, "cannot set the user PIN of '%s'", a->label);
-    if (PKCS11_logout(s) != 0 || PKCS11_login(s, 0, pin) != 0)
-        return eg_prov_fail_stack(EG_EXIT_SOFTWARE, "the new user PIN of '%s' does not log in",
-                                  a->label);
-    eg_prov_note("initialised token '%s' in slot %lu and set its user PIN", a->label,
-                 PKCS11_get_slotid_from_slot(s));
+                            s->id, s->label);
+    *out = s->id;
     return EG_EXIT_OK;
 }
 
 static int init_token_run(const struct init_token *a)
 {
-    char *so_pin = NULL, *pin = NULL, label[33];
-    eg_prov_p11lib *l = NULL;
-    PKCS11_SLOT *slot = NULL;
+    char *so_pin = NULL, *pin = NULL;
+    eg_slot_info *slots = NULL;
+    CK_SLOT_ID slot = 0, now = 0;
+    size_t n = 0, i;
     int rc;
 
     if ((rc = eg_prov_pin_read(a->so_pin_file, "SO PIN", &so_pin)) != EG_EXIT_OK ||
-        (rc = eg_prov_pin_read(a->tok.pin_file, "PIN", &pin)) != EG_EXIT_OK ||
-        (rc = eg_prov_p11lib_load(a->tok.module, a->tok.init_args, &l)) != EG_EXIT_OK)
+        (rc = eg_prov_pin_read(a->tok.pin_file, "PIN", &pin)) != EG_EXIT_OK)
         goto out;
-    if ((slot = eg_prov_p11lib_find(l, a->label)) != NULL) {
-        rc = eg_prov_fail(EG_EXIT_CANTCREAT, "a token labelled '%s' already exists (slot %lu)",
-                          a->label, PKCS11_get_slotid_from_slot(slot));
+    if (eg_module_slots(a->tok.module, a->tok.init_args, &slots, &n) != 0) {
+        rc = eg_prov_fail_stack(EG_EXIT_UNAVAILABLE, "cannot list the slots of %s", a->tok.module);
         goto out;
     }
-    if ((rc = choose_slot(a, l, &slot)) != EG_EXIT_OK)
+    for (i = 0; i < n; i++) {
+        if (slots[i].initialized && strcmp(slots[i].label, a->label) == 0) {
+            rc = eg_prov_fail(EG_EXIT_CANTCREAT, "a token labelled '%s' already exists (slot %lu)",
+                              a->label, slots[i].id);
+            goto out;
+        }
+    }
+    if ((rc = choose_slot(a, slots, n, &slot)) != EG_EXIT_OK)
         goto out;
-    /*
-     * C_InitToken reads exactly 32 bytes of label, blank-padded. libp11 0.4.12
-     * passes our string through as it is, so a bare "demo" would carry a NUL
-     * and whatever follows it into the token's label.
-     */
-    snprintf(label, sizeof(label), "%-32s", a->label);
-    if (PKCS11_init_token(slot->token, so_pin, label) != 0) {
-        rc = eg_prov_fail_stack(EG_EXIT_SOFTWARE, "cannot initialise the token in slot %lu",
-                                PKCS11_get_slotid_from_slot(slot));
+    if (eg_module_init_token(a->tok.module, a->tok.init_args, slot, a->label, so_pin, pin, &now) !=
+        0) {
+        rc = eg_prov_fail_stack(EG_EXIT_SOFTWARE, "cannot initialise the token in slot %lu", slot);
         goto out;
     }
-    rc = set_user_pin(a, l, so_pin, pin);
+    eg_prov_note("initialised token '%s' in slot %lu and set its user PIN", a->label, now);
+    rc = EG_EXIT_OK;
 out:
-    eg_prov_p11lib_free(l);
+    OPENSSL_free(slots);
     eg_prov_pin_free(so_pin);
     eg_prov_pin_free(pin);
     return rc;

@@ -1,7 +1,7 @@
 /*
- * Error reports. The signer and libp11 say what failed on the OpenSSL error
- * stack; the exit code is derived from their reasons once, here, so that every
- * command maps a wrong PIN or a missing token the same way.
+ * Error reports. The signer says what failed on the OpenSSL error stack; the exit code is derived
+ * from their reasons once, here, so that every command maps a wrong PIN or a missing token the same
+ * way.
  */
 #include <stdarg.h>
 #include <stdbool.h>
@@ -11,7 +11,6 @@
 
 #include "errors.h"
 #include "p11.h"
-#include "p11lib.h"
 #include "provision.h"
 #include "report.h"
 
@@ -45,35 +44,12 @@ static int signer_exit(int reason)
     }
 }
 
-/* libp11 pushes the CK_RV itself as the reason under its "CKR" library. */
-static int ckr_exit(unsigned long rv)
-{
-    switch (rv) {
-    case CKR_PIN_INCORRECT:
-    case CKR_PIN_LOCKED:
-    case CKR_PIN_INVALID:
-    case CKR_PIN_LEN_RANGE:
-    case CKR_PIN_EXPIRED:
-        return EG_EXIT_NOPERM;
-    case CKR_TOKEN_NOT_PRESENT:
-    case CKR_TOKEN_NOT_RECOGNIZED:
-    case CKR_DEVICE_REMOVED:
-    case CKR_DEVICE_ERROR:
-    case CKR_SLOT_ID_INVALID:
-        return EG_EXIT_UNAVAILABLE;
-    default:
-        return 0;
-    }
-}
-
 static int error_exit(unsigned long e)
 {
     int lib = ERR_GET_LIB(e);
 
     if (lib == eg_signer_errlib())
         return signer_exit(ERR_GET_REASON(e));
-    if (lib == ERR_get_CKR_code())
-        return ckr_exit((unsigned long)ERR_GET_REASON(e));
     return 0;
 }
 
@@ -122,11 +98,11 @@ static int drained_exit(const struct drained *d)
 
 static bool from_token_layer(unsigned long e)
 {
-    return ERR_GET_LIB(e) == eg_signer_errlib() || ERR_GET_LIB(e) == ERR_get_CKR_code();
+    return ERR_GET_LIB(e) == eg_signer_errlib();
 }
 
 /*
- * When the signer or libp11 said what failed, other libraries' errors on the
+ * When the signer said what failed, other libraries' errors on the
  * stack came from inside the module (SoftHSM's own OpenSSL calls on a wrong
  * PIN): noise to an operator, so only the token layer's are shown.
  */
@@ -144,9 +120,7 @@ static void print_drained(const struct drained *d)
 
         if (token_layer && !from_token_layer(e))
             continue;
-        if (ERR_GET_LIB(e) == ERR_get_CKR_code()) {
-            fprintf(stderr, "  PKCS#11: %s\n", eg_p11_rv_name((CK_RV)ERR_GET_REASON(e)));
-        } else if (ERR_GET_LIB(e) == eg_signer_errlib()) {
+        if (ERR_GET_LIB(e) == eg_signer_errlib()) {
             fprintf(stderr, "  %s: %s\n", reason ? reason : "signer error", detail);
         } else {
             ERR_error_string_n(e, buf, sizeof(buf));

@@ -88,4 +88,27 @@ int eg_p11_key_get_bool(eg_p11_key *key, CK_ATTRIBUTE_TYPE type, bool *out);
 /* Destroys the key pair in the token. The handle stays valid to free. */
 int eg_p11_key_destroy(eg_p11_key *key);
 
+/*
+ * Slot administration (estgate-provision init-token): below eg_token, because
+ * a token that is not initialised has no label to be opened by. The module is
+ * loaded with init_args as eg_token_open() would load it.
+ */
+typedef struct eg_slot_info {
+    CK_SLOT_ID id;
+    bool token_present;
+    bool initialized;
+    char label[33]; /* without the padding; "" when not initialised */
+} eg_slot_info;
+
+/* The module's slots; *out is freed with OPENSSL_free(). 0, or -1 with an error. */
+int eg_module_slots(const char *module, const char *init_args, eg_slot_info **out, size_t *n);
+/*
+ * C_InitToken on slot with label and so_pin, then as the SO C_InitPIN with
+ * user_pin, then a user login to check it. *new_slot is where the token is
+ * afterwards (SoftHSM gives it a new slot id). 0, or -1 with an error.
+ */
+int eg_module_init_token(const char *module, const char *init_args, CK_SLOT_ID slot,
+                         const char *label, const char *so_pin, const char *user_pin,
+                         CK_SLOT_ID *new_slot);
+
 #endif

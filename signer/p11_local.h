@@ -13,6 +13,15 @@ struct eg_p11_call {
     unsigned gen; /* token generation the session belongs to */
 };
 
+/*
+ * Modules, shared by every token and the slot administration of p11_admin.c:
+ * loaded and initialised once per process, finalised with the last reference.
+ */
+typedef struct eg_module eg_module;
+int eg_module_get(const char *path, const char *init_args, eg_module **out);
+void eg_module_put(eg_module *m);
+CK_FUNCTION_LIST *eg_module_functions(const eg_module *m);
+
 /* Token generation: object handles cached by keys are valid for one generation. */
 unsigned eg_p11_call_gen(const eg_p11_call *call);
 void eg_token_count_sign(eg_token *tok);

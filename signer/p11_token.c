@@ -31,7 +31,7 @@
 #define EG_POOL_DEFAULT 16
 #define EG_RECOVER_MS   10000
 
-typedef struct eg_module {
+struct eg_module {
     struct eg_module *next;
     char *path;
     char *init_args;
@@ -47,7 +47,7 @@ typedef struct eg_module {
      * state (a p11-kit client's socket) down under it.
      */
     pthread_rwlock_t calls;
-} eg_module;
+};
 
 struct eg_token {
     eg_module *mod;
@@ -94,7 +94,7 @@ static CK_RV module_initialize(eg_module *m)
     rv = m->fl->C_Initialize(&args);
     ERR_pop_to_mark();
     if (rv == CKR_CRYPTOKI_ALREADY_INITIALIZED)
-        rv = CKR_OK; /* another library in this process (libp11) got there first */
+        rv = CKR_OK; /* another library in this process got there first */
     if (rv == CKR_OK)
         m->initialized = 1;
     return rv;
@@ -166,7 +166,7 @@ static int same_str(const char *a, const char *b)
     return (a == NULL && b == NULL) || (a != NULL && b != NULL && strcmp(a, b) == 0);
 }
 
-static int module_get(const char *path, const char *init_args, eg_module **out)
+int eg_module_get(const char *path, const char *init_args, eg_module **out)
 {
     eg_module *m;
     int rc = -1;
@@ -196,7 +196,7 @@ out:
     return rc;
 }
 
-static void module_put(eg_module *m)
+void eg_module_put(eg_module *m)
 {
     eg_module **p;
 
@@ -553,7 +553,7 @@ int eg_token_open(const eg_token_config *cfg, eg_token **out)
         goto out;
     if (cfg->pin_file != NULL && read_pin_file(cfg->pin_file, &tok->pin, &tok->pinlen) != 0)
         goto out;
-    if (module_get(cfg->module_path, cfg->init_args, &tok->mod) != 0)
+    if (eg_module_get(cfg->module_path, cfg->init_args, &tok->mod) != 0)
         goto out;
     pthread_mutex_lock(&tok->lock);
     rv = find_slot(tok);
@@ -593,7 +593,7 @@ void eg_token_free(eg_token *tok)
         for (i = 0; i < tok->nidle; i++)
             tok->mod->fl->C_CloseSession(tok->idle[i]);
     }
-    module_put(tok->mod);
+    eg_module_put(tok->mod);
     if (tok->pin != NULL)
         OPENSSL_clear_free(tok->pin, tok->pinlen);
     OPENSSL_free(tok->label);
@@ -661,4 +661,9 @@ CK_RV eg_p11_call_not_found(eg_p11_call *call, CK_RV rv)
     if (info.state == CKS_RO_PUBLIC_SESSION || info.state == CKS_RW_PUBLIC_SESSION)
         return CKR_USER_NOT_LOGGED_IN;
     return rv;
+}
+
+CK_FUNCTION_LIST *eg_module_functions(const eg_module *m)
+{
+    return m->fl;
 }
