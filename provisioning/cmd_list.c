@@ -82,29 +82,18 @@ static int listing_add(struct listing *ls, const char *token, enum obj_kind kind
 
 #define EG_LIST_MAX 1024
 
-/* A variable-length attribute, NUL-terminated for labels; *len 0 when it is absent. */
+/* An optional attribute: absent gives *out NULL and CKR_OK. */
 static CK_RV get_var(eg_p11_call *call, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type,
                      unsigned char **out, size_t *len)
 {
-    CK_ATTRIBUTE a = {type, NULL, 0};
-    CK_RV rv;
+    CK_RV rv = eg_p11_get_attribute_alloc(call, h, type, out, len);
 
-    *out = NULL;
-    *len = 0;
-    rv = eg_p11_get_attributes(call, h, &a, 1);
-    if (rv == CKR_ATTRIBUTE_TYPE_INVALID || a.ulValueLen == CK_UNAVAILABLE_INFORMATION)
+    if (rv == CKR_ATTRIBUTE_TYPE_INVALID) {
+        *out = NULL;
+        *len = 0;
         return CKR_OK;
-    if (rv != CKR_OK)
-        return rv;
-    if ((a.pValue = OPENSSL_zalloc(a.ulValueLen + 1)) == NULL)
-        return CKR_HOST_MEMORY;
-    if ((rv = eg_p11_get_attributes(call, h, &a, 1)) != CKR_OK) {
-        OPENSSL_free(a.pValue);
-        return rv;
     }
-    *out = a.pValue;
-    *len = a.ulValueLen;
-    return CKR_OK;
+    return rv;
 }
 
 struct enum_args {

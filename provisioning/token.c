@@ -104,25 +104,17 @@ static CK_RV cert_fn(eg_p11_call *call, void *arg)
     struct cert_args *a = arg;
     CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
     CK_ATTRIBUTE t[2] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_ID, (void *)a->id, a->idlen}};
-    CK_ATTRIBUTE v = {CKA_VALUE, NULL, 0};
     CK_OBJECT_HANDLE h[2];
+    size_t len = 0;
     CK_RV rv;
 
     OPENSSL_free(a->der);
     a->der = NULL;
     if ((rv = eg_p11_find_objects(call, t, 2, h, 2, &a->found)) != CKR_OK || a->found != 1)
         return rv;
-    if ((rv = eg_p11_get_attributes(call, h[0], &v, 1)) != CKR_OK)
+    if ((rv = eg_p11_get_attribute_alloc(call, h[0], CKA_VALUE, &a->der, &len)) != CKR_OK)
         return rv;
-    if (v.ulValueLen == CK_UNAVAILABLE_INFORMATION ||
-        (v.pValue = OPENSSL_malloc(v.ulValueLen)) == NULL)
-        return CKR_HOST_MEMORY;
-    if ((rv = eg_p11_get_attributes(call, h[0], &v, 1)) != CKR_OK) {
-        OPENSSL_free(v.pValue);
-        return rv;
-    }
-    a->der = v.pValue;
-    a->derlen = v.ulValueLen;
+    a->derlen = len;
     return CKR_OK;
 }
 

@@ -37,6 +37,9 @@ CK_RV eg_p11_find_objects(eg_p11_call *call, CK_ATTRIBUTE *tmpl, CK_ULONG n, CK_
                           CK_ULONG max, CK_ULONG *found);
 CK_RV eg_p11_get_attributes(eg_p11_call *call, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE *tmpl,
                             CK_ULONG n);
+/* One variable-length attribute in OPENSSL_malloc'd memory, NUL-terminated for labels. */
+CK_RV eg_p11_get_attribute_alloc(eg_p11_call *call, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE_TYPE type,
+                                 uint8_t **out, size_t *len);
 CK_RV eg_p11_sign(eg_p11_call *call, CK_MECHANISM *mech, CK_OBJECT_HANDLE key, const uint8_t *in,
                   size_t inlen, uint8_t *sig, size_t *siglen);
 CK_RV eg_p11_generate_key_pair(eg_p11_call *call, CK_MECHANISM *mech, CK_ATTRIBUTE *pub,

@@ -1,6 +1,8 @@
 /* The wrapped C_* calls used inside eg_token_run() callbacks, and CK_RV names. */
 #include <string.h>
 
+#include <openssl/crypto.h>
+
 #include "errors.h"
 #include "p11_local.h"
 
@@ -20,6 +22,27 @@ CK_RV eg_p11_find_objects(eg_p11_call *call, CK_ATTRIBUTE *tmpl, CK_ULONG n, CK_
 CK_RV eg_p11_get_attributes(eg_p11_call *call, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE *tmpl, CK_ULONG n)
 {
     return call->fl->C_GetAttributeValue(call->h, obj, tmpl, n);
+}
+
+CK_RV eg_p11_get_attribute_alloc(eg_p11_call *call, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE_TYPE type,
+                                 uint8_t **out, size_t *len)
+{
+    CK_ATTRIBUTE a = {type, NULL, 0};
+    CK_RV rv;
+
+    if ((rv = eg_p11_get_attributes(call, obj, &a, 1)) != CKR_OK)
+        return rv;
+    if (a.ulValueLen == CK_UNAVAILABLE_INFORMATION)
+        return CKR_ATTRIBUTE_TYPE_INVALID;
+    if ((a.pValue = OPENSSL_zalloc(a.ulValueLen + 1)) == NULL)
+        return CKR_HOST_MEMORY;
+    if ((rv = eg_p11_get_attributes(call, obj, &a, 1)) != CKR_OK) {
+        OPENSSL_free(a.pValue);
+        return rv;
+    }
+    *out = a.pValue;
+    *len = a.ulValueLen;
+    return CKR_OK;
 }
 
 CK_RV eg_p11_sign(eg_p11_call *call, CK_MECHANISM *mech, CK_OBJECT_HANDLE key, const uint8_t *in,

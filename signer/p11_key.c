@@ -156,28 +156,6 @@ int eg_p11_key_sign(eg_p11_key *key, CK_MECHANISM *mech, const uint8_t *in, size
     return 0;
 }
 
-/* Reads a variable-length attribute; *out is NUL-terminated for convenience. */
-static CK_RV get_attr(eg_p11_call *call, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type, uint8_t **out,
-                      size_t *len)
-{
-    CK_ATTRIBUTE a = {type, NULL, 0};
-    CK_RV rv;
-
-    if ((rv = eg_p11_get_attributes(call, h, &a, 1)) != CKR_OK)
-        return rv;
-    if (a.ulValueLen == CK_UNAVAILABLE_INFORMATION)
-        return CKR_ATTRIBUTE_TYPE_INVALID;
-    if ((a.pValue = OPENSSL_zalloc(a.ulValueLen + 1)) == NULL)
-        return CKR_HOST_MEMORY;
-    if ((rv = eg_p11_get_attributes(call, h, &a, 1)) != CKR_OK) {
-        OPENSSL_free(a.pValue);
-        return rv;
-    }
-    *out = a.pValue;
-    *len = a.ulValueLen;
-    return CKR_OK;
-}
-
 static EVP_PKEY *pkey_fromdata(const char *name, OSSL_PARAM_BLD *bld)
 {
     OSSL_PARAM *params = OSSL_PARAM_BLD_to_param(bld);
@@ -263,19 +241,19 @@ static CK_RV load_public(eg_p11_call *call, eg_p11_key *key, CK_OBJECT_HANDLE pr
     CK_RV rv;
 
     if (key->type == EG_KEY_RSA) {
-        if ((rv = get_attr(call, priv, CKA_MODULUS, &a, &alen)) == CKR_OK &&
-            (rv = get_attr(call, priv, CKA_PUBLIC_EXPONENT, &b, &blen)) == CKR_OK)
+        if ((rv = eg_p11_get_attribute_alloc(call, priv, CKA_MODULUS, &a, &alen)) == CKR_OK &&
+            (rv = eg_p11_get_attribute_alloc(call, priv, CKA_PUBLIC_EXPONENT, &b, &blen)) == CKR_OK)
             key->pub = rsa_public(a, alen, b, blen);
     } else {
-        if ((rv = get_attr(call, priv, CKA_EC_PARAMS, &a, &alen)) == CKR_OK &&
+        if ((rv = eg_p11_get_attribute_alloc(call, priv, CKA_EC_PARAMS, &a, &alen)) == CKR_OK &&
             (rv = find_one(call, key, CKO_PUBLIC_KEY, &h)) == CKR_OK &&
-            (rv = get_attr(call, h, CKA_EC_POINT, &b, &blen)) == CKR_OK)
+            (rv = eg_p11_get_attribute_alloc(call, h, CKA_EC_POINT, &b, &blen)) == CKR_OK)
             key->pub = ec_public(key->type, a, alen, b, blen);
     }
     OPENSSL_free(a);
     OPENSSL_free(b);
     if (key->pub == NULL && find_one(call, key, CKO_CERTIFICATE, &h) == CKR_OK &&
-        get_attr(call, h, CKA_VALUE, &a, &alen) == CKR_OK) {
+        eg_p11_get_attribute_alloc(call, h, CKA_VALUE, &a, &alen) == CKR_OK) {
         const unsigned char *p = a;
         X509 *cert = d2i_X509(NULL, &p, (long)alen);
 
@@ -304,11 +282,11 @@ static CK_RV describe_fn(eg_p11_call *call, void *arg)
         return rv;
     if ((key->type = type_of(kt)) == EG_KEY_NONE)
         return CKR_KEY_TYPE_INCONSISTENT;
-    if (key->id == NULL && get_attr(call, h, CKA_ID, &v, &len) == CKR_OK) {
+    if (key->id == NULL && eg_p11_get_attribute_alloc(call, h, CKA_ID, &v, &len) == CKR_OK) {
         key->id = v;
         key->idlen = len;
     }
-    if (key->label == NULL && get_attr(call, h, CKA_LABEL, &v, &len) == CKR_OK)
+    if (key->label == NULL && eg_p11_get_attribute_alloc(call, h, CKA_LABEL, &v, &len) == CKR_OK)
         key->label = (char *)v;
     EVP_PKEY_free(key->pub);
     key->pub = NULL;
