@@ -6,6 +6,7 @@
  */
 #include <arpa/inet.h>
 #include <stdarg.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -475,6 +476,15 @@ out:
     return rc;
 }
 
+/* szOID_ENROLLMENT_NAME_VALUE_PAIR, which OpenSSL has no NID for: made once. */
+static ASN1_OBJECT *name_value_oid;
+static pthread_once_t name_value_once = PTHREAD_ONCE_INIT;
+
+static void name_value_init(void)
+{
+    name_value_oid = OBJ_txt2obj("1.3.6.1.4.1.311.13.2.1", 1);
+}
+
 unsigned eg_policy_requested_days(X509_REQ *req)
 {
     static const struct {
@@ -482,11 +492,13 @@ unsigned eg_policy_requested_days(X509_REQ *req)
         unsigned hours;
     } units[] = {
         {"years", 365 * 24}, {"months", 31 * 24}, {"weeks", 7 * 24}, {"days", 24}, {"hours", 1}};
-    ASN1_OBJECT *oid = OBJ_txt2obj("1.3.6.1.4.1.311.13.2.1", 1);
+    const ASN1_OBJECT *oid;
     unsigned long count = 0, hours = 0;
     char name[64], value[64], unit[64] = "";
     int i = -1, j;
 
+    pthread_once(&name_value_once, name_value_init);
+    oid = name_value_oid;
     /* Windows certreq asks for a validity with ValidityPeriod (a unit) and
        ValidityPeriodUnits (a count) in szOID_ENROLLMENT_NAME_VALUE_PAIR. */
     while (oid != NULL && (i = X509_REQ_get_attr_by_OBJ(req, oid, i)) >= 0) {
@@ -502,7 +514,6 @@ unsigned eg_policy_requested_days(X509_REQ *req)
                 count = strtoul(value, NULL, 10);
         }
     }
-    ASN1_OBJECT_free(oid);
     for (i = 0; i < (int)(sizeof(units) / sizeof(units[0])); i++) {
         if (strcasecmp(unit, units[i].unit) == 0 && count > 0 && count < 100000)
             hours = count * units[i].hours;
