@@ -418,7 +418,7 @@ typedef struct enroll {
     eg_core *core;
     const eg_enroll_req *req;
     core_profile *prof;
-    X509_REQ *csr;
+    eg_csr *csr;
     int64_t intent_id;
     eg_answer a;
 } enroll;
@@ -462,7 +462,7 @@ static int check_reenroll(enroll *e)
         answer_set(&e->a, EG_FORBIDDEN, EG_AUDIT_AUTH_CERT_MISMATCH, EG_DIM_NONE,
                    "the CSR's subjectAltName differs from the current certificate's");
     } else if (!e->prof->cfg.allow_rekey &&
-               EVP_PKEY_eq(X509_get0_pubkey(cur), X509_REQ_get0_pubkey(e->csr)) != 1) {
+               EVP_PKEY_eq(X509_get0_pubkey(cur), eg_csr_pubkey(e->csr)) != 1) {
         answer_set(&e->a, EG_FORBIDDEN, EG_AUDIT_POLICY, EG_DIM_REKEY,
                    "this profile does not allow a new key at reenrollment");
     } else {
@@ -480,21 +480,23 @@ out:
 /* Parse, the CSR's own signature, policy, and the reenroll rules. 0: go on and issue. */
 static int check_request(enroll *e)
 {
-    const unsigned char *p = e->req->csr;
     eg_policy_verdict v;
-    EVP_PKEY *pk;
-    int rc;
+    int rc, type;
 
-    e->csr = p ? d2i_X509_REQ(NULL, &p, (long)e->req->csr_len) : NULL;
-    if (e->csr == NULL || p != e->req->csr + e->req->csr_len) {
-        ERR_clear_error();
+    if (eg_csr_parse(e->req->csr, e->req->csr_len, &e->csr) != 0) {
         answer_set(&e->a, EG_MALFORMED, EG_AUDIT_MALFORMED, EG_DIM_NONE,
                    "the request is not a DER PKCS#10 certification request");
         return -1;
     }
-    pk = X509_REQ_get0_pubkey(e->csr);
-    if (pk == NULL || X509_REQ_verify(e->csr, pk) != 1) {
-        ERR_clear_error();
+    type = eg_csr_key_type(e->csr);
+    if (eg_csr_pubkey(e->csr) == NULL &&
+        (type == EVP_PKEY_RSA || type == EVP_PKEY_EC || type == EVP_PKEY_ED25519)) {
+        answer_set(&e->a, EG_MALFORMED, EG_AUDIT_MALFORMED, EG_DIM_NONE,
+                   "the CSR's public key cannot be read (an EC key must name its curve)");
+        return -1;
+    }
+    /* A key of another algorithm cannot be verified here, and policy refuses it below. */
+    if (eg_csr_pubkey(e->csr) != NULL && eg_csr_verify(e->csr) != 1) {
         answer_set(&e->a, EG_MALFORMED, EG_AUDIT_CSR_SIGNATURE, EG_DIM_NONE,
                    "the CSR's signature does not verify with its public key");
         return -1;
@@ -673,7 +675,7 @@ int eg_core_enroll(eg_core *core, const eg_enroll_req *req, eg_answer *out)
         .intent_id = e.intent_id,
     };
     eg_audit_emit(core->lg, &rec);
-    X509_REQ_free(e.csr);
+    eg_csr_free(e.csr);
     if (e.a.status == EG_OK && answer_certs_only(&e.a) != 0)
         answer_set(&e.a, EG_INTERNAL, EG_AUDIT_INTERNAL, EG_DIM_NONE, "out of memory");
     *out = e.a;

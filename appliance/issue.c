@@ -94,9 +94,9 @@ static int add_template_rdn(X509_NAME *out, const eg_subject_rdn *r, const X509_
                                       ASN1_STRING_length(cn), -1, 0);
 }
 
-X509_NAME *eg_issue_subject(const eg_policy *pol, X509_REQ *req)
+X509_NAME *eg_issue_subject(const eg_policy *pol, const eg_csr *req)
 {
-    const X509_NAME *csr = X509_REQ_get_subject_name(req);
+    const X509_NAME *csr = eg_csr_subject(req);
     X509_NAME *out = X509_NAME_new();
     int i, ok = out != NULL;
     size_t j;
@@ -145,7 +145,7 @@ static int add_eku(X509 *x, const eg_profile_cfg *p)
     return ok ? 0 : -1;
 }
 
-static int add_san(X509 *x, X509_REQ *req)
+static int add_san(X509 *x, const eg_csr *req)
 {
     GENERAL_NAMES *gens = eg_policy_csr_sans(req);
     /* RFC 5280 4.2.1.6: with an empty subject the SAN is critical. */
@@ -172,42 +172,7 @@ static int key_type(X509 *x)
     return OBJ_obj2nid(alg); /* EVP_PKEY_RSA, EVP_PKEY_EC, EVP_PKEY_ED25519 are these NIDs */
 }
 
-/* The CSR's SubjectPublicKeyInfo copied into x as it is: no decode, no re-encode. */
-static int copy_pubkey(X509 *x, X509_REQ *req)
-{
-    const unsigned char *bits;
-    const ASN1_OBJECT *obj;
-    const void *pval;
-    ASN1_OBJECT *alg = NULL;
-    X509_ALGOR *pa;
-    void *param = NULL;
-    unsigned char *copy = NULL;
-    int len, ptype;
-
-    if (X509_PUBKEY_get0_param(NULL, &bits, &len, &pa, X509_REQ_get_X509_PUBKEY(req)) != 1)
-        return -1;
-    X509_ALGOR_get0(&obj, &ptype, &pval, pa);
-    if ((alg = OBJ_dup(obj)) == NULL || (copy = OPENSSL_memdup(bits, (size_t)len)) == NULL)
-        goto err;
-    if (ptype == V_ASN1_OBJECT)
-        param = OBJ_dup(pval);
-    else if (ptype == V_ASN1_SEQUENCE)
-        param = ASN1_STRING_dup(pval);
-    if (pval != NULL && ptype != V_ASN1_NULL && param == NULL)
-        goto err;
-    if (X509_PUBKEY_set0_param(X509_get_X509_PUBKEY(x), alg, ptype, param, copy, len) == 1)
-        return 0;
-err:
-    ASN1_OBJECT_free(alg);
-    OPENSSL_free(copy);
-    if (ptype == V_ASN1_OBJECT)
-        ASN1_OBJECT_free(param);
-    else
-        ASN1_STRING_free(param);
-    return -1;
-}
-
-static int add_extensions(X509 *x, const eg_policy *pol, const eg_issue_ca *ca, X509_REQ *req)
+static int add_extensions(X509 *x, const eg_policy *pol, const eg_issue_ca *ca, const eg_csr *req)
 {
     int type = key_type(x);
     X509V3_CTX ctx;
@@ -235,7 +200,7 @@ static int set_serial(X509 *x, const uint8_t *serial, size_t len)
     return ok ? 0 : -1;
 }
 
-X509 *eg_issue_build(const eg_policy *pol, const eg_issue_ca *ca, X509_REQ *req,
+X509 *eg_issue_build(const eg_policy *pol, const eg_issue_ca *ca, const eg_csr *req,
                      const X509_NAME *subject, const uint8_t *serial, size_t serial_len,
                      const eg_validity *val, char *reason, size_t cap)
 {
@@ -246,7 +211,8 @@ X509 *eg_issue_build(const eg_policy *pol, const eg_issue_ca *ca, X509_REQ *req,
         X509_set_issuer_name(x, X509_get_subject_name(ca->cert)) != 1 ||
         X509_set_subject_name(x, subject) != 1 ||
         ASN1_TIME_set(X509_getm_notBefore(x), val->not_before) == NULL ||
-        ASN1_TIME_set(X509_getm_notAfter(x), val->not_after) == NULL || copy_pubkey(x, req) != 0) {
+        ASN1_TIME_set(X509_getm_notAfter(x), val->not_after) == NULL ||
+        eg_csr_copy_pubkey(req, x) != 0) {
         fail(reason, cap, "cannot build the certificate");
         goto err;
     }

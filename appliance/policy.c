@@ -145,16 +145,17 @@ static bool key_rule_matches(const eg_keyrule_cfg *r, int type, int bits, int ni
     return true;
 }
 
-static int check_key(const eg_profile_cfg *p, X509_REQ *req, eg_policy_verdict *v)
+static int check_key(const eg_profile_cfg *p, const eg_csr *csr, eg_policy_verdict *v)
 {
-    EVP_PKEY *pk = X509_REQ_get0_pubkey(req);
+    EVP_PKEY *pk = eg_csr_pubkey(csr);
     const eg_keyrule_cfg *rules;
     size_t n, i;
     int type, bits, nid = NID_undef;
 
-    if (pk == NULL)
-        return refuse(v, EG_DIM_KEY, "the CSR's public key cannot be read");
-    type = EVP_PKEY_get_base_id(pk);
+    type = eg_csr_key_type(csr);
+    if (pk == NULL) /* an algorithm the appliance cannot use */
+        return refuse(v, EG_DIM_KEY, "%s key is not allowed by this profile",
+                      type != NID_undef ? OBJ_nid2sn(type) : "unknown");
     bits = EVP_PKEY_get_bits(pk);
     if (type == EVP_PKEY_EC)
         nid = curve_nid(pk);
@@ -174,7 +175,8 @@ static int check_key(const eg_profile_cfg *p, X509_REQ *req, eg_policy_verdict *
 
 /* ---- EKU ---- */
 
-static int check_eku(const eg_profile_cfg *p, STACK_OF(X509_EXTENSION) * exts, eg_policy_verdict *v)
+static int check_eku(const eg_profile_cfg *p, const STACK_OF(X509_EXTENSION) * exts,
+                     eg_policy_verdict *v)
 {
     EXTENDED_KEY_USAGE *eku = X509V3_get_d2i(exts, NID_ext_key_usage, NULL, NULL);
     char name[80];
@@ -358,16 +360,12 @@ void eg_policy_san_text(const GENERAL_NAME *gn, char *buf, size_t cap)
     snprintf(buf, cap, "%s%s%s", prefix, text[0] ? ":" : "", text);
 }
 
-GENERAL_NAMES *eg_policy_csr_sans(X509_REQ *req)
+GENERAL_NAMES *eg_policy_csr_sans(const eg_csr *csr)
 {
-    STACK_OF(X509_EXTENSION) *exts = X509_REQ_get_extensions(req);
-    GENERAL_NAMES *gens = X509V3_get_d2i(exts, NID_subject_alt_name, NULL, NULL);
-
-    sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
-    return gens;
+    return X509V3_get_d2i(eg_csr_extensions(csr), NID_subject_alt_name, NULL, NULL);
 }
 
-static int check_sans(const eg_profile_cfg *p, STACK_OF(X509_EXTENSION) * exts,
+static int check_sans(const eg_profile_cfg *p, const STACK_OF(X509_EXTENSION) * exts,
                       eg_policy_verdict *v)
 {
     int crit = -1, i, rc = 0;
@@ -398,10 +396,10 @@ static int check_sans(const eg_profile_cfg *p, STACK_OF(X509_EXTENSION) * exts,
 
 /* ---- subject ---- */
 
-static int check_subject(const eg_policy *pol, X509_REQ *req, eg_policy_verdict *v)
+static int check_subject(const eg_policy *pol, const eg_csr *csr, eg_policy_verdict *v)
 {
     const eg_profile_cfg *p = pol->cfg;
-    const X509_NAME *name = X509_REQ_get_subject_name(req);
+    const X509_NAME *name = eg_csr_subject(csr);
     int i, nid;
     size_t j;
 
@@ -430,12 +428,12 @@ static int check_subject(const eg_policy *pol, X509_REQ *req, eg_policy_verdict 
     return 0;
 }
 
-static int check_attrs(const eg_profile_cfg *p, X509_REQ *req, eg_policy_verdict *v)
+static int check_attrs(const eg_profile_cfg *p, const eg_csr *csr, eg_policy_verdict *v)
 {
     size_t i;
 
     for (i = 0; i < p->nrequired_attrs; i++) {
-        if (X509_REQ_get_attr_by_NID(req, p->required_attrs[i], -1) < 0)
+        if (X509at_get_attr_by_NID(eg_csr_attributes(csr), p->required_attrs[i], -1) < 0)
             return refuse(v, EG_DIM_ATTRS,
                           "the CSR lacks the attribute %s that this profile "
                           "requires",
@@ -485,13 +483,14 @@ static void name_value_init(void)
     name_value_oid = OBJ_txt2obj("1.3.6.1.4.1.311.13.2.1", 1);
 }
 
-unsigned eg_policy_requested_days(X509_REQ *req)
+unsigned eg_policy_requested_days(const eg_csr *csr)
 {
     static const struct {
         const char *unit;
         unsigned hours;
     } units[] = {
         {"years", 365 * 24}, {"months", 31 * 24}, {"weeks", 7 * 24}, {"days", 24}, {"hours", 1}};
+    const STACK_OF(X509_ATTRIBUTE) *attrs = eg_csr_attributes(csr);
     const ASN1_OBJECT *oid;
     unsigned long count = 0, hours = 0;
     char name[64], value[64], unit[64] = "";
@@ -501,8 +500,8 @@ unsigned eg_policy_requested_days(X509_REQ *req)
     oid = name_value_oid;
     /* Windows certreq asks for a validity with ValidityPeriod (a unit) and
        ValidityPeriodUnits (a count) in szOID_ENROLLMENT_NAME_VALUE_PAIR. */
-    while (oid != NULL && (i = X509_REQ_get_attr_by_OBJ(req, oid, i)) >= 0) {
-        X509_ATTRIBUTE *a = X509_REQ_get_attr(req, i);
+    while (oid != NULL && (i = X509at_get_attr_by_OBJ(attrs, oid, i)) >= 0) {
+        X509_ATTRIBUTE *a = X509at_get_attr(attrs, i);
 
         for (j = 0; j < X509_ATTRIBUTE_count(a); j++) {
             if (name_value(X509_ATTRIBUTE_get0_type(a, j), name, sizeof(name), value,
@@ -521,9 +520,9 @@ unsigned eg_policy_requested_days(X509_REQ *req)
     return (unsigned)((hours + 23) / 24);
 }
 
-static int check_validity(const eg_profile_cfg *p, X509_REQ *req, eg_policy_verdict *v)
+static int check_validity(const eg_profile_cfg *p, const eg_csr *csr, eg_policy_verdict *v)
 {
-    unsigned max = p->max_days ? p->max_days : 365, asked = eg_policy_requested_days(req);
+    unsigned max = p->max_days ? p->max_days : 365, asked = eg_policy_requested_days(csr);
 
     if (asked > max)
         return refuse(v, EG_DIM_VALIDITY,
@@ -532,26 +531,23 @@ static int check_validity(const eg_profile_cfg *p, X509_REQ *req, eg_policy_verd
     return 0;
 }
 
-int eg_policy_check(const eg_policy *pol, X509_REQ *req, eg_policy_verdict *v)
+int eg_policy_check(const eg_policy *pol, const eg_csr *csr, eg_policy_verdict *v)
 {
-    STACK_OF(X509_EXTENSION) *exts = X509_REQ_get_extensions(req);
+    const STACK_OF(X509_EXTENSION) *exts = eg_csr_extensions(csr);
     eg_policy_verdict r = {0};
     int rc;
 
-    /* A CSR without extensions gives NULL with an error queued; that is not a problem. */
-    ERR_clear_error();
-    rc = check_key(pol->cfg, req, &r);
+    rc = check_key(pol->cfg, csr, &r);
     if (rc == 0)
         rc = check_eku(pol->cfg, exts, &r);
     if (rc == 0)
         rc = check_sans(pol->cfg, exts, &r);
     if (rc == 0)
-        rc = check_subject(pol, req, &r);
+        rc = check_subject(pol, csr, &r);
     if (rc == 0)
-        rc = check_attrs(pol->cfg, req, &r);
+        rc = check_attrs(pol->cfg, csr, &r);
     if (rc == 0)
-        rc = check_validity(pol->cfg, req, &r);
-    sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
+        rc = check_validity(pol->cfg, csr, &r);
     if (rc == 1)
         *v = r;
     return rc;

@@ -14,6 +14,7 @@
 #include <openssl/x509v3.h>
 
 #include "config.h"
+#include "csr.h"
 #include "core.h"
 
 /* One attribute of a subject template: a fixed value, or the CSR's CN ("${cn}"). */
@@ -44,19 +45,19 @@ typedef struct eg_policy_verdict {
 } eg_policy_verdict;
 
 /* 0: allowed; 1: refused, *v says why; -1: could not be checked (internal). */
-int eg_policy_check(const eg_policy *pol, X509_REQ *req, eg_policy_verdict *v);
+int eg_policy_check(const eg_policy *pol, const eg_csr *csr, eg_policy_verdict *v);
 
 /*
  * The validity a CSR asks for, in days rounded up (Windows certreq's
  * ValidityPeriod and ValidityPeriodUnits enrollment attributes); 0 when it
  * asks for none. More than the profile's max_days is refused by the policy.
  */
-unsigned eg_policy_requested_days(X509_REQ *req);
+unsigned eg_policy_requested_days(const eg_csr *csr);
 /* The key rules in force: the profile's, or the defaults (RSA >= 2048, P-256, P-384, Ed25519). */
 void eg_policy_keyrules(const eg_profile_cfg *p, const eg_keyrule_cfg **rules, size_t *n);
 
 /* The CSR's requested SANs (a copy, or NULL when it asks for none). */
-GENERAL_NAMES *eg_policy_csr_sans(X509_REQ *req);
+GENERAL_NAMES *eg_policy_csr_sans(const eg_csr *csr);
 
 /* "dns:example.com", "ip:10.0.0.1", ... with unprintable bytes replaced; for reasons. */
 void eg_policy_san_text(const GENERAL_NAME *gn, char *buf, size_t cap);

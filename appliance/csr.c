@@ -1,0 +1,287 @@
+/* PKCS#10 requests read without OpenSSL 3.0's per-key decoder chain; see csr.h. */
+#include "csr.h"
+
+#include <limits.h>
+#include <string.h>
+
+#include <openssl/asn1t.h>
+#include <openssl/core_names.h>
+#include <openssl/err.h>
+#include <openssl/param_build.h>
+#include <openssl/x509v3.h>
+
+/* RFC 2986 4, with the SubjectPublicKeyInfo left as its two fields. */
+typedef struct {
+    X509_ALGOR *algor;
+    ASN1_BIT_STRING *key;
+} EG_SPKI;
+
+typedef struct {
+    ASN1_ENCODING enc; /* the signed bytes, as received */
+    ASN1_INTEGER *version;
+    X509_NAME *subject;
+    EG_SPKI *spki;
+    STACK_OF(X509_ATTRIBUTE) * attributes;
+} EG_CRI;
+
+typedef struct {
+    EG_CRI *info;
+    X509_ALGOR *sig_alg;
+    ASN1_BIT_STRING *signature;
+} EG_REQ;
+
+/* RFC 8017 A.1.1 */
+typedef struct {
+    ASN1_INTEGER *n;
+    ASN1_INTEGER *e;
+} EG_RSAPUB;
+
+ASN1_SEQUENCE(EG_SPKI) =
+    {
+        ASN1_SIMPLE(EG_SPKI, algor, X509_ALGOR),
+        ASN1_SIMPLE(EG_SPKI, key, ASN1_BIT_STRING),
+} static_ASN1_SEQUENCE_END(EG_SPKI)
+
+    /* Attributes are optional as in OpenSSL's own X509_REQ: some old clients leave them out. */
+    ASN1_SEQUENCE_enc(EG_CRI, enc, NULL) =
+        {
+            ASN1_SIMPLE(EG_CRI, version, ASN1_INTEGER),
+            ASN1_SIMPLE(EG_CRI, subject, X509_NAME),
+            ASN1_SIMPLE(EG_CRI, spki, EG_SPKI),
+            ASN1_IMP_SET_OF_OPT(EG_CRI, attributes, X509_ATTRIBUTE, 0),
+} static_ASN1_SEQUENCE_END_ref(EG_CRI, EG_CRI)
+
+            ASN1_SEQUENCE(EG_REQ) =
+                {
+                    ASN1_SIMPLE(EG_REQ, info, EG_CRI),
+                    ASN1_SIMPLE(EG_REQ, sig_alg, X509_ALGOR),
+                    ASN1_SIMPLE(EG_REQ, signature, ASN1_BIT_STRING),
+} static_ASN1_SEQUENCE_END(EG_REQ)
+
+                    ASN1_SEQUENCE(EG_RSAPUB) =
+                        {
+                            ASN1_SIMPLE(EG_RSAPUB, n, ASN1_INTEGER),
+                            ASN1_SIMPLE(EG_RSAPUB, e, ASN1_INTEGER),
+} static_ASN1_SEQUENCE_END(EG_RSAPUB)
+
+                            struct eg_csr {
+    EG_REQ *req;
+    STACK_OF(X509_EXTENSION) * exts;
+    EVP_PKEY *pkey;
+    int key_type;
+};
+
+static EVP_PKEY *from_params(const char *type, const OSSL_PARAM *params)
+{
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, type, NULL);
+    EVP_PKEY *pkey = NULL;
+
+    if (ctx == NULL || EVP_PKEY_fromdata_init(ctx) != 1 ||
+        EVP_PKEY_fromdata(ctx, &pkey, EVP_PKEY_PUBLIC_KEY, (OSSL_PARAM *)params) != 1)
+        pkey = NULL;
+    EVP_PKEY_CTX_free(ctx);
+    return pkey;
+}
+
+/* id-ecPublicKey on a named curve; explicit curve parameters are not accepted. */
+static EVP_PKEY *ec_key(int ptype, const void *pval, const ASN1_BIT_STRING *bits)
+{
+    const char *curve;
+    OSSL_PARAM params[3];
+
+    if (ptype != V_ASN1_OBJECT || (curve = OBJ_nid2sn(OBJ_obj2nid(pval))) == NULL)
+        return NULL;
+    params[0] = OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, (char *)curve, 0);
+    params[1] = OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_PUB_KEY, bits->data,
+                                                  (size_t)bits->length);
+    params[2] = OSSL_PARAM_construct_end();
+    return from_params("EC", params);
+}
+
+static EVP_PKEY *rsa_key(const ASN1_BIT_STRING *bits)
+{
+    const unsigned char *p = bits->data;
+    EG_RSAPUB *pub = (EG_RSAPUB *)ASN1_item_d2i(NULL, &p, bits->length, ASN1_ITEM_rptr(EG_RSAPUB));
+    BIGNUM *n = NULL, *e = NULL;
+    OSSL_PARAM_BLD *bld = NULL;
+    OSSL_PARAM *params = NULL;
+    EVP_PKEY *pkey = NULL;
+
+    if (pub == NULL || p != bits->data + bits->length)
+        goto out;
+    n = ASN1_INTEGER_to_BN(pub->n, NULL);
+    e = ASN1_INTEGER_to_BN(pub->e, NULL);
+    if (n == NULL || e == NULL || BN_is_negative(n) || BN_is_negative(e) || BN_is_zero(n))
+        goto out;
+    if ((bld = OSSL_PARAM_BLD_new()) == NULL ||
+        OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, n) != 1 ||
+        OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, e) != 1 ||
+        (params = OSSL_PARAM_BLD_to_param(bld)) == NULL)
+        goto out;
+    pkey = from_params("RSA", params);
+out:
+    OSSL_PARAM_free(params);
+    OSSL_PARAM_BLD_free(bld);
+    BN_free(n);
+    BN_free(e);
+    ASN1_item_free((ASN1_VALUE *)pub, ASN1_ITEM_rptr(EG_RSAPUB));
+    return pkey;
+}
+
+/* The key from the SubjectPublicKeyInfo's fields; NULL for other algorithms or bad fields. */
+static EVP_PKEY *make_key(const EG_SPKI *spki, int type)
+{
+    const ASN1_OBJECT *obj;
+    const void *pval = NULL; /* X509_ALGOR_get0 leaves it as it is when there are no parameters */
+    int ptype;
+
+    X509_ALGOR_get0(&obj, &ptype, &pval, spki->algor);
+    if ((spki->key->flags & 0x07) != 0) /* unused bits in a key's BIT STRING */
+        return NULL;
+    switch (type) {
+    case EVP_PKEY_EC:
+        return ec_key(ptype, pval, spki->key);
+    case EVP_PKEY_RSA:
+        return ptype == V_ASN1_NULL ? rsa_key(spki->key) : NULL;
+    case EVP_PKEY_ED25519:
+        return ptype == V_ASN1_UNDEF
+                   ? EVP_PKEY_new_raw_public_key_ex(NULL, "ED25519", NULL, spki->key->data,
+                                                    (size_t)spki->key->length)
+                   : NULL;
+    default:
+        return NULL;
+    }
+}
+
+/*
+ * The extensionRequest attribute (or Microsoft's older one), as OpenSSL's
+ * X509_REQ_get_extensions reads it. 0 with *out NULL when there is none; -1
+ * when it is there and cannot be parsed.
+ */
+static int read_extensions(const STACK_OF(X509_ATTRIBUTE) * attrs, STACK_OF(X509_EXTENSION) * *out)
+{
+    static const int nids[] = {NID_ext_req, NID_ms_ext_req};
+    const ASN1_TYPE *t;
+    const unsigned char *p;
+    size_t i;
+    int idx = -1;
+
+    for (i = 0; i < sizeof(nids) / sizeof(nids[0]) && idx < 0; i++)
+        idx = X509at_get_attr_by_NID(attrs, nids[i], -1);
+    *out = NULL;
+    if (idx < 0)
+        return 0;
+    t = X509_ATTRIBUTE_get0_type(X509at_get_attr(attrs, idx), 0);
+    if (t == NULL || t->type != V_ASN1_SEQUENCE)
+        return -1;
+    p = t->value.sequence->data;
+    *out = (STACK_OF(X509_EXTENSION) *)ASN1_item_d2i(NULL, &p, t->value.sequence->length,
+                                                     ASN1_ITEM_rptr(X509_EXTENSIONS));
+    return *out != NULL ? 0 : -1;
+}
+
+int eg_csr_parse(const unsigned char *der, size_t len, eg_csr **out)
+{
+    const unsigned char *p = der;
+    eg_csr *csr = OPENSSL_zalloc(sizeof(*csr));
+    int rc = -1;
+
+    if (csr == NULL || der == NULL || len == 0 || len > LONG_MAX)
+        goto out;
+    csr->req = (EG_REQ *)ASN1_item_d2i(NULL, &p, (long)len, ASN1_ITEM_rptr(EG_REQ));
+    if (csr->req == NULL || p != der + len || ASN1_INTEGER_get(csr->req->info->version) != 0)
+        goto out;
+    if (read_extensions(csr->req->info->attributes, &csr->exts) != 0)
+        goto out;
+    csr->key_type = OBJ_obj2nid(csr->req->info->spki->algor->algorithm);
+    csr->pkey = make_key(csr->req->info->spki, csr->key_type);
+    *out = csr;
+    csr = NULL;
+    rc = 0;
+out:
+    ERR_clear_error();
+    eg_csr_free(csr);
+    return rc;
+}
+
+void eg_csr_free(eg_csr *csr)
+{
+    if (csr == NULL)
+        return;
+    EVP_PKEY_free(csr->pkey);
+    sk_X509_EXTENSION_pop_free(csr->exts, X509_EXTENSION_free);
+    ASN1_item_free((ASN1_VALUE *)csr->req, ASN1_ITEM_rptr(EG_REQ));
+    OPENSSL_free(csr);
+}
+
+int eg_csr_key_type(const eg_csr *csr)
+{
+    return csr->key_type;
+}
+
+EVP_PKEY *eg_csr_pubkey(const eg_csr *csr)
+{
+    return csr->pkey;
+}
+
+int eg_csr_verify(const eg_csr *csr)
+{
+    int ok;
+
+    if (csr->pkey == NULL)
+        return 0;
+    /* EG_CRI keeps its encoding, so this verifies the bytes the client signed. */
+    ok = ASN1_item_verify_ex(ASN1_ITEM_rptr(EG_CRI), csr->req->sig_alg, csr->req->signature,
+                             csr->req->info, NULL, csr->pkey, NULL, NULL) == 1;
+    ERR_clear_error();
+    return ok;
+}
+
+const X509_NAME *eg_csr_subject(const eg_csr *csr)
+{
+    return csr->req->info->subject;
+}
+
+const STACK_OF(X509_EXTENSION) * eg_csr_extensions(const eg_csr *csr)
+{
+    return csr->exts;
+}
+
+const STACK_OF(X509_ATTRIBUTE) * eg_csr_attributes(const eg_csr *csr)
+{
+    return csr->req->info->attributes;
+}
+
+int eg_csr_copy_pubkey(const eg_csr *csr, X509 *cert)
+{
+    const EG_SPKI *spki = csr->req->info->spki;
+    const ASN1_OBJECT *obj;
+    const void *pval = NULL; /* X509_ALGOR_get0 leaves it as it is when there are no parameters */
+    ASN1_OBJECT *alg = NULL;
+    void *param = NULL;
+    unsigned char *bits = NULL;
+    int ptype;
+
+    X509_ALGOR_get0(&obj, &ptype, &pval, spki->algor);
+    alg = OBJ_dup(obj);
+    bits = OPENSSL_memdup(spki->key->data, (size_t)spki->key->length);
+    if (alg == NULL || bits == NULL)
+        goto err;
+    if (ptype == V_ASN1_OBJECT)
+        param = OBJ_dup(pval);
+    else if (ptype == V_ASN1_SEQUENCE)
+        param = ASN1_STRING_dup(pval);
+    if (pval != NULL && ptype != V_ASN1_NULL && param == NULL)
+        goto err;
+    if (X509_PUBKEY_set0_param(X509_get_X509_PUBKEY(cert), alg, ptype, param, bits,
+                               spki->key->length) == 1)
+        return 0;
+err:
+    ASN1_OBJECT_free(alg);
+    OPENSSL_free(bits);
+    if (ptype == V_ASN1_OBJECT)
+        ASN1_OBJECT_free(param);
+    else
+        ASN1_STRING_free(param);
+    return -1;
+}
