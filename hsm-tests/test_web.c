@@ -346,6 +346,45 @@ static void test_keep_alive_two_requests_one_handshake(void)
     client_close(&c);
 }
 
+/* Head and body leave in one write: one SSL_read gets the whole answer (one TLS record). */
+static void test_answer_in_one_record(void)
+{
+    client c;
+    char buf[8192];
+    int n;
+
+    CU_ASSERT_EQUAL_FATAL(client_open(&c, 0, TLS1_3_VERSION), 0);
+    CU_ASSERT_EQUAL_FATAL(send_all(&c, GET_FULLCMC, strlen(GET_FULLCMC)), 0);
+    n = SSL_read(c.ssl, buf, sizeof(buf) - 1);
+    CU_ASSERT_FATAL(n > 0);
+    buf[n] = '\0';
+    CU_ASSERT_PTR_NOT_NULL(strstr(buf, "HTTP/1.1 405 "));
+    CU_ASSERT_PTR_NOT_NULL(strstr(buf, "\r\nConnection: keep-alive\r\n"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(buf, "\r\nDate: "));
+    CU_ASSERT_PTR_NOT_NULL(strstr(buf, "\r\n\r\nfullcmc needs POST"));
+    client_close(&c);
+}
+
+/* An HTTP/1.0 client without keep-alive is told so, and the connection ends after it. */
+static void test_http10_connection_closes(void)
+{
+    static const char req[] = "GET /.well-known/est/fullcmc HTTP/1.0\r\n\r\n";
+    client c;
+    char buf[8192];
+    size_t n = 0;
+    int r;
+
+    CU_ASSERT_EQUAL_FATAL(client_open(&c, 0, TLS1_3_VERSION), 0);
+    CU_ASSERT_EQUAL_FATAL(send_all(&c, req, strlen(req)), 0);
+    while (n < sizeof(buf) - 1 && (r = SSL_read(c.ssl, buf + n, (int)(sizeof(buf) - 1 - n))) > 0)
+        n += (size_t)r;
+    buf[n] = '\0';
+    CU_ASSERT_PTR_NOT_NULL(strstr(buf, "HTTP/1.1 405 "));
+    CU_ASSERT_PTR_NOT_NULL(strstr(buf, "\r\nConnection: close\r\n"));
+    CU_ASSERT(n < sizeof(buf) - 1); /* the read loop ended because the server closed */
+    client_close(&c);
+}
+
 int main(int argc, char **argv)
 {
     CU_TestInfo tests[] = {
@@ -356,6 +395,8 @@ int main(int argc, char **argv)
          test_content_length_and_transfer_encoding_refused},
         {"oversized bodies are 413", test_oversized_bodies_refused},
         {"keep-alive: two requests, one handshake", test_keep_alive_two_requests_one_handshake},
+        {"an answer is one TLS record", test_answer_in_one_record},
+        {"HTTP/1.0 without keep-alive is closed", test_http10_connection_closes},
         CU_TEST_INFO_NULL,
     };
 

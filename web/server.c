@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <civetweb.h>
 #include <openssl/err.h>
@@ -61,23 +62,58 @@ static int refuse(struct mg_connection *conn, eg_server *srv, const eg_http_req 
     return status;
 }
 
+/* civetweb 1.15's own rule (should_keep_alive): a Connection header decides, else HTTP/1.1. */
+static bool keeps_alive(const struct mg_connection *conn)
+{
+    const char *h = mg_get_header(conn, "Connection");
+    const char *v = mg_get_request_info(conn)->http_version;
+
+    if (h != NULL)
+        return strcasestr(h, "keep-alive") != NULL;
+    return v != NULL && strcmp(v, "1.1") == 0;
+}
+
+/*
+ * Status line, headers and body in one write: one TLS record and one TCP
+ * segment per answer. civetweb's header functions send the head on its own,
+ * which cost an enrollment a second SSL_write and send path (11% of the
+ * daemon's CPU under load, docs/benchmarks.md).
+ */
 static void send_response(struct mg_connection *conn, const eg_http_resp *r)
 {
-    char len[24], line[512];
+    bool alive = keeps_alive(conn);
+    char date[64];
+    struct tm tm;
+    time_t now = time(NULL);
+    size_t cap = 1024 + r->body_len, n;
+    char *buf = malloc(cap);
 
-    snprintf(len, sizeof(len), "%zu", r->body_len);
-    mg_response_header_start(conn, r->status);
-    if (r->content_type != NULL)
-        mg_response_header_add(conn, "Content-Type", r->content_type, -1);
-    for (size_t i = 0; i < r->nheaders; i++) {
-        snprintf(line, sizeof(line), "%s\r\n", r->headers[i]);
-        mg_response_header_add_lines(conn, line);
+    if (buf == NULL) {
+        mg_disable_connection_keep_alive(conn);
+        return;
     }
-    if (r->status != 204)
-        mg_response_header_add(conn, "Content-Length", len, -1);
-    mg_response_header_send(conn);
-    if (r->body_len > 0)
-        mg_write(conn, r->body, r->body_len);
+    strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S GMT", gmtime_r(&now, &tm));
+    n = (size_t)snprintf(buf, cap, "HTTP/1.1 %d %s\r\n", r->status,
+                         mg_get_response_code_text(conn, r->status));
+    if (r->content_type != NULL)
+        n += (size_t)snprintf(buf + n, cap - n, "Content-Type: %s\r\n", r->content_type);
+    for (size_t i = 0; i < r->nheaders && n < cap; i++)
+        n += (size_t)snprintf(buf + n, cap - n, "%s\r\n", r->headers[i]);
+    if (r->status != 204 && n < cap)
+        n += (size_t)snprintf(buf + n, cap - n, "Content-Length: %zu\r\n", r->body_len);
+    if (n < cap)
+        n += (size_t)snprintf(buf + n, cap - n, "Date: %s\r\nConnection: %s\r\n\r\n", date,
+                              alive ? "keep-alive" : "close");
+    if (n + r->body_len > cap) { /* headers longer than the room kept for them */
+        mg_disable_connection_keep_alive(conn);
+        free(buf);
+        return;
+    }
+    if (!alive)
+        mg_disable_connection_keep_alive(conn);
+    memcpy(buf + n, r->body, r->body_len);
+    mg_write(conn, buf, n + r->body_len);
+    free(buf);
 }
 
 /*
