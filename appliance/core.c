@@ -1,8 +1,12 @@
 /*
- * The core: profiles with their CA keys and chains, loaded once at open and
- * read-only afterwards, so eg_core_enroll can run on many threads at once
- * (the token and the ledger do their own locking).
+ * The core: profiles with their CA keys and chains, loaded at open and
+ * read-only until a reload puts a whole new set in their place, so
+ * eg_core_enroll can run on many threads at once (the token and the ledger
+ * do their own locking). Every call that looks at a profile holds the
+ * profile lock for reading until it is done with it; a reload waits for
+ * those calls, swaps the set, and frees the old one.
  */
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,11 +35,16 @@ typedef struct core_profile {
     size_t csrattrs_len;
 } core_profile;
 
+typedef struct profile_set {
+    core_profile *profiles;
+    size_t n;
+} profile_set;
+
 struct eg_core {
     eg_token *tok;
     eg_ledger *lg;
-    core_profile *profiles;
-    size_t nprofiles;
+    pthread_rwlock_t lock; /* over set */
+    profile_set *set;
 };
 
 void eg_answer_clear(eg_answer *a)
@@ -73,15 +82,16 @@ static int answer_copy(eg_answer *a, const uint8_t *der, size_t len)
 
 /* ---- profiles ---- */
 
+/* The caller holds core->lock. */
 static core_profile *find_profile(eg_core *core, const char *label)
 {
     size_t i;
 
     if (label == NULL)
         label = "";
-    for (i = 0; i < core->nprofiles; i++) {
-        if (strcmp(core->profiles[i].cfg.label, label) == 0)
-            return &core->profiles[i];
+    for (i = 0; i < core->set->n; i++) {
+        if (strcmp(core->set->profiles[i].cfg.label, label) == 0)
+            return &core->set->profiles[i];
     }
     return NULL;
 }
@@ -365,15 +375,45 @@ static int open_token(const eg_config *cfg, eg_token **tok)
     return 0;
 }
 
+static void set_free(profile_set *set)
+{
+    if (set == NULL)
+        return;
+    for (size_t i = 0; i < set->n; i++)
+        profile_clear(&set->profiles[i]);
+    free(set->profiles);
+    free(set);
+}
+
+/* cfg's profiles with their CA keys (from the open token), chains and answers. */
+static int set_load(const eg_config *cfg, profile_set **out)
+{
+    profile_set *set = calloc(1, sizeof(*set));
+    int rc = -1;
+
+    if (set == NULL || cfg->nprofiles == 0 ||
+        (set->profiles = calloc(cfg->nprofiles, sizeof(*set->profiles))) == NULL)
+        goto out;
+    for (; set->n < cfg->nprofiles; set->n++) {
+        if (profile_load(&cfg->profiles[set->n], &set->profiles[set->n]) != 0) {
+            set->n++; /* so that set_free frees what it got */
+            goto out;
+        }
+    }
+    *out = set;
+    set = NULL;
+    rc = 0;
+out:
+    set_free(set);
+    return rc;
+}
+
 void eg_core_close(eg_core *core)
 {
-    size_t i;
-
     if (core == NULL)
         return;
-    for (i = 0; i < core->nprofiles; i++)
-        profile_clear(&core->profiles[i]);
-    free(core->profiles);
+    set_free(core->set);
+    pthread_rwlock_destroy(&core->lock);
     eg_ledger_close(core->lg);
     if (core->tok != NULL) {
         eg_provider_remove_token(NULL, core->tok);
@@ -382,24 +422,32 @@ void eg_core_close(eg_core *core)
     free(core);
 }
 
+int eg_core_lock_init(pthread_rwlock_t *lock)
+{
+    pthread_rwlockattr_t attr;
+    int rc;
+
+    if (pthread_rwlockattr_init(&attr) != 0)
+        return -1;
+    pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    rc = pthread_rwlock_init(lock, &attr) == 0 ? 0 : -1;
+    pthread_rwlockattr_destroy(&attr);
+    return rc;
+}
+
 int eg_core_open(const eg_config *cfg, eg_core **out)
 {
     eg_core *core = calloc(1, sizeof(*core));
     int rc = -1;
-    size_t i;
 
-    if (core == NULL || cfg == NULL || cfg->nprofiles == 0 || cfg->ledger_path == NULL)
-        goto out;
-    if ((core->profiles = calloc(cfg->nprofiles, sizeof(*core->profiles))) == NULL)
-        goto out;
-    if (open_token(cfg, &core->tok) != 0)
-        goto out;
-    for (i = 0; i < cfg->nprofiles; i++, core->nprofiles++) {
-        if (profile_load(&cfg->profiles[i], &core->profiles[i]) != 0) {
-            core->nprofiles++; /* so that close frees what it got */
-            goto out;
-        }
+    if (core == NULL || eg_core_lock_init(&core->lock) != 0) {
+        free(core);
+        return -1;
     }
+    if (cfg == NULL || cfg->nprofiles == 0 || cfg->ledger_path == NULL)
+        goto out;
+    if (open_token(cfg, &core->tok) != 0 || set_load(cfg, &core->set) != 0)
+        goto out;
     if (eg_ledger_open(cfg->ledger_path, NULL, &core->lg) != 0) {
         fprintf(stderr, "estgated: cannot open the ledger %s\n", cfg->ledger_path);
         goto out;
@@ -410,6 +458,20 @@ int eg_core_open(const eg_config *cfg, eg_core **out)
 out:
     eg_core_close(core);
     return rc;
+}
+
+int eg_core_reload(eg_core *core, const eg_config *cfg)
+{
+    profile_set *set = NULL, *old;
+
+    if (core == NULL || cfg == NULL || set_load(cfg, &set) != 0)
+        return -1;
+    pthread_rwlock_wrlock(&core->lock);
+    old = core->set;
+    core->set = set;
+    pthread_rwlock_unlock(&core->lock);
+    set_free(old);
+    return 0;
 }
 
 /* ---- enroll ---- */
@@ -659,6 +721,7 @@ int eg_core_enroll(eg_core *core, const eg_enroll_req *req, eg_answer *out)
     if (core == NULL || req == NULL || out == NULL)
         return -1;
     printable_label(req->profile, label, sizeof(label));
+    pthread_rwlock_rdlock(&core->lock);
     e.prof = find_profile(core, req->profile);
     if (e.prof == NULL)
         answer_set(&e.a, EG_UNKNOWN_PROFILE, EG_AUDIT_MALFORMED, EG_DIM_NONE,
@@ -675,6 +738,7 @@ int eg_core_enroll(eg_core *core, const eg_enroll_req *req, eg_answer *out)
         .intent_id = e.intent_id,
     };
     eg_audit_emit(core->lg, &rec);
+    pthread_rwlock_unlock(&core->lock);
     eg_csr_free(e.csr);
     if (e.a.status == EG_OK && answer_certs_only(&e.a) != 0)
         answer_set(&e.a, EG_INTERNAL, EG_AUDIT_INTERNAL, EG_DIM_NONE, "out of memory");
@@ -691,6 +755,7 @@ static int fixed_answer(eg_core *core, const char *profile, bool csrattrs, eg_an
 
     if (core == NULL || out == NULL)
         return -1;
+    pthread_rwlock_rdlock(&core->lock);
     p = find_profile(core, profile);
     if (p == NULL) {
         answer_set(&a, EG_UNKNOWN_PROFILE, EG_AUDIT_MALFORMED, EG_DIM_NONE, "no such profile");
@@ -702,6 +767,7 @@ static int fixed_answer(eg_core *core, const char *profile, bool csrattrs, eg_an
     } else {
         answer_set(&a, EG_OK, EG_AUDIT_CACERTS, EG_DIM_NONE, "%s", "");
     }
+    pthread_rwlock_unlock(&core->lock);
     *out = a;
     return 0;
 }

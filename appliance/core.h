@@ -11,6 +11,7 @@
 #ifndef EG_CORE_H
 #define EG_CORE_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -98,6 +99,18 @@ typedef struct eg_enroll_req {
  */
 int eg_core_open(const eg_config *cfg, eg_core **out);
 void eg_core_close(eg_core *core);
+
+/*
+ * Loads cfg's profiles (CA keys from the token already open, chains, CSR
+ * attributes) and puts them in place of the running ones once the calls in
+ * flight are done with those. The token and the ledger stay as they are. 0,
+ * or -1 with the reason on stderr and the running profiles unchanged.
+ */
+int eg_core_reload(eg_core *core, const eg_config *cfg);
+
+/* A readers-writer lock that prefers writers: a reload must not wait behind a
+   steady stream of requests. */
+int eg_core_lock_init(pthread_rwlock_t *lock);
 
 /* simpleenroll / simplereenroll: policy, lint, serial, ledger intent, sign, ledger.
    These three return 0 with *out filled for every outcome (the status says which; one

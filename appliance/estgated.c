@@ -7,12 +7,17 @@
  *   estgated --check-config FILE   validate a configuration, list every problem
  *   estgated --hash-password       read a password on stdin, print its hash
  *
+ * SIGHUP reloads the file: profiles, their users, policy, CA chains and
+ * client CA bundles are replaced once the requests in flight are done; a file
+ * with any error leaves the running configuration in force and says why.
+ *
  * When it is ready to serve it prints one line per listener to stdout,
  * "estgated: listening on https://ADDR:PORT/", so that scripts and tests know
  * the port even when the configuration asked for port 0.
  */
 #include <pthread.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,7 +61,82 @@ static void block_signals(sigset_t *set)
     pthread_sigmask(SIG_BLOCK, set, NULL);
 }
 
-static int wait_for_stop(const sigset_t *set)
+static bool differs(const char *a, const char *b)
+{
+    return strcmp(a != NULL ? a : "", b != NULL ? b : "") != 0;
+}
+
+static bool listeners_differ(const eg_config *a, const eg_config *b)
+{
+    bool d = a->nlisteners != b->nlisteners;
+
+    for (size_t i = 0; !d && i < a->nlisteners; i++)
+        d = differs(a->listeners[i].address, b->listeners[i].address) ||
+            a->listeners[i].port != b->listeners[i].port ||
+            a->listeners[i].allow_tls12 != b->listeners[i].allow_tls12;
+    return d;
+}
+
+/* Settings that a reload cannot change: says which ones changed in the file. */
+static void warn_restart_only(const eg_config *run, const eg_config *cfg)
+{
+    const struct {
+        const char *name;
+        bool changed;
+    } keys[] = {
+        {"[server] listen", listeners_differ(run, cfg)},
+        {"[server] tls_key", differs(run->tls_key_uri, cfg->tls_key_uri)},
+        {"[server] tls_chain", differs(run->tls_chain_file, cfg->tls_chain_file)},
+        {"[server] max_body", run->max_body != cfg->max_body},
+        {"[server] threads", run->threads != cfg->threads},
+        {"[server] keepalive_ms", run->keepalive_ms != cfg->keepalive_ms},
+        {"[server] ledger", differs(run->ledger_path, cfg->ledger_path)},
+        {"[token] module", differs(run->module_path, cfg->module_path)},
+        {"[token] init_args", differs(run->init_args, cfg->init_args)},
+        {"[token] label", differs(run->token_label, cfg->token_label)},
+        {"[token] pin_file", differs(run->pin_file, cfg->pin_file)},
+        {"[token] pool_size", run->pool_size != cfg->pool_size},
+        {"[token] recover_ms", run->recover_ms != cfg->recover_ms},
+    };
+
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+        if (keys[i].changed)
+            fprintf(stderr, "estgated: reload: %s changed; it takes effect at the next restart\n",
+                    keys[i].name);
+    }
+}
+
+/* SIGHUP: the file again; on any error the running configuration stays. */
+static void reload(const char *path, const eg_config *run, eg_est *est, eg_server *srv)
+{
+    eg_config_errors errs = {NULL, 0};
+    eg_config *cfg = NULL;
+    size_t n;
+
+    fprintf(stderr, "estgated: SIGHUP, reloading %s\n", path);
+    if (eg_config_load(path, &cfg, &errs) != 0) {
+        eg_config_errors_print(&errs, path, stderr);
+        eg_config_errors_clear(&errs);
+        fprintf(stderr, "estgated: reload refused; the running configuration stays in force\n");
+        return;
+    }
+    warn_restart_only(run, cfg);
+    n = cfg->nprofiles;
+    if (eg_est_reload(est, cfg) != 0) {
+        ERR_print_errors_fp(stderr);
+        eg_config_free(cfg);
+        fprintf(stderr, "estgated: reload failed; the running configuration stays in force\n");
+        return;
+    }
+    /* est owns cfg now and keeps it until the next reload; the names follow it. */
+    if (eg_server_reload(srv, cfg) != 0)
+        fprintf(stderr, "estgated: reload: the client CA names offered at the handshake are "
+                        "the previous ones\n");
+    fprintf(stderr, "estgated: reloaded %s: %zu profile%s\n", path, n, n == 1 ? "" : "s");
+}
+
+static int wait_for_stop(const sigset_t *set, const char *path, const eg_config *run, eg_est *est,
+                         eg_server *srv)
 {
     int sig;
 
@@ -64,9 +144,7 @@ static int wait_for_stop(const sigset_t *set)
         if (sigwait(set, &sig) != 0)
             return -1;
         if (sig == SIGHUP) {
-            /* Reload is not built yet: say so rather than pretend. */
-            fprintf(stderr, "estgated: SIGHUP ignored: reload is not supported yet; restart to "
-                            "apply a new configuration\n");
+            reload(path, run, est, srv);
             continue;
         }
         fprintf(stderr, "estgated: %s, stopping\n", sig == SIGTERM ? "SIGTERM" : "SIGINT");
@@ -118,7 +196,7 @@ static int run(const char *path)
         goto out;
     }
     print_listeners(cfg, srv);
-    if (wait_for_stop(&set) != 0)
+    if (wait_for_stop(&set, path, cfg, est, srv) != 0)
         goto out;
     rc = 0;
 out:

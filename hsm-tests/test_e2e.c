@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -836,6 +837,122 @@ static void test_secrets_never_reach_the_log(void)
     free(pin);
 }
 
+/* ---- reload ---- */
+
+/* How many times the log says "needle". */
+static int log_count(const char *needle)
+{
+    size_t len;
+    char *log = eg_file_read(daemon_log, &len), *p = log;
+    int n = 0;
+
+    while (p != NULL && (p = strstr(p, needle)) != NULL) {
+        n++;
+        p += strlen(needle);
+    }
+    free(log);
+    return n;
+}
+
+/* SIGHUP, then waits (up to 10 s) for the log to say needle once more. */
+static int sighup_and_wait(const char *needle)
+{
+    int before = log_count(needle);
+
+    if (kill(daemon_pid, SIGHUP) != 0)
+        return -1;
+    for (int i = 0; i < 200; i++) {
+        if (log_count(needle) > before)
+            return 0;
+        usleep(50000);
+    }
+    return -1;
+}
+
+/* Whether the server offers a client CA named cn in its CertificateRequest. */
+static bool offers_ca(const char *cn)
+{
+    SSL_CTX *ctx = NULL;
+    SSL *ssl = tls_connect(&ctx, port);
+    STACK_OF(X509_NAME) *names = ssl ? SSL_get_client_CA_list(ssl) : NULL;
+    char buf[256];
+    bool found = false;
+
+    for (int i = 0; i < sk_X509_NAME_num(names) && !found; i++) {
+        X509_NAME_get_text_by_NID(sk_X509_NAME_value(names, i), NID_commonName, buf, sizeof(buf));
+        found = strcmp(buf, cn) == 0;
+    }
+    tls_close(ssl, ctx);
+    return found;
+}
+
+/*
+ * The partner profile's client CA bundle gains a second CA: after SIGHUP its
+ * devices enroll and the handshake offers its name, without a restart. A
+ * file with an error changes nothing, and the daemon says so.
+ */
+static void test_sighup_reloads_client_trust(void)
+{
+    char key[PATH_MAX], crt[PATH_MAX], ckey[PATH_MAX], csr[PATH_MAX], ccrt[PATH_MAX];
+    char bundle[PATH_MAX], saved[PATH_MAX];
+    size_t len1, len2, inilen;
+    char *one, *two, *both, *text;
+    http h;
+
+    CU_ASSERT_EQUAL_FATAL(
+        cmd("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+            "-nodes", "-keyout", tpath(key, "partner2-ca.key"), "-out",
+            tpath(crt, "partner2-ca.pem"), "-subj", "/CN=Partner CA 2", "-days", "30", "-addext",
+            "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=keyCertSign,cRLSign", NULL),
+        0);
+    CU_ASSERT_EQUAL_FATAL(cmd("openssl", "req", "-new", "-newkey", "ec", "-pkeyopt",
+                              "ec_paramgen_curve:P-256", "-nodes", "-keyout",
+                              tpath(ckey, "partner2-dev.key"), "-out",
+                              tpath(csr, "partner2-dev.csr"), "-subj", "/CN=p2.example.com", NULL),
+                          0);
+    CU_ASSERT_EQUAL_FATAL(cmd("openssl", "x509", "-req", "-in", csr, "-CA", crt, "-CAkey", key,
+                              "-CAcreateserial", "-days", "30", "-out",
+                              tpath(ccrt, "partner2-dev.pem"), NULL),
+                          0);
+    CU_ASSERT_EQUAL(
+        enroll(&h, "partner/simpleenroll", "dev1r", NULL, "--cert", ccrt, "--key", ckey), 403);
+    CU_ASSERT(!offers_ca("Partner CA 2"));
+
+    /* Both CAs in the partner bundle (the operator's edit), then SIGHUP. */
+    one = eg_file_read(tpath(bundle, "partner-ca.pem"), &len1);
+    two = eg_file_read(crt, &len2);
+    CU_ASSERT_FATAL(one != NULL && two != NULL && (both = malloc(len1 + len2)) != NULL);
+    memcpy(both, one, len1);
+    memcpy(both + len1, two, len2);
+    CU_ASSERT_EQUAL_FATAL(eg_file_write(bundle, both, len1 + len2, 0644), 0);
+    CU_ASSERT_EQUAL_FATAL(sighup_and_wait("estgated: reloaded "), 0);
+    CU_ASSERT_EQUAL(
+        enroll(&h, "partner/simpleenroll", "dev1r", NULL, "--cert", ccrt, "--key", ckey), 200);
+    CU_ASSERT(offers_ca("Partner CA 2"));
+
+    /* A broken file: refused, and the running configuration (with both CAs) stays. */
+    text = eg_file_read(ini, &inilen);
+    CU_ASSERT_FATAL(text != NULL);
+    tpath(saved, "estgated.ini.saved");
+    CU_ASSERT_EQUAL_FATAL(eg_file_write(saved, text, inilen, 0600), 0);
+    CU_ASSERT_EQUAL_FATAL(eg_file_write(ini, "[server]\nthreads = many\n", 24, 0600), 0);
+    CU_ASSERT_EQUAL(sighup_and_wait("reload refused; the running configuration stays"), 0);
+    CU_ASSERT_EQUAL(
+        enroll(&h, "partner/simpleenroll", "dev1r", NULL, "--cert", ccrt, "--key", ckey), 200);
+    CU_ASSERT_EQUAL(curl(&h, port, "cacerts", NULL), 200);
+
+    /* Back as it was, for the tests after this one. */
+    CU_ASSERT_EQUAL(eg_file_write(ini, text, inilen, 0600), 0);
+    CU_ASSERT_EQUAL(eg_file_write(bundle, one, len1, 0644), 0);
+    CU_ASSERT_EQUAL(sighup_and_wait("estgated: reloaded "), 0);
+    CU_ASSERT_EQUAL(
+        enroll(&h, "partner/simpleenroll", "dev1r", NULL, "--cert", ccrt, "--key", ckey), 403);
+    free(text);
+    free(both);
+    free(one);
+    free(two);
+}
+
 static CU_TestInfo tests[] = {
     {"curl: cacerts", test_curl_cacerts},
     {"curl: simpleenroll with Basic", test_curl_simpleenroll_with_basic},
@@ -853,6 +970,8 @@ static CU_TestInfo tests[] = {
     {"TLS 1.2 only where allowed", test_tls12_only_where_allowed},
     {"token unavailable is 503", test_token_unavailable_is_503},
     {"secrets never reach the log", test_secrets_never_reach_the_log},
+    {"SIGHUP reloads client trust; a broken file changes nothing",
+     test_sighup_reloads_client_trust},
     {"SIGKILL loses no received certificate", test_sigkill_loses_no_received_certificate},
     CU_TEST_INFO_NULL,
 };

@@ -2,6 +2,7 @@
  * EST request handling without HTTP plumbing: route, check method and media
  * type, authenticate, decode, ask the core, map its answer to a status.
  */
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,7 +42,9 @@ static const struct {
 };
 
 struct eg_est {
+    pthread_rwlock_t lock; /* requests read cfg and auth; a reload replaces them */
     const eg_config *cfg;
+    eg_config *owned; /* cfg when a reload gave it; freed at the next one */
     eg_core *core;
     eg_auth *auth;
 };
@@ -73,6 +76,10 @@ int eg_est_new(const eg_config *cfg, eg_core *core, eg_est **out)
 
     if (est == NULL)
         goto out;
+    if (eg_core_lock_init(&est->lock) != 0) {
+        free(est);
+        return -1;
+    }
     est->cfg = cfg;
     est->core = core;
     if (eg_auth_new(cfg, &est->auth) != 0)
@@ -90,7 +97,36 @@ void eg_est_free(eg_est *est)
     if (est == NULL)
         return;
     eg_auth_free(est->auth);
+    eg_config_free(est->owned);
+    pthread_rwlock_destroy(&est->lock);
     free(est);
+}
+
+int eg_est_reload(eg_est *est, eg_config *cfg)
+{
+    eg_auth *auth = NULL, *old_auth;
+    eg_config *old_cfg;
+
+    if (eg_auth_new(cfg, &auth) != 0) {
+        fprintf(stderr, "estgated: reload: the profiles' users or client CA bundles cannot be "
+                        "loaded\n");
+        return -1;
+    }
+    /* No request runs while the core and the web change together. */
+    pthread_rwlock_wrlock(&est->lock);
+    if (eg_core_reload(est->core, cfg) != 0) {
+        pthread_rwlock_unlock(&est->lock);
+        eg_auth_free(auth);
+        return -1;
+    }
+    old_auth = est->auth;
+    old_cfg = est->owned;
+    est->auth = auth;
+    est->cfg = est->owned = cfg;
+    pthread_rwlock_unlock(&est->lock);
+    eg_auth_free(old_auth);
+    eg_config_free(old_cfg);
+    return 0;
 }
 
 static void add_header(eg_http_resp *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -328,7 +364,7 @@ static void public_op(est_ctx *c)
     eg_answer_clear(&a);
 }
 
-void eg_est_handle(eg_est *est, const eg_http_req *req, eg_http_resp *resp)
+static void handle(eg_est *est, const eg_http_req *req, eg_http_resp *resp)
 {
     est_ctx c = {.est = est, .req = req, .resp = resp};
     char why[160];
@@ -365,6 +401,13 @@ void eg_est_handle(eg_est *est, const eg_http_req *req, eg_http_resp *resp)
         enroll(&c);
         break;
     }
+}
+
+void eg_est_handle(eg_est *est, const eg_http_req *req, eg_http_resp *resp)
+{
+    pthread_rwlock_rdlock(&est->lock);
+    handle(est, req, resp);
+    pthread_rwlock_unlock(&est->lock);
 }
 
 void eg_est_audit(eg_est *est, const eg_http_req *req, eg_audit_kind kind, const char *reason)

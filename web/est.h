@@ -57,6 +57,15 @@ void eg_http_resp_clear(eg_http_resp *r);
 int eg_est_new(const eg_config *cfg, eg_core *core, eg_est **out);
 void eg_est_free(eg_est *est);
 
+/*
+ * Puts cfg's profiles, users and client CA bundles in place of the running
+ * ones, once the requests in flight are done; est owns cfg from then on.
+ * Listeners, the TLS key, the token and the ledger stay as they are. 0, or
+ * -1 with the reason on stderr, the running configuration unchanged and cfg
+ * still the caller's.
+ */
+int eg_est_reload(eg_est *est, eg_config *cfg);
+
 /* Handles one request. Never fails: every outcome is a response. */
 void eg_est_handle(eg_est *est, const eg_http_req *req, eg_http_resp *resp);
 

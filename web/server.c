@@ -32,6 +32,7 @@ struct eg_server {
     eg_est *est;
     group groups[GROUPS];
     unsigned ports[EG_MAX_LISTENERS];
+    eg_tls_ca_names *ca_names;
 };
 
 /* civetweb asks at start (*ssl_ctx NULL) and at stop: ours both times, freed by us. */
@@ -338,8 +339,8 @@ static int group_start(eg_server *s, group *g, EVP_PKEY *key, bool tls12)
         keepalive,
         "request_timeout_ms",
         "30000",
-        /* Headers and body go out as two writes: without this, Nagle holds the
-           body until the client's delayed ACK of the headers, 40 ms later. */
+        /* civetweb's own answers (400s of its parser) go out as two writes:
+           without this, Nagle holds the second until the client's delayed ACK. */
         "tcp_nodelay",
         "1",
         NULL,
@@ -349,7 +350,7 @@ static int group_start(eg_server *s, group *g, EVP_PKEY *key, bool tls12)
         .callbacks = &callbacks, .user_data = g, .configuration_options = options};
     int n;
 
-    if ((g->ssl = eg_tls_ctx_new(s->cfg, key, tls12, why, sizeof(why))) == NULL)
+    if ((g->ssl = eg_tls_ctx_new(s->cfg, key, tls12, s->ca_names, why, sizeof(why))) == NULL)
         goto fail;
     group_ports(s, g, listen, sizeof(listen));
     snprintf(threads, sizeof(threads), "%u", s->cfg->threads ? s->cfg->threads : 4);
@@ -384,6 +385,7 @@ static void library_init(void)
 int eg_server_start(const eg_config *cfg, eg_est *est, EVP_PKEY *tls_key, eg_server **out)
 {
     eg_server *s = calloc(1, sizeof(*s));
+    char why[256];
     int rc = -1;
 
     if (s == NULL)
@@ -393,6 +395,12 @@ int eg_server_start(const eg_config *cfg, eg_est *est, EVP_PKEY *tls_key, eg_ser
         goto out;
     s->cfg = cfg;
     s->est = est;
+    if ((s->ca_names = eg_tls_ca_names_new()) == NULL)
+        goto out;
+    if (eg_tls_ca_names_set(s->ca_names, cfg, why, sizeof(why)) != 0) {
+        fprintf(stderr, "estgated: %s\n", why);
+        goto out;
+    }
     for (size_t i = 0; i < cfg->nlisteners; i++) {
         group *g = &s->groups[cfg->listeners[i].allow_tls12 ? 1 : 0];
 
@@ -420,7 +428,19 @@ void eg_server_stop(eg_server *s)
             mg_stop(s->groups[i].mg);
         SSL_CTX_free(s->groups[i].ssl);
     }
+    eg_tls_ca_names_free(s->ca_names);
     free(s);
+}
+
+int eg_server_reload(eg_server *s, const eg_config *cfg)
+{
+    char why[256];
+
+    if (eg_tls_ca_names_set(s->ca_names, cfg, why, sizeof(why)) != 0) {
+        fprintf(stderr, "estgated: reload: %s\n", why);
+        return -1;
+    }
+    return 0;
 }
 
 unsigned eg_server_port(const eg_server *s, size_t i)

@@ -22,6 +22,8 @@ typedef struct eg_server eg_server;
 int eg_server_start(const eg_config *cfg, eg_est *est, EVP_PKEY *tls_key, eg_server **out);
 /* Stops accepting, finishes requests in flight, frees; NULL is a no-op. */
 void eg_server_stop(eg_server *s);
+/* After eg_est_reload: offers cfg's client CA names from the next handshake on. 0 or -1. */
+int eg_server_reload(eg_server *s, const eg_config *cfg);
 /* The port listener i (index in cfg->listeners) is bound to; 0 if unknown. */
 unsigned eg_server_port(const eg_server *s, size_t i);
 

@@ -1,5 +1,6 @@
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include <openssl/err.h>
 #include <openssl/x509_vfy.h>
@@ -62,10 +63,42 @@ static int name_cmp(const X509_NAME *const *a, const X509_NAME *const *b)
     return X509_NAME_cmp(*a, *b);
 }
 
-/* The union of the profiles' client CA subjects, for CertificateRequest. */
-static int set_client_ca_names(SSL_CTX *ctx, const eg_config *cfg, char *why, size_t whylen)
+/*
+ * The union of the profiles' client CA subjects, sent in CertificateRequest
+ * (Java clients pick their certificate by them). A reload replaces them while
+ * handshakes run, so each handshake takes its own copy under the lock; the
+ * SSL_CTX's own list could not be replaced safely.
+ */
+struct eg_tls_ca_names {
+    pthread_mutex_t lock;
+    STACK_OF(X509_NAME) * names;
+};
+
+eg_tls_ca_names *eg_tls_ca_names_new(void)
 {
-    STACK_OF(X509_NAME) *names = sk_X509_NAME_new(name_cmp);
+    eg_tls_ca_names *n = calloc(1, sizeof(*n));
+
+    if (n == NULL)
+        return NULL;
+    if (pthread_mutex_init(&n->lock, NULL) != 0 || (n->names = sk_X509_NAME_new_null()) == NULL) {
+        free(n);
+        return NULL;
+    }
+    return n;
+}
+
+void eg_tls_ca_names_free(eg_tls_ca_names *n)
+{
+    if (n == NULL)
+        return;
+    sk_X509_NAME_pop_free(n->names, X509_NAME_free);
+    pthread_mutex_destroy(&n->lock);
+    free(n);
+}
+
+int eg_tls_ca_names_set(eg_tls_ca_names *n, const eg_config *cfg, char *why, size_t whylen)
+{
+    STACK_OF(X509_NAME) *names = sk_X509_NAME_new(name_cmp), *old;
 
     if (names == NULL)
         return -1;
@@ -78,8 +111,28 @@ static int set_client_ca_names(SSL_CTX *ctx, const eg_config *cfg, char *why, si
             return -1;
         }
     }
-    SSL_CTX_set_client_CA_list(ctx, names);
+    pthread_mutex_lock(&n->lock);
+    old = n->names;
+    n->names = names;
+    pthread_mutex_unlock(&n->lock);
+    sk_X509_NAME_pop_free(old, X509_NAME_free);
     return 0;
+}
+
+static int hello_cb(SSL *ssl, int *alert, void *arg)
+{
+    eg_tls_ca_names *n = arg;
+    STACK_OF(X509_NAME) * copy;
+
+    pthread_mutex_lock(&n->lock);
+    copy = SSL_dup_CA_list(n->names);
+    pthread_mutex_unlock(&n->lock);
+    if (copy == NULL) {
+        *alert = SSL_AD_INTERNAL_ERROR;
+        return SSL_CLIENT_HELLO_ERROR;
+    }
+    SSL_set_client_CA_list(ssl, copy);
+    return SSL_CLIENT_HELLO_SUCCESS;
 }
 
 static int set_protocols(SSL_CTX *ctx, bool allow_tls12)
@@ -95,8 +148,8 @@ static int set_protocols(SSL_CTX *ctx, bool allow_tls12)
            SSL_CTX_set_cipher_list(ctx, TLS12_CIPHERS);
 }
 
-SSL_CTX *eg_tls_ctx_new(const eg_config *cfg, EVP_PKEY *key, bool allow_tls12, char *why,
-                        size_t whylen)
+SSL_CTX *eg_tls_ctx_new(const eg_config *cfg, EVP_PKEY *key, bool allow_tls12,
+                        eg_tls_ca_names *names, char *why, size_t whylen)
 {
     SSL_CTX *ctx = SSL_CTX_new_ex(NULL, NULL, TLS_server_method());
     SSL_CTX *ret = NULL;
@@ -114,8 +167,7 @@ SSL_CTX *eg_tls_ctx_new(const eg_config *cfg, EVP_PKEY *key, bool allow_tls12, c
                  cfg->tls_chain_file);
         goto out;
     }
-    if (set_client_ca_names(ctx, cfg, why, whylen) != 0)
-        goto out;
+    SSL_CTX_set_client_hello_cb(ctx, hello_cb, names);
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
     SSL_CTX_set_cert_verify_callback(ctx, keep_client_chain, NULL);
     ret = ctx;
