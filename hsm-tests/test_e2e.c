@@ -854,19 +854,23 @@ static int log_count(const char *needle)
     return n;
 }
 
-/* SIGHUP, then waits (up to 10 s) for the log to say needle once more. */
-static int sighup_and_wait(const char *needle)
+/* Waits (up to 10 s) for the log to say needle more than before times. */
+static int wait_log(const char *needle, int before)
 {
-    int before = log_count(needle);
-
-    if (kill(daemon_pid, SIGHUP) != 0)
-        return -1;
     for (int i = 0; i < 200; i++) {
         if (log_count(needle) > before)
             return 0;
         usleep(50000);
     }
     return -1;
+}
+
+/* SIGHUP, then waits for the log to say needle once more. */
+static int sighup_and_wait(const char *needle)
+{
+    int before = log_count(needle);
+
+    return kill(daemon_pid, SIGHUP) == 0 ? wait_log(needle, before) : -1;
 }
 
 /* Whether the server offers a client CA named cn in its CertificateRequest. */
@@ -953,6 +957,126 @@ static void test_sighup_reloads_client_trust(void)
     free(two);
 }
 
+/* ---- fleet trust bundles ---- */
+
+/* estgate-provision with the harness token's options after the words given. */
+static int provision(const char *tool, ...)
+{
+    const eg_token_config *c = eg_th_config(th);
+    char *argv[40];
+    const char *w;
+    va_list ap;
+    int n = 0;
+
+    argv[n++] = (char *)tool;
+    va_start(ap, tool);
+    while ((w = va_arg(ap, const char *)) != NULL && n < 30)
+        argv[n++] = (char *)w;
+    va_end(ap);
+    argv[n++] = "--module";
+    argv[n++] = (char *)c->module_path;
+    argv[n++] = "--token";
+    argv[n++] = (char *)c->token_label;
+    argv[n++] = "--pin-file";
+    argv[n++] = (char *)c->pin_file;
+    argv[n] = NULL;
+    return eg_child_run(dir, NULL, argv, res);
+}
+
+/* A software factory CA and a device bootstrap certificate it issued. */
+static int factory_pki(void)
+{
+    char key[PATH_MAX], crt[PATH_MAX], ckey[PATH_MAX], csr[PATH_MAX], ccrt[PATH_MAX];
+
+    return cmd("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+               "-nodes", "-keyout", tpath(key, "factory-ca.key"), "-out",
+               tpath(crt, "factory-ca.pem"), "-subj", "/CN=Factory CA", "-days", "30", "-addext",
+               "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=keyCertSign,cRLSign",
+               NULL) ||
+           cmd("openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+               "-nodes", "-keyout", tpath(ckey, "factory-dev.key"), "-out",
+               tpath(csr, "factory-dev.csr"), "-subj", "/serialNumber=SN0001/CN=f1.example.com",
+               NULL) ||
+           cmd("openssl", "x509", "-req", "-in", csr, "-CA", crt, "-CAkey", key, "-CAcreateserial",
+               "-days", "30", "-out", tpath(ccrt, "factory-dev.pem"), NULL);
+}
+
+/*
+ * A signed bundle holding the factory CA (and the partner CA already
+ * trusted) becomes the partner profile's client trust through `bundle
+ * install`: a factory device is refused before and enrolls after, without a
+ * restart. The same bundle again (rollback) and a tampered one are refused
+ * and leave the bundle in force as it was.
+ */
+static void test_bundle_install_trusts_factory_devices(void)
+{
+    char tool[PATH_MAX], out[PATH_MAX], uri[256], pid[24], bundle[PATH_MAX], vfile[PATH_MAX];
+    char v1[PATH_MAX], bad[PATH_MAX], fkey[PATH_MAX], fcrt[PATH_MAX], a1[PATH_MAX], a2[PATH_MAX];
+    size_t len, ilen;
+    char *p, *e, *orig, *installed;
+    int before;
+    http h;
+
+    CU_ASSERT_FATAL(eg_child_built("provisioning/estgate-provision", tool) != NULL);
+    CU_ASSERT_EQUAL_FATAL(factory_pki(), 0);
+    CU_ASSERT_EQUAL_FATAL(provision(tool, "bundle", "signer", "create", "--label", "bsign", "--key",
+                                    "ec-p256", "--ca-label", "ca", "--subject",
+                                    "CN=Fleet bundle signer", "--days", "20", "--out",
+                                    tpath(out, "bsign.pem"), NULL),
+                          0);
+    CU_ASSERT_FATAL((p = strstr(res->out, "pkcs11:")) != NULL && (e = strchr(p, '\n')) != NULL);
+    snprintf(uri, sizeof(uri), "%.*s", (int)(e - p), p);
+    CU_ASSERT_EQUAL_FATAL(provision(tool, "bundle", "create", "--signer", uri, "--anchor",
+                                    tpath(a1, "factory-ca.pem"), "--anchor",
+                                    tpath(a2, "partner-ca.pem"), "--bundle-version", "1",
+                                    "--valid-days", "10", "--out-dir", tpath(v1, "bundle-v1"),
+                                    NULL),
+                          0);
+    tpath(fcrt, "factory-dev.pem");
+    tpath(fkey, "factory-dev.key");
+    CU_ASSERT_EQUAL(
+        enroll(&h, "partner/simpleenroll", "dev1r", NULL, "--cert", fcrt, "--key", fkey), 403);
+
+    orig = eg_file_read(tpath(bundle, "partner-ca.pem"), &len);
+    CU_ASSERT_FATAL(orig != NULL);
+    snprintf(pid, sizeof(pid), "%d", (int)daemon_pid);
+    before = log_count("estgated: reloaded ");
+    CU_ASSERT_EQUAL(cmd(tool, "bundle", "install", "--dir", v1, "--trust", ca, "--config", ini,
+                        "--profile", "partner", "--pid", pid, NULL),
+                    0);
+    CU_ASSERT_EQUAL_FATAL(wait_log("estgated: reloaded ", before), 0);
+    CU_ASSERT_EQUAL(
+        enroll(&h, "partner/simpleenroll", "dev1r", NULL, "--cert", fcrt, "--key", fkey), 200);
+    CU_ASSERT_EQUAL(enroll(&h, "partner/simpleenroll", "dev1r", NULL, "--cert",
+                           tpath(out, "partner-dev.pem"), "--key", tpath(a1, "partner-dev.key")),
+                    200);
+    installed = eg_file_read(bundle, &ilen);
+
+    /* The same version again is a rollback; a changed PEM is tampering. Neither touches it. */
+    CU_ASSERT_EQUAL(cmd(tool, "bundle", "install", "--dir", v1, "--trust", ca, "--config", ini,
+                        "--profile", "partner", NULL),
+                    84);
+    CU_ASSERT_EQUAL(cmd("cp", "-r", v1, tpath(bad, "bundle-bad"), NULL), 0);
+    CU_ASSERT_EQUAL(cmd("sed", "-i", "s/^MII/MIJ/", strcat(bad, "/trust-bundle.pem"), NULL), 0);
+    tpath(bad, "bundle-bad");
+    CU_ASSERT_EQUAL(cmd(tool, "bundle", "install", "--dir", bad, "--trust", ca, "--config", ini,
+                        "--profile", "partner", NULL),
+                    81);
+    p = eg_file_read(bundle, &len);
+    CU_ASSERT(p != NULL && installed != NULL && len == ilen && memcmp(p, installed, len) == 0);
+    free(p);
+    p = eg_file_read(tpath(vfile, "partner-ca.pem.version"), &len);
+    CU_ASSERT(p != NULL && strncmp(p, "1\n", 2) == 0);
+    free(p);
+
+    /* Back as it was, for the tests after this one. */
+    CU_ASSERT_EQUAL(eg_file_write(bundle, orig, strlen(orig), 0644), 0);
+    unlink(vfile);
+    CU_ASSERT_EQUAL(sighup_and_wait("estgated: reloaded "), 0);
+    free(installed);
+    free(orig);
+}
+
 static CU_TestInfo tests[] = {
     {"curl: cacerts", test_curl_cacerts},
     {"curl: simpleenroll with Basic", test_curl_simpleenroll_with_basic},
@@ -972,6 +1096,7 @@ static CU_TestInfo tests[] = {
     {"secrets never reach the log", test_secrets_never_reach_the_log},
     {"SIGHUP reloads client trust; a broken file changes nothing",
      test_sighup_reloads_client_trust},
+    {"bundle install makes factory devices trusted", test_bundle_install_trusts_factory_devices},
     {"SIGKILL loses no received certificate", test_sigkill_loses_no_received_certificate},
     CU_TEST_INFO_NULL,
 };

@@ -8,6 +8,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <time.h>
 
 #include <openssl/bio.h>
 #include <openssl/evp.h>
@@ -78,6 +79,24 @@ int eg_bundle_parse_version(const char *opt, const char *s, bool zero_ok, uint64
 /* The subcommands beside `bundle create`. */
 int eg_prov_cmd_bundle_verify(int argc, char **argv);
 int eg_prov_cmd_bundle_signer(int argc, char **argv);
+
+/* A bundle folder read whole and verified as a device does. */
+typedef struct eg_bundle_checked {
+    unsigned char *manifest, *pem, *p7b;
+    estgate_bundle_files in; /* points into the three above */
+    estgate_bundle_verified *v;
+} eg_bundle_checked;
+
+/*
+ * Reads dir and verifies it with the device library: signer chaining to the
+ * certificates in trust, hashes, validity at time at, newer than installed.
+ * An exit code, with the refusal reported; out is filled only on success.
+ */
+int eg_bundle_check(const char *dir, const char *trust, uint64_t installed, time_t at,
+                    eg_bundle_checked *out);
+void eg_bundle_checked_clear(eg_bundle_checked *c);
+
+int eg_prov_cmd_bundle_install(int argc, char **argv);
 
 /* Reads a bundle file into memory; EG_EXIT_NOINPUT when it cannot be read. */
 int eg_bundle_read_file(const char *dir, const char *name, unsigned char **data, size_t *len);

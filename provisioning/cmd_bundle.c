@@ -250,6 +250,7 @@ static const char bundle_help[] =
     "usage: estgate-provision bundle signer create ...  a bundle-signing key and certificate\n"
     "       estgate-provision bundle create ...         a signed fleet trust bundle\n"
     "       estgate-provision bundle verify ...         check a bundle as a device would\n"
+    "       estgate-provision bundle install ...        make it a profile's client trust\n"
     "Run any of them with --help for its options.\n";
 
 int eg_prov_cmd_bundle(int argc, char **argv)
@@ -264,9 +265,8 @@ int eg_prov_cmd_bundle(int argc, char **argv)
         eg_prov_help(bundle_help);
         return EG_EXIT_OK;
     }
-    eg_prov_report_prefix("estgate-provision bundle");
     if (argc >= 2 && strcmp(argv[1], "install") == 0)
-        return eg_prov_fail(EG_EXIT_USAGE, "'bundle install' is not built yet: it needs the "
-                                           "appliance's reload; copy the bundle folder instead");
-    return eg_prov_usage_error("expected 'create', 'verify' or 'signer create'");
+        return eg_prov_cmd_bundle_install(argc - 1, argv + 1);
+    eg_prov_report_prefix("estgate-provision bundle");
+    return eg_prov_usage_error("expected 'create', 'verify', 'install' or 'signer create'");
 }

@@ -86,24 +86,21 @@ static int bundle_verify_opt(void *ctx, int c, const char *arg)
     }
 }
 
-/* The bundle's three files, read whole. */
-struct read_files {
-    unsigned char *manifest, *pem, *p7b;
-    estgate_bundle_files in;
-};
-
-static void read_files_clear(struct read_files *r)
+void eg_bundle_checked_clear(eg_bundle_checked *c)
 {
-    free(r->manifest);
-    free(r->pem);
-    free(r->p7b);
+    if (c == NULL)
+        return;
+    estgate_bundle_verified_free(c->v);
+    free(c->manifest);
+    free(c->pem);
+    free(c->p7b);
+    memset(c, 0, sizeof(*c));
 }
 
-static int read_bundle(const char *dir, struct read_files *r)
+static int read_bundle(const char *dir, eg_bundle_checked *r)
 {
     int rc;
 
-    memset(r, 0, sizeof(*r));
     if ((rc = eg_bundle_read_file(dir, ESTGATE_BUNDLE_MANIFEST_FILE, &r->manifest,
                                   &r->in.manifest_cms_len)) != EG_EXIT_OK ||
         (rc = eg_bundle_read_file(dir, ESTGATE_BUNDLE_PEM_FILE, &r->pem, &r->in.pem_len)) !=
@@ -164,29 +161,40 @@ static void print_verified(const struct bundle_verify *a, const estgate_bundle_v
     }
 }
 
-static int bundle_verify_run(const struct bundle_verify *a)
+int eg_bundle_check(const char *dir, const char *trust, uint64_t installed, time_t at,
+                    eg_bundle_checked *out)
 {
-    estgate_bundle_policy pol = {NULL, a->have_at ? (time_t)a->at : time(NULL), a->installed};
-    estgate_bundle_verified *v = NULL;
-    struct read_files r;
+    estgate_bundle_policy pol = {NULL, at, installed};
     estgate_bundle_status st;
     char why[512] = "";
     int rc;
 
-    memset(&r, 0, sizeof(r));
-    if ((rc = eg_prov_read_certs(a->trust, &pol.trusted)) != EG_EXIT_OK ||
-        (rc = read_bundle(a->dir, &r)) != EG_EXIT_OK)
+    memset(out, 0, sizeof(*out));
+    if ((rc = eg_prov_read_certs(trust, &pol.trusted)) != EG_EXIT_OK ||
+        (rc = read_bundle(dir, out)) != EG_EXIT_OK)
         goto out;
-    if ((st = estgate_bundle_verify(&r.in, &pol, &v, why, sizeof(why))) != ESTGATE_BUNDLE_OK) {
+    if ((st = estgate_bundle_verify(&out->in, &pol, &out->v, why, sizeof(why))) !=
+        ESTGATE_BUNDLE_OK) {
         rc = eg_prov_fail(status_exit(st), "refused (%s): %s", estgate_bundle_status_name(st), why);
         goto out;
     }
-    print_verified(a, v);
     rc = EG_EXIT_OK;
 out:
-    estgate_bundle_verified_free(v);
-    read_files_clear(&r);
     sk_X509_pop_free(pol.trusted, X509_free);
+    if (rc != EG_EXIT_OK)
+        eg_bundle_checked_clear(out);
+    return rc;
+}
+
+static int bundle_verify_run(const struct bundle_verify *a)
+{
+    eg_bundle_checked c;
+    int rc = eg_bundle_check(a->dir, a->trust, a->installed,
+                             a->have_at ? (time_t)a->at : time(NULL), &c);
+
+    if (rc == EG_EXIT_OK)
+        print_verified(a, c.v);
+    eg_bundle_checked_clear(&c);
     return rc;
 }
 
