@@ -2,6 +2,7 @@
 #include "csr.h"
 
 #include <limits.h>
+#include <pthread.h>
 #include <string.h>
 
 #include <openssl/asn1t.h>
@@ -83,14 +84,55 @@ static EVP_PKEY *from_params(const char *type, const OSSL_PARAM *params)
     return pkey;
 }
 
+/*
+ * Keys with only the group, for the curves profiles allow: a request's key is
+ * a copy of one with its point set, 4 times cheaper than building the group
+ * from its name each time (EVP_PKEY_fromdata). Made once, then only read.
+ */
+static const int template_nids[] = {NID_X9_62_prime256v1, NID_secp384r1, NID_secp521r1};
+static EVP_PKEY *templates[sizeof(template_nids) / sizeof(template_nids[0])];
+static pthread_once_t templates_once = PTHREAD_ONCE_INIT;
+
+static void templates_make(void)
+{
+    for (size_t i = 0; i < sizeof(templates) / sizeof(templates[0]); i++) {
+        OSSL_PARAM params[2] = {
+            OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME,
+                                             (char *)OBJ_nid2sn(template_nids[i]), 0),
+            OSSL_PARAM_construct_end(),
+        };
+        EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
+
+        if (ctx == NULL || EVP_PKEY_fromdata_init(ctx) != 1 ||
+            EVP_PKEY_fromdata(ctx, &templates[i], EVP_PKEY_KEY_PARAMETERS, params) != 1)
+            templates[i] = NULL; /* that curve takes the slower path */
+        EVP_PKEY_CTX_free(ctx);
+    }
+    ERR_clear_error();
+}
+
 /* id-ecPublicKey on a named curve; explicit curve parameters are not accepted. */
 static EVP_PKEY *ec_key(int ptype, const void *pval, const ASN1_BIT_STRING *bits)
 {
     const char *curve;
     OSSL_PARAM params[3];
+    EVP_PKEY *pkey;
+    int nid;
 
-    if (ptype != V_ASN1_OBJECT || (curve = OBJ_nid2sn(OBJ_obj2nid(pval))) == NULL)
+    if (ptype != V_ASN1_OBJECT || (curve = OBJ_nid2sn(nid = OBJ_obj2nid(pval))) == NULL)
         return NULL;
+    pthread_once(&templates_once, templates_make);
+    for (size_t i = 0; i < sizeof(templates) / sizeof(templates[0]); i++) {
+        if (template_nids[i] != nid || templates[i] == NULL)
+            continue;
+        /* The point is checked to be on the curve as it is set. */
+        if ((pkey = EVP_PKEY_dup(templates[i])) != NULL &&
+            EVP_PKEY_set1_encoded_public_key(pkey, bits->data, (size_t)bits->length) != 1) {
+            EVP_PKEY_free(pkey);
+            pkey = NULL;
+        }
+        return pkey;
+    }
     params[0] = OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, (char *)curve, 0);
     params[1] = OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_PUB_KEY, bits->data,
                                                   (size_t)bits->length);

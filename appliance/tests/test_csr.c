@@ -201,6 +201,30 @@ static void test_ec_explicit_parameters(void)
     EVP_PKEY_free(key);
 }
 
+/* A point that is not on the curve gives no key (the caller answers 400). */
+static void test_ec_point_off_curve(void)
+{
+    X509_REQ *req = make_req(keys[K_P256], false);
+    size_t len, i;
+    unsigned char *der = req_der(req, &len);
+    eg_csr *csr = NULL;
+
+    CU_ASSERT_FATAL(der != NULL);
+    /* BIT STRING of 66 octets, no unused bits, uncompressed point: 03 42 00 04 X Y */
+    for (i = 0; i + 4 < len; i++) {
+        if (der[i] == 0x03 && der[i + 1] == 0x42 && der[i + 2] == 0x00 && der[i + 3] == 0x04)
+            break;
+    }
+    CU_ASSERT_FATAL(i + 4 < len);
+    der[i + 4 + 31] ^= 0x01; /* the last octet of X */
+    CU_ASSERT_EQUAL_FATAL(eg_csr_parse(der, len, &csr), 0);
+    CU_ASSERT_EQUAL(eg_csr_key_type(csr), EVP_PKEY_EC);
+    CU_ASSERT_PTR_NULL(eg_csr_pubkey(csr));
+    eg_csr_free(csr);
+    OPENSSL_free(der);
+    X509_REQ_free(req);
+}
+
 static void test_refuses_malformed(void)
 {
     X509_REQ *req = make_req(keys[K_P256], false);
@@ -349,6 +373,7 @@ static CU_TestInfo tests[] = {
     {"Ed25519", test_ed25519},
     {"Ed448 is named but not used", test_other_algorithm},
     {"EC with explicit parameters has no key", test_ec_explicit_parameters},
+    {"EC point off the curve has no key", test_ec_point_off_curve},
     {"malformed requests are refused", test_refuses_malformed},
     {"attributes out of DER order verify", test_unsorted_attributes_verify},
     CU_TEST_INFO_NULL,
