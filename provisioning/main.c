@@ -16,6 +16,7 @@ static const char usage[] =
     "  ca import     import the CA certificate issued for the CSR, and its chain\n"
     "  tls create    make the appliance TLS key and its certificate from the token CA\n"
     "  list          list the token's keys and certificates with their URIs\n"
+    "  bootstrap     issue factory bootstrap certificates to a batch of devices\n"
     "\n"
     "Run `estgate-provision COMMAND --help` for a command's options. Private keys\n"
     "are made in the token and never leave it; every signature is made there.\n";
@@ -28,6 +29,7 @@ static const struct {
     {"ca", eg_prov_cmd_ca},
     {"tls", eg_prov_cmd_tls},
     {"list", eg_prov_cmd_list},
+    {"bootstrap", eg_prov_cmd_bootstrap},
 };
 
 int main(int argc, char **argv)
