@@ -16,7 +16,8 @@ static const char usage[] =
     "  ca import     import the CA certificate issued for the CSR, and its chain\n"
     "  tls create    make the appliance TLS key and its certificate from the token CA\n"
     "  list          list the token's keys and certificates with their URIs\n"
-    "  bundle        fleet trust bundles: signer create, create, verify\n"
+    "  bundle        fleet trust bundles: signer create, create, verify, install\n"
+    "  bootstrap     factory bootstrap certificates for a batch of devices\n"
     "\n"
     "Run `estgate-provision COMMAND --help` for a command's options. Private keys\n"
     "are made in the token and never leave it; every signature is made there.\n";
@@ -30,6 +31,7 @@ static const struct {
     {"tls", eg_prov_cmd_tls},
     {"list", eg_prov_cmd_list},
     {"bundle", eg_prov_cmd_bundle},
+    {"bootstrap", eg_prov_cmd_bootstrap},
 };
 
 int main(int argc, char **argv)

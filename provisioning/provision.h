@@ -42,6 +42,7 @@ int eg_prov_cmd_ca_import(int argc, char **argv);
 int eg_prov_cmd_tls(int argc, char **argv);
 int eg_prov_cmd_list(int argc, char **argv);
 int eg_prov_cmd_bundle(int argc, char **argv); /* bundle create, verify, signer create */
+int eg_prov_cmd_bootstrap(int argc, char **argv);
 
 /* Prints the exit code table (for --help). */
 void eg_prov_print_exit_codes(void);

@@ -92,6 +92,50 @@ int eg_p11_key_get_bool(eg_p11_key *key, CK_ATTRIBUTE_TYPE type, bool *out);
 int eg_p11_key_destroy(eg_p11_key *key);
 
 /*
+ * Key transport (p11_wrap.c), for use inside one eg_token_run() callback:
+ * temporary session objects, wrapping, destruction. Mechanisms and key
+ * usages are the caller's; these calls add only what makes an object
+ * temporary (CKA_TOKEN false) and, for private and secret keys, sensitive.
+ * Callers must not repeat the attributes named below. Every object made is
+ * recorded in objs; eg_p11_temp_destroy() destroys them all.
+ */
+#define EG_P11_MAX_TEMP 8
+typedef struct eg_p11_temp_objs {
+    CK_OBJECT_HANDLE h[EG_P11_MAX_TEMP];
+    size_t n;
+} eg_p11_temp_objs;
+void eg_p11_temp_init(eg_p11_temp_objs *objs);
+/* Adds CKA_TOKEN false to both halves, CKA_PRIVATE, CKA_SENSITIVE, CKA_EXTRACTABLE true to priv. */
+CK_RV eg_p11_temp_keypair(eg_p11_call *call, CK_MECHANISM *mech, const CK_ATTRIBUTE *pub,
+                          CK_ULONG npub, const CK_ATTRIBUTE *priv, CK_ULONG npriv,
+                          eg_p11_temp_objs *objs, CK_OBJECT_HANDLE *hpub, CK_OBJECT_HANDLE *hpriv);
+/* Adds CKA_TOKEN false and CKA_SENSITIVE true (e.g. CKM_AES_KEY_GEN + CKA_VALUE_LEN). */
+CK_RV eg_p11_temp_secret_key(eg_p11_call *call, CK_MECHANISM *mech, const CK_ATTRIBUTE *attrs,
+                             CK_ULONG n, eg_p11_temp_objs *objs, CK_OBJECT_HANDLE *out);
+/* Imports an RSA or EC public key; adds CKA_CLASS, CKA_KEY_TYPE, CKA_TOKEN and the key values. */
+CK_RV eg_p11_temp_public_key(eg_p11_call *call, const EVP_PKEY *pub, const CK_ATTRIBUTE *attrs,
+                             CK_ULONG n, eg_p11_temp_objs *objs, CK_OBJECT_HANDLE *out);
+/* C_WrapKey into OPENSSL_malloc'd memory (ciphertext only: nothing to wipe). */
+CK_RV eg_p11_wrap_alloc(eg_p11_call *call, CK_MECHANISM *mech, CK_OBJECT_HANDLE wrapping,
+                        CK_OBJECT_HANDLE key, uint8_t **out, size_t *outlen);
+/* A public key object (RSA or EC) as a software EVP_PKEY (default provider). */
+CK_RV eg_p11_object_public(eg_p11_call *call, CK_OBJECT_HANDLE pub, EVP_PKEY **out);
+/* Destroys every recorded object, newest first; the first failure is returned. */
+CK_RV eg_p11_temp_destroy(eg_p11_call *call, eg_p11_temp_objs *objs);
+
+/* Key-pair mechanism and the public template's key parameters for a spec (RSA or EC). */
+typedef struct eg_p11_keyparams {
+    CK_MECHANISM mech;
+    CK_ATTRIBUTE attrs[2]; /* point into this struct: do not copy it */
+    CK_ULONG n;
+    CK_ULONG bits;
+    CK_BYTE e[3];
+    unsigned char *ec_params;
+} eg_p11_keyparams;
+int eg_p11_keyparams_init(eg_p11_keyparams *kp, const eg_keygen_spec *spec);
+void eg_p11_keyparams_clear(eg_p11_keyparams *kp);
+
+/*
  * Slot administration (estgate-provision init-token): below eg_token, because
  * a token that is not initialised has no label to be opened by. The module is
  * loaded with init_args as eg_token_open() would load it.

@@ -1,0 +1,337 @@
+/*
+ * The input manifest of a bootstrap batch: CSV with a header line, or JSON
+ * lines. A row that cannot be used is kept with its reason, so the batch
+ * reports it and goes on with the others.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+#include <openssl/obj_mac.h>
+
+#include "bootstrap.h"
+#include "provision.h"
+#include "report.h"
+
+#define EG_BS_LINE_MAX 4096
+
+enum { COL_SERIAL, COL_MODEL, COL_CSR, COL_KEY, COL_TRANSPORT, NCOLS };
+static const char *const col_names[NCOLS] = {"serial", "model", "csr", "key", "transport"};
+
+/* The values of one row, by column; NULL when absent or empty. */
+typedef struct fields {
+    char *v[NCOLS];
+} fields;
+
+bool eg_bs_key_name(const char *s, eg_keygen_spec *spec)
+{
+    memset(spec, 0, sizeof(*spec));
+    if (strcmp(s, "ec-p256") == 0 || strcmp(s, "ec-p384") == 0) {
+        spec->type = EG_KEY_EC;
+        spec->curve_nid = s[5] == '2' ? NID_X9_62_prime256v1 : NID_secp384r1;
+        return true;
+    }
+    if (strcmp(s, "rsa2048") == 0) {
+        spec->type = EG_KEY_RSA;
+        spec->bits = 2048;
+        return true;
+    }
+    return false;
+}
+
+/* Serials and models become file names, DNS labels and subject attributes. */
+static bool name_ok(const char *s)
+{
+    size_t i, n = strlen(s);
+
+    if (n == 0 || n > EG_BS_NAME_MAX || s[0] == '.' || s[0] == '-')
+        return false;
+    for (i = 0; i < n; i++) {
+        if (!isalnum((unsigned char)s[i]) && s[i] != '.' && s[i] != '_' && s[i] != '-')
+            return false;
+    }
+    return true;
+}
+
+/* A path relative to the manifest's directory (absolute paths are kept). */
+static char *resolve(const char *dir, const char *p)
+{
+    char *out = NULL;
+
+    if (p[0] == '/')
+        return OPENSSL_strdup(p);
+    if ((out = OPENSSL_malloc(strlen(dir) + strlen(p) + 2)) != NULL)
+        sprintf(out, "%s/%s", dir, p);
+    return out;
+}
+
+static void row_from(eg_bs_row *r, const fields *f, const char *dir, const eg_keygen_spec *dkey)
+{
+    const char *s = f->v[COL_SERIAL], *m = f->v[COL_MODEL];
+
+    if (s == NULL || !name_ok(s)) {
+        snprintf(r->why, sizeof(r->why), "serial missing or not 1-64 of [A-Za-z0-9._-]");
+        return;
+    }
+    strcpy(r->serial, s);
+    if (m == NULL || !name_ok(m)) {
+        snprintf(r->why, sizeof(r->why), "model missing or not 1-64 of [A-Za-z0-9._-]");
+        return;
+    }
+    strcpy(r->model, m);
+    if ((f->v[COL_CSR] != NULL) == (f->v[COL_TRANSPORT] != NULL)) {
+        snprintf(r->why, sizeof(r->why), "give either csr or transport (a token-generated key)");
+        return;
+    }
+    r->key = *dkey;
+    if (f->v[COL_KEY] != NULL && !eg_bs_key_name(f->v[COL_KEY], &r->key)) {
+        snprintf(r->why, sizeof(r->why), "key '%.32s': use ec-p256, ec-p384 or rsa2048",
+                 f->v[COL_KEY]);
+        return;
+    }
+    r->mode = f->v[COL_CSR] != NULL ? EG_BS_CSR : EG_BS_KEYGEN;
+    if (r->mode == EG_BS_CSR)
+        r->csr = resolve(dir, f->v[COL_CSR]);
+    else
+        r->transport = resolve(dir, f->v[COL_TRANSPORT]);
+    if (r->csr == NULL && r->transport == NULL)
+        snprintf(r->why, sizeof(r->why), "out of memory");
+}
+
+/* Splits a CSV line at commas in place; quoting is not supported, and refused. */
+static int csv_split(char *line, char **cells, size_t max, size_t *n)
+{
+    char *p = line;
+
+    *n = 0;
+    if (strchr(line, '"') != NULL)
+        return -1;
+    for (;;) {
+        if (*n == max)
+            return -1;
+        cells[(*n)++] = p;
+        if ((p = strchr(p, ',')) == NULL)
+            return 0;
+        *p++ = 0;
+    }
+}
+
+static char *trim(char *s)
+{
+    char *e = s + strlen(s);
+
+    while (*s == ' ' || *s == '\t')
+        s++;
+    while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r' || e[-1] == '\n'))
+        *--e = 0;
+    return s;
+}
+
+/* Header: the column of each cell, or -1 for a column we do not know (ignored). */
+static int csv_header(char *line, int *cols, size_t *ncells)
+{
+    char *cells[NCOLS * 4];
+    size_t i, j;
+    bool have_serial = false;
+
+    if (csv_split(line, cells, NCOLS * 4, ncells) != 0)
+        return -1;
+    for (i = 0; i < *ncells; i++) {
+        cols[i] = -1;
+        for (j = 0; j < NCOLS; j++) {
+            if (strcmp(trim(cells[i]), col_names[j]) == 0)
+                cols[i] = (int)j;
+        }
+        have_serial = have_serial || cols[i] == COL_SERIAL;
+    }
+    return have_serial ? 0 : -1;
+}
+
+static void csv_row(char *line, const int *cols, size_t ncols, eg_bs_row *r, const char *dir,
+                    const eg_keygen_spec *dkey)
+{
+    char *cells[NCOLS * 4];
+    fields f = {{NULL}};
+    size_t i, n;
+
+    if (csv_split(line, cells, NCOLS * 4, &n) != 0 || n != ncols) {
+        snprintf(r->why, sizeof(r->why), "expected %zu comma-separated cells, no quotes", ncols);
+        return;
+    }
+    for (i = 0; i < n; i++) {
+        char *v = trim(cells[i]);
+
+        if (cols[i] >= 0 && *v != 0)
+            f.v[cols[i]] = v;
+    }
+    row_from(r, &f, dir, dkey);
+}
+
+/* A JSON string at *p (after its opening quote) decoded in place; ASCII escapes only. */
+static char *json_string(char **p)
+{
+    char *s = *p, *out = s, *start = s;
+
+    while (*s != '"') {
+        if (*s == 0 || (unsigned char)*s < 0x20)
+            return NULL;
+        if (*s == '\\') {
+            s++;
+            if (*s == '"' || *s == '\\' || *s == '/')
+                *out++ = *s++;
+            else
+                return NULL;
+        } else {
+            *out++ = *s++;
+        }
+    }
+    *out = 0;
+    *p = s + 1;
+    return start;
+}
+
+static char *skip_ws(char *p)
+{
+    while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n')
+        p++;
+    return p;
+}
+
+/* One flat object of string members; unknown members are ignored. */
+static int json_fields(char *p, fields *f)
+{
+    char *k, *v;
+    size_t j;
+
+    if (*(p = skip_ws(p)) != '{')
+        return -1;
+    p = skip_ws(p + 1);
+    while (*p != '}') {
+        if (*p != '"' || (p++, k = json_string(&p)) == NULL)
+            return -1;
+        if (*(p = skip_ws(p)) != ':' || *(p = skip_ws(p + 1)) != '"' ||
+            (p++, v = json_string(&p)) == NULL)
+            return -1;
+        for (j = 0; j < NCOLS; j++) {
+            if (strcmp(k, col_names[j]) == 0 && *v != 0)
+                f->v[j] = v;
+        }
+        p = skip_ws(p);
+        if (*p == ',')
+            p = skip_ws(p + 1);
+        else if (*p != '}')
+            return -1;
+    }
+    return *skip_ws(p + 1) == 0 ? 0 : -1;
+}
+
+static void json_row(char *line, eg_bs_row *r, const char *dir, const eg_keygen_spec *dkey)
+{
+    fields f = {{NULL}};
+
+    if (json_fields(line, &f) != 0) {
+        snprintf(r->why, sizeof(r->why), "not a flat JSON object of strings");
+        return;
+    }
+    row_from(r, &f, dir, dkey);
+}
+
+static eg_bs_row *row_add(eg_bs_rows *rows, size_t *cap, size_t line)
+{
+    eg_bs_row *v;
+
+    if (rows->n == *cap) {
+        *cap = *cap ? *cap * 2 : 256;
+        if ((v = OPENSSL_realloc(rows->v, *cap * sizeof(*v))) == NULL)
+            return NULL;
+        rows->v = v;
+    }
+    v = &rows->v[rows->n++];
+    memset(v, 0, sizeof(*v));
+    v->line = line;
+    return v;
+}
+
+/* Every line after the header (CSV) or every line (JSON); blank and # lines are skipped. */
+static int read_rows(FILE *in, const char *path, const char *dir, const eg_keygen_spec *dkey,
+                     eg_bs_rows *rows)
+{
+    char line[EG_BS_LINE_MAX], *t;
+    int cols[NCOLS * 4];
+    size_t cap = 0, ncols = 0, lineno = 0;
+    bool json = false, first = true;
+    eg_bs_row *r;
+
+    while (fgets(line, sizeof(line), in) != NULL) {
+        lineno++;
+        t = trim(line);
+        if (*t == 0 || *t == '#')
+            continue;
+        if (first) {
+            first = false;
+            if (!(json = *t == '{')) {
+                if (csv_header(t, cols, &ncols) != 0)
+                    return eg_prov_fail(EG_EXIT_DATAERR,
+                                        "%s:%zu: the CSV header needs a 'serial' column "
+                                        "(serial,model,csr,key,transport)",
+                                        path, lineno);
+                continue;
+            }
+        }
+        if ((r = row_add(rows, &cap, lineno)) == NULL)
+            return eg_prov_fail(EG_EXIT_SOFTWARE, "out of memory");
+        if (json)
+            json_row(t, r, dir, dkey);
+        else
+            csv_row(t, cols, ncols, r, dir, dkey);
+    }
+    if (ferror(in))
+        return eg_prov_fail(EG_EXIT_NOINPUT, "reading %s: %s", path, strerror(errno));
+    return EG_EXIT_OK;
+}
+
+int eg_bs_input_read(const char *path, const eg_keygen_spec *default_key, eg_bs_rows **out)
+{
+    eg_bs_rows *rows = OPENSSL_zalloc(sizeof(*rows));
+    char *copy = OPENSSL_strdup(path);
+    FILE *in = NULL;
+    int rc;
+
+    if (rows == NULL || copy == NULL) {
+        rc = eg_prov_fail(EG_EXIT_SOFTWARE, "out of memory");
+        goto out;
+    }
+    if ((in = fopen(path, "r")) == NULL) {
+        rc =
+            eg_prov_fail(EG_EXIT_NOINPUT, "cannot read the manifest %s: %s", path, strerror(errno));
+        goto out;
+    }
+    if ((rc = read_rows(in, path, dirname(copy), default_key, rows)) != EG_EXIT_OK)
+        goto out;
+    *out = rows;
+    rows = NULL;
+out:
+    if (in != NULL)
+        fclose(in);
+    OPENSSL_free(copy);
+    eg_bs_rows_free(rows);
+    return rc;
+}
+
+void eg_bs_rows_free(eg_bs_rows *rows)
+{
+    size_t i;
+
+    if (rows == NULL)
+        return;
+    for (i = 0; i < rows->n; i++) {
+        OPENSSL_free(rows->v[i].csr);
+        OPENSSL_free(rows->v[i].transport);
+    }
+    OPENSSL_free(rows->v);
+    OPENSSL_free(rows);
+}

@@ -1,0 +1,358 @@
+/*
+ * Key transport primitives: temporary session objects (a key pair that may
+ * leave the token only wrapped, a secret key, an imported public key),
+ * C_WrapKey into allocated memory, and their destruction. Factory bootstrap
+ * keys use them now; server-side key generation (RFC 7030 serverkeygen) will
+ * use the same calls with its own mechanisms and attributes, so nothing here
+ * chooses a mechanism or a key usage for the caller.
+ *
+ * All of them run inside one eg_token_run() callback: session objects belong
+ * to the session, so an operation that loses its session loses its objects
+ * too, and eg_token_run() may simply run the whole callback again.
+ */
+#include <string.h>
+
+#include <openssl/bn.h>
+#include <openssl/core_names.h>
+#include <openssl/err.h>
+#include <openssl/obj_mac.h>
+#include <openssl/objects.h>
+#include <openssl/param_build.h>
+
+#include "errors.h"
+#include "p11_local.h"
+
+/* The most attributes a caller adds to a template (ours come on top). */
+#define EG_WRAP_MAX_ATTRS 16
+
+static CK_BBOOL wrap_true = CK_TRUE, wrap_false = CK_FALSE;
+
+void eg_p11_temp_init(eg_p11_temp_objs *objs)
+{
+    memset(objs, 0, sizeof(*objs));
+}
+
+static CK_RV temp_add(eg_p11_temp_objs *objs, CK_OBJECT_HANDLE h)
+{
+    if (objs->n == EG_P11_MAX_TEMP)
+        return CKR_HOST_MEMORY;
+    objs->h[objs->n++] = h;
+    return CKR_OK;
+}
+
+/* Our fixed attributes first, then the caller's; a caller repeating one gets the token's error. */
+static CK_RV merge(CK_ATTRIBUTE *dst, CK_ULONG *n, const CK_ATTRIBUTE *fixed, CK_ULONG nfixed,
+                   const CK_ATTRIBUTE *extra, CK_ULONG nextra)
+{
+    if (nextra > EG_WRAP_MAX_ATTRS)
+        return CKR_ARGUMENTS_BAD;
+    memcpy(dst, fixed, nfixed * sizeof(*dst));
+    if (nextra > 0)
+        memcpy(dst + nfixed, extra, nextra * sizeof(*dst));
+    *n = nfixed + nextra;
+    return CKR_OK;
+}
+
+CK_RV eg_p11_temp_keypair(eg_p11_call *call, CK_MECHANISM *mech, const CK_ATTRIBUTE *pub,
+                          CK_ULONG npub, const CK_ATTRIBUTE *priv, CK_ULONG npriv,
+                          eg_p11_temp_objs *objs, CK_OBJECT_HANDLE *hpub, CK_OBJECT_HANDLE *hpriv)
+{
+    /* Sensitive and extractable: the private half can leave the token only wrapped. */
+    const CK_ATTRIBUTE fpub[] = {{CKA_TOKEN, &wrap_false, sizeof(wrap_false)}};
+    const CK_ATTRIBUTE fpriv[] = {{CKA_TOKEN, &wrap_false, sizeof(wrap_false)},
+                                  {CKA_PRIVATE, &wrap_true, sizeof(wrap_true)},
+                                  {CKA_SENSITIVE, &wrap_true, sizeof(wrap_true)},
+                                  {CKA_EXTRACTABLE, &wrap_true, sizeof(wrap_true)}};
+    CK_ATTRIBUTE tpub[EG_WRAP_MAX_ATTRS + 1], tpriv[EG_WRAP_MAX_ATTRS + 4];
+    CK_OBJECT_HANDLE a = CK_INVALID_HANDLE, b = CK_INVALID_HANDLE;
+    CK_ULONG np, nv;
+    CK_RV rv;
+
+    if (objs->n + 2 > EG_P11_MAX_TEMP)
+        return CKR_HOST_MEMORY;
+    if ((rv = merge(tpub, &np, fpub, 1, pub, npub)) != CKR_OK ||
+        (rv = merge(tpriv, &nv, fpriv, 4, priv, npriv)) != CKR_OK)
+        return rv;
+    if ((rv = eg_p11_generate_key_pair(call, mech, tpub, np, tpriv, nv, &a, &b)) != CKR_OK)
+        return rv;
+    temp_add(objs, a);
+    temp_add(objs, b);
+    *hpub = a;
+    *hpriv = b;
+    return CKR_OK;
+}
+
+CK_RV eg_p11_temp_secret_key(eg_p11_call *call, CK_MECHANISM *mech, const CK_ATTRIBUTE *attrs,
+                             CK_ULONG n, eg_p11_temp_objs *objs, CK_OBJECT_HANDLE *out)
+{
+    const CK_ATTRIBUTE fixed[] = {{CKA_TOKEN, &wrap_false, sizeof(wrap_false)},
+                                  {CKA_SENSITIVE, &wrap_true, sizeof(wrap_true)}};
+    CK_ATTRIBUTE t[EG_WRAP_MAX_ATTRS + 2];
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    CK_ULONG nt;
+    CK_RV rv;
+
+    if (objs->n == EG_P11_MAX_TEMP)
+        return CKR_HOST_MEMORY;
+    if ((rv = merge(t, &nt, fixed, 2, attrs, n)) != CKR_OK ||
+        (rv = eg_p11_generate_key(call, mech, t, nt, &h)) != CKR_OK)
+        return rv;
+    temp_add(objs, h);
+    *out = h;
+    return CKR_OK;
+}
+
+/* A BIGNUM parameter of pub as big-endian bytes. */
+static uint8_t *bn_param(const EVP_PKEY *pub, const char *name, size_t *len)
+{
+    BIGNUM *bn = NULL;
+    uint8_t *b = NULL;
+    int n;
+
+    if (EVP_PKEY_get_bn_param(pub, name, &bn) != 1 || (n = BN_num_bytes(bn)) <= 0 ||
+        (b = OPENSSL_malloc((size_t)n)) == NULL || BN_bn2bin(bn, b) != n) {
+        OPENSSL_free(b);
+        b = NULL;
+    } else {
+        *len = (size_t)n;
+    }
+    BN_free(bn);
+    return b;
+}
+
+/* The key's own attributes: CKA_MODULUS + CKA_PUBLIC_EXPONENT, or CKA_EC_PARAMS + CKA_EC_POINT. */
+struct pub_attrs {
+    CK_KEY_TYPE type;
+    uint8_t *a, *b;
+    size_t alen, blen;
+};
+
+static void pub_attrs_clear(struct pub_attrs *p)
+{
+    OPENSSL_free(p->a);
+    OPENSSL_free(p->b);
+}
+
+static int ec_attrs(const EVP_PKEY *pub, struct pub_attrs *p)
+{
+    char group[64];
+    uint8_t pt[200];
+    size_t ptlen = 0;
+    unsigned char *der = NULL;
+    ASN1_OCTET_STRING *os = ASN1_OCTET_STRING_new();
+    int n, ok = 0;
+
+    if (os == NULL ||
+        EVP_PKEY_get_utf8_string_param(pub, OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof(group),
+                                       NULL) != 1 ||
+        EVP_PKEY_get_octet_string_param(pub, OSSL_PKEY_PARAM_PUB_KEY, pt, sizeof(pt), &ptlen) != 1)
+        goto out;
+    if ((n = i2d_ASN1_OBJECT(OBJ_nid2obj(OBJ_sn2nid(group)), &der)) <= 0)
+        goto out;
+    p->a = der;
+    p->alen = (size_t)n;
+    der = NULL;
+    /* CKA_EC_POINT is the DER OCTET STRING holding the point. */
+    if (ASN1_OCTET_STRING_set(os, pt, (int)ptlen) != 1 ||
+        (n = i2d_ASN1_OCTET_STRING(os, &der)) <= 0)
+        goto out;
+    p->b = der;
+    p->blen = (size_t)n;
+    p->type = CKK_EC;
+    ok = 1;
+out:
+    ASN1_OCTET_STRING_free(os);
+    return ok;
+}
+
+static int pub_attrs_get(const EVP_PKEY *pub, struct pub_attrs *p)
+{
+    memset(p, 0, sizeof(*p));
+    if (EVP_PKEY_is_a(pub, "RSA")) {
+        p->type = CKK_RSA;
+        p->a = bn_param(pub, OSSL_PKEY_PARAM_RSA_N, &p->alen);
+        p->b = bn_param(pub, OSSL_PKEY_PARAM_RSA_E, &p->blen);
+        return p->a != NULL && p->b != NULL;
+    }
+    if (EVP_PKEY_is_a(pub, "EC"))
+        return ec_attrs(pub, p);
+    return 0;
+}
+
+CK_RV eg_p11_temp_public_key(eg_p11_call *call, const EVP_PKEY *pub, const CK_ATTRIBUTE *attrs,
+                             CK_ULONG n, eg_p11_temp_objs *objs, CK_OBJECT_HANDLE *out)
+{
+    CK_OBJECT_CLASS cls = CKO_PUBLIC_KEY;
+    struct pub_attrs p;
+    CK_ATTRIBUTE fixed[5], t[EG_WRAP_MAX_ATTRS + 5];
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    CK_ULONG nt;
+    CK_RV rv = CKR_KEY_TYPE_INCONSISTENT;
+
+    if (objs->n == EG_P11_MAX_TEMP)
+        return CKR_HOST_MEMORY;
+    if (!pub_attrs_get(pub, &p))
+        goto out;
+    fixed[0] = (CK_ATTRIBUTE){CKA_CLASS, &cls, sizeof(cls)};
+    fixed[1] = (CK_ATTRIBUTE){CKA_KEY_TYPE, &p.type, sizeof(p.type)};
+    fixed[2] = (CK_ATTRIBUTE){CKA_TOKEN, &wrap_false, sizeof(wrap_false)};
+    fixed[3] = (CK_ATTRIBUTE){p.type == CKK_RSA ? CKA_MODULUS : CKA_EC_PARAMS, p.a, p.alen};
+    fixed[4] = (CK_ATTRIBUTE){p.type == CKK_RSA ? CKA_PUBLIC_EXPONENT : CKA_EC_POINT, p.b, p.blen};
+    if ((rv = merge(t, &nt, fixed, 5, attrs, n)) != CKR_OK ||
+        (rv = eg_p11_create_object(call, t, nt, &h)) != CKR_OK)
+        goto out;
+    temp_add(objs, h);
+    *out = h;
+out:
+    pub_attrs_clear(&p);
+    return rv;
+}
+
+CK_RV eg_p11_wrap_alloc(eg_p11_call *call, CK_MECHANISM *mech, CK_OBJECT_HANDLE wrapping,
+                        CK_OBJECT_HANDLE key, uint8_t **out, size_t *outlen)
+{
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    CK_RV rv;
+
+    /* Size first (pWrappedKey NULL), then the wrap itself. */
+    if ((rv = eg_p11_wrap_key(call, mech, wrapping, key, NULL, &len)) != CKR_OK)
+        return rv;
+    if (len == 0 || (buf = OPENSSL_malloc(len)) == NULL)
+        return CKR_HOST_MEMORY;
+    if ((rv = eg_p11_wrap_key(call, mech, wrapping, key, buf, &len)) != CKR_OK) {
+        OPENSSL_free(buf);
+        return rv;
+    }
+    *out = buf;
+    *outlen = len;
+    return CKR_OK;
+}
+
+static EVP_PKEY *pub_fromdata(const char *name, OSSL_PARAM_BLD *bld)
+{
+    OSSL_PARAM *params = OSSL_PARAM_BLD_to_param(bld);
+    EVP_PKEY_CTX *ctx = NULL;
+    EVP_PKEY *pkey = NULL;
+
+    /* A software key: never from our own provider. */
+    if (params != NULL && (ctx = EVP_PKEY_CTX_new_from_name(NULL, name, "provider=default")) &&
+        EVP_PKEY_fromdata_init(ctx) == 1)
+        EVP_PKEY_fromdata(ctx, &pkey, EVP_PKEY_PUBLIC_KEY, params);
+    EVP_PKEY_CTX_free(ctx);
+    OSSL_PARAM_free(params);
+    return pkey;
+}
+
+static EVP_PKEY *rsa_from(const struct pub_attrs *p, OSSL_PARAM_BLD *bld)
+{
+    BIGNUM *n = BN_bin2bn(p->a, (int)p->alen, NULL), *e = BN_bin2bn(p->b, (int)p->blen, NULL);
+    EVP_PKEY *pkey = NULL;
+
+    if (n != NULL && e != NULL && OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, n) &&
+        OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, e))
+        pkey = pub_fromdata("RSA", bld);
+    BN_free(n);
+    BN_free(e);
+    return pkey;
+}
+
+static EVP_PKEY *ec_from(const struct pub_attrs *p, OSSL_PARAM_BLD *bld)
+{
+    const unsigned char *q = p->a;
+    ASN1_OBJECT *oid = d2i_ASN1_OBJECT(NULL, &q, (long)p->alen);
+    ASN1_OCTET_STRING *pt = NULL;
+    EVP_PKEY *pkey = NULL;
+    int nid = oid != NULL ? OBJ_obj2nid(oid) : NID_undef;
+
+    q = p->b;
+    if (nid != NID_undef && (pt = d2i_ASN1_OCTET_STRING(NULL, &q, (long)p->blen)) != NULL &&
+        OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, OBJ_nid2sn(nid), 0) &&
+        OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, ASN1_STRING_get0_data(pt),
+                                         (size_t)ASN1_STRING_length(pt)))
+        pkey = pub_fromdata("EC", bld);
+    ASN1_OBJECT_free(oid);
+    ASN1_OCTET_STRING_free(pt);
+    return pkey;
+}
+
+CK_RV eg_p11_object_public(eg_p11_call *call, CK_OBJECT_HANDLE pub, EVP_PKEY **out)
+{
+    CK_KEY_TYPE kt = CKK_VENDOR_DEFINED;
+    CK_ATTRIBUTE ta = {CKA_KEY_TYPE, &kt, sizeof(kt)};
+    struct pub_attrs p;
+    OSSL_PARAM_BLD *bld = NULL;
+    EVP_PKEY *pkey = NULL;
+    CK_RV rv;
+
+    memset(&p, 0, sizeof(p));
+    if ((rv = eg_p11_get_attributes(call, pub, &ta, 1)) != CKR_OK)
+        goto out;
+    rv = CKR_KEY_TYPE_INCONSISTENT;
+    if (kt != CKK_RSA && kt != CKK_EC)
+        goto out;
+    if ((rv = eg_p11_get_attribute_alloc(call, pub, kt == CKK_RSA ? CKA_MODULUS : CKA_EC_PARAMS,
+                                         &p.a, &p.alen)) != CKR_OK ||
+        (rv = eg_p11_get_attribute_alloc(call, pub,
+                                         kt == CKK_RSA ? CKA_PUBLIC_EXPONENT : CKA_EC_POINT, &p.b,
+                                         &p.blen)) != CKR_OK)
+        goto out;
+    if ((bld = OSSL_PARAM_BLD_new()) != NULL)
+        pkey = kt == CKK_RSA ? rsa_from(&p, bld) : ec_from(&p, bld);
+    if (pkey == NULL) {
+        rv = CKR_ATTRIBUTE_VALUE_INVALID;
+        goto out;
+    }
+    *out = pkey;
+    rv = CKR_OK;
+out:
+    OSSL_PARAM_BLD_free(bld);
+    pub_attrs_clear(&p);
+    return rv;
+}
+
+CK_RV eg_p11_temp_destroy(eg_p11_call *call, eg_p11_temp_objs *objs)
+{
+    CK_RV rv = CKR_OK, r;
+
+    /* Newest first; every object is tried even when one fails. */
+    while (objs->n > 0) {
+        r = eg_p11_destroy_object(call, objs->h[--objs->n]);
+        if (rv == CKR_OK)
+            rv = r;
+    }
+    return rv;
+}
+
+int eg_p11_keyparams_init(eg_p11_keyparams *kp, const eg_keygen_spec *spec)
+{
+    int n;
+
+    memset(kp, 0, sizeof(*kp));
+    if (spec->type == EG_KEY_RSA && spec->bits >= 2048 && spec->bits <= 8192) {
+        static const CK_BYTE f4[] = {0x01, 0x00, 0x01};
+
+        kp->bits = spec->bits;
+        memcpy(kp->e, f4, sizeof(f4));
+        kp->mech.mechanism = CKM_RSA_PKCS_KEY_PAIR_GEN;
+        kp->attrs[0] = (CK_ATTRIBUTE){CKA_MODULUS_BITS, &kp->bits, sizeof(kp->bits)};
+        kp->attrs[1] = (CK_ATTRIBUTE){CKA_PUBLIC_EXPONENT, kp->e, sizeof(f4)};
+        kp->n = 2;
+        return 0;
+    }
+    if (spec->type == EG_KEY_EC &&
+        (n = i2d_ASN1_OBJECT(OBJ_nid2obj(spec->curve_nid), &kp->ec_params)) > 0) {
+        kp->mech.mechanism = CKM_EC_KEY_PAIR_GEN;
+        kp->attrs[0] = (CK_ATTRIBUTE){CKA_EC_PARAMS, kp->ec_params, (CK_ULONG)n};
+        kp->n = 1;
+        return 0;
+    }
+    eg_signer_error(EG_R_BAD_PARAM, "key spec: need RSA 2048-8192 bits or an EC curve");
+    return -1;
+}
+
+void eg_p11_keyparams_clear(eg_p11_keyparams *kp)
+{
+    OPENSSL_free(kp->ec_params);
+    memset(kp, 0, sizeof(*kp));
+}
