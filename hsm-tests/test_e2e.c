@@ -983,30 +983,36 @@ static int provision(const char *tool, ...)
     return eg_child_run(dir, NULL, argv, res);
 }
 
-/* A software factory CA and a device bootstrap certificate it issued. */
-static int factory_pki(void)
+/*
+ * The factory line in small: a factory CA in the token, and one device's
+ * bootstrap certificate from `estgate-provision bootstrap` for a CSR the
+ * device made (boot/SN0001.pem, key factory-dev.key).
+ */
+static int factory_line(const char *tool)
 {
-    char key[PATH_MAX], crt[PATH_MAX], ckey[PATH_MAX], csr[PATH_MAX], ccrt[PATH_MAX];
+    char crt[PATH_MAX], ckey[PATH_MAX], csr[PATH_MAX], csv[PATH_MAX], out[PATH_MAX], uri[300];
+    static const char batch[] = "serial,model,csr\nSN0001,gw,factory-dev.csr\n";
 
-    return cmd("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-               "-nodes", "-keyout", tpath(key, "factory-ca.key"), "-out",
-               tpath(crt, "factory-ca.pem"), "-subj", "/CN=Factory CA", "-days", "30", "-addext",
-               "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=keyCertSign,cRLSign",
-               NULL) ||
+    snprintf(uri, sizeof(uri), "pkcs11:token=%s;object=factory-ca;type=private",
+             eg_th_config(th)->token_label);
+    return provision(tool, "ca", "create", "--label", "factory-ca", "--key", "ec-p256", "--subject",
+                     "CN=Factory CA,O=estgate tests", "--self-signed", "--days", "60", "--out",
+                     tpath(crt, "factory-ca.pem"), NULL) ||
            cmd("openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
                "-nodes", "-keyout", tpath(ckey, "factory-dev.key"), "-out",
-               tpath(csr, "factory-dev.csr"), "-subj", "/serialNumber=SN0001/CN=f1.example.com",
-               NULL) ||
-           cmd("openssl", "x509", "-req", "-in", csr, "-CA", crt, "-CAkey", key, "-CAcreateserial",
-               "-days", "30", "-out", tpath(ccrt, "factory-dev.pem"), NULL);
+               tpath(csr, "factory-dev.csr"), "-subj", "/CN=SN0001", NULL) ||
+           eg_file_write(tpath(csv, "batch.csv"), batch, sizeof(batch) - 1, 0644) != 0 ||
+           provision(tool, "bootstrap", "--manifest", csv, "--out", tpath(out, "boot"), "--ca-key",
+                     uri, "--ca-cert", crt, "--days", "30", "--san-template",
+                     "dns:{serial}.devices.example.com", NULL);
 }
 
 /*
  * A signed bundle holding the factory CA (and the partner CA already
  * trusted) becomes the partner profile's client trust through `bundle
- * install`: a factory device is refused before and enrolls after, without a
- * restart. The same bundle again (rollback) and a tampered one are refused
- * and leave the bundle in force as it was.
+ * install`: a device with its bootstrap certificate from `bootstrap` is
+ * refused before and enrolls after, without a restart. The same bundle again (rollback) and a
+ * tampered one are refused and leave the bundle in force as it was.
  */
 static void test_bundle_install_trusts_factory_devices(void)
 {
@@ -1018,7 +1024,7 @@ static void test_bundle_install_trusts_factory_devices(void)
     http h;
 
     CU_ASSERT_FATAL(eg_child_built("provisioning/estgate-provision", tool) != NULL);
-    CU_ASSERT_EQUAL_FATAL(factory_pki(), 0);
+    CU_ASSERT_EQUAL_FATAL(factory_line(tool), 0);
     CU_ASSERT_EQUAL_FATAL(provision(tool, "bundle", "signer", "create", "--label", "bsign", "--key",
                                     "ec-p256", "--ca-label", "ca", "--subject",
                                     "CN=Fleet bundle signer", "--days", "20", "--out",
@@ -1032,7 +1038,7 @@ static void test_bundle_install_trusts_factory_devices(void)
                                     "--valid-days", "10", "--out-dir", tpath(v1, "bundle-v1"),
                                     NULL),
                           0);
-    tpath(fcrt, "factory-dev.pem");
+    tpath(fcrt, "boot/SN0001.pem");
     tpath(fkey, "factory-dev.key");
     CU_ASSERT_EQUAL(
         enroll(&h, "partner/simpleenroll", "dev1r", NULL, "--cert", fcrt, "--key", fkey), 403);
