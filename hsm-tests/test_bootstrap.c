@@ -14,10 +14,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <CUnit/Basic.h>
+#include <openssl/core_names.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -27,6 +29,7 @@
 
 #include "child.h"
 #include "p11.h"
+#include "procmem.h"
 #include "token_harness.h"
 
 /*
@@ -593,6 +596,123 @@ static void test_token_generated_keys_unwrap_on_the_device(void)
     free(r);
 }
 
+/* ---- never in the tool's memory ---- */
+
+/* The private scalar of a P-256 key (the row asked for ec-p256), as 32 octets. */
+static int ec_scalar(EVP_PKEY *key, unsigned char out[32])
+{
+    char group[32] = "";
+    BIGNUM *d = NULL;
+    int ok = EVP_PKEY_get_group_name(key, group, sizeof(group), NULL) == 1 &&
+             strcmp(group, "prime256v1") == 0 &&
+             EVP_PKEY_get_bn_param(key, OSSL_PKEY_PARAM_PRIV_KEY, &d) == 1 &&
+             BN_bn2binpad(d, out, 32) == 32;
+
+    BN_clear_free(d);
+    return ok ? 0 : -1;
+}
+
+/* The device's private key for serial, unwrapped as the device does. */
+static EVP_PKEY *device_key(const char *out, const char *serial)
+{
+    char path[PATH_MAX], name[96];
+    unsigned char *pk8;
+    const unsigned char *p;
+    size_t len = 0;
+    EVP_PKEY *key;
+
+    snprintf(name, sizeof(name), "%s/%s.key.pem", out, serial);
+    if ((pk8 = device_unwrap(wpath(path, name), &len)) == NULL)
+        return NULL;
+    p = pk8;
+    key = d2i_AutoPrivateKey(NULL, &p, (long)len);
+    OPENSSL_clear_free(pk8, len);
+    return key;
+}
+
+/* Starts the batch and stops it (SIGSTOP) once the file appears; 0 with *pid. */
+static int start_and_stop_at(const char *manifest, const char *out, const char *file, pid_t *pid)
+{
+    char *argv[32], log[PATH_MAX], path[PATH_MAX];
+    struct stat st;
+    int status;
+
+    bs_argv(argv, manifest, out);
+    if (eg_child_start(argv, wpath(log, "memcheck.log"), pid) != 0)
+        return -1;
+    for (int i = 0; i < 20000; i++) {
+        if (stat(wpath(path, file), &st) == 0) {
+            if (kill(*pid, SIGSTOP) != 0 || waitpid(*pid, &status, WUNTRACED) != *pid ||
+                !WIFSTOPPED(status))
+                return -1; /* it ended before it could be stopped: the batch is too short */
+            return 0;
+        }
+        usleep(1000);
+    }
+    return -1;
+}
+
+/*
+ * Token-generated keys pass through estgate-provision only wrapped. The tool
+ * is stopped after three keys were made, wrapped and written, with 300 CSR
+ * rows still to do; its memory is read, and none of the three private
+ * scalars (taken afterwards from the device-side unwrap) is in it. The
+ * controls: each key's public point, which the tool did handle, is found in
+ * the same dump, and a private scalar held by this test's own process is
+ * found by the same reader.
+ */
+static void test_generated_keys_never_in_tool_memory(void)
+{
+    static const char *serials[] = {"M1", "M2", "M3"};
+    unsigned char *dump = NULL, *self = NULL, scalar[32], point[133];
+    size_t dlen = 0, slen = 0, plen;
+    char path[PATH_MAX];
+    pid_t pid;
+    FILE *f;
+    int i;
+
+    if (!token_can_wrap()) {
+        printf("\n  note: token kind %s cannot wrap; no token-generated keys to look for\n",
+               eg_th_kind_name(kind));
+        return;
+    }
+    CU_ASSERT_FATAL((f = fopen(wpath(path, "memcheck.jsonl"), "w")) != NULL);
+    for (i = 0; i < 3; i++)
+        fprintf(f,
+                "{\"serial\": \"%s\", \"model\": \"gw\", \"key\": \"ec-p256\", "
+                "\"transport\": \"transport.pem\"}\n",
+                serials[i]);
+    for (i = 0; i < 300 && i < NDEV; i++)
+        fprintf(f, "{\"serial\": \"C%05d\", \"model\": \"m\", \"csr\": \"csr/D%05d.csr\"}\n", i, i);
+    fclose(f);
+    CU_ASSERT_EQUAL_FATAL(
+        start_and_stop_at("memcheck.jsonl", "memcheck", "memcheck/M3.key.pem", &pid), 0);
+    CU_ASSERT_EQUAL(eg_procmem_dump(pid, &dump, &dlen), 0);
+    kill(pid, SIGCONT);
+    CU_ASSERT_EQUAL(eg_child_wait(pid), 0);
+    CU_ASSERT_FATAL(dump != NULL && dlen > 0);
+    for (i = 0; i < 3; i++) {
+        EVP_PKEY *key = device_key("memcheck", serials[i]);
+
+        CU_ASSERT_FATAL(key != NULL);
+        CU_ASSERT_EQUAL_FATAL(ec_scalar(key, scalar), 0);
+        CU_ASSERT_EQUAL_FATAL(EVP_PKEY_get_octet_string_param(key,
+                                                              OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY,
+                                                              point, sizeof(point), &plen),
+                              1);
+        CU_ASSERT(eg_mem_contains(dump, dlen, point, plen)); /* control: the tool's heap is read */
+        CU_ASSERT(!eg_mem_contains(dump, dlen, scalar, 32)); /* the secret is not there */
+        if (i == 2) { /* control: the reader finds a scalar where one is */
+            CU_ASSERT_EQUAL(eg_procmem_dump(getpid(), &self, &slen), 0);
+            CU_ASSERT(eg_mem_contains(self, slen, scalar, 32));
+        }
+        OPENSSL_cleanse(scalar, sizeof(scalar));
+        EVP_PKEY_free(key);
+    }
+    free(self);
+    free(dump);
+}
+
 static int make_ca(void)
 {
     eg_child_result *r = calloc(1, sizeof(*r));
@@ -692,6 +812,8 @@ static CU_TestInfo tests[] = {
     {"the same serial with another CSR is refused", test_same_serial_with_other_csr_refused},
     {"token-generated keys unwrap on the device and match",
      test_token_generated_keys_unwrap_on_the_device},
+    {"token-generated keys are never in the tool's memory",
+     test_generated_keys_never_in_tool_memory},
     CU_TEST_INFO_NULL,
 };
 

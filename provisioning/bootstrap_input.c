@@ -32,7 +32,7 @@ bool eg_bs_key_name(const char *s, eg_keygen_spec *spec)
     memset(spec, 0, sizeof(*spec));
     if (strcmp(s, "ec-p256") == 0 || strcmp(s, "ec-p384") == 0) {
         spec->type = EG_KEY_EC;
-        spec->curve_nid = s[5] == '2' ? NID_X9_62_prime256v1 : NID_secp384r1;
+        spec->curve_nid = strcmp(s, "ec-p256") == 0 ? NID_X9_62_prime256v1 : NID_secp384r1;
         return true;
     }
     if (strcmp(s, "rsa2048") == 0) {
