@@ -596,6 +596,49 @@ static void test_token_generated_keys_unwrap_on_the_device(void)
     free(r);
 }
 
+/*
+ * The token goes away mid-batch (the p11-kit server is killed, as a network
+ * HSM might drop): the tool stops with exit 69 once its recovery window has
+ * passed, and run again with the token back it issues what is missing and
+ * nothing twice.
+ */
+static void test_token_lost_mid_batch_then_resumed(void)
+{
+    eg_child_result *r = calloc(1, sizeof(*r));
+    int now, already, refused, sigs, all, issued, code;
+    char *argv[32], log[PATH_MAX];
+    struct timespec pause = {0, 2000000};
+    size_t at_loss;
+    pid_t pid;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    if (kind != EG_TH_P11KIT) {
+        printf("\n  note: only a served token (p11kit) can be taken away mid-batch\n");
+        free(r);
+        return;
+    }
+    bs_argv(argv, "batch.csv", "tokloss");
+    CU_ASSERT_EQUAL_FATAL(eg_child_start(argv, wpath(log, "tokloss-run.log"), &pid), 0);
+    for (int i = 0; i < 30000 && count_certs("tokloss") < KILL_AT; i++)
+        nanosleep(&pause, NULL);
+    CU_ASSERT_EQUAL_FATAL(eg_th_server_kill(th), 0);
+    code = eg_child_wait(pid);
+    at_loss = count_certs("tokloss");
+    printf("\n  token lost with %zu certificates written; the tool exited %d", at_loss, code);
+    CU_ASSERT_EQUAL(code, 69);
+    CU_ASSERT(at_loss >= KILL_AT && at_loss < NDEV);
+    CU_ASSERT_EQUAL_FATAL(eg_th_server_start(th), 0);
+    state_counts("tokloss", &all, &issued);
+    CU_ASSERT_EQUAL(run_bs("batch.csv", "tokloss", r), 0);
+    CU_ASSERT_EQUAL_FATAL(summary(r, &now, &already, &refused, &sigs), 0);
+    CU_ASSERT_EQUAL(now + already, NDEV);
+    CU_ASSERT_EQUAL(already, issued);
+    CU_ASSERT_EQUAL(sigs, now + 1);
+    CU_ASSERT_EQUAL(count_certs("tokloss"), NDEV);
+    check_all_certs("tokloss");
+    free(r);
+}
+
 /* ---- never in the tool's memory ---- */
 
 /* The private scalar of a P-256 key (the row asked for ec-p256), as 32 octets. */
@@ -812,6 +855,7 @@ static CU_TestInfo tests[] = {
     {"the same serial with another CSR is refused", test_same_serial_with_other_csr_refused},
     {"token-generated keys unwrap on the device and match",
      test_token_generated_keys_unwrap_on_the_device},
+    {"token lost mid-batch, resumed: each issued once", test_token_lost_mid_batch_then_resumed},
     {"token-generated keys are never in the tool's memory",
      test_generated_keys_never_in_tool_memory},
     CU_TEST_INFO_NULL,
