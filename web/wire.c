@@ -5,6 +5,7 @@
 #include <strings.h>
 
 #include <openssl/evp.h>
+#include <openssl/rand.h>
 
 #include "wire.h"
 
@@ -182,6 +183,50 @@ int eg_wire_encode_body(const uint8_t *der, size_t len, uint8_t **out, size_t *o
     *out = buf;
     *out_len = o;
     return 0;
+}
+
+int eg_wire_multipart(const eg_wire_part *parts, size_t n, uint8_t **body, size_t *len,
+                      char **ctype)
+{
+    unsigned char rnd[12];
+    char boundary[40];
+    uint8_t *buf = NULL, *b64 = NULL;
+    size_t cap = 64, o = 0, blen;
+    int rc = -1;
+
+    if (n == 0 || RAND_bytes(rnd, sizeof(rnd)) != 1)
+        return -1;
+    o = (size_t)snprintf(boundary, sizeof(boundary), "estgate-");
+    for (size_t i = 0; i < sizeof(rnd); i++)
+        o += (size_t)snprintf(boundary + o, sizeof(boundary) - o, "%02x", rnd[i]);
+    for (size_t i = 0; i < n; i++)
+        cap += 160 + strlen(parts[i].content_type) + (parts[i].len + 47) / 48 * 66;
+    if ((buf = malloc(cap)) == NULL)
+        return -1;
+    o = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (eg_wire_encode_body(parts[i].der, parts[i].len, &b64, &blen) != 0)
+            goto out;
+        o += (size_t)snprintf((char *)buf + o, cap - o,
+                              "--%s\r\nContent-Type: %s\r\n" EG_WIRE_CTE_BASE64 "\r\n\r\n",
+                              boundary, parts[i].content_type);
+        memcpy(buf + o, b64, blen);
+        o += blen;
+        free(b64);
+        b64 = NULL;
+    }
+    o += (size_t)snprintf((char *)buf + o, cap - o, "--%s--\r\n", boundary);
+    if ((*ctype = malloc(sizeof(boundary) + 32)) == NULL)
+        goto out;
+    snprintf(*ctype, sizeof(boundary) + 32, "multipart/mixed; boundary=%s", boundary);
+    *body = buf;
+    *len = o;
+    buf = NULL;
+    rc = 0;
+out:
+    free(b64);
+    free(buf);
+    return rc;
 }
 
 bool eg_wire_media_is(const char *content_type, const char *type)

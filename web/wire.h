@@ -26,6 +26,23 @@ int eg_wire_decode_body(const uint8_t *body, size_t len, uint8_t **der, size_t *
 /* base64 of der with CRLF after every 64 characters (and at the end). */
 int eg_wire_encode_body(const uint8_t *der, size_t len, uint8_t **out, size_t *out_len);
 
+/* One part of a multipart answer: its media type and its DER, sent as base64. */
+typedef struct eg_wire_part {
+    const char *content_type;
+    const uint8_t *der;
+    size_t len;
+} eg_wire_part;
+
+/*
+ * RFC 7030 4.4.2 (serverkeygen): a multipart/mixed body (RFC 2046 5.1.1) of
+ * n parts, each with its Content-Type and Content-Transfer-Encoding: base64,
+ * with a fresh random boundary, which base64 text cannot contain. *ctype
+ * gets the answer's "multipart/mixed; boundary=..." (malloc'd). 0 or -1.
+ * Not for a plaintext private key: the body is ordinary heap.
+ */
+int eg_wire_multipart(const eg_wire_part *parts, size_t n, uint8_t **body, size_t *len,
+                      char **ctype);
+
 /* Whether a Content-Type header names type (case-insensitive, parameters ignored). */
 bool eg_wire_media_is(const char *content_type, const char *type);
 

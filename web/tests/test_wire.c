@@ -198,6 +198,61 @@ static void test_media_types(void)
     CU_ASSERT_FALSE(eg_wire_enroll_type_ok("application/pkcs7-mime"));
 }
 
+/*
+ * Two parts read back the way a MIME parser reads them (RFC 2046 5.1.1):
+ * split at the boundary from the Content-Type header, headers up to the
+ * empty line, the base64 decoded by the request decoder.
+ */
+static void test_multipart_reads_back(void)
+{
+    static const uint8_t a[] = {0x30, 0x03, 0x02, 0x01, 0x05};
+    uint8_t b[300], *body = NULL, *der = NULL;
+    eg_wire_part parts[2] = {{"application/pkcs8", a, sizeof(a)}, {EG_WIRE_CT_CERTS, b, sizeof(b)}};
+    char *ctype = NULL, *text, delim[80], *p, *q, *end, why[128], *again = NULL;
+    size_t len, der_len, i;
+
+    for (i = 0; i < sizeof(b); i++)
+        b[i] = (uint8_t)(i * 7);
+    CU_ASSERT_EQUAL_FATAL(eg_wire_multipart(parts, 2, &body, &len, &ctype), 0);
+    CU_ASSERT_FATAL(strncmp(ctype, "multipart/mixed; boundary=", 26) == 0);
+    snprintf(delim, sizeof(delim), "--%s", ctype + 26);
+    CU_ASSERT_FATAL((text = malloc(len + 1)) != NULL);
+    memcpy(text, body, len);
+    text[len] = 0;
+    CU_ASSERT(strncmp(text, delim, strlen(delim)) == 0); /* no preamble */
+    snprintf(why, sizeof(why), "%s--\r\n", delim);
+    CU_ASSERT(len > strlen(why) && strcmp(text + len - strlen(why), why) == 0); /* the close */
+    p = text;
+    for (i = 0; i < 2; i++) {
+        p = strstr(p, delim);
+        CU_ASSERT_FATAL(p != NULL);
+        p += strlen(delim) + 2;
+        q = strstr(p, "\r\n\r\n");
+        CU_ASSERT_FATAL(q != NULL);
+        *q = 0;
+        snprintf(why, sizeof(why), "Content-Type: %s\r\n" EG_WIRE_CTE_BASE64,
+                 parts[i].content_type);
+        CU_ASSERT_STRING_EQUAL(p, why);
+        p = q + 4;
+        end = strstr(p, delim);
+        CU_ASSERT_FATAL(end != NULL);
+        CU_ASSERT_EQUAL_FATAL(
+            eg_wire_decode_body((uint8_t *)p, (size_t)(end - p), &der, &der_len, why, sizeof(why)),
+            0);
+        CU_ASSERT(der_len == parts[i].len && memcmp(der, parts[i].der, der_len) == 0);
+        free(der);
+        p = end;
+    }
+    /* A second answer has another boundary. */
+    free(body);
+    CU_ASSERT_EQUAL_FATAL(eg_wire_multipart(parts, 2, &body, &len, &again), 0);
+    CU_ASSERT(strcmp(again, ctype) != 0);
+    free(again);
+    free(body);
+    free(ctype);
+    free(text);
+}
+
 int main(void)
 {
     CU_TestInfo tests[] = {
@@ -206,6 +261,7 @@ int main(void)
         {"garbage is refused with a reason", test_garbage_refused_with_reason},
         {"responses are base64 in CRLF lines of 64", test_encode_wraps_crlf_64},
         {"enroll media types", test_media_types},
+        {"multipart answers read back", test_multipart_reads_back},
         CU_TEST_INFO_NULL,
     };
 
