@@ -12,6 +12,7 @@
 static const char *const kind_names[] = {
     [EG_AUDIT_ISSUED] = "issued",
     [EG_AUDIT_REISSUED] = "reissued",
+    [EG_AUDIT_SERVERKEYGEN] = "serverkeygen",
     [EG_AUDIT_CACERTS] = "cacerts",
     [EG_AUDIT_AUTH_MISSING] = "auth.missing",
     [EG_AUDIT_AUTH_BAD_PASSWORD] = "auth.bad_password",

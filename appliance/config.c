@@ -509,7 +509,7 @@ static int rsa_rule(const char *bits, eg_keyrule_cfg *r)
     return 0;
 }
 
-static int key_item(loader *ld, eg_profile_cfg *p, const char *key, const char *item)
+static int key_rule(loader *ld, const char *key, const char *item, eg_keyrule_cfg *out)
 {
     static const struct {
         const char *name;
@@ -536,6 +536,16 @@ static int key_item(loader *ld, eg_profile_cfg *p, const char *key, const char *
             SHOWN, item);
         return -1;
     }
+    *out = r;
+    return 0;
+}
+
+static int key_item(loader *ld, eg_profile_cfg *p, const char *key, const char *item)
+{
+    eg_keyrule_cfg r;
+
+    if (key_rule(ld, key, item, &r) != 0)
+        return -1;
     if (p->nkeys == EG_MAX_RULES) {
         err_here(ld, key, "more than %d key types", EG_MAX_RULES);
         return -1;
@@ -547,6 +557,124 @@ static int key_item(loader *ld, eg_profile_cfg *p, const char *key, const char *
 static int parse_key_types(loader *ld, void *base, const char *key, const char *value)
 {
     return each_item(ld, base, key, value, key_item);
+}
+
+/* --- serverkeygen --- */
+
+static int skg_mode_item(loader *ld, eg_profile_cfg *p, const char *key, const char *item)
+{
+    if (strcasecmp(item, "plaintext") == 0)
+        p->skg_modes |= EG_SKG_PLAINTEXT;
+    else if (strcasecmp(item, "encrypt") == 0)
+        p->skg_modes |= EG_SKG_ENCRYPT;
+    else {
+        err_here(ld, key, "'%.*s' is not a serverkeygen mode; use plaintext and/or encrypt", SHOWN,
+                 item);
+        return -1;
+    }
+    return 0;
+}
+
+static int parse_skg(loader *ld, void *base, const char *key, const char *value)
+{
+    ((eg_profile_cfg *)base)->skg_line = ld->line;
+    return each_item(ld, base, key, value, skg_mode_item);
+}
+
+/* What the appliance generates: RSA 2048-4096 or EC P-256/P-384 (issue's token key types). */
+static int skg_key_item(loader *ld, eg_profile_cfg *p, const char *key, const char *item)
+{
+    eg_keyrule_cfg r;
+
+    if (key_rule(ld, key, item, &r) != 0)
+        return -1;
+    if ((r.type == EVP_PKEY_RSA && (r.max_bits == 0 ? r.min_bits : r.max_bits) > 4096) ||
+        r.type == EVP_PKEY_ED25519 || (r.type == EVP_PKEY_EC && r.curve_nid == NID_secp521r1)) {
+        err_here(ld, key,
+                 "'%.*s': server-generated keys are rsa:2048 to rsa:4096, ec:P-256 or "
+                 "ec:P-384",
+                 SHOWN, item);
+        return -1;
+    }
+    if (p->nskg_keys == EG_MAX_RULES) {
+        err_here(ld, key, "more than %d key types", EG_MAX_RULES);
+        return -1;
+    }
+    p->skg_keys[p->nskg_keys++] = r;
+    return 0;
+}
+
+static int parse_skg_keys(loader *ld, void *base, const char *key, const char *value)
+{
+    ((eg_profile_cfg *)base)->skg_keys_line = ld->line;
+    return each_item(ld, base, key, value, skg_key_item);
+}
+
+static int skg_rsa_item(loader *ld, eg_profile_cfg *p, const char *key, const char *item)
+{
+    int v = strcasecmp(item, "oaep-sha1") == 0     ? EG_SKG_RSA_OAEP_SHA1
+            : strcasecmp(item, "oaep-sha256") == 0 ? EG_SKG_RSA_OAEP_SHA256
+            : strcasecmp(item, "pkcs1") == 0       ? EG_SKG_RSA_PKCS1
+                                                   : -1;
+
+    if (v < 0) {
+        err_here(ld, key, "'%.*s': use oaep-sha256, oaep-sha1 or pkcs1", SHOWN, item);
+        return -1;
+    }
+    for (size_t i = 0; i < p->nskg_rsa; i++) {
+        if (p->skg_rsa[i] == v) {
+            err_here(ld, key, "'%s' is listed twice", item);
+            return -1;
+        }
+    }
+    p->skg_rsa[p->nskg_rsa++] = v;
+    return 0;
+}
+
+static int parse_skg_rsa(loader *ld, void *base, const char *key, const char *value)
+{
+    ((eg_profile_cfg *)base)->skg_rsa_line = ld->line;
+    return each_item(ld, base, key, value, skg_rsa_item);
+}
+
+/* "HEXID pkcs11:URI": a DecryptKeyIdentifier and the token AES key it names. */
+static int parse_skg_kek(loader *ld, void *base, const char *key, const char *value)
+{
+    eg_profile_cfg *p = base;
+    eg_skg_kek_cfg k = {.line = ld->line};
+    const char *sp = strpbrk(value, " \t");
+    size_t hexlen = sp != NULL ? (size_t)(sp - value) : 0;
+
+    if (sp == NULL || hexlen % 2 != 0 || hexlen == 0 || hexlen > 2 * sizeof(k.id) ||
+        strspn(value, "0123456789abcdefABCDEF") < hexlen) {
+        err_here(ld, key, "'%.*s': expected KEYID URI, KEYID 1 to 64 octets in hex", SHOWN, value);
+        return -1;
+    }
+    for (size_t i = 0; i < hexlen / 2; i++) {
+        unsigned v;
+
+        sscanf(value + 2 * i, "%2x", &v);
+        k.id[i] = (uint8_t)v;
+    }
+    k.id_len = hexlen / 2;
+    sp += strspn(sp, " \t");
+    if (check_uri(ld, key, sp) != 0)
+        return -1;
+    for (size_t i = 0; i < p->nskg_keks; i++) {
+        if (p->skg_keks[i].id_len == k.id_len && memcmp(p->skg_keks[i].id, k.id, k.id_len) == 0) {
+            err_here(ld, key, "key identifier %.*s is already given at line %u", (int)hexlen, value,
+                     p->skg_keks[i].line);
+            return -1;
+        }
+    }
+    if (p->nskg_keks == EG_MAX_KEKS) {
+        err_here(ld, key, "more than %d key-encryption keys", EG_MAX_KEKS);
+        return -1;
+    }
+    if ((k.uri = xstrdup(ld, sp)) == NULL)
+        return -1;
+    p->skg_keks[p->nskg_keks++] = k;
+    return 0;
 }
 
 static int eku_item(loader *ld, eg_profile_cfg *p, const char *key, const char *item)
@@ -892,6 +1020,12 @@ static const key_spec profile_keys[] = {
     {.name = "max_days", .kind = V_UINT, .off = PRO(max_days), .min = 1, .max = 3650},
     {.name = "allow_rekey", .kind = V_BOOL, .off = PRO(allow_rekey)},
     {.name = "require_attrs", .kind = V_FN, .parse = parse_require_attrs},
+    {.name = "serverkeygen", .kind = V_FN, .parse = parse_skg},
+    {.name = "serverkeygen_key_types", .kind = V_FN, .parse = parse_skg_keys},
+    {.name = "serverkeygen_recipients", .kind = V_CERTS, .off = PRO(skg_recipients_file)},
+    {.name = "serverkeygen_csr_key", .kind = V_BOOL, .off = PRO(skg_csr_key)},
+    {.name = "serverkeygen_kek", .kind = V_FN, .repeatable = true, .parse = parse_skg_kek},
+    {.name = "serverkeygen_rsa", .kind = V_FN, .parse = parse_skg_rsa},
     {.name = NULL},
 };
 
@@ -1185,6 +1319,13 @@ static void profile_defaults(loader *ld, eg_profile_cfg *p)
         p->ekus[p->nekus++] = NID_client_auth;
     if (p->nsubject_nids == 0)
         p->subject_nids[p->nsubject_nids++] = NID_commonName;
+    if (p->nskg_keys == 0)
+        p->skg_keys[p->nskg_keys++] =
+            (eg_keyrule_cfg){.type = EVP_PKEY_EC, .curve_nid = NID_X9_62_prime256v1};
+    if (p->nskg_rsa == 0) {
+        p->skg_rsa[p->nskg_rsa++] = EG_SKG_RSA_OAEP_SHA256;
+        p->skg_rsa[p->nskg_rsa++] = EG_SKG_RSA_OAEP_SHA1;
+    }
 }
 
 static void finish_profile(loader *ld, size_t i)
@@ -1203,6 +1344,11 @@ static void finish_profile(loader *ld, size_t i)
     if ((p->auth & EG_AUTH_BASIC) != 0 && seen->key_line[key_index(profile_keys, "user")] == 0)
         err_at(ld, auth_line, section, "auth",
                "basic needs at least one user = NAME:HASH (see estgated --hash-password)");
+    if ((p->skg_modes & EG_SKG_ENCRYPT) != 0 && p->skg_recipients_file == NULL &&
+        p->nskg_keks == 0 && !p->skg_csr_key)
+        err_at(ld, p->skg_line, section, "serverkeygen",
+               "encrypt needs someone to encrypt to: serverkeygen_recipients, serverkeygen_kek "
+               "or serverkeygen_csr_key = yes");
     profile_defaults(ld, p);
 }
 
@@ -1294,6 +1440,9 @@ static void profile_free(eg_profile_cfg *p)
         free(p->users[i].hash);
     }
     free(p->client_ca_file);
+    free(p->skg_recipients_file);
+    for (size_t i = 0; i < p->nskg_keks; i++)
+        free(p->skg_keks[i].uri);
     for (size_t i = 0; i < p->nsans; i++)
         free(p->sans[i].pattern);
     free(p->subject_template);

@@ -64,6 +64,22 @@ typedef struct eg_sanrule_cfg {
     char *pattern;
 } eg_sanrule_cfg;
 
+/* Server-side key generation (RFC 7030 4.4), per profile. */
+enum {
+    EG_SKG_PLAINTEXT = 1u << 0, /* the key returned as application/pkcs8 (opt-in) */
+    EG_SKG_ENCRYPT = 1u << 1,   /* the key returned in a CMS EnvelopedData the token made */
+};
+/* Key-transport algorithms, in serverkeygen_rsa order (values of eg_skg_kt). */
+enum { EG_SKG_RSA_OAEP_SHA1 = 0, EG_SKG_RSA_OAEP_SHA256 = 1, EG_SKG_RSA_PKCS1 = 2 };
+#define EG_MAX_KEKS 16
+/* A pre-shared key-encryption key: the DecryptKeyIdentifier that names it, and its token key. */
+typedef struct eg_skg_kek_cfg {
+    uint8_t id[64];
+    size_t id_len;
+    char *uri; /* pkcs11: URI of a CKK_AES secret key with CKA_WRAP */
+    unsigned line;
+} eg_skg_kek_cfg;
+
 typedef struct eg_profile_cfg {
     char *name;  /* "default" or the label: [A-Za-z0-9_-]{1,64} */
     char *label; /* "" for default, else == name: the URL path segment */
@@ -95,6 +111,21 @@ typedef struct eg_profile_cfg {
     int required_attrs[EG_MAX_RULES]; /* CSR attributes that must be present, as NIDs
                                          (e.g. NID_pkcs9_challengePassword) */
     size_t nrequired_attrs;
+
+    /* serverkeygen: off unless skg_modes has a bit; the *_line fields say where each key
+       was set, for errors found when the token is probed. */
+    unsigned skg_modes;
+    unsigned skg_line;
+    eg_keyrule_cfg skg_keys[EG_MAX_RULES]; /* what the token generates; default ec:P-256 */
+    size_t nskg_keys;
+    unsigned skg_keys_line;
+    char *skg_recipients_file; /* PEM: certificates found by AsymmetricDecryptKeyIdentifier */
+    bool skg_csr_key;          /* with no identifier, encrypt to the CSR's own public key */
+    eg_skg_kek_cfg skg_keks[EG_MAX_KEKS];
+    size_t nskg_keks;
+    int skg_rsa[3]; /* EG_SKG_RSA_*, in order of preference; default oaep-sha256, oaep-sha1 */
+    size_t nskg_rsa;
+    unsigned skg_rsa_line;
 } eg_profile_cfg;
 
 typedef struct eg_config {

@@ -15,6 +15,7 @@
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/pkcs7.h>
+#include <openssl/rand.h>
 #include <openssl/sha.h>
 
 #include "audit.h"
@@ -24,6 +25,7 @@
 #include "p11.h"
 #include "policy.h"
 #include "provider.h"
+#include "skg.h"
 
 typedef struct core_profile {
     eg_profile_cfg cfg; /* our own copy; users and other web-only parts left out */
@@ -33,6 +35,7 @@ typedef struct core_profile {
     size_t cacerts_len;
     uint8_t *csrattrs; /* NULL: nothing to say */
     size_t csrattrs_len;
+    eg_skg_profile skg;
 } core_profile;
 
 typedef struct profile_set {
@@ -43,8 +46,10 @@ typedef struct profile_set {
 struct eg_core {
     eg_token *tok;
     eg_ledger *lg;
-    pthread_rwlock_t lock; /* over set */
+    pthread_rwlock_t lock; /* over set and caps */
     profile_set *set;
+    eg_skg_caps caps; /* serverkeygen: what the token can do (probed when a profile asks) */
+    bool probed, probed_rsa;
 };
 
 void eg_answer_clear(eg_answer *a)
@@ -52,6 +57,10 @@ void eg_answer_clear(eg_answer *a)
     if (a == NULL)
         return;
     free(a->der);
+    if (a->key_secure)
+        OPENSSL_secure_clear_free(a->key, a->key_len);
+    else
+        OPENSSL_free(a->key);
     memset(a, 0, sizeof(*a));
 }
 
@@ -107,6 +116,10 @@ static void profile_clear(core_profile *p)
     free(p->cfg.subject_template);
     for (i = 0; i < p->cfg.nsans; i++)
         free(p->cfg.sans[i].pattern);
+    free(p->cfg.skg_recipients_file);
+    for (i = 0; i < p->cfg.nskg_keks; i++)
+        free(p->cfg.skg_keks[i].uri);
+    eg_skg_profile_clear(&p->skg);
     EVP_PKEY_free(p->ca.key);
     X509_free(p->ca.cert);
     free(p->cacerts);
@@ -133,6 +146,9 @@ static int profile_copy(const eg_profile_cfg *src, core_profile *p)
     d->name = d->label = d->ca_key_uri = d->ca_chain_file = d->subject_template = NULL;
     for (i = 0; i < d->nsans; i++)
         d->sans[i].pattern = NULL;
+    d->skg_recipients_file = NULL;
+    for (i = 0; i < d->nskg_keks; i++)
+        d->skg_keks[i].uri = NULL;
     ok = (d->name = dup_or_empty(src->name)) != NULL &&
          (d->label = dup_or_empty(src->label)) != NULL &&
          (d->ca_key_uri = dup_or_empty(src->ca_key_uri)) != NULL &&
@@ -141,6 +157,10 @@ static int profile_copy(const eg_profile_cfg *src, core_profile *p)
           (d->subject_template = strdup(src->subject_template)) != NULL);
     for (i = 0; ok && i < d->nsans; i++)
         ok = (d->sans[i].pattern = dup_or_empty(src->sans[i].pattern)) != NULL;
+    for (i = 0; ok && i < d->nskg_keks; i++)
+        ok = (d->skg_keks[i].uri = dup_or_empty(src->skg_keks[i].uri)) != NULL;
+    ok = ok && (src->skg_recipients_file == NULL ||
+                (d->skg_recipients_file = strdup(src->skg_recipients_file)) != NULL);
     p->pol.cfg = d;
     return ok ? 0 : -1;
 }
@@ -337,6 +357,8 @@ static int profile_load(const eg_profile_cfg *src, core_profile *p)
         goto out;
     if (load_ca(p, err, sizeof(err)) != 0)
         goto out;
+    if (p->cfg.skg_modes != 0 && eg_skg_profile_load(&p->cfg, &p->skg, err, sizeof(err)) != 0)
+        goto out;
     if (eg_csrattrs_der(&p->pol, &p->csrattrs, &p->csrattrs_len) != 0) {
         snprintf(err, sizeof(err), "cannot encode the CSR attributes");
         goto out;
@@ -435,6 +457,53 @@ int eg_core_lock_init(pthread_rwlock_t *lock)
     return rc;
 }
 
+typedef struct skg_where {
+    const char *path;
+    const eg_profile_cfg *p;
+} skg_where;
+
+/* In --check-config's form: FILE:LINE: [profile NAME] key: message. */
+static void skg_report(void *arg, unsigned line, const char *key, const char *message)
+{
+    const skg_where *w = arg;
+
+    fprintf(stderr, "%s:%u: [profile %s] %s: %s\n", w->path, line, w->p->name, key, message);
+}
+
+/*
+ * Probes the token once for what serverkeygen needs (again when a reload
+ * first asks for RSA keys) and checks every profile that uses it. 0, or -1
+ * after naming each problem on stderr.
+ */
+static int skg_check(eg_core *core, const profile_set *set, const char *path)
+{
+    bool rsa = false, any = false;
+    int problems = 0;
+
+    for (size_t i = 0; i < set->n; i++) {
+        const eg_profile_cfg *p = &set->profiles[i].cfg;
+
+        any = any || p->skg_modes != 0;
+        for (size_t k = 0; p->skg_modes != 0 && k < p->nskg_keys; k++)
+            rsa = rsa || p->skg_keys[k].type == EVP_PKEY_RSA;
+    }
+    if (!any)
+        return 0;
+    if (!core->probed || (rsa && !core->probed_rsa)) {
+        if (eg_skg_probe(core->tok, rsa, &core->caps) != 0)
+            return -1;
+        core->probed = true;
+        core->probed_rsa = rsa;
+    }
+    for (size_t i = 0; i < set->n; i++) {
+        skg_where w = {path, &set->profiles[i].cfg};
+
+        problems += eg_skg_check_profile(core->tok, w.p, &core->caps, &set->profiles[i].skg,
+                                         skg_report, &w);
+    }
+    return problems == 0 ? 0 : -1;
+}
+
 int eg_core_open(const eg_config *cfg, eg_core **out)
 {
     eg_core *core = calloc(1, sizeof(*core));
@@ -446,7 +515,8 @@ int eg_core_open(const eg_config *cfg, eg_core **out)
     }
     if (cfg == NULL || cfg->nprofiles == 0 || cfg->ledger_path == NULL)
         goto out;
-    if (open_token(cfg, &core->tok) != 0 || set_load(cfg, &core->set) != 0)
+    if (open_token(cfg, &core->tok) != 0 || set_load(cfg, &core->set) != 0 ||
+        skg_check(core, core->set, cfg->path) != 0)
         goto out;
     if (eg_ledger_open(cfg->ledger_path, NULL, &core->lg) != 0) {
         fprintf(stderr, "estgated: cannot open the ledger %s\n", cfg->ledger_path);
@@ -467,6 +537,11 @@ int eg_core_reload(eg_core *core, const eg_config *cfg)
     if (core == NULL || cfg == NULL || set_load(cfg, &set) != 0)
         return -1;
     pthread_rwlock_wrlock(&core->lock);
+    if (skg_check(core, set, cfg->path) != 0) {
+        pthread_rwlock_unlock(&core->lock);
+        set_free(set);
+        return -1;
+    }
     old = core->set;
     core->set = set;
     pthread_rwlock_unlock(&core->lock);
@@ -483,6 +558,8 @@ typedef struct enroll {
     eg_csr *csr;
     int64_t intent_id;
     eg_answer a;
+    bool skg;         /* serverkeygen: the key is the token's, not the CSR's */
+    eg_skg_result kg; /* serverkeygen: the generated key */
 } enroll;
 
 static bool same_names(const GENERAL_NAMES *x, const GENERAL_NAMES *y)
@@ -539,17 +616,31 @@ out:
     return rc;
 }
 
+static int policy(enroll *e, int (*check)(const eg_policy *, const eg_csr *, eg_policy_verdict *))
+{
+    eg_policy_verdict v;
+    int rc = check(&e->prof->pol, e->csr, &v);
+
+    if (rc == 1)
+        answer_set(&e->a, EG_FORBIDDEN, EG_AUDIT_POLICY, v.dim, "%s", v.reason);
+    else if (rc != 0)
+        answer_set(&e->a, EG_INTERNAL, EG_AUDIT_INTERNAL, EG_DIM_NONE,
+                   "the policy could not be checked");
+    return rc == 0 ? 0 : -1;
+}
+
 /* Parse, the CSR's own signature, policy, and the reenroll rules. 0: go on and issue. */
 static int check_request(enroll *e)
 {
-    eg_policy_verdict v;
-    int rc, type;
+    int type;
 
     if (eg_csr_parse(e->req->csr, e->req->csr_len, &e->csr) != 0) {
         answer_set(&e->a, EG_MALFORMED, EG_AUDIT_MALFORMED, EG_DIM_NONE,
                    "the request is not a DER PKCS#10 certification request");
         return -1;
     }
+    if (e->skg) /* RFC 7030 4.4.1: the CSR's key and signature are ignored */
+        return policy(e, eg_policy_check_request);
     type = eg_csr_key_type(e->csr);
     if (eg_csr_pubkey(e->csr) == NULL &&
         (type == EVP_PKEY_RSA || type == EVP_PKEY_EC || type == EVP_PKEY_ED25519)) {
@@ -563,13 +654,7 @@ static int check_request(enroll *e)
                    "the CSR's signature does not verify with its public key");
         return -1;
     }
-    rc = eg_policy_check(&e->prof->pol, e->csr, &v);
-    if (rc == 1)
-        answer_set(&e->a, EG_FORBIDDEN, EG_AUDIT_POLICY, v.dim, "%s", v.reason);
-    else if (rc != 0)
-        answer_set(&e->a, EG_INTERNAL, EG_AUDIT_INTERNAL, EG_DIM_NONE,
-                   "the policy could not be checked");
-    if (rc != 0)
+    if (policy(e, eg_policy_check) != 0)
         return -1;
     return e->req->current_cert != NULL ? check_reenroll(e) : 0;
 }
@@ -585,6 +670,8 @@ static void hex(const uint8_t *b, size_t n, char *out, size_t cap)
 
 static eg_audit_kind ok_kind(const enroll *e)
 {
+    if (e->skg)
+        return EG_AUDIT_SERVERKEYGEN;
     return e->req->current_cert != NULL ? EG_AUDIT_REISSUED : EG_AUDIT_ISSUED;
 }
 
@@ -604,7 +691,7 @@ static void sign_and_record(enroll *e, const eg_intent_result *ir, const X509_NA
     char why[256], serial[48];
     unsigned char *der = NULL;
     int n = 0;
-    X509 *x = eg_issue_build(&e->prof->pol, &e->prof->ca, e->csr, subject, ir->serial,
+    X509 *x = eg_issue_build(&e->prof->pol, &e->prof->ca, e->csr, e->kg.pub, subject, ir->serial,
                              ir->serial_len, val, why, sizeof(why));
 
     hex(ir->serial, ir->serial_len, serial, sizeof(serial));
@@ -624,10 +711,32 @@ static void sign_and_record(enroll *e, const eg_intent_result *ir, const X509_NA
     } else if (answer_copy(&e->a, der, (size_t)n) != 0) {
         answer_set(&e->a, EG_INTERNAL, EG_AUDIT_INTERNAL, EG_DIM_NONE, "out of memory");
     } else {
-        answer_set(&e->a, EG_OK, ok_kind(e), EG_DIM_NONE, "serial=%s", serial);
+        answer_set(&e->a, EG_OK, ok_kind(e), EG_DIM_NONE, "serial=%s%s%s", serial,
+                   e->skg ? " " : "", e->skg ? e->kg.what : "");
     }
     OPENSSL_free(der);
     X509_free(x);
+}
+
+/*
+ * The idempotency key's hash: the CSR, and for serverkeygen the generated
+ * public key too, so that a repeated serverkeygen request, whose earlier key
+ * is gone, gets a new certificate for its new key instead of the old one.
+ */
+static void request_hash(const enroll *e, uint8_t out[32])
+{
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    unsigned char *spki = NULL;
+    int n = e->skg ? i2d_PUBKEY(e->kg.pub, &spki) : 0;
+    unsigned len = 32;
+
+    if (md == NULL || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1 ||
+        EVP_DigestUpdate(md, e->req->csr, e->req->csr_len) != 1 ||
+        (n > 0 && EVP_DigestUpdate(md, spki, (size_t)n) != 1) ||
+        EVP_DigestFinal_ex(md, out, &len) != 1)
+        RAND_bytes(out, 32); /* never a wrong replay: at worst no replay at all */
+    OPENSSL_free(spki);
+    EVP_MD_CTX_free(md);
 }
 
 /* Records the intent; a serial that is already taken is drawn again. */
@@ -650,7 +759,7 @@ static int begin_intent(enroll *e, const X509_NAME *subject, const eg_validity *
     if (b != NULL && X509_NAME_print_ex(b, subject, 0, XN_FLAG_RFC2253) >= 0)
         BIO_read(b, subj, sizeof(subj) - 1);
     BIO_free(b);
-    SHA256(e->req->csr, e->req->csr_len, (unsigned char *)in.request_hash);
+    request_hash(e, in.request_hash);
     for (tries = 0; rc == -2 && tries < 8; tries++) {
         if (eg_issue_serial(serial) != 0)
             return -1;
@@ -712,9 +821,34 @@ static void printable_label(const char *s, char *out, size_t cap)
     out[n] = '\0';
 }
 
-int eg_core_enroll(eg_core *core, const eg_enroll_req *req, eg_answer *out)
+/* serverkeygen: the key pair in the token, before anything is recorded or signed. */
+static int generate(enroll *e)
 {
-    enroll e = {.core = core, .req = req};
+    char why[256];
+    eg_status st;
+
+    if (e->prof->cfg.skg_modes == 0) {
+        answer_set(&e->a, EG_FORBIDDEN, EG_AUDIT_POLICY, EG_DIM_KEY,
+                   "this profile does not offer server-side key generation");
+        return -1;
+    }
+    st = eg_skg_generate(e->core->tok, &e->core->caps, &e->prof->cfg, &e->prof->skg, e->csr, &e->kg,
+                         why, sizeof(why));
+    if (st == EG_OK)
+        return 0;
+    answer_set(&e->a, st,
+               st == EG_UNAVAILABLE ? EG_AUDIT_UNAVAILABLE
+               : st == EG_INTERNAL  ? EG_AUDIT_INTERNAL
+                                    : EG_AUDIT_MALFORMED,
+               EG_DIM_NONE, "%s", why);
+    if (st == EG_UNAVAILABLE)
+        e->a.retry_after = 5;
+    return -1;
+}
+
+static int run(eg_core *core, const eg_enroll_req *req, bool skg, eg_answer *out)
+{
+    enroll e = {.core = core, .req = req, .skg = skg};
     char label[72];
     eg_audit_record rec;
 
@@ -726,7 +860,7 @@ int eg_core_enroll(eg_core *core, const eg_enroll_req *req, eg_answer *out)
     if (e.prof == NULL)
         answer_set(&e.a, EG_UNKNOWN_PROFILE, EG_AUDIT_MALFORMED, EG_DIM_NONE,
                    "there is no profile \"%s\"", label);
-    else if (check_request(&e) == 0)
+    else if (check_request(&e) == 0 && (!skg || generate(&e) == 0))
         issue(&e);
     rec = (eg_audit_record){
         .kind = e.a.event,
@@ -742,8 +876,27 @@ int eg_core_enroll(eg_core *core, const eg_enroll_req *req, eg_answer *out)
     eg_csr_free(e.csr);
     if (e.a.status == EG_OK && answer_certs_only(&e.a) != 0)
         answer_set(&e.a, EG_INTERNAL, EG_AUDIT_INTERNAL, EG_DIM_NONE, "out of memory");
+    if (e.a.status == EG_OK && skg) {
+        e.a.key = e.kg.key;
+        e.a.key_len = e.kg.key_len;
+        e.a.key_secure = e.kg.key_secure;
+        e.a.key_ctype = e.kg.key_ctype;
+        e.kg.key = NULL;
+        e.kg.key_len = 0;
+    }
+    eg_skg_result_clear(&e.kg);
     *out = e.a;
     return 0;
+}
+
+int eg_core_enroll(eg_core *core, const eg_enroll_req *req, eg_answer *out)
+{
+    return run(core, req, false, out);
+}
+
+int eg_core_serverkeygen(eg_core *core, const eg_enroll_req *req, eg_answer *out)
+{
+    return run(core, req, true, out);
 }
 
 /* ---- cacerts, csrattrs, audit ---- */

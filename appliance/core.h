@@ -12,6 +12,7 @@
 #define EG_CORE_H
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -34,6 +35,7 @@ typedef enum eg_status {
 typedef enum eg_audit_kind {
     EG_AUDIT_ISSUED,       /* certificate issued (or re-sent for an idempotent retry) */
     EG_AUDIT_REISSUED,     /* simplereenroll issued */
+    EG_AUDIT_SERVERKEYGEN, /* serverkeygen: a key generated in the token and certified */
     EG_AUDIT_CACERTS,      /* not stored: too frequent; logged at debug */
     EG_AUDIT_AUTH_MISSING, /* no credentials where some were needed */
     EG_AUDIT_AUTH_BAD_PASSWORD,
@@ -73,6 +75,13 @@ typedef struct eg_answer {
     uint8_t *der;         /* EG_OK: certs-only PKCS#7 (DER) holding the issued certificate
                              (enroll) or the CA chain (cacerts); CsrAttrs (csrattrs) */
     size_t der_len;
+    /* serverkeygen, EG_OK: the key part (RFC 7030 4.4.2) and its media type. When
+       key_secure, key is a plaintext PKCS#8 in OpenSSL's secure heap: copy it only
+       into secure memory; eg_answer_clear wipes it. */
+    uint8_t *key;
+    size_t key_len;
+    bool key_secure;
+    const char *key_ctype;
 } eg_answer;
 
 void eg_answer_clear(eg_answer *a);
@@ -116,6 +125,14 @@ int eg_core_lock_init(pthread_rwlock_t *lock);
    These three return 0 with *out filled for every outcome (the status says which; one
    audit event per enroll), -1 only for NULL arguments. */
 int eg_core_enroll(eg_core *core, const eg_enroll_req *req, eg_answer *out);
+/*
+ * serverkeygen (RFC 7030 4.4): as simpleenroll, but the key pair is generated
+ * in the token for the request and returned in *out's key part, encrypted or
+ * (where the profile opts in) in plaintext; the CSR's own key and signature
+ * are ignored (4.4.1). Every request gets a new key and certificate: a retry
+ * is never answered from the ledger, because the earlier key is gone.
+ */
+int eg_core_serverkeygen(eg_core *core, const eg_enroll_req *req, eg_answer *out);
 /* cacerts: the profile's CA chain as certs-only PKCS#7 (DER), built once at open. */
 int eg_core_cacerts(eg_core *core, const char *profile, eg_answer *out);
 /* csrattrs: the profile's CsrAttrs (DER), with the RFC 9908 template when the

@@ -166,6 +166,8 @@ static void print_listeners(const eg_config *cfg, const eg_server *srv)
     fflush(stdout);
 }
 
+#define EG_SECURE_HEAP (1u << 20) /* 1 MiB: a few hundred plaintext keys in flight */
+
 static int run(const char *path)
 {
     eg_config_errors errs = {NULL, 0};
@@ -178,6 +180,11 @@ static int run(const char *path)
     int rc = EX_UNAVAIL_;
 
     block_signals(&set);
+    /* serverkeygen's plaintext keys live only here between the token and SSL_write: locked
+       out of swap where the limits allow (2), and wiped on free either way. */
+    if (CRYPTO_secure_malloc_init(EG_SECURE_HEAP, 64) == 0)
+        fprintf(stderr, "estgated: no secure heap; plaintext serverkeygen keys are wiped after "
+                        "use but may be swapped\n");
     if (eg_config_load(path, &cfg, &errs) != 0) {
         eg_config_errors_print(&errs, path, stderr);
         eg_config_errors_clear(&errs);

@@ -200,7 +200,7 @@ static int set_serial(X509 *x, const uint8_t *serial, size_t len)
     return ok ? 0 : -1;
 }
 
-X509 *eg_issue_build(const eg_policy *pol, const eg_issue_ca *ca, const eg_csr *req,
+X509 *eg_issue_build(const eg_policy *pol, const eg_issue_ca *ca, const eg_csr *req, EVP_PKEY *key,
                      const X509_NAME *subject, const uint8_t *serial, size_t serial_len,
                      const eg_validity *val, char *reason, size_t cap)
 {
@@ -212,7 +212,7 @@ X509 *eg_issue_build(const eg_policy *pol, const eg_issue_ca *ca, const eg_csr *
         X509_set_subject_name(x, subject) != 1 ||
         ASN1_TIME_set(X509_getm_notBefore(x), val->not_before) == NULL ||
         ASN1_TIME_set(X509_getm_notAfter(x), val->not_after) == NULL ||
-        eg_csr_copy_pubkey(req, x) != 0) {
+        (key != NULL ? X509_set_pubkey(x, key) != 1 : eg_csr_copy_pubkey(req, x) != 0)) {
         fail(reason, cap, "cannot build the certificate");
         goto err;
     }

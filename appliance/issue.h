@@ -45,8 +45,9 @@ int eg_issue_serial(uint8_t out[EG_SERIAL_LEN]);
 /* The subject the certificate gets: the template filled in, or the CSR's allowed attributes. */
 X509_NAME *eg_issue_subject(const eg_policy *pol, const eg_csr *req);
 
-/* The unsigned certificate. NULL with reason on failure. */
-X509 *eg_issue_build(const eg_policy *pol, const eg_issue_ca *ca, const eg_csr *req,
+/* The unsigned certificate, for key (serverkeygen) or, when key is NULL, for the CSR's own
+   key. NULL with reason on failure. */
+X509 *eg_issue_build(const eg_policy *pol, const eg_issue_ca *ca, const eg_csr *req, EVP_PKEY *key,
                      const X509_NAME *subject, const uint8_t *serial, size_t serial_len,
                      const eg_validity *val, char *reason, size_t cap);
 

@@ -531,13 +531,14 @@ static int check_validity(const eg_profile_cfg *p, const eg_csr *csr, eg_policy_
     return 0;
 }
 
-int eg_policy_check(const eg_policy *pol, const eg_csr *csr, eg_policy_verdict *v)
+static int check(const eg_policy *pol, const eg_csr *csr, bool key, eg_policy_verdict *v)
 {
     const STACK_OF(X509_EXTENSION) *exts = eg_csr_extensions(csr);
     eg_policy_verdict r = {0};
-    int rc;
+    int rc = 0;
 
-    rc = check_key(pol->cfg, csr, &r);
+    if (key)
+        rc = check_key(pol->cfg, csr, &r);
     if (rc == 0)
         rc = check_eku(pol->cfg, exts, &r);
     if (rc == 0)
@@ -551,4 +552,14 @@ int eg_policy_check(const eg_policy *pol, const eg_csr *csr, eg_policy_verdict *
     if (rc == 1)
         *v = r;
     return rc;
+}
+
+int eg_policy_check(const eg_policy *pol, const eg_csr *csr, eg_policy_verdict *v)
+{
+    return check(pol, csr, true, v);
+}
+
+int eg_policy_check_request(const eg_policy *pol, const eg_csr *csr, eg_policy_verdict *v)
+{
+    return check(pol, csr, false, v);
 }

@@ -46,6 +46,8 @@ typedef struct eg_policy_verdict {
 
 /* 0: allowed; 1: refused, *v says why; -1: could not be checked (internal). */
 int eg_policy_check(const eg_policy *pol, const eg_csr *csr, eg_policy_verdict *v);
+/* The same without the key rules: serverkeygen ignores the CSR's key (RFC 7030 4.4.1). */
+int eg_policy_check_request(const eg_policy *pol, const eg_csr *csr, eg_policy_verdict *v);
 
 /*
  * The validity a CSR asks for, in days rounded up (Windows certreq's

@@ -868,7 +868,7 @@ static void test_lint_refuses_bad_certificates(void)
     ca.not_before = unix_time(X509_get0_notBefore(ca.cert));
     ca.not_after = unix_time(X509_get0_notAfter(ca.cert));
     CU_ASSERT_EQUAL_FATAL(eg_issue_validity(&pol, &ca, time(NULL), 0, &val, why, sizeof(why)), 0);
-    x = eg_issue_build(&pol, &ca, req, subject, serial, 16, &val, why, sizeof(why));
+    x = eg_issue_build(&pol, &ca, req, NULL, subject, serial, 16, &val, why, sizeof(why));
     CU_ASSERT_PTR_NOT_NULL_FATAL(x);
     CU_ASSERT_EQUAL(eg_issue_lint(&pol, &ca, x, why, sizeof(why)), 0);
     if (eg_issue_lint(&pol, &ca, x, why, sizeof(why)) != 0)
@@ -879,13 +879,14 @@ static void test_lint_refuses_bad_certificates(void)
     CU_ASSERT_PTR_NOT_NULL(strstr(why, "validity"));
     X509_free(x);
     /* 21 octets of serial. */
-    x = eg_issue_build(&pol, &ca, req, subject, serial, sizeof(serial), &val, why, sizeof(why));
+    x = eg_issue_build(&pol, &ca, req, NULL, subject, serial, sizeof(serial), &val, why,
+                       sizeof(why));
     CU_ASSERT_PTR_NOT_NULL_FATAL(x);
     CU_ASSERT_EQUAL(eg_issue_lint(&pol, &ca, x, why, sizeof(why)), -1);
     CU_ASSERT_PTR_NOT_NULL(strstr(why, "serial"));
     X509_free(x);
     /* A CA flag. */
-    x = eg_issue_build(&pol, &ca, req, subject, serial, 16, &val, why, sizeof(why));
+    x = eg_issue_build(&pol, &ca, req, NULL, subject, serial, 16, &val, why, sizeof(why));
     CU_ASSERT_PTR_NOT_NULL_FATAL(x);
     X509_EXTENSION_free(X509_delete_ext(x, X509_get_ext_by_NID(x, NID_basic_constraints, -1)));
     {
@@ -899,7 +900,7 @@ static void test_lint_refuses_bad_certificates(void)
     CU_ASSERT_PTR_NOT_NULL(strstr(why, "CA"));
     /* No SAN where the profile requires one. */
     X509_free(x);
-    x = eg_issue_build(&pol, &ca, req, subject, serial, 16, &val, why, sizeof(why));
+    x = eg_issue_build(&pol, &ca, req, NULL, subject, serial, 16, &val, why, sizeof(why));
     CU_ASSERT_PTR_NOT_NULL_FATAL(x);
     X509_EXTENSION_free(X509_delete_ext(x, X509_get_ext_by_NID(x, NID_subject_alt_name, -1)));
     CU_ASSERT_EQUAL(eg_issue_lint(&pol, &ca, x, why, sizeof(why)), -1);

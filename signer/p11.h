@@ -53,6 +53,8 @@ CK_RV eg_p11_destroy_object(eg_p11_call *call, CK_OBJECT_HANDLE obj);
 CK_RV eg_p11_wrap_key(eg_p11_call *call, CK_MECHANISM *mech, CK_OBJECT_HANDLE wrapping,
                       CK_OBJECT_HANDLE key, uint8_t *out, size_t *outlen);
 CK_RV eg_p11_generate_random(eg_p11_call *call, uint8_t *out, size_t len);
+CK_RV eg_p11_derive_key(eg_p11_call *call, CK_MECHANISM *mech, CK_OBJECT_HANDLE base,
+                        CK_ATTRIBUTE *tmpl, CK_ULONG n, CK_OBJECT_HANDLE *out);
 
 /* CK_RV as text, e.g. "CKR_PIN_INCORRECT". */
 const char *eg_p11_rv_name(CK_RV rv);
@@ -112,6 +114,14 @@ CK_RV eg_p11_temp_keypair(eg_p11_call *call, CK_MECHANISM *mech, const CK_ATTRIB
 /* Adds CKA_TOKEN false and CKA_SENSITIVE true (e.g. CKM_AES_KEY_GEN + CKA_VALUE_LEN). */
 CK_RV eg_p11_temp_secret_key(eg_p11_call *call, CK_MECHANISM *mech, const CK_ATTRIBUTE *attrs,
                              CK_ULONG n, eg_p11_temp_objs *objs, CK_OBJECT_HANDLE *out);
+/* Imports a secret key of value (CKA_CLASS, CKA_VALUE, CKA_TOKEN false added). */
+CK_RV eg_p11_temp_secret_import(eg_p11_call *call, const uint8_t *value, size_t len,
+                                const CK_ATTRIBUTE *attrs, CK_ULONG n, eg_p11_temp_objs *objs,
+                                CK_OBJECT_HANDLE *out);
+/* C_DeriveKey to a session secret key (CKA_CLASS, CKA_TOKEN false, CKA_SENSITIVE true added). */
+CK_RV eg_p11_temp_derive(eg_p11_call *call, CK_MECHANISM *mech, CK_OBJECT_HANDLE base,
+                         const CK_ATTRIBUTE *attrs, CK_ULONG n, eg_p11_temp_objs *objs,
+                         CK_OBJECT_HANDLE *out);
 /* Imports an RSA or EC public key; adds CKA_CLASS, CKA_KEY_TYPE, CKA_TOKEN and the key values. */
 CK_RV eg_p11_temp_public_key(eg_p11_call *call, const EVP_PKEY *pub, const CK_ATTRIBUTE *attrs,
                              CK_ULONG n, eg_p11_temp_objs *objs, CK_OBJECT_HANDLE *out);

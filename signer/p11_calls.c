@@ -96,6 +96,12 @@ CK_RV eg_p11_wrap_key(eg_p11_call *call, CK_MECHANISM *mech, CK_OBJECT_HANDLE wr
     return rv;
 }
 
+CK_RV eg_p11_derive_key(eg_p11_call *call, CK_MECHANISM *mech, CK_OBJECT_HANDLE base,
+                        CK_ATTRIBUTE *tmpl, CK_ULONG n, CK_OBJECT_HANDLE *out)
+{
+    return call->fl->C_DeriveKey(call->h, mech, base, tmpl, n, out);
+}
+
 CK_RV eg_p11_generate_random(eg_p11_call *call, uint8_t *out, size_t len)
 {
     return call->fl->C_GenerateRandom(call->h, out, len);

@@ -82,6 +82,52 @@ CK_RV eg_p11_temp_keypair(eg_p11_call *call, CK_MECHANISM *mech, const CK_ATTRIB
     return CKR_OK;
 }
 
+CK_RV eg_p11_temp_secret_import(eg_p11_call *call, const uint8_t *value, size_t len,
+                                const CK_ATTRIBUTE *attrs, CK_ULONG n, eg_p11_temp_objs *objs,
+                                CK_OBJECT_HANDLE *out)
+{
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    const CK_ATTRIBUTE fixed[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                                  {CKA_TOKEN, &wrap_false, sizeof(wrap_false)},
+                                  {CKA_VALUE, (void *)value, (CK_ULONG)len}};
+    CK_ATTRIBUTE t[EG_WRAP_MAX_ATTRS + 3];
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    CK_ULONG nt;
+    CK_RV rv;
+
+    if (objs->n == EG_P11_MAX_TEMP)
+        return CKR_HOST_MEMORY;
+    if ((rv = merge(t, &nt, fixed, 3, attrs, n)) != CKR_OK ||
+        (rv = eg_p11_create_object(call, t, nt, &h)) != CKR_OK)
+        return rv;
+    temp_add(objs, h);
+    *out = h;
+    return CKR_OK;
+}
+
+CK_RV eg_p11_temp_derive(eg_p11_call *call, CK_MECHANISM *mech, CK_OBJECT_HANDLE base,
+                         const CK_ATTRIBUTE *attrs, CK_ULONG n, eg_p11_temp_objs *objs,
+                         CK_OBJECT_HANDLE *out)
+{
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    const CK_ATTRIBUTE fixed[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                                  {CKA_TOKEN, &wrap_false, sizeof(wrap_false)},
+                                  {CKA_SENSITIVE, &wrap_true, sizeof(wrap_true)}};
+    CK_ATTRIBUTE t[EG_WRAP_MAX_ATTRS + 3];
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    CK_ULONG nt;
+    CK_RV rv;
+
+    if (objs->n == EG_P11_MAX_TEMP)
+        return CKR_HOST_MEMORY;
+    if ((rv = merge(t, &nt, fixed, 3, attrs, n)) != CKR_OK ||
+        (rv = eg_p11_derive_key(call, mech, base, t, nt, &h)) != CKR_OK)
+        return rv;
+    temp_add(objs, h);
+    *out = h;
+    return CKR_OK;
+}
+
 CK_RV eg_p11_temp_secret_key(eg_p11_call *call, CK_MECHANISM *mech, const CK_ATTRIBUTE *attrs,
                              CK_ULONG n, eg_p11_temp_objs *objs, CK_OBJECT_HANDLE *out)
 {

@@ -65,7 +65,11 @@ void eg_http_resp_clear(eg_http_resp *r)
         return;
     for (size_t i = 0; i < r->nheaders; i++)
         free(r->headers[i]);
-    free(r->body);
+    if (r->body_secure)
+        OPENSSL_secure_clear_free(r->body, r->body_len);
+    else
+        free(r->body);
+    free(r->content_type_owned);
     memset(r, 0, sizeof(*r));
 }
 
@@ -198,6 +202,28 @@ static int route(est_ctx *c, const char *path)
     return -1;
 }
 
+/*
+ * RFC 7030 4.4.2: multipart/mixed, the key part then the certificate part.
+ * A plaintext key goes from the core's secure buffer into a secure body.
+ */
+static void respond_keygen(eg_http_resp *r, const eg_answer *a)
+{
+    eg_wire_part parts[2] = {
+        {a->key_ctype, a->key, a->key_len},
+        {EG_WIRE_CT_CERTS, a->der, a->der_len},
+    };
+
+    if (a->key == NULL || a->key_ctype == NULL ||
+        eg_wire_multipart(parts, 2, a->key_secure, &r->body, &r->body_len,
+                          &r->content_type_owned) != 0) {
+        respond_text(r, 500, "out of memory");
+        return;
+    }
+    r->body_secure = a->key_secure;
+    r->status = 200;
+    r->content_type = r->content_type_owned;
+}
+
 /* The core's answer as HTTP: DER as base64 on success, the reason otherwise. */
 static void respond_answer(est_ctx *c, const eg_answer *a)
 {
@@ -219,6 +245,10 @@ static void respond_answer(est_ctx *c, const eg_answer *a)
         if (status == 503)
             add_header(r, "Retry-After: %u",
                        a->retry_after > RETRY_AFTER_MIN ? a->retry_after : RETRY_AFTER_MIN);
+        return;
+    }
+    if (c->op == OP_SERVERKEYGEN) {
+        respond_keygen(r, a);
         return;
     }
     if (eg_wire_encode_body(a->der, a->der_len, &r->body, &r->body_len) != 0) {
@@ -339,7 +369,9 @@ static void enroll(est_ctx *c)
         er.current_cert_len = q->client_cert_lens[0];
     }
     er.peer = q->peer;
-    if (eg_core_enroll(c->est->core, &er, &a) != 0 && a.status == EG_OK) {
+    if ((c->op == OP_SERVERKEYGEN ? eg_core_serverkeygen(c->est->core, &er, &a)
+                                  : eg_core_enroll(c->est->core, &er, &a)) != 0 &&
+        a.status == EG_OK) {
         a.status = EG_INTERNAL;
         snprintf(a.reason, sizeof(a.reason), "internal error");
     }
@@ -388,10 +420,6 @@ static void handle(eg_est *est, const eg_http_req *req, eg_http_resp *resp)
     switch (c.op) {
     case OP_FULLCMC:
         refuse(&c, 501, EG_AUDIT_LIMIT, NULL, "full CMC is not supported; use simpleenroll");
-        break;
-    case OP_SERVERKEYGEN:
-        refuse(&c, 501, EG_AUDIT_LIMIT, NULL,
-               "serverkeygen is not supported yet; generate a key and use simpleenroll");
         break;
     case OP_CACERTS:
     case OP_CSRATTRS:

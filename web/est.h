@@ -49,6 +49,9 @@ typedef struct eg_http_resp {
     size_t nheaders;
     uint8_t *body; /* malloc'd; for errors a text/plain reason ending in "\n" */
     size_t body_len;
+    bool body_secure;         /* body holds a plaintext private key, in OpenSSL's secure heap: it is
+                                 copied only into secure memory and wiped when freed */
+    char *content_type_owned; /* when content_type was made for this answer (multipart) */
 } eg_http_resp;
 
 void eg_http_resp_clear(eg_http_resp *r);

@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include <civetweb.h>
+#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/x509.h>
 
@@ -87,7 +88,8 @@ static void send_response(struct mg_connection *conn, const eg_http_resp *r)
     struct tm tm;
     time_t now = time(NULL);
     size_t cap = 1024 + r->body_len, n;
-    char *buf = malloc(cap);
+    /* A plaintext key stays in the secure heap until SSL_write has encrypted it. */
+    char *buf = r->body_secure ? OPENSSL_secure_malloc(cap) : malloc(cap);
 
     if (buf == NULL) {
         mg_disable_connection_keep_alive(conn);
@@ -105,16 +107,18 @@ static void send_response(struct mg_connection *conn, const eg_http_resp *r)
     if (n < cap)
         n += (size_t)snprintf(buf + n, cap - n, "Date: %s\r\nConnection: %s\r\n\r\n", date,
                               alive ? "keep-alive" : "close");
-    if (n + r->body_len > cap) { /* headers longer than the room kept for them */
+    if (n + r->body_len <= cap) { /* else headers longer than the room kept for them */
+        if (!alive)
+            mg_disable_connection_keep_alive(conn);
+        memcpy(buf + n, r->body, r->body_len);
+        mg_write(conn, buf, n + r->body_len);
+    } else {
         mg_disable_connection_keep_alive(conn);
-        free(buf);
-        return;
     }
-    if (!alive)
-        mg_disable_connection_keep_alive(conn);
-    memcpy(buf + n, r->body, r->body_len);
-    mg_write(conn, buf, n + r->body_len);
-    free(buf);
+    if (r->body_secure)
+        OPENSSL_secure_clear_free(buf, cap);
+    else
+        free(buf);
 }
 
 /*

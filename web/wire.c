@@ -164,14 +164,11 @@ int eg_wire_decode_body(const uint8_t *body, size_t len, uint8_t **der, size_t *
     return b64_decode(body + b64, b64_len, b64, der, der_len, why, whylen);
 }
 
-int eg_wire_encode_body(const uint8_t *der, size_t len, uint8_t **out, size_t *out_len)
+/* base64 lines of 64 characters with CRLF into buf (room for (len + 47) / 48 * 66). */
+static size_t encode_lines(const uint8_t *der, size_t len, uint8_t *buf)
 {
-    size_t lines = (len + 47) / 48;
-    uint8_t *buf = malloc(lines * 66 + 1);
     size_t o = 0;
 
-    if (buf == NULL)
-        return -1;
     /* 48 bytes make one 64-character line; EVP_EncodeBlock adds a NUL we overwrite. */
     for (size_t i = 0; i < len; i += 48) {
         size_t n = len - i < 48 ? len - i : 48;
@@ -180,18 +177,27 @@ int eg_wire_encode_body(const uint8_t *der, size_t len, uint8_t **out, size_t *o
         buf[o++] = '\r';
         buf[o++] = '\n';
     }
+    return o;
+}
+
+int eg_wire_encode_body(const uint8_t *der, size_t len, uint8_t **out, size_t *out_len)
+{
+    uint8_t *buf = malloc((len + 47) / 48 * 66 + 1);
+
+    if (buf == NULL)
+        return -1;
+    *out_len = encode_lines(der, len, buf);
     *out = buf;
-    *out_len = o;
     return 0;
 }
 
-int eg_wire_multipart(const eg_wire_part *parts, size_t n, uint8_t **body, size_t *len,
+int eg_wire_multipart(const eg_wire_part *parts, size_t n, bool secure, uint8_t **body, size_t *len,
                       char **ctype)
 {
     unsigned char rnd[12];
     char boundary[40];
-    uint8_t *buf = NULL, *b64 = NULL;
-    size_t cap = 64, o = 0, blen;
+    uint8_t *buf = NULL;
+    size_t cap = 64, o = 0;
     int rc = -1;
 
     if (n == 0 || RAND_bytes(rnd, sizeof(rnd)) != 1)
@@ -200,20 +206,16 @@ int eg_wire_multipart(const eg_wire_part *parts, size_t n, uint8_t **body, size_
     for (size_t i = 0; i < sizeof(rnd); i++)
         o += (size_t)snprintf(boundary + o, sizeof(boundary) - o, "%02x", rnd[i]);
     for (size_t i = 0; i < n; i++)
-        cap += 160 + strlen(parts[i].content_type) + (parts[i].len + 47) / 48 * 66;
-    if ((buf = malloc(cap)) == NULL)
+        cap += 160 + strlen(parts[i].content_type) + (parts[i].len + 47) / 48 * 66 + 1;
+    if ((buf = secure ? OPENSSL_secure_malloc(cap) : malloc(cap)) == NULL)
         return -1;
+    /* Each part is encoded straight into the body: no other copy of its text exists. */
     o = 0;
     for (size_t i = 0; i < n; i++) {
-        if (eg_wire_encode_body(parts[i].der, parts[i].len, &b64, &blen) != 0)
-            goto out;
         o += (size_t)snprintf((char *)buf + o, cap - o,
                               "--%s\r\nContent-Type: %s\r\n" EG_WIRE_CTE_BASE64 "\r\n\r\n",
                               boundary, parts[i].content_type);
-        memcpy(buf + o, b64, blen);
-        o += blen;
-        free(b64);
-        b64 = NULL;
+        o += encode_lines(parts[i].der, parts[i].len, buf + o);
     }
     o += (size_t)snprintf((char *)buf + o, cap - o, "--%s--\r\n", boundary);
     if ((*ctype = malloc(sizeof(boundary) + 32)) == NULL)
@@ -224,8 +226,10 @@ int eg_wire_multipart(const eg_wire_part *parts, size_t n, uint8_t **body, size_
     buf = NULL;
     rc = 0;
 out:
-    free(b64);
-    free(buf);
+    if (secure)
+        OPENSSL_secure_clear_free(buf, cap);
+    else
+        free(buf);
     return rc;
 }
 

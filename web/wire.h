@@ -38,9 +38,12 @@ typedef struct eg_wire_part {
  * n parts, each with its Content-Type and Content-Transfer-Encoding: base64,
  * with a fresh random boundary, which base64 text cannot contain. *ctype
  * gets the answer's "multipart/mixed; boundary=..." (malloc'd). 0 or -1.
- * Not for a plaintext private key: the body is ordinary heap.
+ * With secure, every buffer that holds a part (its base64 included) is in
+ * OpenSSL's secure heap and wiped when freed: the body is then for a
+ * plaintext private key, and is freed with OPENSSL_secure_clear_free(body, len).
+ * Otherwise the body is ordinary heap (free()).
  */
-int eg_wire_multipart(const eg_wire_part *parts, size_t n, uint8_t **body, size_t *len,
+int eg_wire_multipart(const eg_wire_part *parts, size_t n, bool secure, uint8_t **body, size_t *len,
                       char **ctype);
 
 /* Whether a Content-Type header names type (case-insensitive, parameters ignored). */

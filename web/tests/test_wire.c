@@ -213,7 +213,7 @@ static void test_multipart_reads_back(void)
 
     for (i = 0; i < sizeof(b); i++)
         b[i] = (uint8_t)(i * 7);
-    CU_ASSERT_EQUAL_FATAL(eg_wire_multipart(parts, 2, &body, &len, &ctype), 0);
+    CU_ASSERT_EQUAL_FATAL(eg_wire_multipart(parts, 2, false, &body, &len, &ctype), 0);
     CU_ASSERT_FATAL(strncmp(ctype, "multipart/mixed; boundary=", 26) == 0);
     snprintf(delim, sizeof(delim), "--%s", ctype + 26);
     CU_ASSERT_FATAL((text = malloc(len + 1)) != NULL);
@@ -245,7 +245,7 @@ static void test_multipart_reads_back(void)
     }
     /* A second answer has another boundary. */
     free(body);
-    CU_ASSERT_EQUAL_FATAL(eg_wire_multipart(parts, 2, &body, &len, &again), 0);
+    CU_ASSERT_EQUAL_FATAL(eg_wire_multipart(parts, 2, false, &body, &len, &again), 0);
     CU_ASSERT(strcmp(again, ctype) != 0);
     free(again);
     free(body);

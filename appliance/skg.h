@@ -1,0 +1,90 @@
+/*
+ * Server-side key generation (RFC 7030 4.4), the token half: what the token
+ * can do (found by real operations on throwaway session objects), and one
+ * key pair generated in the token for one request, returned either inside a
+ * CMS EnvelopedData whose every secret part the token made (encrypt), or as
+ * a PKCS#8 in OpenSSL's secure heap (plaintext, opt-in per profile).
+ *
+ * The request's policy, ledger and certificate are the core's (core.c); the
+ * DER around the token's ciphertext is skg_cms.c's.
+ */
+#ifndef EG_SKG_H
+#define EG_SKG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
+#include "config.h"
+#include "core.h"
+#include "csr.h"
+#include "p11.h"
+
+/* What one token can do for serverkeygen; each CK_RV is what the probe's operation answered. */
+typedef struct eg_skg_caps {
+    CK_RV keygen_ec;  /* an extractable P-256 session key pair */
+    CK_RV keygen_rsa; /* an extractable RSA-2048 session key pair (probed when asked) */
+    bool rsa_probed;
+    CK_RV cbc_pad;  /* C_WrapKey(CKM_AES_CBC_PAD) of a private key: the encrypted content */
+    CK_RV kwp;      /* C_WrapKey(CKM_AES_KEY_WRAP_PAD) of a private key */
+    CK_RV import;   /* C_CreateObject of a session AES key (plaintext's throwaway key) */
+    CK_RV kt[3];    /* C_WrapKey of an AES key to an RSA public key: EG_SKG_RSA_* */
+    CK_RV aes_wrap; /* C_WrapKey(CKM_AES_KEY_WRAP) of an AES key (KEKRI, KARI) */
+    CK_RV kari[2];  /* CKM_ECDH1_DERIVE with the X9.63 KDF: P-256 SHA-256, P-384 SHA-384 */
+    bool wraps_unextractable; /* the token wrapped a CKA_EXTRACTABLE=FALSE key (NSS) */
+} eg_skg_caps;
+
+typedef struct eg_skg_profile eg_skg_profile;
+
+/* Runs the probes; rsa: also an RSA-2048 key pair (slow on SoftHSM). 0, or -1 when the
+   token could not be used at all. */
+int eg_skg_probe(eg_token *tok, bool rsa, eg_skg_caps *out);
+
+/* One problem with a profile's serverkeygen settings, for --check-config and start. */
+typedef void eg_skg_report_fn(void *arg, unsigned line, const char *key, const char *message);
+
+/*
+ * Checks p's serverkeygen settings against caps and the token (each KEK must
+ * be a wrapping AES key in it); reports each problem; returns how many.
+ */
+int eg_skg_check_profile(eg_token *tok, const eg_profile_cfg *p, const eg_skg_caps *caps,
+                         const eg_skg_profile *sp, eg_skg_report_fn *report, void *arg);
+
+/* A profile's serverkeygen state, read-only after load. */
+struct eg_skg_profile {
+    STACK_OF(X509) * recipients; /* serverkeygen_recipients, found by SKI */
+};
+
+int eg_skg_profile_load(const eg_profile_cfg *cfg, eg_skg_profile *out, char *err, size_t cap);
+void eg_skg_profile_clear(eg_skg_profile *p);
+
+/* The media types of a key part. */
+#define EG_SKG_CT_PKCS8     "application/pkcs8"
+#define EG_SKG_CT_ENVELOPED "application/pkcs7-mime; smime-type=server-generated-key"
+
+/* One generated key, ready for its certificate and its answer. */
+typedef struct eg_skg_result {
+    EVP_PKEY *pub; /* the public half, for the certificate */
+    uint8_t *key;  /* the key part's DER: EnvelopedData, or the PKCS#8 (secure heap) */
+    size_t key_len;
+    bool key_secure;       /* key is in the secure heap and holds a plaintext private key */
+    const char *key_ctype; /* EG_SKG_CT_* */
+    char what[128];        /* for the audit record: mode, key, recipient; never a secret */
+} eg_skg_result;
+
+void eg_skg_result_clear(eg_skg_result *r);
+
+/*
+ * Generates the key pair in the token for csr as profile cfg says, protects
+ * it as the request asks (RFC 7030 4.4.1.1, 4.4.1.2) and destroys every
+ * token object it made. EG_OK with *out filled, or another status with the
+ * reason in why (nothing left in the token).
+ */
+eg_status eg_skg_generate(eg_token *tok, const eg_skg_caps *caps, const eg_profile_cfg *cfg,
+                          const eg_skg_profile *sp, const eg_csr *csr, eg_skg_result *out,
+                          char *why, size_t cap);
+
+#endif
