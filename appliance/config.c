@@ -25,6 +25,7 @@
 #include <openssl/x509v3.h>
 
 #include "config.h"
+#include "skg.h"
 
 #define MAX_KEYS 16 /* keys per section table */
 #define SHOWN    48 /* characters of a bad value quoted in a message */
@@ -1506,6 +1507,9 @@ static int check_config(const char *path)
         eg_config_errors_print(&errs, path, stderr);
         goto out;
     }
+    /* The only check that needs the token: what serverkeygen asks of it. */
+    if (eg_skg_check_config(cfg) != 0)
+        goto out;
     printf("%s: OK\n", path);
     for (size_t i = 0; i < cfg->nprofiles; i++)
         print_profile(stdout, &cfg->profiles[i]);

@@ -53,6 +53,13 @@ typedef void eg_skg_report_fn(void *arg, unsigned line, const char *key, const c
 int eg_skg_check_profile(eg_token *tok, const eg_profile_cfg *p, const eg_skg_caps *caps,
                          const eg_skg_profile *sp, eg_skg_report_fn *report, void *arg);
 
+/*
+ * estgated --check-config: when a profile uses serverkeygen, opens the token,
+ * probes it and checks every such profile, printing each problem as
+ * FILE:LINE: [profile NAME] key: message. Returns how many problems.
+ */
+int eg_skg_check_config(const eg_config *cfg);
+
 /* A profile's serverkeygen state, read-only after load. */
 struct eg_skg_profile {
     STACK_OF(X509) * recipients; /* serverkeygen_recipients, found by SKI */

@@ -372,3 +372,69 @@ int eg_skg_check_profile(eg_token *tok, const eg_profile_cfg *p, const eg_skg_ca
     check_recipients(&c, caps, sp);
     return c.n;
 }
+
+/* ---- estgated --check-config ---- */
+
+static void print_problem(void *arg, unsigned line, const char *key, const char *message)
+{
+    const void *const *w = arg; /* path, profile */
+    const eg_profile_cfg *p = w[1];
+
+    fprintf(stderr, "%s:%u: [profile %s] %s: %s\n", (const char *)w[0], line, p->name, key,
+            message);
+}
+
+int eg_skg_check_config(const eg_config *cfg)
+{
+    eg_token_config tc = {
+        .module_path = cfg->module_path,
+        .init_args = cfg->init_args,
+        .token_label = cfg->token_label,
+        .pin_file = cfg->pin_file,
+        .pool_size = 2,
+        .recover_ms = cfg->recover_ms,
+    };
+    eg_token *tok = NULL;
+    eg_skg_caps caps;
+    bool any = false, rsa = false;
+    int problems = 0;
+
+    for (size_t i = 0; i < cfg->nprofiles; i++) {
+        const eg_profile_cfg *p = &cfg->profiles[i];
+
+        any = any || p->skg_modes != 0;
+        for (size_t k = 0; p->skg_modes != 0 && k < p->nskg_keys; k++)
+            rsa = rsa || p->skg_keys[k].type == EVP_PKEY_RSA;
+    }
+    if (!any)
+        return 0;
+    if (eg_token_open(&tc, &tok) != 0) {
+        fprintf(stderr, "%s: serverkeygen: cannot open token '%s' to see what it can do\n",
+                cfg->path, cfg->token_label);
+        ERR_print_errors_fp(stderr);
+        return 1;
+    }
+    if (eg_skg_probe(tok, rsa, &caps) != 0) {
+        problems = 1;
+        goto out;
+    }
+    for (size_t i = 0; i < cfg->nprofiles; i++) {
+        const eg_profile_cfg *p = &cfg->profiles[i];
+        const void *w[2] = {cfg->path, p};
+        eg_skg_profile sp;
+        char err[256];
+
+        if (p->skg_modes == 0)
+            continue;
+        if (eg_skg_profile_load(p, &sp, err, sizeof(err)) != 0) {
+            print_problem(w, p->skg_line, "serverkeygen_recipients", err);
+            problems++;
+            continue;
+        }
+        problems += eg_skg_check_profile(tok, p, &caps, &sp, print_problem, w);
+        eg_skg_profile_clear(&sp);
+    }
+out:
+    eg_token_free(tok);
+    return problems;
+}

@@ -1,0 +1,830 @@
+/*
+ * serverkeygen end to end (RFC 7030 4.4): a real estgated on a fresh token,
+ * requests from curl, answers taken apart here and decrypted with stock
+ * `openssl cms -decrypt`, and Bouncy Castle's EST client for the plaintext
+ * mode. Every key a client receives must match its certificate and must not
+ * be in any estgated memory once the answer has gone (read through
+ * /proc/PID/mem, with controls that the reader finds what is there).
+ *
+ * Kinds: softhsm (plaintext only: SoftHSM 2.6.1 cannot wrap a private key
+ * with CKM_AES_CBC_PAD), nss (plaintext and every encrypted recipient kind),
+ * p11kit (neither: p11-kit 0.24.1 does not forward C_WrapKey, and estgated
+ * must refuse to start saying so).
+ */
+#include <limits.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <CUnit/CUnit.h>
+#include <openssl/core_names.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/pkcs7.h>
+#include <openssl/rand.h>
+#include <openssl/x509v3.h>
+#include <sqlite3.h>
+
+#include "child.h"
+#include "estgated_fixture.h"
+#include "procmem.h"
+#include "token_harness.h"
+
+#define KEK_ID "0a1b2c3d"
+
+static eg_th_kind kind;
+static eg_th *th;
+static char dir[1024], ini[PATH_MAX], ca[PATH_MAX], daemon_log[PATH_MAX], kek_hex[65];
+static unsigned port;
+static pid_t daemon_pid;
+static eg_child_result *res;
+
+/* Every key a client received, for the memory test: the secret octets to look for. */
+#define MAX_SECRETS 64
+static struct {
+    unsigned char v[512];
+    size_t len;
+} secrets[MAX_SECRETS];
+static size_t nsecrets;
+
+static char *tpath(char *buf, const char *name)
+{
+    snprintf(buf, PATH_MAX, "%s/%s", dir, name);
+    return buf;
+}
+
+#define cmd(...) eg_child_cmd(dir, res, __VA_ARGS__)
+
+/* ---- set-up: recipients, the pre-shared key, the configuration ---- */
+
+/* A self-signed recipient certificate with an SKI; ku is its keyUsage. */
+static int recipient(const char *name, const char *alg, const char *opt, const char *ku)
+{
+    char key[PATH_MAX], crt[PATH_MAX], subj[64], ext[64];
+
+    snprintf(key, sizeof(key), "%s/%s.key", dir, name);
+    snprintf(crt, sizeof(crt), "%s/%s.pem", dir, name);
+    snprintf(subj, sizeof(subj), "/CN=%s", name);
+    snprintf(ext, sizeof(ext), "keyUsage=%s", ku);
+    return cmd("openssl", "req", "-x509", "-newkey", alg, "-pkeyopt", opt, "-nodes", "-keyout", key,
+               "-out", crt, "-subj", subj, "-days", "30", "-addext", ext, "-addext",
+               "subjectKeyIdentifier=hash", NULL);
+}
+
+static int recipients(void)
+{
+    char all[PATH_MAX], *text;
+    const char *names[] = {"rcpt-rsa", "rcpt-p256", "rcpt-p384", "rcpt-p521"};
+    FILE *f;
+    size_t len;
+
+    if (recipient("rcpt-rsa", "rsa", "rsa_keygen_bits:2048", "keyEncipherment") != 0 ||
+        recipient("rcpt-p256", "ec", "ec_paramgen_curve:P-256", "keyAgreement") != 0 ||
+        recipient("rcpt-p384", "ec", "ec_paramgen_curve:P-384", "keyAgreement") != 0 ||
+        recipient("rcpt-p521", "ec", "ec_paramgen_curve:P-521", "keyAgreement") != 0 ||
+        (f = fopen(tpath(all, "recipients.pem"), "w")) == NULL)
+        return -1;
+    for (size_t i = 0; i < 4; i++) {
+        char p[PATH_MAX];
+
+        snprintf(p, sizeof(p), "%s/%s.pem", dir, names[i]);
+        if ((text = eg_file_read(p, &len)) != NULL)
+            fwrite(text, 1, len, f);
+        free(text);
+    }
+    return fclose(f) == 0 ? 0 : -1;
+}
+
+/* The pre-shared AES-256 key: a file for the device side, and the token's copy. */
+static int kek(void)
+{
+    unsigned char k[32];
+    char path[PATH_MAX];
+    const eg_token_config *c = eg_th_config(th);
+
+    if (RAND_bytes(k, sizeof(k)) != 1)
+        return -1;
+    for (size_t i = 0; i < sizeof(k); i++)
+        snprintf(kek_hex + 2 * i, 3, "%02x", k[i]);
+    if (eg_file_write(tpath(path, "kek.hex"), kek_hex, 64, 0600) != 0)
+        return -1;
+    {
+        char *argv[20], tool[PATH_MAX];
+        int n = 0;
+
+        argv[n++] = (char *)eg_child_built("provisioning/estgate-provision", tool);
+        argv[n++] = "kek";
+        argv[n++] = "import";
+        argv[n++] = "--module";
+        argv[n++] = (char *)c->module_path;
+        if (c->init_args != NULL) {
+            argv[n++] = "--init-args";
+            argv[n++] = (char *)c->init_args;
+        }
+        argv[n++] = "--token-label";
+        argv[n++] = (char *)c->token_label;
+        argv[n++] = "--pin-file";
+        argv[n++] = (char *)c->pin_file;
+        argv[n++] = "--label";
+        argv[n++] = "kek-fleet";
+        argv[n++] = "--id";
+        argv[n++] = KEK_ID;
+        argv[n++] = "--key-file";
+        argv[n++] = path;
+        argv[n] = NULL;
+        return eg_child_run(dir, NULL, argv, res) == 0 ? 0 : -1;
+    }
+}
+
+static int write_config(bool skg)
+{
+    const eg_token_config *c = eg_th_config(th);
+    char text[8192], extra[1024] = "";
+    int n;
+
+    if (kind == EG_TH_NSS)
+        snprintf(extra, sizeof(extra),
+                 "serverkeygen_recipients = recipients.pem\n"
+                 "serverkeygen_kek = " KEK_ID " pkcs11:token=%s;object=kek-fleet\n"
+                 "serverkeygen_csr_key = yes\n"
+                 "serverkeygen_rsa = oaep-sha256, oaep-sha1, pkcs1\n",
+                 c->token_label);
+    n = snprintf(text, sizeof(text),
+                 "[server]\nlisten = 127.0.0.1:0\n"
+                 "tls_key = pkcs11:token=%s;object=tls;type=private\n"
+                 "tls_chain = tls-chain.pem\nledger = ledger.db\n"
+                 "\n[token]\nmodule = %s\n%s%s%slabel = %s\npin_file = %s\n"
+                 "\n[profile default]\n"
+                 "ca_key = pkcs11:token=%s;object=ca;type=private\nca_chain = %s\n"
+                 "auth = none\nsan = dns:.example.com\nmax_days = 30\n"
+                 "%s%s%s"
+                 "\n[profile nokg]\n"
+                 "ca_key = pkcs11:token=%s;object=ca;type=private\nca_chain = %s\n"
+                 "auth = none\nsan = dns:.example.com\n",
+                 c->token_label, c->module_path, c->init_args ? "init_args = " : "",
+                 c->init_args ? c->init_args : "", c->init_args ? "\n" : "", c->token_label,
+                 c->pin_file, c->token_label, ca,
+                 skg ? (kind == EG_TH_NSS ? "serverkeygen = plaintext, encrypt\n"
+                                          : "serverkeygen = plaintext\n")
+                     : "",
+                 skg ? "serverkeygen_key_types = ec:P-256, ec:P-384, rsa:2048\n" : "",
+                 skg ? extra : "", c->token_label, ca);
+    return n > 0 && (size_t)n < sizeof(text) ? eg_file_write(ini, text, (size_t)n, 0600) : -1;
+}
+
+static int suite_init(void)
+{
+    char tls[PATH_MAX];
+
+    if ((res = calloc(1, sizeof(*res))) == NULL || eg_th_create(kind, "skg", &th) != 0)
+        return -1;
+    snprintf(dir, sizeof(dir), "%s", eg_th_dir(th));
+    tpath(ini, "estgated.ini");
+    tpath(ca, "ca.pem");
+    tpath(daemon_log, "estgated.log");
+    if (eg_fx_provision(th, "CN=skg CA", ca, tpath(tls, "tls-chain.pem"), res) != 0 ||
+        recipients() != 0)
+        return -1;
+    if (kind == EG_TH_NSS && kek() != 0) {
+        fprintf(stderr, "kek import: %s\n%s\n", res->out, res->err);
+        return -1;
+    }
+    if (kind == EG_TH_P11KIT) /* the refusal test starts it with its own file */
+        return write_config(true);
+    if (write_config(true) != 0 || eg_fx_daemon_start(ini, daemon_log, &daemon_pid, &port, 1) != 0)
+        return -1;
+    return 0;
+}
+
+static int suite_clean(void)
+{
+    if (daemon_pid > 0)
+        eg_fx_daemon_stop(&daemon_pid, SIGTERM);
+    eg_th_destroy(th);
+    free(res);
+    return 0;
+}
+
+/* ---- requests ---- */
+
+typedef struct answer {
+    int status;
+    char ctype[256];
+    unsigned char *key, *cert; /* the key part's DER, the certificate part's DER */
+    size_t key_len, cert_len;
+    char key_type[128];
+    char text[512]; /* an error's body */
+} answer;
+
+static void answer_clear(answer *a)
+{
+    OPENSSL_free(a->key);
+    OPENSSL_free(a->cert);
+    memset(a, 0, sizeof(*a));
+}
+
+static unsigned char *b64_decode(const char *s, size_t n, size_t *out_len)
+{
+    BIO *b64 = BIO_new(BIO_f_base64()), *mem = BIO_new_mem_buf(s, (int)n);
+    unsigned char *out = OPENSSL_malloc(n);
+    int got;
+
+    BIO_push(b64, mem);
+    got = out != NULL ? BIO_read(b64, out, (int)n) : -1;
+    BIO_free_all(b64);
+    if (got <= 0) {
+        OPENSSL_free(out);
+        return NULL;
+    }
+    *out_len = (size_t)got;
+    return out;
+}
+
+/* Splits a multipart/mixed body into its key part and certificate part. */
+static int parts(answer *a, const char *body, size_t len)
+{
+    const char *b = strstr(a->ctype, "boundary="), *p = body, *end = body + len;
+    char delim[96];
+    int found = 0;
+
+    if (b == NULL)
+        return -1;
+    snprintf(delim, sizeof(delim), "--%.*s", (int)strcspn(b + 9, "\r\n;"), b + 9);
+    while ((p = strstr(p, delim)) != NULL && p < end) {
+        const char *hdr = p + strlen(delim), *data, *next, *ct;
+
+        if (strncmp(hdr, "--", 2) == 0)
+            break;
+        if ((data = strstr(hdr, "\r\n\r\n")) == NULL || (next = strstr(data, delim)) == NULL)
+            return -1;
+        data += 4;
+        ct = strstr(hdr, "Content-Type: ");
+        if (ct == NULL || ct > data || strstr(hdr, "Content-Transfer-Encoding: base64") == NULL)
+            return -1;
+        ct += 14;
+        if (strncmp(ct, "application/pkcs7-mime; smime-type=certs-only", 45) == 0) {
+            a->cert = b64_decode(data, (size_t)(next - data), &a->cert_len);
+        } else {
+            snprintf(a->key_type, sizeof(a->key_type), "%.*s", (int)strcspn(ct, "\r\n"), ct);
+            a->key = b64_decode(data, (size_t)(next - data), &a->key_len);
+        }
+        found++;
+        p = next;
+    }
+    return found == 2 && a->key != NULL && a->cert != NULL ? 0 : -1;
+}
+
+/* POSTs csr (DER) to label's serverkeygen with curl; the answer taken apart. */
+static int post(answer *a, const char *label, const unsigned char *csr, size_t csr_len,
+                const char *ctype)
+{
+    char url[256], data[PATH_MAX + 2], body[PATH_MAX], hdr[PATH_MAX], ct[128], b64[PATH_MAX];
+    char *text = NULL, *headers = NULL, *h;
+    size_t len = 0, hlen;
+    BIO *f;
+
+    memset(a, 0, sizeof(*a));
+    snprintf(url, sizeof(url), "https://localhost:%u/.well-known/est/%s%sserverkeygen", port, label,
+             label[0] ? "/" : "");
+    snprintf(ct, sizeof(ct), "Content-Type: %s", ctype ? ctype : "application/pkcs10");
+    if ((f = BIO_new_file(tpath(b64, "req.b64"), "w")) == NULL)
+        return -1;
+    {
+        BIO *enc = BIO_new(BIO_f_base64());
+
+        BIO_push(enc, f);
+        BIO_write(enc, csr, (int)csr_len);
+        (void)BIO_flush(enc);
+        BIO_free_all(enc);
+    }
+    snprintf(data, sizeof(data), "@%s", b64);
+    if (cmd("curl", "-sS", "--cacert", ca, "-o", tpath(body, "resp.body"), "-D",
+            tpath(hdr, "resp.hdr"), "-w", "%{http_code}", "-H", ct, "--data-binary", data, url,
+            NULL) != 0)
+        return -1;
+    a->status = atoi(res->out);
+    headers = eg_file_read(hdr, &hlen);
+    text = eg_file_read(body, &len);
+    if (headers != NULL && (h = strcasestr(headers, "\r\nContent-Type: ")) != NULL)
+        snprintf(a->ctype, sizeof(a->ctype), "%.*s", (int)strcspn(h + 16, "\r\n"), h + 16);
+    if (a->status != 200 && text != NULL)
+        snprintf(a->text, sizeof(a->text), "%.*s", (int)len, text);
+    if (a->status == 200 && (text == NULL || parts(a, text, len) != 0))
+        a->status = -2;
+    free(headers);
+    free(text);
+    return a->status;
+}
+
+/* A CSR for cn, with a key of alg ("P-256", "P-384", "RSA"), and extra attributes. */
+typedef struct attr {
+    const char *oid;
+    int type; /* V_ASN1_OCTET_STRING or V_ASN1_SEQUENCE (value is DER) */
+    const unsigned char *value;
+    size_t len;
+} attr;
+
+static EVP_PKEY *new_key(const char *alg)
+{
+    if (strcmp(alg, "RSA") == 0)
+        return EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)2048);
+    return EVP_PKEY_Q_keygen(NULL, NULL, "EC", alg);
+}
+
+static unsigned char *make_csr(const char *alg, const char *cn, const attr *attrs, size_t n,
+                               size_t *len)
+{
+    X509_REQ *req = X509_REQ_new();
+    EVP_PKEY *k = new_key(alg);
+    X509_NAME *name = X509_NAME_new();
+    STACK_OF(X509_EXTENSION) *exts = sk_X509_EXTENSION_new_null();
+    char san[128];
+    unsigned char *der = NULL;
+    int dlen = 0;
+
+    snprintf(san, sizeof(san), "DNS:%s", cn);
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0);
+    sk_X509_EXTENSION_push(exts, X509V3_EXT_conf_nid(NULL, NULL, NID_subject_alt_name, san));
+    X509_REQ_set_subject_name(req, name);
+    X509_REQ_set_pubkey(req, k);
+    X509_REQ_add_extensions(req, exts);
+    for (size_t i = 0; i < n; i++) {
+        ASN1_OBJECT *o = OBJ_txt2obj(attrs[i].oid, 1);
+
+        X509_REQ_add1_attr_by_OBJ(req, o, attrs[i].type, attrs[i].value, (int)attrs[i].len);
+        ASN1_OBJECT_free(o);
+    }
+    if (X509_REQ_sign(req, k, EVP_sha256()) > 0)
+        dlen = i2d_X509_REQ(req, &der);
+    sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
+    X509_NAME_free(name);
+    EVP_PKEY_free(k);
+    X509_REQ_free(req);
+    *len = dlen > 0 ? (size_t)dlen : 0;
+    return dlen > 0 ? der : NULL;
+}
+
+static X509 *answer_cert(const answer *a)
+{
+    const unsigned char *p = a->cert;
+    PKCS7 *p7 = d2i_PKCS7(NULL, &p, (long)a->cert_len);
+    X509 *x = NULL;
+
+    if (p7 != NULL && PKCS7_type_is_signed(p7) && sk_X509_num(p7->d.sign->cert) == 1)
+        x = X509_dup(sk_X509_value(p7->d.sign->cert, 0));
+    PKCS7_free(p7);
+    return x;
+}
+
+/* Remembers the key's secret octets: EC's private scalar, RSA's first prime. */
+static void remember(EVP_PKEY *k)
+{
+    BIGNUM *bn = NULL;
+    int n;
+
+    if (nsecrets == MAX_SECRETS ||
+        EVP_PKEY_get_bn_param(k,
+                              EVP_PKEY_get_base_id(k) == EVP_PKEY_RSA ? OSSL_PKEY_PARAM_RSA_FACTOR1
+                                                                      : OSSL_PKEY_PARAM_PRIV_KEY,
+                              &bn) != 1)
+        return;
+    n = BN_num_bytes(bn);
+    if (n > 0 && n <= 512 && BN_bn2bin(bn, secrets[nsecrets].v) == n)
+        secrets[nsecrets++].len = (size_t)n;
+    BN_clear_free(bn);
+}
+
+/* The PKCS#8 matches the issued certificate, which chains to the CA; returns the key. */
+static EVP_PKEY *check_key(const unsigned char *p8, size_t len, const answer *a, const char *alg)
+{
+    const unsigned char *p = p8;
+    EVP_PKEY *k = d2i_AutoPrivateKey(NULL, &p, (long)len);
+    X509 *x = answer_cert(a);
+    X509_STORE *st = X509_STORE_new();
+    X509_STORE_CTX *ctx = X509_STORE_CTX_new();
+    char group[32] = "";
+
+    CU_ASSERT_PTR_NOT_NULL(k);
+    CU_ASSERT_PTR_NOT_NULL(x);
+    CU_ASSERT(p == p8 + len); /* nothing after the PrivateKeyInfo */
+    if (k != NULL && x != NULL) {
+        CU_ASSERT_EQUAL(X509_check_private_key(x, k), 1);
+        CU_ASSERT(X509_STORE_load_file(st, ca) == 1 && X509_STORE_CTX_init(ctx, st, x, NULL) == 1 &&
+                  X509_verify_cert(ctx) == 1);
+        if (strcmp(alg, "RSA") == 0) {
+            CU_ASSERT(EVP_PKEY_get_base_id(k) == EVP_PKEY_RSA && EVP_PKEY_get_bits(k) == 2048);
+        } else {
+            EVP_PKEY_get_group_name(k, group, sizeof(group), NULL);
+            CU_ASSERT_STRING_EQUAL(group, strcmp(alg, "P-384") == 0 ? "secp384r1" : "prime256v1");
+        }
+        remember(k);
+    }
+    X509_STORE_CTX_free(ctx);
+    X509_STORE_free(st);
+    X509_free(x);
+    return k;
+}
+
+/* Certificates in the ledger (read beside the running daemon: WAL allows it). */
+static int ledger_certs(void)
+{
+    char path[PATH_MAX];
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    int n = -1;
+
+    if (sqlite3_open_v2(tpath(path, "ledger.db"), &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+        sqlite3_prepare_v2(db, "SELECT count(*) FROM issuance WHERE cert IS NOT NULL", -1, &st,
+                           NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
+        n = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return n;
+}
+
+/* ---- plaintext ---- */
+
+static void plaintext(const char *alg)
+{
+    unsigned char *csr;
+    size_t len;
+    answer a;
+    EVP_PKEY *k;
+    int before = ledger_certs();
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(csr = make_csr(alg, "kg.example.com", NULL, 0, &len));
+    CU_ASSERT_EQUAL(post(&a, "", csr, len, NULL), 200);
+    if (a.status != 200)
+        fprintf(stderr, "serverkeygen %s: %d %s\n", alg, a.status, a.text);
+    CU_ASSERT_STRING_EQUAL(a.key_type, "application/pkcs8");
+    if (a.status == 200) {
+        k = check_key(a.key, a.key_len, &a, alg);
+        EVP_PKEY_free(k);
+        CU_ASSERT_EQUAL(ledger_certs(), before + 1);
+    }
+    answer_clear(&a);
+    OPENSSL_free(csr);
+}
+
+static void test_plaintext_p256(void)
+{
+    if (kind != EG_TH_P11KIT)
+        plaintext("P-256");
+}
+
+static void test_plaintext_p384(void)
+{
+    if (kind != EG_TH_P11KIT)
+        plaintext("P-384");
+}
+
+static void test_plaintext_rsa2048(void)
+{
+    if (kind != EG_TH_P11KIT)
+        plaintext("RSA");
+}
+
+/* The same request twice: two keys, two certificates, never the first one again. */
+static void test_repeated_request_gets_a_new_key(void)
+{
+    unsigned char *csr;
+    size_t len;
+    answer a, b;
+    X509 *x = NULL, *y = NULL;
+
+    if (kind == EG_TH_P11KIT)
+        return;
+    CU_ASSERT_PTR_NOT_NULL_FATAL(csr = make_csr("P-256", "again.example.com", NULL, 0, &len));
+    CU_ASSERT_EQUAL(post(&a, "", csr, len, NULL), 200);
+    CU_ASSERT_EQUAL(post(&b, "", csr, len, NULL), 200);
+    if (a.status == 200 && b.status == 200) {
+        x = answer_cert(&a);
+        y = answer_cert(&b);
+        CU_ASSERT(x != NULL && y != NULL && X509_cmp(x, y) != 0);
+        CU_ASSERT(x != NULL && y != NULL &&
+                  EVP_PKEY_eq(X509_get0_pubkey(x), X509_get0_pubkey(y)) != 1);
+        CU_ASSERT(a.key_len != b.key_len || memcmp(a.key, b.key, a.key_len) != 0);
+    }
+    X509_free(x);
+    X509_free(y);
+    answer_clear(&a);
+    answer_clear(&b);
+    OPENSSL_free(csr);
+}
+
+static void test_bouncy_castle_client(void)
+{
+    char server[64], key[PATH_MAX], crt[PATH_MAX];
+    char *argv[] = {"java",
+                    "-cp",
+                    "/usr/share/java/bcpkix.jar:/usr/share/java/bcprov.jar:"
+                    "/usr/share/java/bcutil.jar",
+                    EG_SOURCE_DIR "/hsm-tests/java/EstClient.java",
+                    "serverkeygen",
+                    "--server",
+                    server,
+                    "--trust",
+                    ca,
+                    "--cn",
+                    "bc-kg.example.com",
+                    "--dns",
+                    "bc-kg.example.com",
+                    "--key-out",
+                    tpath(key, "bc-kg.key"),
+                    "--cert-out",
+                    tpath(crt, "bc-kg.pem"),
+                    NULL};
+
+    if (kind == EG_TH_P11KIT)
+        return;
+    snprintf(server, sizeof(server), "localhost:%u", port);
+    CU_ASSERT_EQUAL(eg_child_run(dir, NULL, argv, res), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(res->out, "key matches certificate"));
+    CU_ASSERT_EQUAL(cmd("openssl", "verify", "-CAfile", ca, crt, NULL), 0);
+    {
+        FILE *f = fopen(key, "r");
+        EVP_PKEY *k = f ? PEM_read_PrivateKey(f, NULL, NULL, NULL) : NULL;
+
+        CU_ASSERT_PTR_NOT_NULL(k);
+        if (k != NULL)
+            remember(k);
+        EVP_PKEY_free(k);
+        if (f != NULL)
+            fclose(f);
+    }
+}
+
+/* ---- encrypted (NSS) ---- */
+
+/* The key identifier of a recipient certificate. */
+static size_t ski_of(const char *name, unsigned char *out)
+{
+    char p[PATH_MAX];
+    FILE *f;
+    X509 *x;
+    const ASN1_OCTET_STRING *s;
+    size_t n = 0;
+
+    snprintf(p, sizeof(p), "%s/%s.pem", dir, name);
+    if ((f = fopen(p, "r")) == NULL)
+        return 0;
+    if ((x = PEM_read_X509(f, NULL, NULL, NULL)) != NULL &&
+        (s = X509_get0_subject_key_id(x)) != NULL && ASN1_STRING_length(s) <= 64) {
+        n = (size_t)ASN1_STRING_length(s);
+        memcpy(out, ASN1_STRING_get0_data(s), n);
+    }
+    X509_free(x);
+    fclose(f);
+    return n;
+}
+
+/* SMIMECapabilities DER listing oids (each a capability without parameters). */
+static size_t smime_caps(const char *const *oids, size_t n, unsigned char *out)
+{
+    unsigned char inner[256];
+    size_t o = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        ASN1_OBJECT *obj = OBJ_txt2obj(oids[i], 1);
+        unsigned char *p = inner + o + 2;
+        int len = i2d_ASN1_OBJECT(obj, &p);
+
+        inner[o] = 0x30;
+        inner[o + 1] = (unsigned char)len;
+        o += 2 + (size_t)len;
+        ASN1_OBJECT_free(obj);
+    }
+    out[0] = 0x30;
+    out[1] = (unsigned char)o;
+    memcpy(out + 2, inner, o);
+    return o + 2;
+}
+
+#define OID_DECRYPT_KID "1.2.840.113549.1.9.16.2.37"
+#define OID_ASYM_KID    "1.2.840.113549.1.9.16.2.54"
+#define OID_SMIME_CAPS  "1.2.840.113549.1.9.15"
+#define OID_OAEP        "1.2.840.113549.1.1.7"
+#define OID_RSA         "1.2.840.113549.1.1.1"
+#define OID_ECDH_SHA256 "1.3.132.1.11.1"
+
+/* `openssl cms -decrypt` of the key part with extra arguments; the recovered PKCS#8 file. */
+static int cms_decrypt(const answer *a, const char *out, ...)
+{
+    char in[PATH_MAX], *argv[24];
+    va_list ap;
+    int n = 0;
+
+    if (eg_file_write(tpath(in, "key-part.der"), a->key, a->key_len, 0600) != 0)
+        return -1;
+    argv[n++] = "openssl";
+    argv[n++] = "cms";
+    argv[n++] = "-decrypt";
+    argv[n++] = "-inform";
+    argv[n++] = "DER";
+    argv[n++] = "-in";
+    argv[n++] = in;
+    argv[n++] = "-binary";
+    argv[n++] = "-out";
+    argv[n++] = (char *)out;
+    va_start(ap, out);
+    while (n < 22 && (argv[n] = va_arg(ap, char *)) != NULL)
+        n++;
+    va_end(ap);
+    argv[n] = NULL;
+    return eg_child_run(dir, NULL, argv, res);
+}
+
+typedef struct enc_case {
+    const char *what;
+    const char *key_alg; /* the CSR's own key */
+    const char *rcpt;    /* recipient certificate by SKI; NULL: none */
+    bool kek;            /* DecryptKeyIdentifier */
+    const char *caps[3]; /* SMIMECapabilities OIDs, NULL-terminated; none: no attribute */
+    const char *inkey;   /* for cms -decrypt: recipient key file name (without .key) */
+    const char *want;    /* expected in the audit line: recipient=... */
+} enc_case;
+
+static void encrypted(const enc_case *c)
+{
+    unsigned char ski[64], capder[128], kid[4] = {0x0a, 0x1b, 0x2c, 0x3d}, *csr;
+    attr at[2];
+    size_t n = 0, len, ncaps = 0;
+    char p8[PATH_MAX], inkey[PATH_MAX];
+    answer a;
+    char *p8der;
+    size_t p8len;
+
+    if (c->rcpt != NULL)
+        at[n++] = (attr){OID_ASYM_KID, V_ASN1_OCTET_STRING, ski, ski_of(c->rcpt, ski)};
+    if (c->kek)
+        at[n++] = (attr){OID_DECRYPT_KID, V_ASN1_OCTET_STRING, kid, sizeof(kid)};
+    while (ncaps < 3 && c->caps[ncaps] != NULL)
+        ncaps++;
+    if (ncaps > 0)
+        at[n++] =
+            (attr){OID_SMIME_CAPS, V_ASN1_SEQUENCE, capder, smime_caps(c->caps, ncaps, capder)};
+    CU_ASSERT_PTR_NOT_NULL_FATAL(csr = make_csr(c->key_alg, "enc.example.com", at, n, &len));
+    CU_ASSERT_EQUAL(post(&a, "", csr, len, NULL), 200);
+    if (a.status != 200)
+        fprintf(stderr, "serverkeygen %s: %d %s\n", c->what, a.status, a.text);
+    CU_ASSERT_STRING_EQUAL(a.key_type, "application/pkcs7-mime; smime-type=server-generated-key");
+    if (a.status == 200) {
+        snprintf(inkey, sizeof(inkey), "%s/%s.key", dir, c->inkey ? c->inkey : "");
+        if (c->kek)
+            CU_ASSERT_EQUAL(cms_decrypt(&a, tpath(p8, "key.p8"), "-secretkey", kek_hex,
+                                        "-secretkeyid", KEK_ID, NULL),
+                            0)
+        else
+            CU_ASSERT_EQUAL(cms_decrypt(&a, tpath(p8, "key.p8"), "-inkey", inkey, NULL), 0);
+        if ((p8der = eg_file_read(p8, &p8len)) != NULL) {
+            EVP_PKEY_free(check_key((unsigned char *)p8der, p8len, &a, "P-256"));
+            free(p8der);
+        }
+    }
+    answer_clear(&a);
+    OPENSSL_free(csr);
+}
+
+static void test_encrypted_to_every_recipient_kind(void)
+{
+    static const enc_case cases[] = {
+        {"ktri oaep-sha256", "P-256", "rcpt-rsa", false, {NULL}, "rcpt-rsa", "rsa-oaep-sha256"},
+        {"ktri oaep-sha1", "P-256", "rcpt-rsa", false, {OID_OAEP}, "rcpt-rsa", "rsa-oaep-sha1"},
+        {"ktri pkcs1", "P-256", "rcpt-rsa", false, {OID_RSA}, "rcpt-rsa", "rsa-pkcs1"},
+        {"kekri aes-256", "P-256", NULL, true, {NULL}, NULL, "kek-256"},
+        {"kari P-256", "P-256", "rcpt-p256", false, {NULL}, "rcpt-p256", "ecdh-P-256"},
+        {"kari P-384", "P-256", "rcpt-p384", false, {NULL}, "rcpt-p384", "ecdh-P-256"},
+    };
+
+    if (kind != EG_TH_NSS)
+        return;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        encrypted(&cases[i]);
+}
+
+/* ---- refusals: a clear status, and nothing issued ---- */
+
+static void refused(const char *label, const attr *at, size_t n, const char *key_alg,
+                    const char *ctype, int status, const char *reason)
+{
+    unsigned char *csr;
+    size_t len;
+    answer a;
+    int before = ledger_certs();
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(csr = make_csr(key_alg, "no.example.com", at, n, &len));
+    CU_ASSERT_EQUAL(post(&a, label, csr, len, ctype), status);
+    if (a.status != status || strstr(a.text, reason) == NULL)
+        fprintf(stderr, "expected %d '%s', got %d: %s\n", status, reason, a.status, a.text);
+    CU_ASSERT_PTR_NOT_NULL(strstr(a.text, reason));
+    CU_ASSERT_EQUAL(ledger_certs(), before);
+    answer_clear(&a);
+    OPENSSL_free(csr);
+}
+
+static void test_refusals(void)
+{
+    unsigned char kid[4] = {0xde, 0xad, 0xbe, 0xef}, ski[64], capder[64];
+    const char *oaep_only[] = {OID_OAEP};
+    attr unknown_kek = {OID_DECRYPT_KID, V_ASN1_OCTET_STRING, kid, sizeof(kid)};
+    attr unknown_asym = {OID_ASYM_KID, V_ASN1_OCTET_STRING, kid, sizeof(kid)};
+
+    if (kind == EG_TH_P11KIT)
+        return;
+    refused("nokg", NULL, 0, "P-256", NULL, 403, "does not offer server-side key generation");
+    refused("", NULL, 0, "P-256", "text/plain", 415, "Content-Type");
+    if (kind == EG_TH_SOFTHSM) {
+        refused("", &unknown_kek, 1, "P-256", NULL, 400, "plaintext");
+        return;
+    }
+    refused("", &unknown_kek, 1, "P-256", NULL, 400, "DecryptKeyIdentifier");
+    refused("", &unknown_asym, 1, "P-256", NULL, 400, "AsymmetricDecryptKeyIdentifier");
+    {
+        attr a = {OID_SMIME_CAPS, V_ASN1_SEQUENCE, capder, smime_caps(oaep_only, 1, capder)};
+
+        /* serverkeygen_csr_key: the CSR's EC key asked to be a key-transport recipient. */
+        refused("", &a, 1, "P-256", NULL, 400, "cannot be a key-transport recipient");
+    }
+    {
+        attr a = {OID_ASYM_KID, V_ASN1_OCTET_STRING, ski, ski_of("rcpt-p521", ski)};
+
+        refused("", &a, 1, "P-256", NULL, 400, "P-256 or P-384");
+    }
+}
+
+/* p11-kit 0.24.1 forwards no C_WrapKey: the profile is refused up front, by name. */
+static void test_p11kit_refuses_serverkeygen_at_start(void)
+{
+    char tool[PATH_MAX], log[PATH_MAX];
+    char *argv[] = {(char *)eg_child_built("appliance/estgated", tool), "--check-config", ini,
+                    NULL};
+    pid_t pid;
+
+    if (kind != EG_TH_P11KIT)
+        return;
+    CU_ASSERT_NOT_EQUAL(eg_child_run(dir, NULL, argv, res), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(res->err, "serverkeygen"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(res->err, "CKM_AES_KEY_WRAP_PAD"));
+    CU_ASSERT_EQUAL(eg_fx_daemon_start(ini, tpath(log, "refused.log"), &pid, &port, 1), -1);
+}
+
+/* ---- memory: no generated key stays in estgated once its answer is sent ---- */
+
+static void test_no_generated_key_left_in_estgated_memory(void)
+{
+    unsigned char *dump = NULL, probe[32];
+    size_t dlen = 0, found = 0;
+    attr a = {"1.2.840.113549.1.9.16.2.99", V_ASN1_OCTET_STRING, probe, sizeof(probe)};
+    unsigned char *csr;
+    size_t len;
+    answer r;
+
+    if (kind == EG_TH_P11KIT)
+        return;
+    fprintf(stderr, "(%zu generated keys to look for) ", nsecrets);
+    CU_ASSERT_FATAL(nsecrets >= 3);
+    /* Control: a secret of the same size, deliberately handed to estgated in a request body it
+       does not wipe, must be found by the same reader. */
+    RAND_bytes(probe, sizeof(probe));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(csr = make_csr("P-256", "probe.example.com", &a, 1, &len));
+    post(&r, "nokg", csr, len, NULL);
+    answer_clear(&r);
+    OPENSSL_free(csr);
+    kill(daemon_pid, SIGSTOP);
+    CU_ASSERT_EQUAL(eg_procmem_dump(daemon_pid, &dump, &dlen), 0);
+    kill(daemon_pid, SIGCONT);
+    CU_ASSERT(eg_mem_contains(dump, dlen, probe, sizeof(probe)));
+    for (size_t i = 0; i < nsecrets; i++) {
+        if (eg_mem_contains(dump, dlen, secrets[i].v, secrets[i].len)) {
+            fprintf(stderr, "generated key %zu (%zu octets) found in estgated's memory\n", i,
+                    secrets[i].len);
+            found++;
+        }
+    }
+    CU_ASSERT_EQUAL(found, 0);
+    free(dump);
+}
+
+static CU_TestInfo tests[] = {
+    {"plaintext P-256 key matches its certificate", test_plaintext_p256},
+    {"plaintext P-384 key matches its certificate", test_plaintext_p384},
+    {"plaintext RSA-2048 key matches its certificate", test_plaintext_rsa2048},
+    {"a repeated request gets a new key", test_repeated_request_gets_a_new_key},
+    {"Bouncy Castle simpleEnrollWithServersideCreation", test_bouncy_castle_client},
+    {"encrypted to every recipient kind decrypts with openssl cms",
+     test_encrypted_to_every_recipient_kind},
+    {"refusals have their status and issue nothing", test_refusals},
+    {"p11-kit: serverkeygen refused at start by name", test_p11kit_refuses_serverkeygen_at_start},
+    {"no generated key left in estgated memory", test_no_generated_key_left_in_estgated_memory},
+    CU_TEST_INFO_NULL,
+};
+
+int main(int argc, char **argv)
+{
+    return eg_th_run(argc, argv, &kind, suite_init, suite_clean, tests);
+}
