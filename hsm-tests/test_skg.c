@@ -30,6 +30,10 @@
 #include <sqlite3.h>
 
 #include "child.h"
+#include "config.h"
+#include "csr.h"
+#include "p11.h"
+#include "skg.h"
 #include "estgated_fixture.h"
 #include "procmem.h"
 #include "token_harness.h"
@@ -810,7 +814,111 @@ static void test_no_generated_key_left_in_estgated_memory(void)
     free(dump);
 }
 
+/* ---- the token: every object a request made is gone, whatever happened ---- */
+
+static CK_RV count_fn(eg_p11_call *call, void *arg)
+{
+    CK_BBOOL no = CK_FALSE;
+    CK_ATTRIBUTE t = {CKA_TOKEN, &no, sizeof(no)};
+    CK_OBJECT_HANDLE h[256];
+
+    return eg_p11_find_objects(call, &t, 1, h, 256, arg);
+}
+
+/* Session objects in the token, as any session of this process sees them. */
+static long session_objects(eg_token *tok)
+{
+    CK_ULONG n = 0;
+
+    return eg_token_run(tok, count_fn, &n) == CKR_OK ? (long)n : -1;
+}
+
+typedef struct gen_case {
+    const char *what;
+    const char *key_alg;
+    bool kek;
+    const char *bad_kek_uri; /* replaces the KEK's URI: the token fails after keys were made */
+    bool force_cbc;          /* claim CBC_PAD works: SoftHSM then fails mid-way */
+    eg_status want;
+} gen_case;
+
+static void generate_in_process(eg_token *tok, const eg_skg_caps *real, eg_profile_cfg *p,
+                                const eg_skg_profile *sp, const gen_case *c)
+{
+    unsigned char kid[4] = {0x0a, 0x1b, 0x2c, 0x3d}, *der;
+    attr at = {OID_DECRYPT_KID, V_ASN1_OCTET_STRING, kid, sizeof(kid)};
+    eg_skg_caps caps = *real;
+    eg_skg_result r = {0};
+    eg_csr *csr = NULL;
+    char why[256] = "", *saved = p->nskg_keks > 0 ? p->skg_keks[0].uri : NULL;
+    long before = session_objects(tok), after;
+    size_t len;
+    eg_status st;
+
+    if (c->force_cbc)
+        caps.cbc_pad = CKR_OK;
+    if (c->bad_kek_uri != NULL && saved != NULL)
+        p->skg_keks[0].uri = (char *)c->bad_kek_uri;
+    der = make_csr(c->key_alg, "tok.example.com", &at, c->kek ? 1 : 0, &len);
+    CU_ASSERT_FATAL(der != NULL && eg_csr_parse(der, len, &csr) == 0);
+    st = eg_skg_generate(tok, &caps, p, sp, csr, &r, why, sizeof(why));
+    if (st != c->want)
+        fprintf(stderr, "%s: status %d, want %d: %s\n", c->what, st, c->want, why);
+    CU_ASSERT_EQUAL(st, c->want);
+    CU_ASSERT_EQUAL(st == EG_OK, r.pub != NULL && r.key != NULL);
+    after = session_objects(tok);
+    CU_ASSERT(before >= 0 && after == before);
+    if (after != before)
+        fprintf(stderr, "%s: %ld session objects before, %ld after\n", c->what, before, after);
+    if (saved != NULL)
+        p->skg_keks[0].uri = saved;
+    eg_skg_result_clear(&r);
+    eg_csr_free(csr);
+    OPENSSL_free(der);
+}
+
+static void test_nothing_left_in_the_token(void)
+{
+    static const gen_case plain[] = {
+        {"plaintext P-256", "P-256", false, NULL, false, EG_OK},
+        {"plaintext, CBC_PAD refused mid-way", "P-256", false, NULL, true, EG_MALFORMED},
+    };
+    static const gen_case enc[] = {
+        {"plaintext P-256", "P-256", false, NULL, false, EG_OK},
+        {"encrypted to the KEK", "P-256", true, NULL, false, EG_OK},
+        {"the KEK missing from the token", "P-256", true, "pkcs11:object=no-such-kek", false,
+         EG_MALFORMED},
+    };
+    eg_config_errors errs = {0};
+    eg_config *cfg = NULL;
+    eg_token *tok = NULL;
+    eg_skg_caps caps;
+    eg_skg_profile sp = {0};
+    char err[256];
+    eg_profile_cfg *p;
+
+    if (kind == EG_TH_P11KIT)
+        return;
+    CU_ASSERT_FATAL(eg_config_load(ini, &cfg, &errs) == 0);
+    p = &cfg->profiles[0];
+    CU_ASSERT_FATAL(eg_token_open(eg_th_config(th), &tok) == 0);
+    CU_ASSERT_FATAL(eg_skg_probe(tok, false, &caps) == 0);
+    CU_ASSERT_FATAL(eg_skg_profile_load(p, &sp, err, sizeof(err)) == 0);
+    if (kind == EG_TH_NSS) {
+        for (size_t i = 0; i < sizeof(enc) / sizeof(enc[0]); i++)
+            generate_in_process(tok, &caps, p, &sp, &enc[i]);
+    } else {
+        for (size_t i = 0; i < sizeof(plain) / sizeof(plain[0]); i++)
+            generate_in_process(tok, &caps, p, &sp, &plain[i]);
+    }
+    eg_skg_profile_clear(&sp);
+    eg_token_free(tok);
+    eg_config_free(cfg);
+    eg_config_errors_clear(&errs);
+}
+
 static CU_TestInfo tests[] = {
+    {"nothing a request made is left in the token", test_nothing_left_in_the_token},
     {"plaintext P-256 key matches its certificate", test_plaintext_p256},
     {"plaintext P-384 key matches its certificate", test_plaintext_p384},
     {"plaintext RSA-2048 key matches its certificate", test_plaintext_rsa2048},
