@@ -1091,7 +1091,7 @@ static int set_value(loader *ld, const key_spec *k, void *base, const char *valu
 
 static void unknown_key(loader *ld, const key_spec *keys, const char *name)
 {
-    char list[200] = "";
+    char list[512] = "";
     size_t len = 0;
 
     for (int i = 0; keys[i].name != NULL && len < sizeof(list); i++)

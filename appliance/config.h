@@ -159,7 +159,7 @@ typedef struct eg_config_error {
     unsigned line; /* 0: the file as a whole (missing section, unreadable file) */
     char section[80];
     char key[64];
-    char message[256];
+    char message[512];
 } eg_config_error;
 
 typedef struct eg_config_errors {

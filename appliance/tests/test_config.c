@@ -566,6 +566,68 @@ static void test_bad_values_of_other_kinds(void)
                   1, 8, "", "is not a profile name");
 }
 
+/* --- serverkeygen --- */
+
+static void test_serverkeygen_keys(void)
+{
+    eg_config *cfg = NULL;
+    const eg_profile_cfg *p;
+
+    write_cert("rcpt.pem", "recipient", false);
+    CU_ASSERT_EQUAL_FATAL(load(SERVER_TOKEN PROFILE_NONE
+                               "serverkeygen = plaintext, encrypt\n"
+                               "serverkeygen_key_types = rsa:2048-3072, ec:P-384\n"
+                               "serverkeygen_recipients = rcpt.pem\n"
+                               "serverkeygen_kek = 0A1b pkcs11:token=t;object=kek1\n"
+                               "serverkeygen_kek = 02 pkcs11:token=t;id=%02\n"
+                               "serverkeygen_csr_key = yes\n"
+                               "serverkeygen_rsa = pkcs1, oaep-sha1\n",
+                               &cfg),
+                          0);
+    p = &cfg->profiles[0];
+    CU_ASSERT_EQUAL(p->skg_modes, EG_SKG_PLAINTEXT | EG_SKG_ENCRYPT);
+    CU_ASSERT_EQUAL(p->skg_line, 12);
+    CU_ASSERT(p->nskg_keys == 2 && p->skg_keys[0].type == EVP_PKEY_RSA &&
+              p->skg_keys[0].min_bits == 2048 && p->skg_keys[0].max_bits == 3072 &&
+              p->skg_keys[1].curve_nid == NID_secp384r1);
+    CU_ASSERT_PTR_NOT_NULL(p->skg_recipients_file);
+    CU_ASSERT(p->nskg_keks == 2 && p->skg_keks[0].id_len == 2 && p->skg_keks[0].id[0] == 0x0a &&
+              p->skg_keks[0].id[1] == 0x1b && p->skg_keks[0].line == 15 &&
+              strcmp(p->skg_keks[1].uri, "pkcs11:token=t;id=%02") == 0);
+    CU_ASSERT(p->skg_csr_key);
+    CU_ASSERT(p->nskg_rsa == 2 && p->skg_rsa[0] == EG_SKG_RSA_PKCS1 &&
+              p->skg_rsa[1] == EG_SKG_RSA_OAEP_SHA1);
+    eg_config_free(cfg);
+
+    /* Defaults: off; when on, ec:P-256 and OAEP SHA-256 then SHA-1. */
+    CU_ASSERT_EQUAL_FATAL(load(SERVER_TOKEN PROFILE_NONE "serverkeygen = plaintext\n", &cfg), 0);
+    p = &cfg->profiles[0];
+    CU_ASSERT(p->nskg_keys == 1 && p->skg_keys[0].type == EVP_PKEY_EC &&
+              p->skg_keys[0].curve_nid == NID_X9_62_prime256v1);
+    CU_ASSERT(p->nskg_rsa == 2 && p->skg_rsa[0] == EG_SKG_RSA_OAEP_SHA256);
+    eg_config_free(cfg);
+    CU_ASSERT_EQUAL_FATAL(load(SERVER_TOKEN PROFILE_NONE, &cfg), 0);
+    CU_ASSERT_EQUAL(cfg->profiles[0].skg_modes, 0);
+    eg_config_free(cfg);
+
+    expect_errors(SERVER_TOKEN PROFILE_NONE "serverkeygen = plaintext, cleartext\n", 1, 12,
+                  "serverkeygen", "'cleartext' is not a serverkeygen mode");
+    expect_errors(SERVER_TOKEN PROFILE_NONE "serverkeygen = encrypt\n", 1, 12, "serverkeygen",
+                  "encrypt needs someone to encrypt to");
+    expect_errors(SERVER_TOKEN PROFILE_NONE "serverkeygen = plaintext\n"
+                                            "serverkeygen_key_types = ed25519, rsa:8192\n",
+                  2, 13, "serverkeygen_key_types", "rsa:2048 to rsa:4096, ec:P-256 or ec:P-384");
+    expect_errors(SERVER_TOKEN PROFILE_NONE "serverkeygen_kek = 0 pkcs11:object=k\n", 1, 12,
+                  "serverkeygen_kek", "expected KEYID URI");
+    expect_errors(SERVER_TOKEN PROFILE_NONE "serverkeygen_kek = 0102 /etc/kek\n", 1, 12,
+                  "serverkeygen_kek", "is not a pkcs11: URI");
+    expect_errors(SERVER_TOKEN PROFILE_NONE "serverkeygen_kek = 01 pkcs11:object=a\n"
+                                            "serverkeygen_kek = 01 pkcs11:object=b\n",
+                  1, 13, "serverkeygen_kek", "is already given at line 12");
+    expect_errors(SERVER_TOKEN PROFILE_NONE "serverkeygen_rsa = oaep-sha1, oaep-md5\n", 1, 12,
+                  "serverkeygen_rsa", "use oaep-sha256, oaep-sha1 or pkcs1");
+}
+
 /* --- many mistakes, and how lines are counted --- */
 
 static void test_every_mistake_is_reported(void)
@@ -662,7 +724,9 @@ static void test_errors_print_format(void)
                            "etc/estgated.ini:13: [profile default] colour: unknown key; [profile "
                            "default] takes ca_key, ca_chain, auth, realm, user, client_ca, "
                            "key_types, eku, san, require_san, subject_attrs, subject_template, "
-                           "max_days, allow_rekey, require_attrs\n");
+                           "max_days, allow_rekey, require_attrs, serverkeygen, "
+                           "serverkeygen_key_types, serverkeygen_recipients, serverkeygen_csr_key, "
+                           "serverkeygen_kek, serverkeygen_rsa\n");
     free(out);
 }
 
@@ -890,6 +954,7 @@ static void test_hash_password_command(void)
 }
 
 static CU_TestInfo tests[] = {
+    {"serverkeygen keys", test_serverkeygen_keys},
     {"a full file loads with every field as written", test_full_file_loads_every_field},
     {"defaults are applied", test_defaults_applied},
     {"unknown sections and keys", test_unknown_section_and_key},
