@@ -22,10 +22,12 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/rand.h>
 #include <openssl/x509v3.h>
 
 #include "child.h"
 #include "p11.h"
+#include "p11_uri.h"
 #include "token_harness.h"
 
 #define MAX_ARGS 40
@@ -649,6 +651,177 @@ static void test_list_shows_uris(void)
     free(r);
 }
 
+/* ---- kek import ---- */
+
+struct kek_args {
+    const char *label;
+    const uint8_t *cek; /* a known 32-octet key to wrap under the KEK */
+    CK_ULONG found, value_len;
+    CK_OBJECT_CLASS cls;
+    CK_KEY_TYPE type;
+    CK_BBOOL token, private, sensitive, extractable, wrap, unwrap, encrypt, decrypt;
+    CK_RV value_rv, wrap_rv;
+    uint8_t wrapped[64];
+    size_t wrapped_len;
+};
+
+/* The KEK's attributes, and C_WrapKey(CKM_AES_KEY_WRAP) of a session key of known value under it.
+ */
+static CK_RV kek_fn(eg_p11_call *call, void *arg)
+{
+    struct kek_args *a = arg;
+    CK_ATTRIBUTE f = {CKA_LABEL, (void *)a->label, strlen(a->label)};
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &a->cls, sizeof(a->cls)},
+                        {CKA_KEY_TYPE, &a->type, sizeof(a->type)},
+                        {CKA_VALUE_LEN, &a->value_len, sizeof(a->value_len)},
+                        {CKA_TOKEN, &a->token, sizeof(a->token)},
+                        {CKA_PRIVATE, &a->private, sizeof(a->private)},
+                        {CKA_SENSITIVE, &a->sensitive, sizeof(a->sensitive)},
+                        {CKA_EXTRACTABLE, &a->extractable, sizeof(a->extractable)},
+                        {CKA_WRAP, &a->wrap, sizeof(a->wrap)},
+                        {CKA_UNWRAP, &a->unwrap, sizeof(a->unwrap)},
+                        {CKA_ENCRYPT, &a->encrypt, sizeof(a->encrypt)},
+                        {CKA_DECRYPT, &a->decrypt, sizeof(a->decrypt)}};
+    uint8_t value[64];
+    CK_ATTRIBUTE v = {CKA_VALUE, value, sizeof(value)};
+    CK_KEY_TYPE aes = CKK_AES;
+    CK_BBOOL yes = CK_TRUE;
+    CK_ATTRIBUTE ct[] = {{CKA_KEY_TYPE, &aes, sizeof(aes)}, {CKA_EXTRACTABLE, &yes, sizeof(yes)}};
+    CK_MECHANISM mech = {CKM_AES_KEY_WRAP, NULL, 0};
+    CK_OBJECT_HANDLE kek, cek;
+    eg_p11_temp_objs objs;
+    CK_RV rv;
+
+    a->wrapped_len = sizeof(a->wrapped);
+    if ((rv = eg_p11_find_objects(call, &f, 1, &kek, 1, &a->found)) != CKR_OK || a->found == 0 ||
+        (rv = eg_p11_get_attributes(call, kek, t, sizeof(t) / sizeof(t[0]))) != CKR_OK)
+        return rv;
+    a->value_rv = eg_p11_get_attributes(call, kek, &v, 1);
+    OPENSSL_cleanse(value, sizeof(value));
+    eg_p11_temp_init(&objs);
+    if ((rv = eg_p11_temp_secret_import(call, a->cek, 32, ct, 2, &objs, &cek)) == CKR_OK)
+        a->wrap_rv = eg_p11_wrap_key(call, &mech, kek, cek, a->wrapped, &a->wrapped_len);
+    eg_p11_temp_destroy(call, &objs);
+    return rv;
+}
+
+/* RFC 3394 in software: what a device holding the same KEK computes. */
+static size_t soft_wrap(const uint8_t *kek, const uint8_t *in, uint8_t *out)
+{
+    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+    int n = 0, m = 0;
+
+    if (ctx == NULL || EVP_EncryptInit_ex(ctx, EVP_aes_256_wrap(), NULL, kek, NULL) != 1 ||
+        EVP_EncryptUpdate(ctx, out, &n, in, 32) != 1 || EVP_EncryptFinal_ex(ctx, out + n, &m) != 1)
+        n = m = 0;
+    EVP_CIPHER_CTX_free(ctx);
+    return (size_t)(n + m);
+}
+
+static void check_kek(const char *label, const uint8_t *file_key)
+{
+    uint8_t cek[32], want[40];
+    struct kek_args a;
+    eg_token *tok = NULL;
+
+    memset(&a, 0, sizeof(a));
+    memset(cek, 0x5c, sizeof(cek));
+    a.label = label;
+    a.cek = cek;
+    CU_ASSERT_EQUAL_FATAL(open_token(&tok), 0);
+    CU_ASSERT_EQUAL(eg_token_run(tok, kek_fn, &a), CKR_OK);
+    CU_ASSERT_EQUAL_FATAL(a.found, 1);
+    CU_ASSERT(a.cls == CKO_SECRET_KEY && a.type == CKK_AES && a.value_len == 32);
+    CU_ASSERT(a.token && a.private && a.sensitive && !a.extractable && a.wrap);
+    CU_ASSERT(!a.unwrap && !a.encrypt && !a.decrypt);
+    CU_ASSERT_EQUAL(a.value_rv, CKR_ATTRIBUTE_SENSITIVE);
+    if (kind == EG_TH_P11KIT && a.wrap_rv != CKR_OK) {
+        printf("(p11-kit 0.24.1 does not forward C_WrapKey: %s) ", eg_p11_rv_name(a.wrap_rv));
+    } else {
+        CU_ASSERT_EQUAL(a.wrap_rv, CKR_OK);
+        CU_ASSERT_EQUAL(soft_wrap(file_key, cek, want), 40);
+        CU_ASSERT(a.wrapped_len == 40 && memcmp(a.wrapped, want, 40) == 0);
+    }
+    eg_token_free(tok);
+}
+
+static int write_key_file(const char *path, const void *data, size_t len)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    bool ok = fd >= 0 && write(fd, data, len) == (ssize_t)len;
+
+    if (fd >= 0)
+        close(fd);
+    return ok ? 0 : -1;
+}
+
+static void test_kek_import_wraps_as_the_device_would(void)
+{
+    eg_child_result *r = calloc(1, sizeof(*r));
+    uint8_t key[32], id[] = {0x4b, 0x45, 0x4b, 0x01};
+    char path[PATH_MAX], line[640], *uri;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    CU_ASSERT_EQUAL_FATAL(RAND_bytes(key, sizeof(key)), 1);
+    CU_ASSERT_EQUAL_FATAL(write_key_file(tpath(path, "kek.bin"), key, sizeof(key)), 0);
+    provision(r, NULL, NULL, "kek", "import", "--label", "kek-1", "--id", "4B454B01", "--key-file",
+              path, NULL);
+    CU_ASSERT_EQUAL(r->code, 0);
+    uri = eg_p11_uri_format(eg_th_config(th)->token_label, "kek-1", id, sizeof(id), "secret-key");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(uri);
+    snprintf(line, sizeof(line), "%s\nserverkeygen_kek = 4b454b01 %s\n", uri, uri);
+    CU_ASSERT_STRING_EQUAL(r->out, line);
+    check_kek("kek-1", key);
+    /* list shows it, wrap-only */
+    provision(r, NULL, NULL, "list", NULL);
+    CU_ASSERT_EQUAL(r->code, 0);
+    snprintf(line, sizeof(line), "secret key %s\n  size: 256 bits\n", uri);
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->out, line));
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->out, "sensitive: yes, extractable: no, wrap: yes"));
+    /* never replaced: not by label, not by id */
+    provision(r, NULL, NULL, "kek", "import", "--label", "kek-1", "--id", "4b454b02", "--key-file",
+              path, NULL);
+    CU_ASSERT_EQUAL(r->code, 73);
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->err, "kek-1"));
+    provision(r, NULL, NULL, "kek", "import", "--label", "kek-2", "--id", "4b454b01", "--key-file",
+              path, NULL);
+    CU_ASSERT_EQUAL(r->code, 73);
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->err, "4b454b01"));
+    OPENSSL_cleanse(key, sizeof(key));
+    OPENSSL_free(uri);
+    free(r);
+}
+
+static void test_kek_import_refuses_bad_key_files(void)
+{
+    eg_child_result *r = calloc(1, sizeof(*r));
+    uint8_t key[20];
+    char path[PATH_MAX];
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    memset(key, 0xa5, sizeof(key));
+    CU_ASSERT_EQUAL_FATAL(write_key_file(tpath(path, "kek20.bin"), key, sizeof(key)), 0);
+    provision(r, NULL, NULL, "kek", "import", "--label", "kek-20", "--id", "20", "--key-file", path,
+              NULL);
+    CU_ASSERT_EQUAL(r->code, 65);
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->err, "holds 20 octets"));
+    /* 33 hex digits are neither raw nor hex */
+    CU_ASSERT_EQUAL_FATAL(write_key_file(path, "000102030405060708090a0b0c0d0e0f0\n", 34), 0);
+    provision(r, NULL, NULL, "kek", "import", "--label", "kek-20", "--id", "20", "--key-file", path,
+              NULL);
+    CU_ASSERT_EQUAL(r->code, 65);
+    /* 32 hex digits and a newline: an AES-128 key */
+    CU_ASSERT_EQUAL_FATAL(write_key_file(path, "000102030405060708090a0b0c0d0e0f\n", 33), 0);
+    provision(r, NULL, NULL, "kek", "import", "--label", "kek-128", "--id", "80", "--key-file",
+              path, NULL);
+    CU_ASSERT_EQUAL(r->code, 0);
+    provision(r, NULL, NULL, "list", NULL);
+    CU_ASSERT_PTR_NOT_NULL(
+        strstr(r->out, "object=kek-128;id=%80;type=secret-key\n  size: 128 bits"));
+    CU_ASSERT_PTR_NULL(strstr(r->out, "kek-20"));
+    free(r);
+}
+
 /* ---- errors ---- */
 
 static void test_wrong_pin_exits_77_and_writes_nothing(void)
@@ -781,6 +954,10 @@ static CU_TestInfo tests[] = {
     {"ca import: refuses another key's certificate, takes its own",
      test_ca_import_refuses_other_key_then_takes_its_own},
     {"list shows the URIs", test_list_shows_uris},
+    {"kek import: wrap-only token AES key, wraps as the device would",
+     test_kek_import_wraps_as_the_device_would},
+    {"kek import: 20 octets and odd hex refused (65), hex AES-128 taken",
+     test_kek_import_refuses_bad_key_files},
     {"wrong PIN: exit 77, nothing written", test_wrong_pin_exits_77_and_writes_nothing},
     {"unknown token: exit 69", test_unknown_token_exits_69},
     {"bad --key and bad options: exit 64", test_bad_key_exits_64},

@@ -20,22 +20,27 @@
 static const char list_help[] =
     "usage: estgate-provision list TOKEN-OPTIONS\n"
     "\n"
-    "Lists the private keys, public keys and certificates in the token with\n"
-    "their PKCS#11 URIs (RFC 7512); for private keys the type and size and the\n"
-    "security attributes (CKA_SENSITIVE, CKA_ALWAYS_SENSITIVE, CKA_EXTRACTABLE,\n"
-    "CKA_NEVER_EXTRACTABLE), for certificates the subject, issuer and expiry.\n"
+    "Lists the private keys, public keys, certificates and secret keys in the\n"
+    "token with their PKCS#11 URIs (RFC 7512); for private keys the type and size\n"
+    "and the security attributes (CKA_SENSITIVE, CKA_ALWAYS_SENSITIVE,\n"
+    "CKA_EXTRACTABLE, CKA_NEVER_EXTRACTABLE), for certificates the subject, issuer\n"
+    "and expiry, for secret keys (serverkeygen's pre-shared keys) the size and\n"
+    "CKA_SENSITIVE, CKA_EXTRACTABLE and CKA_WRAP.\n"
     "\n" EG_PROV_TOKEN_HELP;
 
 static const struct option list_opts[] = {EG_PROV_TOKEN_LONGOPTS, {NULL, 0, NULL, 0}};
 
-enum obj_kind { OBJ_PRIVATE, OBJ_PUBLIC, OBJ_CERT };
-static const char *const kind_type[] = {"private", "public", "cert"};
-static const char *const kind_title[] = {"private key", "public key", "certificate"};
+enum obj_kind { OBJ_PRIVATE, OBJ_PUBLIC, OBJ_CERT, OBJ_SECRET };
+static const char *const kind_type[] = {"private", "public", "cert", "secret-key"};
+static const char *const kind_title[] = {"private key", "public key", "certificate", "secret key"};
 
 struct list_obj {
     enum obj_kind kind;
     char *uri;
     X509 *cert;
+    /* Secret keys: read while enumerating, as they cannot be opened as eg_p11_key. */
+    CK_ULONG value_len;
+    CK_BBOOL sensitive, extractable, wrap;
 };
 
 struct listing {
@@ -96,6 +101,21 @@ static CK_RV get_var(eg_p11_call *call, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE ty
     return rv;
 }
 
+/* Size and usage of a secret key; what a token will not say is shown as unknown. */
+static void secret_attrs(eg_p11_call *call, CK_OBJECT_HANDLE h, struct list_obj *o)
+{
+    CK_ATTRIBUTE t[] = {{CKA_VALUE_LEN, &o->value_len, sizeof(o->value_len)},
+                        {CKA_SENSITIVE, &o->sensitive, sizeof(o->sensitive)},
+                        {CKA_EXTRACTABLE, &o->extractable, sizeof(o->extractable)},
+                        {CKA_WRAP, &o->wrap, sizeof(o->wrap)}};
+    size_t i;
+
+    o->value_len = 0;
+    o->sensitive = o->extractable = o->wrap = 2; /* neither CK_TRUE nor CK_FALSE: unknown */
+    for (i = 0; i < sizeof(t) / sizeof(t[0]); i++)
+        eg_p11_get_attributes(call, h, &t[i], 1);
+}
+
 struct enum_args {
     struct listing *ls;
     const char *token;
@@ -104,7 +124,8 @@ struct enum_args {
 
 static CK_RV add_class(eg_p11_call *call, struct enum_args *a, enum obj_kind kind)
 {
-    static const CK_OBJECT_CLASS classes[] = {CKO_PRIVATE_KEY, CKO_PUBLIC_KEY, CKO_CERTIFICATE};
+    static const CK_OBJECT_CLASS classes[] = {CKO_PRIVATE_KEY, CKO_PUBLIC_KEY, CKO_CERTIFICATE,
+                                              CKO_SECRET_KEY};
     CK_ATTRIBUTE t = {CKA_CLASS, (void *)&classes[kind], sizeof(classes[kind])};
     CK_OBJECT_HANDLE *h = OPENSSL_malloc(EG_LIST_MAX * sizeof(*h));
     CK_ULONG n = 0, i;
@@ -126,6 +147,8 @@ static CK_RV add_class(eg_p11_call *call, struct enum_args *a, enum obj_kind kin
             if (der != NULL)
                 cert = d2i_X509(NULL, &p, (long)derlen);
             a->rc = listing_add(a->ls, a->token, kind, (char *)label, id, idlen, cert);
+            if (a->rc == EG_EXIT_OK && kind == OBJ_SECRET)
+                secret_attrs(call, h[i], &a->ls->objs[a->ls->n - 1]);
         }
         X509_free(cert);
         OPENSSL_free(label);
@@ -145,7 +168,7 @@ static CK_RV enumerate_fn(eg_p11_call *call, void *arg)
 
     listing_clear(a->ls);
     a->rc = EG_EXIT_OK;
-    for (k = OBJ_PRIVATE; rv == CKR_OK && a->rc == EG_EXIT_OK && k <= OBJ_CERT; k++)
+    for (k = OBJ_PRIVATE; rv == CKR_OK && a->rc == EG_EXIT_OK && k <= OBJ_SECRET; k++)
         rv = add_class(call, a, (enum obj_kind)k);
     return rv;
 }
@@ -208,6 +231,21 @@ static void print_private(BIO *out, eg_token *tok, const struct list_obj *o)
     eg_p11_key_free(key);
 }
 
+static const char *bool_text(CK_BBOOL v)
+{
+    return v == CK_TRUE ? "yes" : v == CK_FALSE ? "no" : "unknown";
+}
+
+static void print_secret(BIO *out, const struct list_obj *o)
+{
+    if (o->value_len > 0)
+        BIO_printf(out, "  size: %lu bits\n", (unsigned long)o->value_len * 8);
+    else
+        BIO_printf(out, "  size: unknown\n");
+    BIO_printf(out, "  sensitive: %s, extractable: %s, wrap: %s\n", bool_text(o->sensitive),
+               bool_text(o->extractable), bool_text(o->wrap));
+}
+
 static void print_cert(BIO *out, X509 *cert)
 {
     BIO_printf(out, "  subject: ");
@@ -232,6 +270,8 @@ static int print_listing(eg_token *tok, const struct listing *ls)
         BIO_printf(out, "%s %s\n", kind_title[ls->objs[i].kind], ls->objs[i].uri);
         if (ls->objs[i].kind == OBJ_PRIVATE)
             print_private(out, tok, &ls->objs[i]);
+        else if (ls->objs[i].kind == OBJ_SECRET)
+            print_secret(out, &ls->objs[i]);
         else if (ls->objs[i].cert != NULL)
             print_cert(out, ls->objs[i].cert);
     }

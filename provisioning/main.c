@@ -15,6 +15,7 @@ static const char usage[] =
     "  ca create     make the CA key in the token, with a self-signed root or a CSR\n"
     "  ca import     import the CA certificate issued for the CSR, and its chain\n"
     "  tls create    make the appliance TLS key and its certificate from the token CA\n"
+    "  kek import    import a pre-shared AES key for serverkeygen (DecryptKeyIdentifier)\n"
     "  list          list the token's keys and certificates with their URIs\n"
     "  bundle        fleet trust bundles: signer create, create, verify, install\n"
     "  bootstrap     factory bootstrap certificates for a batch of devices\n"
@@ -29,6 +30,7 @@ static const struct {
     {"init-token", eg_prov_cmd_init_token},
     {"ca", eg_prov_cmd_ca},
     {"tls", eg_prov_cmd_tls},
+    {"kek", eg_prov_cmd_kek},
     {"list", eg_prov_cmd_list},
     {"bundle", eg_prov_cmd_bundle},
     {"bootstrap", eg_prov_cmd_bootstrap},

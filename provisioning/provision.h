@@ -40,6 +40,7 @@ int eg_prov_cmd_init_token(int argc, char **argv);
 int eg_prov_cmd_ca(int argc, char **argv); /* dispatches "ca create" and "ca import" */
 int eg_prov_cmd_ca_import(int argc, char **argv);
 int eg_prov_cmd_tls(int argc, char **argv);
+int eg_prov_cmd_kek(int argc, char **argv); /* dispatches "kek import" */
 int eg_prov_cmd_list(int argc, char **argv);
 int eg_prov_cmd_bundle(int argc, char **argv); /* bundle create, verify, signer create */
 int eg_prov_cmd_bootstrap(int argc, char **argv);

@@ -13,6 +13,11 @@
  *            (a new P-256 key, simpleenroll with HTTP Basic)
  *   reenroll --key K --cert C --cert-out C2 [--rekey --key-out K2]
  *            (simplereenroll authenticated by the client certificate C)
+ *   serverkeygen --user U --pass-file F --cn CN [--dns NAME] [--key-type ec|rsa]
+ *            --key-out K --cert-out C
+ *            (serverkeygen with HTTP Basic; the CSR's own key is P-256 or RSA-2048;
+ *            writes the server's key (PKCS#8) and certificate, and checks that
+ *            they belong together: prints "key matches certificate")
  * Exit status 0 on success; on failure the HTTP status (if any) and message go
  * to stderr and the status is 1.
  */
@@ -23,6 +28,7 @@ import java.math.BigInteger;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Paths;
+import java.nio.file.attribute.PosixFilePermissions;
 import java.security.KeyPair;
 import java.security.KeyPairGenerator;
 import java.security.KeyStore;
@@ -34,6 +40,7 @@ import java.security.cert.TrustAnchor;
 import java.security.cert.X509Certificate;
 import java.security.spec.ECGenParameterSpec;
 import java.util.HashMap;
+import java.util.Arrays;
 import java.util.HashSet;
 import java.util.Map;
 import java.util.Set;
@@ -42,12 +49,22 @@ import javax.security.auth.x500.X500Principal;
 
 import org.bouncycastle.asn1.ASN1ObjectIdentifier;
 import org.bouncycastle.asn1.pkcs.PKCSObjectIdentifiers;
+import org.bouncycastle.asn1.pkcs.PrivateKeyInfo;
 import org.bouncycastle.asn1.x509.Extension;
 import org.bouncycastle.asn1.x509.ExtensionsGenerator;
 import org.bouncycastle.asn1.x509.GeneralName;
 import org.bouncycastle.asn1.x509.GeneralNames;
 import org.bouncycastle.cert.X509CertificateHolder;
 import org.bouncycastle.cert.jcajce.JcaX509CertificateConverter;
+import org.bouncycastle.crypto.params.AsymmetricKeyParameter;
+import org.bouncycastle.crypto.params.ECPrivateKeyParameters;
+import org.bouncycastle.crypto.params.ECPublicKeyParameters;
+import org.bouncycastle.crypto.params.Ed25519PrivateKeyParameters;
+import org.bouncycastle.crypto.params.Ed25519PublicKeyParameters;
+import org.bouncycastle.crypto.params.RSAKeyParameters;
+import org.bouncycastle.crypto.params.RSAPrivateCrtKeyParameters;
+import org.bouncycastle.crypto.util.PrivateKeyFactory;
+import org.bouncycastle.crypto.util.PublicKeyFactory;
 import org.bouncycastle.est.CACertsResponse;
 import org.bouncycastle.est.CSRRequestResponse;
 import org.bouncycastle.est.ESTException;
@@ -67,6 +84,7 @@ import org.bouncycastle.operator.jcajce.JcaContentSignerBuilder;
 import org.bouncycastle.pkcs.PKCS10CertificationRequest;
 import org.bouncycastle.pkcs.PKCS10CertificationRequestBuilder;
 import org.bouncycastle.pkcs.jcajce.JcaPKCS10CertificationRequestBuilder;
+import org.bouncycastle.util.io.pem.PemObject;
 
 public final class EstClient {
     private final Map<String, String> opts = new HashMap<>();
@@ -123,6 +141,11 @@ public final class EstClient {
 
     private static PKCS10CertificationRequest csr(KeyPair kp, X500Principal subject, GeneralNames sans)
             throws Exception {
+        return csr(kp, subject, sans, "SHA256withECDSA");
+    }
+
+    private static PKCS10CertificationRequest csr(KeyPair kp, X500Principal subject, GeneralNames sans,
+            String sigAlg) throws Exception {
         PKCS10CertificationRequestBuilder rb = new JcaPKCS10CertificationRequestBuilder(subject,
                 kp.getPublic());
         if (sans != null) {
@@ -130,7 +153,7 @@ public final class EstClient {
             eg.addExtension(Extension.subjectAlternativeName, false, sans);
             rb.addAttribute(PKCSObjectIdentifiers.pkcs_9_at_extensionRequest, eg.generate());
         }
-        ContentSigner signer = new JcaContentSignerBuilder("SHA256withECDSA").build(kp.getPrivate());
+        ContentSigner signer = new JcaContentSignerBuilder(sigAlg).build(kp.getPrivate());
         return rb.build(signer);
     }
 
@@ -238,13 +261,88 @@ public final class EstClient {
         return 0;
     }
 
+    /*
+     * The public half computed from the private key itself (not from a public
+     * key the PKCS#8 may carry beside it) against the certificate's key.
+     */
+    private static void checkKeyMatches(PrivateKeyInfo pki, X509CertificateHolder cert)
+            throws Exception {
+        AsymmetricKeyParameter priv = PrivateKeyFactory.createKey(pki);
+        AsymmetricKeyParameter pub = PublicKeyFactory.createKey(cert.getSubjectPublicKeyInfo());
+        boolean same;
+
+        if (priv instanceof RSAPrivateCrtKeyParameters && pub instanceof RSAKeyParameters) {
+            RSAPrivateCrtKeyParameters k = (RSAPrivateCrtKeyParameters) priv;
+            RSAKeyParameters p = (RSAKeyParameters) pub;
+            same = k.getModulus().equals(p.getModulus())
+                    && k.getPublicExponent().equals(p.getExponent());
+        } else if (priv instanceof ECPrivateKeyParameters && pub instanceof ECPublicKeyParameters) {
+            ECPrivateKeyParameters k = (ECPrivateKeyParameters) priv;
+            ECPublicKeyParameters p = (ECPublicKeyParameters) pub;
+            same = k.getParameters().getCurve().equals(p.getParameters().getCurve())
+                    && k.getParameters().getG().multiply(k.getD()).normalize().equals(p.getQ());
+        } else if (priv instanceof Ed25519PrivateKeyParameters
+                && pub instanceof Ed25519PublicKeyParameters) {
+            same = Arrays.equals(((Ed25519PrivateKeyParameters) priv).generatePublicKey().getEncoded(),
+                    ((Ed25519PublicKeyParameters) pub).getEncoded());
+        } else {
+            throw new IllegalStateException("the returned key (" + pki.getPrivateKeyAlgorithm()
+                    .getAlgorithm().getId() + ") and the certificate's key are not of one known type");
+        }
+        if (!same)
+            throw new IllegalStateException("the returned key does not match the certificate");
+        System.out.println("key matches certificate");
+    }
+
+    private int serverkeygen() throws Exception {
+        String pass = new String(Files.readAllBytes(Paths.get(need("pass-file"))),
+                StandardCharsets.UTF_8).split("\r?\n")[0];
+        String type = opts.getOrDefault("key-type", "ec");
+        KeyPair kp;
+        String sigAlg;
+        if (type.equals("ec")) {
+            kp = newKey();
+            sigAlg = "SHA256withECDSA";
+        } else if (type.equals("rsa")) {
+            KeyPairGenerator g = KeyPairGenerator.getInstance("RSA");
+            g.initialize(2048);
+            kp = g.generateKeyPair();
+            sigAlg = "SHA256withRSA";
+        } else {
+            throw new IllegalArgumentException("--key-type " + type + ": ec or rsa");
+        }
+        GeneralNames sans = opts.containsKey("dns")
+                ? new GeneralNames(new GeneralName(GeneralName.dNSName, opts.get("dns")))
+                : null;
+        PKCS10CertificationRequest req = csr(kp, new X500Principal("CN=" + need("cn")), sans, sigAlg);
+        /* Credentials on the first request, as in enroll (BC 1.72's HttpAuth fails on the 401). */
+        String basic = java.util.Base64.getEncoder().encodeToString(
+                (need("user") + ":" + pass).getBytes(StandardCharsets.UTF_8));
+        EnrollmentResponse r = service(null).simpleEnrollWithServersideCreation(req,
+                b -> b.setHeader("Authorization", "Basic " + basic));
+        X509CertificateHolder cert = issued(r);
+        PrivateKeyInfo pki = r.getPrivateKeyInfo();
+        if (pki == null)
+            throw new IllegalStateException("no private key in the response");
+        checkKeyMatches(pki, cert);
+        /* A private key: owner-only from creation, never briefly world-readable. */
+        Files.deleteIfExists(Paths.get(need("key-out")));
+        Files.createFile(Paths.get(need("key-out")),
+                PosixFilePermissions.asFileAttribute(PosixFilePermissions.fromString("rw-------")));
+        writePem(need("key-out"), new PemObject("PRIVATE KEY", pki.getEncoded()));
+        writePem(need("cert-out"), cert);
+        System.out.println("issued serial " + cert.getSerialNumber().toString(16));
+        return 0;
+    }
+
     public static void main(String[] args) {
         int rc;
 
         Security.addProvider(new BouncyCastleProvider());
         try {
             if (args.length == 0)
-                throw new IllegalArgumentException("usage: EstClient cacerts|csrattrs|enroll|reenroll ...");
+                throw new IllegalArgumentException(
+                        "usage: EstClient cacerts|csrattrs|enroll|reenroll|serverkeygen ...");
             EstClient c = new EstClient(args, 1);
             switch (args[0]) {
             case "cacerts":
@@ -258,6 +356,9 @@ public final class EstClient {
                 break;
             case "reenroll":
                 rc = c.reenroll();
+                break;
+            case "serverkeygen":
+                rc = c.serverkeygen();
                 break;
             default:
                 throw new IllegalArgumentException("unknown command " + args[0]);
