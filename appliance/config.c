@@ -27,7 +27,7 @@
 #include "config.h"
 #include "skg.h"
 
-#define MAX_KEYS 16 /* keys per section table */
+#define MAX_KEYS 32 /* keys in the largest table (profile_keys); checked at build time below */
 #define SHOWN    48 /* characters of a bad value quoted in a message */
 
 typedef enum sec_kind { SEC_NONE, SEC_SERVER, SEC_TOKEN, SEC_PROFILE, SEC_SKIP } sec_kind;
@@ -1029,6 +1029,12 @@ static const key_spec profile_keys[] = {
     {.name = "serverkeygen_rsa", .kind = V_FN, .parse = parse_skg_rsa},
     {.name = NULL},
 };
+
+/* Every table's keys must fit section_seen.key_line (one slot is the terminator). */
+_Static_assert(sizeof(profile_keys) / sizeof(profile_keys[0]) <= MAX_KEYS + 1,
+               "MAX_KEYS is smaller than profile_keys");
+_Static_assert(sizeof(server_keys) / sizeof(server_keys[0]) <= MAX_KEYS + 1,
+               "MAX_KEYS is smaller than server_keys");
 
 static int key_index(const key_spec *keys, const char *name)
 {

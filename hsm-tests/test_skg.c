@@ -35,6 +35,7 @@
 #include "p11.h"
 #include "skg.h"
 #include "estgated_fixture.h"
+#include "password_local.h"
 #include "procmem.h"
 #include "token_harness.h"
 
@@ -43,6 +44,7 @@
 static eg_th_kind kind;
 static eg_th *th;
 static char dir[1024], ini[PATH_MAX], ca[PATH_MAX], daemon_log[PATH_MAX], kek_hex[65];
+static char pass[PATH_MAX], user[64]; /* Basic: the password file, and "alice:PASSWORD" */
 static unsigned port;
 static pid_t daemon_pid;
 static eg_child_result *res;
@@ -129,7 +131,7 @@ static int kek(void)
             argv[n++] = "--init-args";
             argv[n++] = (char *)c->init_args;
         }
-        argv[n++] = "--token-label";
+        argv[n++] = "--token";
         argv[n++] = (char *)c->token_label;
         argv[n++] = "--pin-file";
         argv[n++] = (char *)c->pin_file;
@@ -144,11 +146,34 @@ static int kek(void)
     }
 }
 
+/* The token label as a URI attribute value: blanks (NSS's "NSS Certificate DB") as %20. */
+static const char *uri_label(void)
+{
+    static char out[128];
+    const char *in = eg_th_config(th)->token_label;
+    size_t o = 0;
+
+    for (; *in != '\0' && o + 4 < sizeof(out); in++)
+        o += (size_t)(*in == ' ' ? snprintf(out + o, 4, "%%20") : snprintf(out + o, 2, "%c", *in));
+    return out;
+}
+
 static int write_config(bool skg)
 {
     const eg_token_config *c = eg_th_config(th);
-    char text[8192], extra[1024] = "";
+    char text[8192], extra[1024] = "", *hash = NULL;
+    unsigned char rnd[12];
     int n;
+
+    /* Basic auth, as a fleet would use it: a random password in a 0600 file. */
+    if (RAND_bytes(rnd, sizeof(rnd)) != 1)
+        return -1;
+    n = snprintf(user, sizeof(user), "alice:");
+    for (size_t i = 0; i < sizeof(rnd); i++)
+        n += snprintf(user + n, sizeof(user) - (size_t)n, "%02x", rnd[i]);
+    if (eg_file_write(pass, user + 6, strlen(user + 6), 0600) != 0 ||
+        eg_password_hash_cost(user + 6, 10000, &hash) != 0)
+        return -1;
 
     if (kind == EG_TH_NSS)
         snprintf(extra, sizeof(extra),
@@ -156,7 +181,7 @@ static int write_config(bool skg)
                  "serverkeygen_kek = " KEK_ID " pkcs11:token=%s;object=kek-fleet\n"
                  "serverkeygen_csr_key = yes\n"
                  "serverkeygen_rsa = oaep-sha256, oaep-sha1, pkcs1\n",
-                 c->token_label);
+                 uri_label());
     n = snprintf(text, sizeof(text),
                  "[server]\nlisten = 127.0.0.1:0\n"
                  "tls_key = pkcs11:token=%s;object=tls;type=private\n"
@@ -164,19 +189,20 @@ static int write_config(bool skg)
                  "\n[token]\nmodule = %s\n%s%s%slabel = %s\npin_file = %s\n"
                  "\n[profile default]\n"
                  "ca_key = pkcs11:token=%s;object=ca;type=private\nca_chain = %s\n"
-                 "auth = none\nsan = dns:.example.com\nmax_days = 30\n"
+                 "auth = basic\nuser = alice:%s\nsan = dns:.example.com\nmax_days = 30\n"
                  "%s%s%s"
                  "\n[profile nokg]\n"
                  "ca_key = pkcs11:token=%s;object=ca;type=private\nca_chain = %s\n"
                  "auth = none\nsan = dns:.example.com\n",
-                 c->token_label, c->module_path, c->init_args ? "init_args = " : "",
+                 uri_label(), c->module_path, c->init_args ? "init_args = " : "",
                  c->init_args ? c->init_args : "", c->init_args ? "\n" : "", c->token_label,
-                 c->pin_file, c->token_label, ca,
+                 c->pin_file, uri_label(), ca, hash,
                  skg ? (kind == EG_TH_NSS ? "serverkeygen = plaintext, encrypt\n"
                                           : "serverkeygen = plaintext\n")
                      : "",
                  skg ? "serverkeygen_key_types = ec:P-256, ec:P-384, rsa:2048\n" : "",
-                 skg ? extra : "", c->token_label, ca);
+                 skg ? extra : "", uri_label(), ca);
+    free(hash);
     return n > 0 && (size_t)n < sizeof(text) ? eg_file_write(ini, text, (size_t)n, 0600) : -1;
 }
 
@@ -190,6 +216,7 @@ static int suite_init(void)
     tpath(ini, "estgated.ini");
     tpath(ca, "ca.pem");
     tpath(daemon_log, "estgated.log");
+    tpath(pass, "basic.pass");
     if (eg_fx_provision(th, "CN=skg CA", ca, tpath(tls, "tls-chain.pem"), res) != 0 ||
         recipients() != 0)
         return -1;
@@ -307,8 +334,8 @@ static int post(answer *a, const char *label, const unsigned char *csr, size_t c
     }
     snprintf(data, sizeof(data), "@%s", b64);
     if (cmd("curl", "-sS", "--cacert", ca, "-o", tpath(body, "resp.body"), "-D",
-            tpath(hdr, "resp.hdr"), "-w", "%{http_code}", "-H", ct, "--data-binary", data, url,
-            NULL) != 0)
+            tpath(hdr, "resp.hdr"), "-w", "%{http_code}", "-u", user, "-H", ct, "--data-binary",
+            data, url, NULL) != 0)
         return -1;
     a->status = atoi(res->out);
     headers = eg_file_read(hdr, &hlen);
@@ -534,6 +561,10 @@ static void test_bouncy_castle_client(void)
                     server,
                     "--trust",
                     ca,
+                    "--user",
+                    "alice",
+                    "--pass-file",
+                    pass,
                     "--cn",
                     "bc-kg.example.com",
                     "--dns",

@@ -8,24 +8,43 @@
 
 #include "estgated_fixture.h"
 
+/* estgate-provision WORD WORD with the token's options, then the rest (NULL-terminated). */
+static int provision(eg_th *th, eg_child_result *r, const char *const *words)
+{
+    const eg_token_config *c = eg_th_config(th);
+    char tool[PATH_MAX], *argv[48];
+    int n = 0;
+
+    argv[n++] = (char *)eg_child_built("provisioning/estgate-provision", tool);
+    argv[n++] = (char *)words[0];
+    argv[n++] = (char *)words[1];
+    argv[n++] = "--module";
+    argv[n++] = (char *)c->module_path;
+    if (c->init_args != NULL) { /* NSS: where its database is */
+        argv[n++] = "--init-args";
+        argv[n++] = (char *)c->init_args;
+    }
+    argv[n++] = "--token";
+    argv[n++] = (char *)c->token_label;
+    argv[n++] = "--pin-file";
+    argv[n++] = (char *)c->pin_file;
+    for (size_t i = 2; words[i] != NULL && n < 47; i++)
+        argv[n++] = (char *)words[i];
+    argv[n] = NULL;
+    return eg_child_run(eg_th_dir(th), NULL, argv, r) == 0 ? 0 : -1;
+}
+
 int eg_fx_provision(eg_th *th, const char *ca_subject, const char *ca_out, const char *tls_out,
                     eg_child_result *r)
 {
-    const eg_token_config *c = eg_th_config(th);
-    char tool[PATH_MAX];
+    const char *ca[] = {"ca",        "create",   "--label",       "ca",     "--key", "ec-p256",
+                        "--subject", ca_subject, "--self-signed", "--days", "3650",  "--out",
+                        ca_out,      NULL};
+    const char *tls[] = {"tls",        "create", "--label", "tls",       "--key", "ec-p256",
+                         "--ca-label", "ca",     "--dns",   "localhost", "--ip",  "127.0.0.1",
+                         "--days",     "30",     "--out",   tls_out,     NULL};
 
-    eg_child_built("provisioning/estgate-provision", tool);
-    if (eg_child_cmd(eg_th_dir(th), r, tool, "ca", "create", "--module", c->module_path, "--token",
-                     c->token_label, "--pin-file", c->pin_file, "--label", "ca", "--key", "ec-p256",
-                     "--subject", ca_subject, "--self-signed", "--days", "3650", "--out", ca_out,
-                     NULL) != 0)
-        return -1;
-    return eg_child_cmd(eg_th_dir(th), r, tool, "tls", "create", "--module", c->module_path,
-                        "--token", c->token_label, "--pin-file", c->pin_file, "--label", "tls",
-                        "--key", "ec-p256", "--ca-label", "ca", "--dns", "localhost", "--ip",
-                        "127.0.0.1", "--days", "30", "--out", tls_out, NULL) == 0
-               ? 0
-               : -1;
+    return provision(th, r, ca) == 0 && provision(th, r, tls) == 0 ? 0 : -1;
 }
 
 /* The ports of the first nports "listening on" lines of log; 0 when all are there. */
