@@ -366,8 +366,18 @@ static EVP_PKEY *new_key(const char *alg)
     return EVP_PKEY_Q_keygen(NULL, NULL, "EC", alg);
 }
 
+/* As make_csr, and the CSR's own key written to key_out (PEM) when it is not NULL. */
+static unsigned char *make_csr_key(const char *alg, const char *cn, const attr *attrs, size_t n,
+                                   size_t *len, const char *key_out);
+
 static unsigned char *make_csr(const char *alg, const char *cn, const attr *attrs, size_t n,
                                size_t *len)
+{
+    return make_csr_key(alg, cn, attrs, n, len, NULL);
+}
+
+static unsigned char *make_csr_key(const char *alg, const char *cn, const attr *attrs, size_t n,
+                                   size_t *len, const char *key_out)
 {
     X509_REQ *req = X509_REQ_new();
     EVP_PKEY *k = new_key(alg);
@@ -391,6 +401,13 @@ static unsigned char *make_csr(const char *alg, const char *cn, const attr *attr
     }
     if (X509_REQ_sign(req, k, EVP_sha256()) > 0)
         dlen = i2d_X509_REQ(req, &der);
+    if (key_out != NULL) {
+        BIO *b = BIO_new_file(key_out, "w");
+
+        if (b == NULL || PEM_write_bio_PrivateKey(b, k, NULL, NULL, 0, NULL, NULL) != 1)
+            dlen = 0;
+        BIO_free(b);
+    }
     sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
     X509_NAME_free(name);
     EVP_PKEY_free(k);
@@ -680,8 +697,10 @@ typedef struct enc_case {
     const char *rcpt;    /* recipient certificate by SKI; NULL: none */
     bool kek;            /* DecryptKeyIdentifier */
     const char *caps[3]; /* SMIMECapabilities OIDs, NULL-terminated; none: no attribute */
-    const char *inkey;   /* for cms -decrypt: recipient key file name (without .key) */
+    const char *inkey;   /* for cms -decrypt: recipient key file name (without .key);
+                            "csr": the CSR's own key */
     const char *want;    /* expected in the audit line: recipient=... */
+    const char *gen;     /* the key expected back: "P-256" or "RSA" */
 } enc_case;
 
 static void encrypted(const enc_case *c)
@@ -703,13 +722,20 @@ static void encrypted(const enc_case *c)
     if (ncaps > 0)
         at[n++] =
             (attr){OID_SMIME_CAPS, V_ASN1_SEQUENCE, capder, smime_caps(c->caps, ncaps, capder)};
-    CU_ASSERT_PTR_NOT_NULL_FATAL(csr = make_csr(c->key_alg, "enc.example.com", at, n, &len));
+    snprintf(inkey, sizeof(inkey), "%s/%s.key", dir, c->inkey ? c->inkey : "");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(
+        csr = make_csr_key(c->key_alg, "enc.example.com", at, n, &len,
+                           c->inkey && strcmp(c->inkey, "csr") == 0 ? inkey : NULL));
     CU_ASSERT_EQUAL(post(&a, "", csr, len, NULL), 200);
     if (a.status != 200)
         fprintf(stderr, "serverkeygen %s: %d %s\n", c->what, a.status, a.text);
     CU_ASSERT_STRING_EQUAL(a.key_type, "application/pkcs7-mime; smime-type=server-generated-key");
     if (a.status == 200) {
-        snprintf(inkey, sizeof(inkey), "%s/%s.key", dir, c->inkey ? c->inkey : "");
+        char *log = eg_file_read(daemon_log, NULL), want[96];
+
+        snprintf(want, sizeof(want), "recipient=%s", c->want);
+        CU_ASSERT(log != NULL && strstr(log, want) != NULL);
+        free(log);
         if (c->kek)
             CU_ASSERT_EQUAL(cms_decrypt(&a, tpath(p8, "key.p8"), "-secretkey", kek_hex,
                                         "-secretkeyid", KEK_ID, NULL),
@@ -717,7 +743,7 @@ static void encrypted(const enc_case *c)
         else
             CU_ASSERT_EQUAL(cms_decrypt(&a, tpath(p8, "key.p8"), "-inkey", inkey, NULL), 0);
         if ((p8der = eg_file_read(p8, &p8len)) != NULL) {
-            EVP_PKEY_free(check_key((unsigned char *)p8der, p8len, &a, "P-256"));
+            EVP_PKEY_free(check_key((unsigned char *)p8der, p8len, &a, c->gen));
             free(p8der);
         }
     }
@@ -728,12 +754,43 @@ static void encrypted(const enc_case *c)
 static void test_encrypted_to_every_recipient_kind(void)
 {
     static const enc_case cases[] = {
-        {"ktri oaep-sha256", "P-256", "rcpt-rsa", false, {NULL}, "rcpt-rsa", "rsa-oaep-sha256"},
-        {"ktri oaep-sha1", "P-256", "rcpt-rsa", false, {OID_OAEP}, "rcpt-rsa", "rsa-oaep-sha1"},
-        {"ktri pkcs1", "P-256", "rcpt-rsa", false, {OID_RSA}, "rcpt-rsa", "rsa-pkcs1"},
-        {"kekri aes-256", "P-256", NULL, true, {NULL}, NULL, "kek-256"},
-        {"kari P-256", "P-256", "rcpt-p256", false, {NULL}, "rcpt-p256", "ecdh-P-256"},
-        {"kari P-384", "P-256", "rcpt-p384", false, {NULL}, "rcpt-p384", "ecdh-P-256"},
+        {"ktri oaep-sha256",
+         "P-256",
+         "rcpt-rsa",
+         false,
+         {NULL},
+         "rcpt-rsa",
+         "rsa-oaep-sha256",
+         "P-256"},
+        {"ktri oaep-sha1",
+         "P-256",
+         "rcpt-rsa",
+         false,
+         {OID_OAEP},
+         "rcpt-rsa",
+         "rsa-oaep-sha1",
+         "P-256"},
+        {"ktri pkcs1", "P-256", "rcpt-rsa", false, {OID_RSA}, "rcpt-rsa", "rsa-pkcs1", "P-256"},
+        {"kekri aes-256", "P-256", NULL, true, {NULL}, NULL, "kek-256", "P-256"},
+        {"kekri, an RSA key generated", "RSA", NULL, true, {NULL}, NULL, "kek-256", "RSA"},
+        {"kari P-256", "P-256", "rcpt-p256", false, {NULL}, "rcpt-p256", "ecdh-P-256", "P-256"},
+        {"kari P-384", "P-256", "rcpt-p384", false, {NULL}, "rcpt-p384", "ecdh-P-384", "P-256"},
+        {"ktri to the CSR's own RSA key",
+         "RSA",
+         NULL,
+         false,
+         {OID_OAEP},
+         "csr",
+         "rsa-oaep-sha1 (csr key)",
+         "RSA"},
+        {"kari to the CSR's own EC key",
+         "P-256",
+         NULL,
+         false,
+         {OID_ECDH_SHA256},
+         "csr",
+         "ecdh-P-256 (csr key)",
+         "P-256"},
     };
 
     if (kind != EG_TH_NSS)
