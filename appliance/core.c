@@ -494,6 +494,12 @@ static int skg_check(eg_core *core, const profile_set *set, const char *path)
             return -1;
         core->probed = true;
         core->probed_rsa = rsa;
+        if (core->caps.wraps_unextractable)
+            fprintf(stderr,
+                    "estgated: note: token '%s' wraps keys marked not extractable (NSS "
+                    "softoken does); estgate wraps only the session keys it makes for "
+                    "serverkeygen\n",
+                    eg_token_label(core->tok));
     }
     for (size_t i = 0; i < set->n; i++) {
         skg_where w = {path, &set->profiles[i].cfg};

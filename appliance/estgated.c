@@ -181,10 +181,21 @@ static int run(const char *path)
 
     block_signals(&set);
     /* serverkeygen's plaintext keys live only here between the token and SSL_write: locked
-       out of swap where the limits allow (2), and wiped on free either way. */
-    if (CRYPTO_secure_malloc_init(EG_SECURE_HEAP, 64) == 0)
+       out of swap where RLIMIT_MEMLOCK allows (1; 2 is usable but not locked), wiped on
+       free either way. */
+    switch (CRYPTO_secure_malloc_init(EG_SECURE_HEAP, 64)) {
+    case 1:
+        break;
+    case 2:
+        fprintf(stderr, "estgated: the secure heap could not be locked in memory "
+                        "(RLIMIT_MEMLOCK); plaintext serverkeygen keys are wiped after use but "
+                        "could be swapped\n");
+        break;
+    default:
         fprintf(stderr, "estgated: no secure heap; plaintext serverkeygen keys are wiped after "
-                        "use but may be swapped\n");
+                        "use but live in the ordinary heap\n");
+        break;
+    }
     if (eg_config_load(path, &cfg, &errs) != 0) {
         eg_config_errors_print(&errs, path, stderr);
         eg_config_errors_clear(&errs);
