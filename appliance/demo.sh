@@ -91,6 +91,20 @@ client_ca = ca.pem
 san = dns:.example.com
 eku = clientAuth
 max_days = 30
+
+# /.well-known/est/keygen/: the appliance makes the device's key in the token
+# (RFC 7030 serverkeygen). SoftHSM can only return it in plaintext over TLS,
+# which this profile opts in to; see docs/serverkeygen.md.
+[profile keygen]
+ca_key = pkcs11:token=estgate-demo;object=demo-ca;type=private
+ca_chain = ca.pem
+auth = basic
+user = demo:$hash
+san = dns:.example.com
+eku = clientAuth
+max_days = 90
+serverkeygen = plaintext
+serverkeygen_key_types = ec:P-256, rsa:2048
 CONFIG
     touch "$demo/ready"
 fi
@@ -134,6 +148,12 @@ Try it from another terminal:
   curl -sS --cacert ca.pem --cert dev.pem --key dev.key -H 'Content-Type: application/pkcs10' \\
       --data-binary @dev.csr $url/iot/simplereenroll | openssl base64 -d |
       openssl pkcs7 -inform DER -print_certs -out dev-renewed.pem
+  # a key made in the token for the device (serverkeygen, profile keygen): the answer is
+  # multipart/mixed, an application/pkcs8 part (the key) and a certs-only part
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout /dev/null \\
+      -subj /CN=dev2.example.com -addext subjectAltName=DNS:dev2.example.com -out dev2.csr
+  curl -sS --cacert ca.pem -u "demo:\$(cat basic.pass)" -H 'Content-Type: application/pkcs10' \\
+      --data-binary @dev2.csr $url/keygen/serverkeygen
 
 HOWTO
 exec "$estgated" -c "$demo/estgated.ini"
