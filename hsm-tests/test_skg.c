@@ -927,15 +927,18 @@ typedef struct gen_case {
     bool kek;
     const char *bad_kek_uri; /* replaces the KEK's URI: the token fails after keys were made */
     bool force_cbc;          /* claim CBC_PAD works: SoftHSM then fails mid-way */
+    const char *rcpt;        /* AsymmetricDecryptKeyIdentifier of this recipient, encrypt on */
     eg_status want;
+    const char *reason; /* in why, when not EG_OK */
 } gen_case;
 
 static void generate_in_process(eg_token *tok, const eg_skg_caps *real, eg_profile_cfg *p,
                                 const eg_skg_profile *sp, const gen_case *c)
 {
-    unsigned char kid[4] = {0x0a, 0x1b, 0x2c, 0x3d}, *der;
+    unsigned char kid[4] = {0x0a, 0x1b, 0x2c, 0x3d}, ski[64], *der;
     attr at = {OID_DECRYPT_KID, V_ASN1_OCTET_STRING, kid, sizeof(kid)};
     eg_skg_caps caps = *real;
+    unsigned modes = p->skg_modes;
     eg_skg_result r = {0};
     eg_csr *csr = NULL;
     char why[256] = "", *saved = p->nskg_keks > 0 ? p->skg_keks[0].uri : NULL;
@@ -947,13 +950,19 @@ static void generate_in_process(eg_token *tok, const eg_skg_caps *real, eg_profi
         caps.cbc_pad = CKR_OK;
     if (c->bad_kek_uri != NULL && saved != NULL)
         p->skg_keks[0].uri = (char *)c->bad_kek_uri;
-    der = make_csr(c->key_alg, "tok.example.com", &at, c->kek ? 1 : 0, &len);
+    if (c->rcpt != NULL) { /* as a profile that asked for encrypt would, past the start check */
+        at = (attr){OID_ASYM_KID, V_ASN1_OCTET_STRING, ski, ski_of(c->rcpt, ski)};
+        p->skg_modes |= EG_SKG_ENCRYPT;
+    }
+    der = make_csr(c->key_alg, "tok.example.com", &at, c->kek || c->rcpt ? 1 : 0, &len);
     CU_ASSERT_FATAL(der != NULL && eg_csr_parse(der, len, &csr) == 0);
     st = eg_skg_generate(tok, &caps, p, sp, csr, &r, why, sizeof(why));
     if (st != c->want)
         fprintf(stderr, "%s: status %d, want %d: %s\n", c->what, st, c->want, why);
     CU_ASSERT_EQUAL(st, c->want);
+    CU_ASSERT(c->reason == NULL || strstr(why, c->reason) != NULL);
     CU_ASSERT_EQUAL(st == EG_OK, r.pub != NULL && r.key != NULL);
+    p->skg_modes = modes;
     after = session_objects(tok);
     CU_ASSERT(before >= 0 && after == before);
     if (after != before)
@@ -968,27 +977,33 @@ static void generate_in_process(eg_token *tok, const eg_skg_caps *real, eg_profi
 static void test_nothing_left_in_the_token(void)
 {
     static const gen_case plain[] = {
-        {"plaintext P-256", "P-256", false, NULL, false, EG_OK},
-        {"plaintext, CBC_PAD refused mid-way", "P-256", false, NULL, true, EG_MALFORMED},
+        {"plaintext P-256", "P-256", false, NULL, false, NULL, EG_OK, NULL},
+        {"plaintext, CBC_PAD refused mid-way", "P-256", false, NULL, true, NULL, EG_MALFORMED,
+         "CKM_AES_CBC_PAD"},
+        /* SoftHSM has no X9.63 KDF: an EC recipient is one this token cannot serve. */
+        {"a P-256 recipient on SoftHSM", "P-256", false, NULL, false, "rcpt-p256", EG_MALFORMED,
+         "CKD_SHA256_KDF"},
     };
     static const gen_case enc[] = {
-        {"plaintext P-256", "P-256", false, NULL, false, EG_OK},
-        {"encrypted to the KEK", "P-256", true, NULL, false, EG_OK},
-        {"the KEK missing from the token", "P-256", true, "pkcs11:object=no-such-kek", false,
-         EG_MALFORMED},
+        {"plaintext P-256", "P-256", false, NULL, false, NULL, EG_OK, NULL},
+        {"encrypted to the KEK", "P-256", true, NULL, false, NULL, EG_OK, NULL},
+        {"the KEK missing from the token", "P-256", true, "pkcs11:object=no-such-kek", false, NULL,
+         EG_MALFORMED, "finding the pre-shared key"},
     };
     eg_config_errors errs = {0};
     eg_config *cfg = NULL;
     eg_token *tok = NULL;
     eg_skg_caps caps;
     eg_skg_profile sp = {0};
-    char err[256];
+    char err[PATH_MAX];
     eg_profile_cfg *p;
 
     if (kind == EG_TH_P11KIT)
         return;
     CU_ASSERT_FATAL(eg_config_load(ini, &cfg, &errs) == 0);
     p = &cfg->profiles[0];
+    if (p->skg_recipients_file == NULL) /* softhsm: the recipients, for the refusal case */
+        p->skg_recipients_file = strdup(tpath(err, "recipients.pem"));
     CU_ASSERT_FATAL(eg_token_open(eg_th_config(th), &tok) == 0);
     CU_ASSERT_FATAL(eg_skg_probe(tok, false, &caps) == 0);
     CU_ASSERT_FATAL(eg_skg_profile_load(p, &sp, err, sizeof(err)) == 0);
