@@ -697,8 +697,8 @@ static void sign_and_record(enroll *e, const eg_intent_result *ir, const X509_NA
     char why[256], serial[48];
     unsigned char *der = NULL;
     int n = 0;
-    X509 *x = eg_issue_build(&e->prof->pol, &e->prof->ca, e->csr, e->kg.pub, subject, ir->serial,
-                             ir->serial_len, val, why, sizeof(why));
+    X509 *x = eg_issue_build(&e->prof->pol, &e->prof->ca, e->csr, e->skg ? &e->kg.pub : NULL,
+                             subject, ir->serial, ir->serial_len, val, why, sizeof(why));
 
     hex(ir->serial, ir->serial_len, serial, sizeof(serial));
     if (x == NULL || eg_issue_lint(&e->prof->pol, &e->prof->ca, x, why, sizeof(why)) != 0) {
@@ -732,16 +732,13 @@ static void sign_and_record(enroll *e, const eg_intent_result *ir, const X509_NA
 static void request_hash(const enroll *e, uint8_t out[32])
 {
     EVP_MD_CTX *md = EVP_MD_CTX_new();
-    unsigned char *spki = NULL;
-    int n = e->skg ? i2d_PUBKEY(e->kg.pub, &spki) : 0;
     unsigned len = 32;
 
     if (md == NULL || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1 ||
         EVP_DigestUpdate(md, e->req->csr, e->req->csr_len) != 1 ||
-        (n > 0 && EVP_DigestUpdate(md, spki, (size_t)n) != 1) ||
+        (e->skg && EVP_DigestUpdate(md, e->kg.pub.bits, e->kg.pub.len) != 1) ||
         EVP_DigestFinal_ex(md, out, &len) != 1)
         RAND_bytes(out, 32); /* never a wrong replay: at worst no replay at all */
-    OPENSSL_free(spki);
     EVP_MD_CTX_free(md);
 }
 

@@ -200,9 +200,25 @@ static int set_serial(X509 *x, const uint8_t *serial, size_t len)
     return ok ? 0 : -1;
 }
 
-X509 *eg_issue_build(const eg_policy *pol, const eg_issue_ca *ca, const eg_csr *req, EVP_PKEY *key,
-                     const X509_NAME *subject, const uint8_t *serial, size_t serial_len,
-                     const eg_validity *val, char *reason, size_t cap)
+static int set_pubkey(X509 *x, const eg_pubkey_bits *k)
+{
+    ASN1_OBJECT *alg =
+        OBJ_nid2obj(k->type == EVP_PKEY_RSA ? NID_rsaEncryption : NID_X9_62_id_ecPublicKey);
+    ASN1_OBJECT *curve = k->type == EVP_PKEY_EC ? OBJ_nid2obj(k->curve_nid) : NULL;
+    unsigned char *bits = OPENSSL_memdup(k->bits, k->len);
+
+    if (alg != NULL && bits != NULL && (k->type == EVP_PKEY_RSA || curve != NULL) &&
+        X509_PUBKEY_set0_param(X509_get_X509_PUBKEY(x), alg,
+                               k->type == EVP_PKEY_RSA ? V_ASN1_NULL : V_ASN1_OBJECT, curve, bits,
+                               (int)k->len) == 1)
+        return 0;
+    OPENSSL_free(bits); /* OBJ_nid2obj objects are static */
+    return -1;
+}
+
+X509 *eg_issue_build(const eg_policy *pol, const eg_issue_ca *ca, const eg_csr *req,
+                     const eg_pubkey_bits *key, const X509_NAME *subject, const uint8_t *serial,
+                     size_t serial_len, const eg_validity *val, char *reason, size_t cap)
 {
     X509 *x = X509_new();
 
@@ -212,7 +228,7 @@ X509 *eg_issue_build(const eg_policy *pol, const eg_issue_ca *ca, const eg_csr *
         X509_set_subject_name(x, subject) != 1 ||
         ASN1_TIME_set(X509_getm_notBefore(x), val->not_before) == NULL ||
         ASN1_TIME_set(X509_getm_notAfter(x), val->not_after) == NULL ||
-        (key != NULL ? X509_set_pubkey(x, key) != 1 : eg_csr_copy_pubkey(req, x) != 0)) {
+        (key != NULL ? set_pubkey(x, key) : eg_csr_copy_pubkey(req, x)) != 0) {
         fail(reason, cap, "cannot build the certificate");
         goto err;
     }

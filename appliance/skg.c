@@ -44,7 +44,8 @@ typedef struct skg_job {
     int kt;                /* KTRI: EG_SKG_RSA_* */
     const eg_p11_uri *kek; /* KEKRI */
     /* out */
-    EVP_PKEY *pub;
+    uint8_t *pub; /* the public key's bits: EC point, or DER RSAPublicKey */
+    size_t pub_len;
     uint8_t *plain; /* MODE_PLAIN: the PKCS#8, secure heap */
     size_t plain_len;
     uint8_t iv[IV_LEN];
@@ -56,12 +57,13 @@ typedef struct skg_job {
 
 static void job_out_clear(skg_job *j)
 {
-    EVP_PKEY_free(j->pub);
+    OPENSSL_free(j->pub);
     OPENSSL_secure_clear_free(j->plain, j->plain_len);
     OPENSSL_free(j->ct);
     OPENSSL_free(j->ek);
     OPENSSL_free(j->eph);
     j->pub = NULL;
+    j->pub_len = 0;
     j->plain = j->ct = j->ek = j->eph = NULL;
     j->plain_len = j->ct_len = j->ek_len = j->eph_len = 0;
 }
@@ -70,7 +72,7 @@ void eg_skg_result_clear(eg_skg_result *r)
 {
     if (r == NULL)
         return;
-    EVP_PKEY_free(r->pub);
+    OPENSSL_free((uint8_t *)r->pub.bits);
     if (r->key_secure)
         OPENSSL_secure_clear_free(r->key, r->key_len);
     else
@@ -154,6 +156,64 @@ static CK_RV ec_point(eg_p11_call *call, CK_OBJECT_HANDLE pub, uint8_t **out, si
     ASN1_OCTET_STRING_free(os);
     OPENSSL_free(der);
     ERR_clear_error();
+    return rv;
+}
+
+/* DER INTEGER of a big-endian unsigned value at p (room for len + 6). */
+static size_t der_uint(uint8_t *p, const uint8_t *v, size_t len)
+{
+    size_t o = 0, n;
+    bool pad;
+
+    while (len > 1 && v[0] == 0)
+        v++, len--;
+    pad = (v[0] & 0x80) != 0;
+    n = len + pad;
+    p[o++] = 0x02;
+    if (n < 0x80) {
+        p[o++] = (uint8_t)n;
+    } else if (n < 0x100) {
+        p[o++] = 0x81;
+        p[o++] = (uint8_t)n;
+    } else {
+        p[o++] = 0x82;
+        p[o++] = (uint8_t)(n >> 8);
+        p[o++] = (uint8_t)n;
+    }
+    if (pad)
+        p[o++] = 0;
+    memcpy(p + o, v, len);
+    return o + len;
+}
+
+/* The RSAPublicKey (RFC 8017 A.1.1) of an RSA public key object. */
+static CK_RV rsa_public(eg_p11_call *call, CK_OBJECT_HANDLE pub, uint8_t **out, size_t *len)
+{
+    uint8_t *n = NULL, *e = NULL, *der = NULL;
+    size_t nlen = 0, elen = 0, body, o = 0;
+    CK_RV rv;
+
+    if ((rv = eg_p11_get_attribute_alloc(call, pub, CKA_MODULUS, &n, &nlen)) != CKR_OK ||
+        (rv = eg_p11_get_attribute_alloc(call, pub, CKA_PUBLIC_EXPONENT, &e, &elen)) != CKR_OK)
+        goto out;
+    rv = CKR_HOST_MEMORY;
+    if (nlen == 0 || elen == 0 || nlen > 1024 || elen > 16 ||
+        (der = OPENSSL_malloc(nlen + elen + 20)) == NULL)
+        goto out;
+    body = der_uint(der + 4, n, nlen);
+    body += der_uint(der + 4 + body, e, elen);
+    der[o++] = 0x30;
+    der[o++] = 0x82; /* a 2048-bit modulus alone is over 255 octets */
+    der[o++] = (uint8_t)(body >> 8);
+    der[o++] = (uint8_t)body;
+    *out = der;
+    *len = o + body;
+    der = NULL;
+    rv = CKR_OK;
+out:
+    OPENSSL_free(n);
+    OPENSSL_free(e);
+    OPENSSL_free(der);
     return rv;
 }
 
@@ -371,7 +431,8 @@ static CK_RV job_fn(eg_p11_call *call, void *arg)
     if ((rv = make_pair(call, &j->spec, false, &objs, &pub, &priv)) != CKR_OK)
         goto out;
     j->step = "reading the public key";
-    if ((rv = eg_p11_object_public(call, pub, &j->pub)) != CKR_OK)
+    if ((rv = j->spec.type == EG_KEY_EC ? ec_point(call, pub, &j->pub, &j->pub_len)
+                                        : rsa_public(call, pub, &j->pub, &j->pub_len)) != CKR_OK)
         goto out;
     rv = j->mode == MODE_PLAIN ? export_plain(call, j, &objs, priv)
                                : encrypt_key(call, j, &objs, priv);
@@ -738,7 +799,12 @@ eg_status eg_skg_generate(eg_token *tok, const eg_skg_caps *caps, const eg_profi
     } else {
         r.key_ctype = EG_SKG_CT_ENVELOPED;
     }
-    r.pub = j.pub;
+    r.pub = (eg_pubkey_bits){
+        .type = j.spec.type == EG_KEY_RSA ? EVP_PKEY_RSA : EVP_PKEY_EC,
+        .curve_nid = j.spec.curve_nid,
+        .bits = j.pub,
+        .len = j.pub_len,
+    };
     j.pub = NULL;
     *out = r;
     memset(&r, 0, sizeof(r));

@@ -21,6 +21,7 @@
 #include "config.h"
 #include "core.h"
 #include "csr.h"
+#include "issue.h"
 #include "p11.h"
 
 /* What one token can do for serverkeygen; each CK_RV is what the probe's operation answered. */
@@ -74,8 +75,8 @@ void eg_skg_profile_clear(eg_skg_profile *p);
 
 /* One generated key, ready for its certificate and its answer. */
 typedef struct eg_skg_result {
-    EVP_PKEY *pub; /* the public half, for the certificate */
-    uint8_t *key;  /* the key part's DER: EnvelopedData, or the PKCS#8 (secure heap) */
+    eg_pubkey_bits pub; /* the public half, for the certificate; pub.bits is owned here */
+    uint8_t *key;       /* the key part's DER: EnvelopedData, or the PKCS#8 (secure heap) */
     size_t key_len;
     bool key_secure;       /* key is in the secure heap and holds a plaintext private key */
     const char *key_ctype; /* EG_SKG_CT_* */

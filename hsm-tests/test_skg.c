@@ -961,7 +961,7 @@ static void generate_in_process(eg_token *tok, const eg_skg_caps *real, eg_profi
         fprintf(stderr, "%s: status %d, want %d: %s\n", c->what, st, c->want, why);
     CU_ASSERT_EQUAL(st, c->want);
     CU_ASSERT(c->reason == NULL || strstr(why, c->reason) != NULL);
-    CU_ASSERT_EQUAL(st == EG_OK, r.pub != NULL && r.key != NULL);
+    CU_ASSERT_EQUAL(st == EG_OK, r.pub.bits != NULL && r.key != NULL);
     p->skg_modes = modes;
     after = session_objects(tok);
     CU_ASSERT(before >= 0 && after == before);
