@@ -22,6 +22,7 @@
 #include <openssl/pkcs7.h>
 #include <openssl/rsa.h>
 #include <openssl/x509v3.h>
+#include <sqlite3.h>
 
 #include "audit.h"
 #include "core.h"
@@ -398,6 +399,72 @@ static void test_good_csr_issued_and_verifies(void)
     eg_answer_clear(&a);
     X509_free(x);
     free(csr);
+}
+
+/* The audit rows of a principal in the ledger, oldest first, as
+   "type|profile|peer|detail|intent" lines (intent: the issuance's serial in hex, or "-"). */
+static int audit_rows(const char *principal, char *out, size_t cap)
+{
+    static const char sql[] =
+        "SELECT group_concat(line, char(10)) FROM (SELECT a.type || '|' || a.profile || '|' ||"
+        " a.peer || '|' || a.detail || '|' || CASE WHEN i.id IS NULL THEN '-' ELSE "
+        "lower(hex(i.serial)) END AS line"
+        " FROM audit a LEFT JOIN issuance i ON i.id = a.intent_id WHERE a.principal = ?1"
+        " ORDER BY a.id)";
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    int rc = -1;
+
+    if (sqlite3_open_v2(ledger_path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+        sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_bind_text(st, 1, principal, -1, SQLITE_STATIC) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW) {
+        snprintf(out, cap, "%s",
+                 sqlite3_column_text(st, 0) ? (const char *)sqlite3_column_text(st, 0) : "");
+        rc = 0;
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return rc;
+}
+
+/* Each outcome leaves exactly one audit row, tied to its issuance when there is one. */
+static void test_audit_rows_of_an_enrollment(void)
+{
+    size_t len, bad_len, i;
+    uint8_t *csr = make_csr(key_b, "CN=audited", "DNS:audited.example.com", NULL, NULL, &len);
+    uint8_t *bad = make_csr(key_b, "CN=audited", "DNS:evil.com", NULL, NULL, &bad_len);
+    char serial[48] = "", want[1024], rows[2048];
+    const ASN1_INTEGER *sn;
+    eg_answer a;
+    X509 *x;
+
+    CU_ASSERT_FATAL(csr != NULL && bad != NULL);
+    enroll("iot", "basic:audrey", csr, len, NULL, 0, &a);
+    CU_ASSERT_EQUAL_FATAL(a.status, EG_OK);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(x = answer_cert(&a));
+    sn = X509_get0_serialNumber(x);
+    for (i = 0; i < (size_t)ASN1_STRING_length(sn) && 2 * i + 2 < sizeof(serial); i++)
+        snprintf(serial + 2 * i, 3, "%02x", ASN1_STRING_get0_data(sn)[i]);
+    X509_free(x);
+    eg_answer_clear(&a);
+    enroll("iot", "basic:audrey", csr, len, NULL, 0, &a); /* sent again */
+    CU_ASSERT_EQUAL(a.status, EG_OK);
+    eg_answer_clear(&a);
+    enroll("iot", "basic:audrey", bad, bad_len, NULL, 0, &a);
+    CU_ASSERT_EQUAL(a.status, EG_FORBIDDEN);
+    eg_answer_clear(&a);
+    snprintf(want, sizeof(want),
+             "issued|iot|192.0.2.7|serial=%s|%s\n"
+             "issued|iot|192.0.2.7|serial=%s (sent again)|%s\n"
+             "policy|iot|192.0.2.7|dim=san SAN dns:evil.com is not allowed by this profile|-",
+             serial, serial, serial, serial);
+    CU_ASSERT_EQUAL_FATAL(audit_rows("basic:audrey", rows, sizeof(rows)), 0);
+    CU_ASSERT_STRING_EQUAL(rows, want);
+    if (strcmp(rows, want) != 0)
+        printf("\n  audit rows:\n%s\n  wanted:\n%s\n", rows, want);
+    free(csr);
+    free(bad);
 }
 
 static void test_rsa_key_gets_key_encipherment(void)
@@ -1066,6 +1133,7 @@ static int suite_clean(void)
 static CU_TestInfo tests[] = {
     {"a good CSR is issued, verifies, obeys the profile; a retry gets the same certificate",
      test_good_csr_issued_and_verifies},
+    {"each outcome leaves one audit row, tied to its issuance", test_audit_rows_of_an_enrollment},
     {"an RSA key gets keyEncipherment", test_rsa_key_gets_key_encipherment},
     {"the ledger counts the certificates", test_ledger_counts_certificates},
     {"policy refusals name their dimension", test_policy_refusals_name_their_dimension},
