@@ -107,6 +107,7 @@ static void profile_clear(core_profile *p)
     free(p->cfg.subject_template);
     for (i = 0; i < p->cfg.nsans; i++)
         free(p->cfg.sans[i].pattern);
+    EVP_MD_CTX_free(p->ca.sign);
     EVP_PKEY_free(p->ca.key);
     X509_free(p->ca.cert);
     free(p->cacerts);
@@ -313,6 +314,10 @@ static int load_ca(core_profile *p, char *err, size_t cap)
     /* Cache the CA's extensions now, while one thread owns it. */
     X509_check_purpose(p->ca.cert, -1, 0);
     p->ca.md = ca_digest(X509_get0_pubkey(p->ca.cert));
+    if (eg_issue_ca_ready(&p->ca) != 0) {
+        snprintf(err, cap, "cannot make a signing context for %s", p->cfg.ca_key_uri);
+        goto out;
+    }
     p->ca.not_before = asn1_time_unix(X509_get0_notBefore(p->ca.cert));
     p->ca.not_after = asn1_time_unix(X509_get0_notAfter(p->ca.cert));
     if (cacerts_der(chain, &p->cacerts, &p->cacerts_len) != 0) {
