@@ -120,27 +120,41 @@ void eg_audit_format(const eg_audit_record *rec, char *buf, size_t cap)
         put_field(&l, "reason", rec->reason);
 }
 
-int eg_audit_emit(eg_ledger *lg, const eg_audit_record *rec)
+void eg_audit_log(const eg_audit_record *rec)
 {
-    char line[1024], detail[320];
-    eg_audit_event ev = {0};
+    char line[1024];
 
     eg_audit_format(rec, line, sizeof(line) - 1);
     /* One write per line, so concurrent events do not interleave. */
     strcat(line, "\n");
     fputs(line, stderr);
-    if (lg == NULL || rec->kind == EG_AUDIT_CACERTS)
-        return 0;
+}
+
+void eg_audit_event_fill(const eg_audit_record *rec, eg_audit_event *ev, char *detail, size_t cap)
+{
     if (rec->dim != EG_DIM_NONE)
-        snprintf(detail, sizeof(detail), "dim=%s %s", eg_policy_dim_name(rec->dim),
+        snprintf(detail, cap, "dim=%s %s", eg_policy_dim_name(rec->dim),
                  rec->reason ? rec->reason : "");
     else
-        snprintf(detail, sizeof(detail), "%s", rec->reason ? rec->reason : "");
-    ev.type = eg_audit_kind_name(rec->kind);
-    ev.profile = rec->profile;
-    ev.principal = rec->principal;
-    ev.peer = rec->peer;
-    ev.detail = detail;
-    ev.intent_id = rec->intent_id;
+        snprintf(detail, cap, "%s", rec->reason ? rec->reason : "");
+    *ev = (eg_audit_event){
+        .type = eg_audit_kind_name(rec->kind),
+        .profile = rec->profile,
+        .principal = rec->principal,
+        .peer = rec->peer,
+        .detail = detail,
+        .intent_id = rec->intent_id,
+    };
+}
+
+int eg_audit_emit(eg_ledger *lg, const eg_audit_record *rec)
+{
+    char detail[EG_AUDIT_DETAIL_MAX];
+    eg_audit_event ev;
+
+    eg_audit_log(rec);
+    if (lg == NULL || rec->kind == EG_AUDIT_CACERTS)
+        return 0;
+    eg_audit_event_fill(rec, &ev, detail, sizeof(detail));
     return eg_ledger_audit(lg, &ev) == 0 ? 0 : -1;
 }

@@ -24,6 +24,13 @@ typedef struct eg_audit_record {
    0 when stored (or not meant to be), -1 when the ledger refused it. */
 int eg_audit_emit(eg_ledger *lg, const eg_audit_record *rec);
 
+/* The two halves of eg_audit_emit, for a caller that stores the row with other ledger work
+   (eg_ledger_complete_issue_audit): the log line alone, and the row, whose detail is written
+   into detail[cap] (EG_AUDIT_DETAIL_MAX). */
+#define EG_AUDIT_DETAIL_MAX 320
+void eg_audit_log(const eg_audit_record *rec);
+void eg_audit_event_fill(const eg_audit_record *rec, eg_audit_event *ev, char *detail, size_t cap);
+
 /* Formats the log line into buf (always NUL-terminated); for tests and the emitter. */
 void eg_audit_format(const eg_audit_record *rec, char *buf, size_t cap);
 

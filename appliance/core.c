@@ -120,6 +120,7 @@ static void profile_clear(core_profile *p)
     for (i = 0; i < p->cfg.nskg_keks; i++)
         free(p->cfg.skg_keks[i].uri);
     eg_skg_profile_clear(&p->skg);
+    EVP_MD_CTX_free(p->ca.sign);
     EVP_PKEY_free(p->ca.key);
     X509_free(p->ca.cert);
     free(p->cacerts);
@@ -333,6 +334,10 @@ static int load_ca(core_profile *p, char *err, size_t cap)
     /* Cache the CA's extensions now, while one thread owns it. */
     X509_check_purpose(p->ca.cert, -1, 0);
     p->ca.md = ca_digest(X509_get0_pubkey(p->ca.cert));
+    if (eg_issue_ca_ready(&p->ca) != 0) {
+        snprintf(err, cap, "cannot make a signing context for %s", p->cfg.ca_key_uri);
+        goto out;
+    }
     p->ca.not_before = asn1_time_unix(X509_get0_notBefore(p->ca.cert));
     p->ca.not_after = asn1_time_unix(X509_get0_notAfter(p->ca.cert));
     if (cacerts_der(chain, &p->cacerts, &p->cacerts_len) != 0) {
@@ -563,6 +568,7 @@ typedef struct enroll {
     core_profile *prof;
     eg_csr *csr;
     int64_t intent_id;
+    bool audited; /* the audit row went into the ledger with the certificate */
     eg_answer a;
     bool skg;         /* serverkeygen: the key is the token's, not the CSR's */
     eg_skg_result kg; /* serverkeygen: the generated key */
@@ -690,6 +696,41 @@ static void fail_intent(enroll *e, const char *why)
                 (long long)e->intent_id, why);
 }
 
+/* The audit record of e's outcome, as its answer says it. */
+static eg_audit_record audit_record(const enroll *e, const char *label)
+{
+    return (eg_audit_record){
+        .kind = e->a.event,
+        .dim = e->a.dim,
+        .profile = e->prof ? e->prof->cfg.name : label,
+        .principal = e->req->principal,
+        .peer = e->req->peer,
+        .reason = e->a.reason,
+        .intent_id = e->intent_id,
+    };
+}
+
+/*
+ * The certificate in e->a.der and the audit row of its issue, in one ledger
+ * operation: one wait for the writer's commit instead of two, and no
+ * certificate stored without its row.
+ */
+static int record_issued(enroll *e, const char *serial)
+{
+    char detail[EG_AUDIT_DETAIL_MAX];
+    eg_audit_record rec;
+    eg_audit_event ev;
+
+    answer_set(&e->a, EG_OK, ok_kind(e), EG_DIM_NONE, "serial=%s%s%s", serial, e->skg ? " " : "",
+               e->skg ? e->kg.what : "");
+    rec = audit_record(e, NULL);
+    eg_audit_event_fill(&rec, &ev, detail, sizeof(detail));
+    if (eg_ledger_complete_issue_audit(e->core->lg, e->intent_id, e->a.der, e->a.der_len, &ev) != 0)
+        return -1;
+    e->audited = true;
+    return 0;
+}
+
 /* Build, lint, sign in the token, record. The intent is completed or failed on every path. */
 static void sign_and_record(enroll *e, const eg_intent_result *ir, const X509_NAME *subject,
                             const eg_validity *val)
@@ -708,17 +749,15 @@ static void sign_and_record(enroll *e, const eg_intent_result *ir, const X509_NA
         fail_intent(e, why);
         answer_set(&e->a, EG_UNAVAILABLE, EG_AUDIT_UNAVAILABLE, EG_DIM_NONE, "%s", why);
         e->a.retry_after = 5;
-    } else if ((n = i2d_X509(x, &der)) <= 0 ||
-               eg_ledger_complete_issue(e->core->lg, e->intent_id, der, (size_t)n) != 0) {
+    } else if ((n = i2d_X509(x, &der)) <= 0 || answer_copy(&e->a, der, (size_t)n) != 0) {
+        fail_intent(e, "out of memory");
+        answer_set(&e->a, EG_INTERNAL, EG_AUDIT_INTERNAL, EG_DIM_NONE, "out of memory");
+    } else if (record_issued(e, serial) != 0) {
         fail_intent(e, "the certificate could not be recorded");
+        eg_answer_clear(&e->a);
         answer_set(&e->a, EG_UNAVAILABLE, EG_AUDIT_UNAVAILABLE, EG_DIM_NONE,
                    "the ledger did not record the certificate");
         e->a.retry_after = 5;
-    } else if (answer_copy(&e->a, der, (size_t)n) != 0) {
-        answer_set(&e->a, EG_INTERNAL, EG_AUDIT_INTERNAL, EG_DIM_NONE, "out of memory");
-    } else {
-        answer_set(&e->a, EG_OK, ok_kind(e), EG_DIM_NONE, "serial=%s%s%s", serial,
-                   e->skg ? " " : "", e->skg ? e->kg.what : "");
     }
     OPENSSL_free(der);
     X509_free(x);
@@ -865,16 +904,11 @@ static int run(eg_core *core, const eg_enroll_req *req, bool skg, eg_answer *out
                    "there is no profile \"%s\"", label);
     else if (check_request(&e) == 0 && (!skg || generate(&e) == 0))
         issue(&e);
-    rec = (eg_audit_record){
-        .kind = e.a.event,
-        .dim = e.a.dim,
-        .profile = e.prof ? e.prof->cfg.name : label,
-        .principal = req->principal,
-        .peer = req->peer,
-        .reason = e.a.reason,
-        .intent_id = e.intent_id,
-    };
-    eg_audit_emit(core->lg, &rec);
+    rec = audit_record(&e, label);
+    if (e.audited)
+        eg_audit_log(&rec);
+    else
+        eg_audit_emit(core->lg, &rec);
     pthread_rwlock_unlock(&core->lock);
     eg_csr_free(e.csr);
     if (e.a.status == EG_OK && answer_certs_only(&e.a) != 0)

@@ -21,6 +21,7 @@ typedef struct eg_issue_ca {
     X509 *cert;
     EVP_PKEY *key;     /* the token key, through the provider */
     const char *md;    /* "SHA256", "SHA384", "SHA512"; NULL for Ed25519 */
+    EVP_MD_CTX *sign;  /* key and md made ready once (eg_issue_ca_ready); copied per signature */
     time_t not_before; /* the CA's validity, as Unix times */
     time_t not_after;
 } eg_issue_ca;
@@ -67,7 +68,10 @@ X509 *eg_issue_build(const eg_policy *pol, const eg_issue_ca *ca, const eg_csr *
 int eg_issue_lint(const eg_policy *pol, const eg_issue_ca *ca, X509 *cert, char *reason,
                   size_t cap);
 
-/* Signs cert with the CA key (in the token). 0, or -1 with reason. */
+/* Initialises ca->sign from ca->key and ca->md, while one thread owns ca. 0, or -1. */
+int eg_issue_ca_ready(eg_issue_ca *ca);
+
+/* Signs cert with the CA key (in the token), from a copy of ca->sign. 0, or -1 with reason. */
 int eg_issue_sign(const eg_issue_ca *ca, X509 *cert, char *reason, size_t cap);
 
 #endif

@@ -124,7 +124,7 @@ typedef struct ledger_op {
     const uint8_t *der;            /* OP_COMPLETE */
     size_t der_len;
     const char *text;            /* OP_FAIL: reason; OP_PRAGMA: name */
-    const eg_audit_event *event; /* OP_AUDIT */
+    const eg_audit_event *event; /* OP_AUDIT; OP_COMPLETE: NULL, or stored with it */
     eg_intent_result res;        /* OP_BEGIN */
     char *value;                 /* OP_PRAGMA */
     int64_t flight_added;        /* undone if the batch does not commit */
@@ -414,6 +414,11 @@ static int op_exec(eg_ledger *lg, ledger_op *op)
     case OP_BEGIN:
         return op_begin(lg, op);
     case OP_COMPLETE:
+        /* The audit row first: if completing fails, the savepoint takes the row back, and
+           the in-flight set, which only completing changes, stays as it was. */
+        if (op->event != NULL && op_audit(lg, op) != 0)
+            return -1;
+        return op_finish(lg, op);
     case OP_FAIL:
         return op_finish(lg, op);
     case OP_AUDIT:
@@ -930,6 +935,21 @@ int eg_ledger_complete_issue(eg_ledger *lg, int64_t id, const uint8_t *der, size
 
     if (lg == NULL || der == NULL || len == 0 || len > INT_MAX) {
         fprintf(stderr, "ledger: complete_issue: no certificate\n");
+        goto out;
+    }
+    rc = submit(lg, &op);
+out:
+    return rc;
+}
+
+int eg_ledger_complete_issue_audit(eg_ledger *lg, int64_t id, const uint8_t *der, size_t len,
+                                   const eg_audit_event *ev)
+{
+    ledger_op op = {.kind = OP_COMPLETE, .id = id, .der = der, .der_len = len, .event = ev};
+    int rc = -1;
+
+    if (lg == NULL || der == NULL || len == 0 || len > INT_MAX || ev == NULL || ev->type == NULL) {
+        fprintf(stderr, "ledger: complete_issue_audit: no certificate or no audit event\n");
         goto out;
     }
     rc = submit(lg, &op);

@@ -51,6 +51,8 @@ typedef struct wrk_result {
     long non2xx;
     char socket_errors[128];                  /* wrk's "Socket errors:" line, "" when none */
     long ok, refused, wrapped, first_refused; /* est_enroll.lua's counts */
+    long requests;                            /* wrk's "N requests in" */
+    double cpu_us;                            /* the daemon's CPU (user+sys) per request */
 } wrk_result;
 
 static double now_s(void)
@@ -431,6 +433,11 @@ static int wrk_parse(const char *out, wrk_result *r)
         r->non2xx = strtol(p + strlen("Non-2xx or 3xx responses:"), NULL, 10);
     if ((p = strstr(out, "Socket errors:")) != NULL)
         snprintf(r->socket_errors, sizeof(r->socket_errors), "%.*s", (int)strcspn(p, "\n"), p);
+    if ((p = strstr(out, " requests in ")) != NULL) {
+        while (p > out && p[-1] != ' ' && p[-1] != '\n')
+            p--;
+        r->requests = strtol(p, NULL, 10);
+    }
     if ((p = strstr(out, "est_enroll:")) != NULL &&
         sscanf(p, "est_enroll: ok=%ld refused=%ld wrapped=%ld first_refused=%ld", &r->ok,
                &r->refused, &r->wrapped, &r->first_refused) != 4)
@@ -438,11 +445,37 @@ static int wrk_parse(const char *out, wrk_result *r)
     return r->p50_ms >= 0 && r->p99_ms >= 0 && r->rps > 0 ? 0 : -1;
 }
 
+/*
+ * The daemon's CPU time so far (user + system, all threads), in seconds; -1
+ * when unreadable. Per request, it is a cost that other load on a shared
+ * machine changes far less than it changes the rates.
+ */
+static double daemon_cpu_s(void)
+{
+    char path[64], buf[1024], *p;
+    unsigned long ut, st;
+    size_t n = 0;
+    FILE *f;
+
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)daemon_pid);
+    if ((f = fopen(path, "r")) != NULL) {
+        n = fread(buf, 1, sizeof(buf) - 1, f);
+        fclose(f);
+    }
+    buf[n] = '\0';
+    /* After the command name (which may hold spaces): state, 5 ints, 5 counters, utime, stime. */
+    if ((p = strrchr(buf, ')')) == NULL ||
+        sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+        return -1;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
 /* wrk -t2 on path for seconds with conns connections; script and its arguments optional. */
 static int wrk_run(const char *path, double seconds, unsigned conns, const char *script,
                    wrk_result *r)
 {
     char url[256], c[16], d[32], nthreads[] = "2";
+    double cpu;
     char *argv[] = {"wrk", "-t", nthreads, "-c", c,    "-d", d,    "--latency",
                     url,   NULL, NULL,     NULL, NULL, NULL, NULL, NULL};
 
@@ -458,10 +491,13 @@ static int wrk_run(const char *path, double seconds, unsigned conns, const char 
         argv[13] = nthreads;
         argv[14] = auth_file;
     }
+    cpu = daemon_cpu_s();
     if (eg_child_run(dir, NULL, argv, res) != 0 || wrk_parse(res->out, r) != 0) {
         fprintf(stderr, "bench: wrk on %s failed:\n%s\n%s\n", path, res->out, res->err);
         return -1;
     }
+    if (cpu >= 0 && r->requests > 0)
+        r->cpu_us = (daemon_cpu_s() - cpu) * 1e6 / (double)r->requests;
     printf("\nwrk %s:\n%s", path, res->out);
     return 0;
 }
@@ -543,7 +579,9 @@ static int bench(eg_th_kind kind, double seconds, unsigned conns, unsigned threa
     if (ledger_count(&issued) != 0)
         return -1;
     print_table(eg_th_kind_name(kind), raw, &cacerts, &enroll);
-    printf("\nledger: %lld certificates; wrk received %ld (200), refused %ld\n", (long long)issued,
+    printf("\ndaemon CPU per request (user+sys): cacerts %.0f us, enroll %.0f us\n", cacerts.cpu_us,
+           enroll.cpu_us);
+    printf("ledger: %lld certificates; wrk received %ld (200), refused %ld\n", (long long)issued,
            enroll.ok, enroll.refused);
     if (cacerts.socket_errors[0] || enroll.socket_errors[0])
         printf("cacerts: %s\nenroll: %s\n", cacerts.socket_errors, enroll.socket_errors);

@@ -9,6 +9,9 @@
  *   provider  a new EVP_PKEY_CTX per signature, as X509_sign() does
  *   provider+ EVP_DigestSign() over a 1 KiB message (adds SHA-256, and the
  *             DER encoding for ECDSA)
+ *   provider+hash, ctx copied
+ *             the same from a copy of one digest-sign context made once and
+ *             shared by the threads, as estgated's eg_issue_sign does
  * for P-256 and RSA-2048 keys, 1 and 2 threads, on a fresh throwaway token.
  *
  * usage: bench_sign [softhsm|p11kit|nss] [seconds per cell]
@@ -28,11 +31,11 @@
 #include "provider.h"
 #include "token_harness.h"
 
-enum layer { RAW, WRAPPER, PROVIDER_REUSED, PROVIDER, PROVIDER_DIGEST, NLAYERS };
+enum layer { RAW, WRAPPER, PROVIDER_REUSED, PROVIDER, PROVIDER_DIGEST, PROVIDER_COPY, NLAYERS };
 #define EG_BENCH_ROUNDS 10
 
-static const char *layer_names[] = {"raw C_Sign", "wrapper", "provider ctx kept", "provider",
-                                    "provider+hash"};
+static const char *layer_names[] = {"raw C_Sign", "wrapper",       "provider ctx kept",
+                                    "provider",   "provider+hash", "ctx copied+hash"};
 
 struct cell {
     enum layer layer;
@@ -45,6 +48,7 @@ struct cell {
     unsigned long ops;
     int failed;
     EVP_PKEY_CTX *kept; /* PROVIDER_REUSED: this thread's context, made once */
+    EVP_MD_CTX *shared; /* PROVIDER_COPY: one initialised context for all threads */
 };
 
 static double now_s(void)
@@ -131,6 +135,13 @@ static int sign_once(struct cell *c, CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, 
         mctx = EVP_MD_CTX_new();
         ok = mctx != NULL && EVP_DigestSignInit(mctx, NULL, EVP_sha256(), NULL, c->pkey) == 1 &&
              EVP_DigestSign(mctx, sig, &siglen, msg, 1024) == 1;
+        EVP_MD_CTX_free(mctx);
+        break;
+    case PROVIDER_COPY:
+        mctx = EVP_MD_CTX_new();
+        ok = mctx != NULL && EVP_MD_CTX_copy_ex(mctx, c->shared) == 1;
+        EVP_MD_CTX_set_flags(mctx, EVP_MD_CTX_FLAG_FINALISE);
+        ok = ok && EVP_DigestSign(mctx, sig, &siglen, msg, 1024) == 1;
         EVP_MD_CTX_free(mctx);
         break;
     default:
@@ -247,6 +258,8 @@ static int bench_key(eg_token *tok, eg_th *th, const eg_keygen_spec *spec, const
 
     if (eg_p11_key_generate(tok, spec, &proto.key) != 0 ||
         eg_provider_key_pkey(NULL, proto.key, &proto.pkey) != 0 ||
+        (proto.shared = EVP_MD_CTX_new()) == NULL ||
+        EVP_DigestSignInit(proto.shared, NULL, EVP_sha256(), NULL, proto.pkey) != 1 ||
         module_functions(cfg, eg_token_label(tok), &proto.fl, &proto.slot) != 0)
         goto out;
     /*
@@ -276,6 +289,7 @@ static int bench_key(eg_token *tok, eg_th *th, const eg_keygen_spec *spec, const
                100.0 * (rate[RAW][1] / rate[l][1] - 1.0));
     rc = 0;
 out:
+    EVP_MD_CTX_free(proto.shared);
     EVP_PKEY_free(proto.pkey);
     eg_p11_key_free(proto.key);
     return rc;

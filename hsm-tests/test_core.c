@@ -22,11 +22,14 @@
 #include <openssl/pkcs7.h>
 #include <openssl/rsa.h>
 #include <openssl/x509v3.h>
+#include <sqlite3.h>
 
 #include "audit.h"
 #include "core.h"
 #include "issue.h"
 #include "ledger.h"
+#include "p11.h"
+#include "provider.h"
 #include "child.h"
 #include "csr_attrs.h"
 #include "token_harness.h"
@@ -398,6 +401,72 @@ static void test_good_csr_issued_and_verifies(void)
     eg_answer_clear(&a);
     X509_free(x);
     free(csr);
+}
+
+/* The audit rows of a principal in the ledger, oldest first, as
+   "type|profile|peer|detail|intent" lines (intent: the issuance's serial in hex, or "-"). */
+static int audit_rows(const char *principal, char *out, size_t cap)
+{
+    static const char sql[] =
+        "SELECT group_concat(line, char(10)) FROM (SELECT a.type || '|' || a.profile || '|' ||"
+        " a.peer || '|' || a.detail || '|' || CASE WHEN i.id IS NULL THEN '-' ELSE "
+        "lower(hex(i.serial)) END AS line"
+        " FROM audit a LEFT JOIN issuance i ON i.id = a.intent_id WHERE a.principal = ?1"
+        " ORDER BY a.id)";
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    int rc = -1;
+
+    if (sqlite3_open_v2(ledger_path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+        sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_bind_text(st, 1, principal, -1, SQLITE_STATIC) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW) {
+        snprintf(out, cap, "%s",
+                 sqlite3_column_text(st, 0) ? (const char *)sqlite3_column_text(st, 0) : "");
+        rc = 0;
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return rc;
+}
+
+/* Each outcome leaves exactly one audit row, tied to its issuance when there is one. */
+static void test_audit_rows_of_an_enrollment(void)
+{
+    size_t len, bad_len, i;
+    uint8_t *csr = make_csr(key_b, "CN=audited", "DNS:audited.example.com", NULL, NULL, &len);
+    uint8_t *bad = make_csr(key_b, "CN=audited", "DNS:evil.com", NULL, NULL, &bad_len);
+    char serial[48] = "", want[1024], rows[2048];
+    const ASN1_INTEGER *sn;
+    eg_answer a;
+    X509 *x;
+
+    CU_ASSERT_FATAL(csr != NULL && bad != NULL);
+    enroll("iot", "basic:audrey", csr, len, NULL, 0, &a);
+    CU_ASSERT_EQUAL_FATAL(a.status, EG_OK);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(x = answer_cert(&a));
+    sn = X509_get0_serialNumber(x);
+    for (i = 0; i < (size_t)ASN1_STRING_length(sn) && 2 * i + 2 < sizeof(serial); i++)
+        snprintf(serial + 2 * i, 3, "%02x", ASN1_STRING_get0_data(sn)[i]);
+    X509_free(x);
+    eg_answer_clear(&a);
+    enroll("iot", "basic:audrey", csr, len, NULL, 0, &a); /* sent again */
+    CU_ASSERT_EQUAL(a.status, EG_OK);
+    eg_answer_clear(&a);
+    enroll("iot", "basic:audrey", bad, bad_len, NULL, 0, &a);
+    CU_ASSERT_EQUAL(a.status, EG_FORBIDDEN);
+    eg_answer_clear(&a);
+    snprintf(want, sizeof(want),
+             "issued|iot|192.0.2.7|serial=%s|%s\n"
+             "issued|iot|192.0.2.7|serial=%s (sent again)|%s\n"
+             "policy|iot|192.0.2.7|dim=san SAN dns:evil.com is not allowed by this profile|-",
+             serial, serial, serial, serial);
+    CU_ASSERT_EQUAL_FATAL(audit_rows("basic:audrey", rows, sizeof(rows)), 0);
+    CU_ASSERT_STRING_EQUAL(rows, want);
+    if (strcmp(rows, want) != 0)
+        printf("\n  audit rows:\n%s\n  wanted:\n%s\n", rows, want);
+    free(csr);
+    free(bad);
 }
 
 static void test_rsa_key_gets_key_encipherment(void)
@@ -780,9 +849,11 @@ static void test_threads_enroll_at_once(void)
     pthread_barrier_t go;
     ASN1_INTEGER *serials[NTHREADS] = {0};
     uint64_t before = sign_calls();
+    X509 *ca = read_ca();
     char name[64];
     int i, j;
 
+    CU_ASSERT_PTR_NOT_NULL_FATAL(ca);
     pthread_barrier_init(&go, NULL, NTHREADS);
     for (i = 0; i < NTHREADS; i++) {
         EVP_PKEY *k = EVP_EC_gen("P-256");
@@ -804,6 +875,8 @@ static void test_threads_enroll_at_once(void)
         x = answer_cert(&w[i].a);
         serials[i] = x ? ASN1_INTEGER_dup(X509_get0_serialNumber(x)) : NULL;
         CU_ASSERT_PTR_NOT_NULL(serials[i]);
+        /* Signed at once from copies of one signing context: each over its own bytes. */
+        CU_ASSERT(x != NULL && X509_verify(x, X509_get0_pubkey(ca)) == 1);
         X509_free(x);
         eg_answer_clear(&w[i].a);
         free(w[i].csr);
@@ -815,6 +888,7 @@ static void test_threads_enroll_at_once(void)
     CU_ASSERT_EQUAL(sign_calls(), before + NTHREADS);
     for (i = 0; i < NTHREADS; i++)
         ASN1_INTEGER_free(serials[i]);
+    X509_free(ca);
     pthread_barrier_destroy(&go);
 }
 
@@ -910,6 +984,76 @@ static void test_lint_refuses_bad_certificates(void)
     eg_csr_free(req);
     X509_free(ca.cert);
     free(csr);
+}
+
+/* Two certificates in a row from one signing context made ready once: each
+   signed in the token, each verifying, whatever the CA key's type. */
+static void sign_twice(eg_token *tok, const eg_keygen_spec *spec, const char *md)
+{
+    eg_policy pol = {.cfg = &cfg.profiles[0]};
+    eg_issue_ca ca = {.cert = read_ca(), .md = md};
+    uint8_t serial[16] = {0x01};
+    size_t len;
+    uint8_t *csr = make_csr(key_a, "CN=ctx", "DNS:ctx.example.com", NULL, NULL, &len);
+    eg_token_stats before, after;
+    eg_p11_key *key = NULL;
+    eg_csr *req = NULL;
+    X509_NAME *subject = NULL;
+    eg_validity val;
+    char why[256];
+
+    CU_ASSERT_FATAL(csr != NULL && eg_csr_parse(csr, len, &req) == 0 && ca.cert != NULL);
+    CU_ASSERT_EQUAL_FATAL(eg_p11_key_generate(tok, spec, &key), 0);
+    CU_ASSERT_EQUAL_FATAL(eg_provider_key_pkey(NULL, key, &ca.key), 0);
+    CU_ASSERT_EQUAL_FATAL(eg_issue_ca_ready(&ca), 0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(subject = eg_issue_subject(&pol, req));
+    ca.not_before = unix_time(X509_get0_notBefore(ca.cert));
+    ca.not_after = unix_time(X509_get0_notAfter(ca.cert));
+    CU_ASSERT_EQUAL_FATAL(eg_issue_validity(&pol, &ca, time(NULL), 0, &val, why, sizeof(why)), 0);
+    eg_token_get_stats(tok, &before);
+    for (int n = 0; n < 2; n++) {
+        X509 *x =
+            eg_issue_build(&pol, &ca, req, subject, serial, sizeof(serial), &val, why, sizeof(why));
+
+        serial[15]++;
+        CU_ASSERT_PTR_NOT_NULL_FATAL(x);
+        CU_ASSERT_EQUAL(eg_issue_sign(&ca, x, why, sizeof(why)), 0);
+        CU_ASSERT_EQUAL(X509_verify(x, ca.key), 1);
+        X509_free(x);
+    }
+    eg_token_get_stats(tok, &after);
+    CU_ASSERT_EQUAL(after.sign_calls - before.sign_calls, 2);
+    X509_NAME_free(subject);
+    eg_csr_free(req);
+    EVP_MD_CTX_free(ca.sign);
+    EVP_PKEY_free(ca.key);
+    X509_free(ca.cert);
+    eg_p11_key_free(key);
+    free(csr);
+}
+
+static void test_sign_context_serves_every_ca_key_type(void)
+{
+    static const eg_keygen_spec specs[] = {
+        {.type = EG_KEY_RSA, .bits = 2048, .label = "ctx-rsa"},
+        {.type = EG_KEY_EC, .curve_nid = NID_secp384r1, .label = "ctx-p384"},
+        {.type = EG_KEY_ED25519, .label = "ctx-ed25519"},
+    };
+    static const char *const mds[] = {"SHA256", "SHA384", NULL};
+    eg_token *tok = NULL;
+
+    /* A second handle on the test's token: the core keeps its own to itself. */
+    CU_ASSERT_EQUAL_FATAL(eg_token_open(eg_th_config(th), &tok), 0);
+    for (size_t i = 0; i < sizeof(specs) / sizeof(specs[0]); i++) {
+        if (specs[i].type == EG_KEY_ED25519 &&
+            !(eg_token_has_mechanism(tok, CKM_EC_EDWARDS_KEY_PAIR_GEN, CKF_GENERATE_KEY_PAIR) &&
+              eg_token_has_mechanism(tok, CKM_EDDSA, CKF_SIGN))) {
+            printf("(no Ed25519 in this token) ");
+            continue;
+        }
+        sign_twice(tok, &specs[i], mds[i]);
+    }
+    eg_token_free(tok);
 }
 
 /* p11kit: with the token's server gone, 503 with retry_after and the intent failed, so the
@@ -1067,6 +1211,7 @@ static int suite_clean(void)
 static CU_TestInfo tests[] = {
     {"a good CSR is issued, verifies, obeys the profile; a retry gets the same certificate",
      test_good_csr_issued_and_verifies},
+    {"each outcome leaves one audit row, tied to its issuance", test_audit_rows_of_an_enrollment},
     {"an RSA key gets keyEncipherment", test_rsa_key_gets_key_encipherment},
     {"the ledger counts the certificates", test_ledger_counts_certificates},
     {"policy refusals name their dimension", test_policy_refusals_name_their_dimension},
@@ -1083,6 +1228,8 @@ static CU_TestInfo tests[] = {
     {"8 threads enroll at once with distinct serials", test_threads_enroll_at_once},
     {"audit names and the escaped log line", test_audit_names_and_line},
     {"the lint refuses what must never be signed", test_lint_refuses_bad_certificates},
+    {"one signing context serves RSA, P-384 and Ed25519 CA keys",
+     test_sign_context_serves_every_ca_key_type},
     {"token loss: 503, then the same request is issued",
      test_token_loss_is_unavailable_then_recovers},
     {"after close the ledger holds the certificate", test_ledger_holds_certificate_after_close},

@@ -424,6 +424,48 @@ static void test_audit_events_are_stored(void)
                           "auth.fail.basic|192.0.2.7|bad password|11"));
 }
 
+/* A certificate and its audit row: one operation, one commit, both or neither. */
+static void test_complete_with_audit_is_one_commit(void)
+{
+    eg_ledger *lg = open_ledger(NULL);
+    eg_ledger_stats before, after;
+    eg_intent_result res;
+    uint8_t der[CERT_MAX];
+    size_t len = fake_cert(7, der);
+    eg_audit_event ev = {.type = "issued",
+                         .profile = "iot",
+                         .principal = "device-0",
+                         .peer = "192.0.2.9",
+                         .detail = "serial=4000000000000007"};
+    req r;
+
+    req_init(&r, 7);
+    CU_ASSERT_EQUAL_FATAL(eg_ledger_begin_issue(lg, &r.in, &res), 0);
+    CU_ASSERT_EQUAL_FATAL(res.state, EG_INTENT_NEW);
+    /* The row cannot be stored (no such intent): the certificate is not either. */
+    ev.intent_id = 999999;
+    CU_ASSERT_EQUAL(eg_ledger_complete_issue_audit(lg, res.id, der, len, &ev), -1);
+    CU_ASSERT_FALSE(has_cert(lg, 7));
+    /* The certificate cannot be stored (not in flight): the row is not either. */
+    ev.intent_id = res.id;
+    CU_ASSERT_EQUAL(eg_ledger_complete_issue_audit(lg, res.id + 1, der, len, &ev), -1);
+    CU_ASSERT_EQUAL(eg_ledger_complete_issue_audit(lg, res.id, der, len, NULL), -1);
+    eg_ledger_get_stats(lg, &before);
+    CU_ASSERT_EQUAL(eg_ledger_complete_issue_audit(lg, res.id, der, len, &ev), 0);
+    eg_ledger_get_stats(lg, &after);
+    CU_ASSERT_EQUAL(after.commits - before.commits, 1);
+    CU_ASSERT_EQUAL(after.operations - before.operations, 1);
+    CU_ASSERT(has_cert(lg, 7));
+    /* Completed already: refused, and no second row. */
+    CU_ASSERT_EQUAL(eg_ledger_complete_issue_audit(lg, res.id, der, len, &ev), -1);
+    eg_ledger_close(lg);
+    CU_ASSERT_EQUAL(sql_int("SELECT count(*) FROM audit", 0), 1);
+    CU_ASSERT(sql_text_is("SELECT type || '|' || profile || '|' || principal || '|' || peer ||"
+                          " '|' || detail || '|' || (intent_id = (SELECT id FROM issuance"
+                          " WHERE state = 'issued')) FROM audit",
+                          "issued|iot|device-0|192.0.2.9|serial=4000000000000007|1"));
+}
+
 /* --- group commit --- */
 
 typedef struct worker {
@@ -674,6 +716,7 @@ static CU_TestInfo tests[] = {
     {"serial collision is reported apart", test_serial_collision_is_reported_apart},
     {"pending row of a dead process is retried", test_pending_row_of_dead_process_is_retried},
     {"audit events are stored", test_audit_events_are_stored},
+    {"complete with audit is one commit, both or neither", test_complete_with_audit_is_one_commit},
     {"concurrent issuance is grouped", test_concurrent_issuance_is_grouped},
     {"failing operation spares its batch", test_failing_operation_spares_its_batch},
     {"acknowledged issuance survives SIGKILL", test_acknowledged_issuance_survives_sigkill},
