@@ -1012,8 +1012,8 @@ static void sign_twice(eg_token *tok, const eg_keygen_spec *spec, const char *md
     CU_ASSERT_EQUAL_FATAL(eg_issue_validity(&pol, &ca, time(NULL), 0, &val, why, sizeof(why)), 0);
     eg_token_get_stats(tok, &before);
     for (int n = 0; n < 2; n++) {
-        X509 *x =
-            eg_issue_build(&pol, &ca, req, subject, serial, sizeof(serial), &val, why, sizeof(why));
+        X509 *x = eg_issue_build(&pol, &ca, req, NULL, subject, serial, sizeof(serial), &val, why,
+                                 sizeof(why));
 
         serial[15]++;
         CU_ASSERT_PTR_NOT_NULL_FATAL(x);
