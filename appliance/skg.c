@@ -82,12 +82,12 @@ void eg_skg_result_clear(eg_skg_result *r)
 
 /* ---- token objects ---- */
 
-static CK_RV make_pair(eg_p11_call *call, const eg_keygen_spec *spec, bool derive,
+CK_RV eg_skg_temp_pair(eg_p11_call *call, const eg_keygen_spec *spec, CK_ATTRIBUTE_TYPE use,
                        eg_p11_temp_objs *objs, CK_OBJECT_HANDLE *hpub, CK_OBJECT_HANDLE *hpriv)
 {
     CK_BBOOL yes = CK_TRUE;
     eg_p11_keyparams kp;
-    CK_ATTRIBUTE pub[3], priv[] = {{derive ? CKA_DERIVE : CKA_SIGN, &yes, sizeof(yes)}};
+    CK_ATTRIBUTE pub[3], priv[] = {{use, &yes, sizeof(yes)}};
     CK_ULONG n;
     CK_RV rv;
 
@@ -95,7 +95,7 @@ static CK_RV make_pair(eg_p11_call *call, const eg_keygen_spec *spec, bool deriv
         return CKR_ARGUMENTS_BAD;
     for (n = 0; n < kp.n; n++)
         pub[n] = kp.attrs[n];
-    pub[n++] = (CK_ATTRIBUTE){derive ? CKA_DERIVE : CKA_VERIFY, &yes, sizeof(yes)};
+    pub[n++] = (CK_ATTRIBUTE){use == CKA_SIGN ? CKA_VERIFY : use, &yes, sizeof(yes)};
     rv = eg_p11_temp_keypair(call, &kp.mech, pub, n, priv, 1, objs, hpub, hpriv);
     eg_p11_keyparams_clear(&kp);
     return rv;
@@ -372,7 +372,7 @@ static CK_RV wrap_kari(eg_p11_call *call, skg_job *j, eg_p11_temp_objs *objs, CK
     if (peer_len == 0 || eg_skg_kari_shared_info(256, &shared, &shared_len) != 0)
         goto out;
     j->step = "C_GenerateKeyPair (ephemeral ECDH key)";
-    if ((rv = make_pair(call, &spec, true, objs, &epub, &epriv)) != CKR_OK ||
+    if ((rv = eg_skg_temp_pair(call, &spec, CKA_DERIVE, objs, &epub, &epriv)) != CKR_OK ||
         (rv = ec_point(call, epub, &j->eph, &j->eph_len)) != CKR_OK)
         goto out;
     ecdh = (CK_ECDH1_DERIVE_PARAMS){p384 ? CKD_SHA384_KDF : CKD_SHA256_KDF, shared_len, shared,
@@ -428,7 +428,7 @@ static CK_RV job_fn(eg_p11_call *call, void *arg)
     job_out_clear(j); /* a run before a recovery may have left results */
     eg_p11_temp_init(&objs);
     j->step = "C_GenerateKeyPair";
-    if ((rv = make_pair(call, &j->spec, false, &objs, &pub, &priv)) != CKR_OK)
+    if ((rv = eg_skg_temp_pair(call, &j->spec, CKA_SIGN, &objs, &pub, &priv)) != CKR_OK)
         goto out;
     j->step = "reading the public key";
     if ((rv = j->spec.type == EG_KEY_EC ? ec_point(call, pub, &j->pub, &j->pub_len)

@@ -44,6 +44,14 @@ typedef struct eg_skg_profile eg_skg_profile;
    token could not be used at all. */
 int eg_skg_probe(eg_token *tok, bool rsa, eg_skg_caps *out);
 
+/*
+ * Inside eg_token_run(): a session key pair of spec, the private half
+ * sensitive and extractable (by wrapping only), for use (CKA_SIGN for a key
+ * to certify, CKA_DERIVE for an ECDH ephemeral); recorded in objs.
+ */
+CK_RV eg_skg_temp_pair(eg_p11_call *call, const eg_keygen_spec *spec, CK_ATTRIBUTE_TYPE use,
+                       eg_p11_temp_objs *objs, CK_OBJECT_HANDLE *hpub, CK_OBJECT_HANDLE *hpriv);
+
 /* One problem with a profile's serverkeygen settings, for --check-config and start. */
 typedef void eg_skg_report_fn(void *arg, unsigned line, const char *key, const char *message);
 

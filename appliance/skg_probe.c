@@ -27,24 +27,6 @@ typedef struct probe {
 
 static const CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
 
-static CK_RV pair(eg_p11_call *call, const eg_keygen_spec *spec, CK_ATTRIBUTE_TYPE use,
-                  eg_p11_temp_objs *objs, CK_OBJECT_HANDLE *pub, CK_OBJECT_HANDLE *priv)
-{
-    eg_p11_keyparams kp;
-    CK_ATTRIBUTE tpub[3], tpriv[] = {{use, (void *)&yes, sizeof(yes)}};
-    CK_ULONG n;
-    CK_RV rv;
-
-    if (eg_p11_keyparams_init(&kp, spec) != 0)
-        return CKR_ARGUMENTS_BAD;
-    for (n = 0; n < kp.n; n++)
-        tpub[n] = kp.attrs[n];
-    tpub[n++] = (CK_ATTRIBUTE){use == CKA_SIGN ? CKA_VERIFY : use, (void *)&yes, sizeof(yes)};
-    rv = eg_p11_temp_keypair(call, &kp.mech, tpub, n, tpriv, 1, objs, pub, priv);
-    eg_p11_keyparams_clear(&kp);
-    return rv;
-}
-
 static CK_RV aes(eg_p11_call *call, bool extractable, eg_p11_temp_objs *objs, CK_OBJECT_HANDLE *h)
 {
     CK_ULONG len = 32;
@@ -117,7 +99,7 @@ static CK_RV probe_kari(eg_p11_call *call, probe *p, int i, eg_p11_temp_objs *ob
         goto out;
     ecdh = (CK_ECDH1_DERIVE_PARAMS){i ? CKD_SHA384_KDF : CKD_SHA256_KDF, shared_len, shared,
                                     peer_len, peer};
-    if ((rv = pair(call, &spec, CKA_DERIVE, objs, &epub, &epriv)) == CKR_OK &&
+    if ((rv = eg_skg_temp_pair(call, &spec, CKA_DERIVE, objs, &epub, &epriv)) == CKR_OK &&
         (rv = eg_p11_temp_derive(call, &derive, epriv, t, 3, objs, &kek)) == CKR_OK)
         rv = wrap(call, &kw, kek, cek);
 out:
@@ -142,7 +124,7 @@ static CK_RV probe_fn(eg_p11_call *call, void *arg)
     eg_p11_temp_init(&objs);
     memset(c, 0, sizeof(*c));
     c->rsa_probed = p->rsa;
-    if ((c->keygen_ec = rv = pair(call, &ec, CKA_SIGN, &objs, &pub, &priv)) != CKR_OK ||
+    if ((c->keygen_ec = rv = eg_skg_temp_pair(call, &ec, CKA_SIGN, &objs, &pub, &priv)) != CKR_OK ||
         (rv = aes(call, true, &objs, &cek)) != CKR_OK)
         goto out;
     c->cbc_pad = wrap(call, &cbc, cek, priv);
@@ -163,7 +145,7 @@ static CK_RV probe_fn(eg_p11_call *call, void *arg)
     if (aes(call, false, &objs, &fixed) == CKR_OK)
         c->wraps_unextractable = wrap(call, &kw, kek, fixed) == CKR_OK;
     eg_p11_temp_destroy(call, &objs);
-    c->keygen_rsa = p->rsa ? pair(call, &rsa, CKA_SIGN, &objs, &pub, &priv) : CKR_OK;
+    c->keygen_rsa = p->rsa ? eg_skg_temp_pair(call, &rsa, CKA_SIGN, &objs, &pub, &priv) : CKR_OK;
     rv = CKR_OK;
 out:
     eg_p11_temp_destroy(call, &objs);

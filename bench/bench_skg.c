@@ -284,55 +284,18 @@ out:
 static const char *uri_label(void)
 {
     static char out[128];
-    const char *in = eg_th_config(th)->token_label;
-    size_t o = 0;
 
-    for (; *in != '\0' && o + 4 < sizeof(out); in++)
-        o += (size_t)(*in == ' ' ? snprintf(out + o, 4, "%%20") : snprintf(out + o, 2, "%c", *in));
-    return out;
+    return eg_fx_uri_label(th, out, sizeof(out));
 }
 
 /* The pre-shared AES-256 key, imported with estgate-provision kek import (nss). */
 static int import_kek(void)
 {
-    const eg_token_config *c = eg_th_config(th);
-    unsigned char k[32];
-    char hex[65], path[PATH_MAX], tool[PATH_MAX], *argv[20];
-    int n = 0, rc = -1;
+    char hex[65];
+    int rc = eg_fx_kek_import(th, "kek-fleet", KEK_ID, hex, res);
 
-    if (RAND_bytes(k, sizeof(k)) != 1)
-        goto out;
-    for (size_t i = 0; i < sizeof(k); i++)
-        snprintf(hex + 2 * i, 3, "%02x", k[i]);
-    if (eg_file_write(tpath(path, "kek.hex"), hex, 64, 0600) != 0)
-        goto out;
-    argv[n++] = (char *)eg_child_built("provisioning/estgate-provision", tool);
-    argv[n++] = "kek";
-    argv[n++] = "import";
-    argv[n++] = "--module";
-    argv[n++] = (char *)c->module_path;
-    if (c->init_args != NULL) {
-        argv[n++] = "--init-args";
-        argv[n++] = (char *)c->init_args;
-    }
-    argv[n++] = "--token";
-    argv[n++] = (char *)c->token_label;
-    argv[n++] = "--pin-file";
-    argv[n++] = (char *)c->pin_file;
-    argv[n++] = "--label";
-    argv[n++] = "kek-fleet";
-    argv[n++] = "--id";
-    argv[n++] = KEK_ID;
-    argv[n++] = "--key-file";
-    argv[n++] = path;
-    argv[n] = NULL;
-    if (eg_child_run(dir, NULL, argv, res) != 0) {
+    if (rc != 0)
         fprintf(stderr, "bench: kek import failed:\n%s\n%s\n", res->out, res->err);
-        goto out;
-    }
-    rc = 0;
-out:
-    OPENSSL_cleanse(k, sizeof(k));
     OPENSSL_cleanse(hex, sizeof(hex));
     return rc;
 }

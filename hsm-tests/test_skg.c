@@ -108,54 +108,14 @@ static int recipients(void)
 /* The pre-shared AES-256 key: a file for the device side, and the token's copy. */
 static int kek(void)
 {
-    unsigned char k[32];
-    char path[PATH_MAX];
-    const eg_token_config *c = eg_th_config(th);
-
-    if (RAND_bytes(k, sizeof(k)) != 1)
-        return -1;
-    for (size_t i = 0; i < sizeof(k); i++)
-        snprintf(kek_hex + 2 * i, 3, "%02x", k[i]);
-    if (eg_file_write(tpath(path, "kek.hex"), kek_hex, 64, 0600) != 0)
-        return -1;
-    {
-        char *argv[20], tool[PATH_MAX];
-        int n = 0;
-
-        argv[n++] = (char *)eg_child_built("provisioning/estgate-provision", tool);
-        argv[n++] = "kek";
-        argv[n++] = "import";
-        argv[n++] = "--module";
-        argv[n++] = (char *)c->module_path;
-        if (c->init_args != NULL) {
-            argv[n++] = "--init-args";
-            argv[n++] = (char *)c->init_args;
-        }
-        argv[n++] = "--token";
-        argv[n++] = (char *)c->token_label;
-        argv[n++] = "--pin-file";
-        argv[n++] = (char *)c->pin_file;
-        argv[n++] = "--label";
-        argv[n++] = "kek-fleet";
-        argv[n++] = "--id";
-        argv[n++] = KEK_ID;
-        argv[n++] = "--key-file";
-        argv[n++] = path;
-        argv[n] = NULL;
-        return eg_child_run(dir, NULL, argv, res) == 0 ? 0 : -1;
-    }
+    return eg_fx_kek_import(th, "kek-fleet", KEK_ID, kek_hex, res);
 }
 
-/* The token label as a URI attribute value: blanks (NSS's "NSS Certificate DB") as %20. */
 static const char *uri_label(void)
 {
     static char out[128];
-    const char *in = eg_th_config(th)->token_label;
-    size_t o = 0;
 
-    for (; *in != '\0' && o + 4 < sizeof(out); in++)
-        o += (size_t)(*in == ' ' ? snprintf(out + o, 4, "%%20") : snprintf(out + o, 2, "%c", *in));
-    return out;
+    return eg_fx_uri_label(th, out, sizeof(out));
 }
 
 static int write_config(bool skg)

@@ -6,6 +6,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+
 #include "estgated_fixture.h"
 
 /* estgate-provision WORD WORD with the token's options, then the rest (NULL-terminated). */
@@ -45,6 +48,41 @@ int eg_fx_provision(eg_th *th, const char *ca_subject, const char *ca_out, const
                          "--days",     "30",     "--out",   tls_out,     NULL};
 
     return provision(th, r, ca) == 0 && provision(th, r, tls) == 0 ? 0 : -1;
+}
+
+int eg_fx_kek_import(eg_th *th, const char *label, const char *id_hex, char hex_out[65],
+                     eg_child_result *r)
+{
+    unsigned char k[32];
+    char hex[65], path[PATH_MAX];
+    const char *words[] = {"kek",  "import",     "--label", label, "--id",
+                           id_hex, "--key-file", path,      NULL};
+    int rc = -1;
+
+    snprintf(path, sizeof(path), "%s/kek.hex", eg_th_dir(th));
+    if (RAND_bytes(k, sizeof(k)) != 1)
+        goto out;
+    for (size_t i = 0; i < sizeof(k); i++)
+        snprintf(hex + 2 * i, 3, "%02x", k[i]);
+    if (eg_file_write(path, hex, 64, 0600) != 0 || provision(th, r, words) != 0)
+        goto out;
+    memcpy(hex_out, hex, sizeof(hex));
+    rc = 0;
+out:
+    OPENSSL_cleanse(k, sizeof(k));
+    OPENSSL_cleanse(hex, sizeof(hex));
+    return rc;
+}
+
+const char *eg_fx_uri_label(const eg_th *th, char *out, size_t cap)
+{
+    const char *in = eg_th_config(th)->token_label;
+    size_t o = 0;
+
+    for (; *in != '\0' && o + 4 < cap; in++)
+        o += (size_t)(*in == ' ' ? snprintf(out + o, 4, "%%20") : snprintf(out + o, 2, "%c", *in));
+    out[o] = '\0';
+    return out;
 }
 
 /* The ports of the first nports "listening on" lines of log; 0 when all are there. */

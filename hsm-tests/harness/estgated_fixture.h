@@ -21,6 +21,17 @@ int eg_fx_provision(eg_th *th, const char *ca_subject, const char *ca_out, const
                     eg_child_result *r);
 
 /*
+ * A random AES-256 pre-shared key (serverkeygen's KEK), written as hex to
+ * kek.hex (0600) in the token directory and imported with `estgate-provision
+ * kek import --label label --id id_hex`; hex_out gets its 64 hex digits.
+ */
+int eg_fx_kek_import(eg_th *th, const char *label, const char *id_hex, char hex_out[65],
+                     eg_child_result *r);
+
+/* The token label as a pkcs11: URI attribute value (blanks as %20, as NSS's has), in out. */
+const char *eg_fx_uri_label(const eg_th *th, char *out, size_t cap);
+
+/*
  * Starts build/appliance/estgated -c ini with its output in log, and waits
  * (up to 20 s) for nports "listening on https://127.0.0.1:PORT" lines;
  * 0 with *pid and ports[] set. Prints the log when it does not start.
