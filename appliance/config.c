@@ -1499,8 +1499,15 @@ static void print_profile(FILE *fp, const eg_profile_cfg *p)
         fprintf(fp, " basic (%zu user%s)", p->nusers, p->nusers == 1 ? "" : "s");
     if (p->auth & EG_AUTH_MTLS)
         fprintf(fp, " mtls");
-    fprintf(fp, "; CA %s; %zu key types, %zu EKUs, %zu SAN rules; up to %u days\n", p->ca_key_uri,
+    fprintf(fp, "; CA %s; %zu key types, %zu EKUs, %zu SAN rules; up to %u days", p->ca_key_uri,
             p->nkeys, p->nekus, p->nsans, p->max_days);
+    if (p->skg_modes != 0)
+        fprintf(fp, "; serverkeygen%s%s (%zu key types, %zu pre-shared keys%s%s)",
+                (p->skg_modes & EG_SKG_ENCRYPT) ? " encrypt" : "",
+                (p->skg_modes & EG_SKG_PLAINTEXT) ? " plaintext" : "", p->nskg_keys, p->nskg_keks,
+                p->skg_recipients_file ? ", recipient certificates" : "",
+                p->skg_csr_key ? ", the CSR's key" : "");
+    fputc('\n', fp);
 }
 
 static int check_config(const char *path)
