@@ -134,31 +134,6 @@ static CK_RV find_secret(eg_p11_call *call, const eg_p11_uri *uri, CK_OBJECT_HAN
     return CKR_OK;
 }
 
-/* The uncompressed point of an EC public key object (CKA_EC_POINT without its OCTET STRING). */
-static CK_RV ec_point(eg_p11_call *call, CK_OBJECT_HANDLE pub, uint8_t **out, size_t *len)
-{
-    uint8_t *der = NULL;
-    size_t dlen = 0;
-    const unsigned char *p;
-    ASN1_OCTET_STRING *os = NULL;
-    CK_RV rv;
-
-    if ((rv = eg_p11_get_attribute_alloc(call, pub, CKA_EC_POINT, &der, &dlen)) != CKR_OK)
-        return rv;
-    p = der;
-    if ((os = d2i_ASN1_OCTET_STRING(NULL, &p, (long)dlen)) == NULL || p != der + dlen ||
-        (*out = OPENSSL_memdup(ASN1_STRING_get0_data(os), (size_t)ASN1_STRING_length(os))) ==
-            NULL) {
-        rv = CKR_ATTRIBUTE_VALUE_INVALID;
-    } else {
-        *len = (size_t)ASN1_STRING_length(os);
-    }
-    ASN1_OCTET_STRING_free(os);
-    OPENSSL_free(der);
-    ERR_clear_error();
-    return rv;
-}
-
 /* DER INTEGER of a big-endian unsigned value at p (room for len + 6). */
 static size_t der_uint(uint8_t *p, const uint8_t *v, size_t len)
 {
@@ -373,7 +348,7 @@ static CK_RV wrap_kari(eg_p11_call *call, skg_job *j, eg_p11_temp_objs *objs, CK
         goto out;
     j->step = "C_GenerateKeyPair (ephemeral ECDH key)";
     if ((rv = eg_skg_temp_pair(call, &spec, CKA_DERIVE, objs, &epub, &epriv)) != CKR_OK ||
-        (rv = ec_point(call, epub, &j->eph, &j->eph_len)) != CKR_OK)
+        (rv = eg_p11_ec_point(call, epub, &j->eph, &j->eph_len)) != CKR_OK)
         goto out;
     ecdh = (CK_ECDH1_DERIVE_PARAMS){p384 ? CKD_SHA384_KDF : CKD_SHA256_KDF, shared_len, shared,
                                     peer_len, peer};
@@ -431,7 +406,7 @@ static CK_RV job_fn(eg_p11_call *call, void *arg)
     if ((rv = eg_skg_temp_pair(call, &j->spec, CKA_SIGN, &objs, &pub, &priv)) != CKR_OK)
         goto out;
     j->step = "reading the public key";
-    if ((rv = j->spec.type == EG_KEY_EC ? ec_point(call, pub, &j->pub, &j->pub_len)
+    if ((rv = j->spec.type == EG_KEY_EC ? eg_p11_ec_point(call, pub, &j->pub, &j->pub_len)
                                         : rsa_public(call, pub, &j->pub, &j->pub_len)) != CKR_OK)
         goto out;
     rv = j->mode == MODE_PLAIN ? export_plain(call, j, &objs, priv)

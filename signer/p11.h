@@ -130,6 +130,8 @@ CK_RV eg_p11_wrap_alloc(eg_p11_call *call, CK_MECHANISM *mech, CK_OBJECT_HANDLE 
                         CK_OBJECT_HANDLE key, uint8_t **out, size_t *outlen);
 /* A public key object (RSA or EC) as a software EVP_PKEY (default provider). */
 CK_RV eg_p11_object_public(eg_p11_call *call, CK_OBJECT_HANDLE pub, EVP_PKEY **out);
+/* The uncompressed point (04 || X || Y) of an EC public key object, OPENSSL_malloc'd. */
+CK_RV eg_p11_ec_point(eg_p11_call *call, CK_OBJECT_HANDLE pub, uint8_t **out, size_t *len);
 /* Destroys every recorded object, newest first; the first failure is returned. */
 CK_RV eg_p11_temp_destroy(eg_p11_call *call, eg_p11_temp_objs *objs);
 

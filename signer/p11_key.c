@@ -171,7 +171,7 @@ static EVP_PKEY *pkey_fromdata(const char *name, OSSL_PARAM_BLD *bld)
     return pkey;
 }
 
-static EVP_PKEY *rsa_public(const uint8_t *n, size_t nlen, const uint8_t *e, size_t elen)
+EVP_PKEY *eg_p11_public_rsa(const uint8_t *n, size_t nlen, const uint8_t *e, size_t elen)
 {
     OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();
     BIGNUM *bn = BN_bin2bn(n, (int)nlen, NULL), *be = BN_bin2bn(e, (int)elen, NULL);
@@ -188,7 +188,7 @@ static EVP_PKEY *rsa_public(const uint8_t *n, size_t nlen, const uint8_t *e, siz
 }
 
 /* CKA_EC_POINT is a DER OCTET STRING by the standard; some tokens give the raw point. */
-static const uint8_t *unwrap_point(const uint8_t *p, size_t len, size_t *outlen)
+const uint8_t *eg_p11_unwrap_point(const uint8_t *p, size_t len, size_t *outlen)
 {
     if (len > 2 && p[0] == 0x04 && p[1] < 0x80 && (size_t)p[1] == len - 2) {
         *outlen = len - 2;
@@ -202,7 +202,7 @@ static const uint8_t *unwrap_point(const uint8_t *p, size_t len, size_t *outlen)
     return p;
 }
 
-static EVP_PKEY *ec_public(eg_key_type type, const uint8_t *params, size_t plen,
+EVP_PKEY *eg_p11_public_ec(eg_key_type type, const uint8_t *params, size_t plen,
                            const uint8_t *point, size_t ptlen)
 {
     const unsigned char *p = params;
@@ -210,7 +210,7 @@ static EVP_PKEY *ec_public(eg_key_type type, const uint8_t *params, size_t plen,
     int nid;
     OSSL_PARAM_BLD *bld = NULL;
     EVP_PKEY *pkey = NULL;
-    const uint8_t *pt = unwrap_point(point, ptlen, &ptlen);
+    const uint8_t *pt = eg_p11_unwrap_point(point, ptlen, &ptlen);
 
     /* Ed25519 parameters may be a curve name, not an OID: no error left behind. */
     ERR_set_mark();
@@ -243,12 +243,12 @@ static CK_RV load_public(eg_p11_call *call, eg_p11_key *key, CK_OBJECT_HANDLE pr
     if (key->type == EG_KEY_RSA) {
         if ((rv = eg_p11_get_attribute_alloc(call, priv, CKA_MODULUS, &a, &alen)) == CKR_OK &&
             (rv = eg_p11_get_attribute_alloc(call, priv, CKA_PUBLIC_EXPONENT, &b, &blen)) == CKR_OK)
-            key->pub = rsa_public(a, alen, b, blen);
+            key->pub = eg_p11_public_rsa(a, alen, b, blen);
     } else {
         if ((rv = eg_p11_get_attribute_alloc(call, priv, CKA_EC_PARAMS, &a, &alen)) == CKR_OK &&
             (rv = find_one(call, key, CKO_PUBLIC_KEY, &h)) == CKR_OK &&
             (rv = eg_p11_get_attribute_alloc(call, h, CKA_EC_POINT, &b, &blen)) == CKR_OK)
-            key->pub = ec_public(key->type, a, alen, b, blen);
+            key->pub = eg_p11_public_ec(key->type, a, alen, b, blen);
     }
     OPENSSL_free(a);
     OPENSSL_free(b);

@@ -33,4 +33,16 @@ void eg_token_count_sign(eg_token *tok);
  */
 CK_RV eg_p11_call_not_found(eg_p11_call *call, CK_RV rv);
 
+/*
+ * Software public keys (default provider) from token attributes, for keys
+ * opened by URI (p11_key.c) and for objects made in a callback (p11_wrap.c).
+ * NULL when the values do not make a key.
+ */
+EVP_PKEY *eg_p11_public_rsa(const uint8_t *n, size_t nlen, const uint8_t *e, size_t elen);
+/* params: CKA_EC_PARAMS (a curve OID); point: CKA_EC_POINT, wrapped or raw. */
+EVP_PKEY *eg_p11_public_ec(eg_key_type type, const uint8_t *params, size_t plen,
+                           const uint8_t *point, size_t ptlen);
+/* The point inside a CKA_EC_POINT OCTET STRING (or the value itself when it is raw). */
+const uint8_t *eg_p11_unwrap_point(const uint8_t *p, size_t len, size_t *outlen);
+
 #endif

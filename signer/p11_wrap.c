@@ -275,59 +275,11 @@ CK_RV eg_p11_wrap_alloc(eg_p11_call *call, CK_MECHANISM *mech, CK_OBJECT_HANDLE 
     return CKR_OK;
 }
 
-static EVP_PKEY *pub_fromdata(const char *name, OSSL_PARAM_BLD *bld)
-{
-    OSSL_PARAM *params = OSSL_PARAM_BLD_to_param(bld);
-    EVP_PKEY_CTX *ctx = NULL;
-    EVP_PKEY *pkey = NULL;
-
-    /* A software key: never from our own provider. */
-    if (params != NULL && (ctx = EVP_PKEY_CTX_new_from_name(NULL, name, "provider=default")) &&
-        EVP_PKEY_fromdata_init(ctx) == 1)
-        EVP_PKEY_fromdata(ctx, &pkey, EVP_PKEY_PUBLIC_KEY, params);
-    EVP_PKEY_CTX_free(ctx);
-    OSSL_PARAM_free(params);
-    return pkey;
-}
-
-static EVP_PKEY *rsa_from(const struct pub_attrs *p, OSSL_PARAM_BLD *bld)
-{
-    BIGNUM *n = BN_bin2bn(p->a, (int)p->alen, NULL), *e = BN_bin2bn(p->b, (int)p->blen, NULL);
-    EVP_PKEY *pkey = NULL;
-
-    if (n != NULL && e != NULL && OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, n) &&
-        OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, e))
-        pkey = pub_fromdata("RSA", bld);
-    BN_free(n);
-    BN_free(e);
-    return pkey;
-}
-
-static EVP_PKEY *ec_from(const struct pub_attrs *p, OSSL_PARAM_BLD *bld)
-{
-    const unsigned char *q = p->a;
-    ASN1_OBJECT *oid = d2i_ASN1_OBJECT(NULL, &q, (long)p->alen);
-    ASN1_OCTET_STRING *pt = NULL;
-    EVP_PKEY *pkey = NULL;
-    int nid = oid != NULL ? OBJ_obj2nid(oid) : NID_undef;
-
-    q = p->b;
-    if (nid != NID_undef && (pt = d2i_ASN1_OCTET_STRING(NULL, &q, (long)p->blen)) != NULL &&
-        OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, OBJ_nid2sn(nid), 0) &&
-        OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, ASN1_STRING_get0_data(pt),
-                                         (size_t)ASN1_STRING_length(pt)))
-        pkey = pub_fromdata("EC", bld);
-    ASN1_OBJECT_free(oid);
-    ASN1_OCTET_STRING_free(pt);
-    return pkey;
-}
-
 CK_RV eg_p11_object_public(eg_p11_call *call, CK_OBJECT_HANDLE pub, EVP_PKEY **out)
 {
     CK_KEY_TYPE kt = CKK_VENDOR_DEFINED;
     CK_ATTRIBUTE ta = {CKA_KEY_TYPE, &kt, sizeof(kt)};
     struct pub_attrs p;
-    OSSL_PARAM_BLD *bld = NULL;
     EVP_PKEY *pkey = NULL;
     CK_RV rv;
 
@@ -343,8 +295,9 @@ CK_RV eg_p11_object_public(eg_p11_call *call, CK_OBJECT_HANDLE pub, EVP_PKEY **o
                                          kt == CKK_RSA ? CKA_PUBLIC_EXPONENT : CKA_EC_POINT, &p.b,
                                          &p.blen)) != CKR_OK)
         goto out;
-    if ((bld = OSSL_PARAM_BLD_new()) != NULL)
-        pkey = kt == CKK_RSA ? rsa_from(&p, bld) : ec_from(&p, bld);
+    pkey = kt == CKK_RSA ? eg_p11_public_rsa(p.a, p.alen, p.b, p.blen)
+                         : eg_p11_public_ec(EG_KEY_EC, p.a, p.alen, p.b, p.blen);
+    ERR_clear_error();
     if (pkey == NULL) {
         rv = CKR_ATTRIBUTE_VALUE_INVALID;
         goto out;
@@ -352,9 +305,28 @@ CK_RV eg_p11_object_public(eg_p11_call *call, CK_OBJECT_HANDLE pub, EVP_PKEY **o
     *out = pkey;
     rv = CKR_OK;
 out:
-    OSSL_PARAM_BLD_free(bld);
     pub_attrs_clear(&p);
     return rv;
+}
+
+CK_RV eg_p11_ec_point(eg_p11_call *call, CK_OBJECT_HANDLE pub, uint8_t **out, size_t *len)
+{
+    uint8_t *der = NULL, *pt;
+    size_t dlen = 0, plen;
+    const uint8_t *p;
+    CK_RV rv;
+
+    if ((rv = eg_p11_get_attribute_alloc(call, pub, CKA_EC_POINT, &der, &dlen)) != CKR_OK)
+        return rv;
+    p = eg_p11_unwrap_point(der, dlen, &plen);
+    if (plen == 0 || p[0] != 0x04 || (pt = OPENSSL_memdup(p, plen)) == NULL) {
+        OPENSSL_free(der);
+        return plen == 0 || p[0] != 0x04 ? CKR_ATTRIBUTE_VALUE_INVALID : CKR_HOST_MEMORY;
+    }
+    OPENSSL_free(der);
+    *out = pt;
+    *len = plen;
+    return CKR_OK;
 }
 
 CK_RV eg_p11_temp_destroy(eg_p11_call *call, eg_p11_temp_objs *objs)
