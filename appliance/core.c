@@ -462,19 +462,6 @@ int eg_core_lock_init(pthread_rwlock_t *lock)
     return rc;
 }
 
-typedef struct skg_where {
-    const char *path;
-    const eg_profile_cfg *p;
-} skg_where;
-
-/* In --check-config's form: FILE:LINE: [profile NAME] key: message. */
-static void skg_report(void *arg, unsigned line, const char *key, const char *message)
-{
-    const skg_where *w = arg;
-
-    fprintf(stderr, "%s:%u: [profile %s] %s: %s\n", w->path, line, w->p->name, key, message);
-}
-
 /*
  * Probes the token once for what serverkeygen needs (again when a reload
  * first asks for RSA keys) and checks every profile that uses it. 0, or -1
@@ -485,13 +472,8 @@ static int skg_check(eg_core *core, const profile_set *set, const char *path)
     bool rsa = false, any = false;
     int problems = 0;
 
-    for (size_t i = 0; i < set->n; i++) {
-        const eg_profile_cfg *p = &set->profiles[i].cfg;
-
-        any = any || p->skg_modes != 0;
-        for (size_t k = 0; p->skg_modes != 0 && k < p->nskg_keys; k++)
-            rsa = rsa || p->skg_keys[k].type == EVP_PKEY_RSA;
-    }
+    for (size_t i = 0; i < set->n; i++)
+        eg_skg_wants(&set->profiles[i].cfg, &any, &rsa);
     if (!any)
         return 0;
     if (!core->probed || (rsa && !core->probed_rsa)) {
@@ -506,12 +488,9 @@ static int skg_check(eg_core *core, const profile_set *set, const char *path)
                     "serverkeygen\n",
                     eg_token_label(core->tok));
     }
-    for (size_t i = 0; i < set->n; i++) {
-        skg_where w = {path, &set->profiles[i].cfg};
-
-        problems += eg_skg_check_profile(core->tok, w.p, &core->caps, &set->profiles[i].skg,
-                                         skg_report, &w);
-    }
+    for (size_t i = 0; i < set->n; i++)
+        problems += eg_skg_check_profile(core->tok, path, &set->profiles[i].cfg, &core->caps,
+                                         &set->profiles[i].skg);
     return problems == 0 ? 0 : -1;
 }
 

@@ -113,8 +113,7 @@ static CK_RV make_cek(eg_p11_call *call, eg_p11_temp_objs *objs, CK_OBJECT_HANDL
     return eg_p11_temp_secret_key(call, &gen, t, 3, objs, out);
 }
 
-/* The secret key a pkcs11: URI names (object= and/or id=) in this token. */
-static CK_RV find_secret(eg_p11_call *call, const eg_p11_uri *uri, CK_OBJECT_HANDLE *out)
+CK_RV eg_skg_find_secret(eg_p11_call *call, const eg_p11_uri *uri, CK_OBJECT_HANDLE *out)
 {
     CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
     CK_ATTRIBUTE t[3] = {{CKA_CLASS, &cls, sizeof(cls)}};
@@ -314,7 +313,7 @@ static CK_RV wrap_kekri(eg_p11_call *call, skg_job *j, CK_OBJECT_HANDLE cek)
     CK_RV rv;
 
     j->step = "finding the pre-shared key";
-    if ((rv = find_secret(call, j->kek, &kek)) != CKR_OK ||
+    if ((rv = eg_skg_find_secret(call, j->kek, &kek)) != CKR_OK ||
         (rv = eg_p11_get_attributes(call, kek, &t, 1)) != CKR_OK)
         return rv;
     if (len != 16 && len != 32)
@@ -496,6 +495,7 @@ typedef struct skg_plan {
     size_t rid_ski_len;
     int kt;
     const eg_skg_kek_cfg *kek;
+    const eg_p11_uri *kek_uri;
 } skg_plan;
 
 static const char *kt_name(int kt)
@@ -592,10 +592,13 @@ static eg_status plan(const eg_profile_cfg *cfg, const eg_skg_profile *sp, const
     }
     pl->mode = MODE_ENCRYPT;
     if (pr->decrypt_kid != NULL) {
-        for (size_t i = 0; i < cfg->nskg_keks; i++)
+        for (size_t i = 0; i < cfg->nskg_keks; i++) {
             if (cfg->skg_keks[i].id_len == pr->decrypt_kid_len &&
-                memcmp(cfg->skg_keks[i].id, pr->decrypt_kid, pr->decrypt_kid_len) == 0)
+                memcmp(cfg->skg_keks[i].id, pr->decrypt_kid, pr->decrypt_kid_len) == 0) {
                 pl->kek = &cfg->skg_keks[i];
+                pl->kek_uri = sp->keks[i];
+            }
+        }
         if (pl->kek == NULL) {
             snprintf(why, cap, "no pre-shared key has the request's DecryptKeyIdentifier");
             return EG_MALFORMED;
@@ -745,11 +748,7 @@ eg_status eg_skg_generate(eg_token *tok, const eg_skg_caps *caps, const eg_profi
     j.rkind = pl.rkind;
     j.rpub = pl.rpub;
     j.kt = pl.kt;
-    if (pl.kek != NULL && eg_p11_uri_parse(pl.kek->uri, (eg_p11_uri **)&j.kek) != 0) {
-        snprintf(why, cap, "the pre-shared key's URI cannot be read");
-        st = EG_INTERNAL;
-        goto out;
-    }
+    j.kek = pl.kek_uri;
     if ((rv = eg_token_run(tok, job_fn, &j)) != CKR_OK) {
         bool refused = request_refusal(rv);
 
@@ -787,7 +786,6 @@ eg_status eg_skg_generate(eg_token *tok, const eg_skg_caps *caps, const eg_profi
 out:
     eg_skg_result_clear(&r);
     job_out_clear(&j);
-    eg_p11_uri_free((eg_p11_uri *)j.kek);
     eg_skg_protect_clear(&pr);
     ERR_clear_error();
     return st;
@@ -802,12 +800,21 @@ int eg_skg_profile_load(const eg_profile_cfg *cfg, eg_skg_profile *out, char *er
     STACK_OF(X509) * sk;
 
     memset(out, 0, sizeof(*out));
+    for (size_t i = 0; i < cfg->nskg_keks; i++) {
+        if (eg_p11_uri_parse(cfg->skg_keks[i].uri, &out->keks[i]) != 0) {
+            ERR_clear_error();
+            snprintf(err, cap, "serverkeygen_kek %s is not a PKCS#11 URI", cfg->skg_keks[i].uri);
+            eg_skg_profile_clear(out);
+            return -1;
+        }
+    }
     if (cfg->skg_recipients_file == NULL)
         return 0;
     if ((in = BIO_new_file(cfg->skg_recipients_file, "r")) == NULL ||
         (sk = sk_X509_new_null()) == NULL) {
         BIO_free(in);
         snprintf(err, cap, "cannot read %s", cfg->skg_recipients_file);
+        eg_skg_profile_clear(out);
         return -1;
     }
     while ((x = PEM_read_bio_X509(in, NULL, NULL, NULL)) != NULL)
@@ -825,4 +832,8 @@ void eg_skg_profile_clear(eg_skg_profile *p)
         return;
     sk_X509_pop_free(p->recipients, X509_free);
     p->recipients = NULL;
+    for (size_t i = 0; i < EG_MAX_KEKS; i++) {
+        eg_p11_uri_free(p->keks[i]);
+        p->keks[i] = NULL;
+    }
 }

@@ -52,15 +52,17 @@ int eg_skg_probe(eg_token *tok, bool rsa, eg_skg_caps *out);
 CK_RV eg_skg_temp_pair(eg_p11_call *call, const eg_keygen_spec *spec, CK_ATTRIBUTE_TYPE use,
                        eg_p11_temp_objs *objs, CK_OBJECT_HANDLE *hpub, CK_OBJECT_HANDLE *hpriv);
 
-/* One problem with a profile's serverkeygen settings, for --check-config and start. */
-typedef void eg_skg_report_fn(void *arg, unsigned line, const char *key, const char *message);
+/* Adds what p's serverkeygen needs probed: *any when it is on, *rsa when it makes RSA keys. */
+void eg_skg_wants(const eg_profile_cfg *p, bool *any, bool *rsa);
 
 /*
  * Checks p's serverkeygen settings against caps and the token (each KEK must
- * be a wrapping AES key in it); reports each problem; returns how many.
+ * be a wrapping AES key in it); prints each problem to stderr as
+ * PATH:LINE: [profile NAME] key: message (path: the configuration file);
+ * returns how many.
  */
-int eg_skg_check_profile(eg_token *tok, const eg_profile_cfg *p, const eg_skg_caps *caps,
-                         const eg_skg_profile *sp, eg_skg_report_fn *report, void *arg);
+int eg_skg_check_profile(eg_token *tok, const char *path, const eg_profile_cfg *p,
+                         const eg_skg_caps *caps, const eg_skg_profile *sp);
 
 /*
  * estgated --check-config: when a profile uses serverkeygen, opens the token,
@@ -71,8 +73,16 @@ int eg_skg_check_config(const eg_config *cfg);
 
 /* A profile's serverkeygen state, read-only after load. */
 struct eg_skg_profile {
-    STACK_OF(X509) * recipients; /* serverkeygen_recipients, found by SKI */
+    STACK_OF(X509) * recipients;          /* serverkeygen_recipients, found by SKI */
+    struct eg_p11_uri *keks[EG_MAX_KEKS]; /* serverkeygen_kek URIs, parsed once, in order */
 };
+
+/*
+ * Inside eg_token_run(): the one secret key a URI names (object= and/or id=).
+ * CKR_KEY_HANDLE_INVALID when there is none, CKR_KEY_FUNCTION_NOT_PERMITTED
+ * when the URI names more than one.
+ */
+CK_RV eg_skg_find_secret(eg_p11_call *call, const struct eg_p11_uri *uri, CK_OBJECT_HANDLE *out);
 
 int eg_skg_profile_load(const eg_profile_cfg *cfg, eg_skg_profile *out, char *err, size_t cap);
 void eg_skg_profile_clear(eg_skg_profile *p);

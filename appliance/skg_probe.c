@@ -194,9 +194,8 @@ int eg_skg_probe(eg_token *tok, bool rsa, eg_skg_caps *out)
 /* ---- profiles against the results ---- */
 
 typedef struct checker {
+    const char *path;
     const eg_profile_cfg *p;
-    eg_skg_report_fn *report;
-    void *arg;
     const char *token;
     int n;
 } checker;
@@ -211,7 +210,7 @@ static void say(checker *c, unsigned line, const char *key, const char *fmt, ...
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    c->report(c->arg, line, key, msg);
+    fprintf(stderr, "%s:%u: [profile %s] %s: %s\n", c->path, line, c->p->name, key, msg);
     c->n++;
 }
 
@@ -227,53 +226,34 @@ typedef struct kek_arg {
     CK_KEY_TYPE type;
     CK_BBOOL wrap;
     CK_ULONG len;
-    CK_ULONG found;
 } kek_arg;
 
 static CK_RV kek_fn(eg_p11_call *call, void *arg)
 {
     kek_arg *k = arg;
-    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
-    CK_ATTRIBUTE t[3] = {{CKA_CLASS, &cls, sizeof(cls)}};
     CK_ATTRIBUTE a[] = {{CKA_KEY_TYPE, &k->type, sizeof(k->type)},
                         {CKA_WRAP, &k->wrap, sizeof(k->wrap)},
                         {CKA_VALUE_LEN, &k->len, sizeof(k->len)}};
-    CK_OBJECT_HANDLE h[2];
-    CK_ULONG n = 1;
-    CK_RV rv;
+    CK_OBJECT_HANDLE h;
+    CK_RV rv = eg_skg_find_secret(call, k->uri, &h);
 
-    if (k->uri->object != NULL)
-        t[n++] = (CK_ATTRIBUTE){CKA_LABEL, k->uri->object, (CK_ULONG)strlen(k->uri->object)};
-    if (k->uri->id != NULL)
-        t[n++] = (CK_ATTRIBUTE){CKA_ID, k->uri->id, (CK_ULONG)k->uri->idlen};
-    if ((rv = eg_p11_find_objects(call, t, n, h, 2, &k->found)) != CKR_OK || k->found != 1)
-        return rv;
-    return eg_p11_get_attributes(call, h[0], a, 3);
+    return rv != CKR_OK ? rv : eg_p11_get_attributes(call, h, a, 3);
 }
 
-static void check_kek(checker *c, eg_token *tok, const eg_skg_kek_cfg *kek)
+static void check_kek(checker *c, eg_token *tok, const eg_skg_kek_cfg *kek, const eg_p11_uri *uri)
 {
-    kek_arg k = {0};
-    eg_p11_uri *uri = NULL;
-    CK_RV rv;
+    kek_arg k = {.uri = uri};
+    CK_RV rv = eg_token_run(tok, kek_fn, &k);
 
-    if (eg_p11_uri_parse(kek->uri, &uri) != 0) {
-        ERR_clear_error();
-        say(c, kek->line, "serverkeygen_kek", "%s is not a PKCS#11 URI", kek->uri);
-        return;
-    }
-    k.uri = uri;
-    rv = eg_token_run(tok, kek_fn, &k);
-    if (rv != CKR_OK)
+    if (rv == CKR_KEY_HANDLE_INVALID || rv == CKR_KEY_FUNCTION_NOT_PERMITTED)
+        say(c, kek->line, "serverkeygen_kek", "%s: %s secret key in token '%s'", kek->uri,
+            rv == CKR_KEY_HANDLE_INVALID ? "no such" : "more than one", c->token);
+    else if (rv != CKR_OK)
         say(c, kek->line, "serverkeygen_kek", "%s: the token answered %s", kek->uri,
             eg_p11_rv_name(rv));
-    else if (k.found != 1)
-        say(c, kek->line, "serverkeygen_kek", "%s: %s secret key in token '%s'", kek->uri,
-            k.found == 0 ? "no such" : "more than one", c->token);
     else if (k.type != CKK_AES || !k.wrap || (k.len != 16 && k.len != 32))
         say(c, kek->line, "serverkeygen_kek", "%s is not an AES-128 or AES-256 key with CKA_WRAP",
             kek->uri);
-    eg_p11_uri_free(uri);
 }
 
 /* The recipients file's keys: RSA needs a key-transport algorithm, EC its curve's KDF. */
@@ -307,10 +287,17 @@ static void check_recipients(checker *c, const eg_skg_caps *caps, const eg_skg_p
     }
 }
 
-int eg_skg_check_profile(eg_token *tok, const eg_profile_cfg *p, const eg_skg_caps *caps,
-                         const eg_skg_profile *sp, eg_skg_report_fn *report, void *arg)
+void eg_skg_wants(const eg_profile_cfg *p, bool *any, bool *rsa)
 {
-    checker c = {.p = p, .report = report, .arg = arg, .token = eg_token_label(tok)};
+    *any = *any || p->skg_modes != 0;
+    for (size_t k = 0; p->skg_modes != 0 && k < p->nskg_keys; k++)
+        *rsa = *rsa || p->skg_keys[k].type == EVP_PKEY_RSA;
+}
+
+int eg_skg_check_profile(eg_token *tok, const char *path, const eg_profile_cfg *p,
+                         const eg_skg_caps *caps, const eg_skg_profile *sp)
+{
+    checker c = {.path = path, .p = p, .token = eg_token_label(tok)};
     unsigned kline = p->skg_keys_line ? p->skg_keys_line : p->skg_line;
 
     if (p->skg_modes == 0)
@@ -350,21 +337,12 @@ int eg_skg_check_profile(eg_token *tok, const eg_profile_cfg *p, const eg_skg_ca
             "pre-shared keys need C_WrapKey with CKM_AES_KEY_WRAP; token '%s' answers %s", c.token,
             eg_p11_rv_name(caps->aes_wrap));
     for (size_t i = 0; i < p->nskg_keks; i++)
-        check_kek(&c, tok, &p->skg_keks[i]);
+        check_kek(&c, tok, &p->skg_keks[i], sp->keks[i]);
     check_recipients(&c, caps, sp);
     return c.n;
 }
 
 /* ---- estgated --check-config ---- */
-
-static void print_problem(void *arg, unsigned line, const char *key, const char *message)
-{
-    const void *const *w = arg; /* path, profile */
-    const eg_profile_cfg *p = w[1];
-
-    fprintf(stderr, "%s:%u: [profile %s] %s: %s\n", (const char *)w[0], line, p->name, key,
-            message);
-}
 
 int eg_skg_check_config(const eg_config *cfg)
 {
@@ -381,13 +359,8 @@ int eg_skg_check_config(const eg_config *cfg)
     bool any = false, rsa = false;
     int problems = 0;
 
-    for (size_t i = 0; i < cfg->nprofiles; i++) {
-        const eg_profile_cfg *p = &cfg->profiles[i];
-
-        any = any || p->skg_modes != 0;
-        for (size_t k = 0; p->skg_modes != 0 && k < p->nskg_keys; k++)
-            rsa = rsa || p->skg_keys[k].type == EVP_PKEY_RSA;
-    }
+    for (size_t i = 0; i < cfg->nprofiles; i++)
+        eg_skg_wants(&cfg->profiles[i], &any, &rsa);
     if (!any)
         return 0;
     if (eg_token_open(&tc, &tok) != 0) {
@@ -402,18 +375,18 @@ int eg_skg_check_config(const eg_config *cfg)
     }
     for (size_t i = 0; i < cfg->nprofiles; i++) {
         const eg_profile_cfg *p = &cfg->profiles[i];
-        const void *w[2] = {cfg->path, p};
         eg_skg_profile sp;
         char err[256];
 
         if (p->skg_modes == 0)
             continue;
         if (eg_skg_profile_load(p, &sp, err, sizeof(err)) != 0) {
-            print_problem(w, p->skg_line, "serverkeygen_recipients", err);
+            fprintf(stderr, "%s:%u: [profile %s] serverkeygen: %s\n", cfg->path, p->skg_line,
+                    p->name, err);
             problems++;
             continue;
         }
-        problems += eg_skg_check_profile(tok, p, &caps, &sp, print_problem, w);
+        problems += eg_skg_check_profile(tok, cfg->path, p, &caps, &sp);
         eg_skg_profile_clear(&sp);
     }
 out:

@@ -907,14 +907,20 @@ static void generate_in_process(eg_token *tok, const eg_skg_caps *real, eg_profi
     eg_skg_result r = {0};
     eg_csr *csr = NULL;
     char why[256] = "", *saved = p->nskg_keks > 0 ? p->skg_keks[0].uri : NULL;
+    eg_skg_profile bad = {0};
     long before = session_objects(tok), after;
     size_t len;
     eg_status st;
 
     if (c->force_cbc)
         caps.cbc_pad = CKR_OK;
-    if (c->bad_kek_uri != NULL && saved != NULL)
+    if (c->bad_kek_uri != NULL && saved != NULL) { /* KEK URIs are read at profile load */
+        char err[256];
+
         p->skg_keks[0].uri = (char *)c->bad_kek_uri;
+        CU_ASSERT_FATAL(eg_skg_profile_load(p, &bad, err, sizeof(err)) == 0);
+        sp = &bad;
+    }
     if (c->rcpt != NULL) { /* as a profile that asked for encrypt would, past the start check */
         at = (attr){OID_ASYM_KID, V_ASN1_OCTET_STRING, ski, ski_of(c->rcpt, ski)};
         p->skg_modes |= EG_SKG_ENCRYPT;
@@ -934,6 +940,7 @@ static void generate_in_process(eg_token *tok, const eg_skg_caps *real, eg_profi
         fprintf(stderr, "%s: %ld session objects before, %ld after\n", c->what, before, after);
     if (saved != NULL)
         p->skg_keks[0].uri = saved;
+    eg_skg_profile_clear(&bad);
     eg_skg_result_clear(&r);
     eg_csr_free(csr);
     OPENSSL_free(der);

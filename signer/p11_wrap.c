@@ -82,6 +82,37 @@ CK_RV eg_p11_temp_keypair(eg_p11_call *call, CK_MECHANISM *mech, const CK_ATTRIB
     return CKR_OK;
 }
 
+/* How one temporary object comes to be: imported, generated or derived. */
+typedef struct temp_how {
+    enum { TEMP_CREATE, TEMP_GENERATE, TEMP_DERIVE } kind;
+    CK_MECHANISM *mech;    /* GENERATE, DERIVE */
+    CK_OBJECT_HANDLE base; /* DERIVE */
+} temp_how;
+
+/* Our fixed attributes and the caller's, the object made, and recorded in objs. */
+static CK_RV temp_one(eg_p11_call *call, const temp_how *how, const CK_ATTRIBUTE *fixed,
+                      CK_ULONG nfixed, const CK_ATTRIBUTE *attrs, CK_ULONG n,
+                      eg_p11_temp_objs *objs, CK_OBJECT_HANDLE *out)
+{
+    CK_ATTRIBUTE t[EG_WRAP_MAX_ATTRS + 5];
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    CK_ULONG nt;
+    CK_RV rv;
+
+    if (objs->n == EG_P11_MAX_TEMP || nfixed > 5)
+        return CKR_HOST_MEMORY;
+    if ((rv = merge(t, &nt, fixed, nfixed, attrs, n)) != CKR_OK)
+        return rv;
+    rv = how->kind == TEMP_CREATE     ? eg_p11_create_object(call, t, nt, &h)
+         : how->kind == TEMP_GENERATE ? eg_p11_generate_key(call, how->mech, t, nt, &h)
+                                      : eg_p11_derive_key(call, how->mech, how->base, t, nt, &h);
+    if (rv != CKR_OK)
+        return rv;
+    temp_add(objs, h);
+    *out = h;
+    return CKR_OK;
+}
+
 CK_RV eg_p11_temp_secret_import(eg_p11_call *call, const uint8_t *value, size_t len,
                                 const CK_ATTRIBUTE *attrs, CK_ULONG n, eg_p11_temp_objs *objs,
                                 CK_OBJECT_HANDLE *out)
@@ -90,19 +121,9 @@ CK_RV eg_p11_temp_secret_import(eg_p11_call *call, const uint8_t *value, size_t 
     const CK_ATTRIBUTE fixed[] = {{CKA_CLASS, &cls, sizeof(cls)},
                                   {CKA_TOKEN, &wrap_false, sizeof(wrap_false)},
                                   {CKA_VALUE, (void *)value, (CK_ULONG)len}};
-    CK_ATTRIBUTE t[EG_WRAP_MAX_ATTRS + 3];
-    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
-    CK_ULONG nt;
-    CK_RV rv;
+    const temp_how how = {.kind = TEMP_CREATE};
 
-    if (objs->n == EG_P11_MAX_TEMP)
-        return CKR_HOST_MEMORY;
-    if ((rv = merge(t, &nt, fixed, 3, attrs, n)) != CKR_OK ||
-        (rv = eg_p11_create_object(call, t, nt, &h)) != CKR_OK)
-        return rv;
-    temp_add(objs, h);
-    *out = h;
-    return CKR_OK;
+    return temp_one(call, &how, fixed, 3, attrs, n, objs, out);
 }
 
 CK_RV eg_p11_temp_derive(eg_p11_call *call, CK_MECHANISM *mech, CK_OBJECT_HANDLE base,
@@ -113,19 +134,9 @@ CK_RV eg_p11_temp_derive(eg_p11_call *call, CK_MECHANISM *mech, CK_OBJECT_HANDLE
     const CK_ATTRIBUTE fixed[] = {{CKA_CLASS, &cls, sizeof(cls)},
                                   {CKA_TOKEN, &wrap_false, sizeof(wrap_false)},
                                   {CKA_SENSITIVE, &wrap_true, sizeof(wrap_true)}};
-    CK_ATTRIBUTE t[EG_WRAP_MAX_ATTRS + 3];
-    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
-    CK_ULONG nt;
-    CK_RV rv;
+    const temp_how how = {.kind = TEMP_DERIVE, .mech = mech, .base = base};
 
-    if (objs->n == EG_P11_MAX_TEMP)
-        return CKR_HOST_MEMORY;
-    if ((rv = merge(t, &nt, fixed, 3, attrs, n)) != CKR_OK ||
-        (rv = eg_p11_derive_key(call, mech, base, t, nt, &h)) != CKR_OK)
-        return rv;
-    temp_add(objs, h);
-    *out = h;
-    return CKR_OK;
+    return temp_one(call, &how, fixed, 3, attrs, n, objs, out);
 }
 
 CK_RV eg_p11_temp_secret_key(eg_p11_call *call, CK_MECHANISM *mech, const CK_ATTRIBUTE *attrs,
@@ -133,19 +144,9 @@ CK_RV eg_p11_temp_secret_key(eg_p11_call *call, CK_MECHANISM *mech, const CK_ATT
 {
     const CK_ATTRIBUTE fixed[] = {{CKA_TOKEN, &wrap_false, sizeof(wrap_false)},
                                   {CKA_SENSITIVE, &wrap_true, sizeof(wrap_true)}};
-    CK_ATTRIBUTE t[EG_WRAP_MAX_ATTRS + 2];
-    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
-    CK_ULONG nt;
-    CK_RV rv;
+    const temp_how how = {.kind = TEMP_GENERATE, .mech = mech};
 
-    if (objs->n == EG_P11_MAX_TEMP)
-        return CKR_HOST_MEMORY;
-    if ((rv = merge(t, &nt, fixed, 2, attrs, n)) != CKR_OK ||
-        (rv = eg_p11_generate_key(call, mech, t, nt, &h)) != CKR_OK)
-        return rv;
-    temp_add(objs, h);
-    *out = h;
-    return CKR_OK;
+    return temp_one(call, &how, fixed, 2, attrs, n, objs, out);
 }
 
 /* A BIGNUM parameter of pub as big-endian bytes. */
@@ -229,14 +230,11 @@ CK_RV eg_p11_temp_public_key(eg_p11_call *call, const EVP_PKEY *pub, const CK_AT
                              CK_ULONG n, eg_p11_temp_objs *objs, CK_OBJECT_HANDLE *out)
 {
     CK_OBJECT_CLASS cls = CKO_PUBLIC_KEY;
+    const temp_how how = {.kind = TEMP_CREATE};
     struct pub_attrs p;
-    CK_ATTRIBUTE fixed[5], t[EG_WRAP_MAX_ATTRS + 5];
-    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
-    CK_ULONG nt;
+    CK_ATTRIBUTE fixed[5];
     CK_RV rv = CKR_KEY_TYPE_INCONSISTENT;
 
-    if (objs->n == EG_P11_MAX_TEMP)
-        return CKR_HOST_MEMORY;
     if (!pub_attrs_get(pub, &p))
         goto out;
     fixed[0] = (CK_ATTRIBUTE){CKA_CLASS, &cls, sizeof(cls)};
@@ -244,11 +242,7 @@ CK_RV eg_p11_temp_public_key(eg_p11_call *call, const EVP_PKEY *pub, const CK_AT
     fixed[2] = (CK_ATTRIBUTE){CKA_TOKEN, &wrap_false, sizeof(wrap_false)};
     fixed[3] = (CK_ATTRIBUTE){p.type == CKK_RSA ? CKA_MODULUS : CKA_EC_PARAMS, p.a, p.alen};
     fixed[4] = (CK_ATTRIBUTE){p.type == CKK_RSA ? CKA_PUBLIC_EXPONENT : CKA_EC_POINT, p.b, p.blen};
-    if ((rv = merge(t, &nt, fixed, 5, attrs, n)) != CKR_OK ||
-        (rv = eg_p11_create_object(call, t, nt, &h)) != CKR_OK)
-        goto out;
-    temp_add(objs, h);
-    *out = h;
+    rv = temp_one(call, &how, fixed, 5, attrs, n, objs, out);
 out:
     pub_attrs_clear(&p);
     return rv;
