@@ -36,7 +36,6 @@
 
 #include "child.h"
 #include "estgated_fixture.h"
-#include "password_local.h"
 #include "token_harness.h"
 
 #define SLICES          5
@@ -49,6 +48,7 @@
 static eg_th_kind kind;
 static eg_th *th;
 static char dir[1024], ini[PATH_MAX], ca[PATH_MAX], daemon_log[PATH_MAX], auth_file[PATH_MAX];
+static char pass_file[PATH_MAX];
 static unsigned port;
 static pid_t daemon_pid;
 static eg_child_result *res;
@@ -302,28 +302,6 @@ static int import_kek(void)
 
 /* A random Basic password for user "bench": its hash into the config, base64(bench:pw) to a
  * 0600 file for the wrk script. */
-static int make_credentials(char **hash)
-{
-    unsigned char rnd[16], b64[128];
-    char secret[33], user[64];
-    int i, rc = -1;
-
-    if (RAND_bytes(rnd, sizeof(rnd)) != 1)
-        goto out;
-    for (i = 0; i < 16; i++)
-        snprintf(secret + 2 * i, 3, "%02x", rnd[i]);
-    snprintf(user, sizeof(user), "bench:%s", secret);
-    EVP_EncodeBlock(b64, (unsigned char *)user, (int)strlen(user));
-    if (eg_file_write(auth_file, b64, strlen((char *)b64), 0600) != 0 ||
-        eg_password_hash_cost(secret, 10000, hash) != 0)
-        goto out;
-    rc = 0;
-out:
-    OPENSSL_cleanse(secret, sizeof(secret));
-    OPENSSL_cleanse(user, sizeof(user));
-    OPENSSL_cleanse(b64, sizeof(b64));
-    return rc;
-}
 
 static int write_config(void)
 {
@@ -332,7 +310,7 @@ static int write_config(void)
     char *hash = NULL, text[8192], kek[512] = "";
     int n, rc = -1;
 
-    if (make_credentials(&hash) != 0)
+    if (eg_fx_basic_user("bench", pass_file, auth_file, &hash) != 0)
         return -1;
     if (nss)
         snprintf(kek, sizeof(kek),
@@ -600,6 +578,7 @@ int main(int argc, char **argv)
     tpath(ca, "ca.pem");
     tpath(daemon_log, "estgated.log");
     tpath(auth_file, "basic.b64");
+    tpath(pass_file, "basic.pass");
     printf("token: %s; %d slices of %u s: raw P-256 and RSA-2048 (1 and 2 threads), wrk P-256 "
            "-c%d %u s, wrk RSA-2048 -c%d %u s\n",
            eg_th_kind_name(kind), SLICES, slice_s, P256_CONNS, slice_s, RSA_CONNS,

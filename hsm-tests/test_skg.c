@@ -35,7 +35,6 @@
 #include "p11.h"
 #include "skg.h"
 #include "estgated_fixture.h"
-#include "password_local.h"
 #include "procmem.h"
 #include "token_harness.h"
 
@@ -121,19 +120,16 @@ static const char *uri_label(void)
 static int write_config(bool skg)
 {
     const eg_token_config *c = eg_th_config(th);
-    char text[8192], extra[1024] = "", *hash = NULL;
-    unsigned char rnd[12];
+    char text[8192], extra[1024] = "", *hash = NULL, *pw;
     int n;
 
     /* Basic auth, as a fleet would use it: a random password in a 0600 file. */
-    if (RAND_bytes(rnd, sizeof(rnd)) != 1)
+    if (eg_fx_basic_user("alice", pass, NULL, &hash) != 0 ||
+        (pw = eg_file_read(pass, NULL)) == NULL)
         return -1;
-    n = snprintf(user, sizeof(user), "alice:");
-    for (size_t i = 0; i < sizeof(rnd); i++)
-        n += snprintf(user + n, sizeof(user) - (size_t)n, "%02x", rnd[i]);
-    if (eg_file_write(pass, user + 6, strlen(user + 6), 0600) != 0 ||
-        eg_password_hash_cost(user + 6, 10000, &hash) != 0)
-        return -1;
+    snprintf(user, sizeof(user), "alice:%s", pw);
+    OPENSSL_cleanse(pw, strlen(pw));
+    free(pw);
 
     if (kind == EG_TH_NSS)
         snprintf(extra, sizeof(extra),

@@ -7,9 +7,11 @@
 #include <unistd.h>
 
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <openssl/rand.h>
 
 #include "estgated_fixture.h"
+#include "password_local.h"
 
 /* estgate-provision WORD WORD with the token's options, then the rest (NULL-terminated). */
 static int provision(eg_th *th, eg_child_result *r, const char *const *words)
@@ -71,6 +73,33 @@ int eg_fx_kek_import(eg_th *th, const char *label, const char *id_hex, char hex_
 out:
     OPENSSL_cleanse(k, sizeof(k));
     OPENSSL_cleanse(hex, sizeof(hex));
+    return rc;
+}
+
+int eg_fx_basic_user(const char *name, const char *pass_file, const char *auth_file, char **hash)
+{
+    unsigned char rnd[16], b64[192];
+    char secret[33], user[128];
+    int rc = -1;
+
+    if (RAND_bytes(rnd, sizeof(rnd)) != 1)
+        goto out;
+    for (size_t i = 0; i < sizeof(rnd); i++)
+        snprintf(secret + 2 * i, 3, "%02x", rnd[i]);
+    if (eg_file_write(pass_file, secret, strlen(secret), 0600) != 0)
+        goto out;
+    if (auth_file != NULL) {
+        snprintf(user, sizeof(user), "%.64s:%s", name, secret);
+        EVP_EncodeBlock(b64, (unsigned char *)user, (int)strlen(user));
+        if (eg_file_write(auth_file, b64, strlen((char *)b64), 0600) != 0)
+            goto out;
+    }
+    rc = eg_password_hash_cost(secret, 10000, hash) == 0 ? 0 : -1;
+out:
+    OPENSSL_cleanse(rnd, sizeof(rnd));
+    OPENSSL_cleanse(secret, sizeof(secret));
+    OPENSSL_cleanse(user, sizeof(user));
+    OPENSSL_cleanse(b64, sizeof(b64));
     return rc;
 }
 

@@ -28,6 +28,14 @@ int eg_fx_provision(eg_th *th, const char *ca_subject, const char *ca_out, const
 int eg_fx_kek_import(eg_th *th, const char *label, const char *id_hex, char hex_out[65],
                      eg_child_result *r);
 
+/*
+ * A random Basic password for user name: the password alone written to
+ * pass_file and, when auth_file is not NULL, base64 of "name:password" (an
+ * Authorization value, for wrk) to auth_file, both 0600. *hash gets the
+ * [profile] user hash, at a cost cheap enough for tests. 0 or -1.
+ */
+int eg_fx_basic_user(const char *name, const char *pass_file, const char *auth_file, char **hash);
+
 /* The token label as a pkcs11: URI attribute value (blanks as %20, as NSS's has), in out. */
 const char *eg_fx_uri_label(const eg_th *th, char *out, size_t cap);
 
