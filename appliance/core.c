@@ -41,15 +41,15 @@ typedef struct core_profile {
 typedef struct profile_set {
     core_profile *profiles;
     size_t n;
+    eg_skg_caps caps; /* serverkeygen: what the token can do, probed for these profiles */
+    bool probed, probed_rsa;
 } profile_set;
 
 struct eg_core {
     eg_token *tok;
     eg_ledger *lg;
-    pthread_rwlock_t lock; /* over set and caps */
+    pthread_rwlock_t lock; /* over set */
     profile_set *set;
-    eg_skg_caps caps; /* serverkeygen: what the token can do (probed when a profile asks) */
-    bool probed, probed_rsa;
 };
 
 void eg_answer_clear(eg_answer *a)
@@ -463,11 +463,13 @@ int eg_core_lock_init(pthread_rwlock_t *lock)
 }
 
 /*
- * Probes the token once for what serverkeygen needs (again when a reload
- * first asks for RSA keys) and checks every profile that uses it. 0, or -1
- * after naming each problem on stderr.
+ * What the token can do for set's serverkeygen profiles: the earlier set's
+ * findings when they cover it, else a new probe (a reload that first asks
+ * for RSA keys probes again), then every such profile checked. Runs before
+ * the set is in place, so no request waits on a probe. 0, or -1 after naming
+ * each problem on stderr.
  */
-static int skg_check(eg_core *core, const profile_set *set, const char *path)
+static int skg_check(eg_token *tok, profile_set *set, const profile_set *prev, const char *path)
 {
     bool rsa = false, any = false;
     int problems = 0;
@@ -476,20 +478,23 @@ static int skg_check(eg_core *core, const profile_set *set, const char *path)
         eg_skg_wants(&set->profiles[i].cfg, &any, &rsa);
     if (!any)
         return 0;
-    if (!core->probed || (rsa && !core->probed_rsa)) {
-        if (eg_skg_probe(core->tok, rsa, &core->caps) != 0)
+    if (prev != NULL && prev->probed && (!rsa || prev->probed_rsa)) {
+        set->caps = prev->caps;
+        set->probed_rsa = prev->probed_rsa;
+    } else {
+        if (eg_skg_probe(tok, rsa, &set->caps) != 0)
             return -1;
-        core->probed = true;
-        core->probed_rsa = rsa;
-        if (core->caps.wraps_unextractable)
+        set->probed_rsa = rsa;
+        if (set->caps.wraps_unextractable)
             fprintf(stderr,
                     "estgated: note: token '%s' wraps keys marked not extractable (NSS "
                     "softoken does); estgate wraps only the session keys it makes for "
                     "serverkeygen\n",
-                    eg_token_label(core->tok));
+                    eg_token_label(tok));
     }
+    set->probed = true;
     for (size_t i = 0; i < set->n; i++)
-        problems += eg_skg_check_profile(core->tok, path, &set->profiles[i].cfg, &core->caps,
+        problems += eg_skg_check_profile(tok, path, &set->profiles[i].cfg, &set->caps,
                                          &set->profiles[i].skg);
     return problems == 0 ? 0 : -1;
 }
@@ -506,7 +511,7 @@ int eg_core_open(const eg_config *cfg, eg_core **out)
     if (cfg == NULL || cfg->nprofiles == 0 || cfg->ledger_path == NULL)
         goto out;
     if (open_token(cfg, &core->tok) != 0 || set_load(cfg, &core->set) != 0 ||
-        skg_check(core, core->set, cfg->path) != 0)
+        skg_check(core->tok, core->set, NULL, cfg->path) != 0)
         goto out;
     if (eg_ledger_open(cfg->ledger_path, NULL, &core->lg) != 0) {
         fprintf(stderr, "estgated: cannot open the ledger %s\n", cfg->ledger_path);
@@ -526,12 +531,12 @@ int eg_core_reload(eg_core *core, const eg_config *cfg)
 
     if (core == NULL || cfg == NULL || set_load(cfg, &set) != 0)
         return -1;
-    pthread_rwlock_wrlock(&core->lock);
-    if (skg_check(core, set, cfg->path) != 0) {
-        pthread_rwlock_unlock(&core->lock);
+    /* Only a reload replaces core->set, so this thread may read it unlocked. */
+    if (skg_check(core->tok, set, core->set, cfg->path) != 0) {
         set_free(set);
         return -1;
     }
+    pthread_rwlock_wrlock(&core->lock);
     old = core->set;
     core->set = set;
     pthread_rwlock_unlock(&core->lock);
@@ -853,8 +858,8 @@ static int generate(enroll *e)
                    "this profile does not offer server-side key generation");
         return -1;
     }
-    st = eg_skg_generate(e->core->tok, &e->core->caps, &e->prof->cfg, &e->prof->skg, e->csr, &e->kg,
-                         why, sizeof(why));
+    st = eg_skg_generate(e->core->tok, &e->core->set->caps, &e->prof->cfg, &e->prof->skg, e->csr,
+                         &e->kg, why, sizeof(why));
     if (st == EG_OK)
         return 0;
     answer_set(&e->a, st,

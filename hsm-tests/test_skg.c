@@ -988,6 +988,73 @@ static void test_nothing_left_in_the_token(void)
     eg_config_errors_clear(&errs);
 }
 
+/* ---- reload ---- */
+
+static int log_count(const char *needle)
+{
+    char *log = eg_file_read(daemon_log, NULL), *p = log;
+    int n = 0;
+
+    while (p != NULL && (p = strstr(p, needle)) != NULL) {
+        n++;
+        p += strlen(needle);
+    }
+    free(log);
+    return n;
+}
+
+/* SIGHUP, then wait (up to 10 s) for one more "needle" line in the daemon's log. */
+static int sighup_and_wait(const char *needle)
+{
+    int before = log_count(needle);
+
+    kill(daemon_pid, SIGHUP);
+    for (int i = 0; i < 200; i++) {
+        if (log_count(needle) > before)
+            return 0;
+        usleep(50000);
+    }
+    return -1;
+}
+
+/*
+ * A reload re-checks serverkeygen against the token: the same file reloads
+ * and keeps serving; on SoftHSM a file that asks for encrypt (which SoftHSM
+ * cannot do) is refused by name and the running profiles stay.
+ */
+static void test_reload_rechecks_serverkeygen(void)
+{
+    char *orig, *bad;
+    size_t len;
+
+    if (kind == EG_TH_P11KIT)
+        return;
+    CU_ASSERT_EQUAL(sighup_and_wait("estgated: reloaded"), 0);
+    plaintext("P-256");
+    if (kind != EG_TH_SOFTHSM)
+        return;
+    CU_ASSERT_PTR_NOT_NULL_FATAL(orig = eg_file_read(ini, &len));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(bad = malloc(len + 128));
+    snprintf(bad, len + 128, "%s", orig);
+    /* The default profile's mode line, then the recipients encrypt needs. */
+    CU_ASSERT_PTR_NOT_NULL_FATAL(strstr(bad, "serverkeygen = plaintext\n"));
+    memcpy(strstr(bad, "serverkeygen = plaintext\n"), "serverkeygen = encrypt  \n", 25);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(strstr(bad, "[profile nokg]"));
+    {
+        char *nokg = strstr(bad, "[profile nokg]"), tail[1024];
+
+        snprintf(tail, sizeof(tail), "%s", nokg);
+        snprintf(nokg, len + 128 - (size_t)(nokg - bad), "serverkeygen_csr_key = yes\n\n%s", tail);
+    }
+    CU_ASSERT_EQUAL(eg_file_write(ini, bad, strlen(bad), 0600), 0);
+    CU_ASSERT_EQUAL(sighup_and_wait("reload failed"), 0);
+    CU_ASSERT(log_count("encrypt needs C_WrapKey of a private key with CKM_AES_CBC_PAD") > 0);
+    plaintext("P-256"); /* the running configuration still serves */
+    CU_ASSERT_EQUAL(eg_file_write(ini, orig, len, 0600), 0);
+    free(bad);
+    free(orig);
+}
+
 static CU_TestInfo tests[] = {
     {"nothing a request made is left in the token", test_nothing_left_in_the_token},
     {"plaintext P-256 key matches its certificate", test_plaintext_p256},
@@ -1000,6 +1067,7 @@ static CU_TestInfo tests[] = {
     {"refusals have their status and issue nothing", test_refusals},
     {"--check-config probes the token; p11-kit refused by name",
      test_check_config_probes_the_token},
+    {"a reload re-checks serverkeygen against the token", test_reload_rechecks_serverkeygen},
     {"no generated key left in estgated memory", test_no_generated_key_left_in_estgated_memory},
     CU_TEST_INFO_NULL,
 };
