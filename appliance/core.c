@@ -23,6 +23,7 @@
 #include "issue.h"
 #include "ledger.h"
 #include "p11.h"
+#include "pem.h"
 #include "policy.h"
 #include "provider.h"
 #include "skg.h"
@@ -289,28 +290,9 @@ static int answer_certs_only(eg_answer *a)
     return 0;
 }
 
-static STACK_OF(X509) * read_chain(const char *path)
-{
-    STACK_OF(X509) *sk = sk_X509_new_null();
-    BIO *in = BIO_new_file(path, "r");
-    X509 *x;
-
-    while (sk != NULL && in != NULL && (x = PEM_read_bio_X509(in, NULL, NULL, NULL)) != NULL) {
-        if (sk_X509_push(sk, x) <= 0)
-            X509_free(x);
-    }
-    ERR_clear_error();
-    BIO_free(in);
-    if (sk_X509_num(sk) <= 0) {
-        sk_X509_free(sk);
-        return NULL;
-    }
-    return sk;
-}
-
 static int load_ca(core_profile *p, char *err, size_t cap)
 {
-    STACK_OF(X509) *chain = read_chain(p->cfg.ca_chain_file);
+    STACK_OF(X509) *chain = eg_pem_read_certs(p->cfg.ca_chain_file);
     int rc = -1;
 
     if (chain == NULL) {

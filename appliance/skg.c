@@ -26,6 +26,7 @@
 #include <openssl/x509v3.h>
 
 #include "p11_uri.h"
+#include "pem.h"
 #include "skg.h"
 #include "skg_cms.h"
 
@@ -795,10 +796,6 @@ out:
 
 int eg_skg_profile_load(const eg_profile_cfg *cfg, eg_skg_profile *out, char *err, size_t cap)
 {
-    BIO *in;
-    X509 *x;
-    STACK_OF(X509) * sk;
-
     memset(out, 0, sizeof(*out));
     for (size_t i = 0; i < cfg->nskg_keks; i++) {
         if (eg_p11_uri_parse(cfg->skg_keks[i].uri, &out->keks[i]) != 0) {
@@ -810,19 +807,11 @@ int eg_skg_profile_load(const eg_profile_cfg *cfg, eg_skg_profile *out, char *er
     }
     if (cfg->skg_recipients_file == NULL)
         return 0;
-    if ((in = BIO_new_file(cfg->skg_recipients_file, "r")) == NULL ||
-        (sk = sk_X509_new_null()) == NULL) {
-        BIO_free(in);
-        snprintf(err, cap, "cannot read %s", cfg->skg_recipients_file);
+    if ((out->recipients = eg_pem_read_certs(cfg->skg_recipients_file)) == NULL) {
+        snprintf(err, cap, "no certificate in %s", cfg->skg_recipients_file);
         eg_skg_profile_clear(out);
         return -1;
     }
-    while ((x = PEM_read_bio_X509(in, NULL, NULL, NULL)) != NULL)
-        if (sk_X509_push(sk, x) <= 0)
-            X509_free(x);
-    ERR_clear_error();
-    BIO_free(in);
-    out->recipients = sk;
     return 0;
 }
 

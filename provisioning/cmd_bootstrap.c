@@ -15,6 +15,7 @@
 
 #include "args.h"
 #include "bootstrap.h"
+#include "pem.h"
 #include "report.h"
 #include "token.h"
 
@@ -151,20 +152,10 @@ static int bs_parse(int argc, char **argv, struct bs_args *a)
 
 static int read_certs(const char *path, STACK_OF(X509) * *out)
 {
-    STACK_OF(X509) *sk = sk_X509_new_null();
-    BIO *in = BIO_new_file(path, "r");
-    X509 *x;
+    STACK_OF(X509) *sk = eg_pem_read_certs(path);
 
-    while (sk != NULL && in != NULL && (x = PEM_read_bio_X509(in, NULL, NULL, NULL)) != NULL) {
-        if (sk_X509_push(sk, x) <= 0)
-            X509_free(x);
-    }
-    ERR_clear_error();
-    BIO_free(in);
-    if (sk_X509_num(sk) <= 0) {
-        sk_X509_free(sk);
+    if (sk == NULL)
         return eg_prov_fail(EG_EXIT_NOINPUT, "no PEM certificate in %s", path);
-    }
     *out = sk;
     return EG_EXIT_OK;
 }
