@@ -27,14 +27,13 @@
 /* What one token can do for serverkeygen; each CK_RV is what the probe's operation answered. */
 typedef struct eg_skg_caps {
     CK_RV keygen_ec;  /* an extractable P-256 session key pair */
-    CK_RV keygen_rsa; /* an extractable RSA-2048 session key pair (probed when asked) */
-    bool rsa_probed;
-    CK_RV cbc_pad;  /* C_WrapKey(CKM_AES_CBC_PAD) of a private key: the encrypted content */
-    CK_RV kwp;      /* C_WrapKey(CKM_AES_KEY_WRAP_PAD) of a private key */
-    CK_RV import;   /* C_CreateObject of a session AES key (plaintext's throwaway key) */
-    CK_RV kt[3];    /* C_WrapKey of an AES key to an RSA public key: EG_SKG_RSA_* */
-    CK_RV aes_wrap; /* C_WrapKey(CKM_AES_KEY_WRAP) of an AES key (KEKRI, KARI) */
-    CK_RV kari[2];  /* CKM_ECDH1_DERIVE with the X9.63 KDF: P-256 SHA-256, P-384 SHA-384 */
+    CK_RV keygen_rsa; /* an extractable RSA-2048 session key pair; CKR_OK when not probed */
+    CK_RV cbc_pad;    /* C_WrapKey(CKM_AES_CBC_PAD) of a private key: the encrypted content */
+    CK_RV kwp;        /* C_WrapKey(CKM_AES_KEY_WRAP_PAD) of a private key */
+    CK_RV import;     /* C_CreateObject of a session AES key (plaintext's throwaway key) */
+    CK_RV kt[3];      /* C_WrapKey of an AES key to an RSA public key: EG_SKG_RSA_* */
+    CK_RV aes_wrap;   /* C_WrapKey(CKM_AES_KEY_WRAP) of an AES key (KEKRI, KARI) */
+    CK_RV kari[2];    /* CKM_ECDH1_DERIVE with the X9.63 KDF: P-256 SHA-256, P-384 SHA-384 */
     bool wraps_unextractable; /* the token wrapped a CKA_EXTRACTABLE=FALSE key (NSS) */
 } eg_skg_caps;
 

@@ -123,7 +123,6 @@ static CK_RV probe_fn(eg_p11_call *call, void *arg)
 
     eg_p11_temp_init(&objs);
     memset(c, 0, sizeof(*c));
-    c->rsa_probed = p->rsa;
     if ((c->keygen_ec = rv = eg_skg_temp_pair(call, &ec, CKA_SIGN, &objs, &pub, &priv)) != CKR_OK ||
         (rv = aes(call, true, &objs, &cek)) != CKR_OK)
         goto out;
