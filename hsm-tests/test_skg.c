@@ -434,21 +434,29 @@ static EVP_PKEY *check_key(const unsigned char *p8, size_t len, const answer *a,
 }
 
 /* Certificates in the ledger (read beside the running daemon: WAL allows it). */
-static int ledger_certs(void)
+/* Rows of a ledger file in dir: every issuance row, intents included, or certificates only. */
+static int ledger_rows(const char *file, bool certs_only)
 {
     char path[PATH_MAX];
     sqlite3 *db = NULL;
     sqlite3_stmt *st = NULL;
     int n = -1;
 
-    if (sqlite3_open_v2(tpath(path, "ledger.db"), &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
-        sqlite3_prepare_v2(db, "SELECT count(*) FROM issuance WHERE cert IS NOT NULL", -1, &st,
-                           NULL) == SQLITE_OK &&
+    if (sqlite3_open_v2(tpath(path, file), &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+        sqlite3_prepare_v2(db,
+                           certs_only ? "SELECT count(*) FROM issuance WHERE cert IS NOT NULL"
+                                      : "SELECT count(*) FROM issuance",
+                           -1, &st, NULL) == SQLITE_OK &&
         sqlite3_step(st) == SQLITE_ROW)
         n = sqlite3_column_int(st, 0);
     sqlite3_finalize(st);
     sqlite3_close(db);
     return n;
+}
+
+static int ledger_certs(void)
+{
+    return ledger_rows("ledger.db", true);
 }
 
 /* ---- plaintext ---- */
@@ -988,11 +996,12 @@ static void test_nothing_left_in_the_token(void)
     eg_config_errors_clear(&errs);
 }
 
-/* ---- reload ---- */
+/* ---- a full token: 503, and nothing kept ---- */
 
-static int log_count(const char *needle)
+/* How many times needle is in the log file at path. */
+static int log_count_in(const char *path, const char *needle)
 {
-    char *log = eg_file_read(daemon_log, NULL), *p = log;
+    char *log = eg_file_read(path, NULL), *p = log;
     int n = 0;
 
     while (p != NULL && (p = strstr(p, needle)) != NULL) {
@@ -1001,6 +1010,197 @@ static int log_count(const char *needle)
     }
     free(log);
     return n;
+}
+
+/*
+ * The token behind EG_P11_QUOTA_PATH (hsm-tests/harness/p11_quota.c) is this
+ * suite's real token with a quota on live session objects: the number in
+ * quota_file. It writes how many it holds to quota_file.live.
+ */
+static char quota_file[PATH_MAX];
+
+static void set_quota(long n)
+{
+    char text[32];
+    int len = snprintf(text, sizeof(text), "%ld\n", n);
+
+    if (n < 0)
+        unlink(quota_file);
+    else
+        CU_ASSERT_EQUAL(eg_file_write(quota_file, text, (size_t)len, 0600), 0);
+}
+
+static void quota_env(void)
+{
+    tpath(quota_file, "quota");
+    unlink(quota_file);
+    setenv("EG_P11_QUOTA_MODULE", eg_th_config(th)->module_path, 1);
+    setenv("EG_P11_QUOTA_FILE", quota_file, 1);
+}
+
+/* What the quota module says it holds: live session objects made through it. */
+static long quota_live(void)
+{
+    char path[PATH_MAX + 8], *text;
+    long n;
+
+    snprintf(path, sizeof(path), "%s.live", quota_file);
+    text = eg_file_read(path, NULL);
+    n = text != NULL ? strtol(text, NULL, 10) : -1;
+    free(text);
+    return n;
+}
+
+/*
+ * In this process, through the signer: with the quota at 0, 1, 2, ... live
+ * session objects, the same request fails with EG_UNAVAILABLE naming
+ * CKR_DEVICE_MEMORY until the quota lets the whole request through, wherever
+ * in the request the token ran out; the token's own count of session objects
+ * (C_FindObjects, not the quota module's) is the same after each try.
+ */
+static void full_in_process(eg_token *tok, const eg_skg_caps *caps, eg_profile_cfg *p,
+                            const eg_skg_profile *sp, bool kek, int *fits)
+{
+    unsigned char kid[4] = {0x0a, 0x1b, 0x2c, 0x3d}, *der;
+    attr at = {OID_DECRYPT_KID, V_ASN1_OCTET_STRING, kid, sizeof(kid)};
+    eg_csr *csr = NULL;
+    size_t len;
+
+    *fits = -1;
+    der = make_csr("P-256", "full.example.com", &at, kek ? 1 : 0, &len);
+    CU_ASSERT_FATAL(der != NULL && eg_csr_parse(der, len, &csr) == 0);
+    for (int q = 0; q <= 8 && *fits < 0; q++) {
+        eg_skg_result r = {0};
+        char why[256] = "";
+        long before = session_objects(tok), after;
+        eg_status st;
+
+        set_quota(q);
+        st = eg_skg_generate(tok, caps, p, sp, csr, &r, why, sizeof(why));
+        set_quota(-1);
+        after = session_objects(tok);
+        if (st == EG_OK) {
+            *fits = q;
+        } else {
+            CU_ASSERT_EQUAL(st, EG_UNAVAILABLE);
+            CU_ASSERT_PTR_NOT_NULL(strstr(why, "CKR_DEVICE_MEMORY"));
+            if (st != EG_UNAVAILABLE)
+                fprintf(stderr, "quota %d: status %d: %s\n", q, st, why);
+        }
+        CU_ASSERT(before >= 0 && after == before);
+        if (after != before)
+            fprintf(stderr, "quota %d: %ld session objects before, %ld after\n", q, before, after);
+        eg_skg_result_clear(&r);
+    }
+    /* A key pair takes two objects and the key's way out at least one more. */
+    CU_ASSERT(*fits >= 3);
+    eg_csr_free(csr);
+    OPENSSL_free(der);
+}
+
+/*
+ * estgated on the same token behind the quota module, with its own ledger:
+ * each try that runs out of room is a 503 with Retry-After that leaves no
+ * row in the ledger and no object in the token; the quota that fits lets the
+ * request through, and again right after (nothing a failure made is still
+ * taking room).
+ */
+static void full_daemon(int fits, bool kek)
+{
+    unsigned char kid[4] = {0x0a, 0x1b, 0x2c, 0x3d}, *der;
+    attr at = {OID_DECRYPT_KID, V_ASN1_OCTET_STRING, kid, sizeof(kid)};
+    char qini[PATH_MAX], qlog[PATH_MAX], hdr[PATH_MAX], *text, *m, *out;
+    unsigned saved_port = port, qport = 0;
+    pid_t pid = 0;
+    size_t len;
+    answer a;
+
+    /* This suite's file, with the quota module as the token's module and a ledger of its own. */
+    CU_ASSERT_PTR_NOT_NULL_FATAL(text = eg_file_read(ini, &len));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(out = malloc(len + PATH_MAX + 64));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(m = strstr(text, "\nmodule = "));
+    snprintf(out, len + PATH_MAX + 64, "%.*s\nmodule = %s%s", (int)(m - text), text,
+             EG_P11_QUOTA_PATH, m + 10 + strcspn(m + 10, "\n"));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(m = strstr(out, "ledger = ledger.db"));
+    memcpy(m, "ledger = quota.db ", 18);
+    CU_ASSERT_EQUAL_FATAL(eg_file_write(tpath(qini, "quota.ini"), out, strlen(out), 0600), 0);
+    free(out);
+    free(text);
+    CU_ASSERT_EQUAL_FATAL(eg_fx_daemon_start(qini, tpath(qlog, "quota.log"), &pid, &qport, 1), 0);
+    port = qport;
+    der = make_csr("P-256", "full.example.com", &at, kek ? 1 : 0, &len);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(der);
+    for (int q = 0; q <= fits + 1; q++) {
+        int rows = ledger_rows("quota.db", false), want = q < fits ? 503 : 200;
+
+        set_quota(q < fits ? q : fits);
+        CU_ASSERT_EQUAL(post(&a, "", der, len, NULL), want);
+        if (a.status != want)
+            fprintf(stderr, "quota %d: %d, want %d: %s\n", q, a.status, want, a.text);
+        if (want == 503) {
+            CU_ASSERT_PTR_NOT_NULL(strstr(a.text, "CKR_DEVICE_MEMORY"));
+            text = eg_file_read(tpath(hdr, "resp.hdr"), NULL);
+            CU_ASSERT(text != NULL && strcasestr(text, "\r\nRetry-After: ") != NULL);
+            free(text);
+            CU_ASSERT_EQUAL(ledger_rows("quota.db", false), rows);
+        } else {
+            CU_ASSERT_STRING_EQUAL(a.key_type, kek ? "application/pkcs7-mime; "
+                                                     "smime-type=server-generated-key"
+                                                   : "application/pkcs8");
+            CU_ASSERT_EQUAL(ledger_rows("quota.db", true), ledger_rows("quota.db", false));
+        }
+        CU_ASSERT_EQUAL(quota_live(), 0);
+        answer_clear(&a);
+    }
+    set_quota(-1);
+    /* Each refusal is audited as the token being unavailable. */
+    CU_ASSERT(log_count_in(qlog, "event=unavailable") >= fits);
+    port = saved_port;
+    eg_fx_daemon_stop(&pid, SIGTERM);
+    OPENSSL_free(der);
+}
+
+static void test_a_full_token_answers_503_and_keeps_nothing(void)
+{
+    eg_config_errors errs = {0};
+    eg_token_config qc = *eg_th_config(th);
+    eg_config *cfg = NULL;
+    eg_token *tok = NULL;
+    eg_skg_caps caps;
+    eg_skg_profile sp = {0};
+    char err[256];
+    int fits = -1, fits_kek = -1;
+
+    if (kind == EG_TH_P11KIT)
+        return;
+    quota_env();
+    qc.module_path = EG_P11_QUOTA_PATH;
+    CU_ASSERT_FATAL(eg_config_load(ini, &cfg, &errs) == 0);
+    CU_ASSERT_FATAL(eg_token_open(&qc, &tok) == 0);
+    CU_ASSERT_FATAL(eg_skg_probe(tok, false, &caps) == 0); /* no quota yet: probes make objects */
+    CU_ASSERT_FATAL(eg_skg_profile_load(&cfg->profiles[0], &sp, err, sizeof(err)) == 0);
+    full_in_process(tok, &caps, &cfg->profiles[0], &sp, false, &fits);
+    if (kind == EG_TH_NSS)
+        full_in_process(tok, &caps, &cfg->profiles[0], &sp, true, &fits_kek);
+    eg_skg_profile_clear(&sp);
+    eg_token_free(tok);
+    eg_config_free(cfg);
+    eg_config_errors_clear(&errs);
+    printf("(a plaintext answer takes %d session objects", fits);
+    if (kind == EG_TH_NSS)
+        printf(", one encrypted to the KEK %d", fits_kek);
+    printf(") ");
+    if (fits >= 0)
+        full_daemon(fits, false);
+    if (fits_kek >= 0)
+        full_daemon(fits_kek, true);
+}
+
+/* ---- reload ---- */
+
+static int log_count(const char *needle)
+{
+    return log_count_in(daemon_log, needle);
 }
 
 /* SIGHUP, then wait (up to 10 s) for one more "needle" line in the daemon's log. */
@@ -1069,6 +1269,7 @@ static CU_TestInfo tests[] = {
      test_check_config_probes_the_token},
     {"a reload re-checks serverkeygen against the token", test_reload_rechecks_serverkeygen},
     {"no generated key left in estgated memory", test_no_generated_key_left_in_estgated_memory},
+    {"a full token answers 503 and keeps nothing", test_a_full_token_answers_503_and_keeps_nothing},
     CU_TEST_INFO_NULL,
 };
 

@@ -1,0 +1,316 @@
+/*
+ * A pass-through PKCS#11 module that gives a real token a session-object
+ * quota, for tests of what estgated does when its token is full.
+ *
+ * Hardware HSM partitions hold a bounded number of objects and answer
+ * CKR_DEVICE_MEMORY once they are full; SoftHSM and NSS's softoken keep
+ * session objects in an unbounded heap, so no token here can be filled. This
+ * module loads the real one (EG_P11_QUOTA_MODULE) and hands every call to it
+ * unchanged, except that a call which would create a session object while
+ * the quota is used up is answered CKR_DEVICE_MEMORY instead of being made.
+ * Objects are really made, used and destroyed in the real token; the only
+ * thing this module decides is "full".
+ *
+ * Environment, read by the process that loads the module:
+ *   EG_P11_QUOTA_MODULE  path of the real module (required)
+ *   EG_P11_QUOTA_FILE    a file holding the quota as a decimal number of
+ *                        live session objects, read at every creating call;
+ *                        no file, or no number in it, means no quota.
+ *                        After every change the number of live session
+ *                        objects is written to EG_P11_QUOTA_FILE.live.
+ *
+ * Counted: the session objects made by C_CreateObject, C_CopyObject,
+ * C_GenerateKey, C_GenerateKeyPair (each half), C_UnwrapKey and C_DeriveKey
+ * through this module, until C_DestroyObject, the close of their session or
+ * C_Finalize. Token objects are not counted.
+ */
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <p11-kit/pkcs11.h>
+
+#define MAX_LIVE 4096
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static void *real_dl;
+static CK_FUNCTION_LIST *real; /* the real module's list */
+static CK_FUNCTION_LIST list;  /* ours: a copy with the creating calls replaced */
+static struct {
+    CK_SESSION_HANDLE session;
+    CK_OBJECT_HANDLE object;
+} live[MAX_LIVE];
+static size_t nlive;
+
+/* The quota, or -1 for none. */
+static long quota(void)
+{
+    const char *path = getenv("EG_P11_QUOTA_FILE");
+    FILE *f = path != NULL ? fopen(path, "r") : NULL;
+    long n = -1;
+
+    if (f != NULL) {
+        if (fscanf(f, "%ld", &n) != 1 || n < 0)
+            n = -1;
+        fclose(f);
+    }
+    return n;
+}
+
+/* Writes the live count beside the quota file, atomically (rename); under lock. */
+static void report(void)
+{
+    const char *path = getenv("EG_P11_QUOTA_FILE");
+    char tmp[4096], dst[4096];
+    FILE *f;
+
+    if (path == NULL || snprintf(dst, sizeof(dst), "%s.live", path) >= (int)sizeof(dst) ||
+        snprintf(tmp, sizeof(tmp), "%s.live.tmp", path) >= (int)sizeof(tmp))
+        return;
+    if ((f = fopen(tmp, "w")) == NULL)
+        return;
+    fprintf(f, "%zu\n", nlive);
+    if (fclose(f) == 0)
+        rename(tmp, dst);
+}
+
+/* CKA_TOKEN as a template says it; def when the template does not say. */
+static bool is_token(const CK_ATTRIBUTE *t, CK_ULONG n, bool def)
+{
+    for (CK_ULONG i = 0; t != NULL && i < n; i++)
+        if (t[i].type == CKA_TOKEN && t[i].pValue != NULL && t[i].ulValueLen == sizeof(CK_BBOOL))
+            return *(CK_BBOOL *)t[i].pValue == CK_TRUE;
+    return def;
+}
+
+/* Takes room for want objects, or says the token is full. Locks; unlock with done(). */
+static CK_RV reserve(size_t want)
+{
+    long q = quota();
+
+    pthread_mutex_lock(&lock);
+    if (want > 0 && ((q >= 0 && nlive + want > (size_t)q) || nlive + want > MAX_LIVE)) {
+        pthread_mutex_unlock(&lock);
+        return CKR_DEVICE_MEMORY;
+    }
+    return CKR_OK;
+}
+
+static void add(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o)
+{
+    live[nlive].session = s;
+    live[nlive].object = o;
+    nlive++;
+}
+
+static void done(void)
+{
+    report();
+    pthread_mutex_unlock(&lock);
+}
+
+/*
+ * Creating calls hold the lock across the real call, so two threads cannot
+ * both take the last place: a test module, so simplicity over concurrency.
+ */
+static CK_RV q_CreateObject(CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR t, CK_ULONG n,
+                            CK_OBJECT_HANDLE_PTR o)
+{
+    bool counted = !is_token(t, n, false);
+    CK_RV rv;
+
+    if ((rv = reserve(counted)) != CKR_OK)
+        return rv;
+    if ((rv = real->C_CreateObject(s, t, n, o)) == CKR_OK && counted)
+        add(s, *o);
+    done();
+    return rv;
+}
+
+static CK_RV q_CopyObject(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE from, CK_ATTRIBUTE_PTR t,
+                          CK_ULONG n, CK_OBJECT_HANDLE_PTR o)
+{
+    CK_BBOOL tok = CK_FALSE;
+    CK_ATTRIBUTE a = {CKA_TOKEN, &tok, sizeof(tok)};
+    bool counted;
+    CK_RV rv;
+
+    if (real->C_GetAttributeValue(s, from, &a, 1) != CKR_OK)
+        tok = CK_FALSE;
+    counted = !is_token(t, n, tok == CK_TRUE);
+    if ((rv = reserve(counted)) != CKR_OK)
+        return rv;
+    if ((rv = real->C_CopyObject(s, from, t, n, o)) == CKR_OK && counted)
+        add(s, *o);
+    done();
+    return rv;
+}
+
+static CK_RV q_GenerateKey(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_ATTRIBUTE_PTR t, CK_ULONG n,
+                           CK_OBJECT_HANDLE_PTR o)
+{
+    bool counted = !is_token(t, n, false);
+    CK_RV rv;
+
+    if ((rv = reserve(counted)) != CKR_OK)
+        return rv;
+    if ((rv = real->C_GenerateKey(s, m, t, n, o)) == CKR_OK && counted)
+        add(s, *o);
+    done();
+    return rv;
+}
+
+static CK_RV q_GenerateKeyPair(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_ATTRIBUTE_PTR pt,
+                               CK_ULONG pn, CK_ATTRIBUTE_PTR kt, CK_ULONG kn,
+                               CK_OBJECT_HANDLE_PTR pub, CK_OBJECT_HANDLE_PTR priv)
+{
+    bool cpub = !is_token(pt, pn, false), cpriv = !is_token(kt, kn, false);
+    CK_RV rv;
+
+    if ((rv = reserve((size_t)cpub + cpriv)) != CKR_OK)
+        return rv;
+    if ((rv = real->C_GenerateKeyPair(s, m, pt, pn, kt, kn, pub, priv)) == CKR_OK) {
+        if (cpub)
+            add(s, *pub);
+        if (cpriv)
+            add(s, *priv);
+    }
+    done();
+    return rv;
+}
+
+static CK_RV q_UnwrapKey(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k, CK_BYTE_PTR w,
+                         CK_ULONG wn, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR o)
+{
+    bool counted = !is_token(t, n, false);
+    CK_RV rv;
+
+    if ((rv = reserve(counted)) != CKR_OK)
+        return rv;
+    if ((rv = real->C_UnwrapKey(s, m, k, w, wn, t, n, o)) == CKR_OK && counted)
+        add(s, *o);
+    done();
+    return rv;
+}
+
+static CK_RV q_DeriveKey(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE base,
+                         CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR o)
+{
+    bool counted = !is_token(t, n, false);
+    CK_RV rv;
+
+    if ((rv = reserve(counted)) != CKR_OK)
+        return rv;
+    if ((rv = real->C_DeriveKey(s, m, base, t, n, o)) == CKR_OK && counted && o != NULL)
+        add(s, *o);
+    done();
+    return rv;
+}
+
+/* Forgets objects: of one session and handle, of one session, or all. */
+static void forget(bool by_session, CK_SESSION_HANDLE s, bool by_object, CK_OBJECT_HANDLE o)
+{
+    size_t i = 0;
+
+    while (i < nlive) {
+        if ((!by_session || live[i].session == s) && (!by_object || live[i].object == o))
+            live[i] = live[--nlive];
+        else
+            i++;
+    }
+}
+
+static CK_RV q_DestroyObject(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o)
+{
+    CK_RV rv;
+
+    pthread_mutex_lock(&lock);
+    /* Handles are the token's, unique across its sessions. */
+    if ((rv = real->C_DestroyObject(s, o)) == CKR_OK)
+        forget(false, 0, true, o);
+    done();
+    return rv;
+}
+
+static CK_RV q_CloseSession(CK_SESSION_HANDLE s)
+{
+    CK_RV rv;
+
+    pthread_mutex_lock(&lock);
+    if ((rv = real->C_CloseSession(s)) == CKR_OK || rv == CKR_SESSION_HANDLE_INVALID)
+        forget(true, s, false, 0);
+    done();
+    return rv;
+}
+
+static CK_RV q_CloseAllSessions(CK_SLOT_ID slot)
+{
+    CK_RV rv;
+
+    pthread_mutex_lock(&lock);
+    if ((rv = real->C_CloseAllSessions(slot)) == CKR_OK)
+        nlive = 0; /* one token per test */
+    done();
+    return rv;
+}
+
+static CK_RV q_Finalize(CK_VOID_PTR reserved)
+{
+    CK_RV rv;
+
+    pthread_mutex_lock(&lock);
+    if ((rv = real->C_Finalize(reserved)) == CKR_OK)
+        nlive = 0;
+    done();
+    return rv;
+}
+
+static CK_RV load(void)
+{
+    const char *path = getenv("EG_P11_QUOTA_MODULE");
+    CK_RV (*get)(CK_FUNCTION_LIST_PTR_PTR);
+
+    if (real != NULL)
+        return CKR_OK;
+    if (path == NULL || (real_dl = dlopen(path, RTLD_NOW | RTLD_LOCAL)) == NULL) {
+        fprintf(stderr, "p11_quota: EG_P11_QUOTA_MODULE: %s\n",
+                path == NULL ? "not set" : dlerror());
+        return CKR_GENERAL_ERROR;
+    }
+    *(void **)&get = dlsym(real_dl, "C_GetFunctionList");
+    if (get == NULL || get(&real) != CKR_OK || real == NULL) {
+        fprintf(stderr, "p11_quota: %s: no C_GetFunctionList\n", path);
+        real = NULL;
+        return CKR_GENERAL_ERROR;
+    }
+    list = *real;
+    list.C_Finalize = q_Finalize;
+    list.C_CloseSession = q_CloseSession;
+    list.C_CloseAllSessions = q_CloseAllSessions;
+    list.C_CreateObject = q_CreateObject;
+    list.C_CopyObject = q_CopyObject;
+    list.C_DestroyObject = q_DestroyObject;
+    list.C_GenerateKey = q_GenerateKey;
+    list.C_GenerateKeyPair = q_GenerateKeyPair;
+    list.C_UnwrapKey = q_UnwrapKey;
+    list.C_DeriveKey = q_DeriveKey;
+    list.C_GetFunctionList = C_GetFunctionList;
+    return CKR_OK;
+}
+
+__attribute__((visibility("default"))) CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR out)
+{
+    CK_RV rv;
+
+    if (out == NULL)
+        return CKR_ARGUMENTS_BAD;
+    pthread_mutex_lock(&lock);
+    rv = load();
+    pthread_mutex_unlock(&lock);
+    if (rv == CKR_OK)
+        *out = &list;
+    return rv;
+}
