@@ -792,6 +792,93 @@ static void test_kek_import_wraps_as_the_device_would(void)
     free(r);
 }
 
+/* ---- eg_p11_wrap_alloc: one call when its buffer fits, a second when it does not ---- */
+
+struct big_wrap_args {
+    const uint8_t *secret, *kek;
+    size_t secret_len;
+    bool cbc; /* CKM_AES_CBC_PAD (NSS) rather than CKM_AES_KEY_WRAP_PAD (SoftHSM) */
+    uint8_t iv[16];
+    uint8_t *wrapped;
+    size_t wrapped_len;
+};
+
+static CK_RV big_wrap_fn(eg_p11_call *call, void *arg)
+{
+    struct big_wrap_args *a = arg;
+    CK_KEY_TYPE generic = CKK_GENERIC_SECRET, aes = CKK_AES;
+    CK_BBOOL yes = CK_TRUE;
+    CK_ATTRIBUTE st[] = {{CKA_KEY_TYPE, &generic, sizeof(generic)},
+                         {CKA_EXTRACTABLE, &yes, sizeof(yes)}};
+    CK_ATTRIBUTE kt[] = {{CKA_KEY_TYPE, &aes, sizeof(aes)}, {CKA_WRAP, &yes, sizeof(yes)}};
+    CK_MECHANISM mech = {a->cbc ? CKM_AES_CBC_PAD : CKM_AES_KEY_WRAP_PAD, a->cbc ? a->iv : NULL,
+                         a->cbc ? sizeof(a->iv) : 0};
+    CK_OBJECT_HANDLE secret, kek;
+    eg_p11_temp_objs objs;
+    CK_RV rv;
+
+    eg_p11_temp_init(&objs);
+    if ((rv = eg_p11_temp_secret_import(call, a->secret, a->secret_len, st, 2, &objs, &secret)) ==
+            CKR_OK &&
+        (rv = eg_p11_temp_secret_import(call, a->kek, 32, kt, 2, &objs, &kek)) == CKR_OK)
+        rv = eg_p11_wrap_alloc(call, &mech, kek, secret, &a->wrapped, &a->wrapped_len);
+    eg_p11_temp_destroy(call, &objs);
+    return rv;
+}
+
+/* The secret back from the token's wrap, in software. */
+static int soft_unwrap(const struct big_wrap_args *a, uint8_t *out)
+{
+    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+    int n = 0, m = 0;
+
+    if (ctx != NULL && !a->cbc)
+        EVP_CIPHER_CTX_set_flags(ctx, EVP_CIPHER_CTX_FLAG_WRAP_ALLOW);
+    if (ctx == NULL ||
+        EVP_DecryptInit_ex(ctx, a->cbc ? EVP_aes_256_cbc() : EVP_aes_256_wrap_pad(), NULL, a->kek,
+                           a->cbc ? a->iv : NULL) != 1 ||
+        EVP_DecryptUpdate(ctx, out, &n, a->wrapped, (int)a->wrapped_len) != 1 ||
+        EVP_DecryptFinal_ex(ctx, out + n, &m) != 1)
+        n = -1, m = 0;
+    EVP_CIPHER_CTX_free(ctx);
+    return n < 0 ? -1 : n + m;
+}
+
+static void test_wrap_alloc_grows_its_buffer(void)
+{
+    /* 32 octets fit the first buffer; 6000 do not (it holds an RSA-4096 key's 2.4 KB). */
+    static const size_t sizes[] = {32, 6000};
+    uint8_t kek[32], *secret = malloc(6000), *back = malloc(6000 + 32);
+    eg_token *tok = NULL;
+
+    if (kind == EG_TH_P11KIT) { /* p11-kit 0.24.1 forwards no C_WrapKey */
+        free(secret);
+        free(back);
+        return;
+    }
+    CU_ASSERT_FATAL(secret != NULL && back != NULL);
+    CU_ASSERT_FATAL(RAND_bytes(kek, sizeof(kek)) == 1 && RAND_bytes(secret, 6000) == 1);
+    CU_ASSERT_EQUAL_FATAL(open_token(&tok), 0);
+    for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+        struct big_wrap_args a = {.secret = secret, .kek = kek, .secret_len = sizes[i]};
+        CK_RV rv;
+
+        a.cbc = kind == EG_TH_NSS;
+        CU_ASSERT_EQUAL(RAND_bytes(a.iv, sizeof(a.iv)), 1);
+        rv = eg_token_run(tok, big_wrap_fn, &a);
+        if (rv != CKR_OK)
+            printf("(%zu octets: %s) ", sizes[i], eg_p11_rv_name(rv));
+        CU_ASSERT_EQUAL(rv, CKR_OK);
+        CU_ASSERT(a.wrapped_len > sizes[i] && a.wrapped_len <= sizes[i] + 16);
+        CU_ASSERT(a.wrapped != NULL && soft_unwrap(&a, back) == (int)sizes[i] &&
+                  memcmp(back, secret, sizes[i]) == 0);
+        OPENSSL_free(a.wrapped);
+    }
+    eg_token_free(tok);
+    free(secret);
+    free(back);
+}
+
 static void test_kek_import_refuses_bad_key_files(void)
 {
     eg_child_result *r = calloc(1, sizeof(*r));
@@ -958,6 +1045,7 @@ static CU_TestInfo tests[] = {
      test_kek_import_wraps_as_the_device_would},
     {"kek import: 20 octets and odd hex refused (65), hex AES-128 taken",
      test_kek_import_refuses_bad_key_files},
+    {"eg_p11_wrap_alloc: a wrap bigger than its first buffer", test_wrap_alloc_grows_its_buffer},
     {"wrong PIN: exit 77, nothing written", test_wrong_pin_exits_77_and_writes_nothing},
     {"unknown token: exit 69", test_unknown_token_exits_69},
     {"bad --key and bad options: exit 64", test_bad_key_exits_64},

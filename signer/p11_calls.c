@@ -91,7 +91,7 @@ CK_RV eg_p11_wrap_key(eg_p11_call *call, CK_MECHANISM *mech, CK_OBJECT_HANDLE wr
     CK_RV rv;
 
     rv = call->fl->C_WrapKey(call->h, mech, wrapping, key, out, &len);
-    if (rv == CKR_OK)
+    if (rv == CKR_OK || rv == CKR_BUFFER_TOO_SMALL) /* the length it needs */
         *outlen = len;
     return rv;
 }

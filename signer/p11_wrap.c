@@ -24,6 +24,8 @@
 
 /* The most attributes a caller adds to a template (ours come on top). */
 #define EG_WRAP_MAX_ATTRS 16
+/* Room for a wrapped RSA-4096 PrivateKeyInfo (about 2.4 KB) and any padding. */
+#define WRAP_GUESS 4096
 
 static CK_BBOOL wrap_true = CK_TRUE, wrap_false = CK_FALSE;
 
@@ -251,18 +253,40 @@ out:
 CK_RV eg_p11_wrap_alloc(eg_p11_call *call, CK_MECHANISM *mech, CK_OBJECT_HANDLE wrapping,
                         CK_OBJECT_HANDLE key, uint8_t **out, size_t *outlen)
 {
-    uint8_t *buf = NULL;
-    size_t len = 0;
+    size_t len = WRAP_GUESS;
+    uint8_t *buf = OPENSSL_malloc(len);
     CK_RV rv;
 
-    /* Size first (pWrappedKey NULL), then the wrap itself. */
-    if ((rv = eg_p11_wrap_key(call, mech, wrapping, key, NULL, &len)) != CKR_OK)
-        return rv;
-    if (len == 0 || (buf = OPENSSL_malloc(len)) == NULL)
+    /*
+     * Into a buffer that fits any key we make, in one call: SoftHSM does the
+     * whole wrap to answer a size query (pWrappedKey NULL), so asking first
+     * would wrap twice. A token that needs more answers CKR_BUFFER_TOO_SMALL
+     * and gets what it asks for.
+     */
+    if (buf == NULL)
         return CKR_HOST_MEMORY;
-    if ((rv = eg_p11_wrap_key(call, mech, wrapping, key, buf, &len)) != CKR_OK) {
+    rv = eg_p11_wrap_key(call, mech, wrapping, key, buf, &len);
+    if (rv == CKR_BUFFER_TOO_SMALL) {
+        uint8_t *more = NULL;
+
+        /* NSS leaves the length short of what it needs: ask, with no buffer. */
+        if (len <= WRAP_GUESS &&
+            (rv = eg_p11_wrap_key(call, mech, wrapping, key, NULL, &len)) != CKR_OK) {
+            OPENSSL_free(buf);
+            return rv;
+        }
+        if (len > WRAP_GUESS)
+            more = OPENSSL_realloc(buf, len);
+        if (more == NULL) {
+            OPENSSL_free(buf);
+            return CKR_HOST_MEMORY;
+        }
+        buf = more;
+        rv = eg_p11_wrap_key(call, mech, wrapping, key, buf, &len);
+    }
+    if (rv != CKR_OK || len == 0) {
         OPENSSL_free(buf);
-        return rv;
+        return rv != CKR_OK ? rv : CKR_FUNCTION_FAILED;
     }
     *out = buf;
     *outlen = len;
