@@ -45,27 +45,6 @@ static bool san_fill(const char *t, const char *serial, const char *model, char 
     return true;
 }
 
-/* RFC 1035 host name: labels of letters, digits and inner hyphens. */
-static bool host_ok(const char *s)
-{
-    size_t len = strlen(s), label = 0, i;
-
-    if (len == 0 || len > 253)
-        return false;
-    for (i = 0; i <= len; i++) {
-        if (s[i] == '.' || s[i] == 0) {
-            if (label == 0 || label > 63 || s[i - 1] == '-' || s[i - label] == '-')
-                return false;
-            label = 0;
-        } else if (isalnum((unsigned char)s[i]) || s[i] == '-') {
-            label++;
-        } else {
-            return false;
-        }
-    }
-    return true;
-}
-
 /* A URI: a scheme, a colon, then printable ASCII without spaces. */
 static bool uri_ok(const char *s)
 {
@@ -85,7 +64,8 @@ int eg_bs_san_template_check(const char *t)
     char v[EG_BS_SAN_MAX];
 
     /* A sample serial and model must give a valid name of the type. */
-    if (strncmp(t, "dns:", 4) == 0 && san_fill(t + 4, "SN0001", "model1", v) && host_ok(v))
+    if (strncmp(t, "dns:", 4) == 0 && san_fill(t + 4, "SN0001", "model1", v) &&
+        eg_prov_host_name_ok(v, false))
         return EG_EXIT_OK;
     if (strncmp(t, "uri:", 4) == 0 && san_fill(t + 4, "SN0001", "model1", v) && uri_ok(v))
         return EG_EXIT_OK;
@@ -103,7 +83,7 @@ bool eg_bs_names_ok(const eg_bs_issuer *is, const eg_bs_row *row, char *why)
         bool dns = strncmp(is->sans[i], "dns:", 4) == 0;
 
         if (!san_fill(is->sans[i] + 4, row->serial, row->model, v) ||
-            !(dns ? host_ok(v) : uri_ok(v))) {
+            !(dns ? eg_prov_host_name_ok(v, false) : uri_ok(v))) {
             snprintf(why, EG_BS_WHY_MAX, "subjectAltName %s gives no valid %s for this row",
                      is->sans[i], dns ? "DNS name" : "URI");
             return false;
@@ -141,7 +121,7 @@ static int add_sans(X509 *x, const eg_bs_issuer *is, const eg_bs_row *row, char 
         bool dns = strncmp(is->sans[i], "dns:", 4) == 0;
 
         if (!san_fill(is->sans[i] + 4, row->serial, row->model, v) ||
-            !(dns ? host_ok(v) : uri_ok(v))) {
+            !(dns ? eg_prov_host_name_ok(v, false) : uri_ok(v))) {
             snprintf(why, EG_BS_WHY_MAX, "subjectAltName '%s' is not a valid %s", is->sans[i],
                      dns ? "DNS name for this serial and model" : "URI");
             rc = EG_EXIT_DATAERR;

@@ -114,7 +114,8 @@ static int add_extensions(X509 *x, const eg_prov_cert_spec *s)
         add_ext(x, &ctx, NID_subject_key_identifier, "hash") ||
         add_ext(x, &ctx, NID_authority_key_identifier, "keyid:always"))
         return -1;
-    if (!ca && (add_ext(x, &ctx, NID_ext_key_usage, "serverAuth") || add_san(x, s)))
+    if (s->profile == EG_PROFILE_TLS_SERVER &&
+        (add_ext(x, &ctx, NID_ext_key_usage, "serverAuth") || add_san(x, s)))
         return -1;
     return 0;
 }

@@ -2,6 +2,7 @@
 #ifndef EG_PROV_CERT_BUILD_H
 #define EG_PROV_CERT_BUILD_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include <openssl/evp.h>
@@ -10,6 +11,7 @@
 typedef enum eg_prov_profile {
     EG_PROFILE_CA,         /* CA:TRUE, keyCertSign + cRLSign */
     EG_PROFILE_TLS_SERVER, /* CA:FALSE, digitalSignature, serverAuth, SANs */
+    EG_PROFILE_SIGNER,     /* CA:FALSE, digitalSignature, no EKU: signs CMS (trust bundles) */
 } eg_prov_profile;
 
 typedef struct eg_prov_cert_spec {
@@ -30,6 +32,8 @@ typedef struct eg_prov_cert_spec {
  * Returns an exit code (EG_EXIT_USAGE for a malformed name).
  */
 int eg_prov_name_parse(const char *s, X509_NAME **out);
+/* RFC 1035 host names (letters, digits, inner hyphens); with wildcard, "*." in front allowed. */
+bool eg_prov_host_name_ok(const char *s, bool wildcard);
 /* SHA-384 for P-384 and RSA keys of 3072 bits or more, SHA-256 otherwise. */
 const char *eg_prov_digest_for(const EVP_PKEY *pub);
 /*

@@ -111,3 +111,26 @@ out:
     X509_NAME_free(name);
     return rc;
 }
+
+bool eg_prov_host_name_ok(const char *s, bool wildcard)
+{
+    size_t len, label = 0, i;
+
+    if (wildcard && strncmp(s, "*.", 2) == 0)
+        s += 2;
+    len = strlen(s);
+    if (len == 0 || len > 253)
+        return false;
+    for (i = 0; i <= len; i++) {
+        if (s[i] == '.' || s[i] == 0) {
+            if (label == 0 || label > 63 || s[i - 1] == '-' || s[i - label] == '-')
+                return false;
+            label = 0;
+        } else if (isalnum((unsigned char)s[i]) || s[i] == '-') {
+            label++;
+        } else {
+            return false;
+        }
+    }
+    return true;
+}
