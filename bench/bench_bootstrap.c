@@ -15,19 +15,12 @@
 #include <openssl/pem.h>
 #include <openssl/rsa.h>
 
+#include "bench_util.h"
 #include "child.h"
 #include "token_harness.h"
 
 static char tool[PATH_MAX], dir[1024], ca_uri[256];
 static eg_th *th;
-
-static double now_s(void)
-{
-    struct timespec t;
-
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
-}
 
 static int make_csrs(int n, FILE *f)
 {
@@ -86,12 +79,12 @@ static int run(const char *label, const char *manifest, const char *out, int n)
     snprintf(ca, sizeof(ca), "%s/ca.pem", dir);
     if (r == NULL)
         return -1;
-    t0 = now_s();
+    t0 = eg_bench_now();
     rc = eg_child_cmd(dir, r, tool, "bootstrap", "--module", c->module_path, "--token",
                       c->token_label, "--pin-file", c->pin_file, "--manifest", m, "--out", o,
                       "--ca-key", ca_uri, "--ca-cert", ca, "--days", "365", "--san-template",
                       "dns:{serial}.devices.example.com", NULL);
-    dt = now_s() - t0;
+    dt = eg_bench_now() - t0;
     if (rc == 0)
         printf("%-24s %6d devices  %7.2f s  %8.0f devices/min\n", label, n, dt, n * 60.0 / dt);
     free(r);

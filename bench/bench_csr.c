@@ -12,17 +12,10 @@
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 
+#include "bench_util.h"
 #include "csr.h"
 
 #define SLICES 5
-
-static double now_s(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static unsigned char *make_csr(EVP_PKEY *key, int *len)
 {
@@ -83,13 +76,13 @@ int main(int argc, char **argv)
         for (s = 0; s < SLICES && rc == 0; s++) {
             for (v = 0; v < 2; v++) {
                 for (l = 0; l < 2; l++) {
-                    double t0 = now_s(), end = t0 + secs / SLICES / 4;
+                    double t0 = eg_bench_now(), end = t0 + secs / SLICES / 4;
 
-                    while (now_s() < end && rc == 0) {
+                    while (eg_bench_now() < end && rc == 0) {
                         rc = read_once(der, len, l == 0, v);
                         done[k][l][v]++;
                     }
-                    spent[k][l][v] += now_s() - t0;
+                    spent[k][l][v] += eg_bench_now() - t0;
                 }
             }
         }

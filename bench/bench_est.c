@@ -13,7 +13,6 @@
  *   threads: estgated's [server] threads; default: connections (civetweb
  *   keeps a worker on a keep-alive connection for as long as it is open)
  */
-#include <dlfcn.h>
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
@@ -29,6 +28,7 @@
 #include <openssl/rand.h>
 #include <openssl/x509v3.h>
 
+#include "bench_util.h"
 #include "child.h"
 #include "estgated_fixture.h"
 #include "ledger.h"
@@ -54,14 +54,6 @@ typedef struct wrk_result {
     double cpu_us;                            /* the daemon's CPU (user+sys) per request */
 } wrk_result;
 
-static double now_s(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static char *tpath(char *buf, const char *name)
 {
     snprintf(buf, PATH_MAX, "%s/%s", dir, name);
@@ -80,68 +72,15 @@ static int provision(void)
     return eg_fx_provision(th, "CN=bench CA,O=estgate bench", ca, tpath(tls, "tls-chain.pem"), res);
 }
 
-typedef struct raw_module {
-    void *dl;
-    CK_FUNCTION_LIST *fl;
-    CK_SLOT_ID slot;
-    int initialized; /* we called C_Initialize, so we C_Finalize */
-} raw_module;
-
-/*
- * The module at the daemon's path, initialised by us: for p11kit a new client
- * connection to the same server, for softhsm the same token files the daemon
- * will open.
- */
-static int raw_open(raw_module *m)
-{
-    const eg_token_config *cfg = eg_th_config(th);
-    CK_RV (*get_list)(CK_FUNCTION_LIST_PTR_PTR);
-    CK_C_INITIALIZE_ARGS args = {.flags = CKF_OS_LOCKING_OK};
-    CK_SLOT_ID slots[16];
-    CK_ULONG n = 16, i;
-    CK_TOKEN_INFO info;
-    CK_RV rv;
-    size_t ll = strlen(cfg->token_label);
-
-    if ((m->dl = dlopen(cfg->module_path, RTLD_NOW)) == NULL)
-        return -1;
-    *(void **)&get_list = dlsym(m->dl, "C_GetFunctionList");
-    if (get_list == NULL || get_list(&m->fl) != CKR_OK)
-        return -1;
-    rv = m->fl->C_Initialize(&args);
-    if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED)
-        return -1;
-    m->initialized = rv == CKR_OK;
-    if (m->fl->C_GetSlotList(CK_TRUE, slots, &n) != CKR_OK)
-        return -1;
-    for (i = 0; i < n; i++) {
-        if (m->fl->C_GetTokenInfo(slots[i], &info) == CKR_OK &&
-            memcmp(info.label, cfg->token_label, ll) == 0 && (ll == 32 || info.label[ll] == ' ')) {
-            m->slot = slots[i];
-            return 0;
-        }
-    }
-    return -1;
-}
-
-static void raw_close(raw_module *m)
-{
-    if (m->initialized)
-        m->fl->C_Finalize(NULL);
-    if (m->dl != NULL)
-        dlclose(m->dl);
-    memset(m, 0, sizeof(*m));
-}
-
 typedef struct raw_worker {
-    raw_module *m;
+    eg_bench_module *m;
     double seconds;
     unsigned long ops;
     int failed;
 } raw_worker;
 
 /* A session of its own, logged in, and the CA's private key in it. */
-static int raw_session(raw_module *m, CK_SESSION_HANDLE *h, CK_OBJECT_HANDLE *key)
+static int raw_session(eg_bench_module *m, CK_SESSION_HANDLE *h, CK_OBJECT_HANDLE *key)
 {
     const char *pin = eg_th_user_pin(th);
     CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
@@ -176,7 +115,7 @@ static void *raw_run(void *arg)
         w->failed = 1;
         goto out;
     }
-    for (end = now_s() + w->seconds; now_s() < end; w->ops++) {
+    for (end = eg_bench_now() + w->seconds; eg_bench_now() < end; w->ops++) {
         len = sizeof(sig);
         if (fl->C_SignInit(h, &mech, key) != CKR_OK ||
             fl->C_Sign(h, digest, sizeof(digest), sig, &len) != CKR_OK) {
@@ -191,11 +130,12 @@ out:
 }
 
 /* nthreads signers for seconds; adds their signatures and the time taken. */
-static int raw_slice(raw_module *m, unsigned nthreads, double seconds, double *ops, double *took)
+static int raw_slice(eg_bench_module *m, unsigned nthreads, double seconds, double *ops,
+                     double *took)
 {
     raw_worker w[2] = {{m, seconds, 0, 0}, {m, seconds, 0, 0}};
     pthread_t tid[2];
-    double start = now_s();
+    double start = eg_bench_now();
     unsigned i;
     int rc = 0;
 
@@ -207,7 +147,7 @@ static int raw_slice(raw_module *m, unsigned nthreads, double seconds, double *o
         rc |= w[i].failed ? -1 : 0;
         *ops += (double)w[i].ops;
     }
-    *took += now_s() - start;
+    *took += eg_bench_now() - start;
     return rc;
 }
 
@@ -218,11 +158,11 @@ static int raw_slice(raw_module *m, unsigned nthreads, double seconds, double *o
  */
 static int raw_rates(double seconds, double rate[2])
 {
-    raw_module m = {0};
+    eg_bench_module m = {0};
     double ops[2] = {0, 0}, took[2] = {0, 0};
     int s, t, rc = -1;
 
-    if (raw_open(&m) != 0) {
+    if (eg_bench_module_open(eg_th_config(th), NULL, &m) != 0) {
         fprintf(stderr, "bench: cannot open %s for raw C_Sign\n", eg_th_config(th)->module_path);
         goto out;
     }
@@ -236,7 +176,7 @@ static int raw_rates(double seconds, double rate[2])
     rate[1] = ops[1] / took[1];
     rc = 0;
 out:
-    raw_close(&m);
+    eg_bench_module_close(&m);
     return rc;
 }
 
@@ -305,7 +245,7 @@ static int make_csrs(unsigned long n, double *took)
 {
     csr_part part[2] = {{0, n, NULL, 0, 0}, {1, n, NULL, 0, 0}};
     pthread_t tid[2];
-    double start = now_s();
+    double start = eg_bench_now();
     FILE *f = NULL;
     int i, started = 0, rc = -1;
 
@@ -323,7 +263,7 @@ out:
     if (f != NULL && fclose(f) != 0)
         rc = -1;
     if (rc == 0)
-        *took = now_s() - start;
+        *took = eg_bench_now() - start;
     free(part[0].buf);
     free(part[1].buf);
     return rc;

@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_util.h"
 #include "ledger.h"
 #include "tmpdir.h"
 
@@ -34,14 +35,6 @@ struct worker {
     unsigned long issued;
     int failed;
 };
-
-static double now_s(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static int issue_one(eg_ledger *lg, uint32_t thread, uint32_t n, const uint8_t *cert)
 {
@@ -96,7 +89,7 @@ static int bench_threads(const char *dir, unsigned threads, double seconds)
     if (w == NULL || t == NULL || eg_ledger_open(path, NULL, &run.lg) != 0)
         goto out;
     eg_ledger_get_stats(run.lg, &st0);
-    t0 = now_s();
+    t0 = eg_bench_now();
     for (; started < threads; started++) {
         w[started] = (struct worker){.run = &run, .index = started};
         if (pthread_create(&t[started], NULL, worker_main, &w[started]) != 0)
@@ -109,7 +102,7 @@ static int bench_threads(const char *dir, unsigned threads, double seconds)
         issued += w[i].issued;
         failed |= w[i].failed;
     }
-    elapsed = now_s() - t0;
+    elapsed = eg_bench_now() - t0;
     eg_ledger_get_stats(run.lg, &st1);
     if (failed || started < threads)
         goto out;
@@ -136,13 +129,13 @@ static double fsync_rate(const char *dir)
     snprintf(path, sizeof(path), "%s/fsync-probe", dir);
     if ((fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) < 0)
         return 0;
-    t0 = now_s();
-    while (now_s() - t0 < 1.0) {
+    t0 = eg_bench_now();
+    while (eg_bench_now() - t0 < 1.0) {
         if (write(fd, block, sizeof(block)) != sizeof(block) || fdatasync(fd) != 0)
             break;
         n++;
     }
-    rate = (double)n / (now_s() - t0);
+    rate = (double)n / (eg_bench_now() - t0);
     close(fd);
     unlink(path);
     return rate;

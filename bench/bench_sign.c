@@ -27,6 +27,7 @@
 #include <openssl/evp.h>
 #include <openssl/obj_mac.h>
 
+#include "bench_util.h"
 #include "p11.h"
 #include "provider.h"
 #include "token_harness.h"
@@ -50,14 +51,6 @@ struct cell {
     EVP_PKEY_CTX *kept; /* PROVIDER_REUSED: this thread's context, made once */
     EVP_MD_CTX *shared; /* PROVIDER_COPY: one initialised context for all threads */
 };
-
-static double now_s(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static CK_MECHANISM_TYPE raw_mech(const eg_p11_key *key)
 {
@@ -171,8 +164,8 @@ static void *run_cell(void *arg)
         c->failed = 1;
         return NULL;
     }
-    end = now_s() + c->seconds;
-    while (now_s() < end) {
+    end = eg_bench_now() + c->seconds;
+    while (eg_bench_now() < end) {
         if (sign_once(c, h, obj, in, inlen, msg) != 0) {
             c->failed = 1;
             break;
@@ -195,7 +188,7 @@ static int measure(struct cell *proto, unsigned nthreads, double *ops, double *e
     unsigned i;
     int rc = 0;
 
-    start = now_s();
+    start = eg_bench_now();
     for (i = 0; i < nthreads; i++) {
         cells[i] = *proto;
         pthread_create(&tid[i], NULL, run_cell, &cells[i]);
@@ -206,7 +199,7 @@ static int measure(struct cell *proto, unsigned nthreads, double *ops, double *e
             rc = -1;
         *ops += (double)cells[i].ops;
     }
-    *elapsed += now_s() - start;
+    *elapsed += eg_bench_now() - start;
     return rc;
 }
 

@@ -18,7 +18,6 @@
  *   SECONDS: P-256 raw (per thread count) and each P-256 wrk measurement, in
  *   all; RSA-2048 raw the same, RSA-2048 wrk three times as long
  */
-#include <dlfcn.h>
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
@@ -34,6 +33,7 @@
 #include <openssl/x509v3.h>
 #include <sqlite3.h>
 
+#include "bench_util.h"
 #include "child.h"
 #include "estgated_fixture.h"
 #include "token_harness.h"
@@ -66,14 +66,6 @@ typedef struct load {
     long ledger_growth, in_flight;
 } load;
 
-static double now_s(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static char *tpath(char *buf, const char *name)
 {
     snprintf(buf, PATH_MAX, "%s/%s", dir, name);
@@ -87,65 +79,8 @@ static const char *key_name(bench_key k)
 
 /* ---- raw key generation in the token ---- */
 
-typedef struct raw_module {
-    void *dl;
-    CK_FUNCTION_LIST *fl;
-    CK_SLOT_ID slot;
-    CK_SESSION_HANDLE login; /* kept open: the login lasts while a session does */
-    int initialized;         /* we called C_Initialize, so we C_Finalize */
-} raw_module;
-
-/* The module at the daemon's path with its init string, logged in, in this process. */
-static int raw_open(raw_module *m)
-{
-    const eg_token_config *cfg = eg_th_config(th);
-    const char *pin = eg_th_user_pin(th);
-    CK_RV (*get_list)(CK_FUNCTION_LIST_PTR_PTR);
-    CK_C_INITIALIZE_ARGS args = {.flags = CKF_OS_LOCKING_OK, .pReserved = (void *)cfg->init_args};
-    CK_SLOT_ID slots[16];
-    CK_ULONG n = 16, i;
-    CK_TOKEN_INFO info;
-    CK_RV rv;
-    size_t ll = strlen(cfg->token_label);
-
-    m->login = CK_INVALID_HANDLE;
-    if ((m->dl = dlopen(cfg->module_path, RTLD_NOW)) == NULL)
-        return -1;
-    *(void **)&get_list = dlsym(m->dl, "C_GetFunctionList");
-    if (get_list == NULL || get_list(&m->fl) != CKR_OK)
-        return -1;
-    rv = m->fl->C_Initialize(&args);
-    if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED)
-        return -1;
-    m->initialized = rv == CKR_OK;
-    if (m->fl->C_GetSlotList(CK_TRUE, slots, &n) != CKR_OK)
-        return -1;
-    for (i = 0; i < n; i++)
-        if (m->fl->C_GetTokenInfo(slots[i], &info) == CKR_OK &&
-            memcmp(info.label, cfg->token_label, ll) == 0 && (ll == 32 || info.label[ll] == ' '))
-            break;
-    if (i == n)
-        return -1;
-    m->slot = slots[i];
-    if (m->fl->C_OpenSession(m->slot, CKF_SERIAL_SESSION, NULL, NULL, &m->login) != CKR_OK)
-        return -1;
-    rv = m->fl->C_Login(m->login, CKU_USER, (CK_UTF8CHAR *)pin, strlen(pin));
-    return rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN ? 0 : -1;
-}
-
-static void raw_close(raw_module *m)
-{
-    if (m->login != CK_INVALID_HANDLE)
-        m->fl->C_CloseSession(m->login);
-    if (m->initialized)
-        m->fl->C_Finalize(NULL);
-    if (m->dl != NULL)
-        dlclose(m->dl);
-    memset(m, 0, sizeof(*m));
-}
-
 typedef struct raw_worker {
-    raw_module *m;
+    eg_bench_module *m;
     bench_key key;
     double seconds;
     unsigned long ops;
@@ -197,20 +132,20 @@ static void *raw_run(void *arg)
         w->failed = 1;
         return NULL;
     }
-    start = now_s();
-    for (end = start + w->seconds; now_s() < end; w->ops++)
+    start = eg_bench_now();
+    for (end = start + w->seconds; eg_bench_now() < end; w->ops++)
         if (raw_one(fl, h, w->key) != 0) {
             w->failed = 1;
             break;
         }
-    w->took = now_s() - start;
+    w->took = eg_bench_now() - start;
     fl->C_CloseSession(h);
     return NULL;
 }
 
 /* nthreads key generators for seconds; adds their pairs and the longest loop's time. */
-static int raw_slice(raw_module *m, bench_key key, unsigned nthreads, double seconds, double *ops,
-                     double *took)
+static int raw_slice(eg_bench_module *m, bench_key key, unsigned nthreads, double seconds,
+                     double *ops, double *took)
 {
     raw_worker w[2] = {{m, key, seconds, 0, 0, 0}, {m, key, seconds, 0, 0, 0}};
     pthread_t tid[2];
@@ -438,7 +373,7 @@ typedef struct key_run {
  * One key: in each slice raw 1 thread, raw 2 threads, then each mode's wrk run, so a slow spell
  * of the machine falls on every measurement alike.
  */
-static int run_key(raw_module *m, key_run *k, unsigned slice_s)
+static int run_key(eg_bench_module *m, key_run *k, unsigned slice_s)
 {
     unsigned wrk_s = k->key == KEY_P256 ? slice_s : slice_s * RSA_WRK_FACTOR;
     unsigned conns = k->key == KEY_P256 ? P256_CONNS : RSA_CONNS;
@@ -512,7 +447,7 @@ static int bench(unsigned slice_s)
 {
     char tls[PATH_MAX], name[64];
     key_run runs[2] = {{.key = KEY_P256}, {.key = KEY_RSA}};
-    raw_module m = {0};
+    eg_bench_module m = {0};
     int r, i, rc = -1;
 
     if (eg_fx_provision(th, "CN=bench CA,O=estgate bench", ca, tpath(tls, "tls-chain.pem"), res) !=
@@ -535,7 +470,7 @@ static int bench(unsigned slice_s)
     if (write_config() != 0 || eg_fx_daemon_start(ini, daemon_log, &daemon_pid, &port, 1) != 0)
         goto out;
     printf("estgated pid %d on port %u, threads = %u\n", (int)daemon_pid, port, P256_CONNS);
-    if (raw_open(&m) != 0) {
+    if (eg_bench_module_open(eg_th_config(th), eg_th_user_pin(th), &m) != 0) {
         fprintf(stderr, "bench: cannot open %s for raw key generation\n",
                 eg_th_config(th)->module_path);
         goto out;
@@ -544,7 +479,7 @@ static int bench(unsigned slice_s)
     for (r = 0; r < 2; r++)
         if (run_key(&m, &runs[r], slice_s) != 0)
             goto out;
-    raw_close(&m);
+    eg_bench_module_close(&m);
     if (eg_fx_daemon_stop(&daemon_pid, SIGTERM) != 0) {
         fprintf(stderr, "bench: estgated did not exit cleanly on SIGTERM\n");
         goto out;
@@ -553,7 +488,7 @@ static int bench(unsigned slice_s)
     printf("\n");
     rc = check_run(runs, 2);
 out:
-    raw_close(&m);
+    eg_bench_module_close(&m);
     return rc;
 }
 
