@@ -20,6 +20,7 @@
 
 #include "audit.h"
 #include "core.h"
+#include "der.h"
 #include "issue.h"
 #include "ledger.h"
 #include "p11.h"
@@ -125,7 +126,7 @@ static void profile_clear(core_profile *p)
     EVP_PKEY_free(p->ca.key);
     X509_free(p->ca.cert);
     free(p->cacerts);
-    free(p->csrattrs);
+    OPENSSL_free(p->csrattrs);
     memset(p, 0, sizeof(*p));
 }
 
@@ -224,24 +225,6 @@ static int cacerts_der(STACK_OF(X509) * chain, uint8_t **der, size_t *len)
     return *der != NULL ? 0 : -1;
 }
 
-/* DER tag and length of n content octets at p; the number of octets written. */
-static size_t der_header(uint8_t *p, uint8_t tag, size_t n)
-{
-    size_t k = 0, i;
-
-    p[0] = tag;
-    if (n < 0x80) {
-        p[1] = (uint8_t)n;
-        return 2;
-    }
-    for (i = n; i > 0; i >>= 8)
-        k++;
-    p[1] = (uint8_t)(0x80 | k);
-    for (i = 0; i < k; i++)
-        p[2 + i] = (uint8_t)(n >> (8 * (k - 1 - i)));
-    return 2 + k;
-}
-
 static uint8_t *put(uint8_t *p, const void *src, size_t n)
 {
     memcpy(p, src, n);
@@ -263,17 +246,17 @@ static int answer_certs_only(eg_answer *a)
                                    0x30, 0x0b, 0x06, 0x09, 0x2a, 0x86, 0x48,
                                    0x86, 0xf7, 0x0d, 0x01, 0x07, 0x01}; /* id-data, no content */
     static const uint8_t tail[] = {0x31, 0x00};                         /* no signers */
-    uint8_t hdr[4][8], *out, *p;
+    uint8_t hdr[4][10], *out, *p;
     size_t h[4], certs, sd, expl, total;
 
     certs = a->der_len;
-    h[0] = der_header(hdr[0], 0xa0, certs); /* [0] IMPLICIT certificates */
+    h[0] = eg_der_header(hdr[0], 0xa0, certs); /* [0] IMPLICIT certificates */
     sd = sizeof(head) + h[0] + certs + sizeof(tail);
-    h[1] = der_header(hdr[1], 0x30, sd);
+    h[1] = eg_der_header(hdr[1], 0x30, sd);
     expl = h[1] + sd;
-    h[2] = der_header(hdr[2], 0xa0, expl); /* [0] EXPLICIT content */
+    h[2] = eg_der_header(hdr[2], 0xa0, expl); /* [0] EXPLICIT content */
     total = sizeof(oid_signed) + h[2] + expl;
-    h[3] = der_header(hdr[3], 0x30, total);
+    h[3] = eg_der_header(hdr[3], 0x30, total);
     if ((out = malloc(h[3] + total)) == NULL)
         return -1;
     p = put(out, hdr[3], h[3]);

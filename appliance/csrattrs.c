@@ -22,72 +22,30 @@
 #include <openssl/objects.h>
 #include <openssl/x509v3.h>
 
+#include "der.h"
 #include "policy.h"
 
 #define OID_TEMPLATE         "1.2.840.113549.1.9.16.2.61" /* id-aa-certificationRequestInfoTemplate */
 #define OID_EXT_REQ_TEMPLATE "1.2.840.113549.1.9.16.2.62" /* id-aa-extensionReqTemplate */
 
-typedef struct der {
-    uint8_t *p;
-    size_t len;
-    bool err;
-} der;
-
-static void der_put(der *d, const void *b, size_t n)
-{
-    uint8_t *np;
-
-    if (d->err || n == 0)
-        return;
-    np = realloc(d->p, d->len + n);
-    if (np == NULL) {
-        d->err = true;
-        return;
-    }
-    memcpy(np + d->len, b, n);
-    d->p = np;
-    d->len += n;
-}
-
-/* Appends tag, length and the content of c; frees c. */
-static void der_wrap(der *d, uint8_t tag, der *c)
-{
-    uint8_t h[4] = {tag};
-    size_t hn;
-
-    if (c->err || c->len > 0xffff)
-        d->err = true;
-    if (c->len < 0x80) {
-        h[1] = (uint8_t)c->len, hn = 2;
-    } else if (c->len < 0x100) {
-        h[1] = 0x81, h[2] = (uint8_t)c->len, hn = 3;
-    } else {
-        h[1] = 0x82, h[2] = (uint8_t)(c->len >> 8), h[3] = (uint8_t)c->len, hn = 4;
-    }
-    der_put(d, h, hn);
-    der_put(d, c->p, c->len);
-    free(c->p);
-    memset(c, 0, sizeof(*c));
-}
-
-static void der_i2d_obj(der *d, ASN1_OBJECT *o)
+static void der_i2d_obj(eg_der *d, ASN1_OBJECT *o)
 {
     unsigned char *buf = NULL;
     int n = o ? i2d_ASN1_OBJECT(o, &buf) : -1;
 
     if (n <= 0)
-        d->err = true;
+        d->bad = true;
     else
-        der_put(d, buf, (size_t)n);
+        eg_der_put(d, buf, (size_t)n);
     OPENSSL_free(buf);
 }
 
-static void der_oid(der *d, int nid)
+static void der_oid(eg_der *d, int nid)
 {
     der_i2d_obj(d, OBJ_nid2obj(nid));
 }
 
-static void der_oid_txt(der *d, const char *txt)
+static void der_oid_txt(eg_der *d, const char *txt)
 {
     ASN1_OBJECT *o = OBJ_txt2obj(txt, 1);
 
@@ -95,39 +53,31 @@ static void der_oid_txt(der *d, const char *txt)
     ASN1_OBJECT_free(o);
 }
 
-static void der_small_int(der *d, unsigned v)
+static void der_small_int(eg_der *d, unsigned v)
 {
-    uint8_t b[5] = {0x02, 0, 0, 0, 0};
+    const uint8_t be[4] = {(uint8_t)(v >> 24), (uint8_t)(v >> 16), (uint8_t)(v >> 8), (uint8_t)v};
 
-    /* 0..0x7fff: one or two content octets, positive. */
-    if (v < 0x80) {
-        b[1] = 1, b[2] = (uint8_t)v;
-        der_put(d, b, 3);
-    } else {
-        b[1] = 2, b[2] = (uint8_t)(v >> 8), b[3] = (uint8_t)v;
-        der_put(d, b, 4);
-        d->err |= v > 0x7fff;
-    }
+    eg_der_uint(d, be, sizeof(be));
 }
 
 /* ---- the template ---- */
 
-static void single_attr(der *name, int nid, const char *value)
+static void single_attr(eg_der *name, int nid, const char *value)
 {
-    der sat = {0}, rdn = {0}, v = {0};
+    eg_der sat = {0}, rdn = {0}, v = {0};
 
     der_oid(&sat, nid);
     if (value != NULL) {
-        der_put(&v, value, strlen(value));
-        der_wrap(&sat, 0x0c, &v); /* UTF8String */
+        eg_der_put(&v, value, strlen(value));
+        eg_der_wrap(&sat, 0x0c, &v); /* UTF8String */
     }
-    der_wrap(&rdn, 0x30, &sat);
-    der_wrap(name, 0x31, &rdn);
+    eg_der_wrap(&rdn, 0x30, &sat);
+    eg_der_wrap(name, 0x31, &rdn);
 }
 
-static void name_template(der *t, const eg_policy *pol)
+static void name_template(eg_der *t, const eg_policy *pol)
 {
-    der name = {0};
+    eg_der name = {0};
     size_t i;
 
     for (i = 0; i < pol->tmpl.n; i++) {
@@ -137,13 +87,13 @@ static void name_template(der *t, const eg_policy *pol)
     }
     if (pol->tmpl.n == 0)
         single_attr(&name, NID_commonName, NULL);
-    der_wrap(t, 0x30, &name);
+    eg_der_wrap(t, 0x30, &name);
 }
 
 /* AlgorithmIdentifier of the one allowed key type, inside subjectPKInfo [0]. */
-static void spki_template(der *t, const eg_keyrule_cfg *k)
+static void spki_template(eg_der *t, const eg_keyrule_cfg *k)
 {
-    der alg = {0}, spki = {0};
+    eg_der alg = {0}, spki = {0};
     static const uint8_t null[] = {0x05, 0x00};
 
     if (k->type == EVP_PKEY_EC) {
@@ -151,74 +101,74 @@ static void spki_template(der *t, const eg_keyrule_cfg *k)
         der_oid(&alg, k->curve_nid);
     } else if (k->type == EVP_PKEY_RSA) {
         der_oid(&alg, NID_rsaEncryption);
-        der_put(&alg, null, sizeof(null));
+        eg_der_put(&alg, null, sizeof(null));
     } else {
         der_oid(&alg, NID_ED25519);
     }
-    der_wrap(&spki, 0x30, &alg);
-    der_wrap(t, 0xa0, &spki);
+    eg_der_wrap(&spki, 0x30, &alg);
+    eg_der_wrap(t, 0xa0, &spki);
 }
 
-static void eku_template(der *exts, const eg_profile_cfg *p)
+static void eku_template(eg_der *exts, const eg_profile_cfg *p)
 {
-    der ext = {0}, eku = {0}, val = {0};
+    eg_der ext = {0}, eku = {0}, val = {0};
     size_t i;
 
     for (i = 0; i < p->nekus; i++)
         der_oid(&eku, p->ekus[i]);
-    der_wrap(&val, 0x30, &eku);
+    eg_der_wrap(&val, 0x30, &eku);
     der_oid(&ext, NID_ext_key_usage);
-    der_wrap(&ext, 0x04, &val);
-    der_wrap(exts, 0x30, &ext);
+    eg_der_wrap(&ext, 0x04, &val);
+    eg_der_wrap(exts, 0x30, &ext);
 }
 
-static void attributes_template(der *t, const eg_profile_cfg *p)
+static void attributes_template(eg_der *t, const eg_profile_cfg *p)
 {
-    der attrs = {0}, attr = {0}, set = {0}, exts = {0}, san = {0};
+    eg_der attrs = {0}, attr = {0}, set = {0}, exts = {0}, san = {0};
 
     if (p->nsans > 0 || p->require_san) {
         der_oid(&san, NID_subject_alt_name); /* no value: the client supplies its names */
-        der_wrap(&exts, 0x30, &san);
+        eg_der_wrap(&exts, 0x30, &san);
     }
     if (p->nekus > 0)
         eku_template(&exts, p);
-    if (exts.len > 0 || exts.err) {
-        der_wrap(&set, 0x30, &exts);
+    if (exts.len > 0 || exts.bad) {
+        eg_der_wrap(&set, 0x30, &exts);
         der_oid_txt(&attr, OID_EXT_REQ_TEMPLATE);
-        der_wrap(&attr, 0x31, &set);
-        der_wrap(&attrs, 0x30, &attr);
+        eg_der_wrap(&attr, 0x31, &set);
+        eg_der_wrap(&attrs, 0x30, &attr);
     }
-    der_wrap(t, 0xa1, &attrs);
+    eg_der_wrap(t, 0xa1, &attrs);
 }
 
-static void template_attr(der *items, const eg_policy *pol)
+static void template_attr(eg_der *items, const eg_policy *pol)
 {
     const eg_profile_cfg *p = pol->cfg;
-    der t = {0}, tseq = {0}, set = {0}, attr = {0};
+    eg_der t = {0}, tseq = {0}, set = {0}, attr = {0};
 
     der_small_int(&t, 0);
     name_template(&t, pol);
     if (p->nkeys == 1)
         spki_template(&t, &p->keys[0]);
     attributes_template(&t, p);
-    der_wrap(&tseq, 0x30, &t);
-    der_wrap(&set, 0x31, &tseq);
+    eg_der_wrap(&tseq, 0x30, &t);
+    eg_der_wrap(&set, 0x31, &tseq);
     der_oid_txt(&attr, OID_TEMPLATE);
-    der_put(&attr, set.p, set.len);
-    attr.err |= set.err;
-    free(set.p);
-    der_wrap(items, 0x30, &attr);
+    eg_der_put(&attr, set.p, set.len);
+    attr.bad |= set.bad;
+    eg_der_free(&set);
+    eg_der_wrap(items, 0x30, &attr);
 }
 
 /* ---- the OID list ---- */
 
-static void key_type_attrs(der *items, const eg_profile_cfg *p)
+static void key_type_attrs(eg_der *items, const eg_profile_cfg *p)
 {
     size_t i;
 
     for (i = 0; i < p->nkeys; i++) {
         const eg_keyrule_cfg *k = &p->keys[i];
-        der attr = {0}, val = {0};
+        eg_der attr = {0}, val = {0};
 
         if (k->type == EVP_PKEY_ED25519) {
             der_oid(items, NID_ED25519);
@@ -231,15 +181,15 @@ static void key_type_attrs(der *items, const eg_profile_cfg *p)
             der_oid(&attr, NID_rsaEncryption);
             der_small_int(&val, (unsigned)k->min_bits);
         }
-        der_wrap(&attr, 0x31, &val);
-        der_wrap(items, 0x30, &attr);
+        eg_der_wrap(&attr, 0x31, &val);
+        eg_der_wrap(items, 0x30, &attr);
     }
 }
 
 int eg_csrattrs_der(const eg_policy *pol, uint8_t **der_out, size_t *len)
 {
     const eg_profile_cfg *p = pol->cfg;
-    der items = {0}, all = {0};
+    eg_der items = {0}, all = {0};
     size_t i;
     int rc = -1;
 
@@ -249,23 +199,16 @@ int eg_csrattrs_der(const eg_policy *pol, uint8_t **der_out, size_t *len)
         template_attr(&items, pol);
     else
         key_type_attrs(&items, p);
-    if (items.err)
-        goto out;
-    if (items.len == 0) {
+    if (items.len == 0 && !items.bad) { /* nothing to say: 204 */
         *der_out = NULL;
         *len = 0;
         rc = 0;
         goto out;
     }
-    der_wrap(&all, 0x30, &items);
-    if (all.err)
-        goto out;
-    *der_out = all.p;
-    *len = all.len;
-    all.p = NULL;
-    rc = 0;
+    eg_der_wrap(&all, EG_DER_SEQUENCE, &items);
+    rc = eg_der_finish(&all, der_out, len);
 out:
-    free(items.p);
-    free(all.p);
+    eg_der_free(&items);
+    eg_der_free(&all);
     return rc;
 }

@@ -25,6 +25,7 @@
 #include <openssl/sha.h>
 #include <openssl/x509v3.h>
 
+#include "der.h"
 #include "p11_uri.h"
 #include "pem.h"
 #include "skg.h"
@@ -134,61 +135,28 @@ CK_RV eg_skg_find_secret(eg_p11_call *call, const eg_p11_uri *uri, CK_OBJECT_HAN
     return CKR_OK;
 }
 
-/* DER INTEGER of a big-endian unsigned value at p (room for len + 6). */
-static size_t der_uint(uint8_t *p, const uint8_t *v, size_t len)
-{
-    size_t o = 0, n;
-    bool pad;
-
-    while (len > 1 && v[0] == 0)
-        v++, len--;
-    pad = (v[0] & 0x80) != 0;
-    n = len + pad;
-    p[o++] = 0x02;
-    if (n < 0x80) {
-        p[o++] = (uint8_t)n;
-    } else if (n < 0x100) {
-        p[o++] = 0x81;
-        p[o++] = (uint8_t)n;
-    } else {
-        p[o++] = 0x82;
-        p[o++] = (uint8_t)(n >> 8);
-        p[o++] = (uint8_t)n;
-    }
-    if (pad)
-        p[o++] = 0;
-    memcpy(p + o, v, len);
-    return o + len;
-}
-
 /* The RSAPublicKey (RFC 8017 A.1.1) of an RSA public key object. */
 static CK_RV rsa_public(eg_p11_call *call, CK_OBJECT_HANDLE pub, uint8_t **out, size_t *len)
 {
-    uint8_t *n = NULL, *e = NULL, *der = NULL;
-    size_t nlen = 0, elen = 0, body, o = 0;
+    uint8_t *n = NULL, *e = NULL;
+    size_t nlen = 0, elen = 0;
+    eg_der d = {0};
     CK_RV rv;
 
     if ((rv = eg_p11_get_attribute_alloc(call, pub, CKA_MODULUS, &n, &nlen)) != CKR_OK ||
         (rv = eg_p11_get_attribute_alloc(call, pub, CKA_PUBLIC_EXPONENT, &e, &elen)) != CKR_OK)
         goto out;
     rv = CKR_HOST_MEMORY;
-    if (nlen == 0 || elen == 0 || nlen > 1024 || elen > 16 ||
-        (der = OPENSSL_malloc(nlen + elen + 20)) == NULL)
+    if (nlen == 0 || elen == 0)
         goto out;
-    body = der_uint(der + 4, n, nlen);
-    body += der_uint(der + 4 + body, e, elen);
-    der[o++] = 0x30;
-    der[o++] = 0x82; /* a 2048-bit modulus alone is over 255 octets */
-    der[o++] = (uint8_t)(body >> 8);
-    der[o++] = (uint8_t)body;
-    *out = der;
-    *len = o + body;
-    der = NULL;
-    rv = CKR_OK;
+    eg_der_uint(&d, n, nlen);
+    eg_der_uint(&d, e, elen);
+    eg_der_wrap_from(&d, 0, EG_DER_SEQUENCE);
+    if (eg_der_finish(&d, out, len) == 0)
+        rv = CKR_OK;
 out:
     OPENSSL_free(n);
     OPENSSL_free(e);
-    OPENSSL_free(der);
     return rv;
 }
 

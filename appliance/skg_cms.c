@@ -10,9 +10,10 @@
 #include <openssl/obj_mac.h>
 #include <openssl/x509.h>
 
+#include "der.h"
 #include "skg_cms.h"
 
-/* Content octets of the object identifiers used here (tag and length added by oid()). */
+/* Content octets of the object identifiers used here (tag and length added by put_oid()). */
 static const uint8_t OID_ENVELOPED[] = {0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x03};
 static const uint8_t OID_DATA[] = {0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x01};
 static const uint8_t OID_RSA[] = {0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01};
@@ -27,114 +28,20 @@ static const uint8_t OID_EC_PUBLIC_KEY[] = {0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 
 static const uint8_t OID_ECDH_SHA256KDF[] = {0x2b, 0x81, 0x04, 0x01, 0x0b, 0x01};
 static const uint8_t OID_ECDH_SHA384KDF[] = {0x2b, 0x81, 0x04, 0x01, 0x0b, 0x02};
 
-enum {
-    T_INTEGER = 0x02,
-    T_BIT_STRING = 0x03,
-    T_OCTET_STRING = 0x04,
-    T_NULL = 0x05,
-    T_OID = 0x06,
-    T_SEQUENCE = 0x30,
-    T_SET = 0x31,
-    T_CTX0 = 0x80, /* [0] IMPLICIT, primitive */
-    T_CTX0_C = 0xa0,
-    T_CTX1_C = 0xa1,
-    T_CTX2_C = 0xa2,
-};
-
-/* DER under construction; the first failure sticks, so callers check once at the end. */
-typedef struct dbuf {
-    uint8_t *p;
-    size_t len;
-    bool bad;
-} dbuf;
-
-static void db_free(dbuf *b)
+static void put_oid(eg_der *b, const uint8_t *oid, size_t n)
 {
-    OPENSSL_free(b->p);
-    memset(b, 0, sizeof(*b));
+    eg_der_tlv(b, EG_DER_OID, oid, n);
 }
 
-/* Inserts n octets at offset at (at == b->len appends). */
-static void db_insert(dbuf *b, size_t at, const void *src, size_t n)
-{
-    uint8_t *p;
-
-    if (b->bad || n == 0)
-        return;
-    if (b->len > SIZE_MAX - n || (p = OPENSSL_realloc(b->p, b->len + n)) == NULL) {
-        b->bad = true;
-        return;
-    }
-    memmove(p + at + n, p + at, b->len - at);
-    memcpy(p + at, src, n);
-    b->p = p;
-    b->len += n;
-}
-
-static void db_put(dbuf *b, const void *src, size_t n)
-{
-    db_insert(b, b->len, src, n);
-}
-
-/* DER identifier and length octets for n content octets; the number written. */
-static size_t der_header(uint8_t out[10], uint8_t tag, size_t n)
-{
-    size_t k = 0, i;
-
-    out[0] = tag;
-    if (n < 0x80) {
-        out[1] = (uint8_t)n;
-        return 2;
-    }
-    for (i = n; i > 0; i >>= 8)
-        k++;
-    out[1] = (uint8_t)(0x80 | k);
-    for (i = 0; i < k; i++)
-        out[2 + i] = (uint8_t)(n >> (8 * (k - 1 - i)));
-    return 2 + k;
-}
-
-/* Makes everything in b from offset from the content of one tag. */
-static void db_wrap_from(dbuf *b, size_t from, uint8_t tag)
-{
-    uint8_t hdr[10];
-
-    if (b->bad)
-        return;
-    db_insert(b, from, hdr, der_header(hdr, tag, b->len - from));
-}
-
-static void db_tlv(dbuf *b, uint8_t tag, const void *src, size_t n)
-{
-    uint8_t hdr[10];
-
-    db_put(b, hdr, der_header(hdr, tag, n));
-    db_put(b, src, n);
-}
-
-static void db_oid(dbuf *b, const uint8_t *oid, size_t n)
-{
-    db_tlv(b, T_OID, oid, n);
-}
-
-#define OID(b, o) db_oid((b), (o), sizeof(o))
-
-/* Appends another buffer's content and frees it. */
-static void db_take(dbuf *b, dbuf *part)
-{
-    if (part->bad)
-        b->bad = true;
-    db_put(b, part->p, part->len);
-    db_free(part);
-}
+#define OID(b, o) put_oid((b), (o), sizeof(o))
 
 /* AlgorithmIdentifier { oid } with absent parameters. */
-static void alg_absent(dbuf *b, const uint8_t *oid, size_t n)
+static void alg_absent(eg_der *b, const uint8_t *oid, size_t n)
 {
     size_t at = b->len;
 
-    db_oid(b, oid, n);
-    db_wrap_from(b, at, T_SEQUENCE);
+    put_oid(b, oid, n);
+    eg_der_wrap_from(b, at, EG_DER_SEQUENCE);
 }
 
 static const uint8_t *wrap_oid(unsigned kek_bits, size_t *n)
@@ -144,7 +51,7 @@ static const uint8_t *wrap_oid(unsigned kek_bits, size_t *n)
 }
 
 /* issuerAndSerialNumber of cert, as its own DER. */
-static void issuer_and_serial(dbuf *b, const X509 *cert)
+static void issuer_and_serial(eg_der *b, const X509 *cert)
 {
     unsigned char *name = NULL, *serial = NULL;
     int nl = i2d_X509_NAME(X509_get_issuer_name(cert), &name);
@@ -154,9 +61,9 @@ static void issuer_and_serial(dbuf *b, const X509 *cert)
     if (nl <= 0 || sl <= 0) {
         b->bad = true;
     } else {
-        db_put(b, name, (size_t)nl);
-        db_put(b, serial, (size_t)sl);
-        db_wrap_from(b, at, T_SEQUENCE);
+        eg_der_put(b, name, (size_t)nl);
+        eg_der_put(b, serial, (size_t)sl);
+        eg_der_wrap_from(b, at, EG_DER_SEQUENCE);
     }
     OPENSSL_free(name);
     OPENSSL_free(serial);
@@ -167,17 +74,17 @@ static void issuer_and_serial(dbuf *b, const X509 *cert)
  * OCTET STRING; KARI: rKeyId [0] IMPLICIT SEQUENCE { OCTET STRING }), else
  * issuerAndSerialNumber.
  */
-static void recipient_id(dbuf *b, const eg_skg_rid *rid, bool kari)
+static void recipient_id(eg_der *b, const eg_skg_rid *rid, bool kari)
 {
     size_t at = b->len;
 
     if (rid->ski == NULL) {
         issuer_and_serial(b, rid->cert);
     } else if (!kari) {
-        db_tlv(b, T_CTX0, rid->ski, rid->ski_len);
+        eg_der_tlv(b, EG_DER_CTX0, rid->ski, rid->ski_len);
     } else {
-        db_tlv(b, T_OCTET_STRING, rid->ski, rid->ski_len);
-        db_wrap_from(b, at, T_CTX0_C);
+        eg_der_tlv(b, EG_DER_OCTET_STRING, rid->ski, rid->ski_len);
+        eg_der_wrap_from(b, at, EG_DER_CTX0_C);
     }
 }
 
@@ -187,89 +94,89 @@ static void recipient_id(dbuf *b, const eg_skg_rid *rid, bool kari)
  * SHA-256 with explicit hash and MGF (hash parameters absent), rsaEncryption
  * with NULL (RFC 3370 4.2.1).
  */
-static void ktri_alg(dbuf *b, eg_skg_kt kt)
+static void ktri_alg(eg_der *b, eg_skg_kt kt)
 {
-    static const uint8_t null[] = {T_NULL, 0x00};
+    static const uint8_t null[] = {EG_DER_NULL, 0x00};
     size_t at = b->len, params, inner;
 
     switch (kt) {
     case EG_SKG_KT_PKCS1:
         OID(b, OID_RSA);
-        db_put(b, null, sizeof(null));
+        eg_der_put(b, null, sizeof(null));
         break;
     case EG_SKG_KT_OAEP_SHA1:
         OID(b, OID_OAEP);
-        db_tlv(b, T_SEQUENCE, NULL, 0);
+        eg_der_tlv(b, EG_DER_SEQUENCE, NULL, 0);
         break;
     case EG_SKG_KT_OAEP_SHA256:
         OID(b, OID_OAEP);
         params = b->len;
         inner = b->len;
         alg_absent(b, OID_SHA256, sizeof(OID_SHA256));
-        db_wrap_from(b, inner, T_CTX0_C); /* hashFunc [0] */
+        eg_der_wrap_from(b, inner, EG_DER_CTX0_C); /* hashFunc [0] */
         inner = b->len;
         OID(b, OID_MGF1);
         alg_absent(b, OID_SHA256, sizeof(OID_SHA256));
-        db_wrap_from(b, inner, T_SEQUENCE);
-        db_wrap_from(b, inner, T_CTX1_C); /* maskGenFunc [1] */
-        db_wrap_from(b, params, T_SEQUENCE);
+        eg_der_wrap_from(b, inner, EG_DER_SEQUENCE);
+        eg_der_wrap_from(b, inner, EG_DER_CTX1_C); /* maskGenFunc [1] */
+        eg_der_wrap_from(b, params, EG_DER_SEQUENCE);
         break;
     default:
         b->bad = true;
         return;
     }
-    db_wrap_from(b, at, T_SEQUENCE);
+    eg_der_wrap_from(b, at, EG_DER_SEQUENCE);
 }
 
-static void ktri(dbuf *b, const eg_skg_recipient *r)
+static void ktri(eg_der *b, const eg_skg_recipient *r)
 {
     uint8_t version = r->rid.ski != NULL ? 2 : 0; /* RFC 5652 6.2.1 */
     size_t at = b->len;
 
-    db_tlv(b, T_INTEGER, &version, 1);
+    eg_der_tlv(b, EG_DER_INTEGER, &version, 1);
     recipient_id(b, &r->rid, false);
     ktri_alg(b, r->kt);
-    db_tlv(b, T_OCTET_STRING, r->encrypted_key, r->encrypted_key_len);
-    db_wrap_from(b, at, T_SEQUENCE); /* ktri is the untagged choice */
+    eg_der_tlv(b, EG_DER_OCTET_STRING, r->encrypted_key, r->encrypted_key_len);
+    eg_der_wrap_from(b, at, EG_DER_SEQUENCE); /* ktri is the untagged choice */
 }
 
-static void kekri(dbuf *b, const eg_skg_recipient *r)
+static void kekri(eg_der *b, const eg_skg_recipient *r)
 {
     static const uint8_t version = 4; /* RFC 5652 6.2.3 */
     size_t at = b->len, kekid, n;
     const uint8_t *wrap = wrap_oid(r->kek_bits, &n);
 
-    db_tlv(b, T_INTEGER, &version, 1);
+    eg_der_tlv(b, EG_DER_INTEGER, &version, 1);
     kekid = b->len;
-    db_tlv(b, T_OCTET_STRING, r->kekid, r->kekid_len);
-    db_wrap_from(b, kekid, T_SEQUENCE); /* kekid: keyIdentifier only, no date or other */
+    eg_der_tlv(b, EG_DER_OCTET_STRING, r->kekid, r->kekid_len);
+    eg_der_wrap_from(b, kekid, EG_DER_SEQUENCE); /* kekid: keyIdentifier only, no date or other */
     alg_absent(b, wrap, n);
-    db_tlv(b, T_OCTET_STRING, r->encrypted_key, r->encrypted_key_len);
-    db_wrap_from(b, at, T_CTX2_C); /* kekri [2] */
+    eg_der_tlv(b, EG_DER_OCTET_STRING, r->encrypted_key, r->encrypted_key_len);
+    eg_der_wrap_from(b, at, EG_DER_CTX2_C); /* kekri [2] */
 }
 
 /* originator [0] { originatorKey [1] { id-ecPublicKey (no params), BIT STRING point } } */
-static void kari_originator(dbuf *b, const eg_skg_recipient *r)
+static void kari_originator(eg_der *b, const eg_skg_recipient *r)
 {
     static const uint8_t unused_bits = 0;
     size_t at = b->len, bits;
 
     alg_absent(b, OID_EC_PUBLIC_KEY, sizeof(OID_EC_PUBLIC_KEY));
     bits = b->len;
-    db_put(b, &unused_bits, 1);
-    db_put(b, r->originator_point, r->originator_point_len);
-    db_wrap_from(b, bits, T_BIT_STRING);
-    db_wrap_from(b, at, T_CTX1_C);
-    db_wrap_from(b, at, T_CTX0_C);
+    eg_der_put(b, &unused_bits, 1);
+    eg_der_put(b, r->originator_point, r->originator_point_len);
+    eg_der_wrap_from(b, bits, EG_DER_BIT_STRING);
+    eg_der_wrap_from(b, at, EG_DER_CTX1_C);
+    eg_der_wrap_from(b, at, EG_DER_CTX0_C);
 }
 
-static void kari(dbuf *b, const eg_skg_recipient *r)
+static void kari(eg_der *b, const eg_skg_recipient *r)
 {
     static const uint8_t version = 3; /* RFC 5652 6.2.2 */
     size_t at = b->len, alg, key, n;
     const uint8_t *wrap = wrap_oid(r->kek_bits, &n);
 
-    db_tlv(b, T_INTEGER, &version, 1);
+    eg_der_tlv(b, EG_DER_INTEGER, &version, 1);
     kari_originator(b, r);
     alg = b->len; /* no ukm: the ephemeral key is fresh for every answer */
     if (r->curve_nid == NID_secp384r1)
@@ -277,13 +184,13 @@ static void kari(dbuf *b, const eg_skg_recipient *r)
     else
         OID(b, OID_ECDH_SHA256KDF);
     alg_absent(b, wrap, n);
-    db_wrap_from(b, alg, T_SEQUENCE);
+    eg_der_wrap_from(b, alg, EG_DER_SEQUENCE);
     key = b->len;
     recipient_id(b, &r->rid, true);
-    db_tlv(b, T_OCTET_STRING, r->encrypted_key, r->encrypted_key_len);
-    db_wrap_from(b, key, T_SEQUENCE);
-    db_wrap_from(b, key, T_SEQUENCE); /* recipientEncryptedKeys, one entry */
-    db_wrap_from(b, at, T_CTX1_C);    /* kari [1] */
+    eg_der_tlv(b, EG_DER_OCTET_STRING, r->encrypted_key, r->encrypted_key_len);
+    eg_der_wrap_from(b, key, EG_DER_SEQUENCE);
+    eg_der_wrap_from(b, key, EG_DER_SEQUENCE); /* recipientEncryptedKeys, one entry */
+    eg_der_wrap_from(b, at, EG_DER_CTX1_C);    /* kari [1] */
 }
 
 /* The inputs a token-made answer must have; anything else is a caller bug. */
@@ -325,7 +232,7 @@ static bool envelope_ok(const eg_skg_envelope *env)
 }
 
 /* encryptedContentInfo { id-data, id-aesNNN-CBC { IV }, [0] IMPLICIT ciphertext } */
-static void encrypted_content_info(dbuf *b, const eg_skg_envelope *env)
+static void encrypted_content_info(eg_der *b, const eg_skg_envelope *env)
 {
     size_t at = b->len, alg;
 
@@ -335,18 +242,18 @@ static void encrypted_content_info(dbuf *b, const eg_skg_envelope *env)
         OID(b, OID_AES128_CBC);
     else
         OID(b, OID_AES256_CBC);
-    db_tlv(b, T_OCTET_STRING, env->iv, 16); /* AES-IV, RFC 3565 2.1 */
-    db_wrap_from(b, alg, T_SEQUENCE);
-    db_tlv(b, T_CTX0, env->ciphertext, env->ciphertext_len);
-    db_wrap_from(b, at, T_SEQUENCE);
+    eg_der_tlv(b, EG_DER_OCTET_STRING, env->iv, 16); /* AES-IV, RFC 3565 2.1 */
+    eg_der_wrap_from(b, alg, EG_DER_SEQUENCE);
+    eg_der_tlv(b, EG_DER_CTX0, env->ciphertext, env->ciphertext_len);
+    eg_der_wrap_from(b, at, EG_DER_SEQUENCE);
 }
 
 int eg_skg_envelope_der(const eg_skg_envelope *env, uint8_t **der, size_t *der_len)
 {
     const eg_skg_recipient *r;
-    dbuf b = {0}, ri = {0};
+    eg_der b = {0}, ri = {0};
     uint8_t version;
-    size_t content, ris;
+    size_t content;
     int rc = -1;
 
     if (!envelope_ok(env))
@@ -362,23 +269,16 @@ int eg_skg_envelope_der(const eg_skg_envelope *env, uint8_t **der, size_t *der_l
     version = r->kind == EG_SKG_KTRI && r->rid.ski == NULL ? 0 : 2;
     OID(&b, OID_ENVELOPED);
     content = b.len;
-    db_tlv(&b, T_INTEGER, &version, 1);
-    ris = b.len;
-    db_take(&b, &ri);
-    db_wrap_from(&b, ris, T_SET); /* recipientInfos; no originatorInfo before it */
+    eg_der_tlv(&b, EG_DER_INTEGER, &version, 1);
+    eg_der_wrap(&b, EG_DER_SET, &ri); /* recipientInfos; no originatorInfo before it */
     encrypted_content_info(&b, env);
-    db_wrap_from(&b, content, T_SEQUENCE);
-    db_wrap_from(&b, content, T_CTX0_C); /* content [0] EXPLICIT */
-    db_wrap_from(&b, 0, T_SEQUENCE);
-    if (b.bad)
-        goto out;
-    *der = b.p;
-    *der_len = b.len;
-    b.p = NULL;
-    rc = 0;
+    eg_der_wrap_from(&b, content, EG_DER_SEQUENCE);
+    eg_der_wrap_from(&b, content, EG_DER_CTX0_C); /* content [0] EXPLICIT */
+    eg_der_wrap_from(&b, 0, EG_DER_SEQUENCE);
+    rc = eg_der_finish(&b, der, der_len);
 out:
-    db_free(&ri);
-    db_free(&b);
+    eg_der_free(&ri);
+    eg_der_free(&b);
     return rc;
 }
 
@@ -388,23 +288,18 @@ int eg_skg_kari_shared_info(unsigned kek_bits, uint8_t **der, size_t *der_len)
                              (uint8_t)(kek_bits >> 8), (uint8_t)kek_bits};
     size_t n, supp;
     const uint8_t *wrap = wrap_oid(kek_bits, &n);
-    dbuf b = {0};
+    eg_der b = {0};
     int rc = -1;
 
     if (wrap == NULL)
         goto out;
     alg_absent(&b, wrap, n); /* keyInfo */
     supp = b.len;
-    db_tlv(&b, T_OCTET_STRING, bits, sizeof(bits));
-    db_wrap_from(&b, supp, T_CTX2_C); /* suppPubInfo [2] EXPLICIT */
-    db_wrap_from(&b, 0, T_SEQUENCE);
-    if (b.bad)
-        goto out;
-    *der = b.p;
-    *der_len = b.len;
-    b.p = NULL;
-    rc = 0;
+    eg_der_tlv(&b, EG_DER_OCTET_STRING, bits, sizeof(bits));
+    eg_der_wrap_from(&b, supp, EG_DER_CTX2_C); /* suppPubInfo [2] EXPLICIT */
+    eg_der_wrap_from(&b, 0, EG_DER_SEQUENCE);
+    rc = eg_der_finish(&b, der, der_len);
 out:
-    db_free(&b);
+    eg_der_free(&b);
     return rc;
 }
