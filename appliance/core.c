@@ -16,7 +16,6 @@
 #include <openssl/pem.h>
 #include <openssl/pkcs7.h>
 #include <openssl/rand.h>
-#include <openssl/sha.h>
 
 #include "audit.h"
 #include "core.h"
@@ -52,6 +51,7 @@ struct eg_core {
     eg_ledger *lg;
     pthread_rwlock_t lock; /* over set */
     profile_set *set;
+    EVP_MD *sha256; /* fetched once: the request hash of every enrollment */
 };
 
 void eg_answer_clear(eg_answer *a)
@@ -407,6 +407,7 @@ void eg_core_close(eg_core *core)
     set_free(core->set);
     pthread_rwlock_destroy(&core->lock);
     eg_ledger_close(core->lg);
+    EVP_MD_free(core->sha256);
     if (core->tok != NULL) {
         eg_provider_remove_token(NULL, core->tok);
         eg_token_free(core->tok);
@@ -473,7 +474,8 @@ int eg_core_open(const eg_config *cfg, eg_core **out)
         free(core);
         return -1;
     }
-    if (cfg == NULL || cfg->nprofiles == 0 || cfg->ledger_path == NULL)
+    if (cfg == NULL || cfg->nprofiles == 0 || cfg->ledger_path == NULL ||
+        (core->sha256 = EVP_MD_fetch(NULL, "SHA2-256", NULL)) == NULL)
         goto out;
     if (open_token(cfg, &core->tok) != 0 || set_load(cfg, &core->set) != 0 ||
         skg_check(core->tok, core->set, NULL, cfg->path) != 0)
@@ -722,7 +724,7 @@ static void request_hash(const enroll *e, uint8_t out[32])
     EVP_MD_CTX *md = EVP_MD_CTX_new();
     unsigned len = 32;
 
-    if (md == NULL || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1 ||
+    if (md == NULL || EVP_DigestInit_ex(md, e->core->sha256, NULL) != 1 ||
         EVP_DigestUpdate(md, e->req->csr, e->req->csr_len) != 1 ||
         (e->skg && EVP_DigestUpdate(md, e->kg.pub.bits, e->kg.pub.len) != 1) ||
         EVP_DigestFinal_ex(md, out, &len) != 1)
