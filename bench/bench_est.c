@@ -273,33 +273,26 @@ out:
 
 /* A random Basic password for user "bench": its hash into the config, base64(bench:pw) to a
  * 0600 file for the wrk script. */
-
 static int write_config(unsigned threads)
 {
-    const eg_token_config *c = eg_th_config(th);
-    char *hash = NULL, text[8192];
-    int n, rc = -1;
+    char *hash = NULL, text[8192], extra[32], label[128];
+    int n, m, rc = -1;
 
     if (eg_fx_basic_user("bench", pass_file, auth_file, &hash) != 0)
         return -1;
-    n = snprintf(text, sizeof(text),
-                 "[server]\n"
-                 "listen = 127.0.0.1:0\n"
-                 "tls_key = pkcs11:token=%s;object=tls;type=private\n"
-                 "tls_chain = tls-chain.pem\n"
-                 "ledger = ledger.db\n"
-                 "threads = %u\n"
-                 "\n[token]\nmodule = %s\n%s%s%slabel = %s\npin_file = %s\n"
+    snprintf(extra, sizeof(extra), "threads = %u\n", threads);
+    if ((n = eg_fx_ini_head(th, extra, "", text, sizeof(text))) < 0)
+        goto out;
+    m = snprintf(text + n, sizeof(text) - (size_t)n,
                  "\n[profile default]\n"
                  "ca_key = pkcs11:token=%s;object=ca;type=private\nca_chain = %s\n"
                  "auth = basic\nuser = bench:%s\n"
                  "san = dns:.example.com\nmax_days = 30\neku = clientAuth\n"
                  "key_types = ec:P-256\n",
-                 c->token_label, threads, c->module_path, c->init_args ? "init_args = " : "",
-                 c->init_args ? c->init_args : "", c->init_args ? "\n" : "", c->token_label,
-                 c->pin_file, c->token_label, ca, hash);
-    if (n > 0 && (size_t)n < sizeof(text))
-        rc = eg_file_write(ini, text, (size_t)n, 0600);
+                 eg_fx_uri_label(th, label, sizeof(label)), ca, hash);
+    if (m > 0 && (size_t)m < sizeof(text) - (size_t)n)
+        rc = eg_file_write(ini, text, (size_t)(n + m), 0600);
+out:
     free(hash);
     return rc;
 }

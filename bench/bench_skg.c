@@ -237,38 +237,31 @@ static int import_kek(void)
 
 /* A random Basic password for user "bench": its hash into the config, base64(bench:pw) to a
  * 0600 file for the wrk script. */
-
 static int write_config(void)
 {
-    const eg_token_config *c = eg_th_config(th);
     bool nss = kind == EG_TH_NSS;
-    char *hash = NULL, text[8192], kek[512] = "";
-    int n, rc = -1;
+    char *hash = NULL, text[8192], kek[512] = "", extra[32];
+    int n, m, rc = -1;
 
     if (eg_fx_basic_user("bench", pass_file, auth_file, &hash) != 0)
         return -1;
     if (nss)
         snprintf(kek, sizeof(kek),
                  "serverkeygen_kek = " KEK_ID " pkcs11:token=%s;object=kek-fleet\n", uri_label());
-    n = snprintf(text, sizeof(text),
-                 "[server]\n"
-                 "listen = 127.0.0.1:0\n"
-                 "tls_key = pkcs11:token=%s;object=tls;type=private\n"
-                 "tls_chain = tls-chain.pem\n"
-                 "ledger = ledger.db\n"
-                 "threads = %u\n"
-                 "\n[token]\nmodule = %s\n%s%s%slabel = %s\npin_file = %s\n"
+    snprintf(extra, sizeof(extra), "threads = %u\n", P256_CONNS);
+    if ((n = eg_fx_ini_head(th, extra, "", text, sizeof(text))) < 0)
+        goto out;
+    m = snprintf(text + n, sizeof(text) - (size_t)n,
                  "\n[profile default]\n"
                  "ca_key = pkcs11:token=%s;object=ca;type=private\nca_chain = %s\n"
                  "auth = basic\nuser = bench:%s\n"
                  "san = dns:.example.com\nmax_days = 30\neku = clientAuth\n"
                  "serverkeygen = %s\n"
                  "serverkeygen_key_types = ec:P-256, rsa:2048\n%s",
-                 uri_label(), P256_CONNS, c->module_path, c->init_args ? "init_args = " : "",
-                 c->init_args ? c->init_args : "", c->init_args ? "\n" : "", c->token_label,
-                 c->pin_file, uri_label(), ca, hash, nss ? "plaintext, encrypt" : "plaintext", kek);
-    if (n > 0 && (size_t)n < sizeof(text))
-        rc = eg_file_write(ini, text, (size_t)n, 0600);
+                 uri_label(), ca, hash, nss ? "plaintext, encrypt" : "plaintext", kek);
+    if (m > 0 && (size_t)m < sizeof(text) - (size_t)n)
+        rc = eg_file_write(ini, text, (size_t)(n + m), 0600);
+out:
     free(hash);
     return rc;
 }

@@ -26,7 +26,6 @@
 #include <openssl/evp.h>
 #include <openssl/ssl.h>
 #include <openssl/pem.h>
-#include <openssl/rand.h>
 #include <openssl/x509v3.h>
 
 #include "child.h"
@@ -34,7 +33,6 @@
 #include "config.h"
 #include "csr_attrs.h"
 #include "ledger.h"
-#include "password_local.h"
 #include "token_harness.h"
 
 #define MAX_DAYS 30
@@ -78,27 +76,16 @@ static int partner_pki(void)
 static int write_config(void)
 {
     const eg_token_config *c = eg_th_config(th);
-    char *hash = NULL, text[32768], secret[33];
-    unsigned char rnd[16];
-    int i, n, rc = -1;
+    char *hash = NULL, text[32768];
+    int n, m, rc = -1;
 
     /* A random Basic password, in a 0600 file, as the demo makes one. */
-    if (RAND_bytes(rnd, sizeof(rnd)) != 1)
-        return -1;
-    for (i = 0; i < 16; i++)
-        snprintf(secret + 2 * i, 3, "%02x", rnd[i]);
-    if (eg_file_write(pass, secret, 32, 0600) != 0 ||
-        eg_password_hash_cost(secret, 10000, &hash) != 0)
-        return -1;
-    n = snprintf(text, sizeof(text),
-                 "[server]\n"
-                 "listen = 127.0.0.1:0\n"
-                 "listen = 127.0.0.1:0 tls12\n"
-                 "tls_key = pkcs11:token=%s;object=tls;type=private\n"
-                 "tls_chain = tls-chain.pem\n"
-                 "ledger = ledger.db\n"
-                 "max_body = 16k\n"
-                 "\n[token]\nmodule = %s\n%s%s%slabel = %s\npin_file = %s\nrecover_ms = 1500\n"
+    if (eg_fx_basic_user("alice", pass, NULL, &hash) != 0)
+        goto out;
+    if ((n = eg_fx_ini_head(th, "listen = 127.0.0.1:0 tls12\nmax_body = 16k\n",
+                            "recover_ms = 1500\n", text, sizeof(text))) < 0)
+        goto out;
+    m = snprintf(text + n, sizeof(text) - (size_t)n,
                  "\n[profile default]\n"
                  "ca_key = pkcs11:token=%s;object=ca;type=private\nca_chain = %s\n"
                  "auth = basic\nuser = alice:%s\n"
@@ -110,12 +97,11 @@ static int write_config(void)
                  "\n[profile partner]\n"
                  "ca_key = pkcs11:token=%s;object=ca;type=private\nca_chain = %s\n"
                  "auth = mtls\nclient_ca = partner-ca.pem\nsan = dns:.example.com\n",
-                 c->token_label, c->module_path, c->init_args ? "init_args = " : "",
-                 c->init_args ? c->init_args : "", c->init_args ? "\n" : "", c->token_label,
-                 c->pin_file, c->token_label, ca, hash, MAX_DAYS, c->token_label, ca, ca, MAX_DAYS,
+                 c->token_label, ca, hash, MAX_DAYS, c->token_label, ca, ca, MAX_DAYS,
                  c->token_label, ca);
-    if (n > 0 && (size_t)n < sizeof(text))
-        rc = eg_file_write(ini, text, (size_t)n, 0600);
+    if (m > 0 && (size_t)m < sizeof(text) - (size_t)n)
+        rc = eg_file_write(ini, text, (size_t)(n + m), 0600);
+out:
     free(hash);
     return rc;
 }

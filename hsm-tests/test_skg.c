@@ -119,9 +119,8 @@ static const char *uri_label(void)
 
 static int write_config(bool skg)
 {
-    const eg_token_config *c = eg_th_config(th);
     char text[8192], extra[1024] = "", *hash = NULL, *pw;
-    int n;
+    int n, m;
 
     /* Basic auth, as a fleet would use it: a random password in a 0600 file. */
     if (eg_fx_basic_user("alice", pass, NULL, &hash) != 0 ||
@@ -138,28 +137,26 @@ static int write_config(bool skg)
                  "serverkeygen_csr_key = yes\n"
                  "serverkeygen_rsa = oaep-sha256, oaep-sha1, pkcs1\n",
                  uri_label());
-    n = snprintf(text, sizeof(text),
-                 "[server]\nlisten = 127.0.0.1:0\n"
-                 "tls_key = pkcs11:token=%s;object=tls;type=private\n"
-                 "tls_chain = tls-chain.pem\nledger = ledger.db\n"
-                 "\n[token]\nmodule = %s\n%s%s%slabel = %s\npin_file = %s\n"
-                 "\n[profile default]\n"
-                 "ca_key = pkcs11:token=%s;object=ca;type=private\nca_chain = %s\n"
-                 "auth = basic\nuser = alice:%s\nsan = dns:.example.com\nmax_days = 30\n"
-                 "%s%s%s"
-                 "\n[profile nokg]\n"
-                 "ca_key = pkcs11:token=%s;object=ca;type=private\nca_chain = %s\n"
-                 "auth = none\nsan = dns:.example.com\n",
-                 uri_label(), c->module_path, c->init_args ? "init_args = " : "",
-                 c->init_args ? c->init_args : "", c->init_args ? "\n" : "", c->token_label,
-                 c->pin_file, uri_label(), ca, hash,
-                 skg ? (kind == EG_TH_NSS ? "serverkeygen = plaintext, encrypt\n"
-                                          : "serverkeygen = plaintext\n")
-                     : "",
-                 skg ? "serverkeygen_key_types = ec:P-256, ec:P-384, rsa:2048\n" : "",
-                 skg ? extra : "", uri_label(), ca);
+    n = eg_fx_ini_head(th, "", "", text, sizeof(text));
+    m = n < 0 ? -1
+              : snprintf(text + n, sizeof(text) - (size_t)n,
+                         "\n[profile default]\n"
+                         "ca_key = pkcs11:token=%s;object=ca;type=private\nca_chain = %s\n"
+                         "auth = basic\nuser = alice:%s\nsan = dns:.example.com\nmax_days = 30\n"
+                         "%s%s%s"
+                         "\n[profile nokg]\n"
+                         "ca_key = pkcs11:token=%s;object=ca;type=private\nca_chain = %s\n"
+                         "auth = none\nsan = dns:.example.com\n",
+                         uri_label(), ca, hash,
+                         skg ? (kind == EG_TH_NSS ? "serverkeygen = plaintext, encrypt\n"
+                                                  : "serverkeygen = plaintext\n")
+                             : "",
+                         skg ? "serverkeygen_key_types = ec:P-256, ec:P-384, rsa:2048\n" : "",
+                         skg ? extra : "", uri_label(), ca);
     free(hash);
-    return n > 0 && (size_t)n < sizeof(text) ? eg_file_write(ini, text, (size_t)n, 0600) : -1;
+    return m > 0 && (size_t)m < sizeof(text) - (size_t)n
+               ? eg_file_write(ini, text, (size_t)(n + m), 0600)
+               : -1;
 }
 
 static int suite_init(void)

@@ -114,6 +114,25 @@ const char *eg_fx_uri_label(const eg_th *th, char *out, size_t cap)
     return out;
 }
 
+int eg_fx_ini_head(const eg_th *th, const char *server_extra, const char *token_extra, char *out,
+                   size_t cap)
+{
+    const eg_token_config *c = eg_th_config(th);
+    char label[128];
+    int n = snprintf(out, cap,
+                     "[server]\n"
+                     "listen = 127.0.0.1:0\n"
+                     "tls_key = pkcs11:token=%s;object=tls;type=private\n"
+                     "tls_chain = tls-chain.pem\n"
+                     "ledger = ledger.db\n%s"
+                     "\n[token]\nmodule = %s\n%s%s%slabel = %s\npin_file = %s\n%s",
+                     eg_fx_uri_label(th, label, sizeof(label)), server_extra, c->module_path,
+                     c->init_args ? "init_args = " : "", c->init_args ? c->init_args : "",
+                     c->init_args ? "\n" : "", c->token_label, c->pin_file, token_extra);
+
+    return n > 0 && (size_t)n < cap ? n : -1;
+}
+
 /* The ports of the first nports "listening on" lines of log; 0 when all are there. */
 static int listening(const char *log, unsigned *ports, size_t nports)
 {

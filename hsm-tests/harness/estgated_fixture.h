@@ -40,6 +40,16 @@ int eg_fx_basic_user(const char *name, const char *pass_file, const char *auth_f
 const char *eg_fx_uri_label(const eg_th *th, char *out, size_t cap);
 
 /*
+ * The [server] and [token] sections a fixture daemon starts from, into out:
+ * a TLS 1.3 listener on 127.0.0.1:0, the "tls" key and tls-chain.pem that
+ * eg_fx_provision made, ledger.db, and the harness token with its PIN file.
+ * server_extra and token_extra (whole lines, or "") go at the end of their
+ * sections. The length written, or -1 when it does not fit.
+ */
+int eg_fx_ini_head(const eg_th *th, const char *server_extra, const char *token_extra, char *out,
+                   size_t cap);
+
+/*
  * Starts build/appliance/estgated -c ini with its output in log, and waits
  * (up to 20 s) for nports "listening on https://127.0.0.1:PORT" lines;
  * 0 with *pid and ports[] set. Prints the log when it does not start.
