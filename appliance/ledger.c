@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -115,7 +116,7 @@ static const char *const reader_sql[R_NSTMT] = {
 
 typedef enum op_kind { OP_BEGIN, OP_COMPLETE, OP_FAIL, OP_AUDIT, OP_PRAGMA } op_kind;
 
-/* One caller's operation; lives on the caller's stack until done is set. */
+/* One caller's operation; lives on the caller's stack until done is posted. */
 typedef struct ledger_op {
     struct ledger_op *next;
     op_kind kind;
@@ -130,8 +131,7 @@ typedef struct ledger_op {
     int64_t flight_added;        /* undone if the batch does not commit */
     int64_t flight_removed;
     int rc;
-    int done;
-    pthread_cond_t cond;
+    sem_t done; /* posted by the writer once the batch has committed or failed */
 } ledger_op;
 
 typedef struct ledger_reader {
@@ -516,17 +516,18 @@ static void deliver(eg_ledger *lg, ledger_op *batch, unsigned n, int committed)
 {
     ledger_op *op, *next;
 
-    pthread_mutex_lock(&lg->lock);
     if (committed) {
+        pthread_mutex_lock(&lg->lock);
         lg->stats.commits++;
         lg->stats.operations += n;
+        pthread_mutex_unlock(&lg->lock);
     }
+    /* A semaphore each, not a condition variable on the queue's lock: the woken callers
+       do not queue up for that lock again, against each other and the next batch. */
     for (op = batch; op != NULL; op = next) {
-        next = op->next; /* op belongs to its caller again once done is set */
-        op->done = 1;
-        pthread_cond_signal(&op->cond);
+        next = op->next; /* op belongs to its caller again once done is posted */
+        sem_post(&op->done);
     }
-    pthread_mutex_unlock(&lg->lock);
 }
 
 static void run_batch(eg_ledger *lg, ledger_op *batch, unsigned n)
@@ -561,10 +562,10 @@ static void *writer_main(void *arg)
 /* Queues op and sleeps until the writer has committed (or abandoned) its batch. */
 static int submit(eg_ledger *lg, ledger_op *op)
 {
-    int rc = -1;
+    int rc = -1, queued = 0;
 
-    if (pthread_cond_init(&op->cond, NULL) != 0)
-        goto out;
+    if (sem_init(&op->done, 0, 0) != 0)
+        return -1;
     pthread_mutex_lock(&lg->lock);
     if (!lg->stopping) {
         if (lg->tail != NULL)
@@ -574,15 +575,17 @@ static int submit(eg_ledger *lg, ledger_op *op)
         lg->tail = op;
         lg->queued++;
         pthread_cond_signal(&lg->wake);
-        while (!op->done)
-            pthread_cond_wait(&op->cond, &lg->lock);
+        queued = 1;
+    }
+    pthread_mutex_unlock(&lg->lock);
+    if (queued) {
+        while (sem_wait(&op->done) != 0 && errno == EINTR)
+            ;
         rc = op->rc;
     } else {
         fprintf(stderr, "ledger: operation after close\n");
     }
-    pthread_mutex_unlock(&lg->lock);
-    pthread_cond_destroy(&op->cond);
-out:
+    sem_destroy(&op->done);
     return rc;
 }
 
