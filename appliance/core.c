@@ -122,9 +122,7 @@ static void profile_clear(core_profile *p)
     for (i = 0; i < p->cfg.nskg_keks; i++)
         free(p->cfg.skg_keks[i].uri);
     eg_skg_profile_clear(&p->skg);
-    EVP_MD_CTX_free(p->ca.sign);
-    EVP_PKEY_free(p->ca.key);
-    X509_free(p->ca.cert);
+    eg_issue_ca_clear(&p->ca);
     free(p->cacerts);
     OPENSSL_free(p->csrattrs);
     memset(p, 0, sizeof(*p));
@@ -622,7 +620,7 @@ static int check_request(enroll *e)
     return e->req->current_cert != NULL ? check_reenroll(e) : 0;
 }
 
-/* Lower-case hex of b, cut to fit cap with its NUL (a snprintf per octet cost 1% of an enrollment). */
+/* Lower-case hex of b, cut to fit cap with its NUL (snprintf per octet: 1% of an enrollment). */
 static void hex(const uint8_t *b, size_t n, char *out, size_t cap)
 {
     static const char digits[] = "0123456789abcdef";

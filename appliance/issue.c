@@ -3,6 +3,7 @@
  * in the token. The CA objects are shared by every request thread and only
  * read here.
  */
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -172,19 +173,81 @@ static int key_type(X509 *x)
     return OBJ_obj2nid(alg); /* EVP_PKEY_RSA, EVP_PKEY_EC, EVP_PKEY_ED25519 are these NIDs */
 }
 
-static int add_extensions(X509 *x, const eg_policy *pol, const eg_issue_ca *ca, const eg_csr *req)
+/*
+ * The extensions that are the same in every certificate, encoded once: made
+ * from their configuration strings per certificate, these and the subject key
+ * identifier's SHA-1 fetch cost about 15 us a certificate (docs/benchmarks.md).
+ */
+static struct {
+    pthread_once_t once;
+    X509_EXTENSION *bc;     /* critical, CA:FALSE */
+    X509_EXTENSION *ku_sig; /* critical, digitalSignature */
+    X509_EXTENSION *ku_rsa; /* critical, digitalSignature, keyEncipherment */
+    EVP_MD *sha1;           /* RFC 5280 4.2.1.2 (1): the subject key identifier */
+} fixed = {.once = PTHREAD_ONCE_INIT};
+
+static void fixed_make(void)
 {
-    int type = key_type(x);
+    fixed.bc = X509V3_EXT_conf_nid(NULL, NULL, NID_basic_constraints, "critical,CA:FALSE");
+    fixed.ku_sig = X509V3_EXT_conf_nid(NULL, NULL, NID_key_usage, "critical,digitalSignature");
+    fixed.ku_rsa =
+        X509V3_EXT_conf_nid(NULL, NULL, NID_key_usage, "critical,digitalSignature,keyEncipherment");
+    fixed.sha1 = EVP_MD_fetch(NULL, "SHA1", NULL);
+}
+
+static int fixed_ready(void)
+{
+    return pthread_once(&fixed.once, fixed_make) == 0 && fixed.bc != NULL && fixed.ku_sig != NULL &&
+                   fixed.ku_rsa != NULL && fixed.sha1 != NULL
+               ? 0
+               : -1;
+}
+
+/* SHA-1 of the subjectPublicKey bits: what OpenSSL's "hash" makes, without its fetch. */
+static ASN1_OCTET_STRING *key_id(const X509_PUBKEY *pub)
+{
+    const unsigned char *bits;
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    ASN1_OCTET_STRING *id;
+    int len;
+
+    if (X509_PUBKEY_get0_param(NULL, &bits, &len, NULL, (X509_PUBKEY *)pub) != 1 ||
+        EVP_Digest(bits, (size_t)len, md, &mdlen, fixed.sha1, NULL) != 1 ||
+        (id = ASN1_OCTET_STRING_new()) == NULL)
+        return NULL;
+    if (ASN1_OCTET_STRING_set(id, md, (int)mdlen) != 1) {
+        ASN1_OCTET_STRING_free(id);
+        return NULL;
+    }
+    return id;
+}
+
+static int add_ski(X509 *x)
+{
+    ASN1_OCTET_STRING *id = key_id(X509_get_X509_PUBKEY(x));
+    int ok = id != NULL &&
+             X509_add1_ext_i2d(x, NID_subject_key_identifier, id, 0, X509V3_ADD_APPEND) == 1;
+
+    ASN1_OCTET_STRING_free(id);
+    return ok ? 0 : -1;
+}
+
+static int add_aki(X509 *x, const eg_issue_ca *ca)
+{
     X509V3_CTX ctx;
 
+    if (ca->aki != NULL)
+        return X509_add_ext(x, ca->aki, -1) == 1 ? 0 : -1;
     X509V3_set_ctx(&ctx, ca->cert, x, NULL, NULL, 0);
-    if (add_conf_ext(x, &ctx, NID_basic_constraints, "critical,CA:FALSE") != 0 ||
-        add_conf_ext(x, &ctx, NID_key_usage,
-                     type == EVP_PKEY_RSA ? "critical,digitalSignature,keyEncipherment"
-                                          : "critical,digitalSignature") != 0 ||
-        add_eku(x, pol->cfg) != 0 || add_san(x, req) != 0 ||
-        add_conf_ext(x, &ctx, NID_subject_key_identifier, "hash") != 0 ||
-        add_conf_ext(x, &ctx, NID_authority_key_identifier, "keyid:always") != 0)
+    return add_conf_ext(x, &ctx, NID_authority_key_identifier, "keyid:always");
+}
+
+static int add_extensions(X509 *x, const eg_policy *pol, const eg_issue_ca *ca, const eg_csr *req)
+{
+    if (fixed_ready() != 0 || X509_add_ext(x, fixed.bc, -1) != 1 ||
+        X509_add_ext(x, key_type(x) == EVP_PKEY_RSA ? fixed.ku_rsa : fixed.ku_sig, -1) != 1 ||
+        add_eku(x, pol->cfg) != 0 || add_san(x, req) != 0 || add_ski(x) != 0 || add_aki(x, ca) != 0)
         return -1;
     return 0;
 }
@@ -361,17 +424,40 @@ int eg_issue_lint(const eg_policy *pol, const eg_issue_ca *ca, X509 *cert, char 
 int eg_issue_ca_ready(eg_issue_ca *ca)
 {
     EVP_MD_CTX *mctx = EVP_MD_CTX_new();
+    AUTHORITY_KEYID *akid = AUTHORITY_KEYID_new();
+    const ASN1_OCTET_STRING *ski = X509_get0_subject_key_id(ca->cert);
+    X509_EXTENSION *aki = NULL;
     int rc = -1;
 
-    if (mctx == NULL || EVP_DigestSignInit_ex(mctx, NULL, ca->md, NULL, NULL, ca->key, NULL) != 1)
+    if (mctx == NULL || akid == NULL || fixed_ready() != 0 ||
+        EVP_DigestSignInit_ex(mctx, NULL, ca->md, NULL, NULL, ca->key, NULL) != 1)
+        goto out;
+    /* keyid:always, once: the CA's own key identifier, else the hash of its key. */
+    akid->keyid = ski != NULL ? ASN1_OCTET_STRING_dup(ski) : key_id(X509_get_X509_PUBKEY(ca->cert));
+    if (akid->keyid == NULL ||
+        (aki = X509V3_EXT_i2d(NID_authority_key_identifier, 0, akid)) == NULL)
         goto out;
     EVP_MD_CTX_free(ca->sign);
+    X509_EXTENSION_free(ca->aki);
     ca->sign = mctx;
+    ca->aki = aki;
     mctx = NULL;
+    aki = NULL;
     rc = 0;
 out:
+    AUTHORITY_KEYID_free(akid);
+    X509_EXTENSION_free(aki);
     EVP_MD_CTX_free(mctx);
     return rc;
+}
+
+void eg_issue_ca_clear(eg_issue_ca *ca)
+{
+    EVP_MD_CTX_free(ca->sign);
+    X509_EXTENSION_free(ca->aki);
+    EVP_PKEY_free(ca->key);
+    X509_free(ca->cert);
+    memset(ca, 0, sizeof(*ca));
 }
 
 /*

@@ -19,10 +19,11 @@
 /* The issuing CA of a profile, read-only after open. */
 typedef struct eg_issue_ca {
     X509 *cert;
-    EVP_PKEY *key;     /* the token key, through the provider */
-    const char *md;    /* "SHA256", "SHA384", "SHA512"; NULL for Ed25519 */
-    EVP_MD_CTX *sign;  /* key and md made ready once (eg_issue_ca_ready); copied per signature */
-    time_t not_before; /* the CA's validity, as Unix times */
+    EVP_PKEY *key;       /* the token key, through the provider */
+    const char *md;      /* "SHA256", "SHA384", "SHA512"; NULL for Ed25519 */
+    EVP_MD_CTX *sign;    /* key and md made ready once (eg_issue_ca_ready); copied per signature */
+    X509_EXTENSION *aki; /* the certificates' authority key identifier, made with sign */
+    time_t not_before;   /* the CA's validity, as Unix times */
     time_t not_after;
 } eg_issue_ca;
 
@@ -68,8 +69,12 @@ X509 *eg_issue_build(const eg_policy *pol, const eg_issue_ca *ca, const eg_csr *
 int eg_issue_lint(const eg_policy *pol, const eg_issue_ca *ca, X509 *cert, char *reason,
                   size_t cap);
 
-/* Initialises ca->sign from ca->key and ca->md, while one thread owns ca. 0, or -1. */
+/* Initialises ca->sign from ca->key and ca->md, and ca->aki, while one thread owns ca.
+   0, or -1. */
 int eg_issue_ca_ready(eg_issue_ca *ca);
+
+/* Frees what ca holds (certificate, key, sign, aki) and zeroes it. */
+void eg_issue_ca_clear(eg_issue_ca *ca);
 
 /* Signs cert with the CA key (in the token), from a copy of ca->sign. 0, or -1 with reason. */
 int eg_issue_sign(const eg_issue_ca *ca, X509 *cert, char *reason, size_t cap);

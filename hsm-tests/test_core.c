@@ -986,6 +986,63 @@ static void test_lint_refuses_bad_certificates(void)
     free(csr);
 }
 
+/* x's extension nid encoded as DER; NULL when x has none. */
+static unsigned char *ext_der(const X509 *x, int nid, int *len)
+{
+    unsigned char *der = NULL;
+
+    *len = i2d_X509_EXTENSION(X509_get_ext(x, X509_get_ext_by_NID(x, nid, -1)), &der);
+    return *len > 0 ? der : NULL;
+}
+
+/* Each extension estgate encodes once (or hashes itself) is byte for byte what OpenSSL
+   makes from the configuration string it stands for. */
+static void assert_fixed_extensions_are_openssls(X509 *x, X509 *ca_cert)
+{
+    static const struct {
+        int nid;
+        const char *value;
+    } want[] = {
+        {NID_basic_constraints, "critical,CA:FALSE"},
+        {NID_subject_key_identifier, "hash"},
+        {NID_authority_key_identifier, "keyid:always"},
+    };
+    X509V3_CTX ctx;
+    ASN1_OBJECT *alg = NULL;
+    int ku_len, rsa;
+    X509_EXTENSION *ku;
+    unsigned char *ku_want = NULL, *ku_got = ext_der(x, NID_key_usage, &ku_len);
+
+    /* The certificate's key is bytes copied from the CSR, not a decoded key: the OID says. */
+    CU_ASSERT_FATAL(X509_PUBKEY_get0_param(&alg, NULL, NULL, NULL, X509_get_X509_PUBKEY(x)) == 1);
+    rsa = OBJ_obj2nid(alg) == NID_rsaEncryption;
+    ku = X509V3_EXT_conf_nid(NULL, NULL, NID_key_usage,
+                             rsa ? "critical,digitalSignature,keyEncipherment"
+                                 : "critical,digitalSignature");
+    CU_ASSERT_FATAL(ku != NULL && ku_got != NULL);
+    CU_ASSERT(i2d_X509_EXTENSION(ku, &ku_want) == ku_len &&
+              memcmp(ku_want, ku_got, (size_t)ku_len) == 0);
+    OPENSSL_free(ku_want);
+    OPENSSL_free(ku_got);
+    X509_EXTENSION_free(ku);
+    X509V3_set_ctx(&ctx, ca_cert, x, NULL, NULL, 0);
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+        X509_EXTENSION *ext = X509V3_EXT_nconf_nid(NULL, &ctx, want[i].nid, want[i].value);
+        unsigned char *a = NULL, *b;
+        int alen = ext != NULL ? i2d_X509_EXTENSION(ext, &a) : -1, blen;
+
+        b = ext_der(x, want[i].nid, &blen);
+        CU_ASSERT_FATAL(alen > 0 && b != NULL);
+        CU_ASSERT(alen == blen && memcmp(a, b, (size_t)alen) == 0);
+        if (alen != blen || memcmp(a, b, (size_t)alen) != 0)
+            printf("\n  %s differs from OpenSSL's \"%s\"\n", OBJ_nid2sn(want[i].nid),
+                   want[i].value);
+        OPENSSL_free(a);
+        OPENSSL_free(b);
+        X509_EXTENSION_free(ext);
+    }
+}
+
 /* Two certificates in a row from one signing context made ready once: each
    signed in the token, each verifying, whatever the CA key's type. */
 static void sign_twice(eg_token *tok, const eg_keygen_spec *spec, const char *md)
@@ -1017,6 +1074,7 @@ static void sign_twice(eg_token *tok, const eg_keygen_spec *spec, const char *md
 
         serial[15]++;
         CU_ASSERT_PTR_NOT_NULL_FATAL(x);
+        assert_fixed_extensions_are_openssls(x, ca.cert);
         CU_ASSERT_EQUAL(eg_issue_sign(&ca, x, why, sizeof(why)), 0);
         CU_ASSERT_EQUAL(X509_verify(x, ca.key), 1);
         X509_free(x);
@@ -1025,11 +1083,33 @@ static void sign_twice(eg_token *tok, const eg_keygen_spec *spec, const char *md
     CU_ASSERT_EQUAL(after.sign_calls - before.sign_calls, 2);
     X509_NAME_free(subject);
     eg_csr_free(req);
-    EVP_MD_CTX_free(ca.sign);
-    EVP_PKEY_free(ca.key);
-    X509_free(ca.cert);
+    eg_issue_ca_clear(&ca);
     eg_p11_key_free(key);
     free(csr);
+}
+
+/* A CA certificate without a subject key identifier: its certificates' authority key
+   identifier is the SHA-1 of its key (RFC 5280 4.2.1.2 (1)), as the provisioning tool
+   makes the CA's own. The signing context here is a software key: only the encoding is
+   under test. */
+static void test_aki_without_ca_key_identifier(void)
+{
+    X509 *real = read_ca();
+    eg_issue_ca ca = {.cert = X509_new(), .md = "SHA256", .key = EVP_EC_gen("P-256")};
+    AUTHORITY_KEYID *akid = NULL;
+
+    CU_ASSERT_FATAL(real != NULL && ca.cert != NULL && ca.key != NULL &&
+                    X509_get0_subject_key_id(real) != NULL);
+    CU_ASSERT_FATAL(X509_set_pubkey(ca.cert, X509_get0_pubkey(real)) == 1);
+    CU_ASSERT_PTR_NULL(X509_get0_subject_key_id(ca.cert));
+    CU_ASSERT_EQUAL_FATAL(eg_issue_ca_ready(&ca), 0);
+    CU_ASSERT_FATAL((akid = X509V3_EXT_d2i(ca.aki)) != NULL && akid->keyid != NULL);
+    CU_ASSERT_EQUAL(ASN1_OCTET_STRING_cmp(akid->keyid, X509_get0_subject_key_id(real)), 0);
+    CU_ASSERT_PTR_NULL(akid->issuer);
+    CU_ASSERT_PTR_NULL(akid->serial);
+    AUTHORITY_KEYID_free(akid);
+    eg_issue_ca_clear(&ca);
+    X509_free(real);
 }
 
 static void test_sign_context_serves_every_ca_key_type(void)
@@ -1230,6 +1310,8 @@ static CU_TestInfo tests[] = {
     {"the lint refuses what must never be signed", test_lint_refuses_bad_certificates},
     {"one signing context serves RSA, P-384 and Ed25519 CA keys",
      test_sign_context_serves_every_ca_key_type},
+    {"a CA without a key identifier: the AKI is its key's hash",
+     test_aki_without_ca_key_identifier},
     {"token loss: 503, then the same request is issued",
      test_token_loss_is_unavailable_then_recovers},
     {"after close the ledger holds the certificate", test_ledger_holds_certificate_after_close},
