@@ -117,15 +117,6 @@ X509_NAME *eg_issue_subject(const eg_policy *pol, const eg_csr *req)
     return out;
 }
 
-static int add_conf_ext(X509 *x, X509V3_CTX *ctx, int nid, const char *value)
-{
-    X509_EXTENSION *ext = X509V3_EXT_nconf_nid(NULL, ctx, nid, value);
-    int ok = ext != NULL && X509_add_ext(x, ext, -1) == 1;
-
-    X509_EXTENSION_free(ext);
-    return ok ? 0 : -1;
-}
-
 static int add_eku(X509 *x, const eg_profile_cfg *p)
 {
     EXTENDED_KEY_USAGE *eku;
@@ -233,21 +224,13 @@ static int add_ski(X509 *x)
     return ok ? 0 : -1;
 }
 
-static int add_aki(X509 *x, const eg_issue_ca *ca)
-{
-    X509V3_CTX ctx;
-
-    if (ca->aki != NULL)
-        return X509_add_ext(x, ca->aki, -1) == 1 ? 0 : -1;
-    X509V3_set_ctx(&ctx, ca->cert, x, NULL, NULL, 0);
-    return add_conf_ext(x, &ctx, NID_authority_key_identifier, "keyid:always");
-}
-
+/* basicConstraints, keyUsage and the AKI are the ones eg_issue_ca_ready encoded. */
 static int add_extensions(X509 *x, const eg_policy *pol, const eg_issue_ca *ca, const eg_csr *req)
 {
-    if (fixed_ready() != 0 || X509_add_ext(x, fixed.bc, -1) != 1 ||
+    if (ca->aki == NULL || X509_add_ext(x, fixed.bc, -1) != 1 ||
         X509_add_ext(x, key_type(x) == EVP_PKEY_RSA ? fixed.ku_rsa : fixed.ku_sig, -1) != 1 ||
-        add_eku(x, pol->cfg) != 0 || add_san(x, req) != 0 || add_ski(x) != 0 || add_aki(x, ca) != 0)
+        add_eku(x, pol->cfg) != 0 || add_san(x, req) != 0 || add_ski(x) != 0 ||
+        X509_add_ext(x, ca->aki, -1) != 1)
         return -1;
     return 0;
 }
@@ -417,9 +400,8 @@ int eg_issue_lint(const eg_policy *pol, const eg_issue_ca *ca, X509 *cert, char 
 }
 
 /*
- * The one place a certificate is signed. A context per call costs about a
- * fifth of the P-256 token signing rate on in-process SoftHSM; this is where
- * a per-thread context would go.
+ * Everything per CA that certificates reuse, made once at profile load: the
+ * digest-sign context eg_issue_sign copies, and the encoded AKI.
  */
 int eg_issue_ca_ready(eg_issue_ca *ca)
 {

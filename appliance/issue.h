@@ -60,7 +60,7 @@ typedef struct eg_pubkey_bits {
 } eg_pubkey_bits;
 
 /* The unsigned certificate, for key (serverkeygen) or, when key is NULL, for the CSR's own
-   key. NULL with reason on failure. */
+   key, from a ca made ready (eg_issue_ca_ready). NULL with reason on failure. */
 X509 *eg_issue_build(const eg_policy *pol, const eg_issue_ca *ca, const eg_csr *req,
                      const eg_pubkey_bits *key, const X509_NAME *subject, const uint8_t *serial,
                      size_t serial_len, const eg_validity *val, char *reason, size_t cap);

@@ -922,11 +922,12 @@ static time_t unix_time(const ASN1_TIME *t)
     return ASN1_TIME_to_tm(t, &tm) == 1 ? timegm(&tm) : 0;
 }
 
-/* The lint refuses what must never be signed. */
+/* The lint refuses what must never be signed. Nothing is signed here, so the CA's signing
+   context is a software key's. */
 static void test_lint_refuses_bad_certificates(void)
 {
     eg_policy pol = {.cfg = &cfg.profiles[0]};
-    eg_issue_ca ca = {.cert = read_ca()};
+    eg_issue_ca ca = {.cert = read_ca(), .md = "SHA256", .key = EVP_EC_gen("P-256")};
     uint8_t serial[21] = {0x01};
     size_t len;
     uint8_t *csr = make_csr(key_a, "CN=lint", "DNS:lint.example.com", NULL, NULL, &len);
@@ -939,6 +940,7 @@ static void test_lint_refuses_bad_certificates(void)
     CU_ASSERT_FATAL(csr != NULL && eg_csr_parse(csr, len, &req) == 0);
     subject = eg_issue_subject(&pol, req);
     CU_ASSERT_FATAL(ca.cert != NULL && subject != NULL);
+    CU_ASSERT_EQUAL_FATAL(eg_issue_ca_ready(&ca), 0);
     ca.not_before = unix_time(X509_get0_notBefore(ca.cert));
     ca.not_after = unix_time(X509_get0_notAfter(ca.cert));
     CU_ASSERT_EQUAL_FATAL(eg_issue_validity(&pol, &ca, time(NULL), 0, &val, why, sizeof(why)), 0);
@@ -980,9 +982,18 @@ static void test_lint_refuses_bad_certificates(void)
     CU_ASSERT_EQUAL(eg_issue_lint(&pol, &ca, x, why, sizeof(why)), -1);
     CU_ASSERT_PTR_NOT_NULL(strstr(why, "SAN"));
     X509_free(x);
+    /* A CA not made ready builds nothing. */
+    {
+        eg_issue_ca unready = {
+            .cert = ca.cert, .not_before = ca.not_before, .not_after = ca.not_after};
+
+        CU_ASSERT_PTR_NULL(
+            eg_issue_build(&pol, &unready, req, NULL, subject, serial, 16, &val, why, sizeof(why)));
+        CU_ASSERT_PTR_NOT_NULL(strstr(why, "extensions"));
+    }
     X509_NAME_free(subject);
     eg_csr_free(req);
-    X509_free(ca.cert);
+    eg_issue_ca_clear(&ca);
     free(csr);
 }
 
