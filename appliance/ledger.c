@@ -933,31 +933,20 @@ out:
 
 int eg_ledger_complete_issue(eg_ledger *lg, int64_t id, const uint8_t *der, size_t len)
 {
-    ledger_op op = {.kind = OP_COMPLETE, .id = id, .der = der, .der_len = len};
-    int rc = -1;
-
-    if (lg == NULL || der == NULL || len == 0 || len > INT_MAX) {
-        fprintf(stderr, "ledger: complete_issue: no certificate\n");
-        goto out;
-    }
-    rc = submit(lg, &op);
-out:
-    return rc;
+    return eg_ledger_complete_issue_audit(lg, id, der, len, NULL);
 }
 
 int eg_ledger_complete_issue_audit(eg_ledger *lg, int64_t id, const uint8_t *der, size_t len,
                                    const eg_audit_event *ev)
 {
     ledger_op op = {.kind = OP_COMPLETE, .id = id, .der = der, .der_len = len, .event = ev};
-    int rc = -1;
 
-    if (lg == NULL || der == NULL || len == 0 || len > INT_MAX || ev == NULL || ev->type == NULL) {
-        fprintf(stderr, "ledger: complete_issue_audit: no certificate or no audit event\n");
-        goto out;
+    if (lg == NULL || der == NULL || len == 0 || len > INT_MAX ||
+        (ev != NULL && ev->type == NULL)) {
+        fprintf(stderr, "ledger: complete_issue: no certificate, or an audit event without type\n");
+        return -1;
     }
-    rc = submit(lg, &op);
-out:
-    return rc;
+    return submit(lg, &op);
 }
 
 int eg_ledger_fail_issue(eg_ledger *lg, int64_t id, const char *reason)

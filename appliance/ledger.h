@@ -82,8 +82,9 @@ typedef struct eg_audit_event {
 
 /* Stores an audit event (grouped with other commits; durable on return). */
 int eg_ledger_audit(eg_ledger *lg, const eg_audit_event *ev);
-/* eg_ledger_complete_issue and eg_ledger_audit(ev) as one operation: the certificate and the
- * audit row of its issue go into the same commit, both or neither, with one wait instead of two. */
+/* eg_ledger_complete_issue and, when ev is not NULL, eg_ledger_audit(ev) as one operation: the
+ * certificate and the audit row of its issue go into the same commit, both or neither, with one
+ * wait instead of two. */
 int eg_ledger_complete_issue_audit(eg_ledger *lg, int64_t id, const uint8_t *der, size_t len,
                                    const eg_audit_event *ev);
 

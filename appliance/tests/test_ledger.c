@@ -449,7 +449,13 @@ static void test_complete_with_audit_is_one_commit(void)
     /* The certificate cannot be stored (not in flight): the row is not either. */
     ev.intent_id = res.id;
     CU_ASSERT_EQUAL(eg_ledger_complete_issue_audit(lg, res.id + 1, der, len, &ev), -1);
-    CU_ASSERT_EQUAL(eg_ledger_complete_issue_audit(lg, res.id, der, len, NULL), -1);
+    /* An event without its type is refused before anything is stored. */
+    {
+        eg_audit_event untyped = ev;
+
+        untyped.type = NULL;
+        CU_ASSERT_EQUAL(eg_ledger_complete_issue_audit(lg, res.id, der, len, &untyped), -1);
+    }
     eg_ledger_get_stats(lg, &before);
     CU_ASSERT_EQUAL(eg_ledger_complete_issue_audit(lg, res.id, der, len, &ev), 0);
     eg_ledger_get_stats(lg, &after);
