@@ -30,7 +30,7 @@
 #include "ledger.h"
 #include "ledger_local.h"
 
-#define LEDGER_SCHEMA_VERSION 1
+#define LEDGER_SCHEMA_VERSION 2
 #define LEDGER_BATCH_DEFAULT  256
 #define LEDGER_BUSY_MS        5000
 #define LEDGER_SERIAL_MAX     20
@@ -69,6 +69,17 @@ static const char *const migrations[LEDGER_SCHEMA_VERSION] = {
     " detail TEXT,"
     " intent_id INTEGER REFERENCES issuance (id));"
     "CREATE INDEX audit_intent ON audit (intent_id) WHERE intent_id IS NOT NULL;",
+    /*
+     * The request key's index no longer names state: completing an intent sets state,
+     * and SQLite rewrites a partial index whose condition reads a column an UPDATE
+     * sets, one more random leaf per issuance. Only failing an intent sets
+     * fail_reason, and every failed row has one.
+     */
+    "UPDATE issuance SET fail_reason = 'no reason given' WHERE state = 'failed'"
+    " AND fail_reason IS NULL;"
+    "DROP INDEX issuance_key;"
+    "CREATE UNIQUE INDEX issuance_key ON issuance (profile, principal, request_hash)"
+    " WHERE fail_reason IS NULL;",
 };
 
 enum {
@@ -93,15 +104,16 @@ static const char *const writer_sql[W_NSTMT] = {
     [W_SAVEPOINT] = "SAVEPOINT op",
     [W_RELEASE] = "RELEASE op",
     [W_ROLLBACK_TO] = "ROLLBACK TO op",
-    /* The state term lets the planner use the partial index. */
+    /* The fail_reason term lets the planner use the partial index. */
     [W_FIND_KEY] = "SELECT id, state = 'issued', serial, cert FROM issuance"
                    " WHERE profile = ?1 AND principal = ?2 AND request_hash = ?3"
-                   " AND state <> 'failed'",
+                   " AND fail_reason IS NULL",
     [W_INSERT] = "INSERT INTO issuance (created, profile, principal, request_hash, serial,"
                  " subject, not_after, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending')",
     [W_COMPLETE] = "UPDATE issuance SET state = 'issued', completed = ?1, cert = ?2"
                    " WHERE id = ?3 AND state = 'pending'",
-    [W_FAIL] = "UPDATE issuance SET state = 'failed', completed = ?1, fail_reason = ?2"
+    [W_FAIL] = "UPDATE issuance SET state = 'failed', completed = ?1,"
+               " fail_reason = coalesce(?2, 'no reason given')"
                " WHERE id = ?3 AND state = 'pending'",
     [W_AUDIT] = "INSERT INTO audit (time, type, profile, principal, peer, detail, intent_id)"
                 " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -766,37 +778,52 @@ out:
     return rc;
 }
 
-static int migrate(eg_ledger *lg)
+/* Takes db's schema to version target (at most LEDGER_SCHEMA_VERSION) in one transaction. */
+static int migrate_db(sqlite3 *db, const char *path, int target)
 {
     char buf[32];
     int rc = -1, in_tx = 0, version;
 
-    if (exec_sql(lg->db, "BEGIN IMMEDIATE", "migrate: begin") != 0)
+    if (exec_sql(db, "BEGIN IMMEDIATE", "migrate: begin") != 0)
         goto out;
     in_tx = 1;
-    if (pragma_get(lg->db, "PRAGMA user_version", buf, sizeof(buf)) != 0)
+    if (pragma_get(db, "PRAGMA user_version", buf, sizeof(buf)) != 0)
         goto out;
     version = atoi(buf);
     if (version < 0 || version > LEDGER_SCHEMA_VERSION) {
-        fprintf(stderr, "ledger: %s: schema version %d is not one this build knows (0-%d)\n",
-                lg->path, version, LEDGER_SCHEMA_VERSION);
+        fprintf(stderr, "ledger: %s: schema version %d is not one this build knows (0-%d)\n", path,
+                version, LEDGER_SCHEMA_VERSION);
         goto out;
     }
-    for (int v = version; v < LEDGER_SCHEMA_VERSION; v++) {
+    for (int v = version; v < target; v++) {
         snprintf(buf, sizeof(buf), "migrate to version %d", v + 1);
-        if (exec_sql(lg->db, migrations[v], buf) != 0)
+        if (exec_sql(db, migrations[v], buf) != 0)
             goto out;
     }
-    snprintf(buf, sizeof(buf), "PRAGMA user_version = %d", LEDGER_SCHEMA_VERSION);
-    if (version < LEDGER_SCHEMA_VERSION && exec_sql(lg->db, buf, "migrate: version") != 0)
+    snprintf(buf, sizeof(buf), "PRAGMA user_version = %d", target);
+    if (version < target && exec_sql(db, buf, "migrate: version") != 0)
         goto out;
-    if (exec_sql(lg->db, "COMMIT", "migrate: commit") != 0)
+    if (exec_sql(db, "COMMIT", "migrate: commit") != 0)
         goto out;
     in_tx = 0;
     rc = 0;
 out:
     if (in_tx)
-        sqlite3_exec(lg->db, "ROLLBACK", NULL, NULL, NULL);
+        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    return rc;
+}
+
+int eg_ledger_create_at_version(const char *path, int version)
+{
+    sqlite3 *db = NULL;
+    int rc = -1;
+
+    if (version < 0 || version > LEDGER_SCHEMA_VERSION ||
+        sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) != SQLITE_OK)
+        goto out;
+    rc = migrate_db(db, path, version);
+out:
+    sqlite3_close(db);
     return rc;
 }
 
@@ -855,7 +882,8 @@ int eg_ledger_open(const char *path, const eg_ledger_options *opt, eg_ledger **o
         goto out;
     }
     if ((lg = ledger_new(path, opt)) == NULL || lock_ledger(lg) != 0 || open_writer(lg) != 0 ||
-        migrate(lg) != 0 || prepare_writer(lg) != 0 || sync_parent_dir(path) != 0)
+        migrate_db(lg->db, lg->path, LEDGER_SCHEMA_VERSION) != 0 || prepare_writer(lg) != 0 ||
+        sync_parent_dir(path) != 0)
         goto out;
     /* One reader now, so that a database readers cannot open fails here, not later. */
     if ((lg->readers = reader_open(path)) == NULL)

@@ -177,8 +177,8 @@ static void test_schema_is_wal_full_sync_with_version(void)
     CU_ASSERT(writer_pragma_is(lg, "journal_mode", "wal"));
     CU_ASSERT(writer_pragma_is(lg, "synchronous", "2"));
     CU_ASSERT(writer_pragma_is(lg, "foreign_keys", "1"));
-    CU_ASSERT(writer_pragma_is(lg, "user_version", "1"));
-    CU_ASSERT(sql_text_is("SELECT sql LIKE '%WHERE state <> ''failed''' FROM sqlite_schema"
+    CU_ASSERT(writer_pragma_is(lg, "user_version", "2"));
+    CU_ASSERT(sql_text_is("SELECT sql LIKE '%WHERE fail_reason IS NULL' FROM sqlite_schema"
                           " WHERE name = 'issuance_key'",
                           "1"));
     CU_ASSERT(sql_text_is("SELECT group_concat(name) FROM (SELECT name FROM pragma_table_info("
@@ -186,8 +186,107 @@ static void test_schema_is_wal_full_sync_with_version(void)
                           "id,time,type,profile,principal,peer,detail,intent_id"));
     eg_ledger_close(lg);
     lg = open_ledger(NULL); /* an existing ledger opens without migrating again */
-    CU_ASSERT(writer_pragma_is(lg, "user_version", "1"));
+    CU_ASSERT(writer_pragma_is(lg, "user_version", "2"));
     eg_ledger_close(lg);
+}
+
+/*
+ * Completing an intent sets state, completed and cert. If any index read one of them
+ * (a partial index's condition included), every completion would rewrite a random
+ * leaf of that index as well as the row.
+ */
+static void test_completion_rewrites_no_index(void)
+{
+    static const char sql[] = "EXPLAIN UPDATE issuance SET state = 'issued', completed = 1,"
+                              " cert = x'30' WHERE id = 1 AND state = 'pending'";
+    eg_ledger *lg = open_ledger(NULL);
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    int steps = 0, index_writes = 0;
+
+    eg_ledger_close(lg);
+    CU_ASSERT_EQUAL_FATAL(sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    CU_ASSERT_EQUAL_FATAL(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        const char *opcode = (const char *)sqlite3_column_text(st, 1);
+
+        steps++;
+        index_writes += strcmp(opcode, "IdxInsert") == 0 || strcmp(opcode, "IdxDelete") == 0;
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    CU_ASSERT(steps > 0);
+    CU_ASSERT_EQUAL(index_writes, 0);
+}
+
+/* A row as version 1 stored it, written with a connection of our own. */
+static void v1_row(sqlite3 *db, uint32_t key, const char *state, const char *reason)
+{
+    static const char sql[] =
+        "INSERT INTO issuance (created, profile, principal, request_hash, serial, subject,"
+        " not_after, state, fail_reason, completed, cert)"
+        " VALUES (1, ?1, ?2, ?3, ?4, ?5, 2000000000, ?6, ?7, ?8, ?9)";
+    uint8_t der[CERT_MAX];
+    sqlite3_stmt *st = NULL;
+    req r;
+
+    req_init(&r, key);
+    CU_ASSERT_EQUAL_FATAL(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+    sqlite3_bind_text(st, 1, r.in.profile, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, r.in.principal, -1, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 3, r.in.request_hash, sizeof(r.in.request_hash), SQLITE_STATIC);
+    sqlite3_bind_blob(st, 4, r.serial, sizeof(r.serial), SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, r.in.subject, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 6, state, -1, SQLITE_STATIC);
+    if (reason != NULL)
+        sqlite3_bind_text(st, 7, reason, -1, SQLITE_STATIC);
+    if (strcmp(state, "pending") != 0)
+        sqlite3_bind_int64(st, 8, 2);
+    if (strcmp(state, "issued") == 0)
+        sqlite3_bind_blob(st, 9, der, (int)fake_cert(key, der), SQLITE_TRANSIENT);
+    CU_ASSERT_EQUAL(sqlite3_step(st), SQLITE_DONE);
+    sqlite3_finalize(st);
+}
+
+/* begin_issue for key with a serial of its own gives want. */
+static int begin_state_is(eg_ledger *lg, uint32_t key, eg_intent_state want)
+{
+    eg_intent_result res = {0};
+    req r;
+    int ok;
+
+    req_init(&r, key);
+    set_serial(&r, key + 1000); /* an old row's serial stays taken */
+    ok = eg_ledger_begin_issue(lg, &r.in, &res) == 0 && res.state == want;
+    free(res.cert);
+    return ok;
+}
+
+static void test_version_1_ledger_migrates(void)
+{
+    sqlite3 *db = NULL;
+    eg_ledger *lg;
+
+    CU_ASSERT_EQUAL_FATAL(eg_ledger_create_at_version(db_path, 1), 0);
+    CU_ASSERT_EQUAL_FATAL(sqlite3_open(db_path, &db), SQLITE_OK);
+    v1_row(db, 1, "failed", NULL); /* version 1 let a failure go without a reason */
+    v1_row(db, 2, "failed", "token refused");
+    v1_row(db, 3, "issued", NULL);
+    v1_row(db, 4, "pending", NULL); /* a process died between intent and certificate */
+    sqlite3_close(db);
+    CU_ASSERT(sql_text_is("PRAGMA user_version", "1"));
+
+    lg = open_ledger(NULL);
+    CU_ASSERT(writer_pragma_is(lg, "user_version", "2"));
+    CU_ASSERT(begin_state_is(lg, 1, EG_INTENT_NEW)); /* a failed key may be issued again */
+    CU_ASSERT(begin_state_is(lg, 2, EG_INTENT_NEW));
+    CU_ASSERT(begin_state_is(lg, 3, EG_INTENT_ISSUED));
+    CU_ASSERT(begin_state_is(lg, 4, EG_INTENT_RETRY));
+    CU_ASSERT(has_cert(lg, 3));
+    eg_ledger_close(lg);
+    CU_ASSERT(sql_text_is("SELECT group_concat(fail_reason, '|') FROM (SELECT fail_reason"
+                          " FROM issuance WHERE state = 'failed' ORDER BY id)",
+                          "no reason given|token refused"));
 }
 
 static void test_newer_schema_is_refused(void)
@@ -322,6 +421,20 @@ static void test_failed_attempt_can_be_retried(void)
     CU_ASSERT(sql_text_is("SELECT state || ':' || fail_reason FROM issuance WHERE id = 1",
                           "failed:token refused"));
     CU_ASSERT_EQUAL(sql_int("SELECT count(*) FROM issuance WHERE state = 'issued'", 0), 1);
+}
+
+static void test_failure_without_reason_frees_its_key(void)
+{
+    eg_ledger *lg = open_ledger(NULL);
+    eg_intent_result res;
+    req r;
+
+    req_init(&r, 5);
+    CU_ASSERT_EQUAL_FATAL(eg_ledger_begin_issue(lg, &r.in, &res), 0);
+    CU_ASSERT_EQUAL(eg_ledger_fail_issue(lg, res.id, NULL), 0);
+    CU_ASSERT(begin_state_is(lg, 5, EG_INTENT_NEW));
+    eg_ledger_close(lg);
+    CU_ASSERT(sql_text_is("SELECT fail_reason FROM issuance WHERE id = 1", "no reason given"));
 }
 
 static void test_serial_collision_is_reported_apart(void)
@@ -714,11 +827,14 @@ static void test_acknowledged_issuance_survives_sigkill(void)
 
 static CU_TestInfo tests[] = {
     {"schema is WAL, FULL sync, versioned", test_schema_is_wal_full_sync_with_version},
+    {"completion rewrites no index", test_completion_rewrites_no_index},
+    {"version 1 ledger migrates", test_version_1_ledger_migrates},
     {"newer schema is refused", test_newer_schema_is_refused},
     {"second open is refused", test_second_open_is_refused},
     {"issued request returns the same certificate", test_issued_request_returns_same_certificate},
     {"request in flight is busy", test_request_in_flight_is_busy},
     {"failed attempt can be retried", test_failed_attempt_can_be_retried},
+    {"failure without reason frees its key", test_failure_without_reason_frees_its_key},
     {"serial collision is reported apart", test_serial_collision_is_reported_apart},
     {"pending row of a dead process is retried", test_pending_row_of_dead_process_is_retried},
     {"audit events are stored", test_audit_events_are_stored},
