@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/bn.h>
 #include <openssl/err.h>
@@ -55,13 +56,22 @@ int eg_issue_validity(const eg_policy *pol, const eg_issue_ca *ca, time_t now, u
 int eg_issue_serial(uint8_t out[EG_SERIAL_LEN])
 {
     uint8_t s[EG_SERIAL_LEN];
+    struct timespec now;
+    uint64_t ms;
 
-    if (RAND_bytes(s, sizeof(s)) != 1)
+    if (clock_gettime(CLOCK_REALTIME, &now) != 0 ||
+        RAND_bytes(s + EG_SERIAL_TIME_LEN, EG_SERIAL_LEN - EG_SERIAL_TIME_LEN) != 1)
         return -1;
-    /* Positive, and minimal as DER content: no sign bit, no leading zero octet. */
-    s[0] &= 0x7f;
-    if (s[0] == 0)
-        s[0] = 0x01;
+    /*
+     * Milliseconds first, so that the ledger's serial index grows at its end as
+     * its row table does, instead of one random leaf per certificate. The 0x40
+     * keeps the first octet non-zero and the sign bit clear (DER minimal and
+     * positive) until the year 4199; the 80 bits after it are random.
+     */
+    ms = (uint64_t)now.tv_sec * 1000u + (uint64_t)now.tv_nsec / 1000000u;
+    for (int i = 0; i < EG_SERIAL_TIME_LEN; i++)
+        s[i] = (uint8_t)(ms >> (8 * (EG_SERIAL_TIME_LEN - 1 - i)));
+    s[0] = (uint8_t)((s[0] & 0x3f) | 0x40);
     memcpy(out, s, sizeof(s));
     return 0;
 }

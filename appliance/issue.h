@@ -14,7 +14,8 @@
 
 #include "policy.h"
 
-#define EG_SERIAL_LEN 16
+#define EG_SERIAL_LEN      16
+#define EG_SERIAL_TIME_LEN 6
 
 /* The issuing CA of a profile, read-only after open. */
 typedef struct eg_issue_ca {
@@ -41,7 +42,8 @@ int eg_issue_validity(const eg_policy *pol, const eg_issue_ca *ca, time_t now, u
                       eg_validity *out, char *reason, size_t cap);
 
 /* A fresh positive serial of EG_SERIAL_LEN octets with a non-zero first octet (its DER
-   INTEGER content as is). */
+   INTEGER content as is): EG_SERIAL_TIME_LEN octets of the time in milliseconds, with 0x40
+   set in the first, then 80 random bits (CA/Browser Forum: at least 64). */
 int eg_issue_serial(uint8_t out[EG_SERIAL_LEN]);
 
 /* The subject the certificate gets: the template filled in, or the CSR's allowed attributes. */

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "bench_util.h"
+#include "issue.h"
 #include "ledger.h"
 #include "tmpdir.h"
 
@@ -49,22 +50,22 @@ static uint64_t mix(uint64_t x)
 }
 
 /*
- * Serials and request hashes are random in service, so each insert lands on
- * a different leaf of their indexes; counting ones would touch one leaf.
+ * Serials come from estgated's own generator (time first, then random bits).
+ * Request hashes are random in service, so each insert lands on a different
+ * leaf of their index; counting ones would touch one leaf.
  */
 static int issue_one(eg_ledger *lg, uint32_t thread, uint32_t n, const uint8_t *cert)
 {
-    uint8_t serial[16];
+    uint8_t serial[EG_SERIAL_LEN];
     char principal[32];
     eg_issue_intent in = {.profile = "bench", .principal = principal, .subject = "CN=bench"};
     eg_intent_result res;
     uint64_t a = mix(((uint64_t)thread << 32) | n), b = mix(a);
 
-    memcpy(serial, &a, sizeof(a));
-    memcpy(serial + 8, &b, sizeof(b));
-    serial[0] = (uint8_t)((serial[0] & 0x7f) | 0x40); /* positive, first octet non-zero */
+    if (eg_issue_serial(serial) != 0)
+        return -1;
     for (size_t i = 0; i < sizeof(in.request_hash); i++)
-        in.request_hash[i] = serial[(i * 5 + 3) % sizeof(serial)] ^ (uint8_t)i;
+        in.request_hash[i] = (uint8_t)((i < 16 ? a : b) >> (8 * (i % 8)) ^ i);
     snprintf(principal, sizeof(principal), "device-%u", thread);
     in.serial = serial;
     in.serial_len = sizeof(serial);

@@ -843,6 +843,31 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
+/* Serials lead with the time, so the ledger's index grows at its end; the rest is random. */
+static void test_serials_rise_with_time(void)
+{
+    uint8_t a[EG_SERIAL_LEN], b[EG_SERIAL_LEN], c[EG_SERIAL_LEN];
+    struct timespec pause = {0, 2000000}, now;
+    uint64_t ms = 0, now_ms;
+
+    CU_ASSERT_EQUAL_FATAL(eg_issue_serial(a), 0);
+    CU_ASSERT_EQUAL_FATAL(eg_issue_serial(b), 0);
+    nanosleep(&pause, NULL);
+    CU_ASSERT_EQUAL_FATAL(eg_issue_serial(c), 0);
+    clock_gettime(CLOCK_REALTIME, &now);
+    now_ms = (uint64_t)now.tv_sec * 1000u + (uint64_t)now.tv_nsec / 1000000u;
+
+    CU_ASSERT(a[0] >= 0x40 && a[0] <= 0x7f); /* positive, no leading zero octet */
+    for (int i = 0; i < EG_SERIAL_TIME_LEN; i++)
+        ms = ms << 8 | (i == 0 ? a[0] & 0x3f : a[i]);
+    CU_ASSERT(ms <= now_ms && now_ms - ms < 5000);
+    CU_ASSERT(memcmp(a, c, sizeof(a)) < 0); /* 2 ms later sorts after */
+    CU_ASSERT(memcmp(b, c, sizeof(b)) < 0);
+    /* Taken in the same millisecond or not, the random parts differ. */
+    CU_ASSERT(memcmp(a + EG_SERIAL_TIME_LEN, b + EG_SERIAL_TIME_LEN,
+                     EG_SERIAL_LEN - EG_SERIAL_TIME_LEN) != 0);
+}
+
 static void test_threads_enroll_at_once(void)
 {
     struct worker w[NTHREADS] = {0};
@@ -1316,6 +1341,7 @@ static CU_TestInfo tests[] = {
     {"cacerts is a certs-only PKCS#7 with the CA", test_cacerts_is_pkcs7_with_the_ca},
     {"csrattrs parses: template, OID list, nothing", test_csrattrs_parse},
     {"an unknown profile is 404", test_unknown_profile},
+    {"serials rise with time, then 80 random bits", test_serials_rise_with_time},
     {"8 threads enroll at once with distinct serials", test_threads_enroll_at_once},
     {"audit names and the escaped log line", test_audit_names_and_line},
     {"the lint refuses what must never be signed", test_lint_refuses_bad_certificates},
