@@ -25,6 +25,7 @@ a=$1
 b=$2
 seconds=${3:-6}
 pairs=${4:-2}
+. "$(dirname "$0")/ab_pairs.sh"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -55,9 +56,4 @@ turn() {
 
 echo "| build | cycles/enroll | instructions/enroll | enroll/s |"
 echo "|---|---|---|---|"
-i=0
-while [ "$i" -lt "$pairs" ]; do
-    turn "$a"
-    turn "$b"
-    i=$((i + 1))
-done
+ab_pairs "$a" "$b" "$pairs"

@@ -21,6 +21,7 @@ b=$2
 seconds=${3:-3}
 pairs=${4:-3}
 dir=${5:-/var/tmp}
+. "$(dirname "$0")/ab_pairs.sh"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -38,9 +39,4 @@ turn() {
 
 echo "| build | instructions/issuance | cycles/issuance | issuances |"
 echo "|---|---|---|---|"
-i=0
-while [ "$i" -lt "$pairs" ]; do
-    turn "$a"
-    turn "$b"
-    i=$((i + 1))
-done
+ab_pairs "$a" "$b" "$pairs"
