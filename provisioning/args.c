@@ -108,6 +108,31 @@ int eg_prov_getopt(int argc, char **argv, const struct option *opts)
     return c;
 }
 
+int eg_prov_key_opt(eg_prov_key_opts *k, int opt, const char *arg)
+{
+    switch (opt) {
+    case EG_OPT_LABEL:
+        k->label = arg;
+        return EG_EXIT_OK;
+    case EG_OPT_KEY:
+        k->have_key = true;
+        return eg_prov_parse_key(arg, &k->spec);
+    case EG_OPT_CA_LABEL:
+        k->ca_label = arg;
+        return EG_EXIT_OK;
+    case EG_OPT_SUBJECT:
+        k->subject = arg;
+        return EG_EXIT_OK;
+    case EG_OPT_DAYS:
+        return eg_prov_parse_days(arg, &k->days);
+    case EG_OPT_OUT:
+        k->out = arg;
+        return EG_EXIT_OK;
+    default:
+        return EG_EXIT_USAGE;
+    }
+}
+
 int eg_prov_parse_args(int argc, char **argv, const struct option *opts, eg_prov_token_opts *tok,
                        eg_prov_opt_fn *fn, void *ctx, bool *help)
 {

@@ -28,6 +28,30 @@ enum { EG_OPT_MODULE = 0x100, EG_OPT_INIT_ARGS, EG_OPT_TOKEN, EG_OPT_PIN_FILE, E
     "  --pin-file FILE    user PIN on the first line; the file must not be world-readable.\n"      \
     "                     PINs are never taken from the command line or the environment.\n"
 
+/*
+ * Options of the commands that make a key and its certificate in the token
+ * (ca create, tls create, bundle signer create). Each lists the ones it takes
+ * in its own option table and numbers its other options from EG_OPT_KEY_OWN.
+ */
+enum {
+    EG_OPT_LABEL = EG_OPT_OWN, /* --label LABEL: the new key's CKA_LABEL */
+    EG_OPT_KEY,                /* --key TYPE: see eg_prov_parse_key */
+    EG_OPT_CA_LABEL,           /* --ca-label CA: the issuing CA key */
+    EG_OPT_SUBJECT,            /* --subject NAME: RFC 4514 */
+    EG_OPT_DAYS,               /* --days N: see eg_prov_parse_days */
+    EG_OPT_OUT,                /* --out FILE */
+    EG_OPT_KEY_OWN
+};
+
+typedef struct eg_prov_key_opts {
+    const char *label, *ca_label, *subject, *out; /* NULL when not given */
+    eg_keygen_spec spec;
+    bool have_key;
+    int days; /* 0 when not given */
+} eg_prov_key_opts;
+
+/* Takes one of the options above into k; an exit code (EG_EXIT_USAGE for any other option). */
+int eg_prov_key_opt(eg_prov_key_opts *k, int opt, const char *arg);
 /* Takes a token option; returns true when opt was one. */
 bool eg_prov_token_opt(int opt, const char *arg, eg_prov_token_opts *o);
 /* EG_EXIT_USAGE naming the first missing token option. */

@@ -32,52 +32,26 @@ static const char signer_create_help[] =
     "  --out FILE         the certificate, then the CA certificate (PEM)\n"
     "\n" EG_PROV_TOKEN_HELP;
 
-enum { OPT_LABEL = EG_OPT_OWN, OPT_KEY, OPT_CA_LABEL, OPT_SUBJECT, OPT_DAYS, OPT_OUT };
-
 static const struct option signer_create_opts[] = {
     EG_PROV_TOKEN_LONGOPTS,
-    {"label", required_argument, NULL, OPT_LABEL},
-    {"key", required_argument, NULL, OPT_KEY},
-    {"ca-label", required_argument, NULL, OPT_CA_LABEL},
-    {"subject", required_argument, NULL, OPT_SUBJECT},
-    {"days", required_argument, NULL, OPT_DAYS},
-    {"out", required_argument, NULL, OPT_OUT},
+    {"label", required_argument, NULL, EG_OPT_LABEL},
+    {"key", required_argument, NULL, EG_OPT_KEY},
+    {"ca-label", required_argument, NULL, EG_OPT_CA_LABEL},
+    {"subject", required_argument, NULL, EG_OPT_SUBJECT},
+    {"days", required_argument, NULL, EG_OPT_DAYS},
+    {"out", required_argument, NULL, EG_OPT_OUT},
     {NULL, 0, NULL, 0},
 };
 
 struct signer_create {
     eg_prov_token_opts tok;
-    const char *label, *ca_label, *subject, *out;
-    eg_keygen_spec spec;
-    bool have_key, help;
-    int days;
+    eg_prov_key_opts k;
+    bool help;
 };
 
 static int signer_create_opt(void *ctx, int c, const char *arg)
 {
-    struct signer_create *a = ctx;
-
-    switch (c) {
-    case OPT_LABEL:
-        a->label = arg;
-        return EG_EXIT_OK;
-    case OPT_KEY:
-        a->have_key = true;
-        return eg_prov_parse_key(arg, &a->spec);
-    case OPT_CA_LABEL:
-        a->ca_label = arg;
-        return EG_EXIT_OK;
-    case OPT_SUBJECT:
-        a->subject = arg;
-        return EG_EXIT_OK;
-    case OPT_DAYS:
-        return eg_prov_parse_days(arg, &a->days);
-    case OPT_OUT:
-        a->out = arg;
-        return EG_EXIT_OK;
-    default:
-        return EG_EXIT_USAGE;
-    }
+    return eg_prov_key_opt(&((struct signer_create *)ctx)->k, c, arg);
 }
 
 static int signer_create_parse(int argc, char **argv, struct signer_create *a)
@@ -87,8 +61,8 @@ static int signer_create_parse(int argc, char **argv, struct signer_create *a)
 
     if (rc != EG_EXIT_OK || a->help || (rc = eg_prov_token_opts_check(&a->tok)) != EG_EXIT_OK)
         return rc;
-    if (a->label == NULL || !a->have_key || a->ca_label == NULL || a->subject == NULL ||
-        a->days == 0 || a->out == NULL)
+    if (a->k.label == NULL || !a->k.have_key || a->k.ca_label == NULL || a->k.subject == NULL ||
+        a->k.days == 0 || a->k.out == NULL)
         return eg_prov_usage_error("--label, --key, --ca-label, --subject, --days and --out "
                                    "are required");
     return EG_EXIT_OK;
@@ -98,17 +72,17 @@ static int signer_create_run(const struct signer_create *a)
 {
     eg_prov_leaf_req r = {
         .tok = &a->tok,
-        .label = a->label,
-        .ca_label = a->ca_label,
+        .label = a->k.label,
+        .ca_label = a->k.ca_label,
         .what = "bundle signing key",
-        .key = a->spec,
-        .cert = {.profile = EG_PROFILE_SIGNER, .days = a->days},
-        .out = a->out,
+        .key = a->k.spec,
+        .cert = {.profile = EG_PROFILE_SIGNER, .days = a->k.days},
+        .out = a->k.out,
     };
     X509_NAME *subject = NULL;
     int rc;
 
-    if ((rc = eg_prov_name_parse(a->subject, &subject)) == EG_EXIT_OK) {
+    if ((rc = eg_prov_name_parse(a->k.subject, &subject)) == EG_EXIT_OK) {
         r.cert.subject = subject;
         rc = eg_prov_leaf_create(&r);
     }

@@ -34,26 +34,25 @@ static const char ca_create_help[] =
     "  --csr FILE         write a CSR (PEM) instead of a root certificate\n"
     "\n" EG_PROV_TOKEN_HELP;
 
-enum { OPT_LABEL = EG_OPT_OWN, OPT_KEY, OPT_SUBJECT, OPT_SELF_SIGNED, OPT_DAYS, OPT_OUT, OPT_CSR };
+enum { OPT_SELF_SIGNED = EG_OPT_KEY_OWN, OPT_CSR };
 
 static const struct option ca_create_opts[] = {
     EG_PROV_TOKEN_LONGOPTS,
-    {"label", required_argument, NULL, OPT_LABEL},
-    {"key", required_argument, NULL, OPT_KEY},
-    {"subject", required_argument, NULL, OPT_SUBJECT},
+    {"label", required_argument, NULL, EG_OPT_LABEL},
+    {"key", required_argument, NULL, EG_OPT_KEY},
+    {"subject", required_argument, NULL, EG_OPT_SUBJECT},
     {"self-signed", no_argument, NULL, OPT_SELF_SIGNED},
-    {"days", required_argument, NULL, OPT_DAYS},
-    {"out", required_argument, NULL, OPT_OUT},
+    {"days", required_argument, NULL, EG_OPT_DAYS},
+    {"out", required_argument, NULL, EG_OPT_OUT},
     {"csr", required_argument, NULL, OPT_CSR},
     {NULL, 0, NULL, 0},
 };
 
 struct ca_create {
     eg_prov_token_opts tok;
-    const char *label, *subject, *days, *out, *csr;
-    eg_keygen_spec spec;
-    bool have_key, self_signed, help;
-    int ndays;
+    eg_prov_key_opts k; /* no --ca-label */
+    const char *csr;
+    bool self_signed, help;
 };
 
 /* What the token phase hands on: the key's name and its certificate or CSR. */
@@ -70,29 +69,14 @@ static int ca_create_opt(void *ctx, int c, const char *arg)
     struct ca_create *a = ctx;
 
     switch (c) {
-    case OPT_LABEL:
-        a->label = arg;
-        return EG_EXIT_OK;
-    case OPT_KEY:
-        a->have_key = true;
-        return eg_prov_parse_key(arg, &a->spec);
-    case OPT_SUBJECT:
-        a->subject = arg;
-        return EG_EXIT_OK;
     case OPT_SELF_SIGNED:
         a->self_signed = true;
-        return EG_EXIT_OK;
-    case OPT_DAYS:
-        a->days = arg;
-        return eg_prov_parse_days(arg, &a->ndays);
-    case OPT_OUT:
-        a->out = arg;
         return EG_EXIT_OK;
     case OPT_CSR:
         a->csr = arg;
         return EG_EXIT_OK;
     default:
-        return EG_EXIT_USAGE;
+        return eg_prov_key_opt(&a->k, c, arg);
     }
 }
 
@@ -102,13 +86,13 @@ static int ca_create_check(const struct ca_create *a)
 
     if ((rc = eg_prov_token_opts_check(&a->tok)) != EG_EXIT_OK)
         return rc;
-    if (a->label == NULL || !a->have_key || a->subject == NULL)
+    if (a->k.label == NULL || !a->k.have_key || a->k.subject == NULL)
         return eg_prov_usage_error("--label, --key and --subject are required");
     if (a->self_signed == (a->csr != NULL))
         return eg_prov_usage_error("give either --self-signed (with --days and --out) or --csr");
-    if (a->self_signed && (a->days == NULL || a->out == NULL))
+    if (a->self_signed && (a->k.days == 0 || a->k.out == NULL))
         return eg_prov_usage_error("--self-signed needs --days and --out");
-    if (a->csr != NULL && (a->days != NULL || a->out != NULL))
+    if (a->csr != NULL && (a->k.days != 0 || a->k.out != NULL))
         return eg_prov_usage_error("--days and --out go with --self-signed, not --csr");
     return EG_EXIT_OK;
 }
@@ -136,7 +120,7 @@ static int ca_sign(const struct ca_create *a, const X509_NAME *subject, eg_p11_k
                    struct ca_made *m)
 {
     EVP_PKEY *pkey = NULL, *pub = eg_p11_key_public(key);
-    eg_prov_cert_spec spec = {EG_PROFILE_CA, subject, pub, NULL, NULL, a->ndays, NULL, 0, NULL, 0};
+    eg_prov_cert_spec spec = {EG_PROFILE_CA, subject, pub, NULL, NULL, a->k.days, NULL, 0, NULL, 0};
     int rc;
 
     if (pub == NULL) {
@@ -174,24 +158,24 @@ static int keep_key(eg_p11_key *key, struct ca_made *m)
  */
 static int ca_make(const struct ca_create *a, const X509_NAME *subject, struct ca_made *m)
 {
-    eg_keygen_spec spec = a->spec;
+    eg_keygen_spec spec = a->k.spec;
     eg_p11_key *key = NULL;
     eg_token *tok = NULL;
     int rc;
 
-    spec.label = a->label;
+    spec.label = a->k.label;
     spec.token_object = true;
     spec.wrappable = false; /* a CA key never leaves the token, not even wrapped */
     if ((rc = eg_prov_token_open(&a->tok, &tok)) != EG_EXIT_OK ||
-        (rc = eg_prov_label_unused(tok, a->label)) != EG_EXIT_OK)
+        (rc = eg_prov_label_unused(tok, a->k.label)) != EG_EXIT_OK)
         goto out;
     if (eg_p11_key_generate(tok, &spec, &key) != 0) {
-        rc = eg_prov_fail_stack(EG_EXIT_SOFTWARE, "cannot generate the CA key '%s'", a->label);
+        rc = eg_prov_fail_stack(EG_EXIT_SOFTWARE, "cannot generate the CA key '%s'", a->k.label);
         goto out;
     }
     if ((rc = ca_sign(a, subject, key, m)) != EG_EXIT_OK || (rc = keep_key(key, m)) != EG_EXIT_OK ||
         (m->cert != NULL &&
-         (rc = eg_prov_store_cert(tok, m->cert, a->label, m->id, m->idlen)) != EG_EXIT_OK))
+         (rc = eg_prov_store_cert(tok, m->cert, a->k.label, m->id, m->idlen)) != EG_EXIT_OK))
         eg_p11_key_destroy(key);
 out:
     eg_p11_key_free(key);
@@ -216,14 +200,14 @@ static int write_pem(eg_prov_outfile *of, const struct ca_made *m)
 
 static int ca_create_run(const struct ca_create *a)
 {
-    const char *path = a->self_signed ? a->out : a->csr;
+    const char *path = a->self_signed ? a->k.out : a->csr;
     struct ca_made m = {NULL, NULL, 0, NULL, NULL};
     eg_prov_outfile *of = NULL;
     X509_NAME *subject = NULL;
     int rc;
 
     /* Everything that can fail without the token fails before the key exists. */
-    if ((rc = eg_prov_name_parse(a->subject, &subject)) != EG_EXIT_OK ||
+    if ((rc = eg_prov_name_parse(a->k.subject, &subject)) != EG_EXIT_OK ||
         (rc = eg_prov_outfile_open(path, 0644, &of)) != EG_EXIT_OK ||
         (rc = ca_make(a, subject, &m)) != EG_EXIT_OK)
         goto out;

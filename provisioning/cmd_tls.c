@@ -33,38 +33,27 @@ static const char tls_create_help[] =
     "  --subject NAME     RFC 4514 subject; default CN=<first --dns or --ip>\n"
     "\n" EG_PROV_TOKEN_HELP;
 
-enum {
-    OPT_LABEL = EG_OPT_OWN,
-    OPT_KEY,
-    OPT_CA_LABEL,
-    OPT_DNS,
-    OPT_IP,
-    OPT_DAYS,
-    OPT_OUT,
-    OPT_SUBJ
-};
+enum { OPT_DNS = EG_OPT_KEY_OWN, OPT_IP };
 
 static const struct option tls_create_opts[] = {
     EG_PROV_TOKEN_LONGOPTS,
-    {"label", required_argument, NULL, OPT_LABEL},
-    {"key", required_argument, NULL, OPT_KEY},
-    {"ca-label", required_argument, NULL, OPT_CA_LABEL},
+    {"label", required_argument, NULL, EG_OPT_LABEL},
+    {"key", required_argument, NULL, EG_OPT_KEY},
+    {"ca-label", required_argument, NULL, EG_OPT_CA_LABEL},
     {"dns", required_argument, NULL, OPT_DNS},
     {"ip", required_argument, NULL, OPT_IP},
-    {"days", required_argument, NULL, OPT_DAYS},
-    {"out", required_argument, NULL, OPT_OUT},
-    {"subject", required_argument, NULL, OPT_SUBJ},
+    {"days", required_argument, NULL, EG_OPT_DAYS},
+    {"out", required_argument, NULL, EG_OPT_OUT},
+    {"subject", required_argument, NULL, EG_OPT_SUBJECT},
     {NULL, 0, NULL, 0},
 };
 
 struct tls_create {
     eg_prov_token_opts tok;
-    const char *label, *ca_label, *out, *subject;
+    eg_prov_key_opts k;
     const char *dns[EG_MAX_SANS], *ips[EG_MAX_SANS];
     size_t ndns, nips;
-    eg_keygen_spec spec;
-    bool have_key, help;
-    int days;
+    bool help;
 };
 
 static int add_san(const char **list, size_t *n, const char *v, const char *opt, bool ok)
@@ -91,29 +80,12 @@ static int tls_create_opt(void *ctx, int c, const char *arg)
     struct tls_create *a = ctx;
 
     switch (c) {
-    case OPT_LABEL:
-        a->label = arg;
-        return EG_EXIT_OK;
-    case OPT_KEY:
-        a->have_key = true;
-        return eg_prov_parse_key(arg, &a->spec);
-    case OPT_CA_LABEL:
-        a->ca_label = arg;
-        return EG_EXIT_OK;
     case OPT_DNS:
         return add_san(a->dns, &a->ndns, arg, "--dns", eg_prov_host_name_ok(arg, true));
     case OPT_IP:
         return add_san(a->ips, &a->nips, arg, "--ip", ip_ok(arg));
-    case OPT_DAYS:
-        return eg_prov_parse_days(arg, &a->days);
-    case OPT_OUT:
-        a->out = arg;
-        return EG_EXIT_OK;
-    case OPT_SUBJ:
-        a->subject = arg;
-        return EG_EXIT_OK;
     default:
-        return EG_EXIT_USAGE;
+        return eg_prov_key_opt(&a->k, c, arg);
     }
 }
 
@@ -123,7 +95,8 @@ static int tls_create_parse(int argc, char **argv, struct tls_create *a)
 
     if (rc != EG_EXIT_OK || a->help || (rc = eg_prov_token_opts_check(&a->tok)) != EG_EXIT_OK)
         return rc;
-    if (a->label == NULL || !a->have_key || a->ca_label == NULL || a->days == 0 || a->out == NULL)
+    if (a->k.label == NULL || !a->k.have_key || a->k.ca_label == NULL || a->k.days == 0 ||
+        a->k.out == NULL)
         return eg_prov_usage_error("--label, --key, --ca-label, --days and --out are required");
     if (a->ndns + a->nips == 0)
         return eg_prov_usage_error("give at least one --dns or --ip");
@@ -136,8 +109,8 @@ static int tls_subject(const struct tls_create *a, X509_NAME **out)
     const char *cn = a->ndns > 0 ? a->dns[0] : a->ips[0];
     X509_NAME *name;
 
-    if (a->subject != NULL)
-        return eg_prov_name_parse(a->subject, out);
+    if (a->k.subject != NULL)
+        return eg_prov_name_parse(a->k.subject, out);
     if ((name = X509_NAME_new()) == NULL ||
         X509_NAME_add_entry_by_NID(name, NID_commonName, MBSTRING_UTF8, (const unsigned char *)cn,
                                    -1, -1, 0) != 1) {
@@ -152,17 +125,17 @@ static int tls_create_run(const struct tls_create *a)
 {
     eg_prov_leaf_req r = {
         .tok = &a->tok,
-        .label = a->label,
-        .ca_label = a->ca_label,
+        .label = a->k.label,
+        .ca_label = a->k.ca_label,
         .what = "TLS key",
-        .key = a->spec,
+        .key = a->k.spec,
         .cert = {.profile = EG_PROFILE_TLS_SERVER,
-                 .days = a->days,
+                 .days = a->k.days,
                  .dns = a->dns,
                  .ndns = a->ndns,
                  .ips = a->ips,
                  .nips = a->nips},
-        .out = a->out,
+        .out = a->k.out,
     };
     X509_NAME *subject = NULL;
     int rc;
