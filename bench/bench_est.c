@@ -472,8 +472,7 @@ static int bench(eg_th_kind kind, double seconds, unsigned conns, unsigned threa
     snprintf(script, sizeof(script), "%s/est_enroll.lua", EG_BENCH_SOURCE_DIR);
     if (provision() != 0 || raw_rates(seconds, before) != 0)
         return -1;
-    printf("raw C_Sign, CA key (P-256): %.0f/s 1 thread, %.0f/s 2 threads\n", before[0],
-           before[1]);
+    printf("raw C_Sign, CA key (P-256): %.0f/s 1 thread, %.0f/s 2 threads\n", before[0], before[1]);
     if (make_csrs(ncsr, &took) != 0)
         return -1;
     printf("%lu CSRs (P-256, software) made by 2 threads in %.1f s\n", ncsr, took);
