@@ -69,10 +69,10 @@ static void single_attr(eg_der *name, int nid, const char *value)
     der_oid(&sat, nid);
     if (value != NULL) {
         eg_der_put(&v, value, strlen(value));
-        eg_der_wrap(&sat, 0x0c, &v); /* UTF8String */
+        eg_der_wrap(&sat, EG_DER_UTF8STRING, &v);
     }
-    eg_der_wrap(&rdn, 0x30, &sat);
-    eg_der_wrap(name, 0x31, &rdn);
+    eg_der_wrap(&rdn, EG_DER_SEQUENCE, &sat);
+    eg_der_wrap(name, EG_DER_SET, &rdn);
 }
 
 static void name_template(eg_der *t, const eg_policy *pol)
@@ -87,14 +87,14 @@ static void name_template(eg_der *t, const eg_policy *pol)
     }
     if (pol->tmpl.n == 0)
         single_attr(&name, NID_commonName, NULL);
-    eg_der_wrap(t, 0x30, &name);
+    eg_der_wrap(t, EG_DER_SEQUENCE, &name);
 }
 
 /* AlgorithmIdentifier of the one allowed key type, inside subjectPKInfo [0]. */
 static void spki_template(eg_der *t, const eg_keyrule_cfg *k)
 {
     eg_der alg = {0}, spki = {0};
-    static const uint8_t null[] = {0x05, 0x00};
+    static const uint8_t null[] = {EG_DER_NULL, 0x00};
 
     if (k->type == EVP_PKEY_EC) {
         der_oid(&alg, NID_X9_62_id_ecPublicKey);
@@ -105,8 +105,8 @@ static void spki_template(eg_der *t, const eg_keyrule_cfg *k)
     } else {
         der_oid(&alg, NID_ED25519);
     }
-    eg_der_wrap(&spki, 0x30, &alg);
-    eg_der_wrap(t, 0xa0, &spki);
+    eg_der_wrap(&spki, EG_DER_SEQUENCE, &alg);
+    eg_der_wrap(t, EG_DER_CTX0_C, &spki);
 }
 
 static void eku_template(eg_der *exts, const eg_profile_cfg *p)
@@ -116,10 +116,10 @@ static void eku_template(eg_der *exts, const eg_profile_cfg *p)
 
     for (i = 0; i < p->nekus; i++)
         der_oid(&eku, p->ekus[i]);
-    eg_der_wrap(&val, 0x30, &eku);
+    eg_der_wrap(&val, EG_DER_SEQUENCE, &eku);
     der_oid(&ext, NID_ext_key_usage);
-    eg_der_wrap(&ext, 0x04, &val);
-    eg_der_wrap(exts, 0x30, &ext);
+    eg_der_wrap(&ext, EG_DER_OCTET_STRING, &val);
+    eg_der_wrap(exts, EG_DER_SEQUENCE, &ext);
 }
 
 static void attributes_template(eg_der *t, const eg_profile_cfg *p)
@@ -128,36 +128,33 @@ static void attributes_template(eg_der *t, const eg_profile_cfg *p)
 
     if (p->nsans > 0 || p->require_san) {
         der_oid(&san, NID_subject_alt_name); /* no value: the client supplies its names */
-        eg_der_wrap(&exts, 0x30, &san);
+        eg_der_wrap(&exts, EG_DER_SEQUENCE, &san);
     }
     if (p->nekus > 0)
         eku_template(&exts, p);
     if (exts.len > 0 || exts.bad) {
-        eg_der_wrap(&set, 0x30, &exts);
+        eg_der_wrap(&set, EG_DER_SEQUENCE, &exts);
         der_oid_txt(&attr, OID_EXT_REQ_TEMPLATE);
-        eg_der_wrap(&attr, 0x31, &set);
-        eg_der_wrap(&attrs, 0x30, &attr);
+        eg_der_wrap(&attr, EG_DER_SET, &set);
+        eg_der_wrap(&attrs, EG_DER_SEQUENCE, &attr);
     }
-    eg_der_wrap(t, 0xa1, &attrs);
+    eg_der_wrap(t, EG_DER_CTX1_C, &attrs);
 }
 
 static void template_attr(eg_der *items, const eg_policy *pol)
 {
     const eg_profile_cfg *p = pol->cfg;
-    eg_der t = {0}, tseq = {0}, set = {0}, attr = {0};
+    eg_der t = {0}, tseq = {0}, attr = {0};
 
     der_small_int(&t, 0);
     name_template(&t, pol);
     if (p->nkeys == 1)
         spki_template(&t, &p->keys[0]);
     attributes_template(&t, p);
-    eg_der_wrap(&tseq, 0x30, &t);
-    eg_der_wrap(&set, 0x31, &tseq);
+    eg_der_wrap(&tseq, EG_DER_SEQUENCE, &t);
     der_oid_txt(&attr, OID_TEMPLATE);
-    eg_der_put(&attr, set.p, set.len);
-    attr.bad |= set.bad;
-    eg_der_free(&set);
-    eg_der_wrap(items, 0x30, &attr);
+    eg_der_wrap(&attr, EG_DER_SET, &tseq);
+    eg_der_wrap(items, EG_DER_SEQUENCE, &attr);
 }
 
 /* ---- the OID list ---- */
@@ -181,8 +178,8 @@ static void key_type_attrs(eg_der *items, const eg_profile_cfg *p)
             der_oid(&attr, NID_rsaEncryption);
             der_small_int(&val, (unsigned)k->min_bits);
         }
-        eg_der_wrap(&attr, 0x31, &val);
-        eg_der_wrap(items, 0x30, &attr);
+        eg_der_wrap(&attr, EG_DER_SET, &val);
+        eg_der_wrap(items, EG_DER_SEQUENCE, &attr);
     }
 }
 
