@@ -176,8 +176,9 @@ static int key_type(X509 *x)
 
 /*
  * The extensions that are the same in every certificate, encoded once: made
- * from their configuration strings per certificate, these and the subject key
- * identifier's SHA-1 fetch cost about 15 us a certificate (docs/benchmarks.md).
+ * from their configuration strings per certificate, with a SHA-1 fetch for
+ * the subject key identifier, the extension work took 21 us a certificate
+ * instead of 9 (docs/benchmarks.md).
  */
 static struct {
     pthread_once_t once;

@@ -146,9 +146,10 @@ static CK_RV rsa_public(eg_p11_call *call, CK_OBJECT_HANDLE pub, uint8_t **out, 
     if ((rv = eg_p11_get_attribute_alloc(call, pub, CKA_MODULUS, &n, &nlen)) != CKR_OK ||
         (rv = eg_p11_get_attribute_alloc(call, pub, CKA_PUBLIC_EXPONENT, &e, &elen)) != CKR_OK)
         goto out;
-    rv = CKR_HOST_MEMORY;
+    rv = CKR_DEVICE_ERROR; /* a token that reports an empty modulus or exponent */
     if (nlen == 0 || elen == 0)
         goto out;
+    rv = CKR_HOST_MEMORY;
     eg_der_uint(&d, n, nlen);
     eg_der_uint(&d, e, elen);
     eg_der_wrap_from(&d, 0, EG_DER_SEQUENCE);
