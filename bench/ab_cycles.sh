@@ -17,17 +17,10 @@
 #   bench/ab_cycles.sh /tmp/old/build build 6 3
 set -eu
 
-if [ $# -lt 2 ]; then
-    echo "usage: $0 BUILD_A BUILD_B [seconds] [pairs]" >&2
-    exit 2
-fi
-a=$1
-b=$2
+. "$(dirname "$0")/ab_pairs.sh"
+ab_start "BUILD_A BUILD_B [seconds] [pairs]" "$@"
 seconds=${3:-6}
 pairs=${4:-2}
-. "$(dirname "$0")/ab_pairs.sh"
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
 
 # One turn: prints "BUILD cycles/enroll instr/enroll enroll/s".
 turn() {

@@ -12,18 +12,11 @@
 # disk, not tmpfs, since fdatasync is part of the cost).
 set -eu
 
-if [ $# -lt 2 ]; then
-    echo "usage: $0 BUILD_A BUILD_B [seconds] [pairs] [dir]" >&2
-    exit 2
-fi
-a=$1
-b=$2
+. "$(dirname "$0")/ab_pairs.sh"
+ab_start "BUILD_A BUILD_B [seconds] [pairs] [dir]" "$@"
 seconds=${3:-3}
 pairs=${4:-3}
 dir=${5:-/var/tmp}
-. "$(dirname "$0")/ab_pairs.sh"
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
 
 # One turn: prints "| BUILD | instructions/issuance | cycles/issuance | issuances |".
 turn() {

@@ -29,6 +29,7 @@
 #include <openssl/rand.h>
 #include <openssl/x509v3.h>
 
+#include "bench_daemon.h"
 #include "bench_util.h"
 #include "child.h"
 #include "estgated_fixture.h"
@@ -272,32 +273,6 @@ out:
 
 /* ---- the daemon ---- */
 
-/* A random Basic password for user "bench": its hash into the config, base64(bench:pw) to a
- * 0600 file for the wrk script. */
-static int write_config(unsigned threads)
-{
-    char *hash = NULL, text[8192], extra[32], label[128];
-    int n, m, rc = -1;
-
-    if (eg_fx_basic_user("bench", pass_file, auth_file, &hash) != 0)
-        return -1;
-    snprintf(extra, sizeof(extra), "threads = %u\n", threads);
-    if ((n = eg_fx_ini_head(th, extra, "", text, sizeof(text))) < 0)
-        goto out;
-    m = snprintf(text + n, sizeof(text) - (size_t)n,
-                 "\n[profile default]\n"
-                 "ca_key = pkcs11:token=%s;object=ca;type=private\nca_chain = %s\n"
-                 "auth = basic\nuser = bench:%s\n"
-                 "san = dns:.example.com\nmax_days = 30\neku = clientAuth\n"
-                 "key_types = ec:P-256\n",
-                 eg_fx_uri_label(th, label, sizeof(label)), ca, hash);
-    if (m > 0 && (size_t)m < sizeof(text) - (size_t)n)
-        rc = eg_file_write(ini, text, (size_t)(n + m), 0600);
-out:
-    free(hash);
-    return rc;
-}
-
 static int daemon_start(void)
 {
     return eg_fx_daemon_start(ini, daemon_log, &daemon_pid, &port, 1);
@@ -476,7 +451,9 @@ static int bench(eg_th_kind kind, double seconds, unsigned conns, unsigned threa
     if (make_csrs(ncsr, &took) != 0)
         return -1;
     printf("%lu CSRs (P-256, software) made by 2 threads in %.1f s\n", ncsr, took);
-    if (write_config(threads) != 0 || daemon_start() != 0)
+    if (eg_bench_daemon_config(th, threads, ca, "key_types = ec:P-256\n", pass_file, auth_file,
+                               ini) != 0 ||
+        daemon_start() != 0)
         return -1;
     printf("estgated pid %d on port %u, threads = %u\n", (int)daemon_pid, port, threads);
     fflush(stdout);

@@ -33,6 +33,7 @@
 #include <openssl/x509v3.h>
 #include <sqlite3.h>
 
+#include "bench_daemon.h"
 #include "bench_util.h"
 #include "child.h"
 #include "estgated_fixture.h"
@@ -235,35 +236,20 @@ static int import_kek(void)
     return rc;
 }
 
-/* A random Basic password for user "bench": its hash into the config, base64(bench:pw) to a
- * 0600 file for the wrk script. */
+/* The shared benchmark profile, with server-side key generation (and NSS's KEK). */
 static int write_config(void)
 {
     bool nss = kind == EG_TH_NSS;
-    char *hash = NULL, text[8192], kek[512] = "", extra[32];
-    int n, m, rc = -1;
+    char extra[768];
 
-    if (eg_fx_basic_user("bench", pass_file, auth_file, &hash) != 0)
-        return -1;
+    snprintf(extra, sizeof(extra),
+             "serverkeygen = %s\n"
+             "serverkeygen_key_types = ec:P-256, rsa:2048\n",
+             nss ? "plaintext, encrypt" : "plaintext");
     if (nss)
-        snprintf(kek, sizeof(kek),
+        snprintf(extra + strlen(extra), sizeof(extra) - strlen(extra),
                  "serverkeygen_kek = " KEK_ID " pkcs11:token=%s;object=kek-fleet\n", uri_label());
-    snprintf(extra, sizeof(extra), "threads = %u\n", P256_CONNS);
-    if ((n = eg_fx_ini_head(th, extra, "", text, sizeof(text))) < 0)
-        goto out;
-    m = snprintf(text + n, sizeof(text) - (size_t)n,
-                 "\n[profile default]\n"
-                 "ca_key = pkcs11:token=%s;object=ca;type=private\nca_chain = %s\n"
-                 "auth = basic\nuser = bench:%s\n"
-                 "san = dns:.example.com\nmax_days = 30\neku = clientAuth\n"
-                 "serverkeygen = %s\n"
-                 "serverkeygen_key_types = ec:P-256, rsa:2048\n%s",
-                 uri_label(), ca, hash, nss ? "plaintext, encrypt" : "plaintext", kek);
-    if (m > 0 && (size_t)m < sizeof(text) - (size_t)n)
-        rc = eg_file_write(ini, text, (size_t)(n + m), 0600);
-out:
-    free(hash);
-    return rc;
+    return eg_bench_daemon_config(th, P256_CONNS, ca, extra, pass_file, auth_file, ini);
 }
 
 /* Certificates in the ledger, read beside the running daemon (WAL allows it); -1 on error. */
