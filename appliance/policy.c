@@ -340,9 +340,10 @@ void eg_policy_san_text(const GENERAL_NAME *gn, char *buf, size_t cap)
         break;
     case GEN_IPADD:
         prefix = "ip";
-        if (!inet_ntop(gn->d.iPAddress->length == 4 ? AF_INET : AF_INET6, gn->d.iPAddress->data, ip,
-                       sizeof(ip)) ||
-            (gn->d.iPAddress->length != 4 && gn->d.iPAddress->length != 16))
+        /* The length first: inet_ntop reads 4 or 16 octets whatever the CSR holds. */
+        if ((gn->d.iPAddress->length != 4 && gn->d.iPAddress->length != 16) ||
+            !inet_ntop(gn->d.iPAddress->length == 4 ? AF_INET : AF_INET6, gn->d.iPAddress->data, ip,
+                       sizeof(ip)))
             strcpy(ip, "(malformed)");
         snprintf(text, sizeof(text), "%s", ip);
         break;
