@@ -32,6 +32,7 @@
 #include "provider.h"
 #include "child.h"
 #include "csr_attrs.h"
+#include "test_profiles.h"
 #include "token_harness.h"
 
 #define NTHREADS 8
@@ -239,68 +240,6 @@ static bool openssl_verifies(const eg_answer *a, const char *name)
     return ok;
 }
 
-/* ---- profiles ---- */
-
-static void profile_common(eg_profile_cfg *p, const char *name, const char *label)
-{
-    p->name = (char *)name;
-    p->label = (char *)label;
-    p->ca_key_uri = ca_uri;
-    p->ca_chain_file = ca_path;
-    p->auth = EG_AUTH_BASIC;
-}
-
-static void add_san(eg_profile_cfg *p, eg_san_type t, const char *pattern)
-{
-    p->sans[p->nsans].type = t;
-    p->sans[p->nsans++].pattern = (char *)pattern;
-}
-
-/* "iot": SAN rules of every type, CN and O allowed, client auth, 30 days, no rekey. */
-static void profile_iot(eg_profile_cfg *p)
-{
-    profile_common(p, "iot", "iot");
-    p->keys[p->nkeys++] = (eg_keyrule_cfg){.type = EVP_PKEY_EC, .curve_nid = NID_X9_62_prime256v1};
-    p->keys[p->nkeys++] = (eg_keyrule_cfg){.type = EVP_PKEY_RSA, .min_bits = 2048};
-    p->ekus[p->nekus++] = NID_client_auth;
-    add_san(p, EG_SAN_DNS, ".example.com");
-    add_san(p, EG_SAN_DNS, "exact.example.org");
-    add_san(p, EG_SAN_DNS, "*.wild.example.net");
-    add_san(p, EG_SAN_IP, "10.0.0.0/8");
-    add_san(p, EG_SAN_IP, "2001:db8::/32");
-    add_san(p, EG_SAN_EMAIL, "example.com");
-    add_san(p, EG_SAN_URI, "urn:dev:ops:");
-    p->require_san = true;
-    p->subject_nids[p->nsubject_nids++] = NID_commonName;
-    p->subject_nids[p->nsubject_nids++] = NID_organizationName;
-    p->max_days = 30;
-}
-
-/* "default": a subject template, challengePassword required, rekey allowed. */
-static void profile_default(eg_profile_cfg *p)
-{
-    profile_common(p, "default", "");
-    p->keys[p->nkeys++] = (eg_keyrule_cfg){.type = EVP_PKEY_EC, .curve_nid = NID_X9_62_prime256v1};
-    p->ekus[p->nekus++] = NID_server_auth;
-    p->ekus[p->nekus++] = NID_client_auth;
-    add_san(p, EG_SAN_DNS, ".example.com");
-    p->subject_template = "CN=${cn},O=Example";
-    p->max_days = 7;
-    p->allow_rekey = true;
-    p->required_attrs[p->nrequired_attrs++] = NID_pkcs9_challengePassword;
-}
-
-/* "plain": no template or extensions, so csrattrs is a list; "bare": nothing to say. */
-static void profile_plain(eg_profile_cfg *p, eg_profile_cfg *bare)
-{
-    profile_common(p, "plain", "plain");
-    p->keys[p->nkeys++] = (eg_keyrule_cfg){.type = EVP_PKEY_EC, .curve_nid = NID_secp384r1};
-    p->required_attrs[p->nrequired_attrs++] = NID_pkcs9_challengePassword;
-    p->max_days = 10;
-    profile_common(bare, "bare", "bare");
-    bare->max_days = 10;
-}
-
 static void config_fill(void)
 {
     const eg_token_config *tc = eg_th_config(th);
@@ -311,10 +250,8 @@ static void config_fill(void)
     cfg.pin_file = (char *)tc->pin_file;
     cfg.ledger_path = ledger_path;
     cfg.recover_ms = 1500; /* a lost token is reported after 1.5 s, not 10 */
-    profile_iot(&cfg.profiles[0]);
-    profile_default(&cfg.profiles[1]);
-    profile_plain(&cfg.profiles[2], &cfg.profiles[3]);
-    cfg.nprofiles = 4;
+    eg_test_profiles(cfg.profiles, ca_uri, ca_path);
+    cfg.nprofiles = EG_TEST_NPROFILES;
 }
 
 /* ---- tests ---- */
