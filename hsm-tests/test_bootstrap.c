@@ -337,7 +337,7 @@ static void check_fingerprints(const char *text)
     char serial[64], hex[65], want[65], path[PATH_MAX], name[80];
     const char *p = strstr(text, "count ");
     unsigned char *der = NULL, md[32];
-    int n, lines = 0, good = 0, i;
+    int n = 0, lines = 0, good = 0, i;
     X509 *x;
 
     CU_ASSERT_FATAL(p != NULL && sscanf(p, "count %d", &n) == 1);

@@ -40,8 +40,9 @@ static char *tpath(char *buf, const char *name)
     return buf;
 }
 
-/* Runs estgate-provision with the words given; with_token adds the harness token's options. */
-static int run_tool(bool with_token, ...)
+/* Runs estgate-provision with the words given; with_token adds the harness token's options
+   (an int: va_start on a bool, which promotes, is undefined). */
+static int run_tool(int with_token, ...)
 {
     const eg_token_config *cfg = eg_th_config(th);
     char *argv[MAX_ARGS];

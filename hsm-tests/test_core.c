@@ -409,7 +409,7 @@ static void test_audit_rows_of_an_enrollment(void)
 static void test_rsa_key_gets_key_encipherment(void)
 {
     EVP_PKEY *rsa = EVP_RSA_gen(2048);
-    size_t len;
+    size_t len = 0;
     uint8_t *csr = rsa ? make_csr(rsa, "CN=rsa1", "DNS:rsa1.example.com", NULL, NULL, &len) : NULL;
     eg_answer a;
     X509 *x;

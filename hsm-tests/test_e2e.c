@@ -887,7 +887,7 @@ static void test_sighup_reloads_client_trust(void)
     char key[PATH_MAX], crt[PATH_MAX], ckey[PATH_MAX], csr[PATH_MAX], ccrt[PATH_MAX];
     char bundle[PATH_MAX], saved[PATH_MAX];
     size_t len1, len2, inilen;
-    char *one, *two, *both, *text;
+    char *one, *two, *both = NULL, *text;
     http h;
 
     CU_ASSERT_EQUAL_FATAL(
@@ -1006,7 +1006,7 @@ static void test_bundle_install_trusts_factory_devices(void)
     char tool[PATH_MAX], out[PATH_MAX], uri[256], pid[24], bundle[PATH_MAX], vfile[PATH_MAX];
     char v1[PATH_MAX], bad[PATH_MAX], fkey[PATH_MAX], fcrt[PATH_MAX], a1[PATH_MAX], a2[PATH_MAX];
     size_t len, ilen;
-    char *p, *e, *orig, *installed;
+    char *p, *e = NULL, *orig, *installed;
     int before;
     http h;
 

@@ -131,6 +131,9 @@ static void print_drained(const struct drained *d)
 
 /* code 0: take it from the errors on the stack, else fallback. */
 static int vfail(int code, int fallback, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
+
+static int vfail(int code, int fallback, const char *fmt, va_list ap)
 {
     struct drained d;
 
