@@ -17,7 +17,9 @@
 #include "provision.h"
 #include "report.h"
 
-#define EG_BS_LINE_MAX 4096
+/* The longest line without its newline: room for two paths and three short names. */
+#define EG_BS_LINE_MAX      4096
+#define EG_BS_LINE_MAX_TEXT "4096"
 
 enum { COL_SERIAL, COL_MODEL, COL_CSR, COL_KEY, COL_TRANSPORT, NCOLS };
 static const char *const col_names[NCOLS] = {"serial", "model", "csr", "key", "transport"};
@@ -260,38 +262,54 @@ static eg_bs_row *row_add(eg_bs_rows *rows, size_t *cap, size_t line)
 static int read_rows(FILE *in, const char *path, const char *dir, const eg_keygen_spec *dkey,
                      eg_bs_rows *rows)
 {
-    char line[EG_BS_LINE_MAX], *t;
-    int cols[NCOLS * 4];
-    size_t cap = 0, ncols = 0, lineno = 0;
+    char *line = NULL, *t;
+    const char *bad;
+    int cols[NCOLS * 4], rc = EG_EXIT_OK;
+    size_t cap = 0, ncols = 0, lineno = 0, linecap = 0, len;
     bool json = false, first = true;
+    ssize_t got;
     eg_bs_row *r;
 
-    while (fgets(line, sizeof(line), in) != NULL) {
+    while ((got = getline(&line, &linecap, in)) >= 0) {
         lineno++;
+        len = (size_t)got - (got > 0 && line[got - 1] == '\n');
+        bad = len > EG_BS_LINE_MAX ? "line longer than " EG_BS_LINE_MAX_TEXT " characters"
+              : memchr(line, '\0', len) != NULL ? "line holds a NUL byte"
+                                                : NULL;
         t = trim(line);
-        if (*t == 0 || *t == '#')
+        if (bad == NULL && (*t == 0 || *t == '#'))
             continue;
         if (first) {
             first = false;
             if (!(json = *t == '{')) {
-                if (csv_header(t, cols, &ncols) != 0)
-                    return eg_prov_fail(EG_EXIT_DATAERR,
-                                        "%s:%zu: the CSV header needs a 'serial' column "
-                                        "(serial,model,csr,key,transport)",
-                                        path, lineno);
+                if (bad != NULL)
+                    rc = eg_prov_fail(EG_EXIT_DATAERR, "%s:%zu: %s", path, lineno, bad);
+                else if (csv_header(t, cols, &ncols) != 0)
+                    rc = eg_prov_fail(EG_EXIT_DATAERR,
+                                      "%s:%zu: the CSV header needs a 'serial' column "
+                                      "(serial,model,csr,key,transport)",
+                                      path, lineno);
+                if (rc != EG_EXIT_OK)
+                    goto out;
                 continue;
             }
         }
-        if ((r = row_add(rows, &cap, lineno)) == NULL)
-            return eg_prov_fail(EG_EXIT_SOFTWARE, "out of memory");
-        if (json)
+        if ((r = row_add(rows, &cap, lineno)) == NULL) {
+            rc = eg_prov_fail(EG_EXIT_SOFTWARE, "out of memory");
+            goto out;
+        }
+        if (bad != NULL)
+            snprintf(r->why, sizeof(r->why), "%s", bad);
+        else if (json)
             json_row(t, r, dir, dkey);
         else
             csv_row(t, cols, ncols, r, dir, dkey);
     }
     if (ferror(in))
-        return eg_prov_fail(EG_EXIT_NOINPUT, "reading %s: %s", path, strerror(errno));
-    return EG_EXIT_OK;
+        rc = eg_prov_fail(EG_EXIT_NOINPUT, "reading %s: %s", path, strerror(errno));
+out:
+    free(line);
+    return rc;
 }
 
 int eg_bs_input_read(const char *path, const eg_keygen_spec *default_key, eg_bs_rows **out)
