@@ -47,6 +47,16 @@ struct eg_module {
      * state (a p11-kit client's socket) down under it.
      */
     pthread_rwlock_t calls;
+    /*
+     * Held, besides calls, around every use of a module that cannot take two
+     * calls at once. p11-kit's RPC client (0.24.1) multiplexes concurrent
+     * calls over one socket; when the socket breaks under two of them, the one
+     * waiting for its reply is never woken (rpc_socket_read returns an error
+     * without signalling read_code_cond), and re-initialisation then waits on
+     * it for ever. One call at a time leaves no one waiting.
+     */
+    bool serial;
+    pthread_mutex_t serial_lock;
 };
 
 struct eg_token {
@@ -109,10 +119,18 @@ static void module_free(eg_module *m)
     if (m->dl != NULL)
         dlclose(m->dl);
     pthread_rwlock_destroy(&m->calls);
+    pthread_mutex_destroy(&m->serial_lock);
     pthread_mutex_destroy(&m->lock);
     free(m->path);
     free(m->init_args);
     free(m);
+}
+
+static const char *base_name(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+
+    return slash != NULL ? slash + 1 : path;
 }
 
 static int module_load(const char *path, const char *init_args, eg_module **out)
@@ -127,6 +145,7 @@ static int module_load(const char *path, const char *init_args, eg_module **out)
     if ((m = calloc(1, sizeof(*m))) == NULL)
         return -1;
     pthread_mutex_init(&m->lock, NULL);
+    pthread_mutex_init(&m->serial_lock, NULL);
     pthread_rwlockattr_init(&attr);
     /* A busy signer must not keep a re-initialisation waiting for ever. */
     pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
@@ -134,6 +153,7 @@ static int module_load(const char *path, const char *init_args, eg_module **out)
     pthread_rwlockattr_destroy(&attr);
     m->path = strdup(path);
     m->init_args = init_args ? strdup(init_args) : NULL;
+    m->serial = strcmp(base_name(path), "p11-kit-client.so") == 0;
     if (m->path == NULL || (init_args && m->init_args == NULL))
         goto out;
     /*
@@ -159,6 +179,21 @@ static int module_load(const char *path, const char *init_args, eg_module **out)
 out:
     module_free(m);
     return rc;
+}
+
+/* Enters and leaves a use of m's functions (see struct eg_module). */
+static void calls_enter(eg_module *m)
+{
+    pthread_rwlock_rdlock(&m->calls);
+    if (m->serial)
+        pthread_mutex_lock(&m->serial_lock);
+}
+
+static void calls_leave(eg_module *m)
+{
+    if (m->serial)
+        pthread_mutex_unlock(&m->serial_lock);
+    pthread_rwlock_unlock(&m->calls);
 }
 
 static int same_str(const char *a, const char *b)
@@ -497,14 +532,14 @@ CK_RV eg_token_run(eg_token *tok, eg_p11_fn *fn, void *arg)
     for (;;) {
         if (!tok->mod->initialized)
             module_reinit(tok->mod, tok->mod->gen);
-        pthread_rwlock_rdlock(&tok->mod->calls);
+        calls_enter(tok->mod);
         mod_gen = tok->mod->gen;
         rv = session_get(tok, &call);
         if (rv == CKR_OK) {
             rv = fn(&call, arg);
             session_put(tok, &call, rv);
         }
-        pthread_rwlock_unlock(&tok->mod->calls);
+        calls_leave(tok->mod);
         if (!recoverable(rv) || now_ms() >= deadline)
             return rv;
         recover(tok, mod_gen, rv);
@@ -555,9 +590,11 @@ int eg_token_open(const eg_token_config *cfg, eg_token **out)
         goto out;
     if (eg_module_get(cfg->module_path, cfg->init_args, &tok->mod) != 0)
         goto out;
+    calls_enter(tok->mod);
     pthread_mutex_lock(&tok->lock);
     rv = find_slot(tok);
     pthread_mutex_unlock(&tok->lock);
+    calls_leave(tok->mod);
     if (rv != CKR_OK) {
         eg_signer_error(EG_R_TOKEN_NOT_FOUND, "no token labelled '%s' in %s (%s)", tok->label,
                         cfg->module_path, eg_p11_rv_name(rv));
@@ -567,13 +604,16 @@ int eg_token_open(const eg_token_config *cfg, eg_token **out)
     if (tok->pin != NULL) {
         eg_p11_call call;
 
-        if ((rv = session_get(tok, &call)) != CKR_OK) {
+        calls_enter(tok->mod);
+        if ((rv = session_get(tok, &call)) == CKR_OK)
+            session_put(tok, &call, CKR_OK);
+        calls_leave(tok->mod);
+        if (rv != CKR_OK) {
             eg_signer_error(rv == CKR_PIN_INCORRECT || rv == CKR_PIN_LOCKED ? EG_R_LOGIN
                                                                             : EG_R_SESSION,
                             "token '%s': %s", tok->label, eg_p11_rv_name(rv));
             goto out;
         }
-        session_put(tok, &call, CKR_OK);
     }
     *out = tok;
     tok = NULL;
@@ -589,9 +629,13 @@ void eg_token_free(eg_token *tok)
 
     if (tok == NULL)
         return;
-    if (tok->mod != NULL && tok->mod_gen == tok->mod->gen) {
-        for (i = 0; i < tok->nidle; i++)
-            tok->mod->fl->C_CloseSession(tok->idle[i]);
+    if (tok->mod != NULL) {
+        calls_enter(tok->mod);
+        if (tok->mod_gen == tok->mod->gen) {
+            for (i = 0; i < tok->nidle; i++)
+                tok->mod->fl->C_CloseSession(tok->idle[i]);
+        }
+        calls_leave(tok->mod);
     }
     eg_module_put(tok->mod);
     if (tok->pin != NULL)
