@@ -23,6 +23,7 @@
 
 #include "config.h"
 #include "policy.h"
+#include "test_certs.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -58,31 +59,16 @@ static void write_file(const char *name, const char *text, mode_t mode)
         abort();
 }
 
-/* A self-signed certificate for key, a CA or not, written (appended) as PEM to name. */
+/* A self-signed certificate for key, a CA or not, appended as PEM to name. */
 static void write_cert(EVP_PKEY *key, const char *name, const char *cn, bool ca)
 {
-    X509 *x = X509_new();
-    X509_NAME *n = X509_NAME_new();
-    X509_EXTENSION *ext;
+    X509 *x = eg_test_self_signed(key, cn, ca, time(NULL));
     char path[PATH_MAX];
     FILE *f;
 
     in_dir(path, sizeof(path), name);
-    if (x == NULL || n == NULL || X509_set_version(x, X509_VERSION_3) != 1 ||
-        ASN1_INTEGER_set(X509_get_serialNumber(x), 1) != 1 ||
-        X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0) !=
-            1 ||
-        X509_set_subject_name(x, n) != 1 || X509_set_issuer_name(x, n) != 1 ||
-        X509_gmtime_adj(X509_getm_notBefore(x), -86400) == NULL ||
-        X509_gmtime_adj(X509_getm_notAfter(x), 86400L * 3650) == NULL ||
-        X509_set_pubkey(x, key) != 1 ||
-        (ext = X509V3_EXT_conf_nid(NULL, NULL, NID_basic_constraints,
-                                   ca ? "critical,CA:TRUE" : "CA:FALSE")) == NULL ||
-        X509_add_ext(x, ext, -1) != 1 || X509_sign(x, key, EVP_sha256()) <= 0 ||
-        (f = fopen(path, "a")) == NULL || PEM_write_X509(f, x) != 1 || fclose(f) != 0)
+    if (x == NULL || (f = fopen(path, "a")) == NULL || PEM_write_X509(f, x) != 1 || fclose(f) != 0)
         abort();
-    X509_EXTENSION_free(ext);
-    X509_NAME_free(n);
     X509_free(x);
 }
 

@@ -26,6 +26,7 @@
 #include "issue.h"
 #include "policy.h"
 #include "skg_cms.h"
+#include "test_certs.h"
 #include "test_profiles.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
@@ -52,43 +53,17 @@ static void make_profiles(void)
     }
 }
 
-/* A self-signed P-256 CA valid from a day ago for ten years, made ready to issue. */
+/* A self-signed P-256 CA, made ready to issue. */
 static void make_ca(void)
 {
-    X509 *x = X509_new();
-    X509_NAME *name = X509_NAME_new();
-    X509V3_CTX v3;
-    X509_EXTENSION *ext;
     time_t now = time(NULL);
 
-    ca.key = EVP_EC_gen("P-256");
-    if (x == NULL || name == NULL || ca.key == NULL ||
-        X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)"fuzz CA", -1,
-                                   -1, 0) != 1 ||
-        X509_set_version(x, X509_VERSION_3) != 1 ||
-        ASN1_INTEGER_set(X509_get_serialNumber(x), 1) != 1 || X509_set_subject_name(x, name) != 1 ||
-        X509_set_issuer_name(x, name) != 1 ||
-        ASN1_TIME_set(X509_getm_notBefore(x), now - 86400) == NULL ||
-        ASN1_TIME_set(X509_getm_notAfter(x), now + 86400L * 3650) == NULL ||
-        X509_set_pubkey(x, ca.key) != 1)
+    if ((ca.key = EVP_EC_gen("P-256")) == NULL ||
+        (ca.cert = eg_test_self_signed(ca.key, "fuzz CA", true, now)) == NULL)
         abort();
-    X509V3_set_ctx(&v3, x, x, NULL, NULL, 0);
-    const char *exts[][2] = {{"basicConstraints", "critical,CA:TRUE"},
-                             {"keyUsage", "critical,keyCertSign,cRLSign"},
-                             {"subjectKeyIdentifier", "hash"}};
-    for (size_t i = 0; i < sizeof(exts) / sizeof(exts[0]); i++) {
-        if ((ext = X509V3_EXT_nconf(NULL, &v3, exts[i][0], exts[i][1])) == NULL ||
-            X509_add_ext(x, ext, -1) != 1)
-            abort();
-        X509_EXTENSION_free(ext);
-    }
-    if (X509_sign(x, ca.key, EVP_sha256()) <= 0)
-        abort();
-    X509_NAME_free(name);
-    ca.cert = x;
     ca.md = "SHA256";
-    ca.not_before = now - 86400;
-    ca.not_after = now + 86400L * 3650;
+    ca.not_before = now - EG_TEST_CERT_BACK_S;
+    ca.not_after = now + EG_TEST_CERT_AHEAD_S;
     if (eg_issue_ca_ready(&ca) != 0)
         abort();
 }

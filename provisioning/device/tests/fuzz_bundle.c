@@ -16,6 +16,7 @@
 #include <openssl/x509.h>
 
 #include "estgate_bundle.h"
+#include "test_certs.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -26,21 +27,11 @@ static STACK_OF(X509) * trusted;
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     EVP_PKEY *key = EVP_EC_gen("P-256");
-    X509 *x = X509_new();
-    X509_NAME *name = X509_NAME_new();
+    X509 *x =
+        key != NULL ? eg_test_self_signed(key, "fuzz bundle signer", false, time(NULL)) : NULL;
 
-    if (key == NULL || x == NULL || name == NULL ||
-        X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
-                                   (const unsigned char *)"fuzz bundle signer", -1, -1, 0) != 1 ||
-        X509_set_version(x, X509_VERSION_3) != 1 ||
-        ASN1_INTEGER_set(X509_get_serialNumber(x), 1) != 1 || X509_set_subject_name(x, name) != 1 ||
-        X509_set_issuer_name(x, name) != 1 ||
-        X509_gmtime_adj(X509_getm_notBefore(x), -86400) == NULL ||
-        X509_gmtime_adj(X509_getm_notAfter(x), 86400L * 3650) == NULL ||
-        X509_set_pubkey(x, key) != 1 || X509_sign(x, key, EVP_sha256()) <= 0 ||
-        (trusted = sk_X509_new_null()) == NULL || sk_X509_push(trusted, x) <= 0)
+    if (x == NULL || (trusted = sk_X509_new_null()) == NULL || sk_X509_push(trusted, x) <= 0)
         abort();
-    X509_NAME_free(name);
     EVP_PKEY_free(key);
     return 0;
 }
