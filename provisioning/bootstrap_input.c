@@ -18,8 +18,9 @@
 #include "report.h"
 
 /* The longest line without its newline: room for two paths and three short names. */
-#define EG_BS_LINE_MAX      4096
-#define EG_BS_LINE_MAX_TEXT "4096"
+#define EG_BS_LINE_MAX 4096
+#define STR_(x)        #x
+#define STR(x)         STR_(x)
 
 enum { COL_SERIAL, COL_MODEL, COL_CSR, COL_KEY, COL_TRANSPORT, NCOLS };
 static const char *const col_names[NCOLS] = {"serial", "model", "csr", "key", "transport"};
@@ -273,7 +274,7 @@ static int read_rows(FILE *in, const char *path, const char *dir, const eg_keyge
     while ((got = getline(&line, &linecap, in)) >= 0) {
         lineno++;
         len = (size_t)got - (got > 0 && line[got - 1] == '\n');
-        bad = len > EG_BS_LINE_MAX ? "line longer than " EG_BS_LINE_MAX_TEXT " characters"
+        bad = len > EG_BS_LINE_MAX ? "line longer than " STR(EG_BS_LINE_MAX) " characters"
               : memchr(line, '\0', len) != NULL ? "line holds a NUL byte"
                                                 : NULL;
         t = trim(line);
