@@ -25,6 +25,7 @@
 #include <openssl/x509v3.h>
 
 #include "config.h"
+#include "p11.h"
 #include "skg.h"
 
 #define MAX_KEYS 32 /* keys in the largest table (profile_keys); checked at build time below */
@@ -380,6 +381,20 @@ static int parse_log_level(loader *ld, void *base, const char *key, const char *
 }
 
 /* --- [token] --- */
+
+static int parse_calls(loader *ld, void *base, const char *key, const char *value)
+{
+    static const eg_calls modes[] = {EG_CALLS_AUTO, EG_CALLS_CONCURRENT, EG_CALLS_SERIAL};
+
+    for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
+        if (strcmp(value, eg_calls_name(modes[i])) == 0) {
+            ((eg_config *)base)->calls = modes[i];
+            return 0;
+        }
+    }
+    err_here(ld, key, "'%.*s' is not a calls mode; use auto, concurrent or serial", SHOWN, value);
+    return -1;
+}
 
 static int parse_module(loader *ld, void *base, const char *key, const char *value)
 {
@@ -1002,6 +1017,7 @@ static const key_spec token_keys[] = {
     {.name = "pin_file", .kind = V_FN, .required = true, .parse = parse_pin_file},
     {.name = "pool_size", .kind = V_UINT, .off = CFG(pool_size), .min = 1, .max = 256},
     {.name = "recover_ms", .kind = V_UINT, .off = CFG(recover_ms), .min = 1, .max = 600000},
+    {.name = "calls", .kind = V_FN, .parse = parse_calls},
     {.name = NULL},
 };
 

@@ -20,6 +20,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "signer.h"
+
 #define EG_MAX_PROFILES  64
 #define EG_MAX_LISTENERS 8
 #define EG_MAX_RULES     32 /* per list: key types, EKUs, SAN rules, users, ... */
@@ -149,6 +151,7 @@ typedef struct eg_config {
     char *pin_file;
     unsigned pool_size;  /* 0: signer default */
     unsigned recover_ms; /* 0: signer default */
+    eg_calls calls;      /* EG_CALLS_AUTO unless set */
 
     eg_profile_cfg profiles[EG_MAX_PROFILES];
     size_t nprofiles;

@@ -349,6 +349,7 @@ static int open_token(const eg_config *cfg, eg_token **tok)
         .pin_file = cfg->pin_file,
         .pool_size = cfg->pool_size,
         .recover_ms = cfg->recover_ms,
+        .calls = cfg->calls,
     };
 
     if (eg_token_open(&tc, tok) != 0) {
@@ -357,6 +358,10 @@ static int open_token(const eg_config *cfg, eg_token **tok)
         ERR_print_errors_fp(stderr);
         return -1;
     }
+    /* Worth knowing when throughput through a token server looks capped. */
+    printf("estgated: token \"%s\" in %s, calls %s\n", cfg->token_label, cfg->module_path,
+           eg_token_calls(*tok) == EG_CALLS_SERIAL ? "one at a time" : "concurrent");
+    fflush(stdout);
     if (eg_provider_init(NULL) != 0 || eg_provider_add_token(NULL, *tok) != 0) {
         fprintf(stderr, "estgated: cannot make the token reachable through the provider\n");
         ERR_print_errors_fp(stderr);

@@ -352,6 +352,7 @@ int eg_skg_check_config(const eg_config *cfg)
         .pin_file = cfg->pin_file,
         .pool_size = 2,
         .recover_ms = cfg->recover_ms,
+        .calls = cfg->calls,
     };
     eg_token *tok = NULL;
     eg_skg_caps caps;

@@ -9,13 +9,17 @@ int eg_bench_daemon_config(const eg_th *th, unsigned threads, const char *ca_cha
                            const char *profile_extra, const char *pass_file, const char *auth_file,
                            const char *ini)
 {
-    char *hash = NULL, text[8192], server[32], label[128];
+    const char *calls = getenv("EG_BENCH_CALLS");
+    char *hash = NULL, text[8192], server[32], token[64] = "", label[128];
     int n, m, rc = -1;
 
     if (eg_fx_basic_user("bench", pass_file, auth_file, &hash) != 0)
         return -1;
     snprintf(server, sizeof(server), "threads = %u\n", threads);
-    if ((n = eg_fx_ini_head(th, server, "", text, sizeof(text))) < 0)
+    /* [token] calls for the daemon, to compare the modes (docs/benchmarks.md). */
+    if (calls != NULL && *calls != '\0')
+        snprintf(token, sizeof(token), "calls = %.32s\n", calls);
+    if ((n = eg_fx_ini_head(th, server, token, text, sizeof(text))) < 0)
         goto out;
     m = snprintf(text + n, sizeof(text) - (size_t)n,
                  "\n[profile default]\n"

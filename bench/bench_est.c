@@ -516,8 +516,9 @@ int main(int argc, char **argv)
     tpath(csr_file, "csrs.b64");
     tpath(auth_file, "basic.b64");
     tpath(pass_file, "basic.pass");
-    printf("token: %s, %.0f s per measurement, wrk -t2 -c%u, estgated threads = %u\n",
-           eg_th_kind_name(kind), seconds, conns, threads);
+    printf("token: %s, %.0f s per measurement, wrk -t2 -c%u, estgated threads = %u, calls = %s\n",
+           eg_th_kind_name(kind), seconds, conns, threads,
+           getenv("EG_BENCH_CALLS") != NULL ? getenv("EG_BENCH_CALLS") : "auto");
     rc = bench(kind, seconds, conns, threads) == 0 ? 0 : 1;
 out:
     if (daemon_pid > 0)

@@ -209,10 +209,51 @@ static void test_recovers_when_token_server_restarts(void)
     CU_ASSERT_EQUAL(sign_and_verify(), 0);
 }
 
+/* Only p11-kit's client is called one call at a time unless configured otherwise. */
+static void test_calls_mode_follows_the_module(void)
+{
+    CU_ASSERT_EQUAL(eg_token_calls(tok),
+                    kind == EG_TH_P11KIT ? EG_CALLS_SERIAL : EG_CALLS_CONCURRENT);
+}
+
+/* Another token on the loaded module: the same mode opens, the other is refused by name. */
+static void test_module_keeps_its_calls_mode(void)
+{
+    eg_token_config cfg = *eg_th_config(th);
+    eg_calls mode = eg_token_calls(tok);
+    eg_calls other = mode == EG_CALLS_SERIAL ? EG_CALLS_CONCURRENT : EG_CALLS_SERIAL;
+    const eg_calls same[] = {EG_CALLS_AUTO, mode};
+    char expected[64];
+    const char *reason = NULL;
+    eg_token *second = NULL;
+
+    for (size_t i = 0; i < 2; i++) {
+        cfg.calls = same[i];
+        CU_ASSERT_EQUAL_FATAL(eg_token_open(&cfg, &second), 0);
+        CU_ASSERT_EQUAL(eg_token_calls(second), mode);
+        eg_token_free(second);
+        second = NULL;
+    }
+    cfg.calls = other;
+    ERR_clear_error();
+    CU_ASSERT_NOT_EQUAL(eg_token_open(&cfg, &second), 0);
+    CU_ASSERT_PTR_NULL(second);
+    ERR_peek_last_error_data(&reason, NULL);
+    snprintf(expected, sizeof(expected), "already loaded with calls = %s", eg_calls_name(mode));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(reason);
+    CU_ASSERT_PTR_NOT_NULL(strstr(reason, expected));
+    if (strstr(reason, expected) == NULL)
+        fprintf(stderr, "\n  reason: %s\n", reason);
+    ERR_clear_error();
+    CU_ASSERT_EQUAL(sign_and_verify(), 0);
+}
+
 static CU_TestInfo tests[] = {
     {"recovers when all sessions are closed", test_recovers_when_all_sessions_are_closed},
     {"recovers when logged out", test_recovers_when_logged_out},
     {"recovers when the token server restarts", test_recovers_when_token_server_restarts},
+    {"calls mode follows the module", test_calls_mode_follows_the_module},
+    {"a module keeps its calls mode", test_module_keeps_its_calls_mode},
     CU_TEST_INFO_NULL,
 };
 

@@ -1201,6 +1201,17 @@ static int log_count(const char *needle)
     return log_count_in(daemon_log, needle);
 }
 
+/* calls = auto, into a module that is not p11-kit's client (test_e2e has that one). */
+static void test_log_says_calls_are_concurrent(void)
+{
+    if (kind == EG_TH_P11KIT) {
+        printf("(no suite daemon on this token) ");
+        return;
+    }
+    CU_ASSERT(log_count("calls concurrent") >= 1);
+    CU_ASSERT_EQUAL(log_count("calls one at a time"), 0);
+}
+
 /* SIGHUP, then wait (up to 10 s) for one more "needle" line in the daemon's log. */
 static int sighup_and_wait(const char *needle)
 {
@@ -1266,6 +1277,7 @@ static CU_TestInfo tests[] = {
     {"--check-config probes the token; p11-kit refused by name",
      test_check_config_probes_the_token},
     {"a reload re-checks serverkeygen against the token", test_reload_rechecks_serverkeygen},
+    {"the log says token calls are concurrent", test_log_says_calls_are_concurrent},
     {"no generated key left in estgated memory", test_no_generated_key_left_in_estgated_memory},
     {"a full token answers 503 and keeps nothing", test_a_full_token_answers_503_and_keeps_nothing},
     CU_TEST_INFO_NULL,

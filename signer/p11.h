@@ -12,6 +12,10 @@ int eg_token_open(const eg_token_config *cfg, eg_token **out);
 void eg_token_free(eg_token *tok);
 const char *eg_token_label(const eg_token *tok);
 bool eg_token_has_mechanism(eg_token *tok, CK_MECHANISM_TYPE mech, CK_FLAGS needed);
+/* EG_CALLS_CONCURRENT or EG_CALLS_SERIAL: how the token's module is called. */
+eg_calls eg_token_calls(const eg_token *tok);
+/* "auto", "concurrent" or "serial". */
+const char *eg_calls_name(eg_calls calls);
 
 typedef struct eg_token_stats {
     uint64_t sign_calls; /* C_Sign calls that returned CKR_OK */

@@ -18,7 +18,7 @@ struct eg_p11_call {
  * loaded and initialised once per process, finalised with the last reference.
  */
 typedef struct eg_module eg_module;
-int eg_module_get(const char *path, const char *init_args, eg_module **out);
+int eg_module_get(const char *path, const char *init_args, eg_calls calls, eg_module **out);
 void eg_module_put(eg_module *m);
 CK_FUNCTION_LIST *eg_module_functions(const eg_module *m);
 

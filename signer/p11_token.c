@@ -49,11 +49,12 @@ struct eg_module {
     pthread_rwlock_t calls;
     /*
      * Held, besides calls, around every use of a module that cannot take two
-     * calls at once. p11-kit's RPC client (0.24.1) multiplexes concurrent
-     * calls over one socket; when the socket breaks under two of them, the one
-     * waiting for its reply is never woken (rpc_socket_read returns an error
-     * without signalling read_code_cond), and re-initialisation then waits on
-     * it for ever. One call at a time leaves no one waiting.
+     * calls at once: one configured so (eg_calls), or p11-kit's RPC client by
+     * default. That client (0.24.1) multiplexes concurrent calls over one
+     * socket; when the socket breaks under two of them, the one waiting for
+     * its reply is never woken (rpc_socket_read returns an error without
+     * signalling read_code_cond), and re-initialisation then waits on it for
+     * ever. One call at a time leaves no one waiting.
      */
     bool serial;
     pthread_mutex_t serial_lock;
@@ -133,7 +134,27 @@ static const char *base_name(const char *path)
     return slash != NULL ? slash + 1 : path;
 }
 
-static int module_load(const char *path, const char *init_args, eg_module **out)
+/* What AUTO means for the module at path. */
+static bool calls_serial(const char *path, eg_calls calls)
+{
+    if (calls == EG_CALLS_AUTO)
+        return strcmp(base_name(path), "p11-kit-client.so") == 0;
+    return calls == EG_CALLS_SERIAL;
+}
+
+const char *eg_calls_name(eg_calls calls)
+{
+    switch (calls) {
+    case EG_CALLS_CONCURRENT:
+        return "concurrent";
+    case EG_CALLS_SERIAL:
+        return "serial";
+    default:
+        return "auto";
+    }
+}
+
+static int module_load(const char *path, const char *init_args, bool serial, eg_module **out)
 {
     CK_RV (*get_list)(CK_FUNCTION_LIST_PTR_PTR);
     eg_module *m;
@@ -153,7 +174,7 @@ static int module_load(const char *path, const char *init_args, eg_module **out)
     pthread_rwlockattr_destroy(&attr);
     m->path = strdup(path);
     m->init_args = init_args ? strdup(init_args) : NULL;
-    m->serial = strcmp(base_name(path), "p11-kit-client.so") == 0;
+    m->serial = serial;
     if (m->path == NULL || (init_args && m->init_args == NULL))
         goto out;
     /*
@@ -201,8 +222,9 @@ static int same_str(const char *a, const char *b)
     return (a == NULL && b == NULL) || (a != NULL && b != NULL && strcmp(a, b) == 0);
 }
 
-int eg_module_get(const char *path, const char *init_args, eg_module **out)
+int eg_module_get(const char *path, const char *init_args, eg_calls calls, eg_module **out)
 {
+    bool serial = calls_serial(path, calls);
     eg_module *m;
     int rc = -1;
 
@@ -215,10 +237,16 @@ int eg_module_get(const char *path, const char *init_args, eg_module **out)
             eg_signer_error(EG_R_MODULE_INIT, "%s already loaded with another init string", path);
             goto out;
         }
+        /* The lock cannot come or go under calls in flight. AUTO takes what is there. */
+        if (calls != EG_CALLS_AUTO && m->serial != serial) {
+            eg_signer_error(EG_R_MODULE_INIT, "%s already loaded with calls = %s", path,
+                            eg_calls_name(m->serial ? EG_CALLS_SERIAL : EG_CALLS_CONCURRENT));
+            goto out;
+        }
         break;
     }
     if (m == NULL) {
-        if (module_load(path, init_args, &m) != 0)
+        if (module_load(path, init_args, serial, &m) != 0)
             goto out;
         m->next = modules;
         modules = m;
@@ -588,7 +616,7 @@ int eg_token_open(const eg_token_config *cfg, eg_token **out)
         goto out;
     if (cfg->pin_file != NULL && read_pin_file(cfg->pin_file, &tok->pin, &tok->pinlen) != 0)
         goto out;
-    if (eg_module_get(cfg->module_path, cfg->init_args, &tok->mod) != 0)
+    if (eg_module_get(cfg->module_path, cfg->init_args, cfg->calls, &tok->mod) != 0)
         goto out;
     calls_enter(tok->mod);
     pthread_mutex_lock(&tok->lock);
@@ -668,6 +696,11 @@ bool eg_token_has_mechanism(eg_token *tok, CK_MECHANISM_TYPE mech, CK_FLAGS need
     }
     pthread_mutex_unlock(&tok->lock);
     return found;
+}
+
+eg_calls eg_token_calls(const eg_token *tok)
+{
+    return tok->mod->serial ? EG_CALLS_SERIAL : EG_CALLS_CONCURRENT;
 }
 
 void eg_token_get_stats(eg_token *tok, eg_token_stats *out)

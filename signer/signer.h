@@ -19,6 +19,17 @@ typedef struct eg_p11_uri eg_p11_uri;
 /* A borrowed session, valid only inside an eg_token_run() callback. */
 typedef struct eg_p11_call eg_p11_call;
 
+/*
+ * Whether the module may take two calls at once. AUTO: one at a time for
+ * p11-kit's RPC client (p11-kit-client.so, see p11_token.c), concurrent for
+ * any other module. A module keeps the mode it was first loaded with.
+ */
+typedef enum eg_calls {
+    EG_CALLS_AUTO = 0,
+    EG_CALLS_CONCURRENT,
+    EG_CALLS_SERIAL,
+} eg_calls;
+
 /* How to reach a token. The module and its init string are configuration. */
 typedef struct eg_token_config {
     const char *module_path; /* the PKCS#11 module (.so) */
@@ -27,6 +38,7 @@ typedef struct eg_token_config {
     const char *pin_file;    /* user PIN, first line of this file; NULL: no login */
     unsigned pool_size;      /* most sessions open at once; 0: default (16) */
     unsigned recover_ms;     /* how long to keep trying to reach a lost token; 0: 10000 */
+    eg_calls calls;          /* concurrent or one call at a time into the module */
 } eg_token_config;
 
 typedef enum eg_key_type {

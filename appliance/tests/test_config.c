@@ -213,6 +213,7 @@ static void test_full_file_loads_every_field(void)
              "pin_file = pin\n"
              "pool_size = 4\n"
              "recover_ms = 2500\n"
+             "calls = serial\n"
              "\n"
              "[profile default]\n"
              "ca_key = pkcs11:token=estgate;object=ca\n"
@@ -270,6 +271,7 @@ static void test_full_file_loads_every_field(void)
     CU_ASSERT(strstr(cfg->pin_file, dir) == cfg->pin_file && strstr(cfg->pin_file, "/pin") != NULL);
     CU_ASSERT_EQUAL(cfg->pool_size, 4);
     CU_ASSERT_EQUAL(cfg->recover_ms, 2500);
+    CU_ASSERT_EQUAL(cfg->calls, EG_CALLS_SERIAL);
     CU_ASSERT_EQUAL_FATAL(cfg->nprofiles, 2);
 
     p = &cfg->profiles[0];
@@ -357,6 +359,7 @@ static void test_defaults_applied(void)
     CU_ASSERT_PTR_NULL(cfg->init_args);
     CU_ASSERT_EQUAL(cfg->pool_size, 0);
     CU_ASSERT_EQUAL(cfg->recover_ms, 0);
+    CU_ASSERT_EQUAL(cfg->calls, EG_CALLS_AUTO);
     p = eg_config_profile(cfg, "fleet-1");
     CU_ASSERT_PTR_NOT_NULL_FATAL(p);
     CU_ASSERT_PTR_NULL(eg_config_profile(cfg, NULL)); /* no default profile here */
@@ -407,6 +410,17 @@ static void test_bad_size_and_numbers(void)
     expect_errors(SERVER_TOKEN PROFILE_NONE "max_days = 3651\n", 1, 12, "max_days",
                   "'3651' is not a whole number from 1 to 3650");
     expect_errors(SERVER_TOKEN PROFILE_NONE "max_days = -1\n", 1, 12, "max_days", "from 1 to 3650");
+}
+
+static void test_calls_mode(void)
+{
+    eg_config *cfg = NULL;
+
+    expect_errors(SERVER_TOKEN "calls = sometimes\n" PROFILE_NONE, 1, 8, "calls",
+                  "'sometimes' is not a calls mode; use auto, concurrent or serial");
+    CU_ASSERT_EQUAL_FATAL(load(SERVER_TOKEN "calls = concurrent\n" PROFILE_NONE, &cfg), 0);
+    CU_ASSERT_EQUAL(cfg->calls, EG_CALLS_CONCURRENT);
+    eg_config_free(cfg);
 }
 
 static void test_bad_cidr(void)
@@ -960,6 +974,7 @@ static CU_TestInfo tests[] = {
     {"unknown sections and keys", test_unknown_section_and_key},
     {"a bad boolean", test_bad_bool},
     {"bad sizes and numbers", test_bad_size_and_numbers},
+    {"calls mode", test_calls_mode},
     {"bad CIDRs", test_bad_cidr},
     {"missing required keys and sections", test_missing_required_keys},
     {"a duplicate profile", test_duplicate_profile},
