@@ -24,6 +24,7 @@
 
 #include "child.h"
 #include "p11.h"
+#include "test_certs.h"
 #include "token_harness.h"
 
 #define MAX_ARGS 40
@@ -95,34 +96,20 @@ static int ca_create(const char *label, const char *cn)
                     "--self-signed", "--days", "3650", "--out", tpath(out, name), NULL);
 }
 
-/* A software certificate file: a self-signed CA, or with ca false a leaf. */
+/* A software certificate file: a self-signed CA, or with ca false a leaf (eg_test_self_signed). */
 static int cert_file(const char *name, const char *cn, bool ca, bool der)
 {
     EVP_PKEY *key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
-    X509 *x = X509_new();
-    X509V3_CTX ctx;
-    X509_EXTENSION *ext = NULL;
+    X509 *x = key != NULL ? eg_test_self_signed(key, cn, ca, time(NULL)) : NULL;
     char path[PATH_MAX];
     BIO *out = NULL;
     int ok;
 
-    X509V3_set_ctx(&ctx, x, x, NULL, NULL, 0);
-    ok = key != NULL && x != NULL && X509_set_version(x, X509_VERSION_3) &&
-         ASN1_INTEGER_set(X509_get_serialNumber(x), 7) &&
-         X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_UTF8,
-                                    (const unsigned char *)cn, -1, -1, 0) &&
-         X509_set_issuer_name(x, X509_get_subject_name(x)) &&
-         X509_gmtime_adj(X509_getm_notBefore(x), 0) &&
-         X509_gmtime_adj(X509_getm_notAfter(x), 365L * 86400) && X509_set_pubkey(x, key) &&
-         (ext = X509V3_EXT_nconf_nid(NULL, &ctx, NID_basic_constraints,
-                                     ca ? "critical,CA:TRUE" : "critical,CA:FALSE")) != NULL &&
-         X509_add_ext(x, ext, -1) && X509_sign(x, key, EVP_sha256()) > 0 &&
-         (out = BIO_new_file(tpath(path, name), "wb")) != NULL &&
+    ok = x != NULL && (out = BIO_new_file(tpath(path, name), "wb")) != NULL &&
          (der ? i2d_X509_bio(out, x) : PEM_write_bio_X509(out, x));
     if (!ok)
         ERR_print_errors_fp(stdout);
     BIO_free(out);
-    X509_EXTENSION_free(ext);
     X509_free(x);
     EVP_PKEY_free(key);
     return ok ? 0 : -1;

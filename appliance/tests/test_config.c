@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <CUnit/CUnit.h>
@@ -20,6 +21,7 @@
 
 #include "config.h"
 #include "cu_run.h"
+#include "test_certs.h"
 #include "tmpdir.h"
 
 static char dir[PATH_MAX];
@@ -61,34 +63,20 @@ static void write_file(const char *name, const char *text, mode_t mode)
     }
 }
 
+/* Appends a self-signed certificate (eg_test_self_signed) to the file name in dir. */
 static void write_cert(const char *name, const char *cn, bool ca)
 {
-    X509 *x = X509_new();
-    X509_NAME *n = X509_NAME_new();
-    X509_EXTENSION *ext;
+    X509 *x = eg_test_self_signed(cert_key, cn, ca, time(NULL));
     char path[PATH_MAX + 64];
     FILE *fp;
 
-    X509_set_version(x, 2);
-    ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
-    X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0);
-    X509_set_subject_name(x, n);
-    X509_set_issuer_name(x, n);
-    X509_gmtime_adj(X509_getm_notBefore(x), 0);
-    X509_gmtime_adj(X509_getm_notAfter(x), 3600);
-    X509_set_pubkey(x, cert_key);
-    ext = X509V3_EXT_conf_nid(NULL, NULL, NID_basic_constraints,
-                              ca ? "critical,CA:TRUE" : "CA:FALSE");
-    X509_add_ext(x, ext, -1);
-    X509_EXTENSION_free(ext);
     snprintf(path, sizeof(path), "%s/%s", dir, name);
     fp = fopen(path, "a");
-    if (X509_sign(x, cert_key, EVP_sha256()) == 0 || fp == NULL || PEM_write_X509(fp, x) != 1) {
+    if (x == NULL || fp == NULL || PEM_write_X509(fp, x) != 1) {
         perror(path);
         abort();
     }
     fclose(fp);
-    X509_NAME_free(n);
     X509_free(x);
 }
 
