@@ -54,7 +54,7 @@ static const struct key_name {
     {"rsa4096", EG_KEY_RSA, 4096, 0},
 };
 
-int eg_prov_parse_key(const char *s, eg_keygen_spec *spec)
+bool eg_prov_key_spec(const char *s, eg_keygen_spec *spec)
 {
     size_t i;
 
@@ -63,9 +63,16 @@ int eg_prov_parse_key(const char *s, eg_keygen_spec *spec)
             spec->type = key_names[i].type;
             spec->bits = key_names[i].bits;
             spec->curve_nid = key_names[i].curve_nid;
-            return EG_EXIT_OK;
+            return true;
         }
     }
+    return false;
+}
+
+int eg_prov_parse_key(const char *s, eg_keygen_spec *spec)
+{
+    if (eg_prov_key_spec(s, spec))
+        return EG_EXIT_OK;
     return eg_prov_usage_error("--key %s: unknown key type (ec-p256, ec-p384, rsa2048, rsa3072, "
                                "rsa4096)",
                                s);

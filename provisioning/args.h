@@ -57,6 +57,8 @@ bool eg_prov_token_opt(int opt, const char *arg, eg_prov_token_opts *o);
 /* EG_EXIT_USAGE naming the first missing token option. */
 int eg_prov_token_opts_check(const eg_prov_token_opts *o);
 /* "ec-p256", "ec-p384", "rsa2048", "rsa3072", "rsa4096" into spec->type/bits/curve_nid. */
+bool eg_prov_key_spec(const char *s, eg_keygen_spec *spec);
+/* The same, as an option's value: EG_EXIT_USAGE listing the names when unknown. */
 int eg_prov_parse_key(const char *s, eg_keygen_spec *spec);
 /* Validity in days, 1 to 36525. */
 int eg_prov_parse_days(const char *s, int *days);

@@ -13,6 +13,7 @@
 #include <openssl/crypto.h>
 #include <openssl/obj_mac.h>
 
+#include "args.h"
 #include "bootstrap.h"
 #include "provision.h"
 #include "report.h"
@@ -32,16 +33,13 @@ typedef struct fields {
 
 bool eg_bs_key_name(const char *s, eg_keygen_spec *spec)
 {
+    /* Token-key mode's names (docs/factory-line.md), a subset of --key's. */
+    static const char *const allowed[] = {"ec-p256", "ec-p384", "rsa2048"};
+
     memset(spec, 0, sizeof(*spec));
-    if (strcmp(s, "ec-p256") == 0 || strcmp(s, "ec-p384") == 0) {
-        spec->type = EG_KEY_EC;
-        spec->curve_nid = strcmp(s, "ec-p256") == 0 ? NID_X9_62_prime256v1 : NID_secp384r1;
-        return true;
-    }
-    if (strcmp(s, "rsa2048") == 0) {
-        spec->type = EG_KEY_RSA;
-        spec->bits = 2048;
-        return true;
+    for (size_t i = 0; i < sizeof(allowed) / sizeof(allowed[0]); i++) {
+        if (strcmp(s, allowed[i]) == 0)
+            return eg_prov_key_spec(s, spec);
     }
     return false;
 }
