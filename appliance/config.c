@@ -1540,6 +1540,10 @@ static int check_config(const char *path)
     if (eg_skg_check_config(cfg) != 0)
         goto out;
     printf("%s: OK\n", path);
+    printf("token \"%s\" in %s, calls %s%s\n", cfg->token_label, cfg->module_path,
+           eg_calls_resolve(cfg->module_path, cfg->calls) == EG_CALLS_SERIAL ? "one at a time"
+                                                                             : "concurrent",
+           cfg->calls == EG_CALLS_AUTO ? " (calls = auto)" : "");
     for (size_t i = 0; i < cfg->nprofiles; i++)
         print_profile(stdout, &cfg->profiles[i]);
     rc = 0;

@@ -16,6 +16,8 @@ bool eg_token_has_mechanism(eg_token *tok, CK_MECHANISM_TYPE mech, CK_FLAGS need
 eg_calls eg_token_calls(const eg_token *tok);
 /* "auto", "concurrent" or "serial". */
 const char *eg_calls_name(eg_calls calls);
+/* What calls means for a module first loaded from module_path: CONCURRENT or SERIAL. */
+eg_calls eg_calls_resolve(const char *module_path, eg_calls calls);
 
 typedef struct eg_token_stats {
     uint64_t sign_calls; /* C_Sign calls that returned CKR_OK */

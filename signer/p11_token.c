@@ -142,6 +142,11 @@ static bool calls_serial(const char *path, eg_calls calls)
     return calls == EG_CALLS_SERIAL;
 }
 
+eg_calls eg_calls_resolve(const char *module_path, eg_calls calls)
+{
+    return calls_serial(module_path, calls) ? EG_CALLS_SERIAL : EG_CALLS_CONCURRENT;
+}
+
 const char *eg_calls_name(eg_calls calls)
 {
     switch (calls) {

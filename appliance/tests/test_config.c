@@ -21,6 +21,7 @@
 
 #include "config.h"
 #include "cu_run.h"
+#include "p11.h"
 #include "test_certs.h"
 #include "tmpdir.h"
 
@@ -927,6 +928,23 @@ static void test_check_config_command(void)
                           "days\n") != NULL);
     CU_ASSERT(strstr(out, "profile iot at /.well-known/est/iot/: auth mtls;") != NULL);
     CU_ASSERT(strstr(out, "up to 30 days\n") != NULL);
+    snprintf(expect, sizeof(expect),
+             "token \"estgate\" in %s/./module.so, calls concurrent (calls = auto)\n", dir);
+    CU_ASSERT(strstr(out, expect) != NULL);
+
+    /* The mode a module gets, as the daemon will give it. */
+    write_file("estgated.ini", SERVER_TOKEN "calls = serial\n" PROFILE_NONE, 0644);
+    CU_ASSERT_EQUAL(run_main(3, argv, NULL, out, sizeof(out)), 0);
+    snprintf(expect, sizeof(expect), "token \"estgate\" in %s/./module.so, calls one at a time\n",
+             dir);
+    CU_ASSERT(strstr(out, expect) != NULL);
+    CU_ASSERT_EQUAL(
+        eg_calls_resolve("/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so", EG_CALLS_AUTO),
+        EG_CALLS_SERIAL);
+    CU_ASSERT_EQUAL(eg_calls_resolve("p11-kit-client.so", EG_CALLS_CONCURRENT),
+                    EG_CALLS_CONCURRENT);
+    CU_ASSERT_EQUAL(eg_calls_resolve("/usr/lib/softhsm/libsofthsm2.so", EG_CALLS_AUTO),
+                    EG_CALLS_CONCURRENT);
 
     write_file("estgated.ini", SERVER_TOKEN PROFILE_NONE "max_days = 0\nrealm = \"x\"\n", 0644);
     CU_ASSERT_EQUAL(run_main(3, argv, NULL, out, sizeof(out)), 1);
