@@ -829,16 +829,7 @@ static void test_secrets_never_reach_the_log(void)
 /* How many times the log says "needle". */
 static int log_count(const char *needle)
 {
-    size_t len;
-    char *log = eg_file_read(daemon_log, &len), *p = log;
-    int n = 0;
-
-    while (p != NULL && (p = strstr(p, needle)) != NULL) {
-        n++;
-        p += strlen(needle);
-    }
-    free(log);
-    return n;
+    return eg_file_count(daemon_log, needle);
 }
 
 /* calls = auto: one at a time through p11-kit's client, concurrent into SoftHSM itself. */
@@ -951,6 +942,42 @@ static void test_sighup_reloads_client_trust(void)
     free(both);
     free(one);
     free(two);
+}
+
+/*
+ * [token] takes effect at a restart only: a reload that changes calls says so
+ * and applies the rest, and the token goes on being called as before.
+ */
+static void test_sighup_leaves_token_calls_for_a_restart(void)
+{
+    const char *other = kind == EG_TH_P11KIT ? "concurrent" : "serial";
+    const char *was = kind == EG_TH_P11KIT ? "calls one at a time" : "calls concurrent";
+    const char *anchor = "recover_ms = 1500\n";
+    size_t inilen, at;
+    char *text = eg_file_read(ini, &inilen), *edited = NULL, line[64];
+    int logged = log_count(was);
+    http h;
+
+    CU_ASSERT_FATAL(text != NULL && strstr(text, anchor) != NULL);
+    at = (size_t)(strstr(text, anchor) - text) + strlen(anchor);
+    snprintf(line, sizeof(line), "calls = %s\n", other);
+    CU_ASSERT_FATAL((edited = malloc(inilen + strlen(line))) != NULL);
+    memcpy(edited, text, at);
+    memcpy(edited + at, line, strlen(line));
+    memcpy(edited + at + strlen(line), text + at, inilen - at);
+    CU_ASSERT_EQUAL_FATAL(eg_file_write(ini, edited, inilen + strlen(line), 0600), 0);
+    CU_ASSERT_EQUAL(sighup_and_wait("estgated: reloaded "), 0);
+    CU_ASSERT(log_count("reload: [token] calls changed; it takes effect at the next restart") >= 1);
+    CU_ASSERT_EQUAL(log_count(was), logged); /* the token was not opened again */
+    CU_ASSERT_EQUAL_FATAL(
+        make_csr("calls1", "ec", "calls1.example.com", "subjectAltName=DNS:calls1.example.com"), 0);
+    CU_ASSERT_EQUAL_FATAL(csr_b64("calls1"), 0);
+    CU_ASSERT_EQUAL(enroll(&h, "simpleenroll", "calls1", NULL, NULL, NULL, NULL, NULL), 200);
+
+    CU_ASSERT_EQUAL(eg_file_write(ini, text, inilen, 0600), 0);
+    CU_ASSERT_EQUAL(sighup_and_wait("estgated: reloaded "), 0);
+    free(edited);
+    free(text);
 }
 
 /* ---- fleet trust bundles ---- */
@@ -1099,6 +1126,7 @@ static CU_TestInfo tests[] = {
     {"the log says how the token is called", test_log_says_how_the_token_is_called},
     {"SIGHUP reloads client trust; a broken file changes nothing",
      test_sighup_reloads_client_trust},
+    {"SIGHUP leaves [token] calls for a restart", test_sighup_leaves_token_calls_for_a_restart},
     {"bundle install makes factory devices trusted", test_bundle_install_trusts_factory_devices},
     {"SIGKILL loses no received certificate", test_sigkill_loses_no_received_certificate},
     CU_TEST_INFO_NULL,

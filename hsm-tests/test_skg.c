@@ -996,20 +996,6 @@ static void test_nothing_left_in_the_token(void)
 
 /* ---- a full token: 503, and nothing kept ---- */
 
-/* How many times needle is in the log file at path. */
-static int log_count_in(const char *path, const char *needle)
-{
-    char *log = eg_file_read(path, NULL), *p = log;
-    int n = 0;
-
-    while (p != NULL && (p = strstr(p, needle)) != NULL) {
-        n++;
-        p += strlen(needle);
-    }
-    free(log);
-    return n;
-}
-
 /*
  * The token behind EG_P11_QUOTA_PATH (hsm-tests/harness/p11_quota.c) is this
  * suite's real token with a quota on live session objects: the number in
@@ -1153,7 +1139,7 @@ static void full_daemon(int fits, bool kek)
     }
     set_quota(-1);
     /* Each refusal is audited as the token being unavailable. */
-    CU_ASSERT(log_count_in(qlog, "event=unavailable") >= fits);
+    CU_ASSERT(eg_file_count(qlog, "event=unavailable") >= fits);
     port = saved_port;
     eg_fx_daemon_stop(&pid, SIGTERM);
     OPENSSL_free(der);
@@ -1199,7 +1185,7 @@ static void test_a_full_token_answers_503_and_keeps_nothing(void)
 
 static int log_count(const char *needle)
 {
-    return log_count_in(daemon_log, needle);
+    return eg_file_count(daemon_log, needle);
 }
 
 /* SoftHSM with calls = auto (concurrent), NSS with calls = serial set (write_config). */

@@ -158,3 +158,16 @@ int eg_file_write(const char *path, const void *data, size_t len, mode_t mode)
         ok = 0;
     return ok && chmod(path, mode) == 0 ? 0 : -1;
 }
+
+int eg_file_count(const char *path, const char *needle)
+{
+    char *text = eg_file_read(path, NULL), *p = text;
+    int n = 0;
+
+    while (p != NULL && (p = strstr(p, needle)) != NULL) {
+        n++;
+        p += strlen(needle);
+    }
+    free(text);
+    return n;
+}

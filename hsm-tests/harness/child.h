@@ -34,6 +34,8 @@ int eg_child_cmd(const char *dir, eg_child_result *r, const char *first, ...)
 
 /* A whole file, NUL-terminated, in malloc'd memory; *len (if not NULL) its size. */
 char *eg_file_read(const char *path, size_t *len);
+/* How many times needle occurs in the file at path (a daemon's log); 0 when unreadable. */
+int eg_file_count(const char *path, const char *needle);
 /* Writes data to path (created or truncated) with mode; 0 or -1. */
 int eg_file_write(const char *path, const void *data, size_t len, mode_t mode);
 
