@@ -24,13 +24,12 @@
 #include "config.h"
 #include "policy.h"
 #include "test_certs.h"
+#include "tmpdir.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static char dir[256], ini[PATH_MAX];
-static const char *const files[] = {"ca.pem", "tls.pem",   "clients.pem", "recipients.pem",
-                                    "pin",    "module.so", "estgated.ini"};
 
 static void in_dir(char *out, size_t cap, const char *name)
 {
@@ -39,13 +38,7 @@ static void in_dir(char *out, size_t cap, const char *name)
 
 static void remove_dir(void)
 {
-    char path[PATH_MAX];
-
-    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
-        in_dir(path, sizeof(path), files[i]);
-        unlink(path);
-    }
-    rmdir(dir);
+    eg_tmpdir_remove(dir);
 }
 
 static void write_file(const char *name, const char *text, mode_t mode)
@@ -77,8 +70,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     const char *base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
     EVP_PKEY *ec = EVP_EC_gen("P-256"), *rsa = EVP_RSA_gen(2048);
 
-    snprintf(dir, sizeof(dir), "%s/fuzz_config.XXXXXX", base);
-    if (ec == NULL || rsa == NULL || mkdtemp(dir) == NULL)
+    if (ec == NULL || rsa == NULL || eg_tmpdir_make(dir, sizeof(dir), base, "fuzz_config") != 0)
         abort();
     atexit(remove_dir);
     in_dir(ini, sizeof(ini), "estgated.ini");

@@ -19,6 +19,7 @@
 
 #include "bootstrap.h"
 #include "provision.h"
+#include "tmpdir.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -27,16 +28,14 @@ static char dir[256], path[PATH_MAX];
 
 static void remove_dir(void)
 {
-    unlink(path);
-    rmdir(dir);
+    eg_tmpdir_remove(dir);
 }
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     const char *base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
 
-    snprintf(dir, sizeof(dir), "%s/fuzz_bootstrap_input.XXXXXX", base);
-    if (mkdtemp(dir) == NULL)
+    if (eg_tmpdir_make(dir, sizeof(dir), base, "fuzz_bootstrap_input") != 0)
         abort();
     snprintf(path, sizeof(path), "%s/manifest", dir);
     atexit(remove_dir);
