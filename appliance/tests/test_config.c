@@ -9,7 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <CUnit/CUnit.h>
@@ -64,21 +63,16 @@ static void write_file(const char *name, const char *text, mode_t mode)
     }
 }
 
-/* Appends a self-signed certificate (eg_test_self_signed) to the file name in dir. */
+/* Appends a self-signed certificate for cert_key to the file name in dir. */
 static void write_cert(const char *name, const char *cn, bool ca)
 {
-    X509 *x = eg_test_self_signed(cert_key, cn, ca, time(NULL));
     char path[PATH_MAX + 64];
-    FILE *fp;
 
     snprintf(path, sizeof(path), "%s/%s", dir, name);
-    fp = fopen(path, "a");
-    if (x == NULL || fp == NULL || PEM_write_X509(fp, x) != 1) {
+    if (eg_test_self_signed_append(path, cert_key, cn, ca) != 0) {
         perror(path);
         abort();
     }
-    fclose(fp);
-    X509_free(x);
 }
 
 /* A hash in eg_password_hash's format, computed with another OpenSSL API. */

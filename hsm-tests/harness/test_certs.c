@@ -1,3 +1,7 @@
+#include <stdio.h>
+#include <time.h>
+
+#include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
 #include "test_certs.h"
@@ -43,4 +47,16 @@ out:
     X509_NAME_free(name);
     X509_free(x);
     return ret;
+}
+
+int eg_test_self_signed_append(const char *path, EVP_PKEY *key, const char *cn, bool ca)
+{
+    X509 *x = eg_test_self_signed(key, cn, ca, time(NULL));
+    FILE *f = x != NULL ? fopen(path, "a") : NULL;
+    int ok = f != NULL && PEM_write_X509(f, x) == 1;
+
+    if (f != NULL && fclose(f) != 0)
+        ok = 0;
+    X509_free(x);
+    return ok ? 0 : -1;
 }

@@ -20,4 +20,7 @@
  */
 X509 *eg_test_self_signed(EVP_PKEY *key, const char *cn, bool ca, time_t now);
 
+/* eg_test_self_signed(key, cn, ca, now), appended as PEM to the file at path; 0 or -1. */
+int eg_test_self_signed_append(const char *path, EVP_PKEY *key, const char *cn, bool ca);
+
 #endif
