@@ -1541,8 +1541,7 @@ static int check_config(const char *path)
         goto out;
     printf("%s: OK\n", path);
     printf("token \"%s\" in %s, calls %s%s\n", cfg->token_label, cfg->module_path,
-           eg_calls_resolve(cfg->module_path, cfg->calls) == EG_CALLS_SERIAL ? "one at a time"
-                                                                             : "concurrent",
+           eg_calls_words(eg_calls_resolve(cfg->module_path, cfg->calls)),
            cfg->calls == EG_CALLS_AUTO ? " (calls = auto)" : "");
     for (size_t i = 0; i < cfg->nprofiles; i++)
         print_profile(stdout, &cfg->profiles[i]);

@@ -360,7 +360,7 @@ static int open_token(const eg_config *cfg, eg_token **tok)
     }
     /* Worth knowing when throughput through a token server looks capped. */
     printf("estgated: token \"%s\" in %s, calls %s\n", cfg->token_label, cfg->module_path,
-           eg_token_calls(*tok) == EG_CALLS_SERIAL ? "one at a time" : "concurrent");
+           eg_calls_words(eg_token_calls(*tok)));
     fflush(stdout);
     if (eg_provider_init(NULL) != 0 || eg_provider_add_token(NULL, *tok) != 0) {
         fprintf(stderr, "estgated: cannot make the token reachable through the provider\n");

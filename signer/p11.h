@@ -18,6 +18,8 @@ eg_calls eg_token_calls(const eg_token *tok);
 const char *eg_calls_name(eg_calls calls);
 /* What calls means for a module first loaded from module_path: CONCURRENT or SERIAL. */
 eg_calls eg_calls_resolve(const char *module_path, eg_calls calls);
+/* A resolved mode as the logs say it: "one at a time" or "concurrent". */
+const char *eg_calls_words(eg_calls resolved);
 
 typedef struct eg_token_stats {
     uint64_t sign_calls; /* C_Sign calls that returned CKR_OK */

@@ -68,7 +68,9 @@ int eg_module_slots(const char *module, const char *init_args, eg_slot_info **ou
 
     if (eg_module_get(module, init_args, EG_CALLS_AUTO, &m) != 0)
         return -1;
+    eg_module_enter(m);
     rv = list_slots(eg_module_functions(m), out, n);
+    eg_module_leave(m);
     eg_module_put(m);
     if (rv != CKR_OK) {
         eg_signer_error(EG_R_TOKEN_CALL, "C_GetSlotList of %s: %s", module, eg_p11_rv_name(rv));
@@ -140,6 +142,7 @@ int eg_module_init_token(const char *module, const char *init_args, CK_SLOT_ID s
     /* C_InitToken takes exactly 32 bytes of label, blank-padded. */
     memset(padded, ' ', sizeof(padded));
     memcpy(padded, label, len);
+    eg_module_enter(m);
     rv = fl->C_InitToken(slot, (CK_UTF8CHAR *)so_pin, strlen(so_pin), padded);
     if (rv == CKR_OK) {
         step = "finding the new token";
@@ -149,6 +152,7 @@ int eg_module_init_token(const char *module, const char *init_args, CK_SLOT_ID s
         rv = session_step(fl, slot, CKU_SO, so_pin, user_pin, &step);
     if (rv == CKR_OK) /* the new user PIN must log in */
         rv = session_step(fl, slot, CKU_USER, user_pin, NULL, &step);
+    eg_module_leave(m);
     eg_module_put(m);
     if (rv != CKR_OK) {
         eg_signer_error(rv == CKR_PIN_INCORRECT || rv == CKR_PIN_LOCKED ? EG_R_LOGIN

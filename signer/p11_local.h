@@ -20,6 +20,12 @@ struct eg_p11_call {
 typedef struct eg_module eg_module;
 int eg_module_get(const char *path, const char *init_args, eg_calls calls, eg_module **out);
 void eg_module_put(eg_module *m);
+/*
+ * Around every use of m's functions: shared against re-initialisation, and
+ * one at a time when the module is called serially (eg_calls).
+ */
+void eg_module_enter(eg_module *m);
+void eg_module_leave(eg_module *m);
 CK_FUNCTION_LIST *eg_module_functions(const eg_module *m);
 
 /* Token generation: object handles cached by keys are valid for one generation. */

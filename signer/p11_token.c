@@ -134,17 +134,17 @@ static const char *base_name(const char *path)
     return slash != NULL ? slash + 1 : path;
 }
 
-/* What AUTO means for the module at path. */
-static bool calls_serial(const char *path, eg_calls calls)
-{
-    if (calls == EG_CALLS_AUTO)
-        return strcmp(base_name(path), "p11-kit-client.so") == 0;
-    return calls == EG_CALLS_SERIAL;
-}
-
 eg_calls eg_calls_resolve(const char *module_path, eg_calls calls)
 {
-    return calls_serial(module_path, calls) ? EG_CALLS_SERIAL : EG_CALLS_CONCURRENT;
+    if (calls == EG_CALLS_AUTO)
+        return strcmp(base_name(module_path), "p11-kit-client.so") == 0 ? EG_CALLS_SERIAL
+                                                                        : EG_CALLS_CONCURRENT;
+    return calls;
+}
+
+const char *eg_calls_words(eg_calls resolved)
+{
+    return resolved == EG_CALLS_SERIAL ? "one at a time" : "concurrent";
 }
 
 const char *eg_calls_name(eg_calls calls)
@@ -207,15 +207,14 @@ out:
     return rc;
 }
 
-/* Enters and leaves a use of m's functions (see struct eg_module). */
-static void calls_enter(eg_module *m)
+void eg_module_enter(eg_module *m)
 {
     pthread_rwlock_rdlock(&m->calls);
     if (m->serial)
         pthread_mutex_lock(&m->serial_lock);
 }
 
-static void calls_leave(eg_module *m)
+void eg_module_leave(eg_module *m)
 {
     if (m->serial)
         pthread_mutex_unlock(&m->serial_lock);
@@ -229,7 +228,7 @@ static int same_str(const char *a, const char *b)
 
 int eg_module_get(const char *path, const char *init_args, eg_calls calls, eg_module **out)
 {
-    bool serial = calls_serial(path, calls);
+    bool serial = eg_calls_resolve(path, calls) == EG_CALLS_SERIAL;
     eg_module *m;
     int rc = -1;
 
@@ -565,14 +564,14 @@ CK_RV eg_token_run(eg_token *tok, eg_p11_fn *fn, void *arg)
     for (;;) {
         if (!tok->mod->initialized)
             module_reinit(tok->mod, tok->mod->gen);
-        calls_enter(tok->mod);
+        eg_module_enter(tok->mod);
         mod_gen = tok->mod->gen;
         rv = session_get(tok, &call);
         if (rv == CKR_OK) {
             rv = fn(&call, arg);
             session_put(tok, &call, rv);
         }
-        calls_leave(tok->mod);
+        eg_module_leave(tok->mod);
         if (!recoverable(rv) || now_ms() >= deadline)
             return rv;
         recover(tok, mod_gen, rv);
@@ -623,11 +622,11 @@ int eg_token_open(const eg_token_config *cfg, eg_token **out)
         goto out;
     if (eg_module_get(cfg->module_path, cfg->init_args, cfg->calls, &tok->mod) != 0)
         goto out;
-    calls_enter(tok->mod);
+    eg_module_enter(tok->mod);
     pthread_mutex_lock(&tok->lock);
     rv = find_slot(tok);
     pthread_mutex_unlock(&tok->lock);
-    calls_leave(tok->mod);
+    eg_module_leave(tok->mod);
     if (rv != CKR_OK) {
         eg_signer_error(EG_R_TOKEN_NOT_FOUND, "no token labelled '%s' in %s (%s)", tok->label,
                         cfg->module_path, eg_p11_rv_name(rv));
@@ -637,10 +636,10 @@ int eg_token_open(const eg_token_config *cfg, eg_token **out)
     if (tok->pin != NULL) {
         eg_p11_call call;
 
-        calls_enter(tok->mod);
+        eg_module_enter(tok->mod);
         if ((rv = session_get(tok, &call)) == CKR_OK)
             session_put(tok, &call, CKR_OK);
-        calls_leave(tok->mod);
+        eg_module_leave(tok->mod);
         if (rv != CKR_OK) {
             eg_signer_error(rv == CKR_PIN_INCORRECT || rv == CKR_PIN_LOCKED ? EG_R_LOGIN
                                                                             : EG_R_SESSION,
@@ -663,12 +662,12 @@ void eg_token_free(eg_token *tok)
     if (tok == NULL)
         return;
     if (tok->mod != NULL) {
-        calls_enter(tok->mod);
+        eg_module_enter(tok->mod);
         if (tok->mod_gen == tok->mod->gen) {
             for (i = 0; i < tok->nidle; i++)
                 tok->mod->fl->C_CloseSession(tok->idle[i]);
         }
-        calls_leave(tok->mod);
+        eg_module_leave(tok->mod);
     }
     eg_module_put(tok->mod);
     if (tok->pin != NULL)
