@@ -20,6 +20,7 @@
 #include "audit.h"
 #include "core.h"
 #include "der.h"
+#include "errors.h"
 #include "issue.h"
 #include "ledger.h"
 #include "p11.h"
@@ -335,7 +336,7 @@ static int profile_load(const eg_profile_cfg *src, core_profile *p)
 out:
     if (rc != 0) {
         fprintf(stderr, "estgated: profile %s: %s\n", src->name ? src->name : "?", err);
-        ERR_print_errors_fp(stderr);
+        eg_err_print(stderr);
     }
     return rc;
 }
@@ -355,7 +356,7 @@ static int open_token(const eg_config *cfg, eg_token **tok)
     if (eg_token_open(&tc, tok) != 0) {
         fprintf(stderr, "estgated: cannot open token \"%s\" with %s\n",
                 cfg->token_label ? cfg->token_label : "", cfg->module_path ? cfg->module_path : "");
-        ERR_print_errors_fp(stderr);
+        eg_err_print(stderr);
         return -1;
     }
     /* Worth knowing when throughput through a token server looks capped. */
@@ -364,7 +365,7 @@ static int open_token(const eg_config *cfg, eg_token **tok)
     fflush(stdout);
     if (eg_provider_init(NULL) != 0 || eg_provider_add_token(NULL, *tok) != 0) {
         fprintf(stderr, "estgated: cannot make the token reachable through the provider\n");
-        ERR_print_errors_fp(stderr);
+        eg_err_print(stderr);
         return -1;
     }
     return 0;

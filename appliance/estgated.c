@@ -17,6 +17,7 @@
  */
 #include <pthread.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +28,7 @@
 
 #include "config.h"
 #include "core.h"
+#include "errors.h"
 #include "est.h"
 #include "provider.h"
 #include "server.h"
@@ -124,7 +126,7 @@ static void reload(const char *path, const eg_config *run, eg_est *est, eg_serve
     warn_restart_only(run, cfg);
     n = cfg->nprofiles;
     if (eg_est_reload(est, cfg) != 0) {
-        ERR_print_errors_fp(stderr);
+        eg_err_print(stderr);
         eg_config_free(cfg);
         fprintf(stderr, "estgated: reload failed; the running configuration stays in force\n");
         return;
@@ -169,6 +171,23 @@ static void print_listeners(const eg_config *cfg, const eg_server *srv)
 
 #define EG_SECURE_HEAP (1u << 20) /* 1 MiB: a few hundred plaintext keys in flight */
 
+/* A one-line summary, then what the error stack says under it (parts may have spoken already). */
+static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static void fail(const char *fmt, ...)
+{
+    eg_err_list l;
+    va_list ap;
+
+    eg_err_take(&l);
+    fputs("estgated: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputs(l.n > 0 ? ":\n" : "\n", stderr);
+    eg_err_list_print(&l, stderr, "  ");
+}
+
 static int run(const char *path)
 {
     eg_config_errors errs = {NULL, 0};
@@ -203,24 +222,24 @@ static int run(const char *path)
         return EX_CONFIG_;
     }
     if (eg_core_open(cfg, &core) != 0) {
-        fprintf(stderr, "estgated: cannot open the token, CA keys or ledger:\n");
+        fail("cannot open the token, the CA keys or the ledger");
         goto out;
     }
     if (eg_provider_load_key(NULL, cfg->tls_key_uri, &tls_key) != 0) {
-        fprintf(stderr, "estgated: cannot load the TLS key %s:\n", cfg->tls_key_uri);
+        fail("cannot load the TLS key %s", cfg->tls_key_uri);
         goto out;
     }
     if (eg_est_new(cfg, core, &est) != 0 || eg_server_start(cfg, est, tls_key, &srv) != 0) {
-        fprintf(stderr, "estgated: cannot start the HTTPS listeners:\n");
+        fail("cannot start the HTTPS listeners");
         goto out;
     }
     print_listeners(cfg, srv);
-    if (wait_for_stop(&set, path, cfg, est, srv) != 0)
+    if (wait_for_stop(&set, path, cfg, est, srv) != 0) {
+        fail("cannot wait for signals");
         goto out;
+    }
     rc = 0;
 out:
-    if (rc != 0)
-        ERR_print_errors_fp(stderr);
     eg_server_stop(srv);
     eg_est_free(est);
     EVP_PKEY_free(tls_key);

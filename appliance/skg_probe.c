@@ -14,6 +14,7 @@
 #include <openssl/evp.h>
 #include <openssl/rsa.h>
 
+#include "errors.h"
 #include "p11_uri.h"
 #include "skg.h"
 #include "skg_cms.h"
@@ -366,7 +367,7 @@ int eg_skg_check_config(const eg_config *cfg)
     if (eg_token_open(&tc, &tok) != 0) {
         fprintf(stderr, "%s: serverkeygen: cannot open token '%s' to see what it can do\n",
                 cfg->path, cfg->token_label);
-        ERR_print_errors_fp(stderr);
+        eg_err_print(stderr);
         return 1;
     }
     if (eg_skg_probe(tok, rsa, &caps) != 0) {

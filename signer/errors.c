@@ -48,3 +48,62 @@ void eg_signer_p11_error(const char *call, CK_ULONG rv)
 {
     eg_signer_error(EG_R_TOKEN_CALL, "%s: %s (0x%lx)", call, eg_p11_rv_name(rv), rv);
 }
+
+void eg_err_take(eg_err_list *l)
+{
+    const char *data;
+    unsigned long e;
+    int flags;
+
+    l->n = 0;
+    while ((e = ERR_get_error_all(NULL, NULL, NULL, &data, &flags)) != 0) {
+        /*
+         * SoftHSM asks OpenSSL for its rdrand engine in C_Initialize and leaves
+         * the failure on our stack; estgate itself uses no engines or DSOs.
+         */
+        if (ERR_GET_LIB(e) == ERR_LIB_ENGINE || ERR_GET_LIB(e) == ERR_LIB_DSO)
+            continue;
+        if (l->n == EG_ERR_MAX)
+            continue;
+        l->e[l->n] = e;
+        snprintf(l->data[l->n], sizeof(l->data[0]), "%s",
+                 (flags & ERR_TXT_STRING) && data != NULL ? data : "");
+        l->n++;
+    }
+}
+
+void eg_err_list_print(const eg_err_list *l, FILE *f, const char *indent)
+{
+    int lib = eg_signer_errlib(), i;
+    int signer_said = 0;
+
+    for (i = 0; i < l->n; i++)
+        signer_said |= ERR_GET_LIB(l->e[i]) == lib;
+    for (i = 0; i < l->n; i++) {
+        unsigned long e = l->e[i];
+        const char *reason = ERR_reason_error_string(e), *detail = l->data[i];
+        const char *sep = *detail ? ": " : "";
+
+        if (ERR_GET_LIB(e) == lib) {
+            fprintf(f, "%s%s%s%s\n", indent, reason ? reason : "signer error", sep, detail);
+        } else if (!signer_said) {
+            const char *lname = ERR_lib_error_string(e);
+            char buf[256];
+
+            if (reason == NULL) {
+                ERR_error_string_n(e, buf, sizeof(buf));
+                reason = buf;
+            }
+            fprintf(f, "%s%s%s%s%s%s\n", indent, lname ? lname : "", lname ? ": " : "", reason, sep,
+                    detail);
+        }
+    }
+}
+
+void eg_err_print(FILE *f)
+{
+    eg_err_list l;
+
+    eg_err_take(&l);
+    eg_err_list_print(&l, f, "  ");
+}

@@ -2,6 +2,8 @@
 #ifndef EG_SIGNER_ERRORS_H
 #define EG_SIGNER_ERRORS_H
 
+#include <stdio.h>
+
 #include <openssl/err.h>
 
 #include "signer.h"
@@ -32,5 +34,24 @@ int eg_signer_errlib(void);
 void eg_signer_error(int reason, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Pushes EG_R_TOKEN_CALL naming the C_* function and CK_RV. */
 void eg_signer_p11_error(const char *call, CK_ULONG rv);
+
+/* Errors taken off a thread's stack, oldest first (the first is where it failed). */
+#define EG_ERR_MAX 16
+typedef struct eg_err_list {
+    unsigned long e[EG_ERR_MAX];
+    char data[EG_ERR_MAX][256];
+    int n;
+} eg_err_list;
+
+/* Empties this thread's error stack into l, leaving out the ENGINE and DSO noise modules leave. */
+void eg_err_take(eg_err_list *l);
+/*
+ * One line per error for an operator, each after indent: the signer's as "reason: detail", other
+ * libraries' as "library: reason: detail", never a source path. When the signer said what failed,
+ * the other libraries' errors came from inside the module and are left out.
+ */
+void eg_err_list_print(const eg_err_list *l, FILE *f, const char *indent);
+/* Takes and prints (indent "  "): what an operator reads under a one-line summary. */
+void eg_err_print(FILE *f);
 
 #endif

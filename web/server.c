@@ -12,6 +12,7 @@
 #include <openssl/err.h>
 #include <openssl/x509.h>
 
+#include "errors.h"
 #include "server.h"
 #include "tls.h"
 #include "wire.h"
@@ -393,7 +394,7 @@ static int group_start(eg_server *s, group *g, EVP_PKEY *key, bool tls12)
     return 0;
 fail:
     fprintf(stderr, "estgated: cannot listen on %s: %s\n", listen, why);
-    ERR_print_errors_fp(stderr);
+    eg_err_print(stderr);
     return -1;
 }
 
