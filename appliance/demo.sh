@@ -125,6 +125,8 @@ EST_CA=$demo/ca.pem
 EST_USER=demo
 EST_PASSWORD=$(cat "$demo/basic.pass")
 EST_PASSWORD_FILE=$demo/basic.pass
+# the demo token's SoftHSM configuration: estgated --check-config and estgate-provision need it
+SOFTHSM2_CONF=$SOFTHSM2_CONF
 FACTS
 
 cat <<HOWTO
@@ -154,6 +156,9 @@ Try it from another terminal:
       -subj /CN=dev2.example.com -addext subjectAltName=DNS:dev2.example.com -out dev2.csr
   curl -sS --cacert ca.pem -u "demo:\$(cat basic.pass)" -H 'Content-Type: application/pkcs10' \\
       --data-binary @dev2.csr $url/keygen/serverkeygen
+  # check the configuration after an edit, then reload it without a restart
+  SOFTHSM2_CONF=$SOFTHSM2_CONF $estgated --check-config estgated.ini &&
+      kill -HUP \$(pgrep -x estgated)
 
 HOWTO
 exec "$estgated" -c "$demo/estgated.ini"

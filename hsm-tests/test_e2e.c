@@ -980,6 +980,39 @@ static void test_sighup_leaves_token_calls_for_a_restart(void)
     free(text);
 }
 
+/*
+ * A label that matches no token: estgated does not start, and its message says which tokens the
+ * module does show, in plain lines (no OpenSSL error codes, no source file names).
+ */
+static void test_wrong_token_label_names_the_tokens_present(void)
+{
+    const char *label = eg_th_config(th)->token_label;
+    char tool[PATH_MAX], wrong[PATH_MAX], from[128], to[128], shows[160];
+    char *argv[] = {(char *)eg_child_built("appliance/estgated", tool), "-c",
+                    tpath(wrong, "wrong-label.ini"), NULL};
+    size_t inilen, at;
+    char *text = eg_file_read(ini, &inilen), *edited = NULL;
+
+    snprintf(from, sizeof(from), "label = %s\n", label);
+    snprintf(to, sizeof(to), "label = %s-typo\n", label);
+    CU_ASSERT_FATAL(text != NULL && strstr(text, from) != NULL);
+    at = (size_t)(strstr(text, from) - text);
+    CU_ASSERT_FATAL((edited = malloc(inilen + strlen(to))) != NULL);
+    memcpy(edited, text, at);
+    memcpy(edited + at, to, strlen(to));
+    memcpy(edited + at + strlen(to), text + at + strlen(from), inilen - at - strlen(from));
+    CU_ASSERT_EQUAL_FATAL(eg_file_write(wrong, edited, inilen - strlen(from) + strlen(to), 0600),
+                          0);
+    CU_ASSERT_EQUAL(eg_child_run(dir, NULL, argv, res), 69);
+    snprintf(shows, sizeof(shows), "the module shows '%s'", label);
+    CU_ASSERT_PTR_NOT_NULL(strstr(res->err, "no token labelled"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(res->err, shows));
+    CU_ASSERT_PTR_NULL(strstr(res->err, ".c:"));
+    CU_ASSERT_PTR_NULL(strstr(res->err, ":error:"));
+    free(edited);
+    free(text);
+}
+
 /* ---- fleet trust bundles ---- */
 
 /* estgate-provision with the harness token's options after the words given. */
@@ -1127,6 +1160,8 @@ static CU_TestInfo tests[] = {
     {"SIGHUP reloads client trust; a broken file changes nothing",
      test_sighup_reloads_client_trust},
     {"SIGHUP leaves [token] calls for a restart", test_sighup_leaves_token_calls_for_a_restart},
+    {"a wrong token label names the tokens the module shows",
+     test_wrong_token_label_names_the_tokens_present},
     {"bundle install makes factory devices trusted", test_bundle_install_trusts_factory_devices},
     {"SIGKILL loses no received certificate", test_sigkill_loses_no_received_certificate},
     CU_TEST_INFO_NULL,

@@ -411,6 +411,48 @@ out:
     return rv;
 }
 
+/*
+ * For a label that matched nothing: which tokens the module does show, pushed as an error of its
+ * own (a wrong label, or the module reading another configuration, shows here at once).
+ */
+static void say_tokens_present(eg_module *mod)
+{
+    CK_FUNCTION_LIST *fl = mod->fl;
+    CK_SLOT_ID slots[32];
+    CK_ULONG n = 32, i, fresh = 0;
+    CK_TOKEN_INFO info;
+    char seen[200] = "";
+    size_t used = 0;
+    int len;
+
+    if (fl->C_GetSlotList(CK_TRUE, slots, &n) != CKR_OK)
+        return;
+    for (i = 0; i < n; i++) {
+        if (fl->C_GetTokenInfo(slots[i], &info) != CKR_OK)
+            continue;
+        if (!(info.flags & CKF_TOKEN_INITIALIZED)) {
+            fresh++;
+            continue;
+        }
+        len = (int)sizeof(info.label);
+        while (len > 0 && info.label[len - 1] == ' ')
+            len--;
+        if (used < sizeof(seen)) {
+            int w = snprintf(seen + used, sizeof(seen) - used, "%s'%.*s'", used ? ", " : "", len,
+                             (const char *)info.label);
+            used += w > 0 ? (size_t)w : 0;
+        }
+    }
+    if (used > 0)
+        eg_signer_error(EG_R_TOKEN_NOT_FOUND, "the module shows %s%s", seen,
+                        used >= sizeof(seen) ? "..." : "");
+    else
+        eg_signer_error(EG_R_TOKEN_NOT_FOUND,
+                        "the module shows no initialised token (%lu empty slot%s): is it reading "
+                        "the configuration that holds the token?",
+                        (unsigned long)fresh, fresh == 1 ? "" : "s");
+}
+
 /* Forgets every session of the current generation (they died with the module). */
 static void drop_generation(eg_token *tok)
 {
@@ -630,6 +672,11 @@ int eg_token_open(const eg_token_config *cfg, eg_token **out)
     if (rv != CKR_OK) {
         eg_signer_error(EG_R_TOKEN_NOT_FOUND, "no token labelled '%s' in %s (%s)", tok->label,
                         cfg->module_path, eg_p11_rv_name(rv));
+        if (rv == CKR_TOKEN_NOT_PRESENT) {
+            eg_module_enter(tok->mod);
+            say_tokens_present(tok->mod);
+            eg_module_leave(tok->mod);
+        }
         goto out;
     }
     /* Log in now so that a wrong PIN is reported at start, not at first use. */
