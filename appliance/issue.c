@@ -13,6 +13,7 @@
 #include <openssl/rand.h>
 #include <openssl/x509v3.h>
 
+#include "errors.h"
 #include "issue.h"
 
 #define CLOCK_SKEW_S 300
@@ -20,12 +21,10 @@
 
 static int fail(char *reason, size_t cap, const char *what)
 {
-    unsigned long e = ERR_peek_error(); /* the first: the most specific */
-    char err[160] = "";
+    char err[160];
 
-    if (e != 0)
-        ERR_error_string_n(e, err, sizeof(err));
-    snprintf(reason, cap, "%s%s%s", what, e ? ": " : "", err);
+    eg_err_first_text(err, sizeof(err)); /* the first: the most specific */
+    snprintf(reason, cap, "%s%s%s", what, *err ? ": " : "", err);
     ERR_clear_error();
     return -1;
 }

@@ -680,6 +680,10 @@ static void test_token_unavailable_is_503(void)
     if (ssl != NULL) {
         CU_ASSERT_EQUAL(tls_request(ssl, "POST", "simpleenroll", body, head, sizeof(head)), 503);
         CU_ASSERT_PTR_NOT_NULL(strstr(head, "Retry-After:"));
+        /* The audit line names the token's failing call, in words, not an OpenSSL code. */
+        CU_ASSERT(eg_file_count(daemon_log, "event=unavailable") >= 1);
+        CU_ASSERT(eg_file_count(daemon_log, ": CKR_") >= 1);
+        CU_ASSERT_EQUAL(eg_file_count(daemon_log, "error:4"), 0);
     }
     tls_close(ssl, ctx);
     CU_ASSERT_EQUAL_FATAL(eg_th_server_start(th), 0);

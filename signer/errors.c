@@ -72,32 +72,53 @@ void eg_err_take(eg_err_list *l)
     }
 }
 
+/* One error in an operator's words: "reason: detail", or "library: reason: detail". */
+static void err_text(unsigned long e, const char *detail, char *buf, size_t cap)
+{
+    const char *reason = ERR_reason_error_string(e), *lname = NULL;
+    const char *sep = *detail ? ": " : "";
+    char code[64];
+
+    if (ERR_GET_LIB(e) == eg_signer_errlib()) {
+        if (reason == NULL)
+            reason = "signer error";
+    } else {
+        lname = ERR_lib_error_string(e);
+        if (reason == NULL) {
+            ERR_error_string_n(e, code, sizeof(code));
+            reason = code;
+        }
+    }
+    snprintf(buf, cap, "%s%s%s%s%s", lname ? lname : "", lname ? ": " : "", reason, sep, detail);
+}
+
 void eg_err_list_print(const eg_err_list *l, FILE *f, const char *indent)
 {
     int lib = eg_signer_errlib(), i;
     int signer_said = 0;
+    char line[512];
 
     for (i = 0; i < l->n; i++)
         signer_said |= ERR_GET_LIB(l->e[i]) == lib;
     for (i = 0; i < l->n; i++) {
-        unsigned long e = l->e[i];
-        const char *reason = ERR_reason_error_string(e), *detail = l->data[i];
-        const char *sep = *detail ? ": " : "";
-
-        if (ERR_GET_LIB(e) == lib) {
-            fprintf(f, "%s%s%s%s\n", indent, reason ? reason : "signer error", sep, detail);
-        } else if (!signer_said) {
-            const char *lname = ERR_lib_error_string(e);
-            char buf[256];
-
-            if (reason == NULL) {
-                ERR_error_string_n(e, buf, sizeof(buf));
-                reason = buf;
-            }
-            fprintf(f, "%s%s%s%s%s%s\n", indent, lname ? lname : "", lname ? ": " : "", reason, sep,
-                    detail);
-        }
+        if (signer_said && ERR_GET_LIB(l->e[i]) != lib)
+            continue;
+        err_text(l->e[i], l->data[i], line, sizeof(line));
+        fprintf(f, "%s%s\n", indent, line);
     }
+}
+
+void eg_err_first_text(char *buf, size_t cap)
+{
+    const char *data = NULL;
+    int flags = 0;
+    unsigned long e = ERR_peek_error_all(NULL, NULL, NULL, &data, &flags);
+
+    if (cap == 0)
+        return;
+    *buf = '\0';
+    if (e != 0)
+        err_text(e, (flags & ERR_TXT_STRING) && data != NULL ? data : "", buf, cap);
 }
 
 void eg_err_print(FILE *f)

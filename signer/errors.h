@@ -53,5 +53,7 @@ void eg_err_take(eg_err_list *l);
 void eg_err_list_print(const eg_err_list *l, FILE *f, const char *indent);
 /* Takes and prints (indent "  "): what an operator reads under a one-line summary. */
 void eg_err_print(FILE *f);
+/* The oldest error (where it failed) in the same words, into buf; "" when the stack is empty. */
+void eg_err_first_text(char *buf, size_t cap);
 
 #endif
