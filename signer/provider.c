@@ -456,7 +456,10 @@ int eg_provider_load_key(OSSL_LIB_CTX *libctx, const char *uri, EVP_PKEY **out)
         goto out;
     }
     if ((pkey = store_first_pkey(st)) == NULL) {
-        eg_signer_error(EG_R_KEY_NOT_FOUND, "%.*s names no private key", uri_path_len(uri), uri);
+        /* The store's loader has usually said why already (no such key, two of them). */
+        if (ERR_GET_LIB(ERR_peek_last_error()) != eg_signer_errlib())
+            eg_signer_error(EG_R_KEY_NOT_FOUND, "%.*s names no private key", uri_path_len(uri),
+                            uri);
         goto out;
     }
     *out = pkey;
