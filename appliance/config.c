@@ -1005,6 +1005,11 @@ static const key_spec server_keys[] = {
     {.name = "max_body", .kind = V_FN, .parse = parse_size},
     {.name = "threads", .kind = V_UINT, .off = CFG(threads), .min = 1, .max = 1024},
     {.name = "keepalive_ms", .kind = V_UINT, .off = CFG(keepalive_ms), .max = 600000},
+    {.name = "request_timeout_ms",
+     .kind = V_UINT,
+     .off = CFG(request_timeout_ms),
+     .min = 1000,
+     .max = 600000},
     {.name = "ledger", .kind = V_PATH, .off = CFG(ledger_path)},
     {.name = "log_level", .kind = V_FN, .parse = parse_log_level},
     {.name = NULL},
@@ -1377,11 +1382,16 @@ static void finish_profile(loader *ld, size_t i)
 
 /* --- load and free --- */
 
+/*
+ * civetweb holds a thread for each open connection, from the TLS handshake to the end of its
+ * keep-alive: the threads are how many devices can be connected at once, not a CPU count, and
+ * cost little while they wait. 4 threads were taken by 4 idle sockets.
+ */
 static unsigned default_threads(void)
 {
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
 
-    return cores > 2 && cores < 512 ? 2 * (unsigned)cores : 4;
+    return cores > 4 && cores < 64 ? 16 * (unsigned)cores : cores >= 64 ? 1024 : 64;
 }
 
 static char *dir_of(const char *path)
@@ -1429,6 +1439,7 @@ int eg_config_load(const char *path, eg_config **out, eg_config_errors *errs)
     ld.cfg->max_body = 64 * 1024;
     ld.cfg->threads = default_threads();
     ld.cfg->keepalive_ms = 15000;
+    ld.cfg->request_timeout_ms = 10000;
     if (parse_file(&ld) != 0)
         goto out;
     finish_fixed(&ld);

@@ -136,13 +136,14 @@ typedef struct eg_config {
     /* [server] */
     eg_listener_cfg listeners[EG_MAX_LISTENERS];
     size_t nlisteners;
-    char *tls_key_uri;     /* pkcs11: URI of the TLS server key */
-    char *tls_chain_file;  /* PEM: leaf then intermediates */
-    size_t max_body;       /* bytes; default 65536 */
-    unsigned threads;      /* request threads; default 2 * cores, at least 4 */
-    unsigned keepalive_ms; /* idle keep-alive; default 15000 */
-    char *ledger_path;     /* SQLite file; default /var/lib/estgate/ledger.db */
-    char *log_level;       /* "info" | "debug" | "warning" */
+    char *tls_key_uri;           /* pkcs11: URI of the TLS server key */
+    char *tls_chain_file;        /* PEM: leaf then intermediates */
+    size_t max_body;             /* bytes; default 65536 */
+    unsigned threads;            /* request threads; default 16 * cores, at least 64 */
+    unsigned keepalive_ms;       /* idle keep-alive; default 15000 */
+    unsigned request_timeout_ms; /* TLS handshake and each read or write; default 10000 */
+    char *ledger_path;           /* SQLite file; default /var/lib/estgate/ledger.db */
+    char *log_level;             /* "info" | "debug" | "warning" */
 
     /* [token] */
     char *module_path;

@@ -92,6 +92,7 @@ static void warn_restart_only(const eg_config *run, const eg_config *cfg)
         {"[server] max_body", run->max_body != cfg->max_body},
         {"[server] threads", run->threads != cfg->threads},
         {"[server] keepalive_ms", run->keepalive_ms != cfg->keepalive_ms},
+        {"[server] request_timeout_ms", run->request_timeout_ms != cfg->request_timeout_ms},
         {"[server] ledger", differs(run->ledger_path, cfg->ledger_path)},
         {"[token] module", differs(run->module_path, cfg->module_path)},
         {"[token] init_args", differs(run->init_args, cfg->init_args)},

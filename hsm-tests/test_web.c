@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <CUnit/CUnit.h>
@@ -115,6 +117,7 @@ static int suite_init(void)
     cfg.max_body = MAX_BODY;
     cfg.threads = 4;
     cfg.keepalive_ms = 5000;
+    cfg.request_timeout_ms = 1000;
     p->name = (char *)"default";
     p->label = (char *)"";
     p->auth = EG_AUTH_NONE;
@@ -173,7 +176,10 @@ static int client_open(client *c, size_t listener, int max_version)
     memset(c, 0, sizeof(*c));
     sa.sin_port = htons((uint16_t)eg_server_port(srv, listener));
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    struct timeval tv = {.tv_sec = 30}; /* a server that never answers fails the test */
+
     if ((c->fd = socket(AF_INET, SOCK_STREAM, 0)) < 0 ||
+        setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) != 0 ||
         connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 ||
         (c->ctx = SSL_CTX_new(TLS_client_method())) == NULL ||
         !SSL_CTX_set_max_proto_version(c->ctx, max_version) ||
@@ -362,6 +368,42 @@ static void test_keep_alive_two_requests_one_handshake(void)
     client_close(&c);
 }
 
+/*
+ * Sockets that connect and never speak hold one civetweb thread each until the handshake times
+ * out. With the listener's 4 threads taken and one more socket queued, a device is answered once
+ * request_timeout_ms (1 s here) has passed: not at once (the threads were held), and not after
+ * the 30 s civetweb was given before, which let 4 idle sockets keep the appliance from serving.
+ */
+static void test_silent_sockets_hold_threads_only_until_the_timeout(void)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    struct timespec t0, t1;
+    int idle[5];
+    double waited;
+    char body[512];
+    client c;
+
+    sa.sin_port = htons((uint16_t)eg_server_port(srv, 0));
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    for (size_t i = 0; i < 5; i++) {
+        idle[i] = socket(AF_INET, SOCK_STREAM, 0);
+        CU_ASSERT_FATAL(idle[i] >= 0 && connect(idle[i], (struct sockaddr *)&sa, sizeof(sa)) == 0);
+    }
+    usleep(200000); /* accepted, and each in a handshake that waits for a ClientHello */
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    CU_ASSERT_EQUAL(client_open(&c, 0, TLS1_3_VERSION), 0);
+    if (c.ssl != NULL)
+        CU_ASSERT_EQUAL(request(&c, GET_FULLCMC, body, sizeof(body)), 405);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    client_close(&c);
+    waited = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    fprintf(stderr, "(answered after %.2f s) ", waited);
+    CU_ASSERT(waited >= 0.5);
+    CU_ASSERT(waited < 8.0);
+    for (size_t i = 0; i < 5; i++)
+        close(idle[i]);
+}
+
 /* Head and body leave in one write: one SSL_read gets the whole answer (one TLS record). */
 static void test_answer_in_one_record(void)
 {
@@ -413,6 +455,8 @@ int main(int argc, char **argv)
         {"keep-alive: two requests, one handshake", test_keep_alive_two_requests_one_handshake},
         {"an answer is one TLS record", test_answer_in_one_record},
         {"HTTP/1.0 without keep-alive is closed", test_http10_connection_closes},
+        {"silent sockets hold threads only until the timeout",
+         test_silent_sockets_hold_threads_only_until_the_timeout},
         CU_TEST_INFO_NULL,
     };
 

@@ -409,7 +409,7 @@ static int group_start(eg_server *s, group *g, EVP_PKEY *key, bool tls12)
         .external_ssl_ctx = external_ssl_ctx,
     };
     struct mg_server_port ports[EG_MAX_LISTENERS];
-    char listen[PORTS_LEN], threads[16], keepalive[16], why[256] = "";
+    char listen[PORTS_LEN], threads[16], keepalive[16], timeout[16], why[256] = "";
     const char *options[] = {
         "listening_ports",
         listen,
@@ -419,8 +419,9 @@ static int group_start(eg_server *s, group *g, EVP_PKEY *key, bool tls12)
         "yes",
         "keep_alive_timeout_ms",
         keepalive,
+        /* also the TLS handshake's: a socket that says nothing holds a thread this long */
         "request_timeout_ms",
-        "30000",
+        timeout,
         /* civetweb's own answers (400s of its parser) go out as two writes:
            without this, Nagle holds the second until the client's delayed ACK. */
         "tcp_nodelay",
@@ -437,6 +438,8 @@ static int group_start(eg_server *s, group *g, EVP_PKEY *key, bool tls12)
     group_ports(s, g, listen, sizeof(listen));
     snprintf(threads, sizeof(threads), "%u", s->cfg->threads ? s->cfg->threads : 4);
     snprintf(keepalive, sizeof(keepalive), "%u", s->cfg->keepalive_ms);
+    snprintf(timeout, sizeof(timeout), "%u",
+             s->cfg->request_timeout_ms ? s->cfg->request_timeout_ms : 10000);
     if ((g->mg = mg_start2(&init, &err)) == NULL)
         goto fail;
     /* Starting may have reloaded civetweb's table of OpenSSL functions. */

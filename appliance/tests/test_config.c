@@ -186,6 +186,7 @@ static void test_full_file_loads_every_field(void)
              "max_body = 2M\n"
              "threads = 8\n"
              "keepalive_ms = 5000\n"
+             "request_timeout_ms = 3000\n"
              "ledger = state/ledger.db\n"
              "log_level = debug\n"
              "\n"
@@ -244,6 +245,7 @@ static void test_full_file_loads_every_field(void)
     CU_ASSERT_EQUAL(cfg->max_body, 2 * 1024 * 1024);
     CU_ASSERT_EQUAL(cfg->threads, 8);
     CU_ASSERT_EQUAL(cfg->keepalive_ms, 5000);
+    CU_ASSERT_EQUAL(cfg->request_timeout_ms, 3000);
     /* Relative paths are relative to the file's directory. */
     CU_ASSERT(strncmp(cfg->ledger_path, dir, strlen(dir)) == 0 &&
               strcmp(cfg->ledger_path + strlen(dir), "/state/ledger.db") == 0);
@@ -334,9 +336,13 @@ static void test_defaults_applied(void)
     CU_ASSERT_EQUAL(cfg->listeners[0].port, 8443);
     CU_ASSERT_FALSE(cfg->listeners[0].allow_tls12);
     CU_ASSERT_EQUAL(cfg->max_body, 65536);
-    CU_ASSERT_EQUAL(cfg->threads, cores > 2 ? 2 * (unsigned)cores : 4);
-    CU_ASSERT(cfg->threads >= 4);
+    /* a thread per open connection: at least 64, whatever the cores */
+    CU_ASSERT_EQUAL(cfg->threads, cores > 4 && cores < 64 ? 16 * (unsigned)cores
+                                  : cores >= 64           ? 1024
+                                                          : 64);
+    CU_ASSERT(cfg->threads >= 64);
     CU_ASSERT_EQUAL(cfg->keepalive_ms, 15000);
+    CU_ASSERT_EQUAL(cfg->request_timeout_ms, 10000);
     CU_ASSERT_STRING_EQUAL(cfg->ledger_path, "/var/lib/estgate/ledger.db");
     CU_ASSERT_STRING_EQUAL(cfg->log_level, "info");
     CU_ASSERT_PTR_NULL(cfg->init_args);
@@ -390,6 +396,8 @@ static void test_bad_size_and_numbers(void)
                   "'12x' is not a size; use bytes or a k/M suffix, 1k to 16M");
     expect_errors(SERVER "max_body = 17M\n" TOKEN PROFILE_NONE, 1, 4, "max_body", "1k to 16M");
     expect_errors(SERVER "max_body = 1023\n" TOKEN PROFILE_NONE, 1, 4, "max_body", "1k to 16M");
+    expect_errors(SERVER "request_timeout_ms = 500\n" TOKEN PROFILE_NONE, 1, 4,
+                  "request_timeout_ms", "'500' is not a whole number from 1000 to 600000");
     expect_errors(SERVER_TOKEN PROFILE_NONE "max_days = 3651\n", 1, 12, "max_days",
                   "'3651' is not a whole number from 1 to 3650");
     expect_errors(SERVER_TOKEN PROFILE_NONE "max_days = -1\n", 1, 12, "max_days", "from 1 to 3650");
