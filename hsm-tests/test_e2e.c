@@ -616,6 +616,48 @@ static void test_ambiguous_framing_is_refused_and_closes(void)
     }
 }
 
+/* What a raw request over TLS gets back, headers and body, into res->out. */
+static void raw_request(const char *raw)
+{
+    char req[PATH_MAX], connect[64];
+    char *argv[] = {"openssl", "s_client", "-quiet", "-connect", connect, "-CAfile", ca, NULL};
+
+    snprintf(connect, sizeof(connect), "localhost:%u", port);
+    CU_ASSERT_EQUAL_FATAL(eg_file_write(tpath(req, "raw.txt"), raw, strlen(raw), 0600), 0);
+    eg_child_run(dir, req, argv, res);
+}
+
+/*
+ * HEAD wherever GET (RFC 9110 9.3.2), as a load balancer's health check sends it: the GET's
+ * status and Content-Length, and no body, for refusals too; 405 says which methods are allowed.
+ */
+static void test_head_where_get(void)
+{
+    const char *end;
+
+    raw_request("HEAD /.well-known/est/cacerts HTTP/1.1\r\nHost: localhost\r\n"
+                "Connection: close\r\n\r\n");
+    CU_ASSERT_EQUAL(strncmp(res->out, "HTTP/1.1 200", 12), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(res->out, "smime-type=certs-only"));
+    CU_ASSERT_PTR_NULL(strstr(res->out, "Content-Length: 0\r\n"));
+    CU_ASSERT_PTR_NOT_NULL(end = strstr(res->out, "\r\n\r\n"));
+    if (end != NULL)
+        CU_ASSERT_EQUAL(end[4], '\0'); /* no body */
+
+    raw_request("HEAD /.well-known/est/simpleenroll HTTP/1.1\r\nHost: localhost\r\n"
+                "Connection: close\r\n\r\n");
+    CU_ASSERT_EQUAL(strncmp(res->out, "HTTP/1.1 405", 12), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(res->out, "Allow: POST\r\n"));
+    CU_ASSERT_PTR_NOT_NULL(end = strstr(res->out, "\r\n\r\n"));
+    if (end != NULL)
+        CU_ASSERT_EQUAL(end[4], '\0');
+
+    raw_request("OPTIONS /.well-known/est/csrattrs HTTP/1.1\r\nHost: localhost\r\n"
+                "Connection: close\r\n\r\n");
+    CU_ASSERT_EQUAL(strncmp(res->out, "HTTP/1.1 405", 12), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(res->out, "Allow: GET, HEAD\r\n"));
+}
+
 static void test_tls12_only_where_allowed(void)
 {
     http h;
@@ -1194,6 +1236,7 @@ static CU_TestInfo tests[] = {
     {"wire errors have their status", test_wire_errors_have_their_status},
     {"ambiguous framing is refused and closes the connection",
      test_ambiguous_framing_is_refused_and_closes},
+    {"HEAD wherever GET", test_head_where_get},
     {"TLS 1.2 only where allowed", test_tls12_only_where_allowed},
     {"token unavailable is 503", test_token_unavailable_is_503},
     {"secrets never reach the log", test_secrets_never_reach_the_log},

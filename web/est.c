@@ -400,8 +400,11 @@ static void handle(eg_est *est, const eg_http_req *req, eg_http_resp *resp)
 {
     est_ctx c = {.est = est, .req = req, .resp = resp};
     char why[160];
+    bool get;
 
     memset(resp, 0, sizeof(*resp));
+    /* No answer to a HEAD has a body, refusals included. */
+    resp->head = req->method != NULL && strcmp(req->method, "HEAD") == 0;
     if (route(&c, req->path) != 0) {
         refuse(&c, 404, EG_AUDIT_MALFORMED, NULL, "no such EST resource");
         return;
@@ -411,10 +414,13 @@ static void handle(eg_est *est, const eg_http_req *req, eg_http_resp *resp)
         refuse(&c, 404, EG_AUDIT_MALFORMED, NULL, why);
         return;
     }
-    if (req->method == NULL || strcmp(req->method, ops[c.op].method) != 0) {
+    /* HEAD wherever GET (RFC 9110 9.3.2): load balancers' health checks use it. */
+    get = strcmp(ops[c.op].method, "GET") == 0;
+    if (!(get && resp->head) &&
+        (req->method == NULL || strcmp(req->method, ops[c.op].method) != 0)) {
         snprintf(why, sizeof(why), "%s needs %s", ops[c.op].name, ops[c.op].method);
         refuse(&c, 405, EG_AUDIT_LIMIT, NULL, why);
-        add_header(resp, "Allow: %s", ops[c.op].method);
+        add_header(resp, "Allow: %s", get ? "GET, HEAD" : ops[c.op].method);
         return;
     }
     switch (c.op) {

@@ -52,6 +52,8 @@ typedef struct eg_http_resp {
     bool body_secure;         /* body holds a plaintext private key, in OpenSSL's secure heap: it is
                                  copied only into secure memory and wiped when freed */
     char *content_type_owned; /* when content_type was made for this answer (multipart) */
+    bool head;                /* a HEAD request: the GET's headers, Content-Length included,
+                                 and no body */
 } eg_http_resp;
 
 void eg_http_resp_clear(eg_http_resp *r);

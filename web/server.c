@@ -113,7 +113,7 @@ static void send_response(struct mg_connection *conn, const eg_http_resp *r)
         if (!alive)
             mg_disable_connection_keep_alive(conn);
         memcpy(buf + n, r->body, r->body_len);
-        mg_write(conn, buf, n + r->body_len);
+        mg_write(conn, buf, r->head ? n : n + r->body_len);
     } else {
         mg_disable_connection_keep_alive(conn);
     }
