@@ -23,8 +23,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <civetweb.h>
+#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <sqlite3.h>
 
 #include "config.h"
 #include "core.h"
@@ -45,6 +48,7 @@ static void usage(FILE *fp)
     fputs("usage: estgated [-c FILE]\n"
           "       estgated --check-config FILE\n"
           "       estgated --hash-password   (password on stdin)\n"
+          "       estgated --version\n"
           "\n"
           "Serves EST (RFC 7030) over HTTPS with every signature made in the\n"
           "PKCS#11 token named in the configuration. Default configuration:\n"
@@ -189,6 +193,15 @@ static void fail(const char *fmt, ...)
     eg_err_list_print(&l, stderr, "  ");
 }
 
+/* This build and the libraries it runs with: the first thing support asks for. */
+static void print_version(FILE *fp, const char *config)
+{
+    fprintf(fp, "estgated %s (%s, civetweb %s, SQLite %s)%s%s\n", ESTGATE_VERSION,
+            OpenSSL_version(OPENSSL_VERSION), mg_version(), sqlite3_libversion(),
+            config ? ", configuration " : "", config ? config : "");
+    fflush(fp);
+}
+
 static int run(const char *path)
 {
     eg_config_errors errs = {NULL, 0};
@@ -201,6 +214,7 @@ static int run(const char *path)
     int rc = EX_UNAVAIL_;
 
     block_signals(&set);
+    print_version(stdout, path);
     /* serverkeygen's plaintext keys live only here between the token and SSL_write: locked
        out of swap where RLIMIT_MEMLOCK allows (1; 2 is usable but not locked), wiped on
        free either way. */
@@ -256,6 +270,10 @@ int main(int argc, char **argv)
         return eg_config_check_main(argc, argv);
     if (argc == 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
         usage(stdout);
+        return 0;
+    }
+    if (argc == 2 && strcmp(argv[1], "--version") == 0) {
+        print_version(stdout, NULL);
         return 0;
     }
     if (argc == 1)

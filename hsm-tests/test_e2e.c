@@ -924,6 +924,26 @@ static void test_log_says_how_the_token_is_called(void)
     CU_ASSERT_EQUAL(log_count(serial ? "calls concurrent" : "calls one at a time"), 0);
 }
 
+/* Support's first question, answered by both programs and by the daemon's first line. */
+static void test_version_is_said(void)
+{
+    char tool[PATH_MAX], prov[PATH_MAX];
+    char *est[] = {(char *)eg_child_built("appliance/estgated", tool), "--version", NULL};
+    char *pro[] = {(char *)eg_child_built("provisioning/estgate-provision", prov), "--version",
+                   NULL};
+    const char *line = "estgated " ESTGATE_VERSION " (OpenSSL 3.";
+
+    CU_ASSERT_EQUAL(eg_child_run(dir, NULL, est, res), 0);
+    CU_ASSERT_EQUAL(strncmp(res->out, line, strlen(line)), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(res->out, "civetweb 1.15, SQLite 3."));
+    CU_ASSERT_EQUAL(eg_child_run(dir, NULL, pro, res), 0);
+    CU_ASSERT_EQUAL(strncmp(res->out, "estgate-provision " ESTGATE_VERSION " (OpenSSL 3.",
+                            strlen("estgate-provision " ESTGATE_VERSION " (OpenSSL 3.")),
+                    0);
+    CU_ASSERT(log_count(line) >= 1);
+    CU_ASSERT(log_count(", configuration ") >= 1);
+}
+
 /* Waits (up to 10 s) for the log to say needle more than before times. */
 static int wait_log(const char *needle, int before)
 {
@@ -1241,6 +1261,7 @@ static CU_TestInfo tests[] = {
     {"token unavailable is 503", test_token_unavailable_is_503},
     {"secrets never reach the log", test_secrets_never_reach_the_log},
     {"the log says how the token is called", test_log_says_how_the_token_is_called},
+    {"--version, and the log's first line, name the build", test_version_is_said},
     {"SIGHUP reloads client trust; a broken file changes nothing",
      test_sighup_reloads_client_trust},
     {"SIGHUP leaves [token] calls for a restart", test_sighup_leaves_token_calls_for_a_restart},

@@ -20,8 +20,9 @@ static const char usage[] =
     "  bundle        fleet trust bundles: signer create, create, verify, install\n"
     "  bootstrap     factory bootstrap certificates for a batch of devices\n"
     "\n"
-    "Run `estgate-provision COMMAND --help` for a command's options. Private keys\n"
-    "are made in the token and never leave it; every signature is made there.\n";
+    "Run `estgate-provision COMMAND --help` for a command's options, and\n"
+    "`estgate-provision --version` for this build. Private keys are made in the\n"
+    "token and never leave it; every signature is made there.\n";
 
 static const struct {
     const char *name;
@@ -41,6 +42,10 @@ int main(int argc, char **argv)
     size_t i;
     int rc = EG_EXIT_USAGE;
 
+    if (argc == 2 && strcmp(argv[1], "--version") == 0) {
+        printf("estgate-provision %s (%s)\n", ESTGATE_VERSION, OpenSSL_version(OPENSSL_VERSION));
+        return EG_EXIT_OK;
+    }
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
         fputs(usage, argc < 2 ? stderr : stdout);
         if (argc >= 2)
