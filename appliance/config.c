@@ -25,6 +25,7 @@
 #include <openssl/x509v3.h>
 
 #include "config.h"
+#include "expiry.h"
 #include "p11.h"
 #include "skg.h"
 
@@ -1556,6 +1557,7 @@ static int check_config(const char *path)
            cfg->calls == EG_CALLS_AUTO ? " (calls = auto)" : "");
     for (size_t i = 0; i < cfg->nprofiles; i++)
         print_profile(stdout, &cfg->profiles[i]);
+    eg_expiry_warn(cfg, time(NULL), stdout, "warning: ");
     rc = 0;
 out:
     eg_config_free(cfg);

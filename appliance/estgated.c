@@ -15,6 +15,7 @@
  * "estgated: listening on https://ADDR:PORT/", so that scripts and tests know
  * the port even when the configuration asked for port 0.
  */
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -22,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <civetweb.h>
 #include <openssl/crypto.h>
@@ -32,6 +34,7 @@
 #include "config.h"
 #include "core.h"
 #include "errors.h"
+#include "expiry.h"
 #include "est.h"
 #include "provider.h"
 #include "server.h"
@@ -136,6 +139,7 @@ static void reload(const char *path, const eg_config *run, eg_est *est, eg_serve
         fprintf(stderr, "estgated: reload failed; the running configuration stays in force\n");
         return;
     }
+    eg_expiry_warn(cfg, time(NULL), stderr, "estgated: reload: warning: ");
     /* est owns cfg now and keeps it until the next reload; the names follow it. */
     if (eg_server_reload(srv, cfg) != 0)
         fprintf(stderr, "estgated: reload: the client CA names offered at the handshake are "
@@ -143,14 +147,23 @@ static void reload(const char *path, const eg_config *run, eg_est *est, eg_serve
     fprintf(stderr, "estgated: reloaded %s: %zu profile%s\n", path, n, n == 1 ? "" : "s");
 }
 
+#define EXPIRY_CHECK_S (24 * 3600)
+
+/* Signals, and once a day the certificates' expiry (they run out while estgated runs). */
 static int wait_for_stop(const sigset_t *set, const char *path, const eg_config *run, eg_est *est,
                          eg_server *srv)
 {
+    struct timespec day = {.tv_sec = EXPIRY_CHECK_S};
     int sig;
 
     for (;;) {
-        if (sigwait(set, &sig) != 0)
-            return -1;
+        if ((sig = sigtimedwait(set, NULL, &day)) < 0) {
+            if (errno != EAGAIN && errno != EINTR)
+                return -1;
+            if (errno == EAGAIN)
+                eg_expiry_warn(eg_est_config(est), time(NULL), stderr, "estgated: warning: ");
+            continue;
+        }
         if (sig == SIGHUP) {
             reload(path, run, est, srv);
             continue;
@@ -236,6 +249,7 @@ static int run(const char *path)
         eg_config_errors_clear(&errs);
         return EX_CONFIG_;
     }
+    eg_expiry_warn(cfg, time(NULL), stderr, "estgated: warning: ");
     if (eg_core_open(cfg, &core) != 0) {
         fail("cannot open the token, the CA keys or the ledger");
         goto out;

@@ -106,6 +106,11 @@ void eg_est_free(eg_est *est)
     free(est);
 }
 
+const eg_config *eg_est_config(const eg_est *est)
+{
+    return est->cfg;
+}
+
 int eg_est_reload(eg_est *est, eg_config *cfg)
 {
     eg_auth *auth = NULL, *old_auth;

@@ -70,6 +70,9 @@ void eg_est_free(eg_est *est);
  * still the caller's.
  */
 int eg_est_reload(eg_est *est, eg_config *cfg);
+/* The configuration in force: the one given to eg_est_new, or the last reload's. Only for the
+   thread that reloads (it changes under no one else). */
+const eg_config *eg_est_config(const eg_est *est);
 
 /* Handles one request. Never fails: every outcome is a response. */
 void eg_est_handle(eg_est *est, const eg_http_req *req, eg_http_resp *resp);

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <CUnit/CUnit.h>
@@ -20,6 +21,7 @@
 
 #include "config.h"
 #include "cu_run.h"
+#include "expiry.h"
 #include "p11.h"
 #include "test_certs.h"
 #include "tmpdir.h"
@@ -961,6 +963,74 @@ static void test_check_config_command(void)
     CU_ASSERT(strstr(out, "usage:") != NULL);
 }
 
+/* A self-signed certificate for cert_key that ends `days` days after now, into dir/name. */
+static void write_cert_ending(const char *name, const char *cn, bool ca, time_t now, long days)
+{
+    char path[PATH_MAX + 64];
+    X509 *x = eg_test_self_signed(cert_key, cn, ca, now - EG_TEST_CERT_AHEAD_S + days * 86400);
+    FILE *fp;
+
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    if (x == NULL || (fp = fopen(path, "w")) == NULL || !PEM_write_X509(fp, x) || fclose(fp) != 0)
+        abort();
+    X509_free(x);
+}
+
+/* What eg_expiry_warn says of cfg at now, into out. */
+static size_t expiry_text(const eg_config *cfg, time_t now, char *out, size_t cap)
+{
+    FILE *fp = fmemopen(out, cap, "w");
+    size_t n = eg_expiry_warn(cfg, now, fp, "warning: ");
+
+    fclose(fp);
+    return n;
+}
+
+static void test_certificates_near_their_end_are_warned_of(void)
+{
+    char out[4096], line[PATH_MAX + 256], *argv[] = {"estgated", "--check-config", ini, NULL};
+    time_t now = time(NULL);
+    eg_config *cfg;
+
+    write_cert_ending("old-tls.pem", "localhost", false, now, -2);
+    write_cert_ending("soon-ca.pem", "Soon CA", true, now, 10);
+    write_cert_ending("later-ca.pem", "Later CA", true, now, 60);
+    write_file("estgated.ini",
+               "[server]\ntls_key = pkcs11:object=tls\ntls_chain = old-tls.pem\n" TOKEN
+               "[profile default]\nca_key = pkcs11:object=ca\nca_chain = soon-ca.pem\n"
+               "auth = none\n"
+               "[profile long]\nca_key = pkcs11:object=ca\nca_chain = later-ca.pem\n"
+               "auth = none\nmax_days = 90\n"
+               "[profile short]\nca_key = pkcs11:object=ca\nca_chain = later-ca.pem\n"
+               "auth = none\nmax_days = 30\n"
+               "[profile fine]\nca_key = pkcs11:object=ca\nca_chain = ca.pem\nauth = none\n",
+               0644);
+    CU_ASSERT_EQUAL_FATAL(eg_config_load(ini, &cfg, &errs), 0);
+    CU_ASSERT_EQUAL(expiry_text(cfg, now, out, sizeof(out)), 3);
+    snprintf(line, sizeof(line), "warning: the TLS certificate (%s/old-tls.pem) expired on ", dir);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, line));
+    snprintf(line, sizeof(line),
+             "warning: profile default: the CA certificate (%s/soon-ca.pem) expires on ", dir);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, line));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, ", in 10 days: certificates issued now end with it"));
+    /* 60 days left: worth saying where certificates run for 90, not where they run for 30 */
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "profile long: the CA certificate"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "in 60 days: certificates issued now end with it "
+                                       "(max_days = 90)"));
+    CU_ASSERT_PTR_NULL(strstr(out, "profile short"));
+    CU_ASSERT_PTR_NULL(strstr(out, "profile fine"));
+    /* and a day later, the CA that had 10 days has 9 */
+    CU_ASSERT_EQUAL(expiry_text(cfg, now + 86400, out, sizeof(out)), 3);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, ", in 9 days:"));
+    eg_config_free(cfg);
+
+    /* --check-config says it too, and the file is still OK */
+    CU_ASSERT_EQUAL(run_main(3, argv, NULL, out, sizeof(out)), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, ": OK\n"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "warning: the TLS certificate ("));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "warning: profile default: the CA certificate ("));
+}
+
 static void test_hash_password_command(void)
 {
     char out[512], *argv[] = {"estgated", "--hash-password", NULL};
@@ -1001,6 +1071,7 @@ static CU_TestInfo tests[] = {
     {"malformed password hashes are false", test_password_malformed_hashes},
     {"the example file loads", test_example_file_loads},
     {"estgated --check-config", test_check_config_command},
+    {"certificates near their end are warned of", test_certificates_near_their_end_are_warned_of},
     {"estgated --hash-password", test_hash_password_command},
     CU_TEST_INFO_NULL,
 };
