@@ -148,6 +148,7 @@ static void reload(const char *path, const eg_config *run, eg_est *est, eg_serve
 }
 
 #define EXPIRY_CHECK_S (24 * 3600)
+#define DRAIN_MS       10000 /* a request waiting on a token that is recovering needs up to 10 s */
 
 /* Signals, and once a day the certificates' expiry (they run out while estgated runs). */
 static int wait_for_stop(const sigset_t *set, const char *path, const eg_config *run, eg_est *est,
@@ -224,6 +225,7 @@ static int run(const char *path)
     eg_server *srv = NULL;
     EVP_PKEY *tls_key = NULL;
     sigset_t set;
+    unsigned left;
     int rc = EX_UNAVAIL_;
 
     block_signals(&set);
@@ -267,6 +269,12 @@ static int run(const char *path)
         fail("cannot wait for signals");
         goto out;
     }
+    /* Answers not written before civetweb stops are lost: let the requests in flight finish. */
+    if ((left = eg_server_drain(srv, DRAIN_MS)) > 0)
+        fprintf(stderr, "estgated: stopping with %u request%s still in flight after %u s\n", left,
+                left == 1 ? "" : "s", DRAIN_MS / 1000);
+    else
+        fprintf(stderr, "estgated: every request in flight answered\n");
     rc = 0;
 out:
     eg_server_stop(srv);

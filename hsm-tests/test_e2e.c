@@ -963,6 +963,79 @@ static int sighup_and_wait(const char *needle)
     return kill(daemon_pid, SIGHUP) == 0 ? wait_log(needle, before) : -1;
 }
 
+/* Reads one answer's head (and what follows in the same reads) from ssl into buf. */
+static int read_head(SSL *ssl, char *buf, size_t cap)
+{
+    size_t got = 0;
+    int n;
+
+    buf[0] = '\0';
+    while (got + 1 < cap && strstr(buf, "\r\n\r\n") == NULL) {
+        if ((n = SSL_read(ssl, buf + got, (int)(cap - 1 - got))) <= 0)
+            break;
+        got += (size_t)n;
+        buf[got] = '\0';
+    }
+    return strncmp(buf, "HTTP/1.1 ", 9) == 0 ? atoi(buf + 9) : -1;
+}
+
+/*
+ * SIGTERM while a request is in flight (its body half sent): that request is still answered,
+ * 200 with its certificate; a request that arrives meanwhile gets 503 with Retry-After; then
+ * estgated exits 0. civetweb drops whatever a handler writes once it is stopping, so before
+ * the drain every client in flight at a restart got an empty reply.
+ */
+static void test_sigterm_answers_requests_in_flight(void)
+{
+    char path[PATH_MAX], head[8192], req[8192], user[128], auth[256];
+    SSL_CTX *actx = NULL, *bctx = NULL;
+    SSL *a = NULL, *b = NULL;
+    unsigned char cred[200];
+    size_t len, half;
+    char *body;
+    int n;
+
+    CU_ASSERT_EQUAL_FATAL(
+        make_csr("term", "ec", "term.example.com", "subjectAltName=DNS:term.example.com"), 0);
+    CU_ASSERT_EQUAL_FATAL(csr_b64("term"), 0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(body = eg_file_read(tpath(path, "term.b64"), &len));
+    basic_user(user);
+    EVP_EncodeBlock(cred, (const unsigned char *)user, (int)strlen(user));
+    snprintf(auth, sizeof(auth), "Authorization: Basic %s\r\n", cred);
+    n = snprintf(req, sizeof(req),
+                 "POST /.well-known/est/simpleenroll HTTP/1.1\r\nHost: localhost\r\n%s"
+                 "Content-Type: application/pkcs10\r\nContent-Length: %zu\r\n\r\n",
+                 auth, len);
+    half = len / 2;
+    CU_ASSERT_PTR_NOT_NULL_FATAL(a = tls_connect(&actx, port));
+    CU_ASSERT_EQUAL_FATAL(SSL_write(a, req, n), n);
+    CU_ASSERT_EQUAL_FATAL(SSL_write(a, body, (int)half), (int)half);
+    usleep(300000); /* the handler has the headers and waits for the rest of the body */
+    CU_ASSERT_EQUAL_FATAL(kill(daemon_pid, SIGTERM), 0);
+    CU_ASSERT_EQUAL(wait_log("estgated: SIGTERM, stopping", 0), 0);
+
+    /* meanwhile, a new request: 503, try again */
+    if ((b = tls_connect(&bctx, port)) != NULL) {
+        const char *get = "GET /.well-known/est/cacerts HTTP/1.1\r\nHost: localhost\r\n\r\n";
+
+        SSL_write(b, get, (int)strlen(get));
+        CU_ASSERT_EQUAL(read_head(b, head, sizeof(head)), 503);
+        CU_ASSERT_PTR_NOT_NULL(strstr(head, "Retry-After: "));
+        CU_ASSERT(log_count("reason=\"estgated is stopping; try again shortly\"") >= 1);
+    }
+    tls_close(b, bctx);
+
+    /* the request in flight completes and is answered */
+    CU_ASSERT_EQUAL(SSL_write(a, body + half, (int)(len - half)), (int)(len - half));
+    CU_ASSERT_EQUAL(read_head(a, head, sizeof(head)), 200);
+    CU_ASSERT_PTR_NOT_NULL(strstr(head, "Connection: close"));
+    tls_close(a, actx);
+    CU_ASSERT_EQUAL(eg_fx_daemon_stop(&daemon_pid, 0), 0); /* reaps: it exits by itself */
+    CU_ASSERT(log_count("estgated: every request in flight answered") >= 1);
+    free(body);
+    CU_ASSERT_EQUAL_FATAL(daemon_start(), 0);
+}
+
 /* Whether the server offers a client CA named cn in its CertificateRequest. */
 static bool offers_ca(const char *cn)
 {
@@ -1269,6 +1342,7 @@ static CU_TestInfo tests[] = {
      test_wrong_token_label_names_the_tokens_present},
     {"bundle install makes factory devices trusted", test_bundle_install_trusts_factory_devices},
     {"SIGKILL loses no received certificate", test_sigkill_loses_no_received_certificate},
+    {"SIGTERM answers the requests in flight", test_sigterm_answers_requests_in_flight},
     CU_TEST_INFO_NULL,
 };
 

@@ -1,12 +1,14 @@
 /* civetweb glue: a connection's facts into an eg_http_req, the eg_http_resp back out. */
 #include <link.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <civetweb.h>
 #include <openssl/crypto.h>
@@ -36,6 +38,8 @@ struct eg_server {
     group groups[GROUPS];
     unsigned ports[EG_MAX_LISTENERS];
     eg_tls_ca_names *ca_names;
+    atomic_uint inflight; /* requests inside on_request */
+    atomic_bool draining; /* eg_server_drain has begun */
 };
 
 /* civetweb asks at start (*ssl_ctx NULL) and at stop: ours both times, freed by us. */
@@ -83,9 +87,9 @@ static bool keeps_alive(const struct mg_connection *conn)
  * which cost an enrollment a second SSL_write and send path (11% of the
  * daemon's CPU under load, docs/benchmarks.md).
  */
-static void send_response(struct mg_connection *conn, const eg_http_resp *r)
+static void send_response(struct mg_connection *conn, const eg_http_resp *r, bool closing)
 {
-    bool alive = keeps_alive(conn);
+    bool alive = !closing && keeps_alive(conn);
     char date[64];
     struct tm tm;
     time_t now = time(NULL);
@@ -260,10 +264,9 @@ static const char *framing_error(const struct mg_request_info *ri, int *status)
     return NULL;
 }
 
-static int on_request(struct mg_connection *conn)
+static int serve(struct mg_connection *conn, eg_server *srv)
 {
     const struct mg_request_info *ri = mg_get_request_info(conn);
-    eg_server *srv = ((group *)ri->user_data)->srv;
     eg_http_req req = {0};
     eg_http_resp resp = {0};
     uint8_t *ders[MAX_CHAIN] = {NULL}, *body = NULL;
@@ -288,12 +291,47 @@ static int on_request(struct mg_connection *conn)
     req.client_certs = (const uint8_t *const *)ders;
     req.client_cert_lens = lens;
     eg_est_handle(srv->est, &req, &resp);
-    send_response(conn, &resp);
+    send_response(conn, &resp, atomic_load(&srv->draining));
     status = resp.status;
     eg_http_resp_clear(&resp);
     for (size_t i = 0; i < req.n_client_certs; i++)
         OPENSSL_free(ders[i]);
     free(body);
+    return status;
+}
+
+/* A request that arrives once the daemon is stopping: try again, elsewhere or later. */
+static int refuse_stopping(struct mg_connection *conn, eg_server *srv)
+{
+    static const char reason[] = "estgated is stopping; try again shortly";
+    eg_http_req req = {0};
+    char peer[80], len[24];
+
+    snprintf(len, sizeof(len), "%zu", sizeof(reason)); /* the reason and its newline */
+    fill_request(conn, &req, peer, sizeof(peer));
+    eg_est_audit(srv->est, &req, EG_AUDIT_UNAVAILABLE, reason);
+    mg_disable_connection_keep_alive(conn);
+    mg_response_header_start(conn, 503);
+    mg_response_header_add(conn, "Content-Type", EG_WIRE_CT_TEXT, -1);
+    mg_response_header_add(conn, "Retry-After", "5", -1);
+    mg_response_header_add(conn, "Content-Length", len, -1);
+    mg_response_header_send(conn);
+    mg_printf(conn, "%s\n", reason);
+    return 503;
+}
+
+/*
+ * Counted before draining is read, so that eg_server_drain, which sets draining and then waits
+ * for the count to reach 0, never misses a request that will still write.
+ */
+static int on_request(struct mg_connection *conn)
+{
+    eg_server *srv = ((group *)mg_get_request_info(conn)->user_data)->srv;
+    int status;
+
+    atomic_fetch_add(&srv->inflight, 1);
+    status = atomic_load(&srv->draining) ? refuse_stopping(conn, srv) : serve(conn, srv);
+    atomic_fetch_sub(&srv->inflight, 1);
     return status;
 }
 
@@ -475,6 +513,8 @@ int eg_server_start(const eg_config *cfg, eg_est *est, EVP_PKEY *tls_key, eg_ser
 
     if (s == NULL)
         return -1;
+    atomic_init(&s->inflight, 0);
+    atomic_init(&s->draining, false);
     pthread_once(&library_once, library_init);
     if (library_rc != 0)
         goto out;
@@ -502,6 +542,20 @@ int eg_server_start(const eg_config *cfg, eg_est *est, EVP_PKEY *tls_key, eg_ser
 out:
     eg_server_stop(s);
     return rc;
+}
+
+unsigned eg_server_drain(eg_server *s, unsigned max_ms)
+{
+    unsigned waited = 0, left;
+
+    if (s == NULL)
+        return 0;
+    atomic_store(&s->draining, true);
+    while ((left = atomic_load(&s->inflight)) > 0 && waited < max_ms) {
+        usleep(10000);
+        waited += 10;
+    }
+    return left;
 }
 
 void eg_server_stop(eg_server *s)

@@ -20,7 +20,14 @@ typedef struct eg_server eg_server;
  * reference. cfg and est must outlive the server.
  */
 int eg_server_start(const eg_config *cfg, eg_est *est, EVP_PKEY *tls_key, eg_server **out);
-/* Stops accepting, finishes requests in flight, frees; NULL is a no-op. */
+/*
+ * Before a stop: from now on a new request gets 503 with Retry-After and every answer closes its
+ * connection; waits until the requests already in flight have been answered, or max_ms. Returns
+ * how many were still in flight then. (civetweb drops what a handler writes once mg_stop has
+ * begun, so an answer not sent by then is lost.)
+ */
+unsigned eg_server_drain(eg_server *s, unsigned max_ms);
+/* Stops listening, closes every connection, frees; NULL is a no-op. Drain first. */
 void eg_server_stop(eg_server *s);
 /* After eg_est_reload: offers cfg's client CA names from the next handshake on. 0 or -1. */
 int eg_server_reload(eg_server *s, const eg_config *cfg);
