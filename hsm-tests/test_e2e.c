@@ -205,6 +205,24 @@ static char *basic_user(char *buf)
     return buf;
 }
 
+/* A raw request: method, /.well-known/est/path, alice's Basic credentials and Content-Type
+   application/pkcs10, then rest (the framing headers, the blank line, any body). Its length, or
+   -1 when it does not fit in cap. */
+static int raw_text(char *buf, size_t cap, const char *method, const char *path, const char *rest)
+{
+    char user[128];
+    unsigned char b64[200];
+    int n;
+
+    basic_user(user);
+    EVP_EncodeBlock(b64, (const unsigned char *)user, (int)strlen(user));
+    n = snprintf(buf, cap,
+                 "%s /.well-known/est/%s HTTP/1.1\r\nHost: localhost\r\n"
+                 "Authorization: Basic %s\r\nContent-Type: application/pkcs10\r\n%s",
+                 method, path, b64, rest);
+    return n > 0 && (size_t)n < cap ? n : -1;
+}
+
 /* A P-256 (or spec'd) key and a DER CSR for cn with SAN dns. */
 static int make_csr(const char *name, const char *newkey, const char *cn, const char *ext)
 {
@@ -587,22 +605,16 @@ static void test_ambiguous_framing_is_refused_and_closes(void)
     };
     const char *next = "GET /.well-known/est/cacerts HTTP/1.1\r\nHost: localhost\r\n"
                        "Connection: close\r\n\r\n";
-    char req[PATH_MAX], connect[64], raw[1024], user[128], b64[256], status[32];
+    char req[PATH_MAX], connect[64], raw[1024], rest[512], status[32];
     char *argv[] = {"openssl", "s_client", "-quiet", "-connect", connect, "-CAfile", ca, NULL};
-    unsigned char cred[128];
 
     snprintf(connect, sizeof(connect), "localhost:%u", port);
-    basic_user(user);
-    EVP_EncodeBlock(cred, (const unsigned char *)user, (int)strlen(user));
-    snprintf(b64, sizeof(b64), "%s", (const char *)cred);
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         bool sound = i == sizeof(cases) / sizeof(cases[0]) - 1;
         const char *second;
 
-        snprintf(raw, sizeof(raw),
-                 "POST /.well-known/est/simpleenroll HTTP/1.1\r\nHost: localhost\r\n"
-                 "Authorization: Basic %s\r\nContent-Type: application/pkcs10\r\n%s%s",
-                 b64, cases[i].framing, next);
+        snprintf(rest, sizeof(rest), "%s%s", cases[i].framing, next);
+        CU_ASSERT_FATAL(raw_text(raw, sizeof(raw), "POST", "simpleenroll", rest) > 0);
         CU_ASSERT_EQUAL_FATAL(eg_file_write(tpath(req, "framing.txt"), raw, strlen(raw), 0600), 0);
         eg_child_run(dir, req, argv, res);
         snprintf(status, sizeof(status), "HTTP/1.1 %d", cases[i].status);
@@ -703,32 +715,33 @@ static void tls_close(SSL *ssl, SSL_CTX *ctx)
     SSL_CTX_free(ctx);
 }
 
+/* Reads one answer's head (and what follows in the same reads) from ssl into buf. */
+static int read_head(SSL *ssl, char *buf, size_t cap)
+{
+    size_t got = 0;
+    int n;
+
+    buf[0] = '\0';
+    while (got + 1 < cap && strstr(buf, "\r\n\r\n") == NULL) {
+        if ((n = SSL_read(ssl, buf + got, (int)(cap - 1 - got))) <= 0)
+            break;
+        got += (size_t)n;
+        buf[got] = '\0';
+    }
+    return strncmp(buf, "HTTP/1.1 ", 9) == 0 ? atoi(buf + 9) : -1;
+}
+
 /* One request on ssl; the answer's head in head (NUL-terminated); the status. */
 static int tls_request(SSL *ssl, const char *method, const char *path, const char *body, char *head,
                        size_t cap)
 {
-    char user[128], auth[256], req[8192];
-    unsigned char b64[200];
-    size_t got = 0;
+    char rest[4096], req[8192];
     int n;
 
-    basic_user(user);
-    EVP_EncodeBlock(b64, (const unsigned char *)user, (int)strlen(user));
-    snprintf(auth, sizeof(auth), "Authorization: Basic %s\r\n", b64);
-    n = snprintf(req, sizeof(req),
-                 "%s /.well-known/est/%s HTTP/1.1\r\nHost: localhost\r\n%s"
-                 "Content-Type: application/pkcs10\r\nContent-Length: %zu\r\n\r\n%s",
-                 method, path, auth, strlen(body), body);
-    if (n <= 0 || (size_t)n >= sizeof(req) || SSL_write(ssl, req, n) != n)
+    snprintf(rest, sizeof(rest), "Content-Length: %zu\r\n\r\n%s", strlen(body), body);
+    if ((n = raw_text(req, sizeof(req), method, path, rest)) < 0 || SSL_write(ssl, req, n) != n)
         return -1;
-    head[0] = 0;
-    while (got + 1 < cap && strstr(head, "\r\n\r\n") == NULL) {
-        if ((n = SSL_read(ssl, head + got, (int)(cap - 1 - got))) <= 0)
-            break;
-        got += (size_t)n;
-        head[got] = 0;
-    }
-    return strncmp(head, "HTTP/1.1 ", 9) == 0 ? atoi(head + 9) : -1;
+    return read_head(ssl, head, cap);
 }
 
 /*
@@ -963,22 +976,6 @@ static int sighup_and_wait(const char *needle)
     return kill(daemon_pid, SIGHUP) == 0 ? wait_log(needle, before) : -1;
 }
 
-/* Reads one answer's head (and what follows in the same reads) from ssl into buf. */
-static int read_head(SSL *ssl, char *buf, size_t cap)
-{
-    size_t got = 0;
-    int n;
-
-    buf[0] = '\0';
-    while (got + 1 < cap && strstr(buf, "\r\n\r\n") == NULL) {
-        if ((n = SSL_read(ssl, buf + got, (int)(cap - 1 - got))) <= 0)
-            break;
-        got += (size_t)n;
-        buf[got] = '\0';
-    }
-    return strncmp(buf, "HTTP/1.1 ", 9) == 0 ? atoi(buf + 9) : -1;
-}
-
 /*
  * SIGTERM while a request is in flight (its body half sent): that request is still answered,
  * 200 with its certificate; a request that arrives meanwhile gets 503 with Retry-After; then
@@ -987,10 +984,9 @@ static int read_head(SSL *ssl, char *buf, size_t cap)
  */
 static void test_sigterm_answers_requests_in_flight(void)
 {
-    char path[PATH_MAX], head[8192], req[8192], user[128], auth[256];
+    char path[PATH_MAX], head[8192], req[8192], rest[64];
     SSL_CTX *actx = NULL, *bctx = NULL;
     SSL *a = NULL, *b = NULL;
-    unsigned char cred[200];
     size_t len, half;
     char *body;
     int n;
@@ -999,13 +995,8 @@ static void test_sigterm_answers_requests_in_flight(void)
         make_csr("term", "ec", "term.example.com", "subjectAltName=DNS:term.example.com"), 0);
     CU_ASSERT_EQUAL_FATAL(csr_b64("term"), 0);
     CU_ASSERT_PTR_NOT_NULL_FATAL(body = eg_file_read(tpath(path, "term.b64"), &len));
-    basic_user(user);
-    EVP_EncodeBlock(cred, (const unsigned char *)user, (int)strlen(user));
-    snprintf(auth, sizeof(auth), "Authorization: Basic %s\r\n", cred);
-    n = snprintf(req, sizeof(req),
-                 "POST /.well-known/est/simpleenroll HTTP/1.1\r\nHost: localhost\r\n%s"
-                 "Content-Type: application/pkcs10\r\nContent-Length: %zu\r\n\r\n",
-                 auth, len);
+    snprintf(rest, sizeof(rest), "Content-Length: %zu\r\n\r\n", len);
+    CU_ASSERT_FATAL((n = raw_text(req, sizeof(req), "POST", "simpleenroll", rest)) > 0);
     half = len / 2;
     CU_ASSERT_PTR_NOT_NULL_FATAL(a = tls_connect(&actx, port));
     CU_ASSERT_EQUAL_FATAL(SSL_write(a, req, n), n);
