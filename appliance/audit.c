@@ -120,10 +120,41 @@ void eg_audit_format(const eg_audit_record *rec, char *buf, size_t cap)
         put_field(&l, "reason", rec->reason);
 }
 
+static _Atomic eg_log_level log_level = EG_LOG_INFO;
+
+eg_log_level eg_log_level_parse(const char *name)
+{
+    if (name != NULL && strcmp(name, "warning") == 0)
+        return EG_LOG_WARNING;
+    if (name != NULL && strcmp(name, "debug") == 0)
+        return EG_LOG_DEBUG;
+    return EG_LOG_INFO;
+}
+
+void eg_log_set_level(eg_log_level level)
+{
+    log_level = level;
+}
+
+eg_log_level eg_log_get_level(void)
+{
+    return log_level;
+}
+
+bool eg_audit_logged(eg_audit_kind kind)
+{
+    bool success = kind == EG_AUDIT_ISSUED || kind == EG_AUDIT_REISSUED ||
+                   kind == EG_AUDIT_SERVERKEYGEN || kind == EG_AUDIT_CACERTS;
+
+    return !success || log_level != EG_LOG_WARNING;
+}
+
 void eg_audit_log(const eg_audit_record *rec)
 {
     char line[1024];
 
+    if (!eg_audit_logged(rec->kind))
+        return;
     eg_audit_format(rec, line, sizeof(line) - 1);
     /* One write per line, so concurrent events do not interleave. */
     strcat(line, "\n");

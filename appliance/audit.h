@@ -5,6 +5,7 @@
 #ifndef EG_AUDIT_H
 #define EG_AUDIT_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "core.h"
@@ -33,5 +34,21 @@ void eg_audit_event_fill(const eg_audit_record *rec, eg_audit_event *ev, char *d
 
 /* Formats the log line into buf (always NUL-terminated); for tests and the emitter. */
 void eg_audit_format(const eg_audit_record *rec, char *buf, size_t cap);
+
+/*
+ * [server] log_level. warning: no line for an answer that succeeded (issued, reissued,
+ * serverkeygen; their ledger rows are kept all the same); info (the default): a line for every
+ * event; debug: also civetweb's line for each connection closed before its TLS handshake (a load
+ * balancer's TCP check, a port scan), which the other levels leave out.
+ */
+typedef enum eg_log_level { EG_LOG_WARNING, EG_LOG_INFO, EG_LOG_DEBUG } eg_log_level;
+
+/* "warning", "info" or "debug" (NULL: info); anything else is info. */
+eg_log_level eg_log_level_parse(const char *name);
+/* Process-wide; set at start and at each reload, read by every request thread. */
+void eg_log_set_level(eg_log_level level);
+eg_log_level eg_log_get_level(void);
+/* Whether the line of an event of kind is written at the current level. */
+bool eg_audit_logged(eg_audit_kind kind);
 
 #endif

@@ -33,6 +33,7 @@
 
 #include "config.h"
 #include "core.h"
+#include "audit.h"
 #include "errors.h"
 #include "expiry.h"
 #include "est.h"
@@ -140,6 +141,7 @@ static void reload(const char *path, const eg_config *run, eg_est *est, eg_serve
         return;
     }
     eg_expiry_warn(cfg, time(NULL), stderr, "estgated: reload: warning: ");
+    eg_log_set_level(eg_log_level_parse(cfg->log_level));
     /* est owns cfg now and keeps it until the next reload; the names follow it. */
     if (eg_server_reload(srv, cfg) != 0)
         fprintf(stderr, "estgated: reload: the client CA names offered at the handshake are "
@@ -251,6 +253,7 @@ static int run(const char *path)
         eg_config_errors_clear(&errs);
         return EX_CONFIG_;
     }
+    eg_log_set_level(eg_log_level_parse(cfg->log_level));
     eg_expiry_warn(cfg, time(NULL), stderr, "estgated: warning: ");
     if (eg_core_open(cfg, &core) != 0) {
         fail("cannot open the token, the CA keys or the ledger");

@@ -1111,6 +1111,27 @@ static void test_sighup_reloads_client_trust(void)
     free(two);
 }
 
+/* Writes text (the running configuration, len octets) to the ini file with line put in just
+   after the first anchor (before it, with before); the caller writes text back afterwards. */
+static int ini_with_line(const char *text, size_t len, const char *anchor, bool before,
+                         const char *line)
+{
+    const char *a = strstr(text, anchor);
+    size_t pos, n = strlen(line);
+    char *edited;
+    int rc;
+
+    if (a == NULL || (edited = malloc(len + n)) == NULL)
+        return -1;
+    pos = (size_t)(a - text) + (before ? 0 : strlen(anchor));
+    memcpy(edited, text, pos);
+    memcpy(edited + pos, line, n);
+    memcpy(edited + pos + n, text + pos, len - pos);
+    rc = eg_file_write(ini, edited, len + n, 0600);
+    free(edited);
+    return rc;
+}
+
 /*
  * [token] takes effect at a restart only: a reload that changes calls says so
  * and applies the rest, and the token goes on being called as before.
@@ -1119,20 +1140,14 @@ static void test_sighup_leaves_token_calls_for_a_restart(void)
 {
     const char *other = kind == EG_TH_P11KIT ? "concurrent" : "serial";
     const char *was = kind == EG_TH_P11KIT ? "calls one at a time" : "calls concurrent";
-    const char *anchor = "recover_ms = 1500\n";
-    size_t inilen, at;
-    char *text = eg_file_read(ini, &inilen), *edited = NULL, line[64];
+    size_t inilen;
+    char *text = eg_file_read(ini, &inilen), line[64];
     int logged = log_count(was);
     http h;
 
-    CU_ASSERT_FATAL(text != NULL && strstr(text, anchor) != NULL);
-    at = (size_t)(strstr(text, anchor) - text) + strlen(anchor);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(text);
     snprintf(line, sizeof(line), "calls = %s\n", other);
-    CU_ASSERT_FATAL((edited = malloc(inilen + strlen(line))) != NULL);
-    memcpy(edited, text, at);
-    memcpy(edited + at, line, strlen(line));
-    memcpy(edited + at + strlen(line), text + at, inilen - at);
-    CU_ASSERT_EQUAL_FATAL(eg_file_write(ini, edited, inilen + strlen(line), 0600), 0);
+    CU_ASSERT_EQUAL_FATAL(ini_with_line(text, inilen, "recover_ms = 1500\n", false, line), 0);
     CU_ASSERT_EQUAL(sighup_and_wait("estgated: reloaded "), 0);
     CU_ASSERT(log_count("reload: [token] calls changed; it takes effect at the next restart") >= 1);
     CU_ASSERT_EQUAL(log_count(was), logged); /* the token was not opened again */
@@ -1143,7 +1158,6 @@ static void test_sighup_leaves_token_calls_for_a_restart(void)
 
     CU_ASSERT_EQUAL(eg_file_write(ini, text, inilen, 0600), 0);
     CU_ASSERT_EQUAL(sighup_and_wait("estgated: reloaded "), 0);
-    free(edited);
     free(text);
 }
 
@@ -1177,6 +1191,59 @@ static void test_wrong_token_label_names_the_tokens_present(void)
     CU_ASSERT_PTR_NULL(strstr(res->err, ".c:"));
     CU_ASSERT_PTR_NULL(strstr(res->err, ":error:"));
     free(edited);
+    free(text);
+}
+
+/* Opens a TCP connection to the TLS 1.3 listener and closes it without a handshake. */
+static void connect_and_close(void)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    CU_ASSERT(fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0);
+    if (fd >= 0)
+        close(fd);
+}
+
+/*
+ * [server] log_level: a connection closed before its handshake (a load balancer's TCP check)
+ * writes nothing at info; at warning, set by a reload, a success writes no line (a new
+ * certificate or one sent again; the ledger rows stay) while a refusal still does.
+ */
+static void test_log_level(void)
+{
+    size_t inilen;
+    char *text = eg_file_read(ini, &inilen), data[PATH_MAX + 1];
+    int eof = log_count("unexpected eof"), issued, badpw;
+    http h;
+
+    connect_and_close();
+    usleep(300000);
+    CU_ASSERT_EQUAL(log_count("unexpected eof"), eof);
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(text);
+    CU_ASSERT_EQUAL_FATAL(ini_with_line(text, inilen, "\n[token]\n", true, "\nlog_level = warning"),
+                          0);
+    CU_ASSERT_EQUAL(sighup_and_wait("estgated: reloaded "), 0);
+    issued = log_count("event=issued");
+    badpw = log_count("event=auth.bad_password");
+    CU_ASSERT_EQUAL_FATAL(
+        make_csr("quiet", "ec", "quiet.example.com", "subjectAltName=DNS:quiet.example.com"), 0);
+    CU_ASSERT_EQUAL_FATAL(csr_b64("quiet"), 0);
+    CU_ASSERT_EQUAL(enroll(&h, "simpleenroll", "quiet", NULL, NULL, NULL, NULL, NULL), 200);
+    CU_ASSERT_EQUAL(enroll(&h, "simpleenroll", "quiet", NULL, NULL, NULL, NULL, NULL), 200);
+    CU_ASSERT_EQUAL(curl(&h, port, "simpleenroll", "-u", "alice:wrong", "-H",
+                         "Content-Type: application/pkcs10", "--data-binary", at(data, "quiet.b64"),
+                         NULL),
+                    401);
+    CU_ASSERT_EQUAL(log_count("event=issued"), issued);
+    CU_ASSERT_EQUAL(log_count("event=auth.bad_password"), badpw + 1);
+
+    CU_ASSERT_EQUAL(eg_file_write(ini, text, inilen, 0600), 0);
+    CU_ASSERT_EQUAL(sighup_and_wait("estgated: reloaded "), 0);
+    CU_ASSERT_EQUAL(enroll(&h, "simpleenroll", "quiet", NULL, NULL, NULL, NULL, NULL), 200);
+    CU_ASSERT_EQUAL(log_count("event=issued"), issued + 1); /* info again: "(sent again)" */
     free(text);
 }
 
@@ -1329,6 +1396,7 @@ static CU_TestInfo tests[] = {
     {"SIGHUP reloads client trust; a broken file changes nothing",
      test_sighup_reloads_client_trust},
     {"SIGHUP leaves [token] calls for a restart", test_sighup_leaves_token_calls_for_a_restart},
+    {"log_level: quiet handshakes, and warning by a reload", test_log_level},
     {"a wrong token label names the tokens the module shows",
      test_wrong_token_label_names_the_tokens_present},
     {"bundle install makes factory devices trusted", test_bundle_install_trusts_factory_devices},

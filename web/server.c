@@ -15,6 +15,7 @@
 #include <openssl/err.h>
 #include <openssl/x509.h>
 
+#include "audit.h"
 #include "errors.h"
 #include "server.h"
 #include "tls.h"
@@ -418,8 +419,18 @@ static int civetweb_fix_openssl3(void)
     return 0;
 }
 
+/*
+ * civetweb's own messages. A peer that connects and closes without a TLS handshake (a load
+ * balancer's TCP check, a port scan) makes a "sslize error: ... unexpected eof" each time: that
+ * is for debug only. Other handshake failures (no shared cipher, a device that does not trust
+ * the server's CA) say why a device cannot connect and stay.
+ */
 static int log_message(const struct mg_connection *conn, const char *message)
 {
+    (void)conn;
+    if (eg_log_get_level() != EG_LOG_DEBUG && strstr(message, "sslize error") != NULL &&
+        strstr(message, "unexpected eof") != NULL)
+        return 1;
     fprintf(stderr, "estgated web: %s\n", message);
     return 1;
 }
