@@ -6,6 +6,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
@@ -47,6 +48,10 @@ struct eg_auth {
        and a new entry replaces the oldest of its set. */
     cache_entry cache[EG_AUTH_CACHE_ENTRIES];
     atomic_uint_fast64_t kdf_runs;
+    /* The KDF gate: at most kdf_slots password checks at once. */
+    pthread_mutex_t kdf_lock;
+    pthread_cond_t kdf_free;
+    unsigned kdf_slots, kdf_busy, kdf_peak, kdf_wait_ms;
 };
 
 static uint64_t now_seconds(void)
@@ -66,6 +71,18 @@ int eg_auth_new(const eg_config *cfg, eg_auth **out)
         return -1;
     a->cfg = cfg;
     pthread_mutex_init(&a->lock, NULL);
+    pthread_mutex_init(&a->kdf_lock, NULL);
+    {
+        pthread_condattr_t ca;
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+
+        pthread_condattr_init(&ca);
+        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+        pthread_cond_init(&a->kdf_free, &ca);
+        pthread_condattr_destroy(&ca);
+        a->kdf_slots = cores > 1 ? (unsigned)(cores + 1) / 2 : 1;
+        a->kdf_wait_ms = 5000;
+    }
     if ((a->hmac = EVP_MAC_fetch(NULL, "HMAC", NULL)) == NULL ||
         RAND_bytes(a->key, sizeof(a->key)) != 1)
         goto out;
@@ -99,12 +116,64 @@ void eg_auth_free(eg_auth *a)
     OPENSSL_cleanse(a->key, sizeof(a->key));
     OPENSSL_cleanse(a->cache, sizeof(a->cache));
     pthread_mutex_destroy(&a->lock);
+    pthread_mutex_destroy(&a->kdf_lock);
+    pthread_cond_destroy(&a->kdf_free);
     free(a);
 }
 
 uint64_t eg_auth_kdf_runs(eg_auth *a)
 {
     return atomic_load(&a->kdf_runs);
+}
+
+void eg_auth_set_kdf_limits(eg_auth *a, unsigned slots, unsigned wait_ms)
+{
+    pthread_mutex_lock(&a->kdf_lock);
+    a->kdf_slots = slots ? slots : 1;
+    a->kdf_wait_ms = wait_ms;
+    a->kdf_peak = 0;
+    pthread_mutex_unlock(&a->kdf_lock);
+}
+
+unsigned eg_auth_kdf_peak(eg_auth *a)
+{
+    unsigned peak;
+
+    pthread_mutex_lock(&a->kdf_lock);
+    peak = a->kdf_peak;
+    pthread_mutex_unlock(&a->kdf_lock);
+    return peak;
+}
+
+/* A slot for one KDF run, waiting up to kdf_wait_ms; false when none came free. */
+static bool kdf_enter(eg_auth *a)
+{
+    struct timespec until;
+    bool got = true;
+
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_sec += (time_t)(a->kdf_wait_ms / 1000);
+    until.tv_nsec += (long)(a->kdf_wait_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&a->kdf_lock);
+    while (a->kdf_busy >= a->kdf_slots && got)
+        got = pthread_cond_timedwait(&a->kdf_free, &a->kdf_lock, &until) == 0 ||
+              a->kdf_busy < a->kdf_slots;
+    if (got && ++a->kdf_busy > a->kdf_peak)
+        a->kdf_peak = a->kdf_busy;
+    pthread_mutex_unlock(&a->kdf_lock);
+    return got;
+}
+
+static void kdf_leave(eg_auth *a)
+{
+    pthread_mutex_lock(&a->kdf_lock);
+    a->kdf_busy--;
+    pthread_cond_signal(&a->kdf_free);
+    pthread_mutex_unlock(&a->kdf_lock);
 }
 
 /* Strict base64 of a Basic credential: whole quanta, "=" only at the end. */
@@ -264,21 +333,28 @@ static const eg_user_cfg *find_user(const eg_profile_cfg *p, const char *name)
 }
 
 /* The password check, through the cache; only verified credentials are cached. */
-static bool password_ok(eg_auth *a, const eg_profile_cfg *p, const char *user, const char *pw,
-                        const char *hash)
+typedef enum { PW_OK, PW_WRONG, PW_BUSY } pw_result;
+
+static pw_result password_ok(eg_auth *a, const eg_profile_cfg *p, const char *user, const char *pw,
+                             const char *hash)
 {
     uint8_t mac[MAC_LEN];
     bool have_mac = credential_mac(a, p->name, user, pw, hash, mac) == 0;
     bool ok;
 
     if (have_mac && cache_hit(a, mac))
-        return true;
+        return PW_OK;
+    if (!kdf_enter(a)) {
+        OPENSSL_cleanse(mac, sizeof(mac));
+        return PW_BUSY;
+    }
     atomic_fetch_add(&a->kdf_runs, 1);
     ok = eg_password_verify(pw, hash);
+    kdf_leave(a);
     if (ok && have_mac)
         cache_add(a, mac);
     OPENSSL_cleanse(mac, sizeof(mac));
-    return ok;
+    return ok ? PW_OK : PW_WRONG;
 }
 
 int eg_auth_basic(eg_auth *a, const eg_profile_cfg *p, const char *header, eg_auth_result *res)
@@ -297,7 +373,16 @@ int eg_auth_basic(eg_auth *a, const eg_profile_cfg *p, const char *header, eg_au
         goto out;
     snprintf(res->principal, sizeof(res->principal), "basic:%s", user);
     u = find_user(p, user);
-    if (!password_ok(a, p, user, pw, u != NULL ? u->hash : DUMMY_HASH)) {
+    switch (password_ok(a, p, user, pw, u != NULL ? u->hash : DUMMY_HASH)) {
+    case PW_OK:
+        break;
+    case PW_BUSY:
+        res->busy = true;
+        res->fail = EG_AUDIT_UNAVAILABLE;
+        snprintf(res->reason, sizeof(res->reason),
+                 "too many password checks at once; try again shortly");
+        goto out;
+    case PW_WRONG:
         res->fail = u != NULL ? EG_AUDIT_AUTH_BAD_PASSWORD : EG_AUDIT_AUTH_UNKNOWN_USER;
         snprintf(res->reason, sizeof(res->reason), REASON_BADPW);
         goto out;

@@ -7,6 +7,7 @@
 #ifndef EG_AUTH_H
 #define EG_AUTH_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -20,6 +21,7 @@ typedef struct eg_auth eg_auth;
 
 typedef struct eg_auth_result {
     eg_audit_kind fail;  /* on refusal: auth.missing, auth.bad_password, ... */
+    bool busy;           /* refused unchecked: password checks were all taken (answer 503) */
     char principal[160]; /* "basic:<user>", "cert:<sha256 hex of the leaf DER>" */
     char reason[200];    /* for the client and the log; never a secret */
 } eg_auth_result;
@@ -42,5 +44,14 @@ int eg_auth_cert(eg_auth *a, const eg_profile_cfg *p, const uint8_t *const *cert
 
 /* How many times the password KDF ran (eg_password_verify calls): for tests. */
 uint64_t eg_auth_kdf_runs(eg_auth *a);
+
+/*
+ * A password not in the cache costs a deliberately slow KDF (about half a second of a core), so
+ * wrong guesses could take every core. At most `slots` run at once (default: half the cores,
+ * at least 1); a check that finds none free within wait_ms (default 5000) is refused as busy.
+ * For tests, and the peak of checks seen running at once.
+ */
+void eg_auth_set_kdf_limits(eg_auth *a, unsigned slots, unsigned wait_ms);
+unsigned eg_auth_kdf_peak(eg_auth *a);
 
 #endif

@@ -309,7 +309,10 @@ static unsigned authenticate(est_ctx *c, char *principal, size_t plen)
         snprintf(principal, plen, "anonymous");
         return EG_AUTH_NONE;
     }
-    if (basic_tried || ((modes & EG_AUTH_BASIC) && !cert_tried)) {
+    if (basic_tried && basic.busy) {
+        refuse(c, 503, basic.fail, basic.principal, basic.reason);
+        add_header(c->resp, "Retry-After: 5");
+    } else if (basic_tried || ((modes & EG_AUTH_BASIC) && !cert_tried)) {
         if (!basic_tried)
             snprintf(basic.reason, sizeof(basic.reason), "credentials required");
         unauthorized(c, &basic);

@@ -4,6 +4,7 @@
  * certificates are verified per profile, so one from profile A's CA is
  * refused on profile B.
  */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -237,6 +238,69 @@ static void test_unknown_and_missing(void)
     CU_ASSERT_PTR_NOT_NULL(strstr(res.reason, "not base64"));
 }
 
+typedef struct attempt {
+    char header[256];
+    eg_auth_result res;
+    int rc;
+} attempt;
+
+static void *attempt_run(void *arg)
+{
+    attempt *t = arg;
+
+    t->rc = eg_auth_basic(auth, &cfg.profiles[0], t->header, &t->res);
+    return NULL;
+}
+
+/*
+ * Password checks not in the cache run at most `slots` at once, so wrong guesses cannot take
+ * every core; one that finds no slot free in time is refused as busy (503), and a device whose
+ * password is cached is not held up by them.
+ */
+static void test_password_checks_are_rationed(void)
+{
+    attempt t[3];
+    pthread_t th[3];
+    eg_auth_result res;
+
+    CU_ASSERT_EQUAL(eg_auth_basic(auth, &cfg.profiles[0], basic("alice:s3cret"), &res), 0);
+    eg_auth_set_kdf_limits(auth, 1, 60000);
+    for (int i = 0; i < 3; i++) {
+        char up[32];
+
+        snprintf(up, sizeof(up), "alice:wrong%d", i);
+        snprintf(t[i].header, sizeof(t[i].header), "%s", basic(up));
+        CU_ASSERT_EQUAL_FATAL(pthread_create(&th[i], NULL, attempt_run, &t[i]), 0);
+    }
+    for (int i = 0; i < 3; i++) {
+        pthread_join(th[i], NULL);
+        CU_ASSERT_EQUAL(t[i].rc, -1);
+        CU_ASSERT_EQUAL(t[i].res.fail, EG_AUDIT_AUTH_BAD_PASSWORD);
+        CU_ASSERT_FALSE(t[i].res.busy);
+    }
+    CU_ASSERT_EQUAL(eg_auth_kdf_peak(auth), 1); /* three checks, never two at once */
+
+    /* One slow check holds the only slot; another, with no time to wait, is busy. */
+    eg_auth_set_kdf_limits(auth, 1, 0);
+    {
+        uint64_t runs = eg_auth_kdf_runs(auth);
+
+        snprintf(t[0].header, sizeof(t[0].header), "%s", basic("alice:wrong-again"));
+        CU_ASSERT_EQUAL_FATAL(pthread_create(&th[0], NULL, attempt_run, &t[0]), 0);
+        for (int i = 0; i < 500 && eg_auth_kdf_runs(auth) == runs; i++)
+            usleep(10000);
+        CU_ASSERT_EQUAL(eg_auth_basic(auth, &cfg.profiles[0], basic("alice:guess"), &res), -1);
+        CU_ASSERT_TRUE(res.busy);
+        CU_ASSERT_EQUAL(res.fail, EG_AUDIT_UNAVAILABLE);
+        /* the cached password needs no slot */
+        CU_ASSERT_EQUAL(eg_auth_basic(auth, &cfg.profiles[0], basic("alice:s3cret"), &res), 0);
+        pthread_join(th[0], NULL);
+        CU_ASSERT_EQUAL(t[0].rc, -1);
+        CU_ASSERT_FALSE(t[0].res.busy);
+    }
+    eg_auth_set_kdf_limits(auth, 2, 5000);
+}
+
 static int check_cert(const eg_profile_cfg *p, X509 *leaf, X509 *inter, eg_auth_result *res)
 {
     unsigned char *der[2] = {NULL, NULL};
@@ -292,6 +356,7 @@ int main(void)
         {"a cache hit skips the KDF", test_cache_hit_skips_kdf},
         {"a wrong password is never cached", test_wrong_password_never_cached},
         {"unknown users and missing credentials", test_unknown_and_missing},
+        {"password checks are rationed", test_password_checks_are_rationed},
         {"a certificate is trusted per profile", test_cert_per_profile},
         {"client intermediates and the sslclient purpose", test_cert_chain_and_purpose},
         CU_TEST_INFO_NULL,
