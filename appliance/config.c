@@ -1517,6 +1517,24 @@ const eg_profile_cfg *eg_config_profile(const eg_config *cfg, const char *label)
 
 /* --- estgated --check-config / --hash-password --- */
 
+/* The [server] values in force, defaults included: what an operator tuning it wants to see. */
+static void print_server(FILE *fp, const eg_config *cfg)
+{
+    fprintf(fp, "server:");
+    for (size_t i = 0; i < cfg->nlisteners; i++) {
+        const eg_listener_cfg *l = &cfg->listeners[i];
+        bool v6 = strchr(l->address, ':') != NULL;
+
+        fprintf(fp, "%s %s%s%s:%u%s", i ? "," : "", v6 ? "[" : "", l->address, v6 ? "]" : "",
+                l->port, l->allow_tls12 ? " (TLS 1.2 too)" : "");
+    }
+    fprintf(fp,
+            "; %u threads, request timeout %u ms, keep-alive %u ms, bodies up to %zu "
+            "octets; log level %s\n",
+            cfg->threads, cfg->request_timeout_ms, cfg->keepalive_ms, cfg->max_body,
+            cfg->log_level ? cfg->log_level : "info");
+}
+
 static void print_profile(FILE *fp, const eg_profile_cfg *p)
 {
     fprintf(fp, "profile %s at /.well-known/est/%s%s: auth", p->name, p->label,
@@ -1552,6 +1570,7 @@ static int check_config(const char *path)
     if (eg_skg_check_config(cfg) != 0)
         goto out;
     printf("%s: OK\n", path);
+    print_server(stdout, cfg);
     printf("token \"%s\" in %s, calls %s%s\n", cfg->token_label, cfg->module_path,
            eg_calls_words(eg_calls_resolve(cfg->module_path, cfg->calls)),
            cfg->calls == EG_CALLS_AUTO ? " (calls = auto)" : "");

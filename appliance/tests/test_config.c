@@ -931,6 +931,10 @@ static void test_check_config_command(void)
                           "pkcs11:token=t;object=ca; 3 key types, 1 EKUs, 0 SAN rules; up to 365 "
                           "days\n") != NULL);
     CU_ASSERT(strstr(out, "profile iot at /.well-known/est/iot/: auth mtls;") != NULL);
+    /* the [server] values in force, defaults included */
+    CU_ASSERT(strstr(out, "\nserver: 127.0.0.1:8443; ") != NULL);
+    CU_ASSERT(strstr(out, " threads, request timeout 10000 ms, keep-alive 15000 ms, bodies up to "
+                          "65536 octets; log level info\n") != NULL);
     CU_ASSERT(strstr(out, "up to 30 days\n") != NULL);
     snprintf(expect, sizeof(expect),
              "token \"estgate\" in %s/./module.so, calls concurrent (calls = auto)\n", dir);
