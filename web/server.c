@@ -55,7 +55,7 @@ static int external_ssl_ctx(void **ssl_ctx, void *user_data)
 
 /* An answer the glue makes itself: text/plain with the reason, connection closed. */
 static int refuse(struct mg_connection *conn, eg_server *srv, const eg_http_req *req, int status,
-                  eg_audit_kind kind, const char *reason)
+                  eg_audit_kind kind, const char *reason, const char *retry_after)
 {
     char len[24];
 
@@ -65,6 +65,8 @@ static int refuse(struct mg_connection *conn, eg_server *srv, const eg_http_req 
     snprintf(len, sizeof(len), "%zu", strlen(reason) + 1);
     mg_response_header_start(conn, status);
     mg_response_header_add(conn, "Content-Type", EG_WIRE_CT_TEXT, -1);
+    if (retry_after != NULL)
+        mg_response_header_add(conn, "Retry-After", retry_after, -1);
     mg_response_header_add(conn, "Content-Length", len, -1);
     mg_response_header_send(conn);
     mg_printf(conn, "%s\n", reason);
@@ -210,16 +212,6 @@ static void fill_request(struct mg_connection *conn, eg_http_req *req, char *pee
     req->peer = peer;
 }
 
-/* How many header fields are called name (civetweb's mg_get_header gives the first only). */
-static int header_count(const struct mg_request_info *ri, const char *name)
-{
-    int n = 0;
-
-    for (int i = 0; i < ri->num_headers; i++)
-        n += strcasecmp(ri->http_headers[i].name, name) == 0;
-    return n;
-}
-
 /* 1*DIGIT, then optional trailing whitespace (civetweb has skipped the leading). */
 static bool all_digits(const char *v)
 {
@@ -239,13 +231,16 @@ static bool all_digits(const char *v)
 static const char *framing_error(const struct mg_request_info *ri, int *status)
 {
     const char *cl = NULL, *te = NULL;
-    int ncl = header_count(ri, "Content-Length"), nte = header_count(ri, "Transfer-Encoding");
+    int ncl = 0, nte = 0; /* civetweb's mg_get_header gives the first field of a name only */
 
     for (int i = 0; i < ri->num_headers; i++) {
-        if (strcasecmp(ri->http_headers[i].name, "Content-Length") == 0)
+        if (strcasecmp(ri->http_headers[i].name, "Content-Length") == 0) {
             cl = ri->http_headers[i].value;
-        else if (strcasecmp(ri->http_headers[i].name, "Transfer-Encoding") == 0)
+            ncl++;
+        } else if (strcasecmp(ri->http_headers[i].name, "Transfer-Encoding") == 0) {
             te = ri->http_headers[i].value;
+            nte++;
+        }
     }
     *status = 400;
     if (ncl > 0 && nte > 0)
@@ -279,12 +274,12 @@ static int serve(struct mg_connection *conn, eg_server *srv)
 
     fill_request(conn, &req, peer, sizeof(peer));
     if ((why = framing_error(ri, &status)) != NULL)
-        return refuse(conn, srv, &req, status, EG_AUDIT_LIMIT, why);
+        return refuse(conn, srv, &req, status, EG_AUDIT_LIMIT, why, NULL);
     if (read_body(conn, srv->cfg->max_body, &body, &body_len, &over) != 0)
-        return refuse(conn, srv, &req, 500, EG_AUDIT_INTERNAL, "out of memory");
+        return refuse(conn, srv, &req, 500, EG_AUDIT_INTERNAL, "out of memory", NULL);
     if (over) {
         free(body);
-        return refuse(conn, srv, &req, 413, EG_AUDIT_LIMIT, "request body too large");
+        return refuse(conn, srv, &req, 413, EG_AUDIT_LIMIT, "request body too large", NULL);
     }
     req.body = body;
     req.body_len = body_len;
@@ -304,21 +299,12 @@ static int serve(struct mg_connection *conn, eg_server *srv)
 /* A request that arrives once the daemon is stopping: try again, elsewhere or later. */
 static int refuse_stopping(struct mg_connection *conn, eg_server *srv)
 {
-    static const char reason[] = "estgated is stopping; try again shortly";
     eg_http_req req = {0};
-    char peer[80], len[24];
+    char peer[80];
 
-    snprintf(len, sizeof(len), "%zu", sizeof(reason)); /* the reason and its newline */
     fill_request(conn, &req, peer, sizeof(peer));
-    eg_est_audit(srv->est, &req, EG_AUDIT_UNAVAILABLE, reason);
-    mg_disable_connection_keep_alive(conn);
-    mg_response_header_start(conn, 503);
-    mg_response_header_add(conn, "Content-Type", EG_WIRE_CT_TEXT, -1);
-    mg_response_header_add(conn, "Retry-After", "5", -1);
-    mg_response_header_add(conn, "Content-Length", len, -1);
-    mg_response_header_send(conn);
-    mg_printf(conn, "%s\n", reason);
-    return 503;
+    return refuse(conn, srv, &req, 503, EG_AUDIT_UNAVAILABLE,
+                  "estgated is stopping; try again shortly", "5");
 }
 
 /*
