@@ -578,6 +578,17 @@ static void test_wire_errors_have_their_status(void)
                     501);
 }
 
+/* What a raw request over TLS gets back, headers and body, into res->out. */
+static void raw_request(const char *raw)
+{
+    char req[PATH_MAX], connect[64];
+    char *argv[] = {"openssl", "s_client", "-quiet", "-connect", connect, "-CAfile", ca, NULL};
+
+    snprintf(connect, sizeof(connect), "localhost:%u", port);
+    CU_ASSERT_EQUAL_FATAL(eg_file_write(tpath(req, "raw.txt"), raw, strlen(raw), 0600), 0);
+    eg_child_run(dir, req, argv, res);
+}
+
 /*
  * Framing a proxy in front could read differently from civetweb (request smuggling), sent raw
  * over TLS with a second request behind it: refused with its status, and the connection closed,
@@ -605,18 +616,15 @@ static void test_ambiguous_framing_is_refused_and_closes(void)
     };
     const char *next = "GET /.well-known/est/cacerts HTTP/1.1\r\nHost: localhost\r\n"
                        "Connection: close\r\n\r\n";
-    char req[PATH_MAX], connect[64], raw[1024], rest[512], status[32];
-    char *argv[] = {"openssl", "s_client", "-quiet", "-connect", connect, "-CAfile", ca, NULL};
+    char raw[1024], rest[512], status[32];
 
-    snprintf(connect, sizeof(connect), "localhost:%u", port);
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         bool sound = i == sizeof(cases) / sizeof(cases[0]) - 1;
         const char *second;
 
         snprintf(rest, sizeof(rest), "%s%s", cases[i].framing, next);
         CU_ASSERT_FATAL(raw_text(raw, sizeof(raw), "POST", "simpleenroll", rest) > 0);
-        CU_ASSERT_EQUAL_FATAL(eg_file_write(tpath(req, "framing.txt"), raw, strlen(raw), 0600), 0);
-        eg_child_run(dir, req, argv, res);
+        raw_request(raw);
         snprintf(status, sizeof(status), "HTTP/1.1 %d", cases[i].status);
         second = strstr(res->out, "HTTP/1.1 200");
         if (strncmp(res->out, status, strlen(status)) != 0 ||
@@ -626,17 +634,6 @@ static void test_ambiguous_framing_is_refused_and_closes(void)
         CU_ASSERT_PTR_NOT_NULL(strstr(res->out, cases[i].reason));
         CU_ASSERT_EQUAL(second != NULL, sound); /* the request behind it: only when sound */
     }
-}
-
-/* What a raw request over TLS gets back, headers and body, into res->out. */
-static void raw_request(const char *raw)
-{
-    char req[PATH_MAX], connect[64];
-    char *argv[] = {"openssl", "s_client", "-quiet", "-connect", connect, "-CAfile", ca, NULL};
-
-    snprintf(connect, sizeof(connect), "localhost:%u", port);
-    CU_ASSERT_EQUAL_FATAL(eg_file_write(tpath(req, "raw.txt"), raw, strlen(raw), 0600), 0);
-    eg_child_run(dir, req, argv, res);
 }
 
 /*
@@ -1111,10 +1108,10 @@ static void test_sighup_reloads_client_trust(void)
     free(two);
 }
 
-/* Writes text (the running configuration, len octets) to the ini file with line put in just
-   after the first anchor (before it, with before); the caller writes text back afterwards. */
-static int ini_with_line(const char *text, size_t len, const char *anchor, bool before,
-                         const char *line)
+/* Writes text (a configuration, len octets) to path with line put in just after the first
+   anchor (before it, with before); a caller that edits the running file writes text back. */
+static int ini_with_line(const char *path, const char *text, size_t len, const char *anchor,
+                         bool before, const char *line)
 {
     const char *a = strstr(text, anchor);
     size_t pos, n = strlen(line);
@@ -1127,7 +1124,7 @@ static int ini_with_line(const char *text, size_t len, const char *anchor, bool 
     memcpy(edited, text, pos);
     memcpy(edited + pos, line, n);
     memcpy(edited + pos + n, text + pos, len - pos);
-    rc = eg_file_write(ini, edited, len + n, 0600);
+    rc = eg_file_write(path, edited, len + n, 0600);
     free(edited);
     return rc;
 }
@@ -1147,7 +1144,7 @@ static void test_sighup_leaves_token_calls_for_a_restart(void)
 
     CU_ASSERT_PTR_NOT_NULL_FATAL(text);
     snprintf(line, sizeof(line), "calls = %s\n", other);
-    CU_ASSERT_EQUAL_FATAL(ini_with_line(text, inilen, "recover_ms = 1500\n", false, line), 0);
+    CU_ASSERT_EQUAL_FATAL(ini_with_line(ini, text, inilen, "recover_ms = 1500\n", false, line), 0);
     CU_ASSERT_EQUAL(sighup_and_wait("estgated: reloaded "), 0);
     CU_ASSERT(log_count("reload: [token] calls changed; it takes effect at the next restart") >= 1);
     CU_ASSERT_EQUAL(log_count(was), logged); /* the token was not opened again */
@@ -1168,29 +1165,22 @@ static void test_sighup_leaves_token_calls_for_a_restart(void)
 static void test_wrong_token_label_names_the_tokens_present(void)
 {
     const char *label = eg_th_config(th)->token_label;
-    char tool[PATH_MAX], wrong[PATH_MAX], from[128], to[128], shows[160];
+    char tool[PATH_MAX], wrong[PATH_MAX], line[128], shows[160];
     char *argv[] = {(char *)eg_child_built("appliance/estgated", tool), "-c",
                     tpath(wrong, "wrong-label.ini"), NULL};
-    size_t inilen, at;
-    char *text = eg_file_read(ini, &inilen), *edited = NULL;
+    size_t inilen;
+    char *text = eg_file_read(ini, &inilen);
 
-    snprintf(from, sizeof(from), "label = %s\n", label);
-    snprintf(to, sizeof(to), "label = %s-typo\n", label);
-    CU_ASSERT_FATAL(text != NULL && strstr(text, from) != NULL);
-    at = (size_t)(strstr(text, from) - text);
-    CU_ASSERT_FATAL((edited = malloc(inilen + strlen(to))) != NULL);
-    memcpy(edited, text, at);
-    memcpy(edited + at, to, strlen(to));
-    memcpy(edited + at + strlen(to), text + at + strlen(from), inilen - at - strlen(from));
-    CU_ASSERT_EQUAL_FATAL(eg_file_write(wrong, edited, inilen - strlen(from) + strlen(to), 0600),
-                          0);
+    snprintf(line, sizeof(line), "\nlabel = %s", label);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(text);
+    /* a copy in which "label = L" reads "label = L-typo" */
+    CU_ASSERT_EQUAL_FATAL(ini_with_line(wrong, text, inilen, line, false, "-typo"), 0);
     CU_ASSERT_EQUAL(eg_child_run(dir, NULL, argv, res), 69);
     snprintf(shows, sizeof(shows), "the module shows '%s'", label);
     CU_ASSERT_PTR_NOT_NULL(strstr(res->err, "no token labelled"));
     CU_ASSERT_PTR_NOT_NULL(strstr(res->err, shows));
     CU_ASSERT_PTR_NULL(strstr(res->err, ".c:"));
     CU_ASSERT_PTR_NULL(strstr(res->err, ":error:"));
-    free(edited);
     free(text);
 }
 
@@ -1223,8 +1213,8 @@ static void test_log_level(void)
     CU_ASSERT_EQUAL(log_count("unexpected eof"), eof);
 
     CU_ASSERT_PTR_NOT_NULL_FATAL(text);
-    CU_ASSERT_EQUAL_FATAL(ini_with_line(text, inilen, "\n[token]\n", true, "\nlog_level = warning"),
-                          0);
+    CU_ASSERT_EQUAL_FATAL(
+        ini_with_line(ini, text, inilen, "\n[token]\n", true, "\nlog_level = warning"), 0);
     CU_ASSERT_EQUAL(sighup_and_wait("estgated: reloaded "), 0);
     issued = log_count("event=issued");
     badpw = log_count("event=auth.bad_password");
