@@ -1515,18 +1515,27 @@ const eg_profile_cfg *eg_config_profile(const eg_config *cfg, const char *label)
     return NULL;
 }
 
+const char *eg_host_port(const char *address, unsigned port, char *buf, size_t cap)
+{
+    bool v6 = strchr(address, ':') != NULL;
+
+    snprintf(buf, cap, v6 ? "[%s]:%u" : "%s:%u", address, port);
+    return buf;
+}
+
 /* --- estgated --check-config / --hash-password --- */
 
 /* The [server] values in force, defaults included: what an operator tuning it wants to see. */
 static void print_server(FILE *fp, const eg_config *cfg)
 {
+    char hp[80];
+
     fprintf(fp, "server:");
     for (size_t i = 0; i < cfg->nlisteners; i++) {
         const eg_listener_cfg *l = &cfg->listeners[i];
-        bool v6 = strchr(l->address, ':') != NULL;
 
-        fprintf(fp, "%s %s%s%s:%u%s", i ? "," : "", v6 ? "[" : "", l->address, v6 ? "]" : "",
-                l->port, l->allow_tls12 ? " (TLS 1.2 too)" : "");
+        fprintf(fp, "%s %s%s", i ? "," : "", eg_host_port(l->address, l->port, hp, sizeof(hp)),
+                l->allow_tls12 ? " (TLS 1.2 allowed)" : "");
     }
     fprintf(fp,
             "; %u threads, request timeout %u ms, keep-alive %u ms, bodies up to %zu "

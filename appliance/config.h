@@ -188,6 +188,8 @@ void eg_config_errors_print(const eg_config_errors *errs, const char *path, FILE
 
 /* The profile for a URL label ("" or NULL: default); NULL if none. */
 const eg_profile_cfg *eg_config_profile(const eg_config *cfg, const char *label);
+/* A listener's address and port as a URL writes them ("[::1]:8443" for IPv6), into buf. */
+const char *eg_host_port(const char *address, unsigned port, char *buf, size_t cap);
 
 /*
  * Password hashing for [profile] user entries: PBKDF2-HMAC-SHA256 from

@@ -178,15 +178,12 @@ static int wait_for_stop(const sigset_t *set, const char *path, const eg_config 
 
 static void print_listeners(const eg_config *cfg, const eg_server *srv)
 {
-    size_t i;
+    char hp[80];
 
-    for (i = 0; i < cfg->nlisteners; i++) {
-        const char *a = cfg->listeners[i].address;
-        int v6 = strchr(a, ':') != NULL;
-
-        printf("estgated: listening on https://%s%s%s:%u/%s\n", v6 ? "[" : "", a, v6 ? "]" : "",
-               eg_server_port(srv, i), cfg->listeners[i].allow_tls12 ? " (TLS 1.2 allowed)" : "");
-    }
+    for (size_t i = 0; i < cfg->nlisteners; i++)
+        printf("estgated: listening on https://%s/%s\n",
+               eg_host_port(cfg->listeners[i].address, eg_server_port(srv, i), hp, sizeof(hp)),
+               cfg->listeners[i].allow_tls12 ? " (TLS 1.2 allowed)" : "");
     fflush(stdout);
 }
 

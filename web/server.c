@@ -429,10 +429,11 @@ static void group_ports(const eg_server *s, const group *g, char *buf, size_t le
     buf[0] = '\0';
     for (size_t i = 0; i < g->n && o < len; i++) {
         const eg_listener_cfg *l = &s->cfg->listeners[g->listeners[i]];
-        bool v6 = strchr(l->address, ':') != NULL;
+        char hp[80];
 
-        o += (size_t)snprintf(buf + o, len - o, v6 ? "%s[%s]:%us" : "%s%s:%us", i ? "," : "",
-                              l->address, l->port);
+        /* civetweb's "s": a TLS port */
+        o += (size_t)snprintf(buf + o, len - o, "%s%ss", i ? "," : "",
+                              eg_host_port(l->address, l->port, hp, sizeof(hp)));
     }
 }
 
