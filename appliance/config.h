@@ -143,6 +143,8 @@ typedef struct eg_config {
     unsigned keepalive_ms;       /* idle keep-alive; default 15000 */
     unsigned request_timeout_ms; /* TLS handshake and each read or write; default 10000 */
     char *ledger_path;           /* SQLite file; default /var/lib/estgate/ledger.db */
+    unsigned audit_keep_days;    /* audit rows of no certificate: age kept; default 400, 0: all */
+    unsigned audit_keep_rows;    /* and how many; default 1000000, 0: all */
     char *log_level;             /* "info" | "debug" | "warning" */
 
     /* [token] */

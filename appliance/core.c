@@ -469,6 +469,14 @@ static int skg_check(eg_token *tok, profile_set *set, const profile_set *prev, c
     return problems == 0 ? 0 : -1;
 }
 
+static void set_retention(eg_core *core, const eg_config *cfg)
+{
+    eg_ledger_retention keep = {.keep_days = cfg->audit_keep_days,
+                                .keep_rows = cfg->audit_keep_rows};
+
+    eg_ledger_set_retention(core->lg, &keep);
+}
+
 int eg_core_open(const eg_config *cfg, eg_core **out)
 {
     eg_core *core = calloc(1, sizeof(*core));
@@ -488,6 +496,7 @@ int eg_core_open(const eg_config *cfg, eg_core **out)
         fprintf(stderr, "estgated: cannot open the ledger %s\n", cfg->ledger_path);
         goto out;
     }
+    set_retention(core, cfg);
     *out = core;
     core = NULL;
     rc = 0;
@@ -512,6 +521,7 @@ int eg_core_reload(eg_core *core, const eg_config *cfg)
     core->set = set;
     pthread_rwlock_unlock(&core->lock);
     set_free(old);
+    set_retention(core, cfg);
     return 0;
 }
 

@@ -30,10 +30,12 @@
 #include "ledger.h"
 #include "ledger_local.h"
 
-#define LEDGER_SCHEMA_VERSION 2
+#define LEDGER_SCHEMA_VERSION 3
 #define LEDGER_BATCH_DEFAULT  256
 #define LEDGER_BUSY_MS        5000
 #define LEDGER_SERIAL_MAX     20
+#define PRUNE_EVERY_S         3600 /* age-based pruning runs at least this often */
+#define PRUNE_CHUNK           500  /* rows deleted per writer operation */
 
 /*
  * Schema migrations: migrations[v] takes user_version v to v + 1. Append only.
@@ -80,6 +82,11 @@ static const char *const migrations[LEDGER_SCHEMA_VERSION] = {
     "DROP INDEX issuance_key;"
     "CREATE UNIQUE INDEX issuance_key ON issuance (profile, principal, request_hash)"
     " WHERE fail_reason IS NULL;",
+    /*
+     * Audit rows of no certificate (refusals) are pruned by age and count, oldest first; the
+     * rows of an issuance stay with it and are not in this index.
+     */
+    "CREATE INDEX audit_unlinked ON audit (time) WHERE intent_id IS NULL;",
 };
 
 enum {
@@ -94,6 +101,7 @@ enum {
     W_COMPLETE,
     W_FAIL,
     W_AUDIT,
+    W_PRUNE,
     W_NSTMT
 };
 
@@ -117,23 +125,32 @@ static const char *const writer_sql[W_NSTMT] = {
                " WHERE id = ?3 AND state = 'pending'",
     [W_AUDIT] = "INSERT INTO audit (time, type, profile, principal, peer, detail, intent_id)"
                 " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    /* Oldest first, up to (time, id) = (?1, ?2), at most ?3 rows; the first term keeps
+       the scan on audit_unlinked. */
+    [W_PRUNE] = "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE intent_id IS NULL"
+                " AND time <= ?1 AND (time < ?1 OR id <= ?2) ORDER BY time, id LIMIT ?3)",
 };
 
-enum { R_FIND_SERIAL, R_COUNT_ISSUED, R_NSTMT };
+enum { R_FIND_SERIAL, R_COUNT_ISSUED, R_PRUNE_CUT, R_NSTMT };
 
 static const char *const reader_sql[R_NSTMT] = {
     [R_FIND_SERIAL] = "SELECT cert FROM issuance WHERE serial = ?1 AND state = 'issued'",
     [R_COUNT_ISSUED] = "SELECT count(*) FROM issuance WHERE state = 'issued'",
+    /* The newest row of no certificate past the ?1 to keep. */
+    [R_PRUNE_CUT] = "SELECT time, id FROM audit WHERE intent_id IS NULL"
+                    " ORDER BY time DESC, id DESC LIMIT 1 OFFSET ?1",
 };
 
-typedef enum op_kind { OP_BEGIN, OP_COMPLETE, OP_FAIL, OP_AUDIT, OP_PRAGMA } op_kind;
+typedef enum op_kind { OP_BEGIN, OP_COMPLETE, OP_FAIL, OP_AUDIT, OP_PRAGMA, OP_PRUNE } op_kind;
 
 /* One caller's operation; lives on the caller's stack until done is posted. */
 typedef struct ledger_op {
     struct ledger_op *next;
     op_kind kind;
     const eg_issue_intent *intent; /* OP_BEGIN */
-    int64_t id;                    /* OP_COMPLETE, OP_FAIL */
+    int64_t id;                    /* OP_COMPLETE, OP_FAIL; OP_PRUNE: last id at cut_time */
+    int64_t cut_time;              /* OP_PRUNE: rows up to (cut_time, id) */
+    int64_t changed;               /* OP_PRUNE: rows deleted */
     const uint8_t *der;            /* OP_COMPLETE */
     size_t der_len;
     const char *text;            /* OP_FAIL: reason; OP_PRAGMA: name */
@@ -179,6 +196,17 @@ struct eg_ledger {
 
     pthread_mutex_t rlock; /* idle readers */
     ledger_reader *readers;
+
+    /* Audit retention (eg_ledger_set_retention), under lock. The keeper thread prunes when
+       kicked, and every PRUNE_EVERY_S. */
+    eg_ledger_retention keep;
+    uint64_t unlinked_since; /* audit rows of no certificate committed since the last pass */
+    int keeper_kick;
+    int keeper_stop;
+    int keeper_running;
+    pthread_cond_t keeper_wake;
+    pthread_t keeper;
+    pthread_mutex_t prune_lock; /* one pass at a time */
 };
 
 static void log_db(sqlite3 *db, const char *what)
@@ -420,6 +448,19 @@ out:
     return rc;
 }
 
+static int op_prune(eg_ledger *lg, ledger_op *op)
+{
+    sqlite3_stmt *st = lg->st[W_PRUNE];
+
+    sqlite3_bind_int64(st, 1, op->cut_time);
+    sqlite3_bind_int64(st, 2, op->id);
+    sqlite3_bind_int(st, 3, PRUNE_CHUNK);
+    if (stmt_run(st, "prune audit") != SQLITE_OK)
+        return -1;
+    op->changed = sqlite3_changes(lg->db);
+    return 0;
+}
+
 static int op_exec(eg_ledger *lg, ledger_op *op)
 {
     switch (op->kind) {
@@ -437,6 +478,8 @@ static int op_exec(eg_ledger *lg, ledger_op *op)
         return op_audit(lg, op);
     case OP_PRAGMA:
         return op_pragma(lg, op);
+    case OP_PRUNE:
+        return op_prune(lg, op);
     }
     return -1;
 }
@@ -527,11 +570,22 @@ static ledger_op *take_batch(eg_ledger *lg, unsigned *n)
 static void deliver(eg_ledger *lg, ledger_op *batch, unsigned n, int committed)
 {
     ledger_op *op, *next;
+    uint64_t unlinked = 0;
 
     if (committed) {
+        for (op = batch; op != NULL; op = op->next)
+            unlinked += op->kind == OP_AUDIT && op->rc == 0 && op->event->intent_id == 0;
         pthread_mutex_lock(&lg->lock);
         lg->stats.commits++;
         lg->stats.operations += n;
+        lg->unlinked_since += unlinked;
+        /* A tenth of the rows to keep, past the last pass: a flood of refusals cannot take
+           the disk before the next hourly pass. */
+        if (unlinked > 0 && lg->keep.keep_rows > 0 &&
+            lg->unlinked_since > lg->keep.keep_rows / 10 && !lg->keeper_kick) {
+            lg->keeper_kick = 1;
+            pthread_cond_signal(&lg->keeper_wake);
+        }
         pthread_mutex_unlock(&lg->lock);
     }
     /* A semaphore each, not a condition variable on the queue's lock: the woken callers
@@ -661,6 +715,126 @@ static void reader_put(eg_ledger *lg, ledger_reader *r)
     pthread_mutex_unlock(&lg->rlock);
 }
 
+/* --- audit retention --- */
+
+/* Where a pass cuts: rows of no certificate up to (time, id), oldest first. 1: a cut, 0: none. */
+static int prune_cut(eg_ledger *lg, const eg_ledger_retention *keep, int64_t *time_out,
+                     int64_t *id_out)
+{
+    ledger_reader *r = NULL;
+    sqlite3_stmt *st = NULL;
+    int64_t t = INT64_MIN, id = INT64_MIN;
+    int rc = -1, step;
+
+    if (keep->keep_days > 0) {
+        t = now() - (int64_t)keep->keep_days * 86400 - 1;
+        id = INT64_MAX;
+    }
+    if (keep->keep_rows > 0) {
+        if ((r = reader_get(lg)) == NULL)
+            goto out;
+        st = r->st[R_PRUNE_CUT];
+        sqlite3_bind_int64(st, 1, (int64_t)keep->keep_rows);
+        if ((step = sqlite3_step(st)) == SQLITE_ROW) {
+            int64_t rt = sqlite3_column_int64(st, 0), rid = sqlite3_column_int64(st, 1);
+
+            if (rt > t || (rt == t && rid > id)) {
+                t = rt;
+                id = rid;
+            }
+        } else if (step != SQLITE_DONE) {
+            log_db(r->db, "prune audit: find the cut");
+            goto out;
+        }
+    }
+    *time_out = t;
+    *id_out = id;
+    rc = t != INT64_MIN;
+out:
+    if (st != NULL)
+        stmt_clear(st);
+    reader_put(lg, r);
+    return rc;
+}
+
+static int keeper_stopping(eg_ledger *lg)
+{
+    int stop;
+
+    pthread_mutex_lock(&lg->lock);
+    stop = lg->keeper_stop;
+    pthread_mutex_unlock(&lg->lock);
+    return stop;
+}
+
+/* One pass: finds the cut on a reader, then deletes in chunks through the writer, so that
+   other callers' operations go between them. */
+static int prune_pass(eg_ledger *lg, uint64_t *deleted)
+{
+    eg_ledger_retention keep;
+    ledger_op op = {.kind = OP_PRUNE};
+    uint64_t total = 0;
+    int rc = -1, cut;
+
+    pthread_mutex_lock(&lg->prune_lock);
+    pthread_mutex_lock(&lg->lock);
+    keep = lg->keep;
+    lg->unlinked_since = 0;
+    pthread_mutex_unlock(&lg->lock);
+    if ((cut = prune_cut(lg, &keep, &op.cut_time, &op.id)) < 0)
+        goto out;
+    while (cut) {
+        op.next = NULL;
+        op.changed = 0;
+        if (submit(lg, &op) != 0)
+            goto out;
+        total += (uint64_t)op.changed;
+        if (op.changed < PRUNE_CHUNK || keeper_stopping(lg))
+            break;
+    }
+    rc = 0;
+out:
+    if (total > 0) {
+        fprintf(stderr, "ledger: removed %llu audit row%s of no certificate (keeping",
+                (unsigned long long)total, total == 1 ? "" : "s");
+        if (keep.keep_days > 0)
+            fprintf(stderr, " %u days", keep.keep_days);
+        if (keep.keep_rows > 0)
+            fprintf(stderr, "%s the newest %u", keep.keep_days > 0 ? " and at most" : "",
+                    keep.keep_rows);
+        fprintf(stderr, ")\n");
+    }
+    pthread_mutex_unlock(&lg->prune_lock);
+    if (deleted != NULL)
+        *deleted = total;
+    return rc;
+}
+
+static void *keeper_main(void *arg)
+{
+    eg_ledger *lg = arg;
+    struct timespec deadline;
+    int active;
+
+    pthread_mutex_lock(&lg->lock);
+    while (!lg->keeper_stop) {
+        clock_gettime(CLOCK_MONOTONIC, &deadline);
+        deadline.tv_sec += PRUNE_EVERY_S;
+        while (!lg->keeper_stop && !lg->keeper_kick)
+            if (pthread_cond_timedwait(&lg->keeper_wake, &lg->lock, &deadline) == ETIMEDOUT)
+                break;
+        lg->keeper_kick = 0;
+        active = lg->keep.keep_days > 0 || lg->keep.keep_rows > 0;
+        if (lg->keeper_stop || !active)
+            continue;
+        pthread_mutex_unlock(&lg->lock);
+        prune_pass(lg, NULL);
+        pthread_mutex_lock(&lg->lock);
+    }
+    pthread_mutex_unlock(&lg->lock);
+    return NULL;
+}
+
 /* --- open and close --- */
 
 static eg_ledger *ledger_new(const char *path, const eg_ledger_options *opt)
@@ -679,9 +853,14 @@ static eg_ledger *ledger_new(const char *path, const eg_ledger_options *opt)
         goto out;
     if (pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) == 0 &&
         pthread_cond_init(&lg->wake, &ca) == 0) {
-        pthread_mutex_init(&lg->lock, NULL);
-        pthread_mutex_init(&lg->rlock, NULL);
-        lg->sync_ready = 1;
+        if (pthread_cond_init(&lg->keeper_wake, &ca) == 0) {
+            pthread_mutex_init(&lg->lock, NULL);
+            pthread_mutex_init(&lg->rlock, NULL);
+            pthread_mutex_init(&lg->prune_lock, NULL);
+            lg->sync_ready = 1;
+        } else {
+            pthread_cond_destroy(&lg->wake);
+        }
     }
     pthread_condattr_destroy(&ca);
     if (!lg->sync_ready)
@@ -893,6 +1072,11 @@ int eg_ledger_open(const char *path, const eg_ledger_options *opt, eg_ledger **o
         goto out;
     }
     lg->running = 1;
+    if (pthread_create(&lg->keeper, NULL, keeper_main, lg) != 0) {
+        fprintf(stderr, "ledger: open %s: cannot start the pruning thread\n", path);
+        goto out;
+    }
+    lg->keeper_running = 1;
     *out = lg;
     lg = NULL;
     rc = 0;
@@ -907,6 +1091,14 @@ void eg_ledger_close(eg_ledger *lg)
 
     if (lg == NULL)
         return;
+    /* The keeper first: its passes go through the writer. */
+    if (lg->keeper_running) {
+        pthread_mutex_lock(&lg->lock);
+        lg->keeper_stop = 1;
+        pthread_cond_signal(&lg->keeper_wake);
+        pthread_mutex_unlock(&lg->lock);
+        pthread_join(lg->keeper, NULL);
+    }
     if (lg->running) {
         pthread_mutex_lock(&lg->lock);
         lg->stopping = 1;
@@ -928,6 +1120,8 @@ void eg_ledger_close(eg_ledger *lg)
         close(lg->lock_fd); /* after the database: the next owner must not overlap us */
     if (lg->sync_ready) {
         pthread_cond_destroy(&lg->wake);
+        pthread_cond_destroy(&lg->keeper_wake);
+        pthread_mutex_destroy(&lg->prune_lock);
         pthread_mutex_destroy(&lg->lock);
         pthread_mutex_destroy(&lg->rlock);
     }
@@ -1084,4 +1278,22 @@ void eg_ledger_get_stats(eg_ledger *lg, eg_ledger_stats *out)
     pthread_mutex_lock(&lg->lock);
     *out = lg->stats;
     pthread_mutex_unlock(&lg->lock);
+}
+
+void eg_ledger_set_retention(eg_ledger *lg, const eg_ledger_retention *keep)
+{
+    if (lg == NULL || keep == NULL)
+        return;
+    pthread_mutex_lock(&lg->lock);
+    lg->keep = *keep;
+    lg->keeper_kick = 1; /* a pass now, with the new limits */
+    pthread_cond_signal(&lg->keeper_wake);
+    pthread_mutex_unlock(&lg->lock);
+}
+
+int eg_ledger_prune_audit(eg_ledger *lg, uint64_t *deleted)
+{
+    if (deleted != NULL)
+        *deleted = 0;
+    return lg != NULL ? prune_pass(lg, deleted) : -1;
 }

@@ -89,6 +89,22 @@ int eg_ledger_audit(eg_ledger *lg, const eg_audit_event *ev);
 int eg_ledger_complete_issue_audit(eg_ledger *lg, int64_t id, const uint8_t *der, size_t len,
                                    const eg_audit_event *ev);
 
+/*
+ * Retention of the audit rows that belong to no certificate (refusals, and failures before an
+ * intent): a client without credentials can add thousands a second. The rows of an issuance
+ * stay with it. A thread of the ledger prunes, oldest first and in small writer operations, when
+ * the limits are set, every hour, and whenever a tenth of keep_rows has been added since its last
+ * pass.
+ */
+typedef struct eg_ledger_retention {
+    unsigned keep_days; /* rows older than this many days go; 0: no age limit */
+    unsigned keep_rows; /* only the newest this many stay; 0: no count limit */
+} eg_ledger_retention;
+/* Until it is called, nothing is pruned. */
+void eg_ledger_set_retention(eg_ledger *lg, const eg_ledger_retention *keep);
+/* One pass now, in the caller's thread; *deleted (may be NULL) counts the rows removed. */
+int eg_ledger_prune_audit(eg_ledger *lg, uint64_t *deleted);
+
 typedef struct eg_ledger_stats {
     uint64_t commits;    /* transactions committed (each one fsync) */
     uint64_t operations; /* operations carried by them */

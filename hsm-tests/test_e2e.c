@@ -23,6 +23,8 @@
 #include <sys/socket.h>
 
 #include <CUnit/CUnit.h>
+#include <sqlite3.h>
+
 #include <openssl/evp.h>
 #include <openssl/ssl.h>
 #include <openssl/pem.h>
@@ -1237,6 +1239,59 @@ static void test_log_level(void)
     free(text);
 }
 
+/* One number from the daemon's ledger, read beside it. */
+static int64_t ledger_int(const char *sql)
+{
+    char path[PATH_MAX];
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    int64_t n = -1;
+
+    if (sqlite3_open_v2(tpath(path, "ledger.db"), &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+        sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+        n = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return n;
+}
+
+/*
+ * [server] audit_keep_rows, set by a reload: the ledger keeps only the newest refusals' rows,
+ * and a certificate's own rows stay.
+ */
+static void test_reload_trims_refusals_audit_rows(void)
+{
+    static const char unlinked[] = "SELECT count(*) FROM audit WHERE intent_id IS NULL";
+    static const char linked[] = "SELECT count(*) FROM audit WHERE intent_id IS NOT NULL";
+    size_t inilen;
+    char *text = eg_file_read(ini, &inilen), data[PATH_MAX + 1];
+    int64_t newest, certs_rows;
+    http h;
+
+    for (int i = 0; i < 5; i++) /* no credentials: auth.missing, a row of no certificate */
+        CU_ASSERT_EQUAL(curl(&h, port, "simpleenroll", "-H", "Content-Type: application/pkcs10",
+                             "--data-binary", at(data, "dev1.b64"), NULL),
+                        401);
+    newest = ledger_int("SELECT max(id) FROM audit WHERE intent_id IS NULL");
+    certs_rows = ledger_int(linked);
+    CU_ASSERT(ledger_int(unlinked) >= 5 && certs_rows > 0);
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(text);
+    CU_ASSERT_EQUAL_FATAL(
+        ini_with_line(ini, text, inilen, "\n[token]\n", true, "\naudit_keep_rows = 3"), 0);
+    CU_ASSERT_EQUAL(sighup_and_wait("estgated: reloaded "), 0);
+    /* The line comes once the pass has committed. */
+    CU_ASSERT_EQUAL(
+        wait_log("rows of no certificate (keeping 400 days and at most the newest 3)", 0), 0);
+    CU_ASSERT_EQUAL(ledger_int(unlinked), 3);
+    CU_ASSERT_EQUAL(ledger_int("SELECT min(id) FROM audit WHERE intent_id IS NULL"), newest - 2);
+    CU_ASSERT_EQUAL(ledger_int(linked), certs_rows);
+
+    CU_ASSERT_EQUAL(eg_file_write(ini, text, inilen, 0600), 0);
+    CU_ASSERT_EQUAL(sighup_and_wait("estgated: reloaded "), 0);
+    free(text);
+}
+
 /* ---- fleet trust bundles ---- */
 
 /* estgate-provision with the harness token's options after the words given. */
@@ -1386,6 +1441,7 @@ static CU_TestInfo tests[] = {
     {"SIGHUP reloads client trust; a broken file changes nothing",
      test_sighup_reloads_client_trust},
     {"SIGHUP leaves [token] calls for a restart", test_sighup_leaves_token_calls_for_a_restart},
+    {"reload trims the refusals' audit rows", test_reload_trims_refusals_audit_rows},
     {"log_level: quiet handshakes, and warning by a reload", test_log_level},
     {"a wrong token label names the tokens the module shows",
      test_wrong_token_label_names_the_tokens_present},

@@ -190,6 +190,8 @@ static void test_full_file_loads_every_field(void)
              "keepalive_ms = 5000\n"
              "request_timeout_ms = 3000\n"
              "ledger = state/ledger.db\n"
+             "audit_keep_days = 0\n"
+             "audit_keep_rows = 5000\n"
              "log_level = debug\n"
              "\n"
              "[token]\n"
@@ -248,6 +250,8 @@ static void test_full_file_loads_every_field(void)
     CU_ASSERT_EQUAL(cfg->threads, 8);
     CU_ASSERT_EQUAL(cfg->keepalive_ms, 5000);
     CU_ASSERT_EQUAL(cfg->request_timeout_ms, 3000);
+    CU_ASSERT_EQUAL(cfg->audit_keep_days, 0);
+    CU_ASSERT_EQUAL(cfg->audit_keep_rows, 5000);
     /* Relative paths are relative to the file's directory. */
     CU_ASSERT(strncmp(cfg->ledger_path, dir, strlen(dir)) == 0 &&
               strcmp(cfg->ledger_path + strlen(dir), "/state/ledger.db") == 0);
@@ -345,6 +349,8 @@ static void test_defaults_applied(void)
     CU_ASSERT(cfg->threads >= 64);
     CU_ASSERT_EQUAL(cfg->keepalive_ms, 15000);
     CU_ASSERT_EQUAL(cfg->request_timeout_ms, 10000);
+    CU_ASSERT_EQUAL(cfg->audit_keep_days, 400);
+    CU_ASSERT_EQUAL(cfg->audit_keep_rows, 1000000);
     CU_ASSERT_STRING_EQUAL(cfg->ledger_path, "/var/lib/estgate/ledger.db");
     CU_ASSERT_STRING_EQUAL(cfg->log_level, "info");
     CU_ASSERT_PTR_NULL(cfg->init_args);
@@ -400,6 +406,10 @@ static void test_bad_size_and_numbers(void)
     expect_errors(SERVER "max_body = 1023\n" TOKEN PROFILE_NONE, 1, 4, "max_body", "1k to 16M");
     expect_errors(SERVER "request_timeout_ms = 500\n" TOKEN PROFILE_NONE, 1, 4,
                   "request_timeout_ms", "'500' is not a whole number from 1000 to 600000");
+    expect_errors(SERVER "audit_keep_days = 36501\n" TOKEN PROFILE_NONE, 1, 4, "audit_keep_days",
+                  "'36501' is not a whole number from 0 to 36500");
+    expect_errors(SERVER "audit_keep_rows = -1\n" TOKEN PROFILE_NONE, 1, 4, "audit_keep_rows",
+                  "'-1' is not a whole number from 0 to 1000000000");
     expect_errors(SERVER_TOKEN PROFILE_NONE "max_days = 3651\n", 1, 12, "max_days",
                   "'3651' is not a whole number from 1 to 3650");
     expect_errors(SERVER_TOKEN PROFILE_NONE "max_days = -1\n", 1, 12, "max_days", "from 1 to 3650");
@@ -934,7 +944,8 @@ static void test_check_config_command(void)
     /* the [server] values in force, defaults included */
     CU_ASSERT(strstr(out, "\nserver: 127.0.0.1:8443; ") != NULL);
     CU_ASSERT(strstr(out, " threads, request timeout 10000 ms, keep-alive 15000 ms, bodies up to "
-                          "65536 octets; log level info\n") != NULL);
+                          "65536 octets; log level info; refusals' audit rows kept 400 days, "
+                          "the newest 1000000\n") != NULL);
     CU_ASSERT(strstr(out, "up to 30 days\n") != NULL);
     snprintf(expect, sizeof(expect),
              "token \"estgate\" in %s/./module.so, calls concurrent (calls = auto)\n", dir);

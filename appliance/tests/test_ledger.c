@@ -177,7 +177,7 @@ static void test_schema_is_wal_full_sync_with_version(void)
     CU_ASSERT(writer_pragma_is(lg, "journal_mode", "wal"));
     CU_ASSERT(writer_pragma_is(lg, "synchronous", "2"));
     CU_ASSERT(writer_pragma_is(lg, "foreign_keys", "1"));
-    CU_ASSERT(writer_pragma_is(lg, "user_version", "2"));
+    CU_ASSERT(writer_pragma_is(lg, "user_version", "3"));
     CU_ASSERT(sql_text_is("SELECT sql LIKE '%WHERE fail_reason IS NULL' FROM sqlite_schema"
                           " WHERE name = 'issuance_key'",
                           "1"));
@@ -186,7 +186,7 @@ static void test_schema_is_wal_full_sync_with_version(void)
                           "id,time,type,profile,principal,peer,detail,intent_id"));
     eg_ledger_close(lg);
     lg = open_ledger(NULL); /* an existing ledger opens without migrating again */
-    CU_ASSERT(writer_pragma_is(lg, "user_version", "2"));
+    CU_ASSERT(writer_pragma_is(lg, "user_version", "3"));
     eg_ledger_close(lg);
 }
 
@@ -277,7 +277,7 @@ static void test_version_1_ledger_migrates(void)
     CU_ASSERT(sql_text_is("PRAGMA user_version", "1"));
 
     lg = open_ledger(NULL);
-    CU_ASSERT(writer_pragma_is(lg, "user_version", "2"));
+    CU_ASSERT(writer_pragma_is(lg, "user_version", "3"));
     CU_ASSERT(begin_state_is(lg, 1, EG_INTENT_NEW)); /* a failed key may be issued again */
     CU_ASSERT(begin_state_is(lg, 2, EG_INTENT_NEW));
     CU_ASSERT(begin_state_is(lg, 3, EG_INTENT_ISSUED));
@@ -535,6 +535,107 @@ static void test_audit_events_are_stored(void)
     CU_ASSERT(sql_text_is("SELECT type || '|' || peer || '|' || detail || '|' ||"
                           " (profile IS NULL) || (intent_id IS NULL) FROM audit WHERE id = 1",
                           "auth.fail.basic|192.0.2.7|bad password|11"));
+}
+
+/* --- audit retention --- */
+
+/* n audit rows straight into the (closed) ledger, times first, first + step, ...; intent_id 0:
+   rows of no certificate. */
+static void add_audit_rows(int n, int64_t first, int64_t step, int64_t intent_id)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+
+    CU_ASSERT_EQUAL_FATAL(sqlite3_open(db_path, &db), SQLITE_OK);
+    CU_ASSERT_EQUAL(sqlite3_exec(db, "BEGIN", NULL, NULL, NULL), SQLITE_OK);
+    CU_ASSERT_EQUAL_FATAL(sqlite3_prepare_v2(db,
+                                             "INSERT INTO audit (time, type, peer, intent_id)"
+                                             " VALUES (?1, 'auth.missing', '192.0.2.9', ?2)",
+                                             -1, &st, NULL),
+                          SQLITE_OK);
+    for (int i = 0; i < n; i++) {
+        sqlite3_bind_int64(st, 1, first + i * step);
+        if (intent_id != 0)
+            sqlite3_bind_int64(st, 2, intent_id);
+        else
+            sqlite3_bind_null(st, 2);
+        CU_ASSERT_EQUAL(sqlite3_step(st), SQLITE_DONE);
+        sqlite3_reset(st);
+    }
+    sqlite3_finalize(st);
+    CU_ASSERT_EQUAL(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+}
+
+static int64_t unlinked_rows(void)
+{
+    return sql_int("SELECT count(*) FROM audit WHERE intent_id IS NULL", 0);
+}
+
+/*
+ * Rows of no certificate go by age, then by count, oldest first; an issuance's rows stay
+ * however old. Nothing goes before limits are set.
+ */
+static void test_audit_retention_by_age_and_count(void)
+{
+    eg_ledger_retention keep = {0};
+    eg_ledger *lg = open_ledger(NULL);
+    int64_t id = 0, t = (int64_t)time(NULL);
+    uint64_t deleted = 99;
+
+    CU_ASSERT_EQUAL_FATAL(issue(lg, 5, &id), 0);
+    eg_ledger_close(lg);
+    add_audit_rows(3, t - 1000 * 86400, 1, id); /* an issuance's rows, long ago */
+    add_audit_rows(100, t - 500 * 86400, 60, 0);
+    add_audit_rows(100, t - 1000, 1, 0);
+
+    lg = open_ledger(NULL);
+    CU_ASSERT_EQUAL(eg_ledger_prune_audit(lg, &deleted), 0);
+    CU_ASSERT_EQUAL(deleted, 0);
+    CU_ASSERT_EQUAL(unlinked_rows(), 200);
+
+    keep.keep_days = 400;
+    eg_ledger_set_retention(lg, &keep);
+    /* The keeper thread may have made the pass first: count what is left, not what we deleted. */
+    CU_ASSERT_EQUAL(eg_ledger_prune_audit(lg, NULL), 0);
+    CU_ASSERT_EQUAL(unlinked_rows(), 100);
+    CU_ASSERT_EQUAL(sql_int("SELECT min(time) FROM audit WHERE intent_id IS NULL", 0), t - 1000);
+
+    keep = (eg_ledger_retention){.keep_rows = 30};
+    eg_ledger_set_retention(lg, &keep);
+    CU_ASSERT_EQUAL(eg_ledger_prune_audit(lg, NULL), 0);
+    CU_ASSERT_EQUAL(unlinked_rows(), 30);
+    CU_ASSERT_EQUAL(sql_int("SELECT min(time) FROM audit WHERE intent_id IS NULL", 0),
+                    t - 1000 + 70);
+    CU_ASSERT_EQUAL(sql_int("SELECT count(*) FROM audit WHERE intent_id = ?", id), 3);
+    CU_ASSERT(has_cert(lg, 5));
+    eg_ledger_close(lg);
+}
+
+/*
+ * A flood of refusals in one second: once a tenth of keep_rows has come in since the last pass,
+ * the keeper prunes to the newest keep_rows by id, without anyone calling it.
+ */
+static void test_audit_flood_is_pruned_by_itself(void)
+{
+    eg_ledger_retention keep = {.keep_rows = 50};
+    eg_audit_event ev = {.type = "auth.missing", .peer = "192.0.2.7", .detail = "no credentials"};
+    eg_ledger *lg = open_ledger(NULL);
+    int64_t rows = -1, last;
+
+    eg_ledger_set_retention(lg, &keep);
+    for (int i = 0; i < 400; i++)
+        CU_ASSERT_EQUAL(eg_ledger_audit(lg, &ev), 0);
+    last = sql_int("SELECT max(id) FROM audit", 0);
+    /* The last pass may have run before the last few rows: at most a tenth more. */
+    for (int i = 0; i < 100 && (rows = unlinked_rows()) > 55; i++)
+        usleep(50 * 1000);
+    CU_ASSERT(rows >= 50 && rows <= 55);
+    if (rows < 50 || rows > 55)
+        fprintf(stderr, "\n  %lld rows left of 400, keeping 50\n", (long long)rows);
+    CU_ASSERT_EQUAL(sql_int("SELECT count(*) FROM audit WHERE id = ?", last), 1);
+    CU_ASSERT_EQUAL(sql_int("SELECT max(id) - min(id) + 1 FROM audit", 0), rows);
+    eg_ledger_close(lg);
 }
 
 /* A certificate and its audit row: one operation, one commit, both or neither. */
@@ -838,6 +939,8 @@ static CU_TestInfo tests[] = {
     {"serial collision is reported apart", test_serial_collision_is_reported_apart},
     {"pending row of a dead process is retried", test_pending_row_of_dead_process_is_retried},
     {"audit events are stored", test_audit_events_are_stored},
+    {"audit retention by age and count", test_audit_retention_by_age_and_count},
+    {"audit flood is pruned by itself", test_audit_flood_is_pruned_by_itself},
     {"complete with audit is one commit, both or neither", test_complete_with_audit_is_one_commit},
     {"concurrent issuance is grouped", test_concurrent_issuance_is_grouped},
     {"failing operation spares its batch", test_failing_operation_spares_its_batch},
