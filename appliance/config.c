@@ -1012,6 +1012,10 @@ static const key_spec server_keys[] = {
      .min = 1000,
      .max = 600000},
     {.name = "ledger", .kind = V_PATH, .off = CFG(ledger_path)},
+    {.name = "auth_failures_per_minute",
+     .kind = V_UINT,
+     .off = CFG(auth_failures_per_minute),
+     .max = 100000},
     {.name = "audit_keep_days", .kind = V_UINT, .off = CFG(audit_keep_days), .max = 36500},
     {.name = "audit_keep_rows", .kind = V_UINT, .off = CFG(audit_keep_rows), .max = 1000000000},
     {.name = "log_level", .kind = V_FN, .parse = parse_log_level},
@@ -1443,6 +1447,7 @@ int eg_config_load(const char *path, eg_config **out, eg_config_errors *errs)
     ld.cfg->threads = default_threads();
     ld.cfg->keepalive_ms = 15000;
     ld.cfg->request_timeout_ms = 10000;
+    ld.cfg->auth_failures_per_minute = 20;
     ld.cfg->audit_keep_days = 400;
     ld.cfg->audit_keep_rows = 1000000;
     if (parse_file(&ld) != 0)
@@ -1543,9 +1548,15 @@ static void print_server(FILE *fp, const eg_config *cfg)
     }
     fprintf(fp,
             "; %u threads, request timeout %u ms, keep-alive %u ms, bodies up to %zu "
-            "octets; log level %s; refusals' audit rows kept ",
+            "octets; log level %s; ",
             cfg->threads, cfg->request_timeout_ms, cfg->keepalive_ms, cfg->max_body,
             cfg->log_level ? cfg->log_level : "info");
+    if (cfg->auth_failures_per_minute > 0)
+        fprintf(fp, "at most %u wrong passwords a minute from one address; ",
+                cfg->auth_failures_per_minute);
+    else
+        fprintf(fp, "wrong passwords not limited by address; ");
+    fprintf(fp, "refusals' audit rows kept ");
     if (cfg->audit_keep_days > 0)
         fprintf(fp, "%u days", cfg->audit_keep_days);
     else

@@ -1239,6 +1239,41 @@ static void test_log_level(void)
     free(text);
 }
 
+/*
+ * [server] auth_failures_per_minute, set by a reload: past the limit, a wrong password from the
+ * same address is 429 with Retry-After, audited as auth.throttled, without a password check.
+ */
+static void test_wrong_passwords_from_one_address_get_429(void)
+{
+    size_t inilen;
+    char *text = eg_file_read(ini, &inilen), data[PATH_MAX + 1], *body;
+    int throttled = log_count("event=auth.throttled");
+    http h;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(text);
+    CU_ASSERT_EQUAL_FATAL(
+        ini_with_line(ini, text, inilen, "\n[token]\n", true, "\nauth_failures_per_minute = 1"), 0);
+    CU_ASSERT_EQUAL(sighup_and_wait("estgated: reloaded "), 0);
+    CU_ASSERT_EQUAL(curl(&h, port, "simpleenroll", "-u", "alice:wrong", "-H",
+                         "Content-Type: application/pkcs10", "--data-binary", at(data, "dev1.b64"),
+                         NULL),
+                    401);
+    CU_ASSERT_EQUAL(curl(&h, port, "simpleenroll", "-u", "alice:wrong", "-H",
+                         "Content-Type: application/pkcs10", "--data-binary", at(data, "dev1.b64"),
+                         NULL),
+                    429);
+    CU_ASSERT_PTR_NOT_NULL(strcasestr(h.headers, "\r\nRetry-After: "));
+    body = eg_file_read(h.body_path, NULL);
+    CU_ASSERT(body != NULL && strstr(body, "too many wrong passwords from this address") != NULL);
+    free(body);
+    CU_ASSERT_EQUAL(log_count("event=auth.throttled"), throttled + 1);
+
+    CU_ASSERT_EQUAL(eg_file_write(ini, text, inilen, 0600), 0);
+    CU_ASSERT_EQUAL(sighup_and_wait("estgated: reloaded "), 0);
+    CU_ASSERT_EQUAL(enroll(&h, "simpleenroll", "dev1", NULL, NULL, NULL, NULL, NULL), 200);
+    free(text);
+}
+
 /* One number from the daemon's ledger, read beside it. */
 static int64_t ledger_int(const char *sql)
 {
@@ -1442,6 +1477,7 @@ static CU_TestInfo tests[] = {
      test_sighup_reloads_client_trust},
     {"SIGHUP leaves [token] calls for a restart", test_sighup_leaves_token_calls_for_a_restart},
     {"reload trims the refusals' audit rows", test_reload_trims_refusals_audit_rows},
+    {"wrong passwords from one address get 429", test_wrong_passwords_from_one_address_get_429},
     {"log_level: quiet handshakes, and warning by a reload", test_log_level},
     {"a wrong token label names the tokens the module shows",
      test_wrong_token_label_names_the_tokens_present},

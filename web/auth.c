@@ -1,3 +1,4 @@
+#include <arpa/inet.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -21,6 +22,8 @@
 #define MAC_LEN      32
 #define CACHE_WAYS   4
 #define CACHE_SETS   (EG_AUTH_CACHE_ENTRIES / CACHE_WAYS)
+#define SOURCE_WAYS  4
+#define SOURCE_SETS  (EG_AUTH_SOURCES / SOURCE_WAYS)
 #define BASIC_MAX    1024
 #define REASON_BADPW "wrong user name or password"
 
@@ -31,6 +34,13 @@
 #define DUMMY_HASH                                                                                 \
     "$pbkdf2-sha256$600000$AAAAAAAAAAAAAAAAAAAAAA==$"                                              \
     "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+
+/* Wrong passwords from one source in its current window. */
+typedef struct source_entry {
+    uint8_t key[MAC_LEN]; /* MAC of the source (an IPv4 address or an IPv6 /64) */
+    uint64_t since;       /* monotonic seconds of the window's first failure; 0: empty */
+    unsigned failures;
+} source_entry;
 
 /* A verified credential: the MAC of (profile, user, password, stored hash). */
 typedef struct cache_entry {
@@ -52,6 +62,9 @@ struct eg_auth {
     pthread_mutex_t kdf_lock;
     pthread_cond_t kdf_free;
     unsigned kdf_slots, kdf_busy, kdf_peak, kdf_wait_ms;
+    /* Wrong passwords per source, under lock; set-associative like the cache. */
+    source_entry sources[EG_AUTH_SOURCES];
+    unsigned src_limit, src_window_s;
 };
 
 static uint64_t now_seconds(void)
@@ -83,6 +96,8 @@ int eg_auth_new(const eg_config *cfg, eg_auth **out)
         a->kdf_slots = cores > 1 ? (unsigned)(cores + 1) / 2 : 1;
         a->kdf_wait_ms = 5000;
     }
+    a->src_limit = cfg->auth_failures_per_minute;
+    a->src_window_s = 60;
     if ((a->hmac = EVP_MAC_fetch(NULL, "HMAC", NULL)) == NULL ||
         RAND_bytes(a->key, sizeof(a->key)) != 1)
         goto out;
@@ -143,6 +158,14 @@ unsigned eg_auth_kdf_peak(eg_auth *a)
     peak = a->kdf_peak;
     pthread_mutex_unlock(&a->kdf_lock);
     return peak;
+}
+
+void eg_auth_set_source_limit(eg_auth *a, unsigned failures, unsigned window_s)
+{
+    pthread_mutex_lock(&a->lock);
+    a->src_limit = failures;
+    a->src_window_s = window_s ? window_s : 60;
+    pthread_mutex_unlock(&a->lock);
 }
 
 /* A slot for one KDF run, waiting up to kdf_wait_ms; false when none came free. */
@@ -289,6 +312,106 @@ out:
     return rc;
 }
 
+/* --- wrong passwords per source --- */
+
+/* The MAC of a source's address bytes: an IPv4 address, or an IPv6 address's /64 (an IPv4
+   address mapped into IPv6 counts as itself). -1 when source is no address. */
+static int source_key(eg_auth *a, const char *source, uint8_t out[MAC_LEN])
+{
+    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    unsigned char addr[16];
+    const unsigned char *bytes = addr;
+    size_t n = 4, len = 0;
+    EVP_MAC_CTX *ctx = NULL;
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
+        OSSL_PARAM_construct_end(),
+    };
+    int rc = -1;
+
+    if (source == NULL)
+        return -1;
+    if (inet_pton(AF_INET6, source, addr) == 1) {
+        if (memcmp(addr, mapped, sizeof(mapped)) == 0)
+            bytes = addr + 12;
+        else
+            n = 8;
+    } else if (inet_pton(AF_INET, source, addr) != 1) {
+        return -1;
+    }
+    if ((ctx = EVP_MAC_CTX_new(a->hmac)) == NULL ||
+        EVP_MAC_init(ctx, a->key, sizeof(a->key), params) != 1 ||
+        EVP_MAC_update(ctx, (const uint8_t *)"source", 6) != 1 ||
+        EVP_MAC_update(ctx, bytes, n) != 1 || EVP_MAC_final(ctx, out, &len, MAC_LEN) != 1 ||
+        len != MAC_LEN)
+        goto out;
+    rc = 0;
+out:
+    EVP_MAC_CTX_free(ctx);
+    return rc;
+}
+
+/* Which entry a new source takes: an empty one, then one whose window has passed, then the
+   oldest (so a source over its limit stays while others can go). */
+static int source_rank(const eg_auth *a, const source_entry *e, uint64_t now)
+{
+    return e->since == 0 ? 0 : now - e->since >= a->src_window_s ? 1 : 2;
+}
+
+/* The source's entry, or with create a new one in the place source_rank picks; under lock. */
+static source_entry *source_find(eg_auth *a, const uint8_t key[MAC_LEN], uint64_t now, bool create)
+{
+    source_entry *set = &a->sources[(((size_t)key[0] << 8 | key[1]) % SOURCE_SETS) * SOURCE_WAYS];
+    source_entry *victim = NULL;
+
+    for (int i = 0; i < SOURCE_WAYS; i++) {
+        source_entry *e = &set[i];
+        int r = source_rank(a, e, now), rv = victim ? source_rank(a, victim, now) : 3;
+
+        if (e->since != 0 && memcmp(e->key, key, MAC_LEN) == 0)
+            return e;
+        if (r < rv || (r == rv && e->since < victim->since))
+            victim = e;
+    }
+    if (!create)
+        return NULL;
+    memcpy(victim->key, key, MAC_LEN);
+    victim->since = 0;
+    victim->failures = 0;
+    return victim;
+}
+
+/* Seconds until the source may have a password checked again; 0: now. */
+static unsigned source_wait(eg_auth *a, const uint8_t key[MAC_LEN])
+{
+    uint64_t now = now_seconds();
+    source_entry *e;
+    unsigned wait = 0;
+
+    pthread_mutex_lock(&a->lock);
+    if (a->src_limit > 0 && (e = source_find(a, key, now, false)) != NULL && e->since != 0 &&
+        now - e->since < a->src_window_s && e->failures >= a->src_limit)
+        wait = (unsigned)(e->since + a->src_window_s - now);
+    pthread_mutex_unlock(&a->lock);
+    return wait;
+}
+
+static void source_failed(eg_auth *a, const uint8_t key[MAC_LEN])
+{
+    uint64_t now = now_seconds();
+    source_entry *e;
+
+    pthread_mutex_lock(&a->lock);
+    if (a->src_limit > 0 && (e = source_find(a, key, now, true)) != NULL) {
+        if (e->since == 0 || now - e->since >= a->src_window_s) {
+            e->since = now;
+            e->failures = 0;
+        }
+        e->failures++;
+    }
+    pthread_mutex_unlock(&a->lock);
+}
+
 static cache_entry *cache_set(eg_auth *a, const uint8_t mac[MAC_LEN])
 {
     size_t h = (size_t)mac[0] << 8 | mac[1];
@@ -333,34 +456,53 @@ static const eg_user_cfg *find_user(const eg_profile_cfg *p, const char *name)
 }
 
 /* The password check, through the cache; only verified credentials are cached. */
-typedef enum { PW_OK, PW_WRONG, PW_BUSY } pw_result;
+typedef enum { PW_OK, PW_WRONG, PW_BUSY, PW_THROTTLED } pw_result;
 
-static pw_result password_ok(eg_auth *a, const eg_profile_cfg *p, const char *user, const char *pw,
-                             const char *hash)
+static pw_result password_ok(eg_auth *a, const eg_profile_cfg *p, const char *source,
+                             const char *user, const char *pw, const char *hash, unsigned *wait)
 {
-    uint8_t mac[MAC_LEN];
+    uint8_t mac[MAC_LEN], src[MAC_LEN];
     bool have_mac = credential_mac(a, p->name, user, pw, hash, mac) == 0;
-    bool ok;
+    bool have_src = false;
+    pw_result r;
 
-    if (have_mac && cache_hit(a, mac))
-        return PW_OK;
+    if (have_mac && cache_hit(a, mac)) {
+        r = PW_OK;
+        goto out;
+    }
+    if ((have_src = source_key(a, source, src) == 0) && (*wait = source_wait(a, src)) > 0) {
+        r = PW_THROTTLED;
+        goto out;
+    }
     if (!kdf_enter(a)) {
-        OPENSSL_cleanse(mac, sizeof(mac));
-        return PW_BUSY;
+        r = PW_BUSY;
+        goto out;
     }
     atomic_fetch_add(&a->kdf_runs, 1);
-    ok = eg_password_verify(pw, hash);
+    r = eg_password_verify(pw, hash) ? PW_OK : PW_WRONG;
     kdf_leave(a);
-    if (ok && have_mac)
+    if (r == PW_OK && have_mac)
         cache_add(a, mac);
+out:
     OPENSSL_cleanse(mac, sizeof(mac));
-    return ok ? PW_OK : PW_WRONG;
+    return r;
 }
 
-int eg_auth_basic(eg_auth *a, const eg_profile_cfg *p, const char *header, eg_auth_result *res)
+/* A wrong password or unknown user from source: counted against it. */
+static void note_failure(eg_auth *a, const char *source)
+{
+    uint8_t src[MAC_LEN];
+
+    if (source_key(a, source, src) == 0)
+        source_failed(a, src);
+}
+
+int eg_auth_basic(eg_auth *a, const eg_profile_cfg *p, const char *source, const char *header,
+                  eg_auth_result *res)
 {
     char *user = NULL, *pw = NULL;
     const eg_user_cfg *u;
+    unsigned wait = 0;
     int rc = -1;
 
     memset(res, 0, sizeof(*res));
@@ -373,9 +515,15 @@ int eg_auth_basic(eg_auth *a, const eg_profile_cfg *p, const char *header, eg_au
         goto out;
     snprintf(res->principal, sizeof(res->principal), "basic:%s", user);
     u = find_user(p, user);
-    switch (password_ok(a, p, user, pw, u != NULL ? u->hash : DUMMY_HASH)) {
+    switch (password_ok(a, p, source, user, pw, u != NULL ? u->hash : DUMMY_HASH, &wait)) {
     case PW_OK:
         break;
+    case PW_THROTTLED:
+        res->throttled = wait;
+        res->fail = EG_AUDIT_AUTH_THROTTLED;
+        snprintf(res->reason, sizeof(res->reason),
+                 "too many wrong passwords from this address; try again in %u s", wait);
+        goto out;
     case PW_BUSY:
         res->busy = true;
         res->fail = EG_AUDIT_UNAVAILABLE;
@@ -383,12 +531,14 @@ int eg_auth_basic(eg_auth *a, const eg_profile_cfg *p, const char *header, eg_au
                  "too many password checks at once; try again shortly");
         goto out;
     case PW_WRONG:
+        note_failure(a, source);
         res->fail = u != NULL ? EG_AUDIT_AUTH_BAD_PASSWORD : EG_AUDIT_AUTH_UNKNOWN_USER;
         snprintf(res->reason, sizeof(res->reason), REASON_BADPW);
         goto out;
     }
     /* A password equal to the dummy's would pass for an unknown user: no. */
     if (u == NULL) {
+        note_failure(a, source);
         res->fail = EG_AUDIT_AUTH_UNKNOWN_USER;
         snprintf(res->reason, sizeof(res->reason), REASON_BADPW);
         goto out;

@@ -22,6 +22,8 @@ typedef struct eg_auth eg_auth;
 typedef struct eg_auth_result {
     eg_audit_kind fail;  /* on refusal: auth.missing, auth.bad_password, ... */
     bool busy;           /* refused unchecked: password checks were all taken (answer 503) */
+    unsigned throttled;  /* refused unchecked: this source's wrong passwords are over the limit;
+                            seconds until it may try again (answer 429 with Retry-After) */
     char principal[160]; /* "basic:<user>", "cert:<sha256 hex of the leaf DER>" */
     char reason[200];    /* for the client and the log; never a secret */
 } eg_auth_result;
@@ -36,8 +38,10 @@ void eg_auth_free(eg_auth *a);
  */
 int eg_auth_parse_basic(const char *header, char **user, char **password, char *why, size_t whylen);
 
-/* 0: admitted (res->principal set); -1: refused (res->fail and res->reason set). */
-int eg_auth_basic(eg_auth *a, const eg_profile_cfg *p, const char *header, eg_auth_result *res);
+/* 0: admitted (res->principal set); -1: refused (res->fail and res->reason set). source is the
+   client's address without its port ("192.0.2.7", "2001:db8::7"), or NULL. */
+int eg_auth_basic(eg_auth *a, const eg_profile_cfg *p, const char *source, const char *header,
+                  eg_auth_result *res);
 /* The chain as the handshake gave it, DER, leaf first; verified for purpose sslclient. */
 int eg_auth_cert(eg_auth *a, const eg_profile_cfg *p, const uint8_t *const *certs,
                  const size_t *lens, size_t n, eg_auth_result *res);
@@ -53,5 +57,16 @@ uint64_t eg_auth_kdf_runs(eg_auth *a);
  */
 void eg_auth_set_kdf_limits(eg_auth *a, unsigned slots, unsigned wait_ms);
 unsigned eg_auth_kdf_peak(eg_auth *a);
+
+/*
+ * Online guessing from one place: once a source (an IPv4 address, or an IPv6 /64, which one
+ * host usually holds whole) has had `failures` wrong passwords or unknown users within
+ * window_s seconds of its first, its next credentials that would need the KDF are refused
+ * unchecked until the window ends. Credentials verified before (in the cache) still pass, so
+ * devices behind the same NAT that enrolled before are not locked out. failures 0: no limit.
+ * Set from [server] auth_failures_per_minute (window 60 s); any other window is for tests.
+ */
+#define EG_AUTH_SOURCES 1024
+void eg_auth_set_source_limit(eg_auth *a, unsigned failures, unsigned window_s);
 
 #endif

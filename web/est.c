@@ -300,7 +300,7 @@ static unsigned authenticate(est_ctx *c, char *principal, size_t plen)
     }
     if ((modes & EG_AUTH_BASIC) && q->authorization != NULL) {
         basic_tried = true;
-        if (eg_auth_basic(c->est->auth, c->profile, q->authorization, &basic) == 0) {
+        if (eg_auth_basic(c->est->auth, c->profile, q->source, q->authorization, &basic) == 0) {
             snprintf(principal, plen, "%s", basic.principal);
             return EG_AUTH_BASIC;
         }
@@ -312,6 +312,9 @@ static unsigned authenticate(est_ctx *c, char *principal, size_t plen)
     if (basic_tried && basic.busy) {
         refuse(c, 503, basic.fail, basic.principal, basic.reason);
         add_header(c->resp, "Retry-After: 5");
+    } else if (basic_tried && basic.throttled > 0) {
+        refuse(c, 429, basic.fail, basic.principal, basic.reason);
+        add_header(c->resp, "Retry-After: %u", basic.throttled);
     } else if (basic_tried || ((modes & EG_AUTH_BASIC) && !cert_tried)) {
         if (!basic_tried)
             snprintf(basic.reason, sizeof(basic.reason), "credentials required");

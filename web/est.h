@@ -36,7 +36,8 @@ typedef struct eg_http_req {
     const uint8_t *const *client_certs;
     const size_t *client_cert_lens;
     size_t n_client_certs;
-    const char *peer; /* "192.0.2.7:51234" */
+    const char *peer;   /* "192.0.2.7:51234" */
+    const char *source; /* the address alone: "192.0.2.7", "2001:db8::7"; NULL if unknown */
 } eg_http_req;
 
 #define EG_HTTP_MAX_HEADERS 4

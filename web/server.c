@@ -210,6 +210,7 @@ static void fill_request(struct mg_connection *conn, eg_http_req *req, char *pee
     req->content_transfer_encoding = mg_get_header(conn, "Content-Transfer-Encoding");
     req->authorization = mg_get_header(conn, "Authorization");
     req->peer = peer;
+    req->source = ri->remote_addr;
 }
 
 /* 1*DIGIT, then optional trailing whitespace (civetweb has skipped the leading). */

@@ -192,15 +192,16 @@ static void test_cache_hit_skips_kdf(void)
     eg_auth_result res;
     uint64_t runs = eg_auth_kdf_runs(auth);
 
-    CU_ASSERT_EQUAL(eg_auth_basic(auth, &cfg.profiles[0], basic("alice:s3cret"), &res), 0);
+    CU_ASSERT_EQUAL(eg_auth_basic(auth, &cfg.profiles[0], NULL, basic("alice:s3cret"), &res), 0);
     CU_ASSERT_STRING_EQUAL(res.principal, "basic:alice");
     CU_ASSERT_EQUAL(eg_auth_kdf_runs(auth), runs + 1);
     for (int i = 0; i < 3; i++)
-        CU_ASSERT_EQUAL(eg_auth_basic(auth, &cfg.profiles[0], basic("alice:s3cret"), &res), 0);
+        CU_ASSERT_EQUAL(eg_auth_basic(auth, &cfg.profiles[0], NULL, basic("alice:s3cret"), &res),
+                        0);
     CU_ASSERT_EQUAL(eg_auth_kdf_runs(auth), runs + 1);
     /* The profile is part of the cache key: B verifies for itself once. */
-    CU_ASSERT_EQUAL(eg_auth_basic(auth, &cfg.profiles[1], basic("alice:s3cret"), &res), 0);
-    CU_ASSERT_EQUAL(eg_auth_basic(auth, &cfg.profiles[1], basic("alice:s3cret"), &res), 0);
+    CU_ASSERT_EQUAL(eg_auth_basic(auth, &cfg.profiles[1], NULL, basic("alice:s3cret"), &res), 0);
+    CU_ASSERT_EQUAL(eg_auth_basic(auth, &cfg.profiles[1], NULL, basic("alice:s3cret"), &res), 0);
     CU_ASSERT_EQUAL(eg_auth_kdf_runs(auth), runs + 2);
 }
 
@@ -210,14 +211,15 @@ static void test_wrong_password_never_cached(void)
     uint64_t runs = eg_auth_kdf_runs(auth);
 
     for (int i = 0; i < 2; i++) {
-        CU_ASSERT_EQUAL(eg_auth_basic(auth, &cfg.profiles[0], basic("alice:wrong"), &res), -1);
+        CU_ASSERT_EQUAL(eg_auth_basic(auth, &cfg.profiles[0], NULL, basic("alice:wrong"), &res),
+                        -1);
         CU_ASSERT_EQUAL(res.fail, EG_AUDIT_AUTH_BAD_PASSWORD);
         CU_ASSERT_STRING_EQUAL(res.reason, "wrong user name or password");
     }
     CU_ASSERT_EQUAL(eg_auth_kdf_runs(auth), runs + 2);
     /* A prefix or extension of the right password is not a hit either. */
-    CU_ASSERT_EQUAL(eg_auth_basic(auth, &cfg.profiles[0], basic("alice:s3cre"), &res), -1);
-    CU_ASSERT_EQUAL(eg_auth_basic(auth, &cfg.profiles[0], basic("alice:s3cret "), &res), -1);
+    CU_ASSERT_EQUAL(eg_auth_basic(auth, &cfg.profiles[0], NULL, basic("alice:s3cre"), &res), -1);
+    CU_ASSERT_EQUAL(eg_auth_basic(auth, &cfg.profiles[0], NULL, basic("alice:s3cret "), &res), -1);
     CU_ASSERT_EQUAL(eg_auth_kdf_runs(auth), runs + 4);
 }
 
@@ -226,14 +228,14 @@ static void test_unknown_and_missing(void)
     eg_auth_result res;
     uint64_t runs = eg_auth_kdf_runs(auth);
 
-    CU_ASSERT_EQUAL(eg_auth_basic(auth, &cfg.profiles[0], basic("mallory:s3cret"), &res), -1);
+    CU_ASSERT_EQUAL(eg_auth_basic(auth, &cfg.profiles[0], NULL, basic("mallory:s3cret"), &res), -1);
     CU_ASSERT_EQUAL(res.fail, EG_AUDIT_AUTH_UNKNOWN_USER);
     CU_ASSERT_STRING_EQUAL(res.principal, "basic:mallory");
     /* Same cost as a known user, so timing does not tell names apart. */
     CU_ASSERT_EQUAL(eg_auth_kdf_runs(auth), runs + 1);
-    CU_ASSERT_EQUAL(eg_auth_basic(auth, &cfg.profiles[0], NULL, &res), -1);
+    CU_ASSERT_EQUAL(eg_auth_basic(auth, &cfg.profiles[0], NULL, NULL, &res), -1);
     CU_ASSERT_EQUAL(res.fail, EG_AUDIT_AUTH_MISSING);
-    CU_ASSERT_EQUAL(eg_auth_basic(auth, &cfg.profiles[0], "Basic !!", &res), -1);
+    CU_ASSERT_EQUAL(eg_auth_basic(auth, &cfg.profiles[0], NULL, "Basic !!", &res), -1);
     CU_ASSERT_EQUAL(res.fail, EG_AUDIT_AUTH_MISSING);
     CU_ASSERT_PTR_NOT_NULL(strstr(res.reason, "not base64"));
 }
@@ -248,7 +250,7 @@ static void *attempt_run(void *arg)
 {
     attempt *t = arg;
 
-    t->rc = eg_auth_basic(auth, &cfg.profiles[0], t->header, &t->res);
+    t->rc = eg_auth_basic(auth, &cfg.profiles[0], NULL, t->header, &t->res);
     return NULL;
 }
 
@@ -263,7 +265,7 @@ static void test_password_checks_are_rationed(void)
     pthread_t th[3];
     eg_auth_result res;
 
-    CU_ASSERT_EQUAL(eg_auth_basic(auth, &cfg.profiles[0], basic("alice:s3cret"), &res), 0);
+    CU_ASSERT_EQUAL(eg_auth_basic(auth, &cfg.profiles[0], NULL, basic("alice:s3cret"), &res), 0);
     eg_auth_set_kdf_limits(auth, 1, 60000);
     for (int i = 0; i < 3; i++) {
         char up[32];
@@ -289,16 +291,69 @@ static void test_password_checks_are_rationed(void)
         CU_ASSERT_EQUAL_FATAL(pthread_create(&th[0], NULL, attempt_run, &t[0]), 0);
         for (int i = 0; i < 500 && eg_auth_kdf_runs(auth) == runs; i++)
             usleep(10000);
-        CU_ASSERT_EQUAL(eg_auth_basic(auth, &cfg.profiles[0], basic("alice:guess"), &res), -1);
+        CU_ASSERT_EQUAL(eg_auth_basic(auth, &cfg.profiles[0], NULL, basic("alice:guess"), &res),
+                        -1);
         CU_ASSERT_TRUE(res.busy);
         CU_ASSERT_EQUAL(res.fail, EG_AUDIT_UNAVAILABLE);
         /* the cached password needs no slot */
-        CU_ASSERT_EQUAL(eg_auth_basic(auth, &cfg.profiles[0], basic("alice:s3cret"), &res), 0);
+        CU_ASSERT_EQUAL(eg_auth_basic(auth, &cfg.profiles[0], NULL, basic("alice:s3cret"), &res),
+                        0);
         pthread_join(th[0], NULL);
         CU_ASSERT_EQUAL(t[0].rc, -1);
         CU_ASSERT_FALSE(t[0].res.busy);
     }
     eg_auth_set_kdf_limits(auth, 2, 5000);
+}
+
+/* One wrong-password check from source: the refusal's kind. */
+static eg_audit_kind wrong_from(const char *source, eg_auth_result *res)
+{
+    CU_ASSERT_EQUAL(eg_auth_basic(auth, &cfg.profiles[0], source, basic("alice:guess"), res), -1);
+    return res->fail;
+}
+
+/*
+ * Wrong passwords from one address: past the limit, refused unchecked (no KDF) until the
+ * window ends, with how long to wait; other addresses, other /64s, and credentials verified
+ * before still pass meanwhile. An IPv6 /64 counts as one address, an IPv4-mapped address as
+ * its IPv4 one.
+ */
+static void test_wrong_passwords_are_limited_per_address(void)
+{
+    eg_auth_result res;
+    uint64_t runs;
+
+    eg_auth_set_source_limit(auth, 2, 2);
+    CU_ASSERT_EQUAL(eg_auth_basic(auth, &cfg.profiles[0], "192.0.2.7", basic("alice:s3cret"), &res),
+                    0);
+    CU_ASSERT_EQUAL(wrong_from("192.0.2.7", &res), EG_AUDIT_AUTH_BAD_PASSWORD);
+    CU_ASSERT_EQUAL(
+        eg_auth_basic(auth, &cfg.profiles[0], "192.0.2.7", basic("mallory:guess"), &res), -1);
+    CU_ASSERT_EQUAL(res.fail, EG_AUDIT_AUTH_UNKNOWN_USER); /* counts as well */
+    CU_ASSERT_EQUAL(res.throttled, 0);
+
+    runs = eg_auth_kdf_runs(auth);
+    CU_ASSERT_EQUAL(wrong_from("192.0.2.7", &res), EG_AUDIT_AUTH_THROTTLED);
+    CU_ASSERT(res.throttled >= 1 && res.throttled <= 2);
+    CU_ASSERT_PTR_NOT_NULL(strstr(res.reason, "too many wrong passwords from this address"));
+    CU_ASSERT_STRING_EQUAL(res.principal, "basic:alice");
+    CU_ASSERT_EQUAL(wrong_from("::ffff:192.0.2.7", &res), EG_AUDIT_AUTH_THROTTLED);
+    CU_ASSERT_EQUAL(eg_auth_kdf_runs(auth), runs);
+    CU_ASSERT_EQUAL(eg_auth_basic(auth, &cfg.profiles[0], "192.0.2.7", basic("alice:s3cret"), &res),
+                    0); /* verified before: no KDF needed, not limited */
+    CU_ASSERT_EQUAL(wrong_from("192.0.2.8", &res), EG_AUDIT_AUTH_BAD_PASSWORD);
+
+    CU_ASSERT_EQUAL(wrong_from("2001:db8::1", &res), EG_AUDIT_AUTH_BAD_PASSWORD);
+    CU_ASSERT_EQUAL(wrong_from("2001:db8::2", &res), EG_AUDIT_AUTH_BAD_PASSWORD);
+    CU_ASSERT_EQUAL(wrong_from("2001:db8::ffff:3", &res), EG_AUDIT_AUTH_THROTTLED);
+    CU_ASSERT_EQUAL(wrong_from("2001:db8:0:1::1", &res), EG_AUDIT_AUTH_BAD_PASSWORD);
+    CU_ASSERT_EQUAL(wrong_from(NULL, &res), EG_AUDIT_AUTH_BAD_PASSWORD); /* no address: no limit */
+
+    usleep(2100 * 1000); /* the window ends */
+    CU_ASSERT_EQUAL(wrong_from("192.0.2.7", &res), EG_AUDIT_AUTH_BAD_PASSWORD);
+    eg_auth_set_source_limit(auth, 0, 60);
+    for (int i = 0; i < 3; i++)
+        CU_ASSERT_EQUAL(wrong_from("198.51.100.1", &res), EG_AUDIT_AUTH_BAD_PASSWORD);
 }
 
 static int check_cert(const eg_profile_cfg *p, X509 *leaf, X509 *inter, eg_auth_result *res)
@@ -357,6 +412,7 @@ int main(void)
         {"a wrong password is never cached", test_wrong_password_never_cached},
         {"unknown users and missing credentials", test_unknown_and_missing},
         {"password checks are rationed", test_password_checks_are_rationed},
+        {"wrong passwords are limited per address", test_wrong_passwords_are_limited_per_address},
         {"a certificate is trusted per profile", test_cert_per_profile},
         {"client intermediates and the sslclient purpose", test_cert_chain_and_purpose},
         CU_TEST_INFO_NULL,
