@@ -757,7 +757,7 @@ static int begin_intent(enroll *e, const X509_NAME *subject, const eg_validity *
     uint8_t serial[EG_SERIAL_LEN];
     char subj[256] = "";
     eg_issue_intent in = {
-        .profile = e->prof->cfg.label,
+        .profile = e->prof->cfg.name, /* as in the audit rows: "default", not its empty label */
         .principal = e->req->principal ? e->req->principal : "anonymous",
         .serial = serial,
         .serial_len = sizeof(serial),

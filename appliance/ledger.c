@@ -30,7 +30,7 @@
 #include "ledger.h"
 #include "ledger_local.h"
 
-#define LEDGER_SCHEMA_VERSION 3
+#define LEDGER_SCHEMA_VERSION 4
 #define LEDGER_BATCH_DEFAULT  256
 #define LEDGER_BUSY_MS        5000
 #define LEDGER_SERIAL_MAX     20
@@ -87,6 +87,11 @@ static const char *const migrations[LEDGER_SCHEMA_VERSION] = {
      * rows of an issuance stay with it and are not in this index.
      */
     "CREATE INDEX audit_unlinked ON audit (time) WHERE intent_id IS NULL;",
+    /*
+     * Issuances named the default profile by its URL label, '', and audit rows by its name;
+     * both use the name now. The request key moves with it, so retries stay idempotent.
+     */
+    "UPDATE issuance SET profile = 'default' WHERE profile = '';",
 };
 
 enum {

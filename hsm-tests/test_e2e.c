@@ -1290,6 +1290,15 @@ static int64_t ledger_int(const char *sql)
     return n;
 }
 
+/* Issuance and audit rows name a profile alike, by its section name ("default", not ''). */
+static void test_ledger_names_profiles_as_the_configuration(void)
+{
+    CU_ASSERT(ledger_int("SELECT count(*) FROM issuance WHERE profile = 'default'") > 0);
+    CU_ASSERT_EQUAL(ledger_int("SELECT count(*) FROM issuance WHERE profile NOT IN"
+                               " (SELECT profile FROM audit WHERE profile IS NOT NULL)"),
+                    0);
+}
+
 /*
  * [server] audit_keep_rows, set by a reload: the ledger keeps only the newest refusals' rows,
  * and a certificate's own rows stay.
@@ -1476,6 +1485,7 @@ static CU_TestInfo tests[] = {
     {"SIGHUP reloads client trust; a broken file changes nothing",
      test_sighup_reloads_client_trust},
     {"SIGHUP leaves [token] calls for a restart", test_sighup_leaves_token_calls_for_a_restart},
+    {"ledger names profiles as the configuration", test_ledger_names_profiles_as_the_configuration},
     {"reload trims the refusals' audit rows", test_reload_trims_refusals_audit_rows},
     {"wrong passwords from one address get 429", test_wrong_passwords_from_one_address_get_429},
     {"log_level: quiet handshakes, and warning by a reload", test_log_level},

@@ -177,7 +177,7 @@ static void test_schema_is_wal_full_sync_with_version(void)
     CU_ASSERT(writer_pragma_is(lg, "journal_mode", "wal"));
     CU_ASSERT(writer_pragma_is(lg, "synchronous", "2"));
     CU_ASSERT(writer_pragma_is(lg, "foreign_keys", "1"));
-    CU_ASSERT(writer_pragma_is(lg, "user_version", "3"));
+    CU_ASSERT(writer_pragma_is(lg, "user_version", "4"));
     CU_ASSERT(sql_text_is("SELECT sql LIKE '%WHERE fail_reason IS NULL' FROM sqlite_schema"
                           " WHERE name = 'issuance_key'",
                           "1"));
@@ -186,7 +186,7 @@ static void test_schema_is_wal_full_sync_with_version(void)
                           "id,time,type,profile,principal,peer,detail,intent_id"));
     eg_ledger_close(lg);
     lg = open_ledger(NULL); /* an existing ledger opens without migrating again */
-    CU_ASSERT(writer_pragma_is(lg, "user_version", "3"));
+    CU_ASSERT(writer_pragma_is(lg, "user_version", "4"));
     eg_ledger_close(lg);
 }
 
@@ -277,7 +277,7 @@ static void test_version_1_ledger_migrates(void)
     CU_ASSERT(sql_text_is("PRAGMA user_version", "1"));
 
     lg = open_ledger(NULL);
-    CU_ASSERT(writer_pragma_is(lg, "user_version", "3"));
+    CU_ASSERT(writer_pragma_is(lg, "user_version", "4"));
     CU_ASSERT(begin_state_is(lg, 1, EG_INTENT_NEW)); /* a failed key may be issued again */
     CU_ASSERT(begin_state_is(lg, 2, EG_INTENT_NEW));
     CU_ASSERT(begin_state_is(lg, 3, EG_INTENT_ISSUED));
@@ -287,6 +287,38 @@ static void test_version_1_ledger_migrates(void)
     CU_ASSERT(sql_text_is("SELECT group_concat(fail_reason, '|') FROM (SELECT fail_reason"
                           " FROM issuance WHERE state = 'failed' ORDER BY id)",
                           "no reason given|token refused"));
+}
+
+/* Version 3 named the default profile '' in issuance; version 4 names it "default", as the
+   audit rows do, and a retry of an old request still gets its certificate. */
+static void test_version_3_default_profile_is_named(void)
+{
+    sqlite3 *db = NULL;
+    eg_intent_result res = {0};
+    eg_ledger *lg;
+    req r;
+
+    CU_ASSERT_EQUAL_FATAL(eg_ledger_create_at_version(db_path, 3), 0);
+    CU_ASSERT_EQUAL_FATAL(sqlite3_open(db_path, &db), SQLITE_OK);
+    v1_row(db, 1, "issued", NULL);
+    v1_row(db, 2, "issued", NULL);
+    CU_ASSERT_EQUAL(
+        sqlite3_exec(db, "UPDATE issuance SET profile = '' WHERE id = 1", NULL, NULL, NULL),
+        SQLITE_OK);
+    sqlite3_close(db);
+
+    lg = open_ledger(NULL);
+    req_init(&r, 1);
+    r.in.profile = "default";
+    set_serial(&r, 1001);
+    CU_ASSERT_EQUAL(eg_ledger_begin_issue(lg, &r.in, &res), 0);
+    CU_ASSERT_EQUAL(res.state, EG_INTENT_ISSUED);
+    free(res.cert);
+    CU_ASSERT(begin_state_is(lg, 2, EG_INTENT_ISSUED)); /* "iot" stays "iot" */
+    eg_ledger_close(lg);
+    CU_ASSERT(sql_text_is("SELECT group_concat(profile, '|') FROM (SELECT profile FROM issuance"
+                          " ORDER BY id)",
+                          "default|iot"));
 }
 
 static void test_newer_schema_is_refused(void)
@@ -930,6 +962,7 @@ static CU_TestInfo tests[] = {
     {"schema is WAL, FULL sync, versioned", test_schema_is_wal_full_sync_with_version},
     {"completion rewrites no index", test_completion_rewrites_no_index},
     {"version 1 ledger migrates", test_version_1_ledger_migrates},
+    {"version 3 default profile is named", test_version_3_default_profile_is_named},
     {"newer schema is refused", test_newer_schema_is_refused},
     {"second open is refused", test_second_open_is_refused},
     {"issued request returns the same certificate", test_issued_request_returns_same_certificate},
