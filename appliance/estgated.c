@@ -228,6 +228,9 @@ static int run(const char *path)
     int rc = EX_UNAVAIL_;
 
     block_signals(&set);
+    /* A file size limit (systemd's LimitFSIZE=) reached by the ledger or the log must fail that
+       write, which the ledger answers as a full disk, not kill the daemon. */
+    signal(SIGXFSZ, SIG_IGN);
     print_version(stdout, path);
     /* serverkeygen's plaintext keys live only here between the token and SSL_write: locked
        out of swap where RLIMIT_MEMLOCK allows (1; 2 is usable but not locked), wiped on

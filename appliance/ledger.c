@@ -395,6 +395,11 @@ static int op_finish(eg_ledger *lg, ledger_op *op)
         fprintf(stderr, "ledger: %s: intent %lld is not in flight\n", what, (long long)op->id);
         goto out;
     }
+    /* A failing caller lets its intent go whether or not the row can say so (the disk may be
+       refusing writes): not undone with the batch, so the same request is offered for retry
+       with its serial as after a crash, instead of being refused as busy until a restart. */
+    if (op->kind == OP_FAIL)
+        flight_del(lg, op->id);
     sqlite3_bind_int64(st, 1, now());
     if (op->kind == OP_COMPLETE)
         sqlite3_bind_blob(st, 2, op->der, (int)op->der_len, SQLITE_STATIC);
@@ -407,8 +412,10 @@ static int op_finish(eg_ledger *lg, ledger_op *op)
         fprintf(stderr, "ledger: %s: intent %lld is not pending\n", what, (long long)op->id);
         goto out;
     }
-    flight_del(lg, op->id);
-    op->flight_removed = op->id;
+    if (op->kind == OP_COMPLETE) {
+        flight_del(lg, op->id);
+        op->flight_removed = op->id;
+    }
     rc = 0;
 out:
     return rc;

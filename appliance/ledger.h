@@ -63,7 +63,9 @@ int eg_ledger_begin_issue(eg_ledger *lg, const eg_issue_intent *in, eg_intent_re
 int eg_ledger_complete_issue(eg_ledger *lg, int64_t id, const uint8_t *der, size_t len);
 /* Marks an intent failed (signing refused or failed): no half-written record stays. The key
  * may be issued again; the serial stays taken. id must be in flight, as for complete. A NULL
- * reason is stored as "no reason given". */
+ * reason is stored as "no reason given". Even when it fails (the disk refusing writes), id is
+ * no longer in flight afterwards: its row stays pending, and the same request is offered for
+ * retry with the recorded serial, as after a crash. */
 int eg_ledger_fail_issue(eg_ledger *lg, int64_t id, const char *reason);
 
 /* Looks a certificate up by serial (DER INTEGER content); 1 found, 0 not found, -1 error. */

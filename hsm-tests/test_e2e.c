@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -1300,6 +1301,39 @@ static void test_ledger_names_profiles_as_the_configuration(void)
 }
 
 /*
+ * The ledger's disk refuses writes (a file size limit of 0 put on the running estgated, which
+ * SQLite meets as a full disk would): enrollment is 503 with Retry-After, the daemon lives on,
+ * and nothing is half-written; once the disk takes writes again, the same request gets its
+ * certificate.
+ */
+static void test_refused_disk_writes_are_503_then_recover(void)
+{
+    struct rlimit was, none;
+    int64_t rows = ledger_int("SELECT count(*) FROM issuance");
+    char *hdr;
+    http h;
+
+    CU_ASSERT_EQUAL_FATAL(
+        make_csr("full1", "ec", "full1.example.com", "subjectAltName=DNS:full1.example.com"), 0);
+    CU_ASSERT_EQUAL_FATAL(csr_b64("full1"), 0);
+    CU_ASSERT_EQUAL_FATAL(prlimit(daemon_pid, RLIMIT_FSIZE, NULL, &was), 0);
+    none = (struct rlimit){.rlim_cur = 0, .rlim_max = was.rlim_max};
+    CU_ASSERT_EQUAL_FATAL(prlimit(daemon_pid, RLIMIT_FSIZE, &none, NULL), 0);
+    CU_ASSERT_EQUAL(enroll(&h, "simpleenroll", "full1", NULL, NULL, NULL, NULL, NULL), 503);
+    hdr = h.headers;
+    CU_ASSERT_PTR_NOT_NULL(strcasestr(hdr, "\r\nRetry-After: "));
+    CU_ASSERT_EQUAL(kill(daemon_pid, 0), 0);
+    CU_ASSERT_EQUAL(prlimit(daemon_pid, RLIMIT_FSIZE, &was, NULL), 0);
+    CU_ASSERT_EQUAL(ledger_int("SELECT count(*) FROM issuance"), rows);
+
+    CU_ASSERT_EQUAL(enroll(&h, "simpleenroll", "full1", NULL, NULL, NULL, NULL, NULL), 200);
+    CU_ASSERT_EQUAL(ledger_int("SELECT count(*) FROM issuance WHERE state = 'issued' AND"
+                               " subject LIKE '%full1.example.com%'"),
+                    1);
+    CU_ASSERT_EQUAL(ledger_int("SELECT count(*) FROM issuance WHERE state = 'pending'"), 0);
+}
+
+/*
  * [server] audit_keep_rows, set by a reload: the ledger keeps only the newest refusals' rows,
  * and a certificate's own rows stay.
  */
@@ -1487,6 +1521,7 @@ static CU_TestInfo tests[] = {
     {"SIGHUP leaves [token] calls for a restart", test_sighup_leaves_token_calls_for_a_restart},
     {"ledger names profiles as the configuration", test_ledger_names_profiles_as_the_configuration},
     {"reload trims the refusals' audit rows", test_reload_trims_refusals_audit_rows},
+    {"refused disk writes are 503, then recover", test_refused_disk_writes_are_503_then_recover},
     {"wrong passwords from one address get 429", test_wrong_passwords_from_one_address_get_429},
     {"log_level: quiet handshakes, and warning by a reload", test_log_level},
     {"a wrong token label names the tokens the module shows",

@@ -5,9 +5,11 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -453,6 +455,52 @@ static void test_failed_attempt_can_be_retried(void)
     CU_ASSERT(sql_text_is("SELECT state || ':' || fail_reason FROM issuance WHERE id = 1",
                           "failed:token refused"));
     CU_ASSERT_EQUAL(sql_int("SELECT count(*) FROM issuance WHERE state = 'issued'", 0), 1);
+}
+
+/* The process may write no file octet while on (what a full disk does to SQLite's writes),
+   and any size again once off. */
+static void refuse_writes(bool on)
+{
+    struct rlimit rl;
+
+    CU_ASSERT_EQUAL_FATAL(getrlimit(RLIMIT_FSIZE, &rl), 0);
+    rl.rlim_cur = on ? 0 : rl.rlim_max;
+    CU_ASSERT_EQUAL_FATAL(setrlimit(RLIMIT_FSIZE, &rl), 0);
+}
+
+/*
+ * The disk refuses the certificate and then the failure too: both calls fail and nothing is
+ * half-written. Once the disk takes writes again, the same request is offered for retry with
+ * its recorded serial, not refused as busy until a restart.
+ */
+static void test_refused_writes_leave_the_request_retryable(void)
+{
+    eg_ledger *lg = open_ledger(NULL);
+    eg_intent_result first, again;
+    uint8_t der[CERT_MAX];
+    void (*was)(int) = signal(SIGXFSZ, SIG_IGN);
+    req r;
+
+    req_init(&r, 8);
+    CU_ASSERT_EQUAL_FATAL(eg_ledger_begin_issue(lg, &r.in, &first), 0);
+    CU_ASSERT_EQUAL(first.state, EG_INTENT_NEW);
+    refuse_writes(true);
+    CU_ASSERT_EQUAL(eg_ledger_complete_issue(lg, first.id, der, fake_cert(8, der)), -1);
+    CU_ASSERT_EQUAL(eg_ledger_fail_issue(lg, first.id, "the certificate could not be recorded"),
+                    -1);
+    refuse_writes(false);
+    signal(SIGXFSZ, was);
+
+    CU_ASSERT_EQUAL_FATAL(eg_ledger_begin_issue(lg, &r.in, &again), 0);
+    CU_ASSERT_EQUAL(again.state, EG_INTENT_RETRY);
+    CU_ASSERT_EQUAL(again.id, first.id);
+    CU_ASSERT(again.serial_len == sizeof(r.serial) && memcmp(again.serial, r.serial, 8) == 0);
+    CU_ASSERT_EQUAL(eg_ledger_complete_issue(lg, again.id, der, fake_cert(8, der)), 0);
+    CU_ASSERT(has_cert(lg, 8));
+    CU_ASSERT_EQUAL(issue(lg, 9, NULL), 0); /* and the ledger goes on */
+    eg_ledger_close(lg);
+    CU_ASSERT_EQUAL(sql_int("SELECT count(*) FROM issuance WHERE state = 'issued'", 0), 2);
+    CU_ASSERT_EQUAL(sql_int("SELECT count(*) FROM issuance", 0), 2);
 }
 
 static void test_failure_without_reason_frees_its_key(void)
@@ -968,6 +1016,7 @@ static CU_TestInfo tests[] = {
     {"issued request returns the same certificate", test_issued_request_returns_same_certificate},
     {"request in flight is busy", test_request_in_flight_is_busy},
     {"failed attempt can be retried", test_failed_attempt_can_be_retried},
+    {"refused writes leave the request retryable", test_refused_writes_leave_the_request_retryable},
     {"failure without reason frees its key", test_failure_without_reason_frees_its_key},
     {"serial collision is reported apart", test_serial_collision_is_reported_apart},
     {"pending row of a dead process is retried", test_pending_row_of_dead_process_is_retried},
