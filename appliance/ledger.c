@@ -807,14 +807,18 @@ static int prune_pass(eg_ledger *lg, uint64_t *deleted)
     rc = 0;
 out:
     if (total > 0) {
-        fprintf(stderr, "ledger: removed %llu audit row%s of no certificate (keeping",
-                (unsigned long long)total, total == 1 ? "" : "s");
+        char line[200];
+        int n = snprintf(line, sizeof(line),
+                         "ledger: removed %llu audit row%s of no certificate (keeping",
+                         (unsigned long long)total, total == 1 ? "" : "s");
+
         if (keep.keep_days > 0)
-            fprintf(stderr, " %u days", keep.keep_days);
+            n += snprintf(line + n, sizeof(line) - (size_t)n, " %u days", keep.keep_days);
         if (keep.keep_rows > 0)
-            fprintf(stderr, "%s the newest %u", keep.keep_days > 0 ? " and at most" : "",
-                    keep.keep_rows);
-        fprintf(stderr, ")\n");
+            n += snprintf(line + n, sizeof(line) - (size_t)n, "%s the newest %u",
+                          keep.keep_days > 0 ? " and at most" : "", keep.keep_rows);
+        snprintf(line + n, sizeof(line) - (size_t)n, ")\n");
+        fputs(line, stderr); /* one write: other threads' lines do not cut into it */
     }
     pthread_mutex_unlock(&lg->prune_lock);
     if (deleted != NULL)
