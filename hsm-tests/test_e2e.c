@@ -745,6 +745,43 @@ static int tls_request(SSL *ssl, const char *method, const char *path, const cha
 }
 
 /*
+ * A client that sends "Expect: 100-continue" waits for "100 Continue" before its body (curl
+ * for a second, some device stacks longer): it comes at once, then the final answer. A body
+ * over the limit gets 413 instead, without the 100, so the client need not send it.
+ */
+static void test_expect_100_continue(void)
+{
+    char path[PATH_MAX], head[4096], req[1024], rest[256];
+    SSL_CTX *ctx = NULL;
+    size_t len;
+    char *body = eg_file_read(tpath(path, "dev1.b64"), &len);
+    SSL *ssl = tls_connect(&ctx, port);
+    struct timespec t0, t1;
+    int n;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(body);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(ssl);
+    snprintf(rest, sizeof(rest), "Expect: 100-continue\r\nContent-Length: %zu\r\n\r\n", len);
+    CU_ASSERT_FATAL((n = raw_text(req, sizeof(req), "POST", "simpleenroll", rest)) > 0);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    CU_ASSERT_EQUAL(SSL_write(ssl, req, n), n);
+    CU_ASSERT_EQUAL(read_head(ssl, head, sizeof(head)), 100);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    CU_ASSERT(t1.tv_sec - t0.tv_sec < 2); /* at once, not after a timeout */
+    CU_ASSERT_EQUAL(SSL_write(ssl, body, (int)len), (int)len);
+    CU_ASSERT_EQUAL(read_head(ssl, head, sizeof(head)), 200);
+    tls_close(ssl, ctx);
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(ssl = tls_connect(&ctx, port));
+    snprintf(rest, sizeof(rest), "Expect: 100-continue\r\nContent-Length: 99999999\r\n\r\n");
+    CU_ASSERT_FATAL((n = raw_text(req, sizeof(req), "POST", "simpleenroll", rest)) > 0);
+    CU_ASSERT_EQUAL(SSL_write(ssl, req, n), n);
+    CU_ASSERT_EQUAL(read_head(ssl, head, sizeof(head)), 413);
+    tls_close(ssl, ctx);
+    free(body);
+}
+
+/*
  * The token server goes away. The TLS key is in the token too, so new
  * handshakes fail while it is away; a client on an established keep-alive
  * connection gets 503 with Retry-After, and service resumes when it is back.
@@ -1510,6 +1547,7 @@ static CU_TestInfo tests[] = {
     {"wire errors have their status", test_wire_errors_have_their_status},
     {"ambiguous framing is refused and closes the connection",
      test_ambiguous_framing_is_refused_and_closes},
+    {"Expect: 100-continue gets 100 at once", test_expect_100_continue},
     {"HEAD wherever GET", test_head_where_get},
     {"TLS 1.2 only where allowed", test_tls12_only_where_allowed},
     {"token unavailable is 503", test_token_unavailable_is_503},
