@@ -24,6 +24,7 @@
 #define CACHE_SETS   (EG_AUTH_CACHE_ENTRIES / CACHE_WAYS)
 #define SOURCE_WAYS  4
 #define SOURCE_SETS  (EG_AUTH_SOURCES / SOURCE_WAYS)
+#define KDF_FLIGHTS  64
 #define BASIC_MAX    1024
 #define REASON_BADPW "wrong user name or password"
 
@@ -41,6 +42,18 @@ typedef struct source_entry {
     uint64_t since;       /* monotonic seconds of the window's first failure; 0: empty */
     unsigned failures;
 } source_entry;
+
+/* The pw_result of password_ok; in a kdf_flight, what every request that joined it gets. */
+typedef enum { PW_OK, PW_WRONG, PW_BUSY, PW_THROTTLED } pw_result;
+
+/* One password check in progress, shared by the requests with the same credential MAC. */
+typedef struct kdf_flight {
+    uint8_t mac[MAC_LEN];
+    bool used;
+    bool done;
+    pw_result result;
+    unsigned waiters;
+} kdf_flight;
 
 /* A verified credential: the MAC of (profile, user, password, stored hash). */
 typedef struct cache_entry {
@@ -62,6 +75,11 @@ struct eg_auth {
     pthread_mutex_t kdf_lock;
     pthread_cond_t kdf_free;
     unsigned kdf_slots, kdf_busy, kdf_peak, kdf_wait_ms;
+    /* Checks in progress, under kdf_lock: a request whose credential is being checked by
+       another waits for that result instead of running the KDF again (a fleet sharing one
+       password, all arriving after a restart). */
+    kdf_flight flights[KDF_FLIGHTS];
+    pthread_cond_t kdf_done;
     /* Wrong passwords per source, under lock; set-associative like the cache. */
     source_entry sources[EG_AUTH_SOURCES];
     unsigned src_limit, src_window_s;
@@ -92,6 +110,7 @@ int eg_auth_new(const eg_config *cfg, eg_auth **out)
         pthread_condattr_init(&ca);
         pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
         pthread_cond_init(&a->kdf_free, &ca);
+        pthread_cond_init(&a->kdf_done, NULL);
         pthread_condattr_destroy(&ca);
         a->kdf_slots = cores > 1 ? (unsigned)(cores + 1) / 2 : 1;
         a->kdf_wait_ms = 5000;
@@ -133,7 +152,20 @@ void eg_auth_free(eg_auth *a)
     pthread_mutex_destroy(&a->lock);
     pthread_mutex_destroy(&a->kdf_lock);
     pthread_cond_destroy(&a->kdf_free);
+    pthread_cond_destroy(&a->kdf_done);
     free(a);
+}
+
+void eg_auth_adopt_cache(eg_auth *to, eg_auth *from)
+{
+    if (to == NULL || from == NULL)
+        return;
+    pthread_mutex_lock(&from->lock);
+    pthread_mutex_lock(&to->lock);
+    memcpy(to->key, from->key, sizeof(to->key));
+    memcpy(to->cache, from->cache, sizeof(to->cache));
+    pthread_mutex_unlock(&to->lock);
+    pthread_mutex_unlock(&from->lock);
 }
 
 uint64_t eg_auth_kdf_runs(eg_auth *a)
@@ -455,8 +487,57 @@ static const eg_user_cfg *find_user(const eg_profile_cfg *p, const char *name)
     return NULL;
 }
 
+/*
+ * Joins the check in progress for mac and waits for its result (true, *r set), or registers
+ * this request as the one that runs it (false, *mine set, or NULL when the table is full and
+ * nothing is shared).
+ */
+static bool kdf_join(eg_auth *a, const uint8_t mac[MAC_LEN], pw_result *r, kdf_flight **mine)
+{
+    kdf_flight *f = NULL, *free_slot = NULL;
+
+    *mine = NULL;
+    pthread_mutex_lock(&a->kdf_lock);
+    for (int i = 0; i < KDF_FLIGHTS && f == NULL; i++) {
+        if (a->flights[i].used && memcmp(a->flights[i].mac, mac, MAC_LEN) == 0)
+            f = &a->flights[i];
+        else if (!a->flights[i].used && free_slot == NULL)
+            free_slot = &a->flights[i];
+    }
+    if (f != NULL) {
+        f->waiters++;
+        while (!f->done)
+            pthread_cond_wait(&a->kdf_done, &a->kdf_lock);
+        *r = f->result;
+        if (--f->waiters == 0)
+            f->used = false;
+    } else if (free_slot != NULL) {
+        memcpy(free_slot->mac, mac, MAC_LEN);
+        free_slot->used = true;
+        free_slot->done = false;
+        free_slot->waiters = 0;
+        *mine = free_slot;
+    }
+    pthread_mutex_unlock(&a->kdf_lock);
+    return f != NULL;
+}
+
+/* The check registered by kdf_join is over: its result to the requests waiting on it. */
+static void kdf_land(eg_auth *a, kdf_flight *f, pw_result r)
+{
+    if (f == NULL)
+        return;
+    pthread_mutex_lock(&a->kdf_lock);
+    f->result = r;
+    f->done = true;
+    if (f->waiters == 0)
+        f->used = false;
+    else
+        pthread_cond_broadcast(&a->kdf_done);
+    pthread_mutex_unlock(&a->kdf_lock);
+}
+
 /* The password check, through the cache; only verified credentials are cached. */
-typedef enum { PW_OK, PW_WRONG, PW_BUSY, PW_THROTTLED } pw_result;
 
 static pw_result password_ok(eg_auth *a, const eg_profile_cfg *p, const char *source,
                              const char *user, const char *pw, const char *hash, unsigned *wait)
@@ -464,6 +545,7 @@ static pw_result password_ok(eg_auth *a, const eg_profile_cfg *p, const char *so
     uint8_t mac[MAC_LEN], src[MAC_LEN];
     bool have_mac = credential_mac(a, p->name, user, pw, hash, mac) == 0;
     bool have_src = false;
+    kdf_flight *flight = NULL;
     pw_result r;
 
     if (have_mac && cache_hit(a, mac)) {
@@ -474,15 +556,18 @@ static pw_result password_ok(eg_auth *a, const eg_profile_cfg *p, const char *so
         r = PW_THROTTLED;
         goto out;
     }
+    if (have_mac && kdf_join(a, mac, &r, &flight))
+        goto out;
     if (!kdf_enter(a)) {
         r = PW_BUSY;
-        goto out;
+    } else {
+        atomic_fetch_add(&a->kdf_runs, 1);
+        r = eg_password_verify(pw, hash) ? PW_OK : PW_WRONG;
+        kdf_leave(a);
+        if (r == PW_OK && have_mac)
+            cache_add(a, mac); /* before the waiters wake, so later requests hit the cache */
     }
-    atomic_fetch_add(&a->kdf_runs, 1);
-    r = eg_password_verify(pw, hash) ? PW_OK : PW_WRONG;
-    kdf_leave(a);
-    if (r == PW_OK && have_mac)
-        cache_add(a, mac);
+    kdf_land(a, flight, r);
 out:
     OPENSSL_cleanse(mac, sizeof(mac));
     return r;

@@ -46,6 +46,14 @@ int eg_auth_basic(eg_auth *a, const eg_profile_cfg *p, const char *source, const
 int eg_auth_cert(eg_auth *a, const eg_profile_cfg *p, const uint8_t *const *certs,
                  const size_t *lens, size_t n, eg_auth_result *res);
 
+/*
+ * At a reload: the verified credentials of the running handle (and the key they are kept
+ * under) go on in the new one, so devices are not all checked again at once. Safe however the
+ * users changed: an entry covers (profile, user, password, stored hash), so a changed or
+ * removed user's entries never match again. Call before `to` serves requests.
+ */
+void eg_auth_adopt_cache(eg_auth *to, eg_auth *from);
+
 /* How many times the password KDF ran (eg_password_verify calls): for tests. */
 uint64_t eg_auth_kdf_runs(eg_auth *a);
 

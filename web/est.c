@@ -129,6 +129,7 @@ int eg_est_reload(eg_est *est, eg_config *cfg)
         return -1;
     }
     old_auth = est->auth;
+    eg_auth_adopt_cache(auth, old_auth);
     old_cfg = est->owned;
     est->auth = auth;
     est->cfg = est->owned = cfg;

@@ -305,6 +305,73 @@ static void test_password_checks_are_rationed(void)
     eg_auth_set_kdf_limits(auth, 2, 5000);
 }
 
+typedef struct shared_attempt {
+    eg_auth *auth;
+    pthread_barrier_t *start;
+    const char *header;
+    eg_auth_result res;
+    int rc;
+} shared_attempt;
+
+static void *shared_attempt_run(void *arg)
+{
+    shared_attempt *t = arg;
+
+    pthread_barrier_wait(t->start);
+    t->rc = eg_auth_basic(t->auth, &cfg.profiles[0], NULL, t->header, &t->res);
+    return NULL;
+}
+
+/* n requests with the same header at once on a; how many got rc. */
+static int same_at_once(eg_auth *a, const char *header, int n, int rc)
+{
+    shared_attempt t[8];
+    pthread_t th[8];
+    pthread_barrier_t start;
+    int got = 0;
+
+    pthread_barrier_init(&start, NULL, (unsigned)n);
+    for (int i = 0; i < n; i++) {
+        t[i] = (shared_attempt){.auth = a, .start = &start, .header = header};
+        CU_ASSERT_EQUAL_FATAL(pthread_create(&th[i], NULL, shared_attempt_run, &t[i]), 0);
+    }
+    for (int i = 0; i < n; i++) {
+        pthread_join(th[i], NULL);
+        got += t[i].rc == rc && !t[i].res.busy;
+    }
+    pthread_barrier_destroy(&start);
+    return got;
+}
+
+/*
+ * A fleet sharing one password, all arriving at once (after a restart): one KDF run answers all
+ * of them, right or wrong, instead of one each queued behind one slot (most would get 503 busy).
+ * A reload carries the verified credentials over to the new handle.
+ */
+static void test_one_check_serves_the_same_credential(void)
+{
+    eg_auth *fresh = NULL, *next = NULL;
+    eg_auth_result res;
+    char good[128], bad[128];
+
+    snprintf(good, sizeof(good), "%s", basic("alice:s3cret"));
+    snprintf(bad, sizeof(bad), "%s", basic("alice:not-it"));
+    CU_ASSERT_EQUAL_FATAL(eg_auth_new(&cfg, &fresh), 0);
+    eg_auth_set_kdf_limits(fresh, 1, 1000); /* 8 checks in turn would take 4 s */
+    CU_ASSERT_EQUAL(same_at_once(fresh, good, 8, 0), 8);
+    CU_ASSERT_EQUAL(eg_auth_kdf_runs(fresh), 1);
+    CU_ASSERT_EQUAL(same_at_once(fresh, bad, 8, -1), 8);
+    CU_ASSERT_EQUAL(eg_auth_kdf_runs(fresh), 2);
+
+    CU_ASSERT_EQUAL_FATAL(eg_auth_new(&cfg, &next), 0);
+    eg_auth_adopt_cache(next, fresh);
+    CU_ASSERT_EQUAL(eg_auth_basic(next, &cfg.profiles[0], NULL, good, &res), 0);
+    CU_ASSERT_EQUAL(eg_auth_basic(next, &cfg.profiles[0], NULL, bad, &res), -1);
+    CU_ASSERT_EQUAL(eg_auth_kdf_runs(next), 1); /* the wrong one only: never cached */
+    eg_auth_free(next);
+    eg_auth_free(fresh);
+}
+
 /* One wrong-password check from source: the refusal's kind. */
 static eg_audit_kind wrong_from(const char *source, eg_auth_result *res)
 {
@@ -413,6 +480,7 @@ int main(void)
         {"unknown users and missing credentials", test_unknown_and_missing},
         {"password checks are rationed", test_password_checks_are_rationed},
         {"wrong passwords are limited per address", test_wrong_passwords_are_limited_per_address},
+        {"one check serves the same credential", test_one_check_serves_the_same_credential},
         {"a certificate is trusted per profile", test_cert_per_profile},
         {"client intermediates and the sslclient purpose", test_cert_chain_and_purpose},
         CU_TEST_INFO_NULL,
