@@ -782,6 +782,95 @@ static void test_expect_100_continue(void)
     free(body);
 }
 
+/* The session of a ticket as it arrives, as curl keeps it. */
+static SSL_SESSION *ticket_session;
+
+static int keep_ticket(SSL *ssl, SSL_SESSION *sess)
+{
+    (void)ssl;
+    SSL_SESSION_free(ticket_session);
+    ticket_session = sess;
+    return 1; /* the reference is ours */
+}
+
+/*
+ * One request on a new connection that offers session (NULL: none), with the client certificate
+ * cert/key (NULL: none): the status, whether the server resumed, and the session to offer next.
+ */
+static int resumed_request(SSL_SESSION *offer, const char *cert, const char *key, const char *path,
+                           bool *reused, SSL_SESSION **next)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    char req[512], head[4096];
+    SSL *ssl = NULL;
+    int fd = -1, status = -1, n;
+
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    *reused = false;
+    if (ctx == NULL || SSL_CTX_load_verify_locations(ctx, ca, NULL) != 1 ||
+        (cert != NULL && (SSL_CTX_use_certificate_file(ctx, cert, SSL_FILETYPE_PEM) != 1 ||
+                          SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1)))
+        goto out;
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_sess_set_new_cb(ctx, keep_ticket);
+    if ((fd = socket(AF_INET, SOCK_STREAM, 0)) < 0 ||
+        connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 || (ssl = SSL_new(ctx)) == NULL ||
+        SSL_set_fd(ssl, fd) != 1 || SSL_set1_host(ssl, "localhost") != 1 ||
+        SSL_set_tlsext_host_name(ssl, "localhost") != 1 ||
+        (offer != NULL && SSL_set_session(ssl, offer) != 1) || SSL_connect(ssl) != 1)
+        goto out;
+    *reused = SSL_session_reused(ssl) == 1;
+    n = snprintf(req, sizeof(req),
+                 "GET /.well-known/est/%s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+                 path);
+    if (SSL_write(ssl, req, n) != n)
+        goto out;
+    status = read_head(ssl, head, sizeof(head));
+    while (SSL_read(ssl, head, sizeof(head)) > 0) /* to the end: the ticket comes with it */
+        ;
+    *next = ticket_session;
+    ticket_session = NULL;
+    SSL_shutdown(ssl); /* else SSL_free takes the session for a bad one, not to be resumed */
+out:
+    SSL_free(ssl);
+    if (fd >= 0)
+        close(fd);
+    SSL_CTX_free(ctx);
+    return status;
+}
+
+/*
+ * A device's next connection resumes its TLS session by ticket, so the server key in the token
+ * does not sign again (curl makes a connection per request). A connection that showed a client
+ * certificate is never resumed: the resumed session would lack the intermediates the request is
+ * verified with; it gets a full handshake, and still works.
+ */
+static void test_tls_sessions_resume_without_client_certificates(void)
+{
+    char cert[PATH_MAX], key[PATH_MAX];
+    SSL_SESSION *first = NULL, *second = NULL, *m1 = NULL, *m2 = NULL;
+    bool reused;
+
+    CU_ASSERT_EQUAL(resumed_request(NULL, NULL, NULL, "cacerts", &reused, &first), 200);
+    CU_ASSERT_FALSE(reused);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(first);
+    CU_ASSERT_EQUAL(resumed_request(first, NULL, NULL, "cacerts", &reused, &second), 200);
+    CU_ASSERT_TRUE(reused);
+
+    tpath(cert, "dev1.pem");
+    tpath(key, "dev1.key");
+    CU_ASSERT_EQUAL(resumed_request(NULL, cert, key, "iot/cacerts", &reused, &m1), 200);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(m1);
+    CU_ASSERT_EQUAL(resumed_request(m1, cert, key, "iot/cacerts", &reused, &m2), 200);
+    CU_ASSERT_FALSE(reused);
+    SSL_SESSION_free(first);
+    SSL_SESSION_free(second);
+    SSL_SESSION_free(m1);
+    SSL_SESSION_free(m2);
+}
+
 /*
  * The token server goes away. The TLS key is in the token too, so new
  * handshakes fail while it is away; a client on an established keep-alive
@@ -1637,6 +1726,8 @@ static CU_TestInfo tests[] = {
      test_ambiguous_framing_is_refused_and_closes},
     {"Expect: 100-continue gets 100 at once", test_expect_100_continue},
     {"a burst after a reload is served", test_burst_after_reload_is_served},
+    {"TLS sessions resume without client certificates",
+     test_tls_sessions_resume_without_client_certificates},
     {"HEAD wherever GET", test_head_where_get},
     {"TLS 1.2 only where allowed", test_tls12_only_where_allowed},
     {"token unavailable is 503", test_token_unavailable_is_503},
