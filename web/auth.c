@@ -544,7 +544,6 @@ static pw_result password_ok(eg_auth *a, const eg_profile_cfg *p, const char *so
 {
     uint8_t mac[MAC_LEN], src[MAC_LEN];
     bool have_mac = credential_mac(a, p->name, user, pw, hash, mac) == 0;
-    bool have_src = false;
     kdf_flight *flight = NULL;
     pw_result r;
 
@@ -552,7 +551,7 @@ static pw_result password_ok(eg_auth *a, const eg_profile_cfg *p, const char *so
         r = PW_OK;
         goto out;
     }
-    if ((have_src = source_key(a, source, src) == 0) && (*wait = source_wait(a, src)) > 0) {
+    if (source_key(a, source, src) == 0 && (*wait = source_wait(a, src)) > 0) {
         r = PW_THROTTLED;
         goto out;
     }
