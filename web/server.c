@@ -53,26 +53,6 @@ static int external_ssl_ctx(void **ssl_ctx, void *user_data)
     return 1;
 }
 
-/* An answer the glue makes itself: text/plain with the reason, connection closed. */
-static int refuse(struct mg_connection *conn, eg_server *srv, const eg_http_req *req, int status,
-                  eg_audit_kind kind, const char *reason, const char *retry_after)
-{
-    char len[24];
-
-    eg_est_audit(srv->est, req, kind, reason);
-    /* The body was not (fully) read: the next bytes are not a request. */
-    mg_disable_connection_keep_alive(conn);
-    snprintf(len, sizeof(len), "%zu", strlen(reason) + 1);
-    mg_response_header_start(conn, status);
-    mg_response_header_add(conn, "Content-Type", EG_WIRE_CT_TEXT, -1);
-    if (retry_after != NULL)
-        mg_response_header_add(conn, "Retry-After", retry_after, -1);
-    mg_response_header_add(conn, "Content-Length", len, -1);
-    mg_response_header_send(conn);
-    mg_printf(conn, "%s\n", reason);
-    return status;
-}
-
 /* civetweb 1.15's own rule (should_keep_alive): a Connection header decides, else HTTP/1.1. */
 static bool keeps_alive(const struct mg_connection *conn)
 {
@@ -128,6 +108,31 @@ static void send_response(struct mg_connection *conn, const eg_http_resp *r, boo
         OPENSSL_secure_clear_free(buf, cap);
     else
         free(buf);
+}
+
+/*
+ * An answer the glue makes itself: text/plain with the reason, connection closed, written whole
+ * as every answer is. (civetweb's header functions send nothing once anything has been written
+ * on the connection, such as a 100 Continue: the refusal then lost its status line.)
+ */
+static int refuse(struct mg_connection *conn, eg_server *srv, const eg_http_req *req, int status,
+                  eg_audit_kind kind, const char *reason, const char *retry_after)
+{
+    char body[512], retry[48];
+    eg_http_resp r = {.status = status, .content_type = EG_WIRE_CT_TEXT};
+    int n = snprintf(body, sizeof(body), "%s\n", reason);
+
+    eg_est_audit(srv->est, req, kind, reason);
+    r.body = (uint8_t *)body;
+    r.body_len = n > 0 && (size_t)n < sizeof(body) ? (size_t)n : sizeof(body) - 1;
+    r.head = req->method != NULL && strcmp(req->method, "HEAD") == 0;
+    if (retry_after != NULL) {
+        snprintf(retry, sizeof(retry), "Retry-After: %s", retry_after);
+        r.headers[r.nheaders++] = retry;
+    }
+    /* The body was not (fully) read: the next bytes are not a request. */
+    send_response(conn, &r, true);
+    return status;
 }
 
 /*
