@@ -3,9 +3,12 @@
  * the ledger row. Values are quoted and escaped so that a hostile principal or
  * SAN in a reason cannot forge a field or a second line.
  */
+#include <pthread.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "audit.h"
 
@@ -142,19 +145,80 @@ eg_log_level eg_log_get_level(void)
     return log_level;
 }
 
+static bool success(eg_audit_kind kind)
+{
+    return kind == EG_AUDIT_ISSUED || kind == EG_AUDIT_REISSUED || kind == EG_AUDIT_SERVERKEYGEN ||
+           kind == EG_AUDIT_CACERTS;
+}
+
 bool eg_audit_logged(eg_audit_kind kind)
 {
-    bool success = kind == EG_AUDIT_ISSUED || kind == EG_AUDIT_REISSUED ||
-                   kind == EG_AUDIT_SERVERKEYGEN || kind == EG_AUDIT_CACERTS;
+    return !success(kind) || log_level != EG_LOG_WARNING;
+}
 
-    return !success || log_level != EG_LOG_WARNING;
+/*
+ * The budget of refusal lines (eg_log_set_refusal_limit): per second of the monotonic clock; what
+ * goes over it is counted, and said once a line is next written in a later second.
+ */
+static pthread_mutex_t budget_lock = PTHREAD_MUTEX_INITIALIZER;
+static unsigned budget_limit = 100;
+static time_t budget_second;
+static unsigned budget_used;
+static uint64_t left_out;
+static time_t left_out_since; /* wall clock, for the note */
+
+void eg_log_set_refusal_limit(unsigned per_second)
+{
+    pthread_mutex_lock(&budget_lock);
+    budget_limit = per_second;
+    pthread_mutex_unlock(&budget_lock);
+}
+
+/* Whether a line of kind may be written now; note gets the count of lines left out before, once
+   a new second has begun ("" when none). */
+static bool budget_take(eg_audit_kind kind, char *note, size_t cap)
+{
+    struct timespec ts;
+    bool ok = true;
+
+    note[0] = '\0';
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    pthread_mutex_lock(&budget_lock);
+    if (ts.tv_sec != budget_second) {
+        budget_second = ts.tv_sec;
+        budget_used = 0;
+        if (left_out > 0) {
+            struct tm tm;
+            char since[32];
+
+            strftime(since, sizeof(since), "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&left_out_since, &tm));
+            snprintf(note, cap,
+                     "estgated audit: %llu line%s of refusals and failures left out since %s "
+                     "(over log_refusals_per_second = %u); their ledger rows are kept\n",
+                     (unsigned long long)left_out, left_out == 1 ? "" : "s", since, budget_limit);
+            left_out = 0;
+        }
+    }
+    if (!success(kind) && budget_limit > 0 && budget_used++ >= budget_limit) {
+        if (left_out++ == 0)
+            left_out_since = time(NULL);
+        ok = false;
+    }
+    pthread_mutex_unlock(&budget_lock);
+    return ok;
 }
 
 void eg_audit_log(const eg_audit_record *rec)
 {
-    char line[1024];
+    char line[1024], note[256];
+    bool write;
 
     if (!eg_audit_logged(rec->kind))
+        return;
+    write = budget_take(rec->kind, note, sizeof(note));
+    if (note[0] != '\0')
+        fputs(note, stderr);
+    if (!write)
         return;
     eg_audit_format(rec, line, sizeof(line) - 1);
     /* One write per line, so concurrent events do not interleave. */

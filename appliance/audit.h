@@ -51,4 +51,13 @@ eg_log_level eg_log_get_level(void);
 /* Whether the line of an event of kind is written at the current level. */
 bool eg_audit_logged(eg_audit_kind kind);
 
+/*
+ * [server] log_refusals_per_second (default 100, 0: no limit): at most this many lines of
+ * refusals and failures a second on stderr, so that a flood of garbage cannot drown the journal
+ * (whose own rate limit would then drop every line, issued ones and token failures included).
+ * The rest are counted, and one line says how many once a line is next written in a later
+ * second. Lines of successes are never left out; every event's ledger row is kept.
+ */
+void eg_log_set_refusal_limit(unsigned per_second);
+
 #endif

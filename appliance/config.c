@@ -1019,6 +1019,10 @@ static const key_spec server_keys[] = {
     {.name = "audit_keep_days", .kind = V_UINT, .off = CFG(audit_keep_days), .max = 36500},
     {.name = "audit_keep_rows", .kind = V_UINT, .off = CFG(audit_keep_rows), .max = 1000000000},
     {.name = "log_level", .kind = V_FN, .parse = parse_log_level},
+    {.name = "log_refusals_per_second",
+     .kind = V_UINT,
+     .off = CFG(log_refusals_per_second),
+     .max = 1000000},
     {.name = NULL},
 };
 
@@ -1448,6 +1452,7 @@ int eg_config_load(const char *path, eg_config **out, eg_config_errors *errs)
     ld.cfg->keepalive_ms = 15000;
     ld.cfg->request_timeout_ms = 10000;
     ld.cfg->auth_failures_per_minute = 20;
+    ld.cfg->log_refusals_per_second = 100;
     ld.cfg->audit_keep_days = 400;
     ld.cfg->audit_keep_rows = 1000000;
     if (parse_file(&ld) != 0)
@@ -1548,9 +1553,13 @@ static void print_server(FILE *fp, const eg_config *cfg)
     }
     fprintf(fp,
             "; %u threads, request timeout %u ms, keep-alive %u ms, bodies up to %zu "
-            "octets; log level %s; ",
+            "octets; log level %s",
             cfg->threads, cfg->request_timeout_ms, cfg->keepalive_ms, cfg->max_body,
             cfg->log_level ? cfg->log_level : "info");
+    if (cfg->log_refusals_per_second > 0)
+        fprintf(fp, ", at most %u refusal lines a second; ", cfg->log_refusals_per_second);
+    else
+        fprintf(fp, ", every refusal line; ");
     if (cfg->auth_failures_per_minute > 0)
         fprintf(fp, "at most %u wrong passwords a minute from one address; ",
                 cfg->auth_failures_per_minute);

@@ -147,6 +147,7 @@ typedef struct eg_config {
     unsigned audit_keep_days; /* audit rows of no certificate: age kept; default 400, 0: all */
     unsigned audit_keep_rows; /* and how many; default 1000000, 0: all */
     char *log_level;          /* "info" | "debug" | "warning" */
+    unsigned log_refusals_per_second; /* refusal and failure lines a second; 100, 0: all */
 
     /* [token] */
     char *module_path;

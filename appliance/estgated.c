@@ -142,6 +142,7 @@ static void reload(const char *path, const eg_config *run, eg_est *est, eg_serve
     }
     eg_expiry_warn(cfg, time(NULL), stderr, "estgated: reload: warning: ");
     eg_log_set_level(eg_log_level_parse(cfg->log_level));
+    eg_log_set_refusal_limit(cfg->log_refusals_per_second);
     /* est owns cfg now and keeps it until the next reload; the names follow it. */
     if (eg_server_reload(srv, cfg) != 0)
         fprintf(stderr, "estgated: reload: the client CA names offered at the handshake are "
@@ -254,6 +255,7 @@ static int run(const char *path)
         return EX_CONFIG_;
     }
     eg_log_set_level(eg_log_level_parse(cfg->log_level));
+    eg_log_set_refusal_limit(cfg->log_refusals_per_second);
     eg_expiry_warn(cfg, time(NULL), stderr, "estgated: warning: ");
     if (eg_core_open(cfg, &core) != 0) {
         fail("cannot open the token, the CA keys or the ledger");

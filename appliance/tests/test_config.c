@@ -191,6 +191,7 @@ static void test_full_file_loads_every_field(void)
              "request_timeout_ms = 3000\n"
              "ledger = state/ledger.db\n"
              "auth_failures_per_minute = 0\n"
+             "log_refusals_per_second = 0\n"
              "audit_keep_days = 0\n"
              "audit_keep_rows = 5000\n"
              "log_level = debug\n"
@@ -252,6 +253,7 @@ static void test_full_file_loads_every_field(void)
     CU_ASSERT_EQUAL(cfg->keepalive_ms, 5000);
     CU_ASSERT_EQUAL(cfg->request_timeout_ms, 3000);
     CU_ASSERT_EQUAL(cfg->auth_failures_per_minute, 0);
+    CU_ASSERT_EQUAL(cfg->log_refusals_per_second, 0);
     CU_ASSERT_EQUAL(cfg->audit_keep_days, 0);
     CU_ASSERT_EQUAL(cfg->audit_keep_rows, 5000);
     /* Relative paths are relative to the file's directory. */
@@ -352,6 +354,7 @@ static void test_defaults_applied(void)
     CU_ASSERT_EQUAL(cfg->keepalive_ms, 15000);
     CU_ASSERT_EQUAL(cfg->request_timeout_ms, 10000);
     CU_ASSERT_EQUAL(cfg->auth_failures_per_minute, 20);
+    CU_ASSERT_EQUAL(cfg->log_refusals_per_second, 100);
     CU_ASSERT_EQUAL(cfg->audit_keep_days, 400);
     CU_ASSERT_EQUAL(cfg->audit_keep_rows, 1000000);
     CU_ASSERT_STRING_EQUAL(cfg->ledger_path, "/var/lib/estgate/ledger.db");
@@ -947,7 +950,8 @@ static void test_check_config_command(void)
     /* the [server] values in force, defaults included */
     CU_ASSERT(strstr(out, "\nserver: 127.0.0.1:8443; ") != NULL);
     CU_ASSERT(strstr(out, " threads, request timeout 10000 ms, keep-alive 15000 ms, bodies up to "
-                          "65536 octets; log level info; at most 20 wrong passwords a minute "
+                          "65536 octets; log level info, at most 100 refusal lines a second; at "
+                          "most 20 wrong passwords a minute "
                           "from one address; refusals' audit rows kept 400 days, "
                           "the newest 1000000\n") != NULL);
     CU_ASSERT(strstr(out, "up to 30 days\n") != NULL);

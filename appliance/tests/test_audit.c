@@ -1,0 +1,125 @@
+/* Audit log lines: the budget of refusal lines a second, and what it leaves out. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <CUnit/CUnit.h>
+
+#include "audit.h"
+#include "cu_run.h"
+
+static char log_path[] = "/tmp/test_audit.XXXXXX";
+static int saved_stderr = -1;
+
+/* stderr into a fresh file, until log_read. */
+static void log_capture(void)
+{
+    int fd;
+
+    fflush(stderr);
+    saved_stderr = dup(2);
+    strcpy(log_path, "/tmp/test_audit.XXXXXX");
+    fd = mkstemp(log_path);
+    CU_ASSERT_FATAL(fd >= 0 && saved_stderr >= 0);
+    dup2(fd, 2);
+    close(fd);
+}
+
+static char *log_read(void)
+{
+    FILE *f;
+    char *text = calloc(1, 1 << 20);
+    size_t n = 0;
+
+    fflush(stderr);
+    dup2(saved_stderr, 2);
+    close(saved_stderr);
+    if (text != NULL && (f = fopen(log_path, "r")) != NULL) {
+        n = fread(text, 1, (1 << 20) - 1, f);
+        fclose(f);
+    }
+    unlink(log_path);
+    if (text != NULL)
+        text[n] = '\0';
+    return text;
+}
+
+static int count(const char *text, const char *needle)
+{
+    int n = 0;
+
+    for (const char *p = text; (p = strstr(p, needle)) != NULL; p += strlen(needle))
+        n++;
+    return n;
+}
+
+/* Sleeps until early in a second of the monotonic clock, so that a short burst stays in it. */
+static void second_start(void)
+{
+    struct timespec ts;
+
+    do {
+        usleep(20000);
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+    } while (ts.tv_nsec > 300000000L);
+}
+
+static void burst(eg_audit_kind kind, int n)
+{
+    eg_audit_record rec = {.kind = kind, .profile = "iot", .peer = "192.0.2.7", .reason = "x"};
+
+    for (int i = 0; i < n; i++)
+        eg_audit_log(&rec);
+}
+
+/*
+ * A flood of refusals: 5 lines a second are written, the rest counted and said in one line once
+ * a line comes in a later second. Successes are never left out. With no limit, every line.
+ */
+static void test_refusal_lines_are_rationed(void)
+{
+    char *text;
+
+    eg_log_set_level(EG_LOG_INFO);
+    eg_log_set_refusal_limit(5);
+    log_capture();
+    second_start();
+    burst(EG_AUDIT_AUTH_MISSING, 20);
+    burst(EG_AUDIT_ISSUED, 20);
+    sleep(1);
+    burst(EG_AUDIT_ISSUED, 1);
+    text = log_read();
+    CU_ASSERT_PTR_NOT_NULL_FATAL(text);
+    CU_ASSERT_EQUAL(count(text, "event=auth.missing"), 5);
+    CU_ASSERT_EQUAL(count(text, "event=issued"), 21);
+    CU_ASSERT_EQUAL(count(text, "estgated audit: 15 lines of refusals and failures left out "
+                                "since "),
+                    1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(text, "(over log_refusals_per_second = 5); their ledger rows "
+                                        "are kept\n"));
+    /* the note comes before the line that brought it */
+    CU_ASSERT(strstr(text, "left out since") < strrchr(text, 'x'));
+    free(text);
+
+    eg_log_set_refusal_limit(0);
+    log_capture();
+    second_start();
+    burst(EG_AUDIT_POLICY, 50);
+    text = log_read();
+    CU_ASSERT_EQUAL(count(text, "event=policy"), 50);
+    CU_ASSERT_EQUAL(count(text, "left out"), 0);
+    free(text);
+    eg_log_set_refusal_limit(100);
+}
+
+int main(void)
+{
+    static CU_TestInfo tests[] = {
+        {"refusal lines are rationed", test_refusal_lines_are_rationed},
+        CU_TEST_INFO_NULL,
+    };
+
+    return eg_cu_run("audit", NULL, NULL, tests);
+}
