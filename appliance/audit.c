@@ -174,31 +174,50 @@ void eg_log_set_refusal_limit(unsigned per_second)
     pthread_mutex_unlock(&budget_lock);
 }
 
-/* Whether a line of kind may be written now; note gets the count of lines left out before, once
-   a new second has begun ("" when none). */
+/* Under budget_lock: once a new second has begun, its budget, and in note the count of lines
+   left out before ("" when none). */
+static void budget_turn(time_t second, char *note, size_t cap)
+{
+    note[0] = '\0';
+    if (second == budget_second)
+        return;
+    budget_second = second;
+    budget_used = 0;
+    if (left_out > 0) {
+        struct tm tm;
+        char since[32];
+
+        strftime(since, sizeof(since), "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&left_out_since, &tm));
+        snprintf(note, cap,
+                 "estgated audit: %llu line%s of refusals and failures left out since %s "
+                 "(over log_refusals_per_second = %u); their ledger rows are kept\n",
+                 (unsigned long long)left_out, left_out == 1 ? "" : "s", since, budget_limit);
+        left_out = 0;
+    }
+}
+
+void eg_audit_flush(void)
+{
+    struct timespec ts;
+    char note[256];
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    pthread_mutex_lock(&budget_lock);
+    budget_turn(ts.tv_sec, note, sizeof(note));
+    pthread_mutex_unlock(&budget_lock);
+    if (note[0] != '\0')
+        fputs(note, stderr);
+}
+
+/* Whether a line of kind may be written now; note as budget_turn gives it. */
 static bool budget_take(eg_audit_kind kind, char *note, size_t cap)
 {
     struct timespec ts;
     bool ok = true;
 
-    note[0] = '\0';
     clock_gettime(CLOCK_MONOTONIC, &ts);
     pthread_mutex_lock(&budget_lock);
-    if (ts.tv_sec != budget_second) {
-        budget_second = ts.tv_sec;
-        budget_used = 0;
-        if (left_out > 0) {
-            struct tm tm;
-            char since[32];
-
-            strftime(since, sizeof(since), "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&left_out_since, &tm));
-            snprintf(note, cap,
-                     "estgated audit: %llu line%s of refusals and failures left out since %s "
-                     "(over log_refusals_per_second = %u); their ledger rows are kept\n",
-                     (unsigned long long)left_out, left_out == 1 ? "" : "s", since, budget_limit);
-            left_out = 0;
-        }
-    }
+    budget_turn(ts.tv_sec, note, cap);
     if (!success(kind) && budget_limit > 0 && budget_used++ >= budget_limit) {
         if (left_out++ == 0)
             left_out_since = time(NULL);

@@ -59,5 +59,8 @@ bool eg_audit_logged(eg_audit_kind kind);
  * second. Lines of successes are never left out; every event's ledger row is kept.
  */
 void eg_log_set_refusal_limit(unsigned per_second);
+/* Says how many lines were left out, if any, once their second is over: estgated calls it every
+   second, so the count of a flood that has stopped is not left waiting for the next line. */
+void eg_audit_flush(void);
 
 #endif

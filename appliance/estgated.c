@@ -153,19 +153,32 @@ static void reload(const char *path, const eg_config *run, eg_est *est, eg_serve
 #define EXPIRY_CHECK_S (24 * 3600)
 #define DRAIN_MS       10000 /* a request waiting on a token that is recovering needs up to 10 s */
 
-/* Signals, and once a day the certificates' expiry (they run out while estgated runs). */
+/* Signals; every second the count of audit lines left out, and once a day the certificates'
+   expiry (they run out while estgated runs). */
+static time_t mono_seconds(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec;
+}
+
 static int wait_for_stop(const sigset_t *set, const char *path, const eg_config *run, eg_est *est,
                          eg_server *srv)
 {
-    struct timespec day = {.tv_sec = EXPIRY_CHECK_S};
+    struct timespec second = {.tv_sec = 1};
+    time_t next_check = mono_seconds() + EXPIRY_CHECK_S;
     int sig;
 
     for (;;) {
-        if ((sig = sigtimedwait(set, NULL, &day)) < 0) {
+        if ((sig = sigtimedwait(set, NULL, &second)) < 0) {
             if (errno != EAGAIN && errno != EINTR)
                 return -1;
-            if (errno == EAGAIN)
+            eg_audit_flush();
+            if (mono_seconds() >= next_check) {
                 eg_expiry_warn(eg_est_config(est), time(NULL), stderr, "estgated: warning: ");
+                next_check += EXPIRY_CHECK_S;
+            }
             continue;
         }
         if (sig == SIGHUP) {

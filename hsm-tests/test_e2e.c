@@ -1511,6 +1511,38 @@ static void test_wrong_passwords_from_one_address_get_429(void)
     free(text);
 }
 
+/*
+ * [server] log_refusals_per_second, set by a reload: a burst of refusals writes that many lines,
+ * and the count of the rest is said within a few seconds though nothing else comes in.
+ */
+static void test_refusal_lines_are_rationed(void)
+{
+    size_t inilen;
+    char *text = eg_file_read(ini, &inilen), head[4096];
+    int lines = log_count("event=malformed"), notes = log_count(" left out since ");
+    SSL_CTX *ctx = NULL;
+    SSL *ssl;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(text);
+    CU_ASSERT_EQUAL_FATAL(
+        ini_with_line(ini, text, inilen, "\n[token]\n", true, "\nlog_refusals_per_second = 1"), 0);
+    CU_ASSERT_EQUAL(sighup_and_wait("estgated: reloaded "), 0);
+    sleep(1); /* out of the second of the tests before, whose refusal lines count against it */
+    CU_ASSERT_PTR_NOT_NULL_FATAL(ssl = tls_connect(&ctx, port));
+    for (int i = 0; i < 5; i++) /* an unknown label: 404, audited as malformed */
+        CU_ASSERT_EQUAL(tls_request(ssl, "GET", "nosuch/cacerts", "", head, sizeof(head)), 404);
+    tls_close(ssl, ctx);
+    CU_ASSERT_EQUAL(wait_log(" left out since ", notes), 0);
+    lines = log_count("event=malformed") - lines;
+    CU_ASSERT(lines >= 1 && lines <= 2);
+    if (lines < 1 || lines > 2)
+        fprintf(stderr, "\n  %d lines of the 5 refusals\n", lines);
+
+    CU_ASSERT_EQUAL(eg_file_write(ini, text, inilen, 0600), 0);
+    CU_ASSERT_EQUAL(sighup_and_wait("estgated: reloaded "), 0);
+    free(text);
+}
+
 /* One number from the daemon's ledger, read beside it. */
 static int64_t ledger_int(const char *sql)
 {
@@ -1763,6 +1795,7 @@ static CU_TestInfo tests[] = {
     {"reload trims the refusals' audit rows", test_reload_trims_refusals_audit_rows},
     {"refused disk writes are 503, then recover", test_refused_disk_writes_are_503_then_recover},
     {"wrong passwords from one address get 429", test_wrong_passwords_from_one_address_get_429},
+    {"refusal lines are rationed", test_refusal_lines_are_rationed},
     {"log_level: quiet handshakes, and warning by a reload", test_log_level},
     {"a wrong token label names the tokens the module shows",
      test_wrong_token_label_names_the_tokens_present},

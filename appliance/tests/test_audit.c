@@ -76,7 +76,8 @@ static void burst(eg_audit_kind kind, int n)
 
 /*
  * A flood of refusals: 5 lines a second are written, the rest counted and said in one line once
- * a line comes in a later second. Successes are never left out. With no limit, every line.
+ * a line comes in a later second, or the once-a-second flush runs. Successes are never left
+ * out. With no limit, every line.
  */
 static void test_refusal_lines_are_rationed(void)
 {
@@ -101,6 +102,20 @@ static void test_refusal_lines_are_rationed(void)
                                         "are kept\n"));
     /* the note comes before the line that brought it */
     CU_ASSERT(strstr(text, "left out since") < strrchr(text, 'x'));
+    free(text);
+
+    /* A flood that stops: its count is said by the flush in a later second, no line needed. */
+    eg_log_set_refusal_limit(2);
+    log_capture();
+    second_start();
+    burst(EG_AUDIT_LIMIT, 10);
+    sleep(1);
+    eg_audit_flush();
+    eg_audit_flush(); /* once only */
+    text = log_read();
+    CU_ASSERT_EQUAL(count(text, "event=limit"), 2);
+    CU_ASSERT_EQUAL(count(text, "estgated audit: 8 lines of refusals and failures left out"), 1);
+    CU_ASSERT_EQUAL(count(text, "left out"), 1);
     free(text);
 
     eg_log_set_refusal_limit(0);
