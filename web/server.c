@@ -136,8 +136,25 @@ static int refuse(struct mg_connection *conn, eg_server *srv, const eg_http_req 
 }
 
 /*
+ * RFC 9110 10.1.1: a client that sent "Expect: 100-continue" waits for an interim 100 before its
+ * body (curl for a second, then sends anyway; some clients longer). civetweb 1.15 sends none to
+ * a handler that reads the body itself. Not to HTTP/1.0 clients, and not when there is no body.
+ */
+static void continue_if_expected(struct mg_connection *conn)
+{
+    const struct mg_request_info *ri = mg_get_request_info(conn);
+    const char *expect = mg_get_header(conn, "Expect");
+    static const char interim[] = "HTTP/1.1 100 Continue\r\n\r\n";
+
+    if (expect != NULL && strcasecmp(expect, "100-continue") == 0 && ri->http_version != NULL &&
+        strcmp(ri->http_version, "1.1") == 0 &&
+        (ri->content_length > 0 || mg_get_header(conn, "Transfer-Encoding") != NULL))
+        mg_write(conn, interim, sizeof(interim) - 1);
+}
+
+/*
  * Reads at most max_body bytes; *over when the body is longer. With a
- * Content-Length above the limit nothing is read at all.
+ * Content-Length above the limit nothing is read at all (and no 100 Continue is sent).
  *
  * The buffer is sized to the Content-Length, or grows from READ_CHUNK when
  * there is none (chunked), rather than being max_body every time: a 64 KiB
@@ -158,6 +175,7 @@ static int read_body(struct mg_connection *conn, size_t max_body, uint8_t **out,
     *over = ri->content_length > 0 && (unsigned long long)ri->content_length > max_body;
     if (*over)
         return 0;
+    continue_if_expected(conn); /* the body is wanted: a client waiting to send it may */
     /* One octet past the limit (or the announced length) shows a body that is longer. */
     cap = ri->content_length >= 0 ? (size_t)ri->content_length + 1 : READ_CHUNK;
     if (cap > max_body + 1)
@@ -206,9 +224,8 @@ static size_t client_chain(const struct mg_request_info *ri, uint8_t **ders, siz
 static void fill_request(struct mg_connection *conn, eg_http_req *req, char *peer, size_t plen)
 {
     const struct mg_request_info *ri = mg_get_request_info(conn);
-    bool v6 = strchr(ri->remote_addr, ':') != NULL;
 
-    snprintf(peer, plen, v6 ? "[%s]:%d" : "%s:%d", ri->remote_addr, ri->remote_port);
+    eg_host_port(ri->remote_addr, (unsigned)ri->remote_port, peer, plen);
     req->method = ri->request_method;
     req->path = ri->local_uri;
     req->content_type = mg_get_header(conn, "Content-Type");
@@ -266,23 +283,6 @@ static const char *framing_error(const struct mg_request_info *ri, int *status)
     return NULL;
 }
 
-/*
- * RFC 9110 10.1.1: a client that sent "Expect: 100-continue" waits for an interim 100 before its
- * body (curl for a second, then sends anyway; some clients longer). civetweb 1.15 sends none to
- * a handler that reads the body itself. Not to HTTP/1.0 clients, and not when there is no body.
- */
-static void continue_if_expected(struct mg_connection *conn)
-{
-    const struct mg_request_info *ri = mg_get_request_info(conn);
-    const char *expect = mg_get_header(conn, "Expect");
-    static const char interim[] = "HTTP/1.1 100 Continue\r\n\r\n";
-
-    if (expect != NULL && strcasecmp(expect, "100-continue") == 0 && ri->http_version != NULL &&
-        strcmp(ri->http_version, "1.1") == 0 &&
-        (ri->content_length > 0 || mg_get_header(conn, "Transfer-Encoding") != NULL))
-        mg_write(conn, interim, sizeof(interim) - 1);
-}
-
 static int serve(struct mg_connection *conn, eg_server *srv)
 {
     const struct mg_request_info *ri = mg_get_request_info(conn);
@@ -298,8 +298,6 @@ static int serve(struct mg_connection *conn, eg_server *srv)
     fill_request(conn, &req, peer, sizeof(peer));
     if ((why = framing_error(ri, &status)) != NULL)
         return refuse(conn, srv, &req, status, EG_AUDIT_LIMIT, why, NULL);
-    if (ri->content_length <= 0 || (unsigned long long)ri->content_length <= srv->cfg->max_body)
-        continue_if_expected(conn);
     if (read_body(conn, srv->cfg->max_body, &body, &body_len, &over) != 0)
         return refuse(conn, srv, &req, 500, EG_AUDIT_INTERNAL, "out of memory", NULL);
     if (over) {
