@@ -540,10 +540,14 @@ static void kdf_land(eg_auth *a, kdf_flight *f, pw_result r)
 /* The password check, through the cache; only verified credentials are cached. */
 
 static pw_result password_ok(eg_auth *a, const eg_profile_cfg *p, const char *source,
-                             const char *user, const char *pw, const char *hash, unsigned *wait)
+                             const char *user, const char *pw, const eg_user_cfg *u, unsigned *wait)
 {
+    /* An unknown user costs one check too, against a hash that no password matches (and fails
+       even if one did), so that timing does not tell names apart. */
+    const char *hash = u != NULL ? u->hash : DUMMY_HASH;
     uint8_t mac[MAC_LEN], src[MAC_LEN];
     bool have_mac = credential_mac(a, p->name, user, pw, hash, mac) == 0;
+    bool have_src = false;
     kdf_flight *flight = NULL;
     pw_result r;
 
@@ -551,34 +555,28 @@ static pw_result password_ok(eg_auth *a, const eg_profile_cfg *p, const char *so
         r = PW_OK;
         goto out;
     }
-    if (source_key(a, source, src) == 0 && (*wait = source_wait(a, src)) > 0) {
+    if ((have_src = source_key(a, source, src) == 0) && (*wait = source_wait(a, src)) > 0) {
         r = PW_THROTTLED;
         goto out;
     }
     if (have_mac && kdf_join(a, mac, &r, &flight))
-        goto out;
+        goto counted;
     if (!kdf_enter(a)) {
         r = PW_BUSY;
     } else {
         atomic_fetch_add(&a->kdf_runs, 1);
-        r = eg_password_verify(pw, hash) ? PW_OK : PW_WRONG;
+        r = eg_password_verify(pw, hash) && u != NULL ? PW_OK : PW_WRONG;
         kdf_leave(a);
         if (r == PW_OK && have_mac)
             cache_add(a, mac); /* before the waiters wake, so later requests hit the cache */
     }
     kdf_land(a, flight, r);
+counted:
+    if (r == PW_WRONG && have_src)
+        source_failed(a, src);
 out:
     OPENSSL_cleanse(mac, sizeof(mac));
     return r;
-}
-
-/* A wrong password or unknown user from source: counted against it. */
-static void note_failure(eg_auth *a, const char *source)
-{
-    uint8_t src[MAC_LEN];
-
-    if (source_key(a, source, src) == 0)
-        source_failed(a, src);
 }
 
 int eg_auth_basic(eg_auth *a, const eg_profile_cfg *p, const char *source, const char *header,
@@ -599,7 +597,7 @@ int eg_auth_basic(eg_auth *a, const eg_profile_cfg *p, const char *source, const
         goto out;
     snprintf(res->principal, sizeof(res->principal), "basic:%s", user);
     u = find_user(p, user);
-    switch (password_ok(a, p, source, user, pw, u != NULL ? u->hash : DUMMY_HASH, &wait)) {
+    switch (password_ok(a, p, source, user, pw, u, &wait)) {
     case PW_OK:
         break;
     case PW_THROTTLED:
@@ -615,15 +613,7 @@ int eg_auth_basic(eg_auth *a, const eg_profile_cfg *p, const char *source, const
                  "too many password checks at once; try again shortly");
         goto out;
     case PW_WRONG:
-        note_failure(a, source);
         res->fail = u != NULL ? EG_AUDIT_AUTH_BAD_PASSWORD : EG_AUDIT_AUTH_UNKNOWN_USER;
-        snprintf(res->reason, sizeof(res->reason), REASON_BADPW);
-        goto out;
-    }
-    /* A password equal to the dummy's would pass for an unknown user: no. */
-    if (u == NULL) {
-        note_failure(a, source);
-        res->fail = EG_AUDIT_AUTH_UNKNOWN_USER;
         snprintf(res->reason, sizeof(res->reason), REASON_BADPW);
         goto out;
     }
