@@ -153,8 +153,6 @@ static void reload(const char *path, const eg_config *run, eg_est *est, eg_serve
 #define EXPIRY_CHECK_S (24 * 3600)
 #define DRAIN_MS       10000 /* a request waiting on a token that is recovering needs up to 10 s */
 
-/* Signals; every second the count of audit lines left out, and once a day the certificates'
-   expiry (they run out while estgated runs). */
 static time_t mono_seconds(void)
 {
     struct timespec ts;
@@ -163,6 +161,8 @@ static time_t mono_seconds(void)
     return ts.tv_sec;
 }
 
+/* Signals; every second the count of audit lines left out, and once a day the certificates'
+   expiry (they run out while estgated runs). */
 static int wait_for_stop(const sigset_t *set, const char *path, const eg_config *run, eg_est *est,
                          eg_server *srv)
 {
