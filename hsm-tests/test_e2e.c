@@ -209,22 +209,29 @@ static char *basic_user(char *buf)
     return buf;
 }
 
-/* A raw request: method, /.well-known/est/path, alice's Basic credentials and Content-Type
-   application/pkcs10, then rest (the framing headers, the blank line, any body). Its length, or
-   -1 when it does not fit in cap. */
-static int raw_text(char *buf, size_t cap, const char *method, const char *path, const char *rest)
+/* A raw request as user:password (NULL: alice's): method, /.well-known/est/path, the Basic
+   credentials and Content-Type application/pkcs10, then rest (the framing headers, the blank
+   line, any body). Its length, or -1 when it does not fit in cap. */
+static int raw_text_as(char *buf, size_t cap, const char *userpass, const char *method,
+                       const char *path, const char *rest)
 {
     char user[128];
     unsigned char b64[200];
     int n;
 
-    basic_user(user);
-    EVP_EncodeBlock(b64, (const unsigned char *)user, (int)strlen(user));
+    if (userpass == NULL)
+        userpass = basic_user(user);
+    EVP_EncodeBlock(b64, (const unsigned char *)userpass, (int)strlen(userpass));
     n = snprintf(buf, cap,
                  "%s /.well-known/est/%s HTTP/1.1\r\nHost: localhost\r\n"
                  "Authorization: Basic %s\r\nContent-Type: application/pkcs10\r\n%s",
                  method, path, b64, rest);
     return n > 0 && (size_t)n < cap ? n : -1;
+}
+
+static int raw_text(char *buf, size_t cap, const char *method, const char *path, const char *rest)
+{
+    return raw_text_as(buf, cap, NULL, method, path, rest);
 }
 
 /* A P-256 (or spec'd) key and a DER CSR for cn with SAN dns. */
@@ -679,8 +686,24 @@ static void test_tls12_only_where_allowed(void)
     CU_ASSERT_NOT_EQUAL(curl(&h, port, "cacerts", "--tls-max", "1.2", NULL), 200);
 }
 
-/* A TLS connection to the daemon that stays open between requests. */
-static SSL *tls_connect(SSL_CTX **ctxp, unsigned p)
+/* The session of a ticket as it arrives, as curl keeps it. */
+static SSL_SESSION *ticket_session;
+
+static int keep_ticket(SSL *ssl, SSL_SESSION *sess)
+{
+    (void)ssl;
+    SSL_SESSION_free(ticket_session);
+    ticket_session = sess;
+    return 1; /* the reference is ours */
+}
+
+/*
+ * A TLS connection to the daemon that stays open between requests, showing the client
+ * certificate cert/key (NULL: none) and offering the session offer (NULL: none); with tickets,
+ * the session of the server's ticket lands in ticket_session.
+ */
+static SSL *tls_open(SSL_CTX **ctxp, unsigned p, const char *cert, const char *key,
+                     SSL_SESSION *offer, bool tickets)
 {
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)p)};
     SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
@@ -688,13 +711,21 @@ static SSL *tls_connect(SSL_CTX **ctxp, unsigned p)
     int fd = -1;
 
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (ctx == NULL || SSL_CTX_load_verify_locations(ctx, ca, NULL) != 1)
+    if (ctx == NULL || SSL_CTX_load_verify_locations(ctx, ca, NULL) != 1 ||
+        (cert != NULL && (SSL_CTX_use_certificate_file(ctx, cert, SSL_FILETYPE_PEM) != 1 ||
+                          SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1)))
         goto fail;
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    if (tickets) {
+        SSL_CTX_set_session_cache_mode(ctx,
+                                       SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+        SSL_CTX_sess_set_new_cb(ctx, keep_ticket);
+    }
     if ((fd = socket(AF_INET, SOCK_STREAM, 0)) < 0 ||
         connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 || (ssl = SSL_new(ctx)) == NULL ||
         SSL_set_fd(ssl, fd) != 1 || SSL_set1_host(ssl, "localhost") != 1 ||
-        SSL_set_tlsext_host_name(ssl, "localhost") != 1 || SSL_connect(ssl) != 1)
+        SSL_set_tlsext_host_name(ssl, "localhost") != 1 ||
+        (offer != NULL && SSL_set_session(ssl, offer) != 1) || SSL_connect(ssl) != 1)
         goto fail;
     *ctxp = ctx;
     return ssl;
@@ -704,6 +735,11 @@ fail:
         close(fd);
     SSL_CTX_free(ctx);
     return NULL;
+}
+
+static SSL *tls_connect(SSL_CTX **ctxp, unsigned p)
+{
+    return tls_open(ctxp, p, NULL, NULL, NULL, false);
 }
 
 static void tls_close(SSL *ssl, SSL_CTX *ctx)
@@ -804,17 +840,6 @@ static void test_expect_100_continue(void)
     free(body);
 }
 
-/* The session of a ticket as it arrives, as curl keeps it. */
-static SSL_SESSION *ticket_session;
-
-static int keep_ticket(SSL *ssl, SSL_SESSION *sess)
-{
-    (void)ssl;
-    SSL_SESSION_free(ticket_session);
-    ticket_session = sess;
-    return 1; /* the reference is ours */
-}
-
 /*
  * One request on a new connection that offers session (NULL: none), with the client certificate
  * cert/key (NULL: none): the status, whether the server resumed, and the session to offer next.
@@ -822,44 +847,24 @@ static int keep_ticket(SSL *ssl, SSL_SESSION *sess)
 static int resumed_request(SSL_SESSION *offer, const char *cert, const char *key, const char *path,
                            bool *reused, SSL_SESSION **next)
 {
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
     char req[512], head[4096];
-    SSL *ssl = NULL;
-    int fd = -1, status = -1, n;
+    SSL_CTX *ctx = NULL;
+    SSL *ssl = tls_open(&ctx, port, cert, key, offer, true);
+    int status = -1, n;
 
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    *reused = false;
-    if (ctx == NULL || SSL_CTX_load_verify_locations(ctx, ca, NULL) != 1 ||
-        (cert != NULL && (SSL_CTX_use_certificate_file(ctx, cert, SSL_FILETYPE_PEM) != 1 ||
-                          SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1)))
-        goto out;
-    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
-    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
-    SSL_CTX_sess_set_new_cb(ctx, keep_ticket);
-    if ((fd = socket(AF_INET, SOCK_STREAM, 0)) < 0 ||
-        connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 || (ssl = SSL_new(ctx)) == NULL ||
-        SSL_set_fd(ssl, fd) != 1 || SSL_set1_host(ssl, "localhost") != 1 ||
-        SSL_set_tlsext_host_name(ssl, "localhost") != 1 ||
-        (offer != NULL && SSL_set_session(ssl, offer) != 1) || SSL_connect(ssl) != 1)
-        goto out;
-    *reused = SSL_session_reused(ssl) == 1;
+    *reused = ssl != NULL && SSL_session_reused(ssl) == 1;
     n = snprintf(req, sizeof(req),
                  "GET /.well-known/est/%s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
                  path);
-    if (SSL_write(ssl, req, n) != n)
-        goto out;
-    status = read_head(ssl, head, sizeof(head));
-    while (SSL_read(ssl, head, sizeof(head)) > 0) /* to the end: the ticket comes with it */
-        ;
+    if (ssl != NULL && SSL_write(ssl, req, n) == n) {
+        status = read_head(ssl, head, sizeof(head));
+        while (SSL_read(ssl, head, sizeof(head)) > 0) /* to the end: the ticket comes with it */
+            ;
+        SSL_shutdown(ssl); /* else SSL_free takes the session for a bad one, not to be resumed */
+    }
     *next = ticket_session;
     ticket_session = NULL;
-    SSL_shutdown(ssl); /* else SSL_free takes the session for a bad one, not to be resumed */
-out:
-    SSL_free(ssl);
-    if (fd >= 0)
-        close(fd);
-    SSL_CTX_free(ctx);
+    tls_close(ssl, ctx);
     return status;
 }
 
@@ -1309,10 +1314,9 @@ static void *burst_run(void *arg)
 static void test_burst_after_reload_is_served(void)
 {
     enum { N = 32 };
-    char path[PATH_MAX], *hash = NULL, line[256], *request;
+    char path[PATH_MAX], *hash = NULL, line[256], *request, *rest;
     char *body = eg_file_read(tpath(path, "dev1.b64"), NULL);
     char *text = NULL;
-    unsigned char b64[64];
     size_t inilen, cap;
     SSL_CTX *ctx[N] = {NULL};
     pthread_t threads[N];
@@ -1327,14 +1331,13 @@ static void test_burst_after_reload_is_served(void)
     CU_ASSERT_EQUAL_FATAL(ini_with_line(ini, text, inilen, "user = alice:", true, line), 0);
     CU_ASSERT_EQUAL(sighup_and_wait("estgated: reloaded "), 0);
     /* the fleet's first device, then the reload that empties a cache that is not carried */
-    EVP_EncodeBlock(b64, (const unsigned char *)"fleet:fleet-secret", 18);
-    cap = strlen(body) + 512;
-    CU_ASSERT_PTR_NOT_NULL_FATAL(request = malloc(cap));
-    snprintf(request, cap,
-             "POST /.well-known/est/simpleenroll HTTP/1.1\r\nHost: localhost\r\n"
-             "Authorization: Basic %s\r\nContent-Type: application/pkcs10\r\n"
-             "Content-Length: %zu\r\n\r\n%s",
-             b64, strlen(body), body);
+    cap = strlen(body) + 64;
+    CU_ASSERT_PTR_NOT_NULL_FATAL(rest = malloc(cap));
+    snprintf(rest, cap, "Content-Length: %zu\r\n\r\n%s", strlen(body), body);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(request = malloc(cap + 512));
+    CU_ASSERT_FATAL(
+        raw_text_as(request, cap + 512, "fleet:fleet-secret", "POST", "simpleenroll", rest) > 0);
+    free(rest);
     b[0] = (burst){.ssl = tls_connect(&ctx[0], port), .request = request, .start = &start};
     pthread_barrier_init(&start, NULL, 1);
     burst_run(&b[0]);
