@@ -161,8 +161,8 @@ static time_t mono_seconds(void)
     return ts.tv_sec;
 }
 
-/* Signals; every second the count of audit lines left out, and once a day the certificates'
-   expiry (they run out while estgated runs). */
+/* Signals; every second the count of audit lines left out and the TLS ticket keys' age, and once a
+   day the certificates' expiry (they run out while estgated runs). */
 static int wait_for_stop(const sigset_t *set, const char *path, const eg_config *run, eg_est *est,
                          eg_server *srv)
 {
@@ -175,6 +175,9 @@ static int wait_for_stop(const sigset_t *set, const char *path, const eg_config 
             if (errno != EAGAIN && errno != EINTR)
                 return -1;
             eg_audit_flush();
+            if (eg_server_tick(srv, mono_seconds()) != 0)
+                fprintf(stderr,
+                        "estgated: cannot make a new TLS ticket key; the current one stays\n");
             if (mono_seconds() >= next_check) {
                 eg_expiry_warn(eg_est_config(est), time(NULL), stderr, "estgated: warning: ");
                 next_check += EXPIRY_CHECK_S;

@@ -2,7 +2,8 @@
  * The HTTPS front end with its TLS key in a token: TLS 1.3 handshakes succeed
  * and are signed by the token, TLS 1.2 only where a listener allows it,
  * requests with both Content-Length and Transfer-Encoding and oversized
- * bodies are refused, and keep-alive serves several requests per handshake.
+ * bodies are refused, keep-alive serves several requests per handshake, and
+ * session tickets stop resuming once their key has been replaced twice.
  * Real OpenSSL clients on real sockets against ephemeral ports.
  */
 #include <arpa/inet.h>
@@ -25,6 +26,7 @@
 #include "p11.h"
 #include "provider.h"
 #include "server.h"
+#include "tls.h"
 #include "token_harness.h"
 
 #define MAX_BODY 10000 /* above read_body's first 4 KiB, so a chunked body makes it grow */
@@ -168,8 +170,9 @@ static void client_close(client *c)
     c->fd = -1;
 }
 
-/* A TLS client of at most max_version that verifies the server against the test CA. */
-static int client_open(client *c, size_t listener, int max_version)
+/* A TLS client of at most max_version that verifies the server against the test CA and offers
+   the session offer (NULL: none). */
+static int client_resume(client *c, size_t listener, int max_version, SSL_SESSION *offer)
 {
     struct sockaddr_in sa = {.sin_family = AF_INET};
 
@@ -187,9 +190,14 @@ static int client_open(client *c, size_t listener, int max_version)
         return -1;
     SSL_CTX_set_verify(c->ctx, SSL_VERIFY_PEER, NULL);
     if ((c->ssl = SSL_new(c->ctx)) == NULL || !SSL_set_fd(c->ssl, c->fd) ||
-        SSL_connect(c->ssl) != 1)
+        (offer != NULL && !SSL_set_session(c->ssl, offer)) || SSL_connect(c->ssl) != 1)
         return -1;
     return 0;
+}
+
+static int client_open(client *c, size_t listener, int max_version)
+{
+    return client_resume(c, listener, max_version, NULL);
 }
 
 static int send_all(client *c, const char *data, size_t len)
@@ -443,6 +451,84 @@ static void test_http10_connection_closes(void)
     client_close(&c);
 }
 
+/*
+ * One request on a connection offering offer: whether the server resumed it (1) or made a full
+ * handshake (0), or -1; the session to offer next (with the ticket that came with the answer)
+ * replaces *next.
+ */
+static int resumed_request(size_t listener, int max_version, SSL_SESSION *offer, SSL_SESSION **next)
+{
+    client c;
+    char body[512];
+    int reused = -1;
+
+    if (client_resume(&c, listener, max_version, offer) == 0 &&
+        request(&c, GET_FULLCMC, body, sizeof(body)) == 405) {
+        reused = SSL_session_reused(c.ssl);
+        SSL_SESSION_free(*next);
+        *next = SSL_get1_session(c.ssl);
+    }
+    client_close(&c);
+    return reused;
+}
+
+static time_t mono_now(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec;
+}
+
+/*
+ * A ticket resumes its session, without a signature in the token, until its key has been
+ * replaced twice: after one new key it still resumes and a ticket under the new key comes with
+ * the answer; after the second, the old ticket gets a full handshake. The ticks carry made-up
+ * times, hours apart, as the daemon's every-second tick would after those hours.
+ */
+static void test_ticket_keys_rotate(void)
+{
+    static const struct {
+        size_t listener;
+        int version;
+    } cases[] = {{0, TLS1_3_VERSION}, {1, TLS1_2_VERSION}};
+    static time_t fake; /* later than any tick before it */
+    SSL_SESSION *first = NULL, *renewed = NULL, *unused = NULL;
+    uint64_t before;
+
+    if (fake == 0)
+        fake = mono_now();
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        size_t l = cases[i].listener;
+        int v = cases[i].version;
+
+        CU_ASSERT_EQUAL_FATAL(resumed_request(l, v, NULL, &first), 0);
+        before = sign_calls();
+        CU_ASSERT_EQUAL(resumed_request(l, v, first, &unused), 1);
+        CU_ASSERT_EQUAL(sign_calls(), before);
+        /* Within the period: the same key. */
+        CU_ASSERT_EQUAL(eg_server_tick(srv, fake + 10), 0);
+        CU_ASSERT_EQUAL(resumed_request(l, v, first, &unused), 1);
+        /* One new key: the old ticket still resumes, and a new ticket comes with the answer. */
+        fake += EG_TLS_TICKET_KEY_S + 10;
+        CU_ASSERT_EQUAL(eg_server_tick(srv, fake), 0);
+        CU_ASSERT_EQUAL(resumed_request(l, v, first, &renewed), 1);
+        /* Two: the first key is gone; the renewed ticket still resumes. */
+        fake += EG_TLS_TICKET_KEY_S;
+        CU_ASSERT_EQUAL(eg_server_tick(srv, fake), 0);
+        CU_ASSERT_EQUAL(resumed_request(l, v, first, &unused), 0);
+        CU_ASSERT_EQUAL(resumed_request(l, v, renewed, &unused), 1);
+        /* Hours without a tick (a suspended machine): neither key is kept. */
+        fake += 5 * EG_TLS_TICKET_KEY_S;
+        CU_ASSERT_EQUAL(eg_server_tick(srv, fake), 0);
+        CU_ASSERT_EQUAL(resumed_request(l, v, renewed, &unused), 0);
+        SSL_SESSION_free(first);
+        SSL_SESSION_free(renewed);
+        SSL_SESSION_free(unused);
+        first = renewed = unused = NULL;
+    }
+}
+
 int main(int argc, char **argv)
 {
     CU_TestInfo tests[] = {
@@ -455,6 +541,7 @@ int main(int argc, char **argv)
         {"keep-alive: two requests, one handshake", test_keep_alive_two_requests_one_handshake},
         {"an answer is one TLS record", test_answer_in_one_record},
         {"HTTP/1.0 without keep-alive is closed", test_http10_connection_closes},
+        {"session tickets outlive one new ticket key, not two", test_ticket_keys_rotate},
         {"silent sockets hold threads only until the timeout",
          test_silent_sockets_hold_threads_only_until_the_timeout},
         CU_TEST_INFO_NULL,

@@ -39,6 +39,7 @@ struct eg_server {
     group groups[GROUPS];
     unsigned ports[EG_MAX_LISTENERS];
     eg_tls_ca_names *ca_names;
+    eg_tls_tickets *tickets;
     atomic_uint inflight; /* requests inside on_request */
     atomic_bool draining; /* eg_server_drain has begun */
 };
@@ -492,7 +493,8 @@ static int group_start(eg_server *s, group *g, EVP_PKEY *key, bool tls12)
         .callbacks = &callbacks, .user_data = g, .configuration_options = options};
     int n;
 
-    if ((g->ssl = eg_tls_ctx_new(s->cfg, key, tls12, s->ca_names, why, sizeof(why))) == NULL)
+    if ((g->ssl = eg_tls_ctx_new(s->cfg, key, tls12, s->ca_names, s->tickets, why, sizeof(why))) ==
+        NULL)
         goto fail;
     group_ports(s, g, listen, sizeof(listen));
     snprintf(threads, sizeof(threads), "%u", s->cfg->threads ? s->cfg->threads : 4);
@@ -541,7 +543,8 @@ int eg_server_start(const eg_config *cfg, eg_est *est, EVP_PKEY *tls_key, eg_ser
         goto out;
     s->cfg = cfg;
     s->est = est;
-    if ((s->ca_names = eg_tls_ca_names_new()) == NULL)
+    if ((s->ca_names = eg_tls_ca_names_new()) == NULL ||
+        (s->tickets = eg_tls_tickets_new()) == NULL)
         goto out;
     if (eg_tls_ca_names_set(s->ca_names, cfg, why, sizeof(why)) != 0) {
         fprintf(stderr, "estgated: %s\n", why);
@@ -589,6 +592,7 @@ void eg_server_stop(eg_server *s)
         SSL_CTX_free(s->groups[i].ssl);
     }
     eg_tls_ca_names_free(s->ca_names);
+    eg_tls_tickets_free(s->tickets);
     free(s);
 }
 
@@ -601,6 +605,11 @@ int eg_server_reload(eg_server *s, const eg_config *cfg)
         return -1;
     }
     return 0;
+}
+
+int eg_server_tick(eg_server *s, time_t now)
+{
+    return eg_tls_tickets_tick(s->tickets, now);
 }
 
 unsigned eg_server_port(const eg_server *s, size_t i)

@@ -6,6 +6,8 @@
 #ifndef EG_SERVER_H
 #define EG_SERVER_H
 
+#include <time.h>
+
 #include <openssl/evp.h>
 
 #include "config.h"
@@ -31,6 +33,9 @@ unsigned eg_server_drain(eg_server *s, unsigned max_ms);
 void eg_server_stop(eg_server *s);
 /* After eg_est_reload: offers cfg's client CA names from the next handshake on. 0 or -1. */
 int eg_server_reload(eg_server *s, const eg_config *cfg);
+/* Every second or so, with now in CLOCK_MONOTONIC seconds: makes a new TLS ticket key every
+   EG_TLS_TICKET_KEY_S (tls.h). 0, or -1 if a new key could not be made (the old ones stay). */
+int eg_server_tick(eg_server *s, time_t now);
 /* The port listener i (index in cfg->listeners) is bound to; 0 if unknown. */
 unsigned eg_server_port(const eg_server *s, size_t i);
 

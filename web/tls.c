@@ -1,8 +1,11 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
+#include <openssl/core_names.h>
 #include <openssl/err.h>
+#include <openssl/rand.h>
 #include <openssl/x509_vfy.h>
 
 #include "tls.h"
@@ -136,6 +139,140 @@ static int hello_cb(SSL *ssl, int *alert, void *arg)
 }
 
 /*
+ * Session ticket keys (tls.h). OpenSSL's own ticket keys are made with the SSL_CTX and kept until
+ * it is freed, which for estgated means until a restart; a TLS 1.2 ticket holds its session's
+ * master secret, so a key kept for months would let a copy of the process's memory open every
+ * ticket recorded on the wire since the start. Tickets are AES-256-CBC with HMAC-SHA256 under a
+ * 16-octet key name, OpenSSL's own format.
+ */
+typedef struct ticket_key {
+    unsigned char name[16];
+    unsigned char aes[32];
+    unsigned char hmac[32];
+    bool set;
+} ticket_key;
+
+struct eg_tls_tickets {
+    pthread_mutex_t lock;
+    EVP_CIPHER *cipher;
+    ticket_key cur, prev; /* cur encrypts and decrypts; prev only decrypts */
+    time_t next;          /* when cur stops encrypting (monotonic seconds) */
+};
+
+static int tickets_idx = -1;
+static pthread_once_t tickets_once = PTHREAD_ONCE_INIT;
+
+static void tickets_index(void)
+{
+    tickets_idx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+}
+
+static time_t mono_now(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec;
+}
+
+/* Under t->lock, or before t is shared. */
+static int ticket_key_roll(eg_tls_tickets *t, time_t now)
+{
+    ticket_key k = {.set = true};
+
+    if (RAND_bytes(k.name, sizeof(k.name)) != 1 || RAND_priv_bytes(k.aes, sizeof(k.aes)) != 1 ||
+        RAND_priv_bytes(k.hmac, sizeof(k.hmac)) != 1) {
+        OPENSSL_cleanse(&k, sizeof(k));
+        return -1;
+    }
+    OPENSSL_cleanse(&t->prev, sizeof(t->prev));
+    t->prev = t->cur;
+    t->cur = k;
+    OPENSSL_cleanse(&k, sizeof(k));
+    t->next = now + EG_TLS_TICKET_KEY_S;
+    return 0;
+}
+
+eg_tls_tickets *eg_tls_tickets_new(void)
+{
+    eg_tls_tickets *t = calloc(1, sizeof(*t));
+
+    if (t == NULL)
+        return NULL;
+    if (pthread_mutex_init(&t->lock, NULL) != 0) {
+        free(t);
+        return NULL;
+    }
+    if ((t->cipher = EVP_CIPHER_fetch(NULL, "AES-256-CBC", NULL)) == NULL ||
+        ticket_key_roll(t, mono_now()) != 0) {
+        eg_tls_tickets_free(t);
+        return NULL;
+    }
+    return t;
+}
+
+void eg_tls_tickets_free(eg_tls_tickets *t)
+{
+    if (t == NULL)
+        return;
+    EVP_CIPHER_free(t->cipher);
+    pthread_mutex_destroy(&t->lock);
+    OPENSSL_clear_free(t, sizeof(*t));
+}
+
+int eg_tls_tickets_tick(eg_tls_tickets *t, time_t now)
+{
+    int rc = 0, rolled = 0;
+
+    pthread_mutex_lock(&t->lock);
+    /* Two periods or more without a tick (a suspended machine): neither key is kept. */
+    while (rc == 0 && now >= t->next && rolled++ < 2)
+        rc = ticket_key_roll(t, now);
+    pthread_mutex_unlock(&t->lock);
+    return rc;
+}
+
+/* SSL_CTX_set_tlsext_ticket_key_evp_cb: 1 with cur, 2 with prev (a new ticket follows), 0 for an
+   unknown name (a full handshake), -1 on failure. */
+static int ticket_key_cb(SSL *s, unsigned char *name, unsigned char *iv, EVP_CIPHER_CTX *cctx,
+                         EVP_MAC_CTX *hctx, int enc)
+{
+    eg_tls_tickets *t = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(s), tickets_idx);
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
+        OSSL_PARAM_construct_end(),
+    };
+    ticket_key k;
+    int rc = -1;
+
+    if (t == NULL)
+        return -1;
+    pthread_mutex_lock(&t->lock);
+    if (enc)
+        k = t->cur;
+    else if (t->cur.set && memcmp(name, t->cur.name, sizeof(k.name)) == 0)
+        k = t->cur, rc = 1;
+    else if (t->prev.set && memcmp(name, t->prev.name, sizeof(k.name)) == 0)
+        k = t->prev, rc = 2;
+    else
+        k.set = false, rc = 0;
+    pthread_mutex_unlock(&t->lock);
+    if (enc) {
+        memcpy(name, k.name, sizeof(k.name));
+        rc = RAND_bytes(iv, EVP_CIPHER_get_iv_length(t->cipher)) == 1 &&
+                     EVP_EncryptInit_ex2(cctx, t->cipher, k.aes, iv, NULL) == 1 &&
+                     EVP_MAC_init(hctx, k.hmac, sizeof(k.hmac), params) == 1
+                 ? 1
+                 : -1;
+    } else if (rc > 0 && (EVP_MAC_init(hctx, k.hmac, sizeof(k.hmac), params) != 1 ||
+                          EVP_DecryptInit_ex2(cctx, t->cipher, k.aes, iv, NULL) != 1)) {
+        rc = -1;
+    }
+    OPENSSL_cleanse(&k, sizeof(k));
+    return rc;
+}
+
+/*
  * A ticket is honoured only for a session without a client certificate: a resumed session
  * carries the leaf but not the intermediates the client sent, and every request's certificate
  * is verified per profile with them. So mTLS clients make a full handshake every time.
@@ -155,14 +292,20 @@ static SSL_TICKET_RETURN ticket_decrypted(SSL *s, SSL_SESSION *ss, const unsigne
     return status == SSL_TICKET_SUCCESS_RENEW ? SSL_TICKET_RETURN_USE_RENEW : SSL_TICKET_RETURN_USE;
 }
 
-static int set_protocols(SSL_CTX *ctx, bool allow_tls12)
+static int set_protocols(SSL_CTX *ctx, bool allow_tls12, eg_tls_tickets *tickets)
 {
+    pthread_once(&tickets_once, tickets_index);
+    if (tickets_idx < 0 || !SSL_CTX_set_ex_data(ctx, tickets_idx, tickets))
+        return 0;
     /* Resumption by stateless ticket, so that a device's next connection (curl runs one per
        request) skips the server key's signature in the token; no 0-RTT, no server cache. */
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
                                  SSL_OP_CIPHER_SERVER_PREFERENCE);
+    /* A ticket's lifetime is one key period: its key decrypts for that long at least. */
+    SSL_CTX_set_timeout(ctx, EG_TLS_TICKET_KEY_S);
     return SSL_CTX_set_num_tickets(ctx, 1) &&
+           SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticket_key_cb) &&
            SSL_CTX_set_session_ticket_cb(ctx, NULL, ticket_decrypted, NULL) &&
            /* OpenSSL resumes no session of a context that asks for client certificates
               without one ("session id context uninitialized") */
@@ -173,12 +316,12 @@ static int set_protocols(SSL_CTX *ctx, bool allow_tls12)
 }
 
 SSL_CTX *eg_tls_ctx_new(const eg_config *cfg, EVP_PKEY *key, bool allow_tls12,
-                        eg_tls_ca_names *names, char *why, size_t whylen)
+                        eg_tls_ca_names *names, eg_tls_tickets *tickets, char *why, size_t whylen)
 {
     SSL_CTX *ctx = SSL_CTX_new_ex(NULL, NULL, TLS_server_method());
     SSL_CTX *ret = NULL;
 
-    if (ctx == NULL || !set_protocols(ctx, allow_tls12)) {
+    if (ctx == NULL || !set_protocols(ctx, allow_tls12, tickets)) {
         snprintf(why, whylen, "cannot set up TLS: %s", ERR_reason_error_string(ERR_get_error()));
         goto out;
     }

@@ -9,6 +9,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <time.h>
 
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
@@ -25,13 +26,28 @@ void eg_tls_ca_names_free(eg_tls_ca_names *n);
 int eg_tls_ca_names_set(eg_tls_ca_names *n, const eg_config *cfg, char *why, size_t whylen);
 
 /*
+ * The keys that encrypt TLS session tickets, one ring for every listener. A key encrypts the
+ * tickets of EG_TLS_TICKET_KEY_S, then only opens them (the client gets a ticket under the newer
+ * key) for as long again, then is wiped: a copy of the daemon's memory opens no ticket more than
+ * two periods old. Tickets live one period, so each opens for as long as a client may offer it.
+ */
+#define EG_TLS_TICKET_KEY_S 3600
+typedef struct eg_tls_tickets eg_tls_tickets;
+
+eg_tls_tickets *eg_tls_tickets_new(void);
+void eg_tls_tickets_free(eg_tls_tickets *t);
+/* now: CLOCK_MONOTONIC seconds. Makes a new key once the current one has encrypted for a period
+   (every second or so is often enough). 0, or -1 with the keys as they were. */
+int eg_tls_tickets_tick(eg_tls_tickets *t, time_t now);
+
+/*
  * key: the TLS server key (a token key through the provider), used with
  * cfg->tls_chain_file. allow_tls12 adds TLS 1.2 with ECDHE and AEAD suites
- * only. names: offered to clients, borrowed for the SSL_CTX's life. NULL with
- * a reason in why on failure.
+ * only. names: offered to clients, and tickets: the ticket keys, both borrowed
+ * for the SSL_CTX's life. NULL with a reason in why on failure.
  */
 SSL_CTX *eg_tls_ctx_new(const eg_config *cfg, EVP_PKEY *key, bool allow_tls12,
-                        eg_tls_ca_names *names, char *why, size_t whylen);
+                        eg_tls_ca_names *names, eg_tls_tickets *tickets, char *why, size_t whylen);
 
 /* The intermediates the client sent with leaf at the handshake (borrowed; NULL if none). */
 STACK_OF(X509) * eg_tls_peer_intermediates(X509 *leaf);
