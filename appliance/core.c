@@ -785,12 +785,18 @@ static void issue(enroll *e)
     eg_intent_result ir = {0};
     eg_validity val;
     char why[256], serial[48];
+    int rc;
 
-    if (subject == NULL ||
-        eg_issue_validity(&e->prof->pol, &e->prof->ca, time(NULL), eg_policy_requested_days(e->csr),
-                          &val, why, sizeof(why)) != 0) {
-        answer_set(&e->a, EG_INTERNAL, EG_AUDIT_INTERNAL, EG_DIM_NONE, "%s",
-                   subject ? why : "cannot build the subject");
+    if (subject == NULL) {
+        answer_set(&e->a, EG_INTERNAL, EG_AUDIT_INTERNAL, EG_DIM_NONE, "cannot build the subject");
+        goto out;
+    }
+    if ((rc = eg_issue_validity(&e->prof->pol, &e->prof->ca, time(NULL),
+                                eg_policy_requested_days(e->csr), &val, why, sizeof(why))) != 0) {
+        /* Not the device's fault, and not for good: once the clock is set or the CA renewed,
+           the same request succeeds. */
+        answer_set(&e->a, EG_UNAVAILABLE, EG_AUDIT_UNAVAILABLE, EG_DIM_NONE, "%s", why);
+        e->a.retry_after = rc == -2 ? 60 : 3600;
         goto out;
     }
     if (begin_intent(e, subject, &val, &ir) != 0) {

@@ -1,4 +1,6 @@
 /* Warnings for the TLS certificate and the issuing CAs before they run out. */
+#include <stdbool.h>
+
 #include <openssl/asn1.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
@@ -16,20 +18,31 @@ static X509 *first_cert(const char *path)
     return x;
 }
 
+/* t as YYYY-MM-DD into date; 0 or -1. */
+static int day_of(const ASN1_TIME *t, char *date, size_t cap)
+{
+    struct tm tm;
+
+    return ASN1_TIME_to_tm(t, &tm) && strftime(date, cap, "%Y-%m-%d", &tm) ? 0 : -1;
+}
+
 /*
  * Whole days from now to the certificate's notAfter (negative once past) and
- * the date as YYYY-MM-DD; -1 when the file or its time cannot be read.
+ * that date as YYYY-MM-DD; when now is before its notBefore, *early set and
+ * that date in start. -1 when the file or its times cannot be read.
  */
-static int days_left(const char *path, time_t now, long *days, char *date, size_t cap)
+static int days_left(const char *path, time_t now, long *days, char *date, bool *early, char *start,
+                     size_t cap)
 {
     X509 *x = path ? first_cert(path) : NULL;
     ASN1_TIME *t = x ? ASN1_TIME_set(NULL, now) : NULL;
     int d = 0, s = 0, rc = -1;
-    struct tm tm;
 
     if (t != NULL && ASN1_TIME_diff(&d, &s, t, X509_get0_notAfter(x)) &&
-        ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) && strftime(date, cap, "%Y-%m-%d", &tm)) {
+        day_of(X509_get0_notAfter(x), date, cap) == 0 &&
+        day_of(X509_get0_notBefore(x), start, cap) == 0) {
         *days = d - (d <= 0 && s < 0 ? 1 : 0); /* a part of a day already past counts */
+        *early = ASN1_TIME_compare(t, X509_get0_notBefore(x)) < 0;
         rc = 0;
     }
     ASN1_TIME_free(t);
@@ -40,12 +53,22 @@ static int days_left(const char *path, time_t now, long *days, char *date, size_
 
 size_t eg_expiry_warn(const eg_config *cfg, time_t now, FILE *fp, const char *prefix)
 {
-    char date[16];
+    char date[16], start[16], clock[16] = "";
+    struct tm tm;
     size_t n = 0;
+    bool early;
     long days;
 
-    if (days_left(cfg->tls_chain_file, now, &days, date, sizeof(date)) == 0) {
-        if (days < 0)
+    if (gmtime_r(&now, &tm) != NULL)
+        strftime(clock, sizeof(clock), "%Y-%m-%d", &tm);
+    if (days_left(cfg->tls_chain_file, now, &days, date, &early, start, sizeof(date)) == 0) {
+        if (early)
+            fprintf(fp,
+                    "%sthe system clock reads %s, before the TLS certificate (%s) begins on %s: "
+                    "is the clock set? Until it is, client certificates look not yet valid "
+                    "too\n",
+                    prefix, clock, cfg->tls_chain_file, start);
+        else if (days < 0)
             fprintf(fp,
                     "%sthe TLS certificate (%s) expired on %s: devices refuse the handshake; "
                     "renew it with estgate-provision tls create\n",
@@ -55,15 +78,21 @@ size_t eg_expiry_warn(const eg_config *cfg, time_t now, FILE *fp, const char *pr
                     "%sthe TLS certificate (%s) expires on %s, in %ld day%s; renew it with "
                     "estgate-provision tls create\n",
                     prefix, cfg->tls_chain_file, date, days, days == 1 ? "" : "s");
-        n += days < EG_EXPIRY_WARN_DAYS;
+        n += early || days < EG_EXPIRY_WARN_DAYS;
     }
     for (size_t i = 0; i < cfg->nprofiles; i++) {
         const eg_profile_cfg *p = &cfg->profiles[i];
         long ahead = p->max_days > EG_EXPIRY_WARN_DAYS ? p->max_days : EG_EXPIRY_WARN_DAYS;
 
-        if (days_left(p->ca_chain_file, now, &days, date, sizeof(date)) != 0 || days >= ahead)
+        if (days_left(p->ca_chain_file, now, &days, date, &early, start, sizeof(date)) != 0 ||
+            (!early && days >= ahead))
             continue;
-        if (days < 0)
+        if (early)
+            fprintf(fp,
+                    "%sprofile %s: the system clock reads %s, before the CA certificate (%s) "
+                    "begins on %s: is the clock set? The profile issues nothing until it is\n",
+                    prefix, p->name, clock, p->ca_chain_file, start);
+        else if (days < 0)
             fprintf(fp,
                     "%sprofile %s: the CA certificate (%s) expired on %s: the profile issues "
                     "nothing until it is renewed\n",

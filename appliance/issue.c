@@ -29,9 +29,19 @@ static int fail(char *reason, size_t cap, const char *what)
     return -1;
 }
 
+static const char *iso_time(time_t t, char *buf, size_t cap)
+{
+    struct tm tm;
+
+    if (gmtime_r(&t, &tm) == NULL || strftime(buf, cap, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+        snprintf(buf, cap, "%lld", (long long)t);
+    return buf;
+}
+
 int eg_issue_validity(const eg_policy *pol, const eg_issue_ca *ca, time_t now, unsigned asked,
                       eg_validity *out, char *reason, size_t cap)
 {
+    char clock[32], when[32];
     unsigned days = pol->cfg->max_days ? pol->cfg->max_days : DEFAULT_DAYS;
 
     /* A shorter validity asked for in the CSR is granted; a longer one was refused. */
@@ -39,8 +49,16 @@ int eg_issue_validity(const eg_policy *pol, const eg_issue_ca *ca, time_t now, u
         days = asked;
     eg_validity v = {now - CLOCK_SKEW_S, now + (time_t)days * 86400};
 
-    if (ca->not_after <= now || ca->not_before > now) {
-        snprintf(reason, cap, "the CA certificate is not valid now (expired or not yet valid)");
+    if (ca->not_before > now) {
+        snprintf(reason, cap,
+                 "the appliance's clock reads %s, before its CA certificate begins (%s): is the "
+                 "clock set?",
+                 iso_time(now, clock, sizeof(clock)), iso_time(ca->not_before, when, sizeof(when)));
+        return -2;
+    }
+    if (ca->not_after <= now) {
+        snprintf(reason, cap, "the CA certificate expired at %s",
+                 iso_time(ca->not_after, when, sizeof(when)));
         return -1;
     }
     /* Back-dated for clients with slow clocks, but never before the CA itself. */

@@ -35,8 +35,8 @@ typedef struct eg_validity {
 
 /*
  * The validity for now: max_days, or the shorter one asked in the CSR (asked,
- * days; 0 for none), inside the CA's. 0, or -1 with reason when the CA cannot
- * issue now (expired, not yet valid).
+ * days; 0 for none), inside the CA's. 0; or, with reason, -1 when the CA has
+ * expired and -2 when it has not begun (the clock is behind).
  */
 int eg_issue_validity(const eg_policy *pol, const eg_issue_ca *ca, time_t now, unsigned asked,
                       eg_validity *out, char *reason, size_t cap);

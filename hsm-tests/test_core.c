@@ -1183,6 +1183,74 @@ static void test_open_refuses_a_chain_of_another_key(void)
     eg_core_close(c);
 }
 
+/*
+ * A CA that has not begun (what an appliance whose clock battery ran out sees: its clock starts
+ * in the past) or has expired issues nothing: 503 with Retry-After, audited as unavailable, the
+ * reason saying which, and nothing in the ledger. The chain file carries the token CA key's
+ * public key with the validity to test, signed by another key (open does not check that).
+ */
+static void test_ca_outside_its_validity_is_unavailable(void)
+{
+    static const struct {
+        long from, to; /* days from now */
+        int retry;
+        const char *says;
+    } cases[] = {{2, 400, 60, "is the clock set?"}, {-400, -2, 3600, "expired at"}};
+    X509 *real = read_ca();
+    EVP_PKEY *signer = EVP_EC_gen("P-256");
+    uint8_t *csr;
+    size_t len;
+    eg_answer a;
+
+    CU_ASSERT_FATAL(real != NULL && signer != NULL);
+    csr = make_csr(key_a, "CN=clock", "DNS:clock.example.com", NULL, NULL, &len);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(csr);
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char chain[PATH_MAX], lpath[PATH_MAX], name[32];
+        X509 *x = X509_dup(real);
+        eg_config other = cfg;
+        eg_core *c = NULL;
+        BIO *b;
+        eg_enroll_req req = {.profile = "iot",
+                             .principal = "basic:clock",
+                             .auth = EG_AUTH_BASIC,
+                             .csr = csr,
+                             .csr_len = len,
+                             .peer = "192.0.2.7"};
+        eg_core_stats st;
+
+        snprintf(name, sizeof(name), "window-%zu.pem", i);
+        CU_ASSERT_FATAL(x != NULL &&
+                        X509_time_adj_ex(X509_getm_notBefore(x), cases[i].from, 0, NULL) &&
+                        X509_time_adj_ex(X509_getm_notAfter(x), cases[i].to, 0, NULL) &&
+                        X509_sign(x, signer, EVP_sha256()) > 0);
+        CU_ASSERT_FATAL((b = BIO_new_file(tpath(chain, name), "w")) != NULL &&
+                        PEM_write_bio_X509(b, x) == 1);
+        BIO_free(b);
+        X509_free(x);
+        snprintf(name, sizeof(name), "window-%zu.db", i);
+        other.nprofiles = 1;
+        other.profiles[0].ca_chain_file = chain;
+        other.ledger_path = tpath(lpath, name);
+        CU_ASSERT_EQUAL_FATAL(eg_core_open(&other, &c), 0);
+        memset(&a, 0xa5, sizeof(a));
+        CU_ASSERT_EQUAL_FATAL(eg_core_enroll(c, &req, &a), 0);
+        CU_ASSERT_EQUAL(a.status, EG_UNAVAILABLE);
+        CU_ASSERT_EQUAL(a.event, EG_AUDIT_UNAVAILABLE);
+        CU_ASSERT_EQUAL(a.retry_after, cases[i].retry);
+        CU_ASSERT_PTR_NOT_NULL(strstr(a.reason, cases[i].says));
+        CU_ASSERT_PTR_NULL(a.der);
+        eg_answer_clear(&a);
+        eg_core_get_stats(c, &st);
+        CU_ASSERT_EQUAL(st.token_signatures, 0);
+        CU_ASSERT_EQUAL(st.certificates, 0);
+        eg_core_close(c);
+    }
+    free(csr);
+    EVP_PKEY_free(signer);
+    X509_free(real);
+}
+
 /* ---- suite ---- */
 
 static int make_ca(void)
@@ -1290,6 +1358,8 @@ static CU_TestInfo tests[] = {
      test_token_loss_is_unavailable_then_recovers},
     {"after close the ledger holds the certificate", test_ledger_holds_certificate_after_close},
     {"open refuses a chain of another key", test_open_refuses_a_chain_of_another_key},
+    {"a CA not begun or expired: 503 with Retry-After, nothing issued",
+     test_ca_outside_its_validity_is_unavailable},
     CU_TEST_INFO_NULL,
 };
 

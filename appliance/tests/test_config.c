@@ -999,6 +999,19 @@ static void write_cert_ending(const char *name, const char *cn, bool ca, time_t 
     X509_free(x);
 }
 
+/* t as YYYY-MM-DD (UTC), in one of four static buffers taken in turn. */
+static const char *day(time_t t)
+{
+    static char buf[4][16];
+    static int i;
+    struct tm tm;
+
+    i = (i + 1) % 4;
+    gmtime_r(&t, &tm);
+    strftime(buf[i], sizeof(buf[i]), "%Y-%m-%d", &tm);
+    return buf[i];
+}
+
 /* What eg_expiry_warn says of cfg at now, into out. */
 static size_t expiry_text(const eg_config *cfg, time_t now, char *out, size_t cap)
 {
@@ -1012,7 +1025,7 @@ static size_t expiry_text(const eg_config *cfg, time_t now, char *out, size_t ca
 static void test_certificates_near_their_end_are_warned_of(void)
 {
     char out[4096], line[PATH_MAX + 256], *argv[] = {"estgated", "--check-config", ini, NULL};
-    time_t now = time(NULL);
+    time_t now = time(NULL), before;
     eg_config *cfg;
 
     write_cert_ending("old-tls.pem", "localhost", false, now, -2);
@@ -1045,6 +1058,23 @@ static void test_certificates_near_their_end_are_warned_of(void)
     /* and a day later, the CA that had 10 days has 9 */
     CU_ASSERT_EQUAL(expiry_text(cfg, now + 86400, out, sizeof(out)), 3);
     CU_ASSERT_PTR_NOT_NULL(strstr(out, ", in 9 days:"));
+    /* A clock a month before every certificate begins (a dead clock battery): one line each,
+       with the clock's date and the certificate's first day. */
+    before = now - EG_TEST_CERT_AHEAD_S - EG_TEST_CERT_BACK_S;
+    CU_ASSERT_EQUAL(expiry_text(cfg, before - 30 * 86400, out, sizeof(out)), 5);
+    snprintf(line, sizeof(line),
+             "warning: the system clock reads %s, before the TLS certificate (%s/old-tls.pem) "
+             "begins on %s: is the clock set?",
+             day(before - 30 * 86400), dir, day(before - 2 * 86400));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, line));
+    snprintf(line, sizeof(line),
+             "warning: profile default: the system clock reads %s, before the CA certificate "
+             "(%s/soon-ca.pem) begins on %s: is the clock set? The profile issues nothing until "
+             "it is\n",
+             day(before - 30 * 86400), dir, day(before + 10 * 86400));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, line));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "warning: profile fine: the system clock reads "));
+    CU_ASSERT_PTR_NULL(strstr(out, "expire"));
     eg_config_free(cfg);
 
     /* --check-config says it too, and the file is still OK */
