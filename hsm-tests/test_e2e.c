@@ -37,6 +37,7 @@
 #include "config.h"
 #include "csr_attrs.h"
 #include "ledger.h"
+#include "server.h"
 #include "token_harness.h"
 
 #define MAX_DAYS 30
@@ -1111,6 +1112,40 @@ static void test_version_is_said(void)
     CU_ASSERT(log_count(", configuration ") >= 1);
 }
 
+/*
+ * An IPv6 listener where civetweb is built without IPv6, as Debian 12's is: --check-config names
+ * the line and the cause, and estgated does not start (before, the check passed and the start
+ * failed with civetweb's "Failed to setup server ports").
+ */
+static void test_ipv6_listener_where_civetweb_has_none(void)
+{
+    char tool[PATH_MAX], ini6[PATH_MAX], log6[PATH_MAX], text[32768], *at6;
+    char *argv[] = {(char *)eg_child_built("appliance/estgated", tool), "--check-config",
+                    tpath(ini6, "ipv6.ini"), NULL};
+    const char *v4 = "listen = 127.0.0.1:0 tls12\n";
+    FILE *fp = fopen(ini, "r");
+    size_t n = fp ? fread(text, 1, sizeof(text) - 1, fp) : 0;
+    unsigned p6;
+    pid_t pid;
+
+    if (fp != NULL)
+        fclose(fp);
+    text[n] = '\0';
+    CU_ASSERT_PTR_NOT_NULL_FATAL(at6 = strstr(text, v4));
+    CU_ASSERT_FATAL((fp = fopen(ini6, "w")) != NULL);
+    fprintf(fp, "%.*slisten = [::1]:0 tls12\n%s", (int)(at6 - text), text, at6 + strlen(v4));
+    CU_ASSERT_EQUAL_FATAL(fclose(fp), 0);
+    if (eg_server_ipv6()) {
+        printf("(this civetweb has IPv6) ");
+        CU_ASSERT_EQUAL(eg_child_run(dir, NULL, argv, res), 0);
+        return;
+    }
+    CU_ASSERT_EQUAL(eg_child_run(dir, NULL, argv, res), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(res->err, "listen: '[::1]:0 tls12': the civetweb here is built "
+                                            "without IPv6"));
+    CU_ASSERT_EQUAL(eg_fx_daemon_start(ini6, tpath(log6, "ipv6.log"), &pid, &p6, 1), -1);
+}
+
 /* Waits (up to 10 s) for the log to say needle more than before times. */
 static int wait_log(const char *needle, int before)
 {
@@ -1791,6 +1826,8 @@ static CU_TestInfo tests[] = {
     {"secrets never reach the log", test_secrets_never_reach_the_log},
     {"the log says how the token is called", test_log_says_how_the_token_is_called},
     {"--version, and the log's first line, name the build", test_version_is_said},
+    {"an IPv6 listener where civetweb has no IPv6 is refused by name",
+     test_ipv6_listener_where_civetweb_has_none},
     {"SIGHUP reloads client trust; a broken file changes nothing",
      test_sighup_reloads_client_trust},
     {"SIGHUP leaves [token] calls for a restart", test_sighup_leaves_token_calls_for_a_restart},

@@ -612,6 +612,11 @@ int eg_server_tick(eg_server *s, time_t now)
     return eg_tls_tickets_tick(s->tickets, now);
 }
 
+bool eg_server_ipv6(void)
+{
+    return mg_check_feature(MG_FEATURES_IPV6) != 0;
+}
+
 unsigned eg_server_port(const eg_server *s, size_t i)
 {
     return i < EG_MAX_LISTENERS ? s->ports[i] : 0;

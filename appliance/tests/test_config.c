@@ -583,6 +583,11 @@ static void test_bad_values_of_other_kinds(void)
                   "is not ADDRESS:PORT[ tls12]");
     expect_errors(SERVER "listen = [::1]:443 tls11\n" TOKEN PROFILE_NONE, 1, 4, "listen",
                   "is not ADDRESS:PORT[ tls12]");
+    /* Where the HTTPS server cannot listen on IPv6 (Debian 12's civetweb), the file says so. */
+    eg_config_set_ipv6(false);
+    expect_errors(SERVER "listen = [::]:8444 tls12\n" TOKEN PROFILE_NONE, 1, 4, "listen",
+                  "'[::]:8444 tls12': the civetweb here is built without IPv6");
+    eg_config_set_ipv6(true);
     expect_errors(SERVER_TOKEN PROFILE_NONE "auth = mtls\n", 1, 12, "auth", "is set twice");
     expect_errors(SERVER_TOKEN "[profile x y]\nca_key = pkcs11:object=ca\nca_chain = ca.pem\n"
                                "auth = none\n",
