@@ -71,12 +71,12 @@ size_t eg_expiry_warn(const eg_config *cfg, time_t now, FILE *fp, const char *pr
         else if (days < 0)
             fprintf(fp,
                     "%sthe TLS certificate (%s) expired on %s: devices refuse the handshake; "
-                    "renew it with estgate-provision tls create\n",
+                    "renew it with estgate-provision tls create and reload\n",
                     prefix, cfg->tls_chain_file, date);
         else if (days < EG_EXPIRY_WARN_DAYS)
             fprintf(fp,
                     "%sthe TLS certificate (%s) expires on %s, in %ld day%s; renew it with "
-                    "estgate-provision tls create\n",
+                    "estgate-provision tls create and reload\n",
                     prefix, cfg->tls_chain_file, date, days, days == 1 ? "" : "s");
         n += early || days < EG_EXPIRY_WARN_DAYS;
     }

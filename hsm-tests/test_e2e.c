@@ -1435,6 +1435,92 @@ static void test_sighup_leaves_token_calls_for_a_restart(void)
     free(text);
 }
 
+static int provision(const char *tool, ...);
+
+/* The serial of the certificate the server presented on ssl, as hex, into out. */
+static int peer_serial(SSL *ssl, char *out, size_t cap)
+{
+    X509 *x = ssl ? SSL_get1_peer_certificate(ssl) : NULL;
+    BIGNUM *bn = x ? ASN1_INTEGER_to_BN(X509_get0_serialNumber(x), NULL) : NULL;
+    char *hex = bn ? BN_bn2hex(bn) : NULL;
+
+    if (hex != NULL)
+        snprintf(out, cap, "%s", hex);
+    OPENSSL_free(hex);
+    BN_free(bn);
+    X509_free(x);
+    return hex != NULL ? 0 : -1;
+}
+
+/* A new handshake on port p: the serial of the server's certificate, into out. */
+static int handshake_serial(unsigned p, char *out, size_t cap)
+{
+    SSL_CTX *ctx = NULL;
+    SSL *ssl = tls_connect(&ctx, p);
+    int rc = peer_serial(ssl, out, cap);
+
+    tls_close(ssl, ctx);
+    return rc;
+}
+
+/*
+ * A TLS certificate renewed as the operator guide says (estgate-provision tls create under a new
+ * label, tls_key and tls_chain edited, SIGHUP): new handshakes on both listeners get the new
+ * certificate, and a connection opened before keeps its own and is still served. A reload whose
+ * chain is not its key's changes nothing and says why.
+ */
+static void test_sighup_renews_the_tls_certificate(void)
+{
+    static const char was[] = "object=tls;type=private\ntls_chain = tls-chain.pem\n";
+    char tool[PATH_MAX], chain2[PATH_MAX], head[4096], first[64], now[64], now12[64];
+    size_t len, at;
+    char *text = eg_file_read(ini, &len), *found, *edited = NULL;
+    SSL_CTX *octx = NULL;
+    SSL *old = NULL;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(text);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(found = strstr(text, was));
+    at = (size_t)(found - text);
+    CU_ASSERT_EQUAL_FATAL(provision(eg_child_built("provisioning/estgate-provision", tool), "tls",
+                                    "create", "--label", "tls2", "--key", "ec-p256", "--ca-label",
+                                    "ca", "--dns", "localhost", "--ip", "127.0.0.1", "--days", "60",
+                                    "--out", tpath(chain2, "tls2-chain.pem"), NULL),
+                          0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(old = tls_connect(&octx, port));
+    CU_ASSERT_EQUAL_FATAL(peer_serial(old, first, sizeof(first)), 0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(edited = malloc(len + 64));
+
+    /* The new label and chain: served from the next handshake on. */
+    len = (size_t)snprintf(edited, len + 64,
+                           "%.*sobject=tls2;type=private\ntls_chain = "
+                           "tls2-chain.pem\n%s",
+                           (int)at, text, found + strlen(was));
+    CU_ASSERT_EQUAL_FATAL(eg_file_write(ini, edited, len, 0600), 0);
+    CU_ASSERT_EQUAL(sighup_and_wait("estgated: reloaded "), 0);
+    CU_ASSERT_EQUAL(log_count("tls_key changed"), 0);
+    CU_ASSERT(handshake_serial(port, now, sizeof(now)) == 0 && strcmp(now, first) != 0);
+    CU_ASSERT(handshake_serial(port12, now12, sizeof(now12)) == 0 && strcmp(now12, now) == 0);
+    CU_ASSERT_EQUAL(tls_request(old, "GET", "cacerts", "", head, sizeof(head)), 200);
+    tls_close(old, octx);
+
+    /* The new key with the old chain: refused as a whole; the new certificate stays. */
+    len = (size_t)snprintf(edited, strlen(text) + 64,
+                           "%.*sobject=tls2;type=private\ntls_chain = "
+                           "tls-chain.pem\n%s",
+                           (int)at, text, found + strlen(was));
+    CU_ASSERT_EQUAL_FATAL(eg_file_write(ini, edited, len, 0600), 0);
+    CU_ASSERT_EQUAL(sighup_and_wait("estgated: reload failed; the running configuration stays"), 0);
+    CU_ASSERT(log_count("does not match the chain") >= 1);
+    CU_ASSERT(handshake_serial(port, now12, sizeof(now12)) == 0 && strcmp(now12, now) == 0);
+
+    /* Back as it was, for the tests after this one. */
+    CU_ASSERT_EQUAL(eg_file_write(ini, text, strlen(text), 0600), 0);
+    CU_ASSERT_EQUAL(sighup_and_wait("estgated: reloaded "), 0);
+    CU_ASSERT(handshake_serial(port, now, sizeof(now)) == 0 && strcmp(now, first) == 0);
+    free(edited);
+    free(text);
+}
+
 /*
  * A label that matches no token: estgated does not start, and its message says which tokens the
  * module does show, in plain lines (no OpenSSL error codes, no source file names).
@@ -1831,6 +1917,7 @@ static CU_TestInfo tests[] = {
     {"SIGHUP reloads client trust; a broken file changes nothing",
      test_sighup_reloads_client_trust},
     {"SIGHUP leaves [token] calls for a restart", test_sighup_leaves_token_calls_for_a_restart},
+    {"SIGHUP serves a renewed TLS certificate", test_sighup_renews_the_tls_certificate},
     {"ledger names profiles as the configuration", test_ledger_names_profiles_as_the_configuration},
     {"reload trims the refusals' audit rows", test_reload_trims_refusals_audit_rows},
     {"refused disk writes are 503, then recover", test_refused_disk_writes_are_503_then_recover},

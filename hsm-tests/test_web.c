@@ -3,7 +3,8 @@
  * and are signed by the token, TLS 1.2 only where a listener allows it,
  * requests with both Content-Length and Transfer-Encoding and oversized
  * bodies are refused, keep-alive serves several requests per handshake, and
- * session tickets stop resuming once their key has been replaced twice.
+ * session tickets stop resuming once their key has been replaced twice, and a
+ * reload's new TLS key and chain serve new handshakes.
  * Real OpenSSL clients on real sockets against ephemeral ports.
  */
 #include <arpa/inet.h>
@@ -529,6 +530,84 @@ static void test_ticket_keys_rotate(void)
     }
 }
 
+/* The CN of the certificate the server presented on c. */
+static int peer_cn(client *c, char *cn, size_t cap)
+{
+    X509 *x = SSL_get1_peer_certificate(c->ssl);
+    int n =
+        x ? X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, cn, (int)cap) : -1;
+
+    X509_free(x);
+    return n > 0 ? 0 : -1;
+}
+
+/* One handshake on listener l at version v: the CN the server presented, into cn. */
+static int handshake_cn(size_t l, int v, char *cn, size_t cap)
+{
+    client c;
+    int rc = client_open(&c, l, v) == 0 ? peer_cn(&c, cn, cap) : -1;
+
+    client_close(&c);
+    return rc;
+}
+
+/*
+ * A reload's new TLS key and chain (a renewed certificate) serve every new handshake on both
+ * listeners, while a connection opened before keeps working; a chain that does not match its
+ * key changes nothing.
+ */
+static void test_tls_key_and_chain_replaced_without_a_restart(void)
+{
+    eg_keygen_spec spec = {EG_KEY_EC, 0, NID_secp384r1, "web-tls-2", NULL, 0, true, false};
+    eg_p11_key *p11 = NULL;
+    EVP_PKEY *key2 = NULL, *pub = NULL;
+    X509 *leaf = NULL;
+    char chain2[600], cn[64], body[512];
+    eg_config cfg2 = cfg, bad = cfg;
+    eg_server_tls *t;
+    FILE *fp;
+    client old;
+
+    CU_ASSERT_FATAL(eg_p11_key_generate(tok, &spec, &p11) == 0 &&
+                    eg_provider_key_pkey(NULL, p11, &key2) == 0 &&
+                    (pub = eg_p11_key_public(p11)) != NULL &&
+                    (leaf = make_cert("renewed.test", pub, ca_cert, ca_key)) != NULL);
+    snprintf(chain2, sizeof(chain2), "%s/tls-chain-2.pem", eg_th_dir(th));
+    CU_ASSERT_FATAL((fp = fopen(chain2, "w")) != NULL && PEM_write_X509(fp, leaf) &&
+                    PEM_write_X509(fp, ca_cert) && fclose(fp) == 0);
+    cfg2.tls_chain_file = chain2;
+    cfg2.tls_key_uri = (char *)"pkcs11:object=web-tls-2";
+
+    CU_ASSERT_EQUAL_FATAL(client_open(&old, 0, TLS1_3_VERSION), 0);
+    CU_ASSERT_EQUAL(request(&old, GET_FULLCMC, body, sizeof(body)), 405);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(t = eg_server_tls_prepare(srv, &cfg2, key2));
+    eg_server_tls_commit(srv, t);
+    CU_ASSERT(handshake_cn(0, TLS1_3_VERSION, cn, sizeof(cn)) == 0 &&
+              strcmp(cn, "renewed.test") == 0);
+    CU_ASSERT(handshake_cn(1, TLS1_2_VERSION, cn, sizeof(cn)) == 0 &&
+              strcmp(cn, "renewed.test") == 0);
+    /* The connection from before: the same certificate, and still served. */
+    CU_ASSERT(peer_cn(&old, cn, sizeof(cn)) == 0 && strcmp(cn, "127.0.0.1") == 0);
+    CU_ASSERT_EQUAL(request(&old, GET_FULLCMC, body, sizeof(body)), 405);
+    client_close(&old);
+
+    /* The first chain with the second key: refused, and the second pair still serves. */
+    ERR_set_mark();
+    CU_ASSERT_PTR_NULL(eg_server_tls_prepare(srv, &bad, key2));
+    ERR_pop_to_mark();
+    CU_ASSERT(handshake_cn(0, TLS1_3_VERSION, cn, sizeof(cn)) == 0 &&
+              strcmp(cn, "renewed.test") == 0);
+
+    /* Back to the first pair for the tests after this one. */
+    CU_ASSERT_PTR_NOT_NULL_FATAL(t = eg_server_tls_prepare(srv, &cfg, tls_key));
+    eg_server_tls_commit(srv, t);
+    CU_ASSERT(handshake_cn(0, TLS1_3_VERSION, cn, sizeof(cn)) == 0 && strcmp(cn, "127.0.0.1") == 0);
+    X509_free(leaf);
+    EVP_PKEY_free(pub);
+    EVP_PKEY_free(key2);
+    eg_p11_key_free(p11);
+}
+
 int main(int argc, char **argv)
 {
     CU_TestInfo tests[] = {
@@ -542,6 +621,8 @@ int main(int argc, char **argv)
         {"an answer is one TLS record", test_answer_in_one_record},
         {"HTTP/1.0 without keep-alive is closed", test_http10_connection_closes},
         {"session tickets outlive one new ticket key, not two", test_ticket_keys_rotate},
+        {"a new TLS key and chain without a restart",
+         test_tls_key_and_chain_replaced_without_a_restart},
         {"silent sockets hold threads only until the timeout",
          test_silent_sockets_hold_threads_only_until_the_timeout},
         CU_TEST_INFO_NULL,

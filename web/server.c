@@ -607,6 +607,49 @@ int eg_server_reload(eg_server *s, const eg_config *cfg)
     return 0;
 }
 
+struct eg_server_tls {
+    SSL_CTX *next[GROUPS];
+};
+
+eg_server_tls *eg_server_tls_prepare(eg_server *s, const eg_config *cfg, EVP_PKEY *key)
+{
+    eg_server_tls *t = calloc(1, sizeof(*t));
+    char why[256];
+
+    if (t == NULL)
+        return NULL;
+    for (int i = 0; i < GROUPS; i++) {
+        if (s->groups[i].mg == NULL)
+            continue;
+        t->next[i] = eg_tls_ctx_new(cfg, key, i == 1, s->ca_names, s->tickets, why, sizeof(why));
+        if (t->next[i] == NULL) {
+            fprintf(stderr, "estgated: reload: %s\n", why);
+            eg_err_print(stderr);
+            eg_server_tls_discard(t);
+            return NULL;
+        }
+    }
+    return t;
+}
+
+void eg_server_tls_commit(eg_server *s, eg_server_tls *t)
+{
+    for (int i = 0; i < GROUPS; i++) {
+        if (t->next[i] != NULL)
+            eg_tls_ctx_switch(s->groups[i].ssl, t->next[i]);
+    }
+    free(t);
+}
+
+void eg_server_tls_discard(eg_server_tls *t)
+{
+    if (t == NULL)
+        return;
+    for (int i = 0; i < GROUPS; i++)
+        SSL_CTX_free(t->next[i]);
+    free(t);
+}
+
 int eg_server_tick(eg_server *s, time_t now)
 {
     return eg_tls_tickets_tick(s->tickets, now);

@@ -34,6 +34,16 @@ unsigned eg_server_drain(eg_server *s, unsigned max_ms);
 void eg_server_stop(eg_server *s);
 /* After eg_est_reload: offers cfg's client CA names from the next handshake on. 0 or -1. */
 int eg_server_reload(eg_server *s, const eg_config *cfg);
+/*
+ * A reload's TLS key and chain, in two steps so that a reload can fail as a whole: prepare reads
+ * cfg's tls_chain with key (its TLS key, normally a token key through the provider) into new
+ * contexts and checks that they match (NULL, with the reason on stderr, if not); commit hands
+ * every new handshake to them (connections already open keep theirs); discard drops them.
+ */
+typedef struct eg_server_tls eg_server_tls;
+eg_server_tls *eg_server_tls_prepare(eg_server *s, const eg_config *cfg, EVP_PKEY *key);
+void eg_server_tls_commit(eg_server *s, eg_server_tls *t);
+void eg_server_tls_discard(eg_server_tls *t);
 /* Every second or so, with now in CLOCK_MONOTONIC seconds: makes a new TLS ticket key every
    EG_TLS_TICKET_KEY_S (tls.h). 0, or -1 if a new key could not be made (the old ones stay). */
 int eg_server_tick(eg_server *s, time_t now);

@@ -122,14 +122,62 @@ int eg_tls_ca_names_set(eg_tls_ca_names *n, const eg_config *cfg, char *why, siz
     return 0;
 }
 
-static int hello_cb(SSL *ssl, int *alert, void *arg)
+/*
+ * A context's successor (eg_tls_ctx_switch). civetweb keeps the context it was given for as long
+ * as it runs, so a reload that brings a new TLS key or chain hands each new handshake over to
+ * the successor when its ClientHello arrives: the successor's certificate and key serve it.
+ */
+typedef struct ctx_next {
+    pthread_mutex_t lock;
+    SSL_CTX *next;
+} ctx_next;
+
+static int next_idx = -1;
+static pthread_once_t next_once = PTHREAD_ONCE_INIT;
+
+static void next_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
 {
-    eg_tls_ca_names *n = arg;
-    STACK_OF(X509_NAME) * copy;
+    ctx_next *n = ptr;
+
+    if (n == NULL)
+        return;
+    SSL_CTX_free(n->next);
+    pthread_mutex_destroy(&n->lock);
+    free(n);
+}
+
+static void next_index(void)
+{
+    next_idx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, next_free);
+}
+
+void eg_tls_ctx_switch(SSL_CTX *base, SSL_CTX *next)
+{
+    ctx_next *n = SSL_CTX_get_ex_data(base, next_idx);
+    SSL_CTX *old;
 
     pthread_mutex_lock(&n->lock);
-    copy = SSL_dup_CA_list(n->names);
+    old = n->next;
+    n->next = next;
     pthread_mutex_unlock(&n->lock);
+    SSL_CTX_free(old); /* handshakes already handed to it keep their own reference */
+}
+
+static int hello_cb(SSL *ssl, int *alert, void *arg)
+{
+    eg_tls_ca_names *names = arg;
+    ctx_next *n = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), next_idx);
+    STACK_OF(X509_NAME) * copy;
+    bool ok = true;
+
+    if (n != NULL) {
+        pthread_mutex_lock(&n->lock);
+        ok = n->next == NULL || SSL_set_SSL_CTX(ssl, n->next) != NULL;
+        pthread_mutex_unlock(&n->lock);
+    }
+    pthread_mutex_lock(&names->lock);
+    copy = ok ? SSL_dup_CA_list(names->names) : NULL;
+    pthread_mutex_unlock(&names->lock);
     if (copy == NULL) {
         *alert = SSL_AD_INTERNAL_ERROR;
         return SSL_CLIENT_HELLO_ERROR;
@@ -320,8 +368,21 @@ SSL_CTX *eg_tls_ctx_new(const eg_config *cfg, EVP_PKEY *key, bool allow_tls12,
 {
     SSL_CTX *ctx = SSL_CTX_new_ex(NULL, NULL, TLS_server_method());
     SSL_CTX *ret = NULL;
+    ctx_next *n = calloc(1, sizeof(*n));
 
-    if (ctx == NULL || !set_protocols(ctx, allow_tls12, tickets)) {
+    pthread_once(&next_once, next_index);
+    if (n == NULL || next_idx < 0 || pthread_mutex_init(&n->lock, NULL) != 0) {
+        free(n);
+        n = NULL;
+        snprintf(why, whylen, "cannot set up TLS: out of memory");
+        goto out;
+    }
+    if (ctx == NULL || !SSL_CTX_set_ex_data(ctx, next_idx, n)) {
+        snprintf(why, whylen, "cannot set up TLS: out of memory");
+        goto out;
+    }
+    n = NULL; /* the context frees it */
+    if (!set_protocols(ctx, allow_tls12, tickets)) {
         snprintf(why, whylen, "cannot set up TLS: %s", ERR_reason_error_string(ERR_get_error()));
         goto out;
     }
@@ -340,6 +401,10 @@ SSL_CTX *eg_tls_ctx_new(const eg_config *cfg, EVP_PKEY *key, bool allow_tls12,
     ret = ctx;
     ctx = NULL;
 out:
+    if (n != NULL) {
+        pthread_mutex_destroy(&n->lock);
+        free(n);
+    }
     SSL_CTX_free(ctx);
     return ret;
 }

@@ -49,6 +49,13 @@ int eg_tls_tickets_tick(eg_tls_tickets *t, time_t now);
 SSL_CTX *eg_tls_ctx_new(const eg_config *cfg, EVP_PKEY *key, bool allow_tls12,
                         eg_tls_ca_names *names, eg_tls_tickets *tickets, char *why, size_t whylen);
 
+/*
+ * From now on, handshakes on base (a context civetweb holds) are served by next, a context from
+ * eg_tls_ctx_new with the same settings and another key or chain; base takes next over and frees
+ * an earlier successor. Connections already open keep what they have.
+ */
+void eg_tls_ctx_switch(SSL_CTX *base, SSL_CTX *next);
+
 /* The intermediates the client sent with leaf at the handshake (borrowed; NULL if none). */
 STACK_OF(X509) * eg_tls_peer_intermediates(X509 *leaf);
 
