@@ -286,13 +286,6 @@ static int check_uri(loader *ld, const char *key, const char *v)
 
 /* --- [server] --- */
 
-static bool ipv6_listeners = true; /* set once, before any load */
-
-void eg_config_set_ipv6(bool served)
-{
-    ipv6_listeners = served;
-}
-
 /* "ADDRESS:PORT[ tls12]", IPv6 in brackets; host gets the address without them. */
 static int split_listen(const char *value, char *host, size_t hostsz, unsigned long *port,
                         bool *tls12)
@@ -335,14 +328,7 @@ static int parse_listen(loader *ld, void *base, const char *key, const char *val
 
     if (split_listen(value, host, sizeof(host), &port, &tls12) != 0) {
         err_here(ld, key,
-                 "'%.*s' is not ADDRESS:PORT[ tls12], e.g. 127.0.0.1:8443 or 0.0.0.0:8444 tls12",
-                 SHOWN, value);
-        return -1;
-    }
-    if (strchr(host, ':') != NULL && !ipv6_listeners) {
-        err_here(ld, key,
-                 "'%.*s': the civetweb here is built without IPv6, as Debian 12's is, so estgated "
-                 "listens on IPv4 addresses only; see \"IPv6\" in docs/operator-guide.md",
+                 "'%.*s' is not ADDRESS:PORT[ tls12], e.g. 127.0.0.1:8443 or [::]:8444 tls12",
                  SHOWN, value);
         return -1;
     }

@@ -190,10 +190,6 @@ void eg_config_errors_clear(eg_config_errors *errs);
 /* "FILE:LINE: [section] key: message", one per line. */
 void eg_config_errors_print(const eg_config_errors *errs, const char *path, FILE *fp);
 
-/* Whether the HTTPS server can listen on IPv6 addresses (web/server.c knows: civetweb may be
-   built without it). From then on, eg_config_load refuses IPv6 listeners if not. Default: yes. */
-void eg_config_set_ipv6(bool served);
-
 /* The profile for a URL label ("" or NULL: default); NULL if none. */
 const eg_profile_cfg *eg_config_profile(const eg_config *cfg, const char *label);
 /* A listener's address and port as a URL writes them ("[::1]:8443" for IPv6), into buf. */

@@ -355,7 +355,6 @@ out:
 
 int main(int argc, char **argv)
 {
-    eg_config_set_ipv6(eg_server_ipv6());
     if (argc >= 2 &&
         (strcmp(argv[1], "--check-config") == 0 || strcmp(argv[1], "--hash-password") == 0))
         return eg_config_check_main(argc, argv);

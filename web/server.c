@@ -1,4 +1,5 @@
 /* civetweb glue: a connection's facts into an eg_http_req, the eg_http_resp back out. */
+#include <arpa/inet.h>
 #include <link.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -17,13 +18,15 @@
 
 #include "audit.h"
 #include "errors.h"
+#include "relay.h"
 #include "server.h"
 #include "tls.h"
 #include "wire.h"
 
-#define GROUPS    2 /* 0: TLS 1.3 only; 1: TLS 1.2 allowed */
-#define MAX_CHAIN 8 /* client certificates passed on: leaf and intermediates */
-#define PORTS_LEN (EG_MAX_LISTENERS * 64)
+#define GROUPS     2 /* 0: TLS 1.3 only; 1: TLS 1.2 allowed */
+#define MAX_CHAIN  8 /* client certificates passed on: leaf and intermediates */
+#define PORTS_LEN  (EG_MAX_LISTENERS * 64)
+#define SOURCE_LEN 48 /* a client address, as civetweb's remote_addr holds it */
 
 typedef struct group {
     eg_server *srv;
@@ -38,6 +41,9 @@ struct eg_server {
     eg_est *est;
     group groups[GROUPS];
     unsigned ports[EG_MAX_LISTENERS];
+    /* IPv6 listeners where civetweb has no IPv6: a relay to a loopback port of civetweb's */
+    eg_relay *relays[EG_MAX_LISTENERS];
+    unsigned relayed_to[EG_MAX_LISTENERS];
     eg_tls_ca_names *ca_names;
     eg_tls_tickets *tickets;
     atomic_uint inflight; /* requests inside on_request */
@@ -222,18 +228,43 @@ static size_t client_chain(const struct mg_request_info *ri, uint8_t **ders, siz
     return n;
 }
 
-static void fill_request(struct mg_connection *conn, eg_http_req *req, char *peer, size_t plen)
+/* Whether listener l is served through a relay (an IPv6 address, and civetweb without IPv6). */
+static bool relayed(const eg_listener_cfg *l)
+{
+    return strchr(l->address, ':') != NULL && !mg_check_feature(MG_FEATURES_IPV6);
+}
+
+/* The device behind a relayed connection: its address into addr and its port; false if the
+   connection did not come through a relay. */
+static bool relayed_peer(eg_server *s, const struct mg_request_info *ri, char *addr, size_t cap,
+                         unsigned *port)
+{
+    if (strcmp(ri->remote_addr, "127.0.0.1") != 0)
+        return false;
+    for (size_t i = 0; i < EG_MAX_LISTENERS; i++) {
+        if (s->relays[i] != NULL && s->relayed_to[i] == (unsigned)ri->server_port)
+            return eg_relay_peer(s->relays[i], (unsigned)ri->remote_port, addr, cap, port);
+    }
+    return false;
+}
+
+/* peer ("ADDR:PORT") and source (the address alone) are the caller's buffers. */
+static void fill_request(struct mg_connection *conn, eg_server *s, eg_http_req *req, char *peer,
+                         size_t plen, char *source, size_t slen)
 {
     const struct mg_request_info *ri = mg_get_request_info(conn);
+    unsigned port = (unsigned)ri->remote_port;
 
-    eg_host_port(ri->remote_addr, (unsigned)ri->remote_port, peer, plen);
+    if (!relayed_peer(s, ri, source, slen, &port))
+        snprintf(source, slen, "%s", ri->remote_addr);
+    eg_host_port(source, port, peer, plen);
     req->method = ri->request_method;
     req->path = ri->local_uri;
     req->content_type = mg_get_header(conn, "Content-Type");
     req->content_transfer_encoding = mg_get_header(conn, "Content-Transfer-Encoding");
     req->authorization = mg_get_header(conn, "Authorization");
     req->peer = peer;
-    req->source = ri->remote_addr;
+    req->source = source;
 }
 
 /* 1*DIGIT, then optional trailing whitespace (civetweb has skipped the leading). */
@@ -291,12 +322,12 @@ static int serve(struct mg_connection *conn, eg_server *srv)
     eg_http_resp resp = {0};
     uint8_t *ders[MAX_CHAIN] = {NULL}, *body = NULL;
     size_t lens[MAX_CHAIN], body_len = 0;
-    char peer[80];
+    char peer[80], source[SOURCE_LEN];
     const char *why;
     bool over = false;
     int status;
 
-    fill_request(conn, &req, peer, sizeof(peer));
+    fill_request(conn, srv, &req, peer, sizeof(peer), source, sizeof(source));
     if ((why = framing_error(ri, &status)) != NULL)
         return refuse(conn, srv, &req, status, EG_AUDIT_LIMIT, why, NULL);
     if (read_body(conn, srv->cfg->max_body, &body, &body_len, &over) != 0)
@@ -324,9 +355,9 @@ static int serve(struct mg_connection *conn, eg_server *srv)
 static int refuse_stopping(struct mg_connection *conn, eg_server *srv)
 {
     eg_http_req req = {0};
-    char peer[80];
+    char peer[80], source[SOURCE_LEN];
 
-    fill_request(conn, &req, peer, sizeof(peer));
+    fill_request(conn, srv, &req, peer, sizeof(peer), source, sizeof(source));
     return refuse(conn, srv, &req, 503, EG_AUDIT_UNAVAILABLE,
                   "estgated is stopping; try again shortly", "5");
 }
@@ -445,7 +476,8 @@ static int log_message(const struct mg_connection *conn, const char *message)
     return 1;
 }
 
-/* "127.0.0.1:8443s,[::]:8443s" for the group's listeners. */
+/* "127.0.0.1:8443s,[::]:8443s" for the group's listeners; a relayed one's port is a free
+   loopback port, which its relay connects to. */
 static void group_ports(const eg_server *s, const group *g, char *buf, size_t len)
 {
     size_t o = 0;
@@ -457,8 +489,37 @@ static void group_ports(const eg_server *s, const group *g, char *buf, size_t le
 
         /* civetweb's "s": a TLS port */
         o += (size_t)snprintf(buf + o, len - o, "%s%ss", i ? "," : "",
-                              eg_host_port(l->address, l->port, hp, sizeof(hp)));
+                              relayed(l) ? "127.0.0.1:0"
+                                         : eg_host_port(l->address, l->port, hp, sizeof(hp)));
     }
+}
+
+/* Starts the relay of each of g's relayed listeners, once civetweb listens on its port. */
+static int group_relays(eg_server *s, const group *g)
+{
+    unsigned ka = s->cfg->keepalive_ms,
+             rt = s->cfg->request_timeout_ms ? s->cfg->request_timeout_ms : 10000;
+    /* civetweb closes a silent connection sooner; this is for one whose request the token is
+       still working on, when no byte moves */
+    unsigned idle_ms = 2 * (ka + rt) > 300000 ? 2 * (ka + rt) : 300000;
+    char why[256];
+
+    for (size_t i = 0; i < g->n; i++) {
+        size_t idx = g->listeners[i];
+        const eg_listener_cfg *l = &s->cfg->listeners[idx];
+
+        if (!relayed(l))
+            continue;
+        s->relayed_to[idx] = s->ports[idx];
+        if (eg_relay_start(l->address, l->port, s->relayed_to[idx],
+                           s->cfg->threads ? s->cfg->threads : 4, idle_ms, &s->relays[idx], why,
+                           sizeof(why)) != 0) {
+            fprintf(stderr, "estgated: %s\n", why);
+            return -1;
+        }
+        s->ports[idx] = eg_relay_port(s->relays[idx]);
+    }
+    return 0;
 }
 
 static int group_start(eg_server *s, group *g, EVP_PKEY *key, bool tls12)
@@ -509,7 +570,7 @@ static int group_start(eg_server *s, group *g, EVP_PKEY *key, bool tls12)
     n = mg_get_server_ports(g->mg, EG_MAX_LISTENERS, ports);
     for (int i = 0; i < n && (size_t)i < g->n; i++)
         s->ports[g->listeners[i]] = (unsigned)ports[i].port;
-    return 0;
+    return group_relays(s, g);
 fail:
     fprintf(stderr, "estgated: cannot listen on %s: %s\n", listen, why);
     eg_err_print(stderr);
@@ -586,6 +647,9 @@ void eg_server_stop(eg_server *s)
 {
     if (s == NULL)
         return;
+    /* The relayed connections first: civetweb's threads then see them end. */
+    for (size_t i = 0; i < EG_MAX_LISTENERS; i++)
+        eg_relay_stop(s->relays[i]);
     for (int i = 0; i < GROUPS; i++) {
         if (s->groups[i].mg != NULL)
             mg_stop(s->groups[i].mg);
@@ -653,11 +717,6 @@ void eg_server_tls_discard(eg_server_tls *t)
 int eg_server_tick(eg_server *s, time_t now)
 {
     return eg_tls_tickets_tick(s->tickets, now);
-}
-
-bool eg_server_ipv6(void)
-{
-    return mg_check_feature(MG_FEATURES_IPV6) != 0;
 }
 
 unsigned eg_server_port(const eg_server *s, size_t i)

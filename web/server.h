@@ -47,8 +47,6 @@ void eg_server_tls_discard(eg_server_tls *t);
 /* Every second or so, with now in CLOCK_MONOTONIC seconds: makes a new TLS ticket key every
    EG_TLS_TICKET_KEY_S (tls.h). 0, or -1 if a new key could not be made (the old ones stay). */
 int eg_server_tick(eg_server *s, time_t now);
-/* Whether listeners may have IPv6 addresses: Debian 12's civetweb 1.15 is built without IPv6. */
-bool eg_server_ipv6(void);
 /* The port listener i (index in cfg->listeners) is bound to; 0 if unknown. */
 unsigned eg_server_port(const eg_server *s, size_t i);
 

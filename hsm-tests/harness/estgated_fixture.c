@@ -134,16 +134,22 @@ int eg_fx_ini_head(const eg_th *th, const char *server_extra, const char *token_
 }
 
 /* The ports of the first nports "listening on" lines of log; 0 when all are there. */
+/* The ports of the first nports "listening on https://ADDR:PORT/" lines (ADDR may be [IPv6]). */
 static int listening(const char *log, unsigned *ports, size_t nports)
 {
-    static const char tag[] = "listening on https://127.0.0.1:";
-    const char *p = log;
+    static const char tag[] = "listening on https://";
+    const char *p = log, *colon;
     size_t i;
 
     for (i = 0; i < nports; i++) {
         if ((p = strstr(p, tag)) == NULL)
             return -1;
         p += strlen(tag);
+        if (*p == '[' && (p = strchr(p, ']')) == NULL)
+            return -1;
+        if ((colon = strchr(p, ':')) == NULL)
+            return -1;
+        p = colon + 1;
         ports[i] = (unsigned)atoi(p);
     }
     return 0;

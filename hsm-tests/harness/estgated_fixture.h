@@ -51,7 +51,7 @@ int eg_fx_ini_head(const eg_th *th, const char *server_extra, const char *token_
 
 /*
  * Starts build/appliance/estgated -c ini with its output in log, and waits
- * (up to 20 s) for nports "listening on https://127.0.0.1:PORT" lines;
+ * (up to 20 s) for nports "listening on https://ADDR:PORT" lines;
  * 0 with *pid and ports[] set. Prints the log when it does not start.
  */
 int eg_fx_daemon_start(const char *ini, const char *log, pid_t *pid, unsigned *ports,
