@@ -10,12 +10,14 @@ int eg_bench_daemon_config(const eg_th *th, unsigned threads, const char *ca_cha
                            const char *ini)
 {
     const char *calls = getenv("EG_BENCH_CALLS");
-    char *hash = NULL, text[8192], server[32], token[64] = "", label[128];
+    char *hash = NULL, text[8192], server[64], token[64] = "", label[128];
     int n, m, rc = -1;
 
     if (eg_fx_basic_user("bench", pass_file, auth_file, &hash) != 0)
         return -1;
-    snprintf(server, sizeof(server), "threads = %u\n", threads);
+    /* EG_BENCH_IPV6=1: a second listener on [::1], served through the relay (bench_est uses it) */
+    snprintf(server, sizeof(server), "threads = %u\n%s", threads,
+             getenv("EG_BENCH_IPV6") != NULL ? "listen = [::1]:0\n" : "");
     /* [token] calls for the daemon, to compare the modes (docs/benchmarks.md). */
     if (calls != NULL && *calls != '\0')
         snprintf(token, sizeof(token), "calls = %.32s\n", calls);

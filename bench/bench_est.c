@@ -18,6 +18,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -273,9 +274,17 @@ out:
 
 /* ---- the daemon ---- */
 
+/* With EG_BENCH_IPV6, the requests go to the second listener, [::1], through the relay. */
+static bool ipv6;
+
 static int daemon_start(void)
 {
-    return eg_fx_daemon_start(ini, daemon_log, &daemon_pid, &port, 1);
+    unsigned ports[2];
+
+    if (eg_fx_daemon_start(ini, daemon_log, &daemon_pid, ports, ipv6 ? 2 : 1) != 0)
+        return -1;
+    port = ports[ipv6 ? 1 : 0];
+    return 0;
 }
 
 static int daemon_stop(void)
@@ -365,7 +374,8 @@ static int wrk_run(const char *path, double seconds, unsigned conns, const char 
     char *argv[] = {"wrk", "-t", nthreads, "-c", c,    "-d", d,    "--latency",
                     url,   NULL, NULL,     NULL, NULL, NULL, NULL, NULL};
 
-    snprintf(url, sizeof(url), "https://127.0.0.1:%u/.well-known/est/%s", port, path);
+    snprintf(url, sizeof(url), "https://%s:%u/.well-known/est/%s", ipv6 ? "[::1]" : "127.0.0.1",
+             port, path);
     snprintf(c, sizeof(c), "%u", conns);
     snprintf(d, sizeof(d), "%.0fs", seconds);
     if (script != NULL) {
@@ -507,6 +517,7 @@ int main(int argc, char **argv)
                 threads, conns, conns - threads);
     /* Where eg_child_built finds estgated and estgate-provision. */
     setenv("EG_BUILD_DIR", EG_BENCH_BUILD_DIR, 0);
+    ipv6 = getenv("EG_BENCH_IPV6") != NULL;
     if ((res = calloc(1, sizeof(*res))) == NULL || eg_th_create(kind, "bench", &th) != 0)
         goto out;
     snprintf(dir, sizeof(dir), "%s", eg_th_dir(th));

@@ -133,8 +133,8 @@ int eg_fx_ini_head(const eg_th *th, const char *server_extra, const char *token_
     return n > 0 && (size_t)n < cap ? n : -1;
 }
 
-/* The ports of the first nports "listening on" lines of log; 0 when all are there. */
-/* The ports of the first nports "listening on https://ADDR:PORT/" lines (ADDR may be [IPv6]). */
+/* The ports of the first nports "listening on https://ADDR:PORT/" lines of log (ADDR may be
+   [IPv6]); 0 when all are there. */
 static int listening(const char *log, unsigned *ports, size_t nports)
 {
     static const char tag[] = "listening on https://";
