@@ -2,6 +2,7 @@
  * The HTTPS server: civetweb with our own SSL_CTX, one civetweb context per
  * TLS policy (listeners that allow TLS 1.2, and those that do not), because
  * civetweb 1.15 has one SSL_CTX per context. Requests go to eg_est_handle().
+ * IPv6 listeners, which Debian's civetweb cannot open, go through relay.c.
  */
 #ifndef EG_SERVER_H
 #define EG_SERVER_H
