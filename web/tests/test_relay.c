@@ -124,6 +124,27 @@ static unsigned char *pattern(size_t n, unsigned seed)
     return p;
 }
 
+/* A relay to the server (max connections, idle_ms), with one device connected: its socket in
+ *c, the server's side in *s, the relay's loopback port in *leg. NULL if any step fails. */
+static eg_relay *relay_with_device(unsigned max, unsigned idle_ms, int *c, int *s, unsigned *leg)
+{
+    char why[128];
+    eg_relay *r = NULL;
+
+    *c = *s = -1;
+    if (eg_relay_start("::1", 0, server_port, max, idle_ms, &r, why, sizeof(why)) != 0) {
+        fprintf(stderr, "relay: %s\n", why);
+        return NULL;
+    }
+    if ((*c = connect_v6(eg_relay_port(r))) < 0 || (*s = accept_one(leg)) < 0) {
+        if (*c >= 0)
+            close(*c);
+        eg_relay_stop(r);
+        return NULL;
+    }
+    return r;
+}
+
 static int suite_init(void)
 {
     return (server_fd = listen_v4(&server_port)) < 0 ? -1 : 0;
@@ -188,14 +209,11 @@ static void test_bytes_arrive_whole_both_ways(void)
 static void test_half_close_gets_its_answer(void)
 {
     unsigned char buf[64];
-    char why[128];
     unsigned leg;
-    eg_relay *r = NULL;
     int c, s;
+    eg_relay *r = relay_with_device(4, 60000, &c, &s, &leg);
 
-    CU_ASSERT_EQUAL_FATAL(eg_relay_start("::1", 0, server_port, 4, 60000, &r, why, sizeof(why)), 0);
-    CU_ASSERT_FATAL((c = connect_v6(eg_relay_port(r))) >= 0);
-    CU_ASSERT_FATAL((s = accept_one(&leg)) >= 0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
     CU_ASSERT_EQUAL(write_all(c, (const unsigned char *)"ask", 3), 0);
     shutdown(c, SHUT_WR);
     CU_ASSERT_EQUAL(read_to_end(s, buf, sizeof(buf)), 3); /* the request, then its end */
@@ -211,14 +229,11 @@ static void test_half_close_gets_its_answer(void)
 static void test_connections_past_the_limit_wait(void)
 {
     unsigned char buf[8];
-    char why[128];
     unsigned leg1, leg2;
-    eg_relay *r = NULL;
     int c1, c2, s1, s2;
+    eg_relay *r = relay_with_device(1, 60000, &c1, &s1, &leg1);
 
-    CU_ASSERT_EQUAL_FATAL(eg_relay_start("::1", 0, server_port, 1, 60000, &r, why, sizeof(why)), 0);
-    CU_ASSERT_FATAL((c1 = connect_v6(eg_relay_port(r))) >= 0);
-    CU_ASSERT_FATAL((s1 = accept_one(&leg1)) >= 0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
     CU_ASSERT_FATAL((c2 = connect_v6(eg_relay_port(r))) >= 0); /* the kernel's queue takes it */
     CU_ASSERT_EQUAL(write_all(c2, (const unsigned char *)"2", 1), 0);
     usleep(200000);
@@ -246,15 +261,12 @@ static void test_connections_past_the_limit_wait(void)
 static void test_stop_closes_open_connections(void)
 {
     unsigned char buf[8];
-    char why[128];
     unsigned leg;
-    eg_relay *r = NULL;
     struct timespec t0, t1;
     int c, s;
+    eg_relay *r = relay_with_device(4, 60000, &c, &s, &leg);
 
-    CU_ASSERT_EQUAL_FATAL(eg_relay_start("::1", 0, server_port, 4, 60000, &r, why, sizeof(why)), 0);
-    CU_ASSERT_FATAL((c = connect_v6(eg_relay_port(r))) >= 0);
-    CU_ASSERT_FATAL((s = accept_one(&leg)) >= 0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
     clock_gettime(CLOCK_MONOTONIC, &t0);
     eg_relay_stop(r);
     clock_gettime(CLOCK_MONOTONIC, &t1);
@@ -269,14 +281,11 @@ static void test_stop_closes_open_connections(void)
 static void test_idle_connection_closed(void)
 {
     unsigned char buf[8];
-    char why[128];
     unsigned leg;
-    eg_relay *r = NULL;
     int c, s;
+    eg_relay *r = relay_with_device(4, 300, &c, &s, &leg);
 
-    CU_ASSERT_EQUAL_FATAL(eg_relay_start("::1", 0, server_port, 4, 300, &r, why, sizeof(why)), 0);
-    CU_ASSERT_FATAL((c = connect_v6(eg_relay_port(r))) >= 0);
-    CU_ASSERT_FATAL((s = accept_one(&leg)) >= 0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
     CU_ASSERT_EQUAL(read_to_end(s, buf, sizeof(buf)), 0); /* within the 10 s receive timeout */
     CU_ASSERT(recv(c, buf, sizeof(buf), 0) <= 0);
     close(c);
