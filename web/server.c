@@ -147,16 +147,49 @@ static int refuse(struct mg_connection *conn, eg_server *srv, const eg_http_req 
  * body (curl for a second, then sends anyway; some clients longer). civetweb 1.15 sends none to
  * a handler that reads the body itself. Not to HTTP/1.0 clients, and not when there is no body.
  */
-static void continue_if_expected(struct mg_connection *conn)
+static bool expects_continue(struct mg_connection *conn)
 {
     const struct mg_request_info *ri = mg_get_request_info(conn);
     const char *expect = mg_get_header(conn, "Expect");
+
+    return expect != NULL && strcasecmp(expect, "100-continue") == 0 && ri->http_version != NULL &&
+           strcmp(ri->http_version, "1.1") == 0 &&
+           (ri->content_length > 0 || mg_get_header(conn, "Transfer-Encoding") != NULL);
+}
+
+static void continue_if_expected(struct mg_connection *conn)
+{
     static const char interim[] = "HTTP/1.1 100 Continue\r\n\r\n";
 
-    if (expect != NULL && strcasecmp(expect, "100-continue") == 0 && ri->http_version != NULL &&
-        strcmp(ri->http_version, "1.1") == 0 &&
-        (ri->content_length > 0 || mg_get_header(conn, "Transfer-Encoding") != NULL))
+    if (expects_continue(conn))
         mg_write(conn, interim, sizeof(interim) - 1);
+}
+
+/*
+ * After a 413 that left body octets unread: reads and drops what the client still sends, up to
+ * DRAIN_MAX octets or DRAIN_MS, so that the close is a FIN. A close with unread octets makes the
+ * kernel send a reset, which can reach the client before the 413 and lose it (curl: "Empty reply
+ * from server"). A client that waits for a 100 Continue it did not get sends nothing more.
+ */
+#define DRAIN_MAX (4u << 20)
+#define DRAIN_MS  2000
+
+static void drain_body(struct mg_connection *conn, bool sent_continue)
+{
+    struct timespec t0, t;
+    size_t total = 0;
+    char sink[4096];
+    int got;
+
+    if (expects_continue(conn) && !sent_continue)
+        return;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    while (total < DRAIN_MAX && (got = mg_read(conn, sink, sizeof(sink))) > 0) {
+        total += (size_t)got;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        if ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000 > DRAIN_MS)
+            break;
+    }
 }
 
 /*
@@ -333,8 +366,14 @@ static int serve(struct mg_connection *conn, eg_server *srv)
     if (read_body(conn, srv->cfg->max_body, &body, &body_len, &over) != 0)
         return refuse(conn, srv, &req, 500, EG_AUDIT_INTERNAL, "out of memory", NULL);
     if (over) {
+        /* read_body sent a 100 Continue only when it began to read (no Content-Length over the
+           limit), and then it leaves a buffer */
+        bool sent_continue = body != NULL;
+
         free(body);
-        return refuse(conn, srv, &req, 413, EG_AUDIT_LIMIT, "request body too large", NULL);
+        status = refuse(conn, srv, &req, 413, EG_AUDIT_LIMIT, "request body too large", NULL);
+        drain_body(conn, sent_continue);
+        return status;
     }
     req.body = body;
     req.body_len = body_len;
