@@ -65,13 +65,14 @@ static void nodelay(int fd)
 }
 
 /* One step of a leg after poll(): read if readable and empty, write if writable and full.
-   -1 when the connection is over. */
+   -1 when the connection is over. Never blocks, so that one direction waiting can never hold
+   the other (poll() reports a socket writable with room for some octets, not all of ours). */
 static int leg_step(leg *l, short rev_from, short rev_to)
 {
     ssize_t n;
 
     if (l->len == 0 && !l->eof && (rev_from & (POLLIN | POLLHUP))) {
-        n = recv(l->from, l->buf, RELAY_BUF, 0);
+        n = recv(l->from, l->buf, RELAY_BUF, MSG_DONTWAIT);
         if (n > 0) {
             l->len = (size_t)n;
             l->off = 0;
@@ -82,7 +83,7 @@ static int leg_step(leg *l, short rev_from, short rev_to)
         }
     }
     if (l->len > l->off && (rev_to & POLLOUT)) {
-        n = send(l->to, l->buf + l->off, l->len - l->off, MSG_NOSIGNAL);
+        n = send(l->to, l->buf + l->off, l->len - l->off, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n > 0) {
             l->off += (size_t)n;
             if (l->off == l->len)

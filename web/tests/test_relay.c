@@ -42,8 +42,9 @@ static int listen_v4(unsigned *port)
     return fd;
 }
 
-/* A client of [::1]:port, with a 10 s receive timeout (a relay that loses bytes fails). */
-static int connect_v6(unsigned port)
+/* A client of [::1]:port, with a 10 s receive timeout (a relay that loses bytes fails) and a
+   receive buffer of rcvbuf octets (0: the default). */
+static int connect_v6(unsigned port, int rcvbuf)
 {
     struct sockaddr_in6 sa = {.sin6_family = AF_INET6, .sin6_port = htons((uint16_t)port)};
     struct timeval tv = {.tv_sec = 10};
@@ -51,6 +52,7 @@ static int connect_v6(unsigned port)
 
     sa.sin6_addr = in6addr_loopback;
     if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) != 0 ||
+        (rcvbuf > 0 && setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf)) != 0) ||
         connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
         if (fd >= 0)
             close(fd);
@@ -126,7 +128,8 @@ static unsigned char *pattern(size_t n, unsigned seed)
 
 /* A relay to the server (max connections, idle_ms), with one device connected: its socket in
  *c, the server's side in *s, the relay's loopback port in *leg. NULL if any step fails. */
-static eg_relay *relay_with_device(unsigned max, unsigned idle_ms, int *c, int *s, unsigned *leg)
+static eg_relay *relay_with_device(unsigned max, unsigned idle_ms, int rcvbuf, int *c, int *s,
+                                   unsigned *leg)
 {
     char why[128];
     eg_relay *r = NULL;
@@ -136,7 +139,7 @@ static eg_relay *relay_with_device(unsigned max, unsigned idle_ms, int *c, int *
         fprintf(stderr, "relay: %s\n", why);
         return NULL;
     }
-    if ((*c = connect_v6(eg_relay_port(r))) < 0 || (*s = accept_one(leg)) < 0) {
+    if ((*c = connect_v6(eg_relay_port(r), rcvbuf)) < 0 || (*s = accept_one(leg)) < 0) {
         if (*c >= 0)
             close(*c);
         eg_relay_stop(r);
@@ -158,44 +161,43 @@ static int suite_clean(void)
 }
 
 /*
- * A megabyte each way at once, each side writing before it reads, so both of the relay's
- * buffers fill and wait; each side half-closes after writing, and reads the other's whole
- * megabyte after its own half-close. The relay names the device: [::1] and its port.
+ * n octets each way at once, each side writing while the other reads only its own direction
+ * first: the server's side reads the device's whole megabyte before the device reads anything,
+ * so the relay must keep moving bytes one way while the other way waits, also when the device
+ * reads through a small buffer and the bytes to it are more than the kernel's buffers hold.
+ * Each side half-closes after writing. The relay names the device: [::1] and its port.
  */
-static void test_bytes_arrive_whole_both_ways(void)
+static void bytes_both_ways(int rcvbuf, size_t n)
 {
-    unsigned char *up = pattern(MB, 1), *down = pattern(MB, 2), *got_up = malloc(MB + 1),
-                  *got_down = malloc(MB + 1);
-    char why[128], addr[64];
+    unsigned char *up = pattern(n, 1), *down = pattern(n, 2), *got_up = malloc(n + 1),
+                  *got_down = malloc(n + 1);
+    char addr[64];
     struct sockaddr_in6 me;
     socklen_t len = sizeof(me);
     unsigned leg_port = 0, dev_port = 0;
-    eg_relay *r = NULL;
     pthread_t t1, t2;
     int c, s;
+    eg_relay *r = relay_with_device(4, 60000, rcvbuf, &c, &s, &leg_port);
 
-    CU_ASSERT_FATAL(up && down && got_up && got_down);
-    CU_ASSERT_EQUAL_FATAL(eg_relay_start("::1", 0, server_port, 4, 60000, &r, why, sizeof(why)), 0);
-    CU_ASSERT_FATAL((c = connect_v6(eg_relay_port(r))) >= 0);
-    CU_ASSERT_FATAL((s = accept_one(&leg_port)) >= 0);
+    CU_ASSERT_FATAL(up && down && got_up && got_down && r != NULL);
     CU_ASSERT_EQUAL(getsockname(c, (struct sockaddr *)&me, &len), 0);
     CU_ASSERT_TRUE(eg_relay_peer(r, leg_port, addr, sizeof(addr), &dev_port));
     CU_ASSERT_STRING_EQUAL(addr, "::1");
     CU_ASSERT_EQUAL(dev_port, ntohs(me.sin6_port));
     CU_ASSERT_FALSE(eg_relay_peer(r, leg_port + 1, addr, sizeof(addr), &dev_port));
 
-    writer wc = {c, up, MB, true, -1}, ws = {s, down, MB, true, -1};
+    writer wc = {c, up, n, true, -1}, ws = {s, down, n, true, -1};
 
     pthread_create(&t1, NULL, write_run, &wc);
     pthread_create(&t2, NULL, write_run, &ws);
-    CU_ASSERT_EQUAL(read_to_end(s, got_up, MB + 1), MB);
-    CU_ASSERT_EQUAL(read_to_end(c, got_down, MB + 1), MB);
+    CU_ASSERT_EQUAL(read_to_end(s, got_up, n + 1), n);
+    CU_ASSERT_EQUAL(read_to_end(c, got_down, n + 1), n);
     pthread_join(t1, NULL);
     pthread_join(t2, NULL);
     CU_ASSERT_EQUAL(wc.rc, 0);
     CU_ASSERT_EQUAL(ws.rc, 0);
-    CU_ASSERT_EQUAL(memcmp(got_up, up, MB), 0);
-    CU_ASSERT_EQUAL(memcmp(got_down, down, MB), 0);
+    CU_ASSERT_EQUAL(memcmp(got_up, up, n), 0);
+    CU_ASSERT_EQUAL(memcmp(got_down, down, n), 0);
     close(c);
     close(s);
     eg_relay_stop(r);
@@ -205,13 +207,23 @@ static void test_bytes_arrive_whole_both_ways(void)
     free(got_down);
 }
 
+static void test_bytes_arrive_whole_both_ways(void)
+{
+    bytes_both_ways(0, MB);
+}
+
+static void test_a_slow_reader_does_not_stop_the_other_way(void)
+{
+    bytes_both_ways(4096, 16 * MB); /* more than the kernel buffers on the way hold */
+}
+
 /* A device that half-closes after its request still gets the whole answer. */
 static void test_half_close_gets_its_answer(void)
 {
     unsigned char buf[64];
     unsigned leg;
     int c, s;
-    eg_relay *r = relay_with_device(4, 60000, &c, &s, &leg);
+    eg_relay *r = relay_with_device(4, 60000, 0, &c, &s, &leg);
 
     CU_ASSERT_PTR_NOT_NULL_FATAL(r);
     CU_ASSERT_EQUAL(write_all(c, (const unsigned char *)"ask", 3), 0);
@@ -231,10 +243,10 @@ static void test_connections_past_the_limit_wait(void)
     unsigned char buf[8];
     unsigned leg1, leg2;
     int c1, c2, s1, s2;
-    eg_relay *r = relay_with_device(1, 60000, &c1, &s1, &leg1);
+    eg_relay *r = relay_with_device(1, 60000, 0, &c1, &s1, &leg1);
 
     CU_ASSERT_PTR_NOT_NULL_FATAL(r);
-    CU_ASSERT_FATAL((c2 = connect_v6(eg_relay_port(r))) >= 0); /* the kernel's queue takes it */
+    CU_ASSERT_FATAL((c2 = connect_v6(eg_relay_port(r), 0)) >= 0); /* the kernel's queue takes it */
     CU_ASSERT_EQUAL(write_all(c2, (const unsigned char *)"2", 1), 0);
     usleep(200000);
     /* Not relayed yet: nothing waits at the server. */
@@ -264,7 +276,7 @@ static void test_stop_closes_open_connections(void)
     unsigned leg;
     struct timespec t0, t1;
     int c, s;
-    eg_relay *r = relay_with_device(4, 60000, &c, &s, &leg);
+    eg_relay *r = relay_with_device(4, 60000, 0, &c, &s, &leg);
 
     CU_ASSERT_PTR_NOT_NULL_FATAL(r);
     clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -283,7 +295,7 @@ static void test_idle_connection_closed(void)
     unsigned char buf[8];
     unsigned leg;
     int c, s;
-    eg_relay *r = relay_with_device(4, 300, &c, &s, &leg);
+    eg_relay *r = relay_with_device(4, 300, 0, &c, &s, &leg);
 
     CU_ASSERT_PTR_NOT_NULL_FATAL(r);
     CU_ASSERT_EQUAL(read_to_end(s, buf, sizeof(buf)), 0); /* within the 10 s receive timeout */
@@ -308,6 +320,8 @@ int main(void)
     CU_TestInfo tests[] = {
         {"a megabyte each way arrives whole; the device is named",
          test_bytes_arrive_whole_both_ways},
+        {"a device reading through a small buffer does not stop the other way",
+         test_a_slow_reader_does_not_stop_the_other_way},
         {"a half-closed request gets its whole answer", test_half_close_gets_its_answer},
         {"connections past the limit wait their turn", test_connections_past_the_limit_wait},
         {"stopping closes open connections", test_stop_closes_open_connections},
