@@ -167,9 +167,10 @@ static void continue_if_expected(struct mg_connection *conn)
 
 /*
  * After a 413 that left body octets unread: reads and drops what the client still sends, up to
- * DRAIN_MAX octets or DRAIN_MS, so that the close is a FIN. A close with unread octets makes the
- * kernel send a reset, which can reach the client before the 413 and lose it (curl: "Empty reply
- * from server"). A client that waits for a 100 Continue it did not get sends nothing more.
+ * DRAIN_MAX octets or DRAIN_MS, so that the close is a FIN. civetweb's close discards pending
+ * data only on Windows; here a close with unread octets makes the kernel send a reset, and a
+ * client still writing gets an error instead of the 413 (curl: "Empty reply from server"). A
+ * client that waits for a 100 Continue it did not get sends nothing more.
  */
 #define DRAIN_MAX (4u << 20)
 #define DRAIN_MS  2000
