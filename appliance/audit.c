@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "audit.h"
+#include "clock.h"
 
 static const char *const kind_names[] = {
     [EG_AUDIT_ISSUED] = "issued",
@@ -198,12 +199,10 @@ static void budget_turn(time_t second, char *note, size_t cap)
 
 void eg_audit_flush(void)
 {
-    struct timespec ts;
     char note[256];
 
-    clock_gettime(CLOCK_MONOTONIC, &ts);
     pthread_mutex_lock(&budget_lock);
-    budget_turn(ts.tv_sec, note, sizeof(note));
+    budget_turn(eg_mono_s(), note, sizeof(note));
     pthread_mutex_unlock(&budget_lock);
     if (note[0] != '\0')
         fputs(note, stderr);
@@ -212,12 +211,10 @@ void eg_audit_flush(void)
 /* Whether a line of kind may be written now; note as budget_turn gives it. */
 static bool budget_take(eg_audit_kind kind, char *note, size_t cap)
 {
-    struct timespec ts;
     bool ok = true;
 
-    clock_gettime(CLOCK_MONOTONIC, &ts);
     pthread_mutex_lock(&budget_lock);
-    budget_turn(ts.tv_sec, note, cap);
+    budget_turn(eg_mono_s(), note, cap);
     if (!success(kind) && budget_limit > 0 && budget_used++ >= budget_limit) {
         if (left_out++ == 0)
             left_out_since = time(NULL);

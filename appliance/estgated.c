@@ -31,6 +31,7 @@
 #include <openssl/evp.h>
 #include <sqlite3.h>
 
+#include "clock.h"
 #include "config.h"
 #include "core.h"
 #include "audit.h"
@@ -198,21 +199,13 @@ static void reload(const char *path, const eg_config *run, tls_state *tls, eg_es
 #define EXPIRY_CHECK_S (24 * 3600)
 #define DRAIN_MS       10000 /* a request waiting on a token that is recovering needs up to 10 s */
 
-static time_t mono_seconds(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec;
-}
-
 /* Signals; every second the count of audit lines left out and the TLS ticket keys' age, and once a
    day the certificates' expiry (they run out while estgated runs). */
 static int wait_for_stop(const sigset_t *set, const char *path, const eg_config *run,
                          tls_state *tls, eg_est *est, eg_server *srv)
 {
     struct timespec second = {.tv_sec = 1};
-    time_t next_check = mono_seconds() + EXPIRY_CHECK_S;
+    time_t next_check = eg_mono_s() + EXPIRY_CHECK_S;
     int sig;
 
     for (;;) {
@@ -220,10 +213,10 @@ static int wait_for_stop(const sigset_t *set, const char *path, const eg_config 
             if (errno != EAGAIN && errno != EINTR)
                 return -1;
             eg_audit_flush();
-            if (eg_server_tick(srv, mono_seconds()) != 0)
+            if (eg_server_tick(srv, eg_mono_s()) != 0)
                 fprintf(stderr,
                         "estgated: cannot make a new TLS ticket key; the current one stays\n");
-            if (mono_seconds() >= next_check) {
+            if (eg_mono_s() >= next_check) {
                 eg_expiry_warn(eg_est_config(est), time(NULL), stderr, "estgated: warning: ");
                 next_check += EXPIRY_CHECK_S;
             }

@@ -23,6 +23,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
+#include "clock.h"
 #include "est.h"
 #include "p11.h"
 #include "provider.h"
@@ -473,14 +474,6 @@ static int resumed_request(size_t listener, int max_version, SSL_SESSION *offer,
     return reused;
 }
 
-static time_t mono_now(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec;
-}
-
 /*
  * A ticket resumes its session, without a signature in the token, until its key has been
  * replaced twice: after one new key it still resumes and a ticket under the new key comes with
@@ -498,7 +491,7 @@ static void test_ticket_keys_rotate(void)
     uint64_t before;
 
     if (fake == 0)
-        fake = mono_now();
+        fake = eg_mono_s();
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         size_t l = cases[i].listener;
         int v = cases[i].version;

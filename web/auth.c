@@ -18,6 +18,7 @@
 #include <openssl/x509v3.h>
 
 #include "auth.h"
+#include "clock.h"
 
 #define MAC_LEN      32
 #define CACHE_WAYS   4
@@ -87,10 +88,7 @@ struct eg_auth {
 
 static uint64_t now_seconds(void)
 {
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec + 1; /* never 0, which marks an empty entry */
+    return (uint64_t)eg_mono_s() + 1; /* never 0, which marks an empty entry */
 }
 
 int eg_auth_new(const eg_config *cfg, eg_auth **out)

@@ -17,6 +17,7 @@
 #include <openssl/x509.h>
 
 #include "audit.h"
+#include "clock.h"
 #include "errors.h"
 #include "relay.h"
 #include "server.h"
@@ -177,20 +178,16 @@ static void continue_if_expected(struct mg_connection *conn)
 
 static void drain_body(struct mg_connection *conn, bool sent_continue)
 {
-    struct timespec t0, t;
+    uint64_t until = eg_mono_ms() + DRAIN_MS;
     size_t total = 0;
     char sink[4096];
     int got;
 
     if (expects_continue(conn) && !sent_continue)
         return;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    while (total < DRAIN_MAX && (got = mg_read(conn, sink, sizeof(sink))) > 0) {
+    while (total < DRAIN_MAX && eg_mono_ms() < until &&
+           (got = mg_read(conn, sink, sizeof(sink))) > 0)
         total += (size_t)got;
-        clock_gettime(CLOCK_MONOTONIC, &t);
-        if ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000 > DRAIN_MS)
-            break;
-    }
 }
 
 /*

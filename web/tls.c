@@ -8,6 +8,7 @@
 #include <openssl/rand.h>
 #include <openssl/x509_vfy.h>
 
+#include "clock.h"
 #include "tls.h"
 
 /* TLS 1.2, for legacy devices on listeners that opt in: forward secrecy and AEAD only. */
@@ -215,14 +216,6 @@ static void tickets_index(void)
     tickets_idx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
 }
 
-static time_t mono_now(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec;
-}
-
 /* Under t->lock, or before t is shared. */
 static int ticket_key_roll(eg_tls_tickets *t, time_t now)
 {
@@ -252,7 +245,7 @@ eg_tls_tickets *eg_tls_tickets_new(void)
         return NULL;
     }
     if ((t->cipher = EVP_CIPHER_fetch(NULL, "AES-256-CBC", NULL)) == NULL ||
-        ticket_key_roll(t, mono_now()) != 0) {
+        ticket_key_roll(t, eg_mono_s()) != 0) {
         eg_tls_tickets_free(t);
         return NULL;
     }
