@@ -117,21 +117,19 @@ static void warn_restart_only(const eg_config *run, const eg_config *cfg)
     }
 }
 
-/* The TLS key in use and its URI: a reload loads the key again only when the URI changes. */
-typedef struct tls_state {
-    char *uri;
-    EVP_PKEY *key;
-} tls_state;
-
-/* The TLS contexts for cfg, with the key its tls_key names; NULL, said on stderr, on failure. */
-static eg_server_tls *tls_prepare(const eg_config *cfg, const tls_state *tls, eg_server *srv,
-                                  EVP_PKEY **key)
+/*
+ * The TLS contexts for cfg, with the key its tls_key names: *key is the running key (the one
+ * running->tls_key_uri names) again when the URI has not changed, else loaded now; NULL, said
+ * on stderr, on failure.
+ */
+static eg_server_tls *tls_prepare(const eg_config *cfg, const eg_config *running, EVP_PKEY *in_use,
+                                  eg_server *srv, EVP_PKEY **key)
 {
     eg_server_tls *t;
 
     *key = NULL;
-    if (!differs(tls->uri, cfg->tls_key_uri) && EVP_PKEY_up_ref(tls->key))
-        *key = tls->key;
+    if (!differs(running->tls_key_uri, cfg->tls_key_uri) && EVP_PKEY_up_ref(in_use))
+        *key = in_use;
     else if (eg_provider_load_key(NULL, cfg->tls_key_uri, key) != 0) {
         eg_err_print(stderr);
         fprintf(stderr, "estgated: reload: cannot load the TLS key %s\n", cfg->tls_key_uri);
@@ -145,14 +143,13 @@ static eg_server_tls *tls_prepare(const eg_config *cfg, const tls_state *tls, eg
 }
 
 /* SIGHUP: the file again; on any error the running configuration stays. */
-static void reload(const char *path, const eg_config *run, tls_state *tls, eg_est *est,
+static void reload(const char *path, const eg_config *run, EVP_PKEY **tls_key, eg_est *est,
                    eg_server *srv)
 {
     eg_config_errors errs = {NULL, 0};
     eg_config *cfg = NULL;
     eg_server_tls *next;
     EVP_PKEY *key;
-    char *uri;
     size_t n;
 
     fprintf(stderr, "estgated: SIGHUP, reloading %s\n", path);
@@ -165,9 +162,7 @@ static void reload(const char *path, const eg_config *run, tls_state *tls, eg_es
     warn_restart_only(run, cfg);
     n = cfg->nprofiles;
     /* The TLS chain is read again each time, so that a renewed certificate is served. */
-    if ((uri = strdup(cfg->tls_key_uri)) == NULL ||
-        (next = tls_prepare(cfg, tls, srv, &key)) == NULL) {
-        free(uri);
+    if ((next = tls_prepare(cfg, eg_est_config(est), *tls_key, srv, &key)) == NULL) {
         eg_config_free(cfg);
         fprintf(stderr, "estgated: reload failed; the running configuration stays in force\n");
         return;
@@ -176,16 +171,14 @@ static void reload(const char *path, const eg_config *run, tls_state *tls, eg_es
         eg_err_print(stderr);
         eg_server_tls_discard(next);
         EVP_PKEY_free(key);
-        free(uri);
         eg_config_free(cfg);
         fprintf(stderr, "estgated: reload failed; the running configuration stays in force\n");
         return;
     }
+    /* est holds cfg now: its tls_key names key */
     eg_server_tls_commit(srv, next);
-    EVP_PKEY_free(tls->key);
-    free(tls->uri);
-    tls->key = key;
-    tls->uri = uri;
+    EVP_PKEY_free(*tls_key);
+    *tls_key = key;
     eg_expiry_warn(cfg, time(NULL), stderr, "estgated: reload: warning: ");
     eg_log_set_level(eg_log_level_parse(cfg->log_level));
     eg_log_set_refusal_limit(cfg->log_refusals_per_second);
@@ -202,7 +195,7 @@ static void reload(const char *path, const eg_config *run, tls_state *tls, eg_es
 /* Signals; every second the count of audit lines left out and the TLS ticket keys' age, and once a
    day the certificates' expiry (they run out while estgated runs). */
 static int wait_for_stop(const sigset_t *set, const char *path, const eg_config *run,
-                         tls_state *tls, eg_est *est, eg_server *srv)
+                         EVP_PKEY **tls_key, eg_est *est, eg_server *srv)
 {
     struct timespec second = {.tv_sec = 1};
     time_t next_check = eg_mono_s() + EXPIRY_CHECK_S;
@@ -223,7 +216,7 @@ static int wait_for_stop(const sigset_t *set, const char *path, const eg_config 
             continue;
         }
         if (sig == SIGHUP) {
-            reload(path, run, tls, est, srv);
+            reload(path, run, tls_key, est, srv);
             continue;
         }
         fprintf(stderr, "estgated: %s, stopping\n", sig == SIGTERM ? "SIGTERM" : "SIGINT");
@@ -277,7 +270,7 @@ static int run(const char *path)
     eg_core *core = NULL;
     eg_est *est = NULL;
     eg_server *srv = NULL;
-    tls_state tls = {NULL, NULL};
+    EVP_PKEY *tls_key = NULL;
     sigset_t set;
     unsigned left;
     int rc = EX_UNAVAIL_;
@@ -315,17 +308,16 @@ static int run(const char *path)
         fail("cannot open the token, the CA keys or the ledger");
         goto out;
     }
-    if ((tls.uri = strdup(cfg->tls_key_uri)) == NULL ||
-        eg_provider_load_key(NULL, cfg->tls_key_uri, &tls.key) != 0) {
+    if (eg_provider_load_key(NULL, cfg->tls_key_uri, &tls_key) != 0) {
         fail("cannot load the TLS key %s", cfg->tls_key_uri);
         goto out;
     }
-    if (eg_est_new(cfg, core, &est) != 0 || eg_server_start(cfg, est, tls.key, &srv) != 0) {
+    if (eg_est_new(cfg, core, &est) != 0 || eg_server_start(cfg, est, tls_key, &srv) != 0) {
         fail("cannot start the HTTPS listeners");
         goto out;
     }
     print_listeners(cfg, srv);
-    if (wait_for_stop(&set, path, cfg, &tls, est, srv) != 0) {
+    if (wait_for_stop(&set, path, cfg, &tls_key, est, srv) != 0) {
         fail("cannot wait for signals");
         goto out;
     }
@@ -339,8 +331,7 @@ static int run(const char *path)
 out:
     eg_server_stop(srv);
     eg_est_free(est);
-    EVP_PKEY_free(tls.key);
-    free(tls.uri);
+    EVP_PKEY_free(tls_key);
     eg_core_close(core);
     eg_config_free(cfg);
     return rc;
