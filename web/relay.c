@@ -304,10 +304,13 @@ unsigned eg_relay_port(const eg_relay *r)
     return r->port;
 }
 
-bool eg_relay_peer(eg_relay *r, unsigned local_port, char *addr, size_t cap, unsigned *port)
+bool eg_relay_peer(eg_relay *r, unsigned server_port, unsigned local_port, char *addr, size_t cap,
+                   unsigned *port)
 {
     bool found = false;
 
+    if (server_port != r->to)
+        return false;
     pthread_mutex_lock(&r->lock);
     for (size_t i = 0; i < r->max && !found; i++) {
         const slot *s = &r->slots[i];

@@ -25,11 +25,13 @@ int eg_relay_start(const char *address, unsigned port, unsigned to, unsigned max
 /* The port the relay listens on. */
 unsigned eg_relay_port(const eg_relay *r);
 /*
- * For a connection civetweb accepted from 127.0.0.1:local_port on the relay's
- * target: the device's address (without brackets) into addr, and its port.
- * false if no relayed connection has that local port.
+ * For a connection civetweb accepted on server_port from 127.0.0.1:local_port:
+ * the device's address (without brackets) into addr, and its port. false if
+ * server_port is not the relay's target or no relayed connection has that
+ * local port.
  */
-bool eg_relay_peer(eg_relay *r, unsigned local_port, char *addr, size_t cap, unsigned *port);
+bool eg_relay_peer(eg_relay *r, unsigned server_port, unsigned local_port, char *addr, size_t cap,
+                   unsigned *port);
 /* Stops listening, closes every relayed connection, waits for its threads, frees. NULL: no-op. */
 void eg_relay_stop(eg_relay *r);
 

@@ -44,7 +44,6 @@ struct eg_server {
     unsigned ports[EG_MAX_LISTENERS];
     /* IPv6 listeners where civetweb has no IPv6: a relay to a loopback port of civetweb's */
     eg_relay *relays[EG_MAX_LISTENERS];
-    unsigned relayed_to[EG_MAX_LISTENERS];
     eg_tls_ca_names *ca_names;
     eg_tls_tickets *tickets;
     atomic_uint inflight; /* requests inside on_request */
@@ -273,8 +272,9 @@ static bool relayed_peer(eg_server *s, const struct mg_request_info *ri, char *a
     if (strcmp(ri->remote_addr, "127.0.0.1") != 0)
         return false;
     for (size_t i = 0; i < EG_MAX_LISTENERS; i++) {
-        if (s->relays[i] != NULL && s->relayed_to[i] == (unsigned)ri->server_port)
-            return eg_relay_peer(s->relays[i], (unsigned)ri->remote_port, addr, cap, port);
+        if (s->relays[i] != NULL && eg_relay_peer(s->relays[i], (unsigned)ri->server_port,
+                                                  (unsigned)ri->remote_port, addr, cap, port))
+            return true;
     }
     return false;
 }
@@ -547,8 +547,8 @@ static int group_relays(eg_server *s, const group *g)
 
         if (!relayed(l))
             continue;
-        s->relayed_to[idx] = s->ports[idx];
-        if (eg_relay_start(l->address, l->port, s->relayed_to[idx],
+        /* ports[idx] is civetweb's loopback port until the relay's own replaces it */
+        if (eg_relay_start(l->address, l->port, s->ports[idx],
                            s->cfg->threads ? s->cfg->threads : 4, idle_ms, &s->relays[idx], why,
                            sizeof(why)) != 0) {
             fprintf(stderr, "estgated: %s\n", why);

@@ -181,10 +181,11 @@ static void bytes_both_ways(int rcvbuf, size_t n)
 
     CU_ASSERT_FATAL(up && down && got_up && got_down && r != NULL);
     CU_ASSERT_EQUAL(getsockname(c, (struct sockaddr *)&me, &len), 0);
-    CU_ASSERT_TRUE(eg_relay_peer(r, leg_port, addr, sizeof(addr), &dev_port));
+    CU_ASSERT_TRUE(eg_relay_peer(r, server_port, leg_port, addr, sizeof(addr), &dev_port));
     CU_ASSERT_STRING_EQUAL(addr, "::1");
     CU_ASSERT_EQUAL(dev_port, ntohs(me.sin6_port));
-    CU_ASSERT_FALSE(eg_relay_peer(r, leg_port + 1, addr, sizeof(addr), &dev_port));
+    CU_ASSERT_FALSE(eg_relay_peer(r, server_port, leg_port + 1, addr, sizeof(addr), &dev_port));
+    CU_ASSERT_FALSE(eg_relay_peer(r, server_port + 1, leg_port, addr, sizeof(addr), &dev_port));
 
     writer wc = {c, up, n, true, -1}, ws = {s, down, n, true, -1};
 
