@@ -124,21 +124,23 @@ int eg_tls_ca_names_set(eg_tls_ca_names *n, const eg_config *cfg, char *why, siz
 }
 
 /*
- * A context's successor (eg_tls_ctx_switch). civetweb keeps the context it was given for as long
- * as it runs, so a reload that brings a new TLS key or chain hands each new handshake over to
- * the successor when its ClientHello arrives: the successor's certificate and key serve it.
+ * What each of our contexts carries: the session ticket keys, and its successor
+ * (eg_tls_ctx_switch). civetweb keeps the context it was given for as long as it runs, so a
+ * reload that brings a new TLS key or chain hands each new handshake over to the successor when
+ * its ClientHello arrives: the successor's certificate and key serve it.
  */
-typedef struct ctx_next {
+typedef struct ctx_data {
+    eg_tls_tickets *tickets; /* borrowed */
     pthread_mutex_t lock;
     SSL_CTX *next;
-} ctx_next;
+} ctx_data;
 
-static int next_idx = -1;
-static pthread_once_t next_once = PTHREAD_ONCE_INIT;
+static int data_idx = -1;
+static pthread_once_t data_once = PTHREAD_ONCE_INIT;
 
-static void next_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
+static void data_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
 {
-    ctx_next *n = ptr;
+    ctx_data *n = ptr;
 
     if (n == NULL)
         return;
@@ -147,14 +149,14 @@ static void next_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long
     free(n);
 }
 
-static void next_index(void)
+static void data_index(void)
 {
-    next_idx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, next_free);
+    data_idx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, data_free);
 }
 
 void eg_tls_ctx_switch(SSL_CTX *base, SSL_CTX *next)
 {
-    ctx_next *n = SSL_CTX_get_ex_data(base, next_idx);
+    ctx_data *n = SSL_CTX_get_ex_data(base, data_idx);
     SSL_CTX *old;
 
     pthread_mutex_lock(&n->lock);
@@ -167,7 +169,7 @@ void eg_tls_ctx_switch(SSL_CTX *base, SSL_CTX *next)
 static int hello_cb(SSL *ssl, int *alert, void *arg)
 {
     eg_tls_ca_names *names = arg;
-    ctx_next *n = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), next_idx);
+    ctx_data *n = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), data_idx);
     STACK_OF(X509_NAME) * copy;
     bool ok = true;
 
@@ -207,14 +209,6 @@ struct eg_tls_tickets {
     ticket_key cur, prev; /* cur encrypts and decrypts; prev only decrypts */
     time_t next;          /* when cur stops encrypting (monotonic seconds) */
 };
-
-static int tickets_idx = -1;
-static pthread_once_t tickets_once = PTHREAD_ONCE_INIT;
-
-static void tickets_index(void)
-{
-    tickets_idx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
-}
 
 /* Under t->lock, or before t is shared. */
 static int ticket_key_roll(eg_tls_tickets *t, time_t now)
@@ -278,7 +272,8 @@ int eg_tls_tickets_tick(eg_tls_tickets *t, time_t now)
 static int ticket_key_cb(SSL *s, unsigned char *name, unsigned char *iv, EVP_CIPHER_CTX *cctx,
                          EVP_MAC_CTX *hctx, int enc)
 {
-    eg_tls_tickets *t = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(s), tickets_idx);
+    const ctx_data *d = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(s), data_idx);
+    eg_tls_tickets *t = d != NULL ? d->tickets : NULL;
     OSSL_PARAM params[] = {
         OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
         OSSL_PARAM_construct_end(),
@@ -333,11 +328,8 @@ static SSL_TICKET_RETURN ticket_decrypted(SSL *s, SSL_SESSION *ss, const unsigne
     return status == SSL_TICKET_SUCCESS_RENEW ? SSL_TICKET_RETURN_USE_RENEW : SSL_TICKET_RETURN_USE;
 }
 
-static int set_protocols(SSL_CTX *ctx, bool allow_tls12, eg_tls_tickets *tickets)
+static int set_protocols(SSL_CTX *ctx, bool allow_tls12)
 {
-    pthread_once(&tickets_once, tickets_index);
-    if (tickets_idx < 0 || !SSL_CTX_set_ex_data(ctx, tickets_idx, tickets))
-        return 0;
     /* Resumption by stateless ticket, so that a device's next connection (curl runs one per
        request) skips the server key's signature in the token; no 0-RTT, no server cache. */
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
@@ -361,21 +353,22 @@ SSL_CTX *eg_tls_ctx_new(const eg_config *cfg, EVP_PKEY *key, bool allow_tls12,
 {
     SSL_CTX *ctx = SSL_CTX_new_ex(NULL, NULL, TLS_server_method());
     SSL_CTX *ret = NULL;
-    ctx_next *n = calloc(1, sizeof(*n));
+    ctx_data *n = calloc(1, sizeof(*n));
 
-    pthread_once(&next_once, next_index);
-    if (n == NULL || next_idx < 0 || pthread_mutex_init(&n->lock, NULL) != 0) {
+    pthread_once(&data_once, data_index);
+    if (n == NULL || data_idx < 0 || pthread_mutex_init(&n->lock, NULL) != 0) {
         free(n);
         n = NULL;
         snprintf(why, whylen, "cannot set up TLS: out of memory");
         goto out;
     }
-    if (ctx == NULL || !SSL_CTX_set_ex_data(ctx, next_idx, n)) {
+    n->tickets = tickets;
+    if (ctx == NULL || !SSL_CTX_set_ex_data(ctx, data_idx, n)) {
         snprintf(why, whylen, "cannot set up TLS: out of memory");
         goto out;
     }
     n = NULL; /* the context frees it */
-    if (!set_protocols(ctx, allow_tls12, tickets)) {
+    if (!set_protocols(ctx, allow_tls12)) {
         snprintf(why, whylen, "cannot set up TLS: %s", ERR_reason_error_string(ERR_get_error()));
         goto out;
     }
