@@ -26,23 +26,27 @@ static int day_of(const ASN1_TIME *t, char *date, size_t cap)
     return ASN1_TIME_to_tm(t, &tm) && strftime(date, cap, "%Y-%m-%d", &tm) ? 0 : -1;
 }
 
-/*
- * Whole days from now to the certificate's notAfter (negative once past) and
- * that date as YYYY-MM-DD; when now is before its notBefore, *early set and
- * that date in start. -1 when the file or its times cannot be read.
- */
-static int days_left(const char *path, time_t now, long *days, char *date, bool *early, char *start,
-                     size_t cap)
+/* A certificate's validity seen from now. */
+typedef struct span {
+    long days;      /* whole days to notAfter, negative once past */
+    bool early;     /* now is before notBefore */
+    char end[16];   /* notAfter as YYYY-MM-DD */
+    char start[16]; /* notBefore as YYYY-MM-DD */
+} span;
+
+/* The first certificate of the file at path, seen from now; -1 when it or its times cannot
+   be read. */
+static int span_of(const char *path, time_t now, span *out)
 {
     X509 *x = path ? first_cert(path) : NULL;
     ASN1_TIME *t = x ? ASN1_TIME_set(NULL, now) : NULL;
     int d = 0, s = 0, rc = -1;
 
     if (t != NULL && ASN1_TIME_diff(&d, &s, t, X509_get0_notAfter(x)) &&
-        day_of(X509_get0_notAfter(x), date, cap) == 0 &&
-        day_of(X509_get0_notBefore(x), start, cap) == 0) {
-        *days = d - (d <= 0 && s < 0 ? 1 : 0); /* a part of a day already past counts */
-        *early = ASN1_TIME_compare(t, X509_get0_notBefore(x)) < 0;
+        day_of(X509_get0_notAfter(x), out->end, sizeof(out->end)) == 0 &&
+        day_of(X509_get0_notBefore(x), out->start, sizeof(out->start)) == 0) {
+        out->days = d - (d <= 0 && s < 0 ? 1 : 0); /* a part of a day already past counts */
+        out->early = ASN1_TIME_compare(t, X509_get0_notBefore(x)) < 0;
         rc = 0;
     }
     ASN1_TIME_free(t);
@@ -53,55 +57,53 @@ static int days_left(const char *path, time_t now, long *days, char *date, bool 
 
 size_t eg_expiry_warn(const eg_config *cfg, time_t now, FILE *fp, const char *prefix)
 {
-    char date[16], start[16], clock[16] = "";
+    char clock[16] = "";
     struct tm tm;
     size_t n = 0;
-    bool early;
-    long days;
+    span v;
 
     if (gmtime_r(&now, &tm) != NULL)
         strftime(clock, sizeof(clock), "%Y-%m-%d", &tm);
-    if (days_left(cfg->tls_chain_file, now, &days, date, &early, start, sizeof(date)) == 0) {
-        if (early)
+    if (span_of(cfg->tls_chain_file, now, &v) == 0) {
+        if (v.early)
             fprintf(fp,
                     "%sthe system clock reads %s, before the TLS certificate (%s) begins on %s: "
                     "is the clock set? Until it is, client certificates look not yet valid "
                     "too\n",
-                    prefix, clock, cfg->tls_chain_file, start);
-        else if (days < 0)
+                    prefix, clock, cfg->tls_chain_file, v.start);
+        else if (v.days < 0)
             fprintf(fp,
                     "%sthe TLS certificate (%s) expired on %s: devices refuse the handshake; "
                     "renew it with estgate-provision tls create and reload\n",
-                    prefix, cfg->tls_chain_file, date);
-        else if (days < EG_EXPIRY_WARN_DAYS)
+                    prefix, cfg->tls_chain_file, v.end);
+        else if (v.days < EG_EXPIRY_WARN_DAYS)
             fprintf(fp,
                     "%sthe TLS certificate (%s) expires on %s, in %ld day%s; renew it with "
                     "estgate-provision tls create and reload\n",
-                    prefix, cfg->tls_chain_file, date, days, days == 1 ? "" : "s");
-        n += early || days < EG_EXPIRY_WARN_DAYS;
+                    prefix, cfg->tls_chain_file, v.end, v.days, v.days == 1 ? "" : "s");
+        n += v.early || v.days < EG_EXPIRY_WARN_DAYS;
     }
     for (size_t i = 0; i < cfg->nprofiles; i++) {
         const eg_profile_cfg *p = &cfg->profiles[i];
         long ahead = p->max_days > EG_EXPIRY_WARN_DAYS ? p->max_days : EG_EXPIRY_WARN_DAYS;
 
-        if (days_left(p->ca_chain_file, now, &days, date, &early, start, sizeof(date)) != 0 ||
-            (!early && days >= ahead))
+        if (span_of(p->ca_chain_file, now, &v) != 0 || (!v.early && v.days >= ahead))
             continue;
-        if (early)
+        if (v.early)
             fprintf(fp,
                     "%sprofile %s: the system clock reads %s, before the CA certificate (%s) "
                     "begins on %s: is the clock set? The profile issues nothing until it is\n",
-                    prefix, p->name, clock, p->ca_chain_file, start);
-        else if (days < 0)
+                    prefix, p->name, clock, p->ca_chain_file, v.start);
+        else if (v.days < 0)
             fprintf(fp,
                     "%sprofile %s: the CA certificate (%s) expired on %s: the profile issues "
                     "nothing until it is renewed\n",
-                    prefix, p->name, p->ca_chain_file, date);
+                    prefix, p->name, p->ca_chain_file, v.end);
         else
             fprintf(fp,
                     "%sprofile %s: the CA certificate (%s) expires on %s, in %ld day%s: "
                     "certificates issued now end with it (max_days = %u)\n",
-                    prefix, p->name, p->ca_chain_file, date, days, days == 1 ? "" : "s",
+                    prefix, p->name, p->ca_chain_file, v.end, v.days, v.days == 1 ? "" : "s",
                     p->max_days);
         n++;
     }
