@@ -1053,6 +1053,7 @@ static const key_spec profile_keys[] = {
     {.name = "max_days", .kind = V_UINT, .off = PRO(max_days), .min = 1, .max = 3650},
     {.name = "allow_rekey", .kind = V_BOOL, .off = PRO(allow_rekey)},
     {.name = "require_attrs", .kind = V_FN, .parse = parse_require_attrs},
+    {.name = "require_channel_binding", .kind = V_BOOL, .off = PRO(require_channel_binding)},
     {.name = "serverkeygen", .kind = V_FN, .parse = parse_skg},
     {.name = "serverkeygen_key_types", .kind = V_FN, .parse = parse_skg_keys},
     {.name = "serverkeygen_recipients", .kind = V_CERTS, .off = PRO(skg_recipients_file)},

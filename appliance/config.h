@@ -113,6 +113,8 @@ typedef struct eg_profile_cfg {
     int required_attrs[EG_MAX_RULES]; /* CSR attributes that must be present, as NIDs
                                          (e.g. NID_pkcs9_challengePassword) */
     size_t nrequired_attrs;
+    bool require_channel_binding; /* the CSR's challengePassword must be the base64 of the
+                                     connection's tls-unique or tls-exporter (RFC 7030 3.5) */
 
     /* serverkeygen: off unless skg_modes has a bit; the *_line fields say where each key
        was set, for errors found when the token is probed. */

@@ -606,7 +606,81 @@ static int policy(enroll *e, int (*check)(const eg_policy *, const eg_csr *, eg_
     return rc == 0 ? 0 : -1;
 }
 
-/* Parse, the CSR's own signature, policy, and the reenroll rules. 0: go on and issue. */
+/* A DirectoryString's text, without the whitespace around it; NULL for another type. */
+static const char *directory_text(const ASN1_TYPE *v, size_t *len)
+{
+    const char *t;
+    size_t n;
+
+    if (v == NULL || (v->type != V_ASN1_PRINTABLESTRING && v->type != V_ASN1_UTF8STRING &&
+                      v->type != V_ASN1_IA5STRING))
+        return NULL;
+    t = (const char *)ASN1_STRING_get0_data(v->value.asn1_string);
+    n = (size_t)ASN1_STRING_length(v->value.asn1_string);
+    while (n > 0 && strchr(" \t\r\n", t[n - 1]) != NULL)
+        n--;
+    while (n > 0 && strchr(" \t\r\n", t[0]) != NULL) {
+        t++;
+        n--;
+    }
+    *len = n;
+    return t;
+}
+
+/*
+ * RFC 7030 3.5: where the profile requires it, the CSR's challengePassword must be the base64 of
+ * the channel binding of the TLS connection it came on (tls-unique; on TLS 1.3 tls-exporter, RFC
+ * 9266). A request made on one connection then cannot be sent on another, so it was made by
+ * whoever authenticated this one.
+ */
+static int check_binding(enroll *e)
+{
+    const eg_enroll_req *r = e->req;
+    const STACK_OF(X509_ATTRIBUTE) *attrs = eg_csr_attributes(e->csr);
+    X509_ATTRIBUTE *attr;
+    char want[4 * ((64 + 2) / 3) + 1];
+    const char *got;
+    size_t got_len = 0, want_len;
+    int idx;
+
+    if (!e->prof->cfg.require_channel_binding)
+        return 0;
+    if (r->channel_binding_type == NULL || r->channel_binding_len == 0 ||
+        r->channel_binding_len > 64) {
+        answer_set(&e->a, EG_INTERNAL, EG_AUDIT_INTERNAL, EG_DIM_NONE,
+                   "the TLS connection's channel binding is not known");
+        return -1;
+    }
+    want_len = (size_t)EVP_EncodeBlock((unsigned char *)want, r->channel_binding,
+                                       (int)r->channel_binding_len);
+    idx = X509at_get_attr_by_NID(attrs, NID_pkcs9_challengePassword, -1);
+    if (idx < 0) {
+        answer_set(&e->a, EG_FORBIDDEN, EG_AUDIT_POLICY, EG_DIM_BINDING,
+                   "this profile requires the CSR's challengePassword to be the base64 of the TLS "
+                   "connection's %s (RFC 7030 3.5)",
+                   r->channel_binding_type);
+        return -1;
+    }
+    attr = X509at_get_attr(attrs, idx);
+    if (X509at_get_attr_by_NID(attrs, NID_pkcs9_challengePassword, idx) >= 0 ||
+        X509_ATTRIBUTE_count(attr) != 1 ||
+        (got = directory_text(X509_ATTRIBUTE_get0_type(attr, 0), &got_len)) == NULL) {
+        answer_set(&e->a, EG_MALFORMED, EG_AUDIT_MALFORMED, EG_DIM_NONE,
+                   "the CSR's challengePassword must be one printable or UTF-8 string");
+        return -1;
+    }
+    if (got_len != want_len || CRYPTO_memcmp(got, want, want_len) != 0) {
+        answer_set(&e->a, EG_FORBIDDEN, EG_AUDIT_POLICY, EG_DIM_BINDING,
+                   "the CSR's challengePassword is not the base64 of this TLS connection's %s: "
+                   "make the request on the connection that sends it",
+                   r->channel_binding_type);
+        return -1;
+    }
+    return 0;
+}
+
+/* Parse, the CSR's own signature, the channel binding, policy, and the reenroll rules. 0: go on
+   and issue. */
 static int check_request(enroll *e)
 {
     int type;
@@ -617,7 +691,7 @@ static int check_request(enroll *e)
         return -1;
     }
     if (e->skg) /* RFC 7030 4.4.1: the CSR's key and signature are ignored */
-        return policy(e, eg_policy_check_request);
+        return check_binding(e) != 0 ? -1 : policy(e, eg_policy_check_request);
     type = eg_csr_key_type(e->csr);
     if (eg_csr_pubkey(e->csr) == NULL &&
         (type == EVP_PKEY_RSA || type == EVP_PKEY_EC || type == EVP_PKEY_ED25519)) {
@@ -631,7 +705,7 @@ static int check_request(enroll *e)
                    "the CSR's signature does not verify with its public key");
         return -1;
     }
-    if (policy(e, eg_policy_check) != 0)
+    if (check_binding(e) != 0 || policy(e, eg_policy_check) != 0)
         return -1;
     return e->req->current_cert != NULL ? check_reenroll(e) : 0;
 }

@@ -61,6 +61,7 @@ typedef enum eg_policy_dim {
     EG_DIM_VALIDITY, /* requested validity too long (CSR asks via extension) */
     EG_DIM_ATTRS,    /* a required CSR attribute is missing */
     EG_DIM_REKEY,    /* reenroll with a new key where the profile forbids it */
+    EG_DIM_BINDING,  /* the CSR does not carry the connection's channel binding */
 } eg_policy_dim;
 
 const char *eg_audit_kind_name(eg_audit_kind k); /* "issued", "auth.bad_password", ... */
@@ -100,6 +101,12 @@ typedef struct eg_enroll_req {
     const uint8_t *current_cert;
     size_t current_cert_len;
     const char *peer; /* client address, for the audit record */
+    /* The TLS connection's channel binding, checked against the CSR's challengePassword when
+       the profile requires it (RFC 7030 3.5): "tls-unique" or "tls-exporter" (RFC 9266);
+       type NULL when the transport did not say. */
+    const char *channel_binding_type;
+    const uint8_t *channel_binding;
+    size_t channel_binding_len;
 } eg_enroll_req;
 
 /*

@@ -183,6 +183,14 @@ static void key_type_attrs(eg_der *items, const eg_profile_cfg *p)
     }
 }
 
+static bool required(const eg_profile_cfg *p, int nid)
+{
+    for (size_t i = 0; i < p->nrequired_attrs; i++)
+        if (p->required_attrs[i] == nid)
+            return true;
+    return false;
+}
+
 int eg_csrattrs_der(const eg_policy *pol, uint8_t **der_out, size_t *len)
 {
     const eg_profile_cfg *p = pol->cfg;
@@ -192,6 +200,9 @@ int eg_csrattrs_der(const eg_policy *pol, uint8_t **der_out, size_t *len)
 
     for (i = 0; i < p->nrequired_attrs; i++)
         der_oid(&items, p->required_attrs[i]);
+    /* RFC 7030 3.5: the challengePassword OID asks the client to link its request to TLS. */
+    if (p->require_channel_binding && !required(p, NID_pkcs9_challengePassword))
+        der_oid(&items, NID_pkcs9_challengePassword);
     if (pol->tmpl.n > 0 || p->nekus > 0 || p->nsans > 0 || p->require_san)
         template_attr(&items, pol);
     else

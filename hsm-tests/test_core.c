@@ -252,6 +252,7 @@ static void config_fill(void)
     cfg.recover_ms = 1500; /* a lost token is reported after 1.5 s, not 10 */
     eg_test_profiles(cfg.profiles, ca_uri, ca_path);
     cfg.nprofiles = EG_TEST_NPROFILES;
+    cfg.profiles[2].require_channel_binding = true; /* "plain" */
 }
 
 /* ---- tests ---- */
@@ -465,6 +466,68 @@ static void expect_refusal(EVP_PKEY *key, const struct refusal *r)
                eg_policy_dim_name(a.dim), a.reason);
     eg_answer_clear(&a);
     free(csr);
+}
+
+/*
+ * require_channel_binding: the CSR's challengePassword against the binding the transport gives,
+ * before anything is signed. Whitespace around the base64 is tolerated; a transport that did not
+ * say is the daemon's fault (500), not the device's.
+ */
+static void test_channel_binding_is_checked(void)
+{
+    uint8_t cb[32];
+    char b64[48], spaced[64];
+    EVP_PKEY *key = EVP_EC_gen("P-384");
+    const struct {
+        const char *challenge;
+        bool known;
+        eg_status status;
+        eg_policy_dim dim;
+    } cases[] = {
+        {b64, true, EG_OK, EG_DIM_NONE},
+        {spaced, true, EG_OK, EG_DIM_NONE},
+        {NULL, true, EG_FORBIDDEN, EG_DIM_BINDING},
+        {"c2VjcmV0", true, EG_FORBIDDEN, EG_DIM_BINDING},
+        {b64, false, EG_INTERNAL, EG_DIM_NONE},
+    };
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(key);
+    for (size_t i = 0; i < sizeof(cb); i++)
+        cb[i] = (uint8_t)(i * 37 + 5);
+    EVP_EncodeBlock((unsigned char *)b64, cb, sizeof(cb));
+    snprintf(spaced, sizeof(spaced), " %s\r\n", b64);
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char cn[64];
+        size_t len;
+        uint8_t *csr;
+        uint64_t before = sign_calls();
+        eg_answer a;
+        eg_enroll_req req = {
+            .profile = "plain",
+            .principal = "basic:linked",
+            .auth = EG_AUTH_BASIC,
+            .peer = "192.0.2.7",
+            .channel_binding_type = cases[i].known ? "tls-exporter" : NULL,
+            .channel_binding = cases[i].known ? cb : NULL,
+            .channel_binding_len = cases[i].known ? sizeof(cb) : 0,
+        };
+
+        snprintf(cn, sizeof(cn), "CN=linked%zu", i);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(csr = make_csr(key, cn, NULL, NULL, cases[i].challenge, &len));
+        req.csr = csr;
+        req.csr_len = len;
+        CU_ASSERT_EQUAL_FATAL(eg_core_enroll(core, &req, &a), 0);
+        CU_ASSERT_EQUAL(a.status, cases[i].status);
+        CU_ASSERT_EQUAL(a.dim, cases[i].dim);
+        CU_ASSERT_EQUAL(sign_calls(), before + (cases[i].status == EG_OK));
+        if (a.status != cases[i].status)
+            printf("\n  case %zu: got %d: %s\n", i, a.status, a.reason);
+        if (cases[i].dim == EG_DIM_BINDING)
+            CU_ASSERT_PTR_NOT_NULL(strstr(a.reason, "tls-exporter"));
+        eg_answer_clear(&a);
+        free(csr);
+    }
+    EVP_PKEY_free(key);
 }
 
 static void test_policy_refusals_name_their_dimension(void)
@@ -1345,6 +1408,7 @@ static CU_TestInfo tests[] = {
     {"reenroll: a new key where the profile allows it", test_reenroll_rekey_where_allowed},
     {"cacerts is a certs-only PKCS#7 with the CA", test_cacerts_is_pkcs7_with_the_ca},
     {"csrattrs parses: template, OID list, nothing", test_csrattrs_parse},
+    {"channel binding is checked before signing", test_channel_binding_is_checked},
     {"an unknown profile is 404", test_unknown_profile},
     {"serials rise with time, then 80 random bits", test_serials_rise_with_time},
     {"8 threads enroll at once with distinct serials", test_threads_enroll_at_once},

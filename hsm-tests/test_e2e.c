@@ -100,9 +100,13 @@ static int write_config(void)
                  "auth = mtls\nclient_ca = %s\nsan = dns:.example.com\nmax_days = %d\n"
                  "\n[profile partner]\n"
                  "ca_key = pkcs11:token=%s;object=ca;type=private\nca_chain = %s\n"
-                 "auth = mtls\nclient_ca = partner-ca.pem\nsan = dns:.example.com\n",
+                 "auth = mtls\nclient_ca = partner-ca.pem\nsan = dns:.example.com\n"
+                 "\n[profile linked]\n"
+                 "ca_key = pkcs11:token=%s;object=ca;type=private\nca_chain = %s\n"
+                 "auth = basic\nuser = alice:%s\nsan = dns:.example.com\nmax_days = %d\n"
+                 "require_channel_binding = yes\n",
                  c->token_label, ca, hash, MAX_DAYS, c->token_label, ca, ca, MAX_DAYS,
-                 c->token_label, ca);
+                 c->token_label, ca, c->token_label, ca, hash, MAX_DAYS);
     if (m > 0 && (size_t)m < sizeof(text) - (size_t)n)
         rc = eg_file_write(ini, text, (size_t)(n + m), 0600);
 out:
@@ -397,7 +401,7 @@ static int bc(const char *command, ...)
     snprintf(server, sizeof(server), "localhost:%u", port);
     argv[n++] = "java";
     argv[n++] = "-cp";
-    argv[n++] = "/usr/share/java/bcpkix.jar:/usr/share/java/bcprov.jar:/usr/share/java/bcutil.jar";
+    argv[n++] = EG_BC_CLASSPATH;
     argv[n++] = EG_SOURCE_DIR "/hsm-tests/java/EstClient.java";
     argv[n++] = (char *)command;
     argv[n++] = "--server";
@@ -427,6 +431,31 @@ static void test_bouncy_castle_client(void)
                              "--cert-out", tpath(cert2, "bc1-renewed.pem"), NULL),
                           0);
     check_issued(cert2, "bc1.example.com");
+}
+
+/*
+ * Bouncy Castle's simpleEnrollPoP on a profile that requires the channel binding: tls-unique
+ * over TLS 1.2, which is what its 1.72 client asks BCJSSE for (on TLS 1.3 BCJSSE 1.72 cannot
+ * export the tls-exporter after the handshake; test_channel_binding_links_the_request_to_tls
+ * covers TLS 1.3 with OpenSSL). Without PoP the same enrollment is refused.
+ */
+static void test_bouncy_castle_pop_linking(void)
+{
+    char server12[64], key[PATH_MAX], cert[PATH_MAX];
+
+    snprintf(server12, sizeof(server12), "localhost:%u", port12);
+    CU_ASSERT_EQUAL(bc("enroll", "--label", "linked", "--server", server12, "--tls", "TLSv1.2",
+                       "--pop", "--user", "alice", "--pass-file", pass, "--cn",
+                       "bc-pop12.example.com", "--dns", "bc-pop12.example.com", "--key-out",
+                       tpath(key, "bc-pop12.key"), "--cert-out", tpath(cert, "bc-pop12.pem"), NULL),
+                    0);
+    check_issued(cert, "bc-pop12.example.com");
+    CU_ASSERT_NOT_EQUAL(bc("enroll", "--label", "linked", "--user", "alice", "--pass-file", pass,
+                           "--cn", "bc-nopop.example.com", "--dns", "bc-nopop.example.com",
+                           "--key-out", tpath(key, "bc-nopop.key"), "--cert-out",
+                           tpath(cert, "bc-nopop.pem"), NULL),
+                        0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(res->err, "HTTP 403"));
 }
 
 /* ---- what real clients send ---- */
@@ -697,6 +726,9 @@ static int keep_ticket(SSL *ssl, SSL_SESSION *sess)
     return 1; /* the reference is ours */
 }
 
+/* The highest TLS version tls_open offers; 0: the library's. */
+static int tls_max;
+
 /*
  * A TLS connection to the daemon that stays open between requests, showing the client
  * certificate cert/key (NULL: none) and offering the session offer (NULL: none); with tickets,
@@ -716,6 +748,8 @@ static SSL *tls_open(SSL_CTX **ctxp, unsigned p, const char *cert, const char *k
                           SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1)))
         goto fail;
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    if (tls_max != 0)
+        SSL_CTX_set_max_proto_version(ctx, tls_max);
     if (tickets) {
         SSL_CTX_set_session_cache_mode(ctx,
                                        SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
@@ -779,6 +813,155 @@ static int tls_request(SSL *ssl, const char *method, const char *path, const cha
     if ((n = raw_text(req, sizeof(req), method, path, rest)) < 0 || SSL_write(ssl, req, n) != n)
         return -1;
     return read_head(ssl, head, cap);
+}
+
+/* A base64 DER CSR for linked.example.com with a new P-256 key, and challengePassword cp unless
+   NULL; free() it. */
+static char *linked_csr(const char *cp)
+{
+    EVP_PKEY *k = EVP_EC_gen("P-256");
+    X509_REQ *r = X509_REQ_new();
+    X509_NAME *n = X509_NAME_new();
+    STACK_OF(X509_EXTENSION) *exts = sk_X509_EXTENSION_new_null();
+    X509_EXTENSION *san =
+        X509V3_EXT_conf_nid(NULL, NULL, NID_subject_alt_name, "DNS:linked.example.com");
+    unsigned char *der = NULL;
+    char *b64 = NULL;
+    int len = 0;
+
+    if (k != NULL && r != NULL && n != NULL && exts != NULL && san != NULL &&
+        X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC,
+                                   (const unsigned char *)"linked.example.com", -1, -1, 0) &&
+        X509_REQ_set_subject_name(r, n) && X509_REQ_set_pubkey(r, k) &&
+        sk_X509_EXTENSION_push(exts, san) && (san = NULL, X509_REQ_add_extensions(r, exts)) &&
+        (cp == NULL || X509_REQ_add1_attr_by_NID(r, NID_pkcs9_challengePassword, MBSTRING_ASC,
+                                                 (const unsigned char *)cp, -1)) &&
+        X509_REQ_sign(r, k, EVP_sha256()) > 0 && (len = i2d_X509_REQ(r, &der)) > 0 &&
+        (b64 = malloc(4 * ((size_t)len + 2) / 3 + 4)) != NULL)
+        EVP_EncodeBlock((unsigned char *)b64, der, len);
+    OPENSSL_free(der);
+    X509_EXTENSION_free(san);
+    sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
+    X509_NAME_free(n);
+    X509_REQ_free(r);
+    EVP_PKEY_free(k);
+    return b64;
+}
+
+/* The connection's channel binding as the client sees it, base64 into out. */
+static void client_binding(SSL *ssl, char *out)
+{
+    static const char label[] = "EXPORTER-Channel-Binding";
+    unsigned char b[64];
+    size_t len = 32;
+
+    if (SSL_version(ssl) == TLS1_3_VERSION) {
+        CU_ASSERT_FATAL(
+            SSL_export_keying_material(ssl, b, len, label, sizeof(label) - 1, NULL, 0, 0) == 1);
+    } else { /* tls-unique: the first Finished, ours unless the session was resumed */
+        len = SSL_session_reused(ssl) ? SSL_get_peer_finished(ssl, b, sizeof(b))
+                                      : SSL_get_finished(ssl, b, sizeof(b));
+    }
+    CU_ASSERT_FATAL(len > 0 && len <= sizeof(b));
+    EVP_EncodeBlock((unsigned char *)out, b, (int)len);
+}
+
+/* Whether h's base64 body decodes to DER holding the len octets of needle. */
+static bool body_has(const http *h, const char *needle, size_t len)
+{
+    size_t n, i, k = 0;
+    char *b64 = eg_file_read(h->body_path, &n);
+    unsigned char *der = b64 ? malloc(n) : NULL;
+    int dlen;
+    bool found = false;
+
+    for (i = 0; der != NULL && i < n; i++) /* the lines joined */
+        if (b64[i] != '\r' && b64[i] != '\n')
+            b64[k++] = b64[i];
+    if (der != NULL && (dlen = EVP_DecodeBlock(der, (unsigned char *)b64, (int)k)) > 0)
+        found = memmem(der, (size_t)dlen, needle, len) != NULL;
+    free(der);
+    free(b64);
+    return found;
+}
+
+/* POSTs csr to linked/simpleenroll on ssl; the status, and the answer (head and body) in ans. */
+static int linked_enroll(SSL *ssl, const char *csr, char *ans, size_t cap)
+{
+    size_t got;
+    int status = tls_request(ssl, "POST", "linked/simpleenroll", csr, ans, cap);
+    const char *cl = strstr(ans, "Content-Length: ");
+    const char *body = strstr(ans, "\r\n\r\n");
+    size_t want = cl && body ? (size_t)(body + 4 - ans) + strtoul(cl + 16, NULL, 10) : 0;
+    int n;
+
+    /* the rest of the body, so that the next request on ssl reads its own answer */
+    for (got = strlen(ans); got < want && got + 1 < cap; got += (size_t)n) {
+        if ((n = SSL_read(ssl, ans + got, (int)(cap - 1 - got))) <= 0)
+            break;
+        ans[got + (size_t)n] = '\0';
+    }
+    return status;
+}
+
+/*
+ * require_channel_binding (RFC 7030 3.5): the CSR's challengePassword must be the base64 of the
+ * connection's tls-exporter (TLS 1.3, RFC 9266) or tls-unique (TLS 1.2, full and resumed
+ * handshakes); a CSR made for one connection is refused on another, and one without it too.
+ */
+static void test_channel_binding_links_the_request_to_tls(void)
+{
+    char cb[128], ans[16384], *csr, *other;
+    SSL_CTX *ctx = NULL, *ctx2 = NULL;
+    SSL *ssl, *ssl2;
+    http h;
+
+    /* TLS 1.3: the exporter; the same CSR on a second connection is someone else's */
+    CU_ASSERT_PTR_NOT_NULL_FATAL(ssl = tls_connect(&ctx, port));
+    client_binding(ssl, cb);
+    CU_ASSERT_FATAL((csr = linked_csr(cb)) != NULL);
+    CU_ASSERT_EQUAL(linked_enroll(ssl, csr, ans, sizeof(ans)), 200);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(ssl2 = tls_connect(&ctx2, port));
+    CU_ASSERT_EQUAL(linked_enroll(ssl2, csr, ans, sizeof(ans)), 403);
+    CU_ASSERT_PTR_NOT_NULL(strstr(ans, "not the base64 of this TLS connection's tls-exporter"));
+    free(csr);
+    CU_ASSERT_FATAL((other = linked_csr(NULL)) != NULL);
+    CU_ASSERT_EQUAL(linked_enroll(ssl2, other, ans, sizeof(ans)), 403);
+    CU_ASSERT_PTR_NOT_NULL(strstr(ans, "requires the CSR's challengePassword"));
+    free(other);
+    /* keep-alive: a second request on the first connection, with its binding, is served */
+    CU_ASSERT_FATAL((csr = linked_csr(cb)) != NULL);
+    CU_ASSERT_EQUAL(linked_enroll(ssl, csr, ans, sizeof(ans)), 200);
+    free(csr);
+    tls_close(ssl2, ctx2);
+    tls_close(ssl, ctx);
+
+    /* TLS 1.2: tls-unique, from a full handshake and from a resumed one */
+    tls_max = TLS1_2_VERSION;
+    CU_ASSERT_PTR_NOT_NULL_FATAL(ssl = tls_open(&ctx, port12, NULL, NULL, NULL, true));
+    client_binding(ssl, cb);
+    CU_ASSERT_FATAL((csr = linked_csr(cb)) != NULL);
+    CU_ASSERT_EQUAL(linked_enroll(ssl, csr, ans, sizeof(ans)), 200);
+    free(csr);
+    SSL_shutdown(ssl); /* else SSL_free takes the session for a bad one, not to be resumed */
+    tls_close(ssl, ctx);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(ticket_session);
+    ssl = tls_open(&ctx, port12, NULL, NULL, ticket_session, false);
+    tls_max = 0;
+    CU_ASSERT_PTR_NOT_NULL_FATAL(ssl);
+    CU_ASSERT_EQUAL(SSL_session_reused(ssl), 1);
+    client_binding(ssl, cb);
+    CU_ASSERT_FATAL((csr = linked_csr(cb)) != NULL);
+    CU_ASSERT_EQUAL(linked_enroll(ssl, csr, ans, sizeof(ans)), 200);
+    free(csr);
+    tls_close(ssl, ctx);
+    SSL_SESSION_free(ticket_session);
+    ticket_session = NULL;
+
+    /* /csrattrs asks for the challengePassword (its OID, 1.2.840.113549.1.9.7) */
+    CU_ASSERT_EQUAL(curl(&h, port, "linked/csrattrs", NULL), 200);
+    CU_ASSERT(body_has(&h, "\x06\x09\x2a\x86\x48\x86\xf7\x0d\x01\x09\x07", 11));
+    CU_ASSERT(eg_file_count(daemon_log, "dim=binding") >= 2);
 }
 
 /*
@@ -1947,12 +2130,15 @@ static CU_TestInfo tests[] = {
     {"curl: simpleenroll with Basic", test_curl_simpleenroll_with_basic},
     {"curl: simplereenroll over mTLS", test_curl_simplereenroll_over_mtls},
     {"Bouncy Castle EST client", test_bouncy_castle_client},
+    {"Bouncy Castle simpleEnrollPoP links the request to TLS 1.2", test_bouncy_castle_pop_linking},
     {"wire variants are accepted", test_wire_variants_are_accepted},
     {"wrong or missing password is 401", test_wrong_or_missing_password_is_401},
     {"client certificate of another profile is 403",
      test_client_certificate_of_another_profile_is_403},
     {"CSR with a bad signature is 400", test_csr_with_bad_signature_is_400},
     {"policy refusals are 403", test_policy_refusals_are_403},
+    {"channel binding links the request to its TLS connection",
+     test_channel_binding_links_the_request_to_tls},
     {"wire errors have their status", test_wire_errors_have_their_status},
     {"ambiguous framing is refused and closes the connection",
      test_ambiguous_framing_is_refused_and_closes},

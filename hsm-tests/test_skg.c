@@ -532,8 +532,7 @@ static void test_bouncy_castle_client(void)
     char server[64], key[PATH_MAX], crt[PATH_MAX];
     char *argv[] = {"java",
                     "-cp",
-                    "/usr/share/java/bcpkix.jar:/usr/share/java/bcprov.jar:"
-                    "/usr/share/java/bcutil.jar",
+                    EG_BC_CLASSPATH,
                     EG_SOURCE_DIR "/hsm-tests/java/EstClient.java",
                     "serverkeygen",
                     "--server",

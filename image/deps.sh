@@ -8,8 +8,10 @@ build="cmake gcc make pkg-config libssl-dev openssl libp11-kit-dev
        libcunit1-dev libsqlite3-dev libinih-dev libcivetweb-dev"
 tokens="softhsm2 p11-kit p11-kit-modules libnss3 libnss3-tools"
 # Real EST clients for the end-to-end tests: curl + openssl, and Bouncy
-# Castle's EST client run as a single-file Java program (needs a JDK).
-clients="curl openjdk-17-jdk-headless libbcpkix-java libbcprov-java libbcutil-java"
+# Castle's EST client run as a single-file Java program (needs a JDK), with
+# Bouncy Castle's TLS (libbctls-java) for its channel-binding enrollment.
+clients="curl openjdk-17-jdk-headless libbcpkix-java libbcprov-java libbcutil-java
+         libbctls-java"
 test="$build $tokens $clients clang-format"
 demo="$build $tokens curl"
 

@@ -376,6 +376,9 @@ static void enroll(est_ctx *c)
     er.auth = mode;
     er.csr = der;
     er.csr_len = der_len;
+    er.channel_binding_type = q->channel_binding_type;
+    er.channel_binding = q->channel_binding;
+    er.channel_binding_len = q->channel_binding_len;
     if (c->op == OP_SIMPLEREENROLL) {
         er.current_cert = q->client_certs[0];
         er.current_cert_len = q->client_cert_lens[0];

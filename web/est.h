@@ -38,6 +38,11 @@ typedef struct eg_http_req {
     size_t n_client_certs;
     const char *peer;   /* "192.0.2.7:51234" */
     const char *source; /* the address alone: "192.0.2.7", "2001:db8::7"; NULL if unknown */
+    /* The connection's channel binding (RFC 5929 "tls-unique", RFC 9266 "tls-exporter");
+       type NULL when it is not known. */
+    const char *channel_binding_type;
+    const uint8_t *channel_binding;
+    size_t channel_binding_len;
 } eg_http_req;
 
 #define EG_HTTP_MAX_HEADERS 4

@@ -354,6 +354,7 @@ static int serve(struct mg_connection *conn, eg_server *srv)
     uint8_t *ders[MAX_CHAIN] = {NULL}, *body = NULL;
     size_t lens[MAX_CHAIN], body_len = 0;
     char peer[80], source[SOURCE_LEN];
+    const eg_tls_binding *binding;
     const char *why;
     bool over = false;
     int status;
@@ -378,6 +379,11 @@ static int serve(struct mg_connection *conn, eg_server *srv)
     req.n_client_certs = client_chain(ri, ders, lens);
     req.client_certs = (const uint8_t *const *)ders;
     req.client_cert_lens = lens;
+    if ((binding = eg_tls_thread_binding(ri->remote_addr, (unsigned)ri->remote_port)) != NULL) {
+        req.channel_binding_type = binding->type;
+        req.channel_binding = binding->data;
+        req.channel_binding_len = binding->len;
+    }
     eg_est_handle(srv->est, &req, &resp);
     send_response(conn, &resp, atomic_load(&srv->draining));
     status = resp.status;
@@ -420,8 +426,9 @@ static int on_request(struct mg_connection *conn)
  * SSL_get_peer_certificate (it is a macro for SSL_get1_peer_certificate), so
  * that slot stays NULL and civetweb calls NULL after every TLS handshake
  * (upstream civetweb issue #1334). We find the table entry by its name
- * pointer and fill it; the SSL_free entry tells the entry's layout and proves
- * that civetweb's libssl is the very copy we link.
+ * pointer and fill it with eg_tls_handshake_done, which also notes the
+ * connection's channel binding; the SSL_free entry tells the entry's layout
+ * and proves that civetweb's libssl is the very copy we link.
  */
 typedef struct table_scan {
     uintptr_t *free_slot; /* the SSL_free entry's function slot */
@@ -488,9 +495,10 @@ static int civetweb_fix_openssl3(void)
         fprintf(stderr, "estgated: civetweb does not use the libssl.so.3 we link\n");
         return -1;
     }
-    if (t.peer_slot != NULL && *t.peer_slot == 0)
-        *t.peer_slot = (uintptr_t)SSL_get1_peer_certificate;
-    if (t.peer_slot == NULL || *t.peer_slot == 0) {
+    /* Ours in any case: it also notes each connection's channel binding (tls.h). */
+    if (t.peer_slot != NULL)
+        *t.peer_slot = (uintptr_t)eg_tls_handshake_done;
+    if (t.peer_slot == NULL) {
         fprintf(stderr, "estgated: civetweb has no SSL_get_peer_certificate\n");
         return -1;
     }

@@ -1,7 +1,10 @@
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include <openssl/core_names.h>
 #include <openssl/err.h>
@@ -34,6 +37,64 @@ STACK_OF(X509) * eg_tls_peer_intermediates(X509 *leaf)
 {
     pthread_once(&chain_once, chain_index);
     return chain_idx < 0 || leaf == NULL ? NULL : X509_get_ex_data(leaf, chain_idx);
+}
+
+/* What eg_tls_handshake_done noted on this worker thread. */
+typedef struct noted_binding {
+    bool set;
+    char addr[INET6_ADDRSTRLEN];
+    unsigned port;
+    eg_tls_binding b;
+} noted_binding;
+
+static _Thread_local noted_binding noted;
+
+static bool binding_of(const SSL *ssl, eg_tls_binding *b)
+{
+    static const char label[] = "EXPORTER-Channel-Binding";
+
+    if (SSL_version(ssl) == TLS1_3_VERSION) {
+        b->type = "tls-exporter";
+        b->len = 32;
+        /* SSL_export_keying_material takes a non-const SSL; it changes nothing. */
+        return SSL_export_keying_material((SSL *)ssl, b->data, b->len, label, sizeof(label) - 1,
+                                          NULL, 0, 0) == 1;
+    }
+    /* The first Finished on the wire: the client's in a full handshake, ours in a resumption.
+       Renegotiation is off (eg_tls_ctx_new), so it stays the connection's. */
+    b->type = "tls-unique";
+    b->len = SSL_session_reused(ssl) ? SSL_get_finished(ssl, b->data, sizeof(b->data))
+                                     : SSL_get_peer_finished(ssl, b->data, sizeof(b->data));
+    return b->len > 0 && b->len <= sizeof(b->data);
+}
+
+X509 *eg_tls_handshake_done(const SSL *ssl)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    int fd = SSL_get_fd(ssl);
+
+    noted.set = false;
+    if (fd >= 0 && getpeername(fd, (struct sockaddr *)&ss, &sl) == 0 && binding_of(ssl, &noted.b)) {
+        const void *a = NULL;
+
+        if (ss.ss_family == AF_INET) {
+            a = &((struct sockaddr_in *)&ss)->sin_addr;
+            noted.port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+        } else if (ss.ss_family == AF_INET6) {
+            a = &((struct sockaddr_in6 *)&ss)->sin6_addr;
+            noted.port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+        }
+        noted.set = a != NULL && inet_ntop(ss.ss_family, a, noted.addr, sizeof(noted.addr));
+    }
+    return SSL_get1_peer_certificate(ssl);
+}
+
+const eg_tls_binding *eg_tls_thread_binding(const char *addr, unsigned port)
+{
+    if (!noted.set || addr == NULL || port != noted.port || strcmp(addr, noted.addr) != 0)
+        return NULL;
+    return &noted.b;
 }
 
 /*

@@ -9,6 +9,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <time.h>
 
 #include <openssl/ssl.h>
@@ -55,6 +56,31 @@ SSL_CTX *eg_tls_ctx_new(const eg_config *cfg, EVP_PKEY *key, bool allow_tls12,
  * an earlier successor. Connections already open keep what they have.
  */
 void eg_tls_ctx_switch(SSL_CTX *base, SSL_CTX *next);
+
+/*
+ * A connection's channel binding: RFC 5929 tls-unique on TLS 1.2 (the first Finished message of
+ * the handshake), RFC 9266 tls-exporter on TLS 1.3 (32 octets exported with the label
+ * "EXPORTER-Channel-Binding" and no context).
+ */
+typedef struct eg_tls_binding {
+    const char *type; /* "tls-unique" or "tls-exporter" */
+    uint8_t data[64];
+    size_t len;
+} eg_tls_binding;
+
+/*
+ * Takes the place of SSL_get_peer_certificate in civetweb, which calls it in the worker thread
+ * right after each server handshake, and that thread then serves the connection's every request
+ * until it closes. Notes the connection's peer address and channel binding for the thread and
+ * returns SSL_get1_peer_certificate(ssl).
+ */
+X509 *eg_tls_handshake_done(const SSL *ssl);
+/*
+ * The channel binding noted on this thread, if it was noted for the connection from addr
+ * ("192.0.2.7", as civetweb gives it) and port; else NULL. Both are compared, so a thread never
+ * hands out the binding of a connection it served before.
+ */
+const eg_tls_binding *eg_tls_thread_binding(const char *addr, unsigned port);
 
 /* The intermediates the client sent with leaf at the handshake (borrowed; NULL if none). */
 STACK_OF(X509) * eg_tls_peer_intermediates(X509 *leaf);

@@ -228,6 +228,7 @@ static void test_full_file_loads_every_field(void)
              "max_days = 90\n"
              "allow_rekey = off\n"
              "require_attrs = challengePassword, serialNumber\n"
+             "require_channel_binding = yes\n"
              "[profile iot]\n"
              "ca_key = pkcs11:id=%%01%%02\n"
              "ca_chain = ca.pem\n"
@@ -311,8 +312,10 @@ static void test_full_file_loads_every_field(void)
     CU_ASSERT_EQUAL_FATAL(p->nrequired_attrs, 2);
     CU_ASSERT(p->required_attrs[0] == NID_pkcs9_challengePassword &&
               p->required_attrs[1] == NID_serialNumber);
+    CU_ASSERT_TRUE(p->require_channel_binding);
 
     iot = eg_config_profile(cfg, "iot");
+    CU_ASSERT_FALSE(iot->require_channel_binding);
     CU_ASSERT_PTR_EQUAL(iot, &cfg->profiles[1]);
     CU_ASSERT_STRING_EQUAL(iot->label, "iot");
     CU_ASSERT_STRING_EQUAL(iot->ca_key_uri, "pkcs11:id=%01%02");
@@ -741,15 +744,15 @@ static void test_errors_print_format(void)
     CU_ASSERT_PTR_NOT_NULL_FATAL(fp);
     eg_config_errors_print(&errs, "etc/estgated.ini", fp);
     fclose(fp);
-    CU_ASSERT_STRING_EQUAL(out,
-                           "etc/estgated.ini:4: [server] max_body: '12x' is not a size; use bytes "
-                           "or a k/M suffix, 1k to 16M\n"
-                           "etc/estgated.ini:13: [profile default] colour: unknown key; [profile "
-                           "default] takes ca_key, ca_chain, auth, realm, user, client_ca, "
-                           "key_types, eku, san, require_san, subject_attrs, subject_template, "
-                           "max_days, allow_rekey, require_attrs, serverkeygen, "
-                           "serverkeygen_key_types, serverkeygen_recipients, serverkeygen_csr_key, "
-                           "serverkeygen_kek, serverkeygen_rsa\n");
+    CU_ASSERT_STRING_EQUAL(
+        out, "etc/estgated.ini:4: [server] max_body: '12x' is not a size; use bytes "
+             "or a k/M suffix, 1k to 16M\n"
+             "etc/estgated.ini:13: [profile default] colour: unknown key; [profile "
+             "default] takes ca_key, ca_chain, auth, realm, user, client_ca, "
+             "key_types, eku, san, require_san, subject_attrs, subject_template, "
+             "max_days, allow_rekey, require_attrs, require_channel_binding, serverkeygen, "
+             "serverkeygen_key_types, serverkeygen_recipients, serverkeygen_csr_key, "
+             "serverkeygen_kek, serverkeygen_rsa\n");
     free(out);
 }
 

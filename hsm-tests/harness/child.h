@@ -15,6 +15,12 @@ typedef struct eg_child_result {
     char err[16384];
 } eg_child_result;
 
+/* The class path of hsm-tests/java/EstClient.java: Debian's Bouncy Castle jars (EST client,
+   provider, utilities, and its TLS for channel bindings). */
+#define EG_BC_CLASSPATH                                                                            \
+    "/usr/share/java/bcpkix.jar:/usr/share/java/bcprov.jar:/usr/share/java/bcutil.jar:"            \
+    "/usr/share/java/bctls.jar"
+
 /* A built program: $EG_BUILD_DIR/rel (ctest sets EG_BUILD_DIR), into buf (PATH_MAX). */
 const char *eg_child_built(const char *rel, char *buf);
 /* The first of names found on PATH, into buf (PATH_MAX); NULL if none. */

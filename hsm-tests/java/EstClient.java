@@ -3,14 +3,17 @@
  * (Debian's libbcpkix-java) driving a running estgated. Run as a single-file
  * program, no build step:
  *
- *   java -cp /usr/share/java/bcpkix.jar:/usr/share/java/bcprov.jar:/usr/share/java/bcutil.jar \
+ *   CP=/usr/share/java/bcpkix.jar:/usr/share/java/bcprov.jar:/usr/share/java/bcutil.jar
+ *   java -cp $CP:/usr/share/java/bctls.jar \
  *       hsm-tests/java/EstClient.java COMMAND --server localhost:PORT [--label L] --trust CA.pem ...
  *
  * Commands:
  *   cacerts  --out FILE                      the CA certificates, PEM
  *   csrattrs                                 prints the attribute OIDs, or "none"
- *   enroll   --user U --pass-file F --cn CN [--dns NAME] --key-out K --cert-out C
- *            (a new P-256 key, simpleenroll with HTTP Basic)
+ *   enroll   --user U --pass-file F --cn CN [--dns NAME] --key-out K --cert-out C [--pop]
+ *            (a new P-256 key, simpleenroll with HTTP Basic; --pop: simpleEnrollPoP, the
+ *            TLS channel binding in the CSR's challengePassword, over Bouncy Castle's own
+ *            TLS (BCJSSE, Debian's libbctls-java, on the class path))
  *   reenroll --key K --cert C --cert-out C2 [--rekey --key-out K2]
  *            (simplereenroll authenticated by the client certificate C)
  *   serverkeygen --user U --pass-file F --cn CN [--dns NAME] [--key-type ec|rsa]
@@ -25,6 +28,7 @@ import java.io.FileInputStream;
 import java.io.FileReader;
 import java.io.FileWriter;
 import java.math.BigInteger;
+import java.net.Socket;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Paths;
@@ -67,13 +71,17 @@ import org.bouncycastle.crypto.util.PrivateKeyFactory;
 import org.bouncycastle.crypto.util.PublicKeyFactory;
 import org.bouncycastle.est.CACertsResponse;
 import org.bouncycastle.est.CSRRequestResponse;
+import org.bouncycastle.est.ESTAuth;
 import org.bouncycastle.est.ESTException;
 import org.bouncycastle.est.ESTService;
 import org.bouncycastle.est.EnrollmentResponse;
+import org.bouncycastle.est.jcajce.ChannelBindingProvider;
 import org.bouncycastle.est.jcajce.JcaJceUtils;
 import org.bouncycastle.est.jcajce.JsseDefaultHostnameAuthorizer;
 import org.bouncycastle.est.jcajce.JsseESTServiceBuilder;
 import org.bouncycastle.jce.provider.BouncyCastleProvider;
+import org.bouncycastle.jsse.BCSSLSocket;
+import org.bouncycastle.jsse.provider.BouncyCastleJsseProvider;
 import org.bouncycastle.openssl.PEMKeyPair;
 import org.bouncycastle.openssl.PEMParser;
 import org.bouncycastle.openssl.jcajce.JcaPEMKeyConverter;
@@ -94,8 +102,8 @@ public final class EstClient {
             String a = args[i];
             if (!a.startsWith("--"))
                 throw new IllegalArgumentException("unexpected argument " + a);
-            if (a.equals("--rekey")) {
-                opts.put("rekey", "yes");
+            if (a.equals("--rekey") || a.equals("--pop")) {
+                opts.put(a.substring(2), "yes");
             } else if (i + 1 < args.length) {
                 opts.put(a.substring(2), args[++i]);
             } else {
@@ -128,9 +136,29 @@ public final class EstClient {
         b.withTimeout(20000);
         if (kmf != null)
             b.withKeyManagers(kmf.getKeyManagers());
+        if (opts.containsKey("pop")) {
+            b.withProvider(new BouncyCastleJsseProvider());
+            b.withChannelBindingProvider(new Binding());
+        }
         if (opts.containsKey("label"))
             b.withLabel(opts.get("label"));
         return b.build();
+    }
+
+    /*
+     * What simpleEnrollPoP puts in the challengePassword: the channel binding it asks for,
+     * "tls-unique", from BCJSSE's connection. That is TLS 1.2's; for TLS 1.3 (RFC 9266's
+     * "tls-exporter") BCJSSE 1.72 throws "Export of key material only available from
+     * notifyHandshakeComplete()" once the handshake is over.
+     */
+    private static final class Binding implements ChannelBindingProvider {
+        public boolean canAccessChannelBinding(Socket s) {
+            return s instanceof BCSSLSocket;
+        }
+
+        public byte[] getChannelBinding(Socket s, String type) {
+            return ((BCSSLSocket) s).getConnection().getChannelBinding(type);
+        }
     }
 
     private static KeyPair newKey() throws Exception {
@@ -214,8 +242,21 @@ public final class EstClient {
          */
         String basic = java.util.Base64.getEncoder().encodeToString(
                 (need("user") + ":" + pass).getBytes(StandardCharsets.UTF_8));
-        EnrollmentResponse r = service(null).simpleEnroll(false, req,
-                b -> b.setHeader("Authorization", "Basic " + basic));
+        ESTAuth auth = b -> b.setHeader("Authorization", "Basic " + basic);
+        EnrollmentResponse r;
+        if (opts.containsKey("pop")) {
+            PKCS10CertificationRequestBuilder rb = new JcaPKCS10CertificationRequestBuilder(
+                    new X500Principal("CN=" + need("cn")), kp.getPublic());
+            if (sans != null) {
+                ExtensionsGenerator eg = new ExtensionsGenerator();
+                eg.addExtension(Extension.subjectAlternativeName, false, sans);
+                rb.addAttribute(PKCSObjectIdentifiers.pkcs_9_at_extensionRequest, eg.generate());
+            }
+            r = service(null).simpleEnrollPoP(false, rb,
+                    new JcaContentSignerBuilder("SHA256withECDSA").build(kp.getPrivate()), auth);
+        } else {
+            r = service(null).simpleEnroll(false, req, auth);
+        }
         X509CertificateHolder cert = issued(r);
         writePem(need("key-out"), new JcaPKCS8Generator(kp.getPrivate(), null));
         writePem(need("cert-out"), cert);
