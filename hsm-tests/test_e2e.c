@@ -1845,21 +1845,22 @@ static void test_wrong_passwords_from_one_address_get_429(void)
 {
     size_t inilen;
     char *text = eg_file_read(ini, &inilen), data[PATH_MAX + 1], *body;
-    int throttled = log_count("event=auth.throttled");
+    int throttled = log_count("event=auth.throttled"), status = 0;
     http h;
 
     CU_ASSERT_PTR_NOT_NULL_FATAL(text);
     CU_ASSERT_EQUAL_FATAL(
         ini_with_line(ini, text, inilen, "\n[token]\n", true, "\nauth_failures_per_minute = 1"), 0);
     CU_ASSERT_EQUAL(sighup_and_wait("estgated: reloaded "), 0);
-    CU_ASSERT_EQUAL(curl(&h, port, "simpleenroll", "-u", "alice:wrong", "-H",
-                         "Content-Type: application/pkcs10", "--data-binary", at(data, "dev1.b64"),
-                         NULL),
-                    401);
-    CU_ASSERT_EQUAL(curl(&h, port, "simpleenroll", "-u", "alice:wrong", "-H",
-                         "Content-Type: application/pkcs10", "--data-binary", at(data, "dev1.b64"),
-                         NULL),
-                    429);
+    /* The wrong passwords of earlier tests may still count (a reload keeps the counts): the
+       first try is 401 or already 429, the second 429. */
+    for (int i = 0; i < 2 && status != 429; i++) {
+        status =
+            curl(&h, port, "simpleenroll", "-u", "alice:wrong", "-H",
+                 "Content-Type: application/pkcs10", "--data-binary", at(data, "dev1.b64"), NULL);
+        CU_ASSERT(status == 401 || status == 429);
+    }
+    CU_ASSERT_EQUAL(status, 429);
     CU_ASSERT_PTR_NOT_NULL(strcasestr(h.headers, "\r\nRetry-After: "));
     body = eg_file_read(h.body_path, NULL);
     CU_ASSERT(body != NULL && strstr(body, "too many wrong passwords from this address") != NULL);

@@ -162,6 +162,8 @@ void eg_auth_adopt_cache(eg_auth *to, eg_auth *from)
     pthread_mutex_lock(&to->lock);
     memcpy(to->key, from->key, sizeof(to->key));
     memcpy(to->cache, from->cache, sizeof(to->cache));
+    /* keyed by the same MAC key: a guesser's count goes on across an operator's reloads */
+    memcpy(to->sources, from->sources, sizeof(to->sources));
     pthread_mutex_unlock(&to->lock);
     pthread_mutex_unlock(&from->lock);
 }

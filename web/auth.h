@@ -50,7 +50,8 @@ int eg_auth_cert(eg_auth *a, const eg_profile_cfg *p, const uint8_t *const *cert
  * At a reload: the verified credentials of the running handle (and the key they are kept
  * under) go on in the new one, so devices are not all checked again at once. Safe however the
  * users changed: an entry covers (profile, user, password, stored hash), so a changed or
- * removed user's entries never match again. Call before `to` serves requests.
+ * removed user's entries never match again. The wrong passwords counted per address go on
+ * too, so a reload does not give a guesser a new minute. Call before `to` serves requests.
  */
 void eg_auth_adopt_cache(eg_auth *to, eg_auth *from);
 

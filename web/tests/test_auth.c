@@ -428,6 +428,28 @@ static void test_wrong_passwords_are_limited_per_address(void)
         CU_ASSERT_EQUAL(wrong_from("198.51.100.1", &res), EG_AUDIT_AUTH_BAD_PASSWORD);
 }
 
+/* A reload does not give a guesser a new minute: the next handle takes the counts over. */
+static void test_reload_keeps_the_counts(void)
+{
+    eg_auth *before = NULL, *after = NULL;
+    eg_auth_result res;
+
+    CU_ASSERT_EQUAL_FATAL(eg_auth_new(&cfg, &before), 0);
+    CU_ASSERT_EQUAL_FATAL(eg_auth_new(&cfg, &after), 0);
+    eg_auth_set_source_limit(before, 1, 600);
+    eg_auth_set_source_limit(after, 1, 600);
+    CU_ASSERT_EQUAL(
+        eg_auth_basic(before, &cfg.profiles[0], "198.51.100.9", basic("alice:guess"), &res), -1);
+    CU_ASSERT_EQUAL(res.fail, EG_AUDIT_AUTH_BAD_PASSWORD);
+    eg_auth_adopt_cache(after, before);
+    CU_ASSERT_EQUAL(
+        eg_auth_basic(after, &cfg.profiles[0], "198.51.100.9", basic("alice:guess"), &res), -1);
+    CU_ASSERT_EQUAL(res.fail, EG_AUDIT_AUTH_THROTTLED);
+    CU_ASSERT_EQUAL(eg_auth_kdf_runs(after), 0);
+    eg_auth_free(after);
+    eg_auth_free(before);
+}
+
 static int check_cert(const eg_profile_cfg *p, X509 *leaf, X509 *inter, eg_auth_result *res)
 {
     unsigned char *der[2] = {NULL, NULL};
@@ -485,6 +507,7 @@ int main(void)
         {"unknown users and missing credentials", test_unknown_and_missing},
         {"password checks are rationed", test_password_checks_are_rationed},
         {"wrong passwords are limited per address", test_wrong_passwords_are_limited_per_address},
+        {"a reload keeps the per-address counts", test_reload_keeps_the_counts},
         {"one check serves the same credential", test_one_check_serves_the_same_credential},
         {"a certificate is trusted per profile", test_cert_per_profile},
         {"client intermediates and the sslclient purpose", test_cert_chain_and_purpose},
