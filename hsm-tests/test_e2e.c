@@ -726,8 +726,9 @@ static int keep_ticket(SSL *ssl, SSL_SESSION *sess)
     return 1; /* the reference is ours */
 }
 
-/* The highest TLS version tls_open offers; 0: the library's. */
+/* The highest TLS version tls_open offers; 0: the library's. tls_ipv6: connect to [::1]. */
 static int tls_max;
+static bool tls_ipv6;
 
 /*
  * A TLS connection to the daemon that stays open between requests, showing the client
@@ -738,6 +739,9 @@ static SSL *tls_open(SSL_CTX **ctxp, unsigned p, const char *cert, const char *k
                      SSL_SESSION *offer, bool tickets)
 {
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)p)};
+    struct sockaddr_in6 sa6 = {.sin6_family = AF_INET6,
+                               .sin6_port = htons((uint16_t)p),
+                               .sin6_addr = IN6ADDR_LOOPBACK_INIT};
     SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
     SSL *ssl = NULL;
     int fd = -1;
@@ -755,10 +759,11 @@ static SSL *tls_open(SSL_CTX **ctxp, unsigned p, const char *cert, const char *k
                                        SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
         SSL_CTX_sess_set_new_cb(ctx, keep_ticket);
     }
-    if ((fd = socket(AF_INET, SOCK_STREAM, 0)) < 0 ||
-        connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 || (ssl = SSL_new(ctx)) == NULL ||
-        SSL_set_fd(ssl, fd) != 1 || SSL_set1_host(ssl, "localhost") != 1 ||
-        SSL_set_tlsext_host_name(ssl, "localhost") != 1 ||
+    if ((fd = socket(tls_ipv6 ? AF_INET6 : AF_INET, SOCK_STREAM, 0)) < 0 ||
+        (tls_ipv6 ? connect(fd, (struct sockaddr *)&sa6, sizeof(sa6))
+                  : connect(fd, (struct sockaddr *)&sa, sizeof(sa))) != 0 ||
+        (ssl = SSL_new(ctx)) == NULL || SSL_set_fd(ssl, fd) != 1 ||
+        SSL_set1_host(ssl, "localhost") != 1 || SSL_set_tlsext_host_name(ssl, "localhost") != 1 ||
         (offer != NULL && SSL_set_session(ssl, offer) != 1) || SSL_connect(ssl) != 1)
         goto fail;
     *ctxp = ctx;
@@ -1389,6 +1394,21 @@ static void test_ipv6_listener_serves_devices(void)
                     401);
     CU_ASSERT(eg_file_count(log6, "event=auth.bad_password profile=default principal=basic:alice "
                                   "peer=[::1]:") == 1);
+    { /* the channel binding reaches a relayed request: it is the TLS connection's, not the leg's */
+        char cb[128], ans[16384], *csr;
+        SSL_CTX *ctx = NULL;
+        SSL *ssl;
+
+        tls_ipv6 = true;
+        ssl = tls_connect(&ctx, p6[1]);
+        tls_ipv6 = false;
+        CU_ASSERT_PTR_NOT_NULL_FATAL(ssl);
+        client_binding(ssl, cb);
+        CU_ASSERT_FATAL((csr = linked_csr(cb)) != NULL);
+        CU_ASSERT_EQUAL(linked_enroll(ssl, csr, ans, sizeof(ans)), 200);
+        free(csr);
+        tls_close(ssl, ctx);
+    }
     CU_ASSERT_EQUAL(eg_fx_daemon_stop(&pid6, SIGTERM), 0);
     CU_ASSERT(eg_file_count(log6, "every request in flight answered") == 1);
 }
