@@ -23,6 +23,7 @@ static const char *const kind_names[] = {
     [EG_AUDIT_AUTH_UNKNOWN_USER] = "auth.unknown_user",
     [EG_AUDIT_AUTH_CERT_UNTRUSTED] = "auth.cert_untrusted",
     [EG_AUDIT_AUTH_CERT_MISMATCH] = "auth.cert_mismatch",
+    [EG_AUDIT_AUTH_CERT_BLOCKED] = "auth.cert_blocked",
     [EG_AUDIT_AUTH_THROTTLED] = "auth.throttled",
     [EG_AUDIT_POLICY] = "policy",
     [EG_AUDIT_MALFORMED] = "malformed",

@@ -8,6 +8,7 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +25,7 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include "blocklist.h"
 #include "config.h"
 #include "expiry.h"
 #include "p11.h"
@@ -367,6 +369,25 @@ static int parse_size(loader *ld, void *base, const char *key, const char *value
     }
     err_here(ld, key, "'%.*s' is not a size; use bytes or a k/M suffix, 1k to 16M", SHOWN, value);
     return -1;
+}
+
+/* Read here so that --check-config and a reload name a bad line before anything changes. */
+static int parse_blocked_certs(loader *ld, void *base, const char *key, const char *value)
+{
+    char *path = join_path(ld, value), why[PATH_MAX + 128];
+    eg_blocklist *b = NULL;
+
+    if (path == NULL)
+        return -1;
+    if (eg_blocklist_load(path, &b, why, sizeof(why)) != 0) {
+        err_here(ld, key, "%s", why);
+        free(path);
+        return -1;
+    }
+    eg_blocklist_free(b);
+    free(((eg_config *)base)->blocked_certs_file);
+    ((eg_config *)base)->blocked_certs_file = path;
+    return 0;
 }
 
 static int parse_log_level(loader *ld, void *base, const char *key, const char *value)
@@ -1012,6 +1033,7 @@ static const key_spec server_keys[] = {
      .min = 1000,
      .max = 600000},
     {.name = "ledger", .kind = V_PATH, .off = CFG(ledger_path)},
+    {.name = "blocked_certs", .kind = V_FN, .parse = parse_blocked_certs},
     {.name = "auth_failures_per_minute",
      .kind = V_UINT,
      .off = CFG(auth_failures_per_minute),
@@ -1508,6 +1530,7 @@ void eg_config_free(eg_config *cfg)
     free(cfg->tls_key_uri);
     free(cfg->tls_chain_file);
     free(cfg->ledger_path);
+    free(cfg->blocked_certs_file);
     free(cfg->log_level);
     free(cfg->module_path);
     free(cfg->init_args);

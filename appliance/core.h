@@ -42,6 +42,7 @@ typedef enum eg_audit_kind {
     EG_AUDIT_AUTH_UNKNOWN_USER,
     EG_AUDIT_AUTH_CERT_UNTRUSTED, /* client certificate does not chain to this profile */
     EG_AUDIT_AUTH_CERT_MISMATCH,  /* reenroll: subject/SAN differ from the certificate */
+    EG_AUDIT_AUTH_CERT_BLOCKED,   /* client certificate listed in [server] blocked_certs */
     EG_AUDIT_AUTH_THROTTLED,      /* too many wrong passwords from this source: not checked */
     EG_AUDIT_POLICY,              /* refused by policy; dimension says which */
     EG_AUDIT_MALFORMED,           /* unparsable request or CSR */

@@ -1861,6 +1861,71 @@ static void test_log_level(void)
  * [server] auth_failures_per_minute, set by a reload: past the limit, a wrong password from the
  * same address is 429 with Retry-After, audited as auth.throttled, without a password check.
  */
+/* name.pem, from a Basic enrollment on the default profile of a new key and CSR for cn. */
+static int enrolled_cert(const char *name, const char *cn)
+{
+    char ext[160], file[64], pem[PATH_MAX];
+    http h;
+
+    snprintf(ext, sizeof(ext), "subjectAltName=DNS:%s", cn);
+    if (make_csr(name, "ec", cn, ext) != 0 || csr_b64(name) != 0 ||
+        enroll(&h, "simpleenroll", name, NULL, NULL, NULL, NULL, NULL) != 200)
+        return -1;
+    snprintf(file, sizeof(file), "%s.pem", name);
+    return body_to_pem(&h, tpath(pem, file));
+}
+
+/* simplereenroll over mTLS on iot with name.pem and name.key; the status. */
+static int renew_as(const char *name)
+{
+    char cert[PATH_MAX], key[PATH_MAX], file[64];
+    http h;
+
+    snprintf(file, sizeof(file), "%s.pem", name);
+    tpath(cert, file);
+    snprintf(file, sizeof(file), "%s.key", name);
+    return enroll(&h, "iot/simplereenroll", name, NULL, "--cert", cert, "--key", tpath(key, file));
+}
+
+/*
+ * [server] blocked_certs: a stolen device's certificate, listed by the principal the audit trail
+ * shows for it and put in force by a reload, can no longer renew; another device still can.
+ */
+static void test_blocked_certificate_cannot_renew(void)
+{
+    char path[PATH_MAX], line[128];
+    unsigned char md[32];
+    unsigned int mdlen;
+    size_t inilen, n;
+    char *text = eg_file_read(ini, &inilen);
+    int blocked = log_count("event=auth.cert_blocked");
+    X509 *x;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(text);
+    CU_ASSERT_EQUAL_FATAL(enrolled_cert("stolen", "stolen.example.com"), 0);
+    CU_ASSERT_EQUAL_FATAL(enrolled_cert("kept", "kept.example.com"), 0);
+    CU_ASSERT_EQUAL(renew_as("stolen"), 200);
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(x = read_cert(tpath(path, "stolen.pem")));
+    X509_digest(x, EVP_sha256(), md, &mdlen);
+    X509_free(x);
+    n = (size_t)snprintf(line, sizeof(line), "# stolen 2026-11-24\ncert:");
+    for (unsigned int i = 0; i < mdlen; i++)
+        n += (size_t)snprintf(line + n, sizeof(line) - n, "%02x", md[i]);
+    CU_ASSERT_EQUAL_FATAL(eg_file_write(tpath(path, "blocked.txt"), line, n, 0644), 0);
+    CU_ASSERT_EQUAL_FATAL(
+        ini_with_line(ini, text, inilen, "\n[token]\n", true, "\nblocked_certs = blocked.txt"), 0);
+    CU_ASSERT_EQUAL(sighup_and_wait("estgated: reloaded "), 0);
+    CU_ASSERT_EQUAL(renew_as("stolen"), 403);
+    CU_ASSERT_EQUAL(log_count("event=auth.cert_blocked"), blocked + 1);
+    CU_ASSERT_EQUAL(renew_as("kept"), 200);
+
+    CU_ASSERT_EQUAL(eg_file_write(ini, text, inilen, 0600), 0);
+    CU_ASSERT_EQUAL(sighup_and_wait("estgated: reloaded "), 0);
+    CU_ASSERT_EQUAL(renew_as("stolen"), 200);
+    free(text);
+}
+
 static void test_wrong_passwords_from_one_address_get_429(void)
 {
     size_t inilen;
@@ -2183,6 +2248,7 @@ static CU_TestInfo tests[] = {
     {"reload trims the refusals' audit rows", test_reload_trims_refusals_audit_rows},
     {"refused disk writes are 503, then recover", test_refused_disk_writes_are_503_then_recover},
     {"wrong passwords from one address get 429", test_wrong_passwords_from_one_address_get_429},
+    {"a blocked certificate cannot renew", test_blocked_certificate_cannot_renew},
     {"refusal lines are rationed", test_refusal_lines_are_rationed},
     {"log_level: quiet handshakes, and warning by a reload", test_log_level},
     {"a wrong token label names the tokens the module shows",

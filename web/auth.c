@@ -1,4 +1,5 @@
 #include <arpa/inet.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -18,6 +19,7 @@
 #include <openssl/x509v3.h>
 
 #include "auth.h"
+#include "blocklist.h"
 #include "clock.h"
 
 #define MAC_LEN      32
@@ -84,6 +86,7 @@ struct eg_auth {
     /* Wrong passwords per source, under lock; set-associative like the cache. */
     source_entry sources[EG_AUTH_SOURCES];
     unsigned src_limit, src_window_s;
+    eg_blocklist *blocked; /* [server] blocked_certs; NULL when not set */
 };
 
 static uint64_t now_seconds(void)
@@ -118,6 +121,14 @@ int eg_auth_new(const eg_config *cfg, eg_auth **out)
     if ((a->hmac = EVP_MAC_fetch(NULL, "HMAC", NULL)) == NULL ||
         RAND_bytes(a->key, sizeof(a->key)) != 1)
         goto out;
+    if (cfg->blocked_certs_file != NULL) {
+        char why[PATH_MAX + 128];
+
+        if (eg_blocklist_load(cfg->blocked_certs_file, &a->blocked, why, sizeof(why)) != 0) {
+            fprintf(stderr, "estgated: blocked_certs: %s\n", why);
+            goto out;
+        }
+    }
     for (size_t i = 0; i < cfg->nprofiles; i++) {
         const char *file = cfg->profiles[i].client_ca_file;
 
@@ -145,6 +156,7 @@ void eg_auth_free(eg_auth *a)
     for (size_t i = 0; i < EG_MAX_PROFILES; i++)
         X509_STORE_free(a->stores[i]);
     EVP_MAC_free(a->hmac);
+    eg_blocklist_free(a->blocked);
     OPENSSL_cleanse(a->key, sizeof(a->key));
     OPENSSL_cleanse(a->cache, sizeof(a->cache));
     pthread_mutex_destroy(&a->lock);
@@ -625,15 +637,17 @@ out:
     return rc;
 }
 
-static void sha256_hex(const uint8_t *der, size_t len, char *out, size_t outlen)
+/* The certificate's principal, "cert:<SHA-256 hex>", into out; the digest in md. */
+static void sha256_hex(const uint8_t *der, size_t len, uint8_t md[32], char *out, size_t outlen)
 {
-    uint8_t md[32];
     unsigned int n = 0;
     size_t o;
 
     o = (size_t)snprintf(out, outlen, "cert:");
-    if (EVP_Digest(der, len, md, &n, EVP_sha256(), NULL) != 1)
+    if (EVP_Digest(der, len, md, &n, EVP_sha256(), NULL) != 1) {
+        memset(md, 0, 32);
         n = 0;
+    }
     for (unsigned int i = 0; i < n && o + 2 < outlen; i++, o += 2)
         snprintf(out + o, outlen - o, "%02x", md[i]);
 }
@@ -701,6 +715,7 @@ int eg_auth_cert(eg_auth *a, const eg_profile_cfg *p, const uint8_t *const *cert
                  const size_t *lens, size_t n, eg_auth_result *res)
 {
     X509_STORE *store = profile_store(a, p);
+    uint8_t md[32];
     char why[120];
     int rc = -1;
 
@@ -710,7 +725,13 @@ int eg_auth_cert(eg_auth *a, const eg_profile_cfg *p, const uint8_t *const *cert
         snprintf(res->reason, sizeof(res->reason), "a client certificate is required");
         goto out;
     }
-    sha256_hex(certs[0], lens[0], res->principal, sizeof(res->principal));
+    sha256_hex(certs[0], lens[0], md, res->principal, sizeof(res->principal));
+    if (eg_blocklist_has(a->blocked, md)) {
+        res->fail = EG_AUDIT_AUTH_CERT_BLOCKED;
+        snprintf(res->reason, sizeof(res->reason),
+                 "this client certificate is blocked (blocked_certs)");
+        goto out;
+    }
     res->fail = EG_AUDIT_AUTH_CERT_UNTRUSTED;
     if (store == NULL) {
         snprintf(res->reason, sizeof(res->reason), "profile %s has no client CA bundle", p->name);

@@ -298,6 +298,11 @@ static unsigned authenticate(est_ctx *c, char *principal, size_t plen)
             snprintf(principal, plen, "%s", cert.principal);
             return EG_AUTH_MTLS;
         }
+        /* A blocked device is refused, whatever else it could show (its Basic password). */
+        if (cert.fail == EG_AUDIT_AUTH_CERT_BLOCKED) {
+            refuse(c, 403, cert.fail, cert.principal, cert.reason);
+            return 0;
+        }
     }
     if ((modes & EG_AUTH_BASIC) && q->authorization != NULL) {
         basic_tried = true;

@@ -407,6 +407,26 @@ static void test_bad_bool(void)
                   "'maybe' is not a boolean; use true/false, yes/no, on/off or 1/0");
 }
 
+/* blocked_certs is read at load: a missing file or a bad line is named before anything runs. */
+static void test_blocked_certs_file(void)
+{
+    eg_config *cfg;
+
+    write_file("blocked.txt",
+               "# stolen\ncert:" /* 64 hex digits */
+               "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n",
+               0644);
+    CU_ASSERT_EQUAL_FATAL(load(SERVER "blocked_certs = blocked.txt\n" TOKEN PROFILE_NONE, &cfg), 0);
+    CU_ASSERT_PTR_NOT_NULL(cfg->blocked_certs_file);
+    CU_ASSERT_PTR_NOT_NULL(strstr(cfg->blocked_certs_file, "/blocked.txt"));
+    eg_config_free(cfg);
+    expect_errors(SERVER "blocked_certs = nowhere.txt\n" TOKEN PROFILE_NONE, 1, 4, "blocked_certs",
+                  "No such file or directory");
+    write_file("blocked-bad.txt", "cert:0011\n", 0644);
+    expect_errors(SERVER "blocked_certs = blocked-bad.txt\n" TOKEN PROFILE_NONE, 1, 4,
+                  "blocked_certs", "line 1 is not a SHA-256 fingerprint");
+}
+
 static void test_bad_size_and_numbers(void)
 {
     expect_errors(SERVER "max_body = 12x\n" TOKEN PROFILE_NONE, 1, 4, "max_body",
@@ -1108,6 +1128,7 @@ static CU_TestInfo tests[] = {
     {"unknown sections and keys", test_unknown_section_and_key},
     {"a bad boolean", test_bad_bool},
     {"bad sizes and numbers", test_bad_size_and_numbers},
+    {"blocked_certs is read at load", test_blocked_certs_file},
     {"calls mode", test_calls_mode},
     {"bad CIDRs", test_bad_cidr},
     {"missing required keys and sections", test_missing_required_keys},
