@@ -3,7 +3,8 @@
  * civetweb would, clients connect over [::1]. Bytes arrive whole both ways
  * (a megabyte each, so that both buffers fill), a half-close still gets its
  * answer, the relay names each connection's device, waits for room past its
- * limit, and stops with connections open.
+ * limit, stops with connections open, and closes a device's connection when
+ * nothing listens where it relays.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -306,6 +307,28 @@ static void test_idle_connection_closed(void)
     eg_relay_stop(r);
 }
 
+/*
+ * Nothing listens where the relay sends (civetweb gone): the device's connection is closed at
+ * once, not left open until it is idle.
+ */
+static void test_refused_target_closes_the_device(void)
+{
+    char why[128];
+    unsigned char buf[8];
+    unsigned dead_port;
+    int fd = listen_v4(&dead_port), c;
+    eg_relay *r = NULL;
+
+    CU_ASSERT_FATAL(fd >= 0);
+    close(fd); /* the port is free again: connecting to it is refused */
+    CU_ASSERT_EQUAL_FATAL(eg_relay_start("::1", 0, dead_port, 4, 60000, &r, why, sizeof(why)), 0);
+    CU_ASSERT_FATAL((c = connect_v6(eg_relay_port(r), 0)) >= 0);
+    /* 0: closed by the relay; a receive timeout (10 s) would be -1 */
+    CU_ASSERT_EQUAL(recv(c, buf, sizeof(buf), 0), 0);
+    close(c);
+    eg_relay_stop(r);
+}
+
 static void test_bad_address_refused(void)
 {
     char why[128];
@@ -327,6 +350,7 @@ int main(void)
         {"connections past the limit wait their turn", test_connections_past_the_limit_wait},
         {"stopping closes open connections", test_stop_closes_open_connections},
         {"an idle connection is closed", test_idle_connection_closed},
+        {"a refused target closes the device's connection", test_refused_target_closes_the_device},
         {"an address that is not IPv6 is refused", test_bad_address_refused},
         CU_TEST_INFO_NULL,
     };
