@@ -1595,9 +1595,20 @@ static void print_server(FILE *fp, const eg_config *cfg)
     else
         fprintf(fp, "without age limit");
     if (cfg->audit_keep_rows > 0)
-        fprintf(fp, ", the newest %u\n", cfg->audit_keep_rows);
+        fprintf(fp, ", the newest %u", cfg->audit_keep_rows);
     else
-        fprintf(fp, ", without count limit\n");
+        fprintf(fp, ", without count limit");
+    if (cfg->blocked_certs_file != NULL) {
+        char why[PATH_MAX + 128];
+        eg_blocklist *b = NULL;
+
+        /* read when the file was checked; read again for the count */
+        if (eg_blocklist_load(cfg->blocked_certs_file, &b, why, sizeof(why)) == 0)
+            fprintf(fp, "; %zu blocked client certificate%s (%s)", eg_blocklist_count(b),
+                    eg_blocklist_count(b) == 1 ? "" : "s", cfg->blocked_certs_file);
+        eg_blocklist_free(b);
+    }
+    fputc('\n', fp);
 }
 
 static void print_profile(FILE *fp, const eg_profile_cfg *p)
@@ -1612,6 +1623,8 @@ static void print_profile(FILE *fp, const eg_profile_cfg *p)
         fprintf(fp, " mtls");
     fprintf(fp, "; CA %s; %zu key types, %zu EKUs, %zu SAN rules; up to %u days", p->ca_key_uri,
             p->nkeys, p->nekus, p->nsans, p->max_days);
+    if (p->require_channel_binding)
+        fprintf(fp, "; requests linked to their TLS connection (channel binding)");
     if (p->skg_modes != 0)
         fprintf(fp, "; serverkeygen%s%s (%zu key types, %zu pre-shared keys%s%s)",
                 (p->skg_modes & EG_SKG_ENCRYPT) ? " encrypt" : "",

@@ -982,6 +982,17 @@ static void test_check_config_command(void)
              "token \"estgate\" in %s/./module.so, calls concurrent (calls = auto)\n", dir);
     CU_ASSERT(strstr(out, expect) != NULL);
 
+    /* blocked certificates counted, linked profiles named */
+    write_file("blocked.txt", "# none yet\n", 0644);
+    write_file("estgated.ini",
+               SERVER "blocked_certs = blocked.txt\n" TOKEN PROFILE_NONE
+                      "require_channel_binding = yes\n",
+               0644);
+    CU_ASSERT_EQUAL(run_main(3, argv, NULL, out, sizeof(out)), 0);
+    CU_ASSERT(strstr(out, "the newest 1000000; 0 blocked client certificates (") != NULL);
+    CU_ASSERT(strstr(out, "up to 365 days; requests linked to their TLS connection (channel "
+                          "binding)\n") != NULL);
+
     /* The mode a module gets, as the daemon will give it. */
     write_file("estgated.ini", SERVER_TOKEN "calls = serial\n" PROFILE_NONE, 0644);
     CU_ASSERT_EQUAL(run_main(3, argv, NULL, out, sizeof(out)), 0);
