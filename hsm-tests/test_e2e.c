@@ -1414,6 +1414,53 @@ static void test_ipv6_listener_serves_devices(void)
 }
 
 /* Waits (up to 10 s) for the log to say needle more than before times. */
+#define FAKETIME_LIB "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
+
+/*
+ * The daily expiry check runs while estgated runs, with the date of that day: a daemon whose
+ * clocks (wall and monotonic, through libfaketime, Debian's faketime) jump a day ahead warns
+ * again that its TLS certificate is a day nearer its end. (The ledger keeper's hourly pass
+ * cannot be shown so: it sleeps in pthread_cond_timedwait, which libfaketime does not move.)
+ * Not under AddressSanitizer, whose runtime must be the first library loaded, before a
+ * preloaded one.
+ */
+static void test_the_daily_expiry_check_runs(void)
+{
+#if defined(__SANITIZE_ADDRESS__)
+    printf("(skipped under AddressSanitizer) ");
+#else
+    char ini2[PATH_MAX], log2[PATH_MAX], spec[PATH_MAX], *text = eg_file_read(ini, &(size_t){0});
+    unsigned p2[2];
+    pid_t pid2 = 0;
+    int i;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(text);
+    CU_ASSERT_EQUAL_FATAL(access(FAKETIME_LIB, R_OK), 0); /* image/deps.sh test installs it */
+    CU_ASSERT_EQUAL_FATAL(write_replaced(tpath(ini2, "daily.ini"), text, "ledger = ledger.db\n",
+                                         "ledger = ledger-daily.db\n"),
+                          0);
+    free(text);
+    CU_ASSERT_EQUAL_FATAL(eg_file_write(tpath(spec, "faketime.spec"), "+0\n", 3, 0644), 0);
+    setenv("LD_PRELOAD", FAKETIME_LIB, 1);
+    setenv("FAKETIME_TIMESTAMP_FILE", spec, 1);
+    setenv("FAKETIME_CACHE_DURATION", "1", 1); /* the file is read again every second */
+    i = eg_fx_daemon_start(ini2, tpath(log2, "daily.log"), &pid2, p2, 2);
+    unsetenv("LD_PRELOAD");
+    unsetenv("FAKETIME_TIMESTAMP_FILE");
+    unsetenv("FAKETIME_CACHE_DURATION");
+    CU_ASSERT_EQUAL_FATAL(i, 0);
+    CU_ASSERT_EQUAL(eg_file_count(log2, "warning: the TLS certificate ("), 1);
+    CU_ASSERT_EQUAL(eg_file_count(log2, ", in 29 days;"), 1);
+
+    CU_ASSERT_EQUAL(eg_file_write(spec, "+1d\n", 4, 0644), 0);
+    for (i = 0; i < 100 && eg_file_count(log2, "warning: the TLS certificate (") < 2; i++)
+        usleep(100000);
+    CU_ASSERT_EQUAL(eg_file_count(log2, "warning: the TLS certificate ("), 2);
+    CU_ASSERT_EQUAL(eg_file_count(log2, ", in 28 days;"), 1);
+    CU_ASSERT_EQUAL(eg_fx_daemon_stop(&pid2, SIGTERM), 0);
+#endif
+}
+
 static int wait_log(const char *needle, int before)
 {
     for (int i = 0; i < 200; i++) {
@@ -2240,6 +2287,7 @@ static CU_TestInfo tests[] = {
     {"the log says how the token is called", test_log_says_how_the_token_is_called},
     {"--version, and the log's first line, name the build", test_version_is_said},
     {"an IPv6 listener serves devices, named by their address", test_ipv6_listener_serves_devices},
+    {"the daily expiry check runs, with the day's date", test_the_daily_expiry_check_runs},
     {"SIGHUP reloads client trust; a broken file changes nothing",
      test_sighup_reloads_client_trust},
     {"SIGHUP leaves [token] calls for a restart", test_sighup_leaves_token_calls_for_a_restart},

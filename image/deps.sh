@@ -12,7 +12,8 @@ tokens="softhsm2 p11-kit p11-kit-modules libnss3 libnss3-tools"
 # Bouncy Castle's TLS (libbctls-java) for its channel-binding enrollment.
 clients="curl openjdk-17-jdk-headless libbcpkix-java libbcprov-java libbcutil-java
          libbctls-java"
-test="$build $tokens $clients clang-format"
+# faketime: a daemon whose clocks jump a day, for its daily timer's test.
+test="$build $tokens $clients faketime clang-format"
 demo="$build $tokens curl"
 
 case "${1:-}" in
