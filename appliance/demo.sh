@@ -57,6 +57,12 @@ if [ ! -f "$demo/ready" ]; then
     # its PBKDF2 hash.
     openssl rand -hex 12 >"$demo/basic.pass"
     hash=$("$estgated" --hash-password <"$demo/basic.pass")
+    cat >"$demo/blocked-certs.txt" <<'BLOCKED'
+# Client certificates estgated refuses on every profile (a stolen or retired
+# device): one SHA-256 fingerprint a line, from
+#   openssl x509 -in device.pem -noout -fingerprint -sha256
+# or the cert:HEX principal of the device's audit rows. Reload after editing.
+BLOCKED
     cat >"$demo/estgated.ini" <<CONFIG
 # estgated demo configuration, written by appliance/demo.sh.
 # Reference: docs/configuration.md. Paths are relative to this file.
@@ -65,6 +71,7 @@ listen = 127.0.0.1:8443
 tls_key = pkcs11:token=estgate-demo;object=demo-tls;type=private
 tls_chain = tls-chain.pem
 ledger = ledger.db
+blocked_certs = blocked-certs.txt
 
 [token]
 module = $module
