@@ -371,9 +371,11 @@ static int parse_size(loader *ld, void *base, const char *key, const char *value
     return -1;
 }
 
-/* Read here so that --check-config and a reload name a bad line before anything changes. */
+/* Read with the configuration, once: --check-config and a reload name a bad line before
+   anything changes, and the list in force is the one that was checked. */
 static int parse_blocked_certs(loader *ld, void *base, const char *key, const char *value)
 {
+    eg_config *cfg = base;
     char *path = join_path(ld, value), why[PATH_MAX + 128];
     eg_blocklist *b = NULL;
 
@@ -384,9 +386,10 @@ static int parse_blocked_certs(loader *ld, void *base, const char *key, const ch
         free(path);
         return -1;
     }
-    eg_blocklist_free(b);
-    free(((eg_config *)base)->blocked_certs_file);
-    ((eg_config *)base)->blocked_certs_file = path;
+    free(cfg->blocked_certs_file);
+    eg_blocklist_free(cfg->blocked);
+    cfg->blocked_certs_file = path;
+    cfg->blocked = b;
     return 0;
 }
 
@@ -1531,6 +1534,7 @@ void eg_config_free(eg_config *cfg)
     free(cfg->tls_chain_file);
     free(cfg->ledger_path);
     free(cfg->blocked_certs_file);
+    eg_blocklist_free(cfg->blocked);
     free(cfg->log_level);
     free(cfg->module_path);
     free(cfg->init_args);
@@ -1598,16 +1602,9 @@ static void print_server(FILE *fp, const eg_config *cfg)
         fprintf(fp, ", the newest %u", cfg->audit_keep_rows);
     else
         fprintf(fp, ", without count limit");
-    if (cfg->blocked_certs_file != NULL) {
-        char why[PATH_MAX + 128];
-        eg_blocklist *b = NULL;
-
-        /* read when the file was checked; read again for the count */
-        if (eg_blocklist_load(cfg->blocked_certs_file, &b, why, sizeof(why)) == 0)
-            fprintf(fp, "; %zu blocked client certificate%s (%s)", eg_blocklist_count(b),
-                    eg_blocklist_count(b) == 1 ? "" : "s", cfg->blocked_certs_file);
-        eg_blocklist_free(b);
-    }
+    if (cfg->blocked_certs_file != NULL)
+        fprintf(fp, "; %zu blocked client certificate%s (%s)", eg_blocklist_count(cfg->blocked),
+                eg_blocklist_count(cfg->blocked) == 1 ? "" : "s", cfg->blocked_certs_file);
     fputc('\n', fp);
 }
 

@@ -20,6 +20,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "blocklist.h"
 #include "signer.h"
 
 #define EG_MAX_PROFILES  64
@@ -138,14 +139,15 @@ typedef struct eg_config {
     /* [server] */
     eg_listener_cfg listeners[EG_MAX_LISTENERS];
     size_t nlisteners;
-    char *tls_key_uri;           /* pkcs11: URI of the TLS server key */
-    char *tls_chain_file;        /* PEM: leaf then intermediates */
-    size_t max_body;             /* bytes; default 65536 */
-    unsigned threads;            /* request threads; default 16 * cores, at least 64 */
-    unsigned keepalive_ms;       /* idle keep-alive; default 15000 */
-    unsigned request_timeout_ms; /* TLS handshake and each read or write; default 10000 */
-    char *ledger_path;           /* SQLite file; default /var/lib/estgate/ledger.db */
-    char *blocked_certs_file;    /* client certificates refused everywhere (blocklist.h); NULL */
+    char *tls_key_uri;                 /* pkcs11: URI of the TLS server key */
+    char *tls_chain_file;              /* PEM: leaf then intermediates */
+    size_t max_body;                   /* bytes; default 65536 */
+    unsigned threads;                  /* request threads; default 16 * cores, at least 64 */
+    unsigned keepalive_ms;             /* idle keep-alive; default 15000 */
+    unsigned request_timeout_ms;       /* TLS handshake and each read or write; default 10000 */
+    char *ledger_path;                 /* SQLite file; default /var/lib/estgate/ledger.db */
+    char *blocked_certs_file;          /* client certificates refused everywhere; NULL */
+    eg_blocklist *blocked;             /* that file's fingerprints, read once at load; NULL */
     unsigned auth_failures_per_minute; /* per source address (IPv6: /64); default 20, 0: off */
     unsigned audit_keep_days; /* audit rows of no certificate: age kept; default 400, 0: all */
     unsigned audit_keep_rows; /* and how many; default 1000000, 0: all */

@@ -1,5 +1,4 @@
 #include <arpa/inet.h>
-#include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -19,7 +18,6 @@
 #include <openssl/x509v3.h>
 
 #include "auth.h"
-#include "blocklist.h"
 #include "clock.h"
 
 #define MAC_LEN      32
@@ -86,7 +84,6 @@ struct eg_auth {
     /* Wrong passwords per source, under lock; set-associative like the cache. */
     source_entry sources[EG_AUTH_SOURCES];
     unsigned src_limit, src_window_s;
-    eg_blocklist *blocked; /* [server] blocked_certs; NULL when not set */
 };
 
 static uint64_t now_seconds(void)
@@ -121,14 +118,6 @@ int eg_auth_new(const eg_config *cfg, eg_auth **out)
     if ((a->hmac = EVP_MAC_fetch(NULL, "HMAC", NULL)) == NULL ||
         RAND_bytes(a->key, sizeof(a->key)) != 1)
         goto out;
-    if (cfg->blocked_certs_file != NULL) {
-        char why[PATH_MAX + 128];
-
-        if (eg_blocklist_load(cfg->blocked_certs_file, &a->blocked, why, sizeof(why)) != 0) {
-            fprintf(stderr, "estgated: blocked_certs: %s\n", why);
-            goto out;
-        }
-    }
     for (size_t i = 0; i < cfg->nprofiles; i++) {
         const char *file = cfg->profiles[i].client_ca_file;
 
@@ -156,7 +145,6 @@ void eg_auth_free(eg_auth *a)
     for (size_t i = 0; i < EG_MAX_PROFILES; i++)
         X509_STORE_free(a->stores[i]);
     EVP_MAC_free(a->hmac);
-    eg_blocklist_free(a->blocked);
     OPENSSL_cleanse(a->key, sizeof(a->key));
     OPENSSL_cleanse(a->cache, sizeof(a->cache));
     pthread_mutex_destroy(&a->lock);
@@ -726,7 +714,7 @@ int eg_auth_cert(eg_auth *a, const eg_profile_cfg *p, const uint8_t *const *cert
         goto out;
     }
     sha256_hex(certs[0], lens[0], md, res->principal, sizeof(res->principal));
-    if (eg_blocklist_has(a->blocked, md)) {
+    if (eg_blocklist_has(a->cfg->blocked, md)) {
         res->fail = EG_AUDIT_AUTH_CERT_BLOCKED;
         snprintf(res->reason, sizeof(res->reason),
                  "this client certificate is blocked (blocked_certs)");

@@ -490,20 +490,35 @@ static void test_cert_per_profile(void)
     CU_ASSERT_EQUAL(check_cert(&cfg.profiles[0], leaf_b, NULL, &res), -1);
 }
 
+/* The list of the file at path, written with text, in blocked (a copy of cfg); 0 or -1. */
+static int block(eg_config *blocked, const char *path, const char *text)
+{
+    char why[PATH_MAX + 128];
+    FILE *f = fopen(path, "w");
+
+    if (f == NULL)
+        return -1;
+    fputs(text, f);
+    fclose(f);
+    eg_blocklist_free(blocked->blocked);
+    blocked->blocked = NULL;
+    blocked->blocked_certs_file = (char *)path;
+    return eg_blocklist_load(path, &blocked->blocked, why, sizeof(why));
+}
+
 /*
  * blocked_certs: a listed certificate is refused on every profile, before its chain is looked
  * at, with its own audit kind; the rest pass. Each form an operator may paste is read; a bad
- * line keeps the handle from being made (a reload keeps the running one).
+ * line is refused (and, read by the configuration, keeps a reload from taking effect).
  */
 static void test_blocked_certificates(void)
 {
-    char path[PATH_MAX + 32], hex[2 * 32 + 1], colons[3 * 32];
+    char path[PATH_MAX + 32], hex[2 * 32 + 1], colons[3 * 32], text[256];
     unsigned char md[32];
     unsigned int mdlen;
     eg_config blocked = cfg;
     eg_auth *b = NULL;
     eg_auth_result res;
-    FILE *f;
 
     X509_digest(leaf_b, EVP_sha256(), md, &mdlen);
     for (unsigned int i = 0; i < mdlen; i++) {
@@ -511,10 +526,8 @@ static void test_blocked_certificates(void)
         snprintf(colons + 3 * i, sizeof(colons) - 3 * i, "%02X%s", md[i], i + 1 < mdlen ? ":" : "");
     }
     snprintf(path, sizeof(path), "%s/blocked.txt", dir);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(f = fopen(path, "w"));
-    fprintf(f, "# retired 2026-11-24\n\nsha256 Fingerprint=%s\n", colons);
-    fclose(f);
-    blocked.blocked_certs_file = path;
+    snprintf(text, sizeof(text), "# retired 2026-11-24\n\nsha256 Fingerprint=%s\n", colons);
+    CU_ASSERT_EQUAL_FATAL(block(&blocked, path, text), 0);
     CU_ASSERT_EQUAL_FATAL(eg_auth_new(&blocked, &b), 0);
     CU_ASSERT_EQUAL(check_cert_with(b, &blocked.profiles[1], leaf_b, NULL, &res), -1);
     CU_ASSERT_EQUAL(res.fail, EG_AUDIT_AUTH_CERT_BLOCKED);
@@ -525,20 +538,16 @@ static void test_blocked_certificates(void)
     eg_auth_free(b);
     b = NULL;
 
-    CU_ASSERT_PTR_NOT_NULL_FATAL(f = fopen(path, "w"));
-    fprintf(f, "cert:%s  # device B\n", hex);
-    fclose(f);
+    snprintf(text, sizeof(text), "cert:%s  # device B\n", hex);
+    CU_ASSERT_EQUAL_FATAL(block(&blocked, path, text), 0);
     CU_ASSERT_EQUAL_FATAL(eg_auth_new(&blocked, &b), 0);
     CU_ASSERT_EQUAL(check_cert_with(b, &blocked.profiles[1], leaf_b, NULL, &res), -1);
     CU_ASSERT_EQUAL(res.fail, EG_AUDIT_AUTH_CERT_BLOCKED);
     eg_auth_free(b);
-    b = NULL;
 
-    CU_ASSERT_PTR_NOT_NULL_FATAL(f = fopen(path, "w"));
-    fprintf(f, "%s\n%.62s\n", hex, hex); /* the second line is one octet short */
-    fclose(f);
-    CU_ASSERT_EQUAL(eg_auth_new(&blocked, &b), -1);
-    CU_ASSERT_PTR_NULL(b);
+    snprintf(text, sizeof(text), "%s\n%.62s\n", hex, hex); /* one octet short on line 2 */
+    CU_ASSERT_EQUAL(block(&blocked, path, text), -1);
+    eg_blocklist_free(blocked.blocked);
 }
 
 static void test_cert_chain_and_purpose(void)
