@@ -186,10 +186,9 @@ static void budget_turn(time_t second, char *note, size_t cap)
     budget_second = second;
     budget_used = 0;
     if (left_out > 0) {
-        struct tm tm;
         char since[32];
 
-        strftime(since, sizeof(since), "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&left_out_since, &tm));
+        eg_utc_text(left_out_since, since, sizeof(since));
         snprintf(note, cap,
                  "estgated audit: %llu line%s of refusals and failures left out since %s "
                  "(over log_refusals_per_second = %u); their ledger rows are kept\n",

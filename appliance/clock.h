@@ -1,11 +1,13 @@
 /*
  * The monotonic clock, for timers, rate windows and deadlines that setting the
- * wall clock (NTP at boot, an operator) must not move.
+ * wall clock (NTP at boot, an operator) must not move; and wall-clock times as
+ * logs and reasons print them.
  */
 #ifndef EG_CLOCK_H
 #define EG_CLOCK_H
 
 #include <stdint.h>
+#include <stdio.h>
 #include <time.h>
 
 static inline time_t eg_mono_s(void)
@@ -22,6 +24,16 @@ static inline uint64_t eg_mono_ms(void)
 
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* t as "2026-11-24T08:18:52Z" into buf (the seconds since 1970 if it cannot be); buf. */
+static inline const char *eg_utc_text(time_t t, char *buf, size_t cap)
+{
+    struct tm tm;
+
+    if (gmtime_r(&t, &tm) == NULL || strftime(buf, cap, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+        snprintf(buf, cap, "%lld", (long long)t);
+    return buf;
 }
 
 #endif

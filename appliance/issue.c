@@ -13,6 +13,7 @@
 #include <openssl/rand.h>
 #include <openssl/x509v3.h>
 
+#include "clock.h"
 #include "errors.h"
 #include "issue.h"
 
@@ -27,15 +28,6 @@ static int fail(char *reason, size_t cap, const char *what)
     snprintf(reason, cap, "%s%s%s", what, *err ? ": " : "", err);
     ERR_clear_error();
     return -1;
-}
-
-static const char *iso_time(time_t t, char *buf, size_t cap)
-{
-    struct tm tm;
-
-    if (gmtime_r(&t, &tm) == NULL || strftime(buf, cap, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
-        snprintf(buf, cap, "%lld", (long long)t);
-    return buf;
 }
 
 int eg_issue_validity(const eg_policy *pol, const eg_issue_ca *ca, time_t now, unsigned asked,
@@ -53,12 +45,13 @@ int eg_issue_validity(const eg_policy *pol, const eg_issue_ca *ca, time_t now, u
         snprintf(reason, cap,
                  "the appliance's clock reads %s, before its CA certificate begins (%s): is the "
                  "clock set?",
-                 iso_time(now, clock, sizeof(clock)), iso_time(ca->not_before, when, sizeof(when)));
+                 eg_utc_text(now, clock, sizeof(clock)),
+                 eg_utc_text(ca->not_before, when, sizeof(when)));
         return -2;
     }
     if (ca->not_after <= now) {
         snprintf(reason, cap, "the CA certificate expired at %s",
-                 iso_time(ca->not_after, when, sizeof(when)));
+                 eg_utc_text(ca->not_after, when, sizeof(when)));
         return -1;
     }
     /* Back-dated for clients with slow clocks, but never before the CA itself. */
