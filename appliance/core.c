@@ -645,8 +645,16 @@ static int check_binding(enroll *e)
 
     if (!e->prof->cfg.require_channel_binding)
         return 0;
-    if (r->channel_binding_type == NULL || r->channel_binding_len == 0 ||
-        r->channel_binding_len > 64) {
+    if (r->channel_binding_type != NULL && r->channel_binding_len == 0) {
+        answer_set(&e->a, EG_FORBIDDEN, EG_AUDIT_POLICY, EG_DIM_BINDING,
+                   "this TLS 1.2 connection was made without the extended master secret (RFC "
+                   "7627), so its %s does not tell it from another connection and this profile "
+                   "cannot link the request to it: connect with TLS 1.3, or with a TLS 1.2 "
+                   "client that offers the extended_master_secret extension",
+                   r->channel_binding_type);
+        return -1;
+    }
+    if (r->channel_binding_type == NULL || r->channel_binding_len > 64) {
         answer_set(&e->a, EG_INTERNAL, EG_AUDIT_INTERNAL, EG_DIM_NONE,
                    "the TLS connection's channel binding is not known");
         return -1;

@@ -104,7 +104,8 @@ typedef struct eg_enroll_req {
     const char *peer; /* client address, for the audit record */
     /* The TLS connection's channel binding, checked against the CSR's challengePassword when
        the profile requires it (RFC 7030 3.5): "tls-unique" or "tls-exporter" (RFC 9266);
-       type NULL when the transport did not say. */
+       type NULL when the transport did not say; length 0 when it has no binding to trust (TLS
+       1.2 without the extended master secret, RFC 7627). */
     const char *channel_binding_type;
     const uint8_t *channel_binding;
     size_t channel_binding_len;

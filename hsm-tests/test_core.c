@@ -471,7 +471,8 @@ static void expect_refusal(EVP_PKEY *key, const struct refusal *r)
 /*
  * require_channel_binding: the CSR's challengePassword against the binding the transport gives,
  * before anything is signed. Whitespace around the base64 is tolerated; a transport that did not
- * say is the daemon's fault (500), not the device's.
+ * say is the daemon's fault (500), not the device's; a TLS 1.2 connection without the extended
+ * master secret has no binding to trust (403).
  */
 static void test_channel_binding_is_checked(void)
 {
@@ -480,15 +481,17 @@ static void test_channel_binding_is_checked(void)
     EVP_PKEY *key = EVP_EC_gen("P-384");
     const struct {
         const char *challenge;
-        bool known;
+        int known; /* 0: the transport did not say; 2: tls-unique without the extended master secret
+                    */
         eg_status status;
         eg_policy_dim dim;
     } cases[] = {
-        {b64, true, EG_OK, EG_DIM_NONE},
-        {spaced, true, EG_OK, EG_DIM_NONE},
-        {NULL, true, EG_FORBIDDEN, EG_DIM_BINDING},
-        {"c2VjcmV0", true, EG_FORBIDDEN, EG_DIM_BINDING},
-        {b64, false, EG_INTERNAL, EG_DIM_NONE},
+        {b64, 1, EG_OK, EG_DIM_NONE},
+        {spaced, 1, EG_OK, EG_DIM_NONE},
+        {NULL, 1, EG_FORBIDDEN, EG_DIM_BINDING},
+        {"c2VjcmV0", 1, EG_FORBIDDEN, EG_DIM_BINDING},
+        {b64, 0, EG_INTERNAL, EG_DIM_NONE},
+        {b64, 2, EG_FORBIDDEN, EG_DIM_BINDING},
     };
 
     CU_ASSERT_PTR_NOT_NULL_FATAL(key);
@@ -507,9 +510,11 @@ static void test_channel_binding_is_checked(void)
             .principal = "basic:linked",
             .auth = EG_AUTH_BASIC,
             .peer = "192.0.2.7",
-            .channel_binding_type = cases[i].known ? "tls-exporter" : NULL,
-            .channel_binding = cases[i].known ? cb : NULL,
-            .channel_binding_len = cases[i].known ? sizeof(cb) : 0,
+            .channel_binding_type = cases[i].known == 1   ? "tls-exporter"
+                                    : cases[i].known == 2 ? "tls-unique"
+                                                          : NULL,
+            .channel_binding = cases[i].known == 1 ? cb : NULL,
+            .channel_binding_len = cases[i].known == 1 ? sizeof(cb) : 0,
         };
 
         snprintf(cn, sizeof(cn), "CN=linked%zu", i);
@@ -523,7 +528,9 @@ static void test_channel_binding_is_checked(void)
         if (a.status != cases[i].status)
             printf("\n  case %zu: got %d: %s\n", i, a.status, a.reason);
         if (cases[i].dim == EG_DIM_BINDING)
-            CU_ASSERT_PTR_NOT_NULL(strstr(a.reason, "tls-exporter"));
+            CU_ASSERT_PTR_NOT_NULL(strstr(a.reason, cases[i].known == 2
+                                                        ? "without the extended master secret"
+                                                        : "tls-exporter"));
         eg_answer_clear(&a);
         free(csr);
     }

@@ -726,9 +726,11 @@ static int keep_ticket(SSL *ssl, SSL_SESSION *sess)
     return 1; /* the reference is ours */
 }
 
-/* The highest TLS version tls_open offers; 0: the library's. tls_ipv6: connect to [::1]. */
+/* The highest TLS version tls_open offers; 0: the library's. tls_ipv6: connect to [::1].
+   tls_no_ems: do not offer the extended master secret (RFC 7627). */
 static int tls_max;
 static bool tls_ipv6;
+static bool tls_no_ems;
 
 /*
  * A TLS connection to the daemon that stays open between requests, showing the client
@@ -754,6 +756,8 @@ static SSL *tls_open(SSL_CTX **ctxp, unsigned p, const char *cert, const char *k
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
     if (tls_max != 0)
         SSL_CTX_set_max_proto_version(ctx, tls_max);
+    if (tls_no_ems)
+        SSL_CTX_set_options(ctx, SSL_OP_NO_EXTENDED_MASTER_SECRET);
     if (tickets) {
         SSL_CTX_set_session_cache_mode(ctx,
                                        SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
@@ -963,10 +967,26 @@ static void test_channel_binding_links_the_request_to_tls(void)
     SSL_SESSION_free(ticket_session);
     ticket_session = NULL;
 
+    /* TLS 1.2 without the extended master secret: tls-unique does not identify the connection
+       (the triple handshake, RFC 7627), so even its own binding is refused, saying why */
+    tls_max = TLS1_2_VERSION;
+    tls_no_ems = true;
+    ssl = tls_open(&ctx, port12, NULL, NULL, NULL, false);
+    tls_max = 0;
+    tls_no_ems = false;
+    CU_ASSERT_PTR_NOT_NULL_FATAL(ssl);
+    CU_ASSERT_FALSE(SSL_get_extms_support(ssl));
+    client_binding(ssl, cb);
+    CU_ASSERT_FATAL((csr = linked_csr(cb)) != NULL);
+    CU_ASSERT_EQUAL(linked_enroll(ssl, csr, ans, sizeof(ans)), 403);
+    CU_ASSERT_PTR_NOT_NULL(strstr(ans, "without the extended master secret"));
+    free(csr);
+    tls_close(ssl, ctx);
+
     /* /csrattrs asks for the challengePassword (its OID, 1.2.840.113549.1.9.7) */
     CU_ASSERT_EQUAL(curl(&h, port, "linked/csrattrs", NULL), 200);
     CU_ASSERT(body_has(&h, "\x06\x09\x2a\x86\x48\x86\xf7\x0d\x01\x09\x07", 11));
-    CU_ASSERT(eg_file_count(daemon_log, "dim=binding") >= 2);
+    CU_ASSERT(eg_file_count(daemon_log, "dim=binding") >= 3);
 }
 
 /*

@@ -61,8 +61,14 @@ static bool binding_of(const SSL *ssl, eg_tls_binding *b)
                                           NULL, 0, 0) == 1;
     }
     /* The first Finished on the wire: the client's in a full handshake, ours in a resumption.
-       Renegotiation is off (eg_tls_ctx_new), so it stays the connection's. */
+       Renegotiation is off (eg_tls_ctx_new), so it stays the connection's. Without the extended
+       master secret (RFC 7627) a man in the middle can give two connections the same Finished
+       (the triple handshake), so none is noted: len 0. */
     b->type = "tls-unique";
+    if (!SSL_get_extms_support((SSL *)ssl)) {
+        b->len = 0;
+        return true;
+    }
     b->len = SSL_session_reused(ssl) ? SSL_get_finished(ssl, b->data, sizeof(b->data))
                                      : SSL_get_peer_finished(ssl, b->data, sizeof(b->data));
     return b->len > 0 && b->len <= sizeof(b->data);
