@@ -34,9 +34,11 @@ static const char *const kind_names[] = {
 };
 
 static const char *const dim_names[] = {
-    [EG_DIM_NONE] = "none",   [EG_DIM_KEY] = "key",         [EG_DIM_EKU] = "eku",
-    [EG_DIM_SAN] = "san",     [EG_DIM_SUBJECT] = "subject", [EG_DIM_VALIDITY] = "validity",
-    [EG_DIM_ATTRS] = "attrs", [EG_DIM_REKEY] = "rekey",     [EG_DIM_BINDING] = "binding",
+    [EG_DIM_NONE] = "none",       [EG_DIM_KEY] = "key",
+    [EG_DIM_EKU] = "eku",         [EG_DIM_SAN] = "san",
+    [EG_DIM_SUBJECT] = "subject", [EG_DIM_VALIDITY] = "validity",
+    [EG_DIM_ATTRS] = "attrs",     [EG_DIM_REKEY] = "rekey",
+    [EG_DIM_BINDING] = "binding", [EG_DIM_SIGNATURE] = "signature",
 };
 
 const char *eg_audit_kind_name(eg_audit_kind k)

@@ -600,6 +600,38 @@ static int parse_key_types(loader *ld, void *base, const char *key, const char *
     return each_item(ld, base, key, value, key_item);
 }
 
+/* --- the CSR's signature --- */
+
+const eg_csr_digest eg_csr_digests[EG_CSR_DIGESTS] = {
+    {"sha1", NID_sha1},         {"sha224", NID_sha224},     {"sha256", NID_sha256},
+    {"sha384", NID_sha384},     {"sha512", NID_sha512},     {"sha3-256", NID_sha3_256},
+    {"sha3-384", NID_sha3_384}, {"sha3-512", NID_sha3_512},
+};
+
+static int csr_digest_item(loader *ld, eg_profile_cfg *p, const char *key, const char *item)
+{
+    for (size_t i = 0; i < EG_CSR_DIGESTS; i++) {
+        if (strcasecmp(item, eg_csr_digests[i].name) != 0)
+            continue;
+        if (p->csr_digests & (1u << i)) {
+            err_here(ld, key, "'%s' is listed twice", item);
+            return -1;
+        }
+        p->csr_digests |= 1u << i;
+        return 0;
+    }
+    err_here(ld, key,
+             "'%.*s' is not a digest a CSR may be signed with; use sha256, sha384, sha512, "
+             "sha224, sha1 or sha3-256/384/512 (MD5 and older are never accepted)",
+             SHOWN, item);
+    return -1;
+}
+
+static int parse_csr_digests(loader *ld, void *base, const char *key, const char *value)
+{
+    return each_item(ld, base, key, value, csr_digest_item);
+}
+
 /* --- serverkeygen --- */
 
 static int skg_mode_item(loader *ld, eg_profile_cfg *p, const char *key, const char *item)
@@ -1079,6 +1111,7 @@ static const key_spec profile_keys[] = {
     {.name = "allow_rekey", .kind = V_BOOL, .off = PRO(allow_rekey)},
     {.name = "require_attrs", .kind = V_FN, .parse = parse_require_attrs},
     {.name = "require_channel_binding", .kind = V_BOOL, .off = PRO(require_channel_binding)},
+    {.name = "csr_digests", .kind = V_FN, .parse = parse_csr_digests},
     {.name = "serverkeygen", .kind = V_FN, .parse = parse_skg},
     {.name = "serverkeygen_key_types", .kind = V_FN, .parse = parse_skg_keys},
     {.name = "serverkeygen_recipients", .kind = V_CERTS, .off = PRO(skg_recipients_file)},
@@ -1387,6 +1420,8 @@ static void profile_defaults(loader *ld, eg_profile_cfg *p)
     if (p->nskg_keys == 0)
         p->skg_keys[p->nskg_keys++] =
             (eg_keyrule_cfg){.type = EVP_PKEY_EC, .curve_nid = NID_X9_62_prime256v1};
+    if (p->csr_digests == 0)
+        p->csr_digests = EG_CSR_DIGESTS_ALL;
     if (p->nskg_rsa == 0) {
         p->skg_rsa[p->nskg_rsa++] = EG_SKG_RSA_OAEP_SHA256;
         p->skg_rsa[p->nskg_rsa++] = EG_SKG_RSA_OAEP_SHA1;
@@ -1622,6 +1657,13 @@ static void print_profile(FILE *fp, const eg_profile_cfg *p)
             p->nkeys, p->nekus, p->nsans, p->max_days);
     if (p->require_channel_binding)
         fprintf(fp, "; requests linked to their TLS connection (channel binding)");
+    if (p->csr_digests != EG_CSR_DIGESTS_ALL) {
+        fprintf(fp, "; CSRs signed with");
+        for (size_t i = 0; i < EG_CSR_DIGESTS; i++)
+            if (p->csr_digests & (1u << i))
+                fprintf(fp, " %s", eg_csr_digests[i].name);
+        fprintf(fp, " only");
+    }
     if (p->skg_modes != 0)
         fprintf(fp, "; serverkeygen%s%s (%zu key types, %zu pre-shared keys%s%s)",
                 (p->skg_modes & EG_SKG_ENCRYPT) ? " encrypt" : "",

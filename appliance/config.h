@@ -116,6 +116,8 @@ typedef struct eg_profile_cfg {
     size_t nrequired_attrs;
     bool require_channel_binding; /* the CSR's challengePassword must be the base64 of the
                                      connection's tls-unique or tls-exporter (RFC 7030 3.5) */
+    unsigned csr_digests;         /* bits of eg_csr_digests: what a CSR's signature may hash with;
+                                     default all of them (MD5 and older are never among them) */
 
     /* serverkeygen: off unless skg_modes has a bit; the *_line fields say where each key
        was set, for errors found when the token is probed. */
@@ -132,6 +134,16 @@ typedef struct eg_profile_cfg {
     size_t nskg_rsa;
     unsigned skg_rsa_line;
 } eg_profile_cfg;
+
+/* The digests a profile's csr_digests may name; bit i of csr_digests is eg_csr_digests[i]. */
+typedef struct eg_csr_digest {
+    const char *name; /* "sha256" */
+    int nid;          /* NID_sha256 */
+} eg_csr_digest;
+
+#define EG_CSR_DIGESTS     8
+#define EG_CSR_DIGESTS_ALL ((1u << EG_CSR_DIGESTS) - 1) /* the default; also when 0 */
+extern const eg_csr_digest eg_csr_digests[EG_CSR_DIGESTS];
 
 typedef struct eg_config {
     char *path; /* the file this came from */

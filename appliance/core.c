@@ -709,8 +709,13 @@ static int check_request(enroll *e)
     }
     /* A key of another algorithm cannot be verified here, and policy refuses it below. */
     if (eg_csr_pubkey(e->csr) != NULL && eg_csr_verify(e->csr) != 1) {
-        answer_set(&e->a, EG_MALFORMED, EG_AUDIT_CSR_SIGNATURE, EG_DIM_NONE,
-                   "the CSR's signature does not verify with its public key");
+        if (eg_csr_signature_digest(e->csr) < 0)
+            answer_set(&e->a, EG_MALFORMED, EG_AUDIT_CSR_SIGNATURE, EG_DIM_NONE,
+                       "the CSR is signed with an algorithm estgate cannot verify; sign it with "
+                       "ECDSA, RSA (PKCS#1 v1.5 or PSS) or Ed25519, and SHA-256 or stronger");
+        else
+            answer_set(&e->a, EG_MALFORMED, EG_AUDIT_CSR_SIGNATURE, EG_DIM_NONE,
+                       "the CSR's signature does not verify with its public key");
         return -1;
     }
     if (check_binding(e) != 0 || policy(e, eg_policy_check) != 0)

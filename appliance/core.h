@@ -55,14 +55,15 @@ typedef enum eg_audit_kind {
 /* Policy dimensions named in EG_AUDIT_POLICY events and 403 reasons. */
 typedef enum eg_policy_dim {
     EG_DIM_NONE = 0,
-    EG_DIM_KEY,      /* key type or size */
-    EG_DIM_EKU,      /* requested EKU not allowed */
-    EG_DIM_SAN,      /* a SAN not allowed, or none where one is required */
-    EG_DIM_SUBJECT,  /* subject attribute not allowed */
-    EG_DIM_VALIDITY, /* requested validity too long (CSR asks via extension) */
-    EG_DIM_ATTRS,    /* a required CSR attribute is missing */
-    EG_DIM_REKEY,    /* reenroll with a new key where the profile forbids it */
-    EG_DIM_BINDING,  /* the CSR does not carry the connection's channel binding */
+    EG_DIM_KEY,       /* key type or size */
+    EG_DIM_EKU,       /* requested EKU not allowed */
+    EG_DIM_SAN,       /* a SAN not allowed, or none where one is required */
+    EG_DIM_SUBJECT,   /* subject attribute not allowed */
+    EG_DIM_VALIDITY,  /* requested validity too long (CSR asks via extension) */
+    EG_DIM_ATTRS,     /* a required CSR attribute is missing */
+    EG_DIM_REKEY,     /* reenroll with a new key where the profile forbids it */
+    EG_DIM_BINDING,   /* the CSR does not carry the connection's channel binding */
+    EG_DIM_SIGNATURE, /* the CSR is signed with a digest the profile does not accept */
 } eg_policy_dim;
 
 const char *eg_audit_kind_name(eg_audit_kind k); /* "issued", "auth.bad_password", ... */

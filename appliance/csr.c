@@ -9,6 +9,7 @@
 #include <openssl/core_names.h>
 #include <openssl/err.h>
 #include <openssl/param_build.h>
+#include <openssl/rsa.h>
 #include <openssl/x509v3.h>
 
 /* RFC 2986 4, with the SubjectPublicKeyInfo left as its two fields. */
@@ -277,6 +278,29 @@ int eg_csr_verify(const eg_csr *csr)
                              csr->req->info, NULL, csr->pkey, NULL, NULL) == 1;
     ERR_clear_error();
     return ok;
+}
+
+int eg_csr_signature_digest(const eg_csr *csr)
+{
+    const X509_ALGOR *alg = csr->req->sig_alg;
+    int sig = OBJ_obj2nid(alg->algorithm), md = NID_undef, pk = NID_undef;
+
+    if (!OBJ_find_sigid_algs(sig, &md, &pk))
+        return -1;
+    if (sig == NID_rsassaPss) {
+        /* RFC 4055 3.1: the hash is a parameter, SHA-1 when it is absent */
+        const ASN1_TYPE *param = alg->parameter;
+        RSA_PSS_PARAMS *pss = param != NULL && param->type == V_ASN1_SEQUENCE
+                                  ? ASN1_TYPE_unpack_sequence(ASN1_ITEM_rptr(RSA_PSS_PARAMS), param)
+                                  : NULL;
+
+        if (pss == NULL)
+            return -1;
+        md = pss->hashAlgorithm != NULL ? OBJ_obj2nid(pss->hashAlgorithm->algorithm) : NID_sha1;
+        RSA_PSS_PARAMS_free(pss);
+        return md != NID_undef ? md : -1;
+    }
+    return md;
 }
 
 const X509_NAME *eg_csr_subject(const eg_csr *csr)

@@ -34,6 +34,13 @@ EVP_PKEY *eg_csr_pubkey(const eg_csr *csr);
 /* 1 when the request's signature verifies with its own public key. */
 int eg_csr_verify(const eg_csr *csr);
 
+/*
+ * The digest the request's signature uses, as a NID (NID_sha256, NID_md5, ...; for RSASSA-PSS
+ * the one its parameters name); NID_undef for an algorithm that hashes for itself (Ed25519,
+ * Ed448); -1 for a signature algorithm OpenSSL does not know.
+ */
+int eg_csr_signature_digest(const eg_csr *csr);
+
 const X509_NAME *eg_csr_subject(const eg_csr *csr);
 
 /* The requested extensions, owned by csr (NULL when there are none). */

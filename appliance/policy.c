@@ -173,6 +173,35 @@ static int check_key(const eg_profile_cfg *p, const eg_csr *csr, eg_policy_verdi
                   type != NID_undef ? OBJ_nid2sn(type) : "unknown");
 }
 
+/*
+ * The CSR's signature is its proof of possession: a digest weak enough to collide (MD5, and
+ * SHA-1 where the profile leaves it out) proves little. Ed25519 and Ed448 hash for themselves.
+ */
+static int check_signature(const eg_profile_cfg *p, const eg_csr *csr, eg_policy_verdict *v)
+{
+    unsigned ok = p->csr_digests != 0 ? p->csr_digests : EG_CSR_DIGESTS_ALL;
+    int md = eg_csr_signature_digest(csr);
+    char allowed[128] = "";
+    size_t used = 0;
+
+    if (md == NID_undef)
+        return 0;
+    for (size_t i = 0; i < EG_CSR_DIGESTS; i++) {
+        if (!(ok & (1u << i)))
+            continue;
+        if (md == eg_csr_digests[i].nid)
+            return 0;
+        used += (size_t)snprintf(allowed + used, sizeof(allowed) - used, "%s%s",
+                                 used > 0 ? ", " : "", eg_csr_digests[i].name);
+        if (used >= sizeof(allowed))
+            used = sizeof(allowed) - 1;
+    }
+    return refuse(v, EG_DIM_SIGNATURE,
+                  "the CSR is signed with %s, which this profile does not accept as proof of "
+                  "possession; sign it with one of: %s",
+                  md > 0 ? OBJ_nid2sn(md) : "an unknown algorithm", allowed);
+}
+
 /* ---- EKU ---- */
 
 static int check_eku(const eg_profile_cfg *p, const STACK_OF(X509_EXTENSION) * exts,
@@ -540,6 +569,8 @@ static int check(const eg_policy *pol, const eg_csr *csr, bool key, eg_policy_ve
 
     if (key)
         rc = check_key(pol->cfg, csr, &r);
+    if (key && rc == 0)
+        rc = check_signature(pol->cfg, csr, &r);
     if (rc == 0)
         rc = check_eku(pol->cfg, exts, &r);
     if (rc == 0)

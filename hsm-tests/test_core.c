@@ -127,11 +127,14 @@ static int add_exts(X509_REQ *req, const char *sans, const char *eku)
 /* A signed PKCS#10 request as DER (malloc'd); sans/eku in openssl.cnf syntax, or NULL. */
 /* When set, make_csr() adds Windows certreq's validity request: {unit, count}. */
 static const char *ms_validity[2];
+/* When set, make_csr() signs with this digest instead of SHA-256. */
+static const char *csr_md;
 
 static uint8_t *make_csr(EVP_PKEY *key, const char *subject, const char *sans, const char *eku,
                          const char *challenge, size_t *len)
 {
     X509_REQ *req = X509_REQ_new();
+    EVP_MD *md = EVP_MD_fetch(NULL, csr_md != NULL ? csr_md : "SHA256", NULL);
     unsigned char *der = NULL;
     uint8_t *out = NULL;
     int n = -1;
@@ -144,8 +147,9 @@ static uint8_t *make_csr(EVP_PKEY *key, const char *subject, const char *sans, c
                                    (const unsigned char *)challenge, -1) == 1) &&
         (ms_validity[0] == NULL ||
          eg_csr_add_ms_validity(req, ms_validity[0], ms_validity[1]) == 0) &&
-        X509_REQ_sign(req, key, EVP_sha256()) > 0)
+        md != NULL && X509_REQ_sign(req, key, md) > 0)
         n = i2d_X509_REQ(req, &der);
+    EVP_MD_free(md);
     X509_REQ_free(req);
     if (n > 0 && (out = malloc((size_t)n)) != NULL) {
         memcpy(out, der, (size_t)n);
@@ -252,7 +256,8 @@ static void config_fill(void)
     cfg.recover_ms = 1500; /* a lost token is reported after 1.5 s, not 10 */
     eg_test_profiles(cfg.profiles, ca_uri, ca_path);
     cfg.nprofiles = EG_TEST_NPROFILES;
-    cfg.profiles[2].require_channel_binding = true; /* "plain" */
+    cfg.profiles[2].require_channel_binding = true;  /* "plain" */
+    cfg.profiles[1].csr_digests = 1u << 2 | 1u << 3; /* "default": sha256, sha384 */
 }
 
 /* ---- tests ---- */
@@ -558,6 +563,54 @@ static void test_policy_refusals_name_their_dimension(void)
 
     for (i = 0; i < sizeof(rs) / sizeof(rs[0]); i++)
         expect_refusal(key_b, &rs[i]);
+}
+
+/*
+ * A CSR signed with MD5 proves little about its key: refused on every profile (403, dim
+ * signature) before the token signs; SHA-1 only where the profile leaves it in csr_digests.
+ */
+static void test_weak_csr_signatures(void)
+{
+    struct refusal md5 = {"iot", "CN=d",           "DNS:d.example.com", NULL,
+                          NULL,  EG_DIM_SIGNATURE, "signed with MD5"};
+    struct refusal sha1 = {"",
+                           "CN=d",
+                           "DNS:d.example.com",
+                           NULL,
+                           "pw",
+                           EG_DIM_SIGNATURE,
+                           "sign it with one of: sha256, sha384"};
+    EVP_PKEY *rsa = EVP_RSA_gen(2048), *p256 = EVP_EC_gen("P-256");
+    size_t len;
+    uint8_t *csr;
+    eg_answer a;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(rsa);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(p256);
+    csr_md = "MD5";
+    expect_refusal(rsa, &md5);
+    csr_md = "SHA1";
+    expect_refusal(p256, &sha1);
+    /* iot lists no csr_digests: SHA-1 is among the default ones */
+    csr = make_csr(p256, "CN=sha1", "DNS:sha1.example.com", NULL, NULL, &len);
+    csr_md = NULL;
+    CU_ASSERT_PTR_NOT_NULL_FATAL(csr);
+    enroll("iot", "basic:bob", csr, len, NULL, 0, &a);
+    CU_ASSERT_EQUAL(a.status, EG_OK);
+    eg_answer_clear(&a);
+    free(csr);
+    /* ECDSA with SHA3: OpenSSL 3.0 has no OID for it, so the answer says what it can verify */
+    csr_md = "SHA3-256";
+    csr = make_csr(p256, "CN=sha3", "DNS:sha3.example.com", NULL, NULL, &len);
+    csr_md = NULL;
+    CU_ASSERT_PTR_NOT_NULL_FATAL(csr);
+    enroll("iot", "basic:bob", csr, len, NULL, 0, &a);
+    CU_ASSERT_EQUAL(a.status, EG_MALFORMED);
+    CU_ASSERT_PTR_NOT_NULL(strstr(a.reason, "an algorithm estgate cannot verify"));
+    eg_answer_clear(&a);
+    free(csr);
+    EVP_PKEY_free(rsa);
+    EVP_PKEY_free(p256);
 }
 
 /* Windows certreq asks for a validity: more than max_days is refused, less is granted. */
@@ -1407,6 +1460,7 @@ static CU_TestInfo tests[] = {
     {"the ledger counts the certificates", test_ledger_counts_certificates},
     {"policy refusals name their dimension", test_policy_refusals_name_their_dimension},
     {"RSA-1024 and an unlisted curve are refused", test_key_refusals},
+    {"CSRs signed with MD5, or SHA-1 where not listed, are refused", test_weak_csr_signatures},
     {"a requested validity is refused past max_days, granted below", test_requested_validity},
     {"every SAN kind its rule allows is issued", test_every_san_kind_allowed},
     {"a subject template takes the CSR's CN only", test_subject_template_fills_cn},

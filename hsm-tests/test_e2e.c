@@ -238,9 +238,14 @@ static int raw_text(char *buf, size_t cap, const char *method, const char *path,
     return raw_text_as(buf, cap, NULL, method, path, rest);
 }
 
+/* When set, make_csr signs with this openssl req digest option ("-md5") instead of -sha256. */
+static const char *csr_digest;
+
 /* A P-256 (or spec'd) key and a DER CSR for cn with SAN dns. */
 static int make_csr(const char *name, const char *newkey, const char *cn, const char *ext)
 {
+    const char *md = csr_digest != NULL ? csr_digest : "-sha256";
+
     char key[PATH_MAX], csr[PATH_MAX], subj[256], addext[256];
 
     snprintf(subj, sizeof(subj), "/CN=%s", cn);
@@ -248,11 +253,11 @@ static int make_csr(const char *name, const char *newkey, const char *cn, const 
     snprintf(key, sizeof(key), "%s/%s.key", dir, name);
     snprintf(csr, sizeof(csr), "%s/%s.csr", dir, name);
     if (strcmp(newkey, "ec") == 0)
-        return cmd("openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-                   "-nodes", "-keyout", key, "-subj", subj, "-addext", addext, "-outform", "DER",
-                   "-out", csr, NULL);
-    return cmd("openssl", "req", "-new", "-newkey", newkey, "-nodes", "-keyout", key, "-subj", subj,
-               "-addext", addext, "-outform", "DER", "-out", csr, NULL);
+        return cmd("openssl", "req", "-new", md, "-newkey", "ec", "-pkeyopt",
+                   "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-subj", subj, "-addext",
+                   addext, "-outform", "DER", "-out", csr, NULL);
+    return cmd("openssl", "req", "-new", md, "-newkey", newkey, "-nodes", "-keyout", key, "-subj",
+               subj, "-addext", addext, "-outform", "DER", "-out", csr, NULL);
 }
 
 /* name.csr (DER) as base64 in name.b64: wrapped at 64 columns, LF. */
@@ -597,6 +602,15 @@ static void test_policy_refusals_are_403(void)
     CU_ASSERT_EQUAL_FATAL(make_csr_asking_validity("longval", "long.example.com", "Years", "2"), 0);
     CU_ASSERT_EQUAL_FATAL(csr_b64("longval"), 0);
     CU_ASSERT_EQUAL(enroll(&h, "simpleenroll", "longval", NULL, NULL, NULL, NULL, NULL), 403);
+    /* An RSA key the profile takes, its CSR signed with MD5: the answer says what to use */
+    csr_digest = "-md5";
+    CU_ASSERT_EQUAL_FATAL(
+        make_csr("md5", "rsa:2048", "md5.example.com", "subjectAltName=DNS:md5.example.com"), 0);
+    csr_digest = NULL;
+    CU_ASSERT_EQUAL_FATAL(csr_b64("md5"), 0);
+    CU_ASSERT_EQUAL(enroll(&h, "simpleenroll", "md5", NULL, NULL, NULL, NULL, NULL), 403);
+    CU_ASSERT(eg_file_count(h.body_path, "signed with MD5") == 1);
+    CU_ASSERT(eg_file_count(daemon_log, "dim=signature") >= 1);
 }
 
 static void test_wire_errors_have_their_status(void)

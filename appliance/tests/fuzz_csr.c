@@ -122,6 +122,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     (void)eg_csr_key_type(csr);
     verified = eg_csr_pubkey(csr) != NULL && eg_csr_verify(csr) == 1;
+    (void)eg_csr_signature_digest(csr);
     asked = eg_policy_requested_days(csr);
     if ((sans = eg_policy_csr_sans(csr)) != NULL) {
         for (int i = 0; i < sk_GENERAL_NAME_num(sans); i++)

@@ -229,6 +229,7 @@ static void test_full_file_loads_every_field(void)
              "allow_rekey = off\n"
              "require_attrs = challengePassword, serialNumber\n"
              "require_channel_binding = yes\n"
+             "csr_digests = SHA256, sha384, sha3-512\n"
              "[profile iot]\n"
              "ca_key = pkcs11:id=%%01%%02\n"
              "ca_chain = ca.pem\n"
@@ -313,9 +314,12 @@ static void test_full_file_loads_every_field(void)
     CU_ASSERT(p->required_attrs[0] == NID_pkcs9_challengePassword &&
               p->required_attrs[1] == NID_serialNumber);
     CU_ASSERT_TRUE(p->require_channel_binding);
+    CU_ASSERT_EQUAL(p->csr_digests, (1u << 2) | (1u << 3) | (1u << 7));
+    CU_ASSERT(eg_csr_digests[2].nid == NID_sha256 && eg_csr_digests[7].nid == NID_sha3_512);
 
     iot = eg_config_profile(cfg, "iot");
     CU_ASSERT_FALSE(iot->require_channel_binding);
+    CU_ASSERT_EQUAL(iot->csr_digests, EG_CSR_DIGESTS_ALL); /* all but MD5 and older */
     CU_ASSERT_PTR_EQUAL(iot, &cfg->profiles[1]);
     CU_ASSERT_STRING_EQUAL(iot->label, "iot");
     CU_ASSERT_STRING_EQUAL(iot->ca_key_uri, "pkcs11:id=%01%02");
@@ -674,6 +678,16 @@ static void test_serverkeygen_keys(void)
                   "serverkeygen_rsa", "use oaep-sha256, oaep-sha1 or pkcs1");
 }
 
+/* csr_digests: MD5 is not to be had, and a digest listed twice is a mistake. */
+static void test_csr_digests(void)
+{
+    expect_errors(SERVER_TOKEN PROFILE_NONE "csr_digests = sha256, md5\n", 1, 12, "csr_digests",
+                  "'md5' is not a digest a CSR may be signed with");
+    expect_errors(SERVER_TOKEN PROFILE_NONE "csr_digests = sha256, SHA256\n", 1, 12, "csr_digests",
+                  "'SHA256' is listed twice");
+    expect_errors(SERVER_TOKEN PROFILE_NONE "csr_digests = \n", 1, 12, "csr_digests", "");
+}
+
 /* --- many mistakes, and how lines are counted --- */
 
 static void test_every_mistake_is_reported(void)
@@ -770,7 +784,8 @@ static void test_errors_print_format(void)
              "etc/estgated.ini:13: [profile default] colour: unknown key; [profile "
              "default] takes ca_key, ca_chain, auth, realm, user, client_ca, "
              "key_types, eku, san, require_san, subject_attrs, subject_template, "
-             "max_days, allow_rekey, require_attrs, require_channel_binding, serverkeygen, "
+             "max_days, allow_rekey, require_attrs, require_channel_binding, csr_digests, "
+             "serverkeygen, "
              "serverkeygen_key_types, serverkeygen_recipients, serverkeygen_csr_key, "
              "serverkeygen_kek, serverkeygen_rsa\n");
     free(out);
@@ -986,12 +1001,12 @@ static void test_check_config_command(void)
     write_file("blocked.txt", "# none yet\n", 0644);
     write_file("estgated.ini",
                SERVER "blocked_certs = blocked.txt\n" TOKEN PROFILE_NONE
-                      "require_channel_binding = yes\n",
+                      "require_channel_binding = yes\ncsr_digests = sha512, sha256\n",
                0644);
     CU_ASSERT_EQUAL(run_main(3, argv, NULL, out, sizeof(out)), 0);
     CU_ASSERT(strstr(out, "the newest 1000000; 0 blocked client certificates (") != NULL);
     CU_ASSERT(strstr(out, "up to 365 days; requests linked to their TLS connection (channel "
-                          "binding)\n") != NULL);
+                          "binding); CSRs signed with sha256 sha512 only\n") != NULL);
 
     /* The mode a module gets, as the daemon will give it. */
     write_file("estgated.ini", SERVER_TOKEN "calls = serial\n" PROFILE_NONE, 0644);
@@ -1134,6 +1149,7 @@ static void test_hash_password_command(void)
 
 static CU_TestInfo tests[] = {
     {"serverkeygen keys", test_serverkeygen_keys},
+    {"csr_digests", test_csr_digests},
     {"a full file loads with every field as written", test_full_file_loads_every_field},
     {"defaults are applied", test_defaults_applied},
     {"unknown sections and keys", test_unknown_section_and_key},

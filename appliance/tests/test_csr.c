@@ -159,6 +159,51 @@ static void test_ed25519(void)
     check_same_as_openssl(K_ED25519, false);
 }
 
+/* The digest each signature uses, as policy sees it; RSA-PSS's from its parameters. */
+static void test_signature_digest(void)
+{
+    static const struct {
+        int key;
+        const char *md; /* NULL: the algorithm hashes for itself */
+        bool pss;
+        int want;
+    } cases[] = {
+        {K_RSA, "MD5", false, NID_md5},           {K_RSA, "SHA1", false, NID_sha1},
+        {K_RSA, "SHA256", false, NID_sha256},     {K_RSA, "SHA384", true, NID_sha384},
+        {K_RSA, "SHA1", true, NID_sha1},          {K_P256, "SHA256", false, NID_sha256},
+        {K_P256, "SHA1", false, NID_sha1},        {K_P384, "SHA512", false, NID_sha512},
+        {K_RSA, "SHA3-256", false, NID_sha3_256}, {K_ED25519, NULL, false, NID_undef},
+    };
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        X509_REQ *req = X509_REQ_new();
+        EVP_MD_CTX *mctx = EVP_MD_CTX_new();
+        EVP_PKEY_CTX *pctx = NULL;
+        EVP_MD *md = cases[i].md ? EVP_MD_fetch(NULL, cases[i].md, NULL) : NULL;
+        unsigned char *der = NULL;
+        eg_csr *csr = NULL;
+        size_t len;
+
+        CU_ASSERT_FATAL(req != NULL && mctx != NULL && (md != NULL || cases[i].md == NULL));
+        CU_ASSERT_FATAL(
+            X509_REQ_set_pubkey(req, keys[cases[i].key]) == 1 &&
+            EVP_DigestSignInit(mctx, &pctx, md, NULL, keys[cases[i].key]) == 1 &&
+            (!cases[i].pss || EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) == 1) &&
+            X509_REQ_sign_ctx(req, mctx) > 0);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(der = req_der(req, &len));
+        CU_ASSERT_EQUAL_FATAL(eg_csr_parse(der, len, &csr), 0);
+        CU_ASSERT_EQUAL(eg_csr_verify(csr), 1);
+        CU_ASSERT_EQUAL(eg_csr_signature_digest(csr), cases[i].want);
+        if (eg_csr_signature_digest(csr) != cases[i].want)
+            printf("\n  case %zu (%s): %d\n", i, cases[i].md, eg_csr_signature_digest(csr));
+        eg_csr_free(csr);
+        OPENSSL_free(der);
+        EVP_MD_free(md);
+        EVP_MD_CTX_free(mctx);
+        X509_REQ_free(req);
+    }
+}
+
 /* An algorithm the appliance does not issue for: parsed, named, no key to use. */
 static void test_other_algorithm(void)
 {
@@ -371,6 +416,7 @@ static CU_TestInfo tests[] = {
     {"EC P-256", test_p256},
     {"EC P-384", test_p384},
     {"Ed25519", test_ed25519},
+    {"the signature's digest is read, RSA-PSS's from its parameters", test_signature_digest},
     {"Ed448 is named but not used", test_other_algorithm},
     {"EC with explicit parameters has no key", test_ec_explicit_parameters},
     {"EC point off the curve has no key", test_ec_point_off_curve},
