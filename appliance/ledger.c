@@ -203,9 +203,10 @@ struct eg_ledger {
     ledger_reader *readers;
 
     /* Audit retention (eg_ledger_set_retention), under lock. The keeper thread prunes when
-       kicked, and every PRUNE_EVERY_S. */
+       kicked, and every prune_every_ms (PRUNE_EVERY_S unless a test asks for less). */
     eg_ledger_retention keep;
     uint64_t unlinked_since; /* audit rows of no certificate committed since the last pass */
+    unsigned prune_every_ms;
     int keeper_kick;
     int keeper_stop;
     int keeper_running;
@@ -835,7 +836,12 @@ static void *keeper_main(void *arg)
     pthread_mutex_lock(&lg->lock);
     while (!lg->keeper_stop) {
         clock_gettime(CLOCK_MONOTONIC, &deadline);
-        deadline.tv_sec += PRUNE_EVERY_S;
+        deadline.tv_sec += lg->prune_every_ms / 1000;
+        deadline.tv_nsec += (long)(lg->prune_every_ms % 1000) * 1000000L;
+        if (deadline.tv_nsec >= 1000000000L) {
+            deadline.tv_sec++;
+            deadline.tv_nsec -= 1000000000L;
+        }
         while (!lg->keeper_stop && !lg->keeper_kick)
             if (pthread_cond_timedwait(&lg->keeper_wake, &lg->lock, &deadline) == ETIMEDOUT)
                 break;
@@ -846,6 +852,7 @@ static void *keeper_main(void *arg)
         pthread_mutex_unlock(&lg->lock);
         prune_pass(lg, NULL);
         pthread_mutex_lock(&lg->lock);
+        lg->stats.keeper_passes++;
     }
     pthread_mutex_unlock(&lg->lock);
     return NULL;
@@ -865,6 +872,8 @@ static eg_ledger *ledger_new(const char *path, const eg_ledger_options *opt)
         goto out;
     lg->max_batch = opt != NULL && opt->max_batch != 0 ? opt->max_batch : LEDGER_BATCH_DEFAULT;
     lg->max_wait_us = opt != NULL ? opt->max_wait_us : 0;
+    lg->prune_every_ms =
+        opt != NULL && opt->prune_every_ms != 0 ? opt->prune_every_ms : PRUNE_EVERY_S * 1000u;
     if (pthread_condattr_init(&ca) != 0)
         goto out;
     if (pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) == 0 &&

@@ -15,8 +15,9 @@
 typedef struct eg_ledger eg_ledger;
 
 typedef struct eg_ledger_options {
-    unsigned max_batch;   /* most operations per commit; 0: 256 */
-    unsigned max_wait_us; /* how long a batch may wait to fill; 0: commit at once */
+    unsigned max_batch;      /* most operations per commit; 0: 256 */
+    unsigned max_wait_us;    /* how long a batch may wait to fill; 0: commit at once */
+    unsigned prune_every_ms; /* the keeper's age-based pass at least this often; 0: hourly */
 } eg_ledger_options;
 
 /* Opens (creating and migrating as needed) the ledger at path. One process at a time: open
@@ -108,8 +109,9 @@ void eg_ledger_set_retention(eg_ledger *lg, const eg_ledger_retention *keep);
 int eg_ledger_prune_audit(eg_ledger *lg, uint64_t *deleted);
 
 typedef struct eg_ledger_stats {
-    uint64_t commits;    /* transactions committed (each one fsync) */
-    uint64_t operations; /* operations carried by them */
+    uint64_t commits;       /* transactions committed (each one fsync) */
+    uint64_t operations;    /* operations carried by them */
+    uint64_t keeper_passes; /* audit-retention passes the keeper thread has finished */
 } eg_ledger_stats;
 void eg_ledger_get_stats(eg_ledger *lg, eg_ledger_stats *out);
 

@@ -718,6 +718,40 @@ static void test_audit_flood_is_pruned_by_itself(void)
     eg_ledger_close(lg);
 }
 
+static uint64_t keeper_passes(eg_ledger *lg)
+{
+    eg_ledger_stats st;
+
+    eg_ledger_get_stats(lg, &st);
+    return st.keeper_passes;
+}
+
+/*
+ * Rows that grow old while the appliance runs go by the keeper's own clock (hourly; here every
+ * 200 ms), with no flood to kick it and nobody calling eg_ledger_prune_audit.
+ */
+static void test_audit_is_pruned_on_the_keepers_clock(void)
+{
+    eg_ledger_options opt = {.prune_every_ms = 200};
+    eg_ledger_retention keep = {.keep_days = 30};
+    eg_ledger *lg = open_ledger(&opt);
+    int64_t t = (int64_t)time(NULL), rows = -1;
+    uint64_t passes;
+
+    eg_ledger_set_retention(lg, &keep); /* a pass at once: nothing to remove yet */
+    for (int i = 0; i < 100 && keeper_passes(lg) == 0; i++)
+        usleep(20 * 1000);
+    CU_ASSERT_FATAL((passes = keeper_passes(lg)) >= 1);
+    /* rows written now that are already past the limit, as rows of today are in 31 days */
+    add_audit_rows(20, t - 40 * 86400, 1, 0);
+    add_audit_rows(5, t - 100, 1, 0);
+    for (int i = 0; i < 100 && (rows = unlinked_rows()) > 5; i++)
+        usleep(20 * 1000);
+    CU_ASSERT_EQUAL(rows, 5);
+    CU_ASSERT(keeper_passes(lg) > passes);
+    eg_ledger_close(lg);
+}
+
 /* A certificate and its audit row: one operation, one commit, both or neither. */
 static void test_complete_with_audit_is_one_commit(void)
 {
@@ -1023,6 +1057,7 @@ static CU_TestInfo tests[] = {
     {"audit events are stored", test_audit_events_are_stored},
     {"audit retention by age and count", test_audit_retention_by_age_and_count},
     {"audit flood is pruned by itself", test_audit_flood_is_pruned_by_itself},
+    {"audit is pruned on the keeper's clock", test_audit_is_pruned_on_the_keepers_clock},
     {"complete with audit is one commit, both or neither", test_complete_with_audit_is_one_commit},
     {"concurrent issuance is grouped", test_concurrent_issuance_is_grouped},
     {"failing operation spares its batch", test_failing_operation_spares_its_batch},
