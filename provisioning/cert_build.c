@@ -111,7 +111,9 @@ static int add_extensions(X509 *x, const eg_prov_cert_spec *s)
     if (add_ext(x, &ctx, NID_basic_constraints, ca ? "critical,CA:TRUE" : "critical,CA:FALSE") ||
         add_ext(x, &ctx, NID_key_usage,
                 ca ? "critical,keyCertSign,cRLSign" : "critical,digitalSignature") ||
-        add_ext(x, &ctx, NID_subject_key_identifier, "hash") ||
+        (s->ski != NULL ? X509_add1_ext_i2d(x, NID_subject_key_identifier,
+                                            (ASN1_OCTET_STRING *)s->ski, 0, X509V3_ADD_DEFAULT) != 1
+                        : add_ext(x, &ctx, NID_subject_key_identifier, "hash")) ||
         add_ext(x, &ctx, NID_authority_key_identifier, "keyid:always"))
         return -1;
     if (s->profile == EG_PROFILE_TLS_SERVER &&
@@ -146,8 +148,11 @@ static int fill_cert(X509 *x, const eg_prov_cert_spec *s)
     if (X509_set_version(x, X509_VERSION_3) != 1 || set_serial(x) != 0 ||
         X509_set_subject_name(x, s->subject) != 1 || X509_set_issuer_name(x, issuer) != 1)
         return -1;
-    if (X509_gmtime_adj(X509_getm_notBefore(x), 0) == NULL ||
-        X509_time_adj_ex(X509_getm_notAfter(x), s->days, 0, NULL) == NULL)
+    if (s->not_before != NULL ? X509_set1_notBefore(x, s->not_before) != 1
+                              : X509_gmtime_adj(X509_getm_notBefore(x), 0) == NULL)
+        return -1;
+    if (s->not_after != NULL ? X509_set1_notAfter(x, s->not_after) != 1
+                             : X509_time_adj_ex(X509_getm_notAfter(x), s->days, 0, NULL) == NULL)
         return -1;
     if (X509_set_pubkey(x, s->pubkey) != 1 || add_extensions(x, s) != 0)
         return -1;

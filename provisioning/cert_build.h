@@ -25,6 +25,10 @@ typedef struct eg_prov_cert_spec {
     size_t ndns;
     const char *const *ips; /* subjectAltName iPAddress entries (IPv4 or IPv6 text) */
     size_t nips;
+    /* A key certified before (a renewed or cross-certified CA) keeps its SKI; NULL: hashed. */
+    const ASN1_OCTET_STRING *ski;
+    const ASN1_TIME *not_before; /* NULL: now */
+    const ASN1_TIME *not_after;  /* NULL: days after now */
 } eg_prov_cert_spec;
 
 /*

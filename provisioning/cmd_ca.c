@@ -120,7 +120,8 @@ static int ca_sign(const struct ca_create *a, const X509_NAME *subject, eg_p11_k
                    struct ca_made *m)
 {
     EVP_PKEY *pkey = NULL, *pub = eg_p11_key_public(key);
-    eg_prov_cert_spec spec = {EG_PROFILE_CA, subject, pub, NULL, NULL, a->k.days, NULL, 0, NULL, 0};
+    eg_prov_cert_spec spec = {.profile = EG_PROFILE_CA, .subject = subject, .pubkey = pub,
+                              .days = a->k.days};
     int rc;
 
     if (pub == NULL) {
