@@ -619,6 +619,261 @@ static void test_ca_import_refuses_other_key_then_takes_its_own(void)
     EVP_PKEY_free(root_key);
 }
 
+/* ---- ca renew ---- */
+
+struct label_count_args {
+    const char *label;
+    CK_ULONG n;
+};
+
+static CK_RV label_count_fn(eg_p11_call *call, void *arg)
+{
+    struct label_count_args *a = arg;
+    CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
+    CK_ATTRIBUTE t[2] = {{CKA_CLASS, &cls, sizeof(cls)},
+                         {CKA_LABEL, (void *)a->label, strlen(a->label)}};
+    CK_OBJECT_HANDLE h[4];
+
+    return eg_p11_find_objects(call, t, 2, h, 4, &a->n);
+}
+
+/* How many certificate objects the token holds under label. */
+static int token_certs_labelled(const char *label)
+{
+    struct label_count_args a = {label, 0};
+    eg_token *tok = NULL;
+    int n = -1;
+
+    if (open_token(&tok) == 0 && eg_token_run(tok, label_count_fn, &a) == CKR_OK)
+        n = (int)a.n;
+    eg_token_free(tok);
+    return n;
+}
+
+/* ca create --self-signed into NAME.pem and tls create of a leaf under it into LEAF.pem. */
+static void ca_and_leaf(const char *ca, const char *cn, int days, const char *leaf)
+{
+    eg_child_result *r = calloc(1, sizeof(*r));
+    char path[PATH_MAX], file[64], subject[128], n[8];
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    snprintf(file, sizeof(file), "%s.pem", ca);
+    snprintf(subject, sizeof(subject), "CN=%s,O=estgate tests", cn);
+    snprintf(n, sizeof(n), "%d", days);
+    provision(r, NULL, NULL, "ca", "create", "--label", ca, "--key", "ec-p256", "--subject",
+              subject, "--self-signed", "--days", n, "--out", tpath(path, file), NULL);
+    CU_ASSERT_EQUAL(r->code, 0);
+    snprintf(file, sizeof(file), "%s.pem", leaf);
+    provision(r, NULL, NULL, "tls", "create", "--label", leaf, "--key", "ec-p256", "--ca-label", ca,
+              "--dns", "est.test.example", "--days", "5", "--out", tpath(path, file), NULL);
+    CU_ASSERT_EQUAL(r->code, 0);
+    free(r);
+}
+
+/* `openssl verify -CAfile ca [-untrusted untrusted] leaf`, files in the token directory. */
+static int openssl_verify(const char *ca, const char *untrusted, const char *leaf)
+{
+    char cp[PATH_MAX], up[PATH_MAX], lp[PATH_MAX];
+    char *argv[] = {"/usr/bin/openssl", "verify",     "-CAfile",
+                    tpath(cp, ca),      "-untrusted", tpath(up, untrusted ? untrusted : ca),
+                    tpath(lp, leaf),    NULL};
+
+    return run_openssl(argv);
+}
+
+static bool same_octets(const ASN1_OCTET_STRING *a, const ASN1_OCTET_STRING *b)
+{
+    return a != NULL && b != NULL && ASN1_OCTET_STRING_cmp(a, b) == 0;
+}
+
+static void test_ca_renew_same_key(void)
+{
+    eg_child_result *r = calloc(1, sizeof(*r));
+    char path[PATH_MAX], renewed[PATH_MAX];
+    X509 *old = NULL, *x = NULL;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    ca_and_leaf("renew-ca", "Renewed CA", 30, "renew-before");
+    provision(r, NULL, NULL, "ca", "renew", "--label", "renew-ca", "--days", "400", "--out",
+              tpath(renewed, "renew-ca-new.pem"), NULL);
+    CU_ASSERT_EQUAL(r->code, 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->out, "renewed the root of pkcs11:"));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(old = read_cert(tpath(path, "renew-ca.pem")));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(x = read_cert(renewed));
+    check_root(x, NID_ecdsa_with_SHA256, "Renewed CA");
+    CU_ASSERT_NOT_EQUAL(ASN1_INTEGER_cmp(X509_get0_serialNumber(x), X509_get0_serialNumber(old)),
+                        0);
+    CU_ASSERT(ASN1_TIME_compare(X509_get0_notAfter(x), X509_get0_notAfter(old)) > 0);
+    CU_ASSERT_EQUAL(X509_NAME_cmp(X509_get_subject_name(x), X509_get_subject_name(old)), 0);
+    CU_ASSERT(same_octets(X509_get0_subject_key_id(x), X509_get0_subject_key_id(old)));
+    CU_ASSERT_EQUAL(EVP_PKEY_eq(X509_get0_pubkey(x), X509_get0_pubkey(old)), 1);
+    /* the token holds the new root, and only it, under the label and the key's id */
+    check_token_key("renew-ca", X509_get0_pubkey(x), x);
+    CU_ASSERT_EQUAL(token_certs_labelled("renew-ca"), 1);
+    /* tls create finds it, and both roots verify leaves made before and after */
+    provision(r, NULL, NULL, "tls", "create", "--label", "renew-after", "--key", "ec-p256",
+              "--ca-label", "renew-ca", "--dns", "est.test.example", "--days", "5", "--out",
+              tpath(path, "renew-after.pem"), NULL);
+    CU_ASSERT_EQUAL(r->code, 0);
+    CU_ASSERT_EQUAL(openssl_verify("renew-ca-new.pem", NULL, "renew-before.pem"), 0);
+    CU_ASSERT_EQUAL(openssl_verify("renew-ca.pem", NULL, "renew-after.pem"), 0);
+    CU_ASSERT(no_temp_files());
+    X509_free(old);
+    X509_free(x);
+    free(r);
+}
+
+/* The certificate's subject, issuer, keys and key identifiers, and that issuer_key signed it. */
+static void check_cross(X509 *x, X509 *subject_of, X509 *issued_by)
+{
+    CU_ASSERT(X509_check_ca(x) == 1);
+    CU_ASSERT_EQUAL(X509_get_key_usage(x), KU_KEY_CERT_SIGN | KU_CRL_SIGN);
+    check_serial(x);
+    CU_ASSERT_EQUAL(X509_NAME_cmp(X509_get_subject_name(x), X509_get_subject_name(subject_of)), 0);
+    CU_ASSERT_EQUAL(X509_NAME_cmp(X509_get_issuer_name(x), X509_get_subject_name(issued_by)), 0);
+    CU_ASSERT_EQUAL(EVP_PKEY_eq(X509_get0_pubkey(x), X509_get0_pubkey(subject_of)), 1);
+    CU_ASSERT(same_octets(X509_get0_subject_key_id(x), X509_get0_subject_key_id(subject_of)));
+    CU_ASSERT(same_octets(X509_get0_authority_key_id(x), X509_get0_subject_key_id(issued_by)));
+    CU_ASSERT_EQUAL(X509_verify(x, X509_get0_pubkey(issued_by)), 1);
+}
+
+static int write_certs(const char *path, X509 *const *certs, int n)
+{
+    BIO *out = BIO_new_file(path, "w");
+    int i, ok = out != NULL;
+
+    for (i = 0; ok && i < n; i++)
+        ok = PEM_write_bio_X509(out, certs[i]);
+    BIO_free(out);
+    return ok ? 0 : -1;
+}
+
+static void test_ca_renew_new_key_rollover(void)
+{
+    eg_child_result *r = calloc(1, sizeof(*r));
+    char path[PATH_MAX], out[PATH_MAX];
+    STACK_OF(X509) *chain = NULL;
+    X509 *old = NULL, *nwn, *nwo, *own, *cacerts[4];
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    ca_and_leaf("roll-old", "Rolled CA", 30, "roll-leaf-old");
+    provision(r, NULL, NULL, "ca", "renew", "--label", "roll-old", "--new-label", "roll-new",
+              "--key", "ec-p384", "--days", "400", "--out", tpath(out, "roll.pem"), NULL);
+    CU_ASSERT_EQUAL(r->code, 0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(old = read_cert(tpath(path, "roll-old.pem")));
+    chain = read_chain(out);
+    CU_ASSERT_EQUAL_FATAL(sk_X509_num(chain), 4);
+    nwn = sk_X509_value(chain, 0);
+    nwo = sk_X509_value(chain, 1);
+    own = sk_X509_value(chain, 2);
+    CU_ASSERT_EQUAL(X509_cmp(sk_X509_value(chain, 3), old), 0);
+    /* NewWithNew: a root like ca create's, with the old root's subject, stored under the label */
+    check_root(nwn, NID_ecdsa_with_SHA384, "Rolled CA");
+    CU_ASSERT_EQUAL(X509_NAME_cmp(X509_get_subject_name(nwn), X509_get_subject_name(old)), 0);
+    CU_ASSERT_NOT_EQUAL(EVP_PKEY_eq(X509_get0_pubkey(nwn), X509_get0_pubkey(old)), 1);
+    check_token_key("roll-new", X509_get0_pubkey(nwn), nwn);
+    check_token_key("roll-old", X509_get0_pubkey(old), old);
+    /* NewWithOld: the new key by the old one, ending with the old root (30 < 400 days) */
+    check_cross(nwo, nwn, old);
+    CU_ASSERT_EQUAL(X509_get_signature_nid(nwo), NID_ecdsa_with_SHA256);
+    CU_ASSERT_EQUAL(X509_cmp_time(X509_get0_notBefore(nwo), NULL), -1);
+    CU_ASSERT_EQUAL(ASN1_TIME_compare(X509_get0_notAfter(nwo), X509_get0_notAfter(old)), 0);
+    /* OldWithNew: the old key by the new one, for the old root's validity */
+    check_cross(own, old, nwn);
+    CU_ASSERT_EQUAL(X509_get_signature_nid(own), NID_ecdsa_with_SHA384);
+    CU_ASSERT_EQUAL(ASN1_TIME_compare(X509_get0_notBefore(own), X509_get0_notBefore(old)), 0);
+    CU_ASSERT_EQUAL(ASN1_TIME_compare(X509_get0_notAfter(own), X509_get0_notAfter(old)), 0);
+    /*
+     * Devices holding either root verify leaves of either key with the certificates as
+     * /cacerts serves them: the self-signed ones after the others (appliance/core.c).
+     */
+    provision(r, NULL, NULL, "tls", "create", "--label", "roll-leaf-new", "--key", "ec-p256",
+              "--ca-label", "roll-new", "--dns", "est.test.example", "--days", "5", "--out",
+              tpath(path, "roll-leaf-new.pem"), NULL);
+    CU_ASSERT_EQUAL(r->code, 0);
+    CU_ASSERT_EQUAL_FATAL(write_certs(tpath(path, "roll-new-root.pem"), &nwn, 1), 0);
+    cacerts[0] = nwo, cacerts[1] = own, cacerts[2] = nwn, cacerts[3] = old;
+    CU_ASSERT_EQUAL_FATAL(write_certs(tpath(path, "roll-cacerts.pem"), cacerts, 4), 0);
+    CU_ASSERT_EQUAL(openssl_verify("roll-old.pem", "roll-cacerts.pem", "roll-leaf-new.pem"), 0);
+    CU_ASSERT_EQUAL(openssl_verify("roll-new-root.pem", "roll-cacerts.pem", "roll-leaf-old.pem"),
+                    0);
+    CU_ASSERT_EQUAL(openssl_verify("roll-new-root.pem", "roll.pem", "roll-leaf-old.pem"), 0);
+    CU_ASSERT(no_temp_files());
+    sk_X509_pop_free(chain, X509_free);
+    X509_free(old);
+    free(r);
+}
+
+static void check_refused(eg_child_result *r, int code, const char *out, const char *says)
+{
+    CU_ASSERT_EQUAL(r->code, code);
+    if (says != NULL && strstr(r->err, says) == NULL)
+        printf("\n  expected \"%s\" in: %s\n", says, r->err);
+    CU_ASSERT(says == NULL || strstr(r->err, says) != NULL);
+    CU_ASSERT_NOT_EQUAL(access(out, F_OK), 0);
+}
+
+static void test_ca_renew_refusals(void)
+{
+    eg_child_result *r = calloc(1, sizeof(*r));
+    char out[PATH_MAX], pin[PATH_MAX], csr[PATH_MAX], chain[PATH_MAX];
+    EVP_PKEY *root_key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+    X509 *ca = NULL, *root = NULL, *sub = NULL;
+    X509_REQ *req = NULL;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(root_key);
+    ca_and_leaf("refuse-ca", "Refusing CA", 30, "refuse-leaf");
+    tpath(out, "refused.pem");
+    provision(r, NULL, NULL, "ca", "renew", "--label", "no-such-ca", "--days", "1", "--out", out,
+              NULL);
+    check_refused(r, 69, out, "no-such-ca");
+    provision(r, NULL, NULL, "ca", "renew", "--label", "refuse-ca", "--new-label", "refuse-leaf",
+              "--key", "ec-p256", "--days", "1", "--out", out, NULL);
+    check_refused(r, 73, out, "refuse-leaf");
+    provision(r, NULL, NULL, "ca", "renew", "--label", "refuse-ca", "--new-label", "refuse-new",
+              "--key", "ec-p521", "--days", "1", "--out", out, NULL);
+    check_refused(r, 64, out, "--key");
+    provision(r, NULL, NULL, "ca", "renew", "--label", "refuse-ca", "--key", "ec-p256", "--days",
+              "1", "--out", out, NULL);
+    check_refused(r, 64, out, "--new-label");
+    CU_ASSERT_EQUAL_FATAL(write_secret(tpath(pin, "renew-wrong-pin"), "not-the-pin\n"), 0);
+    provision(r, NULL, pin, "ca", "renew", "--label", "refuse-ca", "--days", "1", "--out", out,
+              NULL);
+    check_refused(r, 77, out, "CKR_PIN_INCORRECT");
+    /* a CA key with no certificate yet, then with one an external root issued */
+    provision(r, NULL, NULL, "ca", "create", "--label", "refuse-sub", "--key", "ec-p256",
+              "--subject", "CN=Refused Sub CA", "--csr", tpath(csr, "refuse-sub.csr"), NULL);
+    CU_ASSERT_EQUAL(r->code, 0);
+    provision(r, NULL, NULL, "ca", "renew", "--label", "refuse-sub", "--days", "1", "--out", out,
+              NULL);
+    check_refused(r, 69, out, "no certificate");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(req = read_req(csr));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(root = issue_ca("Refusing root", root_key, NULL, root_key));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(
+        sub = issue_ca("Refused Sub CA", X509_REQ_get0_pubkey(req), root, root_key));
+    CU_ASSERT_EQUAL_FATAL(write_pem(tpath(chain, "refuse-chain.pem"), sub, root), 0);
+    provision(r, NULL, NULL, "ca", "import", "--label", "refuse-sub", "--chain", chain, NULL);
+    CU_ASSERT_EQUAL(r->code, 0);
+    provision(r, NULL, NULL, "ca", "renew", "--label", "refuse-sub", "--new-label", "refuse-sub-2",
+              "--key", "ec-p256", "--days", "1", "--out", out, NULL);
+    check_refused(r, 65, out, "not self-signed");
+    /* nothing changed: the CA keeps its root, no key was left under a new label */
+    CU_ASSERT_PTR_NOT_NULL_FATAL(ca = read_cert(tpath(chain, "refuse-ca.pem")));
+    check_token_key("refuse-ca", X509_get0_pubkey(ca), ca);
+    check_token_key("refuse-sub", X509_REQ_get0_pubkey(req), sub);
+    provision(r, NULL, NULL, "list", NULL);
+    CU_ASSERT_PTR_NULL(strstr(r->out, "refuse-new"));
+    CU_ASSERT_PTR_NULL(strstr(r->out, "refuse-sub-2"));
+    CU_ASSERT(no_temp_files());
+    X509_free(ca);
+    X509_free(sub);
+    X509_free(root);
+    X509_REQ_free(req);
+    EVP_PKEY_free(root_key);
+    free(r);
+}
+
 /* ---- list ---- */
 
 static void test_list_shows_uris(void)
@@ -1040,6 +1295,11 @@ static CU_TestInfo tests[] = {
     {"ca create --csr: signature verifies", test_ca_create_csr_verifies},
     {"ca import: refuses another key's certificate, takes its own",
      test_ca_import_refuses_other_key_then_takes_its_own},
+    {"ca renew: same key, a new root both roots verify under", test_ca_renew_same_key},
+    {"ca renew --new-label: the four rollover certificates, either root verifies",
+     test_ca_renew_new_key_rollover},
+    {"ca renew: unknown label 69, used label 73, bad --key 64, PIN 77, not self-signed 65",
+     test_ca_renew_refusals},
     {"list shows the URIs", test_list_shows_uris},
     {"kek import: wrap-only token AES key, wraps as the device would",
      test_kek_import_wraps_as_the_device_would},

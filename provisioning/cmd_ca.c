@@ -1,7 +1,7 @@
 /*
  * `ca create`: the CA key in the token (a token object, sensitive, never
  * extractable) with a self-signed root or a CSR for an external root.
- * `ca import` is in cmd_ca_import.c.
+ * `ca import` is in cmd_ca_import.c, `ca renew` in cmd_ca_renew.c.
  */
 #include <string.h>
 
@@ -120,8 +120,8 @@ static int ca_sign(const struct ca_create *a, const X509_NAME *subject, eg_p11_k
                    struct ca_made *m)
 {
     EVP_PKEY *pkey = NULL, *pub = eg_p11_key_public(key);
-    eg_prov_cert_spec spec = {.profile = EG_PROFILE_CA, .subject = subject, .pubkey = pub,
-                              .days = a->k.days};
+    eg_prov_cert_spec spec = {
+        .profile = EG_PROFILE_CA, .subject = subject, .pubkey = pub, .days = a->k.days};
     int rc;
 
     if (pub == NULL) {
@@ -243,7 +243,8 @@ static int ca_create(int argc, char **argv)
 static const char ca_help[] =
     "usage: estgate-provision ca create ...   a CA key and its root or CSR\n"
     "       estgate-provision ca import ...   its certificate and chain\n"
-    "Run either with --help for its options.\n";
+    "       estgate-provision ca renew ...    a new root, same key or a new one\n"
+    "Run any of them with --help for its options.\n";
 
 int eg_prov_cmd_ca(int argc, char **argv)
 {
@@ -251,10 +252,12 @@ int eg_prov_cmd_ca(int argc, char **argv)
         return ca_create(argc - 1, argv + 1);
     if (argc >= 2 && strcmp(argv[1], "import") == 0)
         return eg_prov_cmd_ca_import(argc - 1, argv + 1);
+    if (argc >= 2 && strcmp(argv[1], "renew") == 0)
+        return eg_prov_cmd_ca_renew(argc - 1, argv + 1);
     if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
         eg_prov_help(ca_help);
         return EG_EXIT_OK;
     }
     eg_prov_report_prefix("estgate-provision ca");
-    return eg_prov_usage_error("expected 'create' or 'import'");
+    return eg_prov_usage_error("expected 'create', 'import' or 'renew'");
 }

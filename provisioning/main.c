@@ -14,6 +14,8 @@ static const char usage[] =
     "  init-token    initialise a token in a free slot and set its user PIN\n"
     "  ca create     make the CA key in the token, with a self-signed root or a CSR\n"
     "  ca import     import the CA certificate issued for the CSR, and its chain\n"
+    "  ca renew      a new root for the token CA: same key, or a new key with rollover\n"
+    "                certificates (RFC 4210 4.4)\n"
     "  tls create    make the appliance TLS key and its certificate from the token CA\n"
     "  kek import    import a pre-shared AES key for serverkeygen (DecryptKeyIdentifier)\n"
     "  list          list the token's keys and certificates with their URIs\n"

@@ -37,8 +37,9 @@ typedef struct eg_prov_token_opts {
 
 /* Commands: argv[0] is the command name; each returns an exit code. */
 int eg_prov_cmd_init_token(int argc, char **argv);
-int eg_prov_cmd_ca(int argc, char **argv); /* dispatches "ca create" and "ca import" */
+int eg_prov_cmd_ca(int argc, char **argv); /* dispatches "ca create", "ca import", "ca renew" */
 int eg_prov_cmd_ca_import(int argc, char **argv);
+int eg_prov_cmd_ca_renew(int argc, char **argv);
 int eg_prov_cmd_tls(int argc, char **argv);
 int eg_prov_cmd_kek(int argc, char **argv); /* dispatches "kek import" */
 int eg_prov_cmd_list(int argc, char **argv);

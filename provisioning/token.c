@@ -156,14 +156,22 @@ struct present_args {
     CK_ULONG found;
 };
 
+/* The certificate object whose CKA_VALUE is der, if any. */
+static CK_RV find_cert(eg_p11_call *call, unsigned char *der, int derlen, CK_OBJECT_HANDLE *h,
+                       CK_ULONG *found)
+{
+    CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
+    CK_ATTRIBUTE t[2] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_VALUE, der, (CK_ULONG)derlen}};
+
+    return eg_p11_find_objects(call, t, 2, h, 1, found);
+}
+
 static CK_RV present_fn(eg_p11_call *call, void *arg)
 {
     struct present_args *a = arg;
-    CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
-    CK_ATTRIBUTE t[2] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_VALUE, a->der, (CK_ULONG)a->derlen}};
     CK_OBJECT_HANDLE h;
 
-    return eg_p11_find_objects(call, t, 2, &h, 1, &a->found);
+    return find_cert(call, a->der, a->derlen, &h, &a->found);
 }
 
 int eg_prov_cert_present(eg_token *tok, X509 *cert, bool *present)
@@ -274,5 +282,56 @@ int eg_prov_store_cert(eg_token *tok, X509 *cert, const char *label, const uint8
     rc = EG_EXIT_OK;
 out:
     cert_der_free(&a.der);
+    return rc;
+}
+
+struct destroy_args {
+    unsigned char *der;
+    int derlen;
+};
+
+/* Finds the object by its DER again on every try, so a repeat after a recovery is harmless. */
+static CK_RV destroy_fn(eg_p11_call *call, void *arg)
+{
+    struct destroy_args *a = arg;
+    CK_OBJECT_HANDLE h;
+    CK_ULONG found;
+    CK_RV rv;
+
+    if ((rv = find_cert(call, a->der, a->derlen, &h, &found)) != CKR_OK || found == 0)
+        return rv;
+    return eg_p11_destroy_object(call, h);
+}
+
+int eg_prov_destroy_cert(eg_token *tok, X509 *cert)
+{
+    struct destroy_args a = {NULL, 0};
+    CK_RV rv;
+    int rc;
+
+    if ((a.derlen = i2d_X509(cert, &a.der)) <= 0) {
+        rc = eg_prov_fail_stack(EG_EXIT_SOFTWARE, "cannot encode a certificate");
+        goto out;
+    }
+    if ((rv = eg_token_run(tok, destroy_fn, &a)) != CKR_OK) {
+        rc = eg_prov_fail(EG_EXIT_SOFTWARE, "cannot destroy a certificate in token '%s': %s",
+                          eg_token_label(tok), eg_p11_rv_name(rv));
+        goto out;
+    }
+    rc = EG_EXIT_OK;
+out:
+    OPENSSL_free(a.der);
+    return rc;
+}
+
+int eg_prov_replace_cert(eg_token *tok, X509 *old, X509 *cert, const char *label, const uint8_t *id,
+                         size_t idlen)
+{
+    int rc;
+
+    if ((rc = eg_prov_store_cert(tok, cert, label, id, idlen)) != EG_EXIT_OK)
+        return rc;
+    if ((rc = eg_prov_destroy_cert(tok, old)) != EG_EXIT_OK)
+        eg_prov_destroy_cert(tok, cert);
     return rc;
 }

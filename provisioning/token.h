@@ -35,5 +35,14 @@ int eg_prov_cert_present(eg_token *tok, X509 *cert, bool *present);
  */
 int eg_prov_store_cert(eg_token *tok, X509 *cert, const char *label, const uint8_t *id,
                        size_t idlen);
+/* Destroys the certificate object holding exactly cert (same DER); none there is no error. */
+int eg_prov_destroy_cert(eg_token *tok, X509 *cert);
+/*
+ * Replaces the certificate old with cert under label and id: cert is stored
+ * first and old destroyed after, so the key is never left without one; when
+ * old cannot be destroyed, cert is destroyed again and old stays.
+ */
+int eg_prov_replace_cert(eg_token *tok, X509 *old, X509 *cert, const char *label, const uint8_t *id,
+                         size_t idlen);
 
 #endif
