@@ -196,12 +196,19 @@ static const char *ca_digest(EVP_PKEY *pub)
     }
 }
 
-/* RFC 7030 4.1.3 and 4.2.3: a certs-only SignedData (no signers) holding the certificates. */
+/*
+ * RFC 7030 4.1.3 and 4.2.3: a certs-only SignedData (no signers) holding the
+ * certificates, the self-signed ones after the others. After a root key
+ * rollover the chain starts with NewWithNew, and NewWithOld has the same name
+ * and key; OpenSSL 3.0 takes the first match in the untrusted certificates as
+ * the issuer and does not try another, so a device that trusts only the old
+ * root must meet NewWithOld first.
+ */
 static int cacerts_der(STACK_OF(X509) * chain, uint8_t **der, size_t *len)
 {
     PKCS7 *p7 = PKCS7_new();
     unsigned char *buf = NULL;
-    int i, n = -1, ok;
+    int i, roots, n = -1, ok;
 
     /*
      * The encapsulated content is id-data with no content at all: clients such
@@ -209,8 +216,12 @@ static int cacerts_der(STACK_OF(X509) * chain, uint8_t **der, size_t *len)
      */
     ok = p7 != NULL && PKCS7_set_type(p7, NID_pkcs7_signed) == 1 &&
          (p7->d.sign->contents->type = OBJ_nid2obj(NID_pkcs7_data)) != NULL;
-    for (i = 0; ok && i < sk_X509_num(chain); i++)
-        ok = PKCS7_add_certificate(p7, sk_X509_value(chain, i)) == 1;
+    for (roots = 0; roots < 2; roots++) {
+        for (i = 0; ok && i < sk_X509_num(chain); i++) {
+            if ((X509_self_signed(sk_X509_value(chain, i), 0) == 1) == roots)
+                ok = PKCS7_add_certificate(p7, sk_X509_value(chain, i)) == 1;
+        }
+    }
     if (ok)
         n = i2d_PKCS7(p7, &buf);
     PKCS7_free(p7);

@@ -1859,6 +1859,69 @@ static void test_sighup_renews_the_tls_certificate(void)
     free(text);
 }
 
+/* How many PEM certificates the file at path holds. */
+static int pem_count(const char *path)
+{
+    char *text = eg_file_read(path, &(size_t){0}), *p = text;
+    int n = 0;
+
+    while (p != NULL && (p = strstr(p, "-----BEGIN CERTIFICATE-----")) != NULL) {
+        n++;
+        p++;
+    }
+    free(text);
+    return text != NULL ? n : -1;
+}
+
+/*
+ * A CA key rollover as the operator guide says: `ca renew --new-label`, the profile's ca_key
+ * and ca_chain switched, SIGHUP. /cacerts holds the four certificates, and with them a device
+ * that trusts only the old root verifies a certificate the new key issued; without them it
+ * cannot. Put back after, for the tests that follow.
+ */
+static void test_sighup_serves_a_rolled_over_ca(void)
+{
+    char tool[PATH_MAX], roll[PATH_MAX], cacerts[PATH_MAX], pem[PATH_MAX];
+    char from[PATH_MAX + 64], to[PATH_MAX + 64];
+    char *text = eg_file_read(ini, &(size_t){0});
+    X509 *next = NULL, *leaf = NULL;
+    http h;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(text);
+    CU_ASSERT_EQUAL_FATAL(provision(eg_child_built("provisioning/estgate-provision", tool), "ca",
+                                    "renew", "--label", "ca", "--new-label", "ca-next", "--key",
+                                    "ec-p256", "--days", "60", "--out",
+                                    tpath(roll, "ca-rollover.pem"), NULL),
+                          0);
+    snprintf(from, sizeof(from), "object=ca;type=private\nca_chain = %s\n", ca);
+    snprintf(to, sizeof(to), "object=ca-next;type=private\nca_chain = %s\n", roll);
+    CU_ASSERT_EQUAL_FATAL(write_replaced(ini, text, from, to), 0);
+    CU_ASSERT_EQUAL(sighup_and_wait("estgated: reloaded "), 0);
+
+    CU_ASSERT_EQUAL_FATAL(curl(&h, port, "cacerts", NULL), 200);
+    CU_ASSERT_EQUAL_FATAL(body_to_pem(&h, tpath(cacerts, "rollover-cacerts.pem")), 0);
+    CU_ASSERT_EQUAL(pem_count(cacerts), 4);
+    CU_ASSERT_EQUAL_FATAL(
+        make_csr("rolled", "ec", "rolled.example.com", "subjectAltName=DNS:rolled.example.com"), 0);
+    CU_ASSERT_EQUAL_FATAL(csr_b64("rolled"), 0);
+    CU_ASSERT_EQUAL_FATAL(enroll(&h, "simpleenroll", "rolled", NULL, NULL, NULL, NULL, NULL), 200);
+    CU_ASSERT_EQUAL_FATAL(body_to_pem(&h, tpath(pem, "rolled.pem")), 0);
+    /* issued by the new key, and verified by a device that knows only the old root */
+    next = read_cert(roll);
+    leaf = read_cert(pem);
+    CU_ASSERT(next != NULL && leaf != NULL &&
+              ASN1_OCTET_STRING_cmp(X509_get0_authority_key_id(leaf),
+                                    X509_get0_subject_key_id(next)) == 0);
+    CU_ASSERT_EQUAL(cmd("openssl", "verify", "-CAfile", ca, "-untrusted", cacerts, pem, NULL), 0);
+    CU_ASSERT_NOT_EQUAL(cmd("openssl", "verify", "-CAfile", ca, pem, NULL), 0);
+
+    CU_ASSERT_EQUAL(eg_file_write(ini, text, strlen(text), 0600), 0);
+    CU_ASSERT_EQUAL(sighup_and_wait("estgated: reloaded "), 0);
+    X509_free(next);
+    X509_free(leaf);
+    free(text);
+}
+
 /*
  * A label that matches no token: estgated does not start, and its message says which tokens the
  * module does show, in plain lines (no OpenSSL error codes, no source file names).
@@ -2326,6 +2389,8 @@ static CU_TestInfo tests[] = {
      test_sighup_reloads_client_trust},
     {"SIGHUP leaves [token] calls for a restart", test_sighup_leaves_token_calls_for_a_restart},
     {"SIGHUP serves a renewed TLS certificate", test_sighup_renews_the_tls_certificate},
+    {"SIGHUP serves a rolled-over CA: the old root verifies the new key's certificates",
+     test_sighup_serves_a_rolled_over_ca},
     {"ledger names profiles as the configuration", test_ledger_names_profiles_as_the_configuration},
     {"reload trims the refusals' audit rows", test_reload_trims_refusals_audit_rows},
     {"refused disk writes are 503, then recover", test_refused_disk_writes_are_503_then_recover},
