@@ -97,12 +97,13 @@ size_t eg_expiry_warn(const eg_config *cfg, time_t now, FILE *fp, const char *pr
         else if (v.days < 0)
             fprintf(fp,
                     "%sprofile %s: the CA certificate (%s) expired on %s: the profile issues "
-                    "nothing until it is renewed\n",
+                    "nothing until it is renewed (estgate-provision ca renew) and reloaded\n",
                     prefix, p->name, p->ca_chain_file, v.end);
         else
             fprintf(fp,
                     "%sprofile %s: the CA certificate (%s) expires on %s, in %ld day%s: "
-                    "certificates issued now end with it (max_days = %u)\n",
+                    "certificates issued now end with it (max_days = %u); renew it with "
+                    "estgate-provision ca renew and reload\n",
                     prefix, p->name, p->ca_chain_file, v.end, v.days, v.days == 1 ? "" : "s",
                     p->max_days);
         n++;

@@ -1101,12 +1101,20 @@ static void test_certificates_near_their_end_are_warned_of(void)
     /* 60 days left: worth saying where certificates run for 90, not where they run for 30 */
     CU_ASSERT_PTR_NOT_NULL(strstr(out, "profile long: the CA certificate"));
     CU_ASSERT_PTR_NOT_NULL(strstr(out, "in 60 days: certificates issued now end with it "
-                                       "(max_days = 90)"));
+                                       "(max_days = 90); renew it with estgate-provision ca "
+                                       "renew and reload\n"));
     CU_ASSERT_PTR_NULL(strstr(out, "profile short"));
     CU_ASSERT_PTR_NULL(strstr(out, "profile fine"));
     /* and a day later, the CA that had 10 days has 9 */
     CU_ASSERT_EQUAL(expiry_text(cfg, now + 86400, out, sizeof(out)), 3);
     CU_ASSERT_PTR_NOT_NULL(strstr(out, ", in 9 days:"));
+    /* and once it has ended, the command that renews it */
+    CU_ASSERT(expiry_text(cfg, now + 11 * 86400, out, sizeof(out)) >= 2);
+    snprintf(line, sizeof(line),
+             "warning: profile default: the CA certificate (%s/soon-ca.pem) expired on ", dir);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, line));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "the profile issues nothing until it is renewed "
+                                       "(estgate-provision ca renew) and reloaded\n"));
     /* A clock a month before every certificate begins (a dead clock battery): one line each,
        with the clock's date and the certificate's first day. */
     before = now - EG_TEST_CERT_AHEAD_S - EG_TEST_CERT_BACK_S;
