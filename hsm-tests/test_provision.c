@@ -572,6 +572,15 @@ static X509 *issue_ca(const char *cn, EVP_PKEY *pub, X509 *issuer, EVP_PKEY *sig
     return x;
 }
 
+/* The CSR at csr, a software root root_cn and the certificate it issues for the CSR's key. */
+static void external_ca(const char *csr, const char *root_cn, const char *cn, EVP_PKEY *root_key,
+                        X509_REQ **req, X509 **root, X509 **sub)
+{
+    CU_ASSERT_PTR_NOT_NULL_FATAL(*req = read_req(csr));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(*root = issue_ca(root_cn, root_key, NULL, root_key));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(*sub = issue_ca(cn, X509_REQ_get0_pubkey(*req), *root, root_key));
+}
+
 static int write_pem(const char *path, X509 *a, X509 *b)
 {
     BIO *out = BIO_new_file(path, "w");
@@ -594,10 +603,7 @@ static void test_ca_import_refuses_other_key_then_takes_its_own(void)
     provision(r, NULL, NULL, "ca", "create", "--label", "imp-ca", "--key", "ec-p256", "--subject",
               "CN=Imported CA", "--csr", tpath(csr, "imp-ca.csr"), NULL);
     CU_ASSERT_EQUAL(r->code, 0);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(req = read_req(csr));
-    CU_ASSERT_PTR_NOT_NULL_FATAL(root = issue_ca("External root", root_key, NULL, root_key));
-    CU_ASSERT_PTR_NOT_NULL_FATAL(
-        sub = issue_ca("Imported CA", X509_REQ_get0_pubkey(req), root, root_key));
+    external_ca(csr, "External root", "Imported CA", root_key, &req, &root, &sub);
     /* The root's own certificate has the wrong public key for the token key. */
     CU_ASSERT_EQUAL_FATAL(write_pem(tpath(wrong, "wrong.pem"), root, NULL), 0);
     provision(r, NULL, NULL, "ca", "import", "--label", "imp-ca", "--chain", wrong, NULL);
@@ -848,10 +854,7 @@ static void test_ca_renew_refusals(void)
     provision(r, NULL, NULL, "ca", "renew", "--label", "refuse-sub", "--days", "1", "--out", out,
               NULL);
     check_refused(r, 69, out, "no certificate");
-    CU_ASSERT_PTR_NOT_NULL_FATAL(req = read_req(csr));
-    CU_ASSERT_PTR_NOT_NULL_FATAL(root = issue_ca("Refusing root", root_key, NULL, root_key));
-    CU_ASSERT_PTR_NOT_NULL_FATAL(
-        sub = issue_ca("Refused Sub CA", X509_REQ_get0_pubkey(req), root, root_key));
+    external_ca(csr, "Refusing root", "Refused Sub CA", root_key, &req, &root, &sub);
     CU_ASSERT_EQUAL_FATAL(write_pem(tpath(chain, "refuse-chain.pem"), sub, root), 0);
     provision(r, NULL, NULL, "ca", "import", "--label", "refuse-sub", "--chain", chain, NULL);
     CU_ASSERT_EQUAL(r->code, 0);

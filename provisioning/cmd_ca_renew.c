@@ -115,39 +115,26 @@ static void renewal_clear(struct renewal *r)
 /* The key's certificate in the token, which must be its own self-signed root. */
 static int old_root(eg_p11_key *key, X509 **out)
 {
-    EVP_PKEY *pub = eg_p11_key_public(key);
-    const char *uri = eg_p11_key_uri(key);
     X509 *x = NULL;
     char issuer[256];
     int rc;
 
-    if ((rc = eg_prov_key_cert(key, &x)) != EG_EXIT_OK)
-        goto out;
-    if (x == NULL) {
-        rc = eg_prov_fail(EG_EXIT_UNAVAILABLE,
-                          "the CA key %s has no certificate in the token; only a root made "
-                          "by `ca create --self-signed` can be renewed",
-                          uri);
-    } else if (pub == NULL || EVP_PKEY_eq(X509_get0_pubkey(x), pub) != 1) {
-        rc =
-            eg_prov_fail(EG_EXIT_DATAERR, "the certificate stored for %s is not for that key", uri);
-    } else if (X509_self_signed(x, 1) != 1) {
+    if ((rc = eg_prov_ca_cert(key, "only a root made by `ca create --self-signed` can be renewed",
+                              &x)) != EG_EXIT_OK)
+        return rc;
+    if (X509_self_signed(x, 1) != 1) {
         X509_NAME_oneline(X509_get_issuer_name(x), issuer, sizeof(issuer));
+        X509_free(x);
         ERR_clear_error();
-        rc = eg_prov_fail(EG_EXIT_DATAERR,
-                          "the certificate of %s is issued by %s, not self-signed: its issuer "
-                          "renews it. Make a new key with `ca create --csr` under a new label, "
-                          "have the issuer certify it, `ca import` it, then point the "
-                          "profile's ca_key and ca_chain at it",
-                          uri, issuer);
-    } else {
-        *out = x;
-        x = NULL;
+        return eg_prov_fail(EG_EXIT_DATAERR,
+                            "the certificate of %s is issued by %s, not self-signed: its issuer "
+                            "renews it. Make a new key with `ca create --csr` under a new label, "
+                            "have the issuer certify it, `ca import` it, then point the "
+                            "profile's ca_key and ca_chain at it",
+                            eg_p11_key_uri(key), issuer);
     }
-out:
-    X509_free(x);
-    EVP_PKEY_free(pub);
-    return rc;
+    *out = x;
+    return EG_EXIT_OK;
 }
 
 /* The PEM of what was made into the output file, not yet committed. */

@@ -22,32 +22,20 @@ struct made {
 /* The CA's certificate from the token: it must be its key's, and outlive the new one. */
 static int ca_cert(eg_p11_key *ca_key, int days, X509 **out)
 {
-    EVP_PKEY *pub = eg_p11_key_public(ca_key);
     time_t end = time(NULL) + (time_t)days * 86400;
     X509 *ca = NULL;
     int rc;
 
-    if ((rc = eg_prov_key_cert(ca_key, &ca)) != EG_EXIT_OK)
-        goto out;
-    if (ca == NULL) {
-        rc = eg_prov_fail(EG_EXIT_UNAVAILABLE,
-                          "the CA key %s has no certificate in the token; "
-                          "run `ca create --self-signed` or `ca import`",
-                          eg_p11_key_uri(ca_key));
-    } else if (pub == NULL || EVP_PKEY_eq(X509_get0_pubkey(ca), pub) != 1) {
-        rc = eg_prov_fail(EG_EXIT_DATAERR, "the certificate stored for %s is not for that key",
-                          eg_p11_key_uri(ca_key));
-    } else if (X509_cmp_time(X509_get0_notAfter(ca), &end) < 0) {
-        rc = eg_prov_fail(EG_EXIT_DATAERR, "--days %d: the certificate would outlive its CA's",
-                          days);
-    } else {
-        *out = ca;
-        ca = NULL;
+    if ((rc = eg_prov_ca_cert(ca_key, "run `ca create --self-signed` or `ca import`", &ca)) !=
+        EG_EXIT_OK)
+        return rc;
+    if (X509_cmp_time(X509_get0_notAfter(ca), &end) < 0) {
+        X509_free(ca);
+        return eg_prov_fail(EG_EXIT_DATAERR, "--days %d: the certificate would outlive its CA's",
+                            days);
     }
-out:
-    X509_free(ca);
-    EVP_PKEY_free(pub);
-    return rc;
+    *out = ca;
+    return EG_EXIT_OK;
 }
 
 /* Issues the certificate for key, signed by the CA key in the token. */

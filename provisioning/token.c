@@ -150,7 +150,32 @@ out:
     return rc;
 }
 
-struct present_args {
+int eg_prov_ca_cert(eg_p11_key *key, const char *hint, X509 **out)
+{
+    EVP_PKEY *pub = eg_p11_key_public(key);
+    X509 *ca = NULL;
+    int rc;
+
+    if ((rc = eg_prov_key_cert(key, &ca)) != EG_EXIT_OK)
+        goto out;
+    if (ca == NULL) {
+        rc = eg_prov_fail(EG_EXIT_UNAVAILABLE, "the CA key %s has no certificate in the token; %s",
+                          eg_p11_key_uri(key), hint);
+    } else if (pub == NULL || EVP_PKEY_eq(X509_get0_pubkey(ca), pub) != 1) {
+        rc = eg_prov_fail(EG_EXIT_DATAERR, "the certificate stored for %s is not for that key",
+                          eg_p11_key_uri(key));
+    } else {
+        *out = ca;
+        ca = NULL;
+    }
+out:
+    X509_free(ca);
+    EVP_PKEY_free(pub);
+    return rc;
+}
+
+/* A certificate's DER for the callbacks that find it by CKA_VALUE. */
+struct der_args {
     unsigned char *der;
     int derlen;
     CK_ULONG found;
@@ -168,32 +193,62 @@ static CK_RV find_cert(eg_p11_call *call, unsigned char *der, int derlen, CK_OBJ
 
 static CK_RV present_fn(eg_p11_call *call, void *arg)
 {
-    struct present_args *a = arg;
+    struct der_args *a = arg;
     CK_OBJECT_HANDLE h;
 
     return find_cert(call, a->der, a->derlen, &h, &a->found);
 }
 
-int eg_prov_cert_present(eg_token *tok, X509 *cert, bool *present)
+/* Finds the object by its DER again on every try, so a repeat after a recovery is harmless. */
+static CK_RV destroy_fn(eg_p11_call *call, void *arg)
 {
-    struct present_args a = {NULL, 0, 0};
+    struct der_args *a = arg;
+    CK_OBJECT_HANDLE h;
+    CK_RV rv;
+
+    if ((rv = find_cert(call, a->der, a->derlen, &h, &a->found)) != CKR_OK || a->found == 0)
+        return rv;
+    return eg_p11_destroy_object(call, h);
+}
+
+/* Runs fn with cert's DER in a; what says what fn does, for the message. */
+static int run_on_cert(eg_token *tok, X509 *cert, eg_p11_fn *fn, struct der_args *a,
+                       const char *what)
+{
     CK_RV rv;
     int rc;
 
-    if ((a.derlen = i2d_X509(cert, &a.der)) <= 0) {
+    if ((a->derlen = i2d_X509(cert, &a->der)) <= 0) {
         rc = eg_prov_fail_stack(EG_EXIT_SOFTWARE, "cannot encode a certificate");
         goto out;
     }
-    if ((rv = eg_token_run(tok, present_fn, &a)) != CKR_OK) {
-        rc = eg_prov_fail(EG_EXIT_SOFTWARE, "searching token '%s' for a certificate: %s",
+    if ((rv = eg_token_run(tok, fn, a)) != CKR_OK) {
+        rc = eg_prov_fail(EG_EXIT_SOFTWARE, "%s a certificate in token '%s': %s", what,
                           eg_token_label(tok), eg_p11_rv_name(rv));
         goto out;
     }
-    *present = a.found > 0;
     rc = EG_EXIT_OK;
 out:
-    OPENSSL_free(a.der);
+    OPENSSL_free(a->der);
+    a->der = NULL;
     return rc;
+}
+
+int eg_prov_cert_present(eg_token *tok, X509 *cert, bool *present)
+{
+    struct der_args a = {NULL, 0, 0};
+    int rc = run_on_cert(tok, cert, present_fn, &a, "searching for");
+
+    if (rc == EG_EXIT_OK)
+        *present = a.found > 0;
+    return rc;
+}
+
+int eg_prov_destroy_cert(eg_token *tok, X509 *cert)
+{
+    struct der_args a = {NULL, 0, 0};
+
+    return run_on_cert(tok, cert, destroy_fn, &a, "destroying");
 }
 
 int eg_prov_key_pkey(eg_p11_key *key, EVP_PKEY **out)
@@ -282,45 +337,6 @@ int eg_prov_store_cert(eg_token *tok, X509 *cert, const char *label, const uint8
     rc = EG_EXIT_OK;
 out:
     cert_der_free(&a.der);
-    return rc;
-}
-
-struct destroy_args {
-    unsigned char *der;
-    int derlen;
-};
-
-/* Finds the object by its DER again on every try, so a repeat after a recovery is harmless. */
-static CK_RV destroy_fn(eg_p11_call *call, void *arg)
-{
-    struct destroy_args *a = arg;
-    CK_OBJECT_HANDLE h;
-    CK_ULONG found;
-    CK_RV rv;
-
-    if ((rv = find_cert(call, a->der, a->derlen, &h, &found)) != CKR_OK || found == 0)
-        return rv;
-    return eg_p11_destroy_object(call, h);
-}
-
-int eg_prov_destroy_cert(eg_token *tok, X509 *cert)
-{
-    struct destroy_args a = {NULL, 0};
-    CK_RV rv;
-    int rc;
-
-    if ((a.derlen = i2d_X509(cert, &a.der)) <= 0) {
-        rc = eg_prov_fail_stack(EG_EXIT_SOFTWARE, "cannot encode a certificate");
-        goto out;
-    }
-    if ((rv = eg_token_run(tok, destroy_fn, &a)) != CKR_OK) {
-        rc = eg_prov_fail(EG_EXIT_SOFTWARE, "cannot destroy a certificate in token '%s': %s",
-                          eg_token_label(tok), eg_p11_rv_name(rv));
-        goto out;
-    }
-    rc = EG_EXIT_OK;
-out:
-    OPENSSL_free(a.der);
     return rc;
 }
 

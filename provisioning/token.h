@@ -23,6 +23,11 @@ int eg_prov_label_unused(eg_token *tok, const char *label);
 int eg_prov_key_by_label(eg_token *tok, const char *label, eg_p11_key **out);
 /* The certificate stored under the key's CKA_ID; *out is NULL when there is none. */
 int eg_prov_key_cert(eg_p11_key *key, X509 **out);
+/*
+ * The CA key's certificate, which must be there (EG_EXIT_UNAVAILABLE, the
+ * message ending with hint) and be for that key (EG_EXIT_DATAERR).
+ */
+int eg_prov_ca_cert(eg_p11_key *key, const char *hint, X509 **out);
 /* The key as an EVP_PKEY whose signatures are made in the token by the provider. */
 int eg_prov_key_pkey(eg_p11_key *key, EVP_PKEY **out);
 
