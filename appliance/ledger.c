@@ -27,6 +27,7 @@
 
 #include <sqlite3.h>
 
+#include "clock.h"
 #include "ledger.h"
 #include "ledger_local.h"
 
@@ -538,15 +539,8 @@ static void abandon_batch(eg_ledger *lg, ledger_op *batch)
 /* Waits until a full batch is queued or max_wait_us has passed since the first one came. */
 static void wait_to_fill(eg_ledger *lg)
 {
-    struct timespec deadline;
+    struct timespec deadline = eg_mono_deadline_us(lg->max_wait_us);
 
-    clock_gettime(CLOCK_MONOTONIC, &deadline);
-    deadline.tv_sec += lg->max_wait_us / 1000000;
-    deadline.tv_nsec += (long)(lg->max_wait_us % 1000000) * 1000;
-    if (deadline.tv_nsec >= 1000000000) {
-        deadline.tv_sec++;
-        deadline.tv_nsec -= 1000000000;
-    }
     while (lg->queued < lg->max_batch && !lg->stopping)
         if (pthread_cond_timedwait(&lg->wake, &lg->lock, &deadline) == ETIMEDOUT)
             break;
@@ -835,13 +829,7 @@ static void *keeper_main(void *arg)
 
     pthread_mutex_lock(&lg->lock);
     while (!lg->keeper_stop) {
-        clock_gettime(CLOCK_MONOTONIC, &deadline);
-        deadline.tv_sec += lg->prune_every_ms / 1000;
-        deadline.tv_nsec += (long)(lg->prune_every_ms % 1000) * 1000000L;
-        if (deadline.tv_nsec >= 1000000000L) {
-            deadline.tv_sec++;
-            deadline.tv_nsec -= 1000000000L;
-        }
+        deadline = eg_mono_deadline_us((uint64_t)lg->prune_every_ms * 1000u);
         while (!lg->keeper_stop && !lg->keeper_kick)
             if (pthread_cond_timedwait(&lg->keeper_wake, &lg->lock, &deadline) == ETIMEDOUT)
                 break;

@@ -203,16 +203,9 @@ void eg_auth_set_source_limit(eg_auth *a, unsigned failures, unsigned window_s)
 /* A slot for one KDF run, waiting up to kdf_wait_ms; false when none came free. */
 static bool kdf_enter(eg_auth *a)
 {
-    struct timespec until;
+    struct timespec until = eg_mono_deadline_us((uint64_t)a->kdf_wait_ms * 1000u);
     bool got = true;
 
-    clock_gettime(CLOCK_MONOTONIC, &until);
-    until.tv_sec += (time_t)(a->kdf_wait_ms / 1000);
-    until.tv_nsec += (long)(a->kdf_wait_ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
     pthread_mutex_lock(&a->kdf_lock);
     while (a->kdf_busy >= a->kdf_slots && got)
         got = pthread_cond_timedwait(&a->kdf_free, &a->kdf_lock, &until) == 0 ||
