@@ -1420,8 +1420,6 @@ static void profile_defaults(loader *ld, eg_profile_cfg *p)
     if (p->nskg_keys == 0)
         p->skg_keys[p->nskg_keys++] =
             (eg_keyrule_cfg){.type = EVP_PKEY_EC, .curve_nid = NID_X9_62_prime256v1};
-    if (p->csr_digests == 0)
-        p->csr_digests = EG_CSR_DIGESTS_ALL;
     if (p->nskg_rsa == 0) {
         p->skg_rsa[p->nskg_rsa++] = EG_SKG_RSA_OAEP_SHA256;
         p->skg_rsa[p->nskg_rsa++] = EG_SKG_RSA_OAEP_SHA1;
@@ -1657,7 +1655,7 @@ static void print_profile(FILE *fp, const eg_profile_cfg *p)
             p->nkeys, p->nekus, p->nsans, p->max_days);
     if (p->require_channel_binding)
         fprintf(fp, "; requests linked to their TLS connection (channel binding)");
-    if (p->csr_digests != EG_CSR_DIGESTS_ALL) {
+    if (eg_profile_csr_digests(p) != EG_CSR_DIGESTS_ALL) {
         fprintf(fp, "; CSRs signed with");
         for (size_t i = 0; i < EG_CSR_DIGESTS; i++)
             if (p->csr_digests & (1u << i))

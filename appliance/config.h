@@ -117,7 +117,7 @@ typedef struct eg_profile_cfg {
     bool require_channel_binding; /* the CSR's challengePassword must be the base64 of the
                                      connection's tls-unique or tls-exporter (RFC 7030 3.5) */
     unsigned csr_digests;         /* bits of eg_csr_digests: what a CSR's signature may hash with;
-                                     default all of them (MD5 and older are never among them) */
+                                     0 (not set): all of them; read with eg_profile_csr_digests */
 
     /* serverkeygen: off unless skg_modes has a bit; the *_line fields say where each key
        was set, for errors found when the token is probed. */
@@ -142,8 +142,14 @@ typedef struct eg_csr_digest {
 } eg_csr_digest;
 
 #define EG_CSR_DIGESTS     8
-#define EG_CSR_DIGESTS_ALL ((1u << EG_CSR_DIGESTS) - 1) /* the default; also when 0 */
+#define EG_CSR_DIGESTS_ALL ((1u << EG_CSR_DIGESTS) - 1) /* MD5 and older are never among them */
 extern const eg_csr_digest eg_csr_digests[EG_CSR_DIGESTS];
+
+/* The digests p accepts on a CSR's signature, as bits of eg_csr_digests. */
+static inline unsigned eg_profile_csr_digests(const eg_profile_cfg *p)
+{
+    return p->csr_digests != 0 ? p->csr_digests : EG_CSR_DIGESTS_ALL;
+}
 
 typedef struct eg_config {
     char *path; /* the file this came from */

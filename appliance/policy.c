@@ -179,7 +179,7 @@ static int check_key(const eg_profile_cfg *p, const eg_csr *csr, eg_policy_verdi
  */
 static int check_signature(const eg_profile_cfg *p, const eg_csr *csr, eg_policy_verdict *v)
 {
-    unsigned ok = p->csr_digests != 0 ? p->csr_digests : EG_CSR_DIGESTS_ALL;
+    unsigned ok = eg_profile_csr_digests(p);
     int md = eg_csr_signature_digest(csr);
     char allowed[128] = "";
     size_t used = 0;

@@ -319,7 +319,7 @@ static void test_full_file_loads_every_field(void)
 
     iot = eg_config_profile(cfg, "iot");
     CU_ASSERT_FALSE(iot->require_channel_binding);
-    CU_ASSERT_EQUAL(iot->csr_digests, EG_CSR_DIGESTS_ALL); /* all but MD5 and older */
+    CU_ASSERT_EQUAL(eg_profile_csr_digests(iot), EG_CSR_DIGESTS_ALL); /* all but MD5 and older */
     CU_ASSERT_PTR_EQUAL(iot, &cfg->profiles[1]);
     CU_ASSERT_STRING_EQUAL(iot->label, "iot");
     CU_ASSERT_STRING_EQUAL(iot->ca_key_uri, "pkcs11:id=%01%02");
