@@ -183,6 +183,37 @@ static void key_type_attrs(eg_der *items, const eg_profile_cfg *p)
     }
 }
 
+/*
+ * RFC 7030 4.5.2 (RFC 8951): a CA that requires a hash algorithm MUST say so,
+ * as the OIDs of the signature algorithms a CSR may use. Said only when the
+ * profile's csr_digests narrows the default; one OID per allowed digest and key
+ * family, as policy checks them. Ed25519 has no digest to choose, and a pair
+ * OpenSSL 3.0 has no signature algorithm for (ECDSA with SHA-3) is left out.
+ */
+static void signature_oids(eg_der *items, const eg_profile_cfg *p)
+{
+    static const int types[] = {EVP_PKEY_EC, EVP_PKEY_RSA};
+    unsigned digests = eg_profile_csr_digests(p);
+    const eg_keyrule_cfg *rules;
+    size_t nrules;
+
+    if (digests == EG_CSR_DIGESTS_ALL)
+        return;
+    eg_policy_keyrules(p, &rules, &nrules);
+    for (size_t t = 0; t < sizeof(types) / sizeof(types[0]); t++) {
+        bool allowed = false;
+
+        for (size_t i = 0; i < nrules && !allowed; i++)
+            allowed = rules[i].type == types[t];
+        for (size_t d = 0; allowed && d < EG_CSR_DIGESTS; d++) {
+            int sig = eg_policy_signature_nid(types[t], eg_csr_digests[d].nid);
+
+            if ((digests & (1u << d)) && sig != NID_undef)
+                der_oid(items, sig);
+        }
+    }
+}
+
 static bool required(const eg_profile_cfg *p, int nid)
 {
     for (size_t i = 0; i < p->nrequired_attrs; i++)
@@ -207,6 +238,7 @@ int eg_csrattrs_der(const eg_policy *pol, uint8_t **der_out, size_t *len)
         template_attr(&items, pol);
     else
         key_type_attrs(&items, p);
+    signature_oids(&items, p);
     if (items.len == 0 && !items.bad) { /* nothing to say: 204 */
         *der_out = NULL;
         *len = 0;

@@ -173,6 +173,16 @@ static int check_key(const eg_profile_cfg *p, const eg_csr *csr, eg_policy_verdi
                   type != NID_undef ? OBJ_nid2sn(type) : "unknown");
 }
 
+int eg_policy_signature_nid(int key_type, int md_nid)
+{
+    int pk = key_type == EVP_PKEY_EC    ? NID_X9_62_id_ecPublicKey
+             : key_type == EVP_PKEY_RSA ? NID_rsaEncryption
+                                        : NID_undef;
+    int sig;
+
+    return pk != NID_undef && OBJ_find_sigid_by_algs(&sig, md_nid, pk) ? sig : NID_undef;
+}
+
 /*
  * The CSR's signature is its proof of possession: a digest weak enough to collide (MD5, and
  * SHA-1 where the profile leaves it out) proves little. Ed25519 and Ed448 hash for themselves.
@@ -180,7 +190,7 @@ static int check_key(const eg_profile_cfg *p, const eg_csr *csr, eg_policy_verdi
 static int check_signature(const eg_profile_cfg *p, const eg_csr *csr, eg_policy_verdict *v)
 {
     unsigned ok = eg_profile_csr_digests(p);
-    int md = eg_csr_signature_digest(csr);
+    int md = eg_csr_signature_digest(csr), type = eg_csr_key_type(csr);
     char allowed[128] = "";
     size_t used = 0;
 
@@ -191,6 +201,9 @@ static int check_signature(const eg_profile_cfg *p, const eg_csr *csr, eg_policy
             continue;
         if (md == eg_csr_digests[i].nid)
             return 0;
+        if ((type == EVP_PKEY_EC || type == EVP_PKEY_RSA) &&
+            eg_policy_signature_nid(type, eg_csr_digests[i].nid) == NID_undef)
+            continue; /* not one this key can sign with here: not offered */
         used += (size_t)snprintf(allowed + used, sizeof(allowed) - used, "%s%s",
                                  used > 0 ? ", " : "", eg_csr_digests[i].name);
         if (used >= sizeof(allowed))

@@ -256,8 +256,9 @@ static void config_fill(void)
     cfg.recover_ms = 1500; /* a lost token is reported after 1.5 s, not 10 */
     eg_test_profiles(cfg.profiles, ca_uri, ca_path);
     cfg.nprofiles = EG_TEST_NPROFILES;
-    cfg.profiles[2].require_channel_binding = true;  /* "plain" */
-    cfg.profiles[1].csr_digests = 1u << 2 | 1u << 3; /* "default": sha256, sha384 */
+    cfg.profiles[2].require_channel_binding = true;            /* "plain" */
+    cfg.profiles[1].csr_digests = 1u << 2 | 1u << 3 | 1u << 5; /* "default": sha256, sha384,
+                                                                   sha3-256 */
 }
 
 /* ---- tests ---- */
@@ -565,6 +566,21 @@ static void test_policy_refusals_name_their_dimension(void)
         expect_refusal(key_b, &rs[i]);
 }
 
+/* Enrolls on profile a CSR for key signed with digest md ("SHA1"), as basic:bob. */
+static void enroll_signed(EVP_PKEY *key, const char *md, const char *profile, const char *subject,
+                          const char *sans, const char *challenge, eg_answer *a)
+{
+    size_t len;
+    uint8_t *csr;
+
+    csr_md = md;
+    csr = make_csr(key, subject, sans, NULL, challenge, &len);
+    csr_md = NULL;
+    CU_ASSERT_PTR_NOT_NULL_FATAL(csr);
+    enroll(profile, "basic:bob", csr, len, NULL, 0, a);
+    free(csr);
+}
+
 /*
  * A CSR signed with MD5 proves little about its key: refused on every profile (403, dim
  * signature) before the token signs; SHA-1 only where the profile leaves it in csr_digests.
@@ -581,8 +597,6 @@ static void test_weak_csr_signatures(void)
                            EG_DIM_SIGNATURE,
                            "sign it with one of: sha256, sha384"};
     EVP_PKEY *rsa = EVP_RSA_gen(2048), *p256 = EVP_EC_gen("P-256");
-    size_t len;
-    uint8_t *csr;
     eg_answer a;
 
     CU_ASSERT_PTR_NOT_NULL_FATAL(rsa);
@@ -591,24 +605,21 @@ static void test_weak_csr_signatures(void)
     expect_refusal(rsa, &md5);
     csr_md = "SHA1";
     expect_refusal(p256, &sha1);
+    /* The reason offers only what this key can sign with here: ECDSA with SHA-3 cannot be
+       verified, so "default"'s sha3-256 is left out for a P-256 key. */
+    enroll_signed(p256, "SHA1", "", "CN=d", "DNS:d.example.com", "pw", &a);
+    CU_ASSERT_EQUAL(a.dim, EG_DIM_SIGNATURE);
+    CU_ASSERT_PTR_NULL(strstr(a.reason, "sha3-"));
+    eg_answer_clear(&a);
     /* iot lists no csr_digests: SHA-1 is among the default ones */
-    csr = make_csr(p256, "CN=sha1", "DNS:sha1.example.com", NULL, NULL, &len);
-    csr_md = NULL;
-    CU_ASSERT_PTR_NOT_NULL_FATAL(csr);
-    enroll("iot", "basic:bob", csr, len, NULL, 0, &a);
+    enroll_signed(p256, "SHA1", "iot", "CN=sha1", "DNS:sha1.example.com", NULL, &a);
     CU_ASSERT_EQUAL(a.status, EG_OK);
     eg_answer_clear(&a);
-    free(csr);
     /* ECDSA with SHA3: OpenSSL 3.0 has no OID for it, so the answer says what it can verify */
-    csr_md = "SHA3-256";
-    csr = make_csr(p256, "CN=sha3", "DNS:sha3.example.com", NULL, NULL, &len);
-    csr_md = NULL;
-    CU_ASSERT_PTR_NOT_NULL_FATAL(csr);
-    enroll("iot", "basic:bob", csr, len, NULL, 0, &a);
+    enroll_signed(p256, "SHA3-256", "iot", "CN=sha3", "DNS:sha3.example.com", NULL, &a);
     CU_ASSERT_EQUAL(a.status, EG_MALFORMED);
     CU_ASSERT_PTR_NOT_NULL(strstr(a.reason, "an algorithm estgate cannot verify"));
     eg_answer_clear(&a);
-    free(csr);
     EVP_PKEY_free(rsa);
     EVP_PKEY_free(p256);
 }
@@ -825,22 +836,41 @@ static void test_cacerts_is_pkcs7_with_the_ca(void)
     eg_answer_clear(&a);
 }
 
-static bool asn1parse_has(const char *profile, const char *name, const char *a1, const char *a2)
+/* The profile's CsrAttrs as `openssl asn1parse` prints them, into out. */
+static bool csrattrs_text(const char *profile, const char *name, char *out, size_t cap)
 {
-    char path[PATH_MAX], out[16384];
+    char path[PATH_MAX];
     char *argv[] = {"openssl", "asn1parse", "-inform", "DER", "-in", path, NULL};
     eg_answer a;
     bool ok;
 
+    out[0] = '\0';
     CU_ASSERT_EQUAL(eg_core_csrattrs(core, profile, &a), 0);
     ok = a.status == EG_OK && write_file(name, a.der, a.der_len) == 0;
     tpath(path, name);
-    ok = ok && run(argv, out, sizeof(out)) == 0 && strstr(out, "error") == NULL &&
-         strstr(out, a1) != NULL && strstr(out, a2) != NULL;
+    ok = ok && run(argv, out, cap) == 0 && strstr(out, "error") == NULL;
     if (!ok)
         printf("\n  csrattrs %s (status %d):\n%s\n", profile, a.status, out);
     eg_answer_clear(&a);
     return ok;
+}
+
+static bool asn1parse_has(const char *profile, const char *name, const char *a1, const char *a2)
+{
+    char out[16384];
+    bool ok = csrattrs_text(profile, name, out, sizeof(out)) && strstr(out, a1) != NULL &&
+              strstr(out, a2) != NULL;
+
+    if (!ok)
+        printf("\n  csrattrs %s lacks %s or %s:\n%s\n", profile, a1, a2, out);
+    return ok;
+}
+
+static bool asn1parse_lacks(const char *profile, const char *name, const char *what)
+{
+    char out[16384];
+
+    return csrattrs_text(profile, name, out, sizeof(out)) && strstr(out, what) == NULL;
 }
 
 static void test_csrattrs_parse(void)
@@ -853,6 +883,13 @@ static void test_csrattrs_parse(void)
     CU_ASSERT(
         asn1parse_has("iot", "iot.csrattrs", "Subject Alternative Name", "Extended Key Usage"));
     CU_ASSERT(asn1parse_has("", "default.csrattrs", "challengePassword", ":Example"));
+    /* "default" takes sha256, sha384 (and sha3-256, which ECDSA cannot use) on its P-256 keys,
+       and says so (RFC 7030 4.5.2). */
+    CU_ASSERT(asn1parse_has("", "default.csrattrs", ":ecdsa-with-SHA256", ":ecdsa-with-SHA384"));
+    CU_ASSERT(asn1parse_lacks("", "default.csrattrs", ":ecdsa-with-SHA1\n"));
+    CU_ASSERT(asn1parse_lacks("", "default.csrattrs", "WithRSAEncryption"));
+    CU_ASSERT(asn1parse_lacks("", "default.csrattrs", "sha3-"));         /* no ECDSA with SHA-3 */
+    CU_ASSERT(asn1parse_lacks("plain", "plain.csrattrs", "ecdsa-with")); /* every digest */
     /* No template: the OID list with the key type. */
     CU_ASSERT(asn1parse_has("plain", "plain.csrattrs", "challengePassword", "secp384r1"));
     CU_ASSERT(asn1parse_has("plain", "plain.csrattrs", "id-ecPublicKey", "SEQUENCE"));

@@ -95,6 +95,7 @@ static int write_config(void)
                  "auth = basic\nuser = alice:%s\n"
                  "san = dns:.example.com\nmax_days = %d\neku = clientAuth\n"
                  "key_types = ec:P-256, ec:P-384, rsa:2048-4096\n"
+                 "csr_digests = sha256, sha384, sha512\n"
                  "\n[profile iot]\n"
                  "ca_key = pkcs11:token=%s;object=ca;type=private\nca_chain = %s\n"
                  "auth = mtls\nclient_ca = %s\nsan = dns:.example.com\nmax_days = %d\n"
@@ -426,7 +427,12 @@ static void test_bouncy_castle_client(void)
     char out[PATH_MAX], key[PATH_MAX], cert[PATH_MAX], cert2[PATH_MAX];
 
     CU_ASSERT_EQUAL(bc("cacerts", "--out", tpath(out, "bc-cacerts.pem"), NULL), 0);
+    /* The default profile takes SHA-2 signatures only, and tells the client which ones
+       (RFC 7030 4.5.2): ecdsa-with-SHA256 and sha512WithRSAEncryption among them. */
     CU_ASSERT_EQUAL(bc("csrattrs", NULL), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(res->out, "1.2.840.10045.4.3.2\n"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(res->out, "1.2.840.113549.1.1.13\n"));
+    CU_ASSERT_PTR_NULL(strstr(res->out, "1.2.840.10045.4.1\n")); /* ecdsa-with-SHA1 */
     CU_ASSERT_EQUAL_FATAL(bc("enroll", "--user", "alice", "--pass-file", pass, "--cn",
                              "bc1.example.com", "--dns", "bc1.example.com", "--key-out",
                              tpath(key, "bc1.key"), "--cert-out", tpath(cert, "bc1.pem"), NULL),

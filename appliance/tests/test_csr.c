@@ -16,8 +16,10 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include "config.h"
 #include "csr.h"
 #include "cu_run.h"
+#include "policy.h"
 
 static EVP_PKEY *keys[5];
 enum { K_RSA, K_P256, K_P384, K_ED25519, K_ED448 };
@@ -410,6 +412,55 @@ static void test_unsorted_attributes_verify(void)
     free(der);
 }
 
+/* The bare OIDs in p's CsrAttrs, as short names joined by spaces ("" for 204). */
+static void csrattrs_oids(const eg_profile_cfg *p, char *out, size_t cap)
+{
+    eg_policy pol = {.cfg = p};
+    uint8_t *der = NULL;
+    size_t len = 0, used = 0;
+    const unsigned char *q;
+    STACK_OF(ASN1_TYPE) *seq = NULL;
+
+    out[0] = '\0';
+    CU_ASSERT_EQUAL_FATAL(eg_csrattrs_der(&pol, &der, &len), 0);
+    q = der;
+    if (len > 0)
+        CU_ASSERT_PTR_NOT_NULL_FATAL(seq = d2i_ASN1_SEQUENCE_ANY(NULL, &q, (long)len));
+    for (int i = 0; i < sk_ASN1_TYPE_num(seq); i++) {
+        const ASN1_TYPE *t = sk_ASN1_TYPE_value(seq, i);
+
+        if (t->type == V_ASN1_OBJECT)
+            used += (size_t)snprintf(out + used, cap - used, "%s%s", used ? " " : "",
+                                     OBJ_nid2sn(OBJ_obj2nid(t->value.object)));
+    }
+    sk_ASN1_TYPE_pop_free(seq, ASN1_TYPE_free);
+    OPENSSL_free(der);
+}
+
+/* RFC 7030 4.5.2: a profile that narrows csr_digests names the signature algorithms it takes. */
+static void test_csrattrs_signature_algorithms(void)
+{
+    eg_profile_cfg p = {.name = "t", .label = "t"};
+    char oids[512];
+
+    csrattrs_oids(&p, oids, sizeof(oids)); /* every digest: nothing to say */
+    CU_ASSERT_STRING_EQUAL(oids, "");
+    /* No key rules: RSA and EC keys are allowed; ECDSA with SHA-3 has no algorithm in OpenSSL. */
+    p.csr_digests = 1u << 2 | 1u << 4 | 1u << 5; /* sha256, sha512, sha3-256 */
+    csrattrs_oids(&p, oids, sizeof(oids));
+    CU_ASSERT_STRING_EQUAL(oids, "ecdsa-with-SHA256 ecdsa-with-SHA512 RSA-SHA256 RSA-SHA512 "
+                                 "id-rsassa-pkcs1-v1_5-with-sha3-256");
+    /* EC keys only, beside the key type list. */
+    p.keys[p.nkeys++] = (eg_keyrule_cfg){.type = EVP_PKEY_EC, .curve_nid = NID_secp384r1};
+    p.csr_digests = 1u << 3; /* sha384 */
+    csrattrs_oids(&p, oids, sizeof(oids));
+    CU_ASSERT_STRING_EQUAL(oids, "ecdsa-with-SHA384");
+    /* Ed25519 hashes for itself: nothing to choose. */
+    p.keys[0] = (eg_keyrule_cfg){.type = EVP_PKEY_ED25519};
+    csrattrs_oids(&p, oids, sizeof(oids));
+    CU_ASSERT_STRING_EQUAL(oids, "ED25519");
+}
+
 static CU_TestInfo tests[] = {
     {"RSA-2048, PKCS#1 v1.5 signature", test_rsa},
     {"RSA-2048, RSA-PSS signature", test_rsa_pss_signature},
@@ -422,6 +473,8 @@ static CU_TestInfo tests[] = {
     {"EC point off the curve has no key", test_ec_point_off_curve},
     {"malformed requests are refused", test_refuses_malformed},
     {"attributes out of DER order verify", test_unsorted_attributes_verify},
+    {"csrattrs names the signature algorithms csr_digests allows",
+     test_csrattrs_signature_algorithms},
     CU_TEST_INFO_NULL,
 };
 
