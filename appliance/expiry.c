@@ -32,6 +32,7 @@ typedef struct span {
     bool early;     /* now is before notBefore */
     char end[16];   /* notAfter as YYYY-MM-DD */
     char start[16]; /* notBefore as YYYY-MM-DD */
+    bool root;      /* self-signed: estgate renews it; else its issuer does */
 } span;
 
 /* The first certificate of the file at path, seen from now; -1 when it or its times cannot
@@ -47,6 +48,7 @@ static int span_of(const char *path, time_t now, span *out)
         day_of(X509_get0_notBefore(x), out->start, sizeof(out->start)) == 0) {
         out->days = d - (d <= 0 && s < 0 ? 1 : 0); /* a part of a day already past counts */
         out->early = ASN1_TIME_compare(t, X509_get0_notBefore(x)) < 0;
+        out->root = X509_self_signed(x, 0) == 1;
         rc = 0;
     }
     ASN1_TIME_free(t);
@@ -86,9 +88,13 @@ size_t eg_expiry_warn(const eg_config *cfg, time_t now, FILE *fp, const char *pr
     for (size_t i = 0; i < cfg->nprofiles; i++) {
         const eg_profile_cfg *p = &cfg->profiles[i];
         long ahead = p->max_days > EG_EXPIRY_WARN_DAYS ? p->max_days : EG_EXPIRY_WARN_DAYS;
+        const char *how;
 
         if (span_of(p->ca_chain_file, now, &v) != 0 || (!v.early && v.days >= ahead))
             continue;
+        how = v.root ? "estgate-provision ca renew"
+                     : "estgate-provision ca renew --csr (its issuer certifies the request, "
+                       "ca import brings the certificate back)";
         if (v.early)
             fprintf(fp,
                     "%sprofile %s: the system clock reads %s, before the CA certificate (%s) "
@@ -97,15 +103,15 @@ size_t eg_expiry_warn(const eg_config *cfg, time_t now, FILE *fp, const char *pr
         else if (v.days < 0)
             fprintf(fp,
                     "%sprofile %s: the CA certificate (%s) expired on %s: the profile issues "
-                    "nothing until it is renewed (estgate-provision ca renew) and reloaded\n",
-                    prefix, p->name, p->ca_chain_file, v.end);
+                    "nothing until it is renewed (%s) and reloaded\n",
+                    prefix, p->name, p->ca_chain_file, v.end, how);
         else
             fprintf(fp,
                     "%sprofile %s: the CA certificate (%s) expires on %s, in %ld day%s: "
                     "certificates issued now end with it (max_days = %u); renew it with "
-                    "estgate-provision ca renew and reload\n",
+                    "%s and reload\n",
                     prefix, p->name, p->ca_chain_file, v.end, v.days, v.days == 1 ? "" : "s",
-                    p->max_days);
+                    p->max_days, how);
         n++;
     }
     fflush(fp);

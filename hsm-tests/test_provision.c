@@ -542,8 +542,8 @@ static int add_ext(X509 *x, X509V3_CTX *ctx, int nid, const char *value)
     return ok ? 0 : -1;
 }
 
-/* A software CA certificate, as an external root would issue it. */
-static X509 *issue_ca(const char *cn, EVP_PKEY *pub, X509 *issuer, EVP_PKEY *signer)
+/* A software CA certificate for days, as an external root would issue it. */
+static X509 *issue_ca_days(const char *cn, EVP_PKEY *pub, X509 *issuer, EVP_PKEY *signer, long days)
 {
     static long serial = 1000;
     X509 *x = X509_new();
@@ -557,7 +557,7 @@ static X509 *issue_ca(const char *cn, EVP_PKEY *pub, X509 *issuer, EVP_PKEY *sig
          X509_set_issuer_name(x,
                               issuer ? X509_get_subject_name(issuer) : X509_get_subject_name(x)) &&
          X509_gmtime_adj(X509_getm_notBefore(x), 0) &&
-         X509_gmtime_adj(X509_getm_notAfter(x), 30L * 86400) && X509_set_pubkey(x, pub);
+         X509_gmtime_adj(X509_getm_notAfter(x), days * 86400) && X509_set_pubkey(x, pub);
     X509V3_set_ctx(&ctx, issuer ? issuer : x, x, NULL, NULL, 0);
     ok = ok && add_ext(x, &ctx, NID_basic_constraints, "critical,CA:TRUE") == 0 &&
          add_ext(x, &ctx, NID_key_usage, "critical,keyCertSign,cRLSign") == 0 &&
@@ -572,6 +572,11 @@ static X509 *issue_ca(const char *cn, EVP_PKEY *pub, X509 *issuer, EVP_PKEY *sig
     return x;
 }
 
+static X509 *issue_ca(const char *cn, EVP_PKEY *pub, X509 *issuer, EVP_PKEY *signer)
+{
+    return issue_ca_days(cn, pub, issuer, signer, 30);
+}
+
 /* The CSR at csr, a software root root_cn and the certificate it issues for the CSR's key. */
 static void external_ca(const char *csr, const char *root_cn, const char *cn, EVP_PKEY *root_key,
                         X509_REQ **req, X509 **root, X509 **sub)
@@ -579,6 +584,21 @@ static void external_ca(const char *csr, const char *root_cn, const char *cn, EV
     CU_ASSERT_PTR_NOT_NULL_FATAL(*req = read_req(csr));
     CU_ASSERT_PTR_NOT_NULL_FATAL(*root = issue_ca(root_cn, root_key, NULL, root_key));
     CU_ASSERT_PTR_NOT_NULL_FATAL(*sub = issue_ca(cn, X509_REQ_get0_pubkey(*req), *root, root_key));
+}
+
+/* ca create --csr of label (CN=cn) into csr, and a software root_cn that certifies it. */
+static void external_sub_ca(eg_child_result *r, const char *label, const char *cn,
+                            const char *root_cn, EVP_PKEY *root_key, char *csr, X509_REQ **req,
+                            X509 **root, X509 **sub)
+{
+    char subject[128], file[64];
+
+    snprintf(subject, sizeof(subject), "CN=%s", cn);
+    snprintf(file, sizeof(file), "%s.csr", label);
+    provision(r, NULL, NULL, "ca", "create", "--label", label, "--key", "ec-p256", "--subject",
+              subject, "--csr", tpath(csr, file), NULL);
+    CU_ASSERT_EQUAL_FATAL(r->code, 0);
+    external_ca(csr, root_cn, cn, root_key, req, root, sub);
 }
 
 static int write_pem(const char *path, X509 *a, X509 *b)
@@ -600,10 +620,7 @@ static void test_ca_import_refuses_other_key_then_takes_its_own(void)
 
     CU_ASSERT_PTR_NOT_NULL_FATAL(r);
     CU_ASSERT_PTR_NOT_NULL_FATAL(root_key);
-    provision(r, NULL, NULL, "ca", "create", "--label", "imp-ca", "--key", "ec-p256", "--subject",
-              "CN=Imported CA", "--csr", tpath(csr, "imp-ca.csr"), NULL);
-    CU_ASSERT_EQUAL(r->code, 0);
-    external_ca(csr, "External root", "Imported CA", root_key, &req, &root, &sub);
+    external_sub_ca(r, "imp-ca", "Imported CA", "External root", root_key, csr, &req, &root, &sub);
     /* The root's own certificate has the wrong public key for the token key. */
     CU_ASSERT_EQUAL_FATAL(write_pem(tpath(wrong, "wrong.pem"), root, NULL), 0);
     provision(r, NULL, NULL, "ca", "import", "--label", "imp-ca", "--chain", wrong, NULL);
@@ -861,6 +878,7 @@ static void test_ca_renew_refusals(void)
     provision(r, NULL, NULL, "ca", "renew", "--label", "refuse-sub", "--new-label", "refuse-sub-2",
               "--key", "ec-p256", "--days", "1", "--out", out, NULL);
     check_refused(r, 65, out, "not self-signed");
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->err, "ca renew --label refuse-sub --csr"));
     /* nothing changed: the CA keeps its root, no key was left under a new label */
     CU_ASSERT_PTR_NOT_NULL_FATAL(ca = read_cert(tpath(chain, "refuse-ca.pem")));
     check_token_key("refuse-ca", X509_get0_pubkey(ca), ca);
@@ -872,6 +890,71 @@ static void test_ca_renew_refusals(void)
     X509_free(ca);
     X509_free(sub);
     X509_free(root);
+    X509_REQ_free(req);
+    EVP_PKEY_free(root_key);
+    free(r);
+}
+
+/*
+ * A CA an external root certified is renewed by that root, for the same key:
+ * `ca renew --csr` asks, `ca import` takes the later certificate in place of
+ * the current one, and refuses an earlier one.
+ */
+static void test_ca_renew_csr_for_external_ca(void)
+{
+    eg_child_result *r = calloc(1, sizeof(*r));
+    char csr[PATH_MAX], csr2[PATH_MAX], chain[PATH_MAX], chain2[PATH_MAX], out[PATH_MAX];
+    EVP_PKEY *root_key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+    X509 *root = NULL, *sub = NULL, *sub2 = NULL;
+    X509_REQ *req = NULL, *req2 = NULL;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(root_key);
+    external_sub_ca(r, "ext-ca", "Ext Sub CA", "Ext root", root_key, csr, &req, &root, &sub);
+    CU_ASSERT_EQUAL_FATAL(write_pem(tpath(chain, "ext-chain.pem"), sub, root), 0);
+    provision(r, NULL, NULL, "ca", "import", "--label", "ext-ca", "--chain", chain, NULL);
+    CU_ASSERT_EQUAL(r->code, 0);
+    /* --csr goes alone */
+    provision(r, NULL, NULL, "ca", "renew", "--label", "ext-ca", "--csr", tpath(csr2, "ext-2.csr"),
+              "--days", "30", NULL);
+    check_refused(r, 64, csr2, "--csr");
+    /* The request: the same key, the current certificate's subject, signed by that key. */
+    provision(r, NULL, NULL, "ca", "renew", "--label", "ext-ca", "--csr", csr2, NULL);
+    CU_ASSERT_EQUAL(r->code, 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->out, "CN=Ext root"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->out, "ca import --label ext-ca"));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(req2 = read_req(csr2));
+    CU_ASSERT_EQUAL(X509_REQ_verify(req2, X509_REQ_get0_pubkey(req2)), 1);
+    CU_ASSERT_EQUAL(EVP_PKEY_eq(X509_REQ_get0_pubkey(req2), X509_REQ_get0_pubkey(req)), 1);
+    CU_ASSERT_EQUAL(X509_NAME_cmp(X509_REQ_get_subject_name(req2), X509_get_subject_name(sub)), 0);
+    check_token_key("ext-ca", X509_REQ_get0_pubkey(req), sub); /* the token did not change */
+    /* The root certifies it for longer; importing that replaces the certificate. */
+    CU_ASSERT_PTR_NOT_NULL_FATAL(
+        sub2 = issue_ca_days("Ext Sub CA", X509_REQ_get0_pubkey(req2), root, root_key, 60));
+    CU_ASSERT_EQUAL_FATAL(write_pem(tpath(chain2, "ext-chain-2.pem"), sub2, root), 0);
+    provision(r, NULL, NULL, "ca", "import", "--label", "ext-ca", "--chain", chain2, NULL);
+    CU_ASSERT_EQUAL(r->code, 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->out, "replaced the certificate"));
+    check_token_key("ext-ca", X509_REQ_get0_pubkey(req), sub2);
+    CU_ASSERT_EQUAL(token_certs_labelled("ext-ca"), 1);
+    /* The old, shorter one does not come back. */
+    provision(r, NULL, NULL, "ca", "import", "--label", "ext-ca", "--chain", chain, NULL);
+    CU_ASSERT_EQUAL(r->code, 73);
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->err, "only a later certificate replaces it"));
+    check_token_key("ext-ca", X509_REQ_get0_pubkey(req), sub2);
+    /* What the CA issues now chains through the renewed certificate. */
+    provision(r, NULL, NULL, "tls", "create", "--label", "ext-leaf", "--key", "ec-p256",
+              "--ca-label", "ext-ca", "--dns", "est.test.example", "--days", "5", "--out",
+              tpath(out, "ext-leaf.pem"), NULL);
+    CU_ASSERT_EQUAL(r->code, 0);
+    CU_ASSERT_EQUAL(write_pem(tpath(out, "ext-root.pem"), root, NULL), 0);
+    CU_ASSERT_EQUAL(write_pem(tpath(out, "ext-sub-2.pem"), sub2, NULL), 0);
+    CU_ASSERT_EQUAL(openssl_verify("ext-root.pem", "ext-sub-2.pem", "ext-leaf.pem"), 0);
+    CU_ASSERT(no_temp_files());
+    X509_free(sub2);
+    X509_free(sub);
+    X509_free(root);
+    X509_REQ_free(req2);
     X509_REQ_free(req);
     EVP_PKEY_free(root_key);
     free(r);
@@ -1303,6 +1386,8 @@ static CU_TestInfo tests[] = {
      test_ca_renew_new_key_rollover},
     {"ca renew: unknown label 69, used label 73, bad --key 64, PIN 77, not self-signed 65",
      test_ca_renew_refusals},
+    {"ca renew --csr and ca import: an external root renews its CA for the same key",
+     test_ca_renew_csr_for_external_ca},
     {"list shows the URIs", test_list_shows_uris},
     {"kek import: wrap-only token AES key, wraps as the device would",
      test_kek_import_wraps_as_the_device_would},

@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/crypto.h>
 #include <openssl/err.h>
@@ -26,7 +27,13 @@ static const char ca_import_help[] =
     "certificate is stored with the key's CKA_ID and LABEL, the issuers as\n"
     "LABEL-issuer-1, -2, ... Certificates already in the token are skipped.\n"
     "\n"
-    "  --label LABEL      the CA key, as made by `ca create --csr`\n"
+    "When the key already has a certificate, a later one (its notAfter after the\n"
+    "current one's) replaces it: the renewal `ca renew --csr` asked for. The new\n"
+    "one is stored first and the old one destroyed after. An earlier or equally\n"
+    "long one is refused and nothing changes.\n"
+    "\n"
+    "  --label LABEL      the CA key, as made by `ca create --csr`, or renewed with\n"
+    "                     `ca renew --csr`\n"
     "  --chain FILE       the CA certificate and its issuers (PEM)\n"
     "\n" EG_PROV_TOKEN_HELP;
 
@@ -99,29 +106,53 @@ static int find_ca(STACK_OF(X509) * certs, const char *file, eg_p11_key *key, X5
     return EG_EXIT_OK;
 }
 
-/* The CA certificate under the key's id and label, unless that exact one is there already. */
+/* notAfter as YYYY-MM-DD, for messages. */
+static void end_day(X509 *x, char *buf, size_t cap)
+{
+    struct tm tm;
+
+    if (!ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) || strftime(buf, cap, "%Y-%m-%d", &tm) == 0)
+        snprintf(buf, cap, "(unreadable)");
+}
+
+/*
+ * The CA certificate under the key's id and label, unless that exact one is
+ * there already. A different one already there is replaced by a later one (a
+ * renewal), never by an earlier one.
+ */
 static int store_ca(const struct ca_import *a, eg_token *tok, eg_p11_key *key, X509 *ca,
                     int *stored)
 {
     X509 *existing = NULL;
     const uint8_t *id;
+    char was[16], now[16];
     size_t idlen;
     int rc;
 
     if ((rc = eg_prov_key_cert(key, &existing)) != EG_EXIT_OK)
         goto out;
-    if (existing != NULL && X509_cmp(existing, ca) != 0) {
-        rc = eg_prov_fail(EG_EXIT_CANTCREAT,
-                          "%s already has a different certificate in the "
-                          "token; estgate-provision does not replace it",
-                          eg_p11_key_uri(key));
+    id = eg_p11_key_id(key, &idlen);
+    if (existing == NULL) {
+        rc = eg_prov_store_cert(tok, ca, a->label, id, idlen);
+        *stored += rc == EG_EXIT_OK;
         goto out;
     }
-    id = eg_p11_key_id(key, &idlen);
-    if (existing == NULL && (rc = eg_prov_store_cert(tok, ca, a->label, id, idlen)) != EG_EXIT_OK)
+    if (X509_cmp(existing, ca) == 0)
+        goto out; /* rc is EG_EXIT_OK */
+    end_day(existing, was, sizeof(was));
+    end_day(ca, now, sizeof(now));
+    if (ASN1_TIME_compare(X509_get0_notAfter(ca), X509_get0_notAfter(existing)) <= 0) {
+        rc = eg_prov_fail(EG_EXIT_CANTCREAT,
+                          "%s already has a certificate in the token that ends on %s, no "
+                          "earlier than this one (%s); only a later certificate replaces it",
+                          eg_p11_key_uri(key), was, now);
         goto out;
-    *stored += existing == NULL;
-    rc = EG_EXIT_OK;
+    }
+    if ((rc = eg_prov_replace_cert(tok, existing, ca, a->label, id, idlen)) != EG_EXIT_OK)
+        goto out;
+    eg_prov_note("replaced the certificate of %s that ends on %s with the one that ends on %s",
+                 eg_p11_key_uri(key), was, now);
+    (*stored)++;
 out:
     X509_free(existing);
     return rc;

@@ -2,7 +2,9 @@
  * `ca renew`: a new self-signed root for the token's CA, with the same key or,
  * with --new-label, with a new key and the RFC 4210 4.4 root key update
  * certificates (NewWithOld, OldWithNew) that let devices holding either root
- * verify what the other key issues. Every signature is made in the token.
+ * verify what the other key issues; with --csr, for a CA an external root
+ * certified, a request for the same key that its issuer renews and `ca import`
+ * brings back. Every signature is made in the token.
  */
 #include <stdio.h>
 #include <string.h>
@@ -22,9 +24,11 @@ static const char ca_renew_help[] =
     "usage: estgate-provision ca renew TOKEN-OPTIONS --label LABEL --days N --out FILE\n"
     "       estgate-provision ca renew TOKEN-OPTIONS --label LABEL --new-label NEW --key TYPE\n"
     "           [--subject NAME] --days N --out FILE\n"
+    "       estgate-provision ca renew TOKEN-OPTIONS --label LABEL --csr FILE [--subject NAME]\n"
     "\n"
     "Renews the self-signed root of the token CA LABEL (as made by `ca create\n"
-    "--self-signed`; a CA certified by another root is renewed by that root).\n"
+    "--self-signed`), or with --csr asks the issuer of a CA that an external root\n"
+    "certified to renew it.\n"
     "\n"
     "Without --new-label the key stays: a new root with the same subject, key and\n"
     "SKI, a new serial, valid from now for N days, replaces the old one in the\n"
@@ -39,15 +43,22 @@ static const char ca_renew_help[] =
     "the new one, for the old root's validity). FILE gets NewWithNew, NewWithOld,\n"
     "OldWithNew and the old root: the profile's ca_chain once its ca_key is NEW.\n"
     "\n"
+    "With --csr the token is not changed: FILE gets a CSR (PEM) for LABEL's key,\n"
+    "with its certificate's subject, signed in the token. Have the issuer certify\n"
+    "it, then `ca import --label LABEL --chain CERTS` replaces the certificate in\n"
+    "the token with the later one.\n"
+    "\n"
     "  --label LABEL      the CA key whose root is renewed\n"
     "  --days N           validity of the new root in days\n"
     "  --out FILE         where to write it, or the rollover chain (PEM)\n"
     "  --new-label NEW    make a new key under NEW (must be unused) instead of keeping LABEL's\n"
     "  --key TYPE         the new key: ec-p256, ec-p384, rsa2048, rsa3072 or rsa4096\n"
-    "  --subject NAME     the new root's subject (RFC 4514); default the old root's\n"
+    "  --subject NAME     the new root's or the CSR's subject (RFC 4514); default the\n"
+    "                     current certificate's\n"
+    "  --csr FILE         write a CSR for LABEL's key, for its issuer to renew\n"
     "\n" EG_PROV_TOKEN_HELP;
 
-enum { OPT_NEW_LABEL = EG_OPT_KEY_OWN };
+enum { OPT_NEW_LABEL = EG_OPT_KEY_OWN, OPT_CSR };
 
 static const struct option ca_renew_opts[] = {
     EG_PROV_TOKEN_LONGOPTS,
@@ -57,6 +68,7 @@ static const struct option ca_renew_opts[] = {
     {"subject", required_argument, NULL, EG_OPT_SUBJECT},
     {"days", required_argument, NULL, EG_OPT_DAYS},
     {"out", required_argument, NULL, EG_OPT_OUT},
+    {"csr", required_argument, NULL, OPT_CSR},
     {NULL, 0, NULL, 0},
 };
 
@@ -64,6 +76,7 @@ struct ca_renew {
     eg_prov_token_opts tok;
     eg_prov_key_opts k; /* no --ca-label */
     const char *new_label;
+    const char *csr;
     bool help;
 };
 
@@ -81,6 +94,10 @@ static int ca_renew_opt(void *ctx, int c, const char *arg)
         a->new_label = arg;
         return EG_EXIT_OK;
     }
+    if (c == OPT_CSR) {
+        a->csr = arg;
+        return EG_EXIT_OK;
+    }
     return eg_prov_key_opt(&a->k, c, arg);
 }
 
@@ -90,6 +107,14 @@ static int ca_renew_parse(int argc, char **argv, struct ca_renew *a)
 
     if (rc != EG_EXIT_OK || a->help || (rc = eg_prov_token_opts_check(&a->tok)) != EG_EXIT_OK)
         return rc;
+    if (a->csr != NULL) {
+        if (a->k.label == NULL)
+            return eg_prov_usage_error("--label is required");
+        if (a->k.days != 0 || a->k.out != NULL || a->new_label != NULL || a->k.have_key)
+            return eg_prov_usage_error("--csr asks the CA's issuer for the certificate: it goes "
+                                       "without --days, --out, --new-label and --key");
+        return EG_EXIT_OK;
+    }
     if (a->k.label == NULL || a->k.days == 0 || a->k.out == NULL)
         return eg_prov_usage_error("--label, --days and --out are required");
     if ((a->new_label != NULL) != a->k.have_key)
@@ -113,7 +138,7 @@ static void renewal_clear(struct renewal *r)
 }
 
 /* The key's certificate in the token, which must be its own self-signed root. */
-static int old_root(eg_p11_key *key, X509 **out)
+static int old_root(eg_p11_key *key, const char *label, X509 **out)
 {
     X509 *x = NULL;
     char issuer[256];
@@ -128,10 +153,10 @@ static int old_root(eg_p11_key *key, X509 **out)
         ERR_clear_error();
         return eg_prov_fail(EG_EXIT_DATAERR,
                             "the certificate of %s is issued by %s, not self-signed: its issuer "
-                            "renews it. Make a new key with `ca create --csr` under a new label, "
-                            "have the issuer certify it, `ca import` it, then point the "
-                            "profile's ca_key and ca_chain at it",
-                            eg_p11_key_uri(key), issuer);
+                            "renews it. `ca renew --label %s --csr FILE` writes the request "
+                            "for the same key; `ca import` brings the new certificate back. "
+                            "For a new key, `ca create --csr` under a new label",
+                            eg_p11_key_uri(key), issuer, label);
     }
     *out = x;
     return EG_EXIT_OK;
@@ -310,7 +335,7 @@ static int renew(const struct ca_renew *a, X509_NAME *subject, eg_prov_outfile *
 
     if ((rc = eg_prov_token_open(&a->tok, &tok)) != EG_EXIT_OK ||
         (rc = eg_prov_key_by_label(tok, a->k.label, &old_key)) != EG_EXIT_OK ||
-        (rc = old_root(old_key, &r->old)) != EG_EXIT_OK)
+        (rc = old_root(old_key, a->k.label, &r->old)) != EG_EXIT_OK)
         goto out;
     if (a->new_label == NULL) {
         rc = renew_same_key(a, tok, old_key, of, r);
@@ -326,6 +351,71 @@ out:
     return rc;
 }
 
+/*
+ * --csr: a request for the CA key as it is, under its certificate's subject (or
+ * --subject), signed in the token. The token does not change; *issuer gets
+ * who certified the current certificate, for the message.
+ */
+static int renewal_request(const struct ca_renew *a, const X509_NAME *subject, X509_REQ **req,
+                           char *issuer, size_t cap)
+{
+    EVP_PKEY *pub = NULL, *signer = NULL;
+    eg_p11_key *key = NULL;
+    eg_token *tok = NULL;
+    X509 *cur = NULL;
+    int rc;
+
+    if ((rc = eg_prov_token_open(&a->tok, &tok)) != EG_EXIT_OK ||
+        (rc = eg_prov_key_by_label(tok, a->k.label, &key)) != EG_EXIT_OK ||
+        (rc = eg_prov_ca_cert(key, "make one with `ca create`", &cur)) != EG_EXIT_OK ||
+        (rc = eg_prov_key_pkey(key, &signer)) != EG_EXIT_OK)
+        goto out;
+    if ((pub = eg_p11_key_public(key)) == NULL) {
+        rc = eg_prov_fail(EG_EXIT_SOFTWARE, "no public key for %s", eg_p11_key_uri(key));
+        goto out;
+    }
+    if (X509_self_signed(cur, 0) == 1)
+        snprintf(issuer, cap, "the external root that is to certify it");
+    else
+        X509_NAME_oneline(X509_get_issuer_name(cur), issuer, (int)cap);
+    rc =
+        eg_prov_csr_build(subject != NULL ? subject : X509_get_subject_name(cur), pub, signer, req);
+out:
+    ERR_clear_error();
+    X509_free(cur);
+    EVP_PKEY_free(pub);
+    EVP_PKEY_free(signer);
+    eg_p11_key_free(key);
+    eg_prov_token_close(tok);
+    return rc;
+}
+
+static int ca_renew_csr(const struct ca_renew *a, const X509_NAME *subject, eg_prov_outfile *of)
+{
+    X509_REQ *req = NULL;
+    BIO *mem = NULL;
+    char issuer[256];
+    int rc;
+
+    if ((rc = renewal_request(a, subject, &req, issuer, sizeof(issuer))) != EG_EXIT_OK)
+        goto out;
+    if ((mem = BIO_new(BIO_s_mem())) == NULL || !PEM_write_bio_X509_REQ(mem, req)) {
+        rc = eg_prov_fail_stack(EG_EXIT_SOFTWARE, "cannot encode PEM");
+        goto out;
+    }
+    if ((rc = eg_prov_outfile_write(of, mem)) != EG_EXIT_OK ||
+        (rc = eg_prov_outfile_commit(of)) != EG_EXIT_OK)
+        goto out;
+    eg_prov_note("wrote a CSR for the key of '%s' to %s: have %s certify it, then `estgate-"
+                 "provision ca import --label %s --chain CERTS` replaces the certificate in the "
+                 "token, and CERTS becomes the profile's ca_chain",
+                 a->k.label, a->csr, issuer, a->k.label);
+out:
+    BIO_free(mem);
+    X509_REQ_free(req);
+    return rc;
+}
+
 static int ca_renew_run(const struct ca_renew *a)
 {
     struct renewal r = {NULL, NULL, NULL, NULL, NULL};
@@ -335,8 +425,13 @@ static int ca_renew_run(const struct ca_renew *a)
 
     /* Everything that can fail without the token fails before it changes. */
     if ((a->k.subject != NULL && (rc = eg_prov_name_parse(a->k.subject, &subject)) != EG_EXIT_OK) ||
-        (rc = eg_prov_outfile_open(a->k.out, 0644, &of)) != EG_EXIT_OK ||
-        (rc = renew(a, subject, of, &r)) != EG_EXIT_OK)
+        (rc = eg_prov_outfile_open(a->csr != NULL ? a->csr : a->k.out, 0644, &of)) != EG_EXIT_OK)
+        goto out;
+    if (a->csr != NULL) {
+        rc = ca_renew_csr(a, subject, of);
+        goto out;
+    }
+    if ((rc = renew(a, subject, of, &r)) != EG_EXIT_OK)
         goto out;
     if (a->new_label == NULL) {
         eg_prov_note("renewed the root of %s", r.uri);

@@ -1036,16 +1036,32 @@ static void test_check_config_command(void)
 }
 
 /* A self-signed certificate for cert_key that ends `days` days after now, into dir/name. */
-static void write_cert_ending(const char *name, const char *cn, bool ca, time_t now, long days)
+/* A certificate for cn ending days from now into name; issued by issuer_cn when not NULL. */
+static void write_cert_issued(const char *name, const char *cn, const char *issuer_cn, bool ca,
+                              time_t now, long days)
 {
     char path[PATH_MAX + 64];
     X509 *x = eg_test_self_signed(cert_key, cn, ca, now - EG_TEST_CERT_AHEAD_S + days * 86400);
+    X509_NAME *issuer = X509_NAME_new();
     FILE *fp;
 
-    snprintf(path, sizeof(path), "%s/%s", dir, name);
-    if (x == NULL || (fp = fopen(path, "w")) == NULL || !PEM_write_X509(fp, x) || fclose(fp) != 0)
+    if (x == NULL || issuer == NULL)
         abort();
+    if (issuer_cn != NULL &&
+        (!X509_NAME_add_entry_by_txt(issuer, "CN", MBSTRING_UTF8, (const unsigned char *)issuer_cn,
+                                     -1, -1, 0) ||
+         !X509_set_issuer_name(x, issuer) || !X509_sign(x, cert_key, EVP_sha256())))
+        abort();
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    if ((fp = fopen(path, "w")) == NULL || !PEM_write_X509(fp, x) || fclose(fp) != 0)
+        abort();
+    X509_NAME_free(issuer);
     X509_free(x);
+}
+
+static void write_cert_ending(const char *name, const char *cn, bool ca, time_t now, long days)
+{
+    write_cert_issued(name, cn, NULL, ca, now, days);
 }
 
 /* t as YYYY-MM-DD (UTC), in one of four static buffers taken in turn. */
@@ -1141,6 +1157,30 @@ static void test_certificates_near_their_end_are_warned_of(void)
     CU_ASSERT_PTR_NOT_NULL(strstr(out, "warning: profile default: the CA certificate ("));
 }
 
+/* A CA an external root certified is renewed by that root: the warning says how. */
+static void test_a_subordinate_ca_near_its_end_is_warned_of(void)
+{
+    char out[4096];
+    time_t now = time(NULL);
+    eg_config *cfg;
+
+    write_cert_issued("sub-ca.pem", "Sub CA", "Corp Root", true, now, 10);
+    write_file("estgated.ini",
+               "[server]\ntls_key = pkcs11:object=tls\ntls_chain = tls.pem\n" TOKEN
+               "[profile default]\nca_key = pkcs11:object=ca\nca_chain = sub-ca.pem\n"
+               "auth = none\n",
+               0644);
+    CU_ASSERT_EQUAL_FATAL(eg_config_load(ini, &cfg, &errs), 0);
+    CU_ASSERT_EQUAL(expiry_text(cfg, now, out, sizeof(out)), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "in 10 days: certificates issued now end with it "
+                                       "(max_days = 365); renew it with estgate-provision "
+                                       "ca renew --csr (its issuer certifies the request, ca "
+                                       "import brings the certificate back) and reload\n"));
+    CU_ASSERT_EQUAL(expiry_text(cfg, now + 11 * 86400, out, sizeof(out)), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "until it is renewed (estgate-provision ca renew --csr"));
+    eg_config_free(cfg);
+}
+
 static void test_hash_password_command(void)
 {
     char out[512], *argv[] = {"estgated", "--hash-password", NULL};
@@ -1184,6 +1224,8 @@ static CU_TestInfo tests[] = {
     {"the example file loads", test_example_file_loads},
     {"estgated --check-config", test_check_config_command},
     {"certificates near their end are warned of", test_certificates_near_their_end_are_warned_of},
+    {"a subordinate CA near its end: its issuer renews it",
+     test_a_subordinate_ca_near_its_end_is_warned_of},
     {"estgated --hash-password", test_hash_password_command},
     CU_TEST_INFO_NULL,
 };
