@@ -709,20 +709,34 @@ static bool same_octets(const ASN1_OCTET_STRING *a, const ASN1_OCTET_STRING *b)
     return a != NULL && b != NULL && ASN1_OCTET_STRING_cmp(a, b) == 0;
 }
 
+/*
+ * ca_and_leaf for label (30 days, LEAF before the renewal), then `ca renew`
+ * of it for 400 days into LABEL-new.pem; *old and *renewed get both roots.
+ */
+static void ca_renewed(eg_child_result *r, const char *label, const char *cn, const char *leaf,
+                       X509 **old, X509 **renewed)
+{
+    char path[PATH_MAX], file[64];
+
+    ca_and_leaf(label, cn, 30, leaf);
+    snprintf(file, sizeof(file), "%s-new.pem", label);
+    provision(r, NULL, NULL, "ca", "renew", "--label", label, "--days", "400", "--out",
+              tpath(path, file), NULL);
+    CU_ASSERT_EQUAL(r->code, 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->out, "renewed the root of pkcs11:"));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(*renewed = read_cert(path));
+    snprintf(file, sizeof(file), "%s.pem", label);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(*old = read_cert(tpath(path, file)));
+}
+
 static void test_ca_renew_same_key(void)
 {
     eg_child_result *r = calloc(1, sizeof(*r));
-    char path[PATH_MAX], renewed[PATH_MAX];
+    char path[PATH_MAX];
     X509 *old = NULL, *x = NULL;
 
     CU_ASSERT_PTR_NOT_NULL_FATAL(r);
-    ca_and_leaf("renew-ca", "Renewed CA", 30, "renew-before");
-    provision(r, NULL, NULL, "ca", "renew", "--label", "renew-ca", "--days", "400", "--out",
-              tpath(renewed, "renew-ca-new.pem"), NULL);
-    CU_ASSERT_EQUAL(r->code, 0);
-    CU_ASSERT_PTR_NOT_NULL(strstr(r->out, "renewed the root of pkcs11:"));
-    CU_ASSERT_PTR_NOT_NULL_FATAL(old = read_cert(tpath(path, "renew-ca.pem")));
-    CU_ASSERT_PTR_NOT_NULL_FATAL(x = read_cert(renewed));
+    ca_renewed(r, "renew-ca", "Renewed CA", "renew-before", &old, &x);
     check_root(x, NID_ecdsa_with_SHA256, "Renewed CA");
     CU_ASSERT_NOT_EQUAL(ASN1_INTEGER_cmp(X509_get0_serialNumber(x), X509_get0_serialNumber(old)),
                         0);
@@ -741,6 +755,103 @@ static void test_ca_renew_same_key(void)
     CU_ASSERT_EQUAL(openssl_verify("renew-ca-new.pem", NULL, "renew-before.pem"), 0);
     CU_ASSERT_EQUAL(openssl_verify("renew-ca.pem", NULL, "renew-after.pem"), 0);
     CU_ASSERT(no_temp_files());
+    X509_free(old);
+    X509_free(x);
+    free(r);
+}
+
+struct put_args {
+    const uint8_t *id;
+    size_t idlen;
+    const char *label;
+    unsigned char *der, *subject, *issuer, *serial;
+    int nder, nsubject, nissuer, nserial;
+};
+
+static CK_RV put_fn(eg_p11_call *call, void *arg)
+{
+    struct put_args *a = arg;
+    CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
+    CK_CERTIFICATE_TYPE ct = CKC_X_509;
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_ATTRIBUTE t[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},
+        {CKA_CERTIFICATE_TYPE, &ct, sizeof(ct)},
+        {CKA_TOKEN, &yes, sizeof(yes)},
+        {CKA_PRIVATE, &no, sizeof(no)},
+        {CKA_VALUE, a->der, (CK_ULONG)a->nder},
+        {CKA_SUBJECT, a->subject, (CK_ULONG)a->nsubject},
+        {CKA_ISSUER, a->issuer, (CK_ULONG)a->nissuer},
+        {CKA_SERIAL_NUMBER, a->serial, (CK_ULONG)a->nserial},
+        {CKA_LABEL, (void *)a->label, strlen(a->label)},
+        {CKA_ID, (void *)a->id, a->idlen},
+    };
+    CK_OBJECT_HANDLE h;
+
+    return eg_p11_create_object(call, t, sizeof(t) / sizeof(t[0]), &h);
+}
+
+/* Stores x under the id and label of the key labelled label, beside what is there: the state a
+   renewal interrupted between storing the new certificate and destroying the old one leaves. */
+static void put_cert_beside(const char *label, X509 *x)
+{
+    struct put_args a = {.label = label};
+    eg_token *tok = NULL;
+    eg_p11_key *key = NULL;
+
+    CU_ASSERT_EQUAL_FATAL(open_token(&tok), 0);
+    CU_ASSERT_EQUAL_FATAL(open_key(tok, label, &key), 0);
+    a.id = eg_p11_key_id(key, &a.idlen);
+    a.nder = i2d_X509(x, &a.der);
+    a.nsubject = i2d_X509_NAME(X509_get_subject_name(x), &a.subject);
+    a.nissuer = i2d_X509_NAME(X509_get_issuer_name(x), &a.issuer);
+    a.nserial = i2d_ASN1_INTEGER(X509_get0_serialNumber(x), &a.serial);
+    CU_ASSERT(a.nder > 0 && a.nsubject > 0 && a.nissuer > 0 && a.nserial > 0);
+    CU_ASSERT_EQUAL(eg_token_run(tok, put_fn, &a), CKR_OK);
+    OPENSSL_free(a.der);
+    OPENSSL_free(a.subject);
+    OPENSSL_free(a.issuer);
+    OPENSSL_free(a.serial);
+    eg_p11_key_free(key);
+    eg_token_free(tok);
+}
+
+/*
+ * A renewal interrupted after storing the new root and before destroying the
+ * old one leaves both under the key's id: the tools take the one that ends
+ * last, and the next renewal removes the other.
+ */
+static void test_ca_renew_after_an_interrupted_one(void)
+{
+    eg_child_result *r = calloc(1, sizeof(*r));
+    char path[PATH_MAX], renewed[PATH_MAX];
+    X509 *old = NULL, *x = NULL, *first = NULL;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    ca_renewed(r, "intr-ca", "Interrupted CA", "intr-before", &old, &first);
+    put_cert_beside("intr-ca", old);
+    CU_ASSERT_EQUAL(token_certs_labelled("intr-ca"), 2);
+    /* tls create goes on, and says what it found */
+    provision(r, NULL, NULL, "tls", "create", "--label", "intr-after", "--key", "ec-p256",
+              "--ca-label", "intr-ca", "--dns", "est.test.example", "--days", "5", "--out",
+              tpath(path, "intr-after.pem"), NULL);
+    CU_ASSERT_EQUAL(r->code, 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->out, "2 certificates have the id of"));
+    /* the one in force is the later root: importing the old one again is refused as earlier */
+    provision(r, NULL, NULL, "ca", "import", "--label", "intr-ca", "--chain",
+              tpath(path, "intr-ca.pem"), NULL);
+    CU_ASSERT_EQUAL(r->code, 73);
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->err, "only a later certificate replaces it"));
+    /* the next renewal leaves one certificate, its own */
+    provision(r, NULL, NULL, "ca", "renew", "--label", "intr-ca", "--days", "500", "--out",
+              tpath(renewed, "intr-ca-2.pem"), NULL);
+    CU_ASSERT_EQUAL(r->code, 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->out, "removed 1 older certificate"));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(x = read_cert(renewed));
+    CU_ASSERT_EQUAL(token_certs_labelled("intr-ca"), 1);
+    check_token_key("intr-ca", X509_get0_pubkey(x), x);
+    CU_ASSERT(no_temp_files());
+    X509_free(first);
     X509_free(old);
     X509_free(x);
     free(r);
@@ -1382,6 +1493,8 @@ static CU_TestInfo tests[] = {
     {"ca import: refuses another key's certificate, takes its own",
      test_ca_import_refuses_other_key_then_takes_its_own},
     {"ca renew: same key, a new root both roots verify under", test_ca_renew_same_key},
+    {"ca renew after an interrupted one: the later root in force, the other removed",
+     test_ca_renew_after_an_interrupted_one},
     {"ca renew --new-label: the four rollover certificates, either root verifies",
      test_ca_renew_new_key_rollover},
     {"ca renew: unknown label 69, used label 73, bad --key 64, PIN 77, not self-signed 65",

@@ -90,39 +90,52 @@ out:
     return rc;
 }
 
+/* At most this many certificates share a key's id: one, or two after an interrupted renewal. */
+#define KEY_CERTS_MAX 8
+
 struct cert_args {
     const uint8_t *id;
     size_t idlen;
     CK_ULONG found;
-    uint8_t *der;
-    CK_ULONG derlen;
+    uint8_t *der[KEY_CERTS_MAX];
+    size_t derlen[KEY_CERTS_MAX];
 };
 
-/* Reads CKA_VALUE of the certificate with the id; may run again after a recovery. */
+static void cert_args_clear(struct cert_args *a)
+{
+    for (size_t i = 0; i < KEY_CERTS_MAX; i++) {
+        OPENSSL_free(a->der[i]);
+        a->der[i] = NULL;
+    }
+}
+
+/* Reads CKA_VALUE of every certificate with the id; may run again after a recovery. */
 static CK_RV cert_fn(eg_p11_call *call, void *arg)
 {
     struct cert_args *a = arg;
     CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
     CK_ATTRIBUTE t[2] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_ID, (void *)a->id, a->idlen}};
-    CK_OBJECT_HANDLE h[2];
-    size_t len = 0;
-    CK_RV rv;
+    CK_OBJECT_HANDLE h[KEY_CERTS_MAX + 1];
+    CK_RV rv = CKR_OK;
 
-    OPENSSL_free(a->der);
-    a->der = NULL;
-    if ((rv = eg_p11_find_objects(call, t, 2, h, 2, &a->found)) != CKR_OK || a->found != 1)
+    cert_args_clear(a);
+    if ((rv = eg_p11_find_objects(call, t, 2, h, KEY_CERTS_MAX + 1, &a->found)) != CKR_OK)
         return rv;
-    if ((rv = eg_p11_get_attribute_alloc(call, h[0], CKA_VALUE, &a->der, &len)) != CKR_OK)
-        return rv;
-    a->derlen = len;
-    return CKR_OK;
+    for (CK_ULONG i = 0; i < a->found && i < KEY_CERTS_MAX && rv == CKR_OK; i++)
+        rv = eg_p11_get_attribute_alloc(call, h[i], CKA_VALUE, &a->der[i], &a->derlen[i]);
+    return rv;
 }
 
+/*
+ * The certificate stored under the key's CKA_ID. Where more than one is (a
+ * renewal or an import stores the new certificate before it destroys the old
+ * one, so an interruption leaves both), the one that ends last: the one that
+ * was being put in place. eg_prov_replace_cert removes the others.
+ */
 int eg_prov_key_cert(eg_p11_key *key, X509 **out)
 {
-    struct cert_args a = {NULL, 0, 0, NULL, 0};
-    const unsigned char *p;
-    X509 *cert = NULL;
+    struct cert_args a = {.id = NULL};
+    X509 *best = NULL;
     CK_RV rv;
     int rc;
 
@@ -132,21 +145,39 @@ int eg_prov_key_cert(eg_p11_key *key, X509 **out)
                           eg_p11_key_uri(key), eg_p11_rv_name(rv));
         goto out;
     }
-    if (a.found > 1) {
-        rc = eg_prov_fail(EG_EXIT_DATAERR, "more than one certificate has the id of %s",
-                          eg_p11_key_uri(key));
+    if (a.found > KEY_CERTS_MAX) {
+        rc = eg_prov_fail(EG_EXIT_DATAERR, "more than %d certificates have the id of %s",
+                          KEY_CERTS_MAX, eg_p11_key_uri(key));
         goto out;
     }
-    p = a.der;
-    if (a.der != NULL && (cert = d2i_X509(NULL, &p, (long)a.derlen)) == NULL) {
-        rc = eg_prov_fail(EG_EXIT_DATAERR, "the certificate stored for %s does not parse",
-                          eg_p11_key_uri(key));
-        goto out;
+    for (CK_ULONG i = 0; i < a.found; i++) {
+        const unsigned char *p = a.der[i];
+        X509 *x = d2i_X509(NULL, &p, (long)a.derlen[i]);
+
+        if (x == NULL) {
+            rc = eg_prov_fail(EG_EXIT_DATAERR, "a certificate stored for %s does not parse",
+                              eg_p11_key_uri(key));
+            goto out;
+        }
+        if (best == NULL ||
+            ASN1_TIME_compare(X509_get0_notAfter(x), X509_get0_notAfter(best)) > 0) {
+            X509_free(best);
+            best = x;
+        } else {
+            X509_free(x);
+        }
     }
-    *out = cert;
+    if (a.found > 1)
+        eg_prov_note("%lu certificates have the id of %s (a renewal or import was interrupted): "
+                     "using the one that ends last; the next `ca renew` or `ca import` of a "
+                     "later one removes the others",
+                     (unsigned long)a.found, eg_p11_key_uri(key));
+    *out = best;
+    best = NULL;
     rc = EG_EXIT_OK;
 out:
-    OPENSSL_free(a.der);
+    X509_free(best);
+    cert_args_clear(&a);
     return rc;
 }
 
@@ -340,6 +371,61 @@ out:
     return rc;
 }
 
+struct others_args {
+    const uint8_t *id;
+    size_t idlen;
+    unsigned char *keep; /* DER */
+    size_t keeplen;
+    CK_ULONG dropped;
+};
+
+/* Destroys every certificate with the id whose DER is not keep's; again after a recovery. */
+static CK_RV others_fn(eg_p11_call *call, void *arg)
+{
+    struct others_args *a = arg;
+    CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
+    CK_ATTRIBUTE t[2] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_ID, (void *)a->id, a->idlen}};
+    CK_OBJECT_HANDLE h[KEY_CERTS_MAX];
+    CK_ULONG found;
+    CK_RV rv;
+
+    if ((rv = eg_p11_find_objects(call, t, 2, h, KEY_CERTS_MAX, &found)) != CKR_OK)
+        return rv;
+    for (CK_ULONG i = 0; i < found && i < KEY_CERTS_MAX && rv == CKR_OK; i++) {
+        uint8_t *der = NULL;
+        size_t len = 0;
+
+        rv = eg_p11_get_attribute_alloc(call, h[i], CKA_VALUE, &der, &len);
+        if (rv == CKR_OK && (len != a->keeplen || memcmp(der, a->keep, len) != 0) &&
+            (rv = eg_p11_destroy_object(call, h[i])) == CKR_OK)
+            a->dropped++;
+        OPENSSL_free(der);
+    }
+    return rv;
+}
+
+/* What an interrupted replacement left under the id besides cert; a failure is only noted. */
+static void drop_others(eg_token *tok, X509 *cert, const uint8_t *id, size_t idlen)
+{
+    struct others_args a = {id, idlen, NULL, 0, 0};
+    int n = i2d_X509(cert, &a.keep);
+    CK_RV rv;
+
+    if (idlen == 0 || n <= 0) {
+        OPENSSL_free(a.keep);
+        return;
+    }
+    a.keeplen = (size_t)n;
+    if ((rv = eg_token_run(tok, others_fn, &a)) != CKR_OK)
+        eg_prov_note("could not remove older certificates under the key's id: %s",
+                     eg_p11_rv_name(rv));
+    else if (a.dropped > 0)
+        eg_prov_note("removed %lu older certificate(s) an interrupted renewal left under the "
+                     "key's id",
+                     (unsigned long)a.dropped);
+    OPENSSL_free(a.keep);
+}
+
 int eg_prov_replace_cert(eg_token *tok, X509 *old, X509 *cert, const char *label, const uint8_t *id,
                          size_t idlen)
 {
@@ -347,7 +433,10 @@ int eg_prov_replace_cert(eg_token *tok, X509 *old, X509 *cert, const char *label
 
     if ((rc = eg_prov_store_cert(tok, cert, label, id, idlen)) != EG_EXIT_OK)
         return rc;
-    if ((rc = eg_prov_destroy_cert(tok, old)) != EG_EXIT_OK)
+    if ((rc = eg_prov_destroy_cert(tok, old)) != EG_EXIT_OK) {
         eg_prov_destroy_cert(tok, cert);
-    return rc;
+        return rc;
+    }
+    drop_others(tok, cert, id, idlen);
+    return EG_EXIT_OK;
 }

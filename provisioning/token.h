@@ -21,7 +21,10 @@ void eg_prov_token_close(eg_token *tok);
 int eg_prov_label_unused(eg_token *tok, const char *label);
 /* Opens the private key labelled label; EG_EXIT_UNAVAILABLE when there is none. */
 int eg_prov_key_by_label(eg_token *tok, const char *label, eg_p11_key **out);
-/* The certificate stored under the key's CKA_ID; *out is NULL when there is none. */
+/*
+ * The certificate stored under the key's CKA_ID; *out is NULL when there is
+ * none. When an interrupted renewal left more than one, the one that ends last.
+ */
 int eg_prov_key_cert(eg_p11_key *key, X509 **out);
 /*
  * The CA key's certificate, which must be there (EG_EXIT_UNAVAILABLE, the
@@ -45,7 +48,8 @@ int eg_prov_destroy_cert(eg_token *tok, X509 *cert);
 /*
  * Replaces the certificate old with cert under label and id: cert is stored
  * first and old destroyed after, so the key is never left without one; when
- * old cannot be destroyed, cert is destroyed again and old stays.
+ * old cannot be destroyed, cert is destroyed again and old stays. Any other
+ * certificate under id (left by an interrupted replacement) is destroyed too.
  */
 int eg_prov_replace_cert(eg_token *tok, X509 *old, X509 *cert, const char *label, const uint8_t *id,
                          size_t idlen);
