@@ -1426,6 +1426,24 @@ static void profile_defaults(loader *ld, eg_profile_cfg *p)
     }
 }
 
+/* An EC key's CSR is signed with ECDSA, which OpenSSL 3.0 has with SHA-1 and SHA-2 only. */
+static void check_ec_digests(loader *ld, const eg_profile_cfg *p, const char *section,
+                             unsigned line)
+{
+    bool ec = false, usable = false;
+    int sig;
+
+    for (size_t i = 0; i < p->nkeys; i++)
+        ec = ec || p->keys[i].type == EVP_PKEY_EC;
+    for (size_t i = 0; i < EG_CSR_DIGESTS && ec && !usable; i++)
+        usable = (eg_profile_csr_digests(p) & (1u << i)) &&
+                 OBJ_find_sigid_by_algs(&sig, eg_csr_digests[i].nid, NID_X9_62_id_ecPublicKey);
+    if (ec && !usable)
+        err_at(ld, line, section, "csr_digests",
+               "no EC key's CSR could be accepted: ECDSA with SHA-3 cannot be verified here; add "
+               "sha256, sha384 or sha512, or allow only RSA keys in key_types");
+}
+
 static void finish_profile(loader *ld, size_t i)
 {
     eg_profile_cfg *p = &ld->cfg->profiles[i];
@@ -1448,6 +1466,7 @@ static void finish_profile(loader *ld, size_t i)
                "encrypt needs someone to encrypt to: serverkeygen_recipients, serverkeygen_kek "
                "or serverkeygen_csr_key = yes");
     profile_defaults(ld, p);
+    check_ec_digests(ld, p, section, seen->key_line[key_index(profile_keys, "csr_digests")]);
 }
 
 /* --- load and free --- */

@@ -209,6 +209,11 @@ static int check_signature(const eg_profile_cfg *p, const eg_csr *csr, eg_policy
         if (used >= sizeof(allowed))
             used = sizeof(allowed) - 1;
     }
+    if (used == 0) /* csr_digests holds only SHA-3 and the key is EC */
+        return refuse(v, EG_DIM_SIGNATURE,
+                      "the CSR is signed with %s; this profile's csr_digests holds no digest "
+                      "that a CSR with this key can be verified with here",
+                      md > 0 ? OBJ_nid2sn(md) : "an unknown algorithm");
     return refuse(v, EG_DIM_SIGNATURE,
                   "the CSR is signed with %s, which this profile does not accept as proof of "
                   "possession; sign it with one of: %s",

@@ -681,11 +681,20 @@ static void test_serverkeygen_keys(void)
 /* csr_digests: MD5 is not to be had, and a digest listed twice is a mistake. */
 static void test_csr_digests(void)
 {
+    eg_config *cfg = NULL;
+
     expect_errors(SERVER_TOKEN PROFILE_NONE "csr_digests = sha256, md5\n", 1, 12, "csr_digests",
                   "'md5' is not a digest a CSR may be signed with");
     expect_errors(SERVER_TOKEN PROFILE_NONE "csr_digests = sha256, SHA256\n", 1, 12, "csr_digests",
                   "'SHA256' is listed twice");
     expect_errors(SERVER_TOKEN PROFILE_NONE "csr_digests = \n", 1, 12, "csr_digests", "");
+    /* SHA-3 only: ECDSA with SHA-3 cannot be verified, so EC keys could never enroll */
+    expect_errors(SERVER_TOKEN PROFILE_NONE "csr_digests = sha3-256, sha3-512\n", 1, 12,
+                  "csr_digests", "no EC key's CSR could be accepted");
+    /* with RSA keys only it is a choice that works */
+    CU_ASSERT_EQUAL(
+        load(SERVER_TOKEN PROFILE_NONE "key_types = rsa:3072\ncsr_digests = sha3-256\n", &cfg), 0);
+    eg_config_free(cfg);
 }
 
 /* --- many mistakes, and how lines are counted --- */
