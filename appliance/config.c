@@ -608,6 +608,16 @@ const eg_csr_digest eg_csr_digests[EG_CSR_DIGESTS] = {
     {"sha3-384", NID_sha3_384}, {"sha3-512", NID_sha3_512},
 };
 
+int eg_csr_signature_nid(int key_type, int md_nid)
+{
+    int pk = key_type == EVP_PKEY_EC    ? NID_X9_62_id_ecPublicKey
+             : key_type == EVP_PKEY_RSA ? NID_rsaEncryption
+                                        : NID_undef;
+    int sig;
+
+    return pk != NID_undef && OBJ_find_sigid_by_algs(&sig, md_nid, pk) ? sig : NID_undef;
+}
+
 static int csr_digest_item(loader *ld, eg_profile_cfg *p, const char *key, const char *item)
 {
     for (size_t i = 0; i < EG_CSR_DIGESTS; i++) {
@@ -1431,13 +1441,12 @@ static void check_ec_digests(loader *ld, const eg_profile_cfg *p, const char *se
                              unsigned line)
 {
     bool ec = false, usable = false;
-    int sig;
 
     for (size_t i = 0; i < p->nkeys; i++)
         ec = ec || p->keys[i].type == EVP_PKEY_EC;
     for (size_t i = 0; i < EG_CSR_DIGESTS && ec && !usable; i++)
         usable = (eg_profile_csr_digests(p) & (1u << i)) &&
-                 OBJ_find_sigid_by_algs(&sig, eg_csr_digests[i].nid, NID_X9_62_id_ecPublicKey);
+                 eg_csr_signature_nid(EVP_PKEY_EC, eg_csr_digests[i].nid) != NID_undef;
     if (ec && !usable)
         err_at(ld, line, section, "csr_digests",
                "no EC key's CSR could be accepted: ECDSA with SHA-3 cannot be verified here; add "

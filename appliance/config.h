@@ -145,6 +145,13 @@ typedef struct eg_csr_digest {
 #define EG_CSR_DIGESTS_ALL ((1u << EG_CSR_DIGESTS) - 1) /* MD5 and older are never among them */
 extern const eg_csr_digest eg_csr_digests[EG_CSR_DIGESTS];
 
+/*
+ * The signature algorithm (NID) a CSR whose key is key_type (EVP_PKEY_EC, EVP_PKEY_RSA) carries
+ * when it hashes with md_nid, PKCS#1 v1.5 for RSA; NID_undef where OpenSSL 3.0 has none (ECDSA
+ * with SHA-3), which estgate therefore cannot verify, or for a key type with no digest to choose.
+ */
+int eg_csr_signature_nid(int key_type, int md_nid);
+
 /* The digests p accepts on a CSR's signature, as bits of eg_csr_digests. */
 static inline unsigned eg_profile_csr_digests(const eg_profile_cfg *p)
 {

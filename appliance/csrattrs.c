@@ -206,7 +206,7 @@ static void signature_oids(eg_der *items, const eg_profile_cfg *p)
         for (size_t i = 0; i < nrules && !allowed; i++)
             allowed = rules[i].type == types[t];
         for (size_t d = 0; allowed && d < EG_CSR_DIGESTS; d++) {
-            int sig = eg_policy_signature_nid(types[t], eg_csr_digests[d].nid);
+            int sig = eg_csr_signature_nid(types[t], eg_csr_digests[d].nid);
 
             if ((digests & (1u << d)) && sig != NID_undef)
                 der_oid(items, sig);

@@ -173,16 +173,6 @@ static int check_key(const eg_profile_cfg *p, const eg_csr *csr, eg_policy_verdi
                   type != NID_undef ? OBJ_nid2sn(type) : "unknown");
 }
 
-int eg_policy_signature_nid(int key_type, int md_nid)
-{
-    int pk = key_type == EVP_PKEY_EC    ? NID_X9_62_id_ecPublicKey
-             : key_type == EVP_PKEY_RSA ? NID_rsaEncryption
-                                        : NID_undef;
-    int sig;
-
-    return pk != NID_undef && OBJ_find_sigid_by_algs(&sig, md_nid, pk) ? sig : NID_undef;
-}
-
 /*
  * The CSR's signature is its proof of possession: a digest weak enough to collide (MD5, and
  * SHA-1 where the profile leaves it out) proves little. Ed25519 and Ed448 hash for themselves.
@@ -202,18 +192,13 @@ static int check_signature(const eg_profile_cfg *p, const eg_csr *csr, eg_policy
         if (md == eg_csr_digests[i].nid)
             return 0;
         if ((type == EVP_PKEY_EC || type == EVP_PKEY_RSA) &&
-            eg_policy_signature_nid(type, eg_csr_digests[i].nid) == NID_undef)
+            eg_csr_signature_nid(type, eg_csr_digests[i].nid) == NID_undef)
             continue; /* not one this key can sign with here: not offered */
         used += (size_t)snprintf(allowed + used, sizeof(allowed) - used, "%s%s",
                                  used > 0 ? ", " : "", eg_csr_digests[i].name);
         if (used >= sizeof(allowed))
             used = sizeof(allowed) - 1;
     }
-    if (used == 0) /* csr_digests holds only SHA-3 and the key is EC */
-        return refuse(v, EG_DIM_SIGNATURE,
-                      "the CSR is signed with %s; this profile's csr_digests holds no digest "
-                      "that a CSR with this key can be verified with here",
-                      md > 0 ? OBJ_nid2sn(md) : "an unknown algorithm");
     return refuse(v, EG_DIM_SIGNATURE,
                   "the CSR is signed with %s, which this profile does not accept as proof of "
                   "possession; sign it with one of: %s",

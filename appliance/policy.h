@@ -58,13 +58,6 @@ unsigned eg_policy_requested_days(const eg_csr *csr);
 /* The key rules in force: the profile's, or the defaults (RSA >= 2048, P-256, P-384, Ed25519). */
 void eg_policy_keyrules(const eg_profile_cfg *p, const eg_keyrule_cfg **rules, size_t *n);
 
-/*
- * The signature algorithm (NID) a CSR with a key_type (EVP_PKEY_EC, EVP_PKEY_RSA) signs with
- * when it hashes with md_nid, as PKCS#1 v1.5 for RSA; NID_undef when OpenSSL 3.0 has none
- * (ECDSA with SHA-3) or the key type has no digest to choose.
- */
-int eg_policy_signature_nid(int key_type, int md_nid);
-
 /* The CSR's requested SANs (a copy, or NULL when it asks for none). */
 GENERAL_NAMES *eg_policy_csr_sans(const eg_csr *csr);
 
