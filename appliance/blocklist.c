@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/crypto.h>
+
 #include "blocklist.h"
 
 #define FP_LEN 32
@@ -13,14 +15,6 @@ struct eg_blocklist {
     uint8_t (*fps)[FP_LEN];
     size_t n;
 };
-
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    c = tolower(c);
-    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-}
 
 /* One line's fingerprint into fp: 1, 0 for a line with none (blank, comment), -1 when bad. */
 static int parse_line(char *line, uint8_t fp[FP_LEN])
@@ -43,7 +37,7 @@ static int parse_line(char *line, uint8_t fp[FP_LEN])
     else if ((eq = strchr(s, '=')) != NULL) /* "sha256 Fingerprint=AB:CD:..." */
         s = eq + 1;
     for (; *s != '\0'; s++) {
-        int v = hexval((unsigned char)*s);
+        int v = OPENSSL_hexchar2int((unsigned char)*s);
 
         if (*s == ':' && hi < 0)
             continue;
