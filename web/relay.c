@@ -15,7 +15,6 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "clock.h"
@@ -249,8 +248,10 @@ static void accept_some(eg_relay *r)
         len = sizeof(sa);
         if ((dev = accept4(r->lfd, (struct sockaddr *)&sa, &len, SOCK_CLOEXEC | SOCK_NONBLOCK)) <
             0) {
+            /* Out of descriptors or memory: the device waits in the listen queue until a
+               connection closes or the next tick, while the open ones go on moving bytes. */
             if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
-                nanosleep(&(struct timespec){0, 100 * 1000 * 1000}, NULL); /* until fds free up */
+                listen_again(r, false);
             return;
         }
         pair_start(r, dev, &sa);
@@ -305,6 +306,8 @@ static void *relay_run(void *arg)
         }
         if (eg_mono_ms() - scanned >= TICK_MS) {
             close_idle(r);
+            if (r->active < r->max)
+                listen_again(r, true); /* after running out of descriptors */
             scanned = eg_mono_ms();
         }
         bury(r);

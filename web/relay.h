@@ -32,7 +32,8 @@ unsigned eg_relay_port(const eg_relay *r);
  */
 bool eg_relay_peer(eg_relay *r, unsigned server_port, unsigned local_port, char *addr, size_t cap,
                    unsigned *port);
-/* Stops listening, closes every relayed connection, waits for its threads, frees. NULL: no-op. */
+/* Stops listening, closes every relayed connection, waits for the relay's thread, frees.
+   NULL: no-op. */
 void eg_relay_stop(eg_relay *r);
 
 #endif

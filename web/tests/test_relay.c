@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <time.h>
@@ -271,6 +272,67 @@ static void test_connections_past_the_limit_wait(void)
     eg_relay_stop(r);
 }
 
+/* Milliseconds for n one-octet round trips from c through the relay to s and back. */
+static long round_trips_ms(int c, int s, int n)
+{
+    struct timespec t0, t1;
+    unsigned char b;
+
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (int i = 0; i < n; i++) {
+        if (send(c, "x", 1, MSG_NOSIGNAL) != 1 || recv(s, &b, 1, 0) != 1 ||
+            send(s, &b, 1, MSG_NOSIGNAL) != 1 || recv(c, &b, 1, 0) != 1)
+            return -1;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    return (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+}
+
+/*
+ * Out of descriptors, a device that cannot be accepted waits in the listen queue while the open
+ * connections go on at full speed (the relay once slept 100 ms per try, for every connection);
+ * once descriptors are free again it is relayed.
+ */
+static void test_out_of_descriptors_holds_up_no_one(void)
+{
+    struct rlimit was, tight;
+    unsigned char buf[8];
+    unsigned leg, leg2;
+    int c, s, c2, s2;
+    long ms;
+    eg_relay *r = relay_with_device(4, 60000, 0, &c, &s, &leg);
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    CU_ASSERT_FATAL((c2 = socket(AF_INET6, SOCK_STREAM, 0)) >= 0);
+    CU_ASSERT_EQUAL_FATAL(getrlimit(RLIMIT_NOFILE, &was), 0);
+    tight = was;
+    tight.rlim_cur = (rlim_t)c2 + 1; /* the newest descriptor is the last one allowed */
+    CU_ASSERT_EQUAL_FATAL(setrlimit(RLIMIT_NOFILE, &tight), 0);
+    {
+        struct sockaddr_in6 sa = {.sin6_family = AF_INET6,
+                                  .sin6_port = htons((uint16_t)eg_relay_port(r))};
+
+        sa.sin6_addr = in6addr_loopback;
+        CU_ASSERT_EQUAL(connect(c2, (struct sockaddr *)&sa, sizeof(sa)), 0); /* queued */
+    }
+    usleep(100000); /* the relay has tried to accept it by now */
+    ms = round_trips_ms(c, s, 20);
+    CU_ASSERT(ms >= 0 && ms < 500);
+    if (ms < 0 || ms >= 500)
+        printf("\n  20 round trips took %ld ms while out of descriptors\n", ms);
+    CU_ASSERT_EQUAL(setrlimit(RLIMIT_NOFILE, &was), 0);
+    /* within a tick the relay listens again and takes it */
+    CU_ASSERT_EQUAL(write_all(c2, (const unsigned char *)"2", 1), 0);
+    CU_ASSERT_FATAL((s2 = accept_one(&leg2)) >= 0);
+    CU_ASSERT_EQUAL(recv(s2, buf, 1, 0), 1);
+    CU_ASSERT_EQUAL(buf[0], '2');
+    close(c2);
+    close(s2);
+    close(c);
+    close(s);
+    eg_relay_stop(r);
+}
+
 /* Stopping with a connection open closes it at once: the device sees the end. */
 static void test_stop_closes_open_connections(void)
 {
@@ -348,6 +410,8 @@ int main(void)
          test_a_slow_reader_does_not_stop_the_other_way},
         {"a half-closed request gets its whole answer", test_half_close_gets_its_answer},
         {"connections past the limit wait their turn", test_connections_past_the_limit_wait},
+        {"out of descriptors, a waiting device holds up no one, then is relayed",
+         test_out_of_descriptors_holds_up_no_one},
         {"stopping closes open connections", test_stop_closes_open_connections},
         {"an idle connection is closed", test_idle_connection_closed},
         {"a refused target closes the device's connection", test_refused_target_closes_the_device},
