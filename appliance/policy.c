@@ -187,10 +187,13 @@ static int check_signature(const eg_profile_cfg *p, const eg_csr *csr, eg_policy
     if (md == NID_undef)
         return 0;
     for (size_t i = 0; i < EG_CSR_DIGESTS; i++) {
+        if ((ok & (1u << i)) && md == eg_csr_digests[i].nid)
+            return 0;
+    }
+    /* Refused: the reason lists what the profile takes that this key can sign with. */
+    for (size_t i = 0; i < EG_CSR_DIGESTS; i++) {
         if (!(ok & (1u << i)))
             continue;
-        if (md == eg_csr_digests[i].nid)
-            return 0;
         if ((type == EVP_PKEY_EC || type == EVP_PKEY_RSA) &&
             eg_csr_signature_nid(type, eg_csr_digests[i].nid) == NID_undef)
             continue; /* not one this key can sign with here: not offered */
