@@ -421,6 +421,27 @@ static int parse_calls(loader *ld, void *base, const char *key, const char *valu
     return -1;
 }
 
+static int parse_connections(loader *ld, void *base, const char *key, const char *value)
+{
+    char *end = NULL;
+    unsigned long n;
+
+    if (strcmp(value, "auto") == 0) {
+        ((eg_config *)base)->connections = 0;
+        return 0;
+    }
+    errno = 0;
+    n = strtoul(value, &end, 10);
+    if (value[0] < '0' || value[0] > '9' || *end != '\0' || errno != 0 || n < 1 ||
+        n > EG_CONNECTIONS_MAX) {
+        err_here(ld, key, "'%.*s' is not a number of connections; use auto or 1 to %d", SHOWN,
+                 value, EG_CONNECTIONS_MAX);
+        return -1;
+    }
+    ((eg_config *)base)->connections = (unsigned)n;
+    return 0;
+}
+
 static int parse_module(loader *ld, void *base, const char *key, const char *value)
 {
     char *path;
@@ -1101,6 +1122,7 @@ static const key_spec token_keys[] = {
     {.name = "pool_size", .kind = V_UINT, .off = CFG(pool_size), .min = 1, .max = 256},
     {.name = "recover_ms", .kind = V_UINT, .off = CFG(recover_ms), .min = 1, .max = 600000},
     {.name = "calls", .kind = V_FN, .parse = parse_calls},
+    {.name = "connections", .kind = V_FN, .parse = parse_connections},
     {.name = NULL},
 };
 
@@ -1714,9 +1736,11 @@ static int check_config(const char *path)
         goto out;
     printf("%s: OK\n", path);
     print_server(stdout, cfg);
-    printf("token \"%s\" in %s, calls %s%s\n", cfg->token_label, cfg->module_path,
+    printf("token \"%s\" in %s, calls %s%s, %s%s\n", cfg->token_label, cfg->module_path,
            eg_calls_words(eg_calls_resolve(cfg->module_path, cfg->calls)),
-           cfg->calls == EG_CALLS_AUTO ? " (calls = auto)" : "");
+           cfg->calls == EG_CALLS_AUTO ? " (calls = auto)" : "",
+           eg_connections_words(eg_connections_resolve(cfg->module_path, cfg->connections)),
+           cfg->connections == 0 ? " (connections = auto)" : "");
     for (size_t i = 0; i < cfg->nprofiles; i++)
         print_profile(stdout, &cfg->profiles[i]);
     eg_expiry_warn(cfg, time(NULL), stdout, "warning: ");

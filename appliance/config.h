@@ -184,9 +184,10 @@ typedef struct eg_config {
     char *init_args; /* NULL unless the module needs one */
     char *token_label;
     char *pin_file;
-    unsigned pool_size;  /* 0: signer default */
-    unsigned recover_ms; /* 0: signer default */
-    eg_calls calls;      /* EG_CALLS_AUTO unless set */
+    unsigned pool_size;   /* 0: signer default */
+    unsigned recover_ms;  /* 0: signer default */
+    eg_calls calls;       /* EG_CALLS_AUTO unless set */
+    unsigned connections; /* module instances; 0 (auto) unless set */
 
     eg_profile_cfg profiles[EG_MAX_PROFILES];
     size_t nprofiles;

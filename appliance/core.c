@@ -362,6 +362,7 @@ static int open_token(const eg_config *cfg, eg_token **tok)
         .pool_size = cfg->pool_size,
         .recover_ms = cfg->recover_ms,
         .calls = cfg->calls,
+        .connections = cfg->connections,
     };
 
     if (eg_token_open(&tc, tok) != 0) {
@@ -371,8 +372,8 @@ static int open_token(const eg_config *cfg, eg_token **tok)
         return -1;
     }
     /* Worth knowing when throughput through a token server looks capped. */
-    printf("estgated: token \"%s\" in %s, calls %s\n", cfg->token_label, cfg->module_path,
-           eg_calls_words(eg_token_calls(*tok)));
+    printf("estgated: token \"%s\" in %s, calls %s, %s\n", cfg->token_label, cfg->module_path,
+           eg_calls_words(eg_token_calls(*tok)), eg_connections_words(eg_token_connections(*tok)));
     fflush(stdout);
     if (eg_provider_init(NULL) != 0 || eg_provider_add_token(NULL, *tok) != 0) {
         fprintf(stderr, "estgated: cannot make the token reachable through the provider\n");

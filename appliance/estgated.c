@@ -108,6 +108,7 @@ static void warn_restart_only(const eg_config *run, const eg_config *cfg)
         {"[token] pool_size", run->pool_size != cfg->pool_size},
         {"[token] recover_ms", run->recover_ms != cfg->recover_ms},
         {"[token] calls", run->calls != cfg->calls},
+        {"[token] connections", run->connections != cfg->connections},
     };
 
     for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {

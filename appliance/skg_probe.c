@@ -354,6 +354,7 @@ int eg_skg_check_config(const eg_config *cfg)
         .pool_size = 2,
         .recover_ms = cfg->recover_ms,
         .calls = cfg->calls,
+        .connections = cfg->connections,
     };
     eg_token *tok = NULL;
     eg_skg_caps caps;

@@ -8,7 +8,9 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <CUnit/Basic.h>
@@ -248,12 +250,183 @@ static void test_module_keeps_its_calls_mode(void)
     CU_ASSERT_EQUAL(sign_and_verify(), 0);
 }
 
+/* ---- several connections ---- */
+
+/* A job that keeps its session (and, called one at a time, its connection) until released. */
+struct holder {
+    pthread_t tid;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int entered, release, returned;
+};
+
+static CK_RV hold_fn(eg_p11_call *call, void *arg)
+{
+    struct holder *h = arg;
+    struct timespec until;
+
+    (void)call;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 10;
+    pthread_mutex_lock(&h->mu);
+    h->entered = 1;
+    pthread_cond_broadcast(&h->cv);
+    while (!h->release && pthread_cond_timedwait(&h->cv, &h->mu, &until) == 0)
+        ;
+    pthread_mutex_unlock(&h->mu);
+    return CKR_OK;
+}
+
+static void *hold_thread(void *arg)
+{
+    struct holder *h = arg;
+
+    eg_token_run(tok, hold_fn, h);
+    pthread_mutex_lock(&h->mu);
+    h->returned = 1;
+    pthread_mutex_unlock(&h->mu);
+    return NULL;
+}
+
+/* Starts a holder and waits until its job is running. */
+static int hold_start(struct holder *h)
+{
+    struct timespec until;
+    int entered;
+
+    memset(h, 0, sizeof(*h));
+    pthread_mutex_init(&h->mu, NULL);
+    pthread_cond_init(&h->cv, NULL);
+    if (pthread_create(&h->tid, NULL, hold_thread, h) != 0)
+        return -1;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 10;
+    pthread_mutex_lock(&h->mu);
+    while (!h->entered && pthread_cond_timedwait(&h->cv, &h->mu, &until) == 0)
+        ;
+    entered = h->entered;
+    pthread_mutex_unlock(&h->mu);
+    return entered ? 0 : -1;
+}
+
+/* Releases the holder; whether it was still holding. */
+static int hold_stop(struct holder *h)
+{
+    int held;
+
+    pthread_mutex_lock(&h->mu);
+    held = !h->returned;
+    h->release = 1;
+    pthread_cond_broadcast(&h->cv);
+    pthread_mutex_unlock(&h->mu);
+    pthread_join(h->tid, NULL);
+    pthread_mutex_destroy(&h->mu);
+    pthread_cond_destroy(&h->cv);
+    return held;
+}
+
+/*
+ * A call that holds its connection does not hold up the next: through p11-kit's
+ * client, called one call at a time, the next call takes a connection of its own
+ * (a long RSA key generation for serverkeygen must not stop every enrollment).
+ */
+static void test_a_call_runs_beside_one_that_holds_a_connection(void)
+{
+    eg_token_stats stats;
+    struct holder h;
+
+    CU_ASSERT_EQUAL(eg_token_connections(tok), kind == EG_TH_P11KIT ? EG_CONNECTIONS_P11KIT : 1);
+    CU_ASSERT_EQUAL_FATAL(hold_start(&h), 0);
+    CU_ASSERT_EQUAL(sign_and_verify(), 0);
+    /* Signed while the holder still held: not after its 10 s ran out. */
+    CU_ASSERT_EQUAL(hold_stop(&h), 1);
+    eg_token_get_stats(tok, &stats);
+    if (kind == EG_TH_P11KIT) {
+        CU_ASSERT(stats.connections_used >= 2);
+    } else {
+        CU_ASSERT_EQUAL(stats.connections_used, 1);
+    }
+}
+
+/*
+ * A session object exists only for the connection that made it: a key made as
+ * one on a second connection is used there, not on the first.
+ */
+static void test_a_session_key_stays_on_its_connection(void)
+{
+    eg_keygen_spec spec = {EG_KEY_EC, 0, NID_X9_62_prime256v1, "session", NULL, 0, false, false};
+    CK_MECHANISM mech = {CKM_ECDSA, NULL, 0};
+    uint8_t digest[32], sig[128];
+    eg_p11_key *skey = NULL;
+    struct holder h;
+    size_t siglen;
+
+    memset(digest, 0x42, sizeof(digest));
+    /* The first connection is busy, so the key is made on another. */
+    CU_ASSERT_EQUAL_FATAL(hold_start(&h), 0);
+    CU_ASSERT_EQUAL(eg_p11_key_generate(tok, &spec, &skey), 0);
+    CU_ASSERT_EQUAL(hold_stop(&h), 1);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(skey);
+    /* Now the first connection is free, and the least busy. */
+    for (int i = 0; i < 3; i++) {
+        siglen = sizeof(sig);
+        CU_ASSERT_EQUAL(eg_p11_key_sign(skey, &mech, digest, sizeof(digest), sig, &siglen), 0);
+    }
+    CU_ASSERT_EQUAL(eg_p11_key_destroy(skey), 0);
+    eg_p11_key_free(skey);
+    ERR_clear_error();
+}
+
+/*
+ * More than one connection needs a module whose C_GetFunctionList makes a new
+ * instance each time; a loaded module keeps its number.
+ */
+static void test_connections_the_module_can_have(void)
+{
+    eg_token_config cfg = *eg_th_config(th);
+    const char *reason = NULL;
+    eg_token *second = NULL;
+    char copy[4096], cmd[8300];
+
+    if (kind == EG_TH_SOFTHSM) {
+        /* A copy of SoftHSM loads afresh: one instance, however often asked. */
+        snprintf(copy, sizeof(copy), "%s/one-instance.so", eg_th_dir(th));
+        snprintf(cmd, sizeof(cmd), "cp '%s' '%s'", cfg.module_path, copy);
+        CU_ASSERT_EQUAL_FATAL(system(cmd), 0);
+        cfg.module_path = copy;
+        cfg.connections = 2;
+        ERR_clear_error();
+        CU_ASSERT_NOT_EQUAL(eg_token_open(&cfg, &second), 0);
+        ERR_peek_last_error_data(&reason, NULL);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(reason);
+        CU_ASSERT_PTR_NOT_NULL(strstr(reason, "one instance"));
+        CU_ASSERT_PTR_NOT_NULL(strstr(reason, "only one connection"));
+        ERR_clear_error();
+        cfg = *eg_th_config(th);
+    }
+    cfg.connections = eg_token_connections(tok) == 1 ? 2 : 1;
+    ERR_clear_error();
+    CU_ASSERT_NOT_EQUAL(eg_token_open(&cfg, &second), 0);
+    ERR_peek_last_error_data(&reason, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(reason);
+    CU_ASSERT_PTR_NOT_NULL(strstr(reason, "already loaded with connections = "));
+    ERR_clear_error();
+    cfg.connections = eg_token_connections(tok);
+    CU_ASSERT_EQUAL_FATAL(eg_token_open(&cfg, &second), 0);
+    eg_token_free(second);
+    CU_ASSERT_EQUAL(sign_and_verify(), 0);
+}
+
 static CU_TestInfo tests[] = {
     {"recovers when all sessions are closed", test_recovers_when_all_sessions_are_closed},
     {"recovers when logged out", test_recovers_when_logged_out},
     {"recovers when the token server restarts", test_recovers_when_token_server_restarts},
     {"calls mode follows the module", test_calls_mode_follows_the_module},
     {"a module keeps its calls mode", test_module_keeps_its_calls_mode},
+    {"a call runs beside one that holds a connection",
+     test_a_call_runs_beside_one_that_holds_a_connection},
+    {"a session key stays on its connection", test_a_session_key_stays_on_its_connection},
+    {"the connections a module can have", test_connections_the_module_can_have},
     CU_TEST_INFO_NULL,
 };
 

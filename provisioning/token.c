@@ -13,7 +13,7 @@
 
 int eg_prov_token_open(const eg_prov_token_opts *o, eg_token **out)
 {
-    eg_token_config cfg = {o->module, o->init_args, o->token, o->pin_file, 0, 0, EG_CALLS_AUTO};
+    eg_token_config cfg = {o->module, o->init_args, o->token, o->pin_file, 0, 0, EG_CALLS_AUTO, 0};
     eg_token *tok = NULL;
     int rc;
 

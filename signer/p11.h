@@ -20,11 +20,18 @@ const char *eg_calls_name(eg_calls calls);
 eg_calls eg_calls_resolve(const char *module_path, eg_calls calls);
 /* A resolved mode as the logs say it: "one at a time" or "concurrent". */
 const char *eg_calls_words(eg_calls resolved);
+/* What connections (0: auto) means for a module first loaded from module_path. */
+unsigned eg_connections_resolve(const char *module_path, unsigned connections);
+/* "1 connection", "up to 4 connections": as the logs say it. */
+const char *eg_connections_words(unsigned resolved);
+/* How many instances of its module the token may use (its module's number). */
+unsigned eg_token_connections(const eg_token *tok);
 
 typedef struct eg_token_stats {
     uint64_t sign_calls; /* C_Sign calls that returned CKR_OK */
     uint64_t recoveries; /* retries after a lost session, login or token connection */
     uint64_t sessions_opened;
+    unsigned connections_used; /* module instances this token has opened sessions on */
 } eg_token_stats;
 void eg_token_get_stats(eg_token *tok, eg_token_stats *out);
 

@@ -66,7 +66,7 @@ int eg_module_slots(const char *module, const char *init_args, eg_slot_info **ou
     eg_module *m = NULL;
     CK_RV rv;
 
-    if (eg_module_get(module, init_args, EG_CALLS_AUTO, &m) != 0)
+    if (eg_module_get(module, init_args, EG_CALLS_AUTO, 0, &m) != 0)
         return -1;
     eg_module_enter(m);
     rv = list_slots(eg_module_functions(m), out, n);
@@ -136,7 +136,7 @@ int eg_module_init_token(const char *module, const char *init_args, CK_SLOT_ID s
         eg_signer_error(EG_R_BAD_PARAM, "a token label has 1 to 32 bytes");
         return -1;
     }
-    if (eg_module_get(module, init_args, EG_CALLS_AUTO, &m) != 0)
+    if (eg_module_get(module, init_args, EG_CALLS_AUTO, 0, &m) != 0)
         return -1;
     fl = eg_module_functions(m);
     /* C_InitToken takes exactly 32 bytes of label, blank-padded. */

@@ -30,10 +30,18 @@ struct eg_p11_key {
     char *uri;
     EVP_PKEY *pub;
 
-    pthread_mutex_t lock; /* guards the cached handle */
-    CK_OBJECT_HANDLE handle;
-    unsigned gen;
-    int have_handle;
+    pthread_mutex_t lock; /* guards the cached handles */
+    struct {
+        CK_OBJECT_HANDLE handle;
+        unsigned gen;
+        int have;
+    } cached[EG_CONNECTIONS_MAX]; /* per module instance: each has its own handles */
+    /*
+     * A session object (made by eg_p11_key_generate with token_object false)
+     * exists only for the module instance that made it: every call goes there.
+     * -1 for token objects, which every instance sees.
+     */
+    int lane;
 };
 
 static CK_BBOOL ck_true = CK_TRUE, ck_false = CK_FALSE;
@@ -83,16 +91,16 @@ static CK_RV find_one(eg_p11_call *call, const eg_p11_key *key, CK_OBJECT_CLASS 
     return CKR_OK;
 }
 
-/* The private key's handle for the call's token generation. */
+/* The private key's handle for the call's module instance and token generation. */
 static CK_RV key_handle(eg_p11_call *call, eg_p11_key *key, int refresh, CK_OBJECT_HANDLE *out)
 {
     CK_OBJECT_HANDLE h;
-    unsigned gen = eg_p11_call_gen(call);
+    unsigned gen = eg_p11_call_gen(call), lane = eg_p11_call_lane(call);
     CK_RV rv = CKR_OK;
 
     pthread_mutex_lock(&key->lock);
-    if (key->have_handle && key->gen == gen && !refresh) {
-        *out = key->handle;
+    if (key->cached[lane].have && key->cached[lane].gen == gen && !refresh) {
+        *out = key->cached[lane].handle;
         pthread_mutex_unlock(&key->lock);
         return CKR_OK;
     }
@@ -100,12 +108,18 @@ static CK_RV key_handle(eg_p11_call *call, eg_p11_key *key, int refresh, CK_OBJE
     if ((rv = find_one(call, key, CKO_PRIVATE_KEY, &h)) != CKR_OK)
         return rv == CKR_KEY_HANDLE_INVALID ? eg_p11_call_not_found(call, rv) : rv;
     pthread_mutex_lock(&key->lock);
-    key->handle = h;
-    key->gen = gen;
-    key->have_handle = 1;
+    key->cached[lane].handle = h;
+    key->cached[lane].gen = gen;
+    key->cached[lane].have = 1;
     pthread_mutex_unlock(&key->lock);
     *out = h;
     return CKR_OK;
+}
+
+/* eg_token_run() on the instance that can see the key. */
+static CK_RV key_run(eg_p11_key *key, eg_p11_fn *fn, void *arg)
+{
+    return eg_token_run_lane(key->tok, key->lane, fn, arg);
 }
 
 struct sign_args {
@@ -148,7 +162,7 @@ int eg_p11_key_sign(eg_p11_key *key, CK_MECHANISM *mech, const uint8_t *in, size
     struct sign_args a = {key, mech, in, inlen, sig, *siglen};
     CK_RV rv;
 
-    if ((rv = eg_token_run(key->tok, sign_fn, &a)) != CKR_OK) {
+    if ((rv = key_run(a.key, sign_fn, &a)) != CKR_OK) {
         eg_signer_error(EG_R_TOKEN_CALL, "C_Sign with %s: %s", key->uri, eg_p11_rv_name(rv));
         return -1;
     }
@@ -301,13 +315,14 @@ static eg_p11_key *key_new(eg_token *tok)
         return NULL;
     atomic_init(&key->refs, 1);
     key->tok = tok;
+    key->lane = -1;
     pthread_mutex_init(&key->lock, NULL);
     return key;
 }
 
 static int key_finish(eg_p11_key *key)
 {
-    CK_RV rv = eg_token_run(key->tok, describe_fn, key);
+    CK_RV rv = key_run(key, describe_fn, key);
 
     if (rv == CKR_KEY_HANDLE_INVALID) {
         eg_signer_error(EG_R_KEY_NOT_FOUND, "no private key for %s in token '%s'",
@@ -418,6 +433,8 @@ static CK_RV generate_fn(eg_p11_call *call, void *arg)
     }
     rv = eg_p11_generate_key_pair(call, &mech, pub, np, priv, nv, &hpub, &hpriv);
     OPENSSL_free(params);
+    if (rv == CKR_OK && !s->token_object)
+        a->key->lane = (int)eg_p11_call_lane(call);
     return rv;
 }
 
@@ -543,7 +560,7 @@ int eg_p11_key_get_bool(eg_p11_key *key, CK_ATTRIBUTE_TYPE type, bool *out)
     struct bool_args a = {key, type, CK_FALSE};
     CK_RV rv;
 
-    if ((rv = eg_token_run(key->tok, get_bool_fn, &a)) != CKR_OK) {
+    if ((rv = key_run(key, get_bool_fn, &a)) != CKR_OK) {
         eg_signer_error(EG_R_TOKEN_CALL, "C_GetAttributeValue(0x%lx) of %s: %s", type, key->uri,
                         eg_p11_rv_name(rv));
         return -1;
@@ -572,10 +589,10 @@ static CK_RV destroy_fn(eg_p11_call *call, void *arg)
 
 int eg_p11_key_destroy(eg_p11_key *key)
 {
-    CK_RV rv = eg_token_run(key->tok, destroy_fn, key);
+    CK_RV rv = key_run(key, destroy_fn, key);
 
     pthread_mutex_lock(&key->lock);
-    key->have_handle = 0;
+    memset(key->cached, 0, sizeof(key->cached));
     pthread_mutex_unlock(&key->lock);
     if (rv != CKR_OK) {
         eg_signer_error(EG_R_TOKEN_CALL, "destroying %s: %s", key->uri ? key->uri : key->label,

@@ -10,7 +10,8 @@ struct eg_p11_call {
     eg_token *tok;
     CK_FUNCTION_LIST *fl;
     CK_SESSION_HANDLE h;
-    unsigned gen; /* token generation the session belongs to */
+    unsigned lane; /* the module instance (connection) the session is on */
+    unsigned gen;  /* the token's generation on that instance */
 };
 
 /*
@@ -18,18 +19,29 @@ struct eg_p11_call {
  * loaded and initialised once per process, finalised with the last reference.
  */
 typedef struct eg_module eg_module;
-int eg_module_get(const char *path, const char *init_args, eg_calls calls, eg_module **out);
+int eg_module_get(const char *path, const char *init_args, eg_calls calls, unsigned connections,
+                  eg_module **out);
 void eg_module_put(eg_module *m);
 /*
- * Around every use of m's functions: shared against re-initialisation, and
- * one at a time when the module is called serially (eg_calls).
+ * Around every use of m's first instance's functions (the only one outside
+ * eg_token_run): shared against re-initialisation, and one at a time when the
+ * module is called serially (eg_calls).
  */
 void eg_module_enter(eg_module *m);
 void eg_module_leave(eg_module *m);
 CK_FUNCTION_LIST *eg_module_functions(const eg_module *m);
 
-/* Token generation: object handles cached by keys are valid for one generation. */
+/*
+ * Token generation on the call's module instance: object handles cached by
+ * keys are valid for one instance and one generation of it.
+ */
 unsigned eg_p11_call_gen(const eg_p11_call *call);
+unsigned eg_p11_call_lane(const eg_p11_call *call);
+/*
+ * eg_token_run() on one module instance: for session objects, which only the
+ * instance that made them can see. lane < 0: any instance, as eg_token_run().
+ */
+CK_RV eg_token_run_lane(eg_token *tok, int lane, eg_p11_fn *fn, void *arg);
 void eg_token_count_sign(eg_token *tok);
 
 /*

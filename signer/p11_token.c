@@ -2,16 +2,20 @@
  * Tokens: module loading, login, the session pool and recovery.
  *
  * A module is loaded and initialised once per process however many tokens use
- * it. A token is a slot found by its label. Sessions are opened lazily up to
- * pool_size and reused; a caller borrows one for the length of an
- * eg_token_run() callback. When a call reports that the session, the login or
- * the token connection is gone, the session is dropped, the token re-logged or
- * the module re-initialised (a p11-kit server that restarted), and the
- * callback runs again until recover_ms has passed.
+ * it. It may have several instances ("lanes"), each its own application to the
+ * token with its own sessions, login and object handles: p11-kit's client gives
+ * each instance a connection (and a server process) of its own. A token is a
+ * slot found by its label. Sessions are opened lazily, per instance up to
+ * pool_size, and reused; a caller borrows one on the least busy instance for
+ * the length of an eg_token_run() callback. When a call reports that the
+ * session, the login or the token connection is gone, the session is dropped,
+ * the token re-logged or that instance re-initialised (a p11-kit server that
+ * restarted), and the callback runs again until recover_ms has passed.
  */
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -31,53 +35,72 @@
 #define EG_POOL_DEFAULT 16
 #define EG_RECOVER_MS   10000
 
-struct eg_module {
-    struct eg_module *next;
-    char *path;
-    char *init_args;
-    void *dl;
+/* One instance of a module: its function list and what guards calls into it. */
+typedef struct eg_lane {
     CK_FUNCTION_LIST *fl;
-    unsigned refs;
     atomic_uint gen; /* bumped at every re-initialisation */
     atomic_int initialized;
+    atomic_uint load; /* eg_token_run jobs on it or waiting for it */
     pthread_mutex_t lock;
     /*
-     * Calls into the module hold it shared; re-initialisation holds it
-     * exclusive, so no call is in flight while C_Finalize tears the module's
+     * Calls into the instance hold it shared; re-initialisation holds it
+     * exclusive, so no call is in flight while C_Finalize tears the instance's
      * state (a p11-kit client's socket) down under it.
      */
     pthread_rwlock_t calls;
     /*
-     * Held, besides calls, around every use of a module that cannot take two
-     * calls at once: one configured so (eg_calls), or p11-kit's RPC client by
-     * default. That client (0.24.1) multiplexes concurrent calls over one
+     * Held, besides calls, around every use of an instance that cannot take
+     * two calls at once: one configured so (eg_calls), or p11-kit's RPC client
+     * by default. That client (0.24.1) multiplexes concurrent calls over one
      * socket; when the socket breaks under two of them, the one waiting for
      * its reply is never woken (rpc_socket_read returns an error without
      * signalling read_code_cond), and re-initialisation then waits on it for
      * ever. One call at a time leaves no one waiting.
      */
-    bool serial;
     pthread_mutex_t serial_lock;
+} eg_lane;
+
+struct eg_module {
+    struct eg_module *next;
+    char *path;
+    char *init_args;
+    void *dl;
+    unsigned refs;
+    bool serial;
+    unsigned nlanes;
+    /*
+     * Initialisations and logins, one at a time across the instances: SoftHSM
+     * processes behind a p11-kit server that start or log in at the same time
+     * can miss the token (no slot, CKR_GENERAL_ERROR).
+     */
+    pthread_mutex_t setup;
+    eg_lane lane[EG_CONNECTIONS_MAX];
 };
+
+/* A token on one module instance: its slot there, login and pooled sessions. */
+typedef struct tok_lane {
+    pthread_cond_t cond;     /* a session came back (or the generation was dropped) */
+    CK_SESSION_HANDLE *idle; /* pooled sessions of generation gen */
+    unsigned nidle;
+    unsigned nopen; /* sessions of generation gen, idle or borrowed */
+    unsigned gen;
+    unsigned mod_gen; /* instance generation the slot was found in */
+    int have_slot;
+    CK_SLOT_ID slot;
+    int logged_in;
+    int used; /* a session was ever opened here */
+} tok_lane;
 
 struct eg_token {
     eg_module *mod;
     char *label;
     char *pin; /* NULL: no login */
     size_t pinlen;
-    unsigned pool_size;
+    unsigned pool_size; /* per instance */
     unsigned recover_ms;
 
     pthread_mutex_t lock;
-    pthread_cond_t cond;
-    CK_SESSION_HANDLE *idle; /* pooled sessions of generation gen */
-    unsigned nidle;
-    unsigned nopen; /* sessions of generation gen, idle or borrowed */
-    unsigned gen;
-    unsigned mod_gen; /* module generation the slot was found in */
-    int have_slot;
-    CK_SLOT_ID slot;
-    int logged_in;
+    tok_lane lane[EG_CONNECTIONS_MAX];
     CK_MECHANISM_TYPE *mechs;
     CK_MECHANISM_INFO *mech_info;
     CK_ULONG nmechs;
@@ -90,8 +113,11 @@ struct eg_token {
 static pthread_mutex_t modules_lock = PTHREAD_MUTEX_INITIALIZER;
 static eg_module *modules;
 
-/* The module is initialised with OS locking: SoftHSM turns its locks off without it. */
-static CK_RV module_initialize(eg_module *m)
+/*
+ * An instance is initialised with OS locking (SoftHSM turns its locks off
+ * without it), one instance at a time (eg_module.setup).
+ */
+static CK_RV lane_initialize(eg_module *m, eg_lane *lane)
 {
     CK_C_INITIALIZE_ARGS args;
     CK_RV rv;
@@ -99,29 +125,51 @@ static CK_RV module_initialize(eg_module *m)
     memset(&args, 0, sizeof(args));
     args.flags = CKF_OS_LOCKING_OK;
     args.pReserved = m->init_args;
+    pthread_mutex_lock(&m->setup);
     /* SoftHSM asks OpenSSL for an rdrand engine that Debian does not ship and
      * leaves the failure on our error stack: not ours to report. */
     ERR_set_mark();
-    rv = m->fl->C_Initialize(&args);
+    rv = lane->fl->C_Initialize(&args);
     ERR_pop_to_mark();
+    pthread_mutex_unlock(&m->setup);
     if (rv == CKR_CRYPTOKI_ALREADY_INITIALIZED)
         rv = CKR_OK; /* another library in this process got there first */
     if (rv == CKR_OK)
-        m->initialized = 1;
+        lane->initialized = 1;
     return rv;
+}
+
+static void lane_init(eg_lane *lane)
+{
+    pthread_rwlockattr_t attr;
+
+    pthread_mutex_init(&lane->lock, NULL);
+    pthread_mutex_init(&lane->serial_lock, NULL);
+    pthread_rwlockattr_init(&attr);
+    /* A busy signer must not keep a re-initialisation waiting for ever. */
+    pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&lane->calls, &attr);
+    pthread_rwlockattr_destroy(&attr);
 }
 
 static void module_free(eg_module *m)
 {
+    unsigned i;
+
     if (m == NULL)
         return;
-    if (m->initialized)
-        m->fl->C_Finalize(NULL);
+    for (i = 0; i < EG_CONNECTIONS_MAX; i++) {
+        eg_lane *lane = &m->lane[i];
+
+        if (lane->initialized)
+            lane->fl->C_Finalize(NULL);
+        pthread_rwlock_destroy(&lane->calls);
+        pthread_mutex_destroy(&lane->serial_lock);
+        pthread_mutex_destroy(&lane->lock);
+    }
     if (m->dl != NULL)
         dlclose(m->dl);
-    pthread_rwlock_destroy(&m->calls);
-    pthread_mutex_destroy(&m->serial_lock);
-    pthread_mutex_destroy(&m->lock);
+    pthread_mutex_destroy(&m->setup);
     free(m->path);
     free(m->init_args);
     free(m);
@@ -147,6 +195,24 @@ const char *eg_calls_words(eg_calls resolved)
     return resolved == EG_CALLS_SERIAL ? "one at a time" : "concurrent";
 }
 
+unsigned eg_connections_resolve(const char *module_path, unsigned connections)
+{
+    if (connections == 0)
+        return strcmp(base_name(module_path), "p11-kit-client.so") == 0 ? EG_CONNECTIONS_P11KIT : 1;
+    return connections;
+}
+
+const char *eg_connections_words(unsigned resolved)
+{
+    static const char *const words[EG_CONNECTIONS_MAX + 1] = {
+        "no connection",       "1 connection",        "up to 2 connections",
+        "up to 3 connections", "up to 4 connections", "up to 5 connections",
+        "up to 6 connections", "up to 7 connections", "up to 8 connections",
+    };
+
+    return resolved <= EG_CONNECTIONS_MAX ? words[resolved] : "too many connections";
+}
+
 const char *eg_calls_name(eg_calls calls)
 {
     switch (calls) {
@@ -159,29 +225,31 @@ const char *eg_calls_name(eg_calls calls)
     }
 }
 
-static int module_load(const char *path, const char *init_args, bool serial, eg_module **out)
+static int module_load(const char *path, const char *init_args, bool serial, unsigned nlanes,
+                       eg_module **out)
 {
     CK_RV (*get_list)(CK_FUNCTION_LIST_PTR_PTR);
     eg_module *m;
     CK_RV rv;
+    unsigned i;
     int rc = -1;
-
-    pthread_rwlockattr_t attr;
 
     if ((m = calloc(1, sizeof(*m))) == NULL)
         return -1;
-    pthread_mutex_init(&m->lock, NULL);
-    pthread_mutex_init(&m->serial_lock, NULL);
-    pthread_rwlockattr_init(&attr);
-    /* A busy signer must not keep a re-initialisation waiting for ever. */
-    pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-    pthread_rwlock_init(&m->calls, &attr);
-    pthread_rwlockattr_destroy(&attr);
+    pthread_mutex_init(&m->setup, NULL);
+    for (i = 0; i < EG_CONNECTIONS_MAX; i++)
+        lane_init(&m->lane[i]);
     m->path = strdup(path);
     m->init_args = init_args ? strdup(init_args) : NULL;
     m->serial = serial;
+    m->nlanes = nlanes;
     if (m->path == NULL || (init_args && m->init_args == NULL))
         goto out;
+    if (nlanes < 1 || nlanes > EG_CONNECTIONS_MAX) {
+        eg_signer_error(EG_R_BAD_PARAM, "%s: connections must be 1 to %d", path,
+                        EG_CONNECTIONS_MAX);
+        goto out;
+    }
     /*
      * RTLD_NODELETE: modules register atexit handlers and thread keys, and leak
      * checkers need their symbols after we let go; unloading buys nothing.
@@ -191,11 +259,23 @@ static int module_load(const char *path, const char *init_args, bool serial, eg_
         goto out;
     }
     *(void **)&get_list = dlsym(m->dl, "C_GetFunctionList");
-    if (get_list == NULL || (rv = get_list(&m->fl)) != CKR_OK || m->fl == NULL) {
-        eg_signer_error(EG_R_MODULE_LOAD, "%s: no usable C_GetFunctionList", path);
-        goto out;
+    for (i = 0; i < nlanes; i++) {
+        if (get_list == NULL || (rv = get_list(&m->lane[i].fl)) != CKR_OK ||
+            m->lane[i].fl == NULL) {
+            eg_signer_error(EG_R_MODULE_LOAD, "%s: no usable C_GetFunctionList", path);
+            goto out;
+        }
+        if (i > 0 && m->lane[i].fl == m->lane[0].fl) {
+            eg_signer_error(EG_R_MODULE_LOAD,
+                            "%s has one instance (C_GetFunctionList gives the same functions "
+                            "every time): it can have only one connection",
+                            path);
+            goto out;
+        }
     }
-    if ((rv = module_initialize(m)) != CKR_OK) {
+    /* The first instance now, so that a module that cannot start says so at once; the
+     * others when calls first need them. */
+    if ((rv = lane_initialize(m, &m->lane[0])) != CKR_OK) {
         eg_signer_error(EG_R_MODULE_INIT, "%s: C_Initialize: %s", path, eg_p11_rv_name(rv));
         goto out;
     }
@@ -207,18 +287,28 @@ out:
     return rc;
 }
 
+static void lane_enter(const eg_module *m, eg_lane *lane)
+{
+    pthread_rwlock_rdlock(&lane->calls);
+    if (m->serial)
+        pthread_mutex_lock(&lane->serial_lock);
+}
+
+static void lane_leave(const eg_module *m, eg_lane *lane)
+{
+    if (m->serial)
+        pthread_mutex_unlock(&lane->serial_lock);
+    pthread_rwlock_unlock(&lane->calls);
+}
+
 void eg_module_enter(eg_module *m)
 {
-    pthread_rwlock_rdlock(&m->calls);
-    if (m->serial)
-        pthread_mutex_lock(&m->serial_lock);
+    lane_enter(m, &m->lane[0]);
 }
 
 void eg_module_leave(eg_module *m)
 {
-    if (m->serial)
-        pthread_mutex_unlock(&m->serial_lock);
-    pthread_rwlock_unlock(&m->calls);
+    lane_leave(m, &m->lane[0]);
 }
 
 static int same_str(const char *a, const char *b)
@@ -226,9 +316,11 @@ static int same_str(const char *a, const char *b)
     return (a == NULL && b == NULL) || (a != NULL && b != NULL && strcmp(a, b) == 0);
 }
 
-int eg_module_get(const char *path, const char *init_args, eg_calls calls, eg_module **out)
+int eg_module_get(const char *path, const char *init_args, eg_calls calls, unsigned connections,
+                  eg_module **out)
 {
     bool serial = eg_calls_resolve(path, calls) == EG_CALLS_SERIAL;
+    unsigned nlanes = eg_connections_resolve(path, connections);
     eg_module *m;
     int rc = -1;
 
@@ -241,16 +333,21 @@ int eg_module_get(const char *path, const char *init_args, eg_calls calls, eg_mo
             eg_signer_error(EG_R_MODULE_INIT, "%s already loaded with another init string", path);
             goto out;
         }
-        /* The lock cannot come or go under calls in flight. AUTO takes what is there. */
+        /* The locks cannot come or go under calls in flight. AUTO takes what is there. */
         if (calls != EG_CALLS_AUTO && m->serial != serial) {
             eg_signer_error(EG_R_MODULE_INIT, "%s already loaded with calls = %s", path,
                             eg_calls_name(m->serial ? EG_CALLS_SERIAL : EG_CALLS_CONCURRENT));
             goto out;
         }
+        if (connections != 0 && m->nlanes != nlanes) {
+            eg_signer_error(EG_R_MODULE_INIT, "%s already loaded with connections = %u", path,
+                            m->nlanes);
+            goto out;
+        }
         break;
     }
     if (m == NULL) {
-        if (module_load(path, init_args, serial, &m) != 0)
+        if (module_load(path, init_args, serial, nlanes, &m) != 0)
             goto out;
         m->next = modules;
         modules = m;
@@ -283,26 +380,37 @@ void eg_module_put(eg_module *m)
 }
 
 /*
- * Re-initialises a module whose token connection was lost, once per loss:
+ * Re-initialises an instance whose token connection was lost, once per loss:
  * seen_gen is the generation the failing caller used.
  */
-static CK_RV module_reinit(eg_module *m, unsigned seen_gen)
+static CK_RV lane_reinit(eg_module *m, eg_lane *lane, unsigned seen_gen)
 {
     CK_RV rv = CKR_OK;
 
-    pthread_mutex_lock(&m->lock);
-    pthread_rwlock_wrlock(&m->calls);
-    if (m->gen == seen_gen) {
-        if (m->initialized)
-            m->fl->C_Finalize(NULL);
-        m->initialized = 0;
-        m->gen++;
+    pthread_mutex_lock(&lane->lock);
+    pthread_rwlock_wrlock(&lane->calls);
+    if (lane->gen == seen_gen) {
+        if (lane->initialized)
+            lane->fl->C_Finalize(NULL);
+        lane->initialized = 0;
+        lane->gen++;
     }
-    if (!m->initialized)
-        rv = module_initialize(m);
-    pthread_rwlock_unlock(&m->calls);
-    pthread_mutex_unlock(&m->lock);
+    if (!lane->initialized)
+        rv = lane_initialize(m, lane);
+    pthread_rwlock_unlock(&lane->calls);
+    pthread_mutex_unlock(&lane->lock);
     return rv;
+}
+
+/* Initialises an instance not used before, or one whose re-initialisation failed. */
+static void lane_start(eg_module *m, eg_lane *lane)
+{
+    pthread_mutex_lock(&lane->lock);
+    pthread_rwlock_wrlock(&lane->calls);
+    if (!lane->initialized)
+        lane_initialize(m, lane); /* a failure shows as CKR_CRYPTOKI_NOT_INITIALIZED below */
+    pthread_rwlock_unlock(&lane->calls);
+    pthread_mutex_unlock(&lane->lock);
 }
 
 static int read_pin_file(const char *path, char **pin, size_t *pinlen)
@@ -355,9 +463,8 @@ static int label_matches(const CK_UTF8CHAR *padded, const char *label)
     return n == len && memcmp(padded, label, len) == 0;
 }
 
-static void load_mechanisms(eg_token *tok)
+static void load_mechanisms(eg_token *tok, CK_FUNCTION_LIST *fl, CK_SLOT_ID slot)
 {
-    CK_FUNCTION_LIST *fl = tok->mod->fl;
     CK_ULONG n = 0, i;
 
     OPENSSL_free(tok->mechs);
@@ -365,22 +472,23 @@ static void load_mechanisms(eg_token *tok)
     tok->mechs = NULL;
     tok->mech_info = NULL;
     tok->nmechs = 0;
-    if (fl->C_GetMechanismList(tok->slot, NULL, &n) != CKR_OK || n == 0)
+    if (fl->C_GetMechanismList(slot, NULL, &n) != CKR_OK || n == 0)
         return;
     tok->mechs = OPENSSL_zalloc(n * sizeof(*tok->mechs));
     tok->mech_info = OPENSSL_zalloc(n * sizeof(*tok->mech_info));
     if (tok->mechs == NULL || tok->mech_info == NULL ||
-        fl->C_GetMechanismList(tok->slot, tok->mechs, &n) != CKR_OK)
+        fl->C_GetMechanismList(slot, tok->mechs, &n) != CKR_OK)
         return;
     for (i = 0; i < n; i++)
-        fl->C_GetMechanismInfo(tok->slot, tok->mechs[i], &tok->mech_info[i]);
+        fl->C_GetMechanismInfo(slot, tok->mechs[i], &tok->mech_info[i]);
     tok->nmechs = n;
 }
 
-/* Finds the slot holding the token; called with tok->lock held. */
-static CK_RV find_slot(eg_token *tok)
+/* Finds the slot holding the token on instance l; called with tok->lock held. */
+static CK_RV find_slot(eg_token *tok, unsigned l)
 {
-    CK_FUNCTION_LIST *fl = tok->mod->fl;
+    CK_FUNCTION_LIST *fl = tok->mod->lane[l].fl;
+    tok_lane *tl = &tok->lane[l];
     CK_SLOT_ID *slots = NULL;
     CK_TOKEN_INFO info;
     CK_ULONG n = 0, i;
@@ -398,10 +506,11 @@ static CK_RV find_slot(eg_token *tok)
     for (i = 0; i < n; i++) {
         if (fl->C_GetTokenInfo(slots[i], &info) == CKR_OK &&
             label_matches(info.label, tok->label)) {
-            tok->slot = slots[i];
-            tok->have_slot = 1;
-            tok->mod_gen = tok->mod->gen;
-            load_mechanisms(tok);
+            tl->slot = slots[i];
+            tl->have_slot = 1;
+            tl->mod_gen = tok->mod->lane[l].gen;
+            if (l == 0) /* the same token on every instance */
+                load_mechanisms(tok, fl, slots[i]);
             rv = CKR_OK;
             break;
         }
@@ -417,7 +526,7 @@ out:
  */
 static void say_tokens_present(eg_module *mod)
 {
-    CK_FUNCTION_LIST *fl = mod->fl;
+    CK_FUNCTION_LIST *fl = mod->lane[0].fl;
     CK_SLOT_ID slots[32];
     CK_ULONG n = 32, i, fresh = 0;
     CK_TOKEN_INFO info;
@@ -453,78 +562,87 @@ static void say_tokens_present(eg_module *mod)
                         (unsigned long)fresh, fresh == 1 ? "" : "s");
 }
 
-/* Forgets every session of the current generation (they died with the module). */
-static void drop_generation(eg_token *tok)
+/* Forgets every session of instance l's current generation (they died with it). */
+static void drop_generation(eg_token *tok, unsigned l)
 {
-    tok->gen++;
-    tok->nidle = 0;
-    tok->nopen = 0;
-    tok->have_slot = 0;
-    tok->logged_in = 0;
-    pthread_cond_broadcast(&tok->cond);
+    tok_lane *tl = &tok->lane[l];
+
+    tl->gen++;
+    tl->nidle = 0;
+    tl->nopen = 0;
+    tl->have_slot = 0;
+    tl->logged_in = 0;
+    pthread_cond_broadcast(&tl->cond);
 }
 
-static CK_RV login(eg_token *tok, CK_SESSION_HANDLE h)
+static CK_RV login(eg_token *tok, unsigned l, CK_SESSION_HANDLE h)
 {
+    tok_lane *tl = &tok->lane[l];
     CK_RV rv;
 
-    if (tok->pin == NULL || tok->logged_in)
+    if (tok->pin == NULL || tl->logged_in)
         return CKR_OK;
-    rv = tok->mod->fl->C_Login(h, CKU_USER, (CK_UTF8CHAR *)tok->pin, tok->pinlen);
+    pthread_mutex_lock(&tok->mod->setup);
+    rv = tok->mod->lane[l].fl->C_Login(h, CKU_USER, (CK_UTF8CHAR *)tok->pin, tok->pinlen);
+    pthread_mutex_unlock(&tok->mod->setup);
     if (rv == CKR_USER_ALREADY_LOGGED_IN)
         rv = CKR_OK;
     if (rv == CKR_OK)
-        tok->logged_in = 1;
+        tl->logged_in = 1;
     return rv;
 }
 
-/* Opens a new session and logs in; called with tok->lock held. */
-static CK_RV open_session(eg_token *tok, CK_SESSION_HANDLE *h)
+/* Opens a new session on instance l and logs in; called with tok->lock held. */
+static CK_RV open_session(eg_token *tok, unsigned l, CK_SESSION_HANDLE *h)
 {
-    CK_FUNCTION_LIST *fl = tok->mod->fl;
+    CK_FUNCTION_LIST *fl = tok->mod->lane[l].fl;
+    tok_lane *tl = &tok->lane[l];
     CK_RV rv;
 
-    if (!tok->mod->initialized)
+    if (!tok->mod->lane[l].initialized)
         return CKR_CRYPTOKI_NOT_INITIALIZED; /* eg_token_run re-initialises, unlocked */
-    if (!tok->have_slot && (rv = find_slot(tok)) != CKR_OK)
+    if (!tl->have_slot && (rv = find_slot(tok, l)) != CKR_OK)
         return rv;
-    rv = fl->C_OpenSession(tok->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, h);
+    rv = fl->C_OpenSession(tl->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, h);
     if (rv != CKR_OK)
         return rv;
     atomic_fetch_add(&tok->sessions_opened, 1);
-    if ((rv = login(tok, *h)) != CKR_OK) {
+    if ((rv = login(tok, l, *h)) != CKR_OK) {
         fl->C_CloseSession(*h);
         return rv;
     }
-    tok->nopen++;
+    tl->nopen++;
+    tl->used = 1;
     return CKR_OK;
 }
 
-static CK_RV session_get(eg_token *tok, eg_p11_call *call)
+static CK_RV session_get(eg_token *tok, unsigned l, eg_p11_call *call)
 {
+    tok_lane *tl = &tok->lane[l];
     CK_SESSION_HANDLE h;
     CK_RV rv = CKR_OK;
 
     pthread_mutex_lock(&tok->lock);
     for (;;) {
-        if (tok->have_slot && tok->mod_gen != tok->mod->gen)
-            drop_generation(tok);
-        if (tok->nidle > 0) {
-            h = tok->idle[--tok->nidle];
-            rv = login(tok, h);
+        if (tl->have_slot && tl->mod_gen != tok->mod->lane[l].gen)
+            drop_generation(tok, l);
+        if (tl->nidle > 0) {
+            h = tl->idle[--tl->nidle];
+            rv = login(tok, l, h);
             break;
         }
-        if (tok->nopen < tok->pool_size) {
-            rv = open_session(tok, &h);
+        if (tl->nopen < tok->pool_size) {
+            rv = open_session(tok, l, &h);
             break;
         }
-        pthread_cond_wait(&tok->cond, &tok->lock);
+        pthread_cond_wait(&tl->cond, &tok->lock);
     }
     if (rv == CKR_OK) {
         call->tok = tok;
-        call->fl = tok->mod->fl;
+        call->fl = tok->mod->lane[l].fl;
         call->h = h;
-        call->gen = tok->gen;
+        call->lane = l;
+        call->gen = tl->gen;
     }
     pthread_mutex_unlock(&tok->lock);
     return rv;
@@ -550,34 +668,36 @@ static int recoverable(CK_RV rv)
 
 static void session_put(eg_token *tok, eg_p11_call *call, CK_RV rv)
 {
+    tok_lane *tl = &tok->lane[call->lane];
+
     pthread_mutex_lock(&tok->lock);
-    if (call->gen != tok->gen) {
+    if (call->gen != tl->gen) {
         /* The generation was dropped while we held it: the handle is dead. */
     } else if (session_lost(rv) || connection_lost(rv)) {
-        tok->mod->fl->C_CloseSession(call->h);
-        tok->nopen--;
+        call->fl->C_CloseSession(call->h);
+        tl->nopen--;
         /* Closing an application's last session logs it out (PKCS#11 5.6). */
-        tok->logged_in = 0;
+        tl->logged_in = 0;
     } else {
         if (rv == CKR_USER_NOT_LOGGED_IN)
-            tok->logged_in = 0;
-        tok->idle[tok->nidle++] = call->h;
+            tl->logged_in = 0;
+        tl->idle[tl->nidle++] = call->h;
     }
-    pthread_cond_signal(&tok->cond);
+    pthread_cond_signal(&tl->cond);
     pthread_mutex_unlock(&tok->lock);
 }
 
-/* Makes the next session_get() reach the token again after rv. */
-static void recover(eg_token *tok, unsigned mod_gen, CK_RV rv)
+/* Makes the next session_get() on instance l reach the token again after rv. */
+static void recover(eg_token *tok, unsigned l, unsigned mod_gen, CK_RV rv)
 {
     atomic_fetch_add(&tok->recoveries, 1);
     if (!connection_lost(rv))
         return; /* a lost session was dropped in session_put; a lost login redone in get */
     pthread_mutex_lock(&tok->lock);
-    if (tok->mod_gen == mod_gen)
-        drop_generation(tok);
+    if (tok->lane[l].mod_gen == mod_gen)
+        drop_generation(tok, l);
     pthread_mutex_unlock(&tok->lock);
-    module_reinit(tok->mod, mod_gen);
+    lane_reinit(tok->mod, &tok->mod->lane[l], mod_gen);
 }
 
 static uint64_t now_ms(void)
@@ -596,33 +716,65 @@ static void sleep_ms(unsigned ms)
         ;
 }
 
-CK_RV eg_token_run(eg_token *tok, eg_p11_fn *fn, void *arg)
+/*
+ * The instance a job runs on: the one with the fewest jobs on it or waiting
+ * for it, the first of those if several tie, so that one caller at a time
+ * keeps to the first instance and others open only when calls overlap.
+ */
+static unsigned lane_pick(eg_module *m)
+{
+    unsigned i, best = 0, least = UINT_MAX, load;
+
+    for (i = 0; i < m->nlanes; i++) {
+        load = atomic_load(&m->lane[i].load);
+        if (load < least) {
+            least = load;
+            best = i;
+            if (load == 0)
+                break;
+        }
+    }
+    return best;
+}
+
+CK_RV eg_token_run_lane(eg_token *tok, int pinned, eg_p11_fn *fn, void *arg)
 {
     uint64_t deadline = now_ms() + tok->recover_ms;
-    unsigned backoff = 0, mod_gen;
+    unsigned backoff = 0, mod_gen, l;
+    eg_module *m = tok->mod;
     eg_p11_call call;
+    eg_lane *lane;
     CK_RV rv;
 
     for (;;) {
-        if (!tok->mod->initialized)
-            module_reinit(tok->mod, tok->mod->gen);
-        eg_module_enter(tok->mod);
-        mod_gen = tok->mod->gen;
-        rv = session_get(tok, &call);
+        l = pinned >= 0 && (unsigned)pinned < m->nlanes ? (unsigned)pinned : lane_pick(m);
+        lane = &m->lane[l];
+        atomic_fetch_add(&lane->load, 1);
+        if (!lane->initialized)
+            lane_start(m, lane);
+        lane_enter(m, lane);
+        mod_gen = lane->gen;
+        rv = session_get(tok, l, &call);
         if (rv == CKR_OK) {
             rv = fn(&call, arg);
             session_put(tok, &call, rv);
         }
-        eg_module_leave(tok->mod);
+        lane_leave(m, lane);
+        atomic_fetch_sub(&lane->load, 1);
         if (!recoverable(rv) || now_ms() >= deadline)
             return rv;
-        recover(tok, mod_gen, rv);
+        recover(tok, l, mod_gen, rv);
         /* Retry at once after a lost session; back off while a token is away. */
         if (connection_lost(rv)) {
             sleep_ms(backoff);
             backoff = backoff ? (backoff * 2 > 500 ? 500 : backoff * 2) : 20;
         }
     }
+}
+
+CK_RV eg_token_run(eg_token *tok, eg_p11_fn *fn, void *arg)
+{
+    return eg_token_run_lane(tok, -1, fn, arg);
 }
 
 /*
@@ -643,6 +795,7 @@ static void ignore_sigpipe(void)
 int eg_token_open(const eg_token_config *cfg, eg_token **out)
 {
     eg_token *tok = NULL;
+    unsigned l;
     CK_RV rv;
     int rc = -1;
 
@@ -654,19 +807,24 @@ int eg_token_open(const eg_token_config *cfg, eg_token **out)
     if ((tok = OPENSSL_zalloc(sizeof(*tok))) == NULL)
         goto out;
     pthread_mutex_init(&tok->lock, NULL);
-    pthread_cond_init(&tok->cond, NULL);
+    for (l = 0; l < EG_CONNECTIONS_MAX; l++)
+        pthread_cond_init(&tok->lane[l].cond, NULL);
     tok->pool_size = cfg->pool_size ? cfg->pool_size : EG_POOL_DEFAULT;
     tok->recover_ms = cfg->recover_ms ? cfg->recover_ms : EG_RECOVER_MS;
-    if ((tok->label = OPENSSL_strdup(cfg->token_label)) == NULL ||
-        (tok->idle = OPENSSL_zalloc(tok->pool_size * sizeof(*tok->idle))) == NULL)
+    if ((tok->label = OPENSSL_strdup(cfg->token_label)) == NULL)
         goto out;
+    for (l = 0; l < EG_CONNECTIONS_MAX; l++)
+        if ((tok->lane[l].idle = OPENSSL_zalloc(tok->pool_size * sizeof(CK_SESSION_HANDLE))) ==
+            NULL)
+            goto out;
     if (cfg->pin_file != NULL && read_pin_file(cfg->pin_file, &tok->pin, &tok->pinlen) != 0)
         goto out;
-    if (eg_module_get(cfg->module_path, cfg->init_args, cfg->calls, &tok->mod) != 0)
+    if (eg_module_get(cfg->module_path, cfg->init_args, cfg->calls, cfg->connections, &tok->mod) !=
+        0)
         goto out;
     eg_module_enter(tok->mod);
     pthread_mutex_lock(&tok->lock);
-    rv = find_slot(tok);
+    rv = find_slot(tok, 0);
     pthread_mutex_unlock(&tok->lock);
     eg_module_leave(tok->mod);
     if (rv != CKR_OK) {
@@ -684,7 +842,7 @@ int eg_token_open(const eg_token_config *cfg, eg_token **out)
         eg_p11_call call;
 
         eg_module_enter(tok->mod);
-        if ((rv = session_get(tok, &call)) == CKR_OK)
+        if ((rv = session_get(tok, 0, &call)) == CKR_OK)
             session_put(tok, &call, CKR_OK);
         eg_module_leave(tok->mod);
         if (rv != CKR_OK) {
@@ -704,26 +862,31 @@ out:
 
 void eg_token_free(eg_token *tok)
 {
-    unsigned i;
+    unsigned i, l;
 
     if (tok == NULL)
         return;
-    if (tok->mod != NULL) {
-        eg_module_enter(tok->mod);
-        if (tok->mod_gen == tok->mod->gen) {
-            for (i = 0; i < tok->nidle; i++)
-                tok->mod->fl->C_CloseSession(tok->idle[i]);
+    for (l = 0; tok->mod != NULL && l < tok->mod->nlanes; l++) {
+        eg_lane *lane = &tok->mod->lane[l];
+        tok_lane *tl = &tok->lane[l];
+
+        lane_enter(tok->mod, lane);
+        if (lane->initialized && tl->mod_gen == lane->gen) {
+            for (i = 0; i < tl->nidle; i++)
+                lane->fl->C_CloseSession(tl->idle[i]);
         }
-        eg_module_leave(tok->mod);
+        lane_leave(tok->mod, lane);
     }
     eg_module_put(tok->mod);
     if (tok->pin != NULL)
         OPENSSL_clear_free(tok->pin, tok->pinlen);
     OPENSSL_free(tok->label);
-    OPENSSL_free(tok->idle);
+    for (l = 0; l < EG_CONNECTIONS_MAX; l++) {
+        OPENSSL_free(tok->lane[l].idle);
+        pthread_cond_destroy(&tok->lane[l].cond);
+    }
     OPENSSL_free(tok->mechs);
     OPENSSL_free(tok->mech_info);
-    pthread_cond_destroy(&tok->cond);
     pthread_mutex_destroy(&tok->lock);
     OPENSSL_free(tok);
 }
@@ -754,11 +917,21 @@ eg_calls eg_token_calls(const eg_token *tok)
     return tok->mod->serial ? EG_CALLS_SERIAL : EG_CALLS_CONCURRENT;
 }
 
+unsigned eg_token_connections(const eg_token *tok)
+{
+    return tok->mod->nlanes;
+}
+
 void eg_token_get_stats(eg_token *tok, eg_token_stats *out)
 {
     out->sign_calls = atomic_load(&tok->sign_calls);
     out->recoveries = atomic_load(&tok->recoveries);
     out->sessions_opened = atomic_load(&tok->sessions_opened);
+    out->connections_used = 0;
+    pthread_mutex_lock(&tok->lock);
+    for (unsigned l = 0; l < EG_CONNECTIONS_MAX; l++)
+        out->connections_used += tok->lane[l].used ? 1 : 0;
+    pthread_mutex_unlock(&tok->lock);
 }
 
 void eg_token_count_sign(eg_token *tok)
@@ -774,6 +947,11 @@ eg_token *eg_p11_call_token(eg_p11_call *call)
 unsigned eg_p11_call_gen(const eg_p11_call *call)
 {
     return call->gen;
+}
+
+unsigned eg_p11_call_lane(const eg_p11_call *call)
+{
+    return call->lane;
 }
 
 CK_RV eg_p11_call_not_found(eg_p11_call *call, CK_RV rv)
@@ -793,5 +971,5 @@ CK_RV eg_p11_call_not_found(eg_p11_call *call, CK_RV rv)
 
 CK_FUNCTION_LIST *eg_module_functions(const eg_module *m)
 {
-    return m->fl;
+    return m->lane[0].fl;
 }

@@ -30,6 +30,18 @@ typedef enum eg_calls {
     EG_CALLS_SERIAL,
 } eg_calls;
 
+/*
+ * Connections: how many instances of the module to use, each its own
+ * application to the token. Only a module whose every C_GetFunctionList()
+ * makes a new instance can have more than one: p11-kit's RPC client, where
+ * each instance is a connection of its own to the server (and a server
+ * process of its own), so one call at a time per connection still lets
+ * several run at once. 0 (auto): EG_CONNECTIONS_P11KIT for p11-kit-client.so,
+ * 1 for any other module. A module keeps the number it was first loaded with.
+ */
+#define EG_CONNECTIONS_MAX    8
+#define EG_CONNECTIONS_P11KIT 4
+
 /* How to reach a token. The module and its init string are configuration. */
 typedef struct eg_token_config {
     const char *module_path; /* the PKCS#11 module (.so) */
@@ -39,6 +51,7 @@ typedef struct eg_token_config {
     unsigned pool_size;      /* most sessions open at once; 0: default (16) */
     unsigned recover_ms;     /* how long to keep trying to reach a lost token; 0: 10000 */
     eg_calls calls;          /* concurrent or one call at a time into the module */
+    unsigned connections;    /* module instances, 1..EG_CONNECTIONS_MAX; 0: auto */
 } eg_token_config;
 
 typedef enum eg_key_type {

@@ -204,6 +204,7 @@ static void test_full_file_loads_every_field(void)
              "pool_size = 4\n"
              "recover_ms = 2500\n"
              "calls = serial\n"
+             "connections = 2\n"
              "\n"
              "[profile default]\n"
              "ca_key = pkcs11:token=estgate;object=ca\n"
@@ -269,6 +270,7 @@ static void test_full_file_loads_every_field(void)
     CU_ASSERT_EQUAL(cfg->pool_size, 4);
     CU_ASSERT_EQUAL(cfg->recover_ms, 2500);
     CU_ASSERT_EQUAL(cfg->calls, EG_CALLS_SERIAL);
+    CU_ASSERT_EQUAL(cfg->connections, 2);
     CU_ASSERT_EQUAL_FATAL(cfg->nprofiles, 2);
 
     p = &cfg->profiles[0];
@@ -456,6 +458,23 @@ static void test_calls_mode(void)
                   "'sometimes' is not a calls mode; use auto, concurrent or serial");
     CU_ASSERT_EQUAL_FATAL(load(SERVER_TOKEN "calls = concurrent\n" PROFILE_NONE, &cfg), 0);
     CU_ASSERT_EQUAL(cfg->calls, EG_CALLS_CONCURRENT);
+    CU_ASSERT_EQUAL(cfg->connections, 0); /* auto */
+    eg_config_free(cfg);
+
+    static const char *const bad[] = {"0", "9", "-1", "2x", "many", "+2", "2.5"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char line[512], msg[96];
+
+        snprintf(line, sizeof(line), "%sconnections = %s\n%s", SERVER_TOKEN, bad[i], PROFILE_NONE);
+        snprintf(msg, sizeof(msg), "'%s' is not a number of connections; use auto or 1 to 8",
+                 bad[i]);
+        expect_errors(line, 1, 8, "connections", msg);
+    }
+    CU_ASSERT_EQUAL_FATAL(load(SERVER_TOKEN "connections = 8\n" PROFILE_NONE, &cfg), 0);
+    CU_ASSERT_EQUAL(cfg->connections, 8);
+    eg_config_free(cfg);
+    CU_ASSERT_EQUAL_FATAL(load(SERVER_TOKEN "connections = auto\n" PROFILE_NONE, &cfg), 0);
+    CU_ASSERT_EQUAL(cfg->connections, 0);
     eg_config_free(cfg);
 }
 
@@ -1003,7 +1022,9 @@ static void test_check_config_command(void)
                           "the newest 1000000\n") != NULL);
     CU_ASSERT(strstr(out, "up to 30 days\n") != NULL);
     snprintf(expect, sizeof(expect),
-             "token \"estgate\" in %s/./module.so, calls concurrent (calls = auto)\n", dir);
+             "token \"estgate\" in %s/./module.so, calls concurrent (calls = auto), 1 connection "
+             "(connections = auto)\n",
+             dir);
     CU_ASSERT(strstr(out, expect) != NULL);
 
     /* blocked certificates counted, linked profiles named */
@@ -1018,11 +1039,16 @@ static void test_check_config_command(void)
                           "binding); CSRs signed with sha256 sha512 only\n") != NULL);
 
     /* The mode a module gets, as the daemon will give it. */
-    write_file("estgated.ini", SERVER_TOKEN "calls = serial\n" PROFILE_NONE, 0644);
+    write_file("estgated.ini", SERVER_TOKEN "calls = serial\nconnections = 3\n" PROFILE_NONE, 0644);
     CU_ASSERT_EQUAL(run_main(3, argv, NULL, out, sizeof(out)), 0);
-    snprintf(expect, sizeof(expect), "token \"estgate\" in %s/./module.so, calls one at a time\n",
+    snprintf(expect, sizeof(expect),
+             "token \"estgate\" in %s/./module.so, calls one at a time, up to 3 connections\n",
              dir);
     CU_ASSERT(strstr(out, expect) != NULL);
+    CU_ASSERT_EQUAL(eg_connections_resolve("/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so", 0),
+                    EG_CONNECTIONS_P11KIT);
+    CU_ASSERT_EQUAL(eg_connections_resolve("p11-kit-client.so", 1), 1);
+    CU_ASSERT_EQUAL(eg_connections_resolve("/usr/lib/softhsm/libsofthsm2.so", 0), 1);
     CU_ASSERT_EQUAL(
         eg_calls_resolve("/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so", EG_CALLS_AUTO),
         EG_CALLS_SERIAL);
@@ -1213,7 +1239,7 @@ static CU_TestInfo tests[] = {
     {"a bad boolean", test_bad_bool},
     {"bad sizes and numbers", test_bad_size_and_numbers},
     {"blocked_certs is read at load", test_blocked_certs_file},
-    {"calls mode", test_calls_mode},
+    {"calls mode and connections", test_calls_mode},
     {"bad CIDRs", test_bad_cidr},
     {"missing required keys and sections", test_missing_required_keys},
     {"a duplicate profile", test_duplicate_profile},
