@@ -1,5 +1,6 @@
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "bench_daemon.h"
 #include "child.h"
@@ -9,8 +10,8 @@ int eg_bench_daemon_config(const eg_th *th, unsigned threads, const char *ca_cha
                            const char *profile_extra, const char *pass_file, const char *auth_file,
                            const char *ini)
 {
-    const char *calls = getenv("EG_BENCH_CALLS");
-    char *hash = NULL, text[8192], server[64], token[64] = "", label[128];
+    const char *calls = getenv("EG_BENCH_CALLS"), *conns = getenv("EG_BENCH_CONNECTIONS");
+    char *hash = NULL, text[8192], server[64], token[96] = "", label[128];
     int n, m, rc = -1;
 
     if (eg_fx_basic_user("bench", pass_file, auth_file, &hash) != 0)
@@ -21,6 +22,10 @@ int eg_bench_daemon_config(const eg_th *th, unsigned threads, const char *ca_cha
     /* [token] calls for the daemon, to compare the modes (docs/benchmarks.md). */
     if (calls != NULL && *calls != '\0')
         snprintf(token, sizeof(token), "calls = %.32s\n", calls);
+    /* [token] connections likewise (EG_BENCH_CONNECTIONS=1: one, as before they came). */
+    if (conns != NULL && *conns != '\0')
+        snprintf(token + strlen(token), sizeof(token) - strlen(token), "connections = %.16s\n",
+                 conns);
     if ((n = eg_fx_ini_head(th, server, token, text, sizeof(text))) < 0)
         goto out;
     m = snprintf(text + n, sizeof(text) - (size_t)n,
