@@ -58,17 +58,6 @@ struct kek_import {
     bool help;
 };
 
-static int hex_value(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* len hex digits into len / 2 octets; -1 on a non-digit (the caller wipes what was written). */
 static int hex_decode(const char *s, size_t len, uint8_t *out)
 {
@@ -76,8 +65,8 @@ static int hex_decode(const char *s, size_t len, uint8_t *out)
     int hi, lo;
 
     for (i = 0; i + 1 < len; i += 2) {
-        if ((hi = hex_value((unsigned char)s[i])) < 0 ||
-            (lo = hex_value((unsigned char)s[i + 1])) < 0)
+        if ((hi = OPENSSL_hexchar2int((unsigned char)s[i])) < 0 ||
+            (lo = OPENSSL_hexchar2int((unsigned char)s[i + 1])) < 0)
             return -1;
         out[i / 2] = (uint8_t)(hi << 4 | lo);
     }
@@ -158,7 +147,7 @@ static bool all_hex(const uint8_t *s, size_t len)
     size_t i;
 
     for (i = 0; i < len; i++)
-        if (hex_value(s[i]) < 0)
+        if (OPENSSL_hexchar2int((unsigned char)s[i]) < 0)
             return false;
     return true;
 }

@@ -12,14 +12,6 @@
 #include "provision.h"
 #include "report.h"
 
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    c = tolower(c);
-    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-}
-
 /* Copies one escaped value up to an unescaped ',' into out; *s moves past it. */
 static int unescape(const char **s, char *out, size_t cap)
 {
@@ -32,8 +24,11 @@ static int unescape(const char **s, char *out, size_t cap)
         if (*p == '+')
             return -1; /* multi-valued RDNs are not supported */
         if (*p == '\\') {
-            if (hexval(p[1]) >= 0 && hexval(p[2]) >= 0) {
-                c = hexval(p[1]) * 16 + hexval(p[2]);
+            int hi = OPENSSL_hexchar2int((unsigned char)p[1]);
+            int lo = hi >= 0 ? OPENSSL_hexchar2int((unsigned char)p[2]) : -1;
+
+            if (hi >= 0 && lo >= 0) {
+                c = hi * 16 + lo;
                 p += 2;
             } else if (p[1] != 0 && strchr(" \"#+,;<=>\\", p[1]) != NULL) {
                 c = (unsigned char)*++p;

@@ -8,16 +8,6 @@
 #include "errors.h"
 #include "p11_uri.h"
 
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    c = tolower(c);
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
-
 /* Percent-decodes [s, s+n) into a NUL-terminated buffer; *outlen excludes the NUL. */
 static int pct_decode(const char *s, size_t n, uint8_t **out, size_t *outlen)
 {
@@ -34,7 +24,8 @@ static int pct_decode(const char *s, size_t n, uint8_t **out, size_t *outlen)
         }
         if (i + 2 >= n) /* a '%' needs two hex digits */
             goto out;
-        int hi = hexval((unsigned char)s[i + 1]), lo = hexval((unsigned char)s[i + 2]);
+        int hi = OPENSSL_hexchar2int((unsigned char)s[i + 1]),
+            lo = OPENSSL_hexchar2int((unsigned char)s[i + 2]);
         if (hi < 0 || lo < 0)
             goto out;
         buf[o++] = (uint8_t)(hi << 4 | lo);
