@@ -328,6 +328,23 @@ static int hold_stop(struct holder *h)
     return held;
 }
 
+/* For test_a_connection_the_server_refuses_is_passed_over: lets the holder go after a while. */
+static struct holder *hold_for_release;
+
+static void *release_after(void *arg)
+{
+    const struct timespec *delay = arg;
+    struct holder *h;
+
+    nanosleep(delay, NULL);
+    h = hold_for_release;
+    pthread_mutex_lock(&h->mu);
+    h->release = 1;
+    pthread_cond_broadcast(&h->cv);
+    pthread_mutex_unlock(&h->mu);
+    return NULL;
+}
+
 /*
  * A call that holds its connection does not hold up the next: through p11-kit's
  * client, called one call at a time, the next call takes a connection of its own
@@ -349,6 +366,61 @@ static void test_a_call_runs_beside_one_that_holds_a_connection(void)
     } else {
         CU_ASSERT_EQUAL(stats.connections_used, 1);
     }
+}
+
+static CK_RV random_fn(eg_p11_call *call, void *arg)
+{
+    return eg_p11_generate_random(call, arg, 16);
+}
+
+/*
+ * A token server that takes fewer connections than estgated asks for: the
+ * connections it refuses are passed over and calls wait for one that works,
+ * instead of retrying a refused one until recover_ms runs out. Run first, while
+ * only the first connection is open: new connections are refused by moving the
+ * server's socket away, which leaves the open one working.
+ */
+static void test_a_connection_the_server_refuses_is_passed_over(void)
+{
+    eg_token_config cfg = *eg_th_config(th);
+    char sock[4096], away[4200];
+    eg_token *quick = NULL;
+    eg_token_stats stats;
+    struct holder h;
+    uint8_t random[16];
+    CK_RV rv;
+
+    if (kind != EG_TH_P11KIT) {
+        printf("(only p11-kit's client has connections to refuse) ");
+        return;
+    }
+    eg_token_get_stats(tok, &stats);
+    CU_ASSERT_EQUAL_FATAL(stats.connections_used, 1);
+    /* Another token on the same module and connections, that gives up after 1.5 s. */
+    cfg.recover_ms = 1500;
+    CU_ASSERT_EQUAL_FATAL(eg_token_open(&cfg, &quick), 0);
+    snprintf(sock, sizeof(sock), "%s/p11kit.sock", eg_th_dir(th));
+    snprintf(away, sizeof(away), "%s.away", sock);
+    CU_ASSERT_EQUAL_FATAL(hold_start(&h), 0); /* on the first connection, for 10 s at most */
+    CU_ASSERT_EQUAL_FATAL(rename(sock, away), 0);
+    /* The holder lets go after 2.5 s, past quick's recover_ms: only a call that waits
+     * for the first connection, rather than retrying the refused ones, gets through. */
+    struct timespec until = {2, 500000000};
+    pthread_t releaser;
+    hold_for_release = &h;
+    CU_ASSERT_EQUAL_FATAL(pthread_create(&releaser, NULL, release_after, &until), 0);
+    rv = eg_token_run(quick, random_fn, random);
+    CU_ASSERT_EQUAL(rv, CKR_OK);
+    if (rv != CKR_OK)
+        fprintf(stderr, "\n  with new connections refused: %s\n", eg_p11_rv_name(rv));
+    pthread_join(releaser, NULL);
+    hold_stop(&h);
+    CU_ASSERT_EQUAL_FATAL(rename(away, sock), 0);
+    eg_token_free(quick);
+    ERR_clear_error();
+    /* The refused connections are tried again after a second, and now open. */
+    usleep(1100000);
+    CU_ASSERT_EQUAL(sign_and_verify(), 0);
 }
 
 /*
@@ -421,6 +493,9 @@ static void test_connections_the_module_can_have(void)
 }
 
 static CU_TestInfo tests[] = {
+    /* First: it needs the later connections not opened yet. */
+    {"a connection the server refuses is passed over",
+     test_a_connection_the_server_refuses_is_passed_over},
     {"recovers when all sessions are closed", test_recovers_when_all_sessions_are_closed},
     {"recovers when logged out", test_recovers_when_logged_out},
     {"recovers when the token server restarts", test_recovers_when_token_server_restarts},

@@ -34,6 +34,9 @@
 #define EG_PIN_MAX      256
 #define EG_POOL_DEFAULT 16
 #define EG_RECOVER_MS   10000
+#define EG_LANE_DOWN_MS 1000 /* how long an instance that failed to start is passed over */
+
+static uint64_t now_ms(void);
 
 /* One instance of a module: its function list and what guards calls into it. */
 typedef struct eg_lane {
@@ -41,6 +44,12 @@ typedef struct eg_lane {
     atomic_uint gen; /* bumped at every re-initialisation */
     atomic_int initialized;
     atomic_uint load; /* eg_token_run jobs on it or waiting for it */
+    /*
+     * Until when (CLOCK_MONOTONIC ms) jobs pass it over: it could not be
+     * initialised (a token server that takes fewer connections than we ask
+     * for, or one that is away), so another instance serves them meanwhile.
+     */
+    _Atomic uint64_t down_until;
     pthread_mutex_t lock;
     /*
      * Calls into the instance hold it shared; re-initialisation holds it
@@ -136,6 +145,8 @@ static CK_RV lane_initialize(eg_module *m, eg_lane *lane)
         rv = CKR_OK; /* another library in this process got there first */
     if (rv == CKR_OK)
         lane->initialized = 1;
+    if (rv != CKR_OK)
+        atomic_store(&lane->down_until, now_ms() + EG_LANE_DOWN_MS);
     return rv;
 }
 
@@ -613,6 +624,7 @@ static CK_RV open_session(eg_token *tok, unsigned l, CK_SESSION_HANDLE *h)
     }
     tl->nopen++;
     tl->used = 1;
+    atomic_store(&tok->mod->lane[l].down_until, 0); /* it reaches the token */
     return CKR_OK;
 }
 
@@ -693,6 +705,8 @@ static void recover(eg_token *tok, unsigned l, unsigned mod_gen, CK_RV rv)
     atomic_fetch_add(&tok->recoveries, 1);
     if (!connection_lost(rv))
         return; /* a lost session was dropped in session_put; a lost login redone in get */
+    /* Until a session opens on it again, jobs try the other instances first. */
+    atomic_store(&tok->mod->lane[l].down_until, now_ms() + EG_LANE_DOWN_MS);
     pthread_mutex_lock(&tok->lock);
     if (tok->lane[l].mod_gen == mod_gen)
         drop_generation(tok, l);
@@ -719,19 +733,30 @@ static void sleep_ms(unsigned ms)
 /*
  * The instance a job runs on: the one with the fewest jobs on it or waiting
  * for it, the first of those if several tie, so that one caller at a time
- * keeps to the first instance and others open only when calls overlap.
+ * keeps to the first instance and others open only when calls overlap. An
+ * instance that lately failed to start is passed over while another is up,
+ * so that a server taking fewer connections than configured costs nothing
+ * but a wait; when none is up, all are candidates and recovery goes on.
  */
 static unsigned lane_pick(eg_module *m)
 {
-    unsigned i, best = 0, least = UINT_MAX, load;
+    uint64_t now = m->nlanes > 1 ? now_ms() : 0;
+    unsigned i, pass, best = 0, least, load;
+    bool found = false;
 
-    for (i = 0; i < m->nlanes; i++) {
-        load = atomic_load(&m->lane[i].load);
-        if (load < least) {
-            least = load;
-            best = i;
-            if (load == 0)
-                break;
+    for (pass = 0; pass < 2 && !found; pass++) {
+        least = UINT_MAX;
+        for (i = 0; i < m->nlanes; i++) {
+            if (pass == 0 && atomic_load(&m->lane[i].down_until) > now)
+                continue;
+            load = atomic_load(&m->lane[i].load);
+            if (load < least) {
+                least = load;
+                best = i;
+                found = true;
+                if (load == 0)
+                    break;
+            }
         }
     }
     return best;
