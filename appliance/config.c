@@ -169,9 +169,11 @@ static int parse_ulong(const char *v, unsigned long max, unsigned long *out, con
     if (*p < '0' || *p > '9')
         return -1;
     for (; *p >= '0' && *p <= '9'; p++) {
-        if (n > (max - (unsigned long)(*p - '0')) / 10)
+        unsigned long d = (unsigned long)(*p - '0');
+
+        if (d > max || n > (max - d) / 10) /* d > max: max - d would wrap */
             return -1;
-        n = n * 10 + (unsigned long)(*p - '0');
+        n = n * 10 + d;
     }
     *out = n;
     *end = p;
@@ -421,19 +423,17 @@ static int parse_calls(loader *ld, void *base, const char *key, const char *valu
     return -1;
 }
 
+/* "auto" (0) or a number of module instances. */
 static int parse_connections(loader *ld, void *base, const char *key, const char *value)
 {
-    char *end = NULL;
+    const char *end;
     unsigned long n;
 
     if (strcmp(value, "auto") == 0) {
         ((eg_config *)base)->connections = 0;
         return 0;
     }
-    errno = 0;
-    n = strtoul(value, &end, 10);
-    if (value[0] < '0' || value[0] > '9' || *end != '\0' || errno != 0 || n < 1 ||
-        n > EG_CONNECTIONS_MAX) {
+    if (parse_ulong(value, EG_CONNECTIONS_MAX, &n, &end) != 0 || *end != '\0' || n < 1) {
         err_here(ld, key, "'%.*s' is not a number of connections; use auto or 1 to %d", SHOWN,
                  value, EG_CONNECTIONS_MAX);
         return -1;
