@@ -46,8 +46,9 @@ typedef struct eg_lane {
     atomic_uint load; /* eg_token_run jobs on it or waiting for it */
     /*
      * Until when (CLOCK_MONOTONIC ms) jobs pass it over: it could not be
-     * initialised (a token server that takes fewer connections than we ask
-     * for, or one that is away), so another instance serves them meanwhile.
+     * initialised or lost its token (a server that takes fewer connections
+     * than we ask for, or one that is away), so another instance serves them
+     * meanwhile. Cleared when a session opens on it.
      */
     _Atomic uint64_t down_until;
     pthread_mutex_t lock;
@@ -145,12 +146,12 @@ static CK_RV lane_initialize(eg_module *m, eg_lane *lane)
         rv = CKR_OK; /* another library in this process got there first */
     if (rv == CKR_OK)
         lane->initialized = 1;
-    if (rv != CKR_OK)
+    else
         atomic_store(&lane->down_until, now_ms() + EG_LANE_DOWN_MS);
     return rv;
 }
 
-static void lane_init(eg_lane *lane)
+static void lane_locks_init(eg_lane *lane)
 {
     pthread_rwlockattr_t attr;
 
@@ -249,7 +250,7 @@ static int module_load(const char *path, const char *init_args, bool serial, uns
         return -1;
     pthread_mutex_init(&m->setup, NULL);
     for (i = 0; i < EG_CONNECTIONS_MAX; i++)
-        lane_init(&m->lane[i]);
+        lane_locks_init(&m->lane[i]);
     m->path = strdup(path);
     m->init_args = init_args ? strdup(init_args) : NULL;
     m->serial = serial;
@@ -734,13 +735,14 @@ static void sleep_ms(unsigned ms)
  * The instance a job runs on: the one with the fewest jobs on it or waiting
  * for it, the first of those if several tie, so that one caller at a time
  * keeps to the first instance and others open only when calls overlap. An
- * instance that lately failed to start is passed over while another is up,
+ * instance that lately failed to start or lost its token is passed over while
+ * another is up,
  * so that a server taking fewer connections than configured costs nothing
  * but a wait; when none is up, all are candidates and recovery goes on.
  */
 static unsigned lane_pick(eg_module *m)
 {
-    uint64_t now = m->nlanes > 1 ? now_ms() : 0;
+    uint64_t now = now_ms();
     unsigned i, pass, best = 0, least, load;
     bool found = false;
 
@@ -772,9 +774,14 @@ CK_RV eg_token_run_lane(eg_token *tok, int pinned, eg_p11_fn *fn, void *arg)
     CK_RV rv;
 
     for (;;) {
-        l = pinned >= 0 && (unsigned)pinned < m->nlanes ? (unsigned)pinned : lane_pick(m);
+        /* One instance (every module but p11-kit's client): nothing to choose or count. */
+        if (m->nlanes == 1)
+            l = 0;
+        else
+            l = pinned >= 0 && (unsigned)pinned < m->nlanes ? (unsigned)pinned : lane_pick(m);
         lane = &m->lane[l];
-        atomic_fetch_add(&lane->load, 1);
+        if (m->nlanes > 1)
+            atomic_fetch_add(&lane->load, 1);
         if (!lane->initialized)
             lane_start(m, lane);
         lane_enter(m, lane);
@@ -785,7 +792,8 @@ CK_RV eg_token_run_lane(eg_token *tok, int pinned, eg_p11_fn *fn, void *arg)
             session_put(tok, &call, rv);
         }
         lane_leave(m, lane);
-        atomic_fetch_sub(&lane->load, 1);
+        if (m->nlanes > 1)
+            atomic_fetch_sub(&lane->load, 1);
         if (!recoverable(rv) || now_ms() >= deadline)
             return rv;
         recover(tok, l, mod_gen, rv);
