@@ -263,14 +263,22 @@ struct holder {
     int entered, release, returned;
 };
 
+/* The CLOCK_REALTIME time 10 s from now: how long a holder holds, or is waited for, at most. */
+static struct timespec ten_seconds_on(void)
+{
+    struct timespec t;
+
+    clock_gettime(CLOCK_REALTIME, &t);
+    t.tv_sec += 10;
+    return t;
+}
+
 static CK_RV hold_fn(eg_p11_call *call, void *arg)
 {
     struct holder *h = arg;
-    struct timespec until;
+    struct timespec until = ten_seconds_on();
 
     (void)call;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += 10;
     pthread_mutex_lock(&h->mu);
     h->entered = 1;
     pthread_cond_broadcast(&h->cv);
@@ -302,8 +310,7 @@ static int hold_start(struct holder *h)
     pthread_cond_init(&h->cv, NULL);
     if (pthread_create(&h->tid, NULL, hold_thread, h) != 0)
         return -1;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += 10;
+    until = ten_seconds_on();
     pthread_mutex_lock(&h->mu);
     while (!h->entered && pthread_cond_timedwait(&h->cv, &h->mu, &until) == 0)
         ;
