@@ -719,7 +719,7 @@ eg_status eg_skg_generate(eg_token *tok, const eg_skg_caps *caps, const eg_profi
     j.rpub = pl.rpub;
     j.kt = pl.kt;
     j.kek = pl.kek_uri;
-    if ((rv = eg_token_run(tok, job_fn, &j)) != CKR_OK) {
+    if ((rv = eg_token_run_keygen(tok, &j.spec, job_fn, &j)) != CKR_OK) {
         bool refused = request_refusal(rv);
 
         snprintf(why, cap, "the token could not make the key (%s: %s)", j.step, eg_p11_rv_name(rv));

@@ -157,22 +157,39 @@ static void test_recovers_when_logged_out(void)
     CU_ASSERT(after.recoveries > before.recoveries);
 }
 
+/* A thread that signs and verifies until stopped, pause_us apart, timing each signature. */
 struct signer_thread {
     pthread_t tid;
     atomic_int stop;
-    unsigned long ok, bad;
+    unsigned pause_us;
+    atomic_ulong ok, bad;
+    double max_ms; /* read after the join */
 };
+
+static double monotonic_ms(void)
+{
+    struct timespec t;
+
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1000.0 + (double)t.tv_nsec / 1e6;
+}
 
 static void *sign_loop(void *arg)
 {
     struct signer_thread *t = arg;
+    double t0, ms;
 
     while (!atomic_load(&t->stop)) {
+        t0 = monotonic_ms();
         if (sign_and_verify() == 0)
-            t->ok++;
+            atomic_fetch_add(&t->ok, 1);
         else
-            t->bad++;
-        usleep(2000);
+            atomic_fetch_add(&t->bad, 1);
+        ms = monotonic_ms() - t0;
+        if (ms > t->max_ms)
+            t->max_ms = ms;
+        if (t->pause_us > 0)
+            usleep(t->pause_us);
     }
     return NULL;
 }
@@ -192,8 +209,10 @@ static void test_recovers_when_token_server_restarts(void)
     }
     eg_token_get_stats(tok, &before);
     memset(t, 0, sizeof(t));
-    for (i = 0; i < 4; i++)
+    for (i = 0; i < 4; i++) {
+        t[i].pause_us = 2000;
         pthread_create(&t[i].tid, NULL, sign_loop, &t[i]);
+    }
     usleep(300000);
     ok_before = t[0].ok + t[1].ok + t[2].ok + t[3].ok;
     CU_ASSERT_EQUAL_FATAL(eg_th_server_kill(th), 0);
@@ -261,6 +280,7 @@ struct holder {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int entered, release, returned;
+    bool long_job; /* run with eg_token_run_long, as an RSA key generation */
 };
 
 /* The CLOCK_REALTIME time 10 s from now: how long a holder holds, or is waited for, at most. */
@@ -292,11 +312,39 @@ static void *hold_thread(void *arg)
 {
     struct holder *h = arg;
 
-    eg_token_run(tok, hold_fn, h);
+    if (h->long_job)
+        eg_token_run_long(tok, hold_fn, h);
+    else
+        eg_token_run(tok, hold_fn, h);
     pthread_mutex_lock(&h->mu);
     h->returned = 1;
     pthread_mutex_unlock(&h->mu);
     return NULL;
+}
+
+/* Starts a holder without waiting for its job to run. */
+static int hold_launch(struct holder *h, bool long_job)
+{
+    memset(h, 0, sizeof(*h));
+    h->long_job = long_job;
+    pthread_mutex_init(&h->mu, NULL);
+    pthread_cond_init(&h->cv, NULL);
+    if (pthread_create(&h->tid, NULL, hold_thread, h) != 0) {
+        pthread_mutex_destroy(&h->mu);
+        pthread_cond_destroy(&h->cv);
+        return -1;
+    }
+    return 0;
+}
+
+static int hold_entered(struct holder *h)
+{
+    int entered;
+
+    pthread_mutex_lock(&h->mu);
+    entered = h->entered;
+    pthread_mutex_unlock(&h->mu);
+    return entered;
 }
 
 /* Starts a holder and waits until its job is running. */
@@ -305,10 +353,7 @@ static int hold_start(struct holder *h)
     struct timespec until;
     int entered;
 
-    memset(h, 0, sizeof(*h));
-    pthread_mutex_init(&h->mu, NULL);
-    pthread_cond_init(&h->cv, NULL);
-    if (pthread_create(&h->tid, NULL, hold_thread, h) != 0)
+    if (hold_launch(h, false) != 0)
         return -1;
     until = ten_seconds_on();
     pthread_mutex_lock(&h->mu);
@@ -319,8 +364,8 @@ static int hold_start(struct holder *h)
     return entered ? 0 : -1;
 }
 
-/* Releases the holder; whether it was still holding. */
-static int hold_stop(struct holder *h)
+/* Lets the holder go; whether it was still holding (or waiting to). */
+static int hold_release(struct holder *h)
 {
     int held;
 
@@ -329,9 +374,22 @@ static int hold_stop(struct holder *h)
     h->release = 1;
     pthread_cond_broadcast(&h->cv);
     pthread_mutex_unlock(&h->mu);
+    return held;
+}
+
+static void hold_join(struct holder *h)
+{
     pthread_join(h->tid, NULL);
     pthread_mutex_destroy(&h->mu);
     pthread_cond_destroy(&h->cv);
+}
+
+/* Releases the holder; whether it was still holding. */
+static int hold_stop(struct holder *h)
+{
+    int held = hold_release(h);
+
+    hold_join(h);
     return held;
 }
 
@@ -373,6 +431,74 @@ static void test_a_call_runs_beside_one_that_holds_a_connection(void)
     } else {
         CU_ASSERT_EQUAL(stats.connections_used, 1);
     }
+}
+
+/*
+ * Long jobs (RSA key generations for serverkeygen) keep to themselves: through
+ * p11-kit's client, called one call at a time, signatures keep off the
+ * connections they hold, and as many long jobs as there are connections leave
+ * one to the signatures, the last of them waiting for another long job instead.
+ * In-process, where calls run concurrently, they all run at once.
+ */
+#define NLONG 4
+
+static void test_long_jobs_leave_the_signatures_a_connection(void)
+{
+    unsigned nconn = eg_token_connections(tok), want = nconn > 1 ? nconn - 1 : NLONG, entered = 0;
+    struct timespec pause = {0, 50 * 1000000L};
+    struct signer_thread t[8];
+    struct holder h[NLONG];
+    unsigned long before = 0, after = 0, bad = 0;
+    unsigned nsign = 2 * nconn > 8 ? 8 : 2 * nconn;
+    double max_ms = 0;
+    int i, launched = 0, held = 0;
+
+    /* Connections an earlier test made the server refuse are passed over for a second. */
+    sleep(1);
+    /* Signers first, so every connection has calls on it when the long jobs come. */
+    memset(t, 0, sizeof(t));
+    for (i = 0; i < (int)nsign; i++)
+        CU_ASSERT_EQUAL_FATAL(pthread_create(&t[i].tid, NULL, sign_loop, &t[i]), 0);
+    nanosleep(&pause, NULL);
+    for (i = 0; i < NLONG && hold_launch(&h[i], true) == 0; i++)
+        launched++;
+    CU_ASSERT_EQUAL(launched, NLONG);
+    /* Until the long jobs that can run are running (10 s at most)... */
+    for (int tries = 0; tries < 200 && entered < want; tries++) {
+        nanosleep(&pause, NULL);
+        for (entered = 0, i = 0; i < launched; i++)
+            entered += (unsigned)hold_entered(&h[i]);
+    }
+    CU_ASSERT_EQUAL(entered, want);
+    /* ...then a second of signatures beside them. */
+    for (i = 0; i < (int)nsign; i++)
+        before += atomic_load(&t[i].ok);
+    for (i = 0; i < 20; i++)
+        nanosleep(&pause, NULL);
+    for (entered = 0, i = 0; i < launched; i++)
+        entered += (unsigned)hold_entered(&h[i]);
+    CU_ASSERT_EQUAL(entered, want);
+    for (i = 0; i < (int)nsign; i++)
+        atomic_store(&t[i].stop, 1);
+    for (i = 0; i < (int)nsign; i++) {
+        pthread_join(t[i].tid, NULL);
+        after += t[i].ok;
+        bad += t[i].bad;
+        if (t[i].max_ms > max_ms)
+            max_ms = t[i].max_ms;
+    }
+    /* All at once: the one still waiting queues behind another. */
+    for (i = 0; i < launched; i++)
+        held += hold_release(&h[i]);
+    for (i = 0; i < launched; i++)
+        hold_join(&h[i]);
+    /* No long job ran out its 10 s, the signatures went on, none waited for a long job. */
+    CU_ASSERT_EQUAL(held, launched);
+    CU_ASSERT_EQUAL(bad, 0);
+    CU_ASSERT(after > before + 10);
+    if (max_ms >= 1000.0)
+        fprintf(stderr, "a signature waited %.0f ms beside the long jobs\n", max_ms);
+    CU_ASSERT(max_ms < 1000.0);
 }
 
 static CK_RV random_fn(eg_p11_call *call, void *arg)
@@ -511,6 +637,8 @@ static CU_TestInfo tests[] = {
     {"a call runs beside one that holds a connection",
      test_a_call_runs_beside_one_that_holds_a_connection},
     {"a session key stays on its connection", test_a_session_key_stays_on_its_connection},
+    {"long jobs leave the signatures a connection",
+     test_long_jobs_leave_the_signatures_a_connection},
     {"the connections a module can have", test_connections_the_module_can_have},
     CU_TEST_INFO_NULL,
 };

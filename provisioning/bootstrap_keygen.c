@@ -219,7 +219,7 @@ int eg_bs_keygen(eg_token *tok, const eg_keygen_spec *spec, EVP_PKEY *transport,
     a.transport = transport;
     if (eg_p11_keyparams_init(&a.kp, spec) != 0)
         return eg_prov_fail_stack(EG_EXIT_SOFTWARE, "key parameters");
-    if ((rv = eg_token_run(tok, keygen_fn, &a)) != CKR_OK) {
+    if ((rv = eg_token_run_keygen(tok, spec, keygen_fn, &a)) != CKR_OK) {
         if (row_refusal(rv)) {
             snprintf(why, EG_BS_WHY_MAX, "the token refused %s: %s", a.step, eg_p11_rv_name(rv));
             rc = EG_EXIT_DATAERR;

@@ -45,6 +45,14 @@ void eg_token_get_stats(eg_token *tok, eg_token_stats *out);
  */
 typedef CK_RV eg_p11_fn(eg_p11_call *call, void *arg);
 CK_RV eg_token_run(eg_token *tok, eg_p11_fn *fn, void *arg);
+/*
+ * eg_token_run() for a job that may keep its session for long (an RSA key
+ * generation: hundreds of milliseconds, seconds on some HSMs). With several
+ * module instances, other jobs keep off the one it runs on, the ones already
+ * there go first, and long jobs leave one instance to the rest, queueing
+ * behind each other instead.
+ */
+CK_RV eg_token_run_long(eg_token *tok, eg_p11_fn *fn, void *arg);
 
 /* Inside eg_token_run(): the session's token and the wrapped C_* calls. */
 eg_token *eg_p11_call_token(eg_p11_call *call);
@@ -85,6 +93,12 @@ typedef struct eg_keygen_spec {
     bool token_object; /* CKA_TOKEN: persists in the token */
     bool wrappable;    /* CKA_EXTRACTABLE: may leave only by C_WrapKey */
 } eg_keygen_spec;
+
+/*
+ * Runs a job that generates the key spec describes: with eg_token_run_long()
+ * for RSA (a prime search), with eg_token_run() for EC.
+ */
+CK_RV eg_token_run_keygen(eg_token *tok, const eg_keygen_spec *spec, eg_p11_fn *fn, void *arg);
 
 /* Generates a key pair in the token: sensitive, private, signing. */
 int eg_p11_key_generate(eg_token *tok, const eg_keygen_spec *spec, eg_p11_key **out);

@@ -474,7 +474,7 @@ int eg_p11_key_generate(eg_token *tok, const eg_keygen_spec *spec, eg_p11_key **
         goto out;
     a.spec = spec;
     a.key = key;
-    if ((rv = eg_token_run(tok, generate_fn, &a)) != CKR_OK) {
+    if ((rv = eg_token_run_keygen(tok, spec, generate_fn, &a)) != CKR_OK) {
         eg_signer_error(rv == CKR_MECHANISM_INVALID ? EG_R_MECHANISM : EG_R_TOKEN_CALL,
                         "C_GenerateKeyPair for '%s' in token '%s': %s", spec->label,
                         eg_token_label(tok), eg_p11_rv_name(rv));

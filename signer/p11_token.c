@@ -35,6 +35,13 @@
 #define EG_POOL_DEFAULT 16
 #define EG_RECOVER_MS   10000
 #define EG_LANE_DOWN_MS 1000 /* how long an instance that failed to start is passed over */
+/*
+ * A long job (eg_token_run_long) weighs as much as this many short ones when
+ * jobs choose an instance, and waits at most EG_LONG_DRAIN_MS for the short
+ * jobs already on its instance to go first.
+ */
+#define EG_LONG_WEIGHT   65536u
+#define EG_LONG_DRAIN_MS 2000
 
 static uint64_t now_ms(void);
 
@@ -43,7 +50,8 @@ typedef struct eg_lane {
     CK_FUNCTION_LIST *fl;
     atomic_uint gen; /* bumped at every re-initialisation */
     atomic_int initialized;
-    atomic_uint load; /* eg_token_run jobs on it or waiting for it */
+    atomic_uint load;      /* eg_token_run jobs on it or waiting for it */
+    atomic_uint long_jobs; /* of those, eg_token_run_long jobs */
     /*
      * Until when (CLOCK_MONOTONIC ms) jobs pass it over: it could not be
      * initialised or lost its token (a server that takes fewer connections
@@ -68,6 +76,9 @@ typedef struct eg_lane {
      * ever. One call at a time leaves no one waiting.
      */
     pthread_mutex_t serial_lock;
+    /* A long job waiting for the short jobs before it: signalled as they leave. */
+    pthread_mutex_t quiet_lock;
+    pthread_cond_t quiet;
 } eg_lane;
 
 struct eg_module {
@@ -84,6 +95,7 @@ struct eg_module {
      * can miss the token (no slot, CKR_GENERAL_ERROR).
      */
     pthread_mutex_t setup;
+    pthread_mutex_t long_pick; /* long jobs choose and join one at a time */
     eg_lane lane[EG_CONNECTIONS_MAX];
 };
 
@@ -154,9 +166,15 @@ static CK_RV lane_initialize(eg_module *m, eg_lane *lane)
 static void lane_locks_init(eg_lane *lane)
 {
     pthread_rwlockattr_t attr;
+    pthread_condattr_t cattr;
 
     pthread_mutex_init(&lane->lock, NULL);
     pthread_mutex_init(&lane->serial_lock, NULL);
+    pthread_mutex_init(&lane->quiet_lock, NULL);
+    pthread_condattr_init(&cattr);
+    pthread_condattr_setclock(&cattr, CLOCK_MONOTONIC);
+    pthread_cond_init(&lane->quiet, &cattr);
+    pthread_condattr_destroy(&cattr);
     pthread_rwlockattr_init(&attr);
     /* A busy signer must not keep a re-initialisation waiting for ever. */
     pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
@@ -177,11 +195,14 @@ static void module_free(eg_module *m)
             lane->fl->C_Finalize(NULL);
         pthread_rwlock_destroy(&lane->calls);
         pthread_mutex_destroy(&lane->serial_lock);
+        pthread_cond_destroy(&lane->quiet);
+        pthread_mutex_destroy(&lane->quiet_lock);
         pthread_mutex_destroy(&lane->lock);
     }
     if (m->dl != NULL)
         dlclose(m->dl);
     pthread_mutex_destroy(&m->setup);
+    pthread_mutex_destroy(&m->long_pick);
     free(m->path);
     free(m->init_args);
     free(m);
@@ -249,6 +270,7 @@ static int module_load(const char *path, const char *init_args, bool serial, uns
     if ((m = calloc(1, sizeof(*m))) == NULL)
         return -1;
     pthread_mutex_init(&m->setup, NULL);
+    pthread_mutex_init(&m->long_pick, NULL);
     for (i = 0; i < EG_CONNECTIONS_MAX; i++)
         lane_locks_init(&m->lane[i]);
     m->path = strdup(path);
@@ -734,29 +756,40 @@ static void sleep_ms(unsigned ms)
 /*
  * The instance a job runs on: the one with the fewest jobs on it or waiting
  * for it, the first of those if several tie, so that one caller at a time
- * keeps to the first instance and others open only when calls overlap. An
- * instance that lately failed to start or lost its token is passed over while
- * another is up,
- * so that a server taking fewer connections than configured costs nothing
- * but a wait; when none is up, all are candidates and recovery goes on.
+ * keeps to the first instance and others open only when calls overlap. A long
+ * job counts as EG_LONG_WEIGHT short ones, so short jobs keep off an instance
+ * that has one; and long jobs leave the last instance without one to the
+ * short jobs, queueing behind each other instead. An instance that lately
+ * failed to start or lost its token is passed over while another is up, so
+ * that a server taking fewer connections than configured costs nothing but a
+ * wait; when none is up, all are candidates and recovery goes on.
  */
-static unsigned lane_pick(eg_module *m)
+static unsigned lane_pick(eg_module *m, bool is_long)
 {
     uint64_t now = now_ms();
-    unsigned i, pass, best = 0, least, load;
-    bool found = false;
+    unsigned i, pass, best = 0, least, score, nlong, free_lanes = 0;
+    bool up[EG_CONNECTIONS_MAX], found = false;
 
-    for (pass = 0; pass < 2 && !found; pass++) {
+    for (i = 0; i < m->nlanes; i++) {
+        up[i] = atomic_load(&m->lane[i].down_until) <= now;
+        if (up[i] && atomic_load(&m->lane[i].long_jobs) == 0)
+            free_lanes++;
+    }
+    /* Pass 0 keeps the reserve; 1 takes any instance that is up; 2 any at all. */
+    for (pass = 0; pass < 3 && !found; pass++) {
         least = UINT_MAX;
         for (i = 0; i < m->nlanes; i++) {
-            if (pass == 0 && atomic_load(&m->lane[i].down_until) > now)
+            if (pass < 2 && !up[i])
                 continue;
-            load = atomic_load(&m->lane[i].load);
-            if (load < least) {
-                least = load;
+            nlong = atomic_load(&m->lane[i].long_jobs);
+            if (pass == 0 && is_long && nlong == 0 && free_lanes == 1)
+                continue;
+            score = atomic_load(&m->lane[i].load) + nlong * EG_LONG_WEIGHT;
+            if (score < least) {
+                least = score;
                 best = i;
                 found = true;
-                if (load == 0)
+                if (score == 0)
                     break;
             }
         }
@@ -764,7 +797,95 @@ static unsigned lane_pick(eg_module *m)
     return best;
 }
 
-CK_RV eg_token_run_lane(eg_token *tok, int pinned, eg_p11_fn *fn, void *arg)
+/* Short jobs on the instance besides its long ones. */
+static unsigned short_jobs(eg_lane *lane)
+{
+    unsigned load = atomic_load(&lane->load), nlong = atomic_load(&lane->long_jobs);
+
+    return load > nlong ? load - nlong : 0;
+}
+
+/*
+ * A long job on an instance that takes one call at a time lets the short jobs
+ * already there go first, while new ones keep off: the instance's lock does
+ * not queue its waiters in order, and a signature that queued a moment before
+ * a key generation could otherwise wait all of it. Bounded, so that a long job
+ * is never starved (on an instance that new short jobs cannot avoid, because
+ * every other one is down).
+ */
+static void lane_wait_quiet(eg_lane *lane)
+{
+    struct timespec until;
+
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_sec += EG_LONG_DRAIN_MS / 1000;
+    until.tv_nsec += (long)(EG_LONG_DRAIN_MS % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&lane->quiet_lock);
+    while (short_jobs(lane) > 0 &&
+           pthread_cond_timedwait(&lane->quiet, &lane->quiet_lock, &until) == 0)
+        ;
+    pthread_mutex_unlock(&lane->quiet_lock);
+}
+
+/* Takes a place on an instance: counted for lane_pick, and for the long jobs there. */
+static void lane_join(eg_lane *lane, bool is_long)
+{
+    if (is_long)
+        atomic_fetch_add(&lane->long_jobs, 1);
+    atomic_fetch_add(&lane->load, 1);
+}
+
+static void lane_part(eg_lane *lane, bool is_long)
+{
+    atomic_fetch_sub(&lane->load, 1);
+    if (is_long) {
+        atomic_fetch_sub(&lane->long_jobs, 1);
+    } else if (atomic_load(&lane->long_jobs) > 0) {
+        pthread_mutex_lock(&lane->quiet_lock);
+        pthread_cond_broadcast(&lane->quiet);
+        pthread_mutex_unlock(&lane->quiet_lock);
+    }
+}
+
+/*
+ * The instance for a job, joined. A short job that finds a long one joined its
+ * instance between the choice and the join moves once to a better instance,
+ * rather than queue behind it.
+ */
+static unsigned lane_choose(eg_module *m, int pinned, bool is_long)
+{
+    unsigned l, again;
+
+    if (pinned >= 0 && (unsigned)pinned < m->nlanes) {
+        lane_join(&m->lane[pinned], is_long);
+        return (unsigned)pinned;
+    }
+    if (is_long) {
+        /* One at a time, so that two long jobs cannot both take the last free instance. */
+        pthread_mutex_lock(&m->long_pick);
+        l = lane_pick(m, true);
+        lane_join(&m->lane[l], true);
+        pthread_mutex_unlock(&m->long_pick);
+        return l;
+    }
+    l = lane_pick(m, false);
+    lane_join(&m->lane[l], false);
+    if (atomic_load(&m->lane[l].long_jobs) > 0) {
+        again = lane_pick(m, false);
+        if (again != l) {
+            lane_part(&m->lane[l], false);
+            lane_join(&m->lane[again], false);
+            l = again;
+        }
+    }
+    return l;
+}
+
+static CK_RV run_job(eg_token *tok, int pinned, bool is_long, eg_p11_fn *fn, void *arg)
 {
     uint64_t deadline = now_ms() + tok->recover_ms;
     unsigned backoff = 0, mod_gen, l;
@@ -775,15 +896,12 @@ CK_RV eg_token_run_lane(eg_token *tok, int pinned, eg_p11_fn *fn, void *arg)
 
     for (;;) {
         /* One instance (every module but p11-kit's client): nothing to choose or count. */
-        if (m->nlanes == 1)
-            l = 0;
-        else
-            l = pinned >= 0 && (unsigned)pinned < m->nlanes ? (unsigned)pinned : lane_pick(m);
+        l = m->nlanes == 1 ? 0 : lane_choose(m, pinned, is_long);
         lane = &m->lane[l];
-        if (m->nlanes > 1)
-            atomic_fetch_add(&lane->load, 1);
         if (!lane->initialized)
             lane_start(m, lane);
+        if (is_long && m->serial && m->nlanes > 1)
+            lane_wait_quiet(lane);
         lane_enter(m, lane);
         mod_gen = lane->gen;
         rv = session_get(tok, l, &call);
@@ -793,7 +911,7 @@ CK_RV eg_token_run_lane(eg_token *tok, int pinned, eg_p11_fn *fn, void *arg)
         }
         lane_leave(m, lane);
         if (m->nlanes > 1)
-            atomic_fetch_sub(&lane->load, 1);
+            lane_part(lane, is_long);
         if (!recoverable(rv) || now_ms() >= deadline)
             return rv;
         recover(tok, l, mod_gen, rv);
@@ -803,6 +921,21 @@ CK_RV eg_token_run_lane(eg_token *tok, int pinned, eg_p11_fn *fn, void *arg)
             backoff = backoff ? (backoff * 2 > 500 ? 500 : backoff * 2) : 20;
         }
     }
+}
+
+CK_RV eg_token_run_lane(eg_token *tok, int pinned, eg_p11_fn *fn, void *arg)
+{
+    return run_job(tok, pinned, false, fn, arg);
+}
+
+CK_RV eg_token_run_long(eg_token *tok, eg_p11_fn *fn, void *arg)
+{
+    return run_job(tok, -1, true, fn, arg);
+}
+
+CK_RV eg_token_run_keygen(eg_token *tok, const eg_keygen_spec *spec, eg_p11_fn *fn, void *arg)
+{
+    return run_job(tok, -1, spec->type == EG_KEY_RSA, fn, arg);
 }
 
 CK_RV eg_token_run(eg_token *tok, eg_p11_fn *fn, void *arg)
