@@ -896,6 +896,7 @@ static void issue(enroll *e)
            the same request succeeds. */
         answer_set(&e->a, EG_UNAVAILABLE, EG_AUDIT_UNAVAILABLE, EG_DIM_NONE, "%s", why);
         e->a.retry_after = rc == -2 ? 60 : 3600;
+        e->a.reason_public = true; /* the CA certificate's dates, which /cacerts shows anyway */
         goto out;
     }
     if (begin_intent(e, subject, &val, &ir) != 0) {
@@ -917,6 +918,7 @@ static void issue(enroll *e)
         answer_set(&e->a, EG_UNAVAILABLE, EG_AUDIT_UNAVAILABLE, EG_DIM_NONE,
                    "the same request is being issued right now");
         e->a.retry_after = 1;
+        e->a.reason_public = true;
         break;
     case EG_INTENT_NEW:
     case EG_INTENT_RETRY:
@@ -962,6 +964,31 @@ static int generate(enroll *e)
     return -1;
 }
 
+/*
+ * A failure on the appliance's side gets a reference, at the start of its
+ * audit reason, for the client to quote: what failed inside stays in the log.
+ */
+static void answer_reference(eg_answer *a)
+{
+    static const char digits[] = "0123456789abcdef";
+    unsigned char r[4];
+    char reason[sizeof(a->reason)];
+    int i;
+
+    if (a->status != EG_UNAVAILABLE && a->status != EG_INTERNAL)
+        return;
+    if (RAND_bytes(r, sizeof(r)) != 1)
+        memset(r, 0, sizeof(r));
+    for (i = 0; i < 4; i++) {
+        a->ref[2 * i] = digits[r[i] >> 4];
+        a->ref[2 * i + 1] = digits[r[i] & 15];
+    }
+    a->ref[8] = '\0';
+    /* The end of a reason that no longer fits is dropped. */
+    snprintf(reason, sizeof(reason), "ref=%s %.*s", a->ref, (int)(sizeof(reason) - 14), a->reason);
+    memcpy(a->reason, reason, sizeof(reason));
+}
+
 static int run(eg_core *core, const eg_enroll_req *req, bool skg, eg_answer *out)
 {
     enroll e = {.core = core, .req = req, .skg = skg};
@@ -978,6 +1005,7 @@ static int run(eg_core *core, const eg_enroll_req *req, bool skg, eg_answer *out
                    "there is no profile \"%s\"", label);
     else if (check_request(&e) == 0 && (!skg || generate(&e) == 0))
         issue(&e);
+    answer_reference(&e.a);
     rec = audit_record(&e, label);
     if (e.audited)
         eg_audit_log(&rec);

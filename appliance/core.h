@@ -74,10 +74,19 @@ typedef struct eg_answer {
     eg_status status;
     eg_audit_kind event;
     eg_policy_dim dim;
-    char reason[256];     /* for the client and the log; never a secret */
+    char reason[256];     /* for the log; never a secret. For the client too, but see below */
     unsigned retry_after; /* seconds, with EG_UNAVAILABLE */
-    uint8_t *der;         /* EG_OK: certs-only PKCS#7 (DER) holding the issued certificate
-                             (enroll) or the CA chain (cacerts); CsrAttrs (csrattrs) */
+    /*
+     * EG_UNAVAILABLE and EG_INTERNAL from enroll and serverkeygen: a reference
+     * (8 hex digits) that starts the reason as "ref=..." in the audit line. The
+     * client is told the reason itself only when reason_public; otherwise the
+     * reason names internals (PKCS#11 calls and URIs, return codes, the
+     * ledger) and the client gets the reference to quote instead.
+     */
+    char ref[9];
+    bool reason_public;
+    uint8_t *der; /* EG_OK: certs-only PKCS#7 (DER) holding the issued certificate
+                     (enroll) or the CA chain (cacerts); CsrAttrs (csrattrs) */
     size_t der_len;
     /* serverkeygen, EG_OK: the key part (RFC 7030 4.4.2) and its media type. When
        key_secure, key is a plaintext PKCS#8 in OpenSSL's secure heap: copy it only

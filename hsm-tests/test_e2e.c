@@ -831,6 +831,24 @@ static int read_head(SSL *ssl, char *buf, size_t cap)
     return strncmp(buf, "HTTP/1.1 ", 9) == 0 ? atoi(buf + 9) : -1;
 }
 
+/* After read_head: reads the rest of the body its Content-Length announces into buf. */
+static void read_body_rest(SSL *ssl, char *buf, size_t cap)
+{
+    const char *cl = strcasestr(buf, "\r\nContent-Length:"), *end = strstr(buf, "\r\n\r\n");
+    size_t got = strlen(buf), want;
+    int n;
+
+    if (cl == NULL || end == NULL)
+        return;
+    want = (size_t)(end + 4 - buf) + strtoul(cl + 17, NULL, 10);
+    while (got < want && got + 1 < cap) {
+        if ((n = SSL_read(ssl, buf + got, (int)(cap - 1 - got))) <= 0)
+            break;
+        got += (size_t)n;
+        buf[got] = '\0';
+    }
+}
+
 /* One request on ssl; the answer's head in head (NUL-terminated); the status. */
 static int tls_request(SSL *ssl, const char *method, const char *path, const char *body, char *head,
                        size_t cap)
@@ -1185,12 +1203,22 @@ static void test_token_unavailable_is_503(void)
     CU_ASSERT_PTR_NOT_NULL(ssl);
     CU_ASSERT_EQUAL_FATAL(eg_th_server_kill(th), 0);
     if (ssl != NULL) {
+        char ref[13];
+
         CU_ASSERT_EQUAL(tls_request(ssl, "POST", "simpleenroll", body, head, sizeof(head)), 503);
+        read_body_rest(ssl, head, sizeof(head));
         CU_ASSERT_PTR_NOT_NULL(strstr(head, "Retry-After:"));
         /* The audit line names the token's failing call, in words, not an OpenSSL code. */
         CU_ASSERT(eg_file_count(daemon_log, "event=unavailable") >= 1);
         CU_ASSERT(eg_file_count(daemon_log, ": CKR_") >= 1);
         CU_ASSERT_EQUAL(eg_file_count(daemon_log, "error:4"), 0);
+        /* The client gets a reference to quote, not the token's URI and return code; the
+           audit line with that reference has them. */
+        CU_ASSERT_PTR_NULL(strstr(head, "CKR_"));
+        CU_ASSERT_PTR_NULL(strstr(head, "pkcs11:"));
+        CU_ASSERT_EQUAL(eg_answer_ref(strstr(head, "\r\n\r\n"), ref), 0);
+        CU_ASSERT(eg_file_line_has(daemon_log, ref, ": CKR_"));
+        CU_ASSERT(eg_file_line_has(daemon_log, ref, "event=unavailable"));
     }
     tls_close(ssl, ctx);
     CU_ASSERT_EQUAL_FATAL(eg_th_server_start(th), 0);

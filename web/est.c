@@ -247,7 +247,18 @@ static void respond_answer(est_ctx *c, const eg_answer *a)
         return;
     }
     if (status != 200) {
-        respond_text(r, status, a->reason[0] ? a->reason : "internal error");
+        /* A failure inside the appliance: the client gets its reference, the log the detail. */
+        char text[200];
+        const char *body = a->reason[0] ? a->reason : "internal error";
+
+        if (status >= 500 && !a->reason_public && a->ref[0] != '\0') {
+            snprintf(text, sizeof(text),
+                     "ref=%s the appliance could not complete this request%s; its operator finds "
+                     "what failed under this reference in the audit log",
+                     a->ref, status == 503 ? " now, retry later" : "");
+            body = text;
+        }
+        respond_text(r, status, body);
         if (status == 503)
             add_header(r, "Retry-After: %u",
                        a->retry_after > RETRY_AFTER_MIN ? a->retry_after : RETRY_AFTER_MIN);

@@ -159,6 +159,29 @@ int eg_file_write(const char *path, const void *data, size_t len, mode_t mode)
     return ok && chmod(path, mode) == 0 ? 0 : -1;
 }
 
+bool eg_file_line_has(const char *path, const char *a, const char *b)
+{
+    char *text = eg_file_read(path, NULL), *line, *save = NULL;
+    bool found = false;
+
+    for (line = text ? strtok_r(text, "\n", &save) : NULL; line != NULL && !found;
+         line = strtok_r(NULL, "\n", &save))
+        found = strstr(line, a) != NULL && strstr(line, b) != NULL;
+    free(text);
+    return found;
+}
+
+int eg_answer_ref(const char *body, char ref[13])
+{
+    const char *p = body ? strstr(body, "ref=") : NULL;
+
+    if (p == NULL || strspn(p + 4, "0123456789abcdef") != 8)
+        return -1;
+    memcpy(ref, p, 12);
+    ref[12] = '\0';
+    return 0;
+}
+
 int eg_file_count(const char *path, const char *needle)
 {
     char *text = eg_file_read(path, NULL), *p = text;

@@ -7,6 +7,7 @@
 #define EG_CHILD_H
 
 #include <stddef.h>
+#include <stdbool.h>
 #include <sys/types.h>
 
 typedef struct eg_child_result {
@@ -42,6 +43,13 @@ int eg_child_cmd(const char *dir, eg_child_result *r, const char *first, ...)
 char *eg_file_read(const char *path, size_t *len);
 /* How many times needle occurs in the file at path (a daemon's log); 0 when unreadable. */
 int eg_file_count(const char *path, const char *needle);
+/* Whether a line of the file at path holds both a and b (an audit line's reference and detail). */
+bool eg_file_line_has(const char *path, const char *a, const char *b);
+/*
+ * The reference ("ref=" and 8 hex digits) an answer's body quotes for a failure
+ * inside the appliance, NUL-terminated in ref[13]; 0, or -1 when the body has none.
+ */
+int eg_answer_ref(const char *body, char ref[13]);
 /* Writes data to path (created or truncated) with mode; 0 or -1. */
 int eg_file_write(const char *path, const void *data, size_t len, mode_t mode);
 
