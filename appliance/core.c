@@ -970,20 +970,14 @@ static int generate(enroll *e)
  */
 static void answer_reference(eg_answer *a)
 {
-    static const char digits[] = "0123456789abcdef";
-    unsigned char r[4];
+    uint8_t r[4];
     char reason[sizeof(a->reason)];
-    int i;
 
     if (a->status != EG_UNAVAILABLE && a->status != EG_INTERNAL)
         return;
     if (RAND_bytes(r, sizeof(r)) != 1)
         memset(r, 0, sizeof(r));
-    for (i = 0; i < 4; i++) {
-        a->ref[2 * i] = digits[r[i] >> 4];
-        a->ref[2 * i + 1] = digits[r[i] & 15];
-    }
-    a->ref[8] = '\0';
+    hex(r, sizeof(r), a->ref, sizeof(a->ref));
     /* The end of a reason that no longer fits is dropped. */
     snprintf(reason, sizeof(reason), "ref=%s %.*s", a->ref, (int)(sizeof(reason) - 14), a->reason);
     memcpy(a->reason, reason, sizeof(reason));
