@@ -37,11 +37,11 @@
 #define EG_LANE_DOWN_MS 1000 /* how long an instance that failed to start is passed over */
 /*
  * A long job (eg_token_run_long) weighs as much as this many short ones when
- * jobs choose an instance, and waits at most EG_LONG_DRAIN_MS for the short
+ * jobs choose an instance, and waits at most EG_LONG_DRAIN_S for the short
  * jobs already on its instance to go first.
  */
-#define EG_LONG_WEIGHT   65536u
-#define EG_LONG_DRAIN_MS 2000
+#define EG_LONG_WEIGHT  65536u
+#define EG_LONG_DRAIN_S 2
 
 static uint64_t now_ms(void);
 
@@ -772,7 +772,8 @@ static unsigned lane_pick(eg_module *m, bool is_long)
 
     for (i = 0; i < m->nlanes; i++) {
         up[i] = atomic_load(&m->lane[i].down_until) <= now;
-        if (up[i] && atomic_load(&m->lane[i].long_jobs) == 0)
+        /* Only a long job keeps the reserve, so only it counts the free instances. */
+        if (is_long && up[i] && atomic_load(&m->lane[i].long_jobs) == 0)
             free_lanes++;
     }
     /* Pass 0 keeps the reserve; 1 takes any instance that is up; 2 any at all. */
@@ -818,12 +819,7 @@ static void lane_wait_quiet(eg_lane *lane)
     struct timespec until;
 
     clock_gettime(CLOCK_MONOTONIC, &until);
-    until.tv_sec += EG_LONG_DRAIN_MS / 1000;
-    until.tv_nsec += (long)(EG_LONG_DRAIN_MS % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
+    until.tv_sec += EG_LONG_DRAIN_S;
     pthread_mutex_lock(&lane->quiet_lock);
     while (short_jobs(lane) > 0 &&
            pthread_cond_timedwait(&lane->quiet, &lane->quiet_lock, &until) == 0)
