@@ -12,8 +12,11 @@ tokens="softhsm2 p11-kit p11-kit-modules libnss3 libnss3-tools"
 # Bouncy Castle's TLS (libbctls-java) for its channel-binding enrollment.
 clients="curl openjdk-17-jdk-headless libbcpkix-java libbcprov-java libbcutil-java
          libbctls-java"
+# Device clients on other TLS stacks (hsm-tests/devices): Mbed TLS as IoT firmware
+# has it, and GnuTLS.
+devices="libmbedtls-dev libgnutls28-dev"
 # faketime: a daemon whose clocks jump a day, for its daily timer's test.
-test="$build $tokens $clients faketime clang-format"
+test="$build $tokens $clients $devices faketime clang-format"
 demo="$build $tokens curl"
 
 case "${1:-}" in

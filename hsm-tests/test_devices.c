@@ -1,0 +1,427 @@
+/*
+ * Devices built on other stacks than OpenSSL, end to end against a real
+ * estgated on a fresh token (hsm-tests/devices/):
+ * - est_mbedtls, an EST client on Mbed TLS 2.28 as IoT firmware has it: TLS
+ *   1.2 only, so it reaches the daemon through the listener that opts into
+ *   TLS 1.2; its own key generation and CSR writer;
+ * - est_gnutls, on GnuTLS 3.7: TLS 1.3, its own CSR writer, and its own
+ *   computation of the channel binding (RFC 9266 tls-exporter, tls-unique on
+ *   TLS 1.2) for a profile that requires the request be linked to TLS.
+ * What they receive is checked with OpenSSL against the chain from /cacerts
+ * and the profile.
+ */
+#include <limits.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <CUnit/CUnit.h>
+
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+
+#include "child.h"
+#include "estgated_fixture.h"
+#include "config.h"
+#include "token_harness.h"
+
+#define MAX_DAYS 30
+
+static eg_th_kind kind;
+static eg_th *th;
+static char dir[1024], ini[PATH_MAX], ca[PATH_MAX], pass[PATH_MAX], daemon_log[PATH_MAX];
+static char mbed[PATH_MAX], gnu[PATH_MAX], port13[16], port12[16];
+static pid_t daemon_pid;
+static eg_child_result *res;
+
+static char *tpath(char *buf, const char *name)
+{
+    snprintf(buf, PATH_MAX, "%s/%s", dir, name);
+    return buf;
+}
+
+#define cmd(...) eg_child_cmd(dir, res, __VA_ARGS__)
+
+static int write_config(void)
+{
+    const eg_token_config *c = eg_th_config(th);
+    char *hash = NULL, text[8192];
+    int n, m, rc = -1;
+
+    if (eg_fx_basic_user("firmware", pass, NULL, &hash) != 0)
+        goto out;
+    if ((n = eg_fx_ini_head(th, "listen = 127.0.0.1:0 tls12\n", "", text, sizeof(text))) < 0)
+        goto out;
+    m = snprintf(text + n, sizeof(text) - (size_t)n,
+                 "\n[profile default]\n"
+                 "ca_key = pkcs11:token=%s;object=ca;type=private\nca_chain = %s\n"
+                 "auth = basic\nuser = firmware:%s\n"
+                 "san = dns:.example.com\nmax_days = %d\neku = clientAuth\n"
+                 "key_types = ec:P-256, rsa:2048\n"
+                 "\n[profile iot]\n"
+                 "ca_key = pkcs11:token=%s;object=ca;type=private\nca_chain = %s\n"
+                 "auth = mtls\nclient_ca = %s\nsan = dns:.example.com\nmax_days = %d\n"
+                 "eku = clientAuth\n"
+                 "\n[profile linked]\n"
+                 "ca_key = pkcs11:token=%s;object=ca;type=private\nca_chain = %s\n"
+                 "auth = basic\nuser = firmware:%s\nsan = dns:.example.com\nmax_days = %d\n"
+                 "eku = clientAuth\nrequire_channel_binding = yes\n",
+                 c->token_label, ca, hash, MAX_DAYS, c->token_label, ca, ca, MAX_DAYS,
+                 c->token_label, ca, hash, MAX_DAYS);
+    if (m > 0 && (size_t)m < sizeof(text) - (size_t)n)
+        rc = eg_file_write(ini, text, (size_t)(n + m), 0600);
+out:
+    free(hash);
+    return rc;
+}
+
+static int suite_init(void)
+{
+    char tls[PATH_MAX];
+    unsigned ports[2];
+
+    if ((res = calloc(1, sizeof(*res))) == NULL || eg_th_create(kind, "devices", &th) != 0)
+        return -1;
+    snprintf(dir, sizeof(dir), "%s", eg_th_dir(th));
+    tpath(ini, "estgated.ini");
+    tpath(ca, "ca.pem");
+    tpath(pass, "basic.pass");
+    tpath(daemon_log, "estgated.log");
+    eg_child_built("hsm-tests/est_mbedtls", mbed);
+    eg_child_built("hsm-tests/est_gnutls", gnu);
+    if (access(mbed, X_OK) != 0 || access(gnu, X_OK) != 0) {
+        fprintf(stderr,
+                "test_devices: %s or %s is missing: install libmbedtls-dev and "
+                "libgnutls28-dev (sh image/deps.sh test) and build again\n",
+                mbed, gnu);
+        return -1;
+    }
+    if (eg_fx_provision(th, "CN=devices CA,O=estgate tests", ca, tpath(tls, "tls-chain.pem"),
+                        res) != 0 ||
+        write_config() != 0 || eg_fx_daemon_start(ini, daemon_log, &daemon_pid, ports, 2) != 0)
+        return -1;
+    snprintf(port13, sizeof(port13), "%u", ports[0]);
+    snprintf(port12, sizeof(port12), "%u", ports[1]);
+    return 0;
+}
+
+static int suite_clean(void)
+{
+    if (daemon_pid > 0)
+        eg_fx_daemon_stop(&daemon_pid, SIGTERM);
+    eg_th_destroy(th);
+    free(res);
+    return 0;
+}
+
+/*
+ * A device client (mbed or gnu) on port with /.well-known/est/path, its body
+ * to out.b64 in the token directory, then the client's NULL-terminated
+ * options; the HTTP status, or -1 when the exchange failed (its reason left
+ * in res->err).
+ */
+static int device(const char *client, const char *port, const char *path, const char *out, ...)
+{
+    char url[256], body[PATH_MAX], *argv[40];
+    va_list ap;
+    int n = 0;
+
+    snprintf(url, sizeof(url), "/.well-known/est/%s", path);
+    snprintf(body, sizeof(body), "%s/%s.b64", dir, out);
+    argv[n++] = (char *)client;
+    argv[n++] = ca;
+    argv[n++] = "127.0.0.1";
+    argv[n++] = (char *)port;
+    argv[n++] = url;
+    argv[n++] = "--out";
+    argv[n++] = body;
+    va_start(ap, out);
+    while (n < 38 && (argv[n] = va_arg(ap, char *)) != NULL)
+        n++;
+    va_end(ap);
+    argv[n] = NULL;
+    if (eg_child_run(dir, NULL, argv, res) != 0)
+        return -1;
+    return atoi(res->out);
+}
+
+/* name.b64, a certs-only PKCS#7 in base64, as PEM certificates in name.pem. */
+static int p7_to_pem(const char *name)
+{
+    char b64[PATH_MAX], der[PATH_MAX], pem[PATH_MAX], f[96];
+
+    snprintf(f, sizeof(f), "%s.b64", name);
+    tpath(b64, f);
+    snprintf(f, sizeof(f), "%s.der", name);
+    tpath(der, f);
+    snprintf(f, sizeof(f), "%s.pem", name);
+    tpath(pem, f);
+    return cmd("openssl", "base64", "-d", "-in", b64, "-out", der, NULL) ||
+           cmd("openssl", "pkcs7", "-inform", "DER", "-in", der, "-print_certs", "-out", pem, NULL);
+}
+
+static X509 *read_cert(const char *name)
+{
+    char path[PATH_MAX], f[96];
+    X509 *x = NULL;
+    FILE *fp;
+
+    snprintf(f, sizeof(f), "%s.pem", name);
+    if ((fp = fopen(tpath(path, f), "r")) != NULL) {
+        x = PEM_read_X509(fp, NULL, NULL, NULL);
+        fclose(fp);
+    }
+    return x;
+}
+
+/*
+ * name.pem chains to /cacerts (fetched by the device itself), is an
+ * end-entity certificate for cn with the profile's EKU and validity, and
+ * certifies the key the device made (key.key, Mbed TLS's SEC1 PEM).
+ */
+static void check_issued(const char *name, const char *cn, const char *key)
+{
+    char pem[PATH_MAX], chain[PATH_MAX], kpath[PATH_MAX], f[96];
+    EXTENDED_KEY_USAGE *eku;
+    EVP_PKEY *pkey = NULL;
+    X509 *x;
+    FILE *fp;
+    int days, secs;
+
+    CU_ASSERT_EQUAL_FATAL(device(mbed, port12, "cacerts", "chain", NULL), 200);
+    CU_ASSERT_EQUAL_FATAL(p7_to_pem("chain"), 0);
+    snprintf(f, sizeof(f), "%s.pem", name);
+    CU_ASSERT_EQUAL(cmd("openssl", "verify", "-CAfile", tpath(chain, "chain.pem"), "-purpose",
+                        "sslclient", tpath(pem, f), NULL),
+                    0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(x = read_cert(name));
+    CU_ASSERT_EQUAL(X509_check_ca(x), 0);
+    CU_ASSERT_EQUAL(X509_check_host(x, cn, 0, 0, NULL), 1);
+    eku = X509_get_ext_d2i(x, NID_ext_key_usage, NULL, NULL);
+    CU_ASSERT(eku != NULL && sk_ASN1_OBJECT_num(eku) == 1 &&
+              OBJ_obj2nid(sk_ASN1_OBJECT_value(eku, 0)) == NID_client_auth);
+    EXTENDED_KEY_USAGE_free(eku);
+    CU_ASSERT(ASN1_TIME_diff(&days, &secs, X509_get0_notBefore(x), X509_get0_notAfter(x)) == 1 &&
+              (days < MAX_DAYS + 1 || (days == MAX_DAYS + 1 && secs == 0)));
+    snprintf(f, sizeof(f), "%s.key", key);
+    if ((fp = fopen(tpath(kpath, f), "r")) != NULL) {
+        pkey = PEM_read_PrivateKey(fp, NULL, NULL, NULL);
+        fclose(fp);
+    }
+    CU_ASSERT(pkey != NULL && X509_check_private_key(x, pkey) == 1);
+    EVP_PKEY_free(pkey);
+    X509_free(x);
+}
+
+static void test_cacerts_over_tls12(void)
+{
+    X509 *got, *want = NULL;
+    FILE *f;
+
+    CU_ASSERT_EQUAL_FATAL(device(mbed, port12, "cacerts", "cacerts", NULL), 200);
+    CU_ASSERT_EQUAL_FATAL(p7_to_pem("cacerts"), 0);
+    got = read_cert("cacerts");
+    if ((f = fopen(ca, "r")) != NULL) {
+        want = PEM_read_X509(f, NULL, NULL, NULL);
+        fclose(f);
+    }
+    CU_ASSERT(got != NULL && want != NULL && X509_cmp(got, want) == 0);
+    X509_free(got);
+    X509_free(want);
+}
+
+/* A TLS 1.2-only stack gets no handshake where the listener did not opt in. */
+static void test_tls13_listener_refuses_it(void)
+{
+    CU_ASSERT_EQUAL(device(mbed, port13, "cacerts", "refused", NULL), -1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(res->err, "TLS handshake"));
+}
+
+static void test_csrattrs(void)
+{
+    int status =
+        device(mbed, port12, "csrattrs", "attrs", "--user", "firmware", "--pass-file", pass, NULL);
+
+    CU_ASSERT(status == 200 || status == 204);
+}
+
+static void test_simpleenroll_with_basic(void)
+{
+    char key[PATH_MAX];
+
+    CU_ASSERT_EQUAL_FATAL(device(mbed, port12, "simpleenroll", "m1", "--user", "firmware",
+                                 "--pass-file", pass, "--new-key", tpath(key, "m1.key"), "--cn",
+                                 "m1.example.com", "--dns", "m1.example.com", NULL),
+                          200);
+    CU_ASSERT_EQUAL_FATAL(p7_to_pem("m1"), 0);
+    check_issued("m1", "m1.example.com", "m1");
+}
+
+/* Renewal over mTLS with the certificate just issued: the same key, then a new one. */
+static void test_simplereenroll_over_mtls(void)
+{
+    char cert[PATH_MAX], key[PATH_MAX], nkey[PATH_MAX];
+    X509 *old, *same, *rekeyed;
+
+    tpath(cert, "m1.pem");
+    tpath(key, "m1.key");
+    CU_ASSERT_EQUAL_FATAL(device(mbed, port12, "iot/simplereenroll", "m1-same", "--cert", cert,
+                                 "--key", key, "--csr-key", key, "--cn", "m1.example.com", "--dns",
+                                 "m1.example.com", NULL),
+                          200);
+    CU_ASSERT_EQUAL_FATAL(p7_to_pem("m1-same"), 0);
+    check_issued("m1-same", "m1.example.com", "m1");
+    CU_ASSERT_EQUAL_FATAL(device(mbed, port12, "iot/simplereenroll", "m1-new", "--cert", cert,
+                                 "--key", key, "--new-key", tpath(nkey, "m1-new.key"), "--cn",
+                                 "m1.example.com", "--dns", "m1.example.com", NULL),
+                          200);
+    CU_ASSERT_EQUAL_FATAL(p7_to_pem("m1-new"), 0);
+    check_issued("m1-new", "m1.example.com", "m1-new");
+    old = read_cert("m1");
+    same = read_cert("m1-same");
+    rekeyed = read_cert("m1-new");
+    CU_ASSERT(old != NULL && same != NULL && rekeyed != NULL &&
+              ASN1_INTEGER_cmp(X509_get0_serialNumber(old), X509_get0_serialNumber(same)) != 0 &&
+              ASN1_INTEGER_cmp(X509_get0_serialNumber(same), X509_get0_serialNumber(rekeyed)) !=
+                  0 &&
+              X509_NAME_cmp(X509_get_subject_name(old), X509_get_subject_name(rekeyed)) == 0);
+    X509_free(old);
+    X509_free(same);
+    X509_free(rekeyed);
+}
+
+static bool body_has(const char *name, const char *needle)
+{
+    char path[PATH_MAX], f[96];
+    char *text;
+    bool has;
+
+    snprintf(f, sizeof(f), "%s.b64", name);
+    text = eg_file_read(tpath(path, f), NULL);
+    has = text != NULL && strstr(text, needle) != NULL;
+    free(text);
+    return has;
+}
+
+static void test_refusals_reach_the_device(void)
+{
+    char key[PATH_MAX], wrong[PATH_MAX];
+
+    tpath(key, "r.key");
+    CU_ASSERT_EQUAL(eg_file_write(tpath(wrong, "wrong.pass"), "not-the-password\n", 17, 0600), 0);
+    CU_ASSERT_EQUAL(device(mbed, port12, "simpleenroll", "r401", "--user", "firmware",
+                           "--pass-file", wrong, "--new-key", key, "--cn", "r.example.com", "--dns",
+                           "r.example.com", NULL),
+                    401);
+    CU_ASSERT_EQUAL(device(mbed, port12, "simpleenroll", "r403", "--user", "firmware",
+                           "--pass-file", pass, "--new-key", key, "--cn", "r.example.org", "--dns",
+                           "r.example.org", NULL),
+                    403);
+    CU_ASSERT(body_has("r403", "r.example.org"));
+    /* RFC 8951: the body is base64 whatever the headers say; a binary DER CSR is malformed. */
+    CU_ASSERT_EQUAL(device(mbed, port12, "simpleenroll", "r400", "--user", "firmware",
+                           "--pass-file", pass, "--new-key", key, "--cn", "r.example.com", "--dns",
+                           "r.example.com", "--der", NULL),
+                    400);
+    CU_ASSERT(body_has("r400", "base64"));
+    /* No client certificate on the mTLS profile: 403, since no WWW-Authenticate could help. */
+    CU_ASSERT_EQUAL(device(mbed, port12, "iot/simplereenroll", "r403m", "--new-key", key, "--cn",
+                           "r.example.com", "--dns", "r.example.com", NULL),
+                    403);
+    CU_ASSERT(body_has("r403m", "certificate"));
+}
+
+/* ---- GnuTLS ---- */
+
+static void test_gnutls_cacerts_over_tls13(void)
+{
+    CU_ASSERT_EQUAL_FATAL(device(gnu, port13, "cacerts", "g-cacerts", NULL), 200);
+    CU_ASSERT_PTR_NOT_NULL(strstr(res->err, "(TLS1.3)"));
+    CU_ASSERT_EQUAL(p7_to_pem("g-cacerts"), 0);
+}
+
+static void test_gnutls_simpleenroll_ec_and_rsa(void)
+{
+    char key[PATH_MAX];
+
+    CU_ASSERT_EQUAL_FATAL(device(gnu, port13, "simpleenroll", "g1", "--user", "firmware",
+                                 "--pass-file", pass, "--new-key", tpath(key, "g1.key"), "--cn",
+                                 "g1.example.com", "--dns", "g1.example.com", NULL),
+                          200);
+    CU_ASSERT_EQUAL_FATAL(p7_to_pem("g1"), 0);
+    check_issued("g1", "g1.example.com", "g1");
+    CU_ASSERT_EQUAL_FATAL(device(gnu, port13, "simpleenroll", "g2", "--user", "firmware",
+                                 "--pass-file", pass, "--new-key", tpath(key, "g2.key"),
+                                 "--key-type", "rsa", "--cn", "g2.example.com", "--dns",
+                                 "g2.example.com", NULL),
+                          200);
+    CU_ASSERT_EQUAL_FATAL(p7_to_pem("g2"), 0);
+    check_issued("g2", "g2.example.com", "g2");
+}
+
+static void test_gnutls_simplereenroll_over_mtls(void)
+{
+    char cert[PATH_MAX], key[PATH_MAX], nkey[PATH_MAX];
+
+    tpath(cert, "g2.pem");
+    tpath(key, "g2.key");
+    CU_ASSERT_EQUAL_FATAL(device(gnu, port13, "iot/simplereenroll", "g2-new", "--cert", cert,
+                                 "--key", key, "--new-key", tpath(nkey, "g2-new.key"), "--cn",
+                                 "g2.example.com", "--dns", "g2.example.com", NULL),
+                          200);
+    CU_ASSERT_PTR_NOT_NULL(strstr(res->err, "(TLS1.3)"));
+    CU_ASSERT_EQUAL_FATAL(p7_to_pem("g2-new"), 0);
+    check_issued("g2-new", "g2.example.com", "g2-new");
+}
+
+/*
+ * RFC 9266 and RFC 5929 computed by another TLS implementation: GnuTLS's
+ * tls-exporter (TLS 1.3) and tls-unique (TLS 1.2) in the CSR must be what the
+ * daemon's OpenSSL sees on the same connection; without them it is refused.
+ */
+static void test_gnutls_channel_binding_links_the_request(void)
+{
+    char key[PATH_MAX];
+
+    tpath(key, "b.key");
+    CU_ASSERT_EQUAL(device(gnu, port13, "linked/simpleenroll", "b13", "--user", "firmware",
+                           "--pass-file", pass, "--new-key", key, "--cn", "b.example.com", "--dns",
+                           "b.example.com", "--bind", NULL),
+                    200);
+    CU_ASSERT_PTR_NOT_NULL(strstr(res->err, "(TLS1.3)"));
+    CU_ASSERT_EQUAL(device(gnu, port12, "linked/simpleenroll", "b12", "--user", "firmware",
+                           "--pass-file", pass, "--new-key", key, "--cn", "b.example.com", "--dns",
+                           "b.example.com", "--bind", "--tls12", NULL),
+                    200);
+    CU_ASSERT_PTR_NOT_NULL(strstr(res->err, "(TLS1.2)"));
+    CU_ASSERT_EQUAL(device(gnu, port13, "linked/simpleenroll", "b403", "--user", "firmware",
+                           "--pass-file", pass, "--new-key", key, "--cn", "b.example.com", "--dns",
+                           "b.example.com", NULL),
+                    403);
+    CU_ASSERT(body_has("b403", "binding") || body_has("b403", "challengePassword"));
+}
+
+static CU_TestInfo tests[] = {
+    {"Mbed TLS device: cacerts over TLS 1.2", test_cacerts_over_tls12},
+    {"Mbed TLS device: the TLS 1.3-only listener refuses it", test_tls13_listener_refuses_it},
+    {"Mbed TLS device: csrattrs", test_csrattrs},
+    {"Mbed TLS device: simpleenroll with Basic and its own CSR", test_simpleenroll_with_basic},
+    {"Mbed TLS device: simplereenroll over mTLS, same key and new key",
+     test_simplereenroll_over_mtls},
+    {"Mbed TLS device: refusals reach it with their status", test_refusals_reach_the_device},
+    {"GnuTLS device: cacerts over TLS 1.3", test_gnutls_cacerts_over_tls13},
+    {"GnuTLS device: simpleenroll with EC and RSA keys", test_gnutls_simpleenroll_ec_and_rsa},
+    {"GnuTLS device: simplereenroll over mTLS on TLS 1.3", test_gnutls_simplereenroll_over_mtls},
+    {"GnuTLS device: its own channel binding links the request",
+     test_gnutls_channel_binding_links_the_request},
+    CU_TEST_INFO_NULL,
+};
+
+int main(int argc, char **argv)
+{
+    return eg_th_run(argc, argv, &kind, suite_init, suite_clean, tests);
+}
