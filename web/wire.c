@@ -150,11 +150,40 @@ static int pem_unarmour(const uint8_t *body, size_t len, size_t start, size_t *b
     return -1;
 }
 
+/*
+ * Whether the body is exactly one DER SEQUENCE with a long-form length, as
+ * `curl --data-binary @csr.der` sends it. Base64 text cannot start so: 0x81
+ * to 0x83 are not base64 characters, nor whitespace, nor PEM's dashes.
+ */
+static bool is_binary_der(const uint8_t *b, size_t len)
+{
+    size_t n, content = 0;
+
+    if (len < 2 || b[0] != 0x30 || b[1] < 0x81 || b[1] > 0x83)
+        return false;
+    n = b[1] & 0x7fu;
+    if (len < 2 + n)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        content = content << 8 | b[2 + i];
+    return content == len - 2 - n;
+}
+
 int eg_wire_decode_body(const uint8_t *body, size_t len, uint8_t **der, size_t *der_len, char *why,
                         size_t whylen)
 {
     size_t start = 0, b64 = 0, b64_len = len;
     const char *begin = PEM_DASHES "BEGIN ";
+
+    if (is_binary_der(body, len)) {
+        if ((*der = malloc(len)) == NULL) {
+            snprintf(why, whylen, "out of memory");
+            return -1;
+        }
+        memcpy(*der, body, len);
+        *der_len = len;
+        return 0;
+    }
 
     while (start < len && is_space(body[start]))
         start++;

@@ -18,7 +18,10 @@
  * Decodes a request body to DER: base64 whatever the Content-Transfer-Encoding
  * header says (RFC 8951), lines of any width, CRLF or LF, surrounding
  * whitespace, or a PEM CSR ("CERTIFICATE REQUEST" or "NEW CERTIFICATE
- * REQUEST"). On failure -1 with a reason for the client in why.
+ * REQUEST"). A body that is exactly one binary DER SEQUENCE is taken as it
+ * is: RFC 8951 wants base64, but clients and scripts send DER, and the two
+ * cannot be mistaken for each other. On failure -1 with a reason for the
+ * client in why.
  */
 int eg_wire_decode_body(const uint8_t *body, size_t len, uint8_t **der, size_t *der_len, char *why,
                         size_t whylen);

@@ -130,6 +130,26 @@ static void test_pem_csrs_give_same_der(void)
     expect_csr(body);
 }
 
+/* A binary DER CSR, as `curl --data-binary @csr.der` sends it; only when it is exactly that. */
+static void test_binary_der_is_taken_as_it_is(void)
+{
+    uint8_t *der = NULL, body[8192];
+    size_t len = 0;
+    char why[256] = "", reason[64];
+
+    CU_ASSERT_FATAL(csr_len + 1 < sizeof(body) && (csr_der[1] == 0x81 || csr_der[1] == 0x82));
+    CU_ASSERT_EQUAL_FATAL(eg_wire_decode_body(csr_der, csr_len, &der, &len, why, sizeof(why)), 0);
+    CU_ASSERT(len == csr_len && memcmp(der, csr_der, len) == 0);
+    free(der);
+    /* Anything more or less than the one SEQUENCE is read as base64, and is not. */
+    snprintf(reason, sizeof(reason), "invalid byte 0x%02x at offset 1", csr_der[1]);
+    memcpy(body, csr_der, csr_len);
+    body[csr_len] = '\n';
+    expect_refused((const char *)body, csr_len + 1, reason);
+    expect_refused((const char *)body, csr_len - 1, reason);
+    expect_refused((const char *)body, 3, reason);
+}
+
 static void test_garbage_refused_with_reason(void)
 {
     char body[8192];
@@ -258,6 +278,7 @@ int main(void)
     CU_TestInfo tests[] = {
         {"base64 variants give the same DER", test_base64_variants_give_same_der},
         {"PEM CSRs give the same DER", test_pem_csrs_give_same_der},
+        {"a binary DER CSR is taken as it is", test_binary_der_is_taken_as_it_is},
         {"garbage is refused with a reason", test_garbage_refused_with_reason},
         {"responses are base64 in CRLF lines of 64", test_encode_wraps_crlf_64},
         {"enroll media types", test_media_types},
