@@ -622,7 +622,7 @@ static void test_policy_refusals_are_403(void)
 static void test_wire_errors_have_their_status(void)
 {
     char data[PATH_MAX + 1], path[PATH_MAX], user[128];
-    char big[20000];
+    char big[20000], *text;
     http h;
 
     memset(big, 'A', sizeof(big));
@@ -631,6 +631,16 @@ static void test_wire_errors_have_their_status(void)
     CU_ASSERT_EQUAL(eg_file_write(tpath(path, "garbage.b64"), "!!not base64!!\n", 15, 0600), 0);
     CU_ASSERT_EQUAL(enroll(&h, "simpleenroll", "garbage", NULL, NULL, NULL, NULL, NULL), 400);
     CU_ASSERT_EQUAL(enroll(&h, "simpleenroll", "dev1", "text/plain", NULL, NULL, NULL, NULL), 415);
+    /* The 415 names what came, as curl's default form type when -H was forgotten. */
+    CU_ASSERT_EQUAL(curl(&h, port, "simpleenroll", "-u", basic_user(user), "--data-binary",
+                         at(data, "dev1.b64"), NULL),
+                    415);
+    text = eg_file_read(h.body_path, NULL);
+    CU_ASSERT(text != NULL && strstr(text, "not \"application/x-www-form-urlencoded\"") != NULL);
+    free(text);
+    /* application/x-pkcs10, the name many MIME tables give .p10 files, is taken. */
+    CU_ASSERT_EQUAL(
+        enroll(&h, "simpleenroll", "dev1", "application/x-pkcs10", NULL, NULL, NULL, NULL), 200);
     CU_ASSERT_EQUAL(curl(&h, port, "nosuchlabel/cacerts", NULL), 404);
     CU_ASSERT_EQUAL(curl(&h, port, "simpleenroll", "-u", basic_user(user), NULL), 405);
     CU_ASSERT_EQUAL(curl(&h, port, "fullcmc", "-u", basic_user(user), "--data-binary",

@@ -375,8 +375,8 @@ static void enroll(est_ctx *c)
     unsigned mode;
 
     if (!eg_wire_enroll_type_ok(q->content_type)) {
-        refuse(c, 415, EG_AUDIT_LIMIT, NULL,
-               "Content-Type must be application/pkcs10 (or application/x-pem-file)");
+        eg_wire_enroll_type_refusal(q->content_type, why, sizeof(why));
+        refuse(c, 415, EG_AUDIT_LIMIT, NULL, why);
         goto out;
     }
     mode = c->op == OP_SIMPLEREENROLL ? authenticate_renewal(c, principal, sizeof(principal))

@@ -282,5 +282,30 @@ bool eg_wire_media_is(const char *content_type, const char *type)
 bool eg_wire_enroll_type_ok(const char *content_type)
 {
     return eg_wire_media_is(content_type, "application/pkcs10") ||
+           eg_wire_media_is(content_type, "application/x-pkcs10") ||
            eg_wire_media_is(content_type, "application/x-pem-file");
+}
+
+void eg_wire_enroll_type_refusal(const char *content_type, char *why, size_t whylen)
+{
+    char seen[48];
+    size_t n = 0;
+
+    /* What the client sent, printable and short, so that a forgotten -H shows itself. */
+    for (const char *p = content_type; p != NULL && *p != '\0' && n < sizeof(seen) - 4; p++)
+        seen[n++] = isprint((unsigned char)*p) && *p != '"' ? *p : '?';
+    if (content_type != NULL && content_type[n] != '\0') {
+        memcpy(seen + n, "...", 3);
+        n += 3;
+    }
+    seen[n] = '\0';
+    if (content_type == NULL)
+        snprintf(why, whylen,
+                 "Content-Type must be application/pkcs10 (or application/x-pem-file); "
+                 "the request has none");
+    else
+        snprintf(why, whylen,
+                 "Content-Type must be application/pkcs10 (or application/x-pem-file), "
+                 "not \"%s\"",
+                 seen);
 }

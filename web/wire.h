@@ -52,7 +52,10 @@ int eg_wire_multipart(const eg_wire_part *parts, size_t n, bool secure, uint8_t 
 /* Whether a Content-Type header names type (case-insensitive, parameters ignored). */
 bool eg_wire_media_is(const char *content_type, const char *type);
 
-/* simpleenroll/simplereenroll: application/pkcs10 or application/x-pem-file. */
+/* simpleenroll/simplereenroll: application/pkcs10 (or application/x-pkcs10, the name many
+   MIME tables give .p10 files) or application/x-pem-file. */
 bool eg_wire_enroll_type_ok(const char *content_type);
+/* The 415's reason for a type refused by eg_wire_enroll_type_ok, naming what was sent. */
+void eg_wire_enroll_type_refusal(const char *content_type, char *why, size_t whylen);
 
 #endif

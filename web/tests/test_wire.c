@@ -211,11 +211,30 @@ static void test_media_types(void)
     CU_ASSERT(eg_wire_enroll_type_ok("Application/PKCS10; charset=binary"));
     CU_ASSERT(eg_wire_enroll_type_ok(" application/pkcs10 ;x=y"));
     CU_ASSERT(eg_wire_enroll_type_ok("application/x-pem-file"));
+    CU_ASSERT(eg_wire_enroll_type_ok("application/x-pkcs10"));
     CU_ASSERT_FALSE(eg_wire_enroll_type_ok(NULL));
     CU_ASSERT_FALSE(eg_wire_enroll_type_ok(""));
     CU_ASSERT_FALSE(eg_wire_enroll_type_ok("application/pkcs10x"));
     CU_ASSERT_FALSE(eg_wire_enroll_type_ok("application/json"));
     CU_ASSERT_FALSE(eg_wire_enroll_type_ok("application/pkcs7-mime"));
+}
+
+/* A 415 names what the client sent, so that curl's default form type shows itself. */
+static void test_media_type_refusal_names_what_was_sent(void)
+{
+    char why[200], long_type[200];
+
+    eg_wire_enroll_type_refusal("application/x-www-form-urlencoded", why, sizeof(why));
+    CU_ASSERT_PTR_NOT_NULL(strstr(why, "application/pkcs10"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(why, "not \"application/x-www-form-urlencoded\""));
+    eg_wire_enroll_type_refusal(NULL, why, sizeof(why));
+    CU_ASSERT_PTR_NOT_NULL(strstr(why, "the request has none"));
+    eg_wire_enroll_type_refusal("text/\"x\"\x01", why, sizeof(why));
+    CU_ASSERT_PTR_NOT_NULL(strstr(why, "not \"text/?x??\""));
+    memset(long_type, 'a', sizeof(long_type) - 1);
+    long_type[sizeof(long_type) - 1] = '\0';
+    eg_wire_enroll_type_refusal(long_type, why, sizeof(why));
+    CU_ASSERT(strlen(why) < 160 && strstr(why, "aaa...\"") != NULL);
 }
 
 /*
@@ -282,6 +301,7 @@ int main(void)
         {"garbage is refused with a reason", test_garbage_refused_with_reason},
         {"responses are base64 in CRLF lines of 64", test_encode_wraps_crlf_64},
         {"enroll media types", test_media_types},
+        {"a media type refusal names what was sent", test_media_type_refusal_names_what_was_sent},
         {"multipart answers read back", test_multipart_reads_back},
         CU_TEST_INFO_NULL,
     };
