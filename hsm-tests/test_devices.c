@@ -249,6 +249,21 @@ static void test_csrattrs(void)
     CU_ASSERT(status == 200 || status == 204);
 }
 
+/*
+ * The device asked for records of at most 1 KiB (RFC 6066 max_fragment_length), as one
+ * with little RAM does: every record the server sent, the answer's and the handshake's
+ * (the certificate chain is larger), fits, with room for the AEAD's nonce and tag.
+ */
+static bool records_fit(size_t mfl)
+{
+    const char *line = strstr(res->err, "largest record from the server: ");
+    size_t largest;
+
+    if (line == NULL || sscanf(line, "largest record from the server: %zu", &largest) != 1)
+        return false;
+    return largest > mfl / 2 && largest <= mfl + 64;
+}
+
 static void test_simpleenroll_with_basic(void)
 {
     char key[PATH_MAX];
@@ -267,6 +282,15 @@ static void test_simpleenroll_with_basic(void)
                           200);
     CU_ASSERT_EQUAL_FATAL(p7_to_pem("m2"), 0);
     check_issued("m2", "m2.example.com", "m2");
+    /* An RSA key: its certificate makes the answer larger than one of the device's records. */
+    CU_ASSERT_EQUAL_FATAL(device(mbed, port12, "simpleenroll", "m3", "--user", "firmware",
+                                 "--pass-file", pass, "--new-key", tpath(key, "m3.key"),
+                                 "--key-type", "rsa", "--cn", "m3.example.com", "--dns",
+                                 "m3.example.com", NULL),
+                          200);
+    CU_ASSERT(records_fit(1024));
+    CU_ASSERT_EQUAL_FATAL(p7_to_pem("m3"), 0);
+    check_issued("m3", "m3.example.com", "m3");
 }
 
 /* Renewal over mTLS with the certificate just issued: the same key, then a new one. */
@@ -411,7 +435,7 @@ static CU_TestInfo tests[] = {
     {"Mbed TLS device: cacerts over TLS 1.2", test_cacerts_over_tls12},
     {"Mbed TLS device: the TLS 1.3-only listener refuses it", test_tls13_listener_refuses_it},
     {"Mbed TLS device: csrattrs", test_csrattrs},
-    {"Mbed TLS device: simpleenroll with Basic, its own CSR in base64 and DER",
+    {"Mbed TLS device: simpleenroll with Basic, its own CSR in base64 and DER, EC and RSA",
      test_simpleenroll_with_basic},
     {"Mbed TLS device: simplereenroll over mTLS, same key and new key",
      test_simplereenroll_over_mtls},

@@ -24,6 +24,16 @@
 
 static const char prog[] = "est_mbedtls";
 
+/*
+ * The bytes from the server as TLS records: the largest record's length, to show the
+ * server honours the maximum fragment length the device asked for (RFC 6066).
+ */
+typedef struct records {
+    mbedtls_net_context *net;
+    unsigned char head[5];
+    size_t have, left, largest;
+} records;
+
 typedef struct device {
     mbedtls_entropy_context entropy;
     mbedtls_ctr_drbg_context drbg;
@@ -32,6 +42,7 @@ typedef struct device {
     mbedtls_net_context net;
     mbedtls_ssl_config conf;
     mbedtls_ssl_context ssl;
+    records rec;
 } device;
 
 static int fail(const char *what, int err)
@@ -139,6 +150,32 @@ out:
     return rc;
 }
 
+static int send_plain(void *ctx, const unsigned char *buf, size_t len)
+{
+    return mbedtls_net_send(((records *)ctx)->net, buf, len);
+}
+
+static int recv_counted(void *ctx, unsigned char *buf, size_t len)
+{
+    records *r = ctx;
+    int n = mbedtls_net_recv(r->net, buf, len);
+
+    for (int i = 0; i < n; i++) {
+        if (r->left > 0) {
+            r->left--;
+            continue;
+        }
+        r->head[r->have++] = buf[i];
+        if (r->have == sizeof(r->head)) {
+            r->left = (size_t)r->head[3] << 8 | r->head[4];
+            if (r->left > r->largest)
+                r->largest = r->left;
+            r->have = 0;
+        }
+    }
+    return n;
+}
+
 static int tls_open(device *d, const dev_opts *o)
 {
     int r;
@@ -155,6 +192,9 @@ static int tls_open(device *d, const dev_opts *o)
     mbedtls_ssl_conf_authmode(&d->conf, MBEDTLS_SSL_VERIFY_REQUIRED);
     mbedtls_ssl_conf_ca_chain(&d->conf, &d->ca, NULL);
     mbedtls_ssl_conf_rng(&d->conf, mbedtls_ctr_drbg_random, &d->drbg);
+    /* As a device with little RAM asks: records of at most 1 KiB of plaintext. */
+    if ((r = mbedtls_ssl_conf_max_frag_len(&d->conf, MBEDTLS_SSL_MAX_FRAG_LEN_1024)) != 0)
+        return fail("maximum fragment length", r);
     if (o->cert != NULL && ((r = mbedtls_x509_crt_parse_file(&d->cert, o->cert)) != 0 ||
                             (r = mbedtls_pk_parse_keyfile(&d->key, o->key, NULL)) != 0 ||
                             (r = mbedtls_ssl_conf_own_cert(&d->conf, &d->cert, &d->key)) != 0))
@@ -166,10 +206,13 @@ static int tls_open(device *d, const dev_opts *o)
         return fail("server name", r);
     if ((r = mbedtls_net_connect(&d->net, o->host, o->port, MBEDTLS_NET_PROTO_TCP)) != 0)
         return fail("connect", r);
-    mbedtls_ssl_set_bio(&d->ssl, &d->net, mbedtls_net_send, mbedtls_net_recv, NULL);
+    d->rec.net = &d->net;
+    mbedtls_ssl_set_bio(&d->ssl, &d->rec, send_plain, recv_counted, NULL);
     while ((r = mbedtls_ssl_handshake(&d->ssl)) != 0)
         if (r != MBEDTLS_ERR_SSL_WANT_READ && r != MBEDTLS_ERR_SSL_WANT_WRITE)
             return fail("TLS handshake", r);
+    fprintf(stderr, "%s: %s %s\n", prog, mbedtls_ssl_get_version(&d->ssl),
+            mbedtls_ssl_get_ciphersuite(&d->ssl));
     return 0;
 }
 
@@ -218,6 +261,7 @@ static int run(device *d, const dev_opts *o)
         dev_exchange(prog, &io, o, csr, len) != 0)
         return -1;
     mbedtls_ssl_close_notify(&d->ssl);
+    fprintf(stderr, "%s: largest record from the server: %zu bytes\n", prog, d->rec.largest);
     return 0;
 }
 
