@@ -496,6 +496,10 @@ static void test_wire_variants_are_accepted(void)
                     200);
     /* The same request again, without the header (RFC 8951): the same certificate back. */
     CU_ASSERT_EQUAL(enroll(&h, "simpleenroll", "var", NULL, NULL, NULL, NULL, NULL), 200);
+    /* A chunked body, as HTTP clients send one whose length they do not know up front. */
+    CU_ASSERT_EQUAL(enroll(&h, "simpleenroll", "var", NULL, "-u", basic_user(csr), "-H",
+                           "Transfer-Encoding: chunked"),
+                    200);
     /* PEM, as Cisco IOS sends it. */
     CU_ASSERT_EQUAL_FATAL(cmd("openssl", "req", "-inform", "DER", "-in", tpath(csr, "var.csr"),
                               "-out", tpath(pem, "varpem.b64"), NULL),
