@@ -35,6 +35,7 @@ static eg_th_kind kind;
 static eg_th *th;
 static char dir[1024], ini[PATH_MAX], ca[PATH_MAX], pass[PATH_MAX], daemon_log[PATH_MAX];
 static char mbed[PATH_MAX], gnu[PATH_MAX], port13[16], port12[16];
+static const char *trust; /* the devices' CA file, when not ca */
 static pid_t daemon_pid;
 static eg_child_result *res;
 
@@ -133,7 +134,7 @@ static int device(const char *client, const char *port, const char *path, const 
     snprintf(url, sizeof(url), "/.well-known/est/%s", path);
     snprintf(body, sizeof(body), "%s/%s.b64", dir, out);
     argv[n++] = (char *)client;
-    argv[n++] = ca;
+    argv[n++] = (char *)(trust != NULL ? trust : ca);
     argv[n++] = "127.0.0.1";
     argv[n++] = (char *)port;
     argv[n++] = url;
@@ -234,11 +235,17 @@ static void test_cacerts_over_tls12(void)
     X509_free(want);
 }
 
-/* A TLS 1.2-only stack gets no handshake where the listener did not opt in. */
+/*
+ * A TLS 1.2-only stack gets no handshake where the listener did not opt in, and the log says
+ * which device it was and what would let it in.
+ */
 static void test_tls13_listener_refuses_it(void)
 {
     CU_ASSERT_EQUAL(device(mbed, port13, "cacerts", "refused", NULL), -1);
     CU_ASSERT_PTR_NOT_NULL(strstr(res->err, "TLS handshake"));
+    usleep(200 * 1000); /* the daemon writes its line after the alert is sent */
+    CU_ASSERT(eg_file_line_has(daemon_log, "unsupported protocol, from 127.0.0.1:",
+                               "a device that speaks only TLS 1.2 needs a listener with tls12"));
 }
 
 static void test_csrattrs(void)
@@ -431,6 +438,28 @@ static void test_gnutls_channel_binding_links_the_request(void)
     CU_ASSERT(body_has("b403", "binding") || body_has("b403", "challengePassword"));
 }
 
+/* A device that does not trust the appliance's TLS certificate: the log says which and why. */
+static void test_untrusting_device_is_named_in_the_log(void)
+{
+    char key[PATH_MAX], other[PATH_MAX];
+
+    CU_ASSERT_EQUAL_FATAL(cmd("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                              "ec_paramgen_curve:P-256", "-nodes", "-keyout",
+                              tpath(key, "other-ca.key"), "-out", tpath(other, "other-ca.pem"),
+                              "-subj", "/CN=Some other CA", "-days", "1", NULL),
+                          0);
+    trust = other;
+    /* Mbed TLS sends an alert (unknown CA); GnuTLS closes the connection without one. */
+    CU_ASSERT_EQUAL(device(mbed, port12, "cacerts", "untrusted", NULL), -1);
+    CU_ASSERT_EQUAL(device(gnu, port13, "cacerts", "untrusted", NULL), -1);
+    trust = NULL;
+    usleep(200 * 1000);
+    CU_ASSERT(eg_file_line_has(daemon_log, "unknown ca, from 127.0.0.1:",
+                               "the device does not accept the appliance's TLS certificate"));
+    CU_ASSERT(eg_file_line_has(
+        daemon_log, "from 127.0.0.1:", "the device closed the connection in the handshake"));
+}
+
 static CU_TestInfo tests[] = {
     {"Mbed TLS device: cacerts over TLS 1.2", test_cacerts_over_tls12},
     {"Mbed TLS device: the TLS 1.3-only listener refuses it", test_tls13_listener_refuses_it},
@@ -445,6 +474,8 @@ static CU_TestInfo tests[] = {
     {"GnuTLS device: simplereenroll over mTLS on TLS 1.3", test_gnutls_simplereenroll_over_mtls},
     {"GnuTLS device: its own channel binding links the request",
      test_gnutls_channel_binding_links_the_request},
+    {"a device that does not trust the appliance is named in the log",
+     test_untrusting_device_is_named_in_the_log},
     CU_TEST_INFO_NULL,
 };
 

@@ -505,19 +505,62 @@ static int civetweb_fix_openssl3(void)
     return 0;
 }
 
+/* What an operator can do about a failed handshake, from OpenSSL's reason; "" if nothing. */
+static const char *handshake_hint(const char *message, bool tls12)
+{
+    if (strstr(message, "unsupported protocol") != NULL)
+        return tls12 ? "; the device offers neither TLS 1.2 nor 1.3"
+                     : "; the device offers no TLS 1.3: a device that speaks only TLS 1.2 needs "
+                       "a listener with tls12";
+    if (strstr(message, "no shared cipher") != NULL)
+        return "; no cipher suite in common: TLS 1.2 here is ECDHE with AES-GCM or "
+               "ChaCha20-Poly1305, signed with the TLS key's type";
+    if (strstr(message, "unknown ca") != NULL || strstr(message, "bad certificate") != NULL ||
+        strstr(message, "certificate unknown") != NULL)
+        return "; the device does not accept the appliance's TLS certificate: does it trust the "
+               "CA that issued it?";
+    if (strstr(message, "SSL syscall error") != NULL)
+        return "; the device closed the connection in the handshake (some stacks do so, without "
+               "an alert, when they do not trust the appliance's TLS certificate)";
+    return "";
+}
+
 /*
  * civetweb's own messages. A peer that connects and closes without a TLS handshake (a load
  * balancer's TCP check, a port scan) makes a "sslize error: ... unexpected eof" each time: that
- * is for debug only. Other handshake failures (no shared cipher, a device that does not trust
- * the server's CA) say why a device cannot connect and stay.
+ * is for debug only. Other handshake failures (no TLS version or cipher in common, a device that
+ * does not trust the server's CA, a device that hangs up) say why a device cannot connect and
+ * stay; once the device's ClientHello was read they name its address and what to do.
  */
 static int log_message(const struct mg_connection *conn, const char *message)
 {
-    (void)conn;
-    if (eg_log_get_level() != EG_LOG_DEBUG && strstr(message, "sslize error") != NULL &&
-        strstr(message, "unexpected eof") != NULL)
+    struct mg_request_info ri = {0};
+    char source[SOURCE_LEN], peer[SOURCE_LEN + 8];
+    unsigned port, local_port;
+    bool known;
+    group *g;
+
+    if ((strstr(message, "sslize error") == NULL && strstr(message, "SSL syscall error") == NULL) ||
+        conn == NULL) {
+        fprintf(stderr, "estgated web: %s\n", message);
         return 1;
-    fprintf(stderr, "estgated web: %s\n", message);
+    }
+    /* civetweb has no request yet: the device is the socket's peer, noted at its ClientHello. */
+    known = eg_tls_failed_peer(source, sizeof(source), &port, &local_port);
+    if (eg_log_get_level() != EG_LOG_DEBUG && strstr(message, "unexpected eof") != NULL)
+        return 1;
+    g = mg_get_user_data(mg_get_context(conn));
+    if (!known || g == NULL) {
+        fprintf(stderr, "estgated web: %s\n", message);
+        return 1;
+    }
+    snprintf(ri.remote_addr, sizeof(ri.remote_addr), "%s", source);
+    ri.remote_port = (int)port;
+    ri.server_port = (int)local_port;
+    relayed_peer(g->srv, &ri, source, sizeof(source), &port);
+    fprintf(stderr, "estgated web: %s, from %s%s\n", message,
+            eg_host_port(source, port, peer, sizeof(peer)),
+            handshake_hint(message, g == &g->srv->groups[1]));
     return 1;
 }
 

@@ -1,3 +1,4 @@
+#include <errno.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -49,6 +50,34 @@ typedef struct noted_binding {
 
 static _Thread_local noted_binding noted;
 
+/*
+ * The handshake this thread is in, from its ClientHello until it ends: its socket and the
+ * socket's peer then, so that a later look finds the same connection and not one that was
+ * given the same descriptor since.
+ */
+typedef struct hello_note {
+    int fd;
+    socklen_t len;
+    struct sockaddr_storage peer;
+} hello_note;
+
+static _Thread_local hello_note hello = {.fd = -1};
+
+/* An address as text and its port; false for a family other than IPv4 and IPv6. */
+static bool sock_text(const struct sockaddr_storage *ss, char *addr, size_t cap, unsigned *port)
+{
+    const void *a = NULL;
+
+    if (ss->ss_family == AF_INET) {
+        a = &((const struct sockaddr_in *)ss)->sin_addr;
+        *port = ntohs(((const struct sockaddr_in *)ss)->sin_port);
+    } else if (ss->ss_family == AF_INET6) {
+        a = &((const struct sockaddr_in6 *)ss)->sin6_addr;
+        *port = ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
+    }
+    return a != NULL && inet_ntop(ss->ss_family, a, addr, (socklen_t)cap) != NULL;
+}
+
 static bool binding_of(const SSL *ssl, eg_tls_binding *b)
 {
     static const char label[] = "EXPORTER-Channel-Binding";
@@ -80,20 +109,31 @@ X509 *eg_tls_handshake_done(const SSL *ssl)
     socklen_t sl = sizeof(ss);
     int fd = SSL_get_fd(ssl);
 
-    noted.set = false;
-    if (fd >= 0 && getpeername(fd, (struct sockaddr *)&ss, &sl) == 0 && binding_of(ssl, &noted.b)) {
-        const void *a = NULL;
-
-        if (ss.ss_family == AF_INET) {
-            a = &((struct sockaddr_in *)&ss)->sin_addr;
-            noted.port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
-        } else if (ss.ss_family == AF_INET6) {
-            a = &((struct sockaddr_in6 *)&ss)->sin6_addr;
-            noted.port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
-        }
-        noted.set = a != NULL && inet_ntop(ss.ss_family, a, noted.addr, sizeof(noted.addr));
-    }
+    hello.fd = -1;
+    noted.set = fd >= 0 && getpeername(fd, (struct sockaddr *)&ss, &sl) == 0 &&
+                binding_of(ssl, &noted.b) &&
+                sock_text(&ss, noted.addr, sizeof(noted.addr), &noted.port);
     return SSL_get1_peer_certificate(ssl);
+}
+
+bool eg_tls_failed_peer(char *addr, size_t cap, unsigned *port, unsigned *local_port)
+{
+    struct sockaddr_storage now, local;
+    socklen_t nl = sizeof(now), ll = sizeof(local);
+    char scratch[INET6_ADDRSTRLEN];
+    int fd = hello.fd;
+
+    hello.fd = -1;
+    if (fd < 0 || getsockname(fd, (struct sockaddr *)&local, &ll) != 0)
+        return false;
+    /* A device that reset the connection leaves a socket with no peer (ENOTCONN): still this
+       handshake's. A socket with another peer is a later connection given the same number. */
+    if (getpeername(fd, (struct sockaddr *)&now, &nl) == 0
+            ? nl != hello.len || memcmp(&now, &hello.peer, nl) != 0
+            : errno != ENOTCONN)
+        return false;
+    return sock_text(&hello.peer, addr, cap, port) &&
+           sock_text(&local, scratch, sizeof(scratch), local_port);
 }
 
 const eg_tls_binding *eg_tls_thread_binding(const char *addr, unsigned port)
@@ -240,6 +280,10 @@ static int hello_cb(SSL *ssl, int *alert, void *arg)
     STACK_OF(X509_NAME) * copy;
     bool ok = true;
 
+    hello.fd = SSL_get_fd(ssl);
+    hello.len = sizeof(hello.peer);
+    if (hello.fd >= 0 && getpeername(hello.fd, (struct sockaddr *)&hello.peer, &hello.len) != 0)
+        hello.fd = -1;
     if (n != NULL) {
         pthread_mutex_lock(&n->lock);
         ok = n->next == NULL || SSL_set_SSL_CTX(ssl, n->next) != NULL;

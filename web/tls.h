@@ -83,6 +83,13 @@ X509 *eg_tls_handshake_done(const SSL *ssl);
  */
 const eg_tls_binding *eg_tls_thread_binding(const char *addr, unsigned port);
 
+/*
+ * For the log line of a handshake that failed on this thread: the address and port of its
+ * client, and the local port it came in on (which names a relay's device). Only between the
+ * handshake's ClientHello and its failure; false before a ClientHello was read, or once told.
+ */
+bool eg_tls_failed_peer(char *addr, size_t cap, unsigned *port, unsigned *local_port);
+
 /* The intermediates the client sent with leaf at the handshake (borrowed; NULL if none). */
 STACK_OF(X509) * eg_tls_peer_intermediates(X509 *leaf);
 
