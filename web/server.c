@@ -515,10 +515,13 @@ static const char *handshake_hint(const char *message, bool tls12)
     if (strstr(message, "no shared cipher") != NULL)
         return "; no cipher suite in common: TLS 1.2 here is ECDHE with AES-GCM or "
                "ChaCha20-Poly1305, signed with the TLS key's type";
+    if (strstr(message, "certificate expired") != NULL)
+        return "; the device finds the appliance's TLS certificate expired or not yet valid: is "
+               "the device's clock set, and is the certificate current?";
     if (strstr(message, "unknown ca") != NULL || strstr(message, "bad certificate") != NULL ||
         strstr(message, "certificate unknown") != NULL)
         return "; the device does not accept the appliance's TLS certificate: does it trust the "
-               "CA that issued it?";
+               "CA that issued it, and is its clock set?";
     if (strstr(message, "SSL syscall error") != NULL)
         return "; the device closed the connection in the handshake (some stacks do so, without "
                "an alert, when they do not trust the appliance's TLS certificate)";
