@@ -129,7 +129,7 @@ static int basic_header(const dev_opts *o, char *out, size_t cap)
     return 0;
 }
 
-static int read_answer(const dev_io *io, char *buf, size_t cap, size_t *len)
+static int read_answer(const char *prog, const dev_io *io, char *buf, size_t cap, size_t *len)
 {
     size_t n = 0, got;
 
@@ -140,7 +140,7 @@ static int read_answer(const dev_io *io, char *buf, size_t cap, size_t *len)
             break;
         n += got;
         if (n == cap - 1)
-            return -1;
+            return dev_fail(prog, "the answer is larger than this client reads", NULL);
     }
     buf[n] = 0;
     *len = n;
@@ -184,7 +184,7 @@ int dev_exchange(const char *prog, const dev_io *io, const dev_opts *o, const un
         return dev_fail(prog, "request head too long", NULL);
     if (io->write(io->tls, (unsigned char *)head, (size_t)n) != 0 ||
         (blen > 0 && io->write(io->tls, body, blen) != 0) ||
-        read_answer(io, answer, sizeof(answer), &alen) != 0)
+        read_answer(prog, io, answer, sizeof(answer), &alen) != 0)
         return -1;
     if (sscanf(answer, "HTTP/1.1 %d", &status) != 1)
         return dev_fail(prog, "no HTTP status line in the answer", NULL);
