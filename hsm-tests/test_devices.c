@@ -258,8 +258,8 @@ static void test_csrattrs(void)
 
 /*
  * The device asked for records of at most 1 KiB (RFC 6066 max_fragment_length), as one
- * with little RAM does: every record the server sent, the answer's and the handshake's
- * (the certificate chain is larger), fits, with room for the AEAD's nonce and tag.
+ * with little RAM does: every record the server sent, the handshake's and the answer's,
+ * fits, with room for the AEAD's nonce and tag.
  */
 static bool records_fit(size_t mfl)
 {
@@ -293,7 +293,7 @@ static void test_simpleenroll_with_basic(void)
     CU_ASSERT_EQUAL_FATAL(device(mbed, port12, "simpleenroll", "m3", "--user", "firmware",
                                  "--pass-file", pass, "--new-key", tpath(key, "m3.key"),
                                  "--key-type", "rsa", "--cn", "m3.example.com", "--dns",
-                                 "m3.example.com", NULL),
+                                 "m3.example.com", "--max-fragment", "1024", NULL),
                           200);
     CU_ASSERT(records_fit(1024));
     CU_ASSERT_EQUAL_FATAL(p7_to_pem("m3"), 0);
@@ -460,6 +460,73 @@ static void test_untrusting_device_is_named_in_the_log(void)
         daemon_log, "from 127.0.0.1:", "the device closed the connection in the handshake"));
 }
 
+/* text with the first from replaced by to, in malloc'd memory; NULL when from is not there. */
+static char *replaced(const char *text, const char *from, const char *to)
+{
+    const char *at = text != NULL ? strstr(text, from) : NULL;
+    size_t head, len;
+    char *out;
+
+    if (at == NULL)
+        return NULL;
+    head = (size_t)(at - text);
+    len = strlen(text) - strlen(from) + strlen(to);
+    if ((out = malloc(len + 1)) == NULL)
+        return NULL;
+    memcpy(out, text, head);
+    strcpy(out + head, to);
+    strcat(out + head, at + strlen(from));
+    return out;
+}
+
+/*
+ * A device that knows only RSA server keys (ECDHE-RSA suites over TLS 1.2 with PKCS#1 v1.5
+ * signatures, as Cisco IOS 15 and older firmware) cannot connect to an appliance with an EC
+ * TLS key, and the log says why; with an RSA TLS key in the token it enrolls, the token
+ * signing its TLS 1.2 handshake with PKCS#1 v1.5.
+ */
+static void test_rsa_tls_key_serves_rsa_only_devices(void)
+{
+    char chain[PATH_MAX], rini[PATH_MAX], rlog[PATH_MAX], key[PATH_MAX], p12[16];
+    const char *words[] = {"tls",        "create", "--label", "tls-rsa",   "--key", "rsa2048",
+                           "--ca-label", "ca",     "--dns",   "localhost", "--ip",  "127.0.0.1",
+                           "--days",     "30",     "--out",   chain,       NULL};
+    char *text = NULL, *a = NULL, *b = NULL, *c = NULL;
+    unsigned ports[2];
+    pid_t pid = -1;
+
+    CU_ASSERT_EQUAL(device(mbed, port12, "cacerts", "rsa-only", "--suites", "rsa", NULL), -1);
+    usleep(200 * 1000);
+    CU_ASSERT(eg_file_line_has(daemon_log,
+                               "no shared cipher, from 127.0.0.1:", "no cipher suite in common"));
+
+    tpath(chain, "tls-rsa-chain.pem");
+    CU_ASSERT_EQUAL_FATAL(eg_fx_provision_cmd(th, words, res), 0);
+    text = eg_file_read(ini, NULL);
+    a = replaced(text, "object=tls;", "object=tls-rsa;");
+    b = replaced(a, "tls_chain = tls-chain.pem", "tls_chain = tls-rsa-chain.pem");
+    c = replaced(b, "ledger = ledger.db", "ledger = ledger-rsa.db");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+    CU_ASSERT_EQUAL_FATAL(eg_file_write(tpath(rini, "estgated-rsa.ini"), c, strlen(c), 0600), 0);
+    CU_ASSERT_EQUAL_FATAL(eg_fx_daemon_start(rini, tpath(rlog, "estgated-rsa.log"), &pid, ports, 2),
+                          0);
+    snprintf(p12, sizeof(p12), "%u", ports[1]);
+    CU_ASSERT_EQUAL(device(mbed, p12, "simpleenroll", "rsa1", "--user", "firmware", "--pass-file",
+                           pass, "--new-key", tpath(key, "rsa1.key"), "--cn", "rsa1.example.com",
+                           "--dns", "rsa1.example.com", "--suites", "rsa", NULL),
+                    200);
+    CU_ASSERT_PTR_NOT_NULL(strstr(res->err, "ECDHE-RSA"));
+    if (p7_to_pem("rsa1") == 0)
+        check_issued("rsa1", "rsa1.example.com", "rsa1");
+    else
+        CU_FAIL("no certificate for the RSA-only device");
+    eg_fx_daemon_stop(&pid, SIGTERM);
+    free(text);
+    free(a);
+    free(b);
+    free(c);
+}
+
 static CU_TestInfo tests[] = {
     {"Mbed TLS device: cacerts over TLS 1.2", test_cacerts_over_tls12},
     {"Mbed TLS device: the TLS 1.3-only listener refuses it", test_tls13_listener_refuses_it},
@@ -476,6 +543,7 @@ static CU_TestInfo tests[] = {
      test_gnutls_channel_binding_links_the_request},
     {"a device that does not trust the appliance is named in the log",
      test_untrusting_device_is_named_in_the_log},
+    {"an RSA TLS key serves devices that know only RSA", test_rsa_tls_key_serves_rsa_only_devices},
     CU_TEST_INFO_NULL,
 };
 

@@ -40,7 +40,7 @@ long dev_b64(const unsigned char *in, size_t n, char *out, size_t cap)
 static const char *const usage =
     "CA_PEM HOST PORT PATH [--out F] [--user U --pass-file F] [--cert PEM --key PEM]\n"
     "       [--new-key PEM | --csr-key PEM] [--key-type ec|rsa] [--cn NAME] [--dns NAME]\n"
-    "       [--der] [--tls12] [--bind]\n";
+    "       [--der] [--tls12] [--bind] [--suites rsa|ecdsa] [--max-fragment 1024]\n";
 
 static const char **slot(dev_opts *o, const char *name)
 {
@@ -58,6 +58,8 @@ static const char **slot(dev_opts *o, const char *name)
         {"--key-type", offsetof(dev_opts, key_type)},
         {"--cn", offsetof(dev_opts, cn)},
         {"--dns", offsetof(dev_opts, dns)},
+        {"--suites", offsetof(dev_opts, suites)},
+        {"--max-fragment", offsetof(dev_opts, max_fragment)},
     };
 
     for (size_t i = 0; i < sizeof(opts) / sizeof(opts[0]); i++)
@@ -93,7 +95,9 @@ int dev_parse(const char *prog, int argc, char **argv, dev_opts *o)
             goto bad;
     }
     if ((o->user != NULL) == (o->pass_file != NULL) && (o->cert != NULL) == (o->key != NULL) &&
-        (strcmp(o->key_type, "ec") == 0 || strcmp(o->key_type, "rsa") == 0))
+        (strcmp(o->key_type, "ec") == 0 || strcmp(o->key_type, "rsa") == 0) &&
+        (o->suites == NULL || strcmp(o->suites, "rsa") == 0 || strcmp(o->suites, "ecdsa") == 0) &&
+        (o->max_fragment == NULL || strcmp(o->max_fragment, "1024") == 0))
         return 0;
 bad:
     fprintf(stderr, "usage: %s %s", prog, usage);

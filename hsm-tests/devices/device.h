@@ -13,6 +13,10 @@
  *     --cn NAME --dns NAME           the CSR's subject CN and its one DNS SAN
  *     --der                          send the CSR as DER, no Content-Transfer-Encoding
  *     --tls12                        offer TLS 1.2 only
+ *     --suites rsa|ecdsa             offer only ECDHE-RSA or ECDHE-ECDSA suites (est_mbedtls),
+ *                                    as a device that knows one server key type
+ *     --max-fragment 1024            ask for records of at most 1 KiB (RFC 6066; est_mbedtls),
+ *                                    as a device with little RAM does
  *     --bind                         the connection's channel binding in challengePassword
  *
  * Without --new-key or --csr-key a client sends a GET. It prints the HTTP
@@ -26,7 +30,7 @@
 
 typedef struct dev_opts {
     const char *ca, *host, *port, *path, *out, *user, *pass_file, *cert, *key;
-    const char *new_key, *csr_key, *key_type, *cn, *dns;
+    const char *new_key, *csr_key, *key_type, *cn, *dns, *suites, *max_fragment;
     int der, tls12, bind;
 } dev_opts;
 

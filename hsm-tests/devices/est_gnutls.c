@@ -196,6 +196,8 @@ static int run(device *d, const dev_opts *o)
     dev_io io = {NULL, tls_write, tls_read};
     int rc = -1;
 
+    if (o->suites != NULL || o->max_fragment != NULL)
+        return dev_fail(prog, "--suites, --max-fragment", "only est_mbedtls offers them");
     if (tls_open(d, o) != 0 ||
         ((o->new_key != NULL || o->csr_key != NULL) && make_csr(d, o, &csr) != 0))
         goto out;

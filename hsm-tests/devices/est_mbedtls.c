@@ -2,7 +2,8 @@
  * An EST device client on Mbed TLS 2.28, the TLS and X.509 stack of much IoT
  * firmware: TLS 1.2 only (2.28's TLS 1.3 is an experimental build option, off
  * in Debian), its own key generation and ASN.1 writer for the CSR, none of
- * OpenSSL. test_devices drives it against a real estgated; nothing here is
+ * OpenSSL; with --max-fragment it asks for small records, as a device with
+ * little RAM does. test_devices drives it against a real estgated; nothing here is
  * estgate code, it is the other side of the wire. Usage: device.h (--bind is
  * not offered: 2.28 has no API for a TLS 1.2 channel binding).
  */
@@ -176,6 +177,12 @@ static int recv_counted(void *ctx, unsigned char *buf, size_t len)
     return n;
 }
 
+/* The AEAD suites of a device that knows only one kind of server key. */
+static const int rsa_suites[] = {MBEDTLS_TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+                                 MBEDTLS_TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384, 0};
+static const int ecdsa_suites[] = {MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                                   MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, 0};
+
 static int tls_open(device *d, const dev_opts *o)
 {
     int r;
@@ -192,8 +199,14 @@ static int tls_open(device *d, const dev_opts *o)
     mbedtls_ssl_conf_authmode(&d->conf, MBEDTLS_SSL_VERIFY_REQUIRED);
     mbedtls_ssl_conf_ca_chain(&d->conf, &d->ca, NULL);
     mbedtls_ssl_conf_rng(&d->conf, mbedtls_ctr_drbg_random, &d->drbg);
-    /* As a device with little RAM asks: records of at most 1 KiB of plaintext. */
-    if ((r = mbedtls_ssl_conf_max_frag_len(&d->conf, MBEDTLS_SSL_MAX_FRAG_LEN_1024)) != 0)
+    if (o->suites != NULL)
+        mbedtls_ssl_conf_ciphersuites(&d->conf,
+                                      strcmp(o->suites, "rsa") == 0 ? rsa_suites : ecdsa_suites);
+    /* As a device with little RAM asks: records of at most 1 KiB of plaintext. Mbed TLS 2.28
+       cannot put a handshake message split over records back together, so the server's
+       certificate chain must then fit in one record. */
+    if (o->max_fragment != NULL &&
+        (r = mbedtls_ssl_conf_max_frag_len(&d->conf, MBEDTLS_SSL_MAX_FRAG_LEN_1024)) != 0)
         return fail("maximum fragment length", r);
     if (o->cert != NULL && ((r = mbedtls_x509_crt_parse_file(&d->cert, o->cert)) != 0 ||
                             (r = mbedtls_pk_parse_keyfile(&d->key, o->key, NULL)) != 0 ||

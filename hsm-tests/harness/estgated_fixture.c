@@ -13,8 +13,7 @@
 #include "estgated_fixture.h"
 #include "password_local.h"
 
-/* estgate-provision WORD WORD with the token's options, then the rest (NULL-terminated). */
-static int provision(eg_th *th, eg_child_result *r, const char *const *words)
+int eg_fx_provision_cmd(eg_th *th, const char *const *words, eg_child_result *r)
 {
     const eg_token_config *c = eg_th_config(th);
     char tool[PATH_MAX], *argv[48];
@@ -49,7 +48,7 @@ int eg_fx_provision(eg_th *th, const char *ca_subject, const char *ca_out, const
                          "--ca-label", "ca",     "--dns",   "localhost", "--ip",  "127.0.0.1",
                          "--days",     "30",     "--out",   tls_out,     NULL};
 
-    return provision(th, r, ca) == 0 && provision(th, r, tls) == 0 ? 0 : -1;
+    return eg_fx_provision_cmd(th, ca, r) == 0 && eg_fx_provision_cmd(th, tls, r) == 0 ? 0 : -1;
 }
 
 int eg_fx_kek_import(eg_th *th, const char *label, const char *id_hex, char hex_out[65],
@@ -66,7 +65,7 @@ int eg_fx_kek_import(eg_th *th, const char *label, const char *id_hex, char hex_
         goto out;
     for (size_t i = 0; i < sizeof(k); i++)
         snprintf(hex + 2 * i, 3, "%02x", k[i]);
-    if (eg_file_write(path, hex, 64, 0600) != 0 || provision(th, r, words) != 0)
+    if (eg_file_write(path, hex, 64, 0600) != 0 || eg_fx_provision_cmd(th, words, r) != 0)
         goto out;
     memcpy(hex_out, hex, sizeof(hex));
     rc = 0;

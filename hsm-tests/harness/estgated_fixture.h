@@ -13,6 +13,12 @@
 #include "token_harness.h"
 
 /*
+ * estgate-provision WORD WORD (words[0], words[1]) with the harness token's options, then the
+ * rest of words (NULL-terminated); 0 or -1, with the command's output in r.
+ */
+int eg_fx_provision_cmd(eg_th *th, const char *const *words, eg_child_result *r);
+
+/*
  * A P-256 CA key "ca" with a self-signed root (subject ca_subject) written to
  * ca_out, and a P-256 TLS key "tls" for localhost/127.0.0.1 issued by it,
  * its chain written to tls_out. r receives the last command's output.
