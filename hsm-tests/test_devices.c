@@ -496,7 +496,7 @@ static char *replaced(const char *text, const char *from, const char *to)
  */
 static void test_rsa_tls_key_serves_rsa_only_devices(void)
 {
-    char chain[PATH_MAX], rini[PATH_MAX], rlog[PATH_MAX], key[PATH_MAX], p12[16];
+    char chain[PATH_MAX], rini[PATH_MAX], rlog[PATH_MAX], key[PATH_MAX], p12[16], p13[16];
     const char *words[] = {"tls",        "create", "--label", "tls-rsa",   "--key", "rsa2048",
                            "--ca-label", "ca",     "--dns",   "localhost", "--ip",  "127.0.0.1",
                            "--days",     "30",     "--out",   chain,       NULL};
@@ -527,6 +527,11 @@ static void test_rsa_tls_key_serves_rsa_only_devices(void)
         check_issued("rsa1", "rsa1.example.com", "rsa1");
     else
         CU_FAIL("no certificate for the RSA-only device");
+    /* TLS 1.3 with the RSA key: the token signs RSA-PSS, which GnuTLS verifies. */
+    snprintf(p13, sizeof(p13), "%u", ports[0]);
+    CU_ASSERT_EQUAL(device(gnu, p13, "cacerts", "rsa13", NULL), 200);
+    CU_ASSERT_PTR_NOT_NULL(strstr(res->err, "(TLS1.3"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(res->err, "RSA-PSS"));
     /* Asking for 1 KiB records, Mbed TLS 2.x cannot take the RSA chain (its Certificate
        message spans two records); without the root, which the device has, the chain fits. */
     CU_ASSERT_EQUAL(device(mbed, p12, "cacerts", "rsa-mfl", "--max-fragment", "1024", NULL), -1);
