@@ -29,6 +29,7 @@ static const char *const kind_names[] = {
     [EG_AUDIT_MALFORMED] = "malformed",
     [EG_AUDIT_CSR_SIGNATURE] = "csr.signature",
     [EG_AUDIT_LIMIT] = "limit",
+    [EG_AUDIT_ISSUE_LIMIT] = "issue_limit",
     [EG_AUDIT_UNAVAILABLE] = "unavailable",
     [EG_AUDIT_INTERNAL] = "internal",
 };

@@ -1081,6 +1081,33 @@ static int parse_realm(loader *ld, void *base, const char *key, const char *valu
     return 0;
 }
 
+/* "N/minute", "N/hour" or "N/day": at most N new certificates per principal in the window. */
+static int parse_issue_limit(loader *ld, void *base, const char *key, const char *value)
+{
+    static const struct {
+        const char *name;
+        unsigned s;
+    } periods[] = {{"minute", 60}, {"hour", 3600}, {"day", 86400}};
+    eg_profile_cfg *p = base;
+    unsigned long n;
+    const char *end;
+
+    if (parse_ulong(value, 1000000, &n, &end) == 0 && n >= 1 && *end == '/') {
+        for (size_t i = 0; i < sizeof(periods) / sizeof(periods[0]); i++) {
+            if (strcmp(end + 1, periods[i].name) == 0) {
+                p->issue_limit = (unsigned)n;
+                p->issue_limit_s = periods[i].s;
+                return 0;
+            }
+        }
+    }
+    err_here(ld, key,
+             "'%.*s' is not a limit; use COUNT/minute, COUNT/hour or COUNT/day, COUNT from 1 to "
+             "1000000 (e.g. 10/hour)",
+             SHOWN, value);
+    return -1;
+}
+
 /* --- the key tables --- */
 
 #define CFG(f) offsetof(eg_config, f)
@@ -1144,6 +1171,7 @@ static const key_spec profile_keys[] = {
     {.name = "require_attrs", .kind = V_FN, .parse = parse_require_attrs},
     {.name = "require_channel_binding", .kind = V_BOOL, .off = PRO(require_channel_binding)},
     {.name = "csr_digests", .kind = V_FN, .parse = parse_csr_digests},
+    {.name = "issue_limit", .kind = V_FN, .parse = parse_issue_limit},
     {.name = "serverkeygen", .kind = V_FN, .parse = parse_skg},
     {.name = "serverkeygen_key_types", .kind = V_FN, .parse = parse_skg_keys},
     {.name = "serverkeygen_recipients", .kind = V_CERTS, .off = PRO(skg_recipients_file)},
@@ -1705,6 +1733,12 @@ static void print_profile(FILE *fp, const eg_profile_cfg *p)
             p->nkeys, p->nekus, p->nsans, p->max_days);
     if (p->require_channel_binding)
         fprintf(fp, "; requests linked to their TLS connection (channel binding)");
+    if (p->issue_limit != 0)
+        fprintf(fp, "; at most %u new certificate%s per principal a %s", p->issue_limit,
+                p->issue_limit == 1 ? "" : "s",
+                p->issue_limit_s == 60     ? "minute"
+                : p->issue_limit_s == 3600 ? "hour"
+                                           : "day");
     if (eg_profile_csr_digests(p) != EG_CSR_DIGESTS_ALL) {
         fprintf(fp, "; CSRs signed with");
         for (size_t i = 0; i < EG_CSR_DIGESTS; i++)

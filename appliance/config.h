@@ -118,6 +118,8 @@ typedef struct eg_profile_cfg {
                                      connection's tls-unique or tls-exporter (RFC 7030 3.5) */
     unsigned csr_digests;         /* bits of eg_csr_digests: what a CSR's signature may hash with;
                                      0 (not set): all of them; read with eg_profile_csr_digests */
+    unsigned issue_limit;   /* at most this many new certificates per principal in a window of */
+    unsigned issue_limit_s; /* this many seconds, from the first of them; 0: no limit */
 
     /* serverkeygen: off unless skg_modes has a bit; the *_line fields say where each key
        was set, for errors found when the token is probed. */

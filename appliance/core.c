@@ -18,11 +18,13 @@
 #include <openssl/rand.h>
 
 #include "audit.h"
+#include "clock.h"
 #include "core.h"
 #include "der.h"
 #include "errors.h"
 #include "issue.h"
 #include "ledger.h"
+#include "limit.h"
 #include "p11.h"
 #include "pem.h"
 #include "policy.h"
@@ -52,7 +54,8 @@ struct eg_core {
     eg_ledger *lg;
     pthread_rwlock_t lock; /* over set */
     profile_set *set;
-    EVP_MD *sha256; /* fetched once: the request hash of every enrollment */
+    EVP_MD *sha256;     /* fetched once: the request hash of every enrollment */
+    eg_limiter *limits; /* the profiles' issue_limit counts, kept across reloads */
 };
 
 void eg_answer_clear(eg_answer *a)
@@ -424,6 +427,7 @@ void eg_core_close(eg_core *core)
     pthread_rwlock_destroy(&core->lock);
     eg_ledger_close(core->lg);
     EVP_MD_free(core->sha256);
+    eg_limiter_free(core->limits);
     if (core->tok != NULL) {
         eg_provider_remove_token(NULL, core->tok);
         eg_token_free(core->tok);
@@ -499,7 +503,8 @@ int eg_core_open(const eg_config *cfg, eg_core **out)
         return -1;
     }
     if (cfg == NULL || cfg->nprofiles == 0 || cfg->ledger_path == NULL ||
-        (core->sha256 = EVP_MD_fetch(NULL, "SHA2-256", NULL)) == NULL)
+        (core->sha256 = EVP_MD_fetch(NULL, "SHA2-256", NULL)) == NULL ||
+        (core->limits = eg_limiter_new()) == NULL)
         goto out;
     if (open_token(cfg, &core->tok) != 0 || set_load(cfg, &core->set) != 0 ||
         skg_check(core->tok, core->set, NULL, cfg->path) != 0)
@@ -549,6 +554,7 @@ typedef struct enroll {
     eg_answer a;
     bool skg;         /* serverkeygen: the key is the token's, not the CSR's */
     eg_skg_result kg; /* serverkeygen: the generated key */
+    bool limit_taken; /* a slot of the profile's issue_limit is this request's */
 } enroll;
 
 static bool same_names(const GENERAL_NAMES *x, const GENERAL_NAMES *y)
@@ -799,6 +805,36 @@ static int record_issued(enroll *e, const char *serial)
     return 0;
 }
 
+static const char *principal_of(const enroll *e)
+{
+    return e->req->principal != NULL ? e->req->principal : "anonymous";
+}
+
+/* A slot of the profile's issue_limit for this principal; false with the 429 answer set. */
+static bool limit_take(enroll *e)
+{
+    const eg_profile_cfg *c = &e->prof->cfg;
+    unsigned retry = 0;
+
+    if (c->issue_limit == 0 || e->limit_taken)
+        return true;
+    if (eg_limiter_take(e->core->limits, c->name, principal_of(e), c->issue_limit, c->issue_limit_s,
+                        eg_mono_s(), &retry)) {
+        e->limit_taken = true;
+        return true;
+    }
+    answer_set(&e->a, EG_TOO_MANY, EG_AUDIT_ISSUE_LIMIT, EG_DIM_NONE,
+               "this principal has had the %u new certificate%s this profile issues it per %s "
+               "(issue_limit); the next one in %u s",
+               c->issue_limit, c->issue_limit == 1 ? "" : "s",
+               c->issue_limit_s == 60     ? "minute"
+               : c->issue_limit_s == 3600 ? "hour"
+                                          : "day",
+               retry);
+    e->a.retry_after = retry;
+    return false;
+}
+
 /* Build, lint, sign in the token, record. The intent is completed or failed on every path. */
 static void sign_and_record(enroll *e, const eg_intent_result *ir, const X509_NAME *subject,
                             const eg_validity *val)
@@ -922,6 +958,12 @@ static void issue(enroll *e)
         break;
     case EG_INTENT_NEW:
     case EG_INTENT_RETRY:
+        /* Counted here, past the ledger's replay check: a device that asks again for a
+           certificate it was issued gets it whatever the limit. */
+        if (!limit_take(e)) {
+            fail_intent(e, e->a.reason);
+            break;
+        }
         sign_and_record(e, &ir, subject, &val);
         break;
     }
@@ -997,8 +1039,11 @@ static int run(eg_core *core, const eg_enroll_req *req, bool skg, eg_answer *out
     if (e.prof == NULL)
         answer_set(&e.a, EG_UNKNOWN_PROFILE, EG_AUDIT_MALFORMED, EG_DIM_NONE,
                    "there is no profile \"%s\"", label);
-    else if (check_request(&e) == 0 && (!skg || generate(&e) == 0))
+    /* serverkeygen never replays, so its slot is taken before the token makes a key. */
+    else if (check_request(&e) == 0 && (!skg || (limit_take(&e) && generate(&e) == 0)))
         issue(&e);
+    if (e.limit_taken && e.a.status != EG_OK) /* nothing was issued: the slot is not spent */
+        eg_limiter_give_back(core->limits, e.prof->cfg.name, principal_of(&e), eg_mono_s());
     answer_reference(&e.a);
     rec = audit_record(&e, label);
     if (e.audited)

@@ -28,6 +28,7 @@ typedef enum eg_status {
     EG_FORBIDDEN,       /* (403) refused by policy: reason names the dimension */
     EG_UNKNOWN_PROFILE, /* (404) */
     EG_UNAVAILABLE,     /* (503) token or ledger unavailable; retry_after set */
+    EG_TOO_MANY,        /* (429) the profile's issue_limit for this principal; retry_after set */
     EG_INTERNAL,        /* (500) */
 } eg_status;
 
@@ -48,6 +49,7 @@ typedef enum eg_audit_kind {
     EG_AUDIT_MALFORMED,           /* unparsable request or CSR */
     EG_AUDIT_CSR_SIGNATURE,       /* the CSR's own signature does not verify */
     EG_AUDIT_LIMIT,               /* body too large, CL+TE, wrong media type, wrong method */
+    EG_AUDIT_ISSUE_LIMIT,         /* the profile's issue_limit reached for this principal */
     EG_AUDIT_UNAVAILABLE,         /* token or ledger down */
     EG_AUDIT_INTERNAL,
 } eg_audit_kind;

@@ -259,6 +259,8 @@ static void config_fill(void)
     cfg.profiles[2].require_channel_binding = true;            /* "plain" */
     cfg.profiles[1].csr_digests = 1u << 2 | 1u << 3 | 1u << 5; /* "default": sha256, sha384,
                                                                    sha3-256 */
+    cfg.profiles[3].issue_limit = 2; /* "bare": two new certificates per principal an hour */
+    cfg.profiles[3].issue_limit_s = 3600;
 }
 
 /* ---- tests ---- */
@@ -432,6 +434,73 @@ static void test_rsa_key_gets_key_encipherment(void)
     eg_answer_clear(&a);
     free(csr);
     EVP_PKEY_free(rsa);
+}
+
+/* The number of the principal's issuance rows in state. */
+static int issuance_rows(const char *principal, const char *state)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    int n = -1;
+
+    if (sqlite3_open_v2(ledger_path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+        sqlite3_prepare_v2(db, "SELECT count(*) FROM issuance WHERE principal = ?1 AND state = ?2",
+                           -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_bind_text(st, 1, principal, -1, SQLITE_STATIC) == SQLITE_OK &&
+        sqlite3_bind_text(st, 2, state, -1, SQLITE_STATIC) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
+        n = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return n;
+}
+
+/*
+ * issue_limit ("bare": 2 an hour): a principal's third new certificate is refused with 429's
+ * status and a wait, its intent failed and no token signature spent; a retry of one it had is
+ * still answered; another principal has its own count; a failed issuance spends no slot.
+ */
+static void test_issue_limit_counts_new_certificates(void)
+{
+    EVP_PKEY *key = EVP_EC_gen("P-256");
+    uint8_t *csr[4];
+    size_t len[4];
+    char subj[32];
+    uint64_t before;
+    eg_answer a;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(key);
+    for (int i = 0; i < 4; i++) {
+        snprintf(subj, sizeof(subj), "CN=limited%d", i);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(csr[i] = make_csr(key, subj, NULL, NULL, NULL, &len[i]));
+    }
+    for (int i = 0; i < 2; i++) {
+        enroll("bare", "basic:limited", csr[i], len[i], NULL, 0, &a);
+        CU_ASSERT_EQUAL(a.status, EG_OK);
+        eg_answer_clear(&a);
+    }
+    before = sign_calls();
+    enroll("bare", "basic:limited", csr[2], len[2], NULL, 0, &a);
+    CU_ASSERT_EQUAL(a.status, EG_TOO_MANY);
+    CU_ASSERT_EQUAL(a.event, EG_AUDIT_ISSUE_LIMIT);
+    CU_ASSERT(a.retry_after > 3500 && a.retry_after <= 3600);
+    CU_ASSERT_PTR_NOT_NULL(strstr(a.reason, "issue_limit"));
+    CU_ASSERT_EQUAL(sign_calls(), before);
+    eg_answer_clear(&a);
+    CU_ASSERT_EQUAL(issuance_rows("basic:limited", "issued"), 2);
+    CU_ASSERT_EQUAL(issuance_rows("basic:limited", "failed"), 1);
+    CU_ASSERT_EQUAL(issuance_rows("basic:limited", "pending"), 0);
+    /* A retry of a certificate it was issued is answered: nothing new is issued. */
+    enroll("bare", "basic:limited", csr[0], len[0], NULL, 0, &a);
+    CU_ASSERT_EQUAL(a.status, EG_OK);
+    eg_answer_clear(&a);
+    /* Another principal counts on its own; another profile has no limit. */
+    enroll("bare", "basic:other", csr[2], len[2], NULL, 0, &a);
+    CU_ASSERT_EQUAL(a.status, EG_OK);
+    eg_answer_clear(&a);
+    for (int i = 0; i < 4; i++)
+        free(csr[i]);
+    EVP_PKEY_free(key);
 }
 
 static void test_ledger_counts_certificates(void)
@@ -1494,6 +1563,7 @@ static CU_TestInfo tests[] = {
      test_good_csr_issued_and_verifies},
     {"each outcome leaves one audit row, tied to its issuance", test_audit_rows_of_an_enrollment},
     {"an RSA key gets keyEncipherment", test_rsa_key_gets_key_encipherment},
+    {"issue_limit counts new certificates per principal", test_issue_limit_counts_new_certificates},
     {"the ledger counts the certificates", test_ledger_counts_certificates},
     {"policy refusals name their dimension", test_policy_refusals_name_their_dimension},
     {"RSA-1024 and an unlisted curve are refused", test_key_refusals},

@@ -50,7 +50,7 @@ static char *tpath(char *buf, const char *name)
 static int write_config(void)
 {
     const eg_token_config *c = eg_th_config(th);
-    char *hash = NULL, text[8192];
+    char *hash = NULL, text[12288];
     int n, m, rc = -1;
 
     if (eg_fx_basic_user("firmware", pass, NULL, &hash) != 0)
@@ -70,9 +70,13 @@ static int write_config(void)
                  "\n[profile linked]\n"
                  "ca_key = pkcs11:token=%s;object=ca;type=private\nca_chain = %s\n"
                  "auth = basic\nuser = firmware:%s\nsan = dns:.example.com\nmax_days = %d\n"
-                 "eku = clientAuth\nrequire_channel_binding = yes\n",
+                 "eku = clientAuth\nrequire_channel_binding = yes\n"
+                 "\n[profile limited]\n"
+                 "ca_key = pkcs11:token=%s;object=ca;type=private\nca_chain = %s\n"
+                 "auth = basic\nuser = firmware:%s\nsan = dns:.example.com\nmax_days = %d\n"
+                 "eku = clientAuth\nissue_limit = 1/hour\n",
                  c->token_label, ca, hash, MAX_DAYS, c->token_label, ca, ca, MAX_DAYS,
-                 c->token_label, ca, hash, MAX_DAYS);
+                 c->token_label, ca, hash, MAX_DAYS, c->token_label, ca, hash, MAX_DAYS);
     if (m > 0 && (size_t)m < sizeof(text) - (size_t)n)
         rc = eg_file_write(ini, text, (size_t)(n + m), 0600);
 out:
@@ -548,6 +552,29 @@ static void test_rsa_tls_key_serves_rsa_only_devices(void)
     free(c);
 }
 
+/* A profile's issue_limit reaches the device as 429 with the wait in Retry-After. */
+static void test_issue_limit_is_429_with_retry_after(void)
+{
+    char key[PATH_MAX];
+    int wait = 0;
+    const char *ra;
+
+    tpath(key, "lim.key");
+    CU_ASSERT_EQUAL(device(mbed, port12, "limited/simpleenroll", "lim1", "--user", "firmware",
+                           "--pass-file", pass, "--new-key", key, "--cn", "lim1.example.com",
+                           "--dns", "lim1.example.com", NULL),
+                    200);
+    CU_ASSERT_EQUAL(device(mbed, port12, "limited/simpleenroll", "lim2", "--user", "firmware",
+                           "--pass-file", pass, "--new-key", key, "--cn", "lim2.example.com",
+                           "--dns", "lim2.example.com", NULL),
+                    429);
+    CU_ASSERT((ra = strstr(res->err, "Retry-After ")) != NULL && (wait = atoi(ra + 12)) > 3500 &&
+              wait <= 3600);
+    CU_ASSERT(body_has("lim2", "issue_limit"));
+    CU_ASSERT(log_has("event=issue_limit profile=limited principal=basic:firmware",
+                      "(issue_limit); the next one in"));
+}
+
 static CU_TestInfo tests[] = {
     {"Mbed TLS device: cacerts over TLS 1.2", test_cacerts_over_tls12},
     {"Mbed TLS device: the TLS 1.3-only listener refuses it", test_tls13_listener_refuses_it},
@@ -565,6 +592,8 @@ static CU_TestInfo tests[] = {
     {"a device that does not trust the appliance is named in the log",
      test_untrusting_device_is_named_in_the_log},
     {"an RSA TLS key serves devices that know only RSA", test_rsa_tls_key_serves_rsa_only_devices},
+    {"a profile's issue_limit reaches the device as 429 with Retry-After",
+     test_issue_limit_is_429_with_retry_after},
     CU_TEST_INFO_NULL,
 };
 

@@ -236,7 +236,7 @@ static void respond_answer(est_ctx *c, const eg_answer *a)
     static const int statuses[] = {
         [EG_OK] = 200,        [EG_NOTHING] = 204,         [EG_MALFORMED] = 400,
         [EG_FORBIDDEN] = 403, [EG_UNKNOWN_PROFILE] = 404, [EG_UNAVAILABLE] = 503,
-        [EG_INTERNAL] = 500,
+        [EG_INTERNAL] = 500,  [EG_TOO_MANY] = 429,
     };
     eg_http_resp *r = c->resp;
     int status =
@@ -259,7 +259,7 @@ static void respond_answer(est_ctx *c, const eg_answer *a)
             body = text;
         }
         respond_text(r, status, body);
-        if (status == 503)
+        if (status == 503 || status == 429)
             add_header(r, "Retry-After: %u",
                        a->retry_after > RETRY_AFTER_MIN ? a->retry_after : RETRY_AFTER_MIN);
         return;

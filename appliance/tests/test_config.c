@@ -716,6 +716,34 @@ static void test_csr_digests(void)
     eg_config_free(cfg);
 }
 
+/* issue_limit: COUNT/minute|hour|day, COUNT 1..1000000; absent, no limit. */
+static void test_issue_limit(void)
+{
+    static const char *const bad[] = {"0/hour", "10",          "10/week", "10/ hour",
+                                      "-1/day", "1000001/day", "ten/hour"};
+    eg_config *cfg = NULL;
+
+    CU_ASSERT_EQUAL_FATAL(load(SERVER_TOKEN PROFILE_NONE "issue_limit = 10/hour\n", &cfg), 0);
+    CU_ASSERT(cfg->profiles[0].issue_limit == 10 && cfg->profiles[0].issue_limit_s == 3600);
+    eg_config_free(cfg);
+    CU_ASSERT_EQUAL_FATAL(load(SERVER_TOKEN PROFILE_NONE "issue_limit = 1000000/day\n", &cfg), 0);
+    CU_ASSERT(cfg->profiles[0].issue_limit == 1000000 && cfg->profiles[0].issue_limit_s == 86400);
+    eg_config_free(cfg);
+    CU_ASSERT_EQUAL_FATAL(load(SERVER_TOKEN PROFILE_NONE "issue_limit = 1/minute\n", &cfg), 0);
+    CU_ASSERT(cfg->profiles[0].issue_limit == 1 && cfg->profiles[0].issue_limit_s == 60);
+    eg_config_free(cfg);
+    CU_ASSERT_EQUAL_FATAL(load(SERVER_TOKEN PROFILE_NONE, &cfg), 0);
+    CU_ASSERT_EQUAL(cfg->profiles[0].issue_limit, 0);
+    eg_config_free(cfg);
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char text[512];
+
+        snprintf(text, sizeof(text), SERVER_TOKEN PROFILE_NONE "issue_limit = %s\n", bad[i]);
+        expect_errors(text, 1, 12, "issue_limit", "use COUNT/minute, COUNT/hour or COUNT/day");
+    }
+    expect_errors(SERVER_TOKEN PROFILE_NONE "issue_limit = \n", 1, 12, "issue_limit", "no value");
+}
+
 /* --- many mistakes, and how lines are counted --- */
 
 static void test_every_mistake_is_reported(void)
@@ -813,7 +841,7 @@ static void test_errors_print_format(void)
              "default] takes ca_key, ca_chain, auth, realm, user, client_ca, "
              "key_types, eku, san, require_san, subject_attrs, subject_template, "
              "max_days, allow_rekey, require_attrs, require_channel_binding, csr_digests, "
-             "serverkeygen, "
+             "issue_limit, serverkeygen, "
              "serverkeygen_key_types, serverkeygen_recipients, serverkeygen_csr_key, "
              "serverkeygen_kek, serverkeygen_rsa\n");
     free(out);
@@ -1233,6 +1261,7 @@ static void test_hash_password_command(void)
 static CU_TestInfo tests[] = {
     {"serverkeygen keys", test_serverkeygen_keys},
     {"csr_digests", test_csr_digests},
+    {"issue_limit", test_issue_limit},
     {"a full file loads with every field as written", test_full_file_loads_every_field},
     {"defaults are applied", test_defaults_applied},
     {"unknown sections and keys", test_unknown_section_and_key},

@@ -195,6 +195,12 @@ int dev_exchange(const char *prog, const dev_io *io, const dev_opts *o, const un
     if ((payload = strstr(answer, "\r\n\r\n")) == NULL)
         return dev_fail(prog, "no end of headers in the answer", NULL);
     payload += 4;
+    {
+        const char *ra = strstr(answer, "\r\nRetry-After: ");
+
+        if (ra != NULL && ra < payload)
+            fprintf(stderr, "%s: Retry-After %d\n", prog, atoi(ra + 15));
+    }
     if (o->out != NULL) {
         size_t plen = alen - (size_t)(payload - answer);
         FILE *f = fopen(o->out, "w");
