@@ -552,9 +552,10 @@ typedef struct enroll {
     int64_t intent_id;
     bool audited; /* the audit row went into the ledger with the certificate */
     eg_answer a;
-    bool skg;         /* serverkeygen: the key is the token's, not the CSR's */
-    eg_skg_result kg; /* serverkeygen: the generated key */
-    bool limit_taken; /* a slot of the profile's issue_limit is this request's */
+    bool skg;            /* serverkeygen: the key is the token's, not the CSR's */
+    eg_skg_result kg;    /* serverkeygen: the generated key */
+    bool limit_taken;    /* a slot of the profile's issue_limit is this request's... */
+    char limit_key[320]; /* ...counted under this name */
 } enroll;
 
 static bool same_names(const GENERAL_NAMES *x, const GENERAL_NAMES *y)
@@ -805,27 +806,42 @@ static int record_issued(enroll *e, const char *serial)
     return 0;
 }
 
-static const char *principal_of(const enroll *e)
+/*
+ * Whom the profile's issue_limit counts: the principal; for a renewal the subject it renews,
+ * since each renewal makes a new certificate and so a new principal, and a stolen certificate
+ * could otherwise renew itself without end.
+ */
+static const char *limit_key(enroll *e, const X509_NAME *subject)
 {
-    return e->req->principal != NULL ? e->req->principal : "anonymous";
+    if (e->limit_key[0] != '\0')
+        return e->limit_key;
+    if (e->req->current_cert != NULL && subject != NULL) {
+        memcpy(e->limit_key, "renewal:", 8);
+        X509_NAME_oneline(subject, e->limit_key + 8, (int)sizeof(e->limit_key) - 8);
+    } else {
+        snprintf(e->limit_key, sizeof(e->limit_key), "%s",
+                 e->req->principal != NULL ? e->req->principal : "anonymous");
+    }
+    return e->limit_key;
 }
 
-/* A slot of the profile's issue_limit for this principal; false with the 429 answer set. */
-static bool limit_take(enroll *e)
+/* A slot of the profile's issue_limit for this request; false with the 429 answer set. */
+static bool limit_take(enroll *e, const X509_NAME *subject)
 {
     const eg_profile_cfg *c = &e->prof->cfg;
     unsigned retry = 0;
 
     if (c->issue_limit == 0 || e->limit_taken)
         return true;
-    if (eg_limiter_take(e->core->limits, c->name, principal_of(e), c->issue_limit, c->issue_limit_s,
-                        eg_mono_s(), &retry)) {
+    if (eg_limiter_take(e->core->limits, c->name, limit_key(e, subject), c->issue_limit,
+                        c->issue_limit_s, eg_mono_s(), &retry)) {
         e->limit_taken = true;
         return true;
     }
     answer_set(&e->a, EG_TOO_MANY, EG_AUDIT_ISSUE_LIMIT, EG_DIM_NONE,
-               "this principal has had the %u new certificate%s this profile issues it per %s "
+               "%s has had the %u new certificate%s this profile issues it per %s "
                "(issue_limit); the next one in %u s",
+               e->req->current_cert != NULL ? "this subject's renewal" : "this principal",
                c->issue_limit, c->issue_limit == 1 ? "" : "s",
                c->issue_limit_s == 60     ? "minute"
                : c->issue_limit_s == 3600 ? "hour"
@@ -960,7 +976,7 @@ static void issue(enroll *e)
     case EG_INTENT_RETRY:
         /* Counted here, past the ledger's replay check: a device that asks again for a
            certificate it was issued gets it whatever the limit. */
-        if (!limit_take(e)) {
+        if (!limit_take(e, subject)) {
             fail_intent(e, e->a.reason);
             break;
         }
@@ -1040,10 +1056,10 @@ static int run(eg_core *core, const eg_enroll_req *req, bool skg, eg_answer *out
         answer_set(&e.a, EG_UNKNOWN_PROFILE, EG_AUDIT_MALFORMED, EG_DIM_NONE,
                    "there is no profile \"%s\"", label);
     /* serverkeygen never replays, so its slot is taken before the token makes a key. */
-    else if (check_request(&e) == 0 && (!skg || (limit_take(&e) && generate(&e) == 0)))
+    else if (check_request(&e) == 0 && (!skg || (limit_take(&e, NULL) && generate(&e) == 0)))
         issue(&e);
     if (e.limit_taken && e.a.status != EG_OK) /* nothing was issued: the slot is not spent */
-        eg_limiter_give_back(core->limits, e.prof->cfg.name, principal_of(&e), eg_mono_s());
+        eg_limiter_give_back(core->limits, e.prof->cfg.name, e.limit_key, eg_mono_s());
     answer_reference(&e.a);
     rec = audit_record(&e, label);
     if (e.audited)

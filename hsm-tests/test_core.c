@@ -494,10 +494,36 @@ static void test_issue_limit_counts_new_certificates(void)
     enroll("bare", "basic:limited", csr[0], len[0], NULL, 0, &a);
     CU_ASSERT_EQUAL(a.status, EG_OK);
     eg_answer_clear(&a);
-    /* Another principal counts on its own; another profile has no limit. */
+    /* Another principal counts on its own. */
     enroll("bare", "basic:other", csr[2], len[2], NULL, 0, &a);
     CU_ASSERT_EQUAL(a.status, EG_OK);
     eg_answer_clear(&a);
+    /* Renewals count by the subject they renew, not by the certificate that asks: each renewal
+       is a new certificate, so a stolen one could otherwise renew itself without end. */
+    {
+        uint8_t *cur = NULL;
+        size_t curlen = 0;
+        X509 *x;
+
+        enroll("bare", "basic:renewer", csr[3], len[3], NULL, 0, &a);
+        CU_ASSERT_EQUAL_FATAL(a.status, EG_OK);
+        for (int i = 0; i < 3; i++) {
+            char who[32];
+
+            CU_ASSERT_PTR_NOT_NULL_FATAL(x = answer_cert(&a));
+            free(cur);
+            cur = cert_der(x, &curlen);
+            X509_free(x);
+            eg_answer_clear(&a);
+            snprintf(who, sizeof(who), "cert:renewal%d", i);
+            enroll("bare", who, csr[3], len[3], cur, curlen, &a);
+            CU_ASSERT_EQUAL(a.status, i < 2 ? EG_OK : EG_TOO_MANY);
+            if (i == 2)
+                CU_ASSERT_PTR_NOT_NULL(strstr(a.reason, "this subject's renewal"));
+        }
+        eg_answer_clear(&a);
+        free(cur);
+    }
     for (int i = 0; i < 4; i++)
         free(csr[i]);
     EVP_PKEY_free(key);
