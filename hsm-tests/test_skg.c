@@ -147,13 +147,18 @@ static int write_config(bool skg)
                          "%s%s%s"
                          "\n[profile nokg]\n"
                          "ca_key = pkcs11:token=%s;object=ca;type=private\nca_chain = %s\n"
-                         "auth = none\nsan = dns:.example.com\n",
+                         "auth = none\nsan = dns:.example.com\n"
+                         "\n[profile limited]\n"
+                         "ca_key = pkcs11:token=%s;object=ca;type=private\nca_chain = %s\n"
+                         "auth = basic\nuser = alice:%s\nsan = dns:.example.com\n"
+                         "issue_limit = 1/hour\n%s",
                          uri_label(), ca, hash,
                          skg ? (kind == EG_TH_NSS ? "serverkeygen = plaintext, encrypt\n"
                                                   : "serverkeygen = plaintext\n")
                              : "",
                          skg ? "serverkeygen_key_types = ec:P-256, ec:P-384, rsa:2048\n" : "",
-                         skg ? extra : "", uri_label(), ca);
+                         skg ? extra : "", uri_label(), ca, uri_label(), ca, hash,
+                         skg ? "serverkeygen = plaintext\n" : "");
     free(hash);
     return m > 0 && (size_t)m < sizeof(text) - (size_t)n
                ? eg_file_write(ini, text, (size_t)(n + m), 0600)
@@ -497,6 +502,26 @@ static void test_plaintext_rsa2048(void)
 {
     if (kind != EG_TH_P11KIT)
         plaintext("RSA");
+}
+
+/* issue_limit (1 an hour on "limited"): the second key is refused before the token makes it. */
+static void test_issue_limit_refuses_before_the_key_is_made(void)
+{
+    unsigned char *csr;
+    size_t len;
+    answer a;
+
+    if (kind == EG_TH_P11KIT)
+        return;
+    CU_ASSERT_PTR_NOT_NULL_FATAL(csr = make_csr("P-256", "lim.example.com", NULL, 0, &len));
+    CU_ASSERT_EQUAL(post(&a, "limited", csr, len, NULL), 200);
+    answer_clear(&a);
+    CU_ASSERT_EQUAL(post(&a, "limited", csr, len, NULL), 429);
+    CU_ASSERT_PTR_NOT_NULL(strstr(a.text, "issue_limit"));
+    answer_clear(&a);
+    CU_ASSERT_EQUAL(eg_file_count(daemon_log, "event=serverkeygen profile=limited "), 1);
+    CU_ASSERT_EQUAL(eg_file_count(daemon_log, "event=issue_limit profile=limited "), 1);
+    free(csr);
 }
 
 /* The same request twice: two keys, two certificates, never the first one again. */
@@ -1264,6 +1289,7 @@ static CU_TestInfo tests[] = {
     {"plaintext P-384 key matches its certificate", test_plaintext_p384},
     {"plaintext RSA-2048 key matches its certificate", test_plaintext_rsa2048},
     {"a repeated request gets a new key", test_repeated_request_gets_a_new_key},
+    {"issue_limit refuses before the key is made", test_issue_limit_refuses_before_the_key_is_made},
     {"Bouncy Castle simpleEnrollWithServersideCreation", test_bouncy_castle_client},
     {"encrypted to every recipient kind decrypts with openssl cms",
      test_encrypted_to_every_recipient_kind},
