@@ -473,25 +473,6 @@ static void test_untrusting_device_is_named_in_the_log(void)
     CU_ASSERT(log_has("from 127.0.0.1:", "the device closed the connection in the handshake"));
 }
 
-/* text with the first from replaced by to, in malloc'd memory; NULL when from is not there. */
-static char *replaced(const char *text, const char *from, const char *to)
-{
-    const char *at = text != NULL ? strstr(text, from) : NULL;
-    size_t head, len;
-    char *out;
-
-    if (at == NULL)
-        return NULL;
-    head = (size_t)(at - text);
-    len = strlen(text) - strlen(from) + strlen(to);
-    if ((out = malloc(len + 1)) == NULL)
-        return NULL;
-    memcpy(out, text, head);
-    strcpy(out + head, to);
-    strcat(out + head, at + strlen(from));
-    return out;
-}
-
 /*
  * A device that knows only RSA server keys (ECDHE-RSA suites over TLS 1.2 with PKCS#1 v1.5
  * signatures, as Cisco IOS 15 and older firmware) cannot connect to an appliance with an EC
@@ -504,7 +485,7 @@ static void test_rsa_tls_key_serves_rsa_only_devices(void)
     const char *words[] = {"tls",        "create", "--label", "tls-rsa",   "--key", "rsa2048",
                            "--ca-label", "ca",     "--dns",   "localhost", "--ip",  "127.0.0.1",
                            "--days",     "30",     "--out",   chain,       NULL};
-    char *text = NULL, *a = NULL, *b = NULL, *c = NULL;
+    char *text;
     unsigned ports[2];
     pid_t pid = -1;
 
@@ -513,12 +494,15 @@ static void test_rsa_tls_key_serves_rsa_only_devices(void)
 
     tpath(chain, "tls-rsa-chain.pem");
     CU_ASSERT_EQUAL_FATAL(eg_fx_provision_cmd(th, words, res), 0);
-    text = eg_file_read(ini, NULL);
-    a = replaced(text, "object=tls;", "object=tls-rsa;");
-    b = replaced(a, "tls_chain = tls-chain.pem", "tls_chain = tls-rsa-chain.pem");
-    c = replaced(b, "ledger = ledger.db", "ledger = ledger-rsa.db");
-    CU_ASSERT_PTR_NOT_NULL_FATAL(c);
-    CU_ASSERT_EQUAL_FATAL(eg_file_write(tpath(rini, "estgated-rsa.ini"), c, strlen(c), 0600), 0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(text = eg_file_read(ini, NULL));
+    /* The RSA key and its chain, and a ledger of its own beside the suite's daemon. */
+    CU_ASSERT_EQUAL_FATAL(
+        eg_file_write_replaced(
+            tpath(rini, "estgated-rsa.ini"), text,
+            "object=tls;type=private\ntls_chain = tls-chain.pem\nledger = ledger.db\n",
+            "object=tls-rsa;type=private\ntls_chain = tls-rsa-chain.pem\nledger = ledger-rsa.db\n"),
+        0);
+    free(text);
     CU_ASSERT_EQUAL_FATAL(eg_fx_daemon_start(rini, tpath(rlog, "estgated-rsa.log"), &pid, ports, 2),
                           0);
     snprintf(p12, sizeof(p12), "%u", ports[1]);
@@ -546,10 +530,6 @@ static void test_rsa_tls_key_serves_rsa_only_devices(void)
     snprintf(p12, sizeof(p12), "%u", ports[1]);
     CU_ASSERT_EQUAL(device(mbed, p12, "cacerts", "rsa-mfl", "--max-fragment", "1024", NULL), 200);
     eg_fx_daemon_stop(&pid, SIGTERM);
-    free(text);
-    free(a);
-    free(b);
-    free(c);
 }
 
 /* A profile's issue_limit reaches the device as 429 with the wait in Retry-After. */

@@ -1415,17 +1415,6 @@ static void test_version_is_said(void)
 }
 
 /* text with the first from replaced by to, written to path. */
-static int write_replaced(const char *path, const char *text, const char *from, const char *to)
-{
-    const char *at = strstr(text, from);
-    FILE *fp;
-
-    if (at == NULL || (fp = fopen(path, "w")) == NULL)
-        return -1;
-    fprintf(fp, "%.*s%s%s", (int)(at - text), text, to, at + strlen(from));
-    return fclose(fp) == 0 ? 0 : -1;
-}
-
 /*
  * An IPv6 listener. Debian 12's civetweb has no IPv6, so estgated serves it through its relay:
  * curl enrolls over [::1] with Basic and renews over mTLS, the log names the device by its IPv6
@@ -1442,13 +1431,14 @@ static void test_ipv6_listener_serves_devices(void)
     http h;
 
     CU_ASSERT_PTR_NOT_NULL_FATAL(text);
-    CU_ASSERT_EQUAL_FATAL(write_replaced(tpath(ini6b, "ipv6-a.ini"), text,
-                                         "listen = 127.0.0.1:0 tls12\n", "listen = [::1]:0\n"),
+    CU_ASSERT_EQUAL_FATAL(eg_file_write_replaced(tpath(ini6b, "ipv6-a.ini"), text,
+                                                 "listen = 127.0.0.1:0 tls12\n",
+                                                 "listen = [::1]:0\n"),
                           0);
     free(text);
     CU_ASSERT_PTR_NOT_NULL_FATAL(text = eg_file_read(ini6b, &(size_t){0}));
-    CU_ASSERT_EQUAL_FATAL(write_replaced(tpath(ini6, "ipv6.ini"), text, "ledger = ledger.db\n",
-                                         "ledger = ledger6.db\n"),
+    CU_ASSERT_EQUAL_FATAL(eg_file_write_replaced(tpath(ini6, "ipv6.ini"), text,
+                                                 "ledger = ledger.db\n", "ledger = ledger6.db\n"),
                           0);
     free(text);
     /* Two listeners, as in the main configuration: 127.0.0.1 first, then [::1]. */
@@ -1526,8 +1516,9 @@ static void test_the_daily_expiry_check_runs(void)
 
     CU_ASSERT_PTR_NOT_NULL_FATAL(text);
     CU_ASSERT_EQUAL_FATAL(access(FAKETIME_LIB, R_OK), 0); /* image/deps.sh test installs it */
-    CU_ASSERT_EQUAL_FATAL(write_replaced(tpath(ini2, "daily.ini"), text, "ledger = ledger.db\n",
-                                         "ledger = ledger-daily.db\n"),
+    CU_ASSERT_EQUAL_FATAL(eg_file_write_replaced(tpath(ini2, "daily.ini"), text,
+                                                 "ledger = ledger.db\n",
+                                                 "ledger = ledger-daily.db\n"),
                           0);
     free(text);
     CU_ASSERT_EQUAL_FATAL(eg_file_write(tpath(spec, "faketime.spec"), "+0\n", 3, 0644), 0);
@@ -1892,7 +1883,8 @@ static void test_sighup_renews_the_tls_certificate(void)
 
     /* The new label and chain: served from the next handshake on. */
     CU_ASSERT_EQUAL_FATAL(
-        write_replaced(ini, text, was, "object=tls2;type=private\ntls_chain = tls2-chain.pem\n"),
+        eg_file_write_replaced(ini, text, was,
+                               "object=tls2;type=private\ntls_chain = tls2-chain.pem\n"),
         0);
     CU_ASSERT_EQUAL(sighup_and_wait("estgated: reloaded "), 0);
     CU_ASSERT_EQUAL(log_count("tls_key changed"), 0);
@@ -1903,7 +1895,9 @@ static void test_sighup_renews_the_tls_certificate(void)
 
     /* The new key with the old chain: refused as a whole; the new certificate stays. */
     CU_ASSERT_EQUAL_FATAL(
-        write_replaced(ini, text, was, "object=tls2;type=private\ntls_chain = tls-chain.pem\n"), 0);
+        eg_file_write_replaced(ini, text, was,
+                               "object=tls2;type=private\ntls_chain = tls-chain.pem\n"),
+        0);
     CU_ASSERT_EQUAL(sighup_and_wait("estgated: reload failed; the running configuration stays"), 0);
     CU_ASSERT(log_count("does not match the chain") >= 1);
     CU_ASSERT(handshake_serial(port, now12, sizeof(now12)) == 0 && strcmp(now12, now) == 0);
@@ -1951,7 +1945,7 @@ static void test_sighup_serves_a_rolled_over_ca(void)
                           0);
     snprintf(from, sizeof(from), "object=ca;type=private\nca_chain = %s\n", ca);
     snprintf(to, sizeof(to), "object=ca-next;type=private\nca_chain = %s\n", roll);
-    CU_ASSERT_EQUAL_FATAL(write_replaced(ini, text, from, to), 0);
+    CU_ASSERT_EQUAL_FATAL(eg_file_write_replaced(ini, text, from, to), 0);
     CU_ASSERT_EQUAL(sighup_and_wait("estgated: reloaded "), 0);
 
     CU_ASSERT_EQUAL_FATAL(curl(&h, port, "cacerts", NULL), 200);

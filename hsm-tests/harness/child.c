@@ -194,3 +194,14 @@ int eg_file_count(const char *path, const char *needle)
     free(text);
     return n;
 }
+
+int eg_file_write_replaced(const char *path, const char *text, const char *from, const char *to)
+{
+    const char *at = strstr(text, from);
+    FILE *fp;
+
+    if (at == NULL || (fp = fopen(path, "w")) == NULL)
+        return -1;
+    fprintf(fp, "%.*s%s%s", (int)(at - text), text, to, at + strlen(from));
+    return fclose(fp) == 0 ? 0 : -1;
+}

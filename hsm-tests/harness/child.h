@@ -50,6 +50,9 @@ bool eg_file_line_has(const char *path, const char *a, const char *b);
  * inside the appliance, NUL-terminated in ref[13]; 0, or -1 when the body has none.
  */
 int eg_answer_ref(const char *body, char ref[13]);
+/* Writes text to path with its first from replaced by to (a configuration told apart from
+   another); 0, or -1 when from is not in text or path cannot be written. */
+int eg_file_write_replaced(const char *path, const char *text, const char *from, const char *to);
 /* Writes data to path (created or truncated) with mode; 0 or -1. */
 int eg_file_write(const char *path, const void *data, size_t len, mode_t mode);
 
