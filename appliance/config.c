@@ -1081,13 +1081,23 @@ static int parse_realm(loader *ld, void *base, const char *key, const char *valu
     return 0;
 }
 
+/* issue_limit's windows, by the names the configuration gives them. */
+static const struct {
+    const char *name;
+    unsigned s;
+} periods[] = {{"minute", 60}, {"hour", 3600}, {"day", 86400}};
+
+const char *eg_issue_limit_period(const eg_profile_cfg *p)
+{
+    for (size_t i = 0; i < sizeof(periods) / sizeof(periods[0]); i++)
+        if (periods[i].s == p->issue_limit_s)
+            return periods[i].name;
+    return "window";
+}
+
 /* "N/minute", "N/hour" or "N/day": at most N new certificates per principal in the window. */
 static int parse_issue_limit(loader *ld, void *base, const char *key, const char *value)
 {
-    static const struct {
-        const char *name;
-        unsigned s;
-    } periods[] = {{"minute", 60}, {"hour", 3600}, {"day", 86400}};
     eg_profile_cfg *p = base;
     unsigned long n;
     const char *end;
@@ -1735,10 +1745,7 @@ static void print_profile(FILE *fp, const eg_profile_cfg *p)
         fprintf(fp, "; requests linked to their TLS connection (channel binding)");
     if (p->issue_limit != 0)
         fprintf(fp, "; at most %u new certificate%s per principal a %s", p->issue_limit,
-                p->issue_limit == 1 ? "" : "s",
-                p->issue_limit_s == 60     ? "minute"
-                : p->issue_limit_s == 3600 ? "hour"
-                                           : "day");
+                p->issue_limit == 1 ? "" : "s", eg_issue_limit_period(p));
     if (eg_profile_csr_digests(p) != EG_CSR_DIGESTS_ALL) {
         fprintf(fp, "; CSRs signed with");
         for (size_t i = 0; i < EG_CSR_DIGESTS; i++)

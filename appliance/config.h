@@ -160,6 +160,9 @@ static inline unsigned eg_profile_csr_digests(const eg_profile_cfg *p)
     return p->csr_digests != 0 ? p->csr_digests : EG_CSR_DIGESTS_ALL;
 }
 
+/* The name of p's issue_limit window: "minute", "hour" or "day". */
+const char *eg_issue_limit_period(const eg_profile_cfg *p);
+
 typedef struct eg_config {
     char *path; /* the file this came from */
 

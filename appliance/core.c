@@ -842,11 +842,7 @@ static bool limit_take(enroll *e, const X509_NAME *subject)
                "%s has had the %u new certificate%s this profile issues it per %s "
                "(issue_limit); the next one in %u s",
                e->req->current_cert != NULL ? "this subject's renewal" : "this principal",
-               c->issue_limit, c->issue_limit == 1 ? "" : "s",
-               c->issue_limit_s == 60     ? "minute"
-               : c->issue_limit_s == 3600 ? "hour"
-                                          : "day",
-               retry);
+               c->issue_limit, c->issue_limit == 1 ? "" : "s", eg_issue_limit_period(c), retry);
     e->a.retry_after = retry;
     return false;
 }
