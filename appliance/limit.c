@@ -10,7 +10,8 @@
 #include <openssl/rand.h>
 
 #define BUCKETS 4096
-/* About 40 MB at the longest principals; far more devices than enroll in one window. */
+/* About 55 MB at the longest principal and profile names; far more devices than enroll in one
+   window. */
 #define MAX_ENTRIES 200000
 
 typedef struct entry {

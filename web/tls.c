@@ -52,8 +52,9 @@ static _Thread_local noted_binding noted;
 
 /*
  * The handshake this thread is in, from its ClientHello until it ends: its socket and the
- * socket's peer then, so that a later look finds the same connection and not one that was
- * given the same descriptor since.
+ * socket's peer then, read once for the channel binding's note and for the line of a failed
+ * handshake, so that a later look finds the same connection and not one that was given the
+ * same descriptor since.
  */
 typedef struct hello_note {
     int fd;
@@ -105,14 +106,12 @@ static bool binding_of(const SSL *ssl, eg_tls_binding *b)
 
 X509 *eg_tls_handshake_done(const SSL *ssl)
 {
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof(ss);
     int fd = SSL_get_fd(ssl);
 
+    /* The peer the ClientHello callback noted for this handshake, on this thread. */
+    noted.set = fd >= 0 && fd == hello.fd && binding_of(ssl, &noted.b) &&
+                sock_text(&hello.peer, noted.addr, sizeof(noted.addr), &noted.port);
     hello.fd = -1;
-    noted.set = fd >= 0 && getpeername(fd, (struct sockaddr *)&ss, &sl) == 0 &&
-                binding_of(ssl, &noted.b) &&
-                sock_text(&ss, noted.addr, sizeof(noted.addr), &noted.port);
     return SSL_get1_peer_certificate(ssl);
 }
 
