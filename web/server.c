@@ -264,16 +264,16 @@ static bool relayed(const eg_listener_cfg *l)
     return strchr(l->address, ':') != NULL && !mg_check_feature(MG_FEATURES_IPV6);
 }
 
-/* The device behind a relayed connection: its address into addr and its port; false if the
-   connection did not come through a relay. */
-static bool relayed_peer(eg_server *s, const struct mg_request_info *ri, char *addr, size_t cap,
-                         unsigned *port)
+/* The device behind a connection from remote (address and port) to local_port, when it came
+   through a relay: its address into addr and its port; false if it did not. */
+static bool relayed_peer(eg_server *s, const char *remote, unsigned remote_port,
+                         unsigned local_port, char *addr, size_t cap, unsigned *port)
 {
-    if (strcmp(ri->remote_addr, "127.0.0.1") != 0)
+    if (strcmp(remote, "127.0.0.1") != 0)
         return false;
     for (size_t i = 0; i < EG_MAX_LISTENERS; i++) {
-        if (s->relays[i] != NULL && eg_relay_peer(s->relays[i], (unsigned)ri->server_port,
-                                                  (unsigned)ri->remote_port, addr, cap, port))
+        if (s->relays[i] != NULL &&
+            eg_relay_peer(s->relays[i], local_port, remote_port, addr, cap, port))
             return true;
     }
     return false;
@@ -286,7 +286,7 @@ static void fill_request(struct mg_connection *conn, eg_server *s, eg_http_req *
     const struct mg_request_info *ri = mg_get_request_info(conn);
     unsigned port = (unsigned)ri->remote_port;
 
-    if (!relayed_peer(s, ri, source, slen, &port))
+    if (!relayed_peer(s, ri->remote_addr, port, (unsigned)ri->server_port, source, slen, &port))
         snprintf(source, slen, "%s", ri->remote_addr);
     eg_host_port(source, port, peer, plen);
     req->method = ri->request_method;
@@ -537,8 +537,7 @@ static const char *handshake_hint(const char *message, bool tls12)
  */
 static int log_message(const struct mg_connection *conn, const char *message)
 {
-    struct mg_request_info ri = {0};
-    char source[SOURCE_LEN], peer[SOURCE_LEN + 8];
+    char source[SOURCE_LEN], device[SOURCE_LEN], peer[SOURCE_LEN + 8];
     unsigned port, local_port;
     bool known;
     group *g;
@@ -557,12 +556,10 @@ static int log_message(const struct mg_connection *conn, const char *message)
         fprintf(stderr, "estgated web: %s\n", message);
         return 1;
     }
-    snprintf(ri.remote_addr, sizeof(ri.remote_addr), "%s", source);
-    ri.remote_port = (int)port;
-    ri.server_port = (int)local_port;
-    relayed_peer(g->srv, &ri, source, sizeof(source), &port);
+    if (!relayed_peer(g->srv, source, port, local_port, device, sizeof(device), &port))
+        snprintf(device, sizeof(device), "%s", source);
     fprintf(stderr, "estgated web: %s, from %s%s\n", message,
-            eg_host_port(source, port, peer, sizeof(peer)),
+            eg_host_port(device, port, peer, sizeof(peer)),
             handshake_hint(message, g == &g->srv->groups[1]));
     return 1;
 }
