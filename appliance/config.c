@@ -238,12 +238,51 @@ out:
     return rc;
 }
 
+#define CREDENTIAL "credential:"
+
+/*
+ * pin_file = credential:NAME: the file systemd gives the service for LoadCredential=NAME:FILE
+ * (or SetCredentialEncrypted=), in $CREDENTIALS_DIRECTORY. The PIN's own file can then stay
+ * readable by root alone. NULL, said, when the name is not one or there is no such directory.
+ */
+static char *credential_path(loader *ld, const char *key, const char *value)
+{
+    const char *name = value + strlen(CREDENTIAL), *dir = getenv("CREDENTIALS_DIRECTORY");
+    char *p = NULL;
+
+    if (*name == 0 || strchr(name, '/') != NULL || strcmp(name, ".") == 0 ||
+        strcmp(name, "..") == 0) {
+        err_here(ld, key,
+                 "'%s': expected credential:NAME, NAME as in the unit's "
+                 "LoadCredential=NAME:FILE (no '/')",
+                 value);
+        return NULL;
+    }
+    if (dir == NULL || dir[0] != '/') {
+        err_here(ld, key,
+                 "'%s' is read from systemd's credentials, but CREDENTIALS_DIRECTORY is not set: "
+                 "this is not the service's context. Check the file where the service runs "
+                 "(systemctl reload estgated runs --check-config there), or name a file",
+                 value);
+        return NULL;
+    }
+    if (asprintf(&p, "%s/%s", dir, name) < 0) {
+        ld->oom = true;
+        return NULL;
+    }
+    return p;
+}
+
 static int parse_pin_file(loader *ld, void *base, const char *key, const char *value)
 {
     struct stat st;
-    char *path = join_path(ld, value);
+    char *path;
     int rc = -1;
 
+    if (strncmp(value, CREDENTIAL, strlen(CREDENTIAL)) == 0)
+        path = credential_path(ld, key, value);
+    else
+        path = join_path(ld, value);
     if (path == NULL)
         goto out;
     if (stat(path, &st) != 0) {

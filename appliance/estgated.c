@@ -13,7 +13,9 @@
  *
  * When it is ready to serve it prints one line per listener to stdout,
  * "estgated: listening on https://ADDR:PORT/", so that scripts and tests know
- * the port even when the configuration asked for port 0.
+ * the port even when the configuration asked for port 0. Under systemd
+ * (image/estgated.service.in) it also says READY=1 then, and how reloads and
+ * the stop go (notify.h).
  */
 #include <errno.h>
 #include <pthread.h>
@@ -38,6 +40,7 @@
 #include "errors.h"
 #include "expiry.h"
 #include "est.h"
+#include "notify.h"
 #include "provider.h"
 #include "server.h"
 
@@ -143,8 +146,8 @@ static eg_server_tls *tls_prepare(const eg_config *cfg, const eg_config *running
     return t;
 }
 
-/* SIGHUP: the file again; on any error the running configuration stays. */
-static void reload(const char *path, const eg_config *run, EVP_PKEY **tls_key, eg_est *est,
+/* SIGHUP: the file again; on any error the running configuration stays (false). */
+static bool reload(const char *path, const eg_config *run, EVP_PKEY **tls_key, eg_est *est,
                    eg_server *srv)
 {
     eg_config_errors errs = {NULL, 0};
@@ -158,7 +161,7 @@ static void reload(const char *path, const eg_config *run, EVP_PKEY **tls_key, e
         eg_config_errors_print(&errs, path, stderr);
         eg_config_errors_clear(&errs);
         fprintf(stderr, "estgated: reload refused; the running configuration stays in force\n");
-        return;
+        return false;
     }
     warn_restart_only(run, cfg);
     n = cfg->nprofiles;
@@ -166,7 +169,7 @@ static void reload(const char *path, const eg_config *run, EVP_PKEY **tls_key, e
     if ((next = tls_prepare(cfg, eg_est_config(est), *tls_key, srv, &key)) == NULL) {
         eg_config_free(cfg);
         fprintf(stderr, "estgated: reload failed; the running configuration stays in force\n");
-        return;
+        return false;
     }
     if (eg_est_reload(est, cfg) != 0) {
         eg_err_print(stderr);
@@ -174,7 +177,7 @@ static void reload(const char *path, const eg_config *run, EVP_PKEY **tls_key, e
         EVP_PKEY_free(key);
         eg_config_free(cfg);
         fprintf(stderr, "estgated: reload failed; the running configuration stays in force\n");
-        return;
+        return false;
     }
     /* est holds cfg now: its tls_key names key */
     eg_server_tls_commit(srv, next);
@@ -188,18 +191,54 @@ static void reload(const char *path, const eg_config *run, EVP_PKEY **tls_key, e
         fprintf(stderr, "estgated: reload: the client CA names offered at the handshake are "
                         "the previous ones\n");
     fprintf(stderr, "estgated: reloaded %s: %zu profile%s\n", path, n, n == 1 ? "" : "s");
+    return true;
 }
 
 #define EXPIRY_CHECK_S (24 * 3600)
 #define DRAIN_MS       10000 /* a request waiting on a token that is recovering needs up to 10 s */
+
+/*
+ * What systemd shows under "Status:" (notify.h), with READY=1: at start, and after every
+ * reload, taken or refused (after: "" or the reload's outcome).
+ */
+static void notify_ready(const eg_config *cfg, const eg_server *srv, const char *after)
+{
+    char hp[80], more[32] = "";
+    size_t n = cfg->nprofiles;
+
+    if (cfg->nlisteners > 1)
+        snprintf(more, sizeof(more), " and %zu more", cfg->nlisteners - 1);
+    eg_notify("READY=1\nSTATUS=Serving %zu profile%s on https://%s/%s%s", n, n == 1 ? "" : "s",
+              eg_host_port(cfg->listeners[0].address, eg_server_port(srv, 0), hp, sizeof(hp)), more,
+              after);
+}
+
+static void notify_reloaded(const eg_config *cfg, const eg_server *srv, bool ok)
+{
+    char when[64], after[160];
+    struct tm tm;
+    time_t now = time(NULL);
+
+    if (localtime_r(&now, &tm) == NULL || strftime(when, sizeof(when), "%F %T %Z", &tm) == 0)
+        snprintf(when, sizeof(when), "%lld", (long long)now);
+    if (ok)
+        snprintf(after, sizeof(after), "; reloaded at %s", when);
+    else
+        snprintf(after, sizeof(after),
+                 "; the reload at %s was refused and the configuration before it stays (see the "
+                 "log)",
+                 when);
+    notify_ready(cfg, srv, after);
+}
 
 /* Signals; every second the count of audit lines left out and the TLS ticket keys' age, and once a
    day the certificates' expiry (they run out while estgated runs). */
 static int wait_for_stop(const sigset_t *set, const char *path, const eg_config *run,
                          EVP_PKEY **tls_key, eg_est *est, eg_server *srv)
 {
-    struct timespec second = {.tv_sec = 1};
+    struct timespec second = {.tv_sec = 1}, mono;
     time_t next_check = eg_mono_s() + EXPIRY_CHECK_S;
+    bool ok;
     int sig;
 
     for (;;) {
@@ -217,10 +256,19 @@ static int wait_for_stop(const sigset_t *set, const char *path, const eg_config 
             continue;
         }
         if (sig == SIGHUP) {
-            reload(path, run, tls_key, est, srv);
+            /* MONOTONIC_USEC: systemd 253's Type=notify-reload matches it to its own signal. */
+            clock_gettime(CLOCK_MONOTONIC, &mono);
+            eg_notify("RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=Reloading %s",
+                      (unsigned long long)mono.tv_sec * 1000000ull +
+                          (unsigned long long)mono.tv_nsec / 1000ull,
+                      path);
+            ok = reload(path, run, tls_key, est, srv);
+            notify_reloaded(eg_est_config(est), srv, ok);
             continue;
         }
         fprintf(stderr, "estgated: %s, stopping\n", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+        eg_notify("STOPPING=1\nSTATUS=Stopping: answering the requests in flight (up to %u s)",
+                  DRAIN_MS / 1000);
         return 0;
     }
 }
@@ -244,15 +292,16 @@ static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void fail(const char *fmt, ...)
 {
     eg_err_list l;
+    char line[512];
     va_list ap;
 
     eg_err_take(&l);
-    fputs("estgated: ", stderr);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vsnprintf(line, sizeof(line), fmt, ap);
     va_end(ap);
-    fputs(l.n > 0 ? ":\n" : "\n", stderr);
+    fprintf(stderr, "estgated: %s%s", line, l.n > 0 ? ":\n" : "\n");
     eg_err_list_print(&l, stderr, "  ");
+    eg_notify("STATUS=Failed: %s (see the log)", line);
 }
 
 /* This build and the libraries it runs with: the first thing support asks for. */
@@ -276,6 +325,7 @@ static int run(const char *path)
     unsigned left;
     int rc = EX_UNAVAIL_;
 
+    eg_notify_init(); /* before any thread: it edits the environment */
     block_signals(&set);
     /* A file size limit (systemd's LimitFSIZE=) reached by the ledger or the log must fail that
        write, which the ledger answers as a full disk, not kill the daemon. */
@@ -300,6 +350,8 @@ static int run(const char *path)
     if (eg_config_load(path, &cfg, &errs) != 0) {
         eg_config_errors_print(&errs, path, stderr);
         eg_config_errors_clear(&errs);
+        eg_notify("STATUS=Failed: %s has errors (see the log, or estgated --check-config %s)", path,
+                  path);
         return EX_CONFIG_;
     }
     eg_log_set_level(eg_log_level_parse(cfg->log_level));
@@ -318,6 +370,7 @@ static int run(const char *path)
         goto out;
     }
     print_listeners(cfg, srv);
+    notify_ready(cfg, srv, "");
     if (wait_for_stop(&set, path, cfg, &tls_key, est, srv) != 0) {
         fail("cannot wait for signals");
         goto out;

@@ -545,6 +545,39 @@ static void test_world_readable_pin_file(void)
         1, 7, "pin_file", "No such file or directory");
 }
 
+/* pin_file = credential:NAME: the PIN systemd gives the service (LoadCredential=NAME:FILE). */
+static void test_pin_file_from_a_systemd_credential(void)
+{
+#define CRED_TOKEN "[token]\nmodule = module.so\nlabel = estgate\npin_file = "
+    char creds[PATH_MAX + 16], want[PATH_MAX + 48];
+    eg_config *cfg;
+
+    snprintf(creds, sizeof(creds), "%s/credentials", dir);
+    CU_ASSERT_EQUAL_FATAL(mkdir(creds, 0700), 0);
+    write_file("credentials/token-pin", "1234\n", 0400);
+    unsetenv("CREDENTIALS_DIRECTORY");
+    expect_errors(SERVER CRED_TOKEN "credential:token-pin\n" PROFILE_NONE, 1, 7, "pin_file",
+                  "CREDENTIALS_DIRECTORY is not set: this is not the service's context");
+    setenv("CREDENTIALS_DIRECTORY", creds, 1);
+    if (load(SERVER CRED_TOKEN "credential:token-pin\n" PROFILE_NONE, &cfg) == 0) {
+        snprintf(want, sizeof(want), "%s/token-pin", creds);
+        CU_ASSERT_STRING_EQUAL(cfg->pin_file, want);
+        eg_config_free(cfg);
+    } else {
+        dump_errors();
+        CU_FAIL("a credential's PIN file");
+    }
+    /* Checked as a file named directly would be. */
+    expect_errors(SERVER CRED_TOKEN "credential:other\n" PROFILE_NONE, 1, 7, "pin_file",
+                  "credentials/other': No such file or directory");
+    expect_errors(SERVER CRED_TOKEN "credential:../pin\n" PROFILE_NONE, 1, 7, "pin_file",
+                  "expected credential:NAME");
+    expect_errors(SERVER CRED_TOKEN "credential:\n" PROFILE_NONE, 1, 7, "pin_file",
+                  "expected credential:NAME");
+    unsetenv("CREDENTIALS_DIRECTORY");
+#undef CRED_TOKEN
+}
+
 static void test_unparsable_pem(void)
 {
     char path[PATH_MAX + 64];
@@ -1274,6 +1307,7 @@ static CU_TestInfo tests[] = {
     {"a duplicate profile", test_duplicate_profile},
     {"mtls without client_ca", test_mtls_without_client_ca},
     {"a world-readable or missing PIN file", test_world_readable_pin_file},
+    {"pin_file from a systemd credential", test_pin_file_from_a_systemd_credential},
     {"unparsable PEM files", test_unparsable_pem},
     {"bad user hashes and basic without users", test_bad_user_hash},
     {"bad URIs, lists, templates and listeners", test_bad_values_of_other_kinds},
