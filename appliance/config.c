@@ -1217,6 +1217,7 @@ static const key_spec profile_keys[] = {
     {.name = "subject_template", .kind = V_FN, .parse = parse_subject_template},
     {.name = "max_days", .kind = V_UINT, .off = PRO(max_days), .min = 1, .max = 3650},
     {.name = "allow_rekey", .kind = V_BOOL, .off = PRO(allow_rekey)},
+    {.name = "renew_expired_days", .kind = V_UINT, .off = PRO(renew_expired_days), .max = 3650},
     {.name = "require_attrs", .kind = V_FN, .parse = parse_require_attrs},
     {.name = "require_channel_binding", .kind = V_BOOL, .off = PRO(require_channel_binding)},
     {.name = "csr_digests", .kind = V_FN, .parse = parse_csr_digests},
@@ -1565,6 +1566,10 @@ static void finish_profile(loader *ld, size_t i)
     if ((p->auth & EG_AUTH_MTLS) != 0 && seen->key_line[key_index(profile_keys, "client_ca")] == 0)
         err_at(ld, auth_line, section, "auth",
                "mtls needs client_ca: a PEM bundle of the CAs that issue client certificates");
+    if (p->renew_expired_days > 0 && (p->auth & EG_AUTH_MTLS) == 0)
+        err_at(ld, seen->key_line[key_index(profile_keys, "renew_expired_days")], section,
+               "renew_expired_days",
+               "needs auth = mtls: renewals are authenticated by the certificate being renewed");
     if ((p->auth & EG_AUTH_BASIC) != 0 && seen->key_line[key_index(profile_keys, "user")] == 0)
         err_at(ld, auth_line, section, "auth",
                "basic needs at least one user = NAME:HASH (see estgated --hash-password)");

@@ -111,6 +111,8 @@ typedef struct eg_profile_cfg {
                                          subject attributes other than ${cn} are ignored */
     unsigned max_days;                /* validity; the issued notAfter is min(now+max_days, CA's) */
     bool allow_rekey;                 /* simplereenroll may change the key */
+    unsigned renew_expired_days;      /* simplereenroll: a client certificate that expired up to
+                                         this many days ago still renews itself (0: none may) */
     int required_attrs[EG_MAX_RULES]; /* CSR attributes that must be present, as NIDs
                                          (e.g. NID_pkcs9_challengePassword) */
     size_t nrequired_attrs;

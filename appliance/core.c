@@ -792,12 +792,17 @@ static eg_audit_record audit_record(const enroll *e, const char *label)
  */
 static int record_issued(enroll *e, const char *serial)
 {
-    char detail[EG_AUDIT_DETAIL_MAX];
+    char detail[EG_AUDIT_DETAIL_MAX], expired[48] = "";
     eg_audit_record rec;
     eg_audit_event ev;
 
-    answer_set(&e->a, EG_OK, ok_kind(e), EG_DIM_NONE, "serial=%s%s%s", serial, e->skg ? " " : "",
-               e->skg ? e->kg.what : "");
+    /* A renewal of a certificate past its end (renew_expired_days): how far past, in days
+       begun. */
+    if (e->req->current_expired_s > 0)
+        snprintf(expired, sizeof(expired), " expired_for=%ldd",
+                 (e->req->current_expired_s + 86399) / 86400);
+    answer_set(&e->a, EG_OK, ok_kind(e), EG_DIM_NONE, "serial=%s%s%s%s", serial, e->skg ? " " : "",
+               e->skg ? e->kg.what : "", expired);
     rec = audit_record(e, NULL);
     eg_audit_event_fill(&rec, &ev, detail, sizeof(detail));
     if (eg_ledger_complete_issue_audit(e->core->lg, e->intent_id, e->a.der, e->a.der_len, &ev) != 0)

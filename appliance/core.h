@@ -113,6 +113,9 @@ typedef struct eg_enroll_req {
        for simpleenroll. */
     const uint8_t *current_cert;
     size_t current_cert_len;
+    /* How many seconds ago current_cert expired, when the profile's renew_expired_days let it
+       renew itself anyway (the audit says so); 0 otherwise. */
+    long current_expired_s;
     const char *peer; /* client address, for the audit record */
     /* The TLS connection's channel binding, checked against the CSR's challengePassword when
        the profile requires it (RFC 7030 3.5): "tls-unique" or "tls-exporter" (RFC 9266);

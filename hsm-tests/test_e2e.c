@@ -102,12 +102,17 @@ static int write_config(void)
                  "\n[profile partner]\n"
                  "ca_key = pkcs11:token=%s;object=ca;type=private\nca_chain = %s\n"
                  "auth = mtls\nclient_ca = partner-ca.pem\nsan = dns:.example.com\n"
+                 "\n[profile returning]\n"
+                 "ca_key = pkcs11:token=%s;object=ca;type=private\nca_chain = %s\n"
+                 "auth = mtls\nclient_ca = partner-ca.pem\nsan = dns:.example.com\n"
+                 "renew_expired_days = 7\nmax_days = %d\n"
                  "\n[profile linked]\n"
                  "ca_key = pkcs11:token=%s;object=ca;type=private\nca_chain = %s\n"
                  "auth = basic\nuser = alice:%s\nsan = dns:.example.com\nmax_days = %d\n"
                  "require_channel_binding = yes\n",
                  c->token_label, ca, hash, MAX_DAYS, c->token_label, ca, ca, MAX_DAYS,
-                 c->token_label, ca, c->token_label, ca, hash, MAX_DAYS);
+                 c->token_label, ca, c->token_label, ca, MAX_DAYS, c->token_label, ca, hash,
+                 MAX_DAYS);
     if (m > 0 && (size_t)m < sizeof(text) - (size_t)n)
         rc = eg_file_write(ini, text, (size_t)(n + m), 0600);
 out:
@@ -540,6 +545,44 @@ static void test_client_certificate_of_another_profile_is_403(void)
     CU_ASSERT_EQUAL(enroll(&h, "iot/simpleenroll", "dev1r", NULL, "--cert",
                            tpath(cert, "partner-dev.pem"), "--key", tpath(key, "partner-dev.key")),
                     403);
+}
+
+/*
+ * renew_expired_days: a device back from a shelf, its certificate expired five days ago,
+ * renews it where the profile allows seven days, and the audit says how long ago it expired;
+ * the partner profile, which allows none, refuses it, and no profile takes it for enrollment.
+ */
+static void test_an_expired_certificate_renews_within_its_allowance(void)
+{
+    char csr[PATH_MAX], crt[PATH_MAX], key[PATH_MAX], cacrt[PATH_MAX], cakey[PATH_MAX];
+    char pem[PATH_MAX], *body;
+    http h;
+
+    CU_ASSERT_EQUAL_FATAL(
+        make_csr("shelf", "ec", "shelf.example.com", "subjectAltName=DNS:shelf.example.com"), 0);
+    /* Issued ten days ago for five days (libfaketime moves openssl's clock back). */
+    CU_ASSERT_EQUAL_FATAL(cmd("faketime", "-f", "-10d", "openssl", "x509", "-req", "-inform", "DER",
+                              "-in", tpath(csr, "shelf.csr"), "-CA", tpath(cacrt, "partner-ca.pem"),
+                              "-CAkey", tpath(cakey, "partner-ca.key"), "-CAcreateserial", "-days",
+                              "5", "-copy_extensions", "copy", "-out", tpath(crt, "shelf.pem"),
+                              NULL),
+                          0);
+    CU_ASSERT_EQUAL_FATAL(csr_b64("shelf"), 0);
+    tpath(key, "shelf.key");
+
+    CU_ASSERT_EQUAL(
+        enroll(&h, "partner/simplereenroll", "shelf", NULL, "--cert", crt, "--key", key), 403);
+    body = eg_file_read(h.body_path, NULL);
+    CU_ASSERT(body != NULL && strstr(body, "certificate has expired") != NULL);
+    free(body);
+    CU_ASSERT_EQUAL(
+        enroll(&h, "returning/simpleenroll", "shelf", NULL, "--cert", crt, "--key", key), 403);
+
+    CU_ASSERT_EQUAL_FATAL(
+        enroll(&h, "returning/simplereenroll", "shelf", NULL, "--cert", crt, "--key", key), 200);
+    CU_ASSERT_EQUAL_FATAL(body_to_pem(&h, tpath(pem, "shelf-renewed.pem")), 0);
+    check_issued(pem, "shelf.example.com");
+    CU_ASSERT(eg_file_line_has(daemon_log, "profile=returning", "expired_for=5d"));
 }
 
 static void test_csr_with_bad_signature_is_400(void)
@@ -2416,6 +2459,8 @@ static CU_TestInfo tests[] = {
     {"client certificate of another profile is 403",
      test_client_certificate_of_another_profile_is_403},
     {"CSR with a bad signature is 400", test_csr_with_bad_signature_is_400},
+    {"an expired certificate renews within its allowance",
+     test_an_expired_certificate_renews_within_its_allowance},
     {"policy refusals are 403", test_policy_refusals_are_403},
     {"channel binding links the request to its TLS connection",
      test_channel_binding_links_the_request_to_tls},

@@ -645,9 +645,48 @@ static X509 *cert_from_der(const uint8_t *der, size_t len)
     return x;
 }
 
+/* A renewal's allowance for its own expired certificate (verify_chain). */
+typedef struct grace {
+    long allowed_s; /* 0: none */
+    long expired_s; /* set when the leaf was let through expired */
+} grace;
+
+static int grace_index = -1;
+static pthread_once_t grace_once = PTHREAD_ONCE_INIT;
+
+static void grace_index_new(void)
+{
+    grace_index = X509_STORE_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+}
+
+/*
+ * Lets one error through: the leaf's own expiry, within the allowance. An expired issuer, a
+ * leaf not yet valid, a bad signature or a wrong purpose stay errors.
+ */
+static int renewal_verify_cb(int ok, X509_STORE_CTX *ctx)
+{
+    grace *g = grace_index >= 0 ? X509_STORE_CTX_get_ex_data(ctx, grace_index) : NULL;
+    const ASN1_TIME *end;
+    int days, secs;
+    long ago;
+
+    if (ok || g == NULL || g->allowed_s <= 0 ||
+        X509_STORE_CTX_get_error(ctx) != X509_V_ERR_CERT_HAS_EXPIRED ||
+        X509_STORE_CTX_get_error_depth(ctx) != 0)
+        return ok;
+    end = X509_get0_notAfter(X509_STORE_CTX_get_current_cert(ctx));
+    if (end == NULL || !ASN1_TIME_diff(&days, &secs, end, NULL))
+        return 0;
+    ago = (long)days * 86400 + secs;
+    if (ago <= 0 || ago > g->allowed_s)
+        return 0;
+    g->expired_s = ago;
+    return 1;
+}
+
 /* Verifies leaf (with the client's intermediates) for TLS client use under store. */
 static int verify_chain(X509_STORE *store, const uint8_t *const *certs, const size_t *lens,
-                        size_t n, char *why, size_t whylen)
+                        size_t n, grace *g, char *why, size_t whylen)
 {
     X509 *leaf = cert_from_der(certs[0], lens[0]);
     STACK_OF(X509) *chain = sk_X509_new_null();
@@ -672,8 +711,22 @@ static int verify_chain(X509_STORE *store, const uint8_t *const *certs, const si
         snprintf(why, whylen, "out of memory");
         goto out;
     }
+    if (g->allowed_s > 0) {
+        pthread_once(&grace_once, grace_index_new);
+        if (grace_index < 0 || !X509_STORE_CTX_set_ex_data(ctx, grace_index, g)) {
+            snprintf(why, whylen, "out of memory");
+            goto out;
+        }
+        X509_STORE_CTX_set_verify_cb(ctx, renewal_verify_cb);
+    }
     if (X509_verify_cert(ctx) != 1) {
-        snprintf(why, whylen, "%s", X509_verify_cert_error_string(X509_STORE_CTX_get_error(ctx)));
+        int err = X509_STORE_CTX_get_error(ctx);
+
+        snprintf(why, whylen, "%s%s", X509_verify_cert_error_string(err),
+                 err == X509_V_ERR_CERT_HAS_EXPIRED && X509_STORE_CTX_get_error_depth(ctx) == 0 &&
+                         g->allowed_s > 0
+                     ? " longer ago than renew_expired_days allows"
+                     : "");
         goto out;
     }
     rc = 0;
@@ -692,10 +745,11 @@ static X509_STORE *profile_store(eg_auth *a, const eg_profile_cfg *p)
     return NULL;
 }
 
-int eg_auth_cert(eg_auth *a, const eg_profile_cfg *p, const uint8_t *const *certs,
-                 const size_t *lens, size_t n, eg_auth_result *res)
+static int auth_cert(eg_auth *a, const eg_profile_cfg *p, const uint8_t *const *certs,
+                     const size_t *lens, size_t n, long grace_s, eg_auth_result *res)
 {
     X509_STORE *store = profile_store(a, p);
+    grace g = {.allowed_s = grace_s};
     uint8_t md[32];
     char why[120];
     int rc = -1;
@@ -718,12 +772,25 @@ int eg_auth_cert(eg_auth *a, const eg_profile_cfg *p, const uint8_t *const *cert
         snprintf(res->reason, sizeof(res->reason), "profile %s has no client CA bundle", p->name);
         goto out;
     }
-    if (verify_chain(store, certs, lens, n, why, sizeof(why)) != 0) {
+    if (verify_chain(store, certs, lens, n, &g, why, sizeof(why)) != 0) {
         snprintf(res->reason, sizeof(res->reason),
                  "client certificate is not trusted for profile %s: %s", p->name, why);
         goto out;
     }
+    res->expired_s = g.expired_s;
     rc = 0;
 out:
     return rc;
+}
+
+int eg_auth_cert(eg_auth *a, const eg_profile_cfg *p, const uint8_t *const *certs,
+                 const size_t *lens, size_t n, eg_auth_result *res)
+{
+    return auth_cert(a, p, certs, lens, n, 0, res);
+}
+
+int eg_auth_cert_renewal(eg_auth *a, const eg_profile_cfg *p, const uint8_t *const *certs,
+                         const size_t *lens, size_t n, eg_auth_result *res)
+{
+    return auth_cert(a, p, certs, lens, n, (long)p->renew_expired_days * 86400, res);
 }

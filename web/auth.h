@@ -26,6 +26,8 @@ typedef struct eg_auth_result {
                             seconds until it may try again (answer 429 with Retry-After) */
     char principal[160]; /* "basic:<user>", "cert:<sha256 hex of the leaf DER>" */
     char reason[200];    /* for the client and the log; never a secret */
+    long expired_s;      /* a renewal admitted within renew_expired_days: how many seconds ago
+                            the certificate expired; 0 otherwise */
 } eg_auth_result;
 
 /* Loads every profile's client CA bundle once; cfg must outlive the handle. */
@@ -45,6 +47,13 @@ int eg_auth_basic(eg_auth *a, const eg_profile_cfg *p, const char *source, const
 /* The chain as the handshake gave it, DER, leaf first; verified for purpose sslclient. */
 int eg_auth_cert(eg_auth *a, const eg_profile_cfg *p, const uint8_t *const *certs,
                  const size_t *lens, size_t n, eg_auth_result *res);
+/*
+ * The same for simplereenroll, where the certificate renews itself: a leaf that expired up to
+ * p->renew_expired_days ago is admitted (res->expired_s says how long ago); everything else
+ * about the chain, the issuers' validity included, is checked as eg_auth_cert does.
+ */
+int eg_auth_cert_renewal(eg_auth *a, const eg_profile_cfg *p, const uint8_t *const *certs,
+                         const size_t *lens, size_t n, eg_auth_result *res);
 
 /*
  * At a reload: the verified credentials of the running handle (and the key they are kept

@@ -344,8 +344,11 @@ static unsigned authenticate(est_ctx *c, char *principal, size_t plen)
     return 0;
 }
 
-/* simplereenroll: only the certificate being renewed may ask (RFC 7030 4.2.2). */
-static unsigned authenticate_renewal(est_ctx *c, char *principal, size_t plen)
+/*
+ * simplereenroll: only the certificate being renewed may ask (RFC 7030 4.2.2), and it may have
+ * expired within the profile's renew_expired_days (*expired_s: how long ago).
+ */
+static unsigned authenticate_renewal(est_ctx *c, char *principal, size_t plen, long *expired_s)
 {
     const eg_http_req *q = c->req;
     eg_auth_result res;
@@ -355,12 +358,13 @@ static unsigned authenticate_renewal(est_ctx *c, char *principal, size_t plen)
                "simplereenroll needs the TLS client certificate being renewed");
         return 0;
     }
-    if (eg_auth_cert(c->est->auth, c->profile, q->client_certs, q->client_cert_lens,
-                     q->n_client_certs, &res) != 0) {
+    if (eg_auth_cert_renewal(c->est->auth, c->profile, q->client_certs, q->client_cert_lens,
+                             q->n_client_certs, &res) != 0) {
         refuse(c, 403, res.fail, res.principal, res.reason);
         return 0;
     }
     snprintf(principal, plen, "%s", res.principal);
+    *expired_s = res.expired_s;
     return EG_AUTH_MTLS;
 }
 
@@ -379,8 +383,9 @@ static void enroll(est_ctx *c)
         refuse(c, 415, EG_AUDIT_LIMIT, NULL, why);
         goto out;
     }
-    mode = c->op == OP_SIMPLEREENROLL ? authenticate_renewal(c, principal, sizeof(principal))
-                                      : authenticate(c, principal, sizeof(principal));
+    mode = c->op == OP_SIMPLEREENROLL
+               ? authenticate_renewal(c, principal, sizeof(principal), &er.current_expired_s)
+               : authenticate(c, principal, sizeof(principal));
     if (mode == 0)
         goto out;
     if (eg_wire_decode_body(q->body, q->body_len, &der, &der_len, why, sizeof(why)) != 0) {

@@ -545,6 +545,31 @@ static void test_world_readable_pin_file(void)
         1, 7, "pin_file", "No such file or directory");
 }
 
+/* renew_expired_days: a number of days, and only where renewals can be authenticated (mtls). */
+static void test_renew_expired_days(void)
+{
+    eg_config *cfg;
+
+    if (load(SERVER_TOKEN "[profile default]\nca_key = pkcs11:object=ca\nca_chain = ca.pem\n"
+                          "auth = mtls\nclient_ca = clients.pem\nrenew_expired_days = 90\n",
+             &cfg) == 0) {
+        CU_ASSERT_EQUAL(cfg->profiles[0].renew_expired_days, 90);
+        eg_config_free(cfg);
+    } else {
+        dump_errors();
+        CU_FAIL("renew_expired_days = 90");
+    }
+    if (load(SERVER_TOKEN PROFILE_NONE, &cfg) == 0) {
+        CU_ASSERT_EQUAL(cfg->profiles[0].renew_expired_days, 0); /* none by default */
+        eg_config_free(cfg);
+    }
+    expect_errors(SERVER_TOKEN PROFILE_NONE "renew_expired_days = 30\n", 1, 12,
+                  "renew_expired_days", "needs auth = mtls");
+    expect_errors(SERVER_TOKEN "[profile default]\nca_key = pkcs11:object=ca\nca_chain = ca.pem\n"
+                               "auth = mtls\nclient_ca = clients.pem\nrenew_expired_days = 4000\n",
+                  1, 13, "renew_expired_days", "'4000' is not a whole number from 0 to 3650");
+}
+
 /* pin_file = credential:NAME: the PIN systemd gives the service (LoadCredential=NAME:FILE). */
 static void test_pin_file_from_a_systemd_credential(void)
 {
@@ -873,7 +898,8 @@ static void test_errors_print_format(void)
              "etc/estgated.ini:13: [profile default] colour: unknown key; [profile "
              "default] takes ca_key, ca_chain, auth, realm, user, client_ca, "
              "key_types, eku, san, require_san, subject_attrs, subject_template, "
-             "max_days, allow_rekey, require_attrs, require_channel_binding, csr_digests, "
+             "max_days, allow_rekey, renew_expired_days, require_attrs, require_channel_binding, "
+             "csr_digests, "
              "issue_limit, serverkeygen, "
              "serverkeygen_key_types, serverkeygen_recipients, serverkeygen_csr_key, "
              "serverkeygen_kek, serverkeygen_rsa\n");
@@ -1308,6 +1334,7 @@ static CU_TestInfo tests[] = {
     {"mtls without client_ca", test_mtls_without_client_ca},
     {"a world-readable or missing PIN file", test_world_readable_pin_file},
     {"pin_file from a systemd credential", test_pin_file_from_a_systemd_credential},
+    {"renew_expired_days", test_renew_expired_days},
     {"unparsable PEM files", test_unparsable_pem},
     {"bad user hashes and basic without users", test_bad_user_hash},
     {"bad URIs, lists, templates and listeners", test_bad_values_of_other_kinds},

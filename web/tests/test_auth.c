@@ -26,7 +26,16 @@ static eg_auth *auth;
 static EVP_PKEY *key;
 static X509 *ca_a, *ca_b, *inter_a, *leaf_a, *leaf_b, *leaf_via_inter, *server_only_a;
 
+/* A certificate valid from `from` to `to` seconds from now. */
+static X509 *make_cert_valid(const char *cn, X509 *issuer, bool ca, int eku_nid, long from,
+                             long to);
+
 static X509 *make_cert(const char *cn, X509 *issuer, bool ca, int eku_nid)
+{
+    return make_cert_valid(cn, issuer, ca, eku_nid, -60, 3600);
+}
+
+static X509 *make_cert_valid(const char *cn, X509 *issuer, bool ca, int eku_nid, long from, long to)
 {
     X509 *x = X509_new();
     X509_NAME *name = X509_NAME_new();
@@ -42,8 +51,8 @@ static X509 *make_cert(const char *cn, X509 *issuer, bool ca, int eku_nid)
                                     0) &&
          X509_set_subject_name(x, name) &&
          X509_set_issuer_name(x, issuer ? X509_get_subject_name(issuer) : name) &&
-         X509_gmtime_adj(X509_getm_notBefore(x), -60) &&
-         X509_gmtime_adj(X509_getm_notAfter(x), 3600) && X509_set_pubkey(x, key);
+         X509_gmtime_adj(X509_getm_notBefore(x), from) &&
+         X509_gmtime_adj(X509_getm_notAfter(x), to) && X509_set_pubkey(x, key);
     X509V3_set_ctx(&v3, issuer ? issuer : x, x, NULL, NULL, 0);
     if (ok && ca)
         ok = (ext = X509V3_EXT_conf_nid(NULL, &v3, NID_basic_constraints, "critical,CA:TRUE")) &&
@@ -564,6 +573,101 @@ static void test_cert_chain_and_purpose(void)
     CU_ASSERT_EQUAL(res.fail, EG_AUDIT_AUTH_MISSING);
 }
 
+static int check_renewal(const eg_profile_cfg *p, X509 *leaf, eg_auth_result *res)
+{
+    unsigned char *der = NULL;
+    size_t len = (size_t)i2d_X509(leaf, &der);
+    int rc = eg_auth_cert_renewal(auth, p, (const uint8_t *const *)&der, &len, 1, res);
+
+    OPENSSL_free(der);
+    return rc;
+}
+
+/*
+ * renew_expired_days: a device back from months on a shelf renews the certificate that expired
+ * meanwhile, within the profile's days, on simplereenroll only; nothing else is let through.
+ */
+static void test_renewal_of_an_expired_certificate(void)
+{
+    const long day = 86400;
+    eg_profile_cfg *p = &cfg.profiles[0];
+    X509 *old = make_cert_valid("device A old", ca_a, false, NID_client_auth, -10 * day, -2 * day);
+    X509 *early = make_cert_valid("device A early", ca_a, false, NID_client_auth, day, 10 * day);
+    X509 *other = make_cert_valid("device B old", ca_b, false, NID_client_auth, -10 * day, -day);
+    eg_auth_result res;
+
+    CU_ASSERT_FATAL(old != NULL && early != NULL && other != NULL);
+    /* Not allowed: refused as before, for renewal as for enrollment. */
+    p->renew_expired_days = 0;
+    CU_ASSERT_EQUAL(check_renewal(p, old, &res), -1);
+    CU_ASSERT_EQUAL(res.fail, EG_AUDIT_AUTH_CERT_UNTRUSTED);
+    CU_ASSERT_PTR_NOT_NULL(strstr(res.reason, "certificate has expired"));
+    CU_ASSERT_PTR_NULL(strstr(res.reason, "renew_expired_days"));
+    /* Expired two days ago; one day allowed. */
+    p->renew_expired_days = 1;
+    CU_ASSERT_EQUAL(check_renewal(p, old, &res), -1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(res.reason, "longer ago than renew_expired_days allows"));
+    /* Three days allowed: admitted, and how long ago it expired is said. */
+    p->renew_expired_days = 3;
+    CU_ASSERT_EQUAL(check_renewal(p, old, &res), 0);
+    CU_ASSERT(res.expired_s >= 2 * day - 60 && res.expired_s <= 2 * day + 60);
+    CU_ASSERT_PTR_NOT_NULL(strstr(res.principal, "cert:"));
+    /* simpleenroll never takes it. */
+    CU_ASSERT_EQUAL(check_cert(p, old, NULL, &res), -1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(res.reason, "certificate has expired"));
+    /* A valid certificate renews with expired_s 0. */
+    CU_ASSERT_EQUAL(check_renewal(p, leaf_a, &res), 0);
+    CU_ASSERT_EQUAL(res.expired_s, 0);
+    /* Not yet valid, or from another profile's CA: refused whatever the allowance. */
+    CU_ASSERT_EQUAL(check_renewal(p, early, &res), -1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(res.reason, "not yet valid"));
+    CU_ASSERT_EQUAL(check_renewal(p, other, &res), -1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(res.reason, "unable to get local issuer"));
+    p->renew_expired_days = 0;
+    X509_free(old);
+    X509_free(early);
+    X509_free(other);
+}
+
+/* The allowance is the leaf's own: an expired issuing CA stays a refusal. */
+static void test_renewal_needs_a_valid_issuer(void)
+{
+    const long day = 86400;
+    X509 *ca_old = make_cert_valid("CA old", NULL, true, 0, -30 * day, -day);
+    X509 *leaf =
+        make_cert_valid("device old CA", ca_old, false, NID_client_auth, -20 * day, -2 * day);
+    char file[160];
+    eg_config c2 = {0};
+    eg_auth *a2 = NULL;
+    eg_auth_result res;
+    unsigned char *der = NULL;
+    size_t len;
+
+    CU_ASSERT_FATAL(ca_old != NULL && leaf != NULL);
+    snprintf(file, sizeof(file), "%s/ca-old.pem", dir);
+    CU_ASSERT_EQUAL_FATAL(write_pem(file, ca_old), 0);
+    profile(&c2.profiles[0], "old", file);
+    c2.profiles[0].renew_expired_days = 365;
+    c2.profiles[0].users[0].hash = strdup(cfg.profiles[0].users[0].hash);
+    c2.nprofiles = 1;
+    CU_ASSERT_EQUAL_FATAL(eg_auth_new(&c2, &a2), 0);
+    len = (size_t)i2d_X509(leaf, &der);
+    CU_ASSERT_EQUAL(
+        eg_auth_cert_renewal(a2, &c2.profiles[0], (const uint8_t *const *)&der, &len, 1, &res), -1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(res.reason, "certificate has expired"));
+    CU_ASSERT_PTR_NULL(strstr(res.reason, "renew_expired_days"));
+    OPENSSL_free(der);
+    eg_auth_free(a2);
+    free(c2.profiles[0].name);
+    free(c2.profiles[0].label);
+    free(c2.profiles[0].client_ca_file);
+    free(c2.profiles[0].users[0].name);
+    free(c2.profiles[0].users[0].hash);
+    unlink(file);
+    X509_free(ca_old);
+    X509_free(leaf);
+}
+
 int main(void)
 {
     CU_TestInfo tests[] = {
@@ -578,6 +682,8 @@ int main(void)
         {"a certificate is trusted per profile", test_cert_per_profile},
         {"blocked certificates are refused everywhere", test_blocked_certificates},
         {"client intermediates and the sslclient purpose", test_cert_chain_and_purpose},
+        {"renewal of an expired certificate", test_renewal_of_an_expired_certificate},
+        {"renewal needs a valid issuer", test_renewal_needs_a_valid_issuer},
         CU_TEST_INFO_NULL,
     };
 
