@@ -796,11 +796,13 @@ static int record_issued(enroll *e, const char *serial)
     eg_audit_record rec;
     eg_audit_event ev;
 
-    /* A renewal of a certificate past its end (renew_expired_days): how far past, in days
-       begun. */
-    if (e->req->current_expired_s > 0)
-        snprintf(expired, sizeof(expired), " expired_for=%ldd",
-                 (e->req->current_expired_s + 86399) / 86400);
+    /* A renewal of a certificate past its end (renew_expired_days): how far past, in whole
+       days, or in hours (begun) under a day. */
+    if (e->req->current_expired_s >= 86400)
+        snprintf(expired, sizeof(expired), " expired_for=%ldd", e->req->current_expired_s / 86400);
+    else if (e->req->current_expired_s > 0)
+        snprintf(expired, sizeof(expired), " expired_for=%ldh",
+                 (e->req->current_expired_s + 3599) / 3600);
     answer_set(&e->a, EG_OK, ok_kind(e), EG_DIM_NONE, "serial=%s%s%s%s", serial, e->skg ? " " : "",
                e->skg ? e->kg.what : "", expired);
     rec = audit_record(e, NULL);

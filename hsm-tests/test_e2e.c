@@ -582,6 +582,7 @@ static void test_an_expired_certificate_renews_within_its_allowance(void)
         enroll(&h, "returning/simplereenroll", "shelf", NULL, "--cert", crt, "--key", key), 200);
     CU_ASSERT_EQUAL_FATAL(body_to_pem(&h, tpath(pem, "shelf-renewed.pem")), 0);
     check_issued(pem, "shelf.example.com");
+    /* Five days and the seconds since openssl ran: whole days. */
     CU_ASSERT(eg_file_line_has(daemon_log, "profile=returning", "expired_for=5d"));
 }
 
