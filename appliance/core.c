@@ -31,6 +31,9 @@
 #include "provider.h"
 #include "skg.h"
 
+/* A subject as the ledger records it (RFC 2253), at most this long with its NUL. */
+#define EG_SUBJECT_TEXT_MAX 256
+
 typedef struct core_profile {
     eg_profile_cfg cfg; /* our own copy; users and other web-only parts left out */
     eg_policy pol;      /* pol.cfg points at cfg */
@@ -493,6 +496,62 @@ static void set_retention(eg_core *core, const eg_config *cfg)
     eg_ledger_set_retention(core->lg, &keep);
 }
 
+/* seed_limits' walk over the ledger. */
+typedef struct seeding {
+    const eg_config *cfg;
+    eg_limiter *limits;
+    time_t now, mono;
+    size_t n;
+} seeding;
+
+static int seed_one(void *arg, const char *profile, const char *principal, const char *subject,
+                    bool renewal, int64_t created)
+{
+    seeding *s = arg;
+    char key[320];
+
+    for (size_t i = 0; i < s->cfg->nprofiles; i++) {
+        const eg_profile_cfg *p = &s->cfg->profiles[i];
+
+        if (p->issue_limit == 0 || strcmp(p->name, profile) != 0 ||
+            created < (int64_t)(s->now - (time_t)p->issue_limit_s))
+            continue;
+        if (renewal)
+            snprintf(key, sizeof(key), "renewal:%s", subject);
+        else
+            snprintf(key, sizeof(key), "%s", principal);
+        eg_limiter_seed(s->limits, p->name, key, p->issue_limit_s,
+                        s->mono - (s->now - (time_t)created));
+        s->n++;
+    }
+    return 0;
+}
+
+/*
+ * issue_limit survives a restart: the certificates of the windows still running are counted
+ * again from the ledger, as they were counted when issued. A ledger that cannot be read leaves
+ * the counts at zero, and says so: the daemon still starts.
+ */
+static void seed_limits(eg_core *core, const eg_config *cfg)
+{
+    seeding s = {.cfg = cfg, .limits = core->limits, .now = time(NULL), .mono = eg_mono_s()};
+    unsigned longest = 0;
+
+    for (size_t i = 0; i < cfg->nprofiles; i++)
+        if (cfg->profiles[i].issue_limit > 0 && cfg->profiles[i].issue_limit_s > longest)
+            longest = cfg->profiles[i].issue_limit_s;
+    if (longest == 0)
+        return;
+    if (eg_ledger_issued_since(core->lg, (int64_t)(s.now - (time_t)longest), seed_one, &s) != 0)
+        fprintf(stderr, "estgated: issue_limit: the ledger's recent certificates could not be "
+                        "read; the counts start at zero\n");
+    else
+        fprintf(stderr,
+                "estgated: issue_limit: %zu certificate%s of the running windows counted "
+                "from the ledger\n",
+                s.n, s.n == 1 ? "" : "s");
+}
+
 int eg_core_open(const eg_config *cfg, eg_core **out)
 {
     eg_core *core = calloc(1, sizeof(*core));
@@ -514,6 +573,7 @@ int eg_core_open(const eg_config *cfg, eg_core **out)
         goto out;
     }
     set_retention(core, cfg);
+    seed_limits(core, cfg);
     *out = core;
     core = NULL;
     rc = 0;
@@ -813,18 +873,33 @@ static int record_issued(enroll *e, const char *serial)
     return 0;
 }
 
+/* The subject as the ledger records it (RFC 2253), cut to fit out; "" when it cannot be. */
+static void subject_text(const X509_NAME *subject, char *out, size_t cap)
+{
+    BIO *b = BIO_new(BIO_s_mem());
+    int n = 0;
+
+    if (b != NULL && X509_NAME_print_ex(b, subject, 0, XN_FLAG_RFC2253) >= 0)
+        n = BIO_read(b, out, (int)cap - 1);
+    out[n > 0 ? n : 0] = '\0';
+    BIO_free(b);
+}
+
 /*
  * Whom the profile's issue_limit counts: the principal; for a renewal the subject it renews,
  * since each renewal makes a new certificate and so a new principal, and a stolen certificate
- * could otherwise renew itself without end.
+ * could otherwise renew itself without end. The subject is written as the ledger records it,
+ * so that the counts can be made again from the ledger at start (seed_limits).
  */
 static const char *limit_key(enroll *e, const X509_NAME *subject)
 {
+    char subj[EG_SUBJECT_TEXT_MAX];
+
     if (e->limit_key[0] != '\0')
         return e->limit_key;
     if (e->req->current_cert != NULL && subject != NULL) {
-        memcpy(e->limit_key, "renewal:", 8);
-        X509_NAME_oneline(subject, e->limit_key + 8, (int)sizeof(e->limit_key) - 8);
+        subject_text(subject, subj, sizeof(subj));
+        snprintf(e->limit_key, sizeof(e->limit_key), "renewal:%s", subj);
     } else {
         snprintf(e->limit_key, sizeof(e->limit_key), "%s",
                  e->req->principal != NULL ? e->req->principal : "anonymous");
@@ -909,7 +984,7 @@ static int begin_intent(enroll *e, const X509_NAME *subject, const eg_validity *
                         eg_intent_result *ir)
 {
     uint8_t serial[EG_SERIAL_LEN];
-    char subj[256] = "";
+    char subj[EG_SUBJECT_TEXT_MAX];
     eg_issue_intent in = {
         .profile = e->prof->cfg.name, /* as in the audit rows: "default", not its empty label */
         .principal = e->req->principal ? e->req->principal : "anonymous",
@@ -918,12 +993,9 @@ static int begin_intent(enroll *e, const X509_NAME *subject, const eg_validity *
         .subject = subj,
         .not_after = (int64_t)val->not_after,
     };
-    BIO *b = BIO_new(BIO_s_mem());
     int rc = -2, tries;
 
-    if (b != NULL && X509_NAME_print_ex(b, subject, 0, XN_FLAG_RFC2253) >= 0)
-        BIO_read(b, subj, sizeof(subj) - 1);
-    BIO_free(b);
+    subject_text(subject, subj, sizeof(subj));
     request_hash(e, in.request_hash);
     for (tries = 0; rc == -2 && tries < 8; tries++) {
         if (eg_issue_serial(serial) != 0)

@@ -1284,6 +1284,45 @@ out:
     return rc;
 }
 
+int eg_ledger_issued_since(eg_ledger *lg, int64_t since, eg_ledger_issued_fn fn, void *arg)
+{
+    /* The period's first row by a backward walk of the row ids (intents are recorded in time
+       order), not a scan of the whole table; the audit row by its intent index. */
+    static const char sql[] =
+        "SELECT i.profile, i.principal, i.subject, i.created,"
+        " EXISTS (SELECT 1 FROM audit a WHERE a.intent_id = i.id AND a.type = 'reissued')"
+        " FROM issuance i"
+        " WHERE i.id > coalesce((SELECT id FROM issuance WHERE created < ?1"
+        " ORDER BY id DESC LIMIT 1), 0)"
+        " AND i.created >= ?1 AND i.state = 'issued' ORDER BY i.id";
+    ledger_reader *r = NULL;
+    sqlite3_stmt *st = NULL;
+    int rc = -1, step;
+
+    if (lg == NULL || fn == NULL || (r = reader_get(lg)) == NULL)
+        goto out;
+    if (sqlite3_prepare_v2(r->db, sql, -1, &st, NULL) != SQLITE_OK) {
+        log_db(r->db, "issued_since");
+        goto out;
+    }
+    sqlite3_bind_int64(st, 1, since);
+    while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+        if (fn(arg, (const char *)sqlite3_column_text(st, 0),
+               (const char *)sqlite3_column_text(st, 1), (const char *)sqlite3_column_text(st, 2),
+               sqlite3_column_int(st, 4) != 0, sqlite3_column_int64(st, 3)) != 0)
+            goto out;
+    }
+    if (step != SQLITE_DONE) {
+        log_db(r->db, "issued_since");
+        goto out;
+    }
+    rc = 0;
+out:
+    sqlite3_finalize(st); /* ends the read transaction */
+    reader_put(lg, r);
+    return rc;
+}
+
 void eg_ledger_get_stats(eg_ledger *lg, eg_ledger_stats *out)
 {
     if (lg == NULL || out == NULL)

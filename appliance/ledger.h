@@ -9,6 +9,7 @@
 #ifndef EG_LEDGER_H
 #define EG_LEDGER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -74,6 +75,16 @@ int eg_ledger_find_serial(eg_ledger *lg, const uint8_t *serial, size_t len, uint
                           size_t *der_len);
 /* Counts certificates in the ledger (completed intents); -1 on error. */
 int64_t eg_ledger_count_issued(eg_ledger *lg);
+
+/*
+ * The certificates issued since `since` (Unix time, when each intent was recorded), oldest
+ * first: fn gets each one's profile, principal, subject (RFC 2253, as recorded), whether it
+ * renewed a certificate (its audit row is "reissued") and its time. Reads only that period's
+ * rows. 0; -1 on error, or as soon as fn returns nonzero.
+ */
+typedef int (*eg_ledger_issued_fn)(void *arg, const char *profile, const char *principal,
+                                   const char *subject, bool renewal, int64_t created);
+int eg_ledger_issued_since(eg_ledger *lg, int64_t since, eg_ledger_issued_fn fn, void *arg);
 
 typedef struct eg_audit_event {
     const char *type;      /* e.g. "enroll.ok", "auth.fail.basic", "policy.deny.san" */

@@ -102,14 +102,16 @@ static entry *find(eg_limiter *l, size_t i, const char *profile, const char *pri
     return found;
 }
 
-bool eg_limiter_take(eg_limiter *l, const char *profile, const char *principal, unsigned count,
-                     unsigned window_s, time_t now, unsigned *retry_after)
+/*
+ * The entry of the key, its window started at now when it had none or its window ended; NULL
+ * when the table is full (said once). Called with the lock held.
+ */
+static entry *entry_now(eg_limiter *l, const char *profile, const char *principal,
+                        unsigned window_s, time_t now)
 {
     size_t i = bucket(l, profile, principal), pl = strlen(profile), ql = strlen(principal);
-    bool ok = true;
     entry *e;
 
-    pthread_mutex_lock(&l->lock);
     if ((e = find(l, i, profile, principal, now)) != NULL && now >= e->end) {
         e->start = now;
         e->end = now + (time_t)window_s;
@@ -123,7 +125,7 @@ bool eg_limiter_take(eg_limiter *l, const char *profile, const char *principal, 
                         "once (%d); the ones past that are not limited\n",
                         MAX_ENTRIES);
             l->said_full = true;
-            goto out;
+            return NULL;
         }
         memcpy(e->key, profile, pl + 1);
         memcpy(e->key + pl + 1, principal, ql + 1);
@@ -134,15 +136,37 @@ bool eg_limiter_take(eg_limiter *l, const char *profile, const char *principal, 
         l->b[i] = e;
         l->n++;
     }
-    if (e->used >= count) {
-        *retry_after = (unsigned)(e->end - now);
-        ok = false;
-    } else {
-        e->used++;
+    return e;
+}
+
+bool eg_limiter_take(eg_limiter *l, const char *profile, const char *principal, unsigned count,
+                     unsigned window_s, time_t now, unsigned *retry_after)
+{
+    bool ok = true;
+    entry *e;
+
+    pthread_mutex_lock(&l->lock);
+    if ((e = entry_now(l, profile, principal, window_s, now)) != NULL) {
+        if (e->used >= count) {
+            *retry_after = (unsigned)(e->end - now);
+            ok = false;
+        } else {
+            e->used++;
+        }
     }
-out:
     pthread_mutex_unlock(&l->lock);
     return ok;
+}
+
+void eg_limiter_seed(eg_limiter *l, const char *profile, const char *principal, unsigned window_s,
+                     time_t at)
+{
+    entry *e;
+
+    pthread_mutex_lock(&l->lock);
+    if ((e = entry_now(l, profile, principal, window_s, at)) != NULL)
+        e->used++;
+    pthread_mutex_unlock(&l->lock);
 }
 
 void eg_limiter_give_back(eg_limiter *l, const char *profile, const char *principal, time_t now)

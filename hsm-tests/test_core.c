@@ -458,7 +458,8 @@ static int issuance_rows(const char *principal, const char *state)
 /*
  * issue_limit ("bare": 2 an hour): a principal's third new certificate is refused with 429's
  * status and a wait, its intent failed and no token signature spent; a retry of one it had is
- * still answered; another principal has its own count; a failed issuance spends no slot.
+ * still answered; another principal has its own count; a failed issuance spends no slot; a
+ * restart keeps the counts.
  */
 static void test_issue_limit_counts_new_certificates(void)
 {
@@ -521,6 +522,38 @@ static void test_issue_limit_counts_new_certificates(void)
             if (i == 2)
                 CU_ASSERT_PTR_NOT_NULL(strstr(a.reason, "this subject's renewal"));
         }
+        eg_answer_clear(&a);
+        free(cur);
+    }
+    /* A restart forgets nothing: the counts are made again from the ledger at open. */
+    eg_core_close(core);
+    core = NULL;
+    CU_ASSERT_EQUAL_FATAL(eg_core_open(&cfg, &core), 0);
+    enroll("bare", "basic:limited", csr[2], len[2], NULL, 0, &a);
+    CU_ASSERT_EQUAL(a.status, EG_TOO_MANY);
+    CU_ASSERT(a.retry_after > 3500 && a.retry_after <= 3600);
+    eg_answer_clear(&a);
+    enroll("bare", "basic:other", csr[1], len[1], NULL, 0, &a); /* its second of two */
+    CU_ASSERT_EQUAL(a.status, EG_OK);
+    eg_answer_clear(&a);
+    enroll("bare", "basic:other", csr[0], len[0], NULL, 0, &a);
+    CU_ASSERT_EQUAL(a.status, EG_TOO_MANY);
+    eg_answer_clear(&a);
+    {
+        /* The subject renewed twice is refused a third renewal, whoever asks. */
+        uint8_t *cur = NULL;
+        size_t curlen = 0;
+        X509 *x;
+
+        enroll("bare", "basic:renewer", csr[3], len[3], NULL, 0, &a); /* sent again: answered */
+        CU_ASSERT_EQUAL_FATAL(a.status, EG_OK);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(x = answer_cert(&a));
+        cur = cert_der(x, &curlen);
+        X509_free(x);
+        eg_answer_clear(&a);
+        enroll("bare", "cert:renewal-after-restart", csr[3], len[3], cur, curlen, &a);
+        CU_ASSERT_EQUAL(a.status, EG_TOO_MANY);
+        CU_ASSERT_PTR_NOT_NULL(strstr(a.reason, "this subject's renewal"));
         eg_answer_clear(&a);
         free(cur);
     }

@@ -587,6 +587,81 @@ static void test_pending_row_of_dead_process_is_retried(void)
 
 /* --- audit --- */
 
+typedef struct seen {
+    int n, renewals;
+    char last_principal[32], last_subject[48];
+    int64_t first, last;
+} seen;
+
+static int note_issued(void *arg, const char *profile, const char *principal, const char *subject,
+                       bool renewal, int64_t created)
+{
+    seen *s = arg;
+
+    CU_ASSERT_STRING_EQUAL(profile, "iot");
+    if (s->n++ == 0)
+        s->first = created;
+    CU_ASSERT(created >= s->last); /* oldest first */
+    s->last = created;
+    s->renewals += renewal;
+    snprintf(s->last_principal, sizeof(s->last_principal), "%s", principal);
+    snprintf(s->last_subject, sizeof(s->last_subject), "%s", subject);
+    return 0;
+}
+
+/*
+ * eg_ledger_issued_since (issue_limit's counts at start): issued rows of the period only,
+ * oldest first, renewals told by their audit row; pending and failed rows are not counted.
+ */
+static void test_issued_since(void)
+{
+    eg_ledger *lg;
+    eg_intent_result res;
+    eg_audit_event ev = {.type = "reissued", .profile = "iot", .principal = "cert:ab"};
+    uint8_t der[CERT_MAX];
+    sqlite3 *db;
+    seen s = {0};
+    req r;
+
+    fresh_dir();
+    lg = open_ledger(NULL);
+    for (uint32_t k = 1; k <= 5; k++)
+        CU_ASSERT_EQUAL(issue(lg, k, NULL), 0);
+    /* A renewal, with its audit row in the same operation, as the core records it. */
+    req_init(&r, 6);
+    CU_ASSERT_EQUAL_FATAL(eg_ledger_begin_issue(lg, &r.in, &res), 0);
+    ev.intent_id = res.id;
+    CU_ASSERT_EQUAL(eg_ledger_complete_issue_audit(lg, res.id, der, fake_cert(6, der), &ev), 0);
+    /* Pending and failed: not certificates. */
+    req_init(&r, 7);
+    CU_ASSERT_EQUAL_FATAL(eg_ledger_begin_issue(lg, &r.in, &res), 0);
+    req_init(&r, 8);
+    CU_ASSERT_EQUAL_FATAL(eg_ledger_begin_issue(lg, &r.in, &res), 0);
+    CU_ASSERT_EQUAL(eg_ledger_fail_issue(lg, res.id, "test"), 0);
+    eg_ledger_close(lg);
+    /* The first two were issued two days ago. */
+    CU_ASSERT_EQUAL_FATAL(sqlite3_open(db_path, &db), SQLITE_OK);
+    CU_ASSERT_EQUAL(sqlite3_exec(db, "UPDATE issuance SET created = created - 172800 WHERE id <= 2",
+                                 NULL, NULL, NULL),
+                    SQLITE_OK);
+    sqlite3_close(db);
+
+    lg = open_ledger(NULL);
+    CU_ASSERT_EQUAL(eg_ledger_issued_since(lg, (int64_t)time(NULL) - 86400, note_issued, &s), 0);
+    CU_ASSERT_EQUAL(s.n, 4); /* 3, 4, 5 and the renewal 6 */
+    CU_ASSERT_EQUAL(s.renewals, 1);
+    CU_ASSERT_STRING_EQUAL(s.last_subject, "CN=device-6,O=Test");
+    CU_ASSERT_STRING_EQUAL(s.last_principal, "device-6");
+    memset(&s, 0, sizeof(s));
+    CU_ASSERT_EQUAL(eg_ledger_issued_since(lg, (int64_t)time(NULL) - 3 * 86400, note_issued, &s),
+                    0);
+    CU_ASSERT_EQUAL(s.n, 6);
+    memset(&s, 0, sizeof(s));
+    CU_ASSERT_EQUAL(eg_ledger_issued_since(lg, (int64_t)time(NULL) + 60, note_issued, &s), 0);
+    CU_ASSERT_EQUAL(s.n, 0);
+    eg_ledger_close(lg);
+}
+
 static void test_audit_events_are_stored(void)
 {
     eg_ledger *lg = open_ledger(NULL);
@@ -1055,6 +1130,7 @@ static CU_TestInfo tests[] = {
     {"serial collision is reported apart", test_serial_collision_is_reported_apart},
     {"pending row of a dead process is retried", test_pending_row_of_dead_process_is_retried},
     {"audit events are stored", test_audit_events_are_stored},
+    {"certificates issued since a time", test_issued_since},
     {"audit retention by age and count", test_audit_retention_by_age_and_count},
     {"audit flood is pruned by itself", test_audit_flood_is_pruned_by_itself},
     {"audit is pruned on the keeper's clock", test_audit_is_pruned_on_the_keepers_clock},

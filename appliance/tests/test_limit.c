@@ -117,12 +117,37 @@ static void test_threads_take_exactly_the_limit(void)
     eg_limiter_free(l);
 }
 
+/* Seeding counts past issuances in the windows they fell into, as take did, and never refuses. */
+static void test_seed_counts_as_take_did(void)
+{
+    eg_limiter *l = eg_limiter_new();
+    unsigned retry = 0;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(l);
+    /* A window that ended before now (1000..4600): forgotten by the next one. */
+    eg_limiter_seed(l, "p", "basic:a", 3600, 1000);
+    eg_limiter_seed(l, "p", "basic:a", 3600, 1200);
+    /* The running window began at 5000 and holds three, one more than the limit allows now. */
+    eg_limiter_seed(l, "p", "basic:a", 3600, 5000);
+    eg_limiter_seed(l, "p", "basic:a", 3600, 5100);
+    eg_limiter_seed(l, "p", "basic:a", 3600, 5200);
+    CU_ASSERT_FALSE(eg_limiter_take(l, "p", "basic:a", 2, 3600, 6000, &retry));
+    CU_ASSERT_EQUAL(retry, 2600);
+    /* One seeded in its window leaves one of two. */
+    eg_limiter_seed(l, "p", "renewal:CN=x", 3600, 5500);
+    CU_ASSERT(eg_limiter_take(l, "p", "renewal:CN=x", 2, 3600, 6000, &retry));
+    CU_ASSERT_FALSE(eg_limiter_take(l, "p", "renewal:CN=x", 2, 3600, 6000, &retry));
+    CU_ASSERT_EQUAL(retry, 3100);
+    eg_limiter_free(l);
+}
+
 static CU_TestInfo tests[] = {
     {"a window counts, refuses with the wait, and ends", test_window_counts_and_ends},
     {"a failed issuance gives its slot back", test_give_back},
     {"keys do not run together", test_keys_do_not_run_together},
     {"ended windows are dropped", test_ended_windows_are_dropped},
     {"threads take exactly the limit", test_threads_take_exactly_the_limit},
+    {"seeding counts as take did", test_seed_counts_as_take_did},
     CU_TEST_INFO_NULL,
 };
 
