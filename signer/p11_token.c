@@ -592,7 +592,8 @@ static void say_tokens_present(eg_module *mod)
     else
         eg_signer_error(EG_R_TOKEN_NOT_FOUND,
                         "the module shows no initialised token (%lu empty slot%s): is it reading "
-                        "the configuration that holds the token?",
+                        "the configuration that holds the token, and may this user read the "
+                        "token's files?",
                         (unsigned long)fresh, fresh == 1 ? "" : "s");
 }
 
