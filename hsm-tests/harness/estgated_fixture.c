@@ -8,7 +8,11 @@
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <openssl/rand.h>
+#include <openssl/x509v3.h>
+
+#include <CUnit/CUnit.h>
 
 #include "estgated_fixture.h"
 #include "password_local.h"
@@ -191,4 +195,41 @@ int eg_fx_daemon_stop(pid_t *pid, int sig)
     rc = eg_child_wait(*pid);
     *pid = 0;
     return rc;
+}
+
+void eg_fx_check_issued(const char *dir, eg_child_result *r, const char *pem, const char *chain,
+                        const char *cn, int max_days, const char *key)
+{
+    EXTENDED_KEY_USAGE *eku;
+    EVP_PKEY *pkey = NULL;
+    X509 *x = NULL;
+    FILE *fp;
+    int days, secs;
+
+    CU_ASSERT_EQUAL(eg_child_cmd(dir, r, "openssl", "verify", "-CAfile", chain, "-purpose",
+                                 "sslclient", pem, NULL),
+                    0);
+    if ((fp = fopen(pem, "r")) != NULL) {
+        x = PEM_read_X509(fp, NULL, NULL, NULL);
+        fclose(fp);
+    }
+    CU_ASSERT_PTR_NOT_NULL_FATAL(x);
+    CU_ASSERT_EQUAL(X509_check_ca(x), 0);
+    CU_ASSERT_EQUAL(X509_check_host(x, cn, 0, 0, NULL), 1);
+    eku = X509_get_ext_d2i(x, NID_ext_key_usage, NULL, NULL);
+    CU_ASSERT(eku != NULL && sk_ASN1_OBJECT_num(eku) == 1 &&
+              OBJ_obj2nid(sk_ASN1_OBJECT_value(eku, 0)) == NID_client_auth);
+    EXTENDED_KEY_USAGE_free(eku);
+    /* notBefore is back-dated a little for slow device clocks (issue.c): max_days + 1 bounds it. */
+    CU_ASSERT(ASN1_TIME_diff(&days, &secs, X509_get0_notBefore(x), X509_get0_notAfter(x)) == 1 &&
+              (days < max_days + 1 || (days == max_days + 1 && secs == 0)));
+    if (key != NULL) {
+        if ((fp = fopen(key, "r")) != NULL) {
+            pkey = PEM_read_PrivateKey(fp, NULL, NULL, NULL);
+            fclose(fp);
+        }
+        CU_ASSERT(pkey != NULL && X509_check_private_key(x, pkey) == 1);
+        EVP_PKEY_free(pkey);
+    }
+    X509_free(x);
 }

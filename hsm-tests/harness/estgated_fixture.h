@@ -65,4 +65,13 @@ int eg_fx_daemon_start(const char *ini, const char *log, pid_t *pid, unsigned *p
 /* Sends sig and reaps the daemon; its exit status (128 + signal when killed). */
 int eg_fx_daemon_stop(pid_t *pid, int sig);
 
+/*
+ * CUnit checks that the certificate in pem (a PEM file) is what the tests' profiles issue:
+ * `openssl verify -purpose sslclient` against chain (the PEM certificates /cacerts gave), no
+ * CA, cn among its names, EKU clientAuth alone, valid for at most max_days, and, when key is
+ * not NULL, for the private key in that PEM file. dir and r run openssl.
+ */
+void eg_fx_check_issued(const char *dir, eg_child_result *r, const char *pem, const char *chain,
+                        const char *cn, int max_days, const char *key);
+
 #endif
