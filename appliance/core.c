@@ -523,6 +523,7 @@ static int seed_one(void *arg, const char *profile, const char *principal, const
         eg_limiter_seed(s->limits, p->name, key, p->issue_limit_s,
                         s->mono - (s->now - (time_t)created));
         s->n++;
+        break; /* profile names are unique */
     }
     return 0;
 }

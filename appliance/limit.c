@@ -16,7 +16,7 @@
 
 typedef struct entry {
     struct entry *next;
-    time_t start, end; /* the window, [start, end) */
+    time_t end; /* the window's end: it began window_s before */
     unsigned used;
     char key[]; /* profile NUL principal NUL */
 } entry;
@@ -113,7 +113,6 @@ static entry *entry_now(eg_limiter *l, const char *profile, const char *principa
     entry *e;
 
     if ((e = find(l, i, profile, principal, now)) != NULL && now >= e->end) {
-        e->start = now;
         e->end = now + (time_t)window_s;
         e->used = 0;
     }
@@ -129,7 +128,6 @@ static entry *entry_now(eg_limiter *l, const char *profile, const char *principa
         }
         memcpy(e->key, profile, pl + 1);
         memcpy(e->key + pl + 1, principal, ql + 1);
-        e->start = now;
         e->end = now + (time_t)window_s;
         e->used = 0;
         e->next = l->b[i];

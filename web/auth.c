@@ -651,21 +651,14 @@ typedef struct grace {
     long expired_s; /* set when the leaf was let through expired */
 } grace;
 
-static int grace_index = -1;
-static pthread_once_t grace_once = PTHREAD_ONCE_INIT;
-
-static void grace_index_new(void)
-{
-    grace_index = X509_STORE_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
-}
-
 /*
- * Lets one error through: the leaf's own expiry, within the allowance. An expired issuer, a
- * leaf not yet valid, a bad signature or a wrong purpose stay errors.
+ * Lets one error through: the leaf's own expiry, within the allowance (the context's app
+ * data, set only for it). An expired issuer, a leaf not yet valid, a bad signature or a wrong
+ * purpose stay errors.
  */
 static int renewal_verify_cb(int ok, X509_STORE_CTX *ctx)
 {
-    grace *g = grace_index >= 0 ? X509_STORE_CTX_get_ex_data(ctx, grace_index) : NULL;
+    grace *g = X509_STORE_CTX_get_app_data(ctx);
     const ASN1_TIME *end;
     int days, secs;
     long ago;
@@ -712,8 +705,8 @@ static int verify_chain(X509_STORE *store, const uint8_t *const *certs, const si
         goto out;
     }
     if (g->allowed_s > 0) {
-        pthread_once(&grace_once, grace_index_new);
-        if (grace_index < 0 || !X509_STORE_CTX_set_ex_data(ctx, grace_index, g)) {
+        /* Our own context: its app data is ours to use. */
+        if (!X509_STORE_CTX_set_app_data(ctx, g)) {
             snprintf(why, whylen, "out of memory");
             goto out;
         }
