@@ -18,10 +18,12 @@
 #include <limits.h>
 #include <pthread.h>
 #include <semaphore.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -35,8 +37,9 @@
 #define LEDGER_BATCH_DEFAULT  256
 #define LEDGER_BUSY_MS        5000
 #define LEDGER_SERIAL_MAX     20
-#define PRUNE_EVERY_S         3600 /* age-based pruning runs at least this often */
-#define PRUNE_CHUNK           500  /* rows deleted per writer operation */
+#define PRUNE_EVERY_S         3600        /* age-based pruning runs at least this often */
+#define LOW_SPACE_KIB         (64 * 1024) /* less free space than this is warned of */
+#define PRUNE_CHUNK           500         /* rows deleted per writer operation */
 
 /*
  * Schema migrations: migrations[v] takes user_version v to v + 1. Append only.
@@ -214,10 +217,36 @@ struct eg_ledger {
     pthread_cond_t keeper_wake;
     pthread_t keeper;
     pthread_mutex_t prune_lock; /* one pass at a time */
+
+    /* The disk would not take the writer's commits (full, failing, read-only), writer thread
+       only: said once when it starts, again each minute it lasts, and when it ends. */
+    int outage_code; /* SQLite's code of the first failure; 0: the writer can write */
+    uint64_t outage_since_ms, outage_said_ms, outage_failed;
+    uint64_t low_said_ms; /* space_check's last warning; at open, then keeper thread only */
 };
+
+/*
+ * In the writer thread a full, failing or read-only disk fails every statement of a batch and
+ * then the next batch: the writer says it once per outage (outage_*), and log_db keeps only
+ * its code here instead of a line per statement.
+ */
+static __thread bool in_writer;
+static __thread int writer_disk_error;
+
+static bool disk_error(int code)
+{
+    code &= 0xff;
+    return code == SQLITE_FULL || code == SQLITE_IOERR || code == SQLITE_READONLY;
+}
 
 static void log_db(sqlite3 *db, const char *what)
 {
+    int code = sqlite3_extended_errcode(db);
+
+    if (in_writer && disk_error(code)) {
+        writer_disk_error = code;
+        return;
+    }
     fprintf(stderr, "ledger: %s: %s\n", what, sqlite3_errmsg(db));
 }
 
@@ -603,10 +632,92 @@ static void deliver(eg_ledger *lg, ledger_op *batch, unsigned n, int committed)
     }
 }
 
+/* The free space the ledger's file system gives unprivileged writers, in KiB; -1 if unknown. */
+static long long free_kib(const eg_ledger *lg)
+{
+    struct statvfs fs;
+    char dir[PATH_MAX];
+    const char *slash = strrchr(lg->path, '/');
+
+    snprintf(dir, sizeof(dir), "%.*s", slash ? (int)(slash - lg->path) + 1 : 1,
+             slash ? lg->path : ".");
+    if (statvfs(dir, &fs) != 0)
+        return -1;
+    return (long long)((unsigned long long)fs.f_bavail * fs.f_frsize / 1024);
+}
+
+/* Warns, at most once an hour, when the ledger's file system is short of space: at open and on
+   each keeper pass (hourly), before a full disk stops issuance. */
+static void space_check(eg_ledger *lg)
+{
+    long long kib = free_kib(lg);
+    uint64_t t = eg_mono_ms();
+
+    if (kib < 0 || kib >= LOW_SPACE_KIB ||
+        (lg->low_said_ms != 0 && t - lg->low_said_ms < PRUNE_EVERY_S * 1000u))
+        return;
+    fprintf(stderr,
+            "ledger: %s: warning: its file system has %lld KiB free; when that runs out, nothing "
+            "can be issued\n",
+            lg->path, kib);
+    lg->low_said_ms = t;
+}
+
+/* What the operator can do about code, for the first line of an outage. */
+static void outage_hint(const eg_ledger *lg, int code, char *out, size_t cap)
+{
+    long long kib;
+
+    if ((code & 0xff) == SQLITE_FULL) {
+        if ((kib = free_kib(lg)) >= 0)
+            snprintf(out, cap, "; its file system has %lld KiB free: make room there", kib);
+        else
+            snprintf(out, cap, "; make room on its file system");
+    } else if ((code & 0xff) == SQLITE_READONLY) {
+        snprintf(out, cap, "; is its file system mounted read-only (the kernel log says why)?");
+    } else {
+        snprintf(out, cap, "; the disk reports errors: see the kernel log");
+    }
+}
+
+/* A batch did not commit for a reason of the disk's (code), or, with code 0, one did. */
+static void outage_note(eg_ledger *lg, int code)
+{
+    uint64_t t = eg_mono_ms();
+    char hint[160];
+
+    if (code == 0) {
+        if (lg->outage_code != 0)
+            fprintf(stderr,
+                    "ledger: %s: the ledger can write again, after %llu failed writes in %llu s\n",
+                    lg->path, (unsigned long long)lg->outage_failed,
+                    (unsigned long long)(t - lg->outage_since_ms + 500) / 1000);
+        lg->outage_code = 0;
+        return;
+    }
+    if (lg->outage_code == 0) {
+        outage_hint(lg, code, hint, sizeof(hint));
+        fprintf(stderr,
+                "ledger: %s: cannot write: %s%s. Nothing is issued until it can; enrollments are "
+                "answered 503 with Retry-After\n",
+                lg->path, sqlite3_errstr(code), hint);
+        lg->outage_code = code;
+        lg->outage_since_ms = lg->outage_said_ms = t;
+        lg->outage_failed = 0;
+    } else if (t - lg->outage_said_ms >= 60000) {
+        fprintf(stderr, "ledger: %s: still cannot write: %s (%llu writes failed in %llu s)\n",
+                lg->path, sqlite3_errstr(code), (unsigned long long)lg->outage_failed + 1,
+                (unsigned long long)(t - lg->outage_since_ms + 500) / 1000);
+        lg->outage_said_ms = t;
+    }
+    lg->outage_failed++;
+}
+
 static void run_batch(eg_ledger *lg, ledger_op *batch, unsigned n)
 {
     int committed = 0;
 
+    writer_disk_error = 0;
     if (stmt_run(lg->st[W_BEGIN], "begin") != SQLITE_OK)
         goto out;
     for (ledger_op *op = batch; op != NULL; op = op->next)
@@ -618,6 +729,8 @@ static void run_batch(eg_ledger *lg, ledger_op *batch, unsigned n)
 out:
     if (!committed)
         abandon_batch(lg, batch);
+    if (committed || writer_disk_error != 0)
+        outage_note(lg, committed ? 0 : writer_disk_error);
     deliver(lg, batch, n, committed);
 }
 
@@ -627,6 +740,7 @@ static void *writer_main(void *arg)
     ledger_op *batch;
     unsigned n;
 
+    in_writer = true;
     while ((batch = take_batch(lg, &n)) != NULL)
         run_batch(lg, batch, n);
     return NULL;
@@ -834,13 +948,15 @@ static void *keeper_main(void *arg)
             if (pthread_cond_timedwait(&lg->keeper_wake, &lg->lock, &deadline) == ETIMEDOUT)
                 break;
         lg->keeper_kick = 0;
-        active = lg->keep.keep_days > 0 || lg->keep.keep_rows > 0;
-        if (lg->keeper_stop || !active)
+        if (lg->keeper_stop)
             continue;
+        active = lg->keep.keep_days > 0 || lg->keep.keep_rows > 0;
         pthread_mutex_unlock(&lg->lock);
-        prune_pass(lg, NULL);
+        space_check(lg);
+        if (active)
+            prune_pass(lg, NULL);
         pthread_mutex_lock(&lg->lock);
-        lg->stats.keeper_passes++;
+        lg->stats.keeper_passes += active;
     }
     pthread_mutex_unlock(&lg->lock);
     return NULL;
@@ -1077,6 +1193,7 @@ int eg_ledger_open(const char *path, const eg_ledger_options *opt, eg_ledger **o
         migrate_db(lg->db, lg->path, LEDGER_SCHEMA_VERSION) != 0 || prepare_writer(lg) != 0 ||
         sync_parent_dir(path) != 0)
         goto out;
+    space_check(lg);
     /* One reader now, so that a database readers cannot open fails here, not later. */
     if ((lg->readers = reader_open(path)) == NULL)
         goto out;

@@ -47,34 +47,13 @@ static char *tpath(char *buf, const char *name)
 /* The configuration with pin_file as given (NULL: the harness token's own file). */
 static char *config(const char *pin_file)
 {
-    const eg_token_config *c = eg_th_config(th);
-    char *hash = NULL, *text = malloc(16384), *at, *eol;
-    int n, m;
+    char *text = eg_fx_basic_config(th, ca, "line", pass);
 
-    if (text == NULL || eg_fx_basic_user("line", pass, NULL, &hash) != 0 ||
-        (n = eg_fx_ini_head(th, "", "", text, 16384)) < 0)
-        goto fail;
-    m = snprintf(text + n, 16384 - (size_t)n,
-                 "\n[profile default]\n"
-                 "ca_key = pkcs11:token=%s;object=ca;type=private\nca_chain = %s\n"
-                 "auth = basic\nuser = line:%s\nsan = dns:.example.com\nmax_days = 30\n",
-                 c->token_label, ca, hash);
-    if (m < 0 || m >= 16384 - n)
-        goto fail;
-    if (pin_file != NULL) {
-        /* pin_file = ... is the harness's line; the rest of the text moves up or down. */
-        if ((at = strstr(text, "pin_file = ")) == NULL || (eol = strchr(at, '\n')) == NULL)
-            goto fail;
-        at += strlen("pin_file = ");
-        memmove(at + strlen(pin_file), eol, strlen(eol) + 1);
-        memcpy(at, pin_file, strlen(pin_file));
+    if (text != NULL && pin_file != NULL && eg_fx_ini_set(&text, "pin_file", pin_file) != 0) {
+        free(text);
+        text = NULL;
     }
-    free(hash);
     return text;
-fail:
-    free(hash);
-    free(text);
-    return NULL;
 }
 
 static int suite_init(void)
@@ -178,16 +157,6 @@ static int start_notified(const char *addr, pid_t *pid, unsigned *port)
     return rc;
 }
 
-static int cacerts_status(unsigned port)
-{
-    char url[128];
-
-    snprintf(url, sizeof(url), "https://127.0.0.1:%u/.well-known/est/cacerts", port);
-    if (cmd("curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", ca, url, NULL) != 0)
-        return -1;
-    return atoi(res->out);
-}
-
 /* ---- tests ---- */
 
 static void test_systemd_hears_ready_reloading_and_stopping(void)
@@ -203,7 +172,7 @@ static void test_systemd_hears_ready_reloading_and_stopping(void)
     snprintf(serving, sizeof(serving), "STATUS=Serving 1 profile on https://127.0.0.1:%u/", port);
     CU_ASSERT(expect_message(fd, "READY=1", "READY=1", serving, NULL));
     /* Ready means serving. */
-    CU_ASSERT_EQUAL(cacerts_status(port), 200);
+    CU_ASSERT_EQUAL(eg_fx_cacerts_status(dir, res, ca, port), 200);
 
     /* systemctl reload: the file as it is. */
     CU_ASSERT_EQUAL(kill(pid, SIGHUP), 0);
@@ -220,7 +189,7 @@ static void test_systemd_hears_ready_reloading_and_stopping(void)
                              "was refused and the configuration before it stays (see the log)",
                              NULL));
     CU_ASSERT_EQUAL(eg_file_write(ini, config_text, strlen(config_text), 0600), 0);
-    CU_ASSERT_EQUAL(cacerts_status(port), 200);
+    CU_ASSERT_EQUAL(eg_fx_cacerts_status(dir, res, ca, port), 200);
 
     CU_ASSERT_EQUAL(kill(pid, SIGTERM), 0);
     CU_ASSERT(expect_message(fd, "STOPPING=1", "STOPPING=1\n", "STATUS=Stopping", NULL));

@@ -136,6 +136,65 @@ int eg_fx_ini_head(const eg_th *th, const char *server_extra, const char *token_
     return n > 0 && (size_t)n < cap ? n : -1;
 }
 
+char *eg_fx_basic_config(const eg_th *th, const char *ca_pem, const char *user,
+                         const char *pass_file)
+{
+    enum { CAP = 16384 };
+    char *hash = NULL, *text = malloc(CAP);
+    int n, m;
+
+    if (text == NULL || eg_fx_basic_user(user, pass_file, NULL, &hash) != 0 ||
+        (n = eg_fx_ini_head(th, "", "", text, CAP)) < 0)
+        goto fail;
+    m = snprintf(text + n, CAP - (size_t)n,
+                 "\n[profile default]\n"
+                 "ca_key = pkcs11:token=%s;object=ca;type=private\nca_chain = %s\n"
+                 "auth = basic\nuser = %s:%s\nsan = dns:.example.com\nmax_days = 30\n",
+                 eg_th_config(th)->token_label, ca_pem, user, hash);
+    if (m < 0 || m >= CAP - n)
+        goto fail;
+    free(hash);
+    return text;
+fail:
+    free(hash);
+    free(text);
+    return NULL;
+}
+
+int eg_fx_ini_set(char **text, const char *key, const char *value)
+{
+    size_t klen = strlen(key), vlen = strlen(value), head, tail;
+    char *at = *text, *eol, *out;
+
+    /* The first line that starts with "key = ". */
+    while (at != NULL && !((at == *text || at[-1] == '\n') && strncmp(at, key, klen) == 0 &&
+                           strncmp(at + klen, " = ", 3) == 0))
+        at = strstr(at + 1, key);
+    if (at == NULL || (eol = strchr(at, '\n')) == NULL)
+        return -1;
+    head = (size_t)(at - *text) + klen + 3;
+    tail = strlen(eol);
+    if ((out = malloc(head + vlen + tail + 1)) == NULL)
+        return -1;
+    memcpy(out, *text, head);
+    memcpy(out + head, value, vlen);
+    memcpy(out + head + vlen, eol, tail + 1);
+    free(*text);
+    *text = out;
+    return 0;
+}
+
+int eg_fx_cacerts_status(const char *dir, eg_child_result *r, const char *ca, unsigned port)
+{
+    char url[128];
+
+    snprintf(url, sizeof(url), "https://127.0.0.1:%u/.well-known/est/cacerts", port);
+    if (eg_child_cmd(dir, r, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", ca,
+                     url, NULL) != 0)
+        return -1;
+    return atoi(r->out);
+}
+
 /* The ports of the first nports "listening on https://ADDR:PORT/" lines of log (ADDR may be
    [IPv6]); 0 when all are there. */
 static int listening(const char *log, unsigned *ports, size_t nports)

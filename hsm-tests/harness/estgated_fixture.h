@@ -56,6 +56,22 @@ int eg_fx_ini_head(const eg_th *th, const char *server_extra, const char *token_
                    size_t cap);
 
 /*
+ * A whole fixture configuration (eg_fx_ini_head) with one [profile default]: the "ca" key and
+ * ca_pem, Basic auth for user with a new password (eg_fx_basic_user, into pass_file), names
+ * under .example.com, at most 30 days. malloc'd; NULL on failure.
+ */
+char *eg_fx_basic_config(const eg_th *th, const char *ca_pem, const char *user,
+                         const char *pass_file);
+
+/* Gives the first "key = ..." line of *text (malloc'd, replaced) the value; 0, or -1 when
+   there is no such line. */
+int eg_fx_ini_set(char **text, const char *key, const char *value);
+
+/* The HTTP status curl gets for /cacerts on 127.0.0.1:port, trusting ca; -1 when curl failed
+   (r has its output; dir is where it runs). */
+int eg_fx_cacerts_status(const char *dir, eg_child_result *r, const char *ca, unsigned port);
+
+/*
  * Starts build/appliance/estgated -c ini with its output in log, and waits
  * (up to 20 s) for nports "listening on https://ADDR:PORT" lines;
  * 0 with *pid and ports[] set. Prints the log when it does not start.
