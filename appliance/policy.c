@@ -432,7 +432,58 @@ static int check_sans(const eg_profile_cfg *p, const STACK_OF(X509_EXTENSION) * 
 
 /* ---- subject ---- */
 
-static int check_subject(const eg_policy *pol, const eg_csr *csr, eg_policy_verdict *v)
+/*
+ * A CN that a TLS client would take for a host name, a dotted DNS name or an IP address, must be
+ * one the profile's SAN rules allow: clients fall back to the CN when a certificate has no
+ * dNSName (RFC 6125 6.4.4; OpenSSL and Mbed TLS do), so an unchecked CN would name any host.
+ * Other CNs (a device's serial, a single label) are not names of hosts on the way to a device
+ * and stay as they are.
+ */
+static int check_cn(const eg_profile_cfg *p, const X509_NAME *name, eg_policy_verdict *v)
+{
+    int i = -1, rc = 0;
+
+    while (rc == 0 && (i = X509_NAME_get_index_by_NID(name, NID_commonName, i)) >= 0) {
+        const ASN1_STRING *cn = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, i));
+        unsigned char *utf8 = NULL, ip[16];
+        int n = ASN1_STRING_to_UTF8(&utf8, cn), iplen = 0;
+        GENERAL_NAME gn = {0};
+        ASN1_STRING str = {0};
+        char text[220];
+
+        if (n <= 0) {
+            OPENSSL_free(utf8);
+            return refuse(v, EG_DIM_SUBJECT, "the CSR's CN cannot be read");
+        }
+        if (memchr(utf8, '\0', (size_t)n) == NULL) {
+            if (inet_pton(AF_INET, (char *)utf8, ip) == 1)
+                iplen = 4;
+            else if (inet_pton(AF_INET6, (char *)utf8, ip) == 1)
+                iplen = 16;
+        }
+        if (iplen != 0) {
+            gn.type = GEN_IPADD;
+            ASN1_STRING_set0(&str, ip, iplen);
+        } else if (memchr(utf8, '.', (size_t)n) != NULL &&
+                   dns_name_valid((char *)utf8, (size_t)n)) {
+            gn.type = GEN_DNS;
+            ASN1_STRING_set0(&str, utf8, n);
+        }
+        gn.d.ia5 = &str;
+        if (gn.type != 0 && !san_allowed(p, &gn)) {
+            printable(utf8, (size_t)n, text, sizeof(text));
+            rc = refuse(v, EG_DIM_SUBJECT,
+                        "CN %s reads as %s, and this profile's SAN rules do not allow it "
+                        "(clients take a certificate's CN for its host name)",
+                        text, iplen != 0 ? "an IP address" : "a DNS name");
+        }
+        OPENSSL_free(utf8);
+    }
+    return rc;
+}
+
+static int check_subject(const eg_policy *pol, const eg_csr *csr,
+                         const STACK_OF(X509_EXTENSION) * exts, eg_policy_verdict *v)
 {
     const eg_profile_cfg *p = pol->cfg;
     const X509_NAME *name = eg_csr_subject(csr);
@@ -445,8 +496,13 @@ static int check_subject(const eg_policy *pol, const eg_csr *csr, eg_policy_verd
             return refuse(v, EG_DIM_SUBJECT,
                           "this profile's subject template needs a CN and "
                           "the CSR has none");
-        return 0;
+        return pol->tmpl.uses_cn ? check_cn(p, name, v) : 0;
     }
+    if (X509_NAME_entry_count(name) == 0 &&
+        X509V3_get_d2i(exts, NID_subject_alt_name, NULL, NULL) == NULL)
+        return refuse(v, EG_DIM_SUBJECT,
+                      "the CSR has neither a subject nor a subjectAltName: a certificate must "
+                      "name something");
     for (i = 0; i < X509_NAME_entry_count(name); i++) {
         bool ok = false;
 
@@ -461,7 +517,7 @@ static int check_subject(const eg_policy *pol, const eg_csr *csr, eg_policy_verd
                           "profile",
                           nid != NID_undef ? OBJ_nid2sn(nid) : "(unknown)");
     }
-    return 0;
+    return check_cn(p, name, v);
 }
 
 static int check_attrs(const eg_profile_cfg *p, const eg_csr *csr, eg_policy_verdict *v)
@@ -582,7 +638,7 @@ static int check(const eg_policy *pol, const eg_csr *csr, bool key, eg_policy_ve
     if (rc == 0)
         rc = check_sans(pol->cfg, exts, &r);
     if (rc == 0)
-        rc = check_subject(pol, csr, &r);
+        rc = check_subject(pol, csr, exts, &r);
     if (rc == 0)
         rc = check_attrs(pol->cfg, csr, &r);
     if (rc == 0)

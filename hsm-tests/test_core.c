@@ -710,6 +710,53 @@ static void enroll_signed(EVP_PKEY *key, const char *md, const char *profile, co
 }
 
 /*
+ * TLS clients take a certificate's CN for its host name when it has no dNSName, so a CN that
+ * reads as a host name obeys the SAN rules (it got any name past them before); a device's serial
+ * or a single label does not read as one. A CSR that names nothing at all is the device's
+ * mistake (403), not the appliance's (the lint would refuse it: 500).
+ */
+static void test_a_cn_that_names_a_host_obeys_the_san_rules(void)
+{
+    static const struct refusal rs[] = {
+        {"iot", "CN=login.bank.test", "DNS:d.example.com", NULL, NULL, EG_DIM_SUBJECT,
+         "CN login.bank.test reads as a DNS name, and this profile's SAN rules do not allow it"},
+        {"iot", "CN=192.0.2.1", "DNS:d.example.com", NULL, NULL, EG_DIM_SUBJECT,
+         "CN 192.0.2.1 reads as an IP address"},
+        {"iot", "CN=*.example.com", "DNS:d.example.com", NULL, NULL, EG_DIM_SUBJECT, NULL},
+        /* the template takes the CSR's CN */
+        {"", "CN=login.bank.test", "DNS:d.example.com", NULL, "pw", EG_DIM_SUBJECT,
+         "CN login.bank.test"},
+        /* "bare" has no SAN rules, so it allows no host name in a CN either */
+        {"bare", "CN=d.example.com", NULL, NULL, NULL, EG_DIM_SUBJECT, "a DNS name"},
+        {"bare", "", NULL, NULL, NULL, EG_DIM_SUBJECT, "neither a subject nor a subjectAltName"},
+    };
+    static const struct {
+        const char *profile, *subject, *challenge;
+    } ok[] = {
+        {"iot", "CN=d.example.com", NULL}, {"iot", "CN=10.1.2.3", NULL},
+        {"iot", "CN=2001:db8::7", NULL},   {"", "CN=x.example.com", "pw"},
+        {"bare", "CN=serial-00042", NULL}, {"bare", "CN=router1", NULL},
+    };
+    EVP_PKEY *p256 = EVP_EC_gen("P-256");
+    eg_answer a;
+    size_t i;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(p256);
+    for (i = 0; i < sizeof(rs) / sizeof(rs[0]); i++)
+        expect_refusal(p256, &rs[i]);
+    for (i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+        enroll_signed(p256, "SHA256", ok[i].profile, ok[i].subject,
+                      strcmp(ok[i].profile, "bare") == 0 ? NULL : "DNS:d.example.com",
+                      ok[i].challenge, &a);
+        CU_ASSERT_EQUAL(a.status, EG_OK);
+        if (a.status != EG_OK)
+            printf("\n  %s on %s: %s\n", ok[i].subject, ok[i].profile, a.reason);
+        eg_answer_clear(&a);
+    }
+    EVP_PKEY_free(p256);
+}
+
+/*
  * A CSR signed with MD5 proves little about its key: refused on every profile (403, dim
  * signature) before the token signs; SHA-1 only where the profile leaves it in csr_digests.
  */
@@ -1625,6 +1672,7 @@ static CU_TestInfo tests[] = {
     {"issue_limit counts new certificates per principal", test_issue_limit_counts_new_certificates},
     {"the ledger counts the certificates", test_ledger_counts_certificates},
     {"policy refusals name their dimension", test_policy_refusals_name_their_dimension},
+    {"a CN that names a host obeys the SAN rules", test_a_cn_that_names_a_host_obeys_the_san_rules},
     {"RSA-1024 and an unlisted curve are refused", test_key_refusals},
     {"CSRs signed with MD5, or SHA-1 where not listed, are refused", test_weak_csr_signatures},
     {"a requested validity is refused past max_days, granted below", test_requested_validity},
