@@ -33,6 +33,8 @@
 
 /* A subject as the ledger records it (RFC 2253), at most this long with its NUL. */
 #define EG_SUBJECT_TEXT_MAX 256
+/* At most how long a certificate is sent again to a request identical to the one it answered. */
+#define REPLAY_MAX_S 86400
 
 typedef struct core_profile {
     eg_profile_cfg cfg; /* our own copy; users and other web-only parts left out */
@@ -617,6 +619,7 @@ typedef struct enroll {
     eg_skg_result kg;    /* serverkeygen: the generated key */
     bool limit_taken;    /* a slot of the profile's issue_limit is this request's... */
     char limit_key[320]; /* ...counted under this name */
+    char replaces[48];   /* the serial, in hex, of a too old certificate of the same request */
 } enroll;
 
 static bool same_names(const GENERAL_NAMES *x, const GENERAL_NAMES *y)
@@ -864,8 +867,9 @@ static int record_issued(enroll *e, const char *serial)
     else if (e->req->current_expired_s > 0)
         snprintf(expired, sizeof(expired), " expired_for=%ldh",
                  (e->req->current_expired_s + 3599) / 3600);
-    answer_set(&e->a, EG_OK, ok_kind(e), EG_DIM_NONE, "serial=%s%s%s%s", serial, e->skg ? " " : "",
-               e->skg ? e->kg.what : "", expired);
+    answer_set(&e->a, EG_OK, ok_kind(e), EG_DIM_NONE, "serial=%s%s%s%s%s%s", serial,
+               e->skg ? " " : "", e->skg ? e->kg.what : "", expired,
+               e->replaces[0] ? " replaces=" : "", e->replaces);
     rec = audit_record(e, NULL);
     eg_audit_event_fill(&rec, &ev, detail, sizeof(detail));
     if (eg_ledger_complete_issue_audit(e->core->lg, e->intent_id, e->a.der, e->a.der_len, &ev) != 0)
@@ -980,9 +984,40 @@ static void request_hash(const enroll *e, uint8_t out[32])
     EVP_MD_CTX_free(md);
 }
 
-/* Records the intent; a serial that is already taken is drawn again. */
+/*
+ * Whether the certificate an earlier identical request got may be sent again. It is for a
+ * device that lost the answer and asks again, so only while the certificate is young: a quarter
+ * of its life and at most REPLAY_MAX_S, from the profile's current CA. Later the same request
+ * is a device renewing with the same key: RSA PKCS#1 v1.5 and Ed25519 signatures are
+ * deterministic, so its CSR is byte for byte the one before, and it must get a new
+ * certificate, not its old one back (it may have expired).
+ */
+static bool replayable(const enroll *e, const uint8_t *der, size_t len)
+{
+    const unsigned char *p = der;
+    X509 *x = d2i_X509(NULL, &p, (long)len);
+    int life_d, life_s, age_d, age_s, left_d, left_s;
+    long long life, age, window;
+    bool ok = false;
+
+    if (x != NULL &&
+        ASN1_TIME_diff(&life_d, &life_s, X509_get0_notBefore(x), X509_get0_notAfter(x)) &&
+        ASN1_TIME_diff(&age_d, &age_s, X509_get0_notBefore(x), NULL) &&
+        ASN1_TIME_diff(&left_d, &left_s, NULL, X509_get0_notAfter(x))) {
+        life = life_d * 86400LL + life_s;
+        age = age_d * 86400LL + age_s - EG_ISSUE_CLOCK_SKEW_S; /* notBefore is set back */
+        window = life / 4 < REPLAY_MAX_S ? life / 4 : REPLAY_MAX_S;
+        ok = left_d * 86400LL + left_s > 0 && age <= window &&
+             X509_check_issued(e->prof->ca.cert, x) == X509_V_OK;
+    }
+    X509_free(x);
+    return ok;
+}
+
+/* Records the intent; a serial that is already taken is drawn again. supersede: see
+   eg_issue_intent. */
 static int begin_intent(enroll *e, const X509_NAME *subject, const eg_validity *val,
-                        eg_intent_result *ir)
+                        int64_t supersede, eg_intent_result *ir)
 {
     uint8_t serial[EG_SERIAL_LEN];
     char subj[EG_SUBJECT_TEXT_MAX];
@@ -993,6 +1028,7 @@ static int begin_intent(enroll *e, const X509_NAME *subject, const eg_validity *
         .serial_len = sizeof(serial),
         .subject = subj,
         .not_after = (int64_t)val->not_after,
+        .supersede_id = supersede,
     };
     int rc = -2, tries;
 
@@ -1027,7 +1063,16 @@ static void issue(enroll *e)
         e->a.reason_public = true; /* the CA certificate's dates, which /cacerts shows anyway */
         goto out;
     }
-    if (begin_intent(e, subject, &val, &ir) != 0) {
+    rc = begin_intent(e, subject, &val, 0, &ir);
+    if (rc == 0 && ir.state == EG_INTENT_ISSUED && !replayable(e, ir.cert, ir.cert_len)) {
+        int64_t old = ir.id;
+
+        hex(ir.serial, ir.serial_len, e->replaces, sizeof(e->replaces));
+        free(ir.cert);
+        ir = (eg_intent_result){0};
+        rc = begin_intent(e, subject, &val, old, &ir);
+    }
+    if (rc != 0) {
         answer_set(&e->a, EG_UNAVAILABLE, EG_AUDIT_UNAVAILABLE, EG_DIM_NONE,
                    "the ledger did not record the intent to issue");
         e->a.retry_after = 5;

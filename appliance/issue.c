@@ -17,7 +17,6 @@
 #include "errors.h"
 #include "issue.h"
 
-#define CLOCK_SKEW_S 300
 #define DEFAULT_DAYS 365
 
 static int fail(char *reason, size_t cap, const char *what)
@@ -39,7 +38,7 @@ int eg_issue_validity(const eg_policy *pol, const eg_issue_ca *ca, time_t now, u
     /* A shorter validity asked for in the CSR is granted; a longer one was refused. */
     if (asked > 0 && asked < days)
         days = asked;
-    eg_validity v = {now - CLOCK_SKEW_S, now + (time_t)days * 86400};
+    eg_validity v = {now - EG_ISSUE_CLOCK_SKEW_S, now + (time_t)days * 86400};
 
     if (ca->not_before > now) {
         snprintf(reason, cap,

@@ -28,6 +28,9 @@ typedef struct eg_issue_ca {
     time_t not_after;
 } eg_issue_ca;
 
+/* How far back a certificate's notBefore is set, for devices whose clocks run behind. */
+#define EG_ISSUE_CLOCK_SKEW_S 300
+
 /* The validity of a certificate issued now: [now - 5 min, now + max_days] inside the CA's. */
 typedef struct eg_validity {
     time_t not_before, not_after;

@@ -33,7 +33,7 @@
 #include "ledger.h"
 #include "ledger_local.h"
 
-#define LEDGER_SCHEMA_VERSION 4
+#define LEDGER_SCHEMA_VERSION 5
 #define LEDGER_BATCH_DEFAULT  256
 #define LEDGER_BUSY_MS        5000
 #define LEDGER_SERIAL_MAX     20
@@ -96,6 +96,15 @@ static const char *const migrations[LEDGER_SCHEMA_VERSION] = {
      * both use the name now. The request key moves with it, so retries stay idempotent.
      */
     "UPDATE issuance SET profile = 'default' WHERE profile = '';",
+    /*
+     * A certificate is sent again to the same request only while it is young (the caller
+     * decides); after that the same request gets a new one, and the earlier issuance leaves the
+     * request key, its certificate kept: superseded is when.
+     */
+    "ALTER TABLE issuance ADD COLUMN superseded INTEGER;"
+    "DROP INDEX issuance_key;"
+    "CREATE UNIQUE INDEX issuance_key ON issuance (profile, principal, request_hash)"
+    " WHERE fail_reason IS NULL AND superseded IS NULL;",
 };
 
 enum {
@@ -106,6 +115,7 @@ enum {
     W_RELEASE,
     W_ROLLBACK_TO,
     W_FIND_KEY,
+    W_SUPERSEDE,
     W_INSERT,
     W_COMPLETE,
     W_FAIL,
@@ -121,10 +131,12 @@ static const char *const writer_sql[W_NSTMT] = {
     [W_SAVEPOINT] = "SAVEPOINT op",
     [W_RELEASE] = "RELEASE op",
     [W_ROLLBACK_TO] = "ROLLBACK TO op",
-    /* The fail_reason term lets the planner use the partial index. */
+    /* The fail_reason and superseded terms let the planner use the partial index. */
     [W_FIND_KEY] = "SELECT id, state = 'issued', serial, cert FROM issuance"
                    " WHERE profile = ?1 AND principal = ?2 AND request_hash = ?3"
-                   " AND fail_reason IS NULL",
+                   " AND fail_reason IS NULL AND superseded IS NULL",
+    [W_SUPERSEDE] = "UPDATE issuance SET superseded = ?1"
+                    " WHERE id = ?2 AND state = 'issued' AND superseded IS NULL",
     [W_INSERT] = "INSERT INTO issuance (created, profile, principal, request_hash, serial,"
                  " subject, not_after, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending')",
     [W_COMPLETE] = "UPDATE issuance SET state = 'issued', completed = ?1, cert = ?2"
@@ -393,6 +405,14 @@ static int op_begin(eg_ledger *lg, ledger_op *op)
     eg_intent_result *res = &op->res;
     int rc = -1, found;
 
+    /* An issuance the caller found too old to send again leaves the key (a concurrent caller
+       may have done so already), and the same request begins anew. */
+    if (op->intent->supersede_id != 0) {
+        sqlite3_bind_int64(lg->st[W_SUPERSEDE], 1, now());
+        sqlite3_bind_int64(lg->st[W_SUPERSEDE], 2, op->intent->supersede_id);
+        if (stmt_run(lg->st[W_SUPERSEDE], "begin_issue: supersede") != SQLITE_OK)
+            goto out;
+    }
     if ((found = find_key(lg, op->intent, res)) < 0)
         goto out;
     if (found && (res->state == EG_INTENT_ISSUED || flight_has(lg, res->id))) {

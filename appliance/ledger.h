@@ -36,6 +36,10 @@ typedef struct eg_issue_intent {
     size_t serial_len;
     const char *subject; /* RFC 2253 subject, for operators */
     int64_t not_after;   /* Unix time */
+    /* Not 0: the id of an issuance of this key that begin_issue answered EG_INTENT_ISSUED and
+       the caller will not send again (too old); it leaves the key, certificate kept, before
+       the intent is looked up, so the same request begins anew. */
+    int64_t supersede_id;
 } eg_issue_intent;
 
 typedef enum eg_intent_state {

@@ -161,6 +161,24 @@ static uint8_t *make_csr(EVP_PKEY *key, const char *subject, const char *sans, c
     return out;
 }
 
+/*
+ * The wall clock as this process's callers of time() see it (the core, the ledger, OpenSSL's
+ * certificate time checks), moved by time_shift seconds: a day later without waiting one.
+ */
+static long time_shift;
+
+__attribute__((visibility("default"))) time_t time(time_t *out)
+{
+    struct timespec ts;
+    time_t t;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    t = ts.tv_sec + time_shift;
+    if (out != NULL)
+        *out = t;
+    return t;
+}
+
 static void enroll(const char *profile, const char *principal, const uint8_t *csr, size_t len,
                    const uint8_t *cur, size_t curlen, eg_answer *a)
 {
@@ -707,6 +725,80 @@ static void enroll_signed(EVP_PKEY *key, const char *md, const char *profile, co
     CU_ASSERT_PTR_NOT_NULL_FATAL(csr);
     enroll(profile, "basic:bob", csr, len, NULL, 0, a);
     free(csr);
+}
+
+/* The serial of the certificate in a's certs-only answer, as an OpenSSL BIGNUM in hex. */
+static char *answer_serial(const eg_answer *a)
+{
+    X509 *x = answer_cert(a);
+    BIGNUM *bn = x ? ASN1_INTEGER_to_BN(X509_get0_serialNumber(x), NULL) : NULL;
+    char *hex = bn ? BN_bn2hex(bn) : NULL;
+
+    BN_free(bn);
+    X509_free(x);
+    return hex;
+}
+
+/*
+ * The same request again is answered with the certificate it got while that is young (a device
+ * that lost the answer); a day later, the same CSR (a device renewing with its key: RSA PKCS#1
+ * v1.5 signatures are deterministic, so its CSR is the same bytes) gets a new certificate, and
+ * the audit reason names the one it replaces, which stays in the ledger.
+ */
+static void test_the_same_request_a_day_later_gets_a_new_certificate(void)
+{
+    EVP_PKEY *rsa = EVP_RSA_gen(2048);
+    uint8_t *csr, *again;
+    size_t len, again_len;
+    char *first = NULL, *second = NULL, *third = NULL;
+    uint64_t before;
+    eg_answer a;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(rsa);
+    csr = make_csr(rsa, "CN=keeper", NULL, NULL, NULL, &len);
+    again = make_csr(rsa, "CN=keeper", NULL, NULL, NULL, &again_len);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(csr);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(again);
+    CU_ASSERT(len == again_len && memcmp(csr, again, len) == 0); /* made again: the same bytes */
+
+    enroll("bare", "basic:keeper", csr, len, NULL, 0, &a);
+    CU_ASSERT_EQUAL(a.status, EG_OK);
+    first = answer_serial(&a);
+    eg_answer_clear(&a);
+    time_shift = 6 * 3600; /* within the day: sent again, not signed */
+    before = sign_calls();
+    enroll("bare", "basic:keeper", again, again_len, NULL, 0, &a);
+    CU_ASSERT_EQUAL(a.status, EG_OK);
+    CU_ASSERT_EQUAL(sign_calls(), before);
+    CU_ASSERT_PTR_NOT_NULL(strstr(a.reason, "(sent again)"));
+    second = answer_serial(&a);
+    CU_ASSERT(first != NULL && second != NULL && strcmp(first, second) == 0);
+    eg_answer_clear(&a);
+
+    time_shift = 25 * 3600;
+    enroll("bare", "basic:keeper", again, again_len, NULL, 0, &a);
+    CU_ASSERT_EQUAL(a.status, EG_OK);
+    CU_ASSERT_EQUAL(a.event, EG_AUDIT_ISSUED);
+    CU_ASSERT_EQUAL(sign_calls(), before + 1);
+    third = answer_serial(&a);
+    CU_ASSERT(first != NULL && third != NULL && strcmp(first, third) != 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(a.reason, " replaces="));
+    eg_answer_clear(&a);
+    /* ...and that new one is what the request gets from now on. */
+    enroll("bare", "basic:keeper", again, again_len, NULL, 0, &a);
+    free(second);
+    second = answer_serial(&a);
+    CU_ASSERT(second != NULL && third != NULL && strcmp(second, third) == 0);
+    CU_ASSERT_EQUAL(sign_calls(), before + 1);
+    eg_answer_clear(&a);
+    time_shift = 0;
+
+    OPENSSL_free(first);
+    OPENSSL_free(second);
+    OPENSSL_free(third);
+    free(csr);
+    free(again);
+    EVP_PKEY_free(rsa);
 }
 
 /*
@@ -1673,6 +1765,8 @@ static CU_TestInfo tests[] = {
     {"the ledger counts the certificates", test_ledger_counts_certificates},
     {"policy refusals name their dimension", test_policy_refusals_name_their_dimension},
     {"a CN that names a host obeys the SAN rules", test_a_cn_that_names_a_host_obeys_the_san_rules},
+    {"the same request a day later gets a new certificate",
+     test_the_same_request_a_day_later_gets_a_new_certificate},
     {"RSA-1024 and an unlisted curve are refused", test_key_refusals},
     {"CSRs signed with MD5, or SHA-1 where not listed, are refused", test_weak_csr_signatures},
     {"a requested validity is refused past max_days, granted below", test_requested_validity},

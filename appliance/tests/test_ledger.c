@@ -179,16 +179,17 @@ static void test_schema_is_wal_full_sync_with_version(void)
     CU_ASSERT(writer_pragma_is(lg, "journal_mode", "wal"));
     CU_ASSERT(writer_pragma_is(lg, "synchronous", "2"));
     CU_ASSERT(writer_pragma_is(lg, "foreign_keys", "1"));
-    CU_ASSERT(writer_pragma_is(lg, "user_version", "4"));
-    CU_ASSERT(sql_text_is("SELECT sql LIKE '%WHERE fail_reason IS NULL' FROM sqlite_schema"
-                          " WHERE name = 'issuance_key'",
-                          "1"));
+    CU_ASSERT(writer_pragma_is(lg, "user_version", "5"));
+    CU_ASSERT(sql_text_is(
+        "SELECT sql LIKE '%WHERE fail_reason IS NULL AND superseded IS NULL' FROM sqlite_schema"
+        " WHERE name = 'issuance_key'",
+        "1"));
     CU_ASSERT(sql_text_is("SELECT group_concat(name) FROM (SELECT name FROM pragma_table_info("
                           "'audit') ORDER BY cid)",
                           "id,time,type,profile,principal,peer,detail,intent_id"));
     eg_ledger_close(lg);
     lg = open_ledger(NULL); /* an existing ledger opens without migrating again */
-    CU_ASSERT(writer_pragma_is(lg, "user_version", "4"));
+    CU_ASSERT(writer_pragma_is(lg, "user_version", "5"));
     eg_ledger_close(lg);
 }
 
@@ -279,7 +280,7 @@ static void test_version_1_ledger_migrates(void)
     CU_ASSERT(sql_text_is("PRAGMA user_version", "1"));
 
     lg = open_ledger(NULL);
-    CU_ASSERT(writer_pragma_is(lg, "user_version", "4"));
+    CU_ASSERT(writer_pragma_is(lg, "user_version", "5"));
     CU_ASSERT(begin_state_is(lg, 1, EG_INTENT_NEW)); /* a failed key may be issued again */
     CU_ASSERT(begin_state_is(lg, 2, EG_INTENT_NEW));
     CU_ASSERT(begin_state_is(lg, 3, EG_INTENT_ISSUED));
@@ -378,6 +379,52 @@ static void test_issued_request_returns_same_certificate(void)
     CU_ASSERT_EQUAL(eg_ledger_count_issued(lg), 1);
     CU_ASSERT(has_cert(lg, 1));
     CU_ASSERT_EQUAL(eg_ledger_complete_issue(lg, first.id, der, len), -1); /* not in flight */
+    eg_ledger_close(lg);
+}
+
+/*
+ * An issuance its caller will not send again (too old) leaves the request key with its
+ * certificate kept, and the same request begins anew in the same operation; a second caller
+ * superseding it too finds the new intent.
+ */
+static void test_a_superseded_issuance_keeps_its_certificate(void)
+{
+    eg_ledger *lg = open_ledger(NULL);
+    uint8_t der[CERT_MAX], der2[CERT_MAX], *found = NULL;
+    size_t len = fake_cert(1, der), len2 = fake_cert(2, der2), found_len = 0;
+    eg_intent_result first, renewed, late;
+    req r;
+
+    req_init(&r, 1);
+    CU_ASSERT_EQUAL_FATAL(eg_ledger_begin_issue(lg, &r.in, &first), 0);
+    CU_ASSERT_EQUAL_FATAL(eg_ledger_complete_issue(lg, first.id, der, len), 0);
+
+    set_serial(&r, 2);
+    r.in.supersede_id = first.id;
+    CU_ASSERT_EQUAL_FATAL(eg_ledger_begin_issue(lg, &r.in, &renewed), 0);
+    CU_ASSERT_EQUAL(renewed.state, EG_INTENT_NEW);
+    CU_ASSERT(renewed.id != first.id);
+    /* Another caller that found the old one too: the new intent is in flight. */
+    set_serial(&r, 3);
+    CU_ASSERT_EQUAL_FATAL(eg_ledger_begin_issue(lg, &r.in, &late), 0);
+    CU_ASSERT_EQUAL(late.state, EG_INTENT_BUSY);
+    CU_ASSERT_EQUAL(late.id, renewed.id);
+    CU_ASSERT_EQUAL_FATAL(eg_ledger_complete_issue(lg, renewed.id, der2, len2), 0);
+
+    /* Both certificates stay, each under its serial; the request now answers the new one. */
+    CU_ASSERT_EQUAL(eg_ledger_count_issued(lg), 2);
+    set_serial(&r, 1);
+    CU_ASSERT_EQUAL(eg_ledger_find_serial(lg, r.serial, sizeof(r.serial), &found, &found_len), 1);
+    CU_ASSERT(found_len == len && found != NULL && memcmp(found, der, len) == 0);
+    free(found);
+    set_serial(&r, 4);
+    r.in.supersede_id = 0;
+    CU_ASSERT_EQUAL_FATAL(eg_ledger_begin_issue(lg, &r.in, &late), 0);
+    CU_ASSERT_EQUAL(late.state, EG_INTENT_ISSUED);
+    CU_ASSERT_EQUAL(late.id, renewed.id);
+    CU_ASSERT(late.cert_len == len2 && memcmp(late.cert, der2, len2) == 0);
+    free(late.cert);
+    CU_ASSERT(sql_text_is("SELECT count(*) FROM issuance WHERE superseded IS NOT NULL", "1"));
     eg_ledger_close(lg);
 }
 
@@ -1123,6 +1170,8 @@ static CU_TestInfo tests[] = {
     {"newer schema is refused", test_newer_schema_is_refused},
     {"second open is refused", test_second_open_is_refused},
     {"issued request returns the same certificate", test_issued_request_returns_same_certificate},
+    {"a superseded issuance keeps its certificate",
+     test_a_superseded_issuance_keeps_its_certificate},
     {"request in flight is busy", test_request_in_flight_is_busy},
     {"failed attempt can be retried", test_failed_attempt_can_be_retried},
     {"refused writes leave the request retryable", test_refused_writes_leave_the_request_retryable},
