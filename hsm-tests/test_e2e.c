@@ -710,9 +710,11 @@ static void test_ambiguous_framing_is_refused_and_closes(void)
         {"Content-Length: +4\r\n\r\nAAAA", 400, "Content-Length is not a number"},
         {"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400,
          "more than one Transfer-Encoding"},
-        /* civetweb ends the headers at the folded line: the Content-Length after it is lost */
-        {"X-Folded: a\r\n b\r\nContent-Length: 4\r\n\r\nAAAA", 411,
-         "needs a Content-Length or Transfer-Encoding"},
+        /* civetweb ends the headers at a folded line: what follows it would be lost */
+        {"X-Folded: a\r\n b\r\nContent-Length: 4\r\n\r\nAAAA", 400, "a folded header line"},
+        {"Content-Length: 4\r\nX-Folded: a\r\n b\r\nTransfer-Encoding: chunked\r\n\r\n"
+         "0\r\n\r\n",
+         400, "a folded header line"},
         {"Content-Length: 4 \r\n\r\nAAAA", 400, "not a DER PKCS#10"}, /* sound: kept open */
     };
     const char *next = "GET /.well-known/est/cacerts HTTP/1.1\r\nHost: localhost\r\n"
@@ -735,6 +737,100 @@ static void test_ambiguous_framing_is_refused_and_closes(void)
         CU_ASSERT_PTR_NOT_NULL(strstr(res->out, cases[i].reason));
         CU_ASSERT_EQUAL(second != NULL, sound); /* the request behind it: only when sound */
     }
+}
+
+/* Whether the last raw request got more than one answer: the request hidden behind it too. */
+static bool smuggled_answered(void)
+{
+    return strstr(res->out, "\nHTTP/1.") != NULL; /* a status line after the first answer's */
+}
+
+/*
+ * Header lines civetweb drops without a word (after a folded line, past its 64 fields) and
+ * framings RFC 9112 calls faulty (Transfer-Encoding in HTTP/1.0, an HTTP/1.1 request without
+ * Host): refused and closed, so a request hidden behind them is never answered. 64 fields that
+ * all arrive are a sound request. A body that stops short of its Content-Length is refused,
+ * and nothing is issued from it.
+ */
+static void test_header_lines_civetweb_drops_are_refused(void)
+{
+    const char *hidden = "GET /.well-known/est/csrattrs HTTP/1.1\r\nHost: localhost\r\n"
+                         "Connection: close\r\n\r\n";
+    char raw[4096], fill[2048], rest[3072], b64[PATH_MAX + 1], *csr;
+    size_t n = 0;
+    int issued;
+
+    for (int i = 0; i < 64; i++)
+        n += (size_t)snprintf(fill + n, sizeof(fill) - n, "X-Fill-%02d: x\r\n", i);
+    /* 64 fields and then the one that frames the body: dropped, so refused. */
+    snprintf(rest, sizeof(rest), "%sTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n%s", fill, hidden);
+    CU_ASSERT_FATAL(raw_text(raw, sizeof(raw), "POST", "simpleenroll", rest) > 0);
+    raw_request(raw);
+    CU_ASSERT_PTR_NOT_NULL(strstr(res->out, "HTTP/1.1 431"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(res->out, "too many header fields"));
+    CU_ASSERT_FALSE(smuggled_answered());
+    /* Host, Connection and 62 more: all 64 arrive, a sound request. */
+    n = 0;
+    for (int i = 0; i < 62; i++)
+        n += (size_t)snprintf(fill + n, sizeof(fill) - n, "X-Fill-%02d: x\r\n", i);
+    snprintf(raw, sizeof(raw),
+             "GET /.well-known/est/cacerts HTTP/1.1\r\nHost: localhost\r\n%s"
+             "Connection: close\r\n\r\n",
+             fill);
+    raw_request(raw);
+    CU_ASSERT_EQUAL(strncmp(res->out, "HTTP/1.1 200", 12), 0);
+
+    /* A GET whose Content-Length follows a folded line: its body would be the next request. */
+    snprintf(raw, sizeof(raw),
+             "GET /.well-known/est/cacerts HTTP/1.1\r\nHost: localhost\r\nX-Folded: a\r\n b\r\n"
+             "Content-Length: %zu\r\n\r\n%s",
+             strlen(hidden), hidden);
+    raw_request(raw);
+    CU_ASSERT_EQUAL(strncmp(res->out, "HTTP/1.1 400", 12), 0);
+    CU_ASSERT_FALSE(smuggled_answered());
+
+    /* HTTP/1.0 with Transfer-Encoding, kept alive. */
+    snprintf(raw, sizeof(raw),
+             "POST /.well-known/est/simpleenroll HTTP/1.0\r\nHost: localhost\r\n"
+             "Connection: keep-alive\r\nContent-Type: application/pkcs10\r\n"
+             "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n%s",
+             hidden);
+    raw_request(raw);
+    CU_ASSERT_PTR_NOT_NULL(strstr(res->out, " 400 "));
+    CU_ASSERT_PTR_NOT_NULL(strstr(res->out, "Transfer-Encoding in an HTTP/1.0 request"));
+    CU_ASSERT_FALSE(smuggled_answered());
+
+    /* HTTP/1.1 without Host. */
+    snprintf(raw, sizeof(raw), "GET /.well-known/est/cacerts HTTP/1.1\r\n\r\n%s", hidden);
+    raw_request(raw);
+    CU_ASSERT_PTR_NOT_NULL(strstr(res->out, "HTTP/1.1 400"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(res->out, "needs exactly one Host header"));
+    CU_ASSERT_FALSE(smuggled_answered());
+
+    /* A whole CSR, but a Content-Length 100 octets longer, and the client gone: not issued. */
+    CU_ASSERT_EQUAL_FATAL(
+        make_csr("short", "ec", "short.example.com", "subjectAltName=DNS:short.example.com"), 0);
+    CU_ASSERT_EQUAL_FATAL(csr_b64("short"), 0);
+    csr = eg_file_read(at(b64, "short.b64") + 1, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(csr);
+    snprintf(rest, sizeof(rest), "Content-Length: %zu\r\n\r\n%s", strlen(csr) + 100, csr);
+    free(csr);
+    CU_ASSERT_FATAL(raw_text(raw, sizeof(raw), "POST", "simpleenroll", rest) > 0);
+    issued = eg_file_count(daemon_log, "event=issued");
+    {
+        char req[PATH_MAX], connect[64];
+        char *argv[] = {"openssl", "s_client", "-quiet", "-no_ign_eof", "-connect",
+                        connect,   "-CAfile",  ca,       NULL};
+
+        snprintf(connect, sizeof(connect), "localhost:%u", port);
+        CU_ASSERT_EQUAL_FATAL(eg_file_write(tpath(req, "raw.txt"), raw, strlen(raw), 0600), 0);
+        eg_child_run(dir, req, argv, res);
+    }
+    for (int waited = 0; waited < 100 && !eg_file_count(daemon_log, "request body ended after");
+         waited++)
+        usleep(50 * 1000);
+    CU_ASSERT(eg_file_line_has(daemon_log, "event=malformed", "the request body ended after"));
+    CU_ASSERT_EQUAL(eg_file_count(daemon_log, "event=issued"), issued);
 }
 
 /*
@@ -2110,7 +2206,8 @@ static int renew_as(const char *name)
 
 /*
  * [server] blocked_certs: a stolen device's certificate, listed by the principal the audit trail
- * shows for it and put in force by a reload, can no longer renew; another device still can.
+ * shows for it and put in force by a reload, can no longer renew, nor enroll on a Basic profile
+ * while it shows the certificate; another device still can.
  */
 static void test_blocked_certificate_cannot_renew(void)
 {
@@ -2140,6 +2237,18 @@ static void test_blocked_certificate_cannot_renew(void)
     CU_ASSERT_EQUAL(renew_as("stolen"), 403);
     CU_ASSERT_EQUAL(log_count("event=auth.cert_blocked"), blocked + 1);
     CU_ASSERT_EQUAL(renew_as("kept"), 200);
+    /* Nor on a Basic-only profile, with the right password, while it shows the certificate. */
+    {
+        char cert[PATH_MAX], key[PATH_MAX], user[128], data[PATH_MAX + 1];
+        http h;
+
+        CU_ASSERT_EQUAL(curl(&h, port, "simpleenroll", "-u", basic_user(user), "-H",
+                             "Content-Type: application/pkcs10", "--data-binary",
+                             at(data, "stolen.b64"), "--cert", tpath(cert, "stolen.pem"), "--key",
+                             tpath(key, "stolen.key"), NULL),
+                        403);
+    }
+    CU_ASSERT_EQUAL(log_count("event=auth.cert_blocked"), blocked + 2);
 
     CU_ASSERT_EQUAL(eg_file_write(ini, text, inilen, 0600), 0);
     CU_ASSERT_EQUAL(sighup_and_wait("estgated: reloaded "), 0);
@@ -2451,6 +2560,7 @@ static CU_TestInfo tests[] = {
     {"wire errors have their status", test_wire_errors_have_their_status},
     {"ambiguous framing is refused and closes the connection",
      test_ambiguous_framing_is_refused_and_closes},
+    {"header lines civetweb drops are refused", test_header_lines_civetweb_drops_are_refused},
     {"Expect: 100-continue gets 100 at once", test_expect_100_continue},
     {"an oversized body written whole still gets its 413", test_oversized_body_gets_its_413},
     {"a burst after a reload is served", test_burst_after_reload_is_served},

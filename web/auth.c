@@ -738,12 +738,25 @@ static X509_STORE *profile_store(eg_auth *a, const eg_profile_cfg *p)
     return NULL;
 }
 
+int eg_auth_cert_blocked(eg_auth *a, const uint8_t *leaf, size_t len, eg_auth_result *res)
+{
+    uint8_t md[32];
+
+    memset(res, 0, sizeof(*res));
+    sha256_hex(leaf, len, md, res->principal, sizeof(res->principal));
+    if (!eg_blocklist_has(a->cfg->blocked, md))
+        return 0;
+    res->fail = EG_AUDIT_AUTH_CERT_BLOCKED;
+    snprintf(res->reason, sizeof(res->reason),
+             "this client certificate is blocked (blocked_certs)");
+    return 1;
+}
+
 static int auth_cert(eg_auth *a, const eg_profile_cfg *p, const uint8_t *const *certs,
                      const size_t *lens, size_t n, long grace_s, eg_auth_result *res)
 {
     X509_STORE *store = profile_store(a, p);
     grace g = {.allowed_s = grace_s};
-    uint8_t md[32];
     char why[120];
     int rc = -1;
 
@@ -753,13 +766,8 @@ static int auth_cert(eg_auth *a, const eg_profile_cfg *p, const uint8_t *const *
         snprintf(res->reason, sizeof(res->reason), "a client certificate is required");
         goto out;
     }
-    sha256_hex(certs[0], lens[0], md, res->principal, sizeof(res->principal));
-    if (eg_blocklist_has(a->cfg->blocked, md)) {
-        res->fail = EG_AUDIT_AUTH_CERT_BLOCKED;
-        snprintf(res->reason, sizeof(res->reason),
-                 "this client certificate is blocked (blocked_certs)");
+    if (eg_auth_cert_blocked(a, certs[0], lens[0], res))
         goto out;
-    }
     res->fail = EG_AUDIT_AUTH_CERT_UNTRUSTED;
     if (store == NULL) {
         snprintf(res->reason, sizeof(res->reason), "profile %s has no client CA bundle", p->name);

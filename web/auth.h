@@ -44,6 +44,13 @@ int eg_auth_parse_basic(const char *header, char **user, char **password, char *
    client's address without its port ("192.0.2.7", "2001:db8::7"), or NULL. */
 int eg_auth_basic(eg_auth *a, const eg_profile_cfg *p, const char *source, const char *header,
                   eg_auth_result *res);
+/*
+ * Whether a client certificate (the leaf, DER) is in blocked_certs: 1 with res filled as
+ * eg_auth_cert fills it for a blocked one, else 0. For profiles that do not authenticate by
+ * certificate, where a blocked device is refused all the same.
+ */
+int eg_auth_cert_blocked(eg_auth *a, const uint8_t *leaf, size_t len, eg_auth_result *res);
+
 /* The chain as the handshake gave it, DER, leaf first; verified for purpose sslclient. */
 int eg_auth_cert(eg_auth *a, const eg_profile_cfg *p, const uint8_t *const *certs,
                  const size_t *lens, size_t n, eg_auth_result *res);

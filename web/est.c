@@ -302,6 +302,13 @@ static unsigned authenticate(est_ctx *c, char *principal, size_t plen)
     eg_auth_result cert = {.fail = EG_AUDIT_AUTH_MISSING}, basic = {.fail = EG_AUDIT_AUTH_MISSING};
     bool cert_tried = false, basic_tried = false;
 
+    /* A blocked device is refused on every profile, whatever else it could show (its Basic
+       password, or nothing where the profile needs nothing); mtls profiles check it below. */
+    if (!(modes & EG_AUTH_MTLS) && q->n_client_certs > 0 &&
+        eg_auth_cert_blocked(c->est->auth, q->client_certs[0], q->client_cert_lens[0], &cert)) {
+        refuse(c, 403, cert.fail, cert.principal, cert.reason);
+        return 0;
+    }
     if ((modes & EG_AUTH_MTLS) && q->n_client_certs > 0) {
         cert_tried = true;
         if (eg_auth_cert(c->est->auth, c->profile, q->client_certs, q->client_cert_lens,

@@ -207,7 +207,7 @@ static int read_body(struct mg_connection *conn, size_t max_body, uint8_t **out,
     const struct mg_request_info *ri = mg_get_request_info(conn);
     size_t cap, n = 0;
     uint8_t *buf, *bigger;
-    int got;
+    int got = 0;
 
     *over = ri->content_length > 0 && (unsigned long long)ri->content_length > max_body;
     if (*over)
@@ -235,6 +235,10 @@ static int read_body(struct mg_connection *conn, size_t max_body, uint8_t **out,
     *over = n > max_body;
     *out = buf;
     *len = n;
+    /* The client stopped before the end it announced (its Content-Length, or the last chunk),
+       or the wait for the rest timed out: what came is not the request it meant. */
+    if (!*over && (got < 0 || (ri->content_length >= 0 && n < (size_t)ri->content_length)))
+        return -2;
     return 0;
 }
 
@@ -314,10 +318,37 @@ static bool all_digits(const char *v)
  * next request. So: one Content-Length of digits only, or one Transfer-Encoding: chunked, never
  * both, and a POST has one of them. NULL when the framing is sound; else the reason and status.
  */
+/*
+ * Whether civetweb stopped reading the header block before its end, silently dropping the rest:
+ * at a folded line (obs-fold, a line that starts with a space or tab) and after MG_MAX_HEADERS
+ * fields. A Content-Length or Transfer-Encoding among the dropped lines would frame the request
+ * differently for a proxy in front that reads them (request smuggling). civetweb 1.15 parses
+ * the block in place, turning each field's line end into NULs, so the octets after the last
+ * field's value are its line end and then the next line: the empty one that ends the block
+ * unless something was dropped. ' ' or '\t' there: a fold; '\0': the last field's CR and LF.
+ * test_e2e checks this against civetweb with each case.
+ */
+static int dropped_header_line(const struct mg_request_info *ri)
+{
+    const char *p;
+    int i;
+
+    if (ri->num_headers <= 0)
+        return 0; /* nothing to anchor on; HTTP/1.1 needs Host (framing_error) */
+    p = ri->http_headers[ri->num_headers - 1].value;
+    p += strlen(p);
+    for (i = 0; i < 2 && *p == '\0'; i++)
+        p++;
+    if (*p == '\r' || *p == '\n')
+        return 0;
+    return *p == ' ' || *p == '\t' ? 400 : 431;
+}
+
 static const char *framing_error(const struct mg_request_info *ri, int *status)
 {
     const char *cl = NULL, *te = NULL;
-    int ncl = 0, nte = 0; /* civetweb's mg_get_header gives the first field of a name only */
+    int ncl = 0, nte = 0, host = 0; /* civetweb's mg_get_header gives a name's first field only */
+    bool http10 = ri->http_version != NULL && strcmp(ri->http_version, "1.0") == 0;
 
     for (int i = 0; i < ri->num_headers; i++) {
         if (strcasecmp(ri->http_headers[i].name, "Content-Length") == 0) {
@@ -326,9 +357,19 @@ static const char *framing_error(const struct mg_request_info *ri, int *status)
         } else if (strcasecmp(ri->http_headers[i].name, "Transfer-Encoding") == 0) {
             te = ri->http_headers[i].value;
             nte++;
+        } else if (strcasecmp(ri->http_headers[i].name, "Host") == 0) {
+            host++;
         }
     }
+    if ((*status = dropped_header_line(ri)) == 400)
+        return "a folded header line (obs-fold, RFC 9112 5.2); send each field on one line";
+    if (*status == 431)
+        return "too many header fields";
     *status = 400;
+    if (!http10 && host != 1)
+        return "an HTTP/1.1 request needs exactly one Host header (RFC 9112 3.2)";
+    if (http10 && nte > 0)
+        return "Transfer-Encoding in an HTTP/1.0 request (RFC 9112 6.1)";
     if (ncl > 0 && nte > 0)
         return "request has both Content-Length and Transfer-Encoding";
     if (ncl > 1)
@@ -362,7 +403,21 @@ static int serve(struct mg_connection *conn, eg_server *srv)
     fill_request(conn, srv, &req, peer, sizeof(peer), source, sizeof(source));
     if ((why = framing_error(ri, &status)) != NULL)
         return refuse(conn, srv, &req, status, EG_AUDIT_LIMIT, why, NULL);
-    if (read_body(conn, srv->cfg->max_body, &body, &body_len, &over) != 0)
+    if ((status = read_body(conn, srv->cfg->max_body, &body, &body_len, &over)) == -2) {
+        char short_body[128];
+
+        free(body);
+        if (ri->content_length >= 0)
+            snprintf(short_body, sizeof(short_body),
+                     "the request body ended after %zu of the %lld octets its Content-Length "
+                     "announced",
+                     body_len, (long long)ri->content_length);
+        else
+            snprintf(short_body, sizeof(short_body),
+                     "the chunked request body ended before its last chunk");
+        return refuse(conn, srv, &req, 400, EG_AUDIT_MALFORMED, short_body, NULL);
+    }
+    if (status != 0)
         return refuse(conn, srv, &req, 500, EG_AUDIT_INTERNAL, "out of memory", NULL);
     if (over) {
         /* read_body sent a 100 Continue only when it began to read (no Content-Length over the
