@@ -132,6 +132,80 @@ static void test_recovers_when_all_sessions_are_closed(void)
     CU_ASSERT(after.sessions_opened > before.sessions_opened);
 }
 
+/* Jobs that each use their session, then keep it POOL_JOB_MS: how many ran at once. */
+#define POOL_JOBS   16 /* the signer's default pool_size */
+#define POOL_JOB_MS 200
+
+static atomic_int jobs_inside, jobs_most;
+
+static CK_RV hold_session(eg_p11_call *call, void *arg)
+{
+    CK_OBJECT_HANDLE obj;
+    CK_ULONG found = 0;
+    CK_RV rv = eg_p11_find_objects(call, NULL, 0, &obj, 1, &found); /* a dead session fails */
+    int now, most;
+
+    (void)arg;
+    if (rv != CKR_OK)
+        return rv;
+    now = atomic_fetch_add(&jobs_inside, 1) + 1;
+    most = atomic_load(&jobs_most);
+    while (now > most && !atomic_compare_exchange_weak(&jobs_most, &most, now))
+        ;
+    usleep(POOL_JOB_MS * 1000);
+    atomic_fetch_sub(&jobs_inside, 1);
+    return CKR_OK;
+}
+
+static void *pool_job_thread(void *arg)
+{
+    *(CK_RV *)arg = eg_token_run(tok, hold_session, NULL);
+    return NULL;
+}
+
+static int parallel_jobs(void)
+{
+    pthread_t t[POOL_JOBS];
+    CK_RV rv[POOL_JOBS];
+    int i, failed = 0;
+
+    atomic_store(&jobs_most, 0);
+    for (i = 0; i < POOL_JOBS; i++)
+        CU_ASSERT_EQUAL_FATAL(pthread_create(&t[i], NULL, pool_job_thread, &rv[i]), 0);
+    for (i = 0; i < POOL_JOBS; i++) {
+        pthread_join(t[i], NULL);
+        failed += rv[i] != CKR_OK;
+    }
+    CU_ASSERT_EQUAL(failed, 0);
+    return atomic_load(&jobs_most);
+}
+
+/*
+ * After another application closed every session (and so logged out), the pool lets each dead
+ * session's slot go: all of pool_size run at once again, instead of the dead ones staying
+ * counted and every job after queueing for the few slots left.
+ */
+static void test_the_pool_is_whole_after_its_sessions_are_closed(void)
+{
+    CK_FUNCTION_LIST *fl;
+    CK_SLOT_ID slot;
+    int before, after;
+
+    if (kind == EG_TH_P11KIT) {
+        fprintf(stderr, "(not reachable through the p11-kit client) ");
+        return;
+    }
+    CU_ASSERT_PTR_NOT_NULL_FATAL(fl = module_functions(&slot));
+    before = parallel_jobs(); /* also fills the pool with sessions */
+    CU_ASSERT_EQUAL_FATAL(fl->C_CloseAllSessions(slot), CKR_OK);
+    parallel_jobs(); /* each finds its session dead, and recovers */
+    after = parallel_jobs();
+    printf("(%d jobs at once before, %d after) ", before, after);
+    CU_ASSERT_EQUAL(before, POOL_JOBS);
+    CU_ASSERT_EQUAL(after, POOL_JOBS);
+    CU_ASSERT_EQUAL(sign_and_verify(), 0);
+}
+
 static void test_recovers_when_logged_out(void)
 {
     eg_token_stats before, after;
@@ -637,6 +711,8 @@ static CU_TestInfo tests[] = {
     {"a connection the server refuses is passed over",
      test_a_connection_the_server_refuses_is_passed_over},
     {"recovers when all sessions are closed", test_recovers_when_all_sessions_are_closed},
+    {"the pool is whole after its sessions are closed",
+     test_the_pool_is_whole_after_its_sessions_are_closed},
     {"recovers when logged out", test_recovers_when_logged_out},
     {"recovers when the token server restarts", test_recovers_when_token_server_restarts},
     {"calls mode follows the module", test_calls_mode_follows_the_module},

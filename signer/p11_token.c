@@ -652,6 +652,8 @@ static CK_RV open_session(eg_token *tok, unsigned l, CK_SESSION_HANDLE *h)
     return CKR_OK;
 }
 
+static int session_lost(CK_RV rv);
+
 static CK_RV session_get(eg_token *tok, unsigned l, eg_p11_call *call)
 {
     tok_lane *tl = &tok->lane[l];
@@ -664,7 +666,16 @@ static CK_RV session_get(eg_token *tok, unsigned l, eg_p11_call *call)
             drop_generation(tok, l);
         if (tl->nidle > 0) {
             h = tl->idle[--tl->nidle];
-            rv = login(tok, l, h);
+            if ((rv = login(tok, l, h)) == CKR_OK)
+                break;
+            if (session_lost(rv)) {
+                /* Closed under us (another application's C_CloseAllSessions, which logs out
+                   too): let its slot go and try the next one, or a new session. */
+                tok->mod->lane[l].fl->C_CloseSession(h);
+                tl->nopen--;
+                continue;
+            }
+            tl->idle[tl->nidle++] = h; /* still good; the login is what failed */
             break;
         }
         if (tl->nopen < tok->pool_size) {
