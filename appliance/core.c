@@ -502,7 +502,7 @@ static void set_retention(eg_core *core, const eg_config *cfg)
 typedef struct seeding {
     const eg_config *cfg;
     eg_limiter *limits;
-    time_t now, mono;
+    time_t now;
     size_t n;
 } seeding;
 
@@ -522,8 +522,7 @@ static int seed_one(void *arg, const char *profile, const char *principal, const
             snprintf(key, sizeof(key), "renewal:%s", subject);
         else
             snprintf(key, sizeof(key), "%s", principal);
-        eg_limiter_seed(s->limits, p->name, key, p->issue_limit_s,
-                        s->mono - (s->now - (time_t)created));
+        eg_limiter_seed(s->limits, p->name, key, p->issue_limit_s, (time_t)created, s->now);
         s->n++;
         break; /* profile names are unique */
     }
@@ -537,7 +536,7 @@ static int seed_one(void *arg, const char *profile, const char *principal, const
  */
 static void seed_limits(eg_core *core, const eg_config *cfg)
 {
-    seeding s = {.cfg = cfg, .limits = core->limits, .now = time(NULL), .mono = eg_mono_s()};
+    seeding s = {.cfg = cfg, .limits = core->limits, .now = time(NULL)};
     unsigned longest = 0;
 
     for (size_t i = 0; i < cfg->nprofiles; i++)
@@ -921,7 +920,7 @@ static bool limit_take(enroll *e, const X509_NAME *subject)
     if (c->issue_limit == 0 || e->limit_taken)
         return true;
     if (eg_limiter_take(e->core->limits, c->name, limit_key(e, subject), c->issue_limit,
-                        c->issue_limit_s, eg_mono_s(), &retry)) {
+                        c->issue_limit_s, time(NULL), &retry)) {
         e->limit_taken = true;
         return true;
     }
@@ -1180,7 +1179,7 @@ static int run(eg_core *core, const eg_enroll_req *req, bool skg, eg_answer *out
     else if (check_request(&e) == 0 && (!skg || (limit_take(&e, NULL) && generate(&e) == 0)))
         issue(&e);
     if (e.limit_taken && e.a.status != EG_OK) /* nothing was issued: the slot is not spent */
-        eg_limiter_give_back(core->limits, e.prof->cfg.name, e.limit_key, eg_mono_s());
+        eg_limiter_give_back(core->limits, e.prof->cfg.name, e.limit_key, time(NULL));
     answer_reference(&e.a);
     rec = audit_record(&e, label);
     if (e.audited)

@@ -1,4 +1,4 @@
-/* Per-principal issuance limits (limit.h): a chained hash table of fixed windows. */
+/* Per-principal issuance limits (limit.h): a chained hash table of aligned fixed windows. */
 #include "limit.h"
 
 #include <pthread.h>
@@ -16,7 +16,8 @@
 
 typedef struct entry {
     struct entry *next;
-    time_t end; /* the window's end: it began window_s before */
+    time_t start; /* the window's start (eg_limiter_window_start) */
+    time_t end;   /* its end, at the length it had when it began: the entry may go then */
     unsigned used;
     char key[]; /* profile NUL principal NUL */
 } entry;
@@ -73,6 +74,31 @@ static size_t bucket(const eg_limiter *l, const char *profile, const char *princ
     return (size_t)(h % BUCKETS);
 }
 
+/* FNV-1a of the key, unseeded: the same phase in every process. */
+static uint64_t key_hash(const char *profile, const char *principal)
+{
+    uint64_t h = 14695981039346656037u;
+
+    for (const char *s = profile;; s++) {
+        h = (h ^ (unsigned char)*s) * 1099511628211u;
+        if (*s == '\0')
+            break;
+    }
+    for (const char *s = principal; *s != '\0'; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211u;
+    return h;
+}
+
+time_t eg_limiter_window_start(const char *profile, const char *principal, unsigned window_s,
+                               time_t t)
+{
+    time_t w = window_s > 0 ? (time_t)window_s : 1;
+    time_t phase = (time_t)(key_hash(profile, principal) % (uint64_t)w);
+    time_t off = (t - phase) % w;
+
+    return t - (off < 0 ? off + w : off);
+}
+
 static bool same(const entry *e, const char *profile, const char *principal)
 {
     size_t pl = strlen(profile);
@@ -103,17 +129,20 @@ static entry *find(eg_limiter *l, size_t i, const char *profile, const char *pri
 }
 
 /*
- * The entry of the key, its window started at now when it had none or its window ended; NULL
- * when the table is full (said once). Called with the lock held.
+ * The entry of the key, counting from zero when its window is not the one that holds now (it
+ * ended, or a reload changed the window's length); NULL when the table is full (said once).
+ * Called with the lock held.
  */
 static entry *entry_now(eg_limiter *l, const char *profile, const char *principal,
                         unsigned window_s, time_t now)
 {
     size_t i = bucket(l, profile, principal), pl = strlen(profile), ql = strlen(principal);
+    time_t start = eg_limiter_window_start(profile, principal, window_s, now);
     entry *e;
 
-    if ((e = find(l, i, profile, principal, now)) != NULL && now >= e->end) {
-        e->end = now + (time_t)window_s;
+    if ((e = find(l, i, profile, principal, now)) != NULL && e->start != start) {
+        e->start = start;
+        e->end = start + (time_t)window_s;
         e->used = 0;
     }
     if (e == NULL) {
@@ -128,7 +157,8 @@ static entry *entry_now(eg_limiter *l, const char *profile, const char *principa
         }
         memcpy(e->key, profile, pl + 1);
         memcpy(e->key + pl + 1, principal, ql + 1);
-        e->end = now + (time_t)window_s;
+        e->start = start;
+        e->end = start + (time_t)window_s;
         e->used = 0;
         e->next = l->b[i];
         l->b[i] = e;
@@ -146,7 +176,7 @@ bool eg_limiter_take(eg_limiter *l, const char *profile, const char *principal, 
     pthread_mutex_lock(&l->lock);
     if ((e = entry_now(l, profile, principal, window_s, now)) != NULL) {
         if (e->used >= count) {
-            *retry_after = (unsigned)(e->end - now);
+            *retry_after = (unsigned)(e->start + (time_t)window_s - now);
             ok = false;
         } else {
             e->used++;
@@ -157,12 +187,17 @@ bool eg_limiter_take(eg_limiter *l, const char *profile, const char *principal, 
 }
 
 void eg_limiter_seed(eg_limiter *l, const char *profile, const char *principal, unsigned window_s,
-                     time_t at)
+                     time_t at, time_t now)
 {
     entry *e;
 
+    if (at > now)
+        at = now; /* the clock was set back since: count it now rather than lock out for longer */
+    if (eg_limiter_window_start(profile, principal, window_s, at) !=
+        eg_limiter_window_start(profile, principal, window_s, now))
+        return; /* its window has ended */
     pthread_mutex_lock(&l->lock);
-    if ((e = entry_now(l, profile, principal, window_s, at)) != NULL)
+    if ((e = entry_now(l, profile, principal, window_s, now)) != NULL)
         e->used++;
     pthread_mutex_unlock(&l->lock);
 }

@@ -514,7 +514,7 @@ static void test_rsa_tls_key_serves_rsa_only_devices(void)
 static void test_issue_limit_is_429_with_retry_after(void)
 {
     char key[PATH_MAX];
-    int wait = 0;
+    int wait = 0, status;
     const char *ra;
 
     tpath(key, "lim.key");
@@ -522,11 +522,17 @@ static void test_issue_limit_is_429_with_retry_after(void)
                            "--pass-file", pass, "--new-key", key, "--cn", "lim1.example.com",
                            "--dns", "lim1.example.com", NULL),
                     200);
-    CU_ASSERT_EQUAL(device(mbed, port12, "limited/simpleenroll", "lim2", "--user", "firmware",
-                           "--pass-file", pass, "--new-key", key, "--cn", "lim2.example.com",
-                           "--dns", "lim2.example.com", NULL),
-                    429);
-    CU_ASSERT((ra = strstr(res->err, "Retry-After ")) != NULL && (wait = atoi(ra + 12)) > 3500 &&
+    /* The hour's window may have turned over just after the first: then the next one is the
+       second in the new window. Not twice within seconds. */
+    status = device(mbed, port12, "limited/simpleenroll", "lim2", "--user", "firmware",
+                    "--pass-file", pass, "--new-key", key, "--cn", "lim2.example.com", "--dns",
+                    "lim2.example.com", NULL);
+    if (status == 200)
+        status = device(mbed, port12, "limited/simpleenroll", "lim2", "--user", "firmware",
+                        "--pass-file", pass, "--new-key", key, "--cn", "lim3.example.com", "--dns",
+                        "lim3.example.com", NULL);
+    CU_ASSERT_EQUAL(status, 429);
+    CU_ASSERT((ra = strstr(res->err, "Retry-After ")) != NULL && (wait = atoi(ra + 12)) > 0 &&
               wait <= 3600);
     CU_ASSERT(body_has("lim2", "issue_limit"));
     CU_ASSERT(log_has("event=issue_limit profile=limited principal=basic:firmware",

@@ -1,5 +1,6 @@
 /* Per-principal issuance limits (appliance/limit.c), with the clock given by the test. */
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 
 #include <CUnit/CUnit.h>
@@ -10,41 +11,82 @@
 static void test_window_counts_and_ends(void)
 {
     eg_limiter *l = eg_limiter_new();
+    time_t s = eg_limiter_window_start("p", "basic:a", 3600, 1000000);
     unsigned retry = 0;
 
     CU_ASSERT_PTR_NOT_NULL_FATAL(l);
-    CU_ASSERT(eg_limiter_take(l, "p", "basic:a", 2, 3600, 1000, &retry));
-    CU_ASSERT(eg_limiter_take(l, "p", "basic:a", 2, 3600, 1500, &retry));
-    CU_ASSERT_FALSE(eg_limiter_take(l, "p", "basic:a", 2, 3600, 2000, &retry));
-    CU_ASSERT_EQUAL(retry, 2600); /* the window began at the first, at 1000 */
+    CU_ASSERT(s <= 1000000 && s > 1000000 - 3600);
+    CU_ASSERT(eg_limiter_take(l, "p", "basic:a", 2, 3600, s + 10, &retry));
+    CU_ASSERT(eg_limiter_take(l, "p", "basic:a", 2, 3600, s + 500, &retry));
+    CU_ASSERT_FALSE(eg_limiter_take(l, "p", "basic:a", 2, 3600, s + 1000, &retry));
+    CU_ASSERT_EQUAL(retry, 2600); /* until the window's end */
     /* others have their own counts: another principal, the same one on another profile */
-    CU_ASSERT(eg_limiter_take(l, "p", "basic:b", 2, 3600, 2000, &retry));
-    CU_ASSERT(eg_limiter_take(l, "q", "basic:a", 2, 3600, 2000, &retry));
-    /* the window's last second, then a new window */
-    CU_ASSERT_FALSE(eg_limiter_take(l, "p", "basic:a", 2, 3600, 4599, &retry));
+    CU_ASSERT(eg_limiter_take(l, "p", "basic:b", 2, 3600, s + 1000, &retry));
+    CU_ASSERT(eg_limiter_take(l, "q", "basic:a", 2, 3600, s + 1000, &retry));
+    /* the window's last second, then the next window */
+    CU_ASSERT_FALSE(eg_limiter_take(l, "p", "basic:a", 2, 3600, s + 3599, &retry));
     CU_ASSERT_EQUAL(retry, 1);
-    CU_ASSERT(eg_limiter_take(l, "p", "basic:a", 2, 3600, 4600, &retry));
-    CU_ASSERT(eg_limiter_take(l, "p", "basic:a", 2, 3600, 4601, &retry));
-    CU_ASSERT_FALSE(eg_limiter_take(l, "p", "basic:a", 2, 3600, 4602, &retry));
+    CU_ASSERT(eg_limiter_take(l, "p", "basic:a", 2, 3600, s + 3600, &retry));
+    CU_ASSERT(eg_limiter_take(l, "p", "basic:a", 2, 3600, s + 3601, &retry));
+    CU_ASSERT_FALSE(eg_limiter_take(l, "p", "basic:a", 2, 3600, s + 3602, &retry));
     CU_ASSERT_EQUAL(retry, 3598);
     eg_limiter_free(l);
+}
+
+/* Windows follow each other at a phase of the key's own, the same in every process. */
+static void test_windows_have_a_phase_per_key(void)
+{
+    time_t a = eg_limiter_window_start("p", "basic:a", 86400, 1800000000);
+    bool differ = false;
+    char who[32];
+
+    CU_ASSERT_EQUAL(eg_limiter_window_start("p", "basic:a", 86400, a), a);
+    CU_ASSERT_EQUAL(eg_limiter_window_start("p", "basic:a", 86400, a + 86399), a);
+    CU_ASSERT_EQUAL(eg_limiter_window_start("p", "basic:a", 86400, a + 86400), a + 86400);
+    CU_ASSERT_EQUAL(eg_limiter_window_start("p", "basic:a", 86400, a - 1), a - 86400);
+    for (int i = 0; i < 16 && !differ; i++) {
+        snprintf(who, sizeof(who), "basic:d%d", i);
+        differ = eg_limiter_window_start("p", who, 86400, 1800000000) != a;
+    }
+    CU_ASSERT(differ); /* not every principal's day turns over at once */
 }
 
 /* A slot taken for an issuance that failed is given back; not into a window that ended. */
 static void test_give_back(void)
 {
     eg_limiter *l = eg_limiter_new();
+    time_t s = eg_limiter_window_start("p", "cert:ab", 60, 100000);
     unsigned retry = 0;
 
     CU_ASSERT_PTR_NOT_NULL_FATAL(l);
-    CU_ASSERT(eg_limiter_take(l, "p", "cert:ab", 1, 60, 100, &retry));
-    CU_ASSERT_FALSE(eg_limiter_take(l, "p", "cert:ab", 1, 60, 101, &retry));
-    eg_limiter_give_back(l, "p", "cert:ab", 102);
-    CU_ASSERT(eg_limiter_take(l, "p", "cert:ab", 1, 60, 103, &retry));
-    eg_limiter_give_back(l, "p", "cert:ab", 200); /* that window ended at 160 */
-    eg_limiter_give_back(l, "p", "nobody", 200);  /* nothing taken */
-    CU_ASSERT(eg_limiter_take(l, "p", "cert:ab", 1, 60, 200, &retry));
-    CU_ASSERT_FALSE(eg_limiter_take(l, "p", "cert:ab", 1, 60, 201, &retry));
+    CU_ASSERT(eg_limiter_take(l, "p", "cert:ab", 1, 60, s, &retry));
+    CU_ASSERT_FALSE(eg_limiter_take(l, "p", "cert:ab", 1, 60, s + 1, &retry));
+    eg_limiter_give_back(l, "p", "cert:ab", s + 2);
+    CU_ASSERT(eg_limiter_take(l, "p", "cert:ab", 1, 60, s + 3, &retry));
+    eg_limiter_give_back(l, "p", "cert:ab", s + 100); /* that window ended at s + 60 */
+    eg_limiter_give_back(l, "p", "nobody", s + 100);  /* nothing taken */
+    CU_ASSERT(eg_limiter_take(l, "p", "cert:ab", 1, 60, s + 120, &retry));
+    CU_ASSERT_FALSE(eg_limiter_take(l, "p", "cert:ab", 1, 60, s + 121, &retry));
+    eg_limiter_free(l);
+}
+
+/* A reload that shortens the period: the key's window has the new length at once. */
+static void test_a_shorter_period_applies_at_once(void)
+{
+    eg_limiter *l = eg_limiter_new();
+    time_t t = 2000000000;
+    unsigned retry = 0;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(l);
+    CU_ASSERT(eg_limiter_take(l, "p", "basic:r", 2, 86400, t, &retry));
+    CU_ASSERT(eg_limiter_take(l, "p", "basic:r", 2, 86400, t, &retry));
+    CU_ASSERT_FALSE(eg_limiter_take(l, "p", "basic:r", 2, 86400, t + 1, &retry));
+    /* 2/day became 2/minute: a minute later the next minute's window has room */
+    t = eg_limiter_window_start("p", "basic:r", 60, t + 61);
+    CU_ASSERT(eg_limiter_take(l, "p", "basic:r", 2, 60, t, &retry));
+    CU_ASSERT(eg_limiter_take(l, "p", "basic:r", 2, 60, t + 1, &retry));
+    CU_ASSERT_FALSE(eg_limiter_take(l, "p", "basic:r", 2, 60, t + 2, &retry));
+    CU_ASSERT_EQUAL(retry, 58);
     eg_limiter_free(l);
 }
 
@@ -117,33 +159,43 @@ static void test_threads_take_exactly_the_limit(void)
     eg_limiter_free(l);
 }
 
-/* Seeding counts past issuances in the windows they fell into, as take did, and never refuses. */
+/*
+ * Seeding counts past issuances that fall in the running window, as take counted them, and never
+ * refuses: a restart changes no count. The review's case: 2 a minute, issued at 0, 40, 60, 61 of
+ * one timeline; after a restart at 62 the next two are refused, as without one.
+ */
 static void test_seed_counts_as_take_did(void)
 {
-    eg_limiter *l = eg_limiter_new();
-    unsigned retry = 0;
+    eg_limiter *live = eg_limiter_new(), *restarted = eg_limiter_new();
+    time_t s = eg_limiter_window_start("p", "basic:a", 60, 1000000), at[4];
+    unsigned retry = 0, retry2 = 0;
 
-    CU_ASSERT_PTR_NOT_NULL_FATAL(l);
-    /* A window that ended before now (1000..4600): forgotten by the next one. */
-    eg_limiter_seed(l, "p", "basic:a", 3600, 1000);
-    eg_limiter_seed(l, "p", "basic:a", 3600, 1200);
-    /* The running window began at 5000 and holds three, one more than the limit allows now. */
-    eg_limiter_seed(l, "p", "basic:a", 3600, 5000);
-    eg_limiter_seed(l, "p", "basic:a", 3600, 5100);
-    eg_limiter_seed(l, "p", "basic:a", 3600, 5200);
-    CU_ASSERT_FALSE(eg_limiter_take(l, "p", "basic:a", 2, 3600, 6000, &retry));
-    CU_ASSERT_EQUAL(retry, 2600);
-    /* One seeded in its window leaves one of two. */
-    eg_limiter_seed(l, "p", "renewal:CN=x", 3600, 5500);
-    CU_ASSERT(eg_limiter_take(l, "p", "renewal:CN=x", 2, 3600, 6000, &retry));
-    CU_ASSERT_FALSE(eg_limiter_take(l, "p", "renewal:CN=x", 2, 3600, 6000, &retry));
-    CU_ASSERT_EQUAL(retry, 3100);
-    eg_limiter_free(l);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(live);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(restarted);
+    at[0] = s - 60, at[1] = s - 20, at[2] = s, at[3] = s + 1;
+    for (int i = 0; i < 4; i++)
+        CU_ASSERT(eg_limiter_take(live, "p", "basic:a", 2, 60, at[i], &retry));
+    for (int i = 0; i < 4; i++)
+        eg_limiter_seed(restarted, "p", "basic:a", 60, at[i], s + 2);
+    CU_ASSERT_FALSE(eg_limiter_take(live, "p", "basic:a", 2, 60, s + 40, &retry));
+    CU_ASSERT_FALSE(eg_limiter_take(restarted, "p", "basic:a", 2, 60, s + 40, &retry2));
+    CU_ASSERT_EQUAL(retry, 20);
+    CU_ASSERT_EQUAL(retry2, 20);
+    CU_ASSERT(eg_limiter_take(restarted, "p", "basic:a", 2, 60, s + 60, &retry2));
+    /* One issued "later" than now (the clock was set back since): counted now, not for longer. */
+    eg_limiter_seed(restarted, "p", "renewal:CN=x", 60, s + 86400, s + 100);
+    CU_ASSERT(eg_limiter_take(restarted, "p", "renewal:CN=x", 2, 60, s + 100, &retry2));
+    CU_ASSERT_FALSE(eg_limiter_take(restarted, "p", "renewal:CN=x", 2, 60, s + 100, &retry2));
+    CU_ASSERT(retry2 <= 60);
+    eg_limiter_free(live);
+    eg_limiter_free(restarted);
 }
 
 static CU_TestInfo tests[] = {
     {"a window counts, refuses with the wait, and ends", test_window_counts_and_ends},
+    {"windows have a phase per key", test_windows_have_a_phase_per_key},
     {"a failed issuance gives its slot back", test_give_back},
+    {"a shorter period applies at once", test_a_shorter_period_applies_at_once},
     {"keys do not run together", test_keys_do_not_run_together},
     {"ended windows are dropped", test_ended_windows_are_dropped},
     {"threads take exactly the limit", test_threads_take_exactly_the_limit},
