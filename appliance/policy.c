@@ -12,6 +12,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include <openssl/bn.h>
+#include <openssl/core_names.h>
 #include <openssl/ec.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -145,6 +147,18 @@ static bool key_rule_matches(const eg_keyrule_cfg *r, int type, int bits, int ni
     return true;
 }
 
+/* RFC 8017 3.1 and the CA/B Forum's rule: an odd public exponent of at least 3. With e = 1 a
+   "signature" is the padded digest itself, so the CSR's proof of possession would prove nothing. */
+static bool rsa_exponent_ok(const EVP_PKEY *pk)
+{
+    BIGNUM *e = NULL;
+    bool ok =
+        EVP_PKEY_get_bn_param(pk, OSSL_PKEY_PARAM_RSA_E, &e) == 1 && BN_is_odd(e) && !BN_is_one(e);
+
+    BN_free(e);
+    return ok;
+}
+
 static int check_key(const eg_profile_cfg *p, const eg_csr *csr, eg_policy_verdict *v)
 {
     EVP_PKEY *pk = eg_csr_pubkey(csr);
@@ -157,6 +171,9 @@ static int check_key(const eg_profile_cfg *p, const eg_csr *csr, eg_policy_verdi
         return refuse(v, EG_DIM_KEY, "%s key is not allowed by this profile",
                       type != NID_undef ? OBJ_nid2sn(type) : "unknown");
     bits = EVP_PKEY_get_bits(pk);
+    if (type == EVP_PKEY_RSA && !rsa_exponent_ok(pk))
+        return refuse(v, EG_DIM_KEY,
+                      "the RSA key's public exponent is not an odd number of at least 3");
     if (type == EVP_PKEY_EC)
         nid = curve_nid(pk);
     eg_policy_keyrules(p, &rules, &n);

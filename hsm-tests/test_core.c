@@ -18,6 +18,8 @@
 #include <CUnit/Basic.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/core_names.h>
+#include <openssl/param_build.h>
 #include <openssl/pem.h>
 #include <openssl/pkcs7.h>
 #include <openssl/rsa.h>
@@ -823,6 +825,49 @@ static void test_the_same_request_a_day_later_gets_a_new_certificate(void)
     free(csr);
     free(again);
     EVP_PKEY_free(rsa);
+}
+
+/* An RSA key pair with public exponent 1 (and so d = 1): its "signatures" are the padded
+   digests themselves, which anyone can make. */
+static EVP_PKEY *rsa_exponent_one(void)
+{
+    EVP_PKEY *real = EVP_RSA_gen(2048), *k = NULL;
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
+    OSSL_PARAM_BLD *b = OSSL_PARAM_BLD_new();
+    OSSL_PARAM *params = NULL;
+    BIGNUM *n = NULL, *one = BN_new();
+
+    if (real != NULL && ctx != NULL && b != NULL && one != NULL && BN_one(one) &&
+        EVP_PKEY_get_bn_param(real, OSSL_PKEY_PARAM_RSA_N, &n) == 1 &&
+        OSSL_PARAM_BLD_push_BN(b, OSSL_PKEY_PARAM_RSA_N, n) == 1 &&
+        OSSL_PARAM_BLD_push_BN(b, OSSL_PKEY_PARAM_RSA_E, one) == 1 &&
+        OSSL_PARAM_BLD_push_BN(b, OSSL_PKEY_PARAM_RSA_D, one) == 1 &&
+        (params = OSSL_PARAM_BLD_to_param(b)) != NULL && EVP_PKEY_fromdata_init(ctx) == 1)
+        EVP_PKEY_fromdata(ctx, &k, EVP_PKEY_KEYPAIR, params);
+    OSSL_PARAM_free(params);
+    OSSL_PARAM_BLD_free(b);
+    EVP_PKEY_CTX_free(ctx);
+    BN_free(n);
+    BN_free(one);
+    EVP_PKEY_free(real);
+    return k;
+}
+
+/* A CSR whose RSA key has exponent 1 verifies, and proves nothing: refused (403, dim key). */
+static void test_an_rsa_exponent_of_one_is_refused(void)
+{
+    static const struct refusal r = {"iot",
+                                     "CN=e1",
+                                     "DNS:e1.example.com",
+                                     NULL,
+                                     NULL,
+                                     EG_DIM_KEY,
+                                     "public exponent is not an odd number of at least 3"};
+    EVP_PKEY *k = rsa_exponent_one();
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(k);
+    expect_refusal(k, &r);
+    EVP_PKEY_free(k);
 }
 
 /*
@@ -1789,6 +1834,7 @@ static CU_TestInfo tests[] = {
     {"the ledger counts the certificates", test_ledger_counts_certificates},
     {"policy refusals name their dimension", test_policy_refusals_name_their_dimension},
     {"a CN that names a host obeys the SAN rules", test_a_cn_that_names_a_host_obeys_the_san_rules},
+    {"an RSA exponent of one is refused", test_an_rsa_exponent_of_one_is_refused},
     {"the same request a day later gets a new certificate",
      test_the_same_request_a_day_later_gets_a_new_certificate},
     {"RSA-1024 and an unlisted curve are refused", test_key_refusals},
