@@ -500,6 +500,12 @@ static eg_status plan_asym(const eg_profile_cfg *cfg, const eg_skg_caps *caps,
     int type = EVP_PKEY_get_base_id(pl->rpub), bits = EVP_PKEY_get_bits(pl->rpub);
 
     if (type == EVP_PKEY_RSA) {
+        /* Too small to carry a 256-bit content key under OAEP, and too weak to protect one. */
+        if (bits < 2048) {
+            snprintf(why, cap, "the recipient's RSA key has %d bits; at least 2048 are needed",
+                     bits);
+            return EG_MALFORMED;
+        }
         if (pr->has_caps && (pr->caps & KT_CAPS) == 0 && (pr->caps & KA_CAPS) != 0) {
             snprintf(why, cap,
                      "the recipient is an RSA key, which cannot do the key agreement "
@@ -692,6 +698,8 @@ static bool request_refusal(CK_RV rv)
     case CKR_KEY_HANDLE_INVALID:
     case CKR_KEY_FUNCTION_NOT_PERMITTED:
     case CKR_ATTRIBUTE_VALUE_INVALID:
+    case CKR_ARGUMENTS_BAD:  /* NSS: an RSA size that is not a multiple of 16 */
+    case CKR_DATA_LEN_RANGE: /* the content key does not fit the recipient's key */
         return true;
     default:
         return false;

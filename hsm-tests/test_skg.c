@@ -322,6 +322,8 @@ static EVP_PKEY *new_key(const char *alg)
 {
     if (strcmp(alg, "RSA") == 0)
         return EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)2048);
+    if (strcmp(alg, "RSA-1024") == 0)
+        return EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)1024);
     return EVP_PKEY_Q_keygen(NULL, NULL, "EC", alg);
 }
 
@@ -836,6 +838,9 @@ static void test_refusals(void)
 
         /* serverkeygen_csr_key: the CSR's EC key asked to be a key-transport recipient. */
         refused("", &a, 1, "P-256", NULL, 400, "cannot be a key-transport recipient");
+        /* ...and an RSA key too small to carry the content key (the token would refuse the wrap
+           with CKR_DATA_LEN_RANGE): said before a key is made. */
+        refused("", &a, 1, "RSA-1024", NULL, 400, "at least 2048 are needed");
     }
     {
         attr a = {OID_ASYM_KID, V_ASN1_OCTET_STRING, ski, ski_of("rcpt-p521", ski)};
