@@ -515,11 +515,16 @@ static int check_subject(const eg_policy *pol, const eg_csr *csr,
                           "the CSR has none");
         return pol->tmpl.uses_cn ? check_cn(p, name, v) : 0;
     }
-    if (X509_NAME_entry_count(name) == 0 &&
-        X509V3_get_d2i(exts, NID_subject_alt_name, NULL, NULL) == NULL)
-        return refuse(v, EG_DIM_SUBJECT,
-                      "the CSR has neither a subject nor a subjectAltName: a certificate must "
-                      "name something");
+    if (X509_NAME_entry_count(name) == 0) {
+        GENERAL_NAMES *sans = X509V3_get_d2i(exts, NID_subject_alt_name, NULL, NULL);
+        int nsans = sk_GENERAL_NAME_num(sans);
+
+        GENERAL_NAMES_free(sans);
+        if (nsans <= 0)
+            return refuse(v, EG_DIM_SUBJECT,
+                          "the CSR has neither a subject nor a subjectAltName: a certificate "
+                          "must name something");
+    }
     for (i = 0; i < X509_NAME_entry_count(name); i++) {
         bool ok = false;
 
