@@ -914,11 +914,16 @@ static CK_RV count_fn(eg_p11_call *call, void *arg)
     CK_BBOOL no = CK_FALSE;
     CK_ATTRIBUTE t = {CKA_TOKEN, &no, sizeof(no)};
     CK_OBJECT_HANDLE h[256];
+    CK_RV rv;
 
+    /* Logged in for certain (a test may have logged the application out): private objects
+       are found only then. */
+    if ((rv = eg_p11_call_login(call)) != CKR_OK)
+        return rv;
     return eg_p11_find_objects(call, &t, 1, h, 256, arg);
 }
 
-/* Session objects in the token, as any session of this process sees them. */
+/* Session objects in the token, as any logged-in session of this process sees them. */
 static long session_objects(eg_token *tok)
 {
     CK_ULONG n = 0;
@@ -1121,6 +1126,40 @@ static void full_in_process(eg_token *tok, const eg_skg_caps *caps, eg_profile_c
 }
 
 /*
+ * The login lost between the key's making and its wrap (the quota module logs out before the
+ * C_WrapKey): NSS keeps the private session key and then refuses to destroy it for a user not
+ * logged in, so the signer logs in again and destroys it. Either way the token holds no more
+ * session objects after the request than before it.
+ */
+static void login_lost_in_process(eg_token *tok, const eg_skg_caps *caps, eg_profile_cfg *p,
+                                  const eg_skg_profile *sp)
+{
+    char fault[PATH_MAX + 16], why[256] = "";
+    unsigned char *der;
+    eg_skg_result r = {0};
+    eg_csr *csr = NULL;
+    long before, after;
+    size_t len;
+    eg_status st;
+
+    der = make_csr("P-256", "lost.example.com", NULL, 0, &len);
+    CU_ASSERT_FATAL(der != NULL && eg_csr_parse(der, len, &csr) == 0);
+    before = session_objects(tok);
+    snprintf(fault, sizeof(fault), "%s.logout", quota_file);
+    CU_ASSERT_EQUAL_FATAL(eg_file_write(fault, "", 0, 0600), 0);
+    st = eg_skg_generate(tok, caps, p, sp, csr, &r, why, sizeof(why));
+    CU_ASSERT_NOT_EQUAL(access(fault, F_OK), 0); /* the fault happened */
+    after = session_objects(tok);
+    printf("(login lost before the wrap: status %d%s%s) ", st, why[0] ? ", " : "", why);
+    CU_ASSERT(before >= 0 && after == before);
+    if (kind == EG_TH_NSS)
+        CU_ASSERT_EQUAL(st, EG_OK); /* the wrap still works; only the destroy needed a login */
+    eg_skg_result_clear(&r);
+    eg_csr_free(csr);
+    OPENSSL_free(der);
+}
+
+/*
  * estgated on the same token behind the quota module, with its own ledger:
  * each try that runs out of room is a 503 with Retry-After that leaves no
  * row in the ledger and no object in the token; the quota that fits lets the
@@ -1211,6 +1250,7 @@ static void test_a_full_token_answers_503_and_keeps_nothing(void)
     full_in_process(tok, &caps, &cfg->profiles[0], &sp, false, &fits);
     if (kind == EG_TH_NSS)
         full_in_process(tok, &caps, &cfg->profiles[0], &sp, true, &fits_kek);
+    login_lost_in_process(tok, &caps, &cfg->profiles[0], &sp);
     eg_skg_profile_clear(&sp);
     eg_token_free(tok);
     eg_config_free(cfg);

@@ -161,8 +161,18 @@ CK_RV eg_p11_wrap_alloc(eg_p11_call *call, CK_MECHANISM *mech, CK_OBJECT_HANDLE 
 CK_RV eg_p11_object_public(eg_p11_call *call, CK_OBJECT_HANDLE pub, EVP_PKEY **out);
 /* The uncompressed point (04 || X || Y) of an EC public key object, OPENSSL_malloc'd. */
 CK_RV eg_p11_ec_point(eg_p11_call *call, CK_OBJECT_HANDLE pub, uint8_t **out, size_t *len);
-/* Destroys every recorded object, newest first; the first failure is returned. */
+/*
+ * Destroys every recorded object, newest first; the first failure is returned. An object whose
+ * destruction fails for a lost login is destroyed again after logging in; one that still cannot
+ * be destroyed goes with its session, which is closed when the job returns (PKCS#11 destroys a
+ * session's objects with it) instead of going back to the pool.
+ */
 CK_RV eg_p11_temp_destroy(eg_p11_call *call, eg_p11_temp_objs *objs);
+
+/* Inside eg_token_run(): logs the session's application in again (the login was lost). */
+CK_RV eg_p11_call_login(eg_p11_call *call);
+/* Inside eg_token_run(): the session is closed when the job returns, with what it holds. */
+void eg_p11_call_discard(eg_p11_call *call);
 
 /* Key-pair mechanism and the public template's key parameters for a spec (RSA or EC). */
 typedef struct eg_p11_keyparams {

@@ -2,6 +2,7 @@
 #ifndef EG_P11_LOCAL_H
 #define EG_P11_LOCAL_H
 
+#include <stdbool.h>
 #include <stdatomic.h>
 
 #include "p11.h"
@@ -12,6 +13,7 @@ struct eg_p11_call {
     CK_SESSION_HANDLE h;
     unsigned lane; /* the module instance (connection) the session is on */
     unsigned gen;  /* the token's generation on that instance */
+    bool discard;  /* close the session when the job returns, not back to the pool */
 };
 
 /*

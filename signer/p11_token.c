@@ -690,6 +690,7 @@ static CK_RV session_get(eg_token *tok, unsigned l, eg_p11_call *call)
         call->h = h;
         call->lane = l;
         call->gen = tl->gen;
+        call->discard = false;
     }
     pthread_mutex_unlock(&tok->lock);
     return rv;
@@ -713,6 +714,23 @@ static int recoverable(CK_RV rv)
     return session_lost(rv) || connection_lost(rv) || rv == CKR_USER_NOT_LOGGED_IN;
 }
 
+CK_RV eg_p11_call_login(eg_p11_call *call)
+{
+    eg_token *tok = call->tok;
+    CK_RV rv;
+
+    pthread_mutex_lock(&tok->lock);
+    tok->lane[call->lane].logged_in = 0;
+    rv = login(tok, call->lane, call->h);
+    pthread_mutex_unlock(&tok->lock);
+    return rv;
+}
+
+void eg_p11_call_discard(eg_p11_call *call)
+{
+    call->discard = true;
+}
+
 static void session_put(eg_token *tok, eg_p11_call *call, CK_RV rv)
 {
     tok_lane *tl = &tok->lane[call->lane];
@@ -720,7 +738,7 @@ static void session_put(eg_token *tok, eg_p11_call *call, CK_RV rv)
     pthread_mutex_lock(&tok->lock);
     if (call->gen != tl->gen) {
         /* The generation was dropped while we held it: the handle is dead. */
-    } else if (session_lost(rv) || connection_lost(rv)) {
+    } else if (session_lost(rv) || connection_lost(rv) || call->discard) {
         call->fl->C_CloseSession(call->h);
         tl->nopen--;
         /* Closing an application's last session logs it out (PKCS#11 5.6). */

@@ -353,7 +353,15 @@ CK_RV eg_p11_temp_destroy(eg_p11_call *call, eg_p11_temp_objs *objs)
 
     /* Newest first; every object is tried even when one fails. */
     while (objs->n > 0) {
-        r = eg_p11_destroy_object(call, objs->h[--objs->n]);
+        CK_OBJECT_HANDLE h = objs->h[--objs->n];
+
+        r = eg_p11_destroy_object(call, h);
+        /* NSS keeps a private session object through a logout, but destroys it only for a
+           logged-in user. */
+        if (r == CKR_USER_NOT_LOGGED_IN && eg_p11_call_login(call) == CKR_OK)
+            r = eg_p11_destroy_object(call, h);
+        if (r != CKR_OK && r != CKR_OBJECT_HANDLE_INVALID)
+            eg_p11_call_discard(call); /* the object goes with its session */
         if (rv == CKR_OK)
             rv = r;
     }

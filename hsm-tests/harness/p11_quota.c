@@ -19,6 +19,11 @@
  *                        After every change the number of live session
  *                        objects is written to EG_P11_QUOTA_FILE.live.
  *
+ * A fault on request, for tests of a login lost in the middle of a job:
+ * while EG_P11_QUOTA_FILE.logout exists, the next C_WrapKey removes it and
+ * first logs the application out (C_Logout on the same session), as another
+ * part of the process may.
+ *
  * Counted: the session objects made by C_CreateObject, C_CopyObject,
  * C_GenerateKey, C_GenerateKeyPair (each half), C_UnwrapKey and C_DeriveKey
  * through this module, until C_DestroyObject, the close of their session or
@@ -30,6 +35,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <p11-kit/pkcs11.h>
 
@@ -257,6 +263,18 @@ static CK_RV q_CloseAllSessions(CK_SLOT_ID slot)
     return rv;
 }
 
+static CK_RV q_WrapKey(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE wrapping,
+                       CK_OBJECT_HANDLE key, CK_BYTE_PTR out, CK_ULONG_PTR len)
+{
+    const char *path = getenv("EG_P11_QUOTA_FILE");
+    char fault[4096];
+
+    if (path != NULL && snprintf(fault, sizeof(fault), "%s.logout", path) < (int)sizeof(fault) &&
+        unlink(fault) == 0)
+        real->C_Logout(s);
+    return real->C_WrapKey(s, m, wrapping, key, out, len);
+}
+
 static CK_RV q_Finalize(CK_VOID_PTR reserved)
 {
     CK_RV rv;
@@ -297,6 +315,7 @@ static CK_RV load(void)
     list.C_GenerateKeyPair = q_GenerateKeyPair;
     list.C_UnwrapKey = q_UnwrapKey;
     list.C_DeriveKey = q_DeriveKey;
+    list.C_WrapKey = q_WrapKey;
     list.C_GetFunctionList = C_GetFunctionList;
     return CKR_OK;
 }
