@@ -56,11 +56,9 @@ void eg_limiter_free(eg_limiter *l)
     free(l);
 }
 
-/* FNV-1a over the seed and the key, both strings with their NULs. */
-static size_t bucket(const eg_limiter *l, const char *profile, const char *principal)
+/* FNV-1a from h over the key: both strings with their NULs. */
+static uint64_t fnv1a(uint64_t h, const char *profile, const char *principal)
 {
-    uint64_t h = 14695981039346656037u ^ l->seed;
-
     for (const char *s = profile;; s++) {
         h = (h ^ (unsigned char)*s) * 1099511628211u;
         if (*s == '\0')
@@ -71,29 +69,23 @@ static size_t bucket(const eg_limiter *l, const char *profile, const char *princ
         if (*s == '\0')
             break;
     }
-    return (size_t)(h % BUCKETS);
+    return h;
 }
 
-/* FNV-1a of the key, unseeded: the same phase in every process. */
-static uint64_t key_hash(const char *profile, const char *principal)
-{
-    uint64_t h = 14695981039346656037u;
+#define FNV_BASIS 14695981039346656037u
 
-    for (const char *s = profile;; s++) {
-        h = (h ^ (unsigned char)*s) * 1099511628211u;
-        if (*s == '\0')
-            break;
-    }
-    for (const char *s = principal; *s != '\0'; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211u;
-    return h;
+/* Seeded, so that nobody can choose principals that share a bucket. */
+static size_t bucket(const eg_limiter *l, const char *profile, const char *principal)
+{
+    return (size_t)(fnv1a(FNV_BASIS ^ l->seed, profile, principal) % BUCKETS);
 }
 
 time_t eg_limiter_window_start(const char *profile, const char *principal, unsigned window_s,
                                time_t t)
 {
     time_t w = window_s > 0 ? (time_t)window_s : 1;
-    time_t phase = (time_t)(key_hash(profile, principal) % (uint64_t)w);
+    /* Unseeded: the same phase in every process, and after a restart. */
+    time_t phase = (time_t)(fnv1a(FNV_BASIS, profile, principal) % (uint64_t)w);
     time_t off = (t - phase) % w;
 
     return t - (off < 0 ? off + w : off);
