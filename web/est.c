@@ -303,8 +303,8 @@ static unsigned authenticate(est_ctx *c, char *principal, size_t plen)
     bool cert_tried = false, basic_tried = false;
 
     /* A blocked device is refused on every profile, whatever else it could show (its Basic
-       password, or nothing where the profile needs nothing); mtls profiles check it below. */
-    if (!(modes & EG_AUTH_MTLS) && q->n_client_certs > 0 &&
+       password, or nothing where the profile needs nothing). */
+    if (q->n_client_certs > 0 &&
         eg_auth_cert_blocked(c->est->auth, q->client_certs[0], q->client_cert_lens[0], &cert)) {
         refuse(c, 403, cert.fail, cert.principal, cert.reason);
         return 0;
@@ -315,11 +315,6 @@ static unsigned authenticate(est_ctx *c, char *principal, size_t plen)
                          q->n_client_certs, &cert) == 0) {
             snprintf(principal, plen, "%s", cert.principal);
             return EG_AUTH_MTLS;
-        }
-        /* A blocked device is refused, whatever else it could show (its Basic password). */
-        if (cert.fail == EG_AUDIT_AUTH_CERT_BLOCKED) {
-            refuse(c, 403, cert.fail, cert.principal, cert.reason);
-            return 0;
         }
     }
     if ((modes & EG_AUTH_BASIC) && q->authorization != NULL) {
