@@ -33,7 +33,7 @@
 
 static eg_th_kind kind;
 static eg_th *th;
-static char dir[1024], ini[PATH_MAX], ca[PATH_MAX], pass[PATH_MAX], daemon_log[PATH_MAX];
+static char dir[EG_FX_DIR_MAX], ini[PATH_MAX], ca[PATH_MAX], pass[PATH_MAX], daemon_log[PATH_MAX];
 static char mbed[PATH_MAX], gnu[PATH_MAX], port13[16], port12[16];
 static const char *trust; /* the devices' CA file, when not ca */
 static pid_t daemon_pid;
@@ -86,16 +86,9 @@ out:
 
 static int suite_init(void)
 {
-    char tls[PATH_MAX];
+    const eg_fx_suite s = {&th, &res, dir, ini, ca, pass, daemon_log};
     unsigned ports[2];
 
-    if ((res = calloc(1, sizeof(*res))) == NULL || eg_th_create(kind, "devices", &th) != 0)
-        return -1;
-    snprintf(dir, sizeof(dir), "%s", eg_th_dir(th));
-    tpath(ini, "estgated.ini");
-    tpath(ca, "ca.pem");
-    tpath(pass, "basic.pass");
-    tpath(daemon_log, "estgated.log");
     eg_child_built("hsm-tests/est_mbedtls", mbed);
     eg_child_built("hsm-tests/est_gnutls", gnu);
     if (access(mbed, X_OK) != 0 || access(gnu, X_OK) != 0) {
@@ -105,8 +98,7 @@ static int suite_init(void)
                 mbed, gnu);
         return -1;
     }
-    if (eg_fx_provision(th, "CN=devices CA,O=estgate tests", ca, tpath(tls, "tls-chain.pem"),
-                        res) != 0 ||
+    if (eg_fx_suite_open(kind, "devices", "CN=devices CA,O=estgate tests", &s) != 0 ||
         write_config() != 0 || eg_fx_daemon_start(ini, daemon_log, &daemon_pid, ports, 2) != 0)
         return -1;
     snprintf(port13, sizeof(port13), "%u", ports[0]);

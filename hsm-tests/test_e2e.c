@@ -44,7 +44,7 @@
 
 static eg_th_kind kind;
 static eg_th *th;
-static char dir[1024], ini[PATH_MAX], ca[PATH_MAX], pass[PATH_MAX], daemon_log[PATH_MAX];
+static char dir[EG_FX_DIR_MAX], ini[PATH_MAX], ca[PATH_MAX], pass[PATH_MAX], daemon_log[PATH_MAX];
 static unsigned port, port12;
 static pid_t daemon_pid;
 static eg_child_result *res; /* the last child's output; one at a time */
@@ -134,17 +134,9 @@ static int daemon_start(void)
 
 static int suite_init(void)
 {
-    char tls[PATH_MAX];
+    const eg_fx_suite s = {&th, &res, dir, ini, ca, pass, daemon_log};
 
-    if ((res = calloc(1, sizeof(*res))) == NULL || eg_th_create(kind, "e2e", &th) != 0)
-        return -1;
-    snprintf(dir, sizeof(dir), "%s", eg_th_dir(th));
-    tpath(ini, "estgated.ini");
-    tpath(ca, "ca.pem");
-    tpath(pass, "basic.pass");
-    tpath(daemon_log, "estgated.log");
-    tpath(tls, "tls-chain.pem");
-    if (eg_fx_provision(th, "CN=e2e CA,O=estgate tests", ca, tls, res) != 0 || partner_pki() != 0 ||
+    if (eg_fx_suite_open(kind, "e2e", "CN=e2e CA,O=estgate tests", &s) != 0 || partner_pki() != 0 ||
         write_config() != 0 || daemon_start() != 0)
         return -1;
     return 0;

@@ -38,7 +38,7 @@
 
 static eg_th_kind kind;
 static eg_th *th;
-static char dir[1024], mnt[PATH_MAX], ini[PATH_MAX], ca[PATH_MAX], pass[PATH_MAX],
+static char dir[EG_FX_DIR_MAX], mnt[PATH_MAX], ini[PATH_MAX], ca[PATH_MAX], pass[PATH_MAX],
     daemon_log[PATH_MAX], ledger[PATH_MAX + 16], filler[PATH_MAX + 16], user[160];
 static eg_child_result *res;
 
@@ -128,20 +128,13 @@ static int fill(void)
 
 static int suite_init(void)
 {
-    char tls[PATH_MAX], *text, *pw;
+    const eg_fx_suite s = {&th, &res, dir, ini, ca, pass, daemon_log};
+    char *text, *pw;
     int rc;
 
-    if ((res = calloc(1, sizeof(*res))) == NULL || eg_th_create(kind, "fulldisk", &th) != 0)
-        return -1;
-    snprintf(dir, sizeof(dir), "%s", eg_th_dir(th));
     snprintf(ledger, sizeof(ledger), "%s/ledger.db", mnt);
     snprintf(filler, sizeof(filler), "%s/filler", mnt);
-    tpath(ini, "estgated.ini");
-    tpath(ca, "ca.pem");
-    tpath(pass, "basic.pass");
-    tpath(daemon_log, "estgated.log");
-    if (eg_fx_provision(th, "CN=full disk CA,O=estgate tests", ca, tpath(tls, "tls-chain.pem"),
-                        res) != 0 ||
+    if (eg_fx_suite_open(kind, "fulldisk", "CN=full disk CA,O=estgate tests", &s) != 0 ||
         (text = eg_fx_basic_config(th, ca, "line", pass)) == NULL)
         return -1;
     if (eg_fx_ini_set(&text, "ledger", ledger) != 0) { /* on the tmpfs */

@@ -32,7 +32,7 @@
 
 static eg_th_kind kind;
 static eg_th *th;
-static char dir[1024], ini[PATH_MAX], ca[PATH_MAX], pass[PATH_MAX], daemon_log[PATH_MAX];
+static char dir[EG_FX_DIR_MAX], ini[PATH_MAX], ca[PATH_MAX], pass[PATH_MAX], daemon_log[PATH_MAX];
 static char *config_text; /* the working configuration, as written to ini */
 static eg_child_result *res;
 
@@ -58,17 +58,9 @@ static char *config(const char *pin_file)
 
 static int suite_init(void)
 {
-    char tls[PATH_MAX];
+    const eg_fx_suite s = {&th, &res, dir, ini, ca, pass, daemon_log};
 
-    if ((res = calloc(1, sizeof(*res))) == NULL || eg_th_create(kind, "service", &th) != 0)
-        return -1;
-    snprintf(dir, sizeof(dir), "%s", eg_th_dir(th));
-    tpath(ini, "estgated.ini");
-    tpath(ca, "ca.pem");
-    tpath(pass, "basic.pass");
-    tpath(daemon_log, "estgated.log");
-    if (eg_fx_provision(th, "CN=service CA,O=estgate tests", ca, tpath(tls, "tls-chain.pem"),
-                        res) != 0 ||
+    if (eg_fx_suite_open(kind, "service", "CN=service CA,O=estgate tests", &s) != 0 ||
         (config_text = config(NULL)) == NULL)
         return -1;
     return eg_file_write(ini, config_text, strlen(config_text), 0600);

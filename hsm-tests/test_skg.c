@@ -42,7 +42,7 @@
 
 static eg_th_kind kind;
 static eg_th *th;
-static char dir[1024], ini[PATH_MAX], ca[PATH_MAX], daemon_log[PATH_MAX], kek_hex[65];
+static char dir[EG_FX_DIR_MAX], ini[PATH_MAX], ca[PATH_MAX], daemon_log[PATH_MAX], kek_hex[65];
 static char pass[PATH_MAX], user[64]; /* Basic: the password file, and "alice:PASSWORD" */
 static unsigned port;
 static pid_t daemon_pid;
@@ -167,17 +167,9 @@ static int write_config(bool skg)
 
 static int suite_init(void)
 {
-    char tls[PATH_MAX];
+    const eg_fx_suite s = {&th, &res, dir, ini, ca, pass, daemon_log};
 
-    if ((res = calloc(1, sizeof(*res))) == NULL || eg_th_create(kind, "skg", &th) != 0)
-        return -1;
-    snprintf(dir, sizeof(dir), "%s", eg_th_dir(th));
-    tpath(ini, "estgated.ini");
-    tpath(ca, "ca.pem");
-    tpath(daemon_log, "estgated.log");
-    tpath(pass, "basic.pass");
-    if (eg_fx_provision(th, "CN=skg CA", ca, tpath(tls, "tls-chain.pem"), res) != 0 ||
-        recipients() != 0)
+    if (eg_fx_suite_open(kind, "skg", "CN=skg CA", &s) != 0 || recipients() != 0)
         return -1;
     if (kind == EG_TH_NSS && kek() != 0) {
         fprintf(stderr, "kek import: %s\n%s\n", res->out, res->err);

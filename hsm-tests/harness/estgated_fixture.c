@@ -136,6 +136,24 @@ int eg_fx_ini_head(const eg_th *th, const char *server_extra, const char *token_
     return n > 0 && (size_t)n < cap ? n : -1;
 }
 
+int eg_fx_suite_open(eg_th_kind kind, const char *label, const char *ca_subject,
+                     const eg_fx_suite *s)
+{
+    char tls[PATH_MAX];
+    const char *d;
+
+    if ((*s->res = calloc(1, sizeof(**s->res))) == NULL || eg_th_create(kind, label, s->th) != 0)
+        return -1;
+    d = eg_th_dir(*s->th);
+    snprintf(s->dir, EG_FX_DIR_MAX, "%s", d);
+    snprintf(s->ini, PATH_MAX, "%s/estgated.ini", d);
+    snprintf(s->ca, PATH_MAX, "%s/ca.pem", d);
+    snprintf(s->pass, PATH_MAX, "%s/basic.pass", d);
+    snprintf(s->log, PATH_MAX, "%s/estgated.log", d);
+    snprintf(tls, sizeof(tls), "%s/tls-chain.pem", d);
+    return eg_fx_provision(*s->th, ca_subject, s->ca, tls, *s->res);
+}
+
 char *eg_fx_basic_config(const eg_th *th, const char *ca_pem, const char *user,
                          const char *pass_file)
 {

@@ -18,6 +18,24 @@
  */
 int eg_fx_provision_cmd(eg_th *th, const char *const *words, eg_child_result *r);
 
+/* Where a daemon suite keeps what eg_fx_suite_open makes: the caller's own variables. */
+typedef struct eg_fx_suite {
+    eg_th **th;
+    eg_child_result **res;
+    char *dir;        /* EG_FX_DIR_MAX: the token's directory, where everything below is */
+    char *ini, *ca;   /* PATH_MAX each: "estgated.ini", and the CA's root "ca.pem" */
+    char *pass, *log; /* PATH_MAX each: "basic.pass", and the daemon's "estgated.log" */
+} eg_fx_suite;
+
+#define EG_FX_DIR_MAX 1024
+
+/*
+ * A daemon suite's start: a fresh harness token of kind (labelled label), *s->res allocated,
+ * the paths above, and eg_fx_provision's CA (ca_subject) and TLS key (tls-chain.pem). 0 or -1.
+ */
+int eg_fx_suite_open(eg_th_kind kind, const char *label, const char *ca_subject,
+                     const eg_fx_suite *s);
+
 /*
  * A P-256 CA key "ca" with a self-signed root (subject ca_subject) written to
  * ca_out, and a P-256 TLS key "tls" for localhost/127.0.0.1 issued by it,
