@@ -1199,6 +1199,7 @@ static const key_spec token_keys[] = {
     {.name = "recover_ms", .kind = V_UINT, .off = CFG(recover_ms), .min = 1, .max = 600000},
     {.name = "calls", .kind = V_FN, .parse = parse_calls},
     {.name = "connections", .kind = V_FN, .parse = parse_connections},
+    {.name = "hang_s", .kind = V_UINT, .off = CFG(hang_s), .max = 86400},
     {.name = NULL},
 };
 
@@ -1646,6 +1647,7 @@ int eg_config_load(const char *path, eg_config **out, eg_config_errors *errs)
     ld.cfg->log_refusals_per_second = 100;
     ld.cfg->audit_keep_days = 400;
     ld.cfg->audit_keep_rows = 1000000;
+    ld.cfg->hang_s = 120;
     if (parse_file(&ld) != 0)
         goto out;
     finish_fixed(&ld);

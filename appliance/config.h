@@ -195,6 +195,7 @@ typedef struct eg_config {
     unsigned recover_ms;  /* 0: signer default */
     eg_calls calls;       /* EG_CALLS_AUTO unless set */
     unsigned connections; /* module instances; 0 (auto) unless set */
+    unsigned hang_s;      /* a token call unanswered this long: it hangs; 120, 0: never */
 
     eg_profile_cfg profiles[EG_MAX_PROFILES];
     size_t nprofiles;

@@ -41,6 +41,7 @@
 #include "expiry.h"
 #include "est.h"
 #include "notify.h"
+#include "p11.h"
 #include "provider.h"
 #include "server.h"
 
@@ -231,20 +232,83 @@ static void notify_reloaded(const eg_config *cfg, const eg_server *srv, bool ok)
     notify_ready(cfg, srv, after);
 }
 
-/* Signals; every second the count of audit lines left out and the TLS ticket keys' age, and once a
-   day the certificates' expiry (they run out while estgated runs). */
+/* Whether the token hangs, and systemd's watchdog: the main loop's view (watch()). */
+typedef struct watch_state {
+    unsigned long long dog_ms; /* WatchdogSec=; 0: none */
+    unsigned long long last_fed_ms;
+    bool hung;
+    unsigned long long stall_began_ms;
+} watch_state;
+
+static unsigned long long mono_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (unsigned long long)ts.tv_sec * 1000ull + (unsigned long long)ts.tv_nsec / 1000000ull;
+}
+
+/*
+ * A token whose calls have not returned for [token] hang_s is said to hang, once, in the log and
+ * in systemd's status, and again when it answers. Meanwhile systemd's watchdog is not fed, so that
+ * a unit with WatchdogSec= restarts estgated: a new process opens the token afresh, which is what
+ * an HSM that went silent behind an open connection needs. A token that fails fast does not hang
+ * (its requests get 503); a reload or a stop that holds the main loop does not feed it either.
+ */
+static void watch(watch_state *w, const eg_config *cfg, const eg_server *srv)
+{
+    unsigned long long now = mono_ms(), hang_ms = (unsigned long long)cfg->hang_s * 1000ull;
+    unsigned long long stalled;
+    unsigned waiting;
+
+    stalled = eg_token_stalled_ms(&waiting);
+    if (hang_ms > 0 && stalled >= hang_ms && !w->hung) {
+        w->hung = true;
+        w->stall_began_ms = now - stalled;
+        fprintf(stderr,
+                "estgated: the token has not returned from a call for %llu s, with %u call%s "
+                "waiting: it hangs (the HSM, its network or its server; [token] hang_s = %u). "
+                "%s\n",
+                stalled / 1000, waiting, waiting == 1 ? "" : "s", cfg->hang_s,
+                w->dog_ms > 0 ? "systemd's watchdog is no longer fed and will restart estgated"
+                              : "Requests that need it wait; restart estgated if it does not "
+                                "come back");
+        eg_notify("STATUS=The token has not answered for %llu s (%u call%s waiting); see the log",
+                  stalled / 1000, waiting, waiting == 1 ? "" : "s");
+    } else if (w->hung && (hang_ms == 0 || stalled < hang_ms)) {
+        w->hung = false;
+        fprintf(stderr, "estgated: the token answers again, after %llu s\n",
+                (now - w->stall_began_ms) / 1000);
+        notify_ready(cfg, srv, "; the token answers again after hanging");
+    }
+    if (w->dog_ms > 0 && !w->hung && now - w->last_fed_ms >= w->dog_ms / 2) {
+        eg_notify("WATCHDOG=1");
+        w->last_fed_ms = now;
+    }
+}
+
+/* Signals; every second (or a quarter of systemd's watchdog interval, if shorter) the token's
+   health and the watchdog, the count of audit lines left out and the TLS ticket keys' age, and
+   once a day the certificates' expiry (they run out while estgated runs). */
 static int wait_for_stop(const sigset_t *set, const char *path, const eg_config *run,
                          EVP_PKEY **tls_key, eg_est *est, eg_server *srv)
 {
-    struct timespec second = {.tv_sec = 1}, mono;
+    struct timespec tick = {.tv_sec = 1}, mono;
     time_t next_check = eg_mono_s() + EXPIRY_CHECK_S;
+    watch_state w = {.dog_ms = eg_notify_watchdog_usec() / 1000ull};
     bool ok;
     int sig;
 
+    if (w.dog_ms > 0 && w.dog_ms < 4000) {
+        tick.tv_sec = 0;
+        tick.tv_nsec = (long)(w.dog_ms < 4 ? 1 : w.dog_ms / 4) * 1000000L;
+    }
+    watch(&w, eg_est_config(est), srv);
     for (;;) {
-        if ((sig = sigtimedwait(set, NULL, &second)) < 0) {
+        if ((sig = sigtimedwait(set, NULL, &tick)) < 0) {
             if (errno != EAGAIN && errno != EINTR)
                 return -1;
+            watch(&w, eg_est_config(est), srv);
             eg_audit_flush();
             if (eg_server_tick(srv, eg_mono_s()) != 0)
                 fprintf(stderr,
@@ -264,6 +328,7 @@ static int wait_for_stop(const sigset_t *set, const char *path, const eg_config 
                       path);
             ok = reload(path, run, tls_key, est, srv);
             notify_reloaded(eg_est_config(est), srv, ok);
+            watch(&w, eg_est_config(est), srv);
             continue;
         }
         fprintf(stderr, "estgated: %s, stopping\n", sig == SIGTERM ? "SIGTERM" : "SIGINT");

@@ -149,17 +149,10 @@ static int suite_init(void)
     free(pw);
     /* The devices' keys and CSRs, made before the daemon runs. */
     for (int i = 0; i <= DEVICES; i++) { /* the last one for test_starting_on_a_full_disk */
-        char key[PATH_MAX], csr[PATH_MAX], name[32], subj[64], san[96];
+        char csr[PATH_MAX], name[32];
 
-        snprintf(name, sizeof(name), "dev%d.key", i);
-        tpath(key, name);
-        snprintf(name, sizeof(name), "dev%d.der", i);
-        tpath(csr, name);
-        snprintf(subj, sizeof(subj), "/CN=dev%d.example.com", i);
-        snprintf(san, sizeof(san), "subjectAltName=DNS:dev%d.example.com", i);
-        if (cmd("openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-                "-nodes", "-keyout", key, "-subj", subj, "-addext", san, "-outform", "DER", "-out",
-                csr, NULL) != 0)
+        snprintf(name, sizeof(name), "dev%d", i);
+        if (eg_fx_device_csr(dir, res, name, csr) != 0)
             return -1;
     }
     return 0;

@@ -7,6 +7,10 @@
  *   configuration with errors says so before estgated exits.
  * - The token PIN from a systemd credential (pin_file = credential:NAME and
  *   $CREDENTIALS_DIRECTORY, as LoadCredential= gives it).
+ * - The watchdog (WatchdogSec=, WATCHDOG_USEC): fed while the daemon is well,
+ *   no longer when its token hangs (the p11-kit server stopped with SIGSTOP:
+ *   an HSM gone silent behind an open connection), and again once the token
+ *   answers.
  * image/tests/test_unit checks the unit file itself with systemd's tools.
  */
 #include <errno.h>
@@ -22,6 +26,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <CUnit/CUnit.h>
@@ -124,10 +129,13 @@ static bool expect_message(int fd, const char *what, ...)
     bool ok;
     va_list ap;
 
-    if (!notify_next(fd, msg, sizeof(msg), 20000)) {
-        fprintf(stderr, "\n  no notification: expected %s\n", what);
-        return false;
-    }
+    /* The watchdog's messages come between the others when it is on. */
+    do {
+        if (!notify_next(fd, msg, sizeof(msg), 20000)) {
+            fprintf(stderr, "\n  no notification: expected %s\n", what);
+            return false;
+        }
+    } while (strcmp(msg, "WATCHDOG=1") == 0 && strcmp(what, "WATCHDOG=1") != 0);
     ok = true;
     va_start(ap, what);
     while ((needle = va_arg(ap, const char *)) != NULL)
@@ -147,6 +155,23 @@ static int start_notified(const char *addr, pid_t *pid, unsigned *port)
     rc = eg_fx_daemon_start(ini, daemon_log, pid, port, 1);
     unsetenv("NOTIFY_SOCKET");
     return rc;
+}
+
+/*
+ * What curl needs to send simpleenroll a new P-256 CSR for NAME.example.com (DER, in NAME.der)
+ * with Basic auth: user "line:PASSWORD" (160), url (128) and body "@FILE" (PATH_MAX + 1). 0 or -1.
+ */
+static int enroll_args(const char *name, unsigned port, char *user, char *url, char *body)
+{
+    char csr[PATH_MAX], *pw;
+
+    if (eg_fx_device_csr(dir, res, name, csr) != 0 || (pw = eg_file_read(pass, NULL)) == NULL)
+        return -1;
+    snprintf(user, 160, "line:%s", pw);
+    free(pw);
+    snprintf(url, 128, "https://127.0.0.1:%u/.well-known/est/simpleenroll", port);
+    snprintf(body, PATH_MAX + 1, "@%s", csr);
+    return 0;
 }
 
 /* ---- tests ---- */
@@ -185,6 +210,122 @@ static void test_systemd_hears_ready_reloading_and_stopping(void)
 
     CU_ASSERT_EQUAL(kill(pid, SIGTERM), 0);
     CU_ASSERT(expect_message(fd, "STOPPING=1", "STOPPING=1\n", "STATUS=Stopping", NULL));
+    CU_ASSERT_EQUAL(eg_fx_daemon_stop(&pid, 0), 0);
+    close(fd);
+}
+
+/* Every message that comes within ms; how many held needle (and all of them in *other when it is
+   not NULL: those that did not). */
+static int count_messages(int fd, int ms, const char *needle, int *other)
+{
+    char msg[2048];
+    int n = 0, rest;
+    unsigned long long until;
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    until = (unsigned long long)ts.tv_sec * 1000 + (unsigned long long)ts.tv_nsec / 1000000 + ms;
+    if (other != NULL)
+        *other = 0;
+    for (;;) {
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        rest = (int)(until - ((unsigned long long)ts.tv_sec * 1000 +
+                              (unsigned long long)ts.tv_nsec / 1000000));
+        if (rest <= 0 || (unsigned long long)rest > (unsigned long long)ms ||
+            !notify_next(fd, msg, sizeof(msg), rest))
+            return n;
+        if (strstr(msg, needle) != NULL)
+            n++;
+        else if (other != NULL)
+            (*other)++;
+    }
+}
+
+/*
+ * WatchdogSec=1s and [token] hang_s = 2. An enrollment sent while the p11-kit server is stopped
+ * waits on its token call; 2 s on, the daemon says the token hangs, in its log and its status,
+ * and stops feeding the watchdog, which is what makes systemd restart it. Once the server runs
+ * again the enrollment is answered, the token is said to answer again, and the watchdog is fed.
+ */
+static void test_the_watchdog_is_fed_until_the_token_hangs(void)
+{
+    char sock[PATH_MAX], hung_ini[PATH_MAX], body[PATH_MAX + 1], curl_log[PATH_MAX], url[128],
+        user[160], *pw, *text;
+    unsigned port = 0;
+    pid_t pid = 0, curl = 0;
+    int fd, other, rc;
+
+    if (kind != EG_TH_P11KIT) {
+        printf("(only a p11-kit server can be stopped to make a token hang) ");
+        return;
+    }
+    fd = notify_listen(tpath(sock, "notify-dog.sock"));
+    CU_ASSERT_FATAL(fd >= 0);
+    /* A configuration of its own, with the password now in pass (config() writes a new one). */
+    text = config(NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(text);
+    rc = eg_file_write_replaced(tpath(hung_ini, "hang.ini"), text, "\n[token]\n",
+                                "\n[token]\nhang_s = 2\n");
+    free(text);
+    CU_ASSERT_EQUAL_FATAL(rc, 0);
+    setenv("NOTIFY_SOCKET", sock, 1);
+    setenv("WATCHDOG_USEC", "1000000", 1);
+    rc = eg_fx_daemon_start(hung_ini, daemon_log, &pid, &port, 1);
+    unsetenv("NOTIFY_SOCKET");
+    unsetenv("WATCHDOG_USEC");
+    CU_ASSERT_EQUAL_FATAL(rc, 0);
+    CU_ASSERT(expect_message(fd, "READY=1", "READY=1\n", NULL));
+    /* Fed every half interval: 4 or 5 times in 2.2 s, and nothing else said. */
+    CU_ASSERT(count_messages(fd, 2200, "WATCHDOG=1", &other) >= 3);
+    CU_ASSERT_EQUAL(other, 0);
+
+    /* The token hangs under a request that needs it. Idle, a stopped server is not noticed. */
+    CU_ASSERT_EQUAL_FATAL(enroll_args("dog", port, user, url, body), 0);
+    {
+        char *const argv[] = {"curl",
+                              "-sS",
+                              "-o",
+                              "/dev/null",
+                              "-w",
+                              "%{http_code}",
+                              "--max-time",
+                              "60",
+                              "--cacert",
+                              ca,
+                              "-u",
+                              user,
+                              "-H",
+                              "Content-Type: application/pkcs10",
+                              "--data-binary",
+                              body,
+                              url,
+                              NULL};
+
+        CU_ASSERT_EQUAL_FATAL(eg_th_server_signal(th, SIGSTOP), 0);
+        CU_ASSERT_EQUAL_FATAL(eg_child_start(argv, tpath(curl_log, "dog.curl"), &curl), 0);
+    }
+    CU_ASSERT(expect_message(fd, "the token hangs", "STATUS=The token has not answered for ",
+                             "(1 call waiting)", NULL));
+    /* Not fed while it hangs: 2.5 s, two and a half intervals, without a WATCHDOG=1. */
+    CU_ASSERT_EQUAL(count_messages(fd, 2500, "WATCHDOG=1", NULL), 0);
+    CU_ASSERT_EQUAL(eg_file_count(daemon_log, "it hangs (the HSM, its network or its server; "
+                                              "[token] hang_s = 2). systemd's watchdog is no "
+                                              "longer fed and will restart estgated"),
+                    1);
+
+    CU_ASSERT_EQUAL(eg_th_server_signal(th, SIGCONT), 0);
+    CU_ASSERT_EQUAL(eg_child_wait(curl), 0);
+    pw = eg_file_read(curl_log, NULL);
+    CU_ASSERT(pw != NULL && strstr(pw, "200") != NULL);
+    if (pw == NULL || strstr(pw, "200") == NULL)
+        fprintf(stderr, "\n  curl said: %s\n", pw ? pw : "(nothing)");
+    free(pw);
+    CU_ASSERT(expect_message(fd, "READY=1 once the token answers", "READY=1\n",
+                             "; the token answers again after hanging", NULL));
+    CU_ASSERT(count_messages(fd, 2200, "WATCHDOG=1", NULL) >= 3);
+    CU_ASSERT_EQUAL(eg_file_count(daemon_log, "estgated: the token answers again, after "), 1);
+
+    CU_ASSERT_EQUAL(kill(pid, SIGTERM), 0);
     CU_ASSERT_EQUAL(eg_fx_daemon_stop(&pid, 0), 0);
     close(fd);
 }
@@ -234,8 +375,7 @@ static void test_a_broken_configuration_says_why(void)
 static void test_token_pin_from_a_systemd_credential(void)
 {
     const eg_token_config *c = eg_th_config(th);
-    char creds[PATH_MAX], pinpath[PATH_MAX + 16], key[PATH_MAX], csr[PATH_MAX], url[128],
-        bin[PATH_MAX];
+    char creds[PATH_MAX], pinpath[PATH_MAX + 16], url[128], body[PATH_MAX + 1], bin[PATH_MAX];
     char user[160], *pin, *text;
     unsigned port = 0;
     pid_t pid = 0;
@@ -262,27 +402,12 @@ static void test_token_pin_from_a_systemd_credential(void)
     unsetenv("CREDENTIALS_DIRECTORY");
     CU_ASSERT_EQUAL_FATAL(rc, 0);
     /* An enrollment: the CA key signed in the token the credential's PIN logged in to. */
-    CU_ASSERT_EQUAL(cmd("openssl", "req", "-new", "-newkey", "ec", "-pkeyopt",
-                        "ec_paramgen_curve:P-256", "-nodes", "-keyout", tpath(key, "cred.key"),
-                        "-subj", "/CN=cred.example.com", "-addext",
-                        "subjectAltName=DNS:cred.example.com", "-outform", "DER", "-out",
-                        tpath(csr, "cred.der"), NULL),
+    CU_ASSERT_EQUAL_FATAL(enroll_args("cred", port, user, url, body), 0);
+    CU_ASSERT_EQUAL(cmd("curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", ca,
+                        "-u", user, "-H", "Content-Type: application/pkcs10", "--data-binary", body,
+                        url, NULL),
                     0);
-    pin = eg_file_read(pass, NULL);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(pin);
-    snprintf(user, sizeof(user), "line:%s", pin);
-    free(pin);
-    snprintf(url, sizeof(url), "https://127.0.0.1:%u/.well-known/est/simpleenroll", port);
-    {
-        char body[PATH_MAX + 1];
-
-        snprintf(body, sizeof(body), "@%s", csr);
-        CU_ASSERT_EQUAL(cmd("curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", ca,
-                            "-u", user, "-H", "Content-Type: application/pkcs10", "--data-binary",
-                            body, url, NULL),
-                        0);
-        CU_ASSERT_STRING_EQUAL(res->out, "200");
-    }
+    CU_ASSERT_STRING_EQUAL(res->out, "200");
     CU_ASSERT_EQUAL(eg_fx_daemon_stop(&pid, SIGTERM), 0);
     CU_ASSERT_EQUAL(eg_file_write(ini, config_text, strlen(config_text), 0600), 0);
     free(text);
@@ -296,6 +421,8 @@ int main(int argc, char **argv)
         {"an abstract socket name", test_an_abstract_socket_name},
         {"a broken configuration says why", test_a_broken_configuration_says_why},
         {"the token PIN from a systemd credential", test_token_pin_from_a_systemd_credential},
+        {"the watchdog is fed until the token hangs",
+         test_the_watchdog_is_fed_until_the_token_hangs},
         CU_TEST_INFO_NULL,
     };
 

@@ -36,6 +36,15 @@ typedef struct eg_token_stats {
 void eg_token_get_stats(eg_token *tok, eg_token_stats *out);
 
 /*
+ * Whether the process's tokens hang: the milliseconds since a module last
+ * returned from a call while jobs wait on one (eg_token_run and the rest, on
+ * any token), 0 when no job is under way. *waiting (may be NULL): how many
+ * jobs are under way. A module that fails fast is not stalled; one that never
+ * returns (an HSM gone silent behind an open connection) is.
+ */
+uint64_t eg_token_stalled_ms(unsigned *waiting);
+
+/*
  * Run fn with a pooled, logged-in session. If fn returns a CK_RV that says the
  * session, the login or the token connection was lost, the token is recovered
  * (sessions reopened, re-login, module re-initialised if needed) and fn runs

@@ -136,6 +136,14 @@ static pthread_mutex_t modules_lock = PTHREAD_MUTEX_INITIALIZER;
 static eg_module *modules;
 
 /*
+ * The process's token jobs under way, on every token, and when a module last
+ * returned from one of their calls (or the first of them began): what
+ * eg_token_stalled_ms() reads for the daemon's watchdog.
+ */
+static atomic_uint jobs_under_way;
+static _Atomic uint64_t last_return_ms;
+
+/*
  * An instance is initialised with OS locking (SoftHSM turns its locks off
  * without it), one instance at a time (eg_module.setup).
  */
@@ -920,6 +928,8 @@ static CK_RV run_job(eg_token *tok, int pinned, bool is_long, eg_p11_fn *fn, voi
     eg_lane *lane;
     CK_RV rv;
 
+    if (atomic_fetch_add(&jobs_under_way, 1) == 0)
+        atomic_store(&last_return_ms, now_ms());
     for (;;) {
         /* One instance (every module but p11-kit's client): nothing to choose or count. */
         l = m->nlanes == 1 ? 0 : lane_choose(m, pinned, is_long);
@@ -935,11 +945,14 @@ static CK_RV run_job(eg_token *tok, int pinned, bool is_long, eg_p11_fn *fn, voi
             rv = fn(&call, arg);
             session_put(tok, &call, rv);
         }
+        atomic_store(&last_return_ms, now_ms());
         lane_leave(m, lane);
         if (m->nlanes > 1)
             lane_part(lane, is_long);
-        if (!recoverable(rv) || now_ms() >= deadline)
+        if (!recoverable(rv) || now_ms() >= deadline) {
+            atomic_fetch_sub(&jobs_under_way, 1);
             return rv;
+        }
         recover(tok, l, mod_gen, rv);
         /* Retry at once after a lost session; back off while a token is away. */
         if (connection_lost(rv)) {
@@ -1124,6 +1137,16 @@ void eg_token_get_stats(eg_token *tok, eg_token_stats *out)
     for (unsigned l = 0; l < EG_CONNECTIONS_MAX; l++)
         out->connections_used += tok->lane[l].used ? 1 : 0;
     pthread_mutex_unlock(&tok->lock);
+}
+
+uint64_t eg_token_stalled_ms(unsigned *waiting)
+{
+    unsigned n = atomic_load(&jobs_under_way);
+    uint64_t last = atomic_load(&last_return_ms), now = now_ms();
+
+    if (waiting != NULL)
+        *waiting = n;
+    return n == 0 || now <= last ? 0 : now - last;
 }
 
 void eg_token_count_sign(eg_token *tok)

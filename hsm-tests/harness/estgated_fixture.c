@@ -310,3 +310,18 @@ void eg_fx_check_issued(const char *dir, eg_child_result *r, const char *pem, co
     }
     X509_free(x);
 }
+
+int eg_fx_device_csr(const char *dir, eg_child_result *r, const char *name, char *csr)
+{
+    char key[PATH_MAX], subj[128], san[128];
+
+    snprintf(key, sizeof(key), "%s/%s.key", dir, name);
+    snprintf(csr, PATH_MAX, "%s/%s.der", dir, name);
+    snprintf(subj, sizeof(subj), "/CN=%s.example.com", name);
+    snprintf(san, sizeof(san), "subjectAltName=DNS:%s.example.com", name);
+    return eg_child_cmd(dir, r, "openssl", "req", "-new", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-subj", subj,
+                        "-addext", san, "-outform", "DER", "-out", csr, NULL) == 0
+               ? 0
+               : -1;
+}

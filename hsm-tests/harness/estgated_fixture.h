@@ -88,6 +88,9 @@ int eg_fx_ini_set(char **text, const char *key, const char *value);
 /* The HTTP status curl gets for /cacerts on 127.0.0.1:port, trusting ca; -1 when curl failed
    (r has its output; dir is where it runs). */
 int eg_fx_cacerts_status(const char *dir, eg_child_result *r, const char *ca, unsigned port);
+/* A device's new P-256 key (dir/NAME.key) and DER CSR (dir/NAME.der) for CN and DNS SAN
+   NAME.example.com, made with openssl req; the CSR's path into csr (PATH_MAX). 0 or -1. */
+int eg_fx_device_csr(const char *dir, eg_child_result *r, const char *name, char *csr);
 
 /*
  * Starts build/appliance/estgated -c ini with its output in log, and waits

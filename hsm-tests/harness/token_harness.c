@@ -935,6 +935,19 @@ out:
     return rc;
 }
 
+int eg_th_server_signal(eg_th *th, int sig)
+{
+    if (th == NULL || th->kind != EG_TH_P11KIT || th->server <= 0) {
+        th_err("server_signal: no p11-kit server is running");
+        return -1;
+    }
+    if (kill(-th->server, sig) != 0) {
+        th_err("signal %d to p11-kit server group %d: %s", sig, (int)th->server, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
 int eg_th_main_kind(int argc, char **argv, eg_th_kind *out)
 {
     const char *name = argc > 1 ? argv[1] : getenv("EG_TOKEN_KIND");

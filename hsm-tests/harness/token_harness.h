@@ -55,6 +55,9 @@ const char *eg_th_user_pin(const eg_th *th);
 int eg_th_server_kill(eg_th *th);
 /* p11kit only: start it again on the same socket; returns when it accepts. */
 int eg_th_server_start(eg_th *th);
+/* p11kit only: sig to the server's process group: SIGSTOP makes a token that hangs, SIGCONT
+   lets it answer again. */
+int eg_th_server_signal(eg_th *th, int sig);
 
 /* For CUnit mains: argv[1] (or env EG_TOKEN_KIND) as a kind; prints usage on error. */
 int eg_th_main_kind(int argc, char **argv, eg_th_kind *out);
