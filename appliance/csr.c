@@ -3,6 +3,7 @@
 
 #include <limits.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <string.h>
 
 #include <openssl/asn1t.h>
@@ -112,6 +113,17 @@ static void templates_make(void)
     ERR_clear_error();
 }
 
+/*
+ * An EC point as RFC 5480 2.2 allows it: compressed (02, 03) or uncompressed (04). OpenSSL also
+ * takes the point at infinity (a lone 00), for which a CSR's signature is made without any
+ * private key, and the hybrid forms (06, 07), which RFC 5480 says to refuse.
+ */
+static bool ec_point_form(const ASN1_BIT_STRING *bits)
+{
+    return bits->length > 1 &&
+           (bits->data[0] == 0x02 || bits->data[0] == 0x03 || bits->data[0] == 0x04);
+}
+
 /* id-ecPublicKey on a named curve; explicit curve parameters are not accepted. */
 static EVP_PKEY *ec_key(int ptype, const void *pval, const ASN1_BIT_STRING *bits)
 {
@@ -120,13 +132,15 @@ static EVP_PKEY *ec_key(int ptype, const void *pval, const ASN1_BIT_STRING *bits
     EVP_PKEY *pkey;
     int nid;
 
-    if (ptype != V_ASN1_OBJECT || (curve = OBJ_nid2sn(nid = OBJ_obj2nid(pval))) == NULL)
+    if (ptype != V_ASN1_OBJECT || (curve = OBJ_nid2sn(nid = OBJ_obj2nid(pval))) == NULL ||
+        !ec_point_form(bits))
         return NULL;
     pthread_once(&templates_once, templates_make);
     for (size_t i = 0; i < sizeof(templates) / sizeof(templates[0]); i++) {
         if (template_nids[i] != nid || templates[i] == NULL)
             continue;
-        /* The point is checked to be on the curve as it is set. */
+        /* The point is checked to be on the curve as it is set (ec_point_form took infinity
+           and the hybrid forms out first). */
         if ((pkey = EVP_PKEY_dup(templates[i])) != NULL &&
             EVP_PKEY_set1_encoded_public_key(pkey, bits->data, (size_t)bits->length) != 1) {
             EVP_PKEY_free(pkey);
@@ -171,6 +185,47 @@ out:
     return pkey;
 }
 
+/*
+ * Whether an Ed25519 public key is a point of small order: with one, signatures verify that
+ * nobody's private key made (the identity verifies a forged signature for any message), so it
+ * proves no possession. These are the y-coordinates (little-endian, the sign bit of x left out)
+ * of the eight points P of edwards25519 with 8P = O: the identity (y = 1), the point of order 2
+ * (y = -1), the two of order 4 (y = 0) and the four of order 8; and the encodings y + p of
+ * y = 0 and y = 1, which decoders that do not insist on canonical encodings take for them. The
+ * order-8 values were worked out from the curve's equation (a point of the curve times the
+ * prime order L, until one of order 8 came out, and its multiples).
+ */
+static bool ed25519_small_order(const ASN1_BIT_STRING *bits)
+{
+    static const unsigned char y[][32] = {
+        {0x00}, /* y = 0: order 4 */
+        {0x01}, /* y = 1: the identity */
+        {0x26, 0xe8, 0x95, 0x8f, 0xc2, 0xb2, 0x27, 0xb0, 0x45, 0xc3, 0xf4,
+         0x89, 0xf2, 0xef, 0x98, 0xf0, 0xd5, 0xdf, 0xac, 0x05, 0xd3, 0xc6,
+         0x33, 0x39, 0xb1, 0x38, 0x02, 0x88, 0x6d, 0x53, 0xfc, 0x05},
+        {0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b,
+         0x76, 0x0d, 0x10, 0x67, 0x0f, 0x2a, 0x20, 0x53, 0xfa, 0x2c, 0x39,
+         0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77, 0x92, 0xac, 0x03, 0x7a},
+        /* y = p - 1 (order 2), y = p (0) and y = p + 1 (1) */
+        {0xec, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+         0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+         0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f},
+        {0xed, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+         0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+         0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f},
+        {0xee, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+         0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+         0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f},
+    };
+
+    if (bits->length != 32)
+        return false; /* not a key at all: refused by length */
+    for (size_t i = 0; i < sizeof(y) / sizeof(y[0]); i++)
+        if (memcmp(bits->data, y[i], 31) == 0 && (bits->data[31] & 0x7f) == y[i][31])
+            return true;
+    return false;
+}
+
 /* The key from the SubjectPublicKeyInfo's fields; NULL for other algorithms or bad fields. */
 static EVP_PKEY *make_key(const EG_SPKI *spki, int type)
 {
@@ -187,7 +242,7 @@ static EVP_PKEY *make_key(const EG_SPKI *spki, int type)
     case EVP_PKEY_RSA:
         return ptype == V_ASN1_NULL ? rsa_key(spki->key) : NULL;
     case EVP_PKEY_ED25519:
-        return ptype == V_ASN1_UNDEF
+        return ptype == V_ASN1_UNDEF && !ed25519_small_order(spki->key)
                    ? EVP_PKEY_new_raw_public_key_ex(NULL, "ED25519", NULL, spki->key->data,
                                                     (size_t)spki->key->length)
                    : NULL;

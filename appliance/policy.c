@@ -450,11 +450,31 @@ static int check_sans(const eg_profile_cfg *p, const STACK_OF(X509_EXTENSION) * 
 /* ---- subject ---- */
 
 /*
- * A CN that a TLS client would take for a host name, a dotted DNS name or an IP address, must be
- * one the profile's SAN rules allow: clients fall back to the CN when a certificate has no
- * dNSName (RFC 6125 6.4.4; OpenSSL and Mbed TLS do), so an unchecked CN would name any host.
- * Other CNs (a device's serial, a single label) are not names of hosts on the way to a device
- * and stay as they are.
+ * Whether a dotted CN is made of what host names and their wildcards are made of (letters,
+ * digits, '-', '_', '.', '*'): a TLS client may match it against a host it connects to, so it
+ * must be a valid name that a rule allows, "w*.example.com" and "www.example.com." as much as
+ * "www.example.com". A CN with a blank, an '@' or any other character is no host name.
+ */
+static bool cn_reads_as_host(const unsigned char *s, size_t len)
+{
+    if (memchr(s, '.', len) == NULL)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = s[i];
+
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_' || c == '.' || c == '*'))
+            return false;
+    }
+    return true;
+}
+
+/*
+ * A CN that a TLS client would take for a host name, a dotted DNS name (cn_reads_as_host) or an
+ * IP address, must be one the profile's SAN rules allow: clients fall back to the CN when a
+ * certificate has no dNSName (RFC 6125 6.4.4; OpenSSL and Mbed TLS do), so an unchecked CN
+ * would name any host. Other CNs (a device's serial, a single label) are not names of hosts on
+ * the way to a device and stay as they are.
  */
 static int check_cn(const eg_profile_cfg *p, const X509_NAME *name, eg_policy_verdict *v)
 {
@@ -481,9 +501,8 @@ static int check_cn(const eg_profile_cfg *p, const X509_NAME *name, eg_policy_ve
         if (iplen != 0) {
             gn.type = GEN_IPADD;
             ASN1_STRING_set0(&str, ip, iplen);
-        } else if (memchr(utf8, '.', (size_t)n) != NULL &&
-                   dns_name_valid((char *)utf8, (size_t)n)) {
-            gn.type = GEN_DNS;
+        } else if (cn_reads_as_host(utf8, (size_t)n)) {
+            gn.type = GEN_DNS; /* san_allowed refuses a name that is not a valid one */
             ASN1_STRING_set0(&str, utf8, n);
         }
         gn.d.ia5 = &str;
@@ -499,12 +518,48 @@ static int check_cn(const eg_profile_cfg *p, const X509_NAME *name, eg_policy_ve
     return rc;
 }
 
+/*
+ * The subject's emailAddress must be one the profile's email: rules allow: mail clients (and
+ * OpenSSL's X509_check_email) take it for the certificate's address when it has no
+ * rfc822Name.
+ */
+static int check_subject_email(const eg_profile_cfg *p, const X509_NAME *name, eg_policy_verdict *v)
+{
+    int i = -1;
+
+    while ((i = X509_NAME_get_index_by_NID(name, NID_pkcs9_emailAddress, i)) >= 0) {
+        const ASN1_STRING *e = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, i));
+        unsigned char *utf8 = NULL;
+        int n = ASN1_STRING_to_UTF8(&utf8, e);
+        GENERAL_NAME gn = {.type = GEN_EMAIL};
+        ASN1_STRING str = {0};
+        char text[220];
+        bool ok;
+
+        if (n <= 0) {
+            OPENSSL_free(utf8);
+            return refuse(v, EG_DIM_SUBJECT, "the CSR's emailAddress cannot be read");
+        }
+        ASN1_STRING_set0(&str, utf8, n);
+        gn.d.rfc822Name = &str;
+        ok = san_allowed(p, &gn);
+        printable(utf8, (size_t)n, text, sizeof(text));
+        OPENSSL_free(utf8);
+        if (!ok)
+            return refuse(v, EG_DIM_SUBJECT,
+                          "emailAddress %s is not allowed by this profile's email: rules (mail "
+                          "clients take it for the certificate's address)",
+                          text);
+    }
+    return 0;
+}
+
 static int check_subject(const eg_policy *pol, const eg_csr *csr,
                          const STACK_OF(X509_EXTENSION) * exts, eg_policy_verdict *v)
 {
     const eg_profile_cfg *p = pol->cfg;
     const X509_NAME *name = eg_csr_subject(csr);
-    int i, nid;
+    int i, nid, rc;
     size_t j;
 
     if (pol->tmpl.n > 0) {
@@ -539,6 +594,8 @@ static int check_subject(const eg_policy *pol, const eg_csr *csr,
                           "profile",
                           nid != NID_undef ? OBJ_nid2sn(nid) : "(unknown)");
     }
+    if ((rc = check_subject_email(p, name, v)) != 0)
+        return rc;
     return check_cn(p, name, v);
 }
 

@@ -884,6 +884,20 @@ static void test_a_cn_that_names_a_host_obeys_the_san_rules(void)
         {"iot", "CN=192.0.2.1", "DNS:d.example.com", NULL, NULL, EG_DIM_SUBJECT,
          "CN 192.0.2.1 reads as an IP address"},
         {"iot", "CN=*.example.com", "DNS:d.example.com", NULL, NULL, EG_DIM_SUBJECT, NULL},
+        /* a wildcard inside a label, which OpenSSL's X509_check_host matches, and a trailing
+           dot: not valid names, so no rule allows them */
+        {"iot", "CN=w*.example.com", "DNS:d.example.com", NULL, NULL, EG_DIM_SUBJECT,
+         "CN w*.example.com reads as a DNS name"},
+        {"iot", "CN=*w.victim.test", "DNS:d.example.com", NULL, NULL, EG_DIM_SUBJECT,
+         "CN *w.victim.test reads as a DNS name"},
+        {"iot", "CN=d.example.com.", "DNS:d.example.com", NULL, NULL, EG_DIM_SUBJECT,
+         "reads as a DNS name"},
+        {"iot", "CN=under_score.victim.test", "DNS:d.example.com", NULL, NULL, EG_DIM_SUBJECT,
+         "reads as a DNS name"},
+        /* mail clients take the subject's emailAddress for the certificate's address */
+        {"iot", "CN=d,emailAddress=ceo@victim.test", "DNS:d.example.com", NULL, NULL,
+         EG_DIM_SUBJECT,
+         "emailAddress ceo@victim.test is not allowed by this profile's email: rules"},
         /* the template takes the CSR's CN */
         {"", "CN=login.bank.test", "DNS:d.example.com", NULL, "pw", EG_DIM_SUBJECT,
          "CN login.bank.test"},
@@ -894,9 +908,16 @@ static void test_a_cn_that_names_a_host_obeys_the_san_rules(void)
     static const struct {
         const char *profile, *subject, *challenge;
     } ok[] = {
-        {"iot", "CN=d.example.com", NULL}, {"iot", "CN=10.1.2.3", NULL},
-        {"iot", "CN=2001:db8::7", NULL},   {"", "CN=x.example.com", "pw"},
-        {"bare", "CN=serial-00042", NULL}, {"bare", "CN=router1", NULL},
+        {"iot", "CN=d.example.com", NULL},
+        {"iot", "CN=10.1.2.3", NULL},
+        {"iot", "CN=2001:db8::7", NULL},
+        {"", "CN=x.example.com", "pw"},
+        {"bare", "CN=serial-00042", NULL},
+        {"bare", "CN=router1", NULL},
+        /* a blank or an '@' makes no host name */
+        {"iot", "CN=Jane Q. Doe", NULL},
+        {"iot", "CN=jane@victim.test", NULL},
+        {"iot", "CN=d,emailAddress=ops@example.com", NULL},
     };
     EVP_PKEY *p256 = EVP_EC_gen("P-256");
     eg_answer a;

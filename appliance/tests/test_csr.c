@@ -272,6 +272,83 @@ static void test_ec_point_off_curve(void)
     X509_REQ_free(req);
 }
 
+/* A request for key's own CSR with its SubjectPublicKeyInfo's key replaced by the bytes given
+   (algorithm nid, with the curve's OID for EC), signed again by key; NULL on failure. */
+static unsigned char *req_with_key_bits(int key, int nid, const unsigned char *bits, size_t n,
+                                        size_t *len)
+{
+    X509_REQ *req = make_req(keys[key], false);
+    X509_PUBKEY *pub = req != NULL ? X509_REQ_get_X509_PUBKEY(req) : NULL;
+    unsigned char *penc = OPENSSL_memdup(bits, n), *der = NULL;
+    bool ec = nid == NID_X9_62_id_ecPublicKey;
+
+    if (pub == NULL || penc == NULL ||
+        X509_PUBKEY_set0_param(pub, OBJ_nid2obj(nid), ec ? V_ASN1_OBJECT : V_ASN1_UNDEF,
+                               ec ? OBJ_nid2obj(NID_X9_62_prime256v1) : NULL, penc, (int)n) != 1) {
+        OPENSSL_free(penc);
+    } else if (X509_REQ_sign(req, keys[key], EVP_sha256()) > 0) {
+        der = req_der(req, len);
+    }
+    X509_REQ_free(req);
+    return der;
+}
+
+/*
+ * Keys that anyone can sign with: the point at infinity (a lone 00, whose ECDSA "signature" needs
+ * no private key), the hybrid forms 06 and 07 that RFC 5480 2.2 refuses, and Ed25519 points of
+ * small order (the identity verifies a forged signature for any message). None gives a key, so
+ * the request is refused before anything is signed for it.
+ */
+static void test_keys_anyone_can_sign_with(void)
+{
+    unsigned char point[65], ed[32] = {0x01}, *der;
+    size_t n, len;
+    eg_csr *csr;
+
+    n = EVP_PKEY_get1_encoded_public_key(keys[K_P256], &der);
+    CU_ASSERT_EQUAL_FATAL(n, sizeof(point));
+    memcpy(point, der, n);
+    OPENSSL_free(der);
+    struct {
+        int nid, type;
+        unsigned char first; /* 0xff: bits as they are */
+        const unsigned char *bits;
+        size_t n;
+    } cases[] = {
+        {NID_X9_62_id_ecPublicKey, EVP_PKEY_EC, 0xff, (const unsigned char *)"\0", 1},
+        {NID_X9_62_id_ecPublicKey, EVP_PKEY_EC, 0x06, point, sizeof(point)},
+        {NID_X9_62_id_ecPublicKey, EVP_PKEY_EC, 0x07, point, sizeof(point)},
+        {NID_ED25519, EVP_PKEY_ED25519, 0xff, ed, sizeof(ed)},
+        {NID_ED25519, EVP_PKEY_ED25519, 0x00, ed, sizeof(ed)}, /* y = 0, of order 4 */
+    };
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        unsigned char bits[65];
+
+        memcpy(bits, cases[i].bits, cases[i].n);
+        if (cases[i].first != 0xff)
+            bits[0] = cases[i].first;
+        der = req_with_key_bits(K_P256, cases[i].nid, bits, cases[i].n, &len);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(der);
+        csr = NULL;
+        CU_ASSERT_EQUAL_FATAL(eg_csr_parse(der, len, &csr), 0);
+        CU_ASSERT_EQUAL(eg_csr_key_type(csr), cases[i].type);
+        CU_ASSERT_PTR_NULL(eg_csr_pubkey(csr));
+        if (eg_csr_pubkey(csr) != NULL)
+            printf("\n  case %zu gave a key\n", i);
+        eg_csr_free(csr);
+        OPENSSL_free(der);
+    }
+    /* The control: the same surgery with the key's own uncompressed point gives the key. */
+    der = req_with_key_bits(K_P256, NID_X9_62_id_ecPublicKey, point, sizeof(point), &len);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(der);
+    csr = NULL;
+    CU_ASSERT_EQUAL_FATAL(eg_csr_parse(der, len, &csr), 0);
+    CU_ASSERT_PTR_NOT_NULL(eg_csr_pubkey(csr));
+    eg_csr_free(csr);
+    OPENSSL_free(der);
+}
+
 static void test_refuses_malformed(void)
 {
     X509_REQ *req = make_req(keys[K_P256], false);
@@ -471,6 +548,7 @@ static CU_TestInfo tests[] = {
     {"Ed448 is named but not used", test_other_algorithm},
     {"EC with explicit parameters has no key", test_ec_explicit_parameters},
     {"EC point off the curve has no key", test_ec_point_off_curve},
+    {"keys anyone can sign with have no key", test_keys_anyone_can_sign_with},
     {"malformed requests are refused", test_refuses_malformed},
     {"attributes out of DER order verify", test_unsorted_attributes_verify},
     {"csrattrs names the signature algorithms csr_digests allows",

@@ -19,7 +19,8 @@ static void add_san(eg_profile_cfg *p, eg_san_type t, const char *pattern)
     p->sans[p->nsans++].pattern = (char *)pattern;
 }
 
-/* "iot": SAN rules of every type, CN and O allowed, client auth, 30 days, no rekey. */
+/* "iot": SAN rules of every type, CN, O and emailAddress allowed, client auth, 30 days, no
+   rekey. */
 static void profile_iot(eg_profile_cfg *p, const char *ca_uri, const char *ca_path)
 {
     profile_common(p, "iot", "iot", ca_uri, ca_path);
@@ -36,6 +37,7 @@ static void profile_iot(eg_profile_cfg *p, const char *ca_uri, const char *ca_pa
     p->require_san = true;
     p->subject_nids[p->nsubject_nids++] = NID_commonName;
     p->subject_nids[p->nsubject_nids++] = NID_organizationName;
+    p->subject_nids[p->nsubject_nids++] = NID_pkcs9_emailAddress;
     p->max_days = 30;
 }
 
