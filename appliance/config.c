@@ -29,6 +29,7 @@
 #include "config.h"
 #include "expiry.h"
 #include "p11.h"
+#include "policy.h"
 #include "skg.h"
 
 #define MAX_KEYS 32 /* keys in the largest table (profile_keys); checked at build time below */
@@ -844,8 +845,7 @@ static int parse_eku(loader *ld, void *base, const char *key, const char *value)
     return each_item(ld, base, key, value, eku_item);
 }
 
-/* Subject attributes a CSR (or a template) may use; NID_undef if not one. */
-static int subject_nid(const char *name)
+int eg_subject_attr_nid(const char *name)
 {
     static const struct {
         const char *name;
@@ -871,7 +871,7 @@ static int subject_nid(const char *name)
 
 static int subject_item(loader *ld, eg_profile_cfg *p, const char *key, const char *item)
 {
-    int nid = subject_nid(item);
+    int nid = eg_subject_attr_nid(item);
 
     if (nid == NID_undef) {
         err_here(ld, key, "'%.*s' is not a subject attribute; use " SUBJECT_NAMES, SHOWN, item);
@@ -898,7 +898,7 @@ static int template_item(loader *ld, eg_profile_cfg *p, const char *key, const c
     }
     memcpy(attr, item, n);
     attr[n] = '\0';
-    if (subject_nid(trim(attr)) == NID_undef) {
+    if (eg_subject_attr_nid(trim(attr)) == NID_undef) {
         err_here(ld, key, "'%.*s' is not a subject attribute; use " SUBJECT_NAMES, SHOWN, attr);
         return -1;
     }
@@ -914,9 +914,16 @@ static int template_item(loader *ld, eg_profile_cfg *p, const char *key, const c
 static int parse_subject_template(loader *ld, void *base, const char *key, const char *value)
 {
     eg_profile_cfg *p = base;
+    eg_subject_tmpl t;
+    char err[256];
 
     if (each_item(ld, p, key, value, template_item) != 0)
         return -1;
+    /* What the daemon will make of it, so that the check and the start cannot disagree. */
+    if (eg_subject_tmpl_parse(value, &t, err, sizeof(err)) != 0) {
+        err_here(ld, key, "%s", err);
+        return -1;
+    }
     p->subject_template = xstrdup(ld, value);
     return 0;
 }

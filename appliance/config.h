@@ -201,6 +201,10 @@ typedef struct eg_config {
     size_t nprofiles;
 } eg_config;
 
+/* A subject attribute a CSR or a subject template may use, by name (CN, O, OU, C, ST, L,
+   serialNumber, emailAddress, UID, DC; any case); NID_undef if not one. */
+int eg_subject_attr_nid(const char *name);
+
 /* One problem found in a file: where, and what. */
 typedef struct eg_config_error {
     unsigned line; /* 0: the file as a whole (missing section, unreadable file) */

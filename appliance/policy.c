@@ -5,6 +5,9 @@
  * made printable first because reasons reach the client and the log.
  */
 #include <arpa/inet.h>
+#include <time.h>
+#include <limits.h>
+#include <errno.h>
 #include <stdarg.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -54,32 +57,53 @@ static int refuse(eg_policy_verdict *v, eg_policy_dim dim, const char *fmt, ...)
 
 /* ---- subject template ---- */
 
+/* s without the blanks around it, in place. */
+static char *trimmed(char *s)
+{
+    char *e;
+
+    while (*s == ' ' || *s == '\t')
+        s++;
+    e = s + strlen(s);
+    while (e > s && (e[-1] == ' ' || e[-1] == '\t'))
+        *--e = '\0';
+    return s;
+}
+
+/* One "ATTR=VALUE" of a template: blanks around either are dropped, ATTR in any case. */
 static int tmpl_item(char *item, eg_subject_tmpl *t, char *err, size_t cap)
 {
-    char *eq = strchr(item, '=');
+    char *eq = strchr(item, '='), *name, *value;
     eg_subject_rdn *r = &t->rdns[t->n];
 
-    if (eq == NULL || eq == item || t->n >= EG_MAX_RULES) {
-        snprintf(err, cap, "subject template item \"%s\" is not KEY=VALUE", item);
+    if (eq == NULL || t->n >= EG_MAX_RULES) {
+        snprintf(err, cap, "subject template item \"%.64s\" is not ATTRIBUTE=VALUE", item);
         return -1;
     }
     *eq = '\0';
-    r->nid = OBJ_txt2nid(item);
-    if (r->nid == NID_undef) {
-        snprintf(err, cap, "subject template attribute \"%s\" is unknown", item);
+    name = trimmed(item);
+    value = trimmed(eq + 1);
+    if ((r->nid = eg_subject_attr_nid(name)) == NID_undef) {
+        snprintf(err, cap,
+                 "subject template attribute \"%.32s\" is not one of CN, O, OU, C, ST, L, "
+                 "serialNumber, emailAddress, UID or DC",
+                 name);
         return -1;
     }
-    r->from_cn = strcmp(eq + 1, "${cn}") == 0;
-    if (!r->from_cn &&
-        (eq[1] == '\0' || strlen(eq + 1) >= sizeof(r->value) || strstr(eq + 1, "${") != NULL)) {
+    r->from_cn = strcmp(value, "${cn}") == 0;
+    if (!r->from_cn && strstr(value, "${") != NULL) {
         snprintf(err, cap,
-                 "subject template value for %s is empty, too long or an unknown "
-                 "placeholder",
-                 item);
+                 "subject template value for %s: the only variable is ${cn}, as the whole value",
+                 name);
+        return -1;
+    }
+    if (!r->from_cn && (value[0] == '\0' || strlen(value) >= sizeof(r->value))) {
+        snprintf(err, cap, "subject template value for %s is empty or longer than %zu characters",
+                 name, sizeof(r->value) - 1);
         return -1;
     }
     if (!r->from_cn)
-        strcpy(r->value, eq + 1);
+        strcpy(r->value, value);
     t->uses_cn |= r->from_cn;
     t->n++;
     return 0;
@@ -96,8 +120,6 @@ int eg_subject_tmpl_parse(const char *text, eg_subject_tmpl *out, char *err, siz
         goto out;
     }
     for (item = strtok_r(copy, ",", &save); item != NULL; item = strtok_r(NULL, ",", &save)) {
-        while (*item == ' ')
-            item++;
         if (tmpl_item(item, &t, err, cap) != 0)
             goto out;
     }
@@ -654,23 +676,32 @@ static void name_value_init(void)
     name_value_oid = OBJ_txt2obj("1.3.6.1.4.1.311.13.2.1", 1);
 }
 
-unsigned eg_policy_requested_days(const eg_csr *csr)
+/*
+ * The validity a CSR asks for the way Windows certreq does: ValidityPeriod (a unit) and
+ * ValidityPeriodUnits (a count) in szOID_ENROLLMENT_NAME_VALUE_PAIR attributes. 0 when it asks
+ * for none (*days 0); 1 with *days, rounded up to whole days, years and months counted on the
+ * calendar from now as Windows does; -1 with why when it asks in a way that cannot be read (a unit
+ * or a count alone, an unknown unit, a count that is not a whole number from 1), which must not
+ * pass for asking nothing.
+ */
+static int requested_validity(const eg_csr *csr, unsigned *days, char *why, size_t cap)
 {
     static const struct {
         const char *unit;
-        unsigned hours;
+        unsigned hours; /* 0: calendar months, 12 a year */
+        unsigned months;
     } units[] = {
-        {"years", 365 * 24}, {"months", 31 * 24}, {"weeks", 7 * 24}, {"days", 24}, {"hours", 1}};
+        {"years", 0, 12}, {"months", 0, 1}, {"weeks", 7 * 24, 0}, {"days", 24, 0}, {"hours", 1, 0}};
     const STACK_OF(X509_ATTRIBUTE) *attrs = eg_csr_attributes(csr);
     const ASN1_OBJECT *oid;
-    unsigned long count = 0, hours = 0;
-    char name[64], value[64], unit[64] = "";
+    unsigned long long count = 0, hours;
+    char name[64], value[64], unit[64] = "", units_text[64] = "", *end;
+    bool have_unit = false, have_count = false;
     int i = -1, j;
 
+    *days = 0;
     pthread_once(&name_value_once, name_value_init);
     oid = name_value_oid;
-    /* Windows certreq asks for a validity with ValidityPeriod (a unit) and
-       ValidityPeriodUnits (a count) in szOID_ENROLLMENT_NAME_VALUE_PAIR. */
     while (oid != NULL && (i = X509at_get_attr_by_OBJ(attrs, oid, i)) >= 0) {
         X509_ATTRIBUTE *a = X509at_get_attr(attrs, i);
 
@@ -678,27 +709,99 @@ unsigned eg_policy_requested_days(const eg_csr *csr)
             if (name_value(X509_ATTRIBUTE_get0_type(a, j), name, sizeof(name), value,
                            sizeof(value)) != 0)
                 continue;
-            if (strcasecmp(name, "ValidityPeriod") == 0)
+            if (strcasecmp(name, "ValidityPeriod") == 0) {
                 snprintf(unit, sizeof(unit), "%s", value);
-            else if (strcasecmp(name, "ValidityPeriodUnits") == 0)
-                count = strtoul(value, NULL, 10);
+                have_unit = true;
+            } else if (strcasecmp(name, "ValidityPeriodUnits") == 0) {
+                snprintf(units_text, sizeof(units_text), "%s", value);
+                have_count = true;
+            }
         }
     }
-    for (i = 0; i < (int)(sizeof(units) / sizeof(units[0])); i++) {
-        if (strcasecmp(unit, units[i].unit) == 0 && count > 0 && count < 100000)
-            hours = count * units[i].hours;
+    if (!have_unit && !have_count)
+        return 0;
+    errno = 0;
+    if (have_count && units_text[0] >= '0' && units_text[0] <= '9')
+        count = strtoull(units_text, &end, 10);
+    if (!have_unit || !have_count || errno != 0 || count == 0 || *end != '\0') {
+        char u[32], c[32];
+
+        printable((const unsigned char *)unit, strlen(unit), u, sizeof(u));
+        printable((const unsigned char *)units_text, strlen(units_text), c, sizeof(c));
+        snprintf(why, cap,
+                 "the requested validity cannot be read (ValidityPeriod %s%s%s, "
+                 "ValidityPeriodUnits %s%s%s): it needs both, a unit and a whole number from 1",
+                 have_unit ? "\"" : "", have_unit ? u : "missing", have_unit ? "\"" : "",
+                 have_count ? "\"" : "", have_count ? c : "missing", have_count ? "\"" : "");
+        return -1;
     }
-    return (unsigned)((hours + 23) / 24);
+    for (size_t k = 0; k < sizeof(units) / sizeof(units[0]); k++) {
+        if (strcasecmp(unit, units[k].unit) != 0)
+            continue;
+        if (count > 100000) { /* past any profile's 3650 days, in any unit */
+            *days = UINT_MAX;
+            return 1;
+        }
+        if (units[k].months != 0) {
+            time_t now = time(NULL), then;
+            struct tm tm;
+
+            if (gmtime_r(&now, &tm) == NULL)
+                return -1;
+            tm.tm_mon += (int)(count * units[k].months);
+            if ((then = timegm(&tm)) == (time_t)-1 || then <= now) {
+                *days = UINT_MAX;
+                return 1;
+            }
+            hours = ((unsigned long long)(then - now) + 3599) / 3600;
+        } else {
+            hours = count * units[k].hours;
+        }
+        *days = (unsigned)((hours + 23) / 24);
+        return 1;
+    }
+    {
+        char u[32];
+
+        printable((const unsigned char *)unit, strlen(unit), u, sizeof(u));
+        snprintf(why, cap,
+                 "the requested validity's unit \"%s\" is not Years, Months, Weeks, Days or "
+                 "Hours",
+                 u);
+    }
+    return -1;
+}
+
+unsigned eg_policy_requested_days(const eg_csr *csr)
+{
+    unsigned days;
+    char why[8];
+
+    return requested_validity(csr, &days, why, sizeof(why)) == 1 ? days : 0;
 }
 
 static int check_validity(const eg_profile_cfg *p, const eg_csr *csr, eg_policy_verdict *v)
 {
-    unsigned max = p->max_days ? p->max_days : 365, asked = eg_policy_requested_days(csr);
+    unsigned max = p->max_days ? p->max_days : 365, asked;
+    char why[200];
 
-    if (asked > max)
-        return refuse(v, EG_DIM_VALIDITY,
-                      "a validity of %u days was requested; this profile allows at most %u", asked,
-                      max);
+    switch (requested_validity(csr, &asked, why, sizeof(why))) {
+    case -1:
+        return refuse(v, EG_DIM_VALIDITY, "%s", why);
+    case 1:
+        if (asked == UINT_MAX)
+            return refuse(v, EG_DIM_VALIDITY,
+                          "a validity of more than 100000 units was requested; this profile "
+                          "allows at most %u days",
+                          max);
+        if (asked > max)
+            return refuse(v, EG_DIM_VALIDITY,
+                          "a validity of %u days was requested; this profile allows at most %u",
+                          asked, max);
+        break;
+    default:
+        break;
+    }
     return 0;
 }
 

@@ -1003,8 +1003,42 @@ static void test_requested_validity(void)
     enroll("iot", "basic:alice", too_long, len1, NULL, 0, &a);
     CU_ASSERT_EQUAL(a.status, EG_FORBIDDEN);
     CU_ASSERT_EQUAL(a.dim, EG_DIM_VALIDITY);
-    CU_ASSERT_PTR_NOT_NULL(strstr(a.reason, "730 days"));
+    /* two years on the calendar: 730 days, or 731 across a 29 February */
+    CU_ASSERT_PTR_NOT_NULL(strstr(a.reason, "a validity of 73"));
     eg_answer_clear(&a);
+    /* asked in a way that cannot be read, or for very long: refused, never taken for nothing */
+    {
+        static const struct {
+            const char *unit, *count, *reason;
+        } bad[] = {
+            {"Years", "100000", "days was requested; this profile allows at most 30"},
+            {"Hours", "99999999999", "more than 100000 units"},
+            {"Years", "-1", "the requested validity cannot be read"},
+            {"Days", "7x", "the requested validity cannot be read"},
+            {"Fortnights", "2", "is not Years, Months, Weeks, Days or Hours"},
+            {"Days", "31", "a validity of 31 days was requested; this profile allows at most 30"},
+        };
+
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+            size_t n = 0;
+            uint8_t *csr;
+
+            ms_validity[0] = bad[i].unit;
+            ms_validity[1] = bad[i].count;
+            csr = make_csr(k, "CN=win3", "DNS:win3.example.com", NULL, NULL, &n);
+            ms_validity[0] = ms_validity[1] = NULL;
+            CU_ASSERT_PTR_NOT_NULL_FATAL(csr);
+            enroll("iot", "basic:alice", csr, n, NULL, 0, &a);
+            CU_ASSERT_EQUAL(a.status, EG_FORBIDDEN);
+            CU_ASSERT_EQUAL(a.dim, EG_DIM_VALIDITY);
+            if (a.status != EG_FORBIDDEN || strstr(a.reason, bad[i].reason) == NULL) {
+                printf("\n  %s %s: %d %s\n", bad[i].unit, bad[i].count, a.status, a.reason);
+                CU_FAIL("the refusal does not say why");
+            }
+            eg_answer_clear(&a);
+            free(csr);
+        }
+    }
     enroll("iot", "basic:alice", shorter, len2, NULL, 0, &a);
     CU_ASSERT_EQUAL(a.status, EG_OK);
     CU_ASSERT_PTR_NOT_NULL_FATAL(x = answer_cert(&a));

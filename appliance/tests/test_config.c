@@ -20,6 +20,7 @@
 #include <openssl/x509v3.h>
 
 #include "config.h"
+#include "policy.h"
 #include "cu_run.h"
 #include "expiry.h"
 #include "p11.h"
@@ -693,6 +694,31 @@ static void test_bad_values_of_other_kinds(void)
                   1, 8, "", "is not a profile name");
 }
 
+/*
+ * A subject template is read by the daemon's own parser at the check, so a file the check passes
+ * starts: blanks around names and values and any case in names are taken; ${cn} inside a value is
+ * refused by both (it was passed by the check, then refused at start).
+ */
+static void test_subject_template_read_as_the_daemon_reads_it(void)
+{
+    eg_subject_tmpl t;
+    eg_config *cfg = NULL;
+    char err[256];
+
+    CU_ASSERT_EQUAL_FATAL(
+        load(SERVER_TOKEN PROFILE_NONE "subject_template = CN = ${cn} , o = Example Fleet\n", &cfg),
+        0);
+    CU_ASSERT_EQUAL(eg_subject_tmpl_parse(cfg->profiles[0].subject_template, &t, err, sizeof(err)),
+                    0);
+    CU_ASSERT_EQUAL(t.n, 2);
+    CU_ASSERT(t.rdns[0].nid == NID_commonName && t.rdns[0].from_cn);
+    CU_ASSERT(t.rdns[1].nid == NID_organizationName &&
+              strcmp(t.rdns[1].value, "Example Fleet") == 0);
+    eg_config_free(cfg);
+    expect_errors(SERVER_TOKEN PROFILE_NONE "subject_template = CN=dev-${cn}\n", 1, 12,
+                  "subject_template", "the only variable is ${cn}, as the whole value");
+}
+
 /* --- serverkeygen --- */
 
 static void test_serverkeygen_keys(void)
@@ -1338,6 +1364,8 @@ static CU_TestInfo tests[] = {
     {"unparsable PEM files", test_unparsable_pem},
     {"bad user hashes and basic without users", test_bad_user_hash},
     {"bad URIs, lists, templates and listeners", test_bad_values_of_other_kinds},
+    {"a subject template is read as the daemon reads it",
+     test_subject_template_read_as_the_daemon_reads_it},
     {"every mistake in a file is reported", test_every_mistake_is_reported},
     {"lines are counted through comments and bad lines",
      test_lines_counted_through_comments_and_bad_lines},
