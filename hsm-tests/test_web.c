@@ -11,6 +11,8 @@
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <poll.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -414,6 +416,42 @@ static void test_silent_sockets_hold_threads_only_until_the_timeout(void)
         close(idle[i]);
 }
 
+/*
+ * A body sent an octet every 300 ms keeps each read within request_timeout_ms (1 s here), and so
+ * held its thread for as long as it went on: 64 such clients took a listener. The body as a whole
+ * must now come within request_timeout_ms: 408, said, and the connection closed, within a few
+ * seconds, where the 1,000 octets announced would have taken five minutes.
+ */
+static void test_a_trickled_body_gets_408_at_the_timeout(void)
+{
+    static const char head[] = "POST /.well-known/est/simpleenroll HTTP/1.1\r\nHost: x\r\n"
+                               "Content-Type: application/pkcs10\r\nContent-Length: 1000\r\n\r\n";
+    struct timespec t0, t1;
+    struct pollfd p;
+    char body[512];
+    double waited;
+    client c;
+    int i;
+
+    signal(SIGPIPE, SIG_IGN);
+    CU_ASSERT_EQUAL_FATAL(client_open(&c, 0, TLS1_3_VERSION), 0);
+    CU_ASSERT_EQUAL_FATAL(send_all(&c, head, strlen(head)), 0);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    p.fd = c.fd;
+    p.events = POLLIN;
+    for (i = 0; i < 30; i++) {
+        if (send_all(&c, "M", 1) != 0 || poll(&p, 1, 500) != 0)
+            break; /* answered (or closed) */
+    }
+    CU_ASSERT_EQUAL(read_response(&c, body, sizeof(body)), 408);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    waited = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    fprintf(stderr, "(408 after %.2f s) ", waited);
+    CU_ASSERT(waited < 5.0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(body, "did not arrive within 1000 ms (request_timeout_ms)"));
+    client_close(&c);
+}
+
 /* Head and body leave in one write: one SSL_read gets the whole answer (one TLS record). */
 static void test_answer_in_one_record(void)
 {
@@ -618,6 +656,7 @@ int main(int argc, char **argv)
          test_tls_key_and_chain_replaced_without_a_restart},
         {"silent sockets hold threads only until the timeout",
          test_silent_sockets_hold_threads_only_until_the_timeout},
+        {"a trickled body gets 408 at the timeout", test_a_trickled_body_gets_408_at_the_timeout},
         CU_TEST_INFO_NULL,
     };
 

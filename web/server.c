@@ -201,10 +201,17 @@ static void drain_body(struct mg_connection *conn, bool sent_continue)
  */
 #define READ_CHUNK 4096
 
-static int read_body(struct mg_connection *conn, size_t max_body, uint8_t **out, size_t *len,
-                     bool *over)
+/*
+ * civetweb bounds each read by request_timeout_ms, not the body as a whole: a client that sends
+ * an octet every few seconds held its thread for as long as it liked, and 64 of them (one host)
+ * took a listener's every thread. So the whole body must come within timeout_ms of the first
+ * read (-3 when it does not, with what came in *out and *len).
+ */
+static int read_body(struct mg_connection *conn, size_t max_body, unsigned timeout_ms,
+                     uint8_t **out, size_t *len, bool *over)
 {
     const struct mg_request_info *ri = mg_get_request_info(conn);
+    uint64_t deadline = eg_mono_ms() + timeout_ms;
     size_t cap, n = 0;
     uint8_t *buf, *bigger;
     int got = 0;
@@ -220,8 +227,14 @@ static int read_body(struct mg_connection *conn, size_t max_body, uint8_t **out,
     if ((buf = malloc(cap)) == NULL)
         return -1;
     for (;;) {
-        while (n < cap && (got = mg_read(conn, buf + n, cap - n)) > 0)
+        while (n < cap && (got = mg_read(conn, buf + n, cap - n)) > 0) {
             n += (size_t)got;
+            if (n < cap && eg_mono_ms() > deadline) {
+                *out = buf;
+                *len = n;
+                return -3;
+            }
+        }
         if (n < cap || cap == max_body + 1)
             break;
         /* Full and still under the limit: there may be more. */
@@ -387,6 +400,11 @@ static const char *framing_error(const struct mg_request_info *ri, int *status)
     return NULL;
 }
 
+static unsigned request_timeout_ms(const eg_server *srv)
+{
+    return srv->cfg->request_timeout_ms ? srv->cfg->request_timeout_ms : 10000;
+}
+
 static int serve(struct mg_connection *conn, eg_server *srv)
 {
     const struct mg_request_info *ri = mg_get_request_info(conn);
@@ -403,7 +421,18 @@ static int serve(struct mg_connection *conn, eg_server *srv)
     fill_request(conn, srv, &req, peer, sizeof(peer), source, sizeof(source));
     if ((why = framing_error(ri, &status)) != NULL)
         return refuse(conn, srv, &req, status, EG_AUDIT_LIMIT, why, NULL);
-    if ((status = read_body(conn, srv->cfg->max_body, &body, &body_len, &over)) == -2) {
+    status = read_body(conn, srv->cfg->max_body, request_timeout_ms(srv), &body, &body_len, &over);
+    if (status == -3) {
+        char slow[160];
+
+        free(body);
+        snprintf(slow, sizeof(slow),
+                 "the request body did not arrive within %u ms (request_timeout_ms): %zu octets "
+                 "came",
+                 request_timeout_ms(srv), body_len);
+        return refuse(conn, srv, &req, 408, EG_AUDIT_LIMIT, slow, NULL);
+    }
+    if (status == -2) {
         char short_body[128];
 
         free(body);
