@@ -109,10 +109,14 @@ static int write_config(void)
                  "\n[profile linked]\n"
                  "ca_key = pkcs11:token=%s;object=ca;type=private\nca_chain = %s\n"
                  "auth = basic\nuser = alice:%s\nsan = dns:.example.com\nmax_days = %d\n"
-                 "require_channel_binding = yes\n",
+                 "require_channel_binding = yes\n"
+                 "\n[profile either]\n"
+                 "ca_key = pkcs11:token=%s;object=ca;type=private\nca_chain = %s\n"
+                 "auth = basic, mtls\nuser = alice:%s\nclient_ca = partner-ca.pem\n"
+                 "san = dns:.example.com\nmax_days = %d\n",
                  c->token_label, ca, hash, MAX_DAYS, c->token_label, ca, ca, MAX_DAYS,
                  c->token_label, ca, c->token_label, ca, MAX_DAYS, c->token_label, ca, hash,
-                 MAX_DAYS);
+                 MAX_DAYS, c->token_label, ca, hash, MAX_DAYS);
     if (m > 0 && (size_t)m < sizeof(text) - (size_t)n)
         rc = eg_file_write(ini, text, (size_t)(n + m), 0600);
 out:
@@ -520,6 +524,34 @@ static void test_client_certificate_of_another_profile_is_403(void)
     CU_ASSERT_EQUAL(enroll(&h, "iot/simpleenroll", "dev1r", NULL, "--cert",
                            tpath(cert, "partner-dev.pem"), "--key", tpath(key, "partner-dev.key")),
                     403);
+}
+
+/*
+ * auth = basic, mtls: a device whose certificate this profile does not trust (ours, from the iot
+ * CA) is asked for a password (401 with the challenge: clients that send credentials only when
+ * challenged get the chance), and gets its certificate with it; a partner device gets in by its
+ * certificate alone. Before, the untrusted certificate got 403 and the password was never asked.
+ */
+static void test_an_untrusted_certificate_is_asked_for_a_password(void)
+{
+    char cert[PATH_MAX], key[PATH_MAX], data[PATH_MAX + 1], user[128], *body;
+    http h;
+
+    CU_ASSERT_EQUAL(enroll(&h, "either/simpleenroll", "dev1r", NULL, "--cert",
+                           tpath(cert, "dev1.pem"), "--key", tpath(key, "dev1.key")),
+                    401);
+    CU_ASSERT_PTR_NOT_NULL(strstr(h.headers, "WWW-Authenticate: Basic realm="));
+    body = eg_file_read(h.body_path, NULL);
+    CU_ASSERT(body != NULL && strstr(body, "credentials required; ") != NULL &&
+              strstr(body, "not trusted") != NULL);
+    free(body);
+    CU_ASSERT_EQUAL(curl(&h, port, "either/simpleenroll", "-u", basic_user(user), "-H",
+                         "Content-Type: application/pkcs10", "--data-binary", at(data, "dev1r.b64"),
+                         "--cert", tpath(cert, "dev1.pem"), "--key", tpath(key, "dev1.key"), NULL),
+                    200);
+    CU_ASSERT_EQUAL(enroll(&h, "either/simpleenroll", "dev1r", NULL, "--cert",
+                           tpath(cert, "partner-dev.pem"), "--key", tpath(key, "partner-dev.key")),
+                    200);
 }
 
 /*
@@ -2543,6 +2575,8 @@ static CU_TestInfo tests[] = {
     {"wrong or missing password is 401", test_wrong_or_missing_password_is_401},
     {"client certificate of another profile is 403",
      test_client_certificate_of_another_profile_is_403},
+    {"an untrusted certificate is asked for a password",
+     test_an_untrusted_certificate_is_asked_for_a_password},
     {"CSR with a bad signature is 400", test_csr_with_bad_signature_is_400},
     {"an expired certificate renews within its allowance",
      test_an_expired_certificate_renews_within_its_allowance},

@@ -338,6 +338,19 @@ static unsigned authenticate(est_ctx *c, char *principal, size_t plen)
         if (!basic_tried)
             snprintf(basic.reason, sizeof(basic.reason), "credentials required");
         unauthorized(c, &basic);
+    } else if (cert_tried && (modes & EG_AUTH_BASIC)) {
+        /* The certificate did not admit the client and a password could: ask for one (RFC 7030
+           3.2.3), since clients that send credentials only when challenged (Java's, Python's,
+           libest) never would after a 403. The audit keeps why the certificate failed. */
+        static const char lead[] = "credentials required; ";
+        size_t n = strlen(cert.reason), room = sizeof(cert.reason) - sizeof(lead);
+
+        if (n > room)
+            n = room;
+        memmove(cert.reason + sizeof(lead) - 1, cert.reason, n);
+        memcpy(cert.reason, lead, sizeof(lead) - 1);
+        cert.reason[sizeof(lead) - 1 + n] = '\0';
+        unauthorized(c, &cert);
     } else if (cert_tried) {
         refuse(c, 403, cert.fail, cert.principal, cert.reason);
     } else {
