@@ -1332,6 +1332,36 @@ static void test_tls_sessions_resume_without_client_certificates(void)
     CU_ASSERT_PTR_NOT_NULL_FATAL(m1);
     CU_ASSERT_EQUAL(resumed_request(m1, cert, key, "iot/cacerts", &reused, &m2), 200);
     CU_ASSERT_FALSE(reused);
+
+    /* A device that has a certificate now but resumes a session from before is asked for none
+       (resumption has no CertificateRequest): the refusal says so. */
+    {
+        char head[4096], path[PATH_MAX], *body = eg_file_read(tpath(path, "dev1r.b64"), NULL);
+        SSL_CTX *ctx = NULL;
+        SSL_SESSION *fresh = NULL;
+        SSL *ssl;
+
+        /* a session of its own: OpenSSL's client offers a TLS 1.3 ticket once */
+        CU_ASSERT_EQUAL(resumed_request(NULL, NULL, NULL, "cacerts", &reused, &fresh), 200);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(fresh);
+        ssl = tls_open(&ctx, port, cert, key, fresh, true);
+        SSL_SESSION_free(fresh);
+
+        CU_ASSERT_PTR_NOT_NULL_FATAL(body);
+        CU_ASSERT_PTR_NOT_NULL(ssl);
+        if (ssl != NULL) {
+            CU_ASSERT_EQUAL(SSL_session_reused(ssl), 1);
+            CU_ASSERT_EQUAL(
+                tls_request(ssl, "POST", "iot/simplereenroll", body, head, sizeof(head)), 403);
+            read_body_rest(ssl, head, sizeof(head));
+            CU_ASSERT_PTR_NOT_NULL(strstr(head, "this connection resumed a TLS session made "
+                                                "without one, so none was asked for"));
+        }
+        tls_close(ssl, ctx);
+        free(body);
+        SSL_SESSION_free(ticket_session);
+        ticket_session = NULL;
+    }
     SSL_SESSION_free(first);
     SSL_SESSION_free(second);
     SSL_SESSION_free(m1);

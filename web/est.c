@@ -291,6 +291,15 @@ static void unauthorized(est_ctx *c, const eg_auth_result *res)
 }
 
 /*
+ * A client that kept a TLS session from before it had a certificate (a password enrollment, say)
+ * and resumes it is never asked for one: resumption has no CertificateRequest. Say so, since
+ * the device has a certificate and cannot see why it is not taken.
+ */
+#define RESUMED_WITHOUT_ONE                                                                        \
+    ", and this connection resumed a TLS session made without one, so none was asked for: "        \
+    "connect again without resuming that session"
+
+/*
  * Who may enroll: a trusted client certificate, valid Basic credentials, or
  * anyone where the profile allows none; the first mode that admits wins.
  * Returns the admitting EG_AUTH_* mode, or 0 after answering the refusal.
@@ -354,7 +363,9 @@ static unsigned authenticate(est_ctx *c, char *principal, size_t plen)
     } else if (cert_tried) {
         refuse(c, 403, cert.fail, cert.principal, cert.reason);
     } else {
-        refuse(c, 403, EG_AUDIT_AUTH_MISSING, NULL, "a client certificate is required");
+        refuse(c, 403, EG_AUDIT_AUTH_MISSING, NULL,
+               q->tls_resumed ? "a client certificate is required" RESUMED_WITHOUT_ONE
+                              : "a client certificate is required");
     }
     return 0;
 }
@@ -370,7 +381,9 @@ static unsigned authenticate_renewal(est_ctx *c, char *principal, size_t plen, l
 
     if (q->n_client_certs == 0) {
         refuse(c, 403, EG_AUDIT_AUTH_MISSING, NULL,
-               "simplereenroll needs the TLS client certificate being renewed");
+               q->tls_resumed ? "simplereenroll needs the TLS client certificate being "
+                                "renewed" RESUMED_WITHOUT_ONE
+                              : "simplereenroll needs the TLS client certificate being renewed");
         return 0;
     }
     if (eg_auth_cert_renewal(c->est->auth, c->profile, q->client_certs, q->client_cert_lens,

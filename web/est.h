@@ -43,6 +43,9 @@ typedef struct eg_http_req {
     const char *channel_binding_type;
     const uint8_t *channel_binding;
     size_t channel_binding_len;
+    /* The connection resumed a TLS session: no client certificate was asked for in it (sessions
+       with one are never resumed, web/tls.c), so a device that has one now could not send it. */
+    bool tls_resumed;
 } eg_http_req;
 
 #define EG_HTTP_MAX_HEADERS 4

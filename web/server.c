@@ -467,6 +467,7 @@ static int serve(struct mg_connection *conn, eg_server *srv)
         req.channel_binding_type = binding->type;
         req.channel_binding = binding->data;
         req.channel_binding_len = binding->len;
+        req.tls_resumed = binding->resumed;
     }
     eg_est_handle(srv->est, &req, &resp);
     send_response(conn, &resp, atomic_load(&srv->draining));

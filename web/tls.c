@@ -83,6 +83,7 @@ static bool binding_of(const SSL *ssl, eg_tls_binding *b)
 {
     static const char label[] = "EXPORTER-Channel-Binding";
 
+    b->resumed = SSL_session_reused((SSL *)ssl) == 1;
     if (SSL_version(ssl) == TLS1_3_VERSION) {
         b->type = "tls-exporter";
         b->len = 32;

@@ -65,8 +65,9 @@ void eg_tls_ctx_switch(SSL_CTX *base, SSL_CTX *next);
 typedef struct eg_tls_binding {
     const char *type; /* "tls-unique" or "tls-exporter" */
     uint8_t data[64];
-    size_t len; /* 0: a TLS 1.2 connection without the extended master secret (RFC 7627), whose
-                   tls-unique does not tell it from another */
+    size_t len;   /* 0: a TLS 1.2 connection without the extended master secret (RFC 7627), whose
+                     tls-unique does not tell it from another */
+    bool resumed; /* the handshake resumed a session, and so asked for no client certificate */
 } eg_tls_binding;
 
 /*
