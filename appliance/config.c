@@ -58,7 +58,18 @@ typedef struct loader {
     bool oom;
 } loader;
 
-typedef enum val_kind { V_STR, V_PATH, V_URI, V_CERTS, V_CACHAIN, V_BOOL, V_UINT, V_FN } val_kind;
+/* V_CERTS: PEM certificates; V_CACHAIN: a CA's first; V_TRUST: at least one CA among them. */
+typedef enum val_kind {
+    V_STR,
+    V_PATH,
+    V_URI,
+    V_CERTS,
+    V_CACHAIN,
+    V_TRUST,
+    V_BOOL,
+    V_UINT,
+    V_FN
+} val_kind;
 
 typedef int (*parse_fn)(loader *ld, void *base, const char *key, const char *value);
 
@@ -197,12 +208,13 @@ static char *join_path(loader *ld, const char *value)
 /* --- checks of the files a key names --- */
 
 /* Every PEM block in path is a certificate that parses; at least one. */
-static int check_certs(loader *ld, const char *key, const char *path, bool ca_first)
+static int check_certs(loader *ld, const char *key, const char *path, val_kind kind)
 {
+    bool ca_first = kind == V_CACHAIN;
     struct stat st;
     BIO *bio = NULL;
     X509 *x;
-    int n = 0, rc = -1;
+    int n = 0, ncas = 0, rc = -1;
 
     if (stat(path, &st) != 0) {
         err_here(ld, key, "'%s': %s; expected a PEM certificate file", path, strerror(errno));
@@ -224,12 +236,19 @@ static int check_certs(loader *ld, const char *key, const char *path, bool ca_fi
             ERR_pop_to_mark();
             goto out;
         }
+        ncas += X509_check_ca(x) != 0;
         X509_free(x);
     }
     if (ERR_GET_REASON(ERR_peek_last_error()) != PEM_R_NO_START_LINE) {
         err_here(ld, key, "'%s': certificate %d does not parse", path, n + 1);
     } else if (n == 0) {
         err_here(ld, key, "'%s' holds no PEM certificate (-----BEGIN CERTIFICATE-----)", path);
+    } else if (kind == V_TRUST && ncas == 0) {
+        /* Every device would get 403 auth.cert_untrusted, and nothing would point here. */
+        err_here(ld, key,
+                 "'%s' holds no CA certificate, only %d end-entity certificate%s: it must hold "
+                 "the CAs that issue the clients' certificates",
+                 path, n, n == 1 ? "" : "s");
     } else {
         rc = 0;
     }
@@ -287,12 +306,28 @@ static int parse_pin_file(loader *ld, void *base, const char *key, const char *v
     if (path == NULL)
         goto out;
     if (stat(path, &st) != 0) {
-        err_here(ld, key, "'%s': %s; expected a file holding the user PIN", path, strerror(errno));
+        /* A value without a '/' may be the PIN itself, typed where its file belongs: not
+           repeated into a log. */
+        if (strchr(value, '/') == NULL && strncmp(value, CREDENTIAL, strlen(CREDENTIAL)) != 0)
+            err_here(ld, key,
+                     "the file it names (a name without a '/', looked for next to this file) "
+                     "cannot be found: %s; it must name a file holding the user PIN, not the PIN",
+                     strerror(errno));
+        else
+            err_here(ld, key, "'%s': %s; expected a file holding the user PIN", path,
+                     strerror(errno));
     } else if (!S_ISREG(st.st_mode)) {
         err_here(ld, key, "'%s' is not a regular file", path);
     } else if ((st.st_mode & (S_IROTH | S_IWOTH)) != 0) {
         err_here(ld, key, "'%s' is accessible by everyone (mode %04o); chmod o-rw it", path,
                  (unsigned)(st.st_mode & 07777));
+    } else if (access(path, R_OK) != 0) {
+        /* The daemon reads it as the user it runs as, and so does the check (ExecStartPre). */
+        err_here(ld, key,
+                 "'%s' cannot be read by this user (uid %u): %s; estgated reads it as the user "
+                 "it runs as (under systemd, pin_file = credential:NAME with LoadCredential= "
+                 "keeps the file root's)",
+                 path, (unsigned)geteuid(), strerror(errno));
     } else {
         ((eg_config *)base)->pin_file = path;
         path = NULL;
@@ -1216,7 +1251,7 @@ static const key_spec profile_keys[] = {
     {.name = "auth", .kind = V_FN, .required = true, .parse = parse_auth},
     {.name = "realm", .kind = V_FN, .parse = parse_realm},
     {.name = "user", .kind = V_FN, .repeatable = true, .parse = parse_user},
-    {.name = "client_ca", .kind = V_CERTS, .off = PRO(client_ca_file)},
+    {.name = "client_ca", .kind = V_TRUST, .off = PRO(client_ca_file)},
     {.name = "key_types", .kind = V_FN, .parse = parse_key_types},
     {.name = "eku", .kind = V_FN, .parse = parse_eku},
     {.name = "san", .kind = V_FN, .repeatable = true, .parse = parse_san},
@@ -1257,7 +1292,7 @@ static int set_certs(loader *ld, const key_spec *k, char **field, const char *va
 {
     char *path = join_path(ld, value);
 
-    if (path == NULL || check_certs(ld, k->name, path, k->kind == V_CACHAIN) != 0) {
+    if (path == NULL || check_certs(ld, k->name, path, k->kind) != 0) {
         free(path);
         return -1;
     }
@@ -1282,6 +1317,7 @@ static int set_value(loader *ld, const key_spec *k, void *base, const char *valu
         return (*(char **)field = xstrdup(ld, value)) != NULL ? 0 : -1;
     case V_CERTS:
     case V_CACHAIN:
+    case V_TRUST:
         return set_certs(ld, k, field, value);
     case V_BOOL:
         if (parse_bool(value, field) == 0)

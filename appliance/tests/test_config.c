@@ -531,6 +531,10 @@ static void test_mtls_without_client_ca(void)
                   2, 16, "auth", "mtls needs client_ca");
     /* basic has a user line (with a bad hash): that line is blamed, not auth. */
     CU_ASSERT(has_error(17, "user", "the hash is not"));
+    /* A client CA bundle with no CA in it (the TLS leaf, say): every device would get 403. */
+    expect_errors(SERVER_TOKEN "[profile mtls]\nca_key = pkcs11:object=ca\nca_chain = ca.pem\n"
+                               "auth = mtls\nclient_ca = tls.pem\n",
+                  1, 12, "client_ca", "holds no CA certificate, only 1 end-entity certificate");
 }
 
 static void test_world_readable_pin_file(void)
@@ -544,6 +548,21 @@ static void test_world_readable_pin_file(void)
         "[server]\ntls_key = pkcs11:object=tls\ntls_chain = tls.pem\n"
         "[token]\nmodule = module.so\nlabel = estgate\npin_file = no-such-pin\n" PROFILE_NONE,
         1, 7, "pin_file", "No such file or directory");
+    /* The PIN itself where its file belongs: said without repeating it. */
+    expect_errors(
+        "[server]\ntls_key = pkcs11:object=tls\ntls_chain = tls.pem\n"
+        "[token]\nmodule = module.so\nlabel = estgate\npin_file = 4d2a9f1c\n" PROFILE_NONE,
+        1, 7, "pin_file", "it must name a file holding the user PIN, not the PIN");
+    for (size_t i = 0; i < errs.n; i++)
+        CU_ASSERT_PTR_NULL(strstr(errs.items[i].message, "4d2a9f1c"));
+    /* A file the daemon's user cannot read fails the check as it would fail the start (root
+       reads any file, so only an ordinary user sees it). */
+    write_file("pin", "1234\n", 0200);
+    if (geteuid() != 0)
+        expect_errors(SERVER_TOKEN PROFILE_NONE, 1, 7, "pin_file", "cannot be read by this user");
+    else
+        printf("(as root every file is readable: the unreadable PIN file is not tried) ");
+    write_file("pin", "1234\n", 0640);
 }
 
 /* renew_expired_days: a number of days, and only where renewals can be authenticated (mtls). */
