@@ -402,6 +402,110 @@ static void test_create_refuses_bad_input(void)
     CU_ASSERT_PTR_NOT_NULL(strstr(r->out, "bundle version 3"));
 }
 
+/* An estgated configuration in the test folder for the harness token: its [server] and [token],
+   then the profiles given. */
+static int write_ini(const char *name, const char *tls_chain, const char *profiles)
+{
+    const eg_token_config *cfg = eg_th_config(th);
+    char path[PATH_MAX], *text = NULL;
+    int n, rc;
+
+    n = asprintf(&text,
+                 "[server]\ntls_key = pkcs11:token=%s;object=tls\ntls_chain = %s\n"
+                 "ledger = ledger.db\n\n[token]\nmodule = %s\nlabel = %s\npin_file = %s\n\n%s",
+                 cfg->token_label, tls_chain, cfg->module_path, cfg->token_label, cfg->pin_file,
+                 profiles);
+    rc = n < 0 ? -1 : eg_file_write(tpath(path, name), text, (size_t)n, 0600);
+    free(text);
+    return rc;
+}
+
+/* `bundle install` of the bundle in inst/ into profile of the configuration name. */
+static int install(const char *name, const char *profile)
+{
+    char dir[PATH_MAX], tr[PATH_MAX], ini[PATH_MAX];
+
+    return run_tool(false, "bundle", "install", "--dir", tpath(dir, "inst"), "--trust",
+                    tpath(tr, "ca.pem"), "--config", tpath(ini, name), "--profile", profile, NULL);
+}
+
+/* Whether the file name still holds exactly what the file ca.pem holds. */
+static bool still_ca(const char *name)
+{
+    char a[PATH_MAX], b[PATH_MAX];
+    size_t la = 0, lb = 0;
+    char *x = eg_file_read(tpath(a, "ca.pem"), &la), *y = eg_file_read(tpath(b, name), &lb);
+    bool same = x != NULL && y != NULL && la == lb && memcmp(x, y, la) == 0;
+
+    free(x);
+    free(y);
+    return same;
+}
+
+#define PROFILE_HEAD "ca_key = pkcs11:object=ca;type=private\nca_chain = issuing.pem\nauth = mtls\n"
+
+/*
+ * A client_ca file that estgated also reads as something else (a profile's
+ * issuing chain, directly or through a link, or the TLS chain) is refused
+ * with nothing written, so the CA chain survives; a client_ca two profiles
+ * share is installed, with a warning naming the other profile.
+ */
+static void test_install_refuses_a_shared_client_ca(void)
+{
+    char path[PATH_MAX], src[PATH_MAX];
+    char *text;
+
+    CU_ASSERT_EQUAL_FATAL(create(signer_uri, "1", "inst"), 0);
+    CU_ASSERT_EQUAL_FATAL(eg_child_cmd(eg_th_dir(th), r, "/bin/cp", tpath(src, "ca.pem"),
+                                       tpath(path, "issuing.pem"), NULL),
+                          0);
+    CU_ASSERT_EQUAL_FATAL(
+        eg_child_cmd(eg_th_dir(th), r, "/bin/cp", src, tpath(path, "tls.pem"), NULL), 0);
+    CU_ASSERT_EQUAL_FATAL(
+        eg_child_cmd(eg_th_dir(th), r, "/bin/cp", src, tpath(path, "clients.pem"), NULL), 0);
+    CU_ASSERT_EQUAL_FATAL(symlink("issuing.pem", tpath(path, "link.pem")), 0);
+
+    /* The demo's old layout: client_ca and ca_chain one file. */
+    CU_ASSERT_EQUAL_FATAL(write_ini("same.ini", "tls.pem",
+                                    "[profile iot]\n" PROFILE_HEAD "client_ca = issuing.pem\n"),
+                          0);
+    CU_ASSERT_EQUAL(install("same.ini", "iot"), 78);
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->err, "profile iot's ca_chain (its issuing CA chain)"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->err, "Nothing was written"));
+    CU_ASSERT(still_ca("issuing.pem"));
+    CU_ASSERT_NOT_EQUAL(access(tpath(path, "issuing.pem.version"), F_OK), 0);
+
+    /* Another profile's chain, through a symbolic link. */
+    CU_ASSERT_EQUAL_FATAL(write_ini("link.ini", "tls.pem",
+                                    "[profile default]\n" PROFILE_HEAD "client_ca = clients.pem\n"
+                                    "[profile iot]\nca_key = pkcs11:object=ca;type=private\n"
+                                    "ca_chain = tls.pem\nauth = mtls\nclient_ca = link.pem\n"),
+                          0);
+    CU_ASSERT_EQUAL(install("link.ini", "iot"), 78);
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->err, "profile default's ca_chain"));
+    CU_ASSERT(still_ca("issuing.pem"));
+
+    /* The TLS chain. */
+    CU_ASSERT_EQUAL_FATAL(
+        write_ini("tls.ini", "tls.pem", "[profile iot]\n" PROFILE_HEAD "client_ca = tls.pem\n"), 0);
+    CU_ASSERT_EQUAL(install("tls.ini", "iot"), 78);
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->err, "[server] tls_chain"));
+    CU_ASSERT(still_ca("tls.pem"));
+
+    /* Two profiles trusting one file of their own: installed, and the other one named. */
+    CU_ASSERT_EQUAL_FATAL(write_ini("shared.ini", "tls.pem",
+                                    "[profile default]\n" PROFILE_HEAD "client_ca = clients.pem\n"
+                                    "[profile iot]\n" PROFILE_HEAD "client_ca = clients.pem\n"),
+                          0);
+    CU_ASSERT_EQUAL(install("shared.ini", "iot"), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->err, "warning: profile default has the same client_ca file"));
+    CU_ASSERT(still_ca("issuing.pem"));
+    CU_ASSERT_FALSE(still_ca("clients.pem"));
+    text = eg_file_read(tpath(path, "clients.pem.version"), NULL);
+    CU_ASSERT(text != NULL && strcmp(text, "1\n") == 0);
+    free(text);
+}
+
 static CU_TestInfo tests[] = {
     {"create, then verify against the CA and the signer", test_create_then_verify},
     {"openssl cms -verify and pkcs7 accept the files", test_openssl_accepts_the_files},
@@ -412,6 +516,8 @@ static CU_TestInfo tests[] = {
     {"an older or equal version exits 84", test_rollback_is_refused},
     {"garbage exits 65, a missing bundle 66", test_garbage_is_refused},
     {"create refuses leaves, duplicates, bad versions", test_create_refuses_bad_input},
+    {"install refuses a client_ca that is also a CA or TLS chain",
+     test_install_refuses_a_shared_client_ca},
     CU_TEST_INFO_NULL,
 };
 

@@ -12,7 +12,9 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,7 +38,9 @@ static const char bundle_install_help[] =
     "profile's client_ca file (atomically), records the version beside it\n"
     "(CLIENT_CA.version) and sends estgated SIGHUP, after which the profile trusts\n"
     "exactly the bundle's anchors. A bundle that fails verification changes\n"
-    "nothing and the exit code says why. Without --pid or --pid-file the files are\n"
+    "nothing and the exit code says why. A client_ca file that estgated also reads as\n"
+    "something else (a ca_chain, the tls_chain, ...) is refused: give the profile a\n"
+    "file of its own first. Without --pid or --pid-file the files are\n"
     "installed and estgated must be reloaded by hand (systemctl reload estgated).\n"
     "\n"
     "  --dir DIR          the bundle folder (from `bundle create`)\n"
@@ -107,6 +111,75 @@ static int bundle_install_opt(void *ctx, int c, const char *arg)
     }
 }
 
+/* Whether path names the file real (a realpath) once links and ".." are resolved. */
+static bool same_file(const char *real, const char *path)
+{
+    char buf[PATH_MAX];
+
+    return path != NULL && realpath(path, buf) != NULL && strcmp(buf, real) == 0;
+}
+
+static int refuse_shared(const eg_profile_cfg *p, const char *as, const eg_config *cfg)
+{
+    return eg_prov_fail(EG_EXIT_CONFIG,
+                        "profile %s's client_ca %s is also %s; the bundle would replace that file. "
+                        "Nothing was written. Give the profile a client_ca file of its own (a "
+                        "copy of the certificates it trusts now), set client_ca to it in %s, "
+                        "reload estgated, then install the bundle again",
+                        p->name, p->client_ca_file, as, cfg->path);
+}
+
+/*
+ * The bundle replaces the client_ca file whole. A file estgated also reads as
+ * something else would be replaced with it: with client_ca and ca_chain one
+ * file, the issuing chain is gone, the reload fails and the next start exits.
+ * So that is refused. Other profiles trusting the same file get the new
+ * anchors too, which is allowed but said.
+ */
+static int check_client_ca_alone(const eg_config *cfg, const eg_profile_cfg *p)
+{
+    char real[PATH_MAX], as[256];
+    const struct {
+        const char *path, *what;
+    } server[] = {
+        {cfg->path, "estgated's configuration file"},
+        {cfg->tls_chain_file, "[server] tls_chain (the TLS certificate chain)"},
+        {cfg->blocked_certs_file, "[server] blocked_certs"},
+        {cfg->ledger_path, "[server] ledger"},
+        {cfg->module_path, "[token] module"},
+        {cfg->pin_file, "[token] pin_file"},
+    };
+    const eg_profile_cfg *q;
+    size_t i;
+
+    if (realpath(p->client_ca_file, real) == NULL)
+        return eg_prov_fail(EG_EXIT_NOINPUT, "profile %s's client_ca %s: %s", p->name,
+                            p->client_ca_file, strerror(errno));
+    for (i = 0; i < sizeof(server) / sizeof(server[0]); i++) {
+        if (same_file(real, server[i].path))
+            return refuse_shared(p, server[i].what, cfg);
+    }
+    for (i = 0; i < cfg->nprofiles; i++) {
+        q = &cfg->profiles[i];
+        if (same_file(real, q->ca_chain_file)) {
+            snprintf(as, sizeof(as), "profile %s's ca_chain (its issuing CA chain)", q->name);
+            return refuse_shared(p, as, cfg);
+        }
+        if (same_file(real, q->skg_recipients_file)) {
+            snprintf(as, sizeof(as), "profile %s's serverkeygen_recipients", q->name);
+            return refuse_shared(p, as, cfg);
+        }
+    }
+    for (i = 0; i < cfg->nprofiles; i++) {
+        q = &cfg->profiles[i];
+        if (q != p && same_file(real, q->client_ca_file))
+            eg_prov_warn("profile %s has the same client_ca file %s: after the reload it trusts "
+                         "the bundle's anchors too; give it a file of its own if it should not",
+                         q->name, q->client_ca_file);
+    }
+    return EG_EXIT_OK;
+}
+
 /* The profile's client CA file, from estgated's own configuration parser. */
 static int client_ca_path(const struct bundle_install *a, char **out)
 {
@@ -126,10 +199,9 @@ static int client_ca_path(const struct bundle_install *a, char **out)
     else if (p->client_ca_file == NULL)
         rc = eg_prov_fail(EG_EXIT_CONFIG, "profile %s has no client_ca (it does not use mtls)",
                           a->profile);
-    else if ((*out = strdup(p->client_ca_file)) == NULL)
+    else if ((rc = check_client_ca_alone(cfg, p)) == EG_EXIT_OK &&
+             (*out = strdup(p->client_ca_file)) == NULL)
         rc = eg_prov_fail(EG_EXIT_SOFTWARE, "out of memory");
-    else
-        rc = EG_EXIT_OK;
     eg_config_free(cfg);
     return rc;
 }

@@ -21,7 +21,8 @@
     X(EG_EXIT_SOFTWARE, 70, "internal error: a token call or OpenSSL failed unexpectedly")         \
     X(EG_EXIT_CANTCREAT, 73, "cannot create: output file, or a label already used in the token")   \
     X(EG_EXIT_NOPERM, 77, "login refused: wrong or locked PIN")                                    \
-    X(EG_EXIT_CONFIG, 78, "estgated's configuration has errors, or lacks the profile asked for")
+    X(EG_EXIT_CONFIG, 78,                                                                          \
+      "estgated's configuration has errors, lacks the profile asked for, or shares its client_ca")
 
 #define EG_PROV_EXIT_ENUM(name, value, text) name = value,
 enum eg_prov_exit { EG_PROV_EXIT_CODES(EG_PROV_EXIT_ENUM) };

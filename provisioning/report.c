@@ -113,3 +113,14 @@ void eg_prov_note(const char *fmt, ...)
     putchar('\n');
     fflush(stdout);
 }
+
+void eg_prov_warn(const char *fmt, ...)
+{
+    va_list ap;
+
+    fprintf(stderr, "%s: warning: ", prefix);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}

@@ -16,5 +16,7 @@ int eg_prov_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2
 int eg_prov_fail_stack(int fallback, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Prints "prefix: message" to stdout (progress for the operator). */
 void eg_prov_note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Prints "prefix: warning: message" to stderr: the command goes on. */
+void eg_prov_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 #endif
