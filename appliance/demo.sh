@@ -52,6 +52,9 @@ if [ ! -f "$demo/ready" ]; then
     # shellcheck disable=SC2086
     "$provision" tls create $tok --label demo-tls --key ec-p256 --ca-label demo-ca \
         --dns localhost --ip 127.0.0.1 --ip ::1 --days 825 --out "$demo/tls-chain.pem"
+    # The iot profile's client trust: a file of its own, since `estgate-provision
+    # bundle install` replaces it whole and ca.pem is also the issuing chain.
+    cp "$demo/ca.pem" "$demo/client-ca.pem"
 
     # The Basic password: random, in a 0600 file; the configuration holds only
     # its PBKDF2 hash.
@@ -94,7 +97,7 @@ max_days = 90
 ca_key = pkcs11:token=estgate-demo;object=demo-ca;type=private
 ca_chain = ca.pem
 auth = mtls
-client_ca = ca.pem
+client_ca = client-ca.pem
 san = dns:.example.com
 eku = clientAuth
 max_days = 30
@@ -114,6 +117,12 @@ serverkeygen = plaintext
 serverkeygen_key_types = ec:P-256, rsa:2048
 CONFIG
     touch "$demo/ready"
+fi
+# A demo/ made before the iot profile had a client CA file of its own: give it one,
+# so that `bundle install` into it cannot replace the issuing chain ca.pem.
+if grep -qx 'client_ca = ca.pem' "$demo/estgated.ini"; then
+    cp "$demo/ca.pem" "$demo/client-ca.pem"
+    sed -i 's/^client_ca = ca\.pem$/client_ca = client-ca.pem/' "$demo/estgated.ini"
 fi
 
 echo "== what the token holds"
