@@ -173,8 +173,10 @@ Try it from another terminal:
   curl -sS --cacert ca.pem -u "demo:\$(cat basic.pass)" -H 'Content-Type: application/pkcs10' \\
       --data-binary @dev2.csr $url/keygen/serverkeygen
   # check the configuration after an edit, then reload it without a restart
+  # (this demo's estgated is process $$; other estgated processes are not told)
   SOFTHSM2_CONF=$SOFTHSM2_CONF $estgated --check-config estgated.ini &&
-      kill -HUP \$(pgrep -x estgated)
+      kill -HUP $$
 
 HOWTO
+# exec: estgated takes this shell's process id, the $$ printed above.
 exec "$estgated" -c "$demo/estgated.ini"
