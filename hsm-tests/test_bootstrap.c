@@ -437,6 +437,26 @@ static void test_bad_csr_row_refused_others_issued(void)
     free(r);
 }
 
+/* --out out/batch-0042 on a fresh station: the folder is made with its missing parents. */
+static void test_out_parents_are_made(void)
+{
+    eg_child_result *r = calloc(1, sizeof(*r));
+    X509_REQ *req = make_csr(NULL);
+    char path[PATH_MAX];
+    FILE *f;
+
+    CU_ASSERT_FATAL(r != NULL && req != NULL && write_req("fresh.csr", req) == 0);
+    CU_ASSERT_FATAL((f = fopen(wpath(path, "fresh.csv"), "w")) != NULL);
+    fprintf(f, "serial,model,csr\nF1,m,fresh.csr\n");
+    fclose(f);
+    CU_ASSERT_NOT_EQUAL_FATAL(access(wpath(path, "line"), F_OK), 0);
+    CU_ASSERT_EQUAL(run_bs("fresh.csv", "line/out/batch-0042", r), 0);
+    CU_ASSERT(access(wpath(path, "line/out/batch-0042/F1.pem"), F_OK) == 0);
+    CU_ASSERT(access(wpath(path, "line/out/batch-0042/manifest.cms"), F_OK) == 0);
+    X509_REQ_free(req);
+    free(r);
+}
+
 static void test_same_serial_with_other_csr_refused(void)
 {
     eg_child_result *r = calloc(1, sizeof(*r));
@@ -853,6 +873,7 @@ static CU_TestInfo tests[] = {
     {"a tampered manifest does not verify", test_tampered_manifest_does_not_verify},
     {"a bad CSR row is refused, the others issued", test_bad_csr_row_refused_others_issued},
     {"the same serial with another CSR is refused", test_same_serial_with_other_csr_refused},
+    {"an --out folder's missing parents are made", test_out_parents_are_made},
     {"token-generated keys unwrap on the device and match",
      test_token_generated_keys_unwrap_on_the_device},
     {"token lost mid-batch, resumed: each issued once", test_token_lost_mid_batch_then_resumed},

@@ -230,6 +230,16 @@ static void test_create_then_verify(void)
     check_token_signed("v3");
 }
 
+/* --out-dir bundles/v4 where bundles/ does not exist yet: made, as mkdir -p would. */
+static void test_create_makes_missing_parents(void)
+{
+    char path[PATH_MAX];
+
+    CU_ASSERT_NOT_EQUAL_FATAL(access(tpath(path, "published"), F_OK), 0);
+    CU_ASSERT_EQUAL(create(signer_uri, "4", "published/fleet/v4"), 0);
+    CU_ASSERT_EQUAL(verify("published/fleet/v4", "ca.pem", "3", NULL), 0);
+}
+
 static void test_openssl_accepts_the_files(void)
 {
     char in[PATH_MAX], ca[PATH_MAX], other[PATH_MAX], out[PATH_MAX], p7b[PATH_MAX];
@@ -509,6 +519,7 @@ static void test_install_refuses_a_shared_client_ca(void)
 static CU_TestInfo tests[] = {
     {"create, then verify against the CA and the signer", test_create_then_verify},
     {"openssl cms -verify and pkcs7 accept the files", test_openssl_accepts_the_files},
+    {"create makes the folder's missing parents", test_create_makes_missing_parents},
     {"a changed PEM, PKCS#7 or signature exits 81", test_tampered_files_are_refused},
     {"a changed manifest version exits 81", test_manifest_text_change_is_refused},
     {"another signer exits 80", test_other_signer_is_refused},

@@ -184,14 +184,15 @@ out:
 static const char *const file_names[3] = {ESTGATE_BUNDLE_PEM_FILE, ESTGATE_BUNDLE_P7B_FILE,
                                           ESTGATE_BUNDLE_MANIFEST_FILE};
 
-/* The folder exists (made now if it did not) and holds no bundle yet: a version is never replaced.
+/* The folder exists (made now, with its parents, if it did not) and holds no bundle yet: a version
+ * is never replaced.
  */
 static int prepare_dir(const char *dir)
 {
     char path[4096];
     int i;
 
-    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+    if (eg_prov_mkdirs(dir, 0755) != 0)
         return eg_prov_fail(EG_EXIT_CANTCREAT, "cannot create the folder %s: %s", dir,
                             strerror(errno));
     for (i = 0; i < 3; i++) {

@@ -15,6 +15,7 @@
 
 #include "args.h"
 #include "bootstrap.h"
+#include "files.h"
 #include "pem.h"
 #include "report.h"
 #include "token.h"
@@ -43,7 +44,7 @@ static const char bootstrap_help[] =
     "See docs/factory-line.md for the formats.\n"
     "\n"
     "  --manifest FILE      the batch (CSV or JSON lines)\n"
-    "  --out DIR            output directory (created if missing)\n"
+    "  --out DIR            output directory (created, with missing parents, if missing)\n"
     "  --ca-key URI         the factory CA key in the token (PKCS#11 URI)\n"
     "  --ca-cert FILE       its certificate, then any chain above it (PEM)\n"
     "  --days N             validity in days; must end before the CA certificate does\n"
@@ -235,7 +236,7 @@ static int bs_setup(const struct bs_args *a, struct bs_setup *s)
         return rc;
     if ((s->b.entries = OPENSSL_zalloc((s->rows->n + 1) * sizeof(eg_bs_entry))) == NULL)
         return eg_prov_fail(EG_EXIT_SOFTWARE, "out of memory");
-    if (mkdir(a->out, 0755) != 0 && errno != EEXIST)
+    if (eg_prov_mkdirs(a->out, 0755) != 0)
         return eg_prov_fail(EG_EXIT_CANTCREAT, "cannot create %s: %s", a->out, strerror(errno));
     if ((rc = eg_bs_state_open(a->out, s->ca_sha256, &s->b.state)) != EG_EXIT_OK ||
         (rc = eg_prov_token_open(&a->tok, &s->b.tok)) != EG_EXIT_OK ||

@@ -39,7 +39,7 @@ static const char bundle_create_help[] =
     "                       a bundle not newer than the one they have\n"
     "  --valid-days N       the bundle expires N days from now (1 to 36525); no later\n"
     "                       than the signer's certificate\n"
-    "  --out-dir DIR        where to write the bundle\n"
+    "  --out-dir DIR        where to write the bundle (created, with missing parents)\n"
     "\n" EG_PROV_TOKEN_HELP;
 
 enum { OPT_SIGNER = EG_OPT_OWN, OPT_ANCHOR, OPT_VERSION, OPT_VALID_DAYS, OPT_OUT_DIR };

@@ -30,4 +30,7 @@ int eg_prov_outfile_commit(eg_prov_outfile *f);
 /* Removes the temporary file unless committed. */
 void eg_prov_outfile_free(eg_prov_outfile *f);
 
+/* Makes dir and any missing parents (mkdir -p); 0, or -1 with errno. */
+int eg_prov_mkdirs(const char *dir, mode_t mode);
+
 #endif

@@ -131,3 +131,30 @@ void eg_prov_outfile_free(eg_prov_outfile *f)
     free(f->dir);
     free(f);
 }
+
+/*
+ * mkdir -p: an output folder's missing parents are made too, as an operator
+ * naming out/batch-0042 on a fresh station expects.
+ */
+int eg_prov_mkdirs(const char *dir, mode_t mode)
+{
+    char *p = strdup(dir), *s;
+    int rc = -1;
+
+    if (p == NULL) {
+        errno = ENOMEM;
+        return -1;
+    }
+    for (s = p + 1; (s = strchr(s, '/')) != NULL; s++) {
+        *s = '\0';
+        if (mkdir(p, mode) != 0 && errno != EEXIST)
+            goto out;
+        *s = '/';
+    }
+    if (mkdir(p, mode) != 0 && errno != EEXIST)
+        goto out;
+    rc = 0;
+out:
+    free(p);
+    return rc;
+}
