@@ -1418,6 +1418,83 @@ static void test_bad_key_exits_64(void)
     free(r);
 }
 
+/* Runs estgate-provision with the words given, then --module (and --init-args); nothing else. */
+static void provision_bare(eg_child_result *r, ...)
+{
+    const eg_token_config *cfg = eg_th_config(th);
+    char *argv[MAX_ARGS];
+    const char *a;
+    va_list ap;
+    int n = 0;
+
+    argv[n++] = tool;
+    va_start(ap, r);
+    while ((a = va_arg(ap, const char *)) != NULL && n < MAX_ARGS - 6)
+        argv[n++] = (char *)a;
+    va_end(ap);
+    argv[n++] = "--module";
+    argv[n++] = (char *)cfg->module_path;
+    if (cfg->init_args != NULL) {
+        argv[n++] = "--init-args";
+        argv[n++] = (char *)cfg->init_args;
+    }
+    argv[n] = NULL;
+    spawn_capture(argv, r);
+}
+
+/* The run failed with code and said nothing of secret on stdout or stderr. */
+static void check_not_echoed(const eg_child_result *r, int code, const char *secret,
+                             const char *said)
+{
+    CU_ASSERT_EQUAL(r->code, code);
+    CU_ASSERT_PTR_NULL(strstr(r->err, secret));
+    CU_ASSERT_PTR_NULL(strstr(r->out, secret));
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->err, said));
+    if (strstr(r->err, secret) != NULL || strstr(r->err, said) == NULL)
+        printf("\n  stderr: %s\n", r->err);
+}
+
+/*
+ * A PIN (or key) typed where its file belongs is never repeated: not in the
+ * message about the missing file, and not through getopt_long's abbreviations
+ * (--pin for --pin-file), which are refused for the options naming a
+ * secret's file.
+ */
+static void test_secret_in_place_of_its_file_is_not_echoed(void)
+{
+    eg_child_result *r = calloc(1, sizeof(*r));
+    const eg_token_config *cfg = eg_th_config(th);
+    const char *token = cfg->token_label, *pin = cfg->pin_file;
+    const char *key = "8f1e2d3c4b5a69788796a5b4c3d2e1f0";
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    provision_bare(r, "list", "--token", token, "--pin-file", "7319402", NULL);
+    check_not_echoed(r, 66, "7319402",
+                     "the PIN file given to --pin-file does not exist or cannot be read: No such "
+                     "file or directory");
+    provision_bare(r, "list", "--token", token, "--pin", "7319402", NULL);
+    check_not_echoed(r, 64, "7319402", "write --pin-file in full");
+    provision_bare(r, "list", "--token", token, "--pin=7319402", NULL);
+    check_not_echoed(r, 64, "7319402", "write --pin-file in full");
+    provision_bare(r, "init-token", "--label", "never", "--so-pin-file", "7319402", "--pin-file",
+                   pin, NULL);
+    check_not_echoed(r, 66, "7319402",
+                     "the SO PIN file given to --so-pin-file does not exist or cannot be read");
+    provision_bare(r, "init-token", "--label", "never", "--so-pin", "7319402", "--pin-file", pin,
+                   NULL);
+    check_not_echoed(r, 64, "7319402", "write --so-pin-file in full");
+    provision_bare(r, "kek", "import", "--token", token, "--pin-file", pin, "--label", "never",
+                   "--id", "01", "--key-file", key, NULL);
+    check_not_echoed(r, 66, key, "the key file given to --key-file does not exist");
+    provision_bare(r, "kek", "import", "--token", token, "--pin-file", pin, "--label", "never",
+                   "--id", "01", "--key", key, NULL);
+    check_not_echoed(r, 64, key, "write --key-file in full");
+    /* A command with no such option: the word is unknown, its value still not repeated. */
+    provision_bare(r, "bundle", "verify", "--pin=7319402", NULL);
+    check_not_echoed(r, 64, "7319402", "unknown option or missing value: --pin");
+    free(r);
+}
+
 /* ---- init-token ---- */
 
 static void test_init_token_in_free_slot(void)
@@ -1510,6 +1587,8 @@ static CU_TestInfo tests[] = {
     {"wrong PIN: exit 77, nothing written", test_wrong_pin_exits_77_and_writes_nothing},
     {"unknown token: exit 69", test_unknown_token_exits_69},
     {"bad --key and bad options: exit 64", test_bad_key_exits_64},
+    {"a PIN or key where its file belongs is never echoed",
+     test_secret_in_place_of_its_file_is_not_echoed},
     {"init-token in a free slot", test_init_token_in_free_slot},
     CU_TEST_INFO_NULL,
 };

@@ -1,6 +1,7 @@
 /* Command-line parsing shared by the commands. */
 #include <errno.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -102,14 +103,62 @@ int eg_prov_usage_error(const char *fmt, ...)
     return eg_prov_fail(EG_EXIT_USAGE, "%s (try --help)", msg);
 }
 
+/* Options whose value names a file holding a secret. */
+static const char *const secret_opts[] = {"pin-file", "so-pin-file", "key-file"};
+
+static bool secret_opt(const char *name)
+{
+    size_t i;
+
+    for (i = 0; i < sizeof(secret_opts) / sizeof(secret_opts[0]); i++)
+        if (strcmp(name, secret_opts[i]) == 0)
+            return true;
+    return false;
+}
+
+/*
+ * The option as typed on the command line, up to any '=': getopt_long has
+ * just taken it (and its value, when that was the next word).
+ */
+static size_t typed_name(char **argv, const char **name)
+{
+    const char *word = argv[optind - 1];
+
+    if (optarg != NULL && optarg == word && optind >= 2)
+        word = argv[optind - 2];
+    while (*word == '-')
+        word++;
+    *name = word;
+    return strcspn(word, "=");
+}
+
 int eg_prov_getopt(int argc, char **argv, const struct option *opts)
 {
-    int c;
+    const char *typed;
+    size_t len;
+    int c, i = -1;
 
     opterr = 0; /* our own message, with the command's name */
-    c = getopt_long(argc, argv, "h", opts, NULL);
+    c = getopt_long(argc, argv, "h", opts, &i);
     if (c == '?' || c == ':') {
-        eg_prov_usage_error("unknown option or missing value: %s", argv[optind - 1]);
+        /* Up to '=': --pin=1234 names no option here, and its value may be a PIN. */
+        typed = argv[optind - 1];
+        eg_prov_usage_error("unknown option or missing value: %.*s", (int)strcspn(typed, "="),
+                            typed);
+        return '?';
+    }
+    /*
+     * getopt_long takes any unique prefix of a long option: --pin 1234 would be
+     * --pin-file 1234, a PIN where its file belongs. The options naming a
+     * secret's file must be written in full, so such a value is refused
+     * before it is opened or repeated.
+     */
+    if (c != -1 && i >= 0 && secret_opt(opts[i].name) &&
+        ((len = typed_name(argv, &typed)) != strlen(opts[i].name) ||
+         strncmp(typed, opts[i].name, len) != 0)) {
+        eg_prov_usage_error("--%.*s: write --%s in full; its value must be a file holding the "
+                            "secret, never the secret itself",
+                            (int)len, typed, opts[i].name);
         return '?';
     }
     return c;

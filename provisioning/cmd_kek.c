@@ -6,6 +6,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -14,6 +15,7 @@
 #include <openssl/crypto.h>
 
 #include "args.h"
+#include "files.h"
 #include "p11_uri.h"
 #include "report.h"
 #include "token.h"
@@ -109,30 +111,27 @@ static int kek_import_parse(int argc, char **argv, struct kek_import *a)
     return EG_EXIT_OK;
 }
 
-/* The whole file, read with read(2) so that no stdio buffer keeps a copy of the key. */
+/*
+ * The whole file, read with read(2) so that no stdio buffer keeps a copy of the
+ * key. As with PIN files, a key others could read is no longer pre-shared with
+ * one device, and a value with no '/' (a key typed in place of its file) is not
+ * repeated in messages.
+ */
 static int read_key_file(const char *path, uint8_t *buf, size_t cap, size_t *len)
 {
-    struct stat st;
+    char name[PATH_MAX + 64];
     size_t n = 0;
     ssize_t r = 0;
-    int fd, rc;
+    int fd = -1, rc;
 
-    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
-        return eg_prov_fail(EG_EXIT_NOINPUT, "key file %s: %s", path, strerror(errno));
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        rc = eg_prov_fail(EG_EXIT_NOINPUT, "key file %s is not a regular file", path);
-        goto out;
-    }
-    /* As with PIN files: a key others could read is no longer pre-shared with one device. */
-    if (st.st_mode & S_IROTH) {
-        rc = eg_prov_fail(EG_EXIT_NOINPUT, "key file %s is readable by everyone; chmod o-rwx it",
-                          path);
-        goto out;
-    }
+    if ((rc = eg_prov_secret_open(path, "--key-file", "key", &fd)) != EG_EXIT_OK)
+        return rc;
     while (n < cap && (r = read(fd, buf + n, cap - n)) > 0)
         n += (size_t)r;
     if (r < 0) {
-        rc = eg_prov_fail(EG_EXIT_NOINPUT, "key file %s: %s", path, strerror(errno));
+        rc = eg_prov_fail(EG_EXIT_NOINPUT, "%s: %s",
+                          eg_prov_secret_file_name(path, "--key-file", "key", name, sizeof(name)),
+                          strerror(errno));
         goto out;
     }
     *len = n;
@@ -159,6 +158,7 @@ static bool all_hex(const uint8_t *s, size_t len)
  */
 static int parse_key(const char *path, const uint8_t *buf, size_t len, uint8_t *key, size_t *keylen)
 {
+    char name[PATH_MAX + 64];
     size_t n = len;
 
     if ((len == 16 || len == 32) && !all_hex(buf, len)) {
@@ -175,10 +175,11 @@ static int parse_key(const char *path, const uint8_t *buf, size_t len, uint8_t *
         return EG_EXIT_OK;
     }
     return eg_prov_fail(EG_EXIT_DATAERR,
-                        "key file %s holds %zu octets: expected exactly 16 or 32 raw octets "
+                        "%s holds %zu octets: expected exactly 16 or 32 raw octets "
                         "(AES-128 or AES-256), or 32 or 64 hex digits with an optional "
                         "trailing newline",
-                        path, len);
+                        eg_prov_secret_file_name(path, "--key-file", "key", name, sizeof(name)),
+                        len);
 }
 
 struct exists_args {

@@ -131,8 +131,8 @@ static int init_token_run(const struct init_token *a)
     size_t n = 0, i;
     int rc;
 
-    if ((rc = eg_prov_pin_read(a->so_pin_file, "SO PIN", &so_pin)) != EG_EXIT_OK ||
-        (rc = eg_prov_pin_read(a->tok.pin_file, "PIN", &pin)) != EG_EXIT_OK)
+    if ((rc = eg_prov_pin_read(a->so_pin_file, "--so-pin-file", "SO PIN", &so_pin)) != EG_EXIT_OK ||
+        (rc = eg_prov_pin_read(a->tok.pin_file, "--pin-file", "PIN", &pin)) != EG_EXIT_OK)
         goto out;
     if (eg_module_slots(a->tok.module, a->tok.init_args, &slots, &n) != 0) {
         rc = eg_prov_fail_stack(EG_EXIT_UNAVAILABLE, "cannot list the slots of %s", a->tok.module);

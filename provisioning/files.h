@@ -2,16 +2,32 @@
 #ifndef EG_PROV_FILES_H
 #define EG_PROV_FILES_H
 
+#include <stddef.h>
 #include <sys/types.h>
 
 #include <openssl/bio.h>
 
 /*
- * Reads the PIN on the first line of path; a file others may read is refused.
- * what names the PIN in messages ("SO PIN"). Returns an exit code; free *out
- * with eg_prov_pin_free.
+ * How messages name the file of a secret (what: "PIN", "SO PIN", "key") given
+ * to option ("--pin-file"), into buf: "PIN file PATH", or, for a value with no
+ * '/', "the PIN file given to --pin-file". Such a value may be the secret
+ * itself typed where its file belongs (--pin-file 1234), so it is never
+ * repeated.
  */
-int eg_prov_pin_read(const char *path, const char *what, char **out);
+const char *eg_prov_secret_file_name(const char *path, const char *option, const char *what,
+                                     char *buf, size_t cap);
+/*
+ * Opens a secret's file for reading: a regular file others cannot read, or an
+ * exit code after saying what is wrong (named as above). With fd NULL only
+ * checks; otherwise the caller closes *fd.
+ */
+int eg_prov_secret_open(const char *path, const char *option, const char *what, int *fd);
+/*
+ * Reads the PIN on the first line of path, given to option; a file others may
+ * read is refused. what names the PIN in messages ("SO PIN"). Returns an exit
+ * code; free *out with eg_prov_pin_free.
+ */
+int eg_prov_pin_read(const char *path, const char *option, const char *what, char **out);
 void eg_prov_pin_free(char *pin);
 
 /*

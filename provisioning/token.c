@@ -6,6 +6,7 @@
 
 #include <openssl/crypto.h>
 
+#include "files.h"
 #include "p11_uri.h"
 #include "provider.h"
 #include "report.h"
@@ -17,6 +18,9 @@ int eg_prov_token_open(const eg_prov_token_opts *o, eg_token **out)
     eg_token *tok = NULL;
     int rc;
 
+    /* Checked here first, so that a message names the option and never a PIN typed in its place. */
+    if ((rc = eg_prov_secret_open(o->pin_file, "--pin-file", "PIN", NULL)) != EG_EXIT_OK)
+        goto out;
     if (eg_token_open(&cfg, &tok) != 0) {
         rc = eg_prov_fail_stack(EG_EXIT_UNAVAILABLE, "cannot open token '%s'", o->token);
         goto out;

@@ -455,30 +455,40 @@ static void lane_start(eg_module *m, eg_lane *lane)
     pthread_mutex_unlock(&lane->lock);
 }
 
+/*
+ * A PIN file's path as messages show it: one with no '/' may be a PIN typed
+ * where its file belongs, so it is not repeated.
+ */
+static const char *pin_file_shown(const char *path)
+{
+    return strchr(path, '/') != NULL ? path : "the PIN file given";
+}
+
 static int read_pin_file(const char *path, char **pin, size_t *pinlen)
 {
     char buf[EG_PIN_MAX + 2];
+    const char *shown = pin_file_shown(path);
     struct stat st;
     ssize_t n;
     size_t len;
     int fd = -1, rc = -1;
 
     if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0 || fstat(fd, &st) != 0) {
-        eg_signer_error(EG_R_PIN_FILE, "%s: %s", path, strerror(errno));
+        eg_signer_error(EG_R_PIN_FILE, "%s: %s", shown, strerror(errno));
         goto out;
     }
     if (st.st_mode & S_IROTH) {
-        eg_signer_error(EG_R_PIN_FILE, "%s is readable by everyone; chmod o-rwx it", path);
+        eg_signer_error(EG_R_PIN_FILE, "%s is readable by everyone; chmod o-rwx it", shown);
         goto out;
     }
     if ((n = read(fd, buf, sizeof(buf) - 1)) < 0) {
-        eg_signer_error(EG_R_PIN_FILE, "%s: %s", path, strerror(errno));
+        eg_signer_error(EG_R_PIN_FILE, "%s: %s", shown, strerror(errno));
         goto out;
     }
     buf[n] = 0;
     len = strcspn(buf, "\r\n");
     if (len == 0 || len > EG_PIN_MAX) {
-        eg_signer_error(EG_R_PIN_FILE, "%s: PIN is empty or longer than %d bytes", path,
+        eg_signer_error(EG_R_PIN_FILE, "%s: PIN is empty or longer than %d bytes", shown,
                         EG_PIN_MAX);
         goto out;
     }
