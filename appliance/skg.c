@@ -619,6 +619,13 @@ static eg_status plan(const eg_profile_cfg *cfg, const eg_skg_profile *sp, const
             snprintf(why, cap, "the CSR's public key cannot be read to encrypt to it");
             return EG_MALFORMED;
         }
+    } else if (cfg->skg_modes & EG_SKG_PLAINTEXT) {
+        /* Here only an SMIMECapabilities listing key transport or agreement asked for it. */
+        snprintf(why, cap,
+                 "this request asks for encryption (its SMIMECapabilities list key transport "
+                 "or agreement) but names no recipient: add a DecryptKeyIdentifier or "
+                 "AsymmetricDecryptKeyIdentifier, or list neither to get the key in plaintext");
+        return EG_MALFORMED;
     } else {
         snprintf(why, cap,
                  "this profile returns keys encrypted only: name the recipient with a "

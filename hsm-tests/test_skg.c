@@ -119,7 +119,7 @@ static const char *uri_label(void)
 
 static int write_config(bool skg)
 {
-    char text[8192], extra[1024] = "", *hash = NULL, *pw;
+    char text[8192], extra[1024] = "", both[PATH_MAX + 512] = "", *hash = NULL, *pw;
     int n, m;
 
     /* Basic auth, as a fleet would use it: a random password in a 0600 file. */
@@ -130,6 +130,15 @@ static int write_config(bool skg)
     OPENSSL_cleanse(pw, strlen(pw));
     free(pw);
 
+    /* Both modes and no serverkeygen_csr_key: a request that asks for encryption must name
+       its recipient. */
+    if (kind == EG_TH_NSS && skg)
+        snprintf(both, sizeof(both),
+                 "\n[profile both]\n"
+                 "ca_key = pkcs11:token=%s;object=ca;type=private\nca_chain = %s\n"
+                 "auth = basic\nuser = alice:%s\nsan = dns:.example.com\n"
+                 "serverkeygen = plaintext, encrypt\nserverkeygen_recipients = recipients.pem\n",
+                 uri_label(), ca, hash);
     if (kind == EG_TH_NSS)
         snprintf(extra, sizeof(extra),
                  "serverkeygen_recipients = recipients.pem\n"
@@ -151,14 +160,14 @@ static int write_config(bool skg)
                          "\n[profile limited]\n"
                          "ca_key = pkcs11:token=%s;object=ca;type=private\nca_chain = %s\n"
                          "auth = basic\nuser = alice:%s\nsan = dns:.example.com\n"
-                         "issue_limit = 1/hour\n%s",
+                         "issue_limit = 1/hour\n%s%s",
                          uri_label(), ca, hash,
                          skg ? (kind == EG_TH_NSS ? "serverkeygen = plaintext, encrypt\n"
                                                   : "serverkeygen = plaintext\n")
                              : "",
                          skg ? "serverkeygen_key_types = ec:P-256, ec:P-384, rsa:2048\n" : "",
                          skg ? extra : "", uri_label(), ca, uri_label(), ca, hash,
-                         skg ? "serverkeygen = plaintext\n" : "");
+                         skg ? "serverkeygen = plaintext\n" : "", both);
     free(hash);
     return m > 0 && (size_t)m < sizeof(text) - (size_t)n
                ? eg_file_write(ini, text, (size_t)(n + m), 0600)
@@ -833,6 +842,10 @@ static void test_refusals(void)
         /* ...and an RSA key too small to carry the content key (the token would refuse the wrap
            with CKR_DATA_LEN_RANGE): said before a key is made. */
         refused("", &a, 1, "RSA-1024", NULL, 400, "at least 2048 are needed");
+        /* Plaintext offered too, and no serverkeygen_csr_key: said by what was asked. */
+        refused("both", &a, 1, "RSA", NULL, 400,
+                "this request asks for encryption (its SMIMECapabilities list key transport or "
+                "agreement) but names no recipient");
     }
     {
         attr a = {OID_ASYM_KID, V_ASN1_OCTET_STRING, ski, ski_of("rcpt-p521", ski)};
