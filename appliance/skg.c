@@ -46,7 +46,9 @@ typedef struct skg_job {
     int kt;                /* KTRI: EG_SKG_RSA_* */
     const eg_p11_uri *kek; /* KEKRI */
     /* out */
-    uint8_t *pub; /* the public key's bits: EC point, or DER RSAPublicKey */
+    CK_OBJECT_HANDLE kek_h; /* KEKRI: the pre-shared key, found before anything is made */
+    const char *kek_fault;  /* KEKRI: what is wrong with it in the token; the appliance's fault */
+    uint8_t *pub;           /* the public key's bits: EC point, or DER RSAPublicKey */
     size_t pub_len;
     uint8_t *plain; /* MODE_PLAIN: the PKCS#8, secure heap */
     size_t plain_len;
@@ -274,23 +276,40 @@ static CK_RV wrap_ktri(eg_p11_call *call, skg_job *j, eg_p11_temp_objs *objs, CK
     return eg_p11_wrap_alloc(call, &mech, h, cek, &j->ek, &j->ek_len);
 }
 
-static CK_RV wrap_kekri(eg_p11_call *call, skg_job *j, CK_OBJECT_HANDLE cek)
+/*
+ * The pre-shared key, looked up before any key is made. It was in the token at
+ * start (eg_skg_check_profile); one gone since (deleted, relabelled) or changed
+ * is the appliance's fault, not the request's, and says so in j->kek_fault.
+ */
+static CK_RV find_kek(eg_p11_call *call, skg_job *j)
 {
-    CK_MECHANISM mech = {CKM_AES_KEY_WRAP, NULL, 0};
     CK_ULONG len = 0;
     CK_ATTRIBUTE t = {CKA_VALUE_LEN, &len, sizeof(len)};
-    CK_OBJECT_HANDLE kek;
     CK_RV rv;
 
     j->step = "finding the pre-shared key";
-    if ((rv = eg_skg_find_secret(call, j->kek, &kek)) != CKR_OK ||
-        (rv = eg_p11_get_attributes(call, kek, &t, 1)) != CKR_OK)
+    j->kek_fault = NULL;
+    rv = eg_skg_find_secret(call, j->kek, &j->kek_h);
+    if (rv == CKR_KEY_HANDLE_INVALID)
+        j->kek_fault = "is not in the token (deleted or relabelled since estgated started?)";
+    else if (rv == CKR_KEY_FUNCTION_NOT_PERMITTED)
+        j->kek_fault = "names more than one secret key in the token";
+    if (rv != CKR_OK || (rv = eg_p11_get_attributes(call, j->kek_h, &t, 1)) != CKR_OK)
         return rv;
-    if (len != 16 && len != 32)
+    if (len != 16 && len != 32) {
+        j->kek_fault = "is no longer an AES-128 or AES-256 key";
         return CKR_WRAPPING_KEY_SIZE_RANGE;
+    }
     j->kek_bits = (unsigned)len * 8;
+    return CKR_OK;
+}
+
+static CK_RV wrap_kekri(eg_p11_call *call, skg_job *j, CK_OBJECT_HANDLE cek)
+{
+    CK_MECHANISM mech = {CKM_AES_KEY_WRAP, NULL, 0};
+
     j->step = "C_WrapKey (CKM_AES_KEY_WRAP, pre-shared key)";
-    return eg_p11_wrap_alloc(call, &mech, kek, cek, &j->ek, &j->ek_len);
+    return eg_p11_wrap_alloc(call, &mech, j->kek_h, cek, &j->ek, &j->ek_len);
 }
 
 static CK_RV wrap_kari(eg_p11_call *call, skg_job *j, eg_p11_temp_objs *objs, CK_OBJECT_HANDLE cek)
@@ -371,6 +390,8 @@ static CK_RV job_fn(eg_p11_call *call, void *arg)
 
     job_out_clear(j); /* a run before a recovery may have left results */
     eg_p11_temp_init(&objs);
+    if (j->mode == MODE_ENCRYPT && j->rkind == EG_SKG_KEKRI && (rv = find_kek(call, j)) != CKR_OK)
+        goto out;
     j->step = "C_GenerateKeyPair";
     if ((rv = eg_skg_temp_pair(call, &j->spec, CKA_SIGN, &objs, &pub, &priv)) != CKR_OK)
         goto out;
@@ -734,7 +755,15 @@ eg_status eg_skg_generate(eg_token *tok, const eg_skg_caps *caps, const eg_profi
     j.rpub = pl.rpub;
     j.kt = pl.kt;
     j.kek = pl.kek_uri;
-    if ((rv = eg_token_run_keygen(tok, &j.spec, job_fn, &j)) != CKR_OK) {
+    if ((rv = eg_token_run_keygen(tok, &j.spec, job_fn, &j)) != CKR_OK && j.kek_fault != NULL) {
+        snprintf(why, cap,
+                 "serverkeygen_kek %s %s: import it again (estgate-provision kek import) "
+                 "or remove the line and reload",
+                 pl.kek->uri, j.kek_fault);
+        st = EG_UNAVAILABLE;
+        goto out;
+    }
+    if (rv != CKR_OK) {
         bool refused = request_refusal(rv);
 
         snprintf(why, cap, "the token could not make the key (%s: %s)", j.step, eg_p11_rv_name(rv));

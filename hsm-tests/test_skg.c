@@ -33,6 +33,7 @@
 #include "config.h"
 #include "csr.h"
 #include "p11.h"
+#include "p11_uri.h"
 #include "skg.h"
 #include "estgated_fixture.h"
 #include "procmem.h"
@@ -1009,8 +1010,9 @@ static void test_nothing_left_in_the_token(void)
     static const gen_case enc[] = {
         {"plaintext P-256", "P-256", false, NULL, false, NULL, EG_OK, NULL},
         {"encrypted to the KEK", "P-256", true, NULL, false, NULL, EG_OK, NULL},
+        /* The appliance's fault, not the request's: named, for the log under the client's ref. */
         {"the KEK missing from the token", "P-256", true, "pkcs11:object=no-such-kek", false, NULL,
-         EG_MALFORMED, "finding the pre-shared key"},
+         EG_UNAVAILABLE, "serverkeygen_kek pkcs11:object=no-such-kek is not in the token"},
     };
     eg_config_errors errs = {0};
     eg_config *cfg = NULL;
@@ -1270,6 +1272,84 @@ static void test_a_full_token_answers_503_and_keeps_nothing(void)
         full_daemon(fits_kek, true);
 }
 
+/* ---- a pre-shared key gone from the token after start ---- */
+
+static CK_RV destroy_fn(eg_p11_call *call, void *arg)
+{
+    CK_OBJECT_HANDLE h;
+    CK_RV rv = eg_skg_find_secret(call, arg, &h);
+
+    return rv != CKR_OK ? rv : eg_p11_destroy_object(call, h);
+}
+
+/* The token object a pkcs11: URI names destroyed, as an operator's tool would; 0 or -1. */
+static int destroy_secret(const char *uri_text)
+{
+    eg_p11_uri *uri = NULL;
+    eg_token *tok = NULL;
+    CK_RV rv = CKR_GENERAL_ERROR;
+
+    if (eg_p11_uri_parse(uri_text, &uri) == 0 && eg_token_open(eg_th_config(th), &tok) == 0)
+        rv = eg_token_run(tok, destroy_fn, uri);
+    eg_token_free(tok);
+    eg_p11_uri_free(uri);
+    return rv == CKR_OK ? 0 : -1;
+}
+
+/*
+ * A KEK deleted after estgated started: the request that names it gets 503 with a reference,
+ * and the audit line under that reference names the key's URI; no key is made, nothing is
+ * recorded. Its own daemon, ledger and log, so that the suite's daemon and file keep their KEK.
+ */
+static void test_a_kek_gone_from_the_token_is_the_appliances_fault(void)
+{
+    unsigned char kid[4] = {0xdd, 0x00, 0x00, 0xd1}, *der = NULL;
+    attr at = {OID_DECRYPT_KID, V_ASN1_OCTET_STRING, kid, sizeof(kid)};
+    char gini[PATH_MAX], glog[PATH_MAX], uri[256], line[320], hex[65], ref[13] = "";
+    char *text, *out, *m;
+    unsigned saved_port = port, gport = 0;
+    pid_t pid = 0;
+    size_t len;
+    answer a;
+
+    if (kind != EG_TH_NSS)
+        return;
+    snprintf(uri, sizeof(uri), "pkcs11:token=%s;object=kek-doomed", uri_label());
+    snprintf(line, sizeof(line), "serverkeygen_kek = dd0000d1 %s\n", uri);
+    CU_ASSERT_EQUAL_FATAL(eg_fx_kek_import(th, "kek-doomed", "dd0000d1", hex, res), 0);
+    /* This suite's file, the second KEK beside the first, and a ledger of its own. */
+    CU_ASSERT_PTR_NOT_NULL_FATAL(text = eg_file_read(ini, &len));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(out = malloc(len + sizeof(line)));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(m = strstr(text, "serverkeygen_kek = "));
+    snprintf(out, len + sizeof(line), "%.*s%s%s", (int)(m - text), text, line, m);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(m = strstr(out, "ledger = ledger.db"));
+    memcpy(m, "ledger = gone.db  ", 18);
+    CU_ASSERT_EQUAL_FATAL(eg_file_write(tpath(gini, "gone.ini"), out, strlen(out), 0600), 0);
+    free(out);
+    free(text);
+    CU_ASSERT_EQUAL_FATAL(eg_fx_daemon_start(gini, tpath(glog, "gone.log"), &pid, &gport, 1), 0);
+    port = gport;
+    /* No fatal assertion from here on: the daemon must be stopped. */
+    CU_ASSERT_EQUAL(destroy_secret(uri), 0);
+    der = make_csr("P-256", "gone.example.com", &at, 1, &len);
+    CU_ASSERT_PTR_NOT_NULL(der);
+    if (der != NULL) {
+        CU_ASSERT_EQUAL(post(&a, "", der, len, NULL), 503);
+        CU_ASSERT_PTR_NULL(strstr(a.text, "kek-doomed")); /* the client gets the reference */
+        CU_ASSERT_EQUAL(eg_answer_ref(a.text, ref), 0);
+        CU_ASSERT(eg_file_line_has(glog, ref, "event=unavailable"));
+        CU_ASSERT(eg_file_line_has(glog, ref, uri));
+        CU_ASSERT(eg_file_line_has(glog, ref, "is not in the token"));
+        if (!eg_file_line_has(glog, ref, uri))
+            fprintf(stderr, "%d %s\n", a.status, a.text);
+        CU_ASSERT_EQUAL(ledger_rows("gone.db", false), 0);
+        answer_clear(&a);
+    }
+    port = saved_port;
+    eg_fx_daemon_stop(&pid, SIGTERM);
+    OPENSSL_free(der);
+}
+
 /* ---- reload ---- */
 
 static int log_count(const char *needle)
@@ -1359,6 +1439,8 @@ static CU_TestInfo tests[] = {
     {"the log says how the token is called", test_log_says_how_the_token_is_called},
     {"no generated key left in estgated memory", test_no_generated_key_left_in_estgated_memory},
     {"a full token answers 503 and keeps nothing", test_a_full_token_answers_503_and_keeps_nothing},
+    {"a KEK gone from the token is the appliance's fault (503)",
+     test_a_kek_gone_from_the_token_is_the_appliances_fault},
     CU_TEST_INFO_NULL,
 };
 
