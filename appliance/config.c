@@ -775,6 +775,21 @@ static int skg_key_item(loader *ld, eg_profile_cfg *p, const char *key, const ch
                  SHOWN, item);
         return -1;
     }
+    /* Tokens make RSA keys of these sizes (NSS refuses others); generation rounds to them. */
+    if (r.type == EVP_PKEY_RSA) {
+        int max = r.max_bits == 0 ? r.min_bits : r.max_bits;
+        bool standard = false;
+
+        for (int bits = 2048; bits <= 4096; bits += 1024) /* 2048, 3072, 4096 */
+            standard = standard || (bits >= r.min_bits && bits <= max);
+        if (!standard) {
+            err_here(ld, key,
+                     "'%.*s' allows none of 2048, 3072 and 4096 bits, the RSA sizes "
+                     "server-generated keys have",
+                     SHOWN, item);
+            return -1;
+        }
+    }
     if (p->nskg_keys == EG_MAX_RULES) {
         err_here(ld, key, "more than %d key types", EG_MAX_RULES);
         return -1;

@@ -429,7 +429,29 @@ static bool rule_fits(const eg_keyrule_cfg *c, EVP_PKEY *k, int curve)
            bits <= (c->max_bits ? c->max_bits : c->min_bits);
 }
 
-/* The CSR's key type and size when the profile generates that, else the profile's first. */
+/*
+ * The RSA size generated for an entry, one of the sizes every token makes (NSS
+ * refuses others, CKR_ARGUMENTS_BAD): want when it is one and the entry allows
+ * it, else the smallest the entry allows above want, else the largest below it.
+ * The configuration refuses an entry that allows none of them.
+ */
+unsigned eg_skg_rsa_bits(const eg_keyrule_cfg *r, int want)
+{
+    static const int sizes[] = {2048, 3072, 4096};
+    int max = r->max_bits ? r->max_bits : r->min_bits, below = 0;
+
+    for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+        if (sizes[i] < r->min_bits || sizes[i] > max)
+            continue;
+        if (sizes[i] >= want)
+            return (unsigned)sizes[i];
+        below = sizes[i];
+    }
+    return (unsigned)below;
+}
+
+/* The CSR's key type (and RSA size, eg_skg_rsa_bits) when the profile generates that, else the
+   profile's first. */
 static void choose_key(const eg_profile_cfg *cfg, const eg_csr *csr, eg_keygen_spec *spec)
 {
     EVP_PKEY *k = eg_csr_pubkey(csr);
@@ -447,13 +469,13 @@ static void choose_key(const eg_profile_cfg *cfg, const eg_csr *csr, eg_keygen_s
     memset(spec, 0, sizeof(*spec));
     if (r != NULL && r->type == EVP_PKEY_RSA) {
         spec->type = EG_KEY_RSA;
-        spec->bits = (unsigned)EVP_PKEY_get_bits(k);
+        spec->bits = eg_skg_rsa_bits(r, EVP_PKEY_get_bits(k));
         return;
     }
     if (r == NULL)
         r = &cfg->skg_keys[0];
     spec->type = r->type == EVP_PKEY_RSA ? EG_KEY_RSA : EG_KEY_EC;
-    spec->bits = (unsigned)r->min_bits;
+    spec->bits = r->type == EVP_PKEY_RSA ? eg_skg_rsa_bits(r, 0) : 0;
     spec->curve_nid = r->curve_nid;
     ERR_clear_error();
 }

@@ -51,6 +51,13 @@ int eg_skg_probe(eg_token *tok, bool rsa, eg_skg_caps *out);
 CK_RV eg_skg_temp_pair(eg_p11_call *call, const eg_keygen_spec *spec, CK_ATTRIBUTE_TYPE use,
                        eg_p11_temp_objs *objs, CK_OBJECT_HANDLE *hpub, CK_OBJECT_HANDLE *hpriv);
 
+/*
+ * The RSA size serverkeygen generates for key-type entry r and a CSR key of want
+ * bits (0: the entry's smallest): 2048, 3072 or 4096 only, want itself when it is
+ * one the entry allows, else the nearest above, else below. 0 when r allows none.
+ */
+unsigned eg_skg_rsa_bits(const eg_keyrule_cfg *r, int want);
+
 /* Adds what p's serverkeygen needs probed: *any when it is on, *rsa when it makes RSA keys. */
 void eg_skg_wants(const eg_profile_cfg *p, bool *any, bool *rsa);
 

@@ -166,7 +166,7 @@ static int write_config(bool skg)
                          skg ? (kind == EG_TH_NSS ? "serverkeygen = plaintext, encrypt\n"
                                                   : "serverkeygen = plaintext\n")
                              : "",
-                         skg ? "serverkeygen_key_types = ec:P-256, ec:P-384, rsa:2048\n" : "",
+                         skg ? "serverkeygen_key_types = ec:P-256, ec:P-384, rsa:2048-3072\n" : "",
                          skg ? extra : "", uri_label(), ca, uri_label(), ca, hash,
                          skg ? "serverkeygen = plaintext\n" : "", both);
     free(hash);
@@ -324,8 +324,8 @@ static EVP_PKEY *new_key(const char *alg)
 {
     if (strcmp(alg, "RSA") == 0)
         return EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)2048);
-    if (strcmp(alg, "RSA-1024") == 0)
-        return EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)1024);
+    if (strncmp(alg, "RSA-", 4) == 0) /* RSA-BITS */
+        return EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)strtoul(alg + 4, NULL, 10));
     return EVP_PKEY_Q_keygen(NULL, NULL, "EC", alg);
 }
 
@@ -426,8 +426,10 @@ static EVP_PKEY *check_key(const unsigned char *p8, size_t len, const answer *a,
         CU_ASSERT_EQUAL(X509_check_private_key(x, k), 1);
         CU_ASSERT(X509_STORE_load_file(st, ca) == 1 && X509_STORE_CTX_init(ctx, st, x, NULL) == 1 &&
                   X509_verify_cert(ctx) == 1);
-        if (strcmp(alg, "RSA") == 0) {
-            CU_ASSERT(EVP_PKEY_get_base_id(k) == EVP_PKEY_RSA && EVP_PKEY_get_bits(k) == 2048);
+        if (strncmp(alg, "RSA", 3) == 0) {
+            int bits = alg[3] == '-' ? atoi(alg + 4) : 2048;
+
+            CU_ASSERT(EVP_PKEY_get_base_id(k) == EVP_PKEY_RSA && EVP_PKEY_get_bits(k) == bits);
         } else {
             EVP_PKEY_get_group_name(k, group, sizeof(group), NULL);
             CU_ASSERT_STRING_EQUAL(group, strcmp(alg, "P-384") == 0 ? "secp384r1" : "prime256v1");
@@ -506,6 +508,30 @@ static void test_plaintext_rsa2048(void)
 {
     if (kind != EG_TH_P11KIT)
         plaintext("RSA");
+}
+
+/*
+ * A CSR's RSA key of a size tokens do not make (NSS answers CKR_ARGUMENTS_BAD for 2056 bits)
+ * but the profile allows (rsa:2048-3072): the next standard size up is generated.
+ */
+static void test_an_unusual_rsa_size_gets_the_next_standard_size(void)
+{
+    unsigned char *csr;
+    size_t len;
+    answer a;
+
+    if (kind == EG_TH_P11KIT)
+        return;
+    CU_ASSERT_PTR_NOT_NULL_FATAL(csr = make_csr("RSA-2056", "odd.example.com", NULL, 0, &len));
+    CU_ASSERT_EQUAL(post(&a, "", csr, len, NULL), 200);
+    if (a.status != 200)
+        fprintf(stderr, "serverkeygen RSA-2056: %d %s\n", a.status, a.text);
+    if (a.status == 200) {
+        EVP_PKEY_free(check_key(a.key, a.key_len, &a, "RSA-3072"));
+        CU_ASSERT(eg_file_count(daemon_log, "key=rsa:3072 mode=plaintext") >= 1);
+    }
+    answer_clear(&a);
+    OPENSSL_free(csr);
 }
 
 /* issue_limit (1 an hour on "limited"): the second key is refused before the token makes it. */
@@ -1428,6 +1454,8 @@ static CU_TestInfo tests[] = {
     {"plaintext P-384 key matches its certificate", test_plaintext_p384},
     {"plaintext RSA-2048 key matches its certificate", test_plaintext_rsa2048},
     {"a repeated request gets a new key", test_repeated_request_gets_a_new_key},
+    {"an unusual RSA size gets the next standard size",
+     test_an_unusual_rsa_size_gets_the_next_standard_size},
     {"issue_limit refuses before the key is made", test_issue_limit_refuses_before_the_key_is_made},
     {"Bouncy Castle simpleEnrollWithServersideCreation", test_bouncy_castle_client},
     {"encrypted to every recipient kind decrypts with openssl cms",

@@ -789,6 +789,10 @@ static void test_serverkeygen_keys(void)
     expect_errors(SERVER_TOKEN PROFILE_NONE "serverkeygen = plaintext\n"
                                             "serverkeygen_key_types = ed25519, rsa:8192\n",
                   2, 13, "serverkeygen_key_types", "rsa:2048 to rsa:4096, ec:P-256 or ec:P-384");
+    /* Tokens make only the standard RSA sizes: an entry must allow one of them. */
+    expect_errors(SERVER_TOKEN PROFILE_NONE "serverkeygen = plaintext\n"
+                                            "serverkeygen_key_types = rsa:2056, rsa:3000-3060\n",
+                  2, 13, "serverkeygen_key_types", "allows none of 2048, 3072 and 4096 bits");
     expect_errors(SERVER_TOKEN PROFILE_NONE "serverkeygen_kek = 0 pkcs11:object=k\n", 1, 12,
                   "serverkeygen_kek", "expected KEYID URI");
     expect_errors(SERVER_TOKEN PROFILE_NONE "serverkeygen_kek = 0102 /etc/kek\n", 1, 12,
