@@ -1028,6 +1028,7 @@ static int begin_intent(enroll *e, const X509_NAME *subject, const eg_validity *
         .subject = subj,
         .not_after = (int64_t)val->not_after,
         .supersede_id = supersede,
+        .serverkeygen = e->skg,
     };
     int rc = -2, tries;
 

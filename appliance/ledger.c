@@ -33,7 +33,7 @@
 #include "ledger.h"
 #include "ledger_local.h"
 
-#define LEDGER_SCHEMA_VERSION 5
+#define LEDGER_SCHEMA_VERSION 6
 #define LEDGER_BATCH_DEFAULT  256
 #define LEDGER_BUSY_MS        5000
 #define LEDGER_SERIAL_MAX     20
@@ -105,6 +105,12 @@ static const char *const migrations[LEDGER_SCHEMA_VERSION] = {
     "DROP INDEX issuance_key;"
     "CREATE UNIQUE INDEX issuance_key ON issuance (profile, principal, request_hash)"
     " WHERE fail_reason IS NULL AND superseded IS NULL;",
+    /*
+     * A serverkeygen intent's key is a session object in the token, gone with the process
+     * that made it: one found pending at open can never be retried, and is failed there
+     * (fail_orphans). Rows from before this version are taken to be enrollments.
+     */
+    "ALTER TABLE issuance ADD COLUMN serverkeygen INTEGER NOT NULL DEFAULT 0;",
 };
 
 enum {
@@ -138,7 +144,8 @@ static const char *const writer_sql[W_NSTMT] = {
     [W_SUPERSEDE] = "UPDATE issuance SET superseded = ?1"
                     " WHERE id = ?2 AND state = 'issued' AND superseded IS NULL",
     [W_INSERT] = "INSERT INTO issuance (created, profile, principal, request_hash, serial,"
-                 " subject, not_after, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending')",
+                 " subject, not_after, serverkeygen, state)"
+                 " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending')",
     [W_COMPLETE] = "UPDATE issuance SET state = 'issued', completed = ?1, cert = ?2"
                    " WHERE id = ?3 AND state = 'pending'",
     [W_FAIL] = "UPDATE issuance SET state = 'failed', completed = ?1,"
@@ -383,6 +390,7 @@ static int insert_intent(eg_ledger *lg, const eg_issue_intent *in, int64_t *id)
     sqlite3_bind_blob(st, 5, in->serial, (int)in->serial_len, SQLITE_STATIC);
     sqlite3_bind_text(st, 6, in->subject, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 7, in->not_after);
+    sqlite3_bind_int(st, 8, in->serverkeygen ? 1 : 0);
     step = sqlite3_step(st);
     /* The key was looked up first in this transaction, so a UNIQUE failure is the serial. */
     if (step == SQLITE_CONSTRAINT_UNIQUE) {
@@ -1171,6 +1179,43 @@ out:
     return rc;
 }
 
+/*
+ * Pending serverkeygen intents at open were left by a process that stopped
+ * between the intent and its certificate (we hold the lock, so none is in
+ * flight). Their key was a session object in the token and went with that
+ * process, and no request can match their request hash (it covers that key):
+ * offered for retry, they would stay pending for ever. Failed here, with why.
+ */
+static int fail_orphans(eg_ledger *lg)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = -1, n;
+
+    if (sqlite3_prepare_v2(lg->db,
+                           "UPDATE issuance SET state = 'failed', completed = ?1,"
+                           " fail_reason = ?2 WHERE state = 'pending' AND serverkeygen = 1",
+                           -1, &st, NULL) != SQLITE_OK) {
+        log_db(lg->db, "fail orphaned serverkeygen intents");
+        goto out;
+    }
+    sqlite3_bind_int64(st, 1, now());
+    sqlite3_bind_text(st, 2,
+                      "serverkeygen: the process stopped before the certificate; its key was a "
+                      "session object in the token and went with it",
+                      -1, SQLITE_STATIC);
+    if (stmt_run(st, "fail orphaned serverkeygen intents") != SQLITE_OK)
+        goto out;
+    if ((n = sqlite3_changes(lg->db)) > 0)
+        fprintf(stderr,
+                "ledger: %s: %d serverkeygen intent%s left pending by an earlier process marked "
+                "failed (the key went with that process; the device must ask again)\n",
+                lg->path, n, n == 1 ? "" : "s");
+    rc = 0;
+out:
+    sqlite3_finalize(st);
+    return rc;
+}
+
 /* SQLite syncs the directory for a new WAL but not for a new database or our lock file. */
 static int sync_parent_dir(const char *path)
 {
@@ -1211,7 +1256,7 @@ int eg_ledger_open(const char *path, const eg_ledger_options *opt, eg_ledger **o
     }
     if ((lg = ledger_new(path, opt)) == NULL || lock_ledger(lg) != 0 || open_writer(lg) != 0 ||
         migrate_db(lg->db, lg->path, LEDGER_SCHEMA_VERSION) != 0 || prepare_writer(lg) != 0 ||
-        sync_parent_dir(path) != 0)
+        fail_orphans(lg) != 0 || sync_parent_dir(path) != 0)
         goto out;
     space_check(lg);
     /* One reader now, so that a database readers cannot open fails here, not later. */
@@ -1264,7 +1309,8 @@ void eg_ledger_close(eg_ledger *lg)
         sqlite3_finalize(lg->st[i]);
     if (lg->db != NULL && sqlite3_close(lg->db) != SQLITE_OK)
         log_db(lg->db, "close");
-    /* Intents still in flight stay pending and are offered for retry at the next open. */
+    /* Intents still in flight stay pending and are offered for retry at the next open (a
+       serverkeygen one is failed there instead: fail_orphans). */
     free(lg->flight);
     if (lg->lock_fd >= 0)
         close(lg->lock_fd); /* after the database: the next owner must not overlap us */

@@ -23,7 +23,8 @@ typedef struct eg_ledger_options {
 
 /* Opens (creating and migrating as needed) the ledger at path. One process at a time: open
  * holds a lock on "<path>.lock", because a pending intent that no open ledger has in flight is
- * taken to be left by a crashed process and is offered for retry. */
+ * taken to be left by a crashed process and is offered for retry; a pending serverkeygen
+ * intent is marked failed instead, since its key died with that process. */
 int eg_ledger_open(const char *path, const eg_ledger_options *opt, eg_ledger **out);
 void eg_ledger_close(eg_ledger *lg);
 
@@ -40,6 +41,9 @@ typedef struct eg_issue_intent {
        the caller will not send again (too old); it leaves the key, certificate kept, before
        the intent is looked up, so the same request begins anew. */
     int64_t supersede_id;
+    /* The key is one serverkeygen made in the token: an intent of it that a crash leaves
+       pending is failed at the next open, not offered for retry (its key died with it). */
+    bool serverkeygen;
 } eg_issue_intent;
 
 typedef enum eg_intent_state {

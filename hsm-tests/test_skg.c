@@ -18,6 +18,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <CUnit/CUnit.h>
@@ -1376,6 +1378,116 @@ static void test_a_kek_gone_from_the_token_is_the_appliances_fault(void)
     OPENSSL_free(der);
 }
 
+/* ---- a crash between the intent and the certificate ---- */
+
+#define BURST 32
+
+/* Rows of the suite's ledger that one SQL count query finds. */
+static int ledger_count(const char *sql)
+{
+    char path[PATH_MAX];
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    int n = -1;
+
+    if (sqlite3_open_v2(tpath(path, "ledger.db"), &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+        sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+        n = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return n;
+}
+
+/* How many burst clients have a whole answer on disk. */
+static int burst_done(char (*out)[PATH_MAX])
+{
+    struct stat st;
+    int n = 0;
+
+    for (int i = 0; i < BURST; i++)
+        n += stat(out[i], &st) == 0 && st.st_size > 500;
+    return n;
+}
+
+/*
+ * SIGKILL during a burst of serverkeygen requests, as test_e2e does for simpleenroll: the
+ * intents the kill left pending had keys that were session objects of the dead process, and
+ * no request can match them again (their hash covers that key). At the next start they are
+ * failed with that reason, not left pending for ever.
+ */
+static void test_a_crash_leaves_no_serverkeygen_intent_pending(void)
+{
+    char b64[PATH_MAX], data[PATH_MAX + 1], log[PATH_MAX], url[256], out[BURST][PATH_MAX];
+    struct timespec pause = {0, 5 * 1000 * 1000};
+    pid_t pids[BURST];
+    int pending, failed;
+
+    if (kind == EG_TH_P11KIT)
+        return;
+    snprintf(url, sizeof(url), "https://localhost:%u/.well-known/est/serverkeygen", port);
+    for (int i = 0; i < BURST; i++) {
+        char cn[64], name[32];
+        unsigned char *csr;
+        size_t len;
+        BIO *f, *enc;
+
+        snprintf(cn, sizeof(cn), "burst%d.example.com", i);
+        snprintf(name, sizeof(name), "burst%d.b64", i);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(csr = make_csr("P-256", cn, NULL, 0, &len));
+        CU_ASSERT_PTR_NOT_NULL_FATAL(f = BIO_new_file(tpath(b64, name), "w"));
+        enc = BIO_new(BIO_f_base64());
+        BIO_push(enc, f);
+        BIO_write(enc, csr, (int)len);
+        (void)BIO_flush(enc);
+        BIO_free_all(enc);
+        OPENSSL_free(csr);
+    }
+    for (int i = 0; i < BURST; i++) {
+        char name[32];
+
+        snprintf(name, sizeof(name), "burst%d.b64", i);
+        snprintf(data, sizeof(data), "@%s", tpath(b64, name));
+        snprintf(out[i], PATH_MAX, "%s/burst%d.out", dir, i);
+        unlink(out[i]);
+        char *argv[] = {"curl",
+                        "-sS",
+                        "--fail",
+                        "--cacert",
+                        ca,
+                        "-u",
+                        user,
+                        "-H",
+                        "Content-Type: application/pkcs10",
+                        "--data-binary",
+                        data,
+                        "-o",
+                        out[i],
+                        url,
+                        NULL};
+        CU_ASSERT_EQUAL(eg_child_start(argv, tpath(log, "burst.log"), &pids[i]), 0);
+    }
+    for (int waited = 0; waited < 4000 && burst_done(out) < 3; waited++)
+        nanosleep(&pause, NULL);
+    CU_ASSERT_EQUAL(eg_fx_daemon_stop(&daemon_pid, SIGKILL), 128 + SIGKILL);
+    for (int i = 0; i < BURST; i++)
+        eg_child_wait(pids[i]);
+    pending = ledger_count("SELECT count(*) FROM issuance WHERE state = 'pending'");
+    failed = ledger_count("SELECT count(*) FROM issuance WHERE state = 'failed'");
+    printf("(%d of %d answered, %d intents pending at the kill) ", burst_done(out), BURST, pending);
+    CU_ASSERT(pending >= 0);
+    CU_ASSERT_EQUAL_FATAL(eg_fx_daemon_start(ini, daemon_log, &daemon_pid, &port, 1), 0);
+    CU_ASSERT_EQUAL(ledger_count("SELECT count(*) FROM issuance WHERE state = 'pending'"), 0);
+    CU_ASSERT_EQUAL(ledger_count("SELECT count(*) FROM issuance WHERE state = 'failed' AND "
+                                 "fail_reason LIKE '%session object in the token%'"),
+                    pending);
+    CU_ASSERT_EQUAL(ledger_count("SELECT count(*) FROM issuance WHERE state = 'failed'"),
+                    failed + pending);
+    if (pending > 0)
+        CU_ASSERT(eg_file_count(daemon_log, "left pending by an earlier process marked failed") >=
+                  1);
+    plaintext("P-256"); /* and it serves */
+}
+
 /* ---- reload ---- */
 
 static int log_count(const char *needle)
@@ -1469,6 +1581,8 @@ static CU_TestInfo tests[] = {
     {"a full token answers 503 and keeps nothing", test_a_full_token_answers_503_and_keeps_nothing},
     {"a KEK gone from the token is the appliance's fault (503)",
      test_a_kek_gone_from_the_token_is_the_appliances_fault},
+    {"a crash leaves no serverkeygen intent pending",
+     test_a_crash_leaves_no_serverkeygen_intent_pending},
     CU_TEST_INFO_NULL,
 };
 

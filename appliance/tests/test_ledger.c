@@ -179,7 +179,7 @@ static void test_schema_is_wal_full_sync_with_version(void)
     CU_ASSERT(writer_pragma_is(lg, "journal_mode", "wal"));
     CU_ASSERT(writer_pragma_is(lg, "synchronous", "2"));
     CU_ASSERT(writer_pragma_is(lg, "foreign_keys", "1"));
-    CU_ASSERT(writer_pragma_is(lg, "user_version", "5"));
+    CU_ASSERT(writer_pragma_is(lg, "user_version", "6"));
     CU_ASSERT(sql_text_is(
         "SELECT sql LIKE '%WHERE fail_reason IS NULL AND superseded IS NULL' FROM sqlite_schema"
         " WHERE name = 'issuance_key'",
@@ -189,7 +189,7 @@ static void test_schema_is_wal_full_sync_with_version(void)
                           "id,time,type,profile,principal,peer,detail,intent_id"));
     eg_ledger_close(lg);
     lg = open_ledger(NULL); /* an existing ledger opens without migrating again */
-    CU_ASSERT(writer_pragma_is(lg, "user_version", "5"));
+    CU_ASSERT(writer_pragma_is(lg, "user_version", "6"));
     eg_ledger_close(lg);
 }
 
@@ -280,7 +280,7 @@ static void test_version_1_ledger_migrates(void)
     CU_ASSERT(sql_text_is("PRAGMA user_version", "1"));
 
     lg = open_ledger(NULL);
-    CU_ASSERT(writer_pragma_is(lg, "user_version", "5"));
+    CU_ASSERT(writer_pragma_is(lg, "user_version", "6"));
     CU_ASSERT(begin_state_is(lg, 1, EG_INTENT_NEW)); /* a failed key may be issued again */
     CU_ASSERT(begin_state_is(lg, 2, EG_INTENT_NEW));
     CU_ASSERT(begin_state_is(lg, 3, EG_INTENT_ISSUED));
@@ -629,6 +629,57 @@ static void test_pending_row_of_dead_process_is_retried(void)
     CU_ASSERT(res.serial_len == sizeof(r.serial) && memcmp(res.serial, r.serial, 8) == 0);
     CU_ASSERT_EQUAL(eg_ledger_begin_issue(lg, &r.in, &busy), 0); /* now it is ours */
     CU_ASSERT_EQUAL(busy.state, EG_INTENT_BUSY);
+    eg_ledger_close(lg);
+}
+
+/* An enrollment's intent (key 44) and a serverkeygen one (key 45) begun, then the process dies. */
+static void begin_both_and_die(void)
+{
+    eg_ledger *lg = NULL;
+    eg_intent_result res;
+    req r;
+
+    if (eg_ledger_open(db_path, NULL, &lg) != 0)
+        _exit(1);
+    req_init(&r, 44);
+    if (eg_ledger_begin_issue(lg, &r.in, &res) != 0 || res.state != EG_INTENT_NEW)
+        _exit(1);
+    req_init(&r, 45);
+    r.in.serverkeygen = true;
+    if (eg_ledger_begin_issue(lg, &r.in, &res) != 0 || res.state != EG_INTENT_NEW)
+        _exit(1);
+    _exit(0);
+}
+
+/*
+ * A serverkeygen intent left pending is failed at the next open, with why: its key was a
+ * session object that died with the process, so no retry can ever complete it. The
+ * enrollment's intent beside it is still offered for retry.
+ */
+static void test_pending_serverkeygen_row_of_dead_process_is_failed(void)
+{
+    eg_intent_result res;
+    int status = -1;
+    eg_ledger *lg;
+    pid_t pid;
+    req r;
+
+    if ((pid = fork()) == 0)
+        begin_both_and_die();
+    CU_ASSERT_EQUAL_FATAL(waitpid(pid, &status, 0), pid);
+    CU_ASSERT_FATAL(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    CU_ASSERT(sql_text_is("SELECT count(*) FROM issuance WHERE state = 'pending'", "2"));
+
+    lg = open_ledger(NULL);
+    CU_ASSERT(sql_text_is("SELECT group_concat(state || ':' || serverkeygen) FROM "
+                          "(SELECT state, serverkeygen FROM issuance ORDER BY id)",
+                          "pending:0,failed:1"));
+    CU_ASSERT(sql_text_is("SELECT fail_reason LIKE '%session object in the token%' AND "
+                          "completed IS NOT NULL FROM issuance WHERE serverkeygen = 1",
+                          "1"));
+    req_init(&r, 44);
+    CU_ASSERT_EQUAL(eg_ledger_begin_issue(lg, &r.in, &res), 0);
+    CU_ASSERT_EQUAL(res.state, EG_INTENT_RETRY);
     eg_ledger_close(lg);
 }
 
@@ -1178,6 +1229,8 @@ static CU_TestInfo tests[] = {
     {"failure without reason frees its key", test_failure_without_reason_frees_its_key},
     {"serial collision is reported apart", test_serial_collision_is_reported_apart},
     {"pending row of a dead process is retried", test_pending_row_of_dead_process_is_retried},
+    {"pending serverkeygen row of a dead process is failed",
+     test_pending_serverkeygen_row_of_dead_process_is_failed},
     {"audit events are stored", test_audit_events_are_stored},
     {"certificates issued since a time", test_issued_since},
     {"audit retention by age and count", test_audit_retention_by_age_and_count},
