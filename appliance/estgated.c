@@ -202,19 +202,23 @@ static bool reload(const char *path, const eg_config *run, EVP_PKEY **tls_key, e
  * What systemd shows under "Status:" (notify.h), with READY=1: at start, and after every
  * reload, taken or refused (after: "" or the reload's outcome).
  */
-static void notify_ready(const eg_config *cfg, const eg_server *srv, const char *after)
+/* The listeners are the ones started with (run: a reload does not change them, whatever the
+   file says now); the profiles are the configuration in force (cfg). */
+static void notify_ready(const eg_config *cfg, const eg_config *run, const eg_server *srv,
+                         const char *after)
 {
     char hp[80], more[32] = "";
     size_t n = cfg->nprofiles;
 
-    if (cfg->nlisteners > 1)
-        snprintf(more, sizeof(more), " and %zu more", cfg->nlisteners - 1);
+    if (run->nlisteners > 1)
+        snprintf(more, sizeof(more), " and %zu more", run->nlisteners - 1);
     eg_notify("READY=1\nSTATUS=Serving %zu profile%s on https://%s/%s%s", n, n == 1 ? "" : "s",
-              eg_host_port(cfg->listeners[0].address, eg_server_port(srv, 0), hp, sizeof(hp)), more,
+              eg_host_port(run->listeners[0].address, eg_server_port(srv, 0), hp, sizeof(hp)), more,
               after);
 }
 
-static void notify_reloaded(const eg_config *cfg, const eg_server *srv, bool ok)
+static void notify_reloaded(const eg_config *cfg, const eg_config *run, const eg_server *srv,
+                            bool ok)
 {
     char when[64], after[160];
     struct tm tm;
@@ -229,7 +233,7 @@ static void notify_reloaded(const eg_config *cfg, const eg_server *srv, bool ok)
                  "; the reload at %s was refused and the configuration before it stays (see the "
                  "log)",
                  when);
-    notify_ready(cfg, srv, after);
+    notify_ready(cfg, run, srv, after);
 }
 
 /* Whether the token hangs, and systemd's watchdog: the main loop's view (watch()). */
@@ -255,7 +259,7 @@ static unsigned long long mono_ms(void)
  * an HSM that went silent behind an open connection needs. A token that fails fast does not hang
  * (its requests get 503); a reload or a stop that holds the main loop does not feed it either.
  */
-static void watch(watch_state *w, const eg_config *cfg, const eg_server *srv)
+static void watch(watch_state *w, const eg_config *cfg, const eg_config *run, const eg_server *srv)
 {
     unsigned long long now = mono_ms(), hang_ms = (unsigned long long)cfg->hang_s * 1000ull;
     unsigned long long stalled;
@@ -279,7 +283,7 @@ static void watch(watch_state *w, const eg_config *cfg, const eg_server *srv)
         w->hung = false;
         fprintf(stderr, "estgated: the token answers again, after %llu s\n",
                 (now - w->stall_began_ms) / 1000);
-        notify_ready(cfg, srv, "; the token answers again after hanging");
+        notify_ready(cfg, run, srv, "; the token answers again after hanging");
     }
     if (w->dog_ms > 0 && !w->hung && now - w->last_fed_ms >= w->dog_ms / 2) {
         eg_notify("WATCHDOG=1");
@@ -303,12 +307,12 @@ static int wait_for_stop(const sigset_t *set, const char *path, const eg_config 
         tick.tv_sec = 0;
         tick.tv_nsec = (long)(w.dog_ms < 4 ? 1 : w.dog_ms / 4) * 1000000L;
     }
-    watch(&w, eg_est_config(est), srv);
+    watch(&w, eg_est_config(est), run, srv);
     for (;;) {
         if ((sig = sigtimedwait(set, NULL, &tick)) < 0) {
             if (errno != EAGAIN && errno != EINTR)
                 return -1;
-            watch(&w, eg_est_config(est), srv);
+            watch(&w, eg_est_config(est), run, srv);
             eg_audit_flush();
             if (eg_server_tick(srv, eg_mono_s()) != 0)
                 fprintf(stderr,
@@ -327,8 +331,8 @@ static int wait_for_stop(const sigset_t *set, const char *path, const eg_config 
                           (unsigned long long)mono.tv_nsec / 1000ull,
                       path);
             ok = reload(path, run, tls_key, est, srv);
-            notify_reloaded(eg_est_config(est), srv, ok);
-            watch(&w, eg_est_config(est), srv);
+            notify_reloaded(eg_est_config(est), run, srv, ok);
+            watch(&w, eg_est_config(est), run, srv);
             continue;
         }
         fprintf(stderr, "estgated: %s, stopping\n", sig == SIGTERM ? "SIGTERM" : "SIGINT");
@@ -435,7 +439,7 @@ static int run(const char *path)
         goto out;
     }
     print_listeners(cfg, srv);
-    notify_ready(cfg, srv, "");
+    notify_ready(cfg, cfg, srv, "");
     if (wait_for_stop(&set, path, cfg, &tls_key, est, srv) != 0) {
         fail("cannot wait for signals");
         goto out;

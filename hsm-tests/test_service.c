@@ -178,7 +178,7 @@ static int enroll_args(const char *name, unsigned port, char *user, char *url, c
 
 static void test_systemd_hears_ready_reloading_and_stopping(void)
 {
-    char sock[PATH_MAX], serving[128];
+    char sock[PATH_MAX], serving[128], now_serving[160];
     unsigned port = 0;
     pid_t pid = 0;
     int fd;
@@ -197,6 +197,18 @@ static void test_systemd_hears_ready_reloading_and_stopping(void)
                              "MONOTONIC_USEC=", "STATUS=Reloading ", NULL));
     CU_ASSERT(expect_message(fd, "READY=1 after the reload", "READY=1\n", serving, "; reloaded at ",
                              NULL));
+
+    /* Listeners changed in the file take effect at the next restart: the status names the ones
+       that serve, not the file's. */
+    CU_ASSERT_EQUAL(eg_file_write_replaced(ini, config_text, "listen = 127.0.0.1:0\n",
+                                           "listen = 127.0.0.1:0\nlisten = 127.0.0.1:0 tls12\n"),
+                    0);
+    CU_ASSERT_EQUAL(kill(pid, SIGHUP), 0);
+    CU_ASSERT(expect_message(fd, "RELOADING=1", "RELOADING=1\n", NULL));
+    snprintf(now_serving, sizeof(now_serving), "%s; reloaded at ", serving);
+    CU_ASSERT(expect_message(fd, "READY=1 with the listeners that serve", "READY=1\n", now_serving,
+                             NULL));
+    CU_ASSERT_EQUAL(eg_file_write(ini, config_text, strlen(config_text), 0600), 0);
 
     /* A broken edit: refused, and systemd hears READY again with the reason. */
     CU_ASSERT_EQUAL(eg_file_write(ini, "[server]\nlisten = nowhere\n", 26, 0600), 0);
