@@ -411,10 +411,27 @@ static int parse_listen(loader *ld, void *base, const char *key, const char *val
                  SHOWN, value);
         return -1;
     }
-    /* Port 0 asks for a free port each time: never a clash. */
+    /* Port 0 asks for a free port each time: never a clash. The any-address of a family
+       (0.0.0.0, [::]) takes the port on every address of that family, so a specific address of
+       the same family and port could not be bound beside it. */
     for (size_t i = 0; port != 0 && i < cfg->nlisteners; i++) {
-        if (cfg->listeners[i].port == port && strcmp(cfg->listeners[i].address, host) == 0) {
+        const char *other = cfg->listeners[i].address;
+        bool v6 = strchr(host, ':') != NULL, other_v6 = strchr(other, ':') != NULL;
+        bool any = strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0;
+        bool other_any = strcmp(other, "0.0.0.0") == 0 || strcmp(other, "::") == 0;
+
+        if (cfg->listeners[i].port != port || v6 != other_v6)
+            continue;
+        if (strcmp(other, host) == 0) {
             err_here(ld, key, "'%.*s' is listed twice", SHOWN, value);
+            return -1;
+        }
+        if (any || other_any) {
+            err_here(ld, key,
+                     "'%.*s' overlaps the listener on %s%s%s port %lu: %s takes that port on "
+                     "every address; use one or the other",
+                     SHOWN, value, other_v6 ? "[" : "", other, other_v6 ? "]" : "", port,
+                     any ? host : other);
             return -1;
         }
     }

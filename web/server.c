@@ -667,6 +667,21 @@ static void group_ports(const eg_server *s, const group *g, char *buf, size_t le
     }
 }
 
+/* civetweb's listening ports end in an 's' for TLS ("127.0.0.1:8443s"), in its option and in
+   its messages: not part of an address as the operator wrote it. */
+static void without_tls_marks(char *text)
+{
+    char *to = text;
+
+    for (const char *from = text;; from++) {
+        if (*from == 's' && from > text && from[-1] >= '0' && from[-1] <= '9' &&
+            (from[1] == ',' || from[1] == ':' || from[1] == '\0'))
+            continue;
+        if ((*to++ = *from) == '\0')
+            break;
+    }
+}
+
 /* Starts the relay of each of g's relayed listeners, once civetweb listens on its port. */
 static int group_relays(eg_server *s, const group *g)
 {
@@ -745,6 +760,8 @@ static int group_start(eg_server *s, group *g, EVP_PKEY *key, bool tls12)
         s->ports[g->listeners[i]] = (unsigned)ports[i].port;
     return group_relays(s, g);
 fail:
+    without_tls_marks(listen);
+    without_tls_marks(why);
     fprintf(stderr, "estgated: cannot listen on %s: %s\n", listen, why);
     eg_err_print(stderr);
     return -1;

@@ -707,6 +707,22 @@ static void test_bad_values_of_other_kinds(void)
                   "is not ADDRESS:PORT[ tls12]");
     expect_errors(SERVER "listen = [::1]:443 tls11\n" TOKEN PROFILE_NONE, 1, 4, "listen",
                   "is not ADDRESS:PORT[ tls12]");
+    /* The any-address takes the port on every address of its family: passed, then the start
+       failed to bind. Across families (IPv6 listeners take IPv6 only) it is no clash. */
+    expect_errors(SERVER
+                  "listen = 0.0.0.0:8443\nlisten = 127.0.0.1:8443 tls12\n" TOKEN PROFILE_NONE,
+                  1, 5, "listen", "overlaps the listener on 0.0.0.0 port 8443");
+    expect_errors(SERVER "listen = [::1]:8443\nlisten = [::]:8443\n" TOKEN PROFILE_NONE, 1, 5,
+                  "listen", "overlaps the listener on [::1] port 8443: :: takes that port");
+    {
+        eg_config *cfg = NULL;
+
+        CU_ASSERT_EQUAL(load(SERVER "listen = 0.0.0.0:8443\nlisten = [::]:8443\nlisten = "
+                                    "127.0.0.1:8444\n" TOKEN PROFILE_NONE,
+                             &cfg),
+                        0);
+        eg_config_free(cfg);
+    }
     expect_errors(SERVER_TOKEN PROFILE_NONE "auth = mtls\n", 1, 12, "auth", "is set twice");
     expect_errors(SERVER_TOKEN "[profile x y]\nca_key = pkcs11:object=ca\nca_chain = ca.pem\n"
                                "auth = none\n",
