@@ -75,6 +75,14 @@ static void single_attr(eg_der *name, int nid, const char *value)
     eg_der_wrap(name, EG_DER_SET, &rdn);
 }
 
+static bool allows_cn(const eg_profile_cfg *p)
+{
+    for (size_t i = 0; i < p->nsubject_nids; i++)
+        if (p->subject_nids[i] == NID_commonName)
+            return true;
+    return p->nsubject_nids == 0; /* the default: a CN and nothing else */
+}
+
 static void name_template(eg_der *t, const eg_policy *pol)
 {
     eg_der name = {0};
@@ -85,8 +93,13 @@ static void name_template(eg_der *t, const eg_policy *pol)
 
         single_attr(&name, r->nid, r->from_cn ? NULL : r->value);
     }
-    if (pol->tmpl.n == 0)
+    /* No template: an attribute the client fills in, one the profile takes. A CN where it is
+       allowed (the default); else the profile's subject attributes (a profile of serial
+       numbers asked for a CN, which it then refused). */
+    if (pol->tmpl.n == 0 && allows_cn(pol->cfg))
         single_attr(&name, NID_commonName, NULL);
+    for (i = 0; pol->tmpl.n == 0 && !allows_cn(pol->cfg) && i < pol->cfg->nsubject_nids; i++)
+        single_attr(&name, pol->cfg->subject_nids[i], NULL);
     eg_der_wrap(t, EG_DER_SEQUENCE, &name);
 }
 

@@ -66,9 +66,11 @@ void eg_policy_san_text(const GENERAL_NAME *gn, char *buf, size_t cap);
 
 /*
  * The profile's CsrAttrs (RFC 7030 4.5, RFC 8951, RFC 9908), DER, in csrattrs.c:
- * the RFC 9908 template when the profile fixes the subject or extensions, else
- * a list of OIDs and key-type attributes. *len 0 (and *der NULL) when there is
- * nothing to say. 0, or -1 on failure.
+ * the RFC 9908 template when the profile fixes the subject or extensions (which
+ * every profile read from a file does: its eku defaults to clientAuth), else a
+ * list of OIDs and key-type attributes. *len 0 (and *der NULL) when there is
+ * nothing to say (only a profile built in code, without EKUs, can be so).
+ * 0, or -1 on failure.
  */
 int eg_csrattrs_der(const eg_policy *pol, uint8_t **der, size_t *len);
 

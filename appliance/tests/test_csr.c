@@ -538,6 +538,40 @@ static void test_csrattrs_signature_algorithms(void)
     CU_ASSERT_STRING_EQUAL(oids, "ED25519");
 }
 
+/* Whether the DER holds the OID (its encoding, tag and length included). */
+static bool der_has(const uint8_t *der, size_t len, const uint8_t *oid, size_t n)
+{
+    for (size_t i = 0; i + n <= len; i++)
+        if (memcmp(der + i, oid, n) == 0)
+            return true;
+    return false;
+}
+
+/*
+ * The RFC 9908 template asks for a subject attribute the profile takes: a CN by default, the
+ * profile's own attributes when CN is not one of them (a profile of serial numbers asked for a
+ * CN, and then refused the CSR that followed it).
+ */
+static void test_csrattrs_template_asks_for_what_the_profile_takes(void)
+{
+    static const uint8_t cn[] = {0x06, 0x03, 0x55, 0x04, 0x03};
+    static const uint8_t serial[] = {0x06, 0x03, 0x55, 0x04, 0x05};
+    eg_profile_cfg p = {.name = "t", .label = "t", .nekus = 1, .ekus = {NID_client_auth}};
+    eg_policy pol = {.cfg = &p};
+    uint8_t *der = NULL;
+    size_t len = 0;
+
+    CU_ASSERT_EQUAL_FATAL(eg_csrattrs_der(&pol, &der, &len), 0);
+    CU_ASSERT(der_has(der, len, cn, sizeof(cn)));
+    CU_ASSERT(!der_has(der, len, serial, sizeof(serial)));
+    OPENSSL_free(der);
+    p.subject_nids[p.nsubject_nids++] = NID_serialNumber;
+    CU_ASSERT_EQUAL_FATAL(eg_csrattrs_der(&pol, &der, &len), 0);
+    CU_ASSERT(!der_has(der, len, cn, sizeof(cn)));
+    CU_ASSERT(der_has(der, len, serial, sizeof(serial)));
+    OPENSSL_free(der);
+}
+
 static CU_TestInfo tests[] = {
     {"RSA-2048, PKCS#1 v1.5 signature", test_rsa},
     {"RSA-2048, RSA-PSS signature", test_rsa_pss_signature},
@@ -553,6 +587,8 @@ static CU_TestInfo tests[] = {
     {"attributes out of DER order verify", test_unsorted_attributes_verify},
     {"csrattrs names the signature algorithms csr_digests allows",
      test_csrattrs_signature_algorithms},
+    {"csrattrs' template asks for what the profile takes",
+     test_csrattrs_template_asks_for_what_the_profile_takes},
     CU_TEST_INFO_NULL,
 };
 
