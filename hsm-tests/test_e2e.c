@@ -890,10 +890,27 @@ static void test_head_where_get(void)
 
 static void test_tls12_only_where_allowed(void)
 {
+    char addr[64];
     http h;
 
     CU_ASSERT_EQUAL(curl(&h, port12, "cacerts", "--tls-max", "1.2", NULL), 200);
     CU_ASSERT_NOT_EQUAL(curl(&h, port, "cacerts", "--tls-max", "1.2", NULL), 200);
+
+    /* The log's hint for no cipher in common fits the listener: a TLS 1.3-only one is not
+       about TLS 1.2; on a tls12 one, a device offering only P-384 for a P-256 TLS key is told
+       about the curve. */
+    snprintf(addr, sizeof(addr), "127.0.0.1:%u", port);
+    CU_ASSERT_NOT_EQUAL(cmd("openssl", "s_client", "-connect", addr, "-ciphersuites",
+                            "TLS_AES_128_CCM_SHA256", NULL),
+                        0);
+    CU_ASSERT(eg_file_count(daemon_log, "no TLS 1.3 cipher suite in common: this listener speaks "
+                                        "TLS 1.3 only") >= 1);
+    snprintf(addr, sizeof(addr), "127.0.0.1:%u", port12);
+    CU_ASSERT_NOT_EQUAL(cmd("openssl", "s_client", "-connect", addr, "-tls1_2", "-groups", "P-384",
+                            "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256", NULL),
+                        0);
+    CU_ASSERT(eg_file_count(daemon_log, "whose curve (for an EC key) must be among the groups the "
+                                        "device offers") >= 1);
 }
 
 /* The session of a ticket as it arrives, as curl keeps it. */

@@ -597,9 +597,16 @@ static const char *handshake_hint(const char *message, bool tls12)
         return tls12 ? "; the device offers neither TLS 1.2 nor 1.3"
                      : "; the device offers no TLS 1.3: a device that speaks only TLS 1.2 needs "
                        "a listener with tls12";
+    /* On a TLS 1.3-only listener, the TLS 1.3 suites (OpenSSL's defaults); with tls12, the device
+       may have spoken either. A TLS 1.2 ECDSA key also needs its curve among the device's
+       groups, which OpenSSL reports as no shared cipher too. */
     if (strstr(message, "no shared cipher") != NULL)
-        return "; no cipher suite in common: TLS 1.2 here is ECDHE with AES-GCM or "
-               "ChaCha20-Poly1305, signed with the TLS key's type";
+        return tls12 ? "; no cipher suite in common: TLS 1.3 here is AES-GCM or "
+                       "ChaCha20-Poly1305 (no CCM); TLS 1.2 is ECDHE with AES-GCM or "
+                       "ChaCha20-Poly1305, signed with the TLS key's type, whose curve (for an "
+                       "EC key) must be among the groups the device offers"
+                     : "; no TLS 1.3 cipher suite in common: this listener speaks TLS 1.3 only, "
+                       "with AES-GCM or ChaCha20-Poly1305 (no CCM)";
     if (strstr(message, "certificate expired") != NULL)
         return "; the device finds the appliance's TLS certificate expired or not yet valid: is "
                "the device's clock set, and is the certificate current?";
