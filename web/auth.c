@@ -588,8 +588,19 @@ int eg_auth_basic(eg_auth *a, const eg_profile_cfg *p, const char *source, const
     }
     if (eg_auth_parse_basic(header, &user, &pw, res->reason, sizeof(res->reason)) != 0)
         goto out;
-    snprintf(res->principal, sizeof(res->principal), "basic:%s", user);
     u = find_user(p, user);
+    if (u != NULL) {
+        snprintf(res->principal, sizeof(res->principal), "basic:%s", user);
+    } else {
+        /* Not one of the profile's users: perhaps a password typed into the name field, which
+           must not reach the log or the ledger. A digest still tells a repeated name. */
+        unsigned char md[32];
+        unsigned int mdlen = 0;
+
+        EVP_Digest(user, strlen(user), md, &mdlen, EVP_sha256(), NULL);
+        snprintf(res->principal, sizeof(res->principal), "basic:?%zu-%02x%02x%02x%02x",
+                 strlen(user), md[0], md[1], md[2], md[3]);
+    }
     switch (password_ok(a, p, source, user, pw, u, &wait)) {
     case PW_OK:
         break;

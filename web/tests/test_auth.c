@@ -239,7 +239,9 @@ static void test_unknown_and_missing(void)
 
     CU_ASSERT_EQUAL(eg_auth_basic(auth, &cfg.profiles[0], NULL, basic("mallory:s3cret"), &res), -1);
     CU_ASSERT_EQUAL(res.fail, EG_AUDIT_AUTH_UNKNOWN_USER);
-    CU_ASSERT_STRING_EQUAL(res.principal, "basic:mallory");
+    /* Not a user of the profile: perhaps a password in the name field, so only its length and
+       the start of its SHA-256 ("mallory": c0a49776...) are kept. */
+    CU_ASSERT_STRING_EQUAL(res.principal, "basic:?7-c0a49776");
     /* Same cost as a known user, so timing does not tell names apart. */
     CU_ASSERT_EQUAL(eg_auth_kdf_runs(auth), runs + 1);
     CU_ASSERT_EQUAL(eg_auth_basic(auth, &cfg.profiles[0], NULL, NULL, &res), -1);
