@@ -118,16 +118,20 @@ X509_NAME *eg_issue_subject(const eg_policy *pol, const eg_csr *req)
 {
     const X509_NAME *csr = eg_csr_subject(req);
     X509_NAME *out = X509_NAME_new();
-    int i, ok = out != NULL;
+    int i, prev, ok = out != NULL;
     size_t j;
 
     for (j = 0; ok && j < pol->tmpl.n; j++)
         ok = add_template_rdn(out, &pol->tmpl.rdns[j], csr) == 1;
-    for (i = 0; ok && pol->tmpl.n == 0 && i < X509_NAME_entry_count(csr); i++) {
+    /* The CSR's RDNs as it grouped them: a multi-valued one (CN=a+O=b) stays one RDN. */
+    for (i = 0, prev = -1; ok && pol->tmpl.n == 0 && i < X509_NAME_entry_count(csr); i++) {
         const X509_NAME_ENTRY *e = X509_NAME_get_entry(csr, i);
+        int set = X509_NAME_ENTRY_set(e);
 
         if (subject_nid_allowed(pol->cfg, OBJ_obj2nid(X509_NAME_ENTRY_get_object(e))))
-            ok = X509_NAME_add_entry(out, e, -1, 0) == 1;
+            ok = X509_NAME_add_entry(out, e, -1,
+                                     set == prev && X509_NAME_entry_count(out) > 0 ? -1 : 0) == 1;
+        prev = set;
     }
     if (!ok) {
         X509_NAME_free(out);

@@ -96,12 +96,16 @@ static int add_subject(X509_NAME *name, const char *subject)
     char buf[256], *save = NULL, *item, *eq;
 
     snprintf(buf, sizeof(buf), "%s", subject);
+    /* "A=x,+B=y": B joins A's RDN (a multi-valued RDN, A=x+B=y). */
     for (item = strtok_r(buf, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+        int set = *item == '+' ? -1 : 0;
+
+        item += set != 0;
         if ((eq = strchr(item, '=')) == NULL)
             return -1;
         *eq = '\0';
         if (X509_NAME_add_entry_by_txt(name, item, MBSTRING_UTF8, (unsigned char *)eq + 1, -1, -1,
-                                       0) != 1)
+                                       set) != 1)
             return -1;
     }
     return 0;
@@ -936,6 +940,27 @@ static void test_a_cn_that_names_a_host_obeys_the_san_rules(void)
         eg_answer_clear(&a);
     }
     EVP_PKEY_free(p256);
+}
+
+/* A multi-valued RDN (CN=mv1+O=Example) is issued as one RDN, as the CSR asked, not split. */
+static void test_a_multi_valued_rdn_stays_one(void)
+{
+    EVP_PKEY *k = EVP_EC_gen("P-256");
+    const X509_NAME *subj;
+    eg_answer a;
+    X509 *x;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(k);
+    enroll_signed(k, "SHA256", "iot", "CN=mv1,+O=Example", "DNS:mv1.example.com", NULL, &a);
+    CU_ASSERT_EQUAL_FATAL(a.status, EG_OK);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(x = answer_cert(&a));
+    subj = X509_get_subject_name(x);
+    CU_ASSERT_EQUAL(X509_NAME_entry_count(subj), 2);
+    CU_ASSERT_EQUAL(X509_NAME_ENTRY_set(X509_NAME_get_entry(subj, 0)),
+                    X509_NAME_ENTRY_set(X509_NAME_get_entry(subj, 1)));
+    X509_free(x);
+    eg_answer_clear(&a);
+    EVP_PKEY_free(k);
 }
 
 /*
@@ -1895,6 +1920,7 @@ static CU_TestInfo tests[] = {
     {"RSA-1024 and an unlisted curve are refused", test_key_refusals},
     {"CSRs signed with MD5, or SHA-1 where not listed, are refused", test_weak_csr_signatures},
     {"a requested validity is refused past max_days, granted below", test_requested_validity},
+    {"a multi-valued RDN stays one", test_a_multi_valued_rdn_stays_one},
     {"every SAN kind its rule allows is issued", test_every_san_kind_allowed},
     {"a subject template takes the CSR's CN only", test_subject_template_fills_cn},
     {"tampered and garbage CSRs are malformed", test_tampered_and_garbage_csrs_are_malformed},
