@@ -433,7 +433,7 @@ static int serve(struct mg_connection *conn, eg_server *srv)
         return refuse(conn, srv, &req, 408, EG_AUDIT_LIMIT, slow, NULL);
     }
     if (status == -2) {
-        char short_body[128];
+        char short_body[200];
 
         free(body);
         if (ri->content_length >= 0)
@@ -443,7 +443,9 @@ static int serve(struct mg_connection *conn, eg_server *srv)
                      body_len, (long long)ri->content_length);
         else
             snprintf(short_body, sizeof(short_body),
-                     "the chunked request body ended before its last chunk");
+                     "the chunked request body could not be read to its last chunk (it ended "
+                     "early, or a chunk-size line has an extension, ';...', which is not "
+                     "supported)");
         return refuse(conn, srv, &req, 400, EG_AUDIT_MALFORMED, short_body, NULL);
     }
     if (status != 0)
@@ -470,7 +472,10 @@ static int serve(struct mg_connection *conn, eg_server *srv)
         req.tls_resumed = binding->resumed;
     }
     eg_est_handle(srv->est, &req, &resp);
-    send_response(conn, &resp, atomic_load(&srv->draining));
+    /* After a chunked body civetweb may leave its trailer fields unread, and would take them for
+       the next request: the connection ends with this answer. */
+    send_response(conn, &resp,
+                  atomic_load(&srv->draining) || mg_get_header(conn, "Transfer-Encoding") != NULL);
     status = resp.status;
     eg_http_resp_clear(&resp);
     for (size_t i = 0; i < req.n_client_certs; i++)
