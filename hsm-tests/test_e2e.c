@@ -714,6 +714,22 @@ static void raw_request(const char *raw)
     eg_child_run(dir, req, argv, res);
 }
 
+/* RFC 9112 3.2.2: a server must accept a target in absolute form (a client that talks to it as
+   it would to a proxy); civetweb dropped the connection without an answer. */
+static void test_an_absolute_form_target_is_answered(void)
+{
+    char raw[256];
+
+    snprintf(raw, sizeof(raw),
+             "GET https://localhost:%u/.well-known/est/cacerts HTTP/1.1\r\nHost: localhost\r\n"
+             "Connection: close\r\n\r\n",
+             port);
+    raw_request(raw);
+    CU_ASSERT_EQUAL(strncmp(res->out, "HTTP/1.1 200", 12), 0);
+    if (strncmp(res->out, "HTTP/1.1 200", 12) != 0)
+        fprintf(stderr, "\n  got: %.200s\n", res->out);
+}
+
 /*
  * Framing a proxy in front could read differently from civetweb (request smuggling), sent raw
  * over TLS with a second request behind it: refused with its status, and the connection closed,
@@ -2620,6 +2636,7 @@ static CU_TestInfo tests[] = {
     {"Bouncy Castle simpleEnrollPoP links the request to TLS 1.2", test_bouncy_castle_pop_linking},
     {"wire variants are accepted", test_wire_variants_are_accepted},
     {"wrong or missing password is 401", test_wrong_or_missing_password_is_401},
+    {"an absolute-form target is answered", test_an_absolute_form_target_is_answered},
     {"client certificate of another profile is 403",
      test_client_certificate_of_another_profile_is_403},
     {"an untrusted certificate is asked for a password",

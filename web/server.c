@@ -747,6 +747,11 @@ static int group_start(eg_server *s, group *g, EVP_PKEY *key, bool tls12)
            without this, Nagle holds the second until the client's delayed ACK. */
         "tcp_nodelay",
         "1",
+        /* An absolute-form target (GET https://host/.well-known/est/cacerts, RFC 9112 3.2.2, which
+           servers must accept) is matched against civetweb's authentication domain, which estgated
+           has none of: the connection was dropped without an answer. */
+        "enable_auth_domain_check",
+        "no",
         NULL,
     };
     struct mg_error_data err = {.text = why, .text_buffer_size = sizeof(why)};
