@@ -33,7 +33,7 @@
 #include "ledger.h"
 #include "ledger_local.h"
 
-#define LEDGER_SCHEMA_VERSION 6
+#define LEDGER_SCHEMA_VERSION 7
 #define LEDGER_BATCH_DEFAULT  256
 #define LEDGER_BUSY_MS        5000
 #define LEDGER_SERIAL_MAX     20
@@ -111,6 +111,15 @@ static const char *const migrations[LEDGER_SCHEMA_VERSION] = {
      * (fail_orphans). Rows from before this version are taken to be enrollments.
      */
     "ALTER TABLE issuance ADD COLUMN serverkeygen INTEGER NOT NULL DEFAULT 0;",
+    /*
+     * An encrypted serverkeygen answer's key part (the EnvelopedData: ciphertext only the
+     * client's key or a pre-shared key opens), so that a retry gets the same key and
+     * certificate instead of one more live certificate. Kept only while a retry may be
+     * answered from it: cleared when its issuance is superseded and, by the keeper, a day
+     * after it was recorded; the index holds only the rows that still have one.
+     */
+    "ALTER TABLE issuance ADD COLUMN key_part BLOB;"
+    "CREATE INDEX issuance_key_part ON issuance (created) WHERE key_part IS NOT NULL;",
 };
 
 enum {
@@ -124,9 +133,11 @@ enum {
     W_SUPERSEDE,
     W_INSERT,
     W_COMPLETE,
+    W_COMPLETE_KEY,
     W_FAIL,
     W_AUDIT,
     W_PRUNE,
+    W_DROP_KEYS,
     W_NSTMT
 };
 
@@ -138,16 +149,20 @@ static const char *const writer_sql[W_NSTMT] = {
     [W_RELEASE] = "RELEASE op",
     [W_ROLLBACK_TO] = "ROLLBACK TO op",
     /* The fail_reason and superseded terms let the planner use the partial index. */
-    [W_FIND_KEY] = "SELECT id, state = 'issued', serial, cert FROM issuance"
+    [W_FIND_KEY] = "SELECT id, state = 'issued', serial, cert, key_part FROM issuance"
                    " WHERE profile = ?1 AND principal = ?2 AND request_hash = ?3"
                    " AND fail_reason IS NULL AND superseded IS NULL",
-    [W_SUPERSEDE] = "UPDATE issuance SET superseded = ?1"
+    /* A superseded issuance is never sent again: its key part goes with it. */
+    [W_SUPERSEDE] = "UPDATE issuance SET superseded = ?1, key_part = NULL"
                     " WHERE id = ?2 AND state = 'issued' AND superseded IS NULL",
     [W_INSERT] = "INSERT INTO issuance (created, profile, principal, request_hash, serial,"
                  " subject, not_after, serverkeygen, state)"
                  " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending')",
     [W_COMPLETE] = "UPDATE issuance SET state = 'issued', completed = ?1, cert = ?2"
                    " WHERE id = ?3 AND state = 'pending'",
+    /* Apart from W_COMPLETE, so that an enrollment's completion touches no key_part index. */
+    [W_COMPLETE_KEY] = "UPDATE issuance SET state = 'issued', completed = ?1, cert = ?2,"
+                       " key_part = ?4 WHERE id = ?3 AND state = 'pending'",
     [W_FAIL] = "UPDATE issuance SET state = 'failed', completed = ?1,"
                " fail_reason = coalesce(?2, 'no reason given')"
                " WHERE id = ?3 AND state = 'pending'",
@@ -157,9 +172,12 @@ static const char *const writer_sql[W_NSTMT] = {
        the scan on audit_unlinked. */
     [W_PRUNE] = "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE intent_id IS NULL"
                 " AND time <= ?1 AND (time < ?1 OR id <= ?2) ORDER BY time, id LIMIT ?3)",
+    /* Key parts recorded at or before ?1, at most ?2 rows, found by issuance_key_part. */
+    [W_DROP_KEYS] = "UPDATE issuance SET key_part = NULL WHERE id IN (SELECT id FROM issuance"
+                    " WHERE key_part IS NOT NULL AND created <= ?1 LIMIT ?2)",
 };
 
-enum { R_FIND_SERIAL, R_COUNT_ISSUED, R_PRUNE_CUT, R_NSTMT };
+enum { R_FIND_SERIAL, R_COUNT_ISSUED, R_PRUNE_CUT, R_FIND_KEY, R_OLD_KEYS, R_NSTMT };
 
 static const char *const reader_sql[R_NSTMT] = {
     [R_FIND_SERIAL] = "SELECT cert FROM issuance WHERE serial = ?1 AND state = 'issued'",
@@ -167,9 +185,22 @@ static const char *const reader_sql[R_NSTMT] = {
     /* The newest row of no certificate past the ?1 to keep. */
     [R_PRUNE_CUT] = "SELECT time, id FROM audit WHERE intent_id IS NULL"
                     " ORDER BY time DESC, id DESC LIMIT 1 OFFSET ?1",
+    [R_FIND_KEY] = "SELECT id, state = 'issued', serial, cert, key_part FROM issuance"
+                   " WHERE profile = ?1 AND principal = ?2 AND request_hash = ?3"
+                   " AND fail_reason IS NULL AND superseded IS NULL",
+    [R_OLD_KEYS] = "SELECT EXISTS (SELECT 1 FROM issuance WHERE key_part IS NOT NULL"
+                   " AND created <= ?1)",
 };
 
-typedef enum op_kind { OP_BEGIN, OP_COMPLETE, OP_FAIL, OP_AUDIT, OP_PRAGMA, OP_PRUNE } op_kind;
+typedef enum op_kind {
+    OP_BEGIN,
+    OP_COMPLETE,
+    OP_FAIL,
+    OP_AUDIT,
+    OP_PRAGMA,
+    OP_PRUNE,
+    OP_DROP_KEYS
+} op_kind;
 
 /* One caller's operation; lives on the caller's stack until done is posted. */
 typedef struct ledger_op {
@@ -177,10 +208,12 @@ typedef struct ledger_op {
     op_kind kind;
     const eg_issue_intent *intent; /* OP_BEGIN */
     int64_t id;                    /* OP_COMPLETE, OP_FAIL; OP_PRUNE: last id at cut_time */
-    int64_t cut_time;              /* OP_PRUNE: rows up to (cut_time, id) */
-    int64_t changed;               /* OP_PRUNE: rows deleted */
+    int64_t cut_time;              /* OP_PRUNE: rows up to (cut_time, id); OP_DROP_KEYS: created */
+    int64_t changed;               /* OP_PRUNE: rows deleted; OP_DROP_KEYS: key parts cleared */
     const uint8_t *der;            /* OP_COMPLETE */
     size_t der_len;
+    const uint8_t *key_part; /* OP_COMPLETE: NULL, or serverkeygen's key part to keep */
+    size_t key_part_len;
     const char *text;            /* OP_FAIL: reason; OP_PRAGMA: name */
     const eg_audit_event *event; /* OP_AUDIT; OP_COMPLETE: NULL, or stored with it */
     eg_intent_result res;        /* OP_BEGIN */
@@ -335,12 +368,29 @@ static void flight_del(eg_ledger *lg, int64_t id)
 
 /* --- operations, run by the writer inside the batch's transaction --- */
 
-/* Finds the live (not failed) intent with in's key: 1 found, 0 none, -1 error. */
-static int find_key(eg_ledger *lg, const eg_issue_intent *in, eg_intent_result *res)
+/* A copy of column col's blob into *out (NULL for SQL NULL); 0, or -1 out of memory. */
+static int column_copy(sqlite3_stmt *st, int col, uint8_t **out, size_t *len)
 {
-    sqlite3_stmt *st = lg->st[W_FIND_KEY];
-    const void *serial, *cert;
-    size_t slen, clen;
+    const void *blob = sqlite3_column_blob(st, col);
+    size_t n = (size_t)sqlite3_column_bytes(st, col);
+
+    *out = NULL;
+    *len = 0;
+    if (blob == NULL)
+        return 0;
+    if ((*out = malloc(n)) == NULL)
+        return -1;
+    memcpy(*out, blob, n);
+    *len = n;
+    return 0;
+}
+
+/* With st (W_FIND_KEY or R_FIND_KEY), the live (not failed, not superseded) intent with in's
+   key: 1 found, 0 none, -1 error. */
+static int find_key_with(sqlite3_stmt *st, const eg_issue_intent *in, eg_intent_result *res)
+{
+    const void *serial;
+    size_t slen;
     int rc = -1, step;
 
     sqlite3_bind_text(st, 1, in->profile, -1, SQLITE_STATIC);
@@ -351,7 +401,7 @@ static int find_key(eg_ledger *lg, const eg_issue_intent *in, eg_intent_result *
         goto out;
     }
     if (step != SQLITE_ROW) {
-        log_db(lg->db, "begin_issue: find request");
+        log_db(sqlite3_db_handle(st), "find request");
         goto out;
     }
     res->id = sqlite3_column_int64(st, 0);
@@ -361,20 +411,23 @@ static int find_key(eg_ledger *lg, const eg_issue_intent *in, eg_intent_result *
     slen = (size_t)sqlite3_column_bytes(st, 2);
     res->serial_len = slen <= sizeof(res->serial) ? slen : sizeof(res->serial);
     memcpy(res->serial, serial, res->serial_len);
-    if (res->state == EG_INTENT_ISSUED) {
-        cert = sqlite3_column_blob(st, 3);
-        clen = (size_t)sqlite3_column_bytes(st, 3);
-        if ((res->cert = malloc(clen)) == NULL) {
-            fprintf(stderr, "ledger: begin_issue: out of memory\n");
-            goto out;
-        }
-        memcpy(res->cert, cert, clen);
-        res->cert_len = clen;
+    if (res->state == EG_INTENT_ISSUED &&
+        (column_copy(st, 3, &res->cert, &res->cert_len) != 0 ||
+         column_copy(st, 4, &res->key_part, &res->key_part_len) != 0)) {
+        fprintf(stderr, "ledger: find request: out of memory\n");
+        free(res->cert);
+        res->cert = NULL;
+        goto out;
     }
     rc = 1;
 out:
     stmt_clear(st);
     return rc;
+}
+
+static int find_key(eg_ledger *lg, const eg_issue_intent *in, eg_intent_result *res)
+{
+    return find_key_with(lg->st[W_FIND_KEY], in, res);
 }
 
 /* Inserts a pending intent: 0, -2 when the serial is taken, -1 on error. */
@@ -447,7 +500,9 @@ out:
 static int op_finish(eg_ledger *lg, ledger_op *op)
 {
     const char *what = op->kind == OP_COMPLETE ? "complete_issue" : "fail_issue";
-    sqlite3_stmt *st = lg->st[op->kind == OP_COMPLETE ? W_COMPLETE : W_FAIL];
+    sqlite3_stmt *st = lg->st[op->kind == OP_FAIL    ? W_FAIL
+                              : op->key_part != NULL ? W_COMPLETE_KEY
+                                                     : W_COMPLETE];
     int rc = -1;
 
     if (!flight_has(lg, op->id)) {
@@ -462,7 +517,9 @@ static int op_finish(eg_ledger *lg, ledger_op *op)
     sqlite3_bind_int64(st, 1, now());
     if (op->kind == OP_COMPLETE)
         sqlite3_bind_blob(st, 2, op->der, (int)op->der_len, SQLITE_STATIC);
-    else
+    if (op->kind == OP_COMPLETE && op->key_part != NULL)
+        sqlite3_bind_blob(st, 4, op->key_part, (int)op->key_part_len, SQLITE_STATIC);
+    else if (op->kind == OP_FAIL)
         sqlite3_bind_text(st, 2, op->text, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 3, op->id);
     if (stmt_run(st, what) != SQLITE_OK)
@@ -532,6 +589,18 @@ static int op_prune(eg_ledger *lg, ledger_op *op)
     return 0;
 }
 
+static int op_drop_keys(eg_ledger *lg, ledger_op *op)
+{
+    sqlite3_stmt *st = lg->st[W_DROP_KEYS];
+
+    sqlite3_bind_int64(st, 1, op->cut_time);
+    sqlite3_bind_int(st, 2, PRUNE_CHUNK);
+    if (stmt_run(st, "drop key parts") != SQLITE_OK)
+        return -1;
+    op->changed = sqlite3_changes(lg->db);
+    return 0;
+}
+
 static int op_exec(eg_ledger *lg, ledger_op *op)
 {
     switch (op->kind) {
@@ -551,6 +620,8 @@ static int op_exec(eg_ledger *lg, ledger_op *op)
         return op_pragma(lg, op);
     case OP_PRUNE:
         return op_prune(lg, op);
+    case OP_DROP_KEYS:
+        return op_drop_keys(lg, op);
     }
     return -1;
 }
@@ -587,6 +658,8 @@ static void abandon_batch(eg_ledger *lg, ledger_op *batch)
             flight_add(lg, op->flight_removed);
         free(op->res.cert);
         op->res.cert = NULL;
+        free(op->res.key_part);
+        op->res.key_part = NULL;
         free(op->value);
         op->value = NULL;
         op->rc = -1;
@@ -963,6 +1036,43 @@ out:
     return rc;
 }
 
+/* Clears the serverkeygen key parts recorded more than EG_LEDGER_KEY_PART_KEEP_S ago, when no
+   retry may be answered from them any more, in chunks through the writer. */
+static int drop_pass(eg_ledger *lg, uint64_t *dropped)
+{
+    ledger_op op = {.kind = OP_DROP_KEYS, .cut_time = now() - EG_LEDGER_KEY_PART_KEEP_S};
+    ledger_reader *r = reader_get(lg);
+    uint64_t total = 0;
+    int rc = -1, any = -1;
+
+    /* Looked for on a reader first: most passes find none, and then cost the writer nothing. */
+    if (r != NULL) {
+        sqlite3_bind_int64(r->st[R_OLD_KEYS], 1, op.cut_time);
+        if (sqlite3_step(r->st[R_OLD_KEYS]) == SQLITE_ROW)
+            any = sqlite3_column_int(r->st[R_OLD_KEYS], 0);
+        else
+            log_db(r->db, "drop key parts: find them");
+        stmt_clear(r->st[R_OLD_KEYS]);
+        reader_put(lg, r);
+    }
+    if (any < 0)
+        goto out;
+    while (any) {
+        op.next = NULL;
+        op.changed = 0;
+        if (submit(lg, &op) != 0)
+            goto out;
+        total += (uint64_t)op.changed;
+        if (op.changed < PRUNE_CHUNK || keeper_stopping(lg))
+            break;
+    }
+    rc = 0;
+out:
+    if (dropped != NULL)
+        *dropped = total;
+    return rc;
+}
+
 static void *keeper_main(void *arg)
 {
     eg_ledger *lg = arg;
@@ -981,6 +1091,8 @@ static void *keeper_main(void *arg)
         active = lg->keep.keep_days > 0 || lg->keep.keep_rows > 0;
         pthread_mutex_unlock(&lg->lock);
         space_check(lg);
+        /* Whatever the audit retention: keys wrapped under a pre-shared key are not kept. */
+        drop_pass(lg, NULL);
         if (active)
             prune_pass(lg, NULL);
         pthread_mutex_lock(&lg->lock);
@@ -1183,8 +1295,9 @@ out:
  * Pending serverkeygen intents at open were left by a process that stopped
  * between the intent and its certificate (we hold the lock, so none is in
  * flight). Their key was a session object in the token and went with that
- * process, and no request can match their request hash (it covers that key):
- * offered for retry, they would stay pending for ever. Failed here, with why.
+ * process, so nothing can complete them as they are. Failed here, with why,
+ * they leave the request key, and the device's retry begins a new intent
+ * with a new key.
  */
 static int fail_orphans(eg_ledger *lg)
 {
@@ -1267,6 +1380,7 @@ int eg_ledger_open(const char *path, const eg_ledger_options *opt, eg_ledger **o
         goto out;
     }
     lg->running = 1;
+    lg->keeper_kick = 1; /* a first pass at once: key parts that aged while estgated was down */
     if (pthread_create(&lg->keeper, NULL, keeper_main, lg) != 0) {
         fprintf(stderr, "ledger: open %s: cannot start the pruning thread\n", path);
         goto out;
@@ -1357,9 +1471,23 @@ int eg_ledger_complete_issue(eg_ledger *lg, int64_t id, const uint8_t *der, size
 int eg_ledger_complete_issue_audit(eg_ledger *lg, int64_t id, const uint8_t *der, size_t len,
                                    const eg_audit_event *ev)
 {
-    ledger_op op = {.kind = OP_COMPLETE, .id = id, .der = der, .der_len = len, .event = ev};
+    return eg_ledger_complete_issue_key(lg, id, der, len, NULL, 0, ev);
+}
+
+int eg_ledger_complete_issue_key(eg_ledger *lg, int64_t id, const uint8_t *der, size_t len,
+                                 const uint8_t *key_part, size_t key_part_len,
+                                 const eg_audit_event *ev)
+{
+    ledger_op op = {.kind = OP_COMPLETE,
+                    .id = id,
+                    .der = der,
+                    .der_len = len,
+                    .key_part = key_part,
+                    .key_part_len = key_part_len,
+                    .event = ev};
 
     if (lg == NULL || der == NULL || len == 0 || len > INT_MAX ||
+        (key_part != NULL && (key_part_len == 0 || key_part_len > INT_MAX)) ||
         (ev != NULL && ev->type == NULL)) {
         fprintf(stderr, "ledger: complete_issue: no certificate, or an audit event without type\n");
         return -1;
@@ -1524,6 +1652,35 @@ void eg_ledger_set_retention(eg_ledger *lg, const eg_ledger_retention *keep)
     lg->keeper_kick = 1; /* a pass now, with the new limits */
     pthread_cond_signal(&lg->keeper_wake);
     pthread_mutex_unlock(&lg->lock);
+}
+
+int eg_ledger_drop_key_parts(eg_ledger *lg, uint64_t *dropped)
+{
+    if (dropped != NULL)
+        *dropped = 0;
+    return lg != NULL ? drop_pass(lg, dropped) : -1;
+}
+
+int eg_ledger_find_issued(eg_ledger *lg, const eg_issue_intent *in, eg_intent_result *out)
+{
+    eg_intent_result res = {0};
+    ledger_reader *r = NULL;
+    int rc = -1;
+
+    if (lg == NULL || in == NULL || in->profile == NULL || in->principal == NULL || out == NULL ||
+        (r = reader_get(lg)) == NULL)
+        goto out;
+    if ((rc = find_key_with(r->st[R_FIND_KEY], in, &res)) == 1 && res.state != EG_INTENT_ISSUED)
+        rc = 0; /* pending: begin_issue decides between BUSY and RETRY */
+    if (rc == 1) {
+        *out = res;
+        memset(&res, 0, sizeof(res));
+    }
+out:
+    free(res.cert);
+    free(res.key_part);
+    reader_put(lg, r);
+    return rc;
 }
 
 int eg_ledger_prune_audit(eg_ledger *lg, uint64_t *deleted)

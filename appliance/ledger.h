@@ -24,7 +24,8 @@ typedef struct eg_ledger_options {
 /* Opens (creating and migrating as needed) the ledger at path. One process at a time: open
  * holds a lock on "<path>.lock", because a pending intent that no open ledger has in flight is
  * taken to be left by a crashed process and is offered for retry; a pending serverkeygen
- * intent is marked failed instead, since its key died with that process. */
+ * intent is marked failed instead, since its key died with that process (the same request then
+ * begins anew). */
 int eg_ledger_open(const char *path, const eg_ledger_options *opt, eg_ledger **out);
 void eg_ledger_close(eg_ledger *lg);
 
@@ -32,7 +33,7 @@ void eg_ledger_close(eg_ledger *lg);
 typedef struct eg_issue_intent {
     const char *profile;      /* profile label */
     const char *principal;    /* who asked: Basic user or client certificate fingerprint */
-    uint8_t request_hash[32]; /* SHA-256 of the request (the CSR's DER) */
+    uint8_t request_hash[32]; /* SHA-256 of the request (the CSR's DER; serverkeygen's apart) */
     const uint8_t *serial;    /* the certificate's serial: DER INTEGER content, 1-20 octets */
     size_t serial_len;
     const char *subject; /* RFC 2253 subject, for operators */
@@ -60,6 +61,10 @@ typedef struct eg_intent_result {
     int64_t id;    /* the intent's row id */
     uint8_t *cert; /* EG_INTENT_ISSUED: DER certificate; free with free() */
     size_t cert_len;
+    /* EG_INTENT_ISSUED: the serverkeygen key part stored with it (eg_ledger_complete_issue_key),
+       NULL when there was none or it has been dropped; free with free() */
+    uint8_t *key_part;
+    size_t key_part_len;
     uint8_t serial[20]; /* EG_INTENT_RETRY/ISSUED: the recorded serial */
     size_t serial_len;
 } eg_intent_result;
@@ -110,6 +115,28 @@ int eg_ledger_audit(eg_ledger *lg, const eg_audit_event *ev);
  * wait instead of two. */
 int eg_ledger_complete_issue_audit(eg_ledger *lg, int64_t id, const uint8_t *der, size_t len,
                                    const eg_audit_event *ev);
+
+/*
+ * How long a serverkeygen key part is kept after its intent was recorded: no retry is answered
+ * from it later (core.c's replay window is at most this). The keeper clears older ones at open
+ * and on each hourly pass, whatever the audit retention.
+ */
+#define EG_LEDGER_KEY_PART_KEEP_S 86400
+
+/* As eg_ledger_complete_issue_audit, and key_part (not NULL: an encrypted serverkeygen answer's
+ * key part, never a plaintext key) kept with the certificate, for a retry of the same request
+ * while it is young. */
+int eg_ledger_complete_issue_key(eg_ledger *lg, int64_t id, const uint8_t *der, size_t len,
+                                 const uint8_t *key_part, size_t key_part_len,
+                                 const eg_audit_event *ev);
+/* Looks up, without recording anything, the issued certificate of in's key (profile, principal,
+ * request_hash; the rest of in is not read): 1 found, with *out as begin_issue's
+ * EG_INTENT_ISSUED (cert and key_part to free); 0 none, or only an intent; -1 error. For a caller
+ * that would otherwise make something costly before begin_issue. */
+int eg_ledger_find_issued(eg_ledger *lg, const eg_issue_intent *in, eg_intent_result *out);
+/* Clears now, in the caller's thread, the key parts older than EG_LEDGER_KEY_PART_KEEP_S;
+ * *dropped (may be NULL) counts them. */
+int eg_ledger_drop_key_parts(eg_ledger *lg, uint64_t *dropped);
 
 /*
  * Retention of the audit rows that belong to no certificate (refusals, and failures before an
