@@ -17,7 +17,10 @@
  *                        live session objects, read at every creating call;
  *                        no file, or no number in it, means no quota.
  *                        After every change the number of live session
- *                        objects is written to EG_P11_QUOTA_FILE.live.
+ *                        objects is written to EG_P11_QUOTA_FILE.live, and
+ *                        the number of key pairs generated through this
+ *                        module (C_GenerateKeyPair calls that returned
+ *                        CKR_OK) to EG_P11_QUOTA_FILE.keypairs.
  *
  * A fault on request, for tests of a login lost in the middle of a job:
  * while EG_P11_QUOTA_FILE.logout exists, the next C_WrapKey removes it and
@@ -50,6 +53,7 @@ static struct {
     CK_OBJECT_HANDLE object;
 } live[MAX_LIVE];
 static size_t nlive;
+static unsigned long keypairs;
 
 /* The quota, or -1 for none. */
 static long quota(void)
@@ -66,21 +70,27 @@ static long quota(void)
     return n;
 }
 
-/* Writes the live count beside the quota file, atomically (rename); under lock. */
-static void report(void)
+/* Writes n to the file beside the quota file with suffix, atomically (rename); under lock. */
+static void report_one(const char *suffix, unsigned long n)
 {
     const char *path = getenv("EG_P11_QUOTA_FILE");
     char tmp[4096], dst[4096];
     FILE *f;
 
-    if (path == NULL || snprintf(dst, sizeof(dst), "%s.live", path) >= (int)sizeof(dst) ||
-        snprintf(tmp, sizeof(tmp), "%s.live.tmp", path) >= (int)sizeof(tmp))
+    if (path == NULL || snprintf(dst, sizeof(dst), "%s.%s", path, suffix) >= (int)sizeof(dst) ||
+        snprintf(tmp, sizeof(tmp), "%s.%s.tmp", path, suffix) >= (int)sizeof(tmp))
         return;
     if ((f = fopen(tmp, "w")) == NULL)
         return;
-    fprintf(f, "%zu\n", nlive);
+    fprintf(f, "%lu\n", n);
     if (fclose(f) == 0)
         rename(tmp, dst);
+}
+
+static void report(void)
+{
+    report_one("live", (unsigned long)nlive);
+    report_one("keypairs", keypairs);
 }
 
 /* CKA_TOKEN as a template says it; def when the template does not say. */
@@ -179,6 +189,7 @@ static CK_RV q_GenerateKeyPair(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_ATTRI
     if ((rv = reserve((size_t)cpub + cpriv)) != CKR_OK)
         return rv;
     if ((rv = real->C_GenerateKeyPair(s, m, pt, pn, kt, kn, pub, priv)) == CKR_OK) {
+        keypairs++;
         if (cpub)
             add(s, *pub);
         if (cpriv)
