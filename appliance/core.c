@@ -35,6 +35,8 @@
 #define EG_SUBJECT_TEXT_MAX 256
 /* At most how long a certificate is sent again to a request identical to the one it answered. */
 #define REPLAY_MAX_S 86400
+/* A serverkeygen answer is sent again from the key part the ledger keeps, so only while it does. */
+_Static_assert(REPLAY_MAX_S <= EG_LEDGER_KEY_PART_KEEP_S, "key parts must outlive the replay");
 
 typedef struct core_profile {
     eg_profile_cfg cfg; /* our own copy; users and other web-only parts left out */
@@ -615,7 +617,9 @@ typedef struct enroll {
     bool audited; /* the audit row went into the ledger with the certificate */
     eg_answer a;
     bool skg;            /* serverkeygen: the key is the token's, not the CSR's */
+    bool skg_encrypt;    /* serverkeygen: the key part is an EnvelopedData, not a plaintext key */
     eg_skg_result kg;    /* serverkeygen: the generated key */
+    bool sent_again;     /* the answer is an identical request's, from the ledger */
     bool limit_taken;    /* a slot of the profile's issue_limit is this request's... */
     char limit_key[320]; /* ...counted under this name */
     char replaces[48];   /* the serial, in hex, of a too old certificate of the same request */
@@ -856,6 +860,7 @@ static eg_audit_record audit_record(const enroll *e, const char *label)
 static int record_issued(enroll *e, const char *serial)
 {
     char detail[EG_AUDIT_DETAIL_MAX], expired[48] = "";
+    bool keep = e->skg && e->skg_encrypt && !e->kg.key_secure && e->kg.key != NULL;
     eg_audit_record rec;
     eg_audit_event ev;
 
@@ -871,7 +876,9 @@ static int record_issued(enroll *e, const char *serial)
                e->replaces[0] ? " replaces=" : "", e->replaces);
     rec = audit_record(e, NULL);
     eg_audit_event_fill(&rec, &ev, detail, sizeof(detail));
-    if (eg_ledger_complete_issue_audit(e->core->lg, e->intent_id, e->a.der, e->a.der_len, &ev) != 0)
+    /* Kept for a retry: an encrypted key part only, never a plaintext key (skg_again). */
+    if (eg_ledger_complete_issue_key(e->core->lg, e->intent_id, e->a.der, e->a.der_len,
+                                     keep ? e->kg.key : NULL, keep ? e->kg.key_len : 0, &ev) != 0)
         return -1;
     e->audited = true;
     return 0;
@@ -966,18 +973,20 @@ static void sign_and_record(enroll *e, const eg_intent_result *ir, const X509_NA
 }
 
 /*
- * The idempotency key's hash: the CSR, and for serverkeygen the generated
- * public key too, so that a repeated serverkeygen request, whose earlier key
- * is gone, gets a new certificate for its new key instead of the old one.
+ * The idempotency key's hash: the CSR as received, which holds everything that decides a
+ * serverkeygen answer's mode and recipient (its attributes, and its key when that is the
+ * recipient). serverkeygen's is told apart, so that the same CSR sent to /simpleenroll is
+ * another request: neither is answered with, or supersedes, the other's certificate.
  */
 static void request_hash(const enroll *e, uint8_t out[32])
 {
+    static const char skg_tag[] = "estgate serverkeygen";
     EVP_MD_CTX *md = EVP_MD_CTX_new();
     unsigned len = 32;
 
     if (md == NULL || EVP_DigestInit_ex(md, e->core->sha256, NULL) != 1 ||
+        (e->skg && EVP_DigestUpdate(md, skg_tag, sizeof(skg_tag)) != 1) ||
         EVP_DigestUpdate(md, e->req->csr, e->req->csr_len) != 1 ||
-        (e->skg && EVP_DigestUpdate(md, e->kg.pub.bits, e->kg.pub.len) != 1) ||
         EVP_DigestFinal_ex(md, out, &len) != 1)
         RAND_bytes(out, 32); /* never a wrong replay: at worst no replay at all */
     EVP_MD_CTX_free(md);
@@ -1011,6 +1020,36 @@ static bool replayable(const enroll *e, const uint8_t *der, size_t len)
     }
     X509_free(x);
     return ok;
+}
+
+/*
+ * The answer an identical earlier request got (ir, EG_INTENT_ISSUED), as this one's, when it may
+ * be sent again: its certificate is replayable, and for serverkeygen the request is encrypted
+ * and the ledger still keeps that answer's key part (a plaintext key is never kept, so a
+ * plaintext retry always gets a new key). true: e->a is that answer; ir's certificate is moved.
+ */
+static bool send_again(enroll *e, eg_intent_result *ir)
+{
+    char serial[48];
+
+    if (ir->cert == NULL || !replayable(e, ir->cert, ir->cert_len))
+        return false;
+    if (e->skg) {
+        if (!e->skg_encrypt || ir->key_part == NULL ||
+            (e->a.key = OPENSSL_memdup(ir->key_part, ir->key_part_len)) == NULL)
+            return false;
+        e->a.key_len = ir->key_part_len;
+        e->a.key_secure = false;
+        e->a.key_ctype = EG_SKG_CT_ENVELOPED;
+    }
+    e->intent_id = ir->id;
+    e->sent_again = true;
+    e->a.der = ir->cert;
+    e->a.der_len = ir->cert_len;
+    ir->cert = NULL;
+    hex(ir->serial, ir->serial_len, serial, sizeof(serial));
+    answer_set(&e->a, EG_OK, ok_kind(e), EG_DIM_NONE, "serial=%s (sent again)", serial);
+    return true;
 }
 
 /* Records the intent; a serial that is already taken is drawn again. supersede: see
@@ -1064,11 +1103,13 @@ static void issue(enroll *e)
         goto out;
     }
     rc = begin_intent(e, subject, &val, 0, &ir);
-    if (rc == 0 && ir.state == EG_INTENT_ISSUED && !replayable(e, ir.cert, ir.cert_len)) {
+    /* Not to be sent again: superseded by a new issuance, in the operation that begins it. */
+    if (rc == 0 && ir.state == EG_INTENT_ISSUED && !send_again(e, &ir)) {
         int64_t old = ir.id;
 
         hex(ir.serial, ir.serial_len, e->replaces, sizeof(e->replaces));
         free(ir.cert);
+        free(ir.key_part);
         ir = (eg_intent_result){0};
         rc = begin_intent(e, subject, &val, old, &ir);
     }
@@ -1082,10 +1123,14 @@ static void issue(enroll *e)
     hex(ir.serial, ir.serial_len, serial, sizeof(serial));
     switch (ir.state) {
     case EG_INTENT_ISSUED: /* an idempotent retry: the same certificate, no new signature */
-        e->a.der = ir.cert;
-        e->a.der_len = ir.cert_len;
-        ir.cert = NULL;
-        answer_set(&e->a, EG_OK, ok_kind(e), EG_DIM_NONE, "serial=%s (sent again)", serial);
+        /* Superseded, and then issued by a concurrent identical request: its answer, if it
+           can be sent again; else that request's client has it, and this one asks again. */
+        if (!e->sent_again && !send_again(e, &ir)) {
+            answer_set(&e->a, EG_UNAVAILABLE, EG_AUDIT_UNAVAILABLE, EG_DIM_NONE,
+                       "the same request was issued right now");
+            e->a.retry_after = 1;
+            e->a.reason_public = true;
+        }
         break;
     case EG_INTENT_BUSY:
         answer_set(&e->a, EG_UNAVAILABLE, EG_AUDIT_UNAVAILABLE, EG_DIM_NONE,
@@ -1106,6 +1151,7 @@ static void issue(enroll *e)
     }
 out:
     free(ir.cert);
+    free(ir.key_part);
     X509_NAME_free(subject);
 }
 
@@ -1118,21 +1164,9 @@ static void printable_label(const char *s, char *out, size_t cap)
     out[n] = '\0';
 }
 
-/* serverkeygen: the key pair in the token, before anything is recorded or signed. */
-static int generate(enroll *e)
+/* serverkeygen's refusal st (not EG_OK) with why as the answer; -1. */
+static int skg_refused(enroll *e, eg_status st, const char *why)
 {
-    char why[256];
-    eg_status st;
-
-    if (e->prof->cfg.skg_modes == 0) {
-        answer_set(&e->a, EG_FORBIDDEN, EG_AUDIT_POLICY, EG_DIM_KEY,
-                   "this profile does not offer server-side key generation");
-        return -1;
-    }
-    st = eg_skg_generate(e->core->tok, &e->core->set->caps, &e->prof->cfg, &e->prof->skg, e->csr,
-                         &e->kg, why, sizeof(why));
-    if (st == EG_OK)
-        return 0;
     answer_set(&e->a, st,
                st == EG_UNAVAILABLE ? EG_AUDIT_UNAVAILABLE
                : st == EG_INTERNAL  ? EG_AUDIT_INTERNAL
@@ -1141,6 +1175,53 @@ static int generate(enroll *e)
     if (st == EG_UNAVAILABLE)
         e->a.retry_after = 5;
     return -1;
+}
+
+/*
+ * serverkeygen, before anything is recorded or signed: the mode the request gets; for an
+ * encrypted one, the answer of an identical earlier request sent again while young, with no key
+ * made and no issue_limit slot taken; else a slot of issue_limit (a new key is a new live
+ * certificate, a plaintext retry's too), then the key pair in the token. 0: go on and issue;
+ * -1: e->a is the answer.
+ */
+static int skg_prepare(enroll *e)
+{
+    eg_issue_intent in = {
+        .profile = e->prof->cfg.name,
+        .principal = e->req->principal ? e->req->principal : "anonymous",
+    };
+    eg_intent_result ir = {0};
+    char why[256];
+    eg_status st;
+    int rc = -1;
+
+    if (e->prof->cfg.skg_modes == 0) {
+        answer_set(&e->a, EG_FORBIDDEN, EG_AUDIT_POLICY, EG_DIM_KEY,
+                   "this profile does not offer server-side key generation");
+        return -1;
+    }
+    if ((st = eg_skg_mode(&e->core->set->caps, &e->prof->cfg, &e->prof->skg, e->csr,
+                          &e->skg_encrypt, why, sizeof(why))) != EG_OK)
+        return skg_refused(e, st, why);
+    /* A lookup that fails only costs a key: begin_intent finds the request again. */
+    if (e->skg_encrypt) {
+        request_hash(e, in.request_hash);
+        if (eg_ledger_find_issued(e->core->lg, &in, &ir) == 1 && send_again(e, &ir))
+            goto out;
+    }
+    if (!limit_take(e, NULL))
+        goto out;
+    st = eg_skg_generate(e->core->tok, &e->core->set->caps, &e->prof->cfg, &e->prof->skg, e->csr,
+                         &e->kg, why, sizeof(why));
+    if (st != EG_OK) {
+        skg_refused(e, st, why);
+        goto out;
+    }
+    rc = 0;
+out:
+    free(ir.cert);
+    free(ir.key_part);
+    return rc;
 }
 
 /*
@@ -1176,10 +1257,11 @@ static int run(eg_core *core, const eg_enroll_req *req, bool skg, eg_answer *out
     if (e.prof == NULL)
         answer_set(&e.a, EG_UNKNOWN_PROFILE, EG_AUDIT_MALFORMED, EG_DIM_NONE,
                    "there is no profile \"%s\"", label);
-    /* serverkeygen never replays, so its slot is taken before the token makes a key. */
-    else if (check_request(&e) == 0 && (!skg || (limit_take(&e, NULL) && generate(&e) == 0)))
+    /* serverkeygen takes its slot before the token makes a key (skg_prepare). */
+    else if (check_request(&e) == 0 && (!skg || skg_prepare(&e) == 0))
         issue(&e);
-    if (e.limit_taken && e.a.status != EG_OK) /* nothing was issued: the slot is not spent */
+    /* Nothing new was issued: the slot is not spent. */
+    if (e.limit_taken && (e.a.status != EG_OK || e.sent_again))
         eg_limiter_give_back(core->limits, e.prof->cfg.name, e.limit_key, time(NULL));
     answer_reference(&e.a);
     rec = audit_record(&e, label);
@@ -1191,7 +1273,7 @@ static int run(eg_core *core, const eg_enroll_req *req, bool skg, eg_answer *out
     eg_csr_free(e.csr);
     if (e.a.status == EG_OK && answer_certs_only(&e.a) != 0)
         answer_set(&e.a, EG_INTERNAL, EG_AUDIT_INTERNAL, EG_DIM_NONE, "out of memory");
-    if (e.a.status == EG_OK && skg) {
+    if (e.a.status == EG_OK && skg && !e.sent_again) {
         e.a.key = e.kg.key;
         e.a.key_len = e.kg.key_len;
         e.a.key_secure = e.kg.key_secure;

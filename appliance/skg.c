@@ -827,6 +827,21 @@ out:
     return st;
 }
 
+eg_status eg_skg_mode(const eg_skg_caps *caps, const eg_profile_cfg *cfg, const eg_skg_profile *sp,
+                      const eg_csr *csr, bool *encrypt, char *why, size_t cap)
+{
+    eg_skg_protect pr = {0};
+    skg_plan pl;
+    eg_status st = EG_MALFORMED;
+
+    if (eg_skg_protect_read(eg_csr_attributes(csr), &pr, why, cap) == 0 &&
+        (st = plan(cfg, sp, caps, csr, &pr, &pl, why, cap)) == EG_OK)
+        *encrypt = pl.mode == MODE_ENCRYPT;
+    eg_skg_protect_clear(&pr);
+    ERR_clear_error();
+    return st;
+}
+
 /* ---- profile state ---- */
 
 int eg_skg_profile_load(const eg_profile_cfg *cfg, eg_skg_profile *out, char *err, size_t cap)

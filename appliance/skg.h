@@ -110,6 +110,14 @@ typedef struct eg_skg_result {
 void eg_skg_result_clear(eg_skg_result *r);
 
 /*
+ * How eg_skg_generate would return csr's key, decided as it decides it (the request's
+ * attributes, the profile, caps) without a token call: *encrypt, or plaintext. EG_OK, or the
+ * status and reason (in why) eg_skg_generate would refuse the request with.
+ */
+eg_status eg_skg_mode(const eg_skg_caps *caps, const eg_profile_cfg *cfg, const eg_skg_profile *sp,
+                      const eg_csr *csr, bool *encrypt, char *why, size_t cap);
+
+/*
  * Generates the key pair in the token for csr as profile cfg says, protects
  * it as the request asks (RFC 7030 4.4.1.1, 4.4.1.2) and destroys every
  * token object it made. EG_OK with *out filled, or another status with the
