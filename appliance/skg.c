@@ -695,6 +695,7 @@ static int envelope(const skg_job *j, const skg_plan *pl, const eg_skg_kek_cfg *
         .curve_nid = j->rkind == EG_SKG_KARI && EVP_PKEY_get_bits(j->rpub) > 256
                          ? NID_secp384r1
                          : NID_X9_62_prime256v1,
+        .kdf = EVP_PKEY_get_bits(j->rpub) > 256 ? EG_SKG_KDF_SHA384 : EG_SKG_KDF_SHA256,
         .originator_point = j->eph,
         .originator_point_len = j->eph_len,
         .encrypted_key = j->ek,

@@ -179,7 +179,7 @@ static void kari(eg_der *b, const eg_skg_recipient *r)
     eg_der_tlv(b, EG_DER_INTEGER, &version, 1);
     kari_originator(b, r);
     alg = b->len; /* no ukm: the ephemeral key is fresh for every answer */
-    if (r->curve_nid == NID_secp384r1)
+    if (r->kdf == EG_SKG_KDF_SHA384)
         OID(b, OID_ECDH_SHA384KDF);
     else
         OID(b, OID_ECDH_SHA256KDF);
@@ -215,6 +215,7 @@ static bool recipient_ok(const eg_skg_recipient *r)
         return r->kekid != NULL && r->kekid_len > 0 && (r->kek_bits == 128 || r->kek_bits == 256);
     case EG_SKG_KARI:
         return rid_ok(&r->rid) && (r->kek_bits == 128 || r->kek_bits == 256) && point > 0 &&
+               (r->kdf == EG_SKG_KDF_SHA256 || r->kdf == EG_SKG_KDF_SHA384) &&
                r->originator_point != NULL && r->originator_point_len == point &&
                r->originator_point[0] == 0x04;
     default:

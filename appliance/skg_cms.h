@@ -18,6 +18,11 @@
 
 typedef enum eg_skg_kt { EG_SKG_KT_OAEP_SHA1, EG_SKG_KT_OAEP_SHA256, EG_SKG_KT_PKCS1 } eg_skg_kt;
 typedef enum eg_skg_rkind { EG_SKG_KTRI, EG_SKG_KEKRI, EG_SKG_KARI } eg_skg_rkind;
+/* KARI's X9.63 KDF; 0 is none, so that a caller that forgets to choose is refused. */
+typedef enum eg_skg_kdf {
+    EG_SKG_KDF_SHA256 = 1, /* dhSinglePass-stdDH-sha256kdf-scheme, CKD_SHA256_KDF */
+    EG_SKG_KDF_SHA384      /* dhSinglePass-stdDH-sha384kdf-scheme, CKD_SHA384_KDF */
+} eg_skg_kdf;
 
 /*
  * How a KTRI or KARI recipient is named: [0] subjectKeyIdentifier (KARI:
@@ -37,8 +42,9 @@ typedef struct eg_skg_recipient {
     size_t kekid_len;
     unsigned kek_bits; /* KEKRI and KARI: 128 or 256, the AES key-wrap KEK size
                           (id-aes128-wrap / id-aes256-wrap) */
-    int curve_nid;     /* KARI: NID_X9_62_prime256v1 (dhSinglePass-stdDH-sha256kdf-scheme)
-                          or NID_secp384r1 (-sha384kdf-) */
+    int curve_nid;     /* KARI: NID_X9_62_prime256v1 or NID_secp384r1, for the point's size */
+    eg_skg_kdf kdf;    /* KARI: the key-agreement scheme, whatever the curve (RFC 5753 7.1.4
+                          allows either KDF with either curve) */
     const uint8_t *originator_point; /* KARI: the ephemeral public point, uncompressed
                                         (04||X||Y), i.e. CKA_EC_POINT without its
                                         OCTET STRING wrapper */

@@ -205,8 +205,8 @@ static int x963(const char *md, const uint8_t *z, size_t zlen, unsigned kek_bits
 }
 
 /* The token's KARI steps: ephemeral key, ECDH with the recipient, KDF, AES key wrap. */
-static int kari_wrap(int r, unsigned kek_bits, const piece *pc, uint8_t *point, size_t *point_len,
-                     uint8_t *out, size_t *out_len)
+static int kari_wrap(int r, eg_skg_kdf kdf, unsigned kek_bits, const piece *pc, uint8_t *point,
+                     size_t *point_len, uint8_t *out, size_t *out_len)
 {
     bool p384 = r == R_P384;
     EVP_PKEY *eph = EVP_PKEY_Q_keygen(NULL, NULL, "EC", p384 ? "P-384" : "P-256");
@@ -216,7 +216,7 @@ static int kari_wrap(int r, unsigned kek_bits, const piece *pc, uint8_t *point, 
     int ok = ctx != NULL && EVP_PKEY_derive_init(ctx) == 1 &&
              EVP_PKEY_derive_set_peer(ctx, X509_get0_pubkey(rcert[r])) == 1 &&
              EVP_PKEY_derive(ctx, z, &zlen) == 1 &&
-             x963(p384 ? "SHA384" : "SHA256", z, zlen, kek_bits, kek) == 0 &&
+             x963(kdf == EG_SKG_KDF_SHA384 ? "SHA384" : "SHA256", z, zlen, kek_bits, kek) == 0 &&
              aes_wrap(kek, kek_bits, pc, out, out_len) == 0 &&
              EVP_PKEY_get_octet_string_param(eph, OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, point, 97,
                                              point_len) == 1;
@@ -317,6 +317,7 @@ typedef struct kase {
     bool ski;          /* KTRI, KARI: name by SKI, else issuerAndSerialNumber */
     unsigned kek_bits; /* KEKRI, KARI */
     int rcpt;          /* KARI: R_P256 or R_P384 */
+    eg_skg_kdf kdf;    /* KARI */
     unsigned cek_bits;
 } kase;
 
@@ -360,9 +361,10 @@ static int make_answer(const kase *k, int content, answer *a)
         a->r.kekid_len = sizeof(a->kekid);
     }
     if (k->kind == EG_SKG_KARI) {
-        if (kari_wrap(rcpt, k->kek_bits, &a->pc, a->point, &point_len, a->ek, &ek_len) != 0)
+        if (kari_wrap(rcpt, k->kdf, k->kek_bits, &a->pc, a->point, &point_len, a->ek, &ek_len) != 0)
             return -1;
         a->r.curve_nid = rcpt == R_P384 ? NID_secp384r1 : NID_X9_62_prime256v1;
+        a->r.kdf = k->kdf;
         a->r.originator_point = a->point;
         a->r.originator_point_len = point_len;
     }
@@ -535,7 +537,12 @@ static void test_kari_p256(void)
     /* originator [0] { [1] { id-ecPublicKey (no params), BIT STRING 04... } } */
     static const uint8_t orig[] = {0xa0, 0x51, 0xa1, 0x4f, 0x30, 0x09, 0x06, 0x07, 0x2a, 0x86,
                                    0x48, 0xce, 0x3d, 0x02, 0x01, 0x03, 0x42, 0x00, 0x04};
-    kase k = {.kind = EG_SKG_KARI, .rcpt = R_P256, .kek_bits = 256, .ski = true, .cek_bits = 256};
+    kase k = {.kind = EG_SKG_KARI,
+              .rcpt = R_P256,
+              .kdf = EG_SKG_KDF_SHA256,
+              .kek_bits = 256,
+              .ski = true,
+              .cek_bits = 256};
     uint8_t rkeyid[24] = {0xa0, 0x16, 0x04, 0x14}; /* rKeyId [0] { OCTET STRING ski } */
     answer a;
     size_t len = 0;
@@ -561,7 +568,12 @@ static void test_kari_p256(void)
 
 static void test_kari_p384(void)
 {
-    kase k = {.kind = EG_SKG_KARI, .rcpt = R_P384, .kek_bits = 256, .ski = true, .cek_bits = 256};
+    kase k = {.kind = EG_SKG_KARI,
+              .rcpt = R_P384,
+              .kdf = EG_SKG_KDF_SHA384,
+              .kek_bits = 256,
+              .ski = true,
+              .cek_bits = 256};
     answer a;
     size_t len = 0;
     uint8_t *der;
@@ -573,6 +585,38 @@ static void test_kari_p384(void)
     OPENSSL_free(der);
     k.ski = false;
     run_case(&k);
+}
+
+/*
+ * The KDF the client listed, not the one that goes with the curve: a P-384
+ * recipient with sha256kdf and a P-256 one with sha384kdf name the scheme
+ * that was used, and OpenSSL, which derives by the scheme named, opens both.
+ */
+static void test_kari_kdf_is_its_own_choice(void)
+{
+    kase k = {.kind = EG_SKG_KARI,
+              .rcpt = R_P384,
+              .kdf = EG_SKG_KDF_SHA256,
+              .kek_bits = 256,
+              .ski = true,
+              .cek_bits = 256};
+    answer a;
+    size_t len = 0;
+    uint8_t *der;
+
+    run_case(&k);
+    der = built(&k, &a, &len);
+    CU_ASSERT_FATAL(der != NULL);
+    check_kari_alg(der, len, 0x01, 0x2d); /* sha256kdf on P-384 */
+    OPENSSL_free(der);
+    k.rcpt = R_P256;
+    k.kdf = EG_SKG_KDF_SHA384;
+    k.kek_bits = 128;
+    run_case(&k);
+    der = built(&k, &a, &len);
+    CU_ASSERT_FATAL(der != NULL);
+    check_kari_alg(der, len, 0x02, 0x05); /* sha384kdf on P-256, id-aes128-wrap */
+    OPENSSL_free(der);
 }
 
 static void test_aes128_cbc_content(void)
@@ -636,7 +680,12 @@ static void expect_refused(const eg_skg_envelope *env)
 
 static void test_refuses_bad_input(void)
 {
-    kase k = {.kind = EG_SKG_KARI, .rcpt = R_P256, .kek_bits = 256, .ski = true, .cek_bits = 256};
+    kase k = {.kind = EG_SKG_KARI,
+              .rcpt = R_P256,
+              .kdf = EG_SKG_KDF_SHA256,
+              .kek_bits = 256,
+              .ski = true,
+              .cek_bits = 256};
     answer a;
     eg_skg_envelope env;
     uint8_t *der = NULL;
@@ -665,6 +714,9 @@ static void test_refuses_bad_input(void)
     a.r.kek_bits = 192;
     expect_refused(&env);
     a.r.kek_bits = 256;
+    a.r.kdf = 0; /* no KDF chosen */
+    expect_refused(&env);
+    a.r.kdf = EG_SKG_KDF_SHA256;
     a.r.rid.ski = NULL; /* and no certificate either */
     expect_refused(&env);
     a.r.kind = EG_SKG_KEKRI; /* no kekid */
@@ -963,6 +1015,7 @@ static CU_TestInfo tests[] = {
     {"KEKRI AES-128 and AES-256 key wrap", test_kekri},
     {"KARI P-256, SHA-256 KDF, rKeyId and issuerAndSerialNumber", test_kari_p256},
     {"KARI P-384, SHA-384 KDF, AES-256 wrap", test_kari_p384},
+    {"KARI's KDF is its own choice, not the curve's", test_kari_kdf_is_its_own_choice},
     {"AES-128-CBC content", test_aes128_cbc_content},
     {"ECC-CMS-SharedInfo fixed vectors", test_shared_info_vectors},
     {"inconsistent envelope inputs are refused", test_refuses_bad_input},
