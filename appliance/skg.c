@@ -578,12 +578,12 @@ static eg_status plan_asym(const eg_profile_cfg *cfg, const eg_skg_caps *caps,
         snprintf(why, cap, "an EC recipient must be on P-256 or P-384");
         return EG_MALFORMED;
     }
-    if (caps->kari[bits == 384] != CKR_OK) {
+    if (caps->kari[bits == 384][bits == 384] != CKR_OK) {
         snprintf(why, cap,
                  "the token cannot agree a key with a %s recipient (CKM_ECDH1_DERIVE "
                  "with %s: %s)",
                  bits == 384 ? "P-384" : "P-256", bits == 384 ? "CKD_SHA384_KDF" : "CKD_SHA256_KDF",
-                 eg_p11_rv_name(caps->kari[bits == 384]));
+                 eg_p11_rv_name(caps->kari[bits == 384][bits == 384]));
         return EG_MALFORMED;
     }
     pl->rkind = EG_SKG_KARI;

@@ -28,12 +28,16 @@
 typedef struct eg_skg_caps {
     CK_RV keygen_ec;  /* an extractable P-256 session key pair */
     CK_RV keygen_rsa; /* an extractable RSA-2048 session key pair; CKR_OK when not probed */
-    CK_RV cbc_pad;    /* C_WrapKey(CKM_AES_CBC_PAD) of a private key: the encrypted content */
+    CK_RV cbc_pad;    /* C_WrapKey(CKM_AES_CBC_PAD) of a private key under an AES-256 key:
+                         the encrypted content, id-aes256-CBC */
+    CK_RV cbc_pad128; /* the same under an AES-128 key: id-aes128-CBC */
     CK_RV kwp;        /* C_WrapKey(CKM_AES_KEY_WRAP_PAD) of a private key */
     CK_RV import;     /* C_CreateObject of a session AES key (plaintext's throwaway key) */
     CK_RV kt[3];      /* C_WrapKey of an AES key to an RSA public key: EG_SKG_RSA_* */
     CK_RV aes_wrap;   /* C_WrapKey(CKM_AES_KEY_WRAP) of an AES key (KEKRI, KARI) */
-    CK_RV kari[2];    /* CKM_ECDH1_DERIVE with the X9.63 KDF: P-256 SHA-256, P-384 SHA-384 */
+    CK_RV kari[2][2]; /* CKM_ECDH1_DERIVE with the X9.63 KDF to an AES-256 KEK that wraps,
+                         [P-256, P-384][CKD_SHA256_KDF, CKD_SHA384_KDF] */
+    CK_RV kari128;    /* the same, P-256 and CKD_SHA256_KDF, to an AES-128 KEK: id-aes128-wrap */
     bool wraps_unextractable; /* the token wrapped a CKA_EXTRACTABLE=FALSE key (NSS) */
 } eg_skg_caps;
 

@@ -28,9 +28,9 @@ typedef struct probe {
 
 static const CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
 
-static CK_RV aes(eg_p11_call *call, bool extractable, eg_p11_temp_objs *objs, CK_OBJECT_HANDLE *h)
+static CK_RV aes(eg_p11_call *call, CK_ULONG len, bool extractable, eg_p11_temp_objs *objs,
+                 CK_OBJECT_HANDLE *h)
 {
-    CK_ULONG len = 32;
     CK_MECHANISM gen = {CKM_AES_KEY_GEN, NULL, 0};
     CK_ATTRIBUTE t[] = {{CKA_VALUE_LEN, &len, sizeof(len)},
                         {CKA_WRAP, (void *)&yes, sizeof(yes)},
@@ -76,13 +76,15 @@ static void probe_kt(eg_p11_call *call, probe *p, eg_p11_temp_objs *objs, CK_OBJ
         p->caps->kt[i] = rv != CKR_OK ? rv : wrap(call, &m[i], h, cek);
 }
 
-static CK_RV probe_kari(eg_p11_call *call, probe *p, int i, eg_p11_temp_objs *objs,
-                        CK_OBJECT_HANDLE cek)
+/* Curve i (P-256, P-384) with KDF k (SHA-256, SHA-384) to a KEK of kek_len octets that wraps cek:
+   every pair, since a client may list either KDF for either curve (RFC 5753 7.1.4). */
+static CK_RV probe_kari(eg_p11_call *call, probe *p, int i, int k, CK_ULONG kek_len,
+                        eg_p11_temp_objs *objs, CK_OBJECT_HANDLE cek)
 {
     eg_keygen_spec spec = {.type = EG_KEY_EC,
                            .curve_nid = i ? NID_secp384r1 : NID_X9_62_prime256v1};
     CK_KEY_TYPE kt = CKK_AES;
-    CK_ULONG len = 32;
+    CK_ULONG len = kek_len;
     CK_ATTRIBUTE t[] = {{CKA_KEY_TYPE, &kt, sizeof(kt)},
                         {CKA_VALUE_LEN, &len, sizeof(len)},
                         {CKA_WRAP, (void *)&yes, sizeof(yes)}};
@@ -96,9 +98,9 @@ static CK_RV probe_kari(eg_p11_call *call, probe *p, int i, eg_p11_temp_objs *ob
 
     if (p->ec_pub[i] == NULL ||
         (peer_len = EVP_PKEY_get1_encoded_public_key(p->ec_pub[i], &peer)) == 0 ||
-        eg_skg_kari_shared_info(256, &shared, &shared_len) != 0)
+        eg_skg_kari_shared_info((unsigned)kek_len * 8, &shared, &shared_len) != 0)
         goto out;
-    ecdh = (CK_ECDH1_DERIVE_PARAMS){i ? CKD_SHA384_KDF : CKD_SHA256_KDF, shared_len, shared,
+    ecdh = (CK_ECDH1_DERIVE_PARAMS){k ? CKD_SHA384_KDF : CKD_SHA256_KDF, shared_len, shared,
                                     peer_len, peer};
     if ((rv = eg_skg_temp_pair(call, &spec, CKA_DERIVE, objs, &epub, &epriv)) == CKR_OK &&
         (rv = eg_p11_temp_derive(call, &derive, epriv, t, 3, objs, &kek)) == CKR_OK)
@@ -125,25 +127,33 @@ static CK_RV probe_fn(eg_p11_call *call, void *arg)
     eg_p11_temp_init(&objs);
     memset(c, 0, sizeof(*c));
     if ((c->keygen_ec = rv = eg_skg_temp_pair(call, &ec, CKA_SIGN, &objs, &pub, &priv)) != CKR_OK ||
-        (rv = aes(call, true, &objs, &cek)) != CKR_OK)
+        (rv = aes(call, 32, true, &objs, &cek)) != CKR_OK)
         goto out;
     c->cbc_pad = wrap(call, &cbc, cek, priv);
     c->kwp = wrap(call, &kwp, cek, priv);
     c->import = import(call, &objs);
+    /* id-aes128-CBC: a client may list only that for the content. */
+    c->cbc_pad128 =
+        (rv = aes(call, 16, true, &objs, &cek)) != CKR_OK ? rv : wrap(call, &cbc, cek, priv);
     eg_p11_temp_destroy(call, &objs); /* room for the next objects */
-    if ((rv = aes(call, true, &objs, &cek)) != CKR_OK ||
-        (rv = aes(call, true, &objs, &kek)) != CKR_OK)
+    if ((rv = aes(call, 32, true, &objs, &cek)) != CKR_OK ||
+        (rv = aes(call, 32, true, &objs, &kek)) != CKR_OK)
         goto out;
     c->aes_wrap = wrap(call, &kw, kek, cek);
     probe_kt(call, p, &objs, cek);
-    c->kari[0] = probe_kari(call, p, 0, &objs, cek);
-    eg_p11_temp_destroy(call, &objs);
-    if ((rv = aes(call, true, &objs, &kek)) != CKR_OK)
-        goto out;
-    c->kari[1] = probe_kari(call, p, 1, &objs, kek);
     /* A token that wraps an unextractable key would wrap a CA key just as well. */
-    if (aes(call, false, &objs, &fixed) == CKR_OK)
+    if (aes(call, 32, false, &objs, &fixed) == CKR_OK)
         c->wraps_unextractable = wrap(call, &kw, kek, fixed) == CKR_OK;
+    eg_p11_temp_destroy(call, &objs);
+    for (int i = 0; i < 4; i++) { /* three objects each: one pair at a time */
+        if ((rv = aes(call, 32, true, &objs, &cek)) != CKR_OK)
+            goto out;
+        c->kari[i / 2][i % 2] = probe_kari(call, p, i / 2, i % 2, 32, &objs, cek);
+        eg_p11_temp_destroy(call, &objs);
+    }
+    if ((rv = aes(call, 32, true, &objs, &cek)) != CKR_OK)
+        goto out;
+    c->kari128 = probe_kari(call, p, 0, 0, 16, &objs, cek);
     eg_p11_temp_destroy(call, &objs);
     c->keygen_rsa = p->rsa ? eg_skg_temp_pair(call, &rsa, CKA_SIGN, &objs, &pub, &priv) : CKR_OK;
     rv = CKR_OK;
@@ -277,13 +287,14 @@ static void check_recipients(checker *c, const eg_skg_caps *caps, const eg_skg_p
                 "%s: token '%s' answers %s; remove it from serverkeygen_rsa", kt_label(kt),
                 c->token, eg_p11_rv_name(caps->kt[kt]));
     }
+    /* The curve's own KDF is what a request that lists none gets (docs/serverkeygen.md). */
     for (int i = 0; i < 2; i++) {
-        if (ec[i] && caps->kari[i] != CKR_OK)
+        if (ec[i] && caps->kari[i][i] != CKR_OK)
             say(c, c->p->skg_line, "serverkeygen",
                 "encrypt to %s recipients needs CKM_ECDH1_DERIVE with the X9.63 KDF (%s); "
                 "token '%s' answers %s",
                 i ? "P-384" : "P-256", i ? "CKD_SHA384_KDF" : "CKD_SHA256_KDF", c->token,
-                eg_p11_rv_name(caps->kari[i]));
+                eg_p11_rv_name(caps->kari[i][i]));
     }
 }
 
