@@ -31,7 +31,7 @@
 #include "skg.h"
 #include "skg_cms.h"
 
-#define CEK_LEN 32
+#define CEK_LEN 32 /* the plaintext mode's throwaway key */
 #define IV_LEN  16
 
 typedef enum skg_mode { MODE_PLAIN, MODE_ENCRYPT } skg_mode;
@@ -45,9 +45,14 @@ typedef struct skg_job {
     EVP_PKEY *rpub;        /* KTRI: the RSA recipient; KARI: the EC recipient */
     int kt;                /* KTRI: EG_SKG_RSA_* */
     const eg_p11_uri *kek; /* KEKRI */
+    unsigned cek_bits;     /* 128 or 256: id-aes128-CBC or id-aes256-CBC */
+    eg_skg_kdf kdf;        /* KARI */
+    unsigned kek_bits;     /* KARI: the KEK to derive; KEKRI: set to the pre-shared key's size */
+    unsigned wraps;        /* KEKRI: the EG_SKG_CAP_AES*_WRAP the client listed; 0: any */
     /* out */
     CK_OBJECT_HANDLE kek_h; /* KEKRI: the pre-shared key, found before anything is made */
     const char *kek_fault;  /* KEKRI: what is wrong with it in the token; the appliance's fault */
+    bool kek_unlisted;      /* KEKRI: its size's wrap is not among wraps; the client's fault */
     uint8_t *pub;           /* the public key's bits: EC point, or DER RSAPublicKey */
     size_t pub_len;
     uint8_t *plain; /* MODE_PLAIN: the PKCS#8, secure heap */
@@ -55,7 +60,6 @@ typedef struct skg_job {
     uint8_t iv[IV_LEN];
     uint8_t *ct, *ek, *eph; /* encrypted content, wrapped CEK, KARI ephemeral point */
     size_t ct_len, ek_len, eph_len;
-    unsigned kek_bits;
     const char *step;
 } skg_job;
 
@@ -105,10 +109,11 @@ CK_RV eg_skg_temp_pair(eg_p11_call *call, const eg_keygen_spec *spec, CK_ATTRIBU
     return rv;
 }
 
-static CK_RV make_cek(eg_p11_call *call, eg_p11_temp_objs *objs, CK_OBJECT_HANDLE *out)
+static CK_RV make_cek(eg_p11_call *call, unsigned bits, eg_p11_temp_objs *objs,
+                      CK_OBJECT_HANDLE *out)
 {
     CK_BBOOL yes = CK_TRUE;
-    CK_ULONG len = CEK_LEN;
+    CK_ULONG len = bits / 8;
     CK_MECHANISM gen = {CKM_AES_KEY_GEN, NULL, 0};
     CK_ATTRIBUTE t[] = {{CKA_VALUE_LEN, &len, sizeof(len)},
                         {CKA_WRAP, &yes, sizeof(yes)},
@@ -289,6 +294,7 @@ static CK_RV find_kek(eg_p11_call *call, skg_job *j)
 
     j->step = "finding the pre-shared key";
     j->kek_fault = NULL;
+    j->kek_unlisted = false;
     rv = eg_skg_find_secret(call, j->kek, &j->kek_h);
     if (rv == CKR_KEY_HANDLE_INVALID)
         j->kek_fault = "is not in the token (deleted or relabelled since estgated started?)";
@@ -301,6 +307,12 @@ static CK_RV find_kek(eg_p11_call *call, skg_job *j)
         return CKR_WRAPPING_KEY_SIZE_RANGE;
     }
     j->kek_bits = (unsigned)len * 8;
+    /* The wrap follows from the key's size: one the client did not list it could not undo. */
+    if (j->wraps != 0 &&
+        (j->wraps & (len == 16 ? EG_SKG_CAP_AES128_WRAP : EG_SKG_CAP_AES256_WRAP)) == 0) {
+        j->kek_unlisted = true;
+        return CKR_WRAPPING_KEY_SIZE_RANGE;
+    }
     return CKR_OK;
 }
 
@@ -316,12 +328,12 @@ static CK_RV wrap_kari(eg_p11_call *call, skg_job *j, eg_p11_temp_objs *objs, CK
 {
     CK_BBOOL yes = CK_TRUE;
     CK_KEY_TYPE aes = CKK_AES;
-    CK_ULONG kek_len = 32;
+    CK_ULONG kek_len = j->kek_bits / 8;
     CK_ATTRIBUTE t[] = {{CKA_KEY_TYPE, &aes, sizeof(aes)},
                         {CKA_VALUE_LEN, &kek_len, sizeof(kek_len)},
                         {CKA_WRAP, &yes, sizeof(yes)}};
     eg_keygen_spec spec = {.type = EG_KEY_EC};
-    bool p384 = EVP_PKEY_get_bits(j->rpub) > 256;
+    bool p384 = EVP_PKEY_get_bits(j->rpub) > 256, sha384 = j->kdf == EG_SKG_KDF_SHA384;
     uint8_t *shared = NULL, *peer = NULL;
     size_t shared_len = 0, peer_len;
     CK_ECDH1_DERIVE_PARAMS ecdh;
@@ -332,19 +344,18 @@ static CK_RV wrap_kari(eg_p11_call *call, skg_job *j, eg_p11_temp_objs *objs, CK
 
     spec.curve_nid = p384 ? NID_secp384r1 : NID_X9_62_prime256v1;
     peer_len = EVP_PKEY_get1_encoded_public_key(j->rpub, &peer);
-    if (peer_len == 0 || eg_skg_kari_shared_info(256, &shared, &shared_len) != 0)
+    if (peer_len == 0 || eg_skg_kari_shared_info(j->kek_bits, &shared, &shared_len) != 0)
         goto out;
     j->step = "C_GenerateKeyPair (ephemeral ECDH key)";
     if ((rv = eg_skg_temp_pair(call, &spec, CKA_DERIVE, objs, &epub, &epriv)) != CKR_OK ||
         (rv = eg_p11_ec_point(call, epub, &j->eph, &j->eph_len)) != CKR_OK)
         goto out;
-    ecdh = (CK_ECDH1_DERIVE_PARAMS){p384 ? CKD_SHA384_KDF : CKD_SHA256_KDF, shared_len, shared,
+    ecdh = (CK_ECDH1_DERIVE_PARAMS){sha384 ? CKD_SHA384_KDF : CKD_SHA256_KDF, shared_len, shared,
                                     peer_len, peer};
-    j->step = p384 ? "C_DeriveKey (CKM_ECDH1_DERIVE, CKD_SHA384_KDF)"
-                   : "C_DeriveKey (CKM_ECDH1_DERIVE, CKD_SHA256_KDF)";
+    j->step = sha384 ? "C_DeriveKey (CKM_ECDH1_DERIVE, CKD_SHA384_KDF)"
+                     : "C_DeriveKey (CKM_ECDH1_DERIVE, CKD_SHA256_KDF)";
     if ((rv = eg_p11_temp_derive(call, &derive, epriv, t, 3, objs, &kek)) != CKR_OK)
         goto out;
-    j->kek_bits = 256;
     j->step = "C_WrapKey (CKM_AES_KEY_WRAP, agreed key)";
     rv = eg_p11_wrap_alloc(call, &wrap, kek, cek, &j->ek, &j->ek_len);
 out:
@@ -362,7 +373,7 @@ static CK_RV encrypt_key(eg_p11_call *call, skg_job *j, eg_p11_temp_objs *objs,
     CK_RV rv;
 
     j->step = "C_GenerateKey (content-encryption key)";
-    if ((rv = make_cek(call, objs, &cek)) != CKR_OK)
+    if ((rv = make_cek(call, j->cek_bits, objs, &cek)) != CKR_OK)
         return rv;
     j->step = "C_GenerateRandom";
     if ((rv = eg_p11_generate_random(call, j->iv, IV_LEN)) != CKR_OK)
@@ -509,6 +520,11 @@ typedef struct skg_plan {
     int kt;
     const eg_skg_kek_cfg *kek;
     const eg_p11_uri *kek_uri;
+    unsigned cek_bits;      /* the content cipher: 128 or 256 */
+    eg_skg_kdf kdf;         /* KARI */
+    unsigned kari_kek_bits; /* KARI: the agreed KEK, and so its wrap: 128 or 256 */
+    unsigned wraps;         /* KEKRI: the wraps the client listed (0: none), checked against the
+                               pre-shared key's size once the token has said it */
 } skg_plan;
 
 static const char *kt_name(int kt)
@@ -518,23 +534,181 @@ static const char *kt_name(int kt)
                                         : "pkcs1";
 }
 
-/* The first of the profile's key-transport algorithms the token and the client both do. */
+#define KT_CAPS   (EG_SKG_CAP_OAEP_SHA1 | EG_SKG_CAP_OAEP_SHA256 | EG_SKG_CAP_PKCS1)
+#define KA_CAPS   (EG_SKG_CAP_ECDH_SHA256 | EG_SKG_CAP_ECDH_SHA384)
+#define WRAP_CAPS (EG_SKG_CAP_AES128_WRAP | EG_SKG_CAP_AES256_WRAP)
+#define CBC_CAPS  (EG_SKG_CAP_AES128_CBC | EG_SKG_CAP_AES256_CBC)
+
+/*
+ * RFC 8551 2.5.2: the algorithms of one kind (its EG_SKG_CAP_* bits) that the
+ * client listed; dflt, what a client that says nothing gets, when it listed
+ * none of that kind (or sent no SMIMECapabilities).
+ */
+static unsigned listed(const eg_skg_protect *pr, unsigned kind, unsigned dflt)
+{
+    unsigned l = pr->has_caps ? pr->caps & kind : 0;
+
+    return l != 0 ? l : dflt;
+}
+
+/* The key-transport algorithms the profile allows and the token does, as EG_SKG_CAP_* bits. */
+static unsigned kt_can(const eg_profile_cfg *cfg, const eg_skg_caps *caps)
+{
+    static const unsigned cap_bit[] = {EG_SKG_CAP_OAEP_SHA1, EG_SKG_CAP_OAEP_SHA256,
+                                       EG_SKG_CAP_PKCS1};
+    unsigned can = 0;
+
+    for (size_t i = 0; i < cfg->nskg_rsa; i++)
+        if (caps->kt[cfg->skg_rsa[i]] == CKR_OK)
+            can |= cap_bit[cfg->skg_rsa[i]];
+    return can;
+}
+
+/*
+ * The first of the profile's key-transport algorithms the token and the client both do; a
+ * client that lists none (only a content cipher, say) leaves it to the profile's order.
+ */
 static int choose_kt(const eg_profile_cfg *cfg, const eg_skg_caps *caps, const eg_skg_protect *pr)
 {
     static const unsigned cap_bit[] = {EG_SKG_CAP_OAEP_SHA1, EG_SKG_CAP_OAEP_SHA256,
                                        EG_SKG_CAP_PKCS1};
+    unsigned asked = listed(pr, KT_CAPS, KT_CAPS);
 
     for (size_t i = 0; i < cfg->nskg_rsa; i++) {
         int kt = cfg->skg_rsa[i];
 
-        if (caps->kt[kt] == CKR_OK && (!pr->has_caps || (pr->caps & cap_bit[kt]) != 0))
+        if (caps->kt[kt] == CKR_OK && (asked & cap_bit[kt]) != 0)
             return kt;
     }
     return -1;
 }
 
-#define KT_CAPS (EG_SKG_CAP_OAEP_SHA1 | EG_SKG_CAP_OAEP_SHA256 | EG_SKG_CAP_PKCS1)
-#define KA_CAPS (EG_SKG_CAP_ECDH_SHA256 | EG_SKG_CAP_ECDH_SHA384)
+static const char *cap_name(unsigned bit)
+{
+    switch (bit) {
+    case EG_SKG_CAP_OAEP_SHA1:
+        return "id-RSAES-OAEP (SHA-1)";
+    case EG_SKG_CAP_OAEP_SHA256:
+        return "id-RSAES-OAEP (SHA-256)";
+    case EG_SKG_CAP_PKCS1:
+        return "rsaEncryption";
+    case EG_SKG_CAP_AES128_WRAP:
+        return "id-aes128-wrap";
+    case EG_SKG_CAP_AES256_WRAP:
+        return "id-aes256-wrap";
+    case EG_SKG_CAP_AES128_CBC:
+        return "id-aes128-CBC";
+    case EG_SKG_CAP_AES256_CBC:
+        return "id-aes256-CBC";
+    case EG_SKG_CAP_ECDH_SHA256:
+        return "dhSinglePass-stdDH-sha256kdf-scheme";
+    case EG_SKG_CAP_ECDH_SHA384:
+        return "dhSinglePass-stdDH-sha384kdf-scheme";
+    default:
+        return "?";
+    }
+}
+
+/* The names of bits' capabilities, ", " between them, in buf; "none" for none. */
+static const char *cap_names(unsigned bits, char *buf, size_t cap)
+{
+    size_t n = 0;
+
+    snprintf(buf, cap, "none");
+    for (unsigned b = 1; b != 0 && b <= bits; b <<= 1)
+        if ((bits & b) != 0 && n < cap)
+            n += (size_t)snprintf(buf + n, cap - n, "%s%s", n ? ", " : "", cap_name(b));
+    return buf;
+}
+
+/*
+ * A refusal for algorithms of one kind (what: "key agreement") that the client
+ * listed and the token cannot do here: what it listed, what estgate can do
+ * instead for this recipient (can), and the token's answer (detail).
+ */
+static eg_status cannot(char *why, size_t cap, const char *what, unsigned asked, unsigned can,
+                        const char *detail)
+{
+    char a[80], c[80];
+
+    snprintf(why, cap,
+             "the request's SMIMECapabilities list only %s for %s; for this recipient estgate "
+             "can do %s%s (%s)",
+             cap_names(asked, a, sizeof(a)), what, cap_names(can, c, sizeof(c)),
+             can != 0 ? ": list it" : "", detail);
+    return EG_MALFORMED;
+}
+
+/*
+ * KARI's KDF and key wrap, among those the client listed that the token did
+ * for this curve; the curve's own KDF and id-aes256-wrap first, as before
+ * there was a choice (and for a client that lists none).
+ */
+static eg_status choose_kari(const eg_skg_caps *caps, const eg_skg_protect *pr, int curve,
+                             skg_plan *pl, char *why, size_t cap)
+{
+    static const unsigned kdf_bit[2] = {EG_SKG_CAP_ECDH_SHA256, EG_SKG_CAP_ECDH_SHA384};
+    static const char *const kdf_ck[2] = {"CKD_SHA256_KDF", "CKD_SHA384_KDF"};
+    unsigned asked = listed(pr, KA_CAPS, kdf_bit[curve]), can = 0;
+    int k = -1;
+    char detail[96];
+
+    for (int i = 0; i < 2; i++)
+        if (caps->kari[curve][i] == CKR_OK)
+            can |= kdf_bit[i];
+    if ((asked & can & kdf_bit[curve]) != 0)
+        k = curve;
+    else if ((asked & can & kdf_bit[!curve]) != 0)
+        k = !curve;
+    if (k < 0 && (!pr->has_caps || (pr->caps & KA_CAPS) == 0)) {
+        snprintf(why, cap,
+                 "the token cannot agree a key with a %s recipient (CKM_ECDH1_DERIVE with %s: %s)",
+                 curve ? "P-384" : "P-256", kdf_ck[curve],
+                 eg_p11_rv_name(caps->kari[curve][curve]));
+        return EG_MALFORMED;
+    }
+    if (k < 0) {
+        int shown = (asked & kdf_bit[curve]) != 0 ? curve : !curve;
+
+        snprintf(detail, sizeof(detail), "%s on %s: %s", kdf_ck[shown], curve ? "P-384" : "P-256",
+                 eg_p11_rv_name(caps->kari[curve][shown]));
+        return cannot(why, cap, "key agreement", asked, can, detail);
+    }
+    pl->kdf = k ? EG_SKG_KDF_SHA384 : EG_SKG_KDF_SHA256;
+    asked = listed(pr, WRAP_CAPS, EG_SKG_CAP_AES256_WRAP);
+    can = EG_SKG_CAP_AES256_WRAP | (caps->kari128 == CKR_OK ? EG_SKG_CAP_AES128_WRAP : 0);
+    if ((asked & EG_SKG_CAP_AES256_WRAP) != 0) {
+        pl->kari_kek_bits = 256;
+    } else if ((can & EG_SKG_CAP_AES128_WRAP) != 0) {
+        pl->kari_kek_bits = 128;
+    } else {
+        snprintf(detail, sizeof(detail), "an AES-128 KEK by CKM_ECDH1_DERIVE: %s",
+                 eg_p11_rv_name(caps->kari128));
+        return cannot(why, cap, "key wrap", asked, can, detail);
+    }
+    return EG_OK;
+}
+
+/* The content cipher, among those the client listed: id-aes256-CBC first. */
+static eg_status choose_content(const eg_skg_caps *caps, const eg_skg_protect *pr, skg_plan *pl,
+                                char *why, size_t cap)
+{
+    unsigned asked = listed(pr, CBC_CAPS, EG_SKG_CAP_AES256_CBC);
+    char detail[96];
+
+    /* AES-256 with CKM_AES_CBC_PAD was probed at start: encrypt is refused without it. */
+    if ((asked & EG_SKG_CAP_AES256_CBC) != 0) {
+        pl->cek_bits = 256;
+    } else if (caps->cbc_pad128 == CKR_OK) {
+        pl->cek_bits = 128;
+    } else {
+        snprintf(detail, sizeof(detail), "CKM_AES_CBC_PAD under an AES-128 key: %s",
+                 eg_p11_rv_name(caps->cbc_pad128));
+        return cannot(why, cap, "content encryption", asked,
+                      caps->cbc_pad == CKR_OK ? EG_SKG_CAP_AES256_CBC : 0, detail);
+    }
+    return EG_OK;
+}
 
 /* An RSA or EC recipient key: the kind, the algorithm, and whether the token can serve it. */
 static eg_status plan_asym(const eg_profile_cfg *cfg, const eg_skg_caps *caps,
@@ -555,12 +729,9 @@ static eg_status plan_asym(const eg_profile_cfg *cfg, const eg_skg_caps *caps,
                      "the request's SMIMECapabilities ask for");
             return EG_MALFORMED;
         }
-        if ((pl->kt = choose_kt(cfg, caps, pr)) < 0) {
-            snprintf(why, cap,
-                     "no RSA key-transport algorithm is both allowed here "
-                     "(serverkeygen_rsa), done by the token and listed by the client");
-            return EG_MALFORMED;
-        }
+        if ((pl->kt = choose_kt(cfg, caps, pr)) < 0)
+            return cannot(why, cap, "key transport", listed(pr, KT_CAPS, KT_CAPS),
+                          kt_can(cfg, caps), "serverkeygen_rsa, done by the token");
         pl->rkind = EG_SKG_KTRI;
         return EG_OK;
     }
@@ -578,22 +749,14 @@ static eg_status plan_asym(const eg_profile_cfg *cfg, const eg_skg_caps *caps,
         snprintf(why, cap, "an EC recipient must be on P-256 or P-384");
         return EG_MALFORMED;
     }
-    if (caps->kari[bits == 384][bits == 384] != CKR_OK) {
-        snprintf(why, cap,
-                 "the token cannot agree a key with a %s recipient (CKM_ECDH1_DERIVE "
-                 "with %s: %s)",
-                 bits == 384 ? "P-384" : "P-256", bits == 384 ? "CKD_SHA384_KDF" : "CKD_SHA256_KDF",
-                 eg_p11_rv_name(caps->kari[bits == 384][bits == 384]));
-        return EG_MALFORMED;
-    }
     pl->rkind = EG_SKG_KARI;
-    return EG_OK;
+    return choose_kari(caps, pr, bits == 384, pl, why, cap);
 }
 
 /* RFC 7030 4.4.1.1/4.4.1.2: the recipient the request names, or the CSR's own key. */
-static eg_status plan(const eg_profile_cfg *cfg, const eg_skg_profile *sp, const eg_skg_caps *caps,
-                      const eg_csr *csr, const eg_skg_protect *pr, skg_plan *pl, char *why,
-                      size_t cap)
+static eg_status plan_recipient(const eg_profile_cfg *cfg, const eg_skg_profile *sp,
+                                const eg_skg_caps *caps, const eg_csr *csr,
+                                const eg_skg_protect *pr, skg_plan *pl, char *why, size_t cap)
 {
     bool named = pr->decrypt_kid != NULL || pr->asym_kid != NULL;
     bool asks = named || (pr->has_caps && (pr->caps & (KT_CAPS | KA_CAPS)) != 0);
@@ -623,6 +786,7 @@ static eg_status plan(const eg_profile_cfg *cfg, const eg_skg_profile *sp, const
             return EG_MALFORMED;
         }
         pl->rkind = EG_SKG_KEKRI;
+        pl->wraps = pr->has_caps ? pr->caps & WRAP_CAPS : 0;
         return EG_OK;
     }
     if (pr->asym_kid != NULL) {
@@ -682,6 +846,22 @@ static eg_status plan(const eg_profile_cfg *cfg, const eg_skg_profile *sp, const
     return plan_asym(cfg, caps, pr, pl, why, cap);
 }
 
+/*
+ * The recipient and every algorithm, before the token makes anything: RFC 8551
+ * 2.5.2 (RFC 7030 4.4.2), among those the client listed in SMIMECapabilities
+ * that the token can do, or estgate's default for a kind it listed none of.
+ */
+static eg_status plan(const eg_profile_cfg *cfg, const eg_skg_profile *sp, const eg_skg_caps *caps,
+                      const eg_csr *csr, const eg_skg_protect *pr, skg_plan *pl, char *why,
+                      size_t cap)
+{
+    eg_status st = plan_recipient(cfg, sp, caps, csr, pr, pl, why, cap);
+
+    if (st != EG_OK || pl->mode != MODE_ENCRYPT)
+        return st;
+    return choose_content(caps, pr, pl, why, cap);
+}
+
 static int envelope(const skg_job *j, const skg_plan *pl, const eg_skg_kek_cfg *kek,
                     eg_skg_result *out)
 {
@@ -695,7 +875,7 @@ static int envelope(const skg_job *j, const skg_plan *pl, const eg_skg_kek_cfg *
         .curve_nid = j->rkind == EG_SKG_KARI && EVP_PKEY_get_bits(j->rpub) > 256
                          ? NID_secp384r1
                          : NID_X9_62_prime256v1,
-        .kdf = EVP_PKEY_get_bits(j->rpub) > 256 ? EG_SKG_KDF_SHA384 : EG_SKG_KDF_SHA256,
+        .kdf = j->kdf,
         .originator_point = j->eph,
         .originator_point_len = j->eph_len,
         .encrypted_key = j->ek,
@@ -703,7 +883,7 @@ static int envelope(const skg_job *j, const skg_plan *pl, const eg_skg_kek_cfg *
     };
     eg_skg_envelope env = {
         .recipient = &r,
-        .cek_bits = CEK_LEN * 8,
+        .cek_bits = j->cek_bits,
         .iv = j->iv,
         .ciphertext = j->ct,
         .ciphertext_len = j->ct_len,
@@ -724,15 +904,18 @@ static void describe(const skg_job *j, const skg_plan *pl, eg_skg_result *out)
     if (pl->mode == MODE_PLAIN)
         snprintf(out->what, sizeof(out->what), "key=%s mode=plaintext", key);
     else if (pl->rkind == EG_SKG_KEKRI)
-        snprintf(out->what, sizeof(out->what), "key=%s mode=encrypt recipient=kek-%u", key,
-                 j->kek_bits);
+        snprintf(out->what, sizeof(out->what), "key=%s mode=encrypt recipient=kek-%u content=aes%u",
+                 key, j->kek_bits, j->cek_bits);
     else if (pl->rkind == EG_SKG_KTRI)
-        snprintf(out->what, sizeof(out->what), "key=%s mode=encrypt recipient=rsa-%s%s", key,
-                 kt_name(j->kt), pl->rcert == NULL ? " (csr key)" : "");
-    else
-        snprintf(out->what, sizeof(out->what), "key=%s mode=encrypt recipient=ecdh-%s%s", key,
+        snprintf(out->what, sizeof(out->what),
+                 "key=%s mode=encrypt recipient=rsa-%s%s content=aes%u", key, kt_name(j->kt),
+                 pl->rcert == NULL ? " (csr key)" : "", j->cek_bits);
+    else /* the chosen algorithms, since the client may have asked for other than the default */
+        snprintf(out->what, sizeof(out->what),
+                 "key=%s mode=encrypt recipient=ecdh-%s%s kdf=sha%d wrap=aes%u content=aes%u", key,
                  EVP_PKEY_get_bits(pl->rpub) > 256 ? "P-384" : "P-256",
-                 pl->rcert == NULL ? " (csr key)" : "");
+                 pl->rcert == NULL ? " (csr key)" : "", j->kdf == EG_SKG_KDF_SHA384 ? 384 : 256,
+                 j->kek_bits, j->cek_bits);
 }
 
 /* Token answers that say the request cannot be served as asked, not that the token is down. */
@@ -778,7 +961,24 @@ eg_status eg_skg_generate(eg_token *tok, const eg_skg_caps *caps, const eg_profi
     j.rpub = pl.rpub;
     j.kt = pl.kt;
     j.kek = pl.kek_uri;
-    if ((rv = eg_token_run_keygen(tok, &j.spec, job_fn, &j)) != CKR_OK && j.kek_fault != NULL) {
+    j.cek_bits = pl.cek_bits;
+    j.kdf = pl.kdf;
+    j.kek_bits = pl.kari_kek_bits;
+    j.wraps = pl.wraps;
+    rv = eg_token_run_keygen(tok, &j.spec, job_fn, &j);
+    if (rv != CKR_OK && j.kek_unlisted) {
+        char a[80];
+
+        snprintf(why, cap,
+                 "the request's SMIMECapabilities list only %s for key wrap; the pre-shared key "
+                 "its DecryptKeyIdentifier names is AES-%u, which wraps with id-aes%u-wrap only: "
+                 "list that, or name an AES-%u key",
+                 cap_names(pl.wraps, a, sizeof(a)), j.kek_bits, j.kek_bits,
+                 j.kek_bits == 128 ? 256 : 128);
+        st = EG_MALFORMED;
+        goto out;
+    }
+    if (rv != CKR_OK && j.kek_fault != NULL) {
         snprintf(why, cap,
                  "serverkeygen_kek %s %s: import it again (estgate-provision kek import) "
                  "or remove the line and reload",

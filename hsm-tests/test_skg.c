@@ -41,11 +41,13 @@
 #include "procmem.h"
 #include "token_harness.h"
 
-#define KEK_ID "0a1b2c3d"
+#define KEK_ID    "0a1b2c3d"
+#define KEK128_ID "0a1b2c3e" /* an AES-128 pre-shared key beside the AES-256 one */
 
 static eg_th_kind kind;
 static eg_th *th;
-static char dir[EG_FX_DIR_MAX], ini[PATH_MAX], ca[PATH_MAX], daemon_log[PATH_MAX], kek_hex[65];
+static char dir[EG_FX_DIR_MAX], ini[PATH_MAX], ca[PATH_MAX], daemon_log[PATH_MAX], kek_hex[65],
+    kek128_hex[65];
 static char pass[PATH_MAX], user[64]; /* Basic: the password file, and "alice:PASSWORD" */
 static unsigned port;
 static pid_t daemon_pid;
@@ -107,10 +109,13 @@ static int recipients(void)
     return fclose(f) == 0 ? 0 : -1;
 }
 
-/* The pre-shared AES-256 key: a file for the device side, and the token's copy. */
+/* The pre-shared AES-256 and AES-128 keys: a file for the device side, and the token's copy. */
 static int kek(void)
 {
-    return eg_fx_kek_import(th, "kek-fleet", KEK_ID, kek_hex, res);
+    return eg_fx_kek_import(th, "kek-fleet", KEK_ID, kek_hex, res) == 0 &&
+                   eg_fx_kek_import_bits(th, "kek-128", KEK128_ID, 128, kek128_hex, res) == 0
+               ? 0
+               : -1;
 }
 
 static const char *uri_label(void)
@@ -146,9 +151,10 @@ static int write_config(bool skg)
         snprintf(extra, sizeof(extra),
                  "serverkeygen_recipients = recipients.pem\n"
                  "serverkeygen_kek = " KEK_ID " pkcs11:token=%s;object=kek-fleet\n"
+                 "serverkeygen_kek = " KEK128_ID " pkcs11:token=%s;object=kek-128\n"
                  "serverkeygen_csr_key = yes\n"
                  "serverkeygen_rsa = oaep-sha256, oaep-sha1, pkcs1\n",
-                 uri_label());
+                 uri_label(), uri_label());
     /* NSS's daemon makes one call at a time though its module could take more: the setting. */
     n = eg_fx_ini_head(th, "", kind == EG_TH_NSS ? "calls = serial\n" : "", text, sizeof(text));
     m = n < 0 ? -1
@@ -761,16 +767,33 @@ static size_t ski_of(const char *name, unsigned char *out)
     return n;
 }
 
-/* SMIMECapabilities DER listing oids (each a capability without parameters). */
+/* id-RSAES-OAEP with SHA-256 and MGF1-SHA-256 (RFC 4055 4.1), a whole SMIMECapability. */
+#define CAP_OAEP_SHA256 "oaep-sha256"
+static const unsigned char oaep_sha256[] = {
+    0x30, 0x38, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x07, 0x30, 0x2b,
+    0xa0, 0x0d, 0x30, 0x0b, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01,
+    0xa1, 0x1a, 0x30, 0x18, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x08,
+    0x30, 0x0b, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01};
+
+/* SMIMECapabilities DER listing oids (each a capability without parameters, or
+   CAP_OAEP_SHA256). At most 127 octets inside. */
 static size_t smime_caps(const char *const *oids, size_t n, unsigned char *out)
 {
     unsigned char inner[256];
     size_t o = 0;
 
     for (size_t i = 0; i < n; i++) {
-        ASN1_OBJECT *obj = OBJ_txt2obj(oids[i], 1);
+        ASN1_OBJECT *obj;
         unsigned char *p = inner + o + 2;
-        int len = i2d_ASN1_OBJECT(obj, &p);
+        int len;
+
+        if (strcmp(oids[i], CAP_OAEP_SHA256) == 0) {
+            memcpy(inner + o, oaep_sha256, sizeof(oaep_sha256));
+            o += sizeof(oaep_sha256);
+            continue;
+        }
+        obj = OBJ_txt2obj(oids[i], 1);
+        len = i2d_ASN1_OBJECT(obj, &p);
 
         inner[o] = 0x30;
         inner[o + 1] = (unsigned char)len;
@@ -789,6 +812,10 @@ static size_t smime_caps(const char *const *oids, size_t n, unsigned char *out)
 #define OID_OAEP        "1.2.840.113549.1.1.7"
 #define OID_RSA         "1.2.840.113549.1.1.1"
 #define OID_ECDH_SHA256 "1.3.132.1.11.1"
+#define OID_ECDH_SHA384 "1.3.132.1.11.2"
+#define OID_AES128_CBC  "2.16.840.1.101.3.4.1.2"
+#define OID_AES128_WRAP "2.16.840.1.101.3.4.1.5"
+#define OID_AES256_WRAP "2.16.840.1.101.3.4.1.45"
 
 /* `openssl cms -decrypt` of the key part with extra arguments; the recovered PKCS#8 file. */
 static int cms_decrypt(const answer *a, const char *out, ...)
@@ -819,19 +846,36 @@ static int cms_decrypt(const answer *a, const char *out, ...)
 
 typedef struct enc_case {
     const char *what;
-    const char *key_alg; /* the CSR's own key */
-    const char *rcpt;    /* recipient certificate by SKI; NULL: none */
-    bool kek;            /* DecryptKeyIdentifier */
-    const char *caps[3]; /* SMIMECapabilities OIDs, NULL-terminated; none: no attribute */
-    const char *inkey;   /* for cms -decrypt: recipient key file name (without .key);
-                            "csr": the CSR's own key */
-    const char *want;    /* expected in the audit line: recipient=... */
-    const char *gen;     /* the key expected back: "P-256" or "RSA" */
+    const char *key_alg;  /* the CSR's own key */
+    const char *rcpt;     /* recipient certificate by SKI; NULL: none */
+    bool kek;             /* DecryptKeyIdentifier */
+    const char *caps[3];  /* SMIMECapabilities OIDs, NULL-terminated; none: no attribute */
+    const char *inkey;    /* for cms -decrypt: recipient key file name (without .key);
+                             "csr": the CSR's own key */
+    const char *want;     /* expected in the audit line: recipient=... */
+    const char *gen;      /* the key expected back: "P-256" or "RSA" */
+    bool kek128;          /* with kek: the AES-128 pre-shared key */
+    const char *print[4]; /* in `openssl cms -cmsout -print` of the answer: the algorithms */
 } enc_case;
+
+/* The answer's structure as openssl prints it has every one of want. */
+static void check_print(const answer *a, const char *what, const char *const *want, size_t n)
+{
+    char in[PATH_MAX];
+
+    CU_ASSERT_EQUAL_FATAL(eg_file_write(tpath(in, "key-part.der"), a->key, a->key_len, 0600), 0);
+    CU_ASSERT_EQUAL(cmd("openssl", "cms", "-cmsout", "-print", "-inform", "DER", "-in", in, NULL),
+                    0);
+    for (size_t i = 0; i < n && want[i] != NULL; i++) {
+        CU_ASSERT_PTR_NOT_NULL(strstr(res->out, want[i]));
+        if (strstr(res->out, want[i]) == NULL)
+            fprintf(stderr, "%s: no '%s' in the answer's structure\n", what, want[i]);
+    }
+}
 
 static void encrypted(const enc_case *c)
 {
-    unsigned char ski[64], capder[128], kid[4] = {0x0a, 0x1b, 0x2c, 0x3d}, *csr;
+    unsigned char ski[64], capder[128], kid[4] = {0x0a, 0x1b, 0x2c, c->kek128 ? 0x3e : 0x3d}, *csr;
     attr at[2];
     size_t n = 0, len, ncaps = 0;
     char p8[PATH_MAX], inkey[PATH_MAX];
@@ -862,9 +906,11 @@ static void encrypted(const enc_case *c)
         snprintf(want, sizeof(want), "recipient=%s", c->want);
         CU_ASSERT(log != NULL && strstr(log, want) != NULL);
         free(log);
+        check_print(&a, c->what, c->print, 4);
         if (c->kek)
-            CU_ASSERT_EQUAL(cms_decrypt(&a, tpath(p8, "key.p8"), "-secretkey", kek_hex,
-                                        "-secretkeyid", KEK_ID, NULL),
+            CU_ASSERT_EQUAL(cms_decrypt(&a, tpath(p8, "key.p8"), "-secretkey",
+                                        c->kek128 ? kek128_hex : kek_hex, "-secretkeyid",
+                                        c->kek128 ? KEK128_ID : KEK_ID, NULL),
                             0)
         else
             CU_ASSERT_EQUAL(cms_decrypt(&a, tpath(p8, "key.p8"), "-inkey", inkey, NULL), 0);
@@ -879,6 +925,7 @@ static void encrypted(const enc_case *c)
 
 static void test_encrypted_to_every_recipient_kind(void)
 {
+    /* Without SMIMECapabilities, the defaults: AES-256-CBC, the curve's own KDF, AES-256 wrap. */
     static const enc_case cases[] = {
         {"ktri oaep-sha256",
          "P-256",
@@ -886,8 +933,10 @@ static void test_encrypted_to_every_recipient_kind(void)
          false,
          {NULL},
          "rcpt-rsa",
-         "rsa-oaep-sha256",
-         "P-256"},
+         "rsa-oaep-sha256 content=aes256",
+         "P-256",
+         false,
+         {"rsaesOaep", "aes-256-cbc"}},
         {"ktri oaep-sha1",
          "P-256",
          "rcpt-rsa",
@@ -895,12 +944,59 @@ static void test_encrypted_to_every_recipient_kind(void)
          {OID_OAEP},
          "rcpt-rsa",
          "rsa-oaep-sha1",
-         "P-256"},
-        {"ktri pkcs1", "P-256", "rcpt-rsa", false, {OID_RSA}, "rcpt-rsa", "rsa-pkcs1", "P-256"},
-        {"kekri aes-256", "P-256", NULL, true, {NULL}, NULL, "kek-256", "P-256"},
-        {"kekri, an RSA key generated", "RSA", NULL, true, {NULL}, NULL, "kek-256", "RSA"},
-        {"kari P-256", "P-256", "rcpt-p256", false, {NULL}, "rcpt-p256", "ecdh-P-256", "P-256"},
-        {"kari P-384", "P-256", "rcpt-p384", false, {NULL}, "rcpt-p384", "ecdh-P-384", "P-256"},
+         "P-256",
+         false,
+         {"rsaesOaep"}},
+        {"ktri pkcs1",
+         "P-256",
+         "rcpt-rsa",
+         false,
+         {OID_RSA},
+         "rcpt-rsa",
+         "rsa-pkcs1",
+         "P-256",
+         false,
+         {"rsaEncryption"}},
+        {"kekri aes-256",
+         "P-256",
+         NULL,
+         true,
+         {NULL},
+         NULL,
+         "kek-256 content=aes256",
+         "P-256",
+         false,
+         {"id-aes256-wrap", "aes-256-cbc"}},
+        {"kekri, an RSA key generated",
+         "RSA",
+         NULL,
+         true,
+         {NULL},
+         NULL,
+         "kek-256",
+         "RSA",
+         false,
+         {"id-aes256-wrap"}},
+        {"kari P-256",
+         "P-256",
+         "rcpt-p256",
+         false,
+         {NULL},
+         "rcpt-p256",
+         "ecdh-P-256 kdf=sha256 wrap=aes256 content=aes256",
+         "P-256",
+         false,
+         {"dhSinglePass-stdDH-sha256kdf-scheme", "id-aes256-wrap", "aes-256-cbc"}},
+        {"kari P-384",
+         "P-256",
+         "rcpt-p384",
+         false,
+         {NULL},
+         "rcpt-p384",
+         "ecdh-P-384 kdf=sha384 wrap=aes256 content=aes256",
+         "P-256",
+         false,
+         {"dhSinglePass-stdDH-sha384kdf-scheme", "id-aes256-wrap", "aes-256-cbc"}},
         {"ktri to the CSR's own RSA key",
          "RSA",
          NULL,
@@ -908,7 +1004,9 @@ static void test_encrypted_to_every_recipient_kind(void)
          {OID_OAEP},
          "csr",
          "rsa-oaep-sha1 (csr key)",
-         "RSA"},
+         "RSA",
+         false,
+         {"aes-256-cbc"}},
         {"kari to the CSR's own EC key",
          "P-256",
          NULL,
@@ -916,13 +1014,113 @@ static void test_encrypted_to_every_recipient_kind(void)
          {OID_ECDH_SHA256},
          "csr",
          "ecdh-P-256 (csr key)",
-         "P-256"},
+         "P-256",
+         false,
+         {"dhSinglePass-stdDH-sha256kdf-scheme"}},
     };
 
     if (kind != EG_TH_NSS)
         return;
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
         encrypted(&cases[i]);
+}
+
+/*
+ * RFC 7030 4.4.2, RFC 8551 2.5.2: the KDF, the key wrap and the content cipher
+ * are among those the client listed (NSS does every one of them), even where
+ * estgate's default would be another; checked in the answer's structure, and
+ * the answer decrypts to the certified key.
+ */
+static void test_algorithms_come_from_the_clients_capabilities(void)
+{
+    static const enc_case cases[] = {
+        {.what = "P-384 recipient, only sha256kdf listed",
+         .key_alg = "P-256",
+         .rcpt = "rcpt-p384",
+         .caps = {OID_ECDH_SHA256},
+         .inkey = "rcpt-p384",
+         .want = "ecdh-P-384 kdf=sha256 wrap=aes256",
+         .gen = "P-256",
+         .print = {"dhSinglePass-stdDH-sha256kdf-scheme", "aes-256-cbc"}},
+        {.what = "P-256 recipient, only sha384kdf listed",
+         .key_alg = "P-256",
+         .rcpt = "rcpt-p256",
+         .caps = {OID_ECDH_SHA384},
+         .inkey = "rcpt-p256",
+         .want = "ecdh-P-256 kdf=sha384 wrap=aes256",
+         .gen = "P-256",
+         .print = {"dhSinglePass-stdDH-sha384kdf-scheme", "aes-256-cbc"}},
+        {.what = "oaep-sha256 and aes128-CBC listed",
+         .key_alg = "P-256",
+         .rcpt = "rcpt-rsa",
+         .caps = {CAP_OAEP_SHA256, OID_AES128_CBC},
+         .inkey = "rcpt-rsa",
+         .want = "rsa-oaep-sha256 content=aes128",
+         .gen = "P-256",
+         .print = {"rsaesOaep", "aes-128-cbc"}},
+        /* No key transport listed: the profile's first (oaep-sha256), as without any. */
+        {.what = "RSA recipient, only aes128-CBC listed",
+         .key_alg = "P-256",
+         .rcpt = "rcpt-rsa",
+         .caps = {OID_AES128_CBC},
+         .inkey = "rcpt-rsa",
+         .want = "rsa-oaep-sha256 content=aes128",
+         .gen = "P-256",
+         .print = {"rsaesOaep", "aes-128-cbc"}},
+        {.what = "P-256 recipient, only aes128-wrap and aes128-CBC listed",
+         .key_alg = "P-256",
+         .rcpt = "rcpt-p256",
+         .caps = {OID_ECDH_SHA256, OID_AES128_WRAP, OID_AES128_CBC},
+         .inkey = "rcpt-p256",
+         .want = "ecdh-P-256 kdf=sha256 wrap=aes128 content=aes128",
+         .gen = "P-256",
+         .print = {"dhSinglePass-stdDH-sha256kdf-scheme", "id-aes128-wrap", "aes-128-cbc"}},
+        {.what = "a 128-bit pre-shared key, aes128-wrap listed",
+         .key_alg = "P-256",
+         .kek = true,
+         .kek128 = true,
+         .caps = {OID_AES128_WRAP},
+         .want = "kek-128 content=aes256",
+         .gen = "P-256",
+         .print = {"id-aes128-wrap", "aes-256-cbc"}},
+    };
+
+    if (kind != EG_TH_NSS)
+        return;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        encrypted(&cases[i]);
+}
+
+/*
+ * A pre-shared key's size decides its wrap: a 128-bit key and a client that
+ * lists only aes256-wrap is a 400 that says both, before a key is made and
+ * before the ledger records an intent (in-process, test_nothing_left_in_the_token
+ * counts the token's objects for the same request).
+ */
+static void test_an_unlisted_wrap_for_the_kek_is_refused(void)
+{
+    unsigned char kid[4] = {0x0a, 0x1b, 0x2c, 0x3e}, capder[64], *csr;
+    const char *wrap256[] = {OID_AES256_WRAP};
+    attr at[2] = {{OID_DECRYPT_KID, V_ASN1_OCTET_STRING, kid, sizeof(kid)},
+                  {OID_SMIME_CAPS, V_ASN1_SEQUENCE, capder, smime_caps(wrap256, 1, capder)}};
+    int rows = ledger_rows("ledger.db", false), events;
+    size_t len;
+    answer a;
+
+    if (kind != EG_TH_NSS)
+        return;
+    events = eg_file_count(daemon_log, "event=malformed");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(csr = make_csr("P-256", "wrap.example.com", at, 2, &len));
+    CU_ASSERT_EQUAL(post(&a, "", csr, len, NULL), 400);
+    CU_ASSERT_PTR_NOT_NULL(
+        strstr(a.text, "the request's SMIMECapabilities list only id-aes256-wrap for key wrap"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(a.text, "is AES-128, which wraps with id-aes128-wrap only"));
+    if (a.status != 400 || strstr(a.text, "id-aes128-wrap only") == NULL)
+        fprintf(stderr, "unlisted wrap: %d %s\n", a.status, a.text);
+    CU_ASSERT_EQUAL(ledger_rows("ledger.db", false), rows); /* not even an intent */
+    CU_ASSERT_EQUAL(eg_file_count(daemon_log, "event=malformed"), events + 1);
+    answer_clear(&a);
+    OPENSSL_free(csr);
 }
 
 /* ---- refusals: a clear status, and nothing issued ---- */
@@ -1072,14 +1270,17 @@ typedef struct gen_case {
     bool force_cbc;          /* claim CBC_PAD works: SoftHSM then fails mid-way */
     const char *rcpt;        /* AsymmetricDecryptKeyIdentifier of this recipient, encrypt on */
     eg_status want;
-    const char *reason; /* in why, when not EG_OK */
+    const char *reason;  /* in why, when not EG_OK */
+    bool kek128;         /* with kek: the AES-128 pre-shared key */
+    const char *caps[3]; /* SMIMECapabilities OIDs, NULL-terminated; none: no attribute */
 } gen_case;
 
 static void generate_in_process(eg_token *tok, const eg_skg_caps *real, eg_profile_cfg *p,
                                 const eg_skg_profile *sp, const gen_case *c)
 {
-    unsigned char kid[4] = {0x0a, 0x1b, 0x2c, 0x3d}, ski[64], *der;
-    attr at = {OID_DECRYPT_KID, V_ASN1_OCTET_STRING, kid, sizeof(kid)};
+    unsigned char kid[4] = {0x0a, 0x1b, 0x2c, c->kek128 ? 0x3e : 0x3d}, ski[64], capder[128], *der;
+    attr at[2] = {{OID_DECRYPT_KID, V_ASN1_OCTET_STRING, kid, sizeof(kid)}};
+    size_t nat = c->kek || c->rcpt ? 1 : 0, ncaps = 0;
     eg_skg_caps caps = *real;
     unsigned modes = p->skg_modes;
     eg_skg_result r = {0};
@@ -1100,10 +1301,15 @@ static void generate_in_process(eg_token *tok, const eg_skg_caps *real, eg_profi
         sp = &bad;
     }
     if (c->rcpt != NULL) { /* as a profile that asked for encrypt would, past the start check */
-        at = (attr){OID_ASYM_KID, V_ASN1_OCTET_STRING, ski, ski_of(c->rcpt, ski)};
+        at[0] = (attr){OID_ASYM_KID, V_ASN1_OCTET_STRING, ski, ski_of(c->rcpt, ski)};
         p->skg_modes |= EG_SKG_ENCRYPT;
     }
-    der = make_csr(c->key_alg, "tok.example.com", &at, c->kek || c->rcpt ? 1 : 0, &len);
+    while (ncaps < 3 && c->caps[ncaps] != NULL)
+        ncaps++;
+    if (ncaps > 0)
+        at[nat++] =
+            (attr){OID_SMIME_CAPS, V_ASN1_SEQUENCE, capder, smime_caps(c->caps, ncaps, capder)};
+    der = make_csr(c->key_alg, "tok.example.com", at, nat, &len);
     CU_ASSERT_FATAL(der != NULL && eg_csr_parse(der, len, &csr) == 0);
     st = eg_skg_generate(tok, &caps, p, sp, csr, &r, why, sizeof(why));
     if (st != c->want)
@@ -1127,19 +1333,98 @@ static void generate_in_process(eg_token *tok, const eg_skg_caps *real, eg_profi
 static void test_nothing_left_in_the_token(void)
 {
     static const gen_case plain[] = {
-        {"plaintext P-256", "P-256", false, NULL, false, NULL, EG_OK, NULL},
-        {"plaintext, CBC_PAD refused mid-way", "P-256", false, NULL, true, NULL, EG_MALFORMED,
-         "CKM_AES_CBC_PAD"},
+        {"plaintext P-256", "P-256", false, NULL, false, NULL, EG_OK, NULL, false, {NULL}},
+        {"plaintext, CBC_PAD refused mid-way",
+         "P-256",
+         false,
+         NULL,
+         true,
+         NULL,
+         EG_MALFORMED,
+         "CKM_AES_CBC_PAD",
+         false,
+         {NULL}},
         /* SoftHSM has no X9.63 KDF: an EC recipient is one this token cannot serve. */
-        {"a P-256 recipient on SoftHSM", "P-256", false, NULL, false, "rcpt-p256", EG_MALFORMED,
-         "CKD_SHA256_KDF"},
+        {"a P-256 recipient on SoftHSM",
+         "P-256",
+         false,
+         NULL,
+         false,
+         "rcpt-p256",
+         EG_MALFORMED,
+         "CKD_SHA256_KDF",
+         false,
+         {NULL}},
+        /* Listed algorithms the token cannot do: what was listed, and what can be done. */
+        {"a P-256 recipient listing only sha384kdf, on SoftHSM",
+         "P-256",
+         false,
+         NULL,
+         false,
+         "rcpt-p256",
+         EG_MALFORMED,
+         "the request's SMIMECapabilities list only dhSinglePass-stdDH-sha384kdf-scheme for key "
+         "agreement; for this recipient estgate can do none (CKD_SHA384_KDF on P-256: CKR_",
+         false,
+         {OID_ECDH_SHA384}},
+        {"only aes128-CBC listed, on SoftHSM",
+         "P-256",
+         false,
+         NULL,
+         false,
+         "rcpt-rsa",
+         EG_MALFORMED,
+         "the request's SMIMECapabilities list only id-aes128-CBC for content encryption; for "
+         "this recipient estgate can do none (CKM_AES_CBC_PAD under an AES-128 key: CKR_",
+         false,
+         {OID_OAEP, OID_AES128_CBC}},
+        {"only oaep-sha256 listed, on SoftHSM (SHA-1 only)",
+         "P-256",
+         false,
+         NULL,
+         false,
+         "rcpt-rsa",
+         EG_MALFORMED,
+         "list only id-RSAES-OAEP (SHA-256) for key transport; for this recipient estgate can "
+         "do id-RSAES-OAEP (SHA-1): list it",
+         false,
+         {CAP_OAEP_SHA256}},
     };
     static const gen_case enc[] = {
-        {"plaintext P-256", "P-256", false, NULL, false, NULL, EG_OK, NULL},
-        {"encrypted to the KEK", "P-256", true, NULL, false, NULL, EG_OK, NULL},
+        {"plaintext P-256", "P-256", false, NULL, false, NULL, EG_OK, NULL, false, {NULL}},
+        {"encrypted to the KEK", "P-256", true, NULL, false, NULL, EG_OK, NULL, false, {NULL}},
         /* The appliance's fault, not the request's: named, for the log under the client's ref. */
-        {"the KEK missing from the token", "P-256", true, "pkcs11:object=no-such-kek", false, NULL,
-         EG_UNAVAILABLE, "serverkeygen_kek pkcs11:object=no-such-kek is not in the token"},
+        {"the KEK missing from the token",
+         "P-256",
+         true,
+         "pkcs11:object=no-such-kek",
+         false,
+         NULL,
+         EG_UNAVAILABLE,
+         "serverkeygen_kek pkcs11:object=no-such-kek is not in the token",
+         false,
+         {NULL}},
+        /* Refused once the token has said the key's size, before anything is made. */
+        {"a 128-bit KEK, only aes256-wrap listed",
+         "P-256",
+         true,
+         NULL,
+         false,
+         NULL,
+         EG_MALFORMED,
+         "id-aes128-wrap only",
+         true,
+         {OID_AES256_WRAP}},
+        {"a 128-bit KEK, aes128-wrap listed",
+         "P-256",
+         true,
+         NULL,
+         false,
+         NULL,
+         EG_OK,
+         NULL,
+         true,
+         {OID_AES128_WRAP}},
     };
     eg_config_errors errs = {0};
     eg_config *cfg = NULL;
@@ -1392,6 +1677,25 @@ static void test_a_full_token_answers_503_and_keeps_nothing(void)
     if (kind == EG_TH_NSS)
         full_in_process(tok, &caps, &cfg->profiles[0], &sp, true, &fits_kek);
     login_lost_in_process(tok, &caps, &cfg->profiles[0], &sp);
+    if (kind == EG_TH_NSS) {
+        /* With room for no object at all, a wrap the client did not list is still the
+           client's 400: it is refused before the token is asked to make anything. */
+        static const gen_case unlisted = {"no room, a 128-bit KEK, only aes256-wrap listed",
+                                          "P-256",
+                                          true,
+                                          NULL,
+                                          false,
+                                          NULL,
+                                          EG_MALFORMED,
+                                          "id-aes128-wrap only",
+                                          true,
+                                          {OID_AES256_WRAP}};
+
+        set_quota(0);
+        generate_in_process(tok, &caps, &cfg->profiles[0], &sp, &unlisted);
+        set_quota(-1);
+        CU_ASSERT_EQUAL(quota_live(), 0);
+    }
     eg_skg_profile_clear(&sp);
     eg_token_free(tok);
     eg_config_free(cfg);
@@ -1865,6 +2169,10 @@ static CU_TestInfo tests[] = {
     {"Bouncy Castle simpleEnrollWithServersideCreation", test_bouncy_castle_client},
     {"encrypted to every recipient kind decrypts with openssl cms",
      test_encrypted_to_every_recipient_kind},
+    {"algorithms come from the client's SMIMECapabilities",
+     test_algorithms_come_from_the_clients_capabilities},
+    {"an unlisted wrap for the pre-shared key is refused",
+     test_an_unlisted_wrap_for_the_kek_is_refused},
     {"refusals have their status and issue nothing", test_refusals},
     {"--check-config probes the token; p11-kit refused by name",
      test_check_config_probes_the_token},

@@ -58,18 +58,25 @@ int eg_fx_provision(eg_th *th, const char *ca_subject, const char *ca_out, const
 int eg_fx_kek_import(eg_th *th, const char *label, const char *id_hex, char hex_out[65],
                      eg_child_result *r)
 {
+    return eg_fx_kek_import_bits(th, label, id_hex, 256, hex_out, r);
+}
+
+int eg_fx_kek_import_bits(eg_th *th, const char *label, const char *id_hex, unsigned bits,
+                          char hex_out[65], eg_child_result *r)
+{
     unsigned char k[32];
-    char hex[65], path[PATH_MAX];
+    char hex[65] = "", path[PATH_MAX];
     const char *words[] = {"kek",  "import",     "--label", label, "--id",
                            id_hex, "--key-file", path,      NULL};
+    size_t n = bits == 128 ? 16 : 32;
     int rc = -1;
 
     snprintf(path, sizeof(path), "%s/kek.hex", eg_th_dir(th));
     if (RAND_bytes(k, sizeof(k)) != 1)
         goto out;
-    for (size_t i = 0; i < sizeof(k); i++)
+    for (size_t i = 0; i < n; i++)
         snprintf(hex + 2 * i, 3, "%02x", k[i]);
-    if (eg_file_write(path, hex, 64, 0600) != 0 || eg_fx_provision_cmd(th, words, r) != 0)
+    if (eg_file_write(path, hex, 2 * n, 0600) != 0 || eg_fx_provision_cmd(th, words, r) != 0)
         goto out;
     memcpy(hex_out, hex, sizeof(hex));
     rc = 0;

@@ -51,6 +51,9 @@ int eg_fx_provision(eg_th *th, const char *ca_subject, const char *ca_out, const
  */
 int eg_fx_kek_import(eg_th *th, const char *label, const char *id_hex, char hex_out[65],
                      eg_child_result *r);
+/* The same with a key of bits (128 or 256); hex_out gets bits / 4 hex digits. */
+int eg_fx_kek_import_bits(eg_th *th, const char *label, const char *id_hex, unsigned bits,
+                          char hex_out[65], eg_child_result *r);
 
 /*
  * A random Basic password for user name: the password alone written to
