@@ -1936,7 +1936,7 @@ static void test_a_repeated_encrypted_request_is_sent_again(void)
             serial_hex(x, sc, sizeof(sc));
         X509_free(x);
         snprintf(line, sizeof(line),
-                 "serial=%s key=ec:P-256 mode=encrypt recipient=kek-256 "
+                 "serial=%s key=ec:P-256 mode=encrypt recipient=kek-256 content=aes256 "
                  "replaces=%s",
                  sc, sa);
         CU_ASSERT_EQUAL(eg_file_count(slog, line), 1);
