@@ -612,7 +612,7 @@ static void test_repeated_request_gets_a_new_key(void)
     size_t len;
     answer a, b;
     X509 *x = NULL, *y = NULL;
-    char sx[48] = "", sy[48] = "", line[96];
+    char sx[48] = "", sy[48] = "", line[192];
 
     if (kind == EG_TH_P11KIT)
         return;
@@ -1871,7 +1871,7 @@ static void test_a_repeated_encrypted_request_is_sent_again(void)
 {
     unsigned char kid[4] = {0x0a, 0x1b, 0x2c, 0x3d}, *der = NULL, *plain = NULL;
     attr at = {OID_DECRYPT_KID, V_ASN1_OCTET_STRING, kid, sizeof(kid)};
-    char slog[PATH_MAX], spec[PATH_MAX], line[128], sa[48] = "", sc[48] = "";
+    char slog[PATH_MAX], spec[PATH_MAX], line[224], sa[48] = "", sc[48] = "";
     const char *faketime = NULL;
     unsigned saved_port = port, sport = 0;
     answer a, b, c, p;
