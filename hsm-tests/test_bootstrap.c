@@ -100,6 +100,24 @@ static int run_bs(const char *manifest, const char *out, eg_child_result *r)
     return eg_child_run(dir, NULL, argv, r);
 }
 
+static int write_text(const char *name, const char *text)
+{
+    char path[PATH_MAX];
+    FILE *f = fopen(wpath(path, name), "w");
+
+    if (f == NULL)
+        return -1;
+    fputs(text, f);
+    return fclose(f);
+}
+
+static bool exists(const char *name)
+{
+    char path[PATH_MAX];
+
+    return access(wpath(path, name), F_OK) == 0;
+}
+
 /* The counts of the summary line. */
 static int summary(const eg_child_result *r, int *now, int *already, int *refused, int *sigs)
 {
@@ -477,6 +495,73 @@ static void test_same_serial_with_other_csr_refused(void)
     CU_ASSERT(before != NULL && after != NULL && strcmp(before, after) == 0);
     free(before);
     free(after);
+    free(r);
+}
+
+/* SN1.key's certificate would be SN1.key.pem, the file of SN1's wrapped key. */
+static void test_serial_ending_in_key_refused(void)
+{
+    eg_child_result *r = calloc(1, sizeof(*r));
+    int now, already, refused, sigs;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    CU_ASSERT_FATAL(write_text("dotkey.csv", "serial,model,csr\nSN1.key,m,fresh.csr\n"
+                                             "SN2.KEY,m,fresh.csr\nSN3.keys,m,fresh.csr\n") == 0);
+    CU_ASSERT_EQUAL(run_bs("dotkey.csv", "dotkey", r), 65);
+    CU_ASSERT_EQUAL_FATAL(summary(r, &now, &already, &refused, &sigs), 0);
+    CU_ASSERT(now == 1 && refused == 2);
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->out, "serial SN1.key: a serial may not end in '.key'"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->out, "serial SN2.KEY: a serial may not end in '.key'"));
+    CU_ASSERT(!exists("dotkey/SN1.key.pem") && !exists("dotkey/SN2.KEY.pem"));
+    CU_ASSERT(exists("dotkey/SN3.keys.pem"));
+    free(r);
+}
+
+/* Excel's "CSV UTF-8" and many JSON exporters start the file with a byte-order mark. */
+static void test_byte_order_mark_skipped(void)
+{
+    eg_child_result *r = calloc(1, sizeof(*r));
+    int now, already, refused, sigs;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    CU_ASSERT_FATAL(write_text("bom.csv", "\xEF\xBB\xBFserial,model,csr\r\nBOM1,m,fresh.csr\r\n") ==
+                    0);
+    CU_ASSERT_EQUAL(run_bs("bom.csv", "bom-csv", r), 0);
+    CU_ASSERT_EQUAL_FATAL(summary(r, &now, &already, &refused, &sigs), 0);
+    CU_ASSERT(now == 1 && refused == 0);
+    CU_ASSERT_FATAL(write_text("bom.jsonl", "\xEF\xBB\xBF{\"serial\": \"BOM2\", \"model\": \"m\", "
+                                            "\"csr\": \"fresh.csr\"}\n") == 0);
+    CU_ASSERT_EQUAL(run_bs("bom.jsonl", "bom-json", r), 0);
+    CU_ASSERT_EQUAL_FATAL(summary(r, &now, &already, &refused, &sigs), 0);
+    CU_ASSERT(now == 1 && refused == 0);
+    CU_ASSERT(exists("bom-csv/BOM1.pem") && exists("bom-json/BOM2.pem"));
+    free(r);
+}
+
+/*
+ * JSON strings with standard escapes, and members we do not know of any
+ * type, as exporters write them; our own members must still be strings.
+ */
+static void test_json_escapes_and_unknown_members(void)
+{
+    eg_child_result *r = calloc(1, sizeof(*r));
+    int now, already, refused, sigs;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    CU_ASSERT_FATAL(
+        write_text(
+            "escapes.jsonl",
+            "{\"serial\": \"J\\u0031\", \"model\": \"m\", \"csr\": \"csr\\u002fD00006.csr\", "
+            "\"line\": 12, \"ok\": true, \"meta\": {\"by\": [\"x\", null, -1.5e3]}, "
+            "\"note\": \"tab\\there \\\"quoted\\\" \\ud83d\\ude00\"}\n"
+            "{\"serial\": \"J2\", \"model\": \"m\", \"csr\": \"csr\\/D00007.csr\"}\n"
+            "{\"serial\": 3, \"model\": \"m\", \"csr\": \"fresh.csr\"}\n") == 0);
+    CU_ASSERT_EQUAL(run_bs("escapes.jsonl", "escapes", r), 65);
+    CU_ASSERT_EQUAL_FATAL(summary(r, &now, &already, &refused, &sigs), 0);
+    CU_ASSERT(now == 2 && refused == 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->out, "line 3 serial -: the JSON member 'serial' must be a "
+                                          "string"));
+    CU_ASSERT(exists("escapes/J1.pem") && exists("escapes/J2.pem"));
     free(r);
 }
 
@@ -874,6 +959,9 @@ static CU_TestInfo tests[] = {
     {"a bad CSR row is refused, the others issued", test_bad_csr_row_refused_others_issued},
     {"the same serial with another CSR is refused", test_same_serial_with_other_csr_refused},
     {"an --out folder's missing parents are made", test_out_parents_are_made},
+    {"a serial ending in .key is refused", test_serial_ending_in_key_refused},
+    {"a byte-order mark is skipped", test_byte_order_mark_skipped},
+    {"JSON escapes and unknown members", test_json_escapes_and_unknown_members},
     {"token-generated keys unwrap on the device and match",
      test_token_generated_keys_unwrap_on_the_device},
     {"token lost mid-batch, resumed: each issued once", test_token_lost_mid_batch_then_resumed},

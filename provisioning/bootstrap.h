@@ -45,8 +45,9 @@ typedef struct eg_bs_rows {
 
 /*
  * Reads a manifest: CSV with a header line (columns serial, model, csr, key,
- * transport, in any order) or JSON lines (one flat object per line with the
- * same names), told apart by the first character. key defaults to
+ * transport, in any order) or JSON lines (one object per line with the same
+ * names as string members; other members ignored), told apart by the first
+ * character; a UTF-8 byte-order mark is skipped. key defaults to
  * default_key. Returns an exit code; a bad row is kept with its reason.
  */
 int eg_bs_input_read(const char *path, const eg_keygen_spec *default_key, eg_bs_rows **out);

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <openssl/crypto.h>
 #include <openssl/obj_mac.h>
@@ -79,6 +80,18 @@ static void row_from(eg_bs_row *r, const fields *f, const char *dir, const eg_ke
         return;
     }
     strcpy(r->serial, s);
+    /*
+     * <serial>.key.pem is the wrapped key of device <serial>: a serial ending
+     * in .key would name its certificate file the same. Any case, for the
+     * file systems of the programmers' USB sticks.
+     */
+    if (strlen(s) >= 4 && strcasecmp(s + strlen(s) - 4, ".key") == 0) {
+        snprintf(r->why, sizeof(r->why),
+                 "a serial may not end in '.key': %s.pem would be the file of device %.*s's "
+                 "wrapped key",
+                 s, (int)strlen(s) - 4, s);
+        return;
+    }
     if (m == NULL || !name_ok(m)) {
         snprintf(r->why, sizeof(r->why), "model missing or not 1-64 of [A-Za-z0-9._-]");
         return;
@@ -172,22 +185,94 @@ static void csv_row(char *line, const int *cols, size_t ncols, eg_bs_row *r, con
     row_from(r, &f, dir, dkey);
 }
 
-/* A JSON string at *p (after its opening quote) decoded in place; ASCII escapes only. */
+static int hex4(const char *s)
+{
+    int v = 0;
+
+    for (int i = 0; i < 4; i++) {
+        int c = (unsigned char)s[i], d;
+
+        if (c >= '0' && c <= '9')
+            d = c - '0';
+        else if (c >= 'a' && c <= 'f')
+            d = c - 'a' + 10;
+        else if (c >= 'A' && c <= 'F')
+            d = c - 'A' + 10;
+        else
+            return -1;
+        v = v * 16 + d;
+    }
+    return v;
+}
+
+/* A \uXXXX escape at s (after the u), surrogate pairs joined; the code point or -1. */
+static long json_u(char **s)
+{
+    long hi = hex4(*s), lo;
+
+    if (hi < 0)
+        return -1;
+    *s += 4;
+    if (hi < 0xd800 || hi > 0xdfff)
+        return hi;
+    if (hi > 0xdbff || (*s)[0] != '\\' || (*s)[1] != 'u' || (lo = hex4(*s + 2)) < 0xdc00 ||
+        lo > 0xdfff)
+        return -1;
+    *s += 6;
+    return 0x10000 + ((hi - 0xd800) << 10) + (lo - 0xdc00);
+}
+
+/* Code point c as UTF-8 at out; the end. The encoding is never longer than its escape. */
+static char *utf8_put(char *out, long c)
+{
+    if (c < 0x80) {
+        *out++ = (char)c;
+    } else if (c < 0x800) {
+        *out++ = (char)(0xc0 | (c >> 6));
+        *out++ = (char)(0x80 | (c & 0x3f));
+    } else if (c < 0x10000) {
+        *out++ = (char)(0xe0 | (c >> 12));
+        *out++ = (char)(0x80 | ((c >> 6) & 0x3f));
+        *out++ = (char)(0x80 | (c & 0x3f));
+    } else {
+        *out++ = (char)(0xf0 | (c >> 18));
+        *out++ = (char)(0x80 | ((c >> 12) & 0x3f));
+        *out++ = (char)(0x80 | ((c >> 6) & 0x3f));
+        *out++ = (char)(0x80 | (c & 0x3f));
+    }
+    return out;
+}
+
+/*
+ * A JSON string at *p (after its opening quote) decoded in place, with every
+ * escape of RFC 8259; NULL when malformed or when it holds U+0000, which
+ * would cut the value short.
+ */
 static char *json_string(char **p)
 {
+    static const char plain[] = "\"\\/bfnrt", meant[] = "\"\\/\b\f\n\r\t";
     char *s = *p, *out = s, *start = s;
+    const char *e;
+    long c;
 
     while (*s != '"') {
         if (*s == 0 || (unsigned char)*s < 0x20)
             return NULL;
-        if (*s == '\\') {
-            s++;
-            if (*s == '"' || *s == '\\' || *s == '/')
-                *out++ = *s++;
-            else
-                return NULL;
-        } else {
+        if (*s != '\\') {
             *out++ = *s++;
+            continue;
+        }
+        s++;
+        if (*s == 'u') {
+            s++;
+            if ((c = json_u(&s)) <= 0)
+                return NULL;
+            out = utf8_put(out, c);
+        } else if (*s != 0 && (e = strchr(plain, *s)) != NULL) {
+            *out++ = meant[e - plain];
+            s++;
+        } else {
+            return NULL;
         }
     }
     *out = 0;
@@ -202,42 +287,99 @@ static char *skip_ws(char *p)
     return p;
 }
 
-/* One flat object of string members; unknown members are ignored. */
-static int json_fields(char *p, fields *f)
+/* Deep enough for any exporter's metadata; a bound so a hostile line cannot exhaust the stack. */
+#define JSON_DEPTH_MAX 16
+
+/* Skips a JSON value of any type at p (an unknown member's); the end, or NULL when malformed. */
+static char *json_skip(char *p, int depth)
+{
+    char close;
+
+    p = skip_ws(p);
+    if (*p == '"')
+        return (p++, json_string(&p)) != NULL ? p : NULL;
+    if (*p != '{' && *p != '[') {
+        /* A number, true, false or null: their characters, at least one. */
+        char *start = p;
+
+        while (*p != 0 && strchr("+-.0123456789Eabcdeflnrstu", *p) != NULL)
+            p++;
+        return p > start ? p : NULL;
+    }
+    if (depth == JSON_DEPTH_MAX)
+        return NULL;
+    close = *p == '{' ? '}' : ']';
+    p = skip_ws(p + 1);
+    while (*p != close) {
+        if (close == '}') {
+            if (*p != '"' || (p++, json_string(&p)) == NULL || *(p = skip_ws(p)) != ':')
+                return NULL;
+            p++;
+        }
+        if ((p = json_skip(p, depth + 1)) == NULL)
+            return NULL;
+        p = skip_ws(p);
+        if (*p == ',')
+            p = skip_ws(p + 1);
+        else if (*p != close)
+            return NULL;
+    }
+    return p + 1;
+}
+
+/*
+ * One JSON object: our members must be strings; members we do not know, of
+ * any type, are ignored as the CSV reader ignores unknown columns.
+ */
+static int json_fields(char *p, fields *f, char *why, size_t cap)
 {
     char *k, *v;
     size_t j;
+    int col;
 
     if (*(p = skip_ws(p)) != '{')
-        return -1;
+        goto bad;
     p = skip_ws(p + 1);
     while (*p != '}') {
-        if (*p != '"' || (p++, k = json_string(&p)) == NULL)
+        if (*p != '"' || (p++, k = json_string(&p)) == NULL || *(p = skip_ws(p)) != ':')
+            goto bad;
+        p = skip_ws(p + 1);
+        for (col = -1, j = 0; j < NCOLS; j++) {
+            if (strcmp(k, col_names[j]) == 0)
+                col = (int)j;
+        }
+        if (col < 0) {
+            if ((p = json_skip(p, 1)) == NULL)
+                goto bad;
+        } else if (*p != '"') {
+            snprintf(why, cap, "the JSON member '%s' must be a string", col_names[col]);
             return -1;
-        if (*(p = skip_ws(p)) != ':' || *(p = skip_ws(p + 1)) != '"' ||
-            (p++, v = json_string(&p)) == NULL)
-            return -1;
-        for (j = 0; j < NCOLS; j++) {
-            if (strcmp(k, col_names[j]) == 0 && *v != 0)
-                f->v[j] = v;
+        } else {
+            if ((p++, v = json_string(&p)) == NULL)
+                goto bad;
+            f->v[col] = *v != 0 ? v : NULL;
         }
         p = skip_ws(p);
         if (*p == ',')
             p = skip_ws(p + 1);
         else if (*p != '}')
-            return -1;
+            goto bad;
     }
-    return *skip_ws(p + 1) == 0 ? 0 : -1;
+    if (*skip_ws(p + 1) == 0)
+        return 0;
+bad:
+    snprintf(why, cap,
+             "not one JSON object on the line (with serial, model, csr or transport "
+             "as strings)");
+    return -1;
 }
 
 static void json_row(char *line, eg_bs_row *r, const char *dir, const eg_keygen_spec *dkey)
 {
     fields f = {{NULL}};
 
-    if (json_fields(line, &f) != 0) {
-        snprintf(r->why, sizeof(r->why), "not a flat JSON object of strings");
+    if (json_fields(line, &f, r->why, sizeof(r->why)) != 0)
         return;
-    }
     row_from(r, &f, dir, dkey);
 }
 
@@ -272,10 +414,16 @@ static int read_rows(FILE *in, const char *path, const char *dir, const eg_keyge
     while ((got = getline(&line, &linecap, in)) >= 0) {
         lineno++;
         len = (size_t)got - (got > 0 && line[got - 1] == '\n');
-        bad = len > EG_BS_LINE_MAX ? "line longer than " STR(EG_BS_LINE_MAX) " characters"
-              : memchr(line, '\0', len) != NULL ? "line holds a NUL byte"
-                                                : NULL;
-        t = trim(line);
+        t = line;
+        /* A UTF-8 byte-order mark, as Excel's "CSV UTF-8" and many JSON exporters write. */
+        if (lineno == 1 && len >= 3 && memcmp(line, "\xEF\xBB\xBF", 3) == 0) {
+            t += 3;
+            len -= 3;
+        }
+        bad = len > EG_BS_LINE_MAX           ? "line longer than " STR(EG_BS_LINE_MAX) " characters"
+              : memchr(t, '\0', len) != NULL ? "line holds a NUL byte"
+                                             : NULL;
+        t = trim(t);
         if (bad == NULL && (*t == 0 || *t == '#'))
             continue;
         if (first) {
