@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -97,6 +98,25 @@ static int run_bs(const char *manifest, const char *out, eg_child_result *r)
     char *argv[32];
 
     bs_argv(argv, manifest, out);
+    return eg_child_run(dir, NULL, argv, r);
+}
+
+/* As run_bs, with more options after the usual ones (a later --ca-cert wins). */
+static int run_bs_with(const char *manifest, const char *out, eg_child_result *r, ...)
+{
+    char *argv[48];
+    const char *a;
+    int n = 0;
+    va_list ap;
+
+    bs_argv(argv, manifest, out);
+    while (argv[n] != NULL)
+        n++;
+    va_start(ap, r);
+    while (n < 47 && (a = va_arg(ap, const char *)) != NULL)
+        argv[n++] = (char *)a;
+    va_end(ap);
+    argv[n] = NULL;
     return eg_child_run(dir, NULL, argv, r);
 }
 
@@ -498,6 +518,93 @@ static void test_same_serial_with_other_csr_refused(void)
     free(r);
 }
 
+/* The manifest's "count N" and whether it has a line for serial. */
+static int manifest_count(const char *out, const char *serial, bool *listed)
+{
+    char path[PATH_MAX], name[128], line[80];
+    char *text, *p;
+    int n = -1;
+
+    snprintf(name, sizeof(name), "%s/manifest.txt", out);
+    if ((text = eg_file_read(wpath(path, name), NULL)) == NULL)
+        return -1;
+    if ((p = strstr(text, "\ncount ")) != NULL)
+        n = atoi(p + 7);
+    snprintf(line, sizeof(line), "\n%s ", serial);
+    *listed = strstr(text, line) != NULL;
+    free(text);
+    return n;
+}
+
+/*
+ * A one-row fix-up file run into the batch's --out: the signed manifest still
+ * lists every device of the batch, not only that run's row.
+ */
+static void test_fixup_run_keeps_every_device_in_manifest(void)
+{
+    eg_child_result *r = calloc(1, sizeof(*r));
+    X509_REQ *req = make_csr(NULL);
+    char in[PATH_MAX], caf[PATH_MAX], want[64];
+    int all, issued;
+    bool listed = false;
+
+    CU_ASSERT_FATAL(r != NULL && req != NULL && write_req("fixup.csr", req) == 0);
+    CU_ASSERT_FATAL(write_text("fixup.csv", "serial,model,csr\nD99999,sensor-a,fixup.csr\n") == 0);
+    CU_ASSERT_EQUAL(run_bs("fixup.csv", "out", r), 0);
+    state_counts("out", &all, &issued);
+    CU_ASSERT_EQUAL(issued, NDEV + 1);
+    CU_ASSERT_EQUAL(manifest_count("out", "D99999", &listed), NDEV + 1);
+    CU_ASSERT(listed);
+    CU_ASSERT_EQUAL(manifest_count("out", "D00000", &listed), NDEV + 1);
+    CU_ASSERT(listed);
+    snprintf(want, sizeof(want), "manifest of %d devices", NDEV + 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->out, want));
+    CU_ASSERT_EQUAL(eg_child_cmd(dir, r, "openssl", "cms", "-verify", "-inform", "DER", "-in",
+                                 wpath(in, "out/manifest.cms"), "-CAfile", wpath(caf, "ca.pem"),
+                                 "-purpose", "any", "-out", "/dev/null", NULL),
+                    0);
+    X509_REQ_free(req);
+    free(r);
+}
+
+/*
+ * A corrected row (another model, another SAN template) for a device issued
+ * before is refused with what the certificate was made from, never counted
+ * as already issued; its certificate stays as it was.
+ */
+static void test_changed_model_or_san_template_refused(void)
+{
+    eg_child_result *r = calloc(1, sizeof(*r));
+    int now, already, refused, sigs;
+    char g2[PATH_MAX], *before, *after;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    before = eg_file_read(wpath(g2, "mixed/G2.pem"), NULL);
+    CU_ASSERT_FATAL(write_text("remodel.csv", "serial,model,csr\nG2,sensor-b,csr/D00001.csr\n") ==
+                    0);
+    CU_ASSERT_EQUAL(run_bs("remodel.csv", "mixed", r), 65);
+    CU_ASSERT_EQUAL_FATAL(summary(r, &now, &already, &refused, &sigs), 0);
+    CU_ASSERT(now == 0 && already == 0 && refused == 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->out, "serial G2: issued earlier with model m; not reissued"));
+    /* The same row as issued, with one more --san-template. */
+    CU_ASSERT_FATAL(write_text("resan.csv", "serial,model,csr\nG2,m,csr/D00001.csr\n") == 0);
+    CU_ASSERT_EQUAL(
+        run_bs_with("resan.csv", "mixed", r, "--san-template", "uri:urn:dev:{serial}", NULL), 65);
+    CU_ASSERT_EQUAL_FATAL(summary(r, &now, &already, &refused, &sigs), 0);
+    CU_ASSERT(now == 0 && already == 0 && refused == 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->out, "serial G2: issued earlier with --san-template "
+                                          "dns:{serial}.devices.example.com; not reissued"));
+    /* And unchanged, it is what it was: already issued. */
+    CU_ASSERT_EQUAL(run_bs("resan.csv", "mixed", r), 0);
+    CU_ASSERT_EQUAL_FATAL(summary(r, &now, &already, &refused, &sigs), 0);
+    CU_ASSERT(now == 0 && already == 1 && refused == 0);
+    after = eg_file_read(g2, NULL);
+    CU_ASSERT(before != NULL && after != NULL && strcmp(before, after) == 0);
+    free(before);
+    free(after);
+    free(r);
+}
+
 /* SN1.key's certificate would be SN1.key.pem, the file of SN1's wrapped key. */
 static void test_serial_ending_in_key_refused(void)
 {
@@ -538,6 +645,23 @@ static void test_byte_order_mark_skipped(void)
     free(r);
 }
 
+/* A file with no device rows is a mistake, not a finished batch of 0. */
+static void test_input_without_rows_refused(void)
+{
+    static const char *const inputs[] = {"", "serial,model,csr\n", "\n# nothing yet\n"};
+    eg_child_result *r = calloc(1, sizeof(*r));
+    size_t i;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    for (i = 0; i < sizeof(inputs) / sizeof(inputs[0]); i++) {
+        CU_ASSERT_FATAL(write_text("norows.csv", inputs[i]) == 0);
+        CU_ASSERT_EQUAL(run_bs("norows.csv", "norows", r), 65);
+        CU_ASSERT_PTR_NOT_NULL(strstr(r->err, "the input holds no device rows"));
+        CU_ASSERT(!exists("norows/manifest.cms"));
+    }
+    free(r);
+}
+
 /*
  * JSON strings with standard escapes, and members we do not know of any
  * type, as exporters write them; our own members must still be strings.
@@ -562,6 +686,164 @@ static void test_json_escapes_and_unknown_members(void)
     CU_ASSERT_PTR_NOT_NULL(strstr(r->out, "line 3 serial -: the JSON member 'serial' must be a "
                                           "string"));
     CU_ASSERT(exists("escapes/J1.pem") && exists("escapes/J2.pem"));
+    free(r);
+}
+
+/*
+ * A run SIGKILLed while writing leaves a hidden temporary file; the next run
+ * removes its own kind of leftovers and nothing else.
+ */
+static void test_leftover_temporary_files_removed(void)
+{
+    static const char *const ours[] = {"mixed/.D0340.pem.Ab12Cd", "mixed/.G1.key.pem.x9Y8z7",
+                                       "mixed/.manifest.cms.QwErTy"};
+    static const char *const theirs[] = {"mixed/.notes.swp", "mixed/keep.pem.Ab12Cd",
+                                         "mixed/.D0340.pem.toolong1", "mixed/.bootstrap.db.Ab12Cd"};
+    eg_child_result *r = calloc(1, sizeof(*r));
+    size_t i;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    for (i = 0; i < 3; i++)
+        CU_ASSERT_FATAL(write_text(ours[i], "partial") == 0);
+    for (i = 0; i < 4; i++)
+        CU_ASSERT_FATAL(write_text(theirs[i], "someone else's") == 0);
+    CU_ASSERT_FATAL(write_text("leftover.csv", "serial,model,csr\nG2,m,csr/D00001.csr\n") == 0);
+    CU_ASSERT_EQUAL(run_bs("leftover.csv", "mixed", r), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->out, "removed 3 temporary files a stopped run left in"));
+    for (i = 0; i < 3; i++)
+        CU_ASSERT(!exists(ours[i]));
+    for (i = 0; i < 4; i++)
+        CU_ASSERT(exists(theirs[i]));
+    free(r);
+}
+
+/*
+ * The output folder's file system fills up mid-batch, for real: the tool runs
+ * in a mount namespace of its own (unshare(1); a user namespace too when not
+ * root) with --out on a 256 KiB tmpfs. It stops, and tells the operator to
+ * free space before running it again, since a plain re-run fails the same way.
+ */
+static void test_full_disk_says_free_space_first(void)
+{
+    static const char script[] = "mount -t tmpfs -o size=256k estgate-bs \"$1\" && shift && "
+                                 "exec \"$@\"";
+    eg_child_result *r = calloc(1, sizeof(*r));
+    char *argv[48], *bs[32], mnt[PATH_MAX];
+    int n = 0, i;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    CU_ASSERT_EQUAL_FATAL(mkdir(wpath(mnt, "full"), 0700), 0);
+    bs_argv(bs, "batch.csv", "full");
+    argv[n++] = "unshare";
+    argv[n++] = geteuid() == 0 ? "-m" : "-rm";
+    argv[n++] = "sh";
+    argv[n++] = "-c";
+    argv[n++] = (char *)script;
+    argv[n++] = "sh";
+    argv[n++] = mnt;
+    for (i = 0; bs[i] != NULL; i++)
+        argv[n++] = bs[i];
+    argv[n] = NULL;
+    eg_child_run(dir, NULL, argv, r);
+    if (strstr(r->err, "mount") != NULL && strstr(r->out, "rows") == NULL &&
+        strstr(r->err, "bootstrap") == NULL) {
+        printf("\n  note: cannot mount a tmpfs in a namespace here (%s); not checked\n", r->err);
+        free(r);
+        return;
+    }
+    CU_ASSERT_EQUAL(r->code, 73);
+    /* Whichever write meets the full file system first: a file's (ENOSPC) or the state's. */
+    CU_ASSERT(strstr(r->err, "No space left on device") != NULL ||
+              strstr(r->err, "database or disk is full") != NULL);
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->out, "is full; free space on it"));
+    CU_ASSERT_PTR_NULL(strstr(r->out, "; run the same command again to resume"));
+    free(r);
+}
+
+static int make_other_ca(const char *label, const char *subject, const char *file)
+{
+    eg_child_result *r = calloc(1, sizeof(*r));
+    const eg_token_config *cfg = eg_th_config(th);
+    char out[PATH_MAX];
+    int rc;
+
+    if (r == NULL)
+        return -1;
+    rc = eg_child_cmd(dir, r, tool, "ca", "create", "--module", cfg->module_path, "--token",
+                      cfg->token_label, "--pin-file", cfg->pin_file, "--label", label, "--key",
+                      "ec-p256", "--subject", subject, "--self-signed", "--days", "3650", "--out",
+                      wpath(out, file), NULL);
+    free(r);
+    return rc;
+}
+
+static void file_sha256_hex(const char *name, char hex[65])
+{
+    char path[PATH_MAX];
+    X509 *x = read_cert(wpath(path, name));
+    unsigned char *der = NULL, md[32];
+    int n = x != NULL ? i2d_X509(x, &der) : -1;
+
+    hex[0] = 0;
+    if (n > 0 && EVP_Digest(der, (size_t)n, md, NULL, EVP_sha256(), NULL) == 1) {
+        for (int i = 0; i < 32; i++)
+            sprintf(hex + 2 * i, "%02x", md[i]);
+    }
+    OPENSSL_free(der);
+    X509_free(x);
+}
+
+/*
+ * `ca renew` (same key, a new certificate) mid-batch: the renewed --ca-cert
+ * goes on with the batch, issuing nothing twice. A CA with another key is
+ * refused, naming the certificate the batch started with and saying that a
+ * new directory would issue every device again.
+ */
+static void test_renewed_ca_continues_the_batch(void)
+{
+    eg_child_result *r = calloc(1, sizeof(*r));
+    const eg_token_config *cfg = eg_th_config(th);
+    int now, already, refused, sigs;
+    char ca2[PATH_MAX], first[65], other_uri[256], db[PATH_MAX], *two;
+    X509 *x;
+    sqlite3 *h = NULL;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    CU_ASSERT_FATAL(write_text("renew1.csv", "serial,model,csr\nR1,m,fresh.csr\n") == 0);
+    CU_ASSERT_EQUAL_FATAL(run_bs("renew1.csv", "renew", r), 0);
+    CU_ASSERT_EQUAL_FATAL(eg_child_cmd(dir, r, tool, "ca", "renew", "--module", cfg->module_path,
+                                       "--token", cfg->token_label, "--pin-file", cfg->pin_file,
+                                       "--label", "factory-ca", "--days", "3650", "--out",
+                                       wpath(ca2, "ca-2.pem"), NULL),
+                          0);
+    CU_ASSERT_FATAL(write_text("renew2.csv", "serial,model,csr\nR1,m,fresh.csr\n"
+                                             "R2,m,csr/D00008.csr\n") == 0);
+    CU_ASSERT_EQUAL(run_bs_with("renew2.csv", "renew", r, "--ca-cert", ca2, NULL), 0);
+    CU_ASSERT_EQUAL_FATAL(summary(r, &now, &already, &refused, &sigs), 0);
+    CU_ASSERT(now == 1 && already == 1 && refused == 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->out, "is a renewal of the batch's CA certificate"));
+    x = read_cert(wpath(db, "renew/R2.pem"));
+    CU_ASSERT(x != NULL && verifies(x)); /* the old root verifies what the renewed one issued */
+    X509_free(x);
+    /* A state made before the CA's key and subject were recorded: told by its certificates. */
+    CU_ASSERT_FATAL(sqlite3_open(wpath(db, "renew/bootstrap.db"), &h) == SQLITE_OK);
+    CU_ASSERT(sqlite3_exec(h, "DELETE FROM batch_meta WHERE key <> 'ca_sha256'", NULL, NULL,
+                           NULL) == SQLITE_OK);
+    sqlite3_close(h);
+    CU_ASSERT_EQUAL(run_bs_with("renew2.csv", "renew", r, "--ca-cert", ca2, NULL), 0);
+    /* Another CA. */
+    CU_ASSERT_EQUAL_FATAL(make_other_ca("other-ca", "CN=Other Factory CA", "other-ca.pem"), 0);
+    snprintf(other_uri, sizeof(other_uri), "pkcs11:token=%s;object=other-ca;type=private",
+             cfg->token_label);
+    file_sha256_hex("ca.pem", first);
+    CU_ASSERT_EQUAL(run_bs_with("renew2.csv", "renew", r, "--ca-cert", wpath(db, "other-ca.pem"),
+                                "--ca-key", other_uri, NULL),
+                    65);
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->err, first));
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->err, "issues every device of the manifest again"));
+    two = eg_file_read(wpath(db, "renew/R2.pem"), NULL);
+    CU_ASSERT_PTR_NOT_NULL(two);
+    free(two);
     free(r);
 }
 
@@ -959,14 +1241,23 @@ static CU_TestInfo tests[] = {
     {"a bad CSR row is refused, the others issued", test_bad_csr_row_refused_others_issued},
     {"the same serial with another CSR is refused", test_same_serial_with_other_csr_refused},
     {"an --out folder's missing parents are made", test_out_parents_are_made},
+    {"a fix-up run keeps every device in the manifest",
+     test_fixup_run_keeps_every_device_in_manifest},
+    {"a changed model or SAN template is refused", test_changed_model_or_san_template_refused},
     {"a serial ending in .key is refused", test_serial_ending_in_key_refused},
     {"a byte-order mark is skipped", test_byte_order_mark_skipped},
+    {"an input without rows is refused", test_input_without_rows_refused},
     {"JSON escapes and unknown members", test_json_escapes_and_unknown_members},
+    {"a stopped run's temporary files are removed", test_leftover_temporary_files_removed},
+    {"a full file system: free space first", test_full_disk_says_free_space_first},
     {"token-generated keys unwrap on the device and match",
      test_token_generated_keys_unwrap_on_the_device},
     {"token lost mid-batch, resumed: each issued once", test_token_lost_mid_batch_then_resumed},
     {"token-generated keys are never in the tool's memory",
      test_generated_keys_never_in_tool_memory},
+    /* Last: it renews the factory CA's certificate in the token. */
+    {"a renewed CA continues the batch; another CA is refused",
+     test_renewed_ca_continues_the_batch},
     CU_TEST_INFO_NULL,
 };
 

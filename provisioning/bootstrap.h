@@ -67,19 +67,33 @@ typedef struct eg_bs_record {
     int64_t not_before, not_after;
     uint8_t *cert, *wrapped; /* DER; issued only; wrapped only for keygen rows */
     size_t certlen, wrappedlen;
+    char model[EG_BS_NAME_MAX + 1]; /* what the certificate was made from besides the request */
+    char *sans; /* the --san-template values, space-separated; NULL if issued before recorded */
 } eg_bs_record;
 
-/* Opens or creates dir/bootstrap.db for the CA with this fingerprint; an exit code. */
-int eg_bs_state_open(const char *dir, const uint8_t ca_sha256[32], eg_bs_state **out);
+typedef struct eg_bs_entry {
+    char serial[EG_BS_NAME_MAX + 1];
+    uint8_t sha256[32];
+} eg_bs_entry;
+
+/*
+ * Opens or creates dir/bootstrap.db for the CA certificate ca (of SHA-256
+ * ca_sha256); an exit code. A renewal of the batch's first CA certificate
+ * (same key and subject) is the same CA.
+ */
+int eg_bs_state_open(const char *dir, X509 *ca, const uint8_t ca_sha256[32], eg_bs_state **out);
 void eg_bs_state_free(eg_bs_state *st);
 /* The device's record; rec->phase is EG_BS_NONE when there is none. */
 int eg_bs_state_get(eg_bs_state *st, const char *serial, eg_bs_record *rec);
 /* Durably records the intent (request, serial, validity) before the token signs. */
 int eg_bs_state_intent(eg_bs_state *st, const char *serial, const char *model,
                        const eg_bs_record *rec);
-/* Durably records the certificate (and wrapped key) of an intent. */
-int eg_bs_state_issued(eg_bs_state *st, const char *serial, const uint8_t *cert, size_t certlen,
-                       const uint8_t *wrapped, size_t wrappedlen);
+/* Durably records the certificate (and wrapped key) of an intent, and what it was made from. */
+int eg_bs_state_issued(eg_bs_state *st, const char *serial, const char *model, const char *sans,
+                       const uint8_t *cert, size_t certlen, const uint8_t *wrapped,
+                       size_t wrappedlen);
+/* Every device of the state with a certificate, sorted by serial, for the batch manifest. */
+int eg_bs_state_entries(eg_bs_state *st, eg_bs_entry **out, size_t *n);
 void eg_bs_record_clear(eg_bs_record *rec);
 
 /* The issuing side, shared by every row. */
@@ -89,6 +103,7 @@ typedef struct eg_bs_issuer {
     EVP_PKEY *key;           /* the CA key, in the token through the provider */
     const char *const *sans; /* --san-template values, "dns:..." or "uri:..." */
     size_t nsans;
+    const char *sans_joined; /* the same, space-separated, as the state records them */
     int days;
 } eg_bs_issuer;
 
@@ -119,18 +134,20 @@ int eg_bs_keygen(eg_token *tok, const eg_keygen_spec *spec, EVP_PKEY *transport,
 int eg_bs_write_device(const char *dir, const char *serial, X509 *cert, STACK_OF(X509) * chain,
                        const uint8_t *wrapped, size_t wrappedlen);
 
-typedef struct eg_bs_entry {
-    const char *serial;
-    uint8_t sha256[32];
-} eg_bs_entry;
-
 /*
- * dir/manifest.txt and dir/manifest.cms: the entries (sorted here by serial)
- * as text, and as the encapsulated content of CMS SignedData signed by key,
+ * dir/manifest.txt and dir/manifest.cms: the entries (sorted by serial) as
+ * text, and as the encapsulated content of CMS SignedData signed by key,
  * signer cert included.
  */
-int eg_bs_manifest_write(const char *dir, eg_bs_entry *e, size_t n, const uint8_t ca_sha256[32],
-                         X509 *signer, EVP_PKEY *key);
+int eg_bs_manifest_write(const char *dir, const eg_bs_entry *e, size_t n,
+                         const uint8_t ca_sha256[32], X509 *signer, EVP_PKEY *key);
+/*
+ * Removes the temporary files (".<name>.XXXXXX") that a run killed while
+ * writing <serial>.pem, <serial>.key.pem or the manifest left in dir, and
+ * nothing else; the number removed, or -1 with errno when dir is unreadable.
+ * Only with the batch's lock held: another run's files are never touched.
+ */
+int eg_bs_remove_leftovers(const char *dir);
 
 /* Progress on stderr: a bar with rate and time left on a terminal, else a line every 5 s. */
 typedef struct eg_bs_progress {
@@ -150,8 +167,6 @@ typedef struct eg_bs_batch {
     eg_bs_state *state;
     bool keygen_ok; /* the token has what token-generated keys need */
     const char *keygen_missing;
-    eg_bs_entry *entries; /* devices with a certificate, for the batch manifest */
-    size_t nentries;
     size_t issued, already, refused;
 } eg_bs_batch;
 

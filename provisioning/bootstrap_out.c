@@ -6,9 +6,12 @@
  * of CMS SignedData). Files are derived from the batch state, so a run after
  * a crash rewrites any that are missing or differ.
  */
+#include <ctype.h>
+#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <openssl/cms.h>
 #include <openssl/pem.h>
@@ -103,11 +106,6 @@ int eg_bs_write_device(const char *dir, const char *serial, X509 *cert, STACK_OF
     return rc;
 }
 
-static int entry_cmp(const void *a, const void *b)
-{
-    return strcmp(((const eg_bs_entry *)a)->serial, ((const eg_bs_entry *)b)->serial);
-}
-
 /* "estgate-bootstrap-manifest 1", the CA, the count, then "<serial> <sha256>" lines. */
 static BIO *manifest_text(const eg_bs_entry *e, size_t n, const uint8_t ca[32])
 {
@@ -150,21 +148,12 @@ static BIO *manifest_cms(BIO *text, X509 *signer, EVP_PKEY *key)
     return out;
 }
 
-int eg_bs_manifest_write(const char *dir, eg_bs_entry *e, size_t n, const uint8_t ca_sha256[32],
-                         X509 *signer, EVP_PKEY *key)
+int eg_bs_manifest_write(const char *dir, const eg_bs_entry *e, size_t n,
+                         const uint8_t ca_sha256[32], X509 *signer, EVP_PKEY *key)
 {
-    BIO *text, *cms = NULL;
+    BIO *text = manifest_text(e, n, ca_sha256), *cms = NULL;
     char path[4096];
-    size_t i, u = 0;
     int rc;
-
-    /* Sorted, and a serial listed twice in the batch counted once. */
-    qsort(e, n, sizeof(*e), entry_cmp);
-    for (i = 0; i < n; i++) {
-        if (u == 0 || strcmp(e[u - 1].serial, e[i].serial) != 0)
-            e[u++] = e[i];
-    }
-    text = manifest_text(e, u, ca_sha256);
 
     if (text == NULL) {
         rc = eg_prov_fail_stack(EG_EXIT_SOFTWARE, "cannot build the batch manifest");
@@ -183,4 +172,58 @@ out:
     BIO_free(text);
     BIO_free(cms);
     return rc;
+}
+
+/* The file names this tool writes in a batch directory (before mkstemp's suffix). */
+static bool own_name(const char *s, size_t n)
+{
+    size_t i;
+
+    if ((n == 12 && (memcmp(s, "manifest.txt", 12) == 0 || memcmp(s, "manifest.cms", 12) == 0)))
+        return true;
+    /* <serial>.pem or <serial>.key.pem: serial characters, then .pem */
+    if (n < 5 || n > EG_BS_NAME_MAX + 8 || memcmp(s + n - 4, ".pem", 4) != 0 || s[0] == '.' ||
+        s[0] == '-')
+        return false;
+    for (i = 0; i < n - 4; i++) {
+        if (!isalnum((unsigned char)s[i]) && s[i] != '.' && s[i] != '_' && s[i] != '-')
+            return false;
+    }
+    return true;
+}
+
+/* ".<own name>.XXXXXX", as eg_prov_outfile_open makes them. */
+static bool leftover_name(const char *s)
+{
+    size_t n = strlen(s), i;
+
+    if (n < 9 || s[0] != '.' || s[n - 7] != '.')
+        return false;
+    for (i = n - 6; i < n; i++) {
+        if (!isalnum((unsigned char)s[i]))
+            return false;
+    }
+    return own_name(s + 1, n - 8);
+}
+
+int eg_bs_remove_leftovers(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    char path[4096];
+    int n = 0;
+
+    if (d == NULL)
+        return -1;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_type != DT_REG && e->d_type != DT_UNKNOWN)
+            continue;
+        if (!leftover_name(e->d_name))
+            continue;
+        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+        if (unlink(path) == 0)
+            n++;
+    }
+    closedir(d);
+    return n;
 }

@@ -129,18 +129,7 @@ out:
     return rc;
 }
 
-static int add_entry(eg_bs_batch *b, const eg_bs_row *row, const uint8_t *der, size_t len)
-{
-    eg_bs_entry *e = &b->entries[b->nentries];
-
-    e->serial = row->serial;
-    if (EVP_Digest(der, len, e->sha256, NULL, EVP_sha256(), NULL) != 1)
-        return eg_prov_fail_stack(EG_EXIT_SOFTWARE, "SHA-256");
-    b->nentries++;
-    return EG_EXIT_OK;
-}
-
-/* Output files and manifest entry of a certificate the state holds. */
+/* Output files of a certificate the state holds. */
 static int deliver(eg_bs_batch *b, const eg_bs_row *row, const uint8_t *der, size_t len,
                    const uint8_t *wrapped, size_t wrappedlen)
 {
@@ -151,8 +140,6 @@ static int deliver(eg_bs_batch *b, const eg_bs_row *row, const uint8_t *der, siz
     if (cert == NULL)
         return eg_prov_fail_stack(EG_EXIT_SOFTWARE, "the recorded certificate of %s", row->serial);
     rc = eg_bs_write_device(b->out, row->serial, cert, b->issuer.chain, wrapped, wrappedlen);
-    if (rc == EG_EXIT_OK)
-        rc = add_entry(b, row, der, len);
     X509_free(cert);
     return rc;
 }
@@ -195,8 +182,8 @@ static int issue(eg_bs_batch *b, const eg_bs_row *row, struct request *q, eg_bs_
         rc = eg_prov_fail_stack(EG_EXIT_SOFTWARE, "cannot encode the certificate");
         goto out;
     }
-    if ((rc = eg_bs_state_issued(b->state, row->serial, der, (size_t)n, q->wrapped,
-                                 q->wrappedlen)) != EG_EXIT_OK)
+    if ((rc = eg_bs_state_issued(b->state, row->serial, row->model, b->issuer.sans_joined, der,
+                                 (size_t)n, q->wrapped, q->wrappedlen)) != EG_EXIT_OK)
         goto out;
     rc = deliver(b, row, der, (size_t)n, q->wrapped, q->wrappedlen);
 out:
@@ -204,6 +191,30 @@ out:
     X509_free(cert);
     EVP_PKEY_free(pub);
     return rc;
+}
+
+/*
+ * Whether the row would make another certificate than the one issued: the
+ * request is the same, but the model or the SAN templates (subject and SANs)
+ * changed. A device keeps its one certificate; the row is refused, not
+ * counted as issued, so a correction is never silently dropped. A
+ * certificate issued before the templates were recorded is checked for its
+ * model only.
+ */
+static bool changed(const eg_bs_batch *b, const eg_bs_row *row, const eg_bs_record *rec, char *why)
+{
+    const char *now = b->issuer.sans_joined;
+
+    if (strcmp(rec->model, row->model) != 0) {
+        snprintf(why, EG_BS_WHY_MAX, "issued earlier with model %s; not reissued", rec->model);
+        return true;
+    }
+    if (rec->sans != NULL && strcmp(rec->sans, now) != 0) {
+        snprintf(why, EG_BS_WHY_MAX, "issued earlier with %s%.160s; not reissued",
+                 rec->sans[0] != 0 ? "--san-template " : "no --san-template", rec->sans);
+        return true;
+    }
+    return false;
 }
 
 /* Refusals that need nothing from the token. */
@@ -238,6 +249,10 @@ int eg_bs_row_run(eg_bs_batch *b, const eg_bs_row *row, char *why)
         snprintf(why, EG_BS_WHY_MAX, "serial already %s for a different %s; not reissued",
                  rec.phase == EG_BS_ISSUED ? "issued" : "being issued",
                  row->mode == EG_BS_CSR ? "CSR" : "request");
+        rc = EG_EXIT_DATAERR;
+        goto out;
+    }
+    if (rec.phase == EG_BS_ISSUED && changed(b, row, &rec, why)) {
         rc = EG_EXIT_DATAERR;
         goto out;
     }

@@ -37,8 +37,9 @@ static const char bootstrap_help[] =
     "\n"
     "The batch state is kept in DIR/bootstrap.db: running the same batch again,\n"
     "after an interruption or a token error, issues only what is missing and\n"
-    "never a second certificate to a device. A serial already recorded with a\n"
-    "different CSR is refused. Bad rows are reported and skipped.\n"
+    "never a second certificate to a device of DIR (another DIR is a new batch).\n"
+    "A serial already recorded with a different CSR, model or SAN templates is\n"
+    "refused. Bad rows are reported and skipped.\n"
     "Outputs: DIR/<serial>.pem (certificate and CA chain), DIR/<serial>.key.pem\n"
     "(wrapped key), DIR/manifest.txt and DIR/manifest.cms (CMS SignedData).\n"
     "See docs/factory-line.md for the formats.\n"
@@ -190,12 +191,16 @@ struct bs_setup {
     STACK_OF(X509) * mchain;
     EVP_PKEY *mkey;
     uint8_t ca_sha256[32];
+    char *sans_joined;
+    eg_bs_entry *entries; /* the batch manifest: every device of the state with a certificate */
+    size_t nentries;
 };
 
 static void setup_clear(struct bs_setup *s)
 {
     eg_bs_rows_free(s->rows);
-    OPENSSL_free(s->b.entries);
+    OPENSSL_free(s->entries);
+    OPENSSL_free(s->sans_joined);
     eg_bs_state_free(s->b.state);
     EVP_PKEY_free(s->mkey);
     EVP_PKEY_free(s->b.issuer.key);
@@ -223,6 +228,41 @@ static int ca_setup(const struct bs_args *a, struct bs_setup *s)
     return rc;
 }
 
+/* The --san-template values as the state records them: space-separated, none has a space. */
+static int join_sans(const struct bs_args *a, char **out)
+{
+    size_t i, len = 1;
+    char *j;
+
+    for (i = 0; i < a->nsans; i++)
+        len += strlen(a->sans[i]) + 1;
+    if ((j = OPENSSL_zalloc(len)) == NULL)
+        return eg_prov_fail(EG_EXIT_SOFTWARE, "out of memory");
+    for (i = 0; i < a->nsans; i++) {
+        if (i > 0)
+            strcat(j, " ");
+        strcat(j, a->sans[i]);
+    }
+    *out = j;
+    return EG_EXIT_OK;
+}
+
+/*
+ * A run killed while writing a file leaves its hidden temporary; with the
+ * batch's lock held none can be another run's, so they go.
+ */
+static void remove_leftovers(const char *dir)
+{
+    int n = eg_bs_remove_leftovers(dir);
+
+    if (n < 0)
+        eg_prov_warn("cannot list %s to remove temporary files of a stopped run: %s", dir,
+                     strerror(errno));
+    else if (n > 0)
+        eg_prov_note("removed %d temporary file%s a stopped run left in %s", n, n == 1 ? "" : "s",
+                     dir);
+}
+
 static int bs_setup(const struct bs_args *a, struct bs_setup *s)
 {
     int rc;
@@ -234,12 +274,21 @@ static int bs_setup(const struct bs_args *a, struct bs_setup *s)
     if ((rc = ca_setup(a, s)) != EG_EXIT_OK ||
         (rc = eg_bs_input_read(a->manifest, &a->key, &s->rows)) != EG_EXIT_OK)
         return rc;
-    if ((s->b.entries = OPENSSL_zalloc((s->rows->n + 1) * sizeof(eg_bs_entry))) == NULL)
-        return eg_prov_fail(EG_EXIT_SOFTWARE, "out of memory");
+    /* A signed manifest of nothing would look like a finished batch. */
+    if (s->rows->n == 0)
+        return eg_prov_fail(EG_EXIT_DATAERR,
+                            "%s: the input holds no device rows (only a header, blank lines or # "
+                            "comments); nothing issued",
+                            a->manifest);
+    if ((rc = join_sans(a, &s->sans_joined)) != EG_EXIT_OK)
+        return rc;
+    s->b.issuer.sans_joined = s->sans_joined;
     if (eg_prov_mkdirs(a->out, 0755) != 0)
         return eg_prov_fail(EG_EXIT_CANTCREAT, "cannot create %s: %s", a->out, strerror(errno));
-    if ((rc = eg_bs_state_open(a->out, s->ca_sha256, &s->b.state)) != EG_EXIT_OK ||
-        (rc = eg_prov_token_open(&a->tok, &s->b.tok)) != EG_EXIT_OK ||
+    if ((rc = eg_bs_state_open(a->out, s->b.issuer.ca, s->ca_sha256, &s->b.state)) != EG_EXIT_OK)
+        return rc;
+    remove_leftovers(a->out);
+    if ((rc = eg_prov_token_open(&a->tok, &s->b.tok)) != EG_EXIT_OK ||
         (rc = load_signer(s->b.tok, a->ca_key, s->b.issuer.ca, &s->b.issuer.key)) != EG_EXIT_OK)
         return rc;
     if (a->mkey != NULL && ((rc = read_certs(a->mcert, &s->mchain)) != EG_EXIT_OK ||
@@ -291,6 +340,7 @@ static int bs_run(const struct bs_args *a)
     struct bs_setup s;
     X509 *msigner;
     uint64_t before = 0;
+    bool stopped = false;
     int rc;
 
     memset(&s, 0, sizeof(s));
@@ -301,19 +351,31 @@ static int bs_run(const struct bs_args *a)
                      eg_token_label(s.b.tok), s.b.keygen_missing);
     before = sign_calls(s.b.tok);
     if ((rc = bs_rows(&s)) != EG_EXIT_OK) {
-        eg_prov_note("stopped after %zu issued; run the same command again to resume", s.b.issued);
+        stopped = true;
         goto out;
     }
+    /* From the state, not from this run's rows: a fix-up run keeps the whole batch listed. */
     msigner = s.mkey != NULL ? sk_X509_value(s.mchain, 0) : s.b.issuer.ca;
-    if ((rc = eg_bs_manifest_write(a->out, s.b.entries, s.b.nentries, s.ca_sha256, msigner,
-                                   s.mkey != NULL ? s.mkey : s.b.issuer.key)) != EG_EXIT_OK)
+    if ((rc = eg_bs_state_entries(s.b.state, &s.entries, &s.nentries)) != EG_EXIT_OK ||
+        (rc = eg_bs_manifest_write(a->out, s.entries, s.nentries, s.ca_sha256, msigner,
+                                   s.mkey != NULL ? s.mkey : s.b.issuer.key)) != EG_EXIT_OK) {
+        stopped = true;
         goto out;
+    }
     eg_prov_note("%zu rows: issued now %zu, already issued %zu, refused %zu", s.rows->n, s.b.issued,
                  s.b.already, s.b.refused);
     eg_prov_note("token signatures %llu; manifest of %zu devices in %s/manifest.cms",
-                 (unsigned long long)(sign_calls(s.b.tok) - before), s.b.nentries, a->out);
+                 (unsigned long long)(sign_calls(s.b.tok) - before), s.nentries, a->out);
     rc = s.b.refused > 0 ? EG_EXIT_DATAERR : EG_EXIT_OK;
 out:
+    /* A full file system fails the same way on every run until space is freed. */
+    if (rc != EG_EXIT_OK && eg_prov_disk_full())
+        eg_prov_note("stopped after %zu issued: the file system of %s is full; free space on it "
+                     "(the batch needs a few KiB per device), then run the same command again to "
+                     "resume",
+                     s.b.issued, a->out);
+    else if (stopped)
+        eg_prov_note("stopped after %zu issued; run the same command again to resume", s.b.issued);
     setup_clear(&s);
     return rc;
 }

@@ -2,6 +2,7 @@
 #ifndef EG_PROV_FILES_H
 #define EG_PROV_FILES_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
 
@@ -45,6 +46,15 @@ int eg_prov_outfile_write(eg_prov_outfile *f, BIO *mem);
 int eg_prov_outfile_commit(eg_prov_outfile *f);
 /* Removes the temporary file unless committed. */
 void eg_prov_outfile_free(eg_prov_outfile *f);
+
+/*
+ * Whether a write of this process failed because its file system was full
+ * (ENOSPC, EDQUOT, SQLite's SQLITE_FULL): running the command again cannot
+ * succeed until space is freed, and the operator is told so.
+ */
+bool eg_prov_disk_full(void);
+/* Records such a failure (outfile does for its own writes). */
+void eg_prov_disk_full_seen(void);
 
 /* Makes dir and any missing parents (mkdir -p); 0, or -1 with errno. */
 int eg_prov_mkdirs(const char *dir, mode_t mode);

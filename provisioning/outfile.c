@@ -2,6 +2,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +22,34 @@ struct eg_prov_outfile {
     int fd;
     int committed;
 };
+
+static bool disk_full;
+
+bool eg_prov_disk_full(void)
+{
+    return disk_full;
+}
+
+void eg_prov_disk_full_seen(void)
+{
+    disk_full = true;
+}
+
+/* A write error: what failed and errno's reason; a full file system is remembered. */
+static int write_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int write_fail(const char *fmt, ...)
+{
+    int e = errno;
+    char what[8192];
+    va_list ap;
+
+    if (e == ENOSPC || e == EDQUOT)
+        disk_full = true;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof(what), fmt, ap);
+    va_end(ap);
+    return eg_prov_fail(EG_EXIT_CANTCREAT, "%s: %s", what, strerror(e));
+}
 
 static int split_path(eg_prov_outfile *f, const char *path)
 {
@@ -56,8 +86,7 @@ int eg_prov_outfile_open(const char *path, mode_t mode, eg_prov_outfile **out)
     }
     f->mode = mode;
     if ((f->fd = mkostemp(f->tmp, O_CLOEXEC)) < 0) {
-        rc = eg_prov_fail(EG_EXIT_CANTCREAT, "cannot create a file in %s for %s: %s", f->dir, path,
-                          strerror(errno));
+        rc = write_fail("cannot create a file in %s for %s", f->dir, path);
         free(f->tmp);
         f->tmp = NULL;
         goto out;
@@ -80,7 +109,7 @@ int eg_prov_outfile_write(eg_prov_outfile *f, BIO *mem)
         if ((n = write(f->fd, p, (size_t)len)) < 0) {
             if (errno == EINTR)
                 continue;
-            return eg_prov_fail(EG_EXIT_CANTCREAT, "writing %s: %s", f->path, strerror(errno));
+            return write_fail("writing %s", f->path);
         }
         p += n;
         len -= n;
@@ -103,18 +132,17 @@ static int sync_dir(const char *dir)
 int eg_prov_outfile_commit(eg_prov_outfile *f)
 {
     if (fchmod(f->fd, f->mode) != 0 || fsync(f->fd) != 0)
-        return eg_prov_fail(EG_EXIT_CANTCREAT, "writing %s: %s", f->path, strerror(errno));
+        return write_fail("writing %s", f->path);
     if (close(f->fd) != 0) {
         f->fd = -1;
-        return eg_prov_fail(EG_EXIT_CANTCREAT, "writing %s: %s", f->path, strerror(errno));
+        return write_fail("writing %s", f->path);
     }
     f->fd = -1;
     if (rename(f->tmp, f->path) != 0)
-        return eg_prov_fail(EG_EXIT_CANTCREAT, "renaming %s to %s: %s", f->tmp, f->path,
-                            strerror(errno));
+        return write_fail("renaming %s to %s", f->tmp, f->path);
     f->committed = 1;
     if (sync_dir(f->dir) != 0)
-        return eg_prov_fail(EG_EXIT_CANTCREAT, "syncing %s: %s", f->dir, strerror(errno));
+        return write_fail("syncing %s", f->dir);
     return EG_EXIT_OK;
 }
 
