@@ -23,7 +23,9 @@
 #include <openssl/x509v3.h>
 
 #include "child.h"
+#include "estgate_bundle.h"
 #include "p11.h"
+#include "provider.h"
 #include "test_certs.h"
 #include "token_harness.h"
 
@@ -210,6 +212,29 @@ static void check_token_signed(const char *name)
     X509_free(signer);
 }
 
+/* The signer's certificate says what it is for: the bundle-signer EKU and digitalSignature. */
+static void check_signer_usage(const char *name)
+{
+    X509 *signer = cms_signer(name);
+    ASN1_OBJECT *want = OBJ_txt2obj(ESTGATE_BUNDLE_SIGNER_EKU_OID, 1);
+    EXTENDED_KEY_USAGE *eku = NULL;
+    int crit = 0;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(signer);
+    eku = X509_get_ext_d2i(signer, NID_ext_key_usage, &crit, NULL);
+    CU_ASSERT_FATAL(eku != NULL && want != NULL);
+    CU_ASSERT_EQUAL(sk_ASN1_OBJECT_num(eku), 1);
+    CU_ASSERT_EQUAL(OBJ_cmp(sk_ASN1_OBJECT_value(eku, 0), want), 0);
+    CU_ASSERT_EQUAL(crit, 1);
+    CU_ASSERT_EQUAL(X509_get_key_usage(signer), KU_DIGITAL_SIGNATURE);
+    CU_ASSERT_EQUAL(X509_EXTENSION_get_critical(
+                        X509_get_ext(signer, X509_get_ext_by_NID(signer, NID_key_usage, -1))),
+                    1);
+    EXTENDED_KEY_USAGE_free(eku);
+    ASN1_OBJECT_free(want);
+    X509_free(signer);
+}
+
 static void test_create_then_verify(void)
 {
     char path[PATH_MAX];
@@ -228,6 +253,7 @@ static void test_create_then_verify(void)
     /* The signer's own certificate file (signer, then CA) is trust enough too. */
     CU_ASSERT_EQUAL(verify("v3", "bsign.pem", NULL, NULL), 0);
     check_token_signed("v3");
+    check_signer_usage("v3");
 }
 
 /* --out-dir bundles/v4 where bundles/ does not exist yet: made, as mkdir -p would. */
@@ -250,9 +276,14 @@ static void test_openssl_accepts_the_files(void)
         return;
     }
     CU_ASSERT_EQUAL_FATAL(access(tpath(in, "v3/manifest.cms"), R_OK), 0);
+    /* Its default purpose, S/MIME signing, wants emailProtection, which a bundle signer lacks. */
+    CU_ASSERT_NOT_EQUAL(eg_child_cmd(eg_th_dir(th), r, "/usr/bin/openssl", "cms", "-verify",
+                                     "-inform", "DER", "-in", in, "-CAfile", tpath(ca, "ca.pem"),
+                                     "-out", tpath(out, "manifest.txt"), NULL),
+                        0);
     CU_ASSERT_EQUAL(eg_child_cmd(eg_th_dir(th), r, "/usr/bin/openssl", "cms", "-verify", "-inform",
-                                 "DER", "-in", in, "-CAfile", tpath(ca, "ca.pem"), "-out",
-                                 tpath(out, "manifest.txt"), NULL),
+                                 "DER", "-in", in, "-CAfile", tpath(ca, "ca.pem"), "-purpose",
+                                 "any", "-out", tpath(out, "manifest.txt"), NULL),
                     0);
     text = eg_file_read(out, NULL);
     CU_ASSERT_PTR_NOT_NULL_FATAL(text);
@@ -262,7 +293,8 @@ static void test_openssl_accepts_the_files(void)
     /* openssl refuses it against another CA: the acceptance above means something. */
     CU_ASSERT_NOT_EQUAL(eg_child_cmd(eg_th_dir(th), r, "/usr/bin/openssl", "cms", "-verify",
                                      "-inform", "DER", "-in", in, "-CAfile",
-                                     tpath(other, "other-ca.pem"), "-out", out, NULL),
+                                     tpath(other, "other-ca.pem"), "-purpose", "any", "-out", out,
+                                     NULL),
                         0);
     CU_ASSERT_EQUAL(eg_child_cmd(eg_th_dir(th), r, "/usr/bin/openssl", "pkcs7", "-inform", "DER",
                                  "-in", tpath(p7b, "v3/trust-bundle.p7b"), "-print_certs", "-noout",
@@ -430,13 +462,18 @@ static int write_ini(const char *name, const char *tls_chain, const char *profil
     return rc;
 }
 
-/* `bundle install` of the bundle in inst/ into profile of the configuration name. */
-static int install(const char *name, const char *profile)
+/* `bundle install` of the bundle in the folder bundle into profile of the configuration name. */
+static int install_from(const char *bundle, const char *name, const char *profile)
 {
     char dir[PATH_MAX], tr[PATH_MAX], ini[PATH_MAX];
 
-    return run_tool(false, "bundle", "install", "--dir", tpath(dir, "inst"), "--trust",
+    return run_tool(false, "bundle", "install", "--dir", tpath(dir, bundle), "--trust",
                     tpath(tr, "ca.pem"), "--config", tpath(ini, name), "--profile", profile, NULL);
+}
+
+static int install(const char *name, const char *profile)
+{
+    return install_from("inst", name, profile);
 }
 
 /* Whether the file name still holds exactly what the file ca.pem holds. */
@@ -516,6 +553,155 @@ static void test_install_refuses_a_shared_client_ca(void)
     free(text);
 }
 
+/*
+ * A certificate for a software key from the token CA "ca", with the EKU
+ * emailProtection: what estgated issues on a profile with that EKU and the
+ * factory CA key. Written as impostor.pem and its key as impostor.key.
+ */
+static int impostor_cert(X509 **cert, EVP_PKEY **key)
+{
+    X509 *ca = NULL, *x = X509_new();
+    eg_p11_key *ca_key = NULL;
+    EVP_PKEY *ca_pkey = NULL;
+    eg_token *tok = NULL;
+    X509V3_CTX ctx;
+    char path[PATH_MAX];
+    BIO *in = BIO_new_file(tpath(path, "ca.pem"), "r");
+    static const char *const exts[][2] = {{"basicConstraints", "critical,CA:FALSE"},
+                                          {"keyUsage", "critical,digitalSignature"},
+                                          {"extendedKeyUsage", "emailProtection"},
+                                          {"authorityKeyIdentifier", "keyid:always"}};
+    size_t i;
+    int ok;
+
+    *key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+    ok = in != NULL && (ca = PEM_read_bio_X509(in, NULL, NULL, NULL)) != NULL && x != NULL &&
+         *key != NULL && eg_provider_init(NULL) == 0 &&
+         eg_token_open(eg_th_config(th), &tok) == 0 &&
+         eg_p11_key_open(tok, "pkcs11:object=ca;type=private", &ca_key) == 0 &&
+         eg_provider_key_pkey(NULL, ca_key, &ca_pkey) == 0 && X509_set_version(x, X509_VERSION_3) &&
+         ASN1_INTEGER_set(X509_get_serialNumber(x), 666) &&
+         X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_UTF8,
+                                    (const unsigned char *)"Mallory", -1, -1, 0) &&
+         X509_set_issuer_name(x, X509_get_subject_name(ca)) &&
+         X509_gmtime_adj(X509_getm_notBefore(x), -3600) != NULL &&
+         X509_gmtime_adj(X509_getm_notAfter(x), 86400L * 365) != NULL && X509_set_pubkey(x, *key);
+    X509V3_set_ctx(&ctx, ca, x, NULL, NULL, 0);
+    for (i = 0; ok && i < sizeof(exts) / sizeof(exts[0]); i++) {
+        X509_EXTENSION *e = X509V3_EXT_nconf(NULL, &ctx, exts[i][0], exts[i][1]);
+
+        ok = e != NULL && X509_add_ext(x, e, -1) == 1;
+        X509_EXTENSION_free(e);
+    }
+    ok = ok && X509_sign(x, ca_pkey, EVP_sha256()) > 0;
+    if (!ok) {
+        ERR_print_errors_fp(stdout);
+        X509_free(x);
+        x = NULL;
+    }
+    *cert = x;
+    EVP_PKEY_free(ca_pkey);
+    eg_p11_key_free(ca_key);
+    eg_token_free(tok);
+    X509_free(ca);
+    BIO_free(in);
+    return ok ? 0 : -1;
+}
+
+/* name/manifest.cms's manifest text with "bundle-version 3" made 999, signed by who. */
+static int forge(const char *from, const char *name, X509 *who, EVP_PKEY *key)
+{
+    char path[PATH_MAX], file[256], text[8192];
+    BIO *in, *data = NULL, *out = NULL;
+    CMS_ContentInfo *cms = NULL, *forged = NULL;
+    ASN1_OCTET_STRING **content;
+    const char *p;
+    int n = -1, ok;
+
+    snprintf(file, sizeof(file), "%s/manifest.cms", from);
+    in = BIO_new_file(tpath(path, file), "rb");
+    ok = in != NULL && (cms = d2i_CMS_bio(in, NULL)) != NULL &&
+         (content = CMS_get0_content(cms)) != NULL && *content != NULL &&
+         (p = memmem(ASN1_STRING_get0_data(*content), (size_t)ASN1_STRING_length(*content),
+                     "bundle-version 3\n", 17)) != NULL;
+    if (ok) {
+        const char *t = (const char *)ASN1_STRING_get0_data(*content);
+        int len = ASN1_STRING_length(*content);
+
+        n = snprintf(text, sizeof(text), "%.*sbundle-version 999\n%.*s", (int)(p - t), t,
+                     (int)(len - (p + 17 - t)), p + 17);
+    }
+    snprintf(file, sizeof(file), "%s/manifest.cms", name);
+    ok = ok && n > 0 && (size_t)n < sizeof(text) && (data = BIO_new_mem_buf(text, n)) != NULL &&
+         (forged = CMS_sign(who, key, NULL, data, CMS_BINARY | CMS_NOSMIMECAP)) != NULL &&
+         (out = BIO_new_file(tpath(path, file), "wb")) != NULL && i2d_CMS_bio(out, forged) == 1;
+    if (!ok)
+        ERR_print_errors_fp(stdout);
+    BIO_free(out);
+    CMS_ContentInfo_free(forged);
+    BIO_free(data);
+    CMS_ContentInfo_free(cms);
+    BIO_free(in);
+    return ok ? 0 : -1;
+}
+
+/*
+ * A reviewer's attack: a certificate from the devices' CA for another use
+ * signs a bundle with version 999, which before was verified, installed, and
+ * locked the genuine next bundle out as a rollback. Only the bundle-signer
+ * EKU tells the genuine signer apart; verify and install refuse it, saying so.
+ */
+static void test_a_certificate_that_is_not_a_bundle_signer_is_refused(void)
+{
+    X509 *cert = NULL;
+    EVP_PKEY *key = NULL;
+    char path[PATH_MAX], src[PATH_MAX];
+
+    CU_ASSERT_EQUAL_FATAL(impostor_cert(&cert, &key), 0);
+    /* v3's files, which the forged manifest names, and the forged manifest. */
+    CU_ASSERT_EQUAL_FATAL(tamper("v3", "forged", "none", 0), 0);
+    CU_ASSERT_EQUAL_FATAL(forge("v3", "forged", cert, key), 0);
+    CU_ASSERT_EQUAL(verify("forged", "ca.pem", "3", NULL), 80);
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->err, "CN=Mallory) is not a bundle signer"));
+
+    CU_ASSERT_EQUAL_FATAL(eg_child_cmd(eg_th_dir(th), r, "/bin/cp", tpath(src, "ca.pem"),
+                                       tpath(path, "fleet.pem"), NULL),
+                          0);
+    CU_ASSERT_EQUAL_FATAL(write_ini("forged.ini", "tls.pem",
+                                    "[profile iot]\n" PROFILE_HEAD "client_ca = fleet.pem\n"),
+                          0);
+    CU_ASSERT_EQUAL(install_from("forged", "forged.ini", "iot"), 80);
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->err, "is not a bundle signer"));
+    CU_ASSERT(still_ca("fleet.pem"));
+    CU_ASSERT_NOT_EQUAL(access(tpath(path, "fleet.pem.version"), F_OK), 0);
+
+    /* The genuine signer's bundle still goes in. */
+    CU_ASSERT_EQUAL(install_from("v3", "forged.ini", "iot"), 0);
+    CU_ASSERT_EQUAL(verify("v3", "ca.pem", "2", NULL), 0);
+    X509_free(cert);
+    EVP_PKEY_free(key);
+}
+
+/* A key whose certificate is not a bundle signer's (here a TLS key's) does not sign a bundle. */
+static void test_create_refuses_a_signer_without_the_eku(void)
+{
+    char path[PATH_MAX], uri[512];
+    const char *p, *e;
+
+    CU_ASSERT_EQUAL_FATAL(run_tool(true, "tls", "create", "--label", "not-a-signer", "--key",
+                                   "ec-p256", "--ca-label", "ca", "--dns", "est.test.example",
+                                   "--days", "30", "--out", tpath(path, "not-a-signer.pem"), NULL),
+                          0);
+    p = strstr(r->out, "pkcs11:");
+    e = p != NULL ? strchr(p, '\n') : NULL;
+    CU_ASSERT_FATAL(e != NULL && (size_t)(e - p) < sizeof(uri));
+    snprintf(uri, sizeof(uri), "%.*s", (int)(e - p), p);
+    CU_ASSERT_EQUAL(create(uri, "7", "no-eku"), 65);
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->err, "is not a bundle signer's"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->err, "bundle signer create"));
+    CU_ASSERT_NOT_EQUAL(access(tpath(path, "no-eku"), F_OK), 0);
+}
+
 static CU_TestInfo tests[] = {
     {"create, then verify against the CA and the signer", test_create_then_verify},
     {"openssl cms -verify and pkcs7 accept the files", test_openssl_accepts_the_files},
@@ -529,6 +715,10 @@ static CU_TestInfo tests[] = {
     {"create refuses leaves, duplicates, bad versions", test_create_refuses_bad_input},
     {"install refuses a client_ca that is also a CA or TLS chain",
      test_install_refuses_a_shared_client_ca},
+    {"a certificate from the CA that is not a bundle signer is refused",
+     test_a_certificate_that_is_not_a_bundle_signer_is_refused},
+    {"create refuses a signer without the bundle-signer EKU",
+     test_create_refuses_a_signer_without_the_eku},
     CU_TEST_INFO_NULL,
 };
 

@@ -30,6 +30,14 @@ struct ident {
 };
 
 static struct ident ca, signer, other_ca, other_signer, anchor1, anchor2;
+/*
+ * From the fleet CA, but not bundle signers: an S/MIME certificate, one with no
+ * EKU at all (a signer an earlier build made), and one with the EKU whose key
+ * usage is not digitalSignature.
+ */
+static struct ident smime, no_eku, wrong_ku;
+/* The last refusal's sentence. */
+static char last_why[512];
 
 /* A bundle's files in memory. */
 struct bundle {
@@ -50,9 +58,12 @@ static int add_ext(X509 *x, X509 *issuer, int nid, const char *value)
     return ok;
 }
 
-/* A certificate valid from T0 - 10 days for days days; issuer NULL: self-signed. */
+/*
+ * A certificate valid from T0 - 10 days for days days; issuer NULL: self-signed;
+ * eku NULL: no extended key usage.
+ */
 static int make_ident(struct ident *id, const char *cn, const struct ident *issuer, int is_ca,
-                      long days)
+                      long days, const char *eku)
 {
     static long serial = 1;
     X509 *x = X509_new();
@@ -73,6 +84,7 @@ static int make_ident(struct ident *id, const char *cn, const struct ident *issu
          add_ext(x, ix, NID_key_usage,
                  is_ca ? "critical,keyCertSign,cRLSign" : "critical,digitalSignature") &&
          add_ext(x, ix, NID_subject_key_identifier, "hash") &&
+         (eku == NULL || add_ext(x, ix, NID_ext_key_usage, eku)) &&
          X509_sign(x, issuer != NULL ? issuer->key : id->key, EVP_sha256()) > 0;
     if (!ok) {
         ERR_print_errors_fp(stdout);
@@ -92,12 +104,17 @@ static void ident_clear(struct ident *id)
 
 static int init(void)
 {
-    return make_ident(&ca, "Fleet CA", NULL, 1, 3650) ||
-                   make_ident(&signer, "Bundle signer", &ca, 0, 1000) ||
-                   make_ident(&other_ca, "Other CA", NULL, 1, 3650) ||
-                   make_ident(&other_signer, "Other signer", &other_ca, 0, 1000) ||
-                   make_ident(&anchor1, "Anchor one", NULL, 1, 3650) ||
-                   make_ident(&anchor2, "Anchor two", NULL, 1, 3650)
+    const char *bsign = "critical," ESTGATE_BUNDLE_SIGNER_EKU_OID;
+
+    return make_ident(&ca, "Fleet CA", NULL, 1, 3650, NULL) ||
+                   make_ident(&signer, "Bundle signer", &ca, 0, 1000, bsign) ||
+                   make_ident(&other_ca, "Other CA", NULL, 1, 3650, NULL) ||
+                   make_ident(&other_signer, "Other signer", &other_ca, 0, 1000, bsign) ||
+                   make_ident(&anchor1, "Anchor one", NULL, 1, 3650, NULL) ||
+                   make_ident(&anchor2, "Anchor two", NULL, 1, 3650, NULL) ||
+                   make_ident(&smime, "Someone", &ca, 0, 1000, "emailProtection") ||
+                   make_ident(&no_eku, "Old bundle signer", &ca, 0, 1000, NULL) ||
+                   make_ident(&wrong_ku, "Signing CA", &ca, 1, 1000, bsign)
                ? -1
                : 0;
 }
@@ -110,6 +127,9 @@ static int clean(void)
     ident_clear(&other_signer);
     ident_clear(&anchor1);
     ident_clear(&anchor2);
+    ident_clear(&smime);
+    ident_clear(&no_eku);
+    ident_clear(&wrong_ku);
     return 0;
 }
 
@@ -242,6 +262,7 @@ static estgate_bundle_status check(const struct bundle *b, X509 *trust, long lon
 
     sk_X509_push(pol.trusted, trust);
     st = estgate_bundle_verify(&f, &pol, &got, why, sizeof(why));
+    memcpy(last_why, why, sizeof(last_why));
     if (st != ESTGATE_BUNDLE_OK) {
         printf("\n    (%s: %s) ", estgate_bundle_status_name(st), why);
         CU_ASSERT(got == sentinel); /* not written on failure */
@@ -333,6 +354,32 @@ static void test_wrong_signer_is_refused(void)
     CU_ASSERT_EQUAL(check(&b, signer.cert, T0 + DAY, 0, NULL), ESTGATE_BUNDLE_UNTRUSTED_SIGNER);
     /* Its own CA accepts it: the refusal above was about trust, not the bundle. */
     CU_ASSERT_EQUAL(check(&b, other_ca.cert, T0 + DAY, 0, NULL), ESTGATE_BUNDLE_OK);
+}
+
+/*
+ * A reviewer's attack: a certificate the fleet CA issued for something else
+ * (an S/MIME certificate estgated issued on a profile with emailProtection)
+ * signs a bundle. It chains to the devices' trust, so only the bundle-signer
+ * EKU tells it apart.
+ */
+static void test_not_a_bundle_signer_is_refused(void)
+{
+    const struct ident *impostors[] = {&smime, &no_eku, &wrong_ku};
+    struct bundle b;
+    size_t i;
+
+    for (i = 0; i < sizeof(impostors) / sizeof(impostors[0]); i++) {
+        CU_ASSERT_EQUAL_FATAL(make_bundle(&b, impostors[i]), 0);
+        CU_ASSERT_EQUAL(check(&b, ca.cert, T0 + DAY, 4, NULL), ESTGATE_BUNDLE_UNTRUSTED_SIGNER);
+        CU_ASSERT_PTR_NOT_NULL(strstr(last_why, "is not a bundle signer"));
+        /* Pinned as given, it is no more a bundle signer. */
+        CU_ASSERT_EQUAL(check(&b, impostors[i]->cert, T0 + DAY, 4, NULL),
+                        ESTGATE_BUNDLE_UNTRUSTED_SIGNER);
+    }
+    CU_ASSERT_PTR_NOT_NULL(strstr(last_why, "digitalSignature"));
+    /* The genuine signer, from the same CA, still signs. */
+    CU_ASSERT_EQUAL_FATAL(make_bundle(&b, &signer), 0);
+    CU_ASSERT_EQUAL(check(&b, ca.cert, T0 + DAY, 4, NULL), ESTGATE_BUNDLE_OK);
 }
 
 static void test_expired_is_refused(void)
@@ -542,6 +589,8 @@ static CU_TestInfo tests[] = {
     {"a changed PEM bundle is tampered", test_tampered_pem_is_refused},
     {"a changed PKCS#7 bundle is tampered", test_tampered_p7b_is_refused},
     {"another signer is untrusted", test_wrong_signer_is_refused},
+    {"a certificate from the CA that is not a bundle signer is untrusted",
+     test_not_a_bundle_signer_is_refused},
     {"an expired bundle is refused", test_expired_is_refused},
     {"an expired signer certificate is refused", test_signer_expired_is_refused},
     {"a bundle not valid yet is refused", test_not_yet_valid_is_refused},

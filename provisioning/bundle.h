@@ -18,7 +18,8 @@
 
 /* Exit codes of `bundle verify` beyond the common ones (a malformed bundle is 65). */
 #define EG_BUNDLE_EXIT_CODES(X)                                                                    \
-    X(EG_EXIT_BUNDLE_SIGNER, 80, "bundle verify: the signer is not trusted (another key signed)")  \
+    X(EG_EXIT_BUNDLE_SIGNER, 80,                                                                   \
+      "bundle verify: the signer is not trusted (another key signed, or not a bundle signer)")     \
     X(EG_EXIT_BUNDLE_TAMPERED, 81, "bundle verify: a file or the manifest changed after signing")  \
     X(EG_EXIT_BUNDLE_EXPIRED, 82, "bundle verify: the bundle has expired")                         \
     X(EG_EXIT_BUNDLE_NOT_YET_VALID, 83, "bundle verify: the bundle is not valid yet")              \

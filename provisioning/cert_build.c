@@ -10,6 +10,7 @@
 #include <openssl/x509v3.h>
 
 #include "cert_build.h"
+#include "estgate_bundle.h"
 #include "provision.h"
 #include "report.h"
 
@@ -118,6 +119,10 @@ static int add_extensions(X509 *x, const eg_prov_cert_spec *s)
         return -1;
     if (s->profile == EG_PROFILE_TLS_SERVER &&
         (add_ext(x, &ctx, NID_ext_key_usage, "serverAuth") || add_san(x, s)))
+        return -1;
+    /* Critical: the key signs bundles and nothing else, and nothing else signs bundles. */
+    if (s->profile == EG_PROFILE_SIGNER &&
+        add_ext(x, &ctx, NID_ext_key_usage, "critical," ESTGATE_BUNDLE_SIGNER_EKU_OID))
         return -1;
     return 0;
 }

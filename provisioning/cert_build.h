@@ -11,7 +11,7 @@
 typedef enum eg_prov_profile {
     EG_PROFILE_CA,         /* CA:TRUE, keyCertSign + cRLSign */
     EG_PROFILE_TLS_SERVER, /* CA:FALSE, digitalSignature, serverAuth, SANs */
-    EG_PROFILE_SIGNER,     /* CA:FALSE, digitalSignature, no EKU: signs CMS (trust bundles) */
+    EG_PROFILE_SIGNER,     /* CA:FALSE, digitalSignature, the bundle-signer EKU: trust bundles */
 } eg_prov_profile;
 
 typedef struct eg_prov_cert_spec {

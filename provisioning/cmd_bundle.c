@@ -11,6 +11,7 @@
 
 #include <openssl/crypto.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
 #include "args.h"
 #include "bundle.h"
@@ -144,6 +145,21 @@ static int gather_anchors(const struct bundle_create *a, eg_bundle_anchors **out
     return rc;
 }
 
+/* Whether the certificate carries the bundle signer's EKU, which devices require. */
+static bool is_bundle_signer(X509 *cert)
+{
+    ASN1_OBJECT *want = OBJ_txt2obj(ESTGATE_BUNDLE_SIGNER_EKU_OID, 1);
+    EXTENDED_KEY_USAGE *eku = X509_get_ext_d2i(cert, NID_ext_key_usage, NULL, NULL);
+    bool found = false;
+    int i;
+
+    for (i = 0; want != NULL && eku != NULL && i < sk_ASN1_OBJECT_num(eku) && !found; i++)
+        found = OBJ_cmp(sk_ASN1_OBJECT_value(eku, i), want) == 0;
+    EXTENDED_KEY_USAGE_free(eku);
+    ASN1_OBJECT_free(want);
+    return found;
+}
+
 /* The signer's certificate from the token: its key's, valid now, and outliving the bundle. */
 static int signer_cert(eg_p11_key *key, const eg_bundle_spec *s, X509 **out)
 {
@@ -162,6 +178,14 @@ static int signer_cert(eg_p11_key *key, const eg_bundle_spec *s, X509 **out)
     else if (pub == NULL || EVP_PKEY_eq(X509_get0_pubkey(cert), pub) != 1)
         rc = eg_prov_fail(EG_EXIT_DATAERR, "the certificate stored for %s is not for that key",
                           eg_p11_key_uri(key));
+    else if (!is_bundle_signer(cert))
+        rc = eg_prov_fail(EG_EXIT_DATAERR,
+                          "the certificate stored for %s is not a bundle signer's: it lacks the "
+                          "bundle-signer extended key usage (%s) devices require, as does every "
+                          "signer made before bundle signers had one. Make a signer with "
+                          "`estgate-provision bundle signer create --label NEW-LABEL ...` and "
+                          "sign with it",
+                          eg_p11_key_uri(key), ESTGATE_BUNDLE_SIGNER_EKU_OID);
     else if (X509_cmp_time(X509_get0_notBefore(cert), &now) > 0)
         rc = eg_prov_fail(EG_EXIT_DATAERR, "the signer's certificate is not valid yet");
     else if (X509_cmp_time(X509_get0_notAfter(cert), &end) < 0)

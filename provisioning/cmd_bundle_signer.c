@@ -1,9 +1,10 @@
 /*
  * `bundle signer create`: the bundle-signing key in the token and its
  * certificate from the token CA, as `tls create` makes the TLS key. The
- * certificate has no extended key usage on purpose: CMS verifiers (OpenSSL's
- * among them) check the S/MIME signing purpose, which a certificate without
- * EKU meets and one limited to, say, serverAuth does not.
+ * certificate's only extended key usage is the bundle signer's
+ * (ESTGATE_BUNDLE_SIGNER_EKU_OID), which devices require: the CA that issues
+ * it issues certificates for other uses too, and none of those may sign a
+ * bundle.
  */
 #include <string.h>
 
@@ -19,10 +20,12 @@ static const char signer_create_help[] =
     "\n"
     "Creates the key that signs fleet trust bundles in the token (a token object,\n"
     "sensitive, never extractable) and its certificate (CA:FALSE, digitalSignature,\n"
-    "no extended key usage), signed in the token by the CA key CA, whose certificate\n"
-    "must be in the token. The certificate is stored in the token under the key's\n"
-    "CKA_ID, where `bundle create` finds it, and written to FILE followed by the CA\n"
-    "certificate. Devices trust either certificate to verify bundles.\n"
+    "and the bundle signer's extended key usage, which devices require of a bundle's\n"
+    "signer: " ESTGATE_BUNDLE_SIGNER_EKU_OID "), signed in the token by the\n"
+    "CA key CA, whose certificate must be in the token. The certificate is stored in\n"
+    "the token under the key's CKA_ID, where `bundle create` finds it, and written\n"
+    "to FILE followed by the CA certificate. Devices trust either certificate to\n"
+    "verify bundles.\n"
     "\n"
     "  --label LABEL      CKA_LABEL of the key pair and its certificate (must be unused)\n"
     "  --key TYPE         ec-p256, ec-p384, rsa2048, rsa3072 or rsa4096\n"

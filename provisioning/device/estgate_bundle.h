@@ -29,6 +29,18 @@ extern "C" {
 #define ESTGATE_BUNDLE_PEM_FILE      "trust-bundle.pem"
 #define ESTGATE_BUNDLE_P7B_FILE      "trust-bundle.p7b"
 
+/*
+ * The extended key usage that makes a certificate a bundle signer's, and
+ * that only `estgate-provision bundle signer create` puts in one: without
+ * it, any certificate from the devices' CA (a device's, or one estgated
+ * issued with emailProtection) could sign a bundle. estgate has no
+ * registered OID arc, so this is an OID made from a UUID (ITU-T X.667,
+ * arc 2.25): UUID e7dafde7-89d1-471d-9282-ba10b5ac4e7b, generated once for
+ * this purpose, as one decimal integer. Never change it: every signer
+ * certificate and every device carries it.
+ */
+#define ESTGATE_BUNDLE_SIGNER_EKU_OID "2.25.308188737535463871406835120740393307771"
+
 /* Limits a device can size its buffers by. */
 #define ESTGATE_BUNDLE_MAX_ANCHORS  256
 #define ESTGATE_BUNDLE_MAX_FILE     (1024 * 1024)
@@ -39,7 +51,8 @@ extern "C" {
 typedef enum estgate_bundle_status {
     ESTGATE_BUNDLE_OK = 0,
     ESTGATE_BUNDLE_MALFORMED,        /* not a bundle: unparsable CMS, manifest or certificates */
-    ESTGATE_BUNDLE_UNTRUSTED_SIGNER, /* the signer's certificate does not chain to the trust */
+    ESTGATE_BUNDLE_UNTRUSTED_SIGNER, /* the signer does not chain to the trust, or is no
+                                        bundle signer (ESTGATE_BUNDLE_SIGNER_EKU_OID) */
     ESTGATE_BUNDLE_TAMPERED,         /* a file or the signed manifest changed after signing */
     ESTGATE_BUNDLE_EXPIRED,          /* now is after the manifest's not-after */
     ESTGATE_BUNDLE_NOT_YET_VALID,    /* now is before the manifest's issued-at */
@@ -106,8 +119,9 @@ typedef struct estgate_bundle_verified {
 } estgate_bundle_verified;
 
 /*
- * Verifies a bundle: the CMS signature over the manifest by a signer that
- * chains to policy->trusted at policy->now; the SHA-256 of both files and of
+ * Verifies a bundle: the CMS signature over the manifest by a bundle signer
+ * (ESTGATE_BUNDLE_SIGNER_EKU_OID) that chains to policy->trusted at
+ * policy->now, through the certificates in the CMS; the SHA-256 of both files and of
  * every anchor in them against the manifest; the validity period; and that
  * the version is newer than policy->installed_version. Returns the first
  * problem found (in that order), with a sentence in why (when not NULL).

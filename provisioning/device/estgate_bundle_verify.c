@@ -91,7 +91,58 @@ err:
     return NULL;
 }
 
-/* The signer's certificate chains to the trust at the device's time, for signing. */
+/* Whether the certificate's extended key usage lists the bundle-signer OID. */
+static int has_signer_eku(X509 *x, int *has)
+{
+    ASN1_OBJECT *want = OBJ_txt2obj(ESTGATE_BUNDLE_SIGNER_EKU_OID, 1);
+    EXTENDED_KEY_USAGE *eku;
+    int i;
+
+    if (want == NULL)
+        return -1;
+    *has = 0;
+    eku = X509_get_ext_d2i(x, NID_ext_key_usage, NULL, NULL);
+    for (i = 0; eku != NULL && i < sk_ASN1_OBJECT_num(eku) && !*has; i++)
+        *has = OBJ_cmp(sk_ASN1_OBJECT_value(eku, i), want) == 0;
+    EXTENDED_KEY_USAGE_free(eku);
+    ASN1_OBJECT_free(want);
+    return 0;
+}
+
+/*
+ * The signer is a bundle signer: its EKU names ESTGATE_BUNDLE_SIGNER_EKU_OID
+ * (anyExtendedKeyUsage does not count) and its key usage, when it has one,
+ * allows digitalSignature. Chaining to the devices' CA is not enough: that CA
+ * issues certificates for other uses too.
+ */
+static estgate_bundle_status check_signer_use(struct vctx *c)
+{
+    char name[256];
+    int has;
+
+    if (has_signer_eku(c->signer, &has) != 0)
+        return fail(c, ESTGATE_BUNDLE_INTERNAL, "out of memory");
+    X509_NAME_oneline(X509_get_subject_name(c->signer), name, sizeof(name));
+    if (!has)
+        return fail(c, ESTGATE_BUNDLE_UNTRUSTED_SIGNER,
+                    "the certificate that signed the bundle (%s) is not a bundle signer: its "
+                    "extended key usage lacks the estgate bundle signer (%s), which only "
+                    "`estgate-provision bundle signer create` gives",
+                    name, ESTGATE_BUNDLE_SIGNER_EKU_OID);
+    if ((X509_get_key_usage(c->signer) & KU_DIGITAL_SIGNATURE) == 0)
+        return fail(c, ESTGATE_BUNDLE_UNTRUSTED_SIGNER,
+                    "the certificate that signed the bundle (%s) is not a bundle signer: its key "
+                    "usage does not allow digitalSignature",
+                    name);
+    return ESTGATE_BUNDLE_OK;
+}
+
+/*
+ * The signer's certificate chains to the trust at the device's time, and is a
+ * bundle signer's. No X509 purpose is set: OpenSSL's S/MIME purpose wants
+ * emailProtection or no EKU, which is exactly what a bundle signer must not
+ * be limited to; check_signer_use checks the EKU that matters instead.
+ */
 static estgate_bundle_status check_signer(struct vctx *c)
 {
     STACK_OF(X509) *untrusted = CMS_get1_certs(c->cms);
@@ -100,8 +151,7 @@ static estgate_bundle_status check_signer(struct vctx *c)
     estgate_bundle_status rc;
 
     if (untrusted == NULL || st == NULL || ctx == NULL ||
-        X509_STORE_CTX_init(ctx, st, c->signer, untrusted) != 1 ||
-        X509_STORE_CTX_set_purpose(ctx, X509_PURPOSE_SMIME_SIGN) != 1) {
+        X509_STORE_CTX_init(ctx, st, c->signer, untrusted) != 1) {
         rc = fail(c, ESTGATE_BUNDLE_INTERNAL, "cannot set up the signer's verification");
         goto out;
     }
@@ -112,7 +162,7 @@ static estgate_bundle_status check_signer(struct vctx *c)
                   X509_verify_cert_error_string(X509_STORE_CTX_get_error(ctx)));
         goto out;
     }
-    rc = ESTGATE_BUNDLE_OK;
+    rc = check_signer_use(c);
 out:
     X509_STORE_CTX_free(ctx);
     X509_STORE_free(st);
