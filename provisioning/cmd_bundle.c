@@ -160,6 +160,25 @@ static bool is_bundle_signer(X509 *cert)
     return found;
 }
 
+/*
+ * A signer certificate is not renewed in place (a device pinning it would lose
+ * it); a new signer under a new label is what gives a later end.
+ */
+static int outlives_signer(eg_p11_key *key, X509 *cert)
+{
+    char end[32] = "?";
+    struct tm tm;
+
+    if (ASN1_TIME_to_tm(X509_get0_notAfter(cert), &tm) == 1)
+        strftime(end, sizeof(end), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    return eg_prov_fail(EG_EXIT_DATAERR,
+                        "the bundle would outlive the certificate of %s, which ends %s. Give "
+                        "fewer --valid-days, or make a new signer with `estgate-provision bundle "
+                        "signer create --label NEW-LABEL --ca-label CA ...` and sign with it "
+                        "(devices that pin the signer's certificate need the new one)",
+                        eg_p11_key_uri(key), end);
+}
+
 /* The signer's certificate from the token: its key's, valid now, and outliving the bundle. */
 static int signer_cert(eg_p11_key *key, const eg_bundle_spec *s, X509 **out)
 {
@@ -189,9 +208,7 @@ static int signer_cert(eg_p11_key *key, const eg_bundle_spec *s, X509 **out)
     else if (X509_cmp_time(X509_get0_notBefore(cert), &now) > 0)
         rc = eg_prov_fail(EG_EXIT_DATAERR, "the signer's certificate is not valid yet");
     else if (X509_cmp_time(X509_get0_notAfter(cert), &end) < 0)
-        rc = eg_prov_fail(EG_EXIT_DATAERR,
-                          "the bundle would outlive the signer's certificate; give fewer "
-                          "--valid-days or renew the signer");
+        rc = outlives_signer(key, cert);
     if (rc == EG_EXIT_OK) {
         *out = cert;
         cert = NULL;
