@@ -156,6 +156,17 @@ static int create(const char *uri, const char *version, const char *name)
                     "30", "--out-dir", tpath(out, name), NULL);
 }
 
+/* create() with up to two more options; a NULL option ends the list early. */
+static int create_with(const char *uri, const char *version, const char *name, const char *o1,
+                       const char *v1, const char *o2, const char *v2)
+{
+    char a1[PATH_MAX], out[PATH_MAX];
+
+    return run_tool(true, "bundle", "create", "--signer", uri, "--anchor", tpath(a1, "a1.pem"),
+                    "--bundle-version", version, "--valid-days", "30", "--out-dir",
+                    tpath(out, name), o1, v1, o2, v2, NULL);
+}
+
 static int verify(const char *name, const char *trust, const char *installed, const char *at)
 {
     char dir[PATH_MAX], tr[PATH_MAX];
@@ -704,6 +715,116 @@ static void test_create_refuses_a_signer_without_the_eku(void)
     CU_ASSERT_NOT_EQUAL(access(tpath(path, "no-eku"), F_OK), 0);
 }
 
+/* Every certificate of a PEM file; 0 or -1. */
+static int read_certs(const char *path, STACK_OF(X509) * *out)
+{
+    BIO *in = BIO_new_file(path, "r");
+    STACK_OF(X509) *sk = sk_X509_new_null();
+    X509 *x;
+
+    while (in != NULL && sk != NULL && (x = PEM_read_bio_X509(in, NULL, NULL, NULL)) != NULL) {
+        if (sk_X509_push(sk, x) <= 0)
+            X509_free(x);
+    }
+    ERR_clear_error();
+    BIO_free(in);
+    if (sk == NULL || sk_X509_num(sk) == 0) {
+        sk_X509_free(sk);
+        return -1;
+    }
+    *out = sk;
+    return 0;
+}
+
+/* The certificates in name/manifest.cms: how many, and how many of them are self-signed. */
+static void cms_cert_counts(const char *name, int *n, int *self_signed)
+{
+    char path[PATH_MAX], file[256];
+    CMS_ContentInfo *cms;
+    STACK_OF(X509) *certs = NULL;
+    BIO *in;
+    int i;
+
+    *n = *self_signed = -1;
+    snprintf(file, sizeof(file), "%s/manifest.cms", name);
+    in = BIO_new_file(tpath(path, file), "rb");
+    cms = in != NULL ? d2i_CMS_bio(in, NULL) : NULL;
+    if (cms != NULL && (certs = CMS_get1_certs(cms)) != NULL) {
+        *n = sk_X509_num(certs);
+        for (*self_signed = 0, i = 0; i < *n; i++)
+            *self_signed += X509_self_signed(sk_X509_value(certs, i), 0) == 1;
+    }
+    sk_X509_pop_free(certs, X509_free);
+    CMS_ContentInfo_free(cms);
+    BIO_free(in);
+}
+
+/*
+ * After a CA key rollover (`ca renew --new-label`, operator guide) the
+ * devices still hold the old root, and a signer from the new key chains to
+ * it only through NewWithOld. A reviewer's case: `bundle create` exited 0
+ * and the bundle carried the signer's certificate alone, so devices refused
+ * it. With --trust (what devices hold) create refuses to publish such a
+ * bundle; with --chain (the rollover's file) the link goes into the CMS and
+ * the bundle verifies against the old root, the new root, and in openssl.
+ */
+static void test_a_bundle_after_a_ca_rollover_verifies_with_the_old_root(void)
+{
+    char uri[512], path[PATH_MAX], chain[PATH_MAX], old_root[PATH_MAX], in[PATH_MAX];
+    STACK_OF(X509) *certs = NULL;
+    X509 *new_root = NULL;
+    BIO *f;
+    int n, self;
+
+    CU_ASSERT_EQUAL_FATAL(ca_create("rca", "Rollover CA"), 0);
+    CU_ASSERT_EQUAL_FATAL(run_tool(true, "ca", "renew", "--label", "rca", "--new-label", "rca-2",
+                                   "--key", "ec-p256", "--days", "3650", "--out",
+                                   tpath(chain, "rca-2-chain.pem"), NULL),
+                          0);
+    CU_ASSERT_EQUAL_FATAL(signer_create("rsign", "rca-2", uri, sizeof(uri)), 0);
+    tpath(old_root, "rca.pem");
+
+    /* Checked against what devices hold and missing the link: refused, nothing written. */
+    CU_ASSERT_EQUAL(create_with(uri, "1", "roll-refused", "--trust", old_root, NULL, NULL), 65);
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->err, "devices that trust"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->err, "unable to get local issuer certificate"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->err, "--chain"));
+    CU_ASSERT_NOT_EQUAL(access(tpath(path, "roll-refused"), F_OK), 0);
+
+    /* Without --trust it is checked against the signer alone, as before, and says so. */
+    CU_ASSERT_EQUAL(create_with(uri, "1", "roll-unchecked", NULL, NULL, NULL, NULL), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->out, "--trust"));
+    CU_ASSERT_EQUAL(verify("roll-unchecked", "rca.pem", NULL, NULL), 80);
+
+    /* --chain takes CA certificates: a leaf there is a mistake, said before the token. */
+    CU_ASSERT_EQUAL(create_with(uri, "2", "roll", "--chain", tpath(path, "leaf.pem"), NULL, NULL),
+                    65);
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->err, "(/CN=Not a CA) is not a CA certificate"));
+    CU_ASSERT_NOT_EQUAL(access(tpath(path, "roll"), F_OK), 0);
+
+    CU_ASSERT_EQUAL(create_with(uri, "2", "roll", "--chain", chain, "--trust", old_root), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(r->out, "devices that trust"));
+    CU_ASSERT_EQUAL(verify("roll", "rca.pem", "1", NULL), 0);
+    /* The signer, NewWithOld and OldWithNew: no root, which a device holds or cannot use. */
+    cms_cert_counts("roll", &n, &self);
+    CU_ASSERT_EQUAL(n, 3);
+    CU_ASSERT_EQUAL(self, 0);
+    /* A device that already has the new root (the chain file's first certificate) accepts it. */
+    CU_ASSERT_EQUAL_FATAL(read_certs(chain, &certs), 0);
+    new_root = sk_X509_value(certs, 0);
+    CU_ASSERT_FATAL(X509_self_signed(new_root, 0) == 1);
+    f = BIO_new_file(tpath(path, "rca-2-root.pem"), "w");
+    CU_ASSERT_FATAL(f != NULL && PEM_write_bio_X509(f, new_root) == 1);
+    BIO_free(f);
+    CU_ASSERT_EQUAL(verify("roll", "rca-2-root.pem", "1", NULL), 0);
+    CU_ASSERT_EQUAL(verify("roll", "ca.pem", "1", NULL), 80);
+    CU_ASSERT_EQUAL(eg_child_cmd(eg_th_dir(th), r, "/usr/bin/openssl", "cms", "-verify", "-inform",
+                                 "DER", "-in", tpath(in, "roll/manifest.cms"), "-CAfile", old_root,
+                                 "-purpose", "any", "-out", tpath(path, "roll.txt"), NULL),
+                    0);
+    sk_X509_pop_free(certs, X509_free);
+}
+
 static CU_TestInfo tests[] = {
     {"create, then verify against the CA and the signer", test_create_then_verify},
     {"openssl cms -verify and pkcs7 accept the files", test_openssl_accepts_the_files},
@@ -721,6 +842,8 @@ static CU_TestInfo tests[] = {
      test_a_certificate_that_is_not_a_bundle_signer_is_refused},
     {"create refuses a signer without the bundle-signer EKU",
      test_create_refuses_a_signer_without_the_eku},
+    {"after a CA key rollover a bundle verifies with the old root",
+     test_a_bundle_after_a_ca_rollover_verifies_with_the_old_root},
     CU_TEST_INFO_NULL,
 };
 

@@ -60,11 +60,17 @@ typedef struct eg_bundle_spec {
     int64_t issued_at, not_after;
     X509 *signer_cert;
     EVP_PKEY *signer_key; /* in the token, through the provider */
+    /* CA certificates carried beside the signer's: its issuer chain and rollover links. */
+    STACK_OF(X509) * chain;
+    /* What devices trust, read from trust_file; NULL: the signer's certificate alone. */
+    STACK_OF(X509) * trust;
+    const char *trust_file;
 } eg_bundle_spec;
 
 /*
- * Builds the files and signs the manifest with spec->signer_key, then checks
- * the result with the device library, trusting the signer's certificate.
+ * Builds the files and signs the manifest with spec->signer_key, with the
+ * signer's certificate and spec->chain in the CMS, then checks the result
+ * with the device library as a device that trusts spec->trust would.
  */
 int eg_bundle_build(const eg_bundle_spec *spec, eg_bundle_files *out);
 void eg_bundle_files_clear(eg_bundle_files *f);

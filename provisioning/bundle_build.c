@@ -1,8 +1,9 @@
 /*
  * Building a trust bundle: the anchors as PEM and as PKCS#7 certs-only, and a
  * manifest of their digests signed with CMS in the token. What is built is
- * checked with the device library before it is written, so a bundle that
- * would not verify on a device is never published.
+ * checked with the device library before it is written, as a device holding
+ * the --trust file would, so a bundle that such a device would refuse is
+ * never published.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -95,7 +96,10 @@ out:
     return text;
 }
 
-/* CMS SignedData with the manifest inside and the signer's certificate; signed in the token. */
+/*
+ * CMS SignedData with the manifest inside, the signer's certificate and the
+ * chain's; signed in the token.
+ */
 static int sign_manifest(const eg_bundle_spec *s, const char *text, size_t len, BIO *out)
 {
     const unsigned int flags = CMS_BINARY | CMS_NOSMIMECAP | CMS_PARTIAL;
@@ -103,11 +107,16 @@ static int sign_manifest(const eg_bundle_spec *s, const char *text, size_t len, 
     EVP_MD *md = EVP_MD_fetch(NULL, eg_prov_digest_for(X509_get0_pubkey(s->signer_cert)),
                               "provider!=estgate");
     CMS_ContentInfo *cms = NULL;
-    int rc = -1;
+    int i, rc = -1;
 
     if (data == NULL || md == NULL || (cms = CMS_sign(NULL, NULL, NULL, NULL, flags)) == NULL ||
-        CMS_add1_signer(cms, s->signer_cert, s->signer_key, md, flags) == NULL ||
-        CMS_final(cms, data, NULL, flags & ~CMS_PARTIAL) != 1 || i2d_CMS_bio(out, cms) != 1)
+        CMS_add1_signer(cms, s->signer_cert, s->signer_key, md, flags) == NULL)
+        goto out;
+    for (i = 0; i < sk_X509_num(s->chain); i++) {
+        if (CMS_add1_cert(cms, sk_X509_value(s->chain, i)) != 1)
+            goto out;
+    }
+    if (CMS_final(cms, data, NULL, flags & ~CMS_PARTIAL) != 1 || i2d_CMS_bio(out, cms) != 1)
         goto out;
     rc = 0;
 out:
@@ -125,32 +134,57 @@ static void bio_bytes(BIO *b, const unsigned char **p, size_t *len)
     *p = (const unsigned char *)d;
 }
 
-/* The bundle as a device would check it, trusting exactly the signer's certificate. */
+/* Why a bundle devices would refuse is not published, and what to give instead. */
+static int refused(const eg_bundle_spec *s, estgate_bundle_status st, const char *why)
+{
+    if (s->trust == NULL)
+        return eg_prov_fail(EG_EXIT_DATAERR, "the bundle just signed does not verify (%s): %s",
+                            estgate_bundle_status_name(st), why);
+    if (st == ESTGATE_BUNDLE_UNTRUSTED_SIGNER && sk_X509_num(s->chain) <= 0)
+        return eg_prov_fail(EG_EXIT_DATAERR,
+                            "devices that trust %s would refuse this bundle (%s): %s. Nothing "
+                            "was written. When the signer's CA is a rollover's new key or is "
+                            "certified by another CA, give --chain with the file that links it "
+                            "to %s (the --out of `ca renew --new-label`, or the profile's "
+                            "ca_chain)",
+                            s->trust_file, estgate_bundle_status_name(st), why, s->trust_file);
+    return eg_prov_fail(EG_EXIT_DATAERR,
+                        "devices that trust %s would refuse this bundle (%s): %s. Nothing was "
+                        "written",
+                        s->trust_file, estgate_bundle_status_name(st), why);
+}
+
+/*
+ * The bundle as a device would check it: trusting spec->trust, what devices
+ * hold, or without it only the signer's certificate, which proves the
+ * signature and files but not that devices reach the signer.
+ */
 static int self_check(const eg_bundle_spec *s, const eg_bundle_files *f)
 {
     estgate_bundle_files in;
-    estgate_bundle_policy pol = {sk_X509_new_null(), (time_t)s->issued_at, 0};
+    estgate_bundle_policy pol = {s->trust, (time_t)s->issued_at, 0};
+    STACK_OF(X509) *own = NULL;
     estgate_bundle_verified *v = NULL;
     estgate_bundle_status st;
-    char why[256] = "";
+    char why[512] = "";
     int rc;
 
     bio_bytes(f->manifest, &in.manifest_cms, &in.manifest_cms_len);
     bio_bytes(f->pem, &in.pem, &in.pem_len);
     bio_bytes(f->p7b, &in.p7b, &in.p7b_len);
-    if (pol.trusted == NULL || sk_X509_push(pol.trusted, s->signer_cert) <= 0) {
+    if (pol.trusted == NULL && ((pol.trusted = own = sk_X509_new_null()) == NULL ||
+                                sk_X509_push(own, s->signer_cert) <= 0)) {
         rc = eg_prov_fail(EG_EXIT_SOFTWARE, "out of memory");
         goto out;
     }
     if ((st = estgate_bundle_verify(&in, &pol, &v, why, sizeof(why))) != ESTGATE_BUNDLE_OK) {
-        rc = eg_prov_fail(EG_EXIT_DATAERR, "the bundle just signed does not verify (%s): %s",
-                          estgate_bundle_status_name(st), why);
+        rc = refused(s, st, why);
         goto out;
     }
     rc = EG_EXIT_OK;
 out:
     estgate_bundle_verified_free(v);
-    sk_X509_free(pol.trusted);
+    sk_X509_free(own);
     return rc;
 }
 

@@ -15,6 +15,7 @@
 
 #include "args.h"
 #include "bundle.h"
+#include "chain.h"
 #include "report.h"
 #include "token.h"
 
@@ -22,15 +23,15 @@
 
 static const char bundle_create_help[] =
     "usage: estgate-provision bundle create TOKEN-OPTIONS --signer URI --anchor PATH...\n"
-    "           --bundle-version N --valid-days N --out-dir DIR\n"
+    "           --bundle-version N --valid-days N --out-dir DIR [--trust FILE] [--chain FILE]\n"
     "\n"
     "Builds a fleet trust bundle in DIR: trust-bundle.pem (the anchors, PEM),\n"
     "trust-bundle.p7b (the same, PKCS#7 certs-only, DER) and manifest.cms (a\n"
     "CMS SignedData holding the manifest: version, issue and expiry times and\n"
     "the SHA-256 of every anchor and both files), signed in the token by the\n"
-    "bundle-signing key URI with its certificate included. Anchors must be CA\n"
-    "certificates (basicConstraints CA:TRUE), each given once. DIR is created\n"
-    "when missing and must not already hold a bundle.\n"
+    "bundle-signing key URI with its certificate (and --chain's) included. Anchors\n"
+    "must be CA certificates (basicConstraints CA:TRUE), each given once. DIR is\n"
+    "created when missing and must not already hold a bundle.\n"
     "\n"
     "  --signer URI         the bundle-signing key (pkcs11: URI, see `list`); its\n"
     "                       certificate must be in the token (`bundle signer create`)\n"
@@ -41,9 +42,26 @@ static const char bundle_create_help[] =
     "  --valid-days N       the bundle expires N days from now (1 to 36525); no later\n"
     "                       than the signer's certificate\n"
     "  --out-dir DIR        where to write the bundle (created, with missing parents)\n"
+    "  --trust FILE         PEM: what devices trust (the file `bundle verify --trust`\n"
+    "                       takes); the bundle is written only if such a device would\n"
+    "                       accept it. Without it, the check trusts the signer's own\n"
+    "                       certificate, which does not show that devices reach it\n"
+    "  --chain FILE         PEM: CA certificates that link the signer's CA to what\n"
+    "                       devices trust, carried in manifest.cms: after a CA key\n"
+    "                       rollover the --out of `ca renew --new-label`, for a CA an\n"
+    "                       external root certified the profile's ca_chain. Self-signed\n"
+    "                       roots in it are left out\n"
     "\n" EG_PROV_TOKEN_HELP;
 
-enum { OPT_SIGNER = EG_OPT_OWN, OPT_ANCHOR, OPT_VERSION, OPT_VALID_DAYS, OPT_OUT_DIR };
+enum {
+    OPT_SIGNER = EG_OPT_OWN,
+    OPT_ANCHOR,
+    OPT_VERSION,
+    OPT_VALID_DAYS,
+    OPT_OUT_DIR,
+    OPT_TRUST,
+    OPT_CHAIN
+};
 
 static const struct option bundle_create_opts[] = {
     EG_PROV_TOKEN_LONGOPTS,
@@ -52,12 +70,14 @@ static const struct option bundle_create_opts[] = {
     {"bundle-version", required_argument, NULL, OPT_VERSION},
     {"valid-days", required_argument, NULL, OPT_VALID_DAYS},
     {"out-dir", required_argument, NULL, OPT_OUT_DIR},
+    {"trust", required_argument, NULL, OPT_TRUST},
+    {"chain", required_argument, NULL, OPT_CHAIN},
     {NULL, 0, NULL, 0},
 };
 
 struct bundle_create {
     eg_prov_token_opts tok;
-    const char *signer, *out_dir;
+    const char *signer, *out_dir, *trust, *chain;
     const char *anchors[EG_MAX_ANCHOR_ARGS];
     size_t nanchors;
     uint64_t version;
@@ -108,6 +128,12 @@ static int bundle_create_opt(void *ctx, int c, const char *arg)
     case OPT_OUT_DIR:
         a->out_dir = arg;
         return EG_EXIT_OK;
+    case OPT_TRUST:
+        a->trust = arg;
+        return EG_EXIT_OK;
+    case OPT_CHAIN:
+        a->chain = arg;
+        return EG_EXIT_OK;
     default:
         return EG_EXIT_USAGE;
     }
@@ -142,6 +168,49 @@ static int gather_anchors(const struct bundle_create *a, eg_bundle_anchors **out
         anchors = NULL;
     }
     eg_bundle_anchors_free(anchors);
+    return rc;
+}
+
+/*
+ * The CA certificates of --chain to carry beside the signer's. Self-signed
+ * roots are left out: a device either holds one already or cannot use it,
+ * and an untrusted root with the signer's issuer's name and key can lead a
+ * verifier's path off the link certificate that reaches the device's root.
+ */
+static int read_chain(const char *path, STACK_OF(X509) * *out)
+{
+    STACK_OF(X509) *certs = NULL, *chain = sk_X509_new_null();
+    char name[256];
+    int i, rc;
+
+    if (chain == NULL || (rc = eg_prov_read_certs(path, &certs)) != EG_EXIT_OK) {
+        rc = chain == NULL ? eg_prov_fail(EG_EXIT_SOFTWARE, "out of memory") : rc;
+        goto out;
+    }
+    for (i = 0; i < sk_X509_num(certs); i++) {
+        X509 *x = sk_X509_value(certs, i);
+
+        if (X509_check_ca(x) == 0) {
+            X509_NAME_oneline(X509_get_subject_name(x), name, sizeof(name));
+            rc = eg_prov_fail(EG_EXIT_DATAERR,
+                              "--chain %s: certificate %d (%s) is not a CA certificate; give the "
+                              "CA certificates between the signer's CA and what devices trust",
+                              path, i + 1, name);
+            goto out;
+        }
+        if (X509_self_signed(x, 0) == 1)
+            continue;
+        if (!X509_up_ref(x) || sk_X509_push(chain, x) <= 0) {
+            rc = eg_prov_fail(EG_EXIT_SOFTWARE, "out of memory");
+            goto out;
+        }
+    }
+    *out = chain;
+    chain = NULL;
+    rc = EG_EXIT_OK;
+out:
+    sk_X509_pop_free(certs, X509_free);
+    sk_X509_pop_free(chain, X509_free);
     return rc;
 }
 
@@ -247,13 +316,15 @@ out:
 static int bundle_create_run(const struct bundle_create *a)
 {
     eg_bundle_files f = {NULL, NULL, NULL};
-    eg_bundle_spec s = {NULL, a->version, 0, 0, NULL, NULL};
+    eg_bundle_spec s = {.version = a->version, .trust_file = a->trust};
     eg_bundle_anchors *anchors = NULL;
     char end[21] = "?";
     int rc;
 
     /* Everything that can fail without the token fails before it is opened. */
-    if ((rc = gather_anchors(a, &anchors)) != EG_EXIT_OK)
+    if ((rc = gather_anchors(a, &anchors)) != EG_EXIT_OK ||
+        (a->trust != NULL && (rc = eg_prov_read_certs(a->trust, &s.trust)) != EG_EXIT_OK) ||
+        (a->chain != NULL && (rc = read_chain(a->chain, &s.chain)) != EG_EXIT_OK))
         goto out;
     s.anchors = eg_bundle_anchors_certs(anchors);
     s.issued_at = (int64_t)time(NULL);
@@ -263,8 +334,16 @@ static int bundle_create_run(const struct bundle_create *a)
     estgate_bundle_time_format(s.not_after, end);
     eg_prov_note("wrote bundle version %llu with %d trust anchors to %s, valid until %s",
                  (unsigned long long)a->version, sk_X509_num(s.anchors), a->out_dir, end);
+    if (a->trust != NULL)
+        eg_prov_note("devices that trust %s accept it", a->trust);
+    else
+        eg_prov_note("checked against the signer's own certificate only; `bundle verify --trust "
+                     "FILE`, with the file devices hold, checks that they accept it (or give "
+                     "--trust FILE here next time)");
     rc = EG_EXIT_OK;
 out:
+    sk_X509_pop_free(s.trust, X509_free);
+    sk_X509_pop_free(s.chain, X509_free);
     X509_free(s.signer_cert);
     eg_bundle_files_clear(&f);
     eg_bundle_anchors_free(anchors);

@@ -8,7 +8,8 @@
  *
  * A bundle is three files, read by the caller (the library does no I/O):
  *   manifest.cms      CMS SignedData (DER) holding the manifest text, with
- *                     the bundle signer's certificate
+ *                     the bundle signer's certificate and any CA certificates
+ *                     that link it to the device's trust
  *   trust-bundle.pem  the trust anchors, PEM
  *   trust-bundle.p7b  the same anchors, PKCS#7 certs-only (DER)
  */
