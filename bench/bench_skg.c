@@ -6,7 +6,7 @@
  *           the module's function list at the daemon's module path, one
  *           session per thread, 1 and 2 threads
  *   wrk     POST /.well-known/est/serverkeygen, Basic auth, TLS 1.3
- *           keep-alive, the same CSR every time (bench/est_skg.lua): P-256
+ *           keep-alive, a different CSR every time (bench/est_skg.lua): P-256
  *           with 16 connections, RSA-2048 with 2; plaintext, and on nss also
  *           encrypted to a pre-shared key (DecryptKeyIdentifier)
  * Raw and wrk take turns in slices while estgated runs (idle during the raw
@@ -169,47 +169,69 @@ static int raw_slice(eg_bench_module *m, bench_key key, unsigned nthreads, doubl
 
 /* ---- the requests: one CSR per key and mode ---- */
 
-/* A CSR for bench-skg.example.com (CN and SAN) as base64 DER on one line of path; with kek,
- * a DecryptKeyIdentifier attribute naming the pre-shared key. */
-static int write_csr(bench_key key, bool kek, const char *path)
+/* One CSR for NAME (CN and SAN) signed by k, as base64 DER on a line of f; with kek, a
+ * DecryptKeyIdentifier attribute naming the pre-shared key. */
+static int write_csr_line(FILE *f, EVP_PKEY *k, const char *name, bool kek)
 {
     static const unsigned char kid[] = {0x0a, 0x1b, 0x2c, 0x3d};
-    EVP_PKEY *k = key == KEY_P256 ? EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256")
-                                  : EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)2048);
     X509_REQ *req = X509_REQ_new();
     STACK_OF(X509_EXTENSION) *exts = sk_X509_EXTENSION_new_null();
     X509_EXTENSION *san = NULL;
     ASN1_OBJECT *oid = OBJ_txt2obj(OID_DECRYPT_KID, 1);
     unsigned char *der = NULL, *b64 = NULL;
-    const char *cn = "bench-skg.example.com";
-    FILE *f = NULL;
+    char dns[96];
     int len, rc = -1;
 
-    if (k == NULL || req == NULL || exts == NULL || oid == NULL ||
+    snprintf(dns, sizeof(dns), "DNS:%s", name);
+    if (req == NULL || exts == NULL || oid == NULL ||
         X509_NAME_add_entry_by_txt(X509_REQ_get_subject_name(req), "CN", MBSTRING_ASC,
-                                   (const unsigned char *)cn, -1, -1, 0) != 1 ||
+                                   (const unsigned char *)name, -1, -1, 0) != 1 ||
         X509_REQ_set_pubkey(req, k) != 1 ||
-        (san = X509V3_EXT_conf_nid(NULL, NULL, NID_subject_alt_name,
-                                   "DNS:bench-skg.example.com")) == NULL ||
+        (san = X509V3_EXT_conf_nid(NULL, NULL, NID_subject_alt_name, dns)) == NULL ||
         sk_X509_EXTENSION_push(exts, san) <= 0)
         goto out;
     san = NULL; /* the stack owns it */
     if (X509_REQ_add_extensions(req, exts) != 1 ||
         (kek && X509_REQ_add1_attr_by_OBJ(req, oid, V_ASN1_OCTET_STRING, kid, sizeof(kid)) != 1) ||
         X509_REQ_sign(req, k, EVP_sha256()) <= 0 || (len = i2d_X509_REQ(req, &der)) <= 0 ||
-        (b64 = malloc(4 * ((size_t)len + 2) / 3 + 1)) == NULL || (f = fopen(path, "w")) == NULL)
+        (b64 = malloc(4 * ((size_t)len + 2) / 3 + 1)) == NULL)
         goto out;
     EVP_EncodeBlock(b64, der, len);
     rc = fprintf(f, "%s\n", b64) > 0 ? 0 : -1;
 out:
-    if (f != NULL && fclose(f) != 0)
-        rc = -1;
     free(b64);
     OPENSSL_free(der);
     ASN1_OBJECT_free(oid);
     X509_EXTENSION_free(san);
     sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
     X509_REQ_free(req);
+    return rc;
+}
+
+/*
+ * The CSRs of one load, a line each in path: for bench-skg-N.example.com, so that no two
+ * requests are the same one. The same request sent again is matched in the ledger (an encrypted
+ * answer is sent again, a plaintext one supersedes the earlier), and two at once are told to
+ * retry: a single CSR would measure that, not key generation. P-256 CSRs are cheap to sign, so
+ * more than a run needs; RSA-2048 answers come at about 10 a second.
+ */
+static int write_csr(bench_key key, bool kek, const char *path)
+{
+    EVP_PKEY *k = key == KEY_P256 ? EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256")
+                                  : EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)2048);
+    int n = key == KEY_P256 ? 40000 : 400, rc = -1;
+    FILE *f = k != NULL ? fopen(path, "w") : NULL;
+    char name[64];
+
+    for (int i = 0; f != NULL && i < n; i++) {
+        snprintf(name, sizeof(name), "bench-skg-%d.example.com", i);
+        if (write_csr_line(f, k, name, kek) != 0)
+            goto out;
+    }
+    rc = f != NULL ? 0 : -1;
+out:
+    if (f != NULL && fclose(f) != 0)
+        rc = -1;
     EVP_PKEY_free(k);
     return rc;
 }

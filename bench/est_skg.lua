@@ -1,9 +1,11 @@
--- wrk script for bench_skg: POST /serverkeygen with Basic auth, the same CSR
--- on every request. serverkeygen never replays an earlier answer (each
--- request gets a new key pair), so one CSR is enough.
+-- wrk script for bench_skg: POST /serverkeygen with Basic auth, a different
+-- CSR on each request. The same request sent again is matched in the ledger
+-- (an encrypted answer is sent again, a plaintext one supersedes the earlier,
+-- and two at once are told to retry), so one CSR would not measure key
+-- generation. Thread i starts at its own place in the file and goes round.
 --
 -- wrk ... -s est_skg.lua URL -- CSR_FILE AUTH_FILE KEY_PART
---   CSR_FILE   one line: base64 DER CSR
+--   CSR_FILE   one base64 DER CSR per line
 --   AUTH_FILE  one line: base64 of user:password
 --   KEY_PART   text the key part's Content-Type must contain: "application/pkcs8"
 --              (plaintext) or "server-generated-key" (encrypted), so that an
@@ -20,9 +22,12 @@ ok_count = 0
 refused = 0
 first_refused = 0
 
-local body, headers, key_part
+local csrs = {}
+local next_csr = 1
+local headers, key_part
 
 function setup(thread)
+   thread:set("id", #threads)
    threads[#threads + 1] = thread
 end
 
@@ -34,7 +39,12 @@ local function first_line(path)
 end
 
 function init(args)
-   body = first_line(args[1])
+   for line in io.lines(args[1]) do
+      csrs[#csrs + 1] = line
+   end
+   -- threads far apart in the file, so that two never send the same CSR at once, and
+   -- each run (a new wrk, seconds after the last) somewhere else again
+   next_csr = (id * 20011 + os.time() * 4099) % #csrs + 1
    key_part = args[3]
    headers = {
       ["Content-Type"] = "application/pkcs10",
@@ -43,6 +53,8 @@ function init(args)
 end
 
 function request()
+   local body = csrs[next_csr]
+   next_csr = next_csr % #csrs + 1
    return wrk.format("POST", nil, headers, body)
 end
 
