@@ -989,6 +989,21 @@ static int keeper_stopping(eg_ledger *lg)
     return stop;
 }
 
+/* Runs a chunked keeper op (OP_PRUNE, OP_DROP_KEYS) through the writer until a chunk comes
+   back short or the keeper stops; *total gains the rows each changed. */
+static int submit_chunks(eg_ledger *lg, ledger_op *op, uint64_t *total)
+{
+    for (;;) {
+        op->next = NULL;
+        op->changed = 0;
+        if (submit(lg, op) != 0)
+            return -1;
+        *total += (uint64_t)op->changed;
+        if (op->changed < PRUNE_CHUNK || keeper_stopping(lg))
+            return 0;
+    }
+}
+
 /* One pass: finds the cut on a reader, then deletes in chunks through the writer, so that
    other callers' operations go between them. */
 static int prune_pass(eg_ledger *lg, uint64_t *deleted)
@@ -1005,15 +1020,8 @@ static int prune_pass(eg_ledger *lg, uint64_t *deleted)
     pthread_mutex_unlock(&lg->lock);
     if ((cut = prune_cut(lg, &keep, &op.cut_time, &op.id)) < 0)
         goto out;
-    while (cut) {
-        op.next = NULL;
-        op.changed = 0;
-        if (submit(lg, &op) != 0)
-            goto out;
-        total += (uint64_t)op.changed;
-        if (op.changed < PRUNE_CHUNK || keeper_stopping(lg))
-            break;
-    }
+    if (cut && submit_chunks(lg, &op, &total) != 0)
+        goto out;
     rc = 0;
 out:
     if (total > 0) {
@@ -1055,17 +1063,8 @@ static int drop_pass(eg_ledger *lg, uint64_t *dropped)
         stmt_clear(r->st[R_OLD_KEYS]);
         reader_put(lg, r);
     }
-    if (any < 0)
+    if (any < 0 || (any && submit_chunks(lg, &op, &total) != 0))
         goto out;
-    while (any) {
-        op.next = NULL;
-        op.changed = 0;
-        if (submit(lg, &op) != 0)
-            goto out;
-        total += (uint64_t)op.changed;
-        if (op.changed < PRUNE_CHUNK || keeper_stopping(lg))
-            break;
-    }
     rc = 0;
 out:
     if (dropped != NULL)
