@@ -49,6 +49,20 @@ static int spawn_capture(char *const argv[], eg_child_result *r)
     return r->code == -1 ? -1 : 0;
 }
 
+/* Appends the harness token's --module (and --init-args) to argv at n; the new count. */
+static int module_args(char **argv, int n)
+{
+    const eg_token_config *cfg = eg_th_config(th);
+
+    argv[n++] = "--module";
+    argv[n++] = (char *)cfg->module_path;
+    if (cfg->init_args != NULL) {
+        argv[n++] = "--init-args";
+        argv[n++] = (char *)cfg->init_args;
+    }
+    return n;
+}
+
 /*
  * Runs estgate-provision with the words in the NULL-terminated list, then the
  * harness token's options; token and pin_file override the token's own.
@@ -66,12 +80,7 @@ static int provision(eg_child_result *r, const char *token, const char *pin_file
     while ((a = va_arg(ap, const char *)) != NULL && n < MAX_ARGS - 10)
         argv[n++] = (char *)a;
     va_end(ap);
-    argv[n++] = "--module";
-    argv[n++] = (char *)cfg->module_path;
-    if (cfg->init_args != NULL) {
-        argv[n++] = "--init-args";
-        argv[n++] = (char *)cfg->init_args;
-    }
+    n = module_args(argv, n);
     argv[n++] = "--token";
     argv[n++] = (char *)(token ? token : cfg->token_label);
     argv[n++] = "--pin-file";
@@ -1421,7 +1430,6 @@ static void test_bad_key_exits_64(void)
 /* Runs estgate-provision with the words given, then --module (and --init-args); nothing else. */
 static void provision_bare(eg_child_result *r, ...)
 {
-    const eg_token_config *cfg = eg_th_config(th);
     char *argv[MAX_ARGS];
     const char *a;
     va_list ap;
@@ -1432,12 +1440,7 @@ static void provision_bare(eg_child_result *r, ...)
     while ((a = va_arg(ap, const char *)) != NULL && n < MAX_ARGS - 6)
         argv[n++] = (char *)a;
     va_end(ap);
-    argv[n++] = "--module";
-    argv[n++] = (char *)cfg->module_path;
-    if (cfg->init_args != NULL) {
-        argv[n++] = "--init-args";
-        argv[n++] = (char *)cfg->init_args;
-    }
+    n = module_args(argv, n);
     argv[n] = NULL;
     spawn_capture(argv, r);
 }
