@@ -305,7 +305,16 @@ static int parse_pin_file(loader *ld, void *base, const char *key, const char *v
         path = join_path(ld, value);
     if (path == NULL)
         goto out;
-    if (stat(path, &st) != 0) {
+    if (strncmp(value, CREDENTIAL, strlen(CREDENTIAL)) == 0 && stat(path, &st) != 0 &&
+        errno == EACCES && access(getenv("CREDENTIALS_DIRECTORY"), X_OK) != 0) {
+        /* systemd gives credentials to ExecStartPre= and ExecStart=, not to ExecReload=: its
+           --check-config finds the directory but may not enter it. The PIN was checked at
+           start, and a reload does not read [token] again. */
+        ((eg_config *)base)->pin_file = path;
+        ((eg_config *)base)->pin_not_here = true;
+        path = NULL;
+        rc = 0;
+    } else if (stat(path, &st) != 0) {
         /* A value without a '/' may be the PIN itself, typed where its file belongs: not
            repeated into a log. */
         if (strchr(value, '/') == NULL && strncmp(value, CREDENTIAL, strlen(CREDENTIAL)) != 0)
@@ -1883,6 +1892,14 @@ static void print_profile(FILE *fp, const eg_profile_cfg *p)
     fputc('\n', fp);
 }
 
+static bool any_serverkeygen(const eg_config *cfg)
+{
+    for (size_t i = 0; i < cfg->nprofiles; i++)
+        if (cfg->profiles[i].skg_modes != 0)
+            return true;
+    return false;
+}
+
 static int check_config(const char *path)
 {
     eg_config_errors errs = {0};
@@ -1893,10 +1910,19 @@ static int check_config(const char *path)
         eg_config_errors_print(&errs, path, stderr);
         goto out;
     }
-    /* The only check that needs the token: what serverkeygen asks of it. */
-    if (eg_skg_check_config(cfg) != 0)
+    /* The only check that needs the token: what serverkeygen asks of it. Not where the PIN
+       cannot be read (ExecReload=): the daemon probes again at the reload itself and keeps its
+       profiles if the token cannot serve the new ones. */
+    if (!cfg->pin_not_here && eg_skg_check_config(cfg) != 0)
         goto out;
     printf("%s: OK\n", path);
+    if (cfg->pin_not_here)
+        printf("%s: note: pin_file (%s) cannot be read here: systemd gives credentials to the "
+               "service's start commands only, not to ExecReload=. The PIN was checked at start; "
+               "a reload does not read it again%s\n",
+               path, cfg->pin_file,
+               any_serverkeygen(cfg) ? ", and estgated itself asks the token about serverkeygen"
+                                     : "");
     print_server(stdout, cfg);
     printf("token \"%s\" in %s, calls %s%s, %s%s\n", cfg->token_label, cfg->module_path,
            eg_calls_words(eg_calls_resolve(cfg->module_path, cfg->calls)),

@@ -191,6 +191,9 @@ typedef struct eg_config {
     char *init_args; /* NULL unless the module needs one */
     char *token_label;
     char *pin_file;
+    /* pin_file is a systemd credential that this process may not read: systemd hands
+       credentials to the service's start commands, not to ExecReload's --check-config. */
+    bool pin_not_here;
     unsigned pool_size;   /* 0: signer default */
     unsigned recover_ms;  /* 0: signer default */
     eg_calls calls;       /* EG_CALLS_AUTO unless set */

@@ -16,8 +16,9 @@ clients="curl openjdk-17-jdk-headless libbcpkix-java libbcprov-java libbcutil-ja
 # has it, and GnuTLS.
 devices="libmbedtls-dev libgnutls28-dev"
 # faketime: a daemon whose clocks jump a day, for its daily timer's test.
-# systemd: systemd-analyze and systemd-sysusers check the unit (image/tests).
-test="$build $tokens $clients $devices faketime clang-format systemd"
+# systemd: systemd-analyze and systemd-sysusers check the unit (image/tests);
+# systemd-container: systemd-nspawn boots a systemd that runs it (image/systemd).
+test="$build $tokens $clients $devices faketime clang-format systemd systemd-container"
 demo="$build $tokens curl"
 
 case "${1:-}" in
