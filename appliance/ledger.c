@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
@@ -1352,6 +1353,27 @@ out:
     return rc;
 }
 
+/*
+ * A ledger restored as root, or a state directory made by hand, is one the daemon's user cannot
+ * write: SQLite then said only "attempt to write a readonly database" at the first write. Said
+ * here with the owner, the mode and the user estgated runs as. (As root, access() passes. A
+ * directory it cannot write fails before, at the lock file.)
+ */
+static bool writable(const char *path)
+{
+    struct stat st;
+
+    if (stat(path, &st) == 0 && access(path, W_OK) != 0) {
+        fprintf(stderr,
+                "ledger: %s cannot be written by this user (uid %u; the file is uid %u's, mode "
+                "%04o): estgated writes its ledger as the user it runs as (under systemd: chown "
+                "estgate: on it and on its -wal and -shm files)\n",
+                path, (unsigned)geteuid(), (unsigned)st.st_uid, (unsigned)(st.st_mode & 07777));
+        return false;
+    }
+    return true;
+}
+
 int eg_ledger_open(const char *path, const eg_ledger_options *opt, eg_ledger **out)
 {
     eg_ledger *lg = NULL;
@@ -1366,9 +1388,9 @@ int eg_ledger_open(const char *path, const eg_ledger_options *opt, eg_ledger **o
         fprintf(stderr, "ledger: SQLite is built without thread support\n");
         goto out;
     }
-    if ((lg = ledger_new(path, opt)) == NULL || lock_ledger(lg) != 0 || open_writer(lg) != 0 ||
-        migrate_db(lg->db, lg->path, LEDGER_SCHEMA_VERSION) != 0 || prepare_writer(lg) != 0 ||
-        fail_orphans(lg) != 0 || sync_parent_dir(path) != 0)
+    if ((lg = ledger_new(path, opt)) == NULL || lock_ledger(lg) != 0 || !writable(path) ||
+        open_writer(lg) != 0 || migrate_db(lg->db, lg->path, LEDGER_SCHEMA_VERSION) != 0 ||
+        prepare_writer(lg) != 0 || fail_orphans(lg) != 0 || sync_parent_dir(path) != 0)
         goto out;
     space_check(lg);
     /* One reader now, so that a database readers cannot open fails here, not later. */

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -346,6 +347,53 @@ static void test_second_open_is_refused(void)
     eg_ledger_close(lg);
     lg = open_ledger(NULL);
     eg_ledger_close(lg);
+}
+
+/* A ledger restored as root is named, with its owner, to the user estgated runs as; before,
+   SQLite's "attempt to write a readonly database" was all. Run as that user: as root, in a
+   child that becomes nobody. */
+static void test_a_ledger_this_user_cannot_write_is_named(void)
+{
+    char lock[PATH_MAX + 32], log[PATH_MAX + 32];
+    eg_ledger *lg = open_ledger(NULL);
+    pid_t pid;
+    int status = -1;
+
+    eg_ledger_close(lg);
+    snprintf(lock, sizeof(lock), "%s.lock", db_path);
+    snprintf(log, sizeof(log), "%s/stderr.txt", dir);
+    CU_ASSERT_EQUAL_FATAL(chmod(db_path, 0644), 0);
+    if (geteuid() == 0) {
+        /* nobody may make the lock file, and read but not write the database */
+        CU_ASSERT_EQUAL_FATAL(unlink(lock), 0);
+        CU_ASSERT_EQUAL_FATAL(chmod(dir, 0777), 0);
+    } else {
+        CU_ASSERT_EQUAL_FATAL(chmod(db_path, 0444), 0);
+    }
+    fflush(NULL);
+    if ((pid = fork()) == 0) {
+        if ((geteuid() == 0 && (setgid(65534) != 0 || setuid(65534) != 0)) ||
+            freopen(log, "w", stderr) == NULL)
+            _exit(2);
+        status = eg_ledger_open(db_path, NULL, &lg) == -1 ? 0 : 1;
+        fflush(stderr);
+        _exit(status);
+    }
+    CU_ASSERT_FATAL(pid > 0);
+    waitpid(pid, &status, 0);
+    CU_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    {
+        char said[4096] = {0};
+        FILE *fp = fopen(log, "r");
+
+        CU_ASSERT_PTR_NOT_NULL_FATAL(fp);
+        CU_ASSERT(fread(said, 1, sizeof(said) - 1, fp) > 0);
+        fclose(fp);
+        CU_ASSERT_PTR_NOT_NULL(strstr(said, "cannot be written by this user (uid "));
+    }
+    chmod(db_path, 0644);
+    unlink(lock);
+    unlink(log);
 }
 
 /* --- issuance --- */
@@ -1381,6 +1429,7 @@ static CU_TestInfo tests[] = {
     {"version 3 default profile is named", test_version_3_default_profile_is_named},
     {"newer schema is refused", test_newer_schema_is_refused},
     {"second open is refused", test_second_open_is_refused},
+    {"a ledger this user cannot write is named", test_a_ledger_this_user_cannot_write_is_named},
     {"issued request returns the same certificate", test_issued_request_returns_same_certificate},
     {"a superseded issuance keeps its certificate",
      test_a_superseded_issuance_keeps_its_certificate},
