@@ -14,11 +14,13 @@
 #include <unistd.h>
 
 #include <CUnit/Basic.h>
+#include <openssl/ec.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/obj_mac.h>
 
 #include "clock.h"
+#include "errors.h"
 #include "p11.h"
 #include "provider.h"
 #include "token_harness.h"
@@ -666,6 +668,104 @@ static void test_a_session_key_stays_on_its_connection(void)
     ERR_clear_error();
 }
 
+/* Whether sig (raw r||s, as the token makes it) is pub's signature on the digest. */
+static bool ecdsa_verifies(EVP_PKEY *pub, const uint8_t *digest, size_t dlen, const uint8_t *sig,
+                           size_t siglen)
+{
+    ECDSA_SIG *es = ECDSA_SIG_new();
+    BIGNUM *r = BN_bin2bn(sig, (int)(siglen / 2), NULL);
+    BIGNUM *s = BN_bin2bn(sig + siglen / 2, (int)(siglen / 2), NULL);
+    EVP_PKEY_CTX *ctx = NULL;
+    unsigned char *der = NULL;
+    int len = 0;
+    bool ok = false;
+
+    if (es != NULL && r != NULL && s != NULL && ECDSA_SIG_set0(es, r, s) == 1) {
+        r = s = NULL;
+        len = i2d_ECDSA_SIG(es, &der);
+    }
+    if (len > 0 && (ctx = EVP_PKEY_CTX_new_from_pkey(NULL, pub, "provider=default")) != NULL &&
+        EVP_PKEY_verify_init(ctx) == 1)
+        ok = EVP_PKEY_verify(ctx, der, (size_t)len, digest, dlen) == 1;
+    EVP_PKEY_CTX_free(ctx);
+    OPENSSL_free(der);
+    ECDSA_SIG_free(es);
+    BN_free(r);
+    BN_free(s);
+    ERR_clear_error();
+    return ok;
+}
+
+/* Signs the digest with k: 0 with the signature, or -1 with the signer's first reason and text. */
+static int sign_digest(eg_p11_key *k, const uint8_t *digest, uint8_t *sig, size_t *siglen,
+                       int *reason, char *text, size_t cap)
+{
+    CK_MECHANISM mech = {CKM_ECDSA, NULL, 0};
+    const char *data = NULL;
+    int flags = 0;
+
+    ERR_clear_error();
+    if (eg_p11_key_sign(k, &mech, digest, 32, sig, siglen) == 0)
+        return 0;
+    *reason = ERR_GET_REASON(ERR_peek_error_data(&data, &flags));
+    snprintf(text, cap, "%s", (flags & ERR_TXT_STRING) && data != NULL ? data : "");
+    ERR_clear_error();
+    return -1;
+}
+
+/*
+ * A key deleted from the token under a running signer is reported as gone, with no C_Sign
+ * made. One made again under the same id and label (an operator's slip, a restore from the
+ * wrong backup) is another key: the signer refuses it rather than sign with it what the key's
+ * certificate does not vouch for, and says why.
+ */
+static void test_a_replaced_key_does_not_sign(void)
+{
+    static const uint8_t id[] = {0x72, 0x65, 0x70, 0x6c, 0x61, 0x63, 0x65, 0x64};
+    eg_keygen_spec spec = {EG_KEY_EC, 0,    NID_X9_62_prime256v1, "replaced", id, sizeof(id),
+                           true,      false};
+    eg_p11_key *signer = NULL, *other = NULL, *again = NULL;
+    uint8_t digest[32], sig[128];
+    size_t siglen = sizeof(sig);
+    EVP_PKEY *pub = NULL;
+    char text[256];
+    int reason = 0;
+
+    memset(digest, 0x5a, sizeof(digest));
+    CU_ASSERT_EQUAL_FATAL(eg_p11_key_generate(tok, &spec, &signer), 0);
+    pub = eg_p11_key_public(signer);
+    /* A first signature leaves the key's handle cached, as in a running estgated. */
+    CU_ASSERT_EQUAL(sign_digest(signer, digest, sig, &siglen, &reason, text, sizeof(text)), 0);
+    CU_ASSERT(ecdsa_verifies(pub, digest, sizeof(digest), sig, siglen));
+    /* Deleted through another handle on it, as another application would. */
+    CU_ASSERT_EQUAL_FATAL(eg_p11_key_open(tok, eg_p11_key_uri(signer), &other), 0);
+    CU_ASSERT_EQUAL_FATAL(eg_p11_key_destroy(other), 0);
+    siglen = sizeof(sig);
+    CU_ASSERT_EQUAL(sign_digest(signer, digest, sig, &siglen, &reason, text, sizeof(text)), -1);
+    CU_ASSERT_EQUAL(reason, EG_R_KEY_NOT_FOUND);
+    CU_ASSERT_PTR_NOT_NULL(strstr(text, "is no longer in the token"));
+    CU_ASSERT_PTR_NULL(strstr(text, "C_Sign"));
+    /* Another key under the same id and label. */
+    CU_ASSERT_EQUAL_FATAL(eg_p11_key_generate(tok, &spec, &again), 0);
+    siglen = sizeof(sig);
+    if (sign_digest(signer, digest, sig, &siglen, &reason, text, sizeof(text)) == 0) {
+        CU_FAIL("signed with the key that replaced it");
+        CU_ASSERT(ecdsa_verifies(pub, digest, sizeof(digest), sig, siglen));
+    } else {
+        CU_ASSERT_EQUAL(reason, EG_R_KEY_REPLACED);
+        CU_ASSERT_PTR_NOT_NULL(strstr(text, "is no longer the key loaded at start"));
+    }
+    /* The new key, opened for what it is, signs. */
+    siglen = sizeof(sig);
+    CU_ASSERT_EQUAL(sign_digest(again, digest, sig, &siglen, &reason, text, sizeof(text)), 0);
+    CU_ASSERT_EQUAL(eg_p11_key_destroy(again), 0);
+    eg_p11_key_free(again);
+    eg_p11_key_free(other);
+    eg_p11_key_free(signer);
+    EVP_PKEY_free(pub);
+    ERR_clear_error();
+}
+
 /*
  * More than one connection needs a module whose C_GetFunctionList makes a new
  * instance each time; a loaded module keeps its number.
@@ -723,6 +823,7 @@ static CU_TestInfo tests[] = {
     {"long jobs leave the signatures a connection",
      test_long_jobs_leave_the_signatures_a_connection},
     {"the connections a module can have", test_connections_the_module_can_have},
+    {"a replaced key does not sign", test_a_replaced_key_does_not_sign},
     CU_TEST_INFO_NULL,
 };
 

@@ -18,6 +18,7 @@
     X(EG_R_BAD_URI, "malformed PKCS#11 URI")                                                       \
     X(EG_R_KEY_NOT_FOUND, "key not found")                                                         \
     X(EG_R_KEY_AMBIGUOUS, "URI matches more than one key")                                         \
+    X(EG_R_KEY_REPLACED, "key replaced")                                                           \
     X(EG_R_KEY_UNSUPPORTED, "unsupported key type")                                                \
     X(EG_R_MECHANISM, "mechanism not supported by token")                                          \
     X(EG_R_TOKEN_CALL, "PKCS#11 call failed")                                                      \

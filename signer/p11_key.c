@@ -91,7 +91,13 @@ static CK_RV find_one(eg_p11_call *call, const eg_p11_key *key, CK_OBJECT_CLASS 
     return CKR_OK;
 }
 
-/* The private key's handle for the call's module instance and token generation. */
+static CK_RV same_key(eg_p11_call *call, const eg_p11_key *key, CK_OBJECT_HANDLE priv);
+
+/*
+ * The private key's handle for the call's module instance and token generation.
+ * A key already described (it has its public half) gets a handle only for the
+ * same key: CKR_KEY_CHANGED when the object under its id and label is another.
+ */
 static CK_RV key_handle(eg_p11_call *call, eg_p11_key *key, int refresh, CK_OBJECT_HANDLE *out)
 {
     CK_OBJECT_HANDLE h;
@@ -107,6 +113,9 @@ static CK_RV key_handle(eg_p11_call *call, eg_p11_key *key, int refresh, CK_OBJE
     pthread_mutex_unlock(&key->lock);
     if ((rv = find_one(call, key, CKO_PRIVATE_KEY, &h)) != CKR_OK)
         return rv == CKR_KEY_HANDLE_INVALID ? eg_p11_call_not_found(call, rv) : rv;
+    /* Found anew, so perhaps another key by now: known keys are checked before any use. */
+    if (key->pub != NULL && (rv = same_key(call, key, h)) != CKR_OK)
+        return rv;
     pthread_mutex_lock(&key->lock);
     key->cached[lane].handle = h;
     key->cached[lane].gen = gen;
@@ -129,6 +138,7 @@ struct sign_args {
     size_t inlen;
     uint8_t *sig;
     size_t siglen;
+    bool gone; /* the key was looked for and is not in the token: no C_Sign was made */
 };
 
 static CK_RV sign_fn(eg_p11_call *call, void *arg)
@@ -140,8 +150,10 @@ static CK_RV sign_fn(eg_p11_call *call, void *arg)
     int attempt;
 
     for (attempt = 0; attempt < 2; attempt++) {
-        if ((rv = key_handle(call, a->key, attempt, &h)) != CKR_OK)
+        if ((rv = key_handle(call, a->key, attempt, &h)) != CKR_OK) {
+            a->gone = rv == CKR_KEY_HANDLE_INVALID;
             return rv;
+        }
         len = a->siglen;
         rv = eg_p11_sign(call, a->mech, h, a->in, a->inlen, a->sig, &len);
         /* A handle can go stale without the session dying (key re-created). */
@@ -159,15 +171,26 @@ static CK_RV sign_fn(eg_p11_call *call, void *arg)
 int eg_p11_key_sign(eg_p11_key *key, CK_MECHANISM *mech, const uint8_t *in, size_t inlen,
                     uint8_t *sig, size_t *siglen)
 {
-    struct sign_args a = {key, mech, in, inlen, sig, *siglen};
+    struct sign_args a = {key, mech, in, inlen, sig, *siglen, false};
     CK_RV rv;
 
-    if ((rv = key_run(a.key, sign_fn, &a)) != CKR_OK) {
-        eg_signer_error(EG_R_TOKEN_CALL, "C_Sign with %s: %s", key->uri, eg_p11_rv_name(rv));
-        return -1;
+    if ((rv = key_run(a.key, sign_fn, &a)) == CKR_OK) {
+        *siglen = a.siglen;
+        return 0;
     }
-    *siglen = a.siglen;
-    return 0;
+    /* Both wait for an operator (every retry fails alike), so each says what to do. */
+    if (rv == CKR_KEY_CHANGED)
+        eg_signer_error(EG_R_KEY_REPLACED,
+                        "%s is no longer the key loaded at start: put it back, or reload "
+                        "with the new key's certificate",
+                        key->uri);
+    else if (rv == CKR_KEY_HANDLE_INVALID && a.gone)
+        eg_signer_error(EG_R_KEY_NOT_FOUND,
+                        "%s is no longer in the token: restore it, or reload with another key",
+                        key->uri);
+    else
+        eg_signer_error(EG_R_TOKEN_CALL, "C_Sign with %s: %s", key->uri, eg_p11_rv_name(rv));
+    return -1;
 }
 
 static EVP_PKEY *pkey_fromdata(const char *name, OSSL_PARAM_BLD *bld)
@@ -246,37 +269,67 @@ EVP_PKEY *eg_p11_public_ec(eg_key_type type, const uint8_t *params, size_t plen,
     return pkey;
 }
 
-/* The public half, from the private key's attributes, its public key object or its certificate. */
-static CK_RV load_public(eg_p11_call *call, eg_p11_key *key, CK_OBJECT_HANDLE priv)
+/*
+ * The public half, from the private key's attributes, its public key object or its certificate,
+ * into *out.
+ */
+static CK_RV read_public(eg_p11_call *call, const eg_p11_key *key, CK_OBJECT_HANDLE priv,
+                         EVP_PKEY **out)
 {
     uint8_t *a = NULL, *b = NULL;
     size_t alen = 0, blen = 0;
     CK_OBJECT_HANDLE h;
+    EVP_PKEY *pub = NULL;
     CK_RV rv;
 
     if (key->type == EG_KEY_RSA) {
         if ((rv = eg_p11_get_attribute_alloc(call, priv, CKA_MODULUS, &a, &alen)) == CKR_OK &&
             (rv = eg_p11_get_attribute_alloc(call, priv, CKA_PUBLIC_EXPONENT, &b, &blen)) == CKR_OK)
-            key->pub = eg_p11_public_rsa(a, alen, b, blen);
+            pub = eg_p11_public_rsa(a, alen, b, blen);
     } else {
         if ((rv = eg_p11_get_attribute_alloc(call, priv, CKA_EC_PARAMS, &a, &alen)) == CKR_OK &&
             (rv = find_one(call, key, CKO_PUBLIC_KEY, &h)) == CKR_OK &&
             (rv = eg_p11_get_attribute_alloc(call, h, CKA_EC_POINT, &b, &blen)) == CKR_OK)
-            key->pub = eg_p11_public_ec(key->type, a, alen, b, blen);
+            pub = eg_p11_public_ec(key->type, a, alen, b, blen);
     }
     OPENSSL_free(a);
     OPENSSL_free(b);
-    if (key->pub == NULL && find_one(call, key, CKO_CERTIFICATE, &h) == CKR_OK &&
+    if (pub == NULL && find_one(call, key, CKO_CERTIFICATE, &h) == CKR_OK &&
         eg_p11_get_attribute_alloc(call, h, CKA_VALUE, &a, &alen) == CKR_OK) {
         const unsigned char *p = a;
         X509 *cert = d2i_X509(NULL, &p, (long)alen);
 
-        if (cert != NULL && (key->pub = X509_get0_pubkey(cert)) != NULL)
-            EVP_PKEY_up_ref(key->pub);
+        if (cert != NULL && (pub = X509_get0_pubkey(cert)) != NULL)
+            EVP_PKEY_up_ref(pub);
         X509_free(cert);
         OPENSSL_free(a);
     }
-    return key->pub != NULL ? CKR_OK : (rv != CKR_OK ? rv : CKR_ATTRIBUTE_VALUE_INVALID);
+    if (pub == NULL)
+        return rv != CKR_OK ? rv : CKR_ATTRIBUTE_VALUE_INVALID;
+    *out = pub;
+    return CKR_OK;
+}
+
+/*
+ * Whether the private key priv, just found by the key's id and label, is the key described at
+ * open: its public half, read as at open, is the same. An operator who deletes a CA key and
+ * makes another under the same id and label would otherwise have every certificate signed with
+ * a key the CA certificate does not hold, and devices refuse them all. CKR_KEY_CHANGED when it
+ * is another key or its public half can no longer be read; a lost session or login as such.
+ */
+static CK_RV same_key(eg_p11_call *call, const eg_p11_key *key, CK_OBJECT_HANDLE priv)
+{
+    EVP_PKEY *now = NULL;
+    CK_RV rv = read_public(call, key, priv, &now);
+
+    if (rv == CKR_OK && EVP_PKEY_eq(now, key->pub) != 1)
+        rv = CKR_KEY_CHANGED;
+    /* Another type of key, or no public half left to compare. */
+    if (rv == CKR_ATTRIBUTE_TYPE_INVALID || rv == CKR_ATTRIBUTE_VALUE_INVALID ||
+        rv == CKR_KEY_HANDLE_INVALID || rv == CKR_KEY_FUNCTION_NOT_PERMITTED)
+        rv = CKR_KEY_CHANGED;
+    EVP_PKEY_free(now);
+    return rv;
 }
 
 /* Fills in type, id, label and public half of a key whose id/label select it. */
@@ -304,7 +357,7 @@ static CK_RV describe_fn(eg_p11_call *call, void *arg)
         key->label = (char *)v;
     EVP_PKEY_free(key->pub);
     key->pub = NULL;
-    return load_public(call, key, h);
+    return read_public(call, key, h, &key->pub);
 }
 
 static eg_p11_key *key_new(eg_token *tok)
