@@ -946,7 +946,7 @@ static void sign_and_record(enroll *e, const eg_intent_result *ir, const X509_NA
 {
     char why[256], serial[48];
     unsigned char *der = NULL;
-    int n = 0;
+    int n = 0, signed_rc = 0;
     X509 *x = eg_issue_build(&e->prof->pol, &e->prof->ca, e->csr, e->skg ? &e->kg.pub : NULL,
                              subject, ir->serial, ir->serial_len, val, why, sizeof(why));
 
@@ -954,10 +954,11 @@ static void sign_and_record(enroll *e, const eg_intent_result *ir, const X509_NA
     if (x == NULL || eg_issue_lint(&e->prof->pol, &e->prof->ca, x, why, sizeof(why)) != 0) {
         fail_intent(e, why);
         answer_set(&e->a, EG_INTERNAL, EG_AUDIT_INTERNAL, EG_DIM_NONE, "%s", why);
-    } else if (eg_issue_sign(&e->prof->ca, x, why, sizeof(why)) != 0) {
+    } else if ((signed_rc = eg_issue_sign(&e->prof->ca, x, why, sizeof(why))) != 0) {
         fail_intent(e, why);
         answer_set(&e->a, EG_UNAVAILABLE, EG_AUDIT_UNAVAILABLE, EG_DIM_NONE, "%s", why);
-        e->a.retry_after = 5;
+        /* A CA key gone or replaced stays so until an operator acts, as an expired CA does. */
+        e->a.retry_after = signed_rc == -2 ? 3600 : 5;
     } else if ((n = i2d_X509(x, &der)) <= 0 || answer_copy(&e->a, der, (size_t)n) != 0) {
         fail_intent(e, "out of memory");
         answer_set(&e->a, EG_INTERNAL, EG_AUDIT_INTERNAL, EG_DIM_NONE, "out of memory");

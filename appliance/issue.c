@@ -21,7 +21,7 @@
 
 static int fail(char *reason, size_t cap, const char *what)
 {
-    char err[160];
+    char err[220]; /* room for a key's URI and what an operator does about it */
 
     eg_err_first_text(err, sizeof(err)); /* the first: the most specific */
     snprintf(reason, cap, "%s%s%s", what, *err ? ": " : "", err);
@@ -475,6 +475,18 @@ void eg_issue_ca_clear(eg_issue_ca *ca)
  * sets the algorithm identifiers from the copy, and FINALISE lets the one
  * signature finish the copy's own hash instead of duplicating it again.
  */
+/*
+ * Whether the signer's first error says the CA key is gone from the token or is another key
+ * now: no retry succeeds until an operator puts it back or reloads.
+ */
+static bool ca_key_lost(void)
+{
+    unsigned long e = ERR_peek_error();
+
+    return ERR_GET_LIB(e) == eg_signer_errlib() &&
+           (ERR_GET_REASON(e) == EG_R_KEY_NOT_FOUND || ERR_GET_REASON(e) == EG_R_KEY_REPLACED);
+}
+
 int eg_issue_sign(const eg_issue_ca *ca, X509 *cert, char *reason, size_t cap)
 {
     EVP_MD_CTX *mctx = EVP_MD_CTX_new();
@@ -486,6 +498,7 @@ int eg_issue_sign(const eg_issue_ca *ca, X509 *cert, char *reason, size_t cap)
     }
     EVP_MD_CTX_set_flags(mctx, EVP_MD_CTX_FLAG_FINALISE);
     if (X509_sign_ctx(cert, mctx) <= 0) {
+        rc = ca_key_lost() ? -2 : -1;
         fail(reason, cap, "the token did not sign");
         goto out;
     }

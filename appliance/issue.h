@@ -81,7 +81,11 @@ int eg_issue_ca_ready(eg_issue_ca *ca);
 /* Frees what ca holds (certificate, key, sign, aki) and zeroes it. */
 void eg_issue_ca_clear(eg_issue_ca *ca);
 
-/* Signs cert with the CA key (in the token), from a copy of ca->sign. 0, or -1 with reason. */
+/*
+ * Signs cert with the CA key (in the token), from a copy of ca->sign. 0; -2 with reason when
+ * the CA key is no longer in the token or is another key (only an operator can fix that); -1
+ * with reason for any other failure.
+ */
 int eg_issue_sign(const eg_issue_ca *ca, X509 *cert, char *reason, size_t cap);
 
 #endif

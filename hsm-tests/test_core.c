@@ -1827,9 +1827,89 @@ static void test_ca_outside_its_validity_is_unavailable(void)
     X509_free(real);
 }
 
+static int make_ca(const char *label, const char *path);
+
+/*
+ * A CA key deleted from the token under a running core, or replaced by another key under the
+ * same label and id, signs nothing: 503 with the Retry-After of an expired CA (only an operator
+ * can fix it), the reason naming the key, nothing recorded as issued, and the same request
+ * refused again, not answered from the ledger.
+ */
+static void test_a_ca_key_gone_or_replaced_issues_nothing(void)
+{
+    char chain[PATH_MAX], lpath[PATH_MAX], uri[256];
+    eg_p11_key *k = NULL, *again = NULL;
+    eg_config other = cfg;
+    eg_token *t = NULL;
+    eg_core *c = NULL;
+    eg_core_stats st;
+    size_t idlen, len[2];
+    uint8_t *csr[2];
+    eg_answer a;
+
+    CU_ASSERT_EQUAL_FATAL(make_ca("ca-lost", tpath(chain, "ca-lost.pem")), 0);
+    snprintf(uri, sizeof(uri), "pkcs11:token=%s;object=ca-lost", eg_th_config(th)->token_label);
+    other.nprofiles = 1;
+    other.profiles[0].ca_key_uri = uri;
+    other.profiles[0].ca_chain_file = chain;
+    other.ledger_path = tpath(lpath, "lost.db");
+    CU_ASSERT_EQUAL_FATAL(eg_core_open(&other, &c), 0);
+    csr[0] = make_csr(key_a, "CN=before", "DNS:before.example.com", NULL, NULL, &len[0]);
+    csr[1] = make_csr(key_b, "CN=after", "DNS:after.example.com", NULL, NULL, &len[1]);
+    CU_ASSERT_FATAL(csr[0] != NULL && csr[1] != NULL);
+    for (int step = 0; step < 4; step++) {
+        eg_enroll_req req = {.profile = other.profiles[0].name,
+                             .principal = "basic:lost",
+                             .auth = EG_AUTH_BASIC,
+                             .csr = csr[step > 0],
+                             .csr_len = len[step > 0],
+                             .peer = "192.0.2.7"};
+
+        if (step == 1) { /* deleted, as an operator with the token's tools would */
+            CU_ASSERT_EQUAL_FATAL(eg_token_open(eg_th_config(th), &t), 0);
+            CU_ASSERT_EQUAL_FATAL(eg_p11_key_open(t, uri, &k), 0);
+            CU_ASSERT_EQUAL_FATAL(eg_p11_key_destroy(k), 0);
+        } else if (step == 2) { /* another key under the same label and id */
+            eg_keygen_spec spec = {EG_KEY_EC, 0,    NID_X9_62_prime256v1, "ca-lost", NULL, 0,
+                                   true,      false};
+
+            spec.id = eg_p11_key_id(k, &idlen);
+            spec.idlen = idlen;
+            CU_ASSERT_EQUAL_FATAL(eg_p11_key_generate(t, &spec, &again), 0);
+        }
+        memset(&a, 0xa5, sizeof(a));
+        CU_ASSERT_EQUAL_FATAL(eg_core_enroll(c, &req, &a), 0);
+        if (step == 0) {
+            CU_ASSERT_EQUAL(a.status, EG_OK);
+        } else {
+            CU_ASSERT_EQUAL(a.status, EG_UNAVAILABLE);
+            CU_ASSERT_EQUAL(a.event, EG_AUDIT_UNAVAILABLE);
+            CU_ASSERT_EQUAL(a.retry_after, 3600);
+            CU_ASSERT_PTR_NULL(a.der);
+            CU_ASSERT_PTR_NOT_NULL(strstr(a.reason, "object=ca-lost"));
+            CU_ASSERT_PTR_NOT_NULL(strstr(a.reason, step == 1 ? "is no longer in the token"
+                                                              : "is no longer the key loaded"));
+            if (a.status != EG_UNAVAILABLE)
+                printf("\n  step %d: %d %s\n", step, a.status, a.reason);
+        }
+        eg_answer_clear(&a);
+    }
+    eg_core_get_stats(c, &st);
+    CU_ASSERT_EQUAL(st.certificates, 1);
+    CU_ASSERT_EQUAL(eg_p11_key_destroy(again), 0);
+    eg_p11_key_free(again);
+    eg_p11_key_free(k);
+    eg_token_free(t);
+    eg_core_close(c);
+    free(csr[0]);
+    free(csr[1]);
+    ERR_clear_error();
+}
+
 /* ---- suite ---- */
 
-static int make_ca(void)
+/* A self-signed P-256 CA, its key labelled label in the token, its certificate at path. */
+static int make_ca(const char *label, const char *path)
 {
     const eg_token_config *tc = eg_th_config(th);
     const char *build = getenv("EG_BUILD_DIR");
@@ -1856,7 +1936,7 @@ static int make_ca(void)
     argv[n++] = "--pin-file";
     argv[n++] = (char *)tc->pin_file;
     argv[n++] = "--label";
-    argv[n++] = "ca";
+    argv[n++] = (char *)label;
     argv[n++] = "--key";
     argv[n++] = "ec-p256";
     argv[n++] = "--subject";
@@ -1865,7 +1945,7 @@ static int make_ca(void)
     argv[n++] = "--days";
     argv[n++] = "3650";
     argv[n++] = "--out";
-    argv[n++] = ca_path;
+    argv[n++] = (char *)path;
     argv[n] = NULL;
     rc = run(argv, out, sizeof(out));
     if (rc != 0)
@@ -1880,7 +1960,7 @@ static int suite_init(void)
     tpath(ca_path, "ca.pem");
     tpath(ledger_path, "ledger.db");
     snprintf(ca_uri, sizeof(ca_uri), "pkcs11:token=%s;object=ca", eg_th_config(th)->token_label);
-    if (make_ca() != 0)
+    if (make_ca("ca", ca_path) != 0)
         return -1;
     key_a = EVP_EC_gen("P-256");
     key_b = EVP_EC_gen("P-256");
@@ -1944,6 +2024,8 @@ static CU_TestInfo tests[] = {
     {"open refuses a chain of another key", test_open_refuses_a_chain_of_another_key},
     {"a CA not begun or expired: 503 with Retry-After, nothing issued",
      test_ca_outside_its_validity_is_unavailable},
+    {"a CA key gone or replaced: 503 for an hour, nothing issued",
+     test_a_ca_key_gone_or_replaced_issues_nothing},
     CU_TEST_INFO_NULL,
 };
 
