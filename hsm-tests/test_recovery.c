@@ -19,6 +19,7 @@
 #include <openssl/evp.h>
 #include <openssl/obj_mac.h>
 
+#include "child.h"
 #include "clock.h"
 #include "errors.h"
 #include "p11.h"
@@ -159,18 +160,22 @@ static CK_RV hold_session(eg_p11_call *call, void *arg)
     return CKR_OK;
 }
 
+static eg_token *jobs_tok; /* the token parallel_jobs runs on */
+
 static void *pool_job_thread(void *arg)
 {
-    *(CK_RV *)arg = eg_token_run(tok, hold_session, NULL);
+    *(CK_RV *)arg = eg_token_run(jobs_tok, hold_session, NULL);
     return NULL;
 }
 
-static int parallel_jobs(void)
+/* POOL_JOBS jobs at once on token on, each holding a session: how many ran at once. */
+static int parallel_jobs(eg_token *on)
 {
     pthread_t t[POOL_JOBS];
     CK_RV rv[POOL_JOBS];
     int i, failed = 0;
 
+    jobs_tok = on;
     atomic_store(&jobs_most, 0);
     for (i = 0; i < POOL_JOBS; i++)
         CU_ASSERT_EQUAL_FATAL(pthread_create(&t[i], NULL, pool_job_thread, &rv[i]), 0);
@@ -198,10 +203,10 @@ static void test_the_pool_is_whole_after_its_sessions_are_closed(void)
         return;
     }
     CU_ASSERT_PTR_NOT_NULL_FATAL(fl = module_functions(&slot));
-    before = parallel_jobs(); /* also fills the pool with sessions */
+    before = parallel_jobs(tok); /* also fills the pool with sessions */
     CU_ASSERT_EQUAL_FATAL(fl->C_CloseAllSessions(slot), CKR_OK);
-    parallel_jobs(); /* each finds its session dead, and recovers */
-    after = parallel_jobs();
+    parallel_jobs(tok); /* each finds its session dead, and recovers */
+    after = parallel_jobs(tok);
     printf("(%d jobs at once before, %d after) ", before, after);
     CU_ASSERT_EQUAL(before, POOL_JOBS);
     CU_ASSERT_EQUAL(after, POOL_JOBS);
@@ -806,6 +811,48 @@ static void test_connections_the_module_can_have(void)
     CU_ASSERT_EQUAL(sign_and_verify(), 0);
 }
 
+/*
+ * A token with no more sessions to give (a hardware HSM's limit per partition, which other
+ * applications share) answers C_OpenSession CKR_SESSION_COUNT: jobs then take turns on the
+ * sessions already open instead of failing, and a token that gives none at all is said to.
+ * The token is this suite's, behind the quota module (harness/p11_quota.c) with a limit of 2.
+ */
+static void test_a_token_out_of_sessions_shares_those_open(void)
+{
+    eg_token_config cfg = *eg_th_config(th);
+    char limit[PATH_MAX + 16], quota[PATH_MAX];
+    const char *reason = NULL;
+    eg_token_stats st;
+    eg_token *q = NULL;
+
+    if (kind == EG_TH_P11KIT) {
+        /* The quota module loads its module once: one instance of p11-kit's client. */
+        fprintf(stderr, "(the quota module wraps in-process modules) ");
+        return;
+    }
+    snprintf(quota, sizeof(quota), "%s/quota", eg_th_dir(th));
+    snprintf(limit, sizeof(limit), "%s.sessions", quota);
+    setenv("EG_P11_QUOTA_MODULE", cfg.module_path, 1);
+    setenv("EG_P11_QUOTA_FILE", quota, 1);
+    cfg.module_path = EG_P11_QUOTA_PATH;
+    CU_ASSERT_EQUAL_FATAL(eg_file_write(limit, "0\n", 2, 0600), 0);
+    ERR_clear_error();
+    CU_ASSERT_NOT_EQUAL(eg_token_open(&cfg, &q), 0);
+    ERR_peek_error_data(&reason, NULL);
+    CU_ASSERT_PTR_NOT_NULL(reason != NULL ? strstr(reason, "has no session to give") : NULL);
+    ERR_clear_error();
+    CU_ASSERT_EQUAL_FATAL(eg_file_write(limit, "2\n", 2, 0600), 0);
+    CU_ASSERT_EQUAL_FATAL(eg_token_open(&cfg, &q), 0);
+    /* 16 jobs at once, each holding its session a while: 2 at a time, none failed. */
+    CU_ASSERT_EQUAL(parallel_jobs(q), 2);
+    eg_token_get_stats(q, &st);
+    CU_ASSERT_EQUAL(st.sessions_opened, 2);
+    eg_token_free(q);
+    unlink(limit);
+    /* The quota module finalised the module this suite's token shares: it recovers. */
+    CU_ASSERT_EQUAL(sign_and_verify(), 0);
+}
+
 static CU_TestInfo tests[] = {
     /* First: it needs the later connections not opened yet. */
     {"a connection the server refuses is passed over",
@@ -824,6 +871,8 @@ static CU_TestInfo tests[] = {
      test_long_jobs_leave_the_signatures_a_connection},
     {"the connections a module can have", test_connections_the_module_can_have},
     {"a replaced key does not sign", test_a_replaced_key_does_not_sign},
+    /* Last: it finalises the module this suite's token uses. */
+    {"a token out of sessions shares those open", test_a_token_out_of_sessions_shares_those_open},
     CU_TEST_INFO_NULL,
 };
 

@@ -35,6 +35,7 @@
 #define EG_POOL_DEFAULT 16
 #define EG_RECOVER_MS   10000
 #define EG_LANE_DOWN_MS 1000 /* how long an instance that failed to start is passed over */
+#define EG_SHORT_MS     1000 /* how long a token's CKR_SESSION_COUNT caps the pool */
 /*
  * A long job (eg_token_run_long) weighs as much as this many short ones when
  * jobs choose an instance, and waits at most EG_LONG_DRAIN_S for the short
@@ -105,6 +106,14 @@ typedef struct tok_lane {
     CK_SESSION_HANDLE *idle; /* pooled sessions of generation gen */
     unsigned nidle;
     unsigned nopen; /* sessions of generation gen, idle or borrowed */
+    /*
+     * The most sessions the token lately let us open here, when that was fewer than pool_size
+     * (CKR_SESSION_COUNT: its limit, shared with other applications); 0 when none was met.
+     * Until short_until (CLOCK_MONOTONIC ms) jobs wait for one of those instead of asking
+     * for more.
+     */
+    unsigned short_limit;
+    uint64_t short_until;
     unsigned gen;
     unsigned mod_gen; /* instance generation the slot was found in */
     int have_slot;
@@ -623,6 +632,7 @@ static void drop_generation(eg_token *tok, unsigned l)
     tl->gen++;
     tl->nidle = 0;
     tl->nopen = 0;
+    tl->short_limit = 0;
     tl->have_slot = 0;
     tl->logged_in = 0;
     pthread_cond_broadcast(&tl->cond);
@@ -672,6 +682,19 @@ static CK_RV open_session(eg_token *tok, unsigned l, CK_SESSION_HANDLE *h)
 
 static int session_lost(CK_RV rv);
 
+/*
+ * How many sessions instance l may have open now: pool_size, or fewer for a while after the
+ * token said it had no more (tl->short_limit); then it is asked again, as other applications
+ * may have closed theirs. Called with tok->lock held.
+ */
+static unsigned pool_limit(const eg_token *tok, tok_lane *tl)
+{
+    if (tl->short_limit > 0 && now_ms() >= tl->short_until)
+        tl->short_limit = 0;
+    return tl->short_limit > 0 && tl->short_limit < tok->pool_size ? tl->short_limit
+                                                                   : tok->pool_size;
+}
+
 static CK_RV session_get(eg_token *tok, unsigned l, eg_p11_call *call)
 {
     tok_lane *tl = &tok->lane[l];
@@ -696,8 +719,21 @@ static CK_RV session_get(eg_token *tok, unsigned l, eg_p11_call *call)
             tl->idle[tl->nidle++] = h; /* still good; the login is what failed */
             break;
         }
-        if (tl->nopen < tok->pool_size) {
+        if (tl->nopen < pool_limit(tok, tl)) {
             rv = open_session(tok, l, &h);
+            if (rv == CKR_SESSION_COUNT && tl->nopen > 0) {
+                /* The token has no more for us (other applications may hold the rest): the
+                   sessions we have are the pool for now, and the job waits for one. */
+                tl->short_limit = tl->nopen;
+                tl->short_until = now_ms() + EG_SHORT_MS;
+                continue;
+            }
+            if (rv == CKR_SESSION_COUNT)
+                eg_signer_error(EG_R_SESSION,
+                                "token '%s' has no session to give (CKR_SESSION_COUNT): other "
+                                "applications hold all it allows; close some, or raise its "
+                                "session limit",
+                                tok->label);
             break;
         }
         pthread_cond_wait(&tl->cond, &tok->lock);

@@ -27,6 +27,12 @@
  * first logs the application out (C_Logout on the same session), as another
  * part of the process may.
  *
+ * A session limit on request, for tests of a token that has no more sessions
+ * to give (a hardware HSM's limit per partition, which other applications
+ * share): while EG_P11_QUOTA_FILE.sessions holds a number, C_OpenSession
+ * answers CKR_SESSION_COUNT, without opening one, when that many sessions
+ * opened through this module are open.
+ *
  * Counted: the session objects made by C_CreateObject, C_CopyObject,
  * C_GenerateKey, C_GenerateKeyPair (each half), C_UnwrapKey and C_DeriveKey
  * through this module, until C_DestroyObject, the close of their session or
@@ -54,20 +60,31 @@ static struct {
 } live[MAX_LIVE];
 static size_t nlive;
 static unsigned long keypairs;
+static unsigned long nsessions; /* open through this module */
 
-/* The quota, or -1 for none. */
-static long quota(void)
+/* The number in EG_P11_QUOTA_FILE with suffix (NULL: none), or -1 for none. */
+static long read_limit(const char *suffix)
 {
     const char *path = getenv("EG_P11_QUOTA_FILE");
-    FILE *f = path != NULL ? fopen(path, "r") : NULL;
+    char name[4096];
+    FILE *f = NULL;
     long n = -1;
 
+    if (path != NULL && snprintf(name, sizeof(name), "%s%s%s", path, suffix ? "." : "",
+                                 suffix ? suffix : "") < (int)sizeof(name))
+        f = fopen(name, "r");
     if (f != NULL) {
         if (fscanf(f, "%ld", &n) != 1 || n < 0)
             n = -1;
         fclose(f);
     }
     return n;
+}
+
+/* The quota, or -1 for none. */
+static long quota(void)
+{
+    return read_limit(NULL);
 }
 
 /* Writes n to the file beside the quota file with suffix, atomically (rename); under lock. */
@@ -252,6 +269,21 @@ static CK_RV q_DestroyObject(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o)
     return rv;
 }
 
+static CK_RV q_OpenSession(CK_SLOT_ID slot, CK_FLAGS flags, CK_VOID_PTR app, CK_NOTIFY notify,
+                           CK_SESSION_HANDLE_PTR s)
+{
+    long most = read_limit("sessions");
+    CK_RV rv;
+
+    pthread_mutex_lock(&lock);
+    if (most >= 0 && nsessions >= (unsigned long)most)
+        rv = CKR_SESSION_COUNT;
+    else if ((rv = real->C_OpenSession(slot, flags, app, notify, s)) == CKR_OK)
+        nsessions++;
+    pthread_mutex_unlock(&lock);
+    return rv;
+}
+
 static CK_RV q_CloseSession(CK_SESSION_HANDLE s)
 {
     CK_RV rv;
@@ -259,6 +291,8 @@ static CK_RV q_CloseSession(CK_SESSION_HANDLE s)
     pthread_mutex_lock(&lock);
     if ((rv = real->C_CloseSession(s)) == CKR_OK || rv == CKR_SESSION_HANDLE_INVALID)
         forget(true, s, false, 0);
+    if (rv == CKR_OK && nsessions > 0)
+        nsessions--;
     done();
     return rv;
 }
@@ -268,8 +302,10 @@ static CK_RV q_CloseAllSessions(CK_SLOT_ID slot)
     CK_RV rv;
 
     pthread_mutex_lock(&lock);
-    if ((rv = real->C_CloseAllSessions(slot)) == CKR_OK)
+    if ((rv = real->C_CloseAllSessions(slot)) == CKR_OK) {
         nlive = 0; /* one token per test */
+        nsessions = 0;
+    }
     done();
     return rv;
 }
@@ -291,8 +327,10 @@ static CK_RV q_Finalize(CK_VOID_PTR reserved)
     CK_RV rv;
 
     pthread_mutex_lock(&lock);
-    if ((rv = real->C_Finalize(reserved)) == CKR_OK)
+    if ((rv = real->C_Finalize(reserved)) == CKR_OK) {
         nlive = 0;
+        nsessions = 0;
+    }
     done();
     return rv;
 }
@@ -317,6 +355,7 @@ static CK_RV load(void)
     }
     list = *real;
     list.C_Finalize = q_Finalize;
+    list.C_OpenSession = q_OpenSession;
     list.C_CloseSession = q_CloseSession;
     list.C_CloseAllSessions = q_CloseAllSessions;
     list.C_CreateObject = q_CreateObject;
