@@ -27,6 +27,7 @@ static int signer_exit(int reason)
     case EG_R_MODULE_INIT:
     case EG_R_TOKEN_NOT_FOUND:
     case EG_R_KEY_NOT_FOUND:
+    case EG_R_KEY_REPLACED:
     case EG_R_SESSION:
     case EG_R_MECHANISM:
         return EG_EXIT_UNAVAILABLE;
