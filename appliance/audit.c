@@ -245,31 +245,61 @@ void eg_audit_log(const eg_audit_record *rec)
     fputs(line, stderr);
 }
 
-void eg_audit_event_fill(const eg_audit_record *rec, eg_audit_event *ev, char *detail, size_t cap)
+/* in into out[cap] as the log line writes a value, without the quotes: a byte that is not
+   printable ASCII as \xNN, a backslash doubled; an escape is never cut in two. So that every text
+   column of the ledger's audit table is one printable line, whatever a device sent. */
+static const char *row_text(const char *in, char *out, size_t cap)
 {
+    size_t n = 0;
+
+    if (in == NULL)
+        return NULL;
+    for (const unsigned char *v = (const unsigned char *)in; *v != '\0'; v++) {
+        char esc[8];
+        size_t k;
+
+        if (*v < ' ' || *v >= 0x7f)
+            k = (size_t)snprintf(esc, sizeof(esc), "\\x%02x", *v);
+        else if (*v == '\\')
+            k = (size_t)snprintf(esc, sizeof(esc), "\\\\");
+        else
+            k = (size_t)snprintf(esc, sizeof(esc), "%c", *v);
+        if (n + k >= cap)
+            break;
+        memcpy(out + n, esc, k);
+        n += k;
+    }
+    out[n] = '\0';
+    return out;
+}
+
+void eg_audit_event_fill(const eg_audit_record *rec, eg_audit_event *ev, eg_audit_row *row)
+{
+    char raw[EG_AUDIT_DETAIL_MAX];
+
     if (rec->dim != EG_DIM_NONE)
-        snprintf(detail, cap, "dim=%s %s", eg_policy_dim_name(rec->dim),
+        snprintf(raw, sizeof(raw), "dim=%s %s", eg_policy_dim_name(rec->dim),
                  rec->reason ? rec->reason : "");
     else
-        snprintf(detail, cap, "%s", rec->reason ? rec->reason : "");
+        snprintf(raw, sizeof(raw), "%s", rec->reason ? rec->reason : "");
     *ev = (eg_audit_event){
         .type = eg_audit_kind_name(rec->kind),
-        .profile = rec->profile,
-        .principal = rec->principal,
-        .peer = rec->peer,
-        .detail = detail,
+        .profile = row_text(rec->profile, row->profile, sizeof(row->profile)),
+        .principal = row_text(rec->principal, row->principal, sizeof(row->principal)),
+        .peer = row_text(rec->peer, row->peer, sizeof(row->peer)),
+        .detail = row_text(raw, row->detail, sizeof(row->detail)),
         .intent_id = rec->intent_id,
     };
 }
 
 int eg_audit_emit(eg_ledger *lg, const eg_audit_record *rec)
 {
-    char detail[EG_AUDIT_DETAIL_MAX];
+    eg_audit_row row;
     eg_audit_event ev;
 
     eg_audit_log(rec);
     if (lg == NULL || rec->kind == EG_AUDIT_CACERTS)
         return 0;
-    eg_audit_event_fill(rec, &ev, detail, sizeof(detail));
+    eg_audit_event_fill(rec, &ev, &row);
     return eg_ledger_audit(lg, &ev) == 0 ? 0 : -1;
 }

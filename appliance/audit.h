@@ -26,11 +26,16 @@ typedef struct eg_audit_record {
 int eg_audit_emit(eg_ledger *lg, const eg_audit_record *rec);
 
 /* The two halves of eg_audit_emit, for a caller that stores the row with other ledger work
-   (eg_ledger_complete_issue_audit): the log line alone, and the row, whose detail is written
-   into detail[cap] (EG_AUDIT_DETAIL_MAX). */
+   (eg_ledger_complete_issue_audit): the log line alone, and the row, whose text columns are
+   written into row (ev points into it) escaped as the log line escapes a value, so that each is
+   printable ASCII however hostile the principal, peer or reason. */
 #define EG_AUDIT_DETAIL_MAX 320
+typedef struct eg_audit_row {
+    char detail[EG_AUDIT_DETAIL_MAX];
+    char profile[128], principal[320], peer[128];
+} eg_audit_row;
 void eg_audit_log(const eg_audit_record *rec);
-void eg_audit_event_fill(const eg_audit_record *rec, eg_audit_event *ev, char *detail, size_t cap);
+void eg_audit_event_fill(const eg_audit_record *rec, eg_audit_event *ev, eg_audit_row *row);
 
 /* Formats the log line into buf (always NUL-terminated); for tests and the emitter. */
 void eg_audit_format(const eg_audit_record *rec, char *buf, size_t cap);

@@ -859,7 +859,8 @@ static eg_audit_record audit_record(const enroll *e, const char *label)
  */
 static int record_issued(enroll *e, const char *serial)
 {
-    char detail[EG_AUDIT_DETAIL_MAX], expired[48] = "";
+    char expired[48] = "";
+    eg_audit_row row;
     bool keep = e->skg && e->skg_encrypt && !e->kg.key_secure && e->kg.key != NULL;
     eg_audit_record rec;
     eg_audit_event ev;
@@ -875,7 +876,7 @@ static int record_issued(enroll *e, const char *serial)
                e->skg ? " " : "", e->skg ? e->kg.what : "", expired,
                e->replaces[0] ? " replaces=" : "", e->replaces);
     rec = audit_record(e, NULL);
-    eg_audit_event_fill(&rec, &ev, detail, sizeof(detail));
+    eg_audit_event_fill(&rec, &ev, &row);
     /* Kept for a retry: an encrypted key part only, never a plaintext key (skg_again). */
     if (eg_ledger_complete_issue_key(e->core->lg, e->intent_id, e->a.der, e->a.der_len,
                                      keep ? e->kg.key : NULL, keep ? e->kg.key_len : 0, &ev) != 0)

@@ -115,9 +115,9 @@ static int pem_unarmour(const uint8_t *body, size_t len, size_t start, size_t *b
     const uint8_t *p = body + start + strlen(PEM_DASHES "BEGIN ");
     const uint8_t *end = body + len;
     const uint8_t *close = find_bytes(p, (size_t)(end - p), PEM_DASHES);
-    char endline[64];
+    char endline[64], seen[48];
     const uint8_t *e;
-    size_t label_len;
+    size_t label_len, n;
 
     if (close == NULL) {
         snprintf(why, whylen, "PEM body has no end to its BEGIN line");
@@ -145,8 +145,16 @@ static int pem_unarmour(const uint8_t *body, size_t len, size_t start, size_t *b
         *b64_len = (size_t)(e - p);
         return 0;
     }
-    snprintf(why, whylen, "PEM body is a \"%.*s\", not a CERTIFICATE REQUEST",
-             (int)(label_len < 40 ? label_len : 40), (const char *)p);
+    /* The label as the client sent it, but printable: the reason goes into the log line and
+       the ledger's audit row, where a raw control byte could forge a line or a row. */
+    for (n = 0; n < label_len && n < 40; n++)
+        seen[n] = isprint(p[n]) && p[n] != '"' ? (char)p[n] : '?';
+    if (n < label_len) {
+        memcpy(seen + n, "...", 3);
+        n += 3;
+    }
+    seen[n] = '\0';
+    snprintf(why, whylen, "PEM body is a \"%s\", not a CERTIFICATE REQUEST", seen);
     return -1;
 }
 

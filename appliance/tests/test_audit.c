@@ -1,4 +1,5 @@
 /* Audit log lines: the budget of refusal lines a second, and what it leaves out. */
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -129,10 +130,58 @@ static void test_refusal_lines_are_rationed(void)
     eg_log_set_refusal_limit(100);
 }
 
+/* Whether s is printable ASCII: no byte under 0x20, no DEL, nothing a UTF-8 decoder refuses. */
+static bool printable(const char *s)
+{
+    for (; *s != '\0'; s++) {
+        if ((unsigned char)*s < 0x20 || (unsigned char)*s >= 0x7f)
+            return false;
+    }
+    return true;
+}
+
+/*
+ * A device's control bytes and invalid UTF-8 reach the ledger's audit row escaped as in the log
+ * line: the row's text columns cannot forge a row for `sqlite3` or fail a UTF-8 decoder.
+ */
+static void test_audit_row_text_is_escaped(void)
+{
+    eg_audit_record rec = {
+        .kind = EG_AUDIT_MALFORMED,
+        .profile = "iot",
+        .principal = "basic:\n99|issued\xff",
+        .peer = "192.0.2.7\x1b[2K",
+        .reason = "PEM body is a \"\n99|issued|default|basic:root|\xff\xfe\x1b[2K\\\"",
+    };
+    eg_audit_event ev;
+    eg_audit_row row;
+    char big[1000];
+
+    eg_audit_event_fill(&rec, &ev, &row);
+    CU_ASSERT(printable(ev.detail) && printable(ev.principal) && printable(ev.peer));
+    CU_ASSERT_STRING_EQUAL(ev.detail, "PEM body is a \"\\x0a99|issued|default|basic:root|"
+                                      "\\xff\\xfe\\x1b[2K\\\\\"");
+    CU_ASSERT_STRING_EQUAL(ev.principal, "basic:\\x0a99|issued\\xff");
+    CU_ASSERT_STRING_EQUAL(ev.peer, "192.0.2.7\\x1b[2K");
+    CU_ASSERT_STRING_EQUAL(ev.profile, "iot");
+
+    /* Cut to fit, never inside an escape. */
+    memset(big, '\x01', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    rec.reason = big;
+    rec.dim = EG_DIM_SUBJECT;
+    eg_audit_event_fill(&rec, &ev, &row);
+    CU_ASSERT(printable(ev.detail));
+    CU_ASSERT_EQUAL(strncmp(ev.detail, "dim=subject \\x01", 16), 0);
+    CU_ASSERT_EQUAL((strlen(ev.detail) - strlen("dim=subject ")) % 4, 0);
+    CU_ASSERT(strlen(ev.detail) < EG_AUDIT_DETAIL_MAX);
+}
+
 int main(void)
 {
     static CU_TestInfo tests[] = {
         {"refusal lines are rationed", test_refusal_lines_are_rationed},
+        {"audit row text is escaped", test_audit_row_text_is_escaped},
         CU_TEST_INFO_NULL,
     };
 

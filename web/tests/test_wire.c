@@ -167,6 +167,12 @@ static void test_garbage_refused_with_reason(void)
     snprintf(body, sizeof(body), "-----BEGIN CERTIFICATE-----\n%s\n-----END CERTIFICATE-----\n",
              csr_b64);
     expect_refused(body, strlen(body), "is a \"CERTIFICATE\", not a CERTIFICATE REQUEST");
+    /* A label with control bytes and invalid UTF-8 is named printably: the reason goes into the
+       log line and the ledger's audit row. */
+    expect_refused("-----BEGIN \n99|issued|\xff\xfe\x1b[2K\"x-----\n", 36,
+                   "is a \"?99|issued|???[2K?x\", not");
+    snprintf(body, sizeof(body), "-----BEGIN %050d-----\n", 7);
+    expect_refused(body, strlen(body), "is a \"0000000000000000000000000000000000000000...\"");
     snprintf(body, sizeof(body), "-----BEGIN CERTIFICATE REQUEST-----\n%s\n", csr_b64);
     expect_refused(body, strlen(body), "no \"-----END CERTIFICATE REQUEST-----\" line");
     snprintf(body, sizeof(body),
