@@ -179,12 +179,12 @@ void eg_log_set_refusal_limit(unsigned per_second)
     pthread_mutex_unlock(&budget_lock);
 }
 
-/* Under budget_lock: once a new second has begun, its budget, and in note the count of lines
-   left out before ("" when none). */
-static void budget_turn(time_t second, char *note, size_t cap)
+/* Under budget_lock: once a new second has begun (or at the end, whatever the second), its
+   budget, and in note the count of lines left out before ("" when none). */
+static void budget_turn(time_t second, bool end, char *note, size_t cap)
 {
     note[0] = '\0';
-    if (second == budget_second)
+    if (second == budget_second && !end)
         return;
     budget_second = second;
     budget_used = 0;
@@ -200,15 +200,25 @@ static void budget_turn(time_t second, char *note, size_t cap)
     }
 }
 
-void eg_audit_flush(void)
+static void flush(bool end)
 {
     char note[256];
 
     pthread_mutex_lock(&budget_lock);
-    budget_turn(eg_mono_s(), note, sizeof(note));
+    budget_turn(eg_mono_s(), end, note, sizeof(note));
     pthread_mutex_unlock(&budget_lock);
     if (note[0] != '\0')
         fputs(note, stderr);
+}
+
+void eg_audit_flush(void)
+{
+    flush(false);
+}
+
+void eg_audit_flush_end(void)
+{
+    flush(true);
 }
 
 /* Whether a line of kind may be written now; note as budget_turn gives it. */
@@ -217,7 +227,7 @@ static bool budget_take(eg_audit_kind kind, char *note, size_t cap)
     bool ok = true;
 
     pthread_mutex_lock(&budget_lock);
-    budget_turn(eg_mono_s(), note, cap);
+    budget_turn(eg_mono_s(), false, note, cap);
     if (!success(kind) && budget_limit > 0 && budget_used++ >= budget_limit) {
         if (left_out++ == 0)
             left_out_since = time(NULL);

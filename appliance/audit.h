@@ -67,5 +67,8 @@ void eg_log_set_refusal_limit(unsigned per_second);
 /* Says how many lines were left out, if any, once their second is over: estgated calls it every
    second, so the count of a flood that has stopped is not left waiting for the next line. */
 void eg_audit_flush(void);
+/* The same at the end, in the second that is not over yet: once no request can write a line, so
+   that the count of a flood met while stopping is not lost with the process. */
+void eg_audit_flush_end(void);
 
 #endif

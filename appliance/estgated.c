@@ -453,6 +453,7 @@ static int run(const char *path)
     rc = 0;
 out:
     eg_server_stop(srv);
+    eg_audit_flush_end();
     eg_est_free(est);
     EVP_PKEY_free(tls_key);
     eg_core_close(core);

@@ -119,6 +119,18 @@ static void test_refusal_lines_are_rationed(void)
     CU_ASSERT_EQUAL(count(text, "left out"), 1);
     free(text);
 
+    /* At the end (estgated stopping) the count is said in the second it is still in. */
+    eg_log_set_refusal_limit(2);
+    log_capture();
+    second_start();
+    burst(EG_AUDIT_LIMIT, 5);
+    eg_audit_flush_end();
+    eg_audit_flush_end(); /* once only */
+    text = log_read();
+    CU_ASSERT_EQUAL(count(text, "estgated audit: 3 lines of refusals and failures left out"), 1);
+    CU_ASSERT_EQUAL(count(text, "left out"), 1);
+    free(text);
+
     eg_log_set_refusal_limit(0);
     log_capture();
     second_start();
