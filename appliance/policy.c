@@ -41,6 +41,21 @@ static void printable(const unsigned char *s, size_t len, char *out, size_t cap)
         out[n] = '\0';
 }
 
+/*
+ * Where s (UTF-8) holds a C0 control character, DEL or a C1 control character (U+0080 to U+009F,
+ * 0xc2 0x80 to 0xc2 0x9f): its byte offset, or -1 when none. Such a character in a name we sign
+ * forges lines, or terminal escapes, wherever a relying party logs or shows the name.
+ */
+static long control_at(const unsigned char *s, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] < 0x20 || s[i] == 0x7f ||
+            (s[i] == 0xc2 && i + 1 < len && s[i + 1] >= 0x80 && s[i + 1] <= 0x9f))
+            return (long)i;
+    }
+    return -1;
+}
+
 static int refuse(eg_policy_verdict *v, eg_policy_dim dim, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -459,8 +474,24 @@ static int check_sans(const eg_profile_cfg *p, const STACK_OF(X509_EXTENSION) * 
     }
     for (i = 0; i < sk_GENERAL_NAME_num(gens) && rc == 0; i++) {
         const GENERAL_NAME *gn = sk_GENERAL_NAME_value(gens, i);
+        const ASN1_STRING *str = gn->type == GEN_DNS     ? gn->d.dNSName
+                                 : gn->type == GEN_EMAIL ? gn->d.rfc822Name
+                                 : gn->type == GEN_URI   ? gn->d.uniformResourceIdentifier
+                                                         : NULL;
+        long at = str != NULL
+                      ? control_at(ASN1_STRING_get0_data(str), (size_t)ASN1_STRING_length(str))
+                      : -1;
 
-        if (!san_allowed(p, gn)) {
+        /* These are IA5Strings: ASCII, and a byte past it is no character of theirs either. */
+        for (int k = 0; str != NULL && at < 0 && k < ASN1_STRING_length(str); k++)
+            at = ASN1_STRING_get0_data(str)[k] >= 0x80 ? k : -1;
+        if (at >= 0) {
+            eg_policy_san_text(gn, text, sizeof(text));
+            rc = refuse(v, EG_DIM_SAN,
+                        "SAN %s holds byte 0x%02x at offset %ld, a control character or no "
+                        "ASCII: refused, since it would forge lines where the name is logged",
+                        text, ASN1_STRING_get0_data(str)[at], at);
+        } else if (!san_allowed(p, gn)) {
             eg_policy_san_text(gn, text, sizeof(text));
             rc = refuse(v, EG_DIM_SAN, "SAN %s is not allowed by this profile", text);
         }
@@ -576,6 +607,41 @@ static int check_subject_email(const eg_profile_cfg *p, const X509_NAME *name, e
     return 0;
 }
 
+/* Every attribute value of name (only its CNs when cn_only) without control characters
+   (control_at). */
+static int check_subject_text(const X509_NAME *name, bool cn_only, eg_policy_verdict *v)
+{
+    int rc = 0;
+
+    for (int i = 0; rc == 0 && i < X509_NAME_entry_count(name); i++) {
+        const X509_NAME_ENTRY *e = X509_NAME_get_entry(name, i);
+        const ASN1_OBJECT *obj = X509_NAME_ENTRY_get_object(e);
+        unsigned char *utf8 = NULL;
+        int n, nid = OBJ_obj2nid(obj);
+        char attr[64], text[64];
+        long at;
+
+        if (cn_only && nid != NID_commonName)
+            continue;
+        if (nid != NID_undef)
+            snprintf(attr, sizeof(attr), "%s", OBJ_nid2sn(nid));
+        else if (OBJ_obj2txt(attr, sizeof(attr), obj, 1) <= 0)
+            snprintf(attr, sizeof(attr), "(unknown)");
+        if ((n = ASN1_STRING_to_UTF8(&utf8, X509_NAME_ENTRY_get_data(e))) < 0) {
+            rc = refuse(v, EG_DIM_SUBJECT, "the CSR's subject attribute %s cannot be read", attr);
+        } else if ((at = control_at(utf8, (size_t)n)) >= 0) {
+            printable(utf8, (size_t)n, text, sizeof(text));
+            rc = refuse(v, EG_DIM_SUBJECT,
+                        "subject attribute %s \"%s\" holds a control character (U+%04X at "
+                        "byte %ld): refused, since it would forge lines where the name is "
+                        "logged",
+                        attr, text, (unsigned)(utf8[at] == 0xc2 ? utf8[at + 1] : utf8[at]), at);
+        }
+        OPENSSL_free(utf8);
+    }
+    return rc;
+}
+
 static int check_subject(const eg_policy *pol, const eg_csr *csr,
                          const STACK_OF(X509_EXTENSION) * exts, eg_policy_verdict *v)
 {
@@ -584,6 +650,8 @@ static int check_subject(const eg_policy *pol, const eg_csr *csr,
     int i, nid, rc;
     size_t j;
 
+    if ((rc = check_subject_text(name, pol->tmpl.n > 0, v)) != 0)
+        return rc;
     if (pol->tmpl.n > 0) {
         /* The template makes the subject; of the CSR's, only its CN may be used. */
         if (pol->tmpl.uses_cn && X509_NAME_get_index_by_NID(name, NID_commonName, -1) < 0)

@@ -942,6 +942,46 @@ static void test_a_cn_that_names_a_host_obeys_the_san_rules(void)
     EVP_PKEY_free(p256);
 }
 
+/*
+ * A control character (C0, DEL, C1) in a subject attribute or a SAN would put forged lines, or
+ * terminal escapes, wherever a relying party logs the name of a certificate we signed: each is
+ * refused, naming the attribute, and so is a byte past ASCII in a SAN's IA5String.
+ */
+static void test_control_characters_in_names_are_refused(void)
+{
+    static const struct refusal rs[] = {
+        {"iot", "CN=d\n99|issued", "DNS:d.example.com", NULL, NULL, EG_DIM_SUBJECT,
+         "subject attribute CN \"d?99|issued\" holds a control character (U+000A at byte 1)"},
+        {"iot", "CN=d\r", "DNS:d.example.com", NULL, NULL, EG_DIM_SUBJECT, "U+000D"},
+        {"iot", "CN=d\x1b[2K", "DNS:d.example.com", NULL, NULL, EG_DIM_SUBJECT, "U+001B"},
+        {"iot", "CN=d\x7f", "DNS:d.example.com", NULL, NULL, EG_DIM_SUBJECT, "U+007F"},
+        {"iot",
+         "CN=d\xc2\x85"
+         "x",
+         "DNS:d.example.com", NULL, NULL, EG_DIM_SUBJECT,
+         "CN \"d??x\" holds a control character (U+0085 at byte 1)"},
+        {"iot",
+         "CN=d,O=Ex\x01"
+         "ample",
+         "DNS:d.example.com", NULL, NULL, EG_DIM_SUBJECT, "subject attribute O \"Ex?ample\""},
+        /* the template takes the CSR's CN */
+        {"", "CN=x\x1b.example.com", "DNS:d.example.com", NULL, "pw", EG_DIM_SUBJECT,
+         "subject attribute CN"},
+        {"iot", "CN=d",
+         "email:a\x1b"
+         "b@example.com",
+         NULL, NULL, EG_DIM_SAN, "SAN email:a?b@example.com holds byte 0x1b at offset 1"},
+        {"iot", "CN=d", "URI:urn:dev:ops:\x7f", NULL, NULL, EG_DIM_SAN, "holds byte 0x7f"},
+        {"iot", "CN=d", "URI:urn:dev:ops:\xc2\x85", NULL, NULL, EG_DIM_SAN, "holds byte 0xc2"},
+    };
+    EVP_PKEY *p256 = EVP_EC_gen("P-256");
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(p256);
+    for (size_t i = 0; i < sizeof(rs) / sizeof(rs[0]); i++)
+        expect_refusal(p256, &rs[i]);
+    EVP_PKEY_free(p256);
+}
+
 /* A multi-valued RDN (CN=mv1+O=Example) is issued as one RDN, as the CSR asked, not split. */
 static void test_a_multi_valued_rdn_stays_one(void)
 {
@@ -1989,6 +2029,7 @@ static CU_TestInfo tests[] = {
     {"a good CSR is issued, verifies, obeys the profile; a retry gets the same certificate",
      test_good_csr_issued_and_verifies},
     {"each outcome leaves one audit row, tied to its issuance", test_audit_rows_of_an_enrollment},
+    {"control characters in names are refused", test_control_characters_in_names_are_refused},
     {"an RSA key gets keyEncipherment", test_rsa_key_gets_key_encipherment},
     {"issue_limit counts new certificates per principal", test_issue_limit_counts_new_certificates},
     {"the ledger counts the certificates", test_ledger_counts_certificates},
