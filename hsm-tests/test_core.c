@@ -39,6 +39,8 @@
 #include "token_harness.h"
 
 #define NTHREADS 8
+/* As long as a site's naming makes it: a token failure's CK_RV must still reach the reason. */
+#define CA_LABEL "fleet-issuing-ca-2026-ecdsa-p256-for-site-gateways-eu-west-1"
 
 static eg_th_kind kind;
 static eg_th *th;
@@ -1744,6 +1746,10 @@ static void test_token_loss_is_unavailable_then_recovers(void)
     CU_ASSERT_EQUAL(a.status, EG_UNAVAILABLE);
     CU_ASSERT_EQUAL(a.event, EG_AUDIT_UNAVAILABLE);
     CU_ASSERT_EQUAL(a.retry_after, 5);
+    /* The reason names the CK_RV, however long the key's URI (CA_LABEL). */
+    CU_ASSERT_PTR_NOT_NULL(strstr(a.reason, "C_Sign: CKR_"));
+    if (strstr(a.reason, "C_Sign: CKR_") == NULL)
+        printf("\n  reason without its CK_RV: %s\n", a.reason);
     CU_ASSERT_PTR_NULL(a.der);
     eg_answer_clear(&a);
     CU_ASSERT_EQUAL_FATAL(eg_th_server_start(th), 0);
@@ -1999,8 +2005,9 @@ static int suite_init(void)
         return -1;
     tpath(ca_path, "ca.pem");
     tpath(ledger_path, "ledger.db");
-    snprintf(ca_uri, sizeof(ca_uri), "pkcs11:token=%s;object=ca", eg_th_config(th)->token_label);
-    if (make_ca("ca", ca_path) != 0)
+    snprintf(ca_uri, sizeof(ca_uri), "pkcs11:token=%s;object=" CA_LABEL,
+             eg_th_config(th)->token_label);
+    if (make_ca(CA_LABEL, ca_path) != 0)
         return -1;
     key_a = EVP_EC_gen("P-256");
     key_b = EVP_EC_gen("P-256");

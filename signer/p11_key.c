@@ -188,8 +188,8 @@ int eg_p11_key_sign(eg_p11_key *key, CK_MECHANISM *mech, const uint8_t *in, size
         eg_signer_error(EG_R_KEY_NOT_FOUND,
                         "%s is no longer in the token: restore it, or reload with another key",
                         key->uri);
-    else
-        eg_signer_error(EG_R_TOKEN_CALL, "C_Sign with %s: %s", key->uri, eg_p11_rv_name(rv));
+    else /* the CK_RV before the URI: a reason cut to fit a log line or a ledger row keeps it */
+        eg_signer_error(EG_R_TOKEN_CALL, "C_Sign: %s, with %s", eg_p11_rv_name(rv), key->uri);
     return -1;
 }
 
@@ -391,7 +391,7 @@ static int key_finish(eg_p11_key *key)
         return -1;
     }
     if (rv != CKR_OK) {
-        eg_signer_error(EG_R_TOKEN_CALL, "reading key %s: %s", key->uri, eg_p11_rv_name(rv));
+        eg_signer_error(EG_R_TOKEN_CALL, "reading a key: %s, %s", eg_p11_rv_name(rv), key->uri);
         return -1;
     }
     OPENSSL_free(key->uri);
