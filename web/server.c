@@ -296,9 +296,9 @@ static bool relayed_peer(eg_server *s, const char *remote, unsigned remote_port,
     return false;
 }
 
-/* peer ("ADDR:PORT") and source (the address alone) are the caller's buffers. */
-static void fill_request(struct mg_connection *conn, eg_server *s, eg_http_req *req, char *peer,
-                         size_t plen, char *source, size_t slen)
+/* The device at the other end of conn: "ADDR:PORT" into peer, the address alone into source. */
+static void conn_peer(const struct mg_connection *conn, eg_server *s, char *peer, size_t plen,
+                      char *source, size_t slen)
 {
     const struct mg_request_info *ri = mg_get_request_info(conn);
     unsigned port = (unsigned)ri->remote_port;
@@ -306,6 +306,15 @@ static void fill_request(struct mg_connection *conn, eg_server *s, eg_http_req *
     if (!relayed_peer(s, ri->remote_addr, port, (unsigned)ri->server_port, source, slen, &port))
         snprintf(source, slen, "%s", ri->remote_addr);
     eg_host_port(source, port, peer, plen);
+}
+
+/* peer ("ADDR:PORT") and source (the address alone) are the caller's buffers. */
+static void fill_request(struct mg_connection *conn, eg_server *s, eg_http_req *req, char *peer,
+                         size_t plen, char *source, size_t slen)
+{
+    const struct mg_request_info *ri = mg_get_request_info(conn);
+
+    conn_peer(conn, s, peer, plen, source, slen);
     req->method = ri->request_method;
     req->path = ri->local_uri;
     req->content_type = mg_get_header(conn, "Content-Type");
@@ -661,6 +670,32 @@ static int log_message(const struct mg_connection *conn, const char *message)
     return 1;
 }
 
+/*
+ * civetweb's own refusals, of requests it would not hand to on_request (a request line or
+ * header it cannot parse, HTTP/9.9, an unknown method, a header block over its limit, a request
+ * that does not arrive in time): one audit event each, as ours have, and civetweb's answer
+ * (return 1). Ours never come here: they are written by send_response, not mg_send_http_error.
+ */
+static int http_error(struct mg_connection *conn, int status, const char *errmsg)
+{
+    group *g = mg_get_user_data(mg_get_context(conn));
+    char peer[80], source[SOURCE_LEN], reason[200];
+    eg_http_req req = {0};
+    bool limit = status == 408 || status == 413 || status == 414 || status == 431;
+
+    if (g == NULL)
+        return 1;
+    /* Only the peer: what civetweb parsed of the request may be half there. */
+    conn_peer(conn, g->srv, peer, sizeof(peer), source, sizeof(source));
+    req.peer = peer;
+    req.source = source;
+    /* errmsg may quote the request; the audit line and row escape what is not printable. */
+    snprintf(reason, sizeof(reason), "%d from the HTTP parser: %s", status,
+             errmsg != NULL && errmsg[0] != '\0' ? errmsg : "(no message)");
+    eg_est_audit(g->srv->est, &req, limit ? EG_AUDIT_LIMIT : EG_AUDIT_MALFORMED, reason);
+    return 1;
+}
+
 /* "127.0.0.1:8443s,[::]:8443s" for the group's listeners; a relayed one's port is a free
    loopback port, which its relay connects to. */
 static void group_ports(const eg_server *s, const group *g, char *buf, size_t len)
@@ -727,6 +762,7 @@ static int group_start(eg_server *s, group *g, EVP_PKEY *key, bool tls12)
     static const struct mg_callbacks callbacks = {
         .begin_request = on_request,
         .log_message = log_message,
+        .http_error = http_error,
         .external_ssl_ctx = external_ssl_ctx,
     };
     struct mg_server_port ports[EG_MAX_LISTENERS];
