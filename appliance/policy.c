@@ -445,8 +445,18 @@ void eg_policy_san_text(const GENERAL_NAME *gn, char *buf, size_t cap)
     default:
         break;
     }
-    if (str != NULL)
-        printable(ASN1_STRING_get0_data(str), (size_t)ASN1_STRING_length(str), text, sizeof(text));
+    if (str != NULL) {
+        const unsigned char *d = ASN1_STRING_get0_data(str);
+        size_t len = (size_t)ASN1_STRING_length(str);
+
+        /* A name too long to show whole keeps its end: the domain, where a rule failed. */
+        if (len >= sizeof(text)) {
+            memcpy(text, "...", 3);
+            printable(d + len - (sizeof(text) - 4), sizeof(text) - 4, text + 3, sizeof(text) - 3);
+        } else {
+            printable(d, len, text, sizeof(text));
+        }
+    }
     snprintf(buf, cap, "%s%s%s", prefix, text[0] ? ":" : "", text);
 }
 

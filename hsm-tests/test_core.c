@@ -984,6 +984,29 @@ static void test_control_characters_in_names_are_refused(void)
     EVP_PKEY_free(p256);
 }
 
+/* A refused SAN too long to show whole is shown by its end, where the domain that failed is. */
+static void test_a_long_refused_san_shows_its_end(void)
+{
+    char sans[300] = "DNS:";
+    struct refusal r = {"iot",
+                        "CN=d",
+                        sans,
+                        NULL,
+                        NULL,
+                        EG_DIM_SAN,
+                        "aaaaa.aaaaa.evil.com is not allowed by this profile"};
+    EVP_PKEY *p256 = EVP_EC_gen("P-256");
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(p256);
+    for (int i = 0; i < 40; i++) /* 240 characters in all: over the 199 shown */
+        strcat(sans, "aaaaa.");
+    strcat(sans, "evil.com");
+    expect_refusal(p256, &r);
+    r.reason_has = "SAN dns:...";
+    expect_refusal(p256, &r);
+    EVP_PKEY_free(p256);
+}
+
 /* A multi-valued RDN (CN=mv1+O=Example) is issued as one RDN, as the CSR asked, not split. */
 static void test_a_multi_valued_rdn_stays_one(void)
 {
@@ -2037,6 +2060,7 @@ static CU_TestInfo tests[] = {
      test_good_csr_issued_and_verifies},
     {"each outcome leaves one audit row, tied to its issuance", test_audit_rows_of_an_enrollment},
     {"control characters in names are refused", test_control_characters_in_names_are_refused},
+    {"a long refused SAN shows its end", test_a_long_refused_san_shows_its_end},
     {"an RSA key gets keyEncipherment", test_rsa_key_gets_key_encipherment},
     {"issue_limit counts new certificates per principal", test_issue_limit_counts_new_certificates},
     {"the ledger counts the certificates", test_ledger_counts_certificates},
