@@ -623,24 +623,80 @@ typedef struct enroll {
     bool limit_taken;    /* a slot of the profile's issue_limit is this request's... */
     char limit_key[320]; /* ...counted under this name */
     char replaces[48];   /* the serial, in hex, of a too old certificate of the same request */
+    X509_NAME *subject;  /* simplereenroll: the current certificate's subject, kept as it is */
 } enroll;
 
-static bool same_names(const GENERAL_NAMES *x, const GENERAL_NAMES *y)
+/* How many times n occurs in names. */
+static int name_count(const GENERAL_NAMES *names, GENERAL_NAME *n)
 {
-    int i, j, n = sk_GENERAL_NAME_num(x);
-    bool found = true;
+    int i, c = 0;
 
-    if ((n < 0 ? 0 : n) != (sk_GENERAL_NAME_num(y) < 0 ? 0 : sk_GENERAL_NAME_num(y)))
-        return false;
-    for (i = 0; i < n && found; i++) {
-        found = false;
-        for (j = 0; j < n && !found; j++)
-            found = GENERAL_NAME_cmp(sk_GENERAL_NAME_value(x, i), sk_GENERAL_NAME_value(y, j)) == 0;
-    }
-    return found;
+    for (i = 0; i < sk_GENERAL_NAME_num(names); i++)
+        c += GENERAL_NAME_cmp(sk_GENERAL_NAME_value(names, i), n) == 0;
+    return c;
 }
 
-/* RFC 7030 4.2.2: the same subject and SAN as the certificate being renewed. */
+/*
+ * The same names, each as often: equal counts alone let a CSR repeat one name in place of
+ * another it drops (DNS:a,DNS:a for DNS:a,email:b). Equal sizes and, for each of x's names, as
+ * many in y as in x leave y no room for a name x lacks.
+ */
+static bool same_names(const GENERAL_NAMES *x, const GENERAL_NAMES *y)
+{
+    int i, n = sk_GENERAL_NAME_num(x) < 0 ? 0 : sk_GENERAL_NAME_num(x);
+
+    if (n != (sk_GENERAL_NAME_num(y) < 0 ? 0 : sk_GENERAL_NAME_num(y)))
+        return false;
+    for (i = 0; i < n; i++) {
+        GENERAL_NAME *g = sk_GENERAL_NAME_value(x, i);
+
+        if (name_count(x, g) != name_count(y, g))
+            return false;
+    }
+    return true;
+}
+
+/* An attribute value's text as UTF-8, byte for byte (no case or blank folding). */
+static bool same_text(const ASN1_STRING *a, const ASN1_STRING *b)
+{
+    unsigned char *ta = NULL, *tb = NULL;
+    int na = ASN1_STRING_to_UTF8(&ta, a), nb = ASN1_STRING_to_UTF8(&tb, b);
+    bool same = na >= 0 && na == nb && memcmp(ta, tb, (size_t)na) == 0;
+
+    OPENSSL_free(ta);
+    OPENSSL_free(tb);
+    return same;
+}
+
+/*
+ * RFC 7030 4.2.2 asks for an identical subject. X509_NAME_cmp is too loose for that (it folds
+ * case and blanks: CN=DEV1 would pass for CN=dev1), a DER compare too strict (a device that
+ * writes PrintableString where the certificate has UTF8String means the same name). The rule:
+ * the same RDNs in the same order, the same attribute types in each, and each value the same
+ * text once both are UTF-8.
+ */
+static bool same_subject(const X509_NAME *x, const X509_NAME *y)
+{
+    int i, n = X509_NAME_entry_count(x);
+
+    if (n != X509_NAME_entry_count(y))
+        return false;
+    for (i = 0; i < n; i++) {
+        const X509_NAME_ENTRY *a = X509_NAME_get_entry(x, i), *b = X509_NAME_get_entry(y, i);
+
+        if (X509_NAME_ENTRY_set(a) != X509_NAME_ENTRY_set(b) ||
+            OBJ_cmp(X509_NAME_ENTRY_get_object(a), X509_NAME_ENTRY_get_object(b)) != 0 ||
+            !same_text(X509_NAME_ENTRY_get_data(a), X509_NAME_ENTRY_get_data(b)))
+            return false;
+    }
+    return true;
+}
+
+/*
+ * RFC 7030 4.2.2: the same subject and SAN as the certificate being renewed. The new certificate
+ * keeps the current one's subject as it was encoded, so a relying party that compares names
+ * byte for byte sees the same name.
+ */
 static int check_reenroll(enroll *e)
 {
     const unsigned char *p = e->req->current_cert;
@@ -657,16 +713,20 @@ static int check_reenroll(enroll *e)
     subject = eg_issue_subject(&e->prof->pol, e->csr);
     want = eg_policy_csr_sans(e->csr);
     have = X509_get_ext_d2i(cur, NID_subject_alt_name, NULL, NULL);
-    if (subject == NULL || X509_NAME_cmp(subject, X509_get_subject_name(cur)) != 0) {
-        answer_set(&e->a, EG_FORBIDDEN, EG_AUDIT_AUTH_CERT_MISMATCH, EG_DIM_NONE,
-                   "the CSR's subject differs from the current certificate's");
+    if (subject == NULL || !same_subject(subject, X509_get_subject_name(cur))) {
+        answer_set(&e->a, EG_FORBIDDEN, EG_AUDIT_AUTH_CERT_MISMATCH, EG_DIM_SUBJECT,
+                   "the CSR's subject differs from the current certificate's; a renewal must "
+                   "ask for the subject exactly as the certificate has it, case and blanks too");
     } else if (!same_names(want, have)) {
-        answer_set(&e->a, EG_FORBIDDEN, EG_AUDIT_AUTH_CERT_MISMATCH, EG_DIM_NONE,
-                   "the CSR's subjectAltName differs from the current certificate's");
+        answer_set(&e->a, EG_FORBIDDEN, EG_AUDIT_AUTH_CERT_MISMATCH, EG_DIM_SAN,
+                   "the CSR's subjectAltName differs from the current certificate's; a renewal "
+                   "must ask for each of the certificate's names, and no other");
     } else if (!e->prof->cfg.allow_rekey &&
                EVP_PKEY_eq(X509_get0_pubkey(cur), eg_csr_pubkey(e->csr)) != 1) {
         answer_set(&e->a, EG_FORBIDDEN, EG_AUDIT_POLICY, EG_DIM_REKEY,
                    "this profile does not allow a new key at reenrollment");
+    } else if ((e->subject = X509_NAME_dup(X509_get_subject_name(cur))) == NULL) {
+        answer_set(&e->a, EG_INTERNAL, EG_AUDIT_INTERNAL, EG_DIM_NONE, "out of memory");
     } else {
         rc = 0;
     }
@@ -1085,7 +1145,8 @@ static int begin_intent(enroll *e, const X509_NAME *subject, const eg_validity *
 
 static void issue(enroll *e)
 {
-    X509_NAME *subject = eg_issue_subject(&e->prof->pol, e->csr);
+    X509_NAME *subject =
+        e->subject != NULL ? X509_NAME_dup(e->subject) : eg_issue_subject(&e->prof->pol, e->csr);
     eg_intent_result ir = {0};
     eg_validity val;
     char why[256], serial[48];
@@ -1273,6 +1334,7 @@ static int run(eg_core *core, const eg_enroll_req *req, bool skg, eg_answer *out
         eg_audit_emit(core->lg, &rec);
     pthread_rwlock_unlock(&core->lock);
     eg_csr_free(e.csr);
+    X509_NAME_free(e.subject);
     if (e.a.status == EG_OK && answer_certs_only(&e.a) != 0)
         answer_set(&e.a, EG_INTERNAL, EG_AUDIT_INTERNAL, EG_DIM_NONE, "out of memory");
     if (e.a.status == EG_OK && skg && !e.sent_again) {

@@ -138,6 +138,8 @@ static int add_exts(X509_REQ *req, const char *sans, const char *eku)
 static const char *ms_validity[2];
 /* When set, make_csr() signs with this digest instead of SHA-256. */
 static const char *csr_md;
+/* When set, make_csr() takes this subject as it is, string types and all, and ignores its own. */
+static const X509_NAME *csr_name;
 
 static uint8_t *make_csr(EVP_PKEY *key, const char *subject, const char *sans, const char *eku,
                          const char *challenge, size_t *len)
@@ -149,7 +151,8 @@ static uint8_t *make_csr(EVP_PKEY *key, const char *subject, const char *sans, c
     int n = -1;
 
     if (req != NULL && X509_REQ_set_version(req, 0) == 1 && X509_REQ_set_pubkey(req, key) == 1 &&
-        add_subject(X509_REQ_get_subject_name(req), subject) == 0 &&
+        (csr_name != NULL ? X509_REQ_set_subject_name(req, csr_name) == 1
+                          : add_subject(X509_REQ_get_subject_name(req), subject) == 0) &&
         add_exts(req, sans, eku) == 0 &&
         (challenge == NULL ||
          X509_REQ_add1_attr_by_NID(req, NID_pkcs9_challengePassword, MBSTRING_UTF8,
@@ -1263,12 +1266,80 @@ static void test_reenroll_rules(void)
     CU_ASSERT_EQUAL(a.event, EG_AUDIT_AUTH_CERT_MISMATCH);
     eg_answer_clear(&a);
     free(csr);
+    /* The subject in capitals: X509_NAME_cmp would call it the same; the rule does not. */
+    csr = make_csr(key_a, "CN=DEV1,O=Acme", "DNS:dev1.example.com,IP:10.1.2.3", NULL, NULL, &len);
+    enroll("iot", "cert:dev1", csr, len, first_cert, first_len, &a);
+    CU_ASSERT_EQUAL(a.status, EG_FORBIDDEN);
+    CU_ASSERT_EQUAL(a.event, EG_AUDIT_AUTH_CERT_MISMATCH);
+    CU_ASSERT_EQUAL(a.dim, EG_DIM_SUBJECT);
+    eg_answer_clear(&a);
+    free(csr);
+    /* As many names as the certificate, one of them twice in place of the IP it drops. */
+    csr = make_csr(key_a, "CN=dev1,O=Acme", "DNS:dev1.example.com,DNS:dev1.example.com", NULL, NULL,
+                   &len);
+    enroll("iot", "cert:dev1", csr, len, first_cert, first_len, &a);
+    CU_ASSERT_EQUAL(a.status, EG_FORBIDDEN);
+    CU_ASSERT_EQUAL(a.event, EG_AUDIT_AUTH_CERT_MISMATCH);
+    CU_ASSERT_EQUAL(a.dim, EG_DIM_SAN);
+    eg_answer_clear(&a);
+    free(csr);
     /* A new key where the profile forbids it. */
     csr = make_csr(key_b, "CN=dev1,O=Acme", "DNS:dev1.example.com,IP:10.1.2.3", NULL, NULL, &len);
     enroll("iot", "cert:dev1", csr, len, first_cert, first_len, &a);
     CU_ASSERT_EQUAL(a.status, EG_FORBIDDEN);
     CU_ASSERT_EQUAL(a.event, EG_AUDIT_POLICY);
     CU_ASSERT_EQUAL(a.dim, EG_DIM_REKEY);
+    eg_answer_clear(&a);
+    free(csr);
+}
+
+/* The subject's DER, malloc'd; NULL if it cannot be encoded. */
+static unsigned char *name_der(const X509_NAME *name, int *len)
+{
+    unsigned char *der = NULL;
+
+    *len = i2d_X509_NAME(name, &der);
+    return *len > 0 ? der : NULL;
+}
+
+static void test_reenroll_same_text_other_string_type(void)
+{
+    const unsigned char *p = first_cert;
+    X509 *cur = d2i_X509(NULL, &p, (long)first_len), *x;
+    X509_NAME *name = X509_NAME_new();
+    unsigned char *want, *got = NULL;
+    int want_len, got_len = 0;
+    size_t len;
+    uint8_t *csr;
+    eg_answer a;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(cur);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(name);
+    /* The certificate has UTF8Strings; the device writes the same text as PrintableStrings. */
+    CU_ASSERT_FATAL(X509_NAME_add_entry_by_NID(name, NID_commonName, V_ASN1_PRINTABLESTRING,
+                                               (const unsigned char *)"dev1", -1, -1, 0) == 1);
+    CU_ASSERT_FATAL(X509_NAME_add_entry_by_NID(name, NID_organizationName, V_ASN1_PRINTABLESTRING,
+                                               (const unsigned char *)"Acme", -1, -1, 0) == 1);
+    csr_name = name;
+    csr = make_csr(key_a, NULL, "IP:10.1.2.3,DNS:dev1.example.com", NULL, NULL, &len);
+    csr_name = NULL;
+    CU_ASSERT_PTR_NOT_NULL_FATAL(csr);
+    enroll("iot", "cert:dev1", csr, len, first_cert, first_len, &a);
+    CU_ASSERT_EQUAL(a.status, EG_OK);
+    if (a.status != EG_OK)
+        printf("\n  %s\n", a.reason);
+    x = answer_cert(&a);
+    want = name_der(X509_get_subject_name(cur), &want_len);
+    if (x != NULL)
+        got = name_der(X509_get_subject_name(x), &got_len);
+    /* The new certificate keeps the current one's subject, byte for byte. */
+    CU_ASSERT(want != NULL && got != NULL && want_len == got_len &&
+              memcmp(want, got, (size_t)got_len) == 0);
+    OPENSSL_free(want);
+    OPENSSL_free(got);
+    X509_free(x);
+    X509_free(cur);
+    X509_NAME_free(name);
     eg_answer_clear(&a);
     free(csr);
 }
@@ -2077,6 +2148,8 @@ static CU_TestInfo tests[] = {
     {"a subject template takes the CSR's CN only", test_subject_template_fills_cn},
     {"tampered and garbage CSRs are malformed", test_tampered_and_garbage_csrs_are_malformed},
     {"reenroll: same names ok, other names or a new key refused", test_reenroll_rules},
+    {"reenroll: the same text in another string type keeps the subject",
+     test_reenroll_same_text_other_string_type},
     {"reenroll: a new key where the profile allows it", test_reenroll_rekey_where_allowed},
     {"cacerts is a certs-only PKCS#7 with the CA", test_cacerts_is_pkcs7_with_the_ca},
     {"csrattrs parses: template, OID list, nothing", test_csrattrs_parse},
