@@ -293,6 +293,94 @@ static int answer_certs_only(eg_answer *a)
     return 0;
 }
 
+/* Whether issuer issued x: names and key identifiers match, and its key verifies x's signature. */
+static bool issued_by(X509 *x, X509 *issuer)
+{
+    bool yes =
+        X509_check_issued(issuer, x) == X509_V_OK && X509_verify(x, X509_get0_pubkey(issuer)) == 1;
+
+    ERR_clear_error();
+    return yes;
+}
+
+/* The reason a chain file is refused; names may be long, a cut reason still says what to do. */
+static void chain_refusal(char *err, size_t cap, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void chain_refusal(char *err, size_t cap, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(err, cap, fmt, ap);
+    va_end(ap);
+}
+
+/*
+ * RFC 7030 4.1.3: /cacerts MUST carry the current root CA certificate. The file is the issuing
+ * CA, each certificate followed by its issuer, up to a self-signed root; after a key rollover
+ * the root key update certificates follow, each issued by one in the file. Checked at load, so
+ * --check-config and a reload refuse a file that would leave the root out of /cacerts.
+ */
+static int check_chain(STACK_OF(X509) * chain, const char *file, char *err, size_t cap)
+{
+    int i, j, n = sk_X509_num(chain);
+    char name[256], next[256];
+
+    for (i = 0; i < n && X509_self_signed(sk_X509_value(chain, i), 1) != 1; i++) {
+        X509 *x = sk_X509_value(chain, i);
+
+        X509_NAME_oneline(X509_get_subject_name(x), name, sizeof(name));
+        if (i + 1 == n && X509_NAME_cmp(X509_get_issuer_name(x), X509_get_subject_name(x)) == 0) {
+            chain_refusal(err, cap,
+                          "%s ends with certificate %d (%s), which names itself as its issuer but "
+                          "is not signed with its own key: put the self-signed root CA "
+                          "certificate of that name after it",
+                          file, i + 1, name);
+            return -1;
+        }
+        if (i + 1 == n) {
+            X509_NAME_oneline(X509_get_issuer_name(x), next, sizeof(next));
+            chain_refusal(err, cap,
+                          "%s ends with certificate %d (%s), which is not self-signed, so /cacerts "
+                          "would lack the root: append its issuer (%s), and that one's, up to the "
+                          "self-signed root CA certificate",
+                          file, i + 1, name, next);
+            return -1;
+        }
+        if (!issued_by(x, sk_X509_value(chain, i + 1))) {
+            X509_NAME_oneline(X509_get_subject_name(sk_X509_value(chain, i + 1)), next,
+                              sizeof(next));
+            chain_refusal(
+                err, cap,
+                "in %s, certificate %d (%s) is not issued by certificate %d after it (%s): "
+                "put the issuing CA first, each certificate followed by its issuer, and the "
+                "self-signed root last",
+                file, i + 1, name, i + 2, next);
+            return -1;
+        }
+    }
+    for (i++; i < n; i++) {
+        X509 *x = sk_X509_value(chain, i);
+
+        /* An old root is issued by itself, and also by its key's OldWithNew in the file. */
+        for (j = 0; j < n && (j == i || !issued_by(x, sk_X509_value(chain, j))); j++)
+            ;
+        if (j == n) {
+            X509_NAME_oneline(X509_get_subject_name(x), name, sizeof(name));
+            chain_refusal(
+                err, cap,
+                "in %s, certificate %d (%s) comes after the root but no certificate in the "
+                "file issued it: only root key update certificates and old roots may follow "
+                "the root; remove it",
+                file, i + 1, name);
+            return -1;
+        }
+    }
+    ERR_clear_error();
+    return 0;
+}
+
 static int load_ca(core_profile *p, char *err, size_t cap)
 {
     STACK_OF(X509) *chain = eg_pem_read_certs(p->cfg.ca_chain_file);
@@ -316,6 +404,8 @@ static int load_ca(core_profile *p, char *err, size_t cap)
         snprintf(err, cap, "the first certificate of %s is not a CA", p->cfg.ca_chain_file);
         goto out;
     }
+    if (check_chain(chain, p->cfg.ca_chain_file, err, cap) != 0)
+        goto out;
     /* Cache the CA's extensions now, while one thread owns it. */
     X509_check_purpose(p->ca.cert, -1, 0);
     p->ca.md = ca_digest(X509_get0_pubkey(p->ca.cert));

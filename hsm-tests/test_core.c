@@ -1905,6 +1905,26 @@ static void test_open_refuses_a_chain_of_another_key(void)
  * reason saying which, and nothing in the ledger. The chain file carries the token CA key's
  * public key with the validity to test, signed by another key (open does not check that).
  */
+/* A self-signed root of key, named CN=name, for a chain file to end with. */
+static X509 *make_root(EVP_PKEY *key, const char *name)
+{
+    X509 *x = X509_new();
+    int ok = x != NULL && X509_set_version(x, 2) == 1 &&
+             ASN1_INTEGER_set(X509_get_serialNumber(x), 1) == 1 &&
+             X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_UTF8,
+                                        (const unsigned char *)name, -1, -1, 0) == 1 &&
+             X509_set_issuer_name(x, X509_get_subject_name(x)) == 1 &&
+             X509_gmtime_adj(X509_getm_notBefore(x), -86400) != NULL &&
+             X509_gmtime_adj(X509_getm_notAfter(x), 86400L * 3650) != NULL &&
+             X509_set_pubkey(x, key) == 1 && X509_sign(x, key, EVP_sha256()) > 0;
+
+    if (!ok) {
+        X509_free(x);
+        return NULL;
+    }
+    return x;
+}
+
 static void test_ca_outside_its_validity_is_unavailable(void)
 {
     static const struct {
@@ -1914,11 +1934,12 @@ static void test_ca_outside_its_validity_is_unavailable(void)
     } cases[] = {{2, 400, 60, "is the clock set?"}, {-400, -2, 3600, "expired at"}};
     X509 *real = read_ca();
     EVP_PKEY *signer = EVP_EC_gen("P-256");
+    X509 *root = signer != NULL ? make_root(signer, "Window Root") : NULL;
     uint8_t *csr;
     size_t len;
     eg_answer a;
 
-    CU_ASSERT_FATAL(real != NULL && signer != NULL);
+    CU_ASSERT_FATAL(real != NULL && signer != NULL && root != NULL);
     csr = make_csr(key_a, "CN=clock", "DNS:clock.example.com", NULL, NULL, &len);
     CU_ASSERT_PTR_NOT_NULL_FATAL(csr);
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -1936,12 +1957,16 @@ static void test_ca_outside_its_validity_is_unavailable(void)
         eg_core_stats st;
 
         snprintf(name, sizeof(name), "window-%zu.pem", i);
-        CU_ASSERT_FATAL(x != NULL &&
-                        X509_time_adj_ex(X509_getm_notBefore(x), cases[i].from, 0, NULL) &&
+        /* Issued by the root, not by itself: the key identifier that said so goes. */
+        CU_ASSERT_PTR_NOT_NULL_FATAL(x);
+        X509_EXTENSION_free(
+            X509_delete_ext(x, X509_get_ext_by_NID(x, NID_authority_key_identifier, -1)));
+        CU_ASSERT_FATAL(X509_time_adj_ex(X509_getm_notBefore(x), cases[i].from, 0, NULL) &&
                         X509_time_adj_ex(X509_getm_notAfter(x), cases[i].to, 0, NULL) &&
+                        X509_set_issuer_name(x, X509_get_subject_name(root)) == 1 &&
                         X509_sign(x, signer, EVP_sha256()) > 0);
         CU_ASSERT_FATAL((b = BIO_new_file(tpath(chain, name), "w")) != NULL &&
-                        PEM_write_bio_X509(b, x) == 1);
+                        PEM_write_bio_X509(b, x) == 1 && PEM_write_bio_X509(b, root) == 1);
         BIO_free(b);
         X509_free(x);
         snprintf(name, sizeof(name), "window-%zu.db", i);
@@ -1963,6 +1988,108 @@ static void test_ca_outside_its_validity_is_unavailable(void)
         eg_core_close(c);
     }
     free(csr);
+    X509_free(root);
+    EVP_PKEY_free(signer);
+    X509_free(real);
+}
+
+/* The token CA's certificate as one root issued it: a subordinate CA. */
+static X509 *issued_ca(X509 *real, X509 *root, EVP_PKEY *signer)
+{
+    X509 *x = X509_dup(real);
+
+    if (x == NULL)
+        return NULL;
+    X509_EXTENSION_free(
+        X509_delete_ext(x, X509_get_ext_by_NID(x, NID_authority_key_identifier, -1)));
+    if (X509_set_issuer_name(x, X509_get_subject_name(root)) != 1 ||
+        X509_sign(x, signer, EVP_sha256()) <= 0) {
+        X509_free(x);
+        return NULL;
+    }
+    return x;
+}
+
+/* Opens the core with a chain file of certs; 0 if it opened, else the refusal in err. */
+static int open_with_chain(const char *name, X509 *const *certs, size_t n, size_t *ncacerts,
+                           char *err, size_t cap)
+{
+    char chain[PATH_MAX], lpath[PATH_MAX], dbname[64];
+    BIO *b = BIO_new_file(tpath(chain, name), "w");
+    eg_config other = cfg;
+    eg_core *c = NULL;
+    eg_answer a;
+    int fds[2], rc, saved = dup(2);
+    ssize_t got;
+
+    for (size_t i = 0; b != NULL && i < n; i++)
+        PEM_write_bio_X509(b, certs[i]);
+    BIO_free(b);
+    snprintf(dbname, sizeof(dbname), "%s.db", name);
+    other.nprofiles = 1;
+    other.profiles[0].ca_chain_file = chain;
+    other.ledger_path = tpath(lpath, dbname);
+    /* The refusal goes to stderr, as --check-config shows it. */
+    if (pipe(fds) != 0)
+        return -1;
+    fflush(stderr);
+    dup2(fds[1], 2);
+    rc = eg_core_open(&other, &c);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    close(fds[1]);
+    got = read(fds[0], err, cap - 1);
+    err[got > 0 ? got : 0] = '\0';
+    close(fds[0]);
+    if (rc == 0 && eg_core_cacerts(c, "iot", &a) == 0 && a.status == EG_OK) {
+        const unsigned char *p = a.der;
+        PKCS7 *p7 = d2i_PKCS7(NULL, &p, (long)a.der_len);
+
+        *ncacerts = p7 != NULL ? (size_t)sk_X509_num(p7->d.sign->cert) : 0;
+        PKCS7_free(p7);
+        eg_answer_clear(&a);
+    }
+    eg_core_close(c);
+    return rc;
+}
+
+/* RFC 7030 4.1.3: /cacerts carries the root, so the chain file must reach one, in order. */
+static void test_open_wants_the_chain_up_to_its_root(void)
+{
+    X509 *real = read_ca();
+    EVP_PKEY *signer = EVP_EC_gen("P-256"), *stray_key = EVP_EC_gen("P-256");
+    X509 *root = signer ? make_root(signer, "Chain Root") : NULL;
+    X509 *stray = stray_key ? make_root(stray_key, "Stray Root") : NULL;
+    X509 *sub = root ? issued_ca(real, root, signer) : NULL;
+    char err[1024];
+    size_t n = 0;
+
+    CU_ASSERT_FATAL(real != NULL && root != NULL && stray != NULL && sub != NULL);
+    /* The issuing CA and its root: both in /cacerts. */
+    CU_ASSERT_EQUAL(open_with_chain("chain-ok.pem", (X509 *[]){sub, root}, 2, &n, err, sizeof(err)),
+                    0);
+    CU_ASSERT_EQUAL(n, 2);
+    /* The issuing CA alone: no root to serve. */
+    CU_ASSERT_NOT_EQUAL(
+        open_with_chain("chain-noroot.pem", (X509 *[]){sub}, 1, &n, err, sizeof(err)), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "certificate 1 (/CN=Test CA), which is not self-signed"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "append its issuer (/CN=Chain Root)"));
+    /* A root, but not the one that issued the CA. */
+    CU_ASSERT_NOT_EQUAL(
+        open_with_chain("chain-other.pem", (X509 *[]){sub, stray}, 2, &n, err, sizeof(err)), 0);
+    CU_ASSERT_PTR_NOT_NULL(
+        strstr(err, "certificate 1 (/CN=Test CA) is not issued by certificate 2 after it "
+                    "(/CN=Stray Root)"));
+    /* After the root, a certificate nothing in the file issued. */
+    CU_ASSERT_NOT_EQUAL(
+        open_with_chain("chain-extra.pem", (X509 *[]){sub, root, stray}, 3, &n, err, sizeof(err)),
+        0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "certificate 3 (/CN=Stray Root) comes after the root"));
+    X509_free(sub);
+    X509_free(stray);
+    X509_free(root);
+    EVP_PKEY_free(stray_key);
     EVP_PKEY_free(signer);
     X509_free(real);
 }
@@ -2167,6 +2294,7 @@ static CU_TestInfo tests[] = {
      test_token_loss_is_unavailable_then_recovers},
     {"after close the ledger holds the certificate", test_ledger_holds_certificate_after_close},
     {"open refuses a chain of another key", test_open_refuses_a_chain_of_another_key},
+    {"open wants the chain in order up to its root", test_open_wants_the_chain_up_to_its_root},
     {"a CA not begun or expired: 503 with Retry-After, nothing issued",
      test_ca_outside_its_validity_is_unavailable},
     {"a CA key gone or replaced: 503 for an hour, nothing issued",
