@@ -98,9 +98,20 @@ static bool subject_nid_allowed(const eg_profile_cfg *p, int nid)
     return false;
 }
 
+/* Adds the value as the certificate must carry it (eg_policy_name_value); 1 on success. */
+static int add_value(X509_NAME *out, const ASN1_OBJECT *obj, const ASN1_STRING *v, int set)
+{
+    ASN1_STRING *s = eg_policy_name_value(OBJ_obj2nid(obj), v);
+    int ok = s != NULL &&
+             X509_NAME_add_entry_by_OBJ(out, obj, ASN1_STRING_type(s), ASN1_STRING_get0_data(s),
+                                        ASN1_STRING_length(s), -1, set) == 1;
+
+    ASN1_STRING_free(s);
+    return ok ? 1 : 0;
+}
+
 static int add_template_rdn(X509_NAME *out, const eg_subject_rdn *r, const X509_NAME *csr)
 {
-    const ASN1_STRING *cn;
     int i;
 
     if (!r->from_cn)
@@ -109,11 +120,14 @@ static int add_template_rdn(X509_NAME *out, const eg_subject_rdn *r, const X509_
     i = X509_NAME_get_index_by_NID(csr, NID_commonName, -1);
     if (i < 0)
         return 0;
-    cn = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(csr, i));
-    return X509_NAME_add_entry_by_NID(out, r->nid, ASN1_STRING_type(cn), ASN1_STRING_get0_data(cn),
-                                      ASN1_STRING_length(cn), -1, 0);
+    return add_value(out, OBJ_nid2obj(r->nid),
+                     X509_NAME_ENTRY_get_data(X509_NAME_get_entry(csr, i)), 0);
 }
 
+/*
+ * The CSR's values are re-encoded, not copied: RFC 5280 4.1.2.4 has CAs write a DirectoryString
+ * as a PrintableString or UTF8String, and devices still send TeletexString and BMPString.
+ */
 X509_NAME *eg_issue_subject(const eg_policy *pol, const eg_csr *req)
 {
     const X509_NAME *csr = eg_csr_subject(req);
@@ -129,8 +143,8 @@ X509_NAME *eg_issue_subject(const eg_policy *pol, const eg_csr *req)
         int set = X509_NAME_ENTRY_set(e);
 
         if (subject_nid_allowed(pol->cfg, OBJ_obj2nid(X509_NAME_ENTRY_get_object(e))))
-            ok = X509_NAME_add_entry(out, e, -1,
-                                     set == prev && X509_NAME_entry_count(out) > 0 ? -1 : 0) == 1;
+            ok = add_value(out, X509_NAME_ENTRY_get_object(e), X509_NAME_ENTRY_get_data(e),
+                           set == prev && X509_NAME_entry_count(out) > 0 ? -1 : 0) == 1;
         prev = set;
     }
     if (!ok) {

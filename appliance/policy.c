@@ -652,6 +652,66 @@ static int check_subject_text(const X509_NAME *name, bool cn_only, eg_policy_ver
     return rc;
 }
 
+/* The string type an attribute's syntax fixes; 0 for a DirectoryString. */
+static int fixed_string_type(int nid)
+{
+    switch (nid) {
+    case NID_countryName:
+    case NID_serialNumber:
+    case NID_dnQualifier:
+        return V_ASN1_PRINTABLESTRING;
+    case NID_pkcs9_emailAddress:
+    case NID_domainComponent:
+        return V_ASN1_IA5STRING;
+    default:
+        return 0;
+    }
+}
+
+ASN1_STRING *eg_policy_name_value(int nid, const ASN1_STRING *in)
+{
+    int fixed = fixed_string_type(nid), n;
+    unsigned long mask = fixed != 0 ? ASN1_tag2bit(fixed) : B_ASN1_UTF8STRING;
+    unsigned char *utf8 = NULL;
+    ASN1_STRING *out = NULL;
+
+    /* A valid PrintableString stays one; TeletexString, BMPString and the rest become UTF-8. */
+    if (fixed == 0 && ASN1_STRING_type(in) == V_ASN1_PRINTABLESTRING)
+        mask |= B_ASN1_PRINTABLESTRING;
+    if ((n = ASN1_STRING_to_UTF8(&utf8, in)) >= 0 &&
+        ASN1_mbstring_copy(&out, utf8, n, MBSTRING_UTF8, mask) < 0)
+        out = NULL;
+    OPENSSL_free(utf8);
+    ERR_clear_error();
+    return out;
+}
+
+static const char *string_type_name(int nid)
+{
+    int fixed = fixed_string_type(nid);
+
+    return fixed == V_ASN1_PRINTABLESTRING ? "a PrintableString"
+           : fixed == V_ASN1_IA5STRING     ? "an IA5String"
+                                           : "a UTF8String";
+}
+
+/* Each value the certificate takes from the CSR must be one it can carry (eg_policy_name_value). */
+static int check_value(int nid, const ASN1_STRING *in, eg_policy_verdict *v)
+{
+    ASN1_STRING *s = eg_policy_name_value(nid, in);
+
+    ASN1_STRING_free(s);
+    if (s != NULL)
+        return 0;
+    return refuse(v, EG_DIM_SUBJECT,
+                  "the CSR's %s cannot be written as %s (RFC 5280 4.1.2.4): its bytes are not "
+                  "valid text of its string type, or have characters %s cannot hold; send it "
+                  "as a UTF8String%s",
+                  nid != NID_undef ? OBJ_nid2sn(nid) : "(unknown)", string_type_name(nid),
+                  string_type_name(nid),
+                  fixed_string_type(nid) != 0 ? " of the characters that type allows" : "");
+}
+
 static int check_subject(const eg_policy *pol, const eg_csr *csr,
                          const STACK_OF(X509_EXTENSION) * exts, eg_policy_verdict *v)
 {
@@ -668,6 +728,14 @@ static int check_subject(const eg_policy *pol, const eg_csr *csr,
             return refuse(v, EG_DIM_SUBJECT,
                           "this profile's subject template needs a CN and "
                           "the CSR has none");
+        for (j = 0, rc = 0; j < pol->tmpl.n && rc == 0; j++) {
+            if (pol->tmpl.rdns[j].from_cn &&
+                (i = X509_NAME_get_index_by_NID(name, NID_commonName, -1)) >= 0)
+                rc = check_value(pol->tmpl.rdns[j].nid,
+                                 X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, i)), v);
+        }
+        if (rc != 0)
+            return rc;
         return pol->tmpl.uses_cn ? check_cn(p, name, v) : 0;
     }
     if (X509_NAME_entry_count(name) == 0) {
@@ -693,6 +761,8 @@ static int check_subject(const eg_policy *pol, const eg_csr *csr,
                           "subject attribute %s is not allowed by this "
                           "profile",
                           nid != NID_undef ? OBJ_nid2sn(nid) : "(unknown)");
+        if ((rc = check_value(nid, X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, i)), v)) != 0)
+            return rc;
     }
     if ((rc = check_subject_email(p, name, v)) != 0)
         return rc;

@@ -58,6 +58,14 @@ unsigned eg_policy_requested_days(const eg_csr *csr);
 /* The key rules in force: the profile's, or the defaults (RSA >= 2048, P-256, P-384, Ed25519). */
 void eg_policy_keyrules(const eg_profile_cfg *p, const eg_keyrule_cfg **rules, size_t *n);
 
+/*
+ * A subject attribute's value as a certificate carries it (RFC 5280 4.1.2.4): a DirectoryString
+ * as a PrintableString when it was one and is valid, else a UTF8String; countryName,
+ * serialNumber and dnQualifier as PrintableString, emailAddress and domainComponent as
+ * IA5String. The same text, re-encoded; NULL when the value cannot be read or does not fit.
+ */
+ASN1_STRING *eg_policy_name_value(int nid, const ASN1_STRING *in);
+
 /* The CSR's requested SANs (a copy, or NULL when it asks for none). */
 GENERAL_NAMES *eg_policy_csr_sans(const eg_csr *csr);
 

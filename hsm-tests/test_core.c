@@ -1206,6 +1206,105 @@ static void test_subject_template_fills_cn(void)
     free(csr);
 }
 
+/* Whether x's subject has a nid of this string type with this UTF-8 text. */
+static bool subject_value_is(X509 *x, int nid, int type, const char *text)
+{
+    const X509_NAME *name = x != NULL ? X509_get_subject_name(x) : NULL;
+    int i = name != NULL ? X509_NAME_get_index_by_NID(name, nid, -1) : -1;
+    const ASN1_STRING *v = i >= 0 ? X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, i)) : NULL;
+
+    return v != NULL && ASN1_STRING_type(v) == type &&
+           (size_t)ASN1_STRING_length(v) == strlen(text) &&
+           memcmp(ASN1_STRING_get0_data(v), text, strlen(text)) == 0;
+}
+
+/* Enrolls a CSR whose subject is name on profile; the certificate, or NULL with the answer in a. */
+static X509 *enroll_name(const char *profile, const X509_NAME *name, eg_answer *a)
+{
+    size_t len;
+    uint8_t *csr;
+    X509 *x;
+
+    csr_name = name;
+    csr = make_csr(key_a, NULL, "DNS:dev7.example.com", NULL, "pw", &len);
+    csr_name = NULL;
+    if (csr == NULL)
+        return NULL;
+    enroll(profile, "basic:alice", csr, len, NULL, 0, a);
+    free(csr);
+    x = answer_cert(a);
+    if (a->status != EG_OK)
+        printf("\n  %s\n", a->reason);
+    return x;
+}
+
+/*
+ * RFC 5280 4.1.2.4: the certificate's DirectoryStrings are PrintableString or UTF8String
+ * whatever the CSR used, with the same text; attributes of a fixed syntax keep theirs.
+ */
+static void test_subject_strings_are_reencoded(void)
+{
+    static const unsigned char t61[] = {'Z', 0xfc, 'r', 'i', 'c', 'h', '-', '7'}; /* Latin-1 */
+    static const unsigned char bmp[] = {0, 'A', 0, 'c', 0, 'm', 0, 'e', 0, ' ', 0x03, 0xa9};
+    X509_NAME *name = X509_NAME_new();
+    eg_answer a;
+    X509 *x;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(name);
+    CU_ASSERT_FATAL(X509_NAME_add_entry_by_NID(name, NID_commonName, V_ASN1_T61STRING, t61,
+                                               sizeof(t61), -1, 0) == 1 &&
+                    X509_NAME_add_entry_by_NID(name, NID_organizationName, V_ASN1_BMPSTRING, bmp,
+                                               sizeof(bmp), -1, 0) == 1 &&
+                    X509_NAME_add_entry_by_NID(name, NID_pkcs9_emailAddress, V_ASN1_UTF8STRING,
+                                               (const unsigned char *)"ops@example.com", -1, -1,
+                                               0) == 1);
+    x = enroll_name("iot", name, &a);
+    CU_ASSERT_EQUAL(a.status, EG_OK);
+    CU_ASSERT(subject_value_is(x, NID_commonName, V_ASN1_UTF8STRING, "Z\xc3\xbcrich-7"));
+    CU_ASSERT(subject_value_is(x, NID_organizationName, V_ASN1_UTF8STRING, "Acme \xce\xa9"));
+    CU_ASSERT(subject_value_is(x, NID_pkcs9_emailAddress, V_ASN1_IA5STRING, "ops@example.com"));
+    X509_free(x);
+    eg_answer_clear(&a);
+    /* A subject template's ${cn} too. */
+    x = enroll_name("", name, &a);
+    CU_ASSERT_EQUAL(a.status, EG_OK);
+    CU_ASSERT(subject_value_is(x, NID_commonName, V_ASN1_UTF8STRING, "Z\xc3\xbcrich-7"));
+    X509_free(x);
+    eg_answer_clear(&a);
+    X509_NAME_free(name);
+    /* A PrintableString stays one. */
+    name = X509_NAME_new();
+    CU_ASSERT_FATAL(name != NULL &&
+                    X509_NAME_add_entry_by_NID(name, NID_commonName, V_ASN1_PRINTABLESTRING,
+                                               (const unsigned char *)"dev7", -1, -1, 0) == 1);
+    x = enroll_name("iot", name, &a);
+    CU_ASSERT_EQUAL(a.status, EG_OK);
+    CU_ASSERT(subject_value_is(x, NID_commonName, V_ASN1_PRINTABLESTRING, "dev7"));
+    X509_free(x);
+    eg_answer_clear(&a);
+    X509_NAME_free(name);
+    /*
+     * An emailAddress is an IA5String: a character beyond ASCII does not fit, and the value is
+     * refused, not copied. (A value that is no text of its type, such as a BMPString of odd
+     * length, does not get this far: OpenSSL does not parse the CSR.)
+     */
+    name = X509_NAME_new();
+    CU_ASSERT_FATAL(name != NULL &&
+                    X509_NAME_add_entry_by_NID(name, NID_commonName, V_ASN1_UTF8STRING,
+                                               (const unsigned char *)"dev7", -1, -1, 0) == 1 &&
+                    X509_NAME_add_entry_by_NID(name, NID_pkcs9_emailAddress, V_ASN1_UTF8STRING,
+                                               (const unsigned char *)"\xc3\xbc@example.com", -1,
+                                               -1, 0) == 1);
+    x = enroll_name("iot", name, &a);
+    CU_ASSERT_PTR_NULL(x);
+    CU_ASSERT_EQUAL(a.status, EG_FORBIDDEN);
+    CU_ASSERT_EQUAL(a.dim, EG_DIM_SUBJECT);
+    CU_ASSERT_PTR_NOT_NULL(strstr(a.reason, "emailAddress cannot be written as an IA5String"));
+    X509_free(x);
+    eg_answer_clear(&a);
+    X509_NAME_free(name);
+}
+
 static void test_tampered_and_garbage_csrs_are_malformed(void)
 {
     static const uint8_t garbage[] = {0x30, 0x03, 0x02, 0x01, 0x05, 0xde, 0xad};
@@ -2273,6 +2372,7 @@ static CU_TestInfo tests[] = {
     {"a multi-valued RDN stays one", test_a_multi_valued_rdn_stays_one},
     {"every SAN kind its rule allows is issued", test_every_san_kind_allowed},
     {"a subject template takes the CSR's CN only", test_subject_template_fills_cn},
+    {"subject strings are re-encoded as RFC 5280 wants", test_subject_strings_are_reencoded},
     {"tampered and garbage CSRs are malformed", test_tampered_and_garbage_csrs_are_malformed},
     {"reenroll: same names ok, other names or a new key refused", test_reenroll_rules},
     {"reenroll: the same text in another string type keeps the subject",
