@@ -782,10 +782,29 @@ static bool same_subject(const X509_NAME *x, const X509_NAME *y)
     return true;
 }
 
+/* Whether each of the name's values has the string type a certificate should carry it in. */
+static bool conforming_strings(const X509_NAME *name)
+{
+    int i;
+    bool ok = true;
+
+    for (i = 0; ok && i < X509_NAME_entry_count(name); i++) {
+        const X509_NAME_ENTRY *e = X509_NAME_get_entry(name, i);
+        const ASN1_STRING *v = X509_NAME_ENTRY_get_data(e);
+        ASN1_STRING *s = eg_policy_name_value(OBJ_obj2nid(X509_NAME_ENTRY_get_object(e)), v);
+
+        ok = s != NULL && ASN1_STRING_type(s) == ASN1_STRING_type(v);
+        ASN1_STRING_free(s);
+    }
+    return ok;
+}
+
 /*
  * RFC 7030 4.2.2: the same subject and SAN as the certificate being renewed. The new certificate
  * keeps the current one's subject as it was encoded, so a relying party that compares names
- * byte for byte sees the same name.
+ * byte for byte sees the same name; unless it has string types RFC 5280 4.1.2.4 does not let a
+ * CA write (a TeletexString from before estgate re-encoded them): then the same text as the
+ * profile issues it.
  */
 static int check_reenroll(enroll *e)
 {
@@ -815,7 +834,8 @@ static int check_reenroll(enroll *e)
                EVP_PKEY_eq(X509_get0_pubkey(cur), eg_csr_pubkey(e->csr)) != 1) {
         answer_set(&e->a, EG_FORBIDDEN, EG_AUDIT_POLICY, EG_DIM_REKEY,
                    "this profile does not allow a new key at reenrollment");
-    } else if ((e->subject = X509_NAME_dup(X509_get_subject_name(cur))) == NULL) {
+    } else if (conforming_strings(X509_get_subject_name(cur)) &&
+               (e->subject = X509_NAME_dup(X509_get_subject_name(cur))) == NULL) {
         answer_set(&e->a, EG_INTERNAL, EG_AUDIT_INTERNAL, EG_DIM_NONE, "out of memory");
     } else {
         rc = 0;

@@ -1443,6 +1443,47 @@ static void test_reenroll_same_text_other_string_type(void)
     free(csr);
 }
 
+/* A certificate from before subjects were re-encoded, its CN a TeletexString: renewed in UTF-8. */
+static void test_reenroll_of_a_teletex_subject_issues_utf8(void)
+{
+    static const unsigned char t61[] = {'Z', 0xfc, 'r', 'i', 'c', 'h', '-', '8'}; /* Latin-1 */
+    X509 *old = X509_new(), *x;
+    X509_NAME *name = X509_NAME_new();
+    X509_EXTENSION *san =
+        X509V3_EXT_nconf_nid(NULL, NULL, NID_subject_alt_name, "DNS:dev8.example.com");
+    unsigned char *der = NULL;
+    int der_len = -1;
+    size_t len;
+    uint8_t *csr;
+    eg_answer a;
+
+    CU_ASSERT_FATAL(old != NULL && name != NULL && san != NULL &&
+                    X509_NAME_add_entry_by_NID(name, NID_commonName, V_ASN1_T61STRING, t61,
+                                               sizeof(t61), -1, 0) == 1 &&
+                    X509_set_version(old, 2) == 1 &&
+                    ASN1_INTEGER_set(X509_get_serialNumber(old), 8) == 1 &&
+                    X509_set_subject_name(old, name) == 1 && X509_set_issuer_name(old, name) == 1 &&
+                    X509_gmtime_adj(X509_getm_notBefore(old), -86400) != NULL &&
+                    X509_gmtime_adj(X509_getm_notAfter(old), 86400) != NULL &&
+                    X509_set_pubkey(old, key_a) == 1 && X509_add_ext(old, san, -1) == 1 &&
+                    X509_sign(old, key_a, EVP_sha256()) > 0 && (der_len = i2d_X509(old, &der)) > 0);
+    csr = make_csr(key_a, "CN=Z\xc3\xbcrich-8", "DNS:dev8.example.com", NULL, NULL, &len);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(csr);
+    enroll("iot", "cert:dev8", csr, len, der, (size_t)der_len, &a);
+    CU_ASSERT_EQUAL(a.status, EG_OK);
+    if (a.status != EG_OK)
+        printf("\n  %s\n", a.reason);
+    x = answer_cert(&a);
+    CU_ASSERT(subject_value_is(x, NID_commonName, V_ASN1_UTF8STRING, "Z\xc3\xbcrich-8"));
+    X509_free(x);
+    eg_answer_clear(&a);
+    free(csr);
+    OPENSSL_free(der);
+    X509_EXTENSION_free(san);
+    X509_NAME_free(name);
+    X509_free(old);
+}
+
 static void test_reenroll_rekey_where_allowed(void)
 {
     size_t len;
@@ -2377,6 +2418,8 @@ static CU_TestInfo tests[] = {
     {"reenroll: same names ok, other names or a new key refused", test_reenroll_rules},
     {"reenroll: the same text in another string type keeps the subject",
      test_reenroll_same_text_other_string_type},
+    {"reenroll: a TeletexString subject is renewed as UTF8String",
+     test_reenroll_of_a_teletex_subject_issues_utf8},
     {"reenroll: a new key where the profile allows it", test_reenroll_rekey_where_allowed},
     {"cacerts is a certs-only PKCS#7 with the CA", test_cacerts_is_pkcs7_with_the_ca},
     {"csrattrs parses: template, OID list, nothing", test_csrattrs_parse},
