@@ -242,6 +242,12 @@ int eg_csrattrs_der(const eg_policy *pol, uint8_t **der_out, size_t *len)
     size_t i;
     int rc = -1;
 
+    /*
+     * The required attributes, challengePassword and the signature algorithms stay RFC 7030
+     * elements even beside a template: RFC 9908's template has attributes only with values
+     * (a challengePassword's is the client's connection's) and no field for the signature
+     * algorithm. A client that reads only the template misses them (docs/operator-guide.md).
+     */
     for (i = 0; i < p->nrequired_attrs; i++)
         der_oid(&items, p->required_attrs[i]);
     /* RFC 7030 3.5: the challengePassword OID asks the client to link its request to TLS. */
