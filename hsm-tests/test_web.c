@@ -480,6 +480,33 @@ static void test_keep_alive_two_requests_one_handshake(void)
     client_close(&c);
 }
 
+/* civetweb decodes %2F before routing: the encoded slash is refused, not read as a slash. */
+static void test_an_encoded_slash_in_the_path_is_404(void)
+{
+    static const char *const paths[] = {"/.well-known%2Fest/fullcmc", "/.well-known/est%2ffullcmc",
+                                        "/.well-known/est/x%2Ffullcmc"};
+    char req[256], body[512];
+    client c;
+
+    CU_ASSERT_EQUAL_FATAL(client_open(&c, 0, TLS1_3_VERSION), 0);
+    CU_ASSERT_EQUAL(request(&c, GET_FULLCMC, body, sizeof(body)), 405); /* the path itself */
+    /* Other escapes are decoded as before. */
+    CU_ASSERT_EQUAL(request(&c,
+                            "GET /.well-known/%65st/fullcm%63 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+                            body, sizeof(body)),
+                    405);
+    client_close(&c);
+    for (size_t i = 0; i < sizeof(paths) / sizeof(paths[0]); i++) {
+        /* The refusal ends its connection. */
+        CU_ASSERT_EQUAL_FATAL(client_open(&c, 0, TLS1_3_VERSION), 0);
+        snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", paths[i]);
+        body[0] = '\0';
+        CU_ASSERT_EQUAL(request(&c, req, body, sizeof(body)), 404);
+        CU_ASSERT_PTR_NOT_NULL(strstr(body, "encoded slash"));
+        client_close(&c);
+    }
+}
+
 /*
  * Sockets that connect and never speak hold one civetweb thread each until the handshake times
  * out. With the listener's 4 threads taken and one more socket queued, a device is answered once
@@ -786,6 +813,7 @@ int main(int argc, char **argv)
          test_content_length_and_transfer_encoding_refused},
         {"oversized bodies are 413", test_oversized_bodies_refused},
         {"keep-alive: two requests, one handshake", test_keep_alive_two_requests_one_handshake},
+        {"an encoded slash in the path is 404", test_an_encoded_slash_in_the_path_is_404},
         {"an answer is one TLS record", test_answer_in_one_record},
         {"HTTP/1.0 without keep-alive is closed", test_http10_connection_closes},
         {"session tickets outlive one new ticket key, not two", test_ticket_keys_rotate},

@@ -296,6 +296,9 @@ static bool relayed_peer(eg_server *s, const char *remote, unsigned remote_port,
     return false;
 }
 
+/* Room for the decoded path: an EST path is far shorter, a longer one matches no route. */
+#define PATH_LEN 512
+
 /* The device at the other end of conn: "ADDR:PORT" into peer, the address alone into source. */
 static void conn_peer(const struct mg_connection *conn, eg_server *s, char *peer, size_t plen,
                       char *source, size_t slen)
@@ -308,15 +311,20 @@ static void conn_peer(const struct mg_connection *conn, eg_server *s, char *peer
     eg_host_port(source, port, peer, plen);
 }
 
-/* peer ("ADDR:PORT") and source (the address alone) are the caller's buffers. */
+/*
+ * peer ("ADDR:PORT"), source (the address alone) and path (PATH_LEN, the decoded path) are the
+ * caller's buffers.
+ */
 static void fill_request(struct mg_connection *conn, eg_server *s, eg_http_req *req, char *peer,
-                         size_t plen, char *source, size_t slen)
+                         size_t plen, char *source, size_t slen, char *path)
 {
     const struct mg_request_info *ri = mg_get_request_info(conn);
+    const char *raw = ri->local_uri;
 
     conn_peer(conn, s, peer, plen, source, slen);
     req->method = ri->request_method;
-    req->path = ri->local_uri;
+    req->path =
+        raw != NULL && mg_url_decode(raw, (int)strlen(raw), path, PATH_LEN, 0) >= 0 ? path : NULL;
     req->content_type = mg_get_header(conn, "Content-Type");
     req->content_transfer_encoding = mg_get_header(conn, "Content-Transfer-Encoding");
     req->authorization = mg_get_header(conn, "Authorization");
@@ -414,6 +422,18 @@ static unsigned request_timeout_ms(const eg_server *srv)
     return srv->cfg->request_timeout_ms ? srv->cfg->request_timeout_ms : 10000;
 }
 
+/*
+ * Decoded, ".../est/ica%2Fcacerts" would be served as ".../est/ica/cacerts": a label and an
+ * operation where a proxy, a filter or a log in front saw one segment. civetweb is told not to
+ * decode the path (it keeps no raw copy), and the path as it came must not carry an encoded
+ * slash.
+ */
+static bool encoded_slash(const struct mg_request_info *ri)
+{
+    return ri->local_uri != NULL &&
+           (strstr(ri->local_uri, "%2f") != NULL || strstr(ri->local_uri, "%2F") != NULL);
+}
+
 static int serve(struct mg_connection *conn, eg_server *srv)
 {
     const struct mg_request_info *ri = mg_get_request_info(conn);
@@ -421,15 +441,20 @@ static int serve(struct mg_connection *conn, eg_server *srv)
     eg_http_resp resp = {0};
     uint8_t *ders[MAX_CHAIN] = {NULL}, *body = NULL;
     size_t lens[MAX_CHAIN], body_len = 0;
-    char peer[80], source[SOURCE_LEN];
+    char peer[80], source[SOURCE_LEN], path[PATH_LEN];
     const eg_tls_binding *binding;
     const char *why;
     bool over = false;
     int status;
 
-    fill_request(conn, srv, &req, peer, sizeof(peer), source, sizeof(source));
+    fill_request(conn, srv, &req, peer, sizeof(peer), source, sizeof(source), path);
     if ((why = framing_error(ri, &status)) != NULL)
         return refuse(conn, srv, &req, status, EG_AUDIT_LIMIT, why, NULL);
+    if (encoded_slash(ri))
+        return refuse(conn, srv, &req, 404, EG_AUDIT_MALFORMED,
+                      "no such EST resource: the path has an encoded slash (%2F); EST paths are "
+                      "/.well-known/est/[label/]operation, with the slashes as they are",
+                      NULL);
     status = read_body(conn, srv->cfg->max_body, request_timeout_ms(srv), &body, &body_len, &over);
     if (status == -3) {
         char slow[160];
@@ -497,9 +522,9 @@ static int serve(struct mg_connection *conn, eg_server *srv)
 static int refuse_stopping(struct mg_connection *conn, eg_server *srv)
 {
     eg_http_req req = {0};
-    char peer[80], source[SOURCE_LEN];
+    char peer[80], source[SOURCE_LEN], path[PATH_LEN];
 
-    fill_request(conn, srv, &req, peer, sizeof(peer), source, sizeof(source));
+    fill_request(conn, srv, &req, peer, sizeof(peer), source, sizeof(source), path);
     return refuse(conn, srv, &req, 503, EG_AUDIT_UNAVAILABLE,
                   "estgated is stopping; try again shortly", "5");
 }
@@ -787,6 +812,9 @@ static int group_start(eg_server *s, group *g, EVP_PKEY *key, bool tls12)
            servers must accept) is matched against civetweb's authentication domain, which estgated
            has none of: the connection was dropped without an answer. */
         "enable_auth_domain_check",
+        "no",
+        /* fill_request decodes the path, once estgated has seen it as it came (encoded_slash). */
+        "decode_url",
         "no",
         NULL,
     };
