@@ -279,9 +279,10 @@ struct eg_ledger {
 };
 
 /*
- * In the writer thread a full, failing or read-only disk fails every statement of a batch and
- * then the next batch: the writer says it once per outage (outage_*), and log_db keeps only
- * its code here instead of a line per statement.
+ * In the writer thread a full, failing or read-only disk, or another process holding the
+ * database's lock past LEDGER_BUSY_MS, fails every statement of a batch and then the next
+ * batch: the writer says it once per outage (outage_*), and log_db keeps only its code here
+ * instead of a line per statement.
  */
 static __thread bool in_writer;
 static __thread int writer_disk_error;
@@ -289,7 +290,8 @@ static __thread int writer_disk_error;
 static bool disk_error(int code)
 {
     code &= 0xff;
-    return code == SQLITE_FULL || code == SQLITE_IOERR || code == SQLITE_READONLY;
+    return code == SQLITE_FULL || code == SQLITE_IOERR || code == SQLITE_READONLY ||
+           code == SQLITE_BUSY || code == SQLITE_LOCKED;
 }
 
 static void log_db(sqlite3 *db, const char *what)
@@ -777,6 +779,10 @@ static void outage_hint(const eg_ledger *lg, int code, char *out, size_t cap)
             snprintf(out, cap, "; make room on its file system");
     } else if ((code & 0xff) == SQLITE_READONLY) {
         snprintf(out, cap, "; is its file system mounted read-only (the kernel log says why)?");
+    } else if ((code & 0xff) == SQLITE_BUSY || (code & 0xff) == SQLITE_LOCKED) {
+        snprintf(out, cap,
+                 "; another process holds the ledger's lock (a backup? sqlite3's .backup and "
+                 "VACUUM INTO copy it without stopping estgated: see the operator guide)");
     } else {
         snprintf(out, cap, "; the disk reports errors: see the kernel log");
     }
@@ -786,7 +792,7 @@ static void outage_hint(const eg_ledger *lg, int code, char *out, size_t cap)
 static void outage_note(eg_ledger *lg, int code)
 {
     uint64_t t = eg_mono_ms();
-    char hint[160];
+    char hint[256];
 
     if (code == 0) {
         if (lg->outage_code != 0)

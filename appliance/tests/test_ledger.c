@@ -599,6 +599,81 @@ static void test_refused_writes_leave_the_request_retryable(void)
     CU_ASSERT_EQUAL(sql_int("SELECT count(*) FROM issuance", 0), 2);
 }
 
+/* stderr into dir/stderr.log from log_capture until log_read, which returns it (free it). */
+static int saved_stderr = -1;
+
+static void log_capture(void)
+{
+    char path[PATH_MAX + 16];
+    int fd;
+
+    fflush(stderr);
+    snprintf(path, sizeof(path), "%s/stderr.log", dir);
+    saved_stderr = dup(2);
+    fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    CU_ASSERT_FATAL(fd >= 0 && saved_stderr >= 0);
+    dup2(fd, 2);
+    close(fd);
+}
+
+static char *log_read(void)
+{
+    char path[PATH_MAX + 16], *text = calloc(1, 1 << 16);
+    size_t n = 0;
+    FILE *f;
+
+    fflush(stderr);
+    dup2(saved_stderr, 2);
+    close(saved_stderr);
+    snprintf(path, sizeof(path), "%s/stderr.log", dir);
+    if (text != NULL && (f = fopen(path, "r")) != NULL) {
+        n = fread(text, 1, (1 << 16) - 1, f);
+        fclose(f);
+    }
+    if (text != NULL)
+        text[n] = '\0';
+    return text;
+}
+
+/* The captured log has needle; says what it has instead when not. */
+static bool log_has(const char *text, const char *needle)
+{
+    bool has = text != NULL && strstr(text, needle) != NULL;
+
+    if (!has)
+        fprintf(stderr, "\n  the log has no \"%s\":\n%s\n", needle, text ? text : "");
+    return has;
+}
+
+/*
+ * Another process holds the database's write lock (a backup tool's BEGIN EXCLUSIVE): the
+ * issuance fails, the log names the lock and what to do, once, and says when writes go
+ * through again; nothing was recorded while it held it.
+ */
+static void test_a_held_lock_is_an_outage_with_a_hint(void)
+{
+    eg_ledger *lg = open_ledger(NULL);
+    sqlite3 *other = NULL;
+    char *log;
+
+    CU_ASSERT_EQUAL_FATAL(sqlite3_open(db_path, &other), SQLITE_OK);
+    CU_ASSERT_EQUAL_FATAL(sqlite3_exec(other, "BEGIN EXCLUSIVE", NULL, NULL, NULL), SQLITE_OK);
+    log_capture();
+    CU_ASSERT_EQUAL(issue(lg, 30, NULL), -1); /* after LEDGER_BUSY_MS */
+    CU_ASSERT_EQUAL(sqlite3_exec(other, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(other);
+    CU_ASSERT_EQUAL(issue(lg, 31, NULL), 0);
+    eg_ledger_close(lg);
+    log = log_read();
+    CU_ASSERT(log_has(log, "cannot write: database is locked; another process holds the "
+                           "ledger's lock (a backup? sqlite3's .backup and VACUUM INTO copy it "
+                           "without stopping estgated: see the operator guide)"));
+    CU_ASSERT(log_has(log, "the ledger can write again, after 1 failed writes in "));
+    CU_ASSERT(log != NULL && strstr(log, "ledger: begin: ") == NULL);
+    free(log);
+    CU_ASSERT_EQUAL(sql_int("SELECT count(*) FROM issuance", 0), 1);
+}
+
 static void test_failure_without_reason_frees_its_key(void)
 {
     eg_ledger *lg = open_ledger(NULL);
@@ -1436,6 +1511,7 @@ static CU_TestInfo tests[] = {
     {"request in flight is busy", test_request_in_flight_is_busy},
     {"failed attempt can be retried", test_failed_attempt_can_be_retried},
     {"refused writes leave the request retryable", test_refused_writes_leave_the_request_retryable},
+    {"a held lock is an outage with a hint", test_a_held_lock_is_an_outage_with_a_hint},
     {"failure without reason frees its key", test_failure_without_reason_frees_its_key},
     {"serial collision is reported apart", test_serial_collision_is_reported_apart},
     {"pending row of a dead process is retried", test_pending_row_of_dead_process_is_retried},
