@@ -676,9 +676,9 @@ out:
     return rc;
 }
 
-int eg_core_reload(eg_core *core, const eg_config *cfg)
+int eg_core_reload_prepare(eg_core *core, const eg_config *cfg, eg_core_next **out)
 {
-    profile_set *set = NULL, *old;
+    profile_set *set = NULL;
 
     if (core == NULL || cfg == NULL || set_load(cfg, &set) != 0)
         return -1;
@@ -687,13 +687,20 @@ int eg_core_reload(eg_core *core, const eg_config *cfg)
         set_free(set);
         return -1;
     }
+    *out = (eg_core_next *)set;
+    return 0;
+}
+
+void eg_core_reload_commit(eg_core *core, const eg_config *cfg, eg_core_next *next)
+{
+    profile_set *old;
+
     pthread_rwlock_wrlock(&core->lock);
     old = core->set;
-    core->set = set;
+    core->set = (profile_set *)next;
     pthread_rwlock_unlock(&core->lock);
     set_free(old);
     set_retention(core, cfg);
-    return 0;
 }
 
 /* ---- enroll ---- */

@@ -134,13 +134,22 @@ typedef struct eg_enroll_req {
 int eg_core_open(const eg_config *cfg, eg_core **out);
 void eg_core_close(eg_core *core);
 
+/* A reload's profiles, loaded and checked but not yet serving. */
+typedef struct eg_core_next eg_core_next;
+
 /*
- * Loads cfg's profiles (CA keys from the token already open, chains, CSR
- * attributes) and puts them in place of the running ones once the calls in
- * flight are done with those. The token and the ledger stay as they are. 0,
- * or -1 with the reason on stderr and the running profiles unchanged.
+ * A reload's first step: loads cfg's profiles (CA keys from the token already
+ * open, chains, CSR attributes) and checks the serverkeygen ones against the
+ * token, probing it when they ask for more than it was probed for. Nothing
+ * changes for the requests in flight, so call it without any lock they take:
+ * a slow or hung token then delays the reload, not them. 0 with *out, or -1
+ * with the reason on stderr and the running profiles unchanged. One reload at
+ * a time: a prepared one is committed before the next prepare.
  */
-int eg_core_reload(eg_core *core, const eg_config *cfg);
+int eg_core_reload_prepare(eg_core *core, const eg_config *cfg, eg_core_next **out);
+/* The second: puts next in place of the running profiles once the calls in flight are done
+   with those, and takes cfg's audit retention. Touches no token; cannot fail. */
+void eg_core_reload_commit(eg_core *core, const eg_config *cfg, eg_core_next *next);
 
 /* A readers-writer lock that prefers writers: a reload must not wait behind a
    steady stream of requests. */

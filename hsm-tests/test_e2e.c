@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -33,6 +34,7 @@
 #include <openssl/x509v3.h>
 
 #include "child.h"
+#include "clock.h"
 #include "estgated_fixture.h"
 #include "config.h"
 #include "csr_attrs.h"
@@ -2040,6 +2042,45 @@ static void test_sighup_leaves_token_calls_for_a_restart(void)
     free(text);
 }
 
+/*
+ * A reload waits on the token (it loads the CA keys again) while the token hangs (the p11-kit
+ * server stopped); a device on a connection opened before still gets /cacerts at once, and the
+ * reload is taken once the token answers. It once held the request lock across the token's calls.
+ */
+static void test_a_reload_on_a_hung_token_holds_no_request(void)
+{
+    struct timeval limit = {.tv_sec = 5};
+    char head[8192];
+    SSL_CTX *ctx = NULL;
+    int reloaded = log_count("estgated: reloaded "), status;
+    uint64_t t0;
+    SSL *ssl;
+
+    if (kind != EG_TH_P11KIT) {
+        fprintf(stderr, "(only a p11-kit server can be stopped to make a token hang) ");
+        return;
+    }
+    /* The handshake signs with the token's TLS key: made before the token hangs. */
+    ssl = tls_connect(&ctx, port);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(ssl);
+    CU_ASSERT_EQUAL(setsockopt(SSL_get_fd(ssl), SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof(limit)), 0);
+    CU_ASSERT_EQUAL_FATAL(eg_th_server_signal(th, SIGSTOP), 0);
+    CU_ASSERT_EQUAL(kill(daemon_pid, SIGHUP), 0);
+    CU_ASSERT_EQUAL(wait_log("estgated: SIGHUP, reloading ", log_count("SIGHUP, reloading ")), 0);
+    usleep(300000); /* into the CA keys' token calls */
+    t0 = eg_mono_ms();
+    status = tls_request(ssl, "GET", "cacerts", "", head, sizeof(head));
+    CU_ASSERT_EQUAL(status, 200);
+    CU_ASSERT(eg_mono_ms() - t0 < 2000);
+    if (status != 200)
+        fprintf(stderr, "\n  /cacerts during the reload: %d after %lld ms\n", status,
+                (long long)(eg_mono_ms() - t0));
+    CU_ASSERT_EQUAL(log_count("estgated: reloaded "), reloaded); /* still waiting on the token */
+    CU_ASSERT_EQUAL(eg_th_server_signal(th, SIGCONT), 0);
+    CU_ASSERT_EQUAL(wait_log("estgated: reloaded ", reloaded), 0);
+    tls_close(ssl, ctx);
+}
+
 static int provision(const char *tool, ...);
 
 /* The serial of the certificate the server presented on ssl, as hex, into out. */
@@ -2667,6 +2708,7 @@ static CU_TestInfo tests[] = {
     {"SIGHUP reloads client trust; a broken file changes nothing",
      test_sighup_reloads_client_trust},
     {"SIGHUP leaves [token] calls for a restart", test_sighup_leaves_token_calls_for_a_restart},
+    {"a reload on a hung token holds no request", test_a_reload_on_a_hung_token_holds_no_request},
     {"SIGHUP serves a renewed TLS certificate", test_sighup_renews_the_tls_certificate},
     {"SIGHUP serves a rolled-over CA: the old root verifies the new key's certificates",
      test_sighup_serves_a_rolled_over_ca},

@@ -114,6 +114,7 @@ const eg_config *eg_est_config(const eg_est *est)
 int eg_est_reload(eg_est *est, eg_config *cfg)
 {
     eg_auth *auth = NULL, *old_auth;
+    eg_core_next *next = NULL;
     eg_config *old_cfg;
 
     if (eg_auth_new(cfg, &auth) != 0) {
@@ -121,13 +122,15 @@ int eg_est_reload(eg_est *est, eg_config *cfg)
                         "loaded\n");
         return -1;
     }
-    /* No request runs while the core and the web change together. */
-    pthread_rwlock_wrlock(&est->lock);
-    if (eg_core_reload(est->core, cfg) != 0) {
-        pthread_rwlock_unlock(&est->lock);
+    /* The token's part (CA keys, serverkeygen probes) first, outside the lock: requests
+       go on being answered while the token is slow, or hangs. */
+    if (eg_core_reload_prepare(est->core, cfg, &next) != 0) {
         eg_auth_free(auth);
         return -1;
     }
+    /* No request runs while the core and the web change together: pointers only. */
+    pthread_rwlock_wrlock(&est->lock);
+    eg_core_reload_commit(est->core, cfg, next);
     old_auth = est->auth;
     eg_auth_adopt_cache(auth, old_auth);
     old_cfg = est->owned;
