@@ -236,6 +236,9 @@ struct eg_ledger {
     unsigned max_batch;
     unsigned max_wait_us;
     int lock_fd;
+    int db_fd;    /* the database file, flock()ed too, and what the path must still name */
+    dev_t db_dev; /* ...its identity at open: a batch checks the path still leads there */
+    ino_t db_ino;
     sqlite3 *db; /* the writer's: used only by the writer thread while it runs */
     sqlite3_stmt *st[W_NSTMT];
 
@@ -273,7 +276,7 @@ struct eg_ledger {
 
     /* The disk would not take the writer's commits (full, failing, read-only), writer thread
        only: said once when it starts, again each minute it lasts, and when it ends. */
-    int outage_code; /* SQLite's code of the first failure; 0: the writer can write */
+    int outage_code; /* SQLite's code of the first failure, or OUTAGE_GONE; 0: can write */
     uint64_t outage_since_ms, outage_said_ms, outage_failed;
     uint64_t low_said_ms; /* space_check's last warning; at open, then keeper thread only */
 };
@@ -767,6 +770,26 @@ static void space_check(eg_ledger *lg)
     lg->low_said_ms = t;
 }
 
+/* run_batch's outage code when the ledger's path no longer leads to the database it writes. */
+#define OUTAGE_GONE (-1)
+
+/*
+ * Whether the path still names the database file opened: one stat() a batch. Deleted (the
+ * file, or its directory) or replaced under a running estgated, SQLite would go on writing
+ * into a file no one will read, and a second estgated could open the path anew.
+ */
+static bool db_still_there(const eg_ledger *lg)
+{
+    struct stat st;
+
+    return stat(lg->path, &st) == 0 && st.st_dev == lg->db_dev && st.st_ino == lg->db_ino;
+}
+
+static const char *outage_what(int code)
+{
+    return code == OUTAGE_GONE ? "the database file was removed or replaced" : sqlite3_errstr(code);
+}
+
 /* What the operator can do about code, for the first line of an outage. */
 static void outage_hint(const eg_ledger *lg, int code, char *out, size_t cap)
 {
@@ -804,17 +827,25 @@ static void outage_note(eg_ledger *lg, int code)
         return;
     }
     if (lg->outage_code == 0) {
-        outage_hint(lg, code, hint, sizeof(hint));
-        fprintf(stderr,
-                "ledger: %s: cannot write: %s%s. Nothing is issued until it can; enrollments are "
-                "answered 503 with Retry-After\n",
-                lg->path, sqlite3_errstr(code), hint);
+        if (code == OUTAGE_GONE) {
+            fprintf(stderr,
+                    "ledger: %s: the database file was removed or replaced while estgated ran; "
+                    "restart estgated after restoring it. Nothing is issued until then; "
+                    "enrollments are answered 503 with Retry-After\n",
+                    lg->path);
+        } else {
+            outage_hint(lg, code, hint, sizeof(hint));
+            fprintf(stderr,
+                    "ledger: %s: cannot write: %s%s. Nothing is issued until it can; "
+                    "enrollments are answered 503 with Retry-After\n",
+                    lg->path, sqlite3_errstr(code), hint);
+        }
         lg->outage_code = code;
         lg->outage_since_ms = lg->outage_said_ms = t;
         lg->outage_failed = 0;
     } else if (t - lg->outage_said_ms >= 60000) {
         fprintf(stderr, "ledger: %s: still cannot write: %s (%llu writes failed in %llu s)\n",
-                lg->path, sqlite3_errstr(code), (unsigned long long)lg->outage_failed + 1,
+                lg->path, outage_what(code), (unsigned long long)lg->outage_failed + 1,
                 (unsigned long long)(t - lg->outage_since_ms + 500) / 1000);
         lg->outage_said_ms = t;
     }
@@ -826,6 +857,10 @@ static void run_batch(eg_ledger *lg, ledger_op *batch, unsigned n)
     int committed = 0;
 
     writer_disk_error = 0;
+    if (!db_still_there(lg)) {
+        writer_disk_error = OUTAGE_GONE;
+        goto out;
+    }
     if (stmt_run(lg->st[W_BEGIN], "begin") != SQLITE_OK)
         goto out;
     for (ledger_op *op = batch; op != NULL; op = op->next)
@@ -1117,7 +1152,7 @@ static eg_ledger *ledger_new(const char *path, const eg_ledger_options *opt)
 
     if ((lg = calloc(1, sizeof(*lg))) == NULL)
         goto out;
-    lg->lock_fd = -1;
+    lg->lock_fd = lg->db_fd = -1;
     if ((lg->path = strdup(path)) == NULL)
         goto out;
     lg->max_batch = opt != NULL && opt->max_batch != 0 ? opt->max_batch : LEDGER_BATCH_DEFAULT;
@@ -1153,6 +1188,7 @@ out:
 static int lock_ledger(eg_ledger *lg)
 {
     char lockpath[PATH_MAX];
+    struct stat st;
     int rc = -1;
 
     if (snprintf(lockpath, sizeof(lockpath), "%s.lock", lg->path) >= (int)sizeof(lockpath)) {
@@ -1168,6 +1204,27 @@ static int lock_ledger(eg_ledger *lg)
                 strerror(errno));
         goto out;
     }
+    /*
+     * The database file too: the lock file can be deleted under a running estgated, and a
+     * second one would then take a new one and issue beside it. flock() locks are apart from
+     * SQLite's fcntl() locks on the same file on Linux. This descriptor stays open until SQLite
+     * has closed the file: closing any descriptor of a file drops the process's fcntl() locks.
+     */
+    if ((lg->db_fd = open(lg->path, O_RDONLY | O_CREAT | O_CLOEXEC, 0644)) < 0) {
+        fprintf(stderr, "ledger: open %s: %s\n", lg->path, strerror(errno));
+        goto out;
+    }
+    if (flock(lg->db_fd, LOCK_EX | LOCK_NB) != 0) {
+        fprintf(stderr, "ledger: %s is in use (the database file is locked): %s\n", lg->path,
+                strerror(errno));
+        goto out;
+    }
+    if (fstat(lg->db_fd, &st) != 0) {
+        fprintf(stderr, "ledger: %s: %s\n", lg->path, strerror(errno));
+        goto out;
+    }
+    lg->db_dev = st.st_dev;
+    lg->db_ino = st.st_ino;
     rc = 0;
 out:
     return rc;
@@ -1453,8 +1510,10 @@ void eg_ledger_close(eg_ledger *lg)
     /* Intents still in flight stay pending and are offered for retry at the next open (a
        serverkeygen one is failed there instead: fail_orphans). */
     free(lg->flight);
+    if (lg->db_fd >= 0)
+        close(lg->db_fd); /* after the database, for SQLite's locks; and before the... */
     if (lg->lock_fd >= 0)
-        close(lg->lock_fd); /* after the database: the next owner must not overlap us */
+        close(lg->lock_fd); /* ...lock file, after it: the next owner must not overlap us */
     if (lg->sync_ready) {
         pthread_cond_destroy(&lg->wake);
         pthread_cond_destroy(&lg->keeper_wake);

@@ -674,6 +674,51 @@ static void test_a_held_lock_is_an_outage_with_a_hint(void)
     CU_ASSERT_EQUAL(sql_int("SELECT count(*) FROM issuance", 0), 1);
 }
 
+/*
+ * The ledger's directory removed under a running ledger: the next issuance is refused, not
+ * written into the unlinked file, and the log says what happened and what to do, once. A
+ * second ledger may then start on the path; the first still records nothing.
+ */
+static void test_a_removed_database_is_an_outage(void)
+{
+    eg_ledger *lg = open_ledger(NULL), *again = NULL;
+    char *log, *first;
+
+    CU_ASSERT_EQUAL(issue(lg, 40, NULL), 0);
+    eg_tmpdir_remove(dir);
+    CU_ASSERT_EQUAL_FATAL(mkdir(dir, 0700), 0);
+    log_capture();
+    CU_ASSERT_EQUAL(issue(lg, 41, NULL), -1);
+    CU_ASSERT_EQUAL(issue(lg, 42, NULL), -1);
+    CU_ASSERT_EQUAL(eg_ledger_open(db_path, NULL, &again), 0);
+    CU_ASSERT_EQUAL(issue(lg, 43, NULL), -1);
+    log = log_read();
+    CU_ASSERT(log_has(log, "ledger.db: the database file was removed or replaced while estgated "
+                           "ran; restart estgated after restoring it. Nothing is issued until "
+                           "then; enrollments are answered 503 with Retry-After\n"));
+    first = log != NULL ? strstr(log, "removed or replaced") : NULL;
+    CU_ASSERT(first != NULL && strstr(first + 1, "removed or replaced") == NULL); /* said once */
+    free(log);
+    eg_ledger_close(again);
+    eg_ledger_close(lg);
+    CU_ASSERT_EQUAL(sql_int("SELECT count(*) FROM issuance", 0), 0);
+}
+
+/* The lock file deleted under a running ledger: a second one is still refused. */
+static void test_a_removed_lock_file_still_locks(void)
+{
+    eg_ledger *lg = open_ledger(NULL), *again = NULL;
+    char lockpath[PATH_MAX + 32];
+
+    snprintf(lockpath, sizeof(lockpath), "%s.lock", db_path);
+    CU_ASSERT_EQUAL_FATAL(unlink(lockpath), 0);
+    CU_ASSERT_EQUAL(eg_ledger_open(db_path, NULL, &again), -1);
+    CU_ASSERT_PTR_NULL(again);
+    eg_ledger_close(again);
+    CU_ASSERT_EQUAL(issue(lg, 44, NULL), 0);
+    eg_ledger_close(lg);
+}
+
 static void test_failure_without_reason_frees_its_key(void)
 {
     eg_ledger *lg = open_ledger(NULL);
@@ -1512,6 +1557,8 @@ static CU_TestInfo tests[] = {
     {"failed attempt can be retried", test_failed_attempt_can_be_retried},
     {"refused writes leave the request retryable", test_refused_writes_leave_the_request_retryable},
     {"a held lock is an outage with a hint", test_a_held_lock_is_an_outage_with_a_hint},
+    {"a removed database is an outage", test_a_removed_database_is_an_outage},
+    {"a removed lock file still locks", test_a_removed_lock_file_still_locks},
     {"failure without reason frees its key", test_failure_without_reason_frees_its_key},
     {"serial collision is reported apart", test_serial_collision_is_reported_apart},
     {"pending row of a dead process is retried", test_pending_row_of_dead_process_is_retried},
