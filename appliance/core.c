@@ -532,6 +532,12 @@ void eg_core_close(eg_core *core)
     free(core);
 }
 
+void eg_core_stop_writes(eg_core *core)
+{
+    if (core != NULL)
+        eg_ledger_stop(core->lg);
+}
+
 int eg_core_lock_init(pthread_rwlock_t *lock)
 {
     pthread_rwlockattr_t attr;

@@ -133,6 +133,12 @@ typedef struct eg_enroll_req {
  */
 int eg_core_open(const eg_config *cfg, eg_core **out);
 void eg_core_close(eg_core *core);
+/*
+ * For a process that exits without eg_core_close because requests are stuck in token calls:
+ * the ledger commits what is queued and stops writing (eg_ledger_stop); a stuck request that
+ * comes back fails instead of writing. The core stays allocated.
+ */
+void eg_core_stop_writes(eg_core *core);
 
 /* A reload's profiles, loaded and checked but not yet serving. */
 typedef struct eg_core_next eg_core_next;

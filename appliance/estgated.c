@@ -21,11 +21,13 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <civetweb.h>
 #include <openssl/crypto.h>
@@ -196,6 +198,7 @@ static bool reload(const char *path, const eg_config *run, EVP_PKEY **tls_key, e
 }
 
 #define EXPIRY_CHECK_S (24 * 3600)
+#define STOP_MS        5000  /* civetweb's threads after the drain: a request answered is written */
 #define DRAIN_MS       10000 /* a request waiting on a token that is recovering needs up to 10 s */
 
 /*
@@ -382,6 +385,46 @@ static void print_version(FILE *fp, const char *config)
     fflush(fp);
 }
 
+/* eg_server_stop in a thread of its own, so that the main thread can give up on it. */
+typedef struct stopping {
+    eg_server *srv;
+    atomic_bool done;
+} stopping;
+
+static void *stop_main(void *arg)
+{
+    stopping *st = arg;
+
+    eg_server_stop(st->srv);
+    atomic_store(&st->done, true);
+    return NULL;
+}
+
+/*
+ * eg_server_stop (civetweb's mg_stop, which waits for every thread of civetweb's): false when it
+ * has not returned within ms, since a thread stuck in a token call that does not return (a hung
+ * HSM, under a request or a handshake signing with the TLS key) would keep it, and estgated,
+ * waiting for ever. The stop thread then goes on, and the caller exits without it.
+ */
+static bool server_stopped_within(eg_server *srv, unsigned ms)
+{
+    static stopping st; /* the thread may outlive this call */
+    pthread_t t;
+
+    st.srv = srv;
+    atomic_init(&st.done, false);
+    if (pthread_create(&t, NULL, stop_main, &st) != 0) {
+        eg_server_stop(srv);
+        return true;
+    }
+    for (unsigned waited = 0; !atomic_load(&st.done) && waited < ms; waited += 10)
+        usleep(10000);
+    if (!atomic_load(&st.done))
+        return false;
+    pthread_join(t, NULL);
+    return true;
+}
+
 static int run(const char *path)
 {
     eg_config_errors errs = {NULL, 0};
@@ -450,6 +493,20 @@ static int run(const char *path)
                 left == 1 ? "" : "s", DRAIN_MS / 1000);
     else
         fprintf(stderr, "estgated: every request in flight answered\n");
+    if (!server_stopped_within(srv, STOP_MS)) {
+        /* The ledger commits what it was given and stops; the stuck requests' intents stay
+           pending and are taken up at the next start, as after a crash. */
+        eg_core_stop_writes(core);
+        fprintf(stderr,
+                "estgated: the HTTPS threads have not stopped %u s after the drain: some wait on "
+                "a token call that does not return (a request or a handshake); the ledger is "
+                "closed and estgated exits without them (status %d); their devices are "
+                "answered when they ask again\n",
+                STOP_MS / 1000, EX_UNAVAIL_);
+        fflush(NULL);
+        _exit(EX_UNAVAIL_);
+    }
+    srv = NULL; /* stopped and freed */
     rc = 0;
 out:
     eg_server_stop(srv);

@@ -1478,12 +1478,10 @@ out:
     return rc;
 }
 
-void eg_ledger_close(eg_ledger *lg)
+/* The keeper and the writer stopped, after the writer has run what is queued; the writer's
+   connection closed. Later writes fail with "operation after close". */
+static void stop_writing(eg_ledger *lg)
 {
-    ledger_reader *r;
-
-    if (lg == NULL)
-        return;
     /* The keeper first: its passes go through the writer. */
     if (lg->keeper_running) {
         pthread_mutex_lock(&lg->lock);
@@ -1491,22 +1489,43 @@ void eg_ledger_close(eg_ledger *lg)
         pthread_cond_signal(&lg->keeper_wake);
         pthread_mutex_unlock(&lg->lock);
         pthread_join(lg->keeper, NULL);
+        lg->keeper_running = 0;
     }
+    pthread_mutex_lock(&lg->lock);
+    lg->stopping = 1;
+    pthread_cond_signal(&lg->wake);
+    pthread_mutex_unlock(&lg->lock);
     if (lg->running) {
-        pthread_mutex_lock(&lg->lock);
-        lg->stopping = 1;
-        pthread_cond_signal(&lg->wake);
-        pthread_mutex_unlock(&lg->lock);
         pthread_join(lg->writer, NULL);
+        lg->running = 0;
     }
+    for (int i = 0; i < W_NSTMT; i++) {
+        sqlite3_finalize(lg->st[i]);
+        lg->st[i] = NULL;
+    }
+    if (lg->db != NULL && sqlite3_close(lg->db) != SQLITE_OK)
+        log_db(lg->db, "close");
+    lg->db = NULL;
+}
+
+void eg_ledger_stop(eg_ledger *lg)
+{
+    if (lg != NULL && lg->sync_ready)
+        stop_writing(lg);
+}
+
+void eg_ledger_close(eg_ledger *lg)
+{
+    ledger_reader *r;
+
+    if (lg == NULL)
+        return;
+    if (lg->sync_ready)
+        stop_writing(lg);
     while ((r = lg->readers) != NULL) {
         lg->readers = r->next;
         reader_free(r);
     }
-    for (int i = 0; i < W_NSTMT; i++)
-        sqlite3_finalize(lg->st[i]);
-    if (lg->db != NULL && sqlite3_close(lg->db) != SQLITE_OK)
-        log_db(lg->db, "close");
     /* Intents still in flight stay pending and are offered for retry at the next open (a
        serverkeygen one is failed there instead: fail_orphans). */
     free(lg->flight);

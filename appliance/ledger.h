@@ -22,12 +22,20 @@ typedef struct eg_ledger_options {
 } eg_ledger_options;
 
 /* Opens (creating and migrating as needed) the ledger at path. One process at a time: open
- * holds a lock on "<path>.lock", because a pending intent that no open ledger has in flight is
- * taken to be left by a crashed process and is offered for retry; a pending serverkeygen
- * intent is marked failed instead, since its key died with that process (the same request then
- * begins anew). */
+ * holds a lock on "<path>.lock" and on the database file, because a pending intent that no open
+ * ledger has in flight is taken to be left by a crashed process and is offered for retry; a pending
+ * serverkeygen intent is marked failed instead, since its key died with that process (the same
+ * request then begins anew). */
 int eg_ledger_open(const char *path, const eg_ledger_options *opt, eg_ledger **out);
 void eg_ledger_close(eg_ledger *lg);
+/*
+ * For a process about to exit while some of its threads are stuck (in a token call that does
+ * not return): the operations queued are committed, then the writer and the keeper stop and
+ * the writer's connection closes. lg stays valid, so that a stuck thread that comes back gets
+ * -1 from any write instead of touching freed memory; eg_ledger_close still frees it. Intents
+ * left pending are taken up at the next open, as after a crash.
+ */
+void eg_ledger_stop(eg_ledger *lg);
 
 /* What a caller is about to issue. The idempotency key is (profile, principal, request_hash). */
 typedef struct eg_issue_intent {

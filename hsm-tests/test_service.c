@@ -20,12 +20,14 @@
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -342,6 +344,111 @@ static void test_the_watchdog_is_fed_until_the_token_hangs(void)
     close(fd);
 }
 
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Reaps pid if it exits within ms: its exit status (128 + signal when killed), or -1. */
+static int exits_within(pid_t pid, int ms)
+{
+    int status;
+
+    for (int waited = 0; waited < ms; waited += 50) {
+        if (waitpid(pid, &status, WNOHANG) == pid)
+            return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        usleep(50000);
+    }
+    return -1;
+}
+
+/*
+ * SIGTERM while an enrollment waits on a hung token (the p11-kit server stopped, so its TLS
+ * handshake waits on the token's TLS key): after the drain the daemon gives civetweb's threads
+ * 5 s, says why it does not wait longer, and exits 69, instead of waiting for the token for
+ * ever. The next daemon serves the same request.
+ */
+static void test_sigterm_leaves_a_request_stuck_on_the_token(void)
+{
+    char stuck_ini[PATH_MAX], stuck_log[PATH_MAX], body[PATH_MAX + 1], curl_log[PATH_MAX], url[128],
+        user[160], *text;
+    unsigned port = 0;
+    pid_t pid = 0, curl = 0;
+    uint64_t t0;
+    int rc, i;
+
+    if (kind != EG_TH_P11KIT) {
+        printf("(only a p11-kit server can be stopped to make a token hang) ");
+        return;
+    }
+    text = config(NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(text);
+    rc = eg_file_write_replaced(tpath(stuck_ini, "stuck.ini"), text, "\n[token]\n",
+                                "\n[token]\nhang_s = 1\n");
+    free(text);
+    CU_ASSERT_EQUAL_FATAL(rc, 0);
+    CU_ASSERT_EQUAL_FATAL(
+        eg_fx_daemon_start(stuck_ini, tpath(stuck_log, "stuck.log"), &pid, &port, 1), 0);
+    CU_ASSERT_EQUAL_FATAL(enroll_args("stuck", port, user, url, body), 0);
+    {
+        char *const argv[] = {"curl",
+                              "-sS",
+                              "-o",
+                              "/dev/null",
+                              "-w",
+                              "%{http_code}",
+                              "--max-time",
+                              "60",
+                              "--cacert",
+                              ca,
+                              "-u",
+                              user,
+                              "-H",
+                              "Content-Type: application/pkcs10",
+                              "--data-binary",
+                              body,
+                              url,
+                              NULL};
+
+        CU_ASSERT_EQUAL_FATAL(eg_th_server_signal(th, SIGSTOP), 0);
+        CU_ASSERT_EQUAL_FATAL(eg_child_start(argv, tpath(curl_log, "stuck.curl"), &curl), 0);
+    }
+    for (i = 0; i < 200 && eg_file_count(stuck_log, ": it hangs (the HSM") == 0; i++)
+        usleep(50000);
+    CU_ASSERT(eg_file_count(stuck_log, ": it hangs (the HSM") >= 1);
+
+    t0 = mono_ms();
+    CU_ASSERT_EQUAL(kill(pid, SIGTERM), 0);
+    rc = exits_within(pid, 18000);
+    CU_ASSERT_EQUAL(rc, 69);
+    CU_ASSERT(mono_ms() - t0 < 18000); /* the drain, 10 s, and 5 s for the threads */
+    if (rc < 0) {                      /* the old way: waiting on the token for ever */
+        kill(pid, SIGKILL);
+        eg_child_wait(pid);
+    }
+    CU_ASSERT_EQUAL(eg_file_count(stuck_log, "estgated: the HTTPS threads have not stopped 5 s "
+                                             "after the drain: some wait on a token call that "
+                                             "does not return (a request or a handshake); the "
+                                             "ledger is closed and estgated exits without them "
+                                             "(status 69)"),
+                    1);
+    CU_ASSERT_EQUAL(eg_th_server_signal(th, SIGCONT), 0);
+    eg_child_wait(curl);
+
+    /* The same request to the next daemon: the pending intent is taken up. */
+    CU_ASSERT_EQUAL_FATAL(eg_fx_daemon_start(stuck_ini, stuck_log, &pid, &port, 1), 0);
+    snprintf(url, sizeof(url), "https://127.0.0.1:%u/.well-known/est/simpleenroll", port);
+    CU_ASSERT_EQUAL(cmd("curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", ca,
+                        "-u", user, "-H", "Content-Type: application/pkcs10", "--data-binary", body,
+                        url, NULL),
+                    0);
+    CU_ASSERT_STRING_EQUAL(res->out, "200");
+    CU_ASSERT_EQUAL(eg_fx_daemon_stop(&pid, SIGTERM), 0);
+}
+
 /* systemd may give an abstract name ("@..."); the same messages go there. */
 static void test_an_abstract_socket_name(void)
 {
@@ -435,6 +542,8 @@ int main(int argc, char **argv)
         {"the token PIN from a systemd credential", test_token_pin_from_a_systemd_credential},
         {"the watchdog is fed until the token hangs",
          test_the_watchdog_is_fed_until_the_token_hangs},
+        {"SIGTERM leaves a request stuck on the token",
+         test_sigterm_leaves_a_request_stuck_on_the_token},
         CU_TEST_INFO_NULL,
     };
 

@@ -719,6 +719,32 @@ static void test_a_removed_lock_file_still_locks(void)
     eg_ledger_close(lg);
 }
 
+/*
+ * eg_ledger_stop, for a daemon that exits with requests stuck on the token: what was committed
+ * stays, a write after it fails instead of touching a closed connection, and an intent left
+ * pending is offered for retry at the next open.
+ */
+static void test_a_stopped_ledger_refuses_writes(void)
+{
+    eg_ledger *lg = open_ledger(NULL);
+    eg_intent_result pending, again;
+    req r;
+
+    CU_ASSERT_EQUAL(issue(lg, 50, NULL), 0);
+    req_init(&r, 51);
+    CU_ASSERT_EQUAL_FATAL(eg_ledger_begin_issue(lg, &r.in, &pending), 0);
+    eg_ledger_stop(lg);
+    CU_ASSERT_EQUAL(issue(lg, 52, NULL), -1);
+    CU_ASSERT(has_cert(lg, 50)); /* readers go on */
+    eg_ledger_close(lg);
+    lg = open_ledger(NULL);
+    CU_ASSERT_EQUAL(eg_ledger_begin_issue(lg, &r.in, &again), 0);
+    CU_ASSERT_EQUAL(again.state, EG_INTENT_RETRY);
+    CU_ASSERT_EQUAL(again.id, pending.id);
+    eg_ledger_close(lg);
+    CU_ASSERT_EQUAL(sql_int("SELECT count(*) FROM issuance", 0), 2);
+}
+
 static void test_failure_without_reason_frees_its_key(void)
 {
     eg_ledger *lg = open_ledger(NULL);
@@ -1559,6 +1585,7 @@ static CU_TestInfo tests[] = {
     {"a held lock is an outage with a hint", test_a_held_lock_is_an_outage_with_a_hint},
     {"a removed database is an outage", test_a_removed_database_is_an_outage},
     {"a removed lock file still locks", test_a_removed_lock_file_still_locks},
+    {"a stopped ledger refuses writes", test_a_stopped_ledger_refuses_writes},
     {"failure without reason frees its key", test_failure_without_reason_frees_its_key},
     {"serial collision is reported apart", test_serial_collision_is_reported_apart},
     {"pending row of a dead process is retried", test_pending_row_of_dead_process_is_retried},
