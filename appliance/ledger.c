@@ -804,8 +804,8 @@ static void outage_hint(const eg_ledger *lg, int code, char *out, size_t cap)
         snprintf(out, cap, "; is its file system mounted read-only (the kernel log says why)?");
     } else if ((code & 0xff) == SQLITE_BUSY || (code & 0xff) == SQLITE_LOCKED) {
         snprintf(out, cap,
-                 "; another process holds the ledger's lock (a backup? sqlite3's .backup and "
-                 "VACUUM INTO copy it without stopping estgated: see the operator guide)");
+                 "; another process holds the ledger's lock (a backup? sqlite3 -readonly with "
+                 "VACUUM INTO copies it without holding it: see the operator guide)");
     } else {
         snprintf(out, cap, "; the disk reports errors: see the kernel log");
     }
