@@ -666,8 +666,8 @@ static void test_a_held_lock_is_an_outage_with_a_hint(void)
     eg_ledger_close(lg);
     log = log_read();
     CU_ASSERT(log_has(log, "cannot write: database is locked; another process holds the "
-                           "ledger's lock (a backup? sqlite3's .backup and VACUUM INTO copy it "
-                           "without stopping estgated: see the operator guide)"));
+                           "ledger's lock (a backup? sqlite3 -readonly with VACUUM INTO copies "
+                           "it without holding it: see the operator guide)"));
     CU_ASSERT(log_has(log, "the ledger can write again, after 1 failed writes in "));
     CU_ASSERT(log != NULL && strstr(log, "ledger: begin: ") == NULL);
     free(log);
