@@ -31,6 +31,14 @@ int eg_signer_errlib(void)
     return eg_lib;
 }
 
+static _Thread_local char last_detail[256];
+
+void eg_signer_last_detail(char *buf, size_t cap)
+{
+    snprintf(buf, cap, "%s", last_detail);
+    last_detail[0] = '\0';
+}
+
 void eg_signer_error(int reason, const char *fmt, ...)
 {
     char detail[256];
@@ -39,6 +47,9 @@ void eg_signer_error(int reason, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(detail, sizeof(detail), fmt, ap);
     va_end(ap);
+    /* The first of a chain names the token call; the layers above it add their own words. */
+    if (ERR_peek_error() == 0 || last_detail[0] == '\0')
+        snprintf(last_detail, sizeof(last_detail), "%s", detail);
     ERR_new();
     ERR_set_debug(OPENSSL_FILE, OPENSSL_LINE, OPENSSL_FUNC);
     ERR_set_error(eg_signer_errlib(), reason, "%s", detail);

@@ -33,6 +33,13 @@ enum eg_signer_reason { EG_R_NONE = 0, EG_SIGNER_REASONS(EG_REASON_ENUM) EG_R_MA
 int eg_signer_errlib(void);
 /* Pushes reason with a printf-style detail (the failing call, CK_RV name, object). */
 void eg_signer_error(int reason, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/*
+ * The detail of the first error of the last chain this thread pushed (eg_signer_error: the token
+ * call and its CK_RV, under what the provider adds), "" when none: civetweb logs a
+ * failed TLS handshake as OpenSSL's code alone (ERR_error_string), without the detail that names
+ * the token call and its CK_RV. Reading it clears it.
+ */
+void eg_signer_last_detail(char *buf, size_t cap);
 /* Pushes EG_R_TOKEN_CALL naming the C_* function and CK_RV. */
 void eg_signer_p11_error(const char *call, CK_ULONG rv);
 

@@ -653,6 +653,9 @@ static const char *handshake_hint(const char *message, bool tls12)
         strstr(message, "certificate unknown") != NULL)
         return "; the device does not accept the appliance's TLS certificate: does it trust the "
                "CA that issued it, and is its clock set?";
+    if (strstr(message, "estgate signer") != NULL)
+        return "; the TLS key's token did not sign this handshake: new connections fail until it "
+               "answers (those already open, and resumed sessions, are still served)";
     if (strstr(message, "SSL syscall error") != NULL)
         return "; the device closed the connection in the handshake (some stacks do so, without "
                "an alert, when they do not trust the appliance's TLS certificate)";
@@ -668,7 +671,7 @@ static const char *handshake_hint(const char *message, bool tls12)
  */
 static int log_message(const struct mg_connection *conn, const char *message)
 {
-    char source[SOURCE_LEN], device[SOURCE_LEN], peer[SOURCE_LEN + 8];
+    char source[SOURCE_LEN], device[SOURCE_LEN], peer[SOURCE_LEN + 8], detail[256];
     unsigned port, local_port;
     bool known;
     group *g;
@@ -689,8 +692,13 @@ static int log_message(const struct mg_connection *conn, const char *message)
     }
     if (!relayed_peer(g->srv, source, port, local_port, device, sizeof(device), &port))
         snprintf(device, sizeof(device), "%s", source);
-    fprintf(stderr, "estgated web: %s, from %s%s\n", message,
-            eg_host_port(device, port, peer, sizeof(peer)),
+    /* A handshake that failed in the token (its TLS key's signature): the call and its CK_RV,
+       which civetweb's line leaves out. */
+    detail[0] = '\0';
+    if (strstr(message, "estgate signer") != NULL)
+        eg_signer_last_detail(detail, sizeof(detail));
+    fprintf(stderr, "estgated web: %s%s%s%s, from %s%s\n", message, detail[0] ? " (" : "", detail,
+            detail[0] ? ")" : "", eg_host_port(device, port, peer, sizeof(peer)),
             handshake_hint(message, g == &g->srv->groups[1]));
     return 1;
 }
