@@ -167,6 +167,62 @@ static void test_unit_exposure_is_under_2(void)
     CU_ASSERT(level > 0.0 && level < 2.0);
 }
 
+/* Whether the unit's RestartPreventExitStatus= line lists code. */
+static bool restart_prevented(const char *unit, int code)
+{
+    const char *line = strstr(unit, "\nRestartPreventExitStatus=");
+    char word[16];
+    size_t n, w;
+
+    if (line == NULL)
+        return false;
+    line += strlen("\nRestartPreventExitStatus=");
+    n = strcspn(line, "\n");
+    snprintf(word, sizeof(word), "%d", code);
+    w = strlen(word);
+    for (const char *at = line; at < line + n; at += strcspn(at, " ") + 1)
+        if (strncmp(at, word, w) == 0 && (at[w] == ' ' || at[w] == '\n'))
+            return true;
+    return false;
+}
+
+/*
+ * A start that can never succeed is not retried for ever (each try may log in to the HSM, and
+ * wrong PINs lock it): the unit bounds its starts, and the codes estgated and --check-config
+ * give for a configuration they refuse, and 77 for a refused login, end the restarts.
+ */
+static void test_a_start_that_cannot_succeed_is_not_retried_for_ever(void)
+{
+    char p[PATH_MAX + 128], missing[PATH_MAX + 32], *unit, *svc;
+    int daemon_code, check_code;
+
+    CU_ASSERT_FATAL(installed);
+    unit = eg_file_read(in_root(p, EG_UNITDIR "/estgated.service"), NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(unit);
+    svc = strstr(unit, "\n[Service]");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(svc);
+    /* systemd reads the start limit in [Unit] only. */
+    {
+        char *limit = strstr(unit, "\nStartLimitBurst="), *interval;
+
+        interval = strstr(unit, "\nStartLimitIntervalSec=");
+        CU_ASSERT(limit != NULL && limit < svc && atoi(limit + 17) > 0);
+        CU_ASSERT(interval != NULL && interval < svc);
+    }
+    snprintf(missing, sizeof(missing), "%s/no-such.ini", dir);
+    eg_child_cmd(dir, res, in_root(p, EG_BINDIR "/estgated"), "-c", missing, NULL);
+    daemon_code = res->code;
+    eg_child_cmd(dir, res, in_root(p, EG_BINDIR "/estgated"), "--check-config", missing, NULL);
+    check_code = res->code;
+    CU_ASSERT(daemon_code > 0 && restart_prevented(unit, daemon_code));
+    CU_ASSERT(check_code > 0 && restart_prevented(unit, check_code));
+    CU_ASSERT(restart_prevented(unit, 77)); /* the token refused the login */
+    if (!restart_prevented(unit, daemon_code) || !restart_prevented(unit, check_code))
+        fprintf(stderr, "\n  estgated exits %d, --check-config %d, for a missing file\n",
+                daemon_code, check_code);
+    free(unit);
+}
+
 static void test_sysusers_makes_the_units_user(void)
 {
     char tool[PATH_MAX], p[PATH_MAX + 128], *passwd;
@@ -194,6 +250,8 @@ int main(void)
         {"cmake --install puts everything in place", test_install_puts_everything_in_place},
         {"the unit passes systemd-analyze verify", test_unit_passes_systemd_analyze_verify},
         {"the unit's exposure is under 2.0", test_unit_exposure_is_under_2},
+        {"a start that cannot succeed is not retried for ever",
+         test_a_start_that_cannot_succeed_is_not_retried_for_ever},
         {"systemd-sysusers makes the unit's user", test_sysusers_makes_the_units_user},
         CU_TEST_INFO_NULL,
     };
