@@ -1912,9 +1912,13 @@ static int check_config(const char *path)
     }
     /* The only check that needs the token: what serverkeygen asks of it. Not where the PIN
        cannot be read (ExecReload=): the daemon probes again at the reload itself and keeps its
-       profiles if the token cannot serve the new ones. */
-    if (!cfg->pin_not_here && eg_skg_check_config(cfg) != 0)
+       profiles if the token cannot serve the new ones. A refused login is estgated's 77 too,
+       which systemd does not retry (image/estgated.service.in). */
+    if (!cfg->pin_not_here && eg_skg_check_config(cfg) != 0) {
+        if (eg_token_login_refused(NULL, 0))
+            rc = 77;
         goto out;
+    }
     printf("%s: OK\n", path);
     if (cfg->pin_not_here)
         printf("%s: note: pin_file (%s) cannot be read here: systemd gives credentials to the "

@@ -53,6 +53,7 @@
 #define EX_USAGE_   64
 #define EX_CONFIG_  78
 #define EX_UNAVAIL_ 69
+#define EX_NOPERM_  77 /* the token refused the login: estgate-provision's code for it too */
 
 static void usage(FILE *fp)
 {
@@ -245,6 +246,7 @@ typedef struct watch_state {
     unsigned long long last_fed_ms;
     bool hung;
     unsigned long long stall_began_ms;
+    bool refused; /* the token's login refusal was said */
 } watch_state;
 
 static unsigned long long mono_ms(void)
@@ -267,7 +269,16 @@ static void watch(watch_state *w, const eg_config *cfg, const eg_config *run, co
     unsigned long long now = mono_ms(), hang_ms = (unsigned long long)cfg->hang_s * 1000ull;
     unsigned long long stalled;
     unsigned waiting;
+    char why[320];
 
+    /* A token that refused its PIN tries no login again (each wrong one counts towards locking
+       it): every request needing it gets 503 until a restart. Said once. */
+    if (!w->refused && eg_token_login_refused(why, sizeof(why))) {
+        w->refused = true;
+        fprintf(stderr, "estgated: %s\n", why);
+        eg_notify("STATUS=Refusing requests: the token refused its PIN; fix pin_file and restart "
+                  "(see the log)");
+    }
     stalled = eg_token_stalled_ms(&waiting);
     if (hang_ms > 0 && stalled >= hang_ms && !w->hung) {
         w->hung = true;
@@ -509,6 +520,8 @@ static int run(const char *path)
     srv = NULL; /* stopped and freed */
     rc = 0;
 out:
+    if (rc != 0 && eg_token_login_refused(NULL, 0))
+        rc = EX_NOPERM_; /* not restarted by systemd: another try can only lock the PIN */
     eg_server_stop(srv);
     eg_audit_flush_end();
     eg_est_free(est);

@@ -11,6 +11,7 @@
  * p11kit (neither: p11-kit 0.24.1 does not forward C_WrapKey, and estgated
  * must refuse to start saying so).
  */
+#include <dlfcn.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -24,6 +25,7 @@
 
 #include <CUnit/CUnit.h>
 #include <openssl/core_names.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/pkcs7.h>
@@ -33,6 +35,7 @@
 
 #include "child.h"
 #include "config.h"
+#include "errors.h"
 #include "csr.h"
 #include "p11.h"
 #include "p11_uri.h"
@@ -1497,6 +1500,172 @@ static long quota_live(void)
     return n;
 }
 
+static int write_quota_ini(char *qini);
+
+/* How many C_Login calls the quota module has seen, in every process that loaded it. */
+static long quota_logins(void)
+{
+    char path[PATH_MAX + 8], *text;
+    long n;
+
+    snprintf(path, sizeof(path), "%s.logins", quota_file);
+    text = eg_file_read(path, NULL);
+    n = text != NULL ? strtol(text, NULL, 10) : 0;
+    free(text);
+    return n;
+}
+
+/* The quota module's functions, loaded in this process, and the harness token's slot there. */
+static CK_FUNCTION_LIST *quota_functions(CK_SLOT_ID *slot)
+{
+    CK_RV (*get_list)(CK_FUNCTION_LIST_PTR_PTR);
+    const char *label = eg_th_config(th)->token_label;
+    void *dl = dlopen(EG_P11_QUOTA_PATH, RTLD_NOW | RTLD_NOLOAD);
+    CK_FUNCTION_LIST *fl = NULL;
+    CK_SLOT_ID slots[8];
+    CK_ULONG n = 8;
+    CK_TOKEN_INFO info;
+
+    if (dl == NULL)
+        return NULL;
+    *(void **)&get_list = dlsym(dl, "C_GetFunctionList");
+    if (get_list == NULL || get_list(&fl) != CKR_OK ||
+        fl->C_GetSlotList(CK_TRUE, slots, &n) != CKR_OK)
+        return NULL;
+    for (CK_ULONG i = 0; i < n; i++) {
+        if (fl->C_GetTokenInfo(slots[i], &info) == CKR_OK &&
+            memcmp(info.label, label, strlen(label)) == 0) {
+            *slot = slots[i];
+            return fl;
+        }
+    }
+    return NULL;
+}
+
+/*
+ * A job that needs the login: the suite's private keys are found only when logged in, and none
+ * found is CKR_USER_NOT_LOGGED_IN, as the signer's key lookups answer it.
+ */
+static CK_RV logged_in_job(eg_p11_call *call, void *arg)
+{
+    CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+    CK_ATTRIBUTE t = {CKA_CLASS, &cls, sizeof(cls)};
+    CK_OBJECT_HANDLE o;
+    CK_ULONG found = 0;
+    CK_RV rv;
+
+    (void)arg;
+    if ((rv = eg_p11_find_objects(call, &t, 1, &o, 1, &found)) != CKR_OK)
+        return rv;
+    return found > 0 ? CKR_OK : CKR_USER_NOT_LOGGED_IN;
+}
+
+/*
+ * eg_token_open with the quota module when its PIN is refused: fails, after at most one C_Login
+ * (none when the token says not to try), saying want.
+ */
+static void open_refused(const eg_token_config *qc, long logins, const char *want)
+{
+    eg_token *qt = NULL;
+    long before = quota_logins();
+    char text[512];
+
+    CU_ASSERT_NOT_EQUAL(eg_token_open(qc, &qt), 0);
+    eg_token_free(qt);
+    eg_err_first_text(text, sizeof(text));
+    ERR_clear_error();
+    CU_ASSERT_EQUAL(quota_logins(), before + logins);
+    CU_ASSERT_PTR_NOT_NULL(strstr(text, want));
+    if (strstr(text, want) == NULL || quota_logins() != before + logins)
+        fprintf(stderr, "\n  %ld C_Login, want %ld: %s\n", quota_logins() - before, logins, text);
+}
+
+/*
+ * A PIN the token refuses is tried once, not at every job: a hardware HSM locks its user PIN
+ * after a few wrong ones, and every request and TLS handshake needs a login. The quota module
+ * plays the HSM's retry counter (harness/p11_quota.c): the PIN changed on the token under a
+ * running signer, the login lost (as when a token server restarts), then the same at start, then
+ * a token one wrong PIN away from locking, then a locked one.
+ */
+static void test_a_refused_pin_is_not_tried_again(void)
+{
+    eg_token_config qc = *eg_th_config(th);
+    char wrong[PATH_MAX + 16], counted[PATH_MAX + 16], why[512], qini[PATH_MAX];
+    char estgated[PATH_MAX];
+    unsigned char rnd[16];
+    CK_FUNCTION_LIST *fl;
+    CK_C_INITIALIZE_ARGS args = {.flags = CKF_OS_LOCKING_OK, .pReserved = (void *)qc.init_args};
+    CK_SESSION_HANDLE h;
+    eg_token *qt = NULL;
+    CK_SLOT_ID slot;
+    long before;
+
+    if (kind == EG_TH_P11KIT) {
+        /* The quota module cannot stand in front of p11-kit's client (test_a_full_token...). */
+        fprintf(stderr, "(no quota module before p11-kit's client) ");
+        return;
+    }
+    eg_child_built("appliance/estgated", estgated);
+    quota_env();
+    qc.module_path = EG_P11_QUOTA_PATH;
+    snprintf(wrong, sizeof(wrong), "%s.wrong_pin", quota_file);
+    unlink(wrong);
+    CU_ASSERT_FATAL(eg_token_open(&qc, &qt) == 0);
+    CU_ASSERT_EQUAL(eg_token_run(qt, logged_in_job, rnd), CKR_OK);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(fl = quota_functions(&slot));
+    CU_ASSERT_EQUAL_FATAL(eg_file_write(wrong, "", 0, 0600), 0);
+    /* The application's login lost (a token server restarted, or C_Logout elsewhere). */
+    CU_ASSERT_EQUAL(fl->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, &h), CKR_OK);
+    CU_ASSERT_EQUAL(fl->C_Logout(h), CKR_OK);
+    fl->C_CloseSession(h);
+    before = quota_logins();
+    for (int i = 0; i < 10; i++)
+        CU_ASSERT_EQUAL(eg_token_run(qt, logged_in_job, rnd), CKR_PIN_INCORRECT);
+    ERR_clear_error();
+    CU_ASSERT_EQUAL(quota_logins(), before + 1);
+    CU_ASSERT(eg_token_login_refused(why, sizeof(why)));
+    CU_ASSERT(strstr(why, "CKR_PIN_INCORRECT") != NULL && strstr(why, "pin_file") != NULL);
+    eg_token_free(qt);
+
+    /* At start: one C_Login each, until the token says one more wrong PIN locks it (1 wrong
+       so far, 5 lock it); then none. */
+    for (int i = 0; i < 3; i++)
+        open_refused(&qc, 1, "CKR_PIN_INCORRECT");
+    open_refused(&qc, 0, "one more wrong PIN locks the token");
+    /* Someone else's wrong PIN locks it (the module is finalised with the signer's last
+       token, so this application initialises it): still none, and the security officer is
+       named. */
+    CU_ASSERT_EQUAL(fl->C_Initialize(&args), CKR_OK);
+    ERR_clear_error(); /* SoftHSM's missing rdrand engine */
+    CU_ASSERT_EQUAL(fl->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, &h), CKR_OK);
+    CU_ASSERT_EQUAL(fl->C_Login(h, CKU_USER, (CK_UTF8CHAR *)"wrong", 5), CKR_PIN_INCORRECT);
+    fl->C_CloseSession(h);
+    fl->C_Finalize(NULL);
+    open_refused(&qc, 0, "its security officer must unlock it");
+    /* estgated and --check-config (which logs in for serverkeygen's probe) exit 77, which
+       systemd does not restart, after one C_Login each (the count in the file is the child's). */
+    unlink(wrong);
+    CU_ASSERT_EQUAL_FATAL(write_quota_ini(qini), 0);
+    CU_ASSERT_EQUAL_FATAL(eg_file_write(wrong, "", 0, 0600), 0); /* each child counts from 0 */
+    for (int i = 0; i < 2; i++) {
+        char *argv[] = {estgated, i == 0 ? "--check-config" : "-c", qini, NULL};
+
+        snprintf(counted, sizeof(counted), "%s.logins", quota_file);
+        unlink(counted);
+        CU_ASSERT_EQUAL(eg_child_run(dir, NULL, argv, res), 77);
+        CU_ASSERT_EQUAL(quota_logins(), 1);
+        CU_ASSERT_PTR_NOT_NULL(strstr(res->err, "CKR_PIN_INCORRECT"));
+        CU_ASSERT_PTR_NOT_NULL(strstr(res->err, "pin_file"));
+        if (res->code != 77 || quota_logins() != 1)
+            fprintf(stderr, "\n  %s: exit %d, %ld C_Login:\n%s", argv[1], res->code, quota_logins(),
+                    res->err);
+    }
+    /* Unlocked, with the right PIN again: a new token logs in. */
+    unlink(wrong);
+    CU_ASSERT_EQUAL(eg_token_open(&qc, &qt), 0);
+    eg_token_free(qt);
+}
+
 /*
  * In this process, through the signer: with the quota at 0, 1, 2, ... live
  * session objects, the same request fails with EG_UNAVAILABLE naming
@@ -1585,27 +1754,39 @@ static void login_lost_in_process(eg_token *tok, const eg_skg_caps *caps, eg_pro
  * request through, and again right after (nothing a failure made is still
  * taking room).
  */
+/* This suite's file, with the quota module as the token's module and a ledger of its own. */
+static int write_quota_ini(char *qini)
+{
+    char *text, *m, *out = NULL;
+    size_t len;
+    int rc = -1;
+
+    if ((text = eg_file_read(ini, &len)) == NULL || (out = malloc(len + PATH_MAX + 64)) == NULL ||
+        (m = strstr(text, "\nmodule = ")) == NULL)
+        goto out;
+    snprintf(out, len + PATH_MAX + 64, "%.*s\nmodule = %s%s", (int)(m - text), text,
+             EG_P11_QUOTA_PATH, m + 10 + strcspn(m + 10, "\n"));
+    if ((m = strstr(out, "ledger = ledger.db")) == NULL)
+        goto out;
+    memcpy(m, "ledger = quota.db ", 18);
+    rc = eg_file_write(tpath(qini, "quota.ini"), out, strlen(out), 0600);
+out:
+    free(out);
+    free(text);
+    return rc;
+}
+
 static void full_daemon(int fits, bool kek)
 {
     unsigned char kid[4] = {0x0a, 0x1b, 0x2c, 0x3d}, *der;
     attr at = {OID_DECRYPT_KID, V_ASN1_OCTET_STRING, kid, sizeof(kid)};
-    char qini[PATH_MAX], qlog[PATH_MAX], hdr[PATH_MAX], *text, *m, *out;
+    char qini[PATH_MAX], qlog[PATH_MAX], hdr[PATH_MAX], *text;
     unsigned saved_port = port, qport = 0;
     pid_t pid = 0;
     size_t len;
     answer a;
 
-    /* This suite's file, with the quota module as the token's module and a ledger of its own. */
-    CU_ASSERT_PTR_NOT_NULL_FATAL(text = eg_file_read(ini, &len));
-    CU_ASSERT_PTR_NOT_NULL_FATAL(out = malloc(len + PATH_MAX + 64));
-    CU_ASSERT_PTR_NOT_NULL_FATAL(m = strstr(text, "\nmodule = "));
-    snprintf(out, len + PATH_MAX + 64, "%.*s\nmodule = %s%s", (int)(m - text), text,
-             EG_P11_QUOTA_PATH, m + 10 + strcspn(m + 10, "\n"));
-    CU_ASSERT_PTR_NOT_NULL_FATAL(m = strstr(out, "ledger = ledger.db"));
-    memcpy(m, "ledger = quota.db ", 18);
-    CU_ASSERT_EQUAL_FATAL(eg_file_write(tpath(qini, "quota.ini"), out, strlen(out), 0600), 0);
-    free(out);
-    free(text);
+    CU_ASSERT_EQUAL_FATAL(write_quota_ini(qini), 0);
     CU_ASSERT_EQUAL_FATAL(eg_fx_daemon_start(qini, tpath(qlog, "quota.log"), &pid, &qport, 1), 0);
     port = qport;
     /* No fatal assertion from here on: the daemon must be stopped. */
@@ -2180,6 +2361,7 @@ static CU_TestInfo tests[] = {
     {"the log says how the token is called", test_log_says_how_the_token_is_called},
     {"no generated key left in estgated memory", test_no_generated_key_left_in_estgated_memory},
     {"a full token answers 503 and keeps nothing", test_a_full_token_answers_503_and_keeps_nothing},
+    {"a refused PIN is not tried again", test_a_refused_pin_is_not_tried_again},
     {"a KEK gone from the token is the appliance's fault (503)",
      test_a_kek_gone_from_the_token_is_the_appliances_fault},
     {"a repeated encrypted request is sent again, until a day later",

@@ -45,6 +45,17 @@ void eg_token_get_stats(eg_token *tok, eg_token_stats *out);
 uint64_t eg_token_stalled_ms(unsigned *waiting);
 
 /*
+ * Whether a token of this process refused its PIN (C_Login answered
+ * CKR_PIN_INCORRECT, CKR_PIN_LEN_RANGE, CKR_PIN_LOCKED or CKR_PIN_EXPIRED),
+ * or showed a locked PIN or one a wrong login would lock
+ * (CKF_USER_PIN_LOCKED, CKF_USER_PIN_FINAL_TRY), at eg_token_open or later.
+ * That token tries no login again: its jobs fail at once with the refusal's
+ * CK_RV. why (may be NULL) gets the first refusal, in words that say what to
+ * do.
+ */
+bool eg_token_login_refused(char *why, size_t cap);
+
+/*
  * Run fn with a pooled, logged-in session. If fn returns a CK_RV that says the
  * session, the login or the token connection was lost, the token is recovered
  * (sessions reopened, re-login, module re-initialised if needed) and fn runs

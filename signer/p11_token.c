@@ -139,6 +139,12 @@ struct eg_token {
     atomic_uint_fast64_t sign_calls;
     atomic_uint_fast64_t recoveries;
     atomic_uint_fast64_t sessions_opened;
+    /*
+     * Not CKR_OK once the token refused the PIN (or said it would lock at the
+     * next wrong one): what every later login answers, without calling
+     * C_Login, for the life of the token. Under lock.
+     */
+    CK_RV login_refused;
 };
 
 static pthread_mutex_t modules_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -151,6 +157,10 @@ static eg_module *modules;
  */
 static atomic_uint jobs_under_way;
 static _Atomic uint64_t last_return_ms;
+
+/* The process's first login refusal, for eg_token_login_refused(): said once, kept. */
+static pthread_mutex_t refusal_lock = PTHREAD_MUTEX_INITIALIZER;
+static char refusal[320];
 
 /*
  * An instance is initialised with OS locking (SoftHSM turns its locks off
@@ -638,16 +648,81 @@ static void drop_generation(eg_token *tok, unsigned l)
     pthread_cond_broadcast(&tl->cond);
 }
 
+/* What C_Login answers for a PIN the token will not take: trying it again only counts down. */
+static int pin_refused(CK_RV rv)
+{
+    return rv == CKR_PIN_INCORRECT || rv == CKR_PIN_LEN_RANGE || rv == CKR_PIN_LOCKED ||
+           rv == CKR_PIN_EXPIRED;
+}
+
+/*
+ * Stops the token's logins for good after rv: said once, on the error stack now and to
+ * eg_token_login_refused() for the daemon's log and status. Called with tok->lock held.
+ */
+static CK_RV refuse_logins(eg_token *tok, CK_RV rv, const char *why)
+{
+    char msg[sizeof(refusal)];
+
+    tok->login_refused = rv;
+    snprintf(msg, sizeof(msg),
+             "token '%s': %s; no login is tried again until estgated restarts, and every "
+             "request that needs the token is refused meanwhile",
+             tok->label, why);
+    eg_signer_error(EG_R_LOGIN, "%s", msg);
+    pthread_mutex_lock(&refusal_lock);
+    if (refusal[0] == 0)
+        memcpy(refusal, msg, sizeof(refusal));
+    pthread_mutex_unlock(&refusal_lock);
+    return rv;
+}
+
+/*
+ * Logs instance l in on h. A real HSM locks its user PIN after a few wrong
+ * ones, and every job and TLS handshake comes here: so the token's flags are
+ * read first (a locked PIN, or one more wrong one locks it: not tried), and
+ * once the token refuses the PIN no login is tried again (refuse_logins).
+ * The PIN is read at start only, so nothing short of a restart can change
+ * the answer.
+ */
 static CK_RV login(eg_token *tok, unsigned l, CK_SESSION_HANDLE h)
 {
+    CK_FUNCTION_LIST *fl = tok->mod->lane[l].fl;
     tok_lane *tl = &tok->lane[l];
+    CK_TOKEN_INFO info;
+    char why[200];
     CK_RV rv;
 
     if (tok->pin == NULL || tl->logged_in)
         return CKR_OK;
+    if (tok->login_refused != CKR_OK)
+        return tok->login_refused;
     pthread_mutex_lock(&tok->mod->setup);
-    rv = tok->mod->lane[l].fl->C_Login(h, CKU_USER, (CK_UTF8CHAR *)tok->pin, tok->pinlen);
+    if (fl->C_GetTokenInfo(tl->slot, &info) != CKR_OK)
+        info.flags = 0; /* the login says what is wrong, if anything */
+    if (info.flags & CKF_USER_PIN_LOCKED)
+        rv = CKR_PIN_LOCKED;
+    else if (info.flags & CKF_USER_PIN_FINAL_TRY)
+        rv = CKR_PIN_INCORRECT;
+    else
+        rv = fl->C_Login(h, CKU_USER, (CK_UTF8CHAR *)tok->pin, tok->pinlen);
     pthread_mutex_unlock(&tok->mod->setup);
+    if (info.flags & CKF_USER_PIN_LOCKED)
+        return refuse_logins(tok, rv,
+                             "the token's user PIN is locked (CKF_USER_PIN_LOCKED): its security "
+                             "officer must unlock it");
+    if (info.flags & CKF_USER_PIN_FINAL_TRY)
+        return refuse_logins(tok, rv,
+                             "one more wrong PIN locks the token (CKF_USER_PIN_FINAL_TRY), so "
+                             "none was tried: check pin_file before restarting");
+    if (pin_refused(rv)) {
+        snprintf(why, sizeof(why),
+                 "C_Login refused the PIN (%s): check pin_file against the token's user PIN "
+                 "(changed on the token?)%s",
+                 eg_p11_rv_name(rv),
+                 rv == CKR_PIN_LOCKED ? "; it is now locked: its security officer must unlock it"
+                                      : "");
+        return refuse_logins(tok, rv, why);
+    }
     if (rv == CKR_USER_ALREADY_LOGGED_IN)
         rv = CKR_OK;
     if (rv == CKR_OK)
@@ -1097,9 +1172,9 @@ int eg_token_open(const eg_token_config *cfg, eg_token **out)
             session_put(tok, &call, CKR_OK);
         eg_module_leave(tok->mod);
         if (rv != CKR_OK) {
-            eg_signer_error(rv == CKR_PIN_INCORRECT || rv == CKR_PIN_LOCKED ? EG_R_LOGIN
-                                                                            : EG_R_SESSION,
-                            "token '%s': %s", tok->label, eg_p11_rv_name(rv));
+            /* A refused login said so itself (refuse_logins). */
+            if (tok->login_refused == CKR_OK)
+                eg_signer_error(EG_R_SESSION, "token '%s': %s", tok->label, eg_p11_rv_name(rv));
             goto out;
         }
     }
@@ -1193,6 +1268,18 @@ uint64_t eg_token_stalled_ms(unsigned *waiting)
     if (waiting != NULL)
         *waiting = n;
     return n == 0 || now <= last ? 0 : now - last;
+}
+
+bool eg_token_login_refused(char *why, size_t cap)
+{
+    bool refused;
+
+    pthread_mutex_lock(&refusal_lock);
+    refused = refusal[0] != 0;
+    if (refused && why != NULL && cap > 0)
+        snprintf(why, cap, "%s", refusal);
+    pthread_mutex_unlock(&refusal_lock);
+    return refused;
 }
 
 void eg_token_count_sign(eg_token *tok)

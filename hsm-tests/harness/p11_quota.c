@@ -33,6 +33,15 @@
  * answers CKR_SESSION_COUNT, without opening one, when that many sessions
  * opened through this module are open.
  *
+ * Logins, for tests of what estgated does with a PIN the token refuses: every
+ * C_Login call is counted in EG_P11_QUOTA_FILE.logins. While
+ * EG_P11_QUOTA_FILE.wrong_pin exists, C_Login answers CKR_PIN_INCORRECT
+ * without reaching the real token (its PIN was changed under us), and after
+ * EG_P11_PIN_TRIES such answers CKR_PIN_LOCKED, with C_GetTokenInfo showing
+ * CKF_USER_PIN_FINAL_TRY one try before and CKF_USER_PIN_LOCKED after, as a
+ * hardware HSM's retry counter does (SoftHSM and NSS keep none). Removing the
+ * file unlocks it, as the token's security officer would.
+ *
  * Counted: the session objects made by C_CreateObject, C_CopyObject,
  * C_GenerateKey, C_GenerateKeyPair (each half), C_UnwrapKey and C_DeriveKey
  * through this module, until C_DestroyObject, the close of their session or
@@ -61,6 +70,8 @@ static struct {
 static size_t nlive;
 static unsigned long keypairs;
 static unsigned long nsessions; /* open through this module */
+static unsigned long logins, wrong_logins;
+#define EG_P11_PIN_TRIES 5
 
 /* The number in EG_P11_QUOTA_FILE with suffix (NULL: none), or -1 for none. */
 static long read_limit(const char *suffix)
@@ -322,6 +333,51 @@ static CK_RV q_WrapKey(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE
     return real->C_WrapKey(s, m, wrapping, key, out, len);
 }
 
+/* Whether the file beside the quota file with suffix exists. */
+static bool beside_exists(const char *suffix)
+{
+    const char *path = getenv("EG_P11_QUOTA_FILE");
+    char p[4096];
+
+    return path != NULL && snprintf(p, sizeof(p), "%s.%s", path, suffix) < (int)sizeof(p) &&
+           access(p, F_OK) == 0;
+}
+
+static CK_RV q_Login(CK_SESSION_HANDLE s, CK_USER_TYPE who, CK_UTF8CHAR_PTR pin, CK_ULONG len)
+{
+    CK_RV rv;
+
+    pthread_mutex_lock(&lock);
+    logins++;
+    report_one("logins", logins);
+    if (!beside_exists("wrong_pin"))
+        wrong_logins = 0;
+    if (who == CKU_USER && beside_exists("wrong_pin")) {
+        rv = wrong_logins < EG_P11_PIN_TRIES ? CKR_PIN_INCORRECT : CKR_PIN_LOCKED;
+        if (rv == CKR_PIN_INCORRECT)
+            wrong_logins++;
+        pthread_mutex_unlock(&lock);
+        return rv;
+    }
+    pthread_mutex_unlock(&lock);
+    return real->C_Login(s, who, pin, len);
+}
+
+static CK_RV q_GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info)
+{
+    CK_RV rv = real->C_GetTokenInfo(slot, info);
+
+    pthread_mutex_lock(&lock);
+    if (!beside_exists("wrong_pin"))
+        wrong_logins = 0;
+    if (rv == CKR_OK && wrong_logins + 1 == EG_P11_PIN_TRIES)
+        info->flags |= CKF_USER_PIN_FINAL_TRY;
+    if (rv == CKR_OK && wrong_logins >= EG_P11_PIN_TRIES)
+        info->flags |= CKF_USER_PIN_LOCKED;
+    pthread_mutex_unlock(&lock);
+    return rv;
+}
+
 static CK_RV q_Finalize(CK_VOID_PTR reserved)
 {
     CK_RV rv;
@@ -366,6 +422,8 @@ static CK_RV load(void)
     list.C_UnwrapKey = q_UnwrapKey;
     list.C_DeriveKey = q_DeriveKey;
     list.C_WrapKey = q_WrapKey;
+    list.C_Login = q_Login;
+    list.C_GetTokenInfo = q_GetTokenInfo;
     list.C_GetFunctionList = C_GetFunctionList;
     return CKR_OK;
 }
