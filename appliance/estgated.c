@@ -258,7 +258,8 @@ static unsigned long long mono_ms(void)
 }
 
 /*
- * A token whose calls have not returned for [token] hang_s is said to hang, once, in the log and
+ * A token with a call that has not returned for [token] hang_s is said to hang (one call stuck
+ * on one connection is enough, however many others still answer), once, in the log and
  * in systemd's status, and again when it answers. Meanwhile systemd's watchdog is not fed, so that
  * a unit with WatchdogSec= restarts estgated: a new process opens the token afresh, which is what
  * an HSM that went silent behind an open connection needs. A token that fails fast does not hang
@@ -284,7 +285,7 @@ static void watch(watch_state *w, const eg_config *cfg, const eg_config *run, co
         w->hung = true;
         w->stall_began_ms = now - stalled;
         fprintf(stderr,
-                "estgated: the token has not returned from a call for %llu s, with %u call%s "
+                "estgated: a call to the token has not returned for %llu s, with %u call%s "
                 "waiting: it hangs (the HSM, its network or its server; [token] hang_s = %u). "
                 "%s\n",
                 stalled / 1000, waiting, waiting == 1 ? "" : "s", cfg->hang_s,

@@ -508,6 +508,41 @@ static void test_a_call_runs_beside_one_that_holds_a_connection(void)
 }
 
 /*
+ * One call stuck on one connection while the others keep answering is a hang: the
+ * watchdog's measure (eg_token_stalled_ms) is the age of the oldest call still
+ * waiting, not the time since any call returned, which traffic on the other
+ * connections (or sessions) would keep near 0. Once the stuck call returns, and
+ * nothing else is under way, nothing is stalled.
+ */
+static void test_one_stuck_call_is_seen_beside_calls_that_answer(void)
+{
+    struct timespec began, now;
+    uint64_t stalled = 0;
+    unsigned waiting = 0, signed_ok = 0;
+    long held_ms = 0;
+    struct holder h;
+
+    CU_ASSERT_EQUAL_FATAL(hold_start(&h), 0);
+    clock_gettime(CLOCK_MONOTONIC, &began);
+    do {
+        if (sign_and_verify() == 0)
+            signed_ok++;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        held_ms = (now.tv_sec - began.tv_sec) * 1000 + (now.tv_nsec - began.tv_nsec) / 1000000;
+    } while (held_ms < 1500);
+    stalled = eg_token_stalled_ms(&waiting);
+    CU_ASSERT(signed_ok > 0);                      /* the other calls answered meanwhile */
+    CU_ASSERT(stalled >= 1400 && stalled < 10000); /* whole milliseconds, two clocks */
+    CU_ASSERT(waiting >= 1);
+    if (stalled < 1400)
+        fprintf(stderr, "\n  stalled %llu ms with a call held %ld ms (%u signatures beside it)\n",
+                (unsigned long long)stalled, held_ms, signed_ok);
+    CU_ASSERT_EQUAL(hold_stop(&h), 1);
+    CU_ASSERT_EQUAL(eg_token_stalled_ms(&waiting), 0);
+    CU_ASSERT_EQUAL(waiting, 0);
+}
+
+/*
  * Long jobs (RSA key generations for serverkeygen) keep to themselves: through
  * p11-kit's client, called one call at a time, signatures keep off the
  * connections they hold, and as many long jobs as there are connections leave
@@ -866,6 +901,8 @@ static CU_TestInfo tests[] = {
     {"a module keeps its calls mode", test_module_keeps_its_calls_mode},
     {"a call runs beside one that holds a connection",
      test_a_call_runs_beside_one_that_holds_a_connection},
+    {"one stuck call is seen beside calls that answer",
+     test_one_stuck_call_is_seen_beside_calls_that_answer},
     {"a session key stays on its connection", test_a_session_key_stays_on_its_connection},
     {"long jobs leave the signatures a connection",
      test_long_jobs_leave_the_signatures_a_connection},

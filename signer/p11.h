@@ -36,11 +36,13 @@ typedef struct eg_token_stats {
 void eg_token_get_stats(eg_token *tok, eg_token_stats *out);
 
 /*
- * Whether the process's tokens hang: the milliseconds since a module last
- * returned from a call while jobs wait on one (eg_token_run and the rest, on
- * any token), 0 when no job is under way. *waiting (may be NULL): how many
- * jobs are under way. A module that fails fast is not stalled; one that never
- * returns (an HSM gone silent behind an open connection) is.
+ * Whether the process's tokens hang: the age in milliseconds of the oldest job
+ * step still under way (eg_token_run and the rest, on any token: a try at the
+ * job's function, or a recovery and the try after it), 0 when no job is under
+ * way. *waiting (may be NULL): how many jobs are under way. A module that
+ * fails fast is not stalled; one call that never returns (an HSM gone silent
+ * behind an open connection, one stopped p11-kit server process) is, however
+ * many other calls keep returning.
  */
 uint64_t eg_token_stalled_ms(unsigned *waiting);
 

@@ -151,12 +151,19 @@ static pthread_mutex_t modules_lock = PTHREAD_MUTEX_INITIALIZER;
 static eg_module *modules;
 
 /*
- * The process's token jobs under way, on every token, and when a module last
- * returned from one of their calls (or the first of them began): what
- * eg_token_stalled_ms() reads for the daemon's watchdog.
+ * The process's token jobs under way, on every token, and when each began its
+ * current step (its first try at fn, or a recovery and the try after it): what
+ * eg_token_stalled_ms() reads for the daemon's watchdog. The oldest step still under way is what
+ * counts, not the last call to return: one call stuck on one connection (a p11-kit server process
+ * stopped, one HSM link dead) must be seen while the other connections keep answering. A job takes
+ * a free slot (0) with one compare-and-swap, at the one its thread used last when that is free, so
+ * a job costs a few atomics and clock reads; the watchdog scans them all once a second. A job that
+ * finds none free (more at once than EG_JOB_SLOTS) is counted but not timed.
  */
+#define EG_JOB_SLOTS 1024
 static atomic_uint jobs_under_way;
-static _Atomic uint64_t last_return_ms;
+static _Atomic uint64_t job_step_ms[EG_JOB_SLOTS];
+static _Thread_local unsigned job_slot_hint;
 
 /* The process's first login refusal, for eg_token_login_refused(): said once, kept. */
 static pthread_mutex_t refusal_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -1040,17 +1047,48 @@ static unsigned lane_choose(eg_module *m, int pinned, bool is_long)
     return l;
 }
 
+/* A slot for a job that begins at now (never 0: 0 is free); EG_JOB_SLOTS when none is free. */
+static unsigned job_slot_take(uint64_t now)
+{
+    uint64_t free_slot = 0, stamp = now ? now : 1;
+    unsigned i = job_slot_hint;
+
+    if (i < EG_JOB_SLOTS && atomic_compare_exchange_strong(&job_step_ms[i], &free_slot, stamp))
+        return i;
+    for (i = 0; i < EG_JOB_SLOTS; i++) {
+        free_slot = 0;
+        if (atomic_compare_exchange_strong(&job_step_ms[i], &free_slot, stamp)) {
+            job_slot_hint = i;
+            return i;
+        }
+    }
+    return EG_JOB_SLOTS;
+}
+
+/* The job in slot i begins a new step at now. */
+static void job_slot_step(unsigned i, uint64_t now)
+{
+    if (i < EG_JOB_SLOTS)
+        atomic_store(&job_step_ms[i], now ? now : 1);
+}
+
+static void job_slot_give(unsigned i)
+{
+    if (i < EG_JOB_SLOTS)
+        atomic_store(&job_step_ms[i], 0);
+}
+
 static CK_RV run_job(eg_token *tok, int pinned, bool is_long, eg_p11_fn *fn, void *arg)
 {
     uint64_t deadline = now_ms() + tok->recover_ms;
-    unsigned backoff = 0, mod_gen, l;
+    unsigned backoff = 0, mod_gen, l, slot;
     eg_module *m = tok->mod;
     eg_p11_call call;
     eg_lane *lane;
     CK_RV rv;
 
-    if (atomic_fetch_add(&jobs_under_way, 1) == 0)
-        atomic_store(&last_return_ms, now_ms());
+    atomic_fetch_add(&jobs_under_way, 1);
+    slot = job_slot_take(deadline - tok->recover_ms);
     for (;;) {
         /* One instance (every module but p11-kit's client): nothing to choose or count. */
         l = m->nlanes == 1 ? 0 : lane_choose(m, pinned, is_long);
@@ -1066,14 +1104,16 @@ static CK_RV run_job(eg_token *tok, int pinned, bool is_long, eg_p11_fn *fn, voi
             rv = fn(&call, arg);
             session_put(tok, &call, rv);
         }
-        atomic_store(&last_return_ms, now_ms());
         lane_leave(m, lane);
         if (m->nlanes > 1)
             lane_part(lane, is_long);
         if (!recoverable(rv) || now_ms() >= deadline) {
+            job_slot_give(slot);
             atomic_fetch_sub(&jobs_under_way, 1);
             return rv;
         }
+        /* Recovery (a re-initialisation may wait on the module too), then another try. */
+        job_slot_step(slot, now_ms());
         recover(tok, l, mod_gen, rv);
         /* Retry at once after a lost session; back off while a token is away. */
         if (connection_lost(rv)) {
@@ -1262,12 +1302,14 @@ void eg_token_get_stats(eg_token *tok, eg_token_stats *out)
 
 uint64_t eg_token_stalled_ms(unsigned *waiting)
 {
-    unsigned n = atomic_load(&jobs_under_way);
-    uint64_t last = atomic_load(&last_return_ms), now = now_ms();
+    uint64_t oldest = UINT64_MAX, now = now_ms(), t;
 
     if (waiting != NULL)
-        *waiting = n;
-    return n == 0 || now <= last ? 0 : now - last;
+        *waiting = atomic_load(&jobs_under_way);
+    for (unsigned i = 0; i < EG_JOB_SLOTS; i++)
+        if ((t = atomic_load(&job_step_ms[i])) != 0 && t < oldest)
+            oldest = t;
+    return oldest == UINT64_MAX || now <= oldest ? 0 : now - oldest;
 }
 
 bool eg_token_login_refused(char *why, size_t cap)
