@@ -1581,6 +1581,57 @@ static void open_refused(const eg_token_config *qc, long logins, const char *wan
 }
 
 /*
+ * estgated serving through the quota module when the PIN changes on the token and the login is
+ * lost (the quota module logs out at a serverkeygen request's C_WrapKey): that request fails, and
+ * so does every request after it, TLS handshakes included, after one C_Login; the log says why
+ * once.
+ */
+static void refused_at_runtime_daemon(const char *qini, const char *wrong)
+{
+    char qlog[PATH_MAX], fault[PATH_MAX + 16];
+    unsigned saved_port = port, qport = 0;
+    unsigned char *der = NULL;
+    struct timespec pause = {1, 500000000};
+    long logins;
+    pid_t pid = 0;
+    size_t len;
+    answer a;
+
+    unlink(wrong);
+    CU_ASSERT_EQUAL_FATAL(eg_fx_daemon_start(qini, tpath(qlog, "pin.log"), &pid, &qport, 1), 0);
+    port = qport;
+    /* No fatal assertion from here on: the daemon must be stopped. */
+    der = make_csr("P-256", "pin.example.com", NULL, 0, &len);
+    CU_ASSERT_PTR_NOT_NULL(der);
+    CU_ASSERT_EQUAL(post(&a, "", der, len, NULL), 200);
+    answer_clear(&a);
+    snprintf(fault, sizeof(fault), "%s.logout", quota_file);
+    CU_ASSERT_EQUAL(eg_file_write(wrong, "", 0, 0600), 0);
+    CU_ASSERT_EQUAL(eg_file_write(fault, "", 0, 0600), 0);
+    logins = quota_logins();
+    CU_ASSERT_NOT_EQUAL(post(&a, "", der, len, NULL), 200);
+    answer_clear(&a);
+    CU_ASSERT_NOT_EQUAL(access(fault, F_OK), 0); /* the login was lost */
+    for (int i = 0; i < 5; i++) {
+        CU_ASSERT_NOT_EQUAL(post(&a, "", der, len, NULL), 200);
+        answer_clear(&a);
+    }
+    /* One C_Login after the PIN changed: SoftHSM's request fails on its wrapping key (gone with
+       the login), NSS's tries the login; the next TLS handshake or request the other. */
+    CU_ASSERT_EQUAL(quota_logins(), logins + 1);
+    if (quota_logins() != logins + 1)
+        fprintf(stderr, "\n  %ld C_Login after the PIN changed, want 1\n", quota_logins() - logins);
+    nanosleep(&pause, NULL); /* the main loop looks every second */
+    CU_ASSERT_EQUAL(eg_file_count(qlog, "estgated: token '"), 1);
+    CU_ASSERT(eg_file_line_has(qlog, "estgated: token '", "C_Login refused the PIN"));
+    CU_ASSERT(eg_file_line_has(qlog, "estgated: token '", "pin_file"));
+    port = saved_port;
+    eg_fx_daemon_stop(&pid, SIGTERM);
+    unlink(wrong);
+    OPENSSL_free(der);
+}
+
+/*
  * A PIN the token refuses is tried once, not at every job: a hardware HSM locks its user PIN
  * after a few wrong ones, and every request and TLS handshake needs a login. The quota module
  * plays the HSM's retry counter (harness/p11_quota.c): the PIN changed on the token under a
@@ -1660,6 +1711,7 @@ static void test_a_refused_pin_is_not_tried_again(void)
             fprintf(stderr, "\n  %s: exit %d, %ld C_Login:\n%s", argv[1], res->code, quota_logins(),
                     res->err);
     }
+    refused_at_runtime_daemon(qini, wrong);
     /* Unlocked, with the right PIN again: a new token logs in. */
     unlink(wrong);
     CU_ASSERT_EQUAL(eg_token_open(&qc, &qt), 0);
