@@ -208,12 +208,20 @@ static bool reload(const char *path, const eg_config *run, EVP_PKEY **tls_key, e
  */
 /* The listeners are the ones started with (run: a reload does not change them, whatever the
    file says now); the profiles are the configuration in force (cfg). */
+#define REFUSED_STATUS                                                                             \
+    "Refusing requests: the token refused its PIN; fix pin_file and restart (see the log)"
+
 static void notify_ready(const eg_config *cfg, const eg_config *run, const eg_server *srv,
                          const char *after)
 {
     char hp[80], more[32] = "";
     size_t n = cfg->nprofiles;
 
+    /* A reload does not read the PIN again: the refusal stays what systemd shows. */
+    if (eg_token_login_refused(NULL, 0)) {
+        eg_notify("READY=1\nSTATUS=" REFUSED_STATUS);
+        return;
+    }
     if (run->nlisteners > 1)
         snprintf(more, sizeof(more), " and %zu more", run->nlisteners - 1);
     eg_notify("READY=1\nSTATUS=Serving %zu profile%s on https://%s/%s%s", n, n == 1 ? "" : "s",
@@ -277,8 +285,7 @@ static void watch(watch_state *w, const eg_config *cfg, const eg_config *run, co
     if (!w->refused && eg_token_login_refused(why, sizeof(why))) {
         w->refused = true;
         fprintf(stderr, "estgated: %s\n", why);
-        eg_notify("STATUS=Refusing requests: the token refused its PIN; fix pin_file and restart "
-                  "(see the log)");
+        eg_notify("STATUS=" REFUSED_STATUS);
     }
     stalled = eg_token_stalled_ms(&waiting);
     if (hang_ms > 0 && stalled >= hang_ms && !w->hung) {

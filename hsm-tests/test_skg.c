@@ -19,7 +19,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <stddef.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1580,16 +1584,53 @@ static void open_refused(const eg_token_config *qc, long logins, const char *wan
         fprintf(stderr, "\n  %ld C_Login, want %ld: %s\n", quota_logins() - before, logins, text);
 }
 
+/* A socket for systemd's notifications (NOTIFY_SOCKET) at path; -1 on failure. */
+static int notify_socket(const char *path)
+{
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+
+    if (fd < 0 || strlen(path) >= sizeof(a.sun_path))
+        goto fail;
+    memcpy(a.sun_path, path, strlen(path));
+    unlink(path);
+    if (bind(fd, (struct sockaddr *)&a, (socklen_t)sizeof(a)) == 0)
+        return fd;
+fail:
+    if (fd >= 0)
+        close(fd);
+    return -1;
+}
+
+/* Whether a notification holding both a and b comes within 5 s; the others are passed over. */
+static bool notified(int fd, const char *a, const char *b)
+{
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    char msg[2048];
+    ssize_t n;
+
+    while (poll(&p, 1, 5000) == 1) {
+        if ((n = recv(fd, msg, sizeof(msg) - 1, 0)) < 0)
+            return false;
+        msg[n] = 0;
+        if (strstr(msg, a) != NULL && strstr(msg, b) != NULL)
+            return true;
+    }
+    fprintf(stderr, "\n  no notification with %s and %s\n", a, b);
+    return false;
+}
+
 /*
  * estgated serving through the quota module when the PIN changes on the token and the login is
  * lost (the quota module logs out at a serverkeygen request's C_WrapKey): that request fails, and
  * so does every request after it, TLS handshakes included, after one C_Login; the log says why
- * once.
+ * once, and systemd's status says it, after a reload too (which does not read the PIN again).
  */
 static void refused_at_runtime_daemon(const char *qini, const char *wrong)
 {
-    char qlog[PATH_MAX], fault[PATH_MAX + 16];
+    char qlog[PATH_MAX], fault[PATH_MAX + 16], sock[PATH_MAX];
     unsigned saved_port = port, qport = 0;
+    int fd, rc;
     unsigned char *der = NULL;
     struct timespec pause = {1, 500000000};
     long logins;
@@ -1598,8 +1639,15 @@ static void refused_at_runtime_daemon(const char *qini, const char *wrong)
     answer a;
 
     unlink(wrong);
-    CU_ASSERT_EQUAL_FATAL(eg_fx_daemon_start(qini, tpath(qlog, "pin.log"), &pid, &qport, 1), 0);
+    CU_ASSERT_FATAL((fd = notify_socket(tpath(sock, "notify-pin.sock"))) >= 0);
+    setenv("NOTIFY_SOCKET", sock, 1);
+    rc = eg_fx_daemon_start(qini, tpath(qlog, "pin.log"), &pid, &qport, 1);
+    unsetenv("NOTIFY_SOCKET");
+    if (rc != 0)
+        close(fd);
+    CU_ASSERT_EQUAL_FATAL(rc, 0);
     port = qport;
+    CU_ASSERT(notified(fd, "READY=1", "STATUS=Serving "));
     /* No fatal assertion from here on: the daemon must be stopped. */
     der = make_csr("P-256", "pin.example.com", NULL, 0, &len);
     CU_ASSERT_PTR_NOT_NULL(der);
@@ -1625,6 +1673,10 @@ static void refused_at_runtime_daemon(const char *qini, const char *wrong)
     CU_ASSERT_EQUAL(eg_file_count(qlog, "estgated: token '"), 1);
     CU_ASSERT(eg_file_line_has(qlog, "estgated: token '", "C_Login refused the PIN"));
     CU_ASSERT(eg_file_line_has(qlog, "estgated: token '", "pin_file"));
+    CU_ASSERT(notified(fd, "STATUS=Refusing requests: the token refused its PIN", "pin_file"));
+    CU_ASSERT_EQUAL(kill(pid, SIGHUP), 0);
+    CU_ASSERT(notified(fd, "READY=1", "STATUS=Refusing requests: the token refused its PIN"));
+    close(fd);
     port = saved_port;
     eg_fx_daemon_stop(&pid, SIGTERM);
     unlink(wrong);
