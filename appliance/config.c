@@ -1900,7 +1900,8 @@ static bool any_serverkeygen(const eg_config *cfg)
     return false;
 }
 
-static int check_config(const char *path)
+/* probe: open the token for serverkeygen's probes (not with --no-token). */
+static int check_config(const char *path, bool probe)
 {
     eg_config_errors errs = {0};
     eg_config *cfg = NULL;
@@ -1914,7 +1915,7 @@ static int check_config(const char *path)
        cannot be read (ExecReload=): the daemon probes again at the reload itself and keeps its
        profiles if the token cannot serve the new ones. A refused login is estgated's 77 too,
        which systemd does not retry (image/estgated.service.in). */
-    if (!cfg->pin_not_here && eg_skg_check_config(cfg) != 0) {
+    if (probe && !cfg->pin_not_here && eg_skg_check_config(cfg) != 0) {
         if (eg_token_login_refused(NULL, 0))
             rc = 77;
         goto out;
@@ -1979,10 +1980,15 @@ out:
 int eg_config_check_main(int argc, char **argv)
 {
     if (argc == 3 && strcmp(argv[1], "--check-config") == 0)
-        return check_config(argv[2]);
+        return check_config(argv[2], true);
+    /* The file alone, no login: systemd's ExecStartPre, which RestartPreventExitStatus= does not
+       cover, so that a start that fails restarts without trying a wrong PIN each time. */
+    if (argc == 4 && strcmp(argv[1], "--check-config") == 0 && strcmp(argv[2], "--no-token") == 0)
+        return check_config(argv[3], false);
     if (argc == 2 && strcmp(argv[1], "--hash-password") == 0)
         return hash_password();
-    fprintf(stderr, "usage: %s --check-config FILE\n       %s --hash-password < FILE\n",
+    fprintf(stderr,
+            "usage: %s --check-config [--no-token] FILE\n       %s --hash-password < FILE\n",
             argc > 0 ? argv[0] : "estgated", argc > 0 ? argv[0] : "estgated");
     return 2;
 }

@@ -5,6 +5,7 @@
  *
  *   estgated [-c FILE]             run (default /etc/estgate/estgated.ini)
  *   estgated --check-config FILE   validate a configuration, list every problem
+ *                                  (--no-token: without serverkeygen's token probes)
  *   estgated --hash-password       read a password on stdin, print its hash
  *
  * SIGHUP reloads the file: profiles, their users, policy, CA chains and
@@ -58,7 +59,7 @@
 static void usage(FILE *fp)
 {
     fputs("usage: estgated [-c FILE]\n"
-          "       estgated --check-config FILE\n"
+          "       estgated --check-config [--no-token] FILE\n"
           "       estgated --hash-password   (password on stdin)\n"
           "       estgated --version\n"
           "\n"

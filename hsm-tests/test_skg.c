@@ -1746,10 +1746,19 @@ static void test_a_refused_pin_is_not_tried_again(void)
     fl->C_Finalize(NULL);
     open_refused(&qc, 0, "its security officer must unlock it");
     /* estgated and --check-config (which logs in for serverkeygen's probe) exit 77, which
-       systemd does not restart, after one C_Login each (the count in the file is the child's). */
+       systemd does not restart, after one C_Login each (the count in the file is the child's);
+       --check-config --no-token, the unit's ExecStartPre, passes the file with none. */
     unlink(wrong);
     CU_ASSERT_EQUAL_FATAL(write_quota_ini(qini), 0);
     CU_ASSERT_EQUAL_FATAL(eg_file_write(wrong, "", 0, 0600), 0); /* each child counts from 0 */
+    {
+        char *argv[] = {estgated, "--check-config", "--no-token", qini, NULL};
+
+        snprintf(counted, sizeof(counted), "%s.logins", quota_file);
+        unlink(counted);
+        CU_ASSERT_EQUAL(eg_child_run(dir, NULL, argv, res), 0);
+        CU_ASSERT_EQUAL(quota_logins(), 0);
+    }
     for (int i = 0; i < 2; i++) {
         char *argv[] = {estgated, i == 0 ? "--check-config" : "-c", qini, NULL};
 
