@@ -176,6 +176,31 @@ static int enroll_args(const char *name, unsigned port, char *user, char *url, c
     return 0;
 }
 
+/* Starts curl sending that enrollment in the background (its status code into log). */
+static int start_enroll(char *user, char *url, char *body, const char *log, pid_t *curl)
+{
+    char *const argv[] = {"curl",
+                          "-sS",
+                          "-o",
+                          "/dev/null",
+                          "-w",
+                          "%{http_code}",
+                          "--max-time",
+                          "60",
+                          "--cacert",
+                          ca,
+                          "-u",
+                          user,
+                          "-H",
+                          "Content-Type: application/pkcs10",
+                          "--data-binary",
+                          body,
+                          url,
+                          NULL};
+
+    return eg_child_start(argv, log, curl);
+}
+
 /* ---- tests ---- */
 
 static void test_systemd_hears_ready_reloading_and_stopping(void)
@@ -295,29 +320,8 @@ static void test_the_watchdog_is_fed_until_the_token_hangs(void)
 
     /* The token hangs under a request that needs it. Idle, a stopped server is not noticed. */
     CU_ASSERT_EQUAL_FATAL(enroll_args("dog", port, user, url, body), 0);
-    {
-        char *const argv[] = {"curl",
-                              "-sS",
-                              "-o",
-                              "/dev/null",
-                              "-w",
-                              "%{http_code}",
-                              "--max-time",
-                              "60",
-                              "--cacert",
-                              ca,
-                              "-u",
-                              user,
-                              "-H",
-                              "Content-Type: application/pkcs10",
-                              "--data-binary",
-                              body,
-                              url,
-                              NULL};
-
-        CU_ASSERT_EQUAL_FATAL(eg_th_server_signal(th, SIGSTOP), 0);
-        CU_ASSERT_EQUAL_FATAL(eg_child_start(argv, tpath(curl_log, "dog.curl"), &curl), 0);
-    }
+    CU_ASSERT_EQUAL_FATAL(eg_th_server_signal(th, SIGSTOP), 0);
+    CU_ASSERT_EQUAL_FATAL(start_enroll(user, url, body, tpath(curl_log, "dog.curl"), &curl), 0);
     CU_ASSERT(expect_message(fd, "the token hangs", "STATUS=The token has not answered for ",
                              "(1 call waiting)", NULL));
     /* Not fed while it hangs: 2.5 s, two and a half intervals, without a WATCHDOG=1. */
@@ -393,29 +397,8 @@ static void test_sigterm_leaves_a_request_stuck_on_the_token(void)
     CU_ASSERT_EQUAL_FATAL(
         eg_fx_daemon_start(stuck_ini, tpath(stuck_log, "stuck.log"), &pid, &port, 1), 0);
     CU_ASSERT_EQUAL_FATAL(enroll_args("stuck", port, user, url, body), 0);
-    {
-        char *const argv[] = {"curl",
-                              "-sS",
-                              "-o",
-                              "/dev/null",
-                              "-w",
-                              "%{http_code}",
-                              "--max-time",
-                              "60",
-                              "--cacert",
-                              ca,
-                              "-u",
-                              user,
-                              "-H",
-                              "Content-Type: application/pkcs10",
-                              "--data-binary",
-                              body,
-                              url,
-                              NULL};
-
-        CU_ASSERT_EQUAL_FATAL(eg_th_server_signal(th, SIGSTOP), 0);
-        CU_ASSERT_EQUAL_FATAL(eg_child_start(argv, tpath(curl_log, "stuck.curl"), &curl), 0);
-    }
+    CU_ASSERT_EQUAL_FATAL(eg_th_server_signal(th, SIGSTOP), 0);
+    CU_ASSERT_EQUAL_FATAL(start_enroll(user, url, body, tpath(curl_log, "stuck.curl"), &curl), 0);
     for (i = 0; i < 200 && eg_file_count(stuck_log, ": it hangs (the HSM") == 0; i++)
         usleep(50000);
     CU_ASSERT(eg_file_count(stuck_log, ": it hangs (the HSM") >= 1);
