@@ -16,6 +16,26 @@ static bool is_space(uint8_t c)
     return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\v' || c == '\f';
 }
 
+/*
+ * What a client sent, for a reason quoted between double quotes: printable (anything else, and
+ * '"', as '?') and at most SHOWN_MAX characters, "..." after a longer one. A reason goes to the
+ * client, the log line and the ledger's audit row, where a raw control byte could forge a line.
+ */
+#define SHOWN_MAX 40
+static const char *shown(const uint8_t *p, size_t len, char out[SHOWN_MAX + 4])
+{
+    size_t n;
+
+    for (n = 0; n < len && n < SHOWN_MAX; n++)
+        out[n] = isprint(p[n]) && p[n] != '"' ? (char)p[n] : '?';
+    if (n < len) {
+        memcpy(out + n, "...", 3);
+        n += 3;
+    }
+    out[n] = '\0';
+    return out;
+}
+
 static int b64_value(uint8_t c)
 {
     if (c >= 'A' && c <= 'Z')
@@ -115,9 +135,9 @@ static int pem_unarmour(const uint8_t *body, size_t len, size_t start, size_t *b
     const uint8_t *p = body + start + strlen(PEM_DASHES "BEGIN ");
     const uint8_t *end = body + len;
     const uint8_t *close = find_bytes(p, (size_t)(end - p), PEM_DASHES);
-    char endline[64], seen[48];
+    char endline[64], seen[SHOWN_MAX + 4];
     const uint8_t *e;
-    size_t label_len, n;
+    size_t label_len;
 
     if (close == NULL) {
         snprintf(why, whylen, "PEM body has no end to its BEGIN line");
@@ -145,16 +165,8 @@ static int pem_unarmour(const uint8_t *body, size_t len, size_t start, size_t *b
         *b64_len = (size_t)(e - p);
         return 0;
     }
-    /* The label as the client sent it, but printable: the reason goes into the log line and
-       the ledger's audit row, where a raw control byte could forge a line or a row. */
-    for (n = 0; n < label_len && n < 40; n++)
-        seen[n] = isprint(p[n]) && p[n] != '"' ? (char)p[n] : '?';
-    if (n < label_len) {
-        memcpy(seen + n, "...", 3);
-        n += 3;
-    }
-    seen[n] = '\0';
-    snprintf(why, whylen, "PEM body is a \"%s\", not a CERTIFICATE REQUEST", seen);
+    snprintf(why, whylen, "PEM body is a \"%s\", not a CERTIFICATE REQUEST",
+             shown(p, label_len, seen));
     return -1;
 }
 
@@ -296,17 +308,9 @@ bool eg_wire_enroll_type_ok(const char *content_type)
 
 void eg_wire_enroll_type_refusal(const char *content_type, char *why, size_t whylen)
 {
-    char seen[48];
-    size_t n = 0;
+    char seen[SHOWN_MAX + 4];
 
-    /* What the client sent, printable and short, so that a forgotten -H shows itself. */
-    for (const char *p = content_type; p != NULL && *p != '\0' && n < sizeof(seen) - 4; p++)
-        seen[n++] = isprint((unsigned char)*p) && *p != '"' ? *p : '?';
-    if (content_type != NULL && content_type[n] != '\0') {
-        memcpy(seen + n, "...", 3);
-        n += 3;
-    }
-    seen[n] = '\0';
+    /* What the client sent, so that a forgotten -H shows itself. */
     if (content_type == NULL)
         snprintf(why, whylen,
                  "Content-Type must be application/pkcs10 (or application/x-pem-file); "
@@ -315,5 +319,5 @@ void eg_wire_enroll_type_refusal(const char *content_type, char *why, size_t why
         snprintf(why, whylen,
                  "Content-Type must be application/pkcs10 (or application/x-pem-file), "
                  "not \"%s\"",
-                 seen);
+                 shown((const uint8_t *)content_type, strlen(content_type), seen));
 }
