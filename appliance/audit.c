@@ -74,13 +74,26 @@ static void put_str(struct line *l, const char *s)
         put_char(l, *s++);
 }
 
+/* One byte of a value as the log line and the audit row write it, into out[5]: a byte that is
+   not printable ASCII as \xNN, a backslash (and, in quotes, a '"') after a backslash. */
+static const char *escaped(unsigned char c, bool quoted, char out[5])
+{
+    if (c < ' ' || c >= 0x7f)
+        snprintf(out, 5, "\\x%02x", c);
+    else if (c == '\\' || (quoted && c == '"'))
+        snprintf(out, 5, "\\%c", c);
+    else
+        snprintf(out, 5, "%c", c);
+    return out;
+}
+
 /* key=value, quoted when the value holds anything but a plain token; bytes that
    are not printable ASCII are written as \xNN so the line stays one line. */
 static void put_field(struct line *l, const char *key, const char *value)
 {
     const unsigned char *v = (const unsigned char *)value;
     bool plain = *v != '\0';
-    char hex[8];
+    char esc[5];
 
     for (; *v != '\0'; v++) {
         if (*v <= ' ' || *v >= 0x7f || *v == '"' || *v == '\\' || *v == '=')
@@ -94,17 +107,8 @@ static void put_field(struct line *l, const char *key, const char *value)
         return;
     }
     put_char(l, '"');
-    for (v = (const unsigned char *)value; *v != '\0'; v++) {
-        if (*v == '"' || *v == '\\') {
-            put_char(l, '\\');
-            put_char(l, (char)*v);
-        } else if (*v < ' ' || *v >= 0x7f) {
-            snprintf(hex, sizeof(hex), "\\x%02x", *v);
-            put_str(l, hex);
-        } else {
-            put_char(l, (char)*v);
-        }
-    }
+    for (v = (const unsigned char *)value; *v != '\0'; v++)
+        put_str(l, escaped(*v, true, esc));
     put_char(l, '"');
 }
 
@@ -265,15 +269,9 @@ static const char *row_text(const char *in, char *out, size_t cap)
     if (in == NULL)
         return NULL;
     for (const unsigned char *v = (const unsigned char *)in; *v != '\0'; v++) {
-        char esc[8];
-        size_t k;
+        char esc[5];
+        size_t k = strlen(escaped(*v, false, esc));
 
-        if (*v < ' ' || *v >= 0x7f)
-            k = (size_t)snprintf(esc, sizeof(esc), "\\x%02x", *v);
-        else if (*v == '\\')
-            k = (size_t)snprintf(esc, sizeof(esc), "\\\\");
-        else
-            k = (size_t)snprintf(esc, sizeof(esc), "%c", *v);
         if (n + k >= cap)
             break;
         memcpy(out + n, esc, k);
