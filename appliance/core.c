@@ -303,7 +303,9 @@ static bool issued_by(X509 *x, X509 *issuer)
     return yes;
 }
 
-/* The reason a chain file is refused; names may be long, a cut reason still says what to do. */
+/* The reason a chain file is refused. Two subject names may not fit, and a cut reason still
+   says what to do: through vsnprintf, which -Wformat-truncation does not size, unlike each
+   snprintf with two 256-octet names. */
 static void chain_refusal(char *err, size_t cap, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 

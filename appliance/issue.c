@@ -481,15 +481,6 @@ void eg_issue_ca_clear(eg_issue_ca *ca)
 }
 
 /*
- * A new context per certificate made OpenSSL 3.0 fetch the key management,
- * the signature and the digest again, under its method store's locks: +21% per
- * P-256 signature in-process (docs/benchmarks.md). A copy of the context made
- * at load only duplicates the provider's context. Many threads copy ca->sign
- * at once: copying reads it and takes references, nothing more. X509_sign_ctx
- * sets the algorithm identifiers from the copy, and FINALISE lets the one
- * signature finish the copy's own hash instead of duplicating it again.
- */
-/*
  * Whether the signer's first error says the CA key is gone from the token or is another key
  * now: no retry succeeds until an operator puts it back or reloads.
  */
@@ -501,6 +492,15 @@ static bool ca_key_lost(void)
            (ERR_GET_REASON(e) == EG_R_KEY_NOT_FOUND || ERR_GET_REASON(e) == EG_R_KEY_REPLACED);
 }
 
+/*
+ * A new context per certificate made OpenSSL 3.0 fetch the key management,
+ * the signature and the digest again, under its method store's locks: +21% per
+ * P-256 signature in-process (docs/benchmarks.md). A copy of the context made
+ * at load only duplicates the provider's context. Many threads copy ca->sign
+ * at once: copying reads it and takes references, nothing more. X509_sign_ctx
+ * sets the algorithm identifiers from the copy, and FINALISE lets the one
+ * signature finish the copy's own hash instead of duplicating it again.
+ */
 int eg_issue_sign(const eg_issue_ca *ca, X509 *cert, char *reason, size_t cap)
 {
     EVP_MD_CTX *mctx = EVP_MD_CTX_new();
