@@ -22,7 +22,6 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -405,44 +404,36 @@ static void print_version(FILE *fp, const char *config)
     fflush(fp);
 }
 
-/* eg_server_stop in a thread of its own, so that the main thread can give up on it. */
-typedef struct stopping {
-    eg_server *srv;
-    atomic_bool done;
-} stopping;
-
-static void *stop_main(void *arg)
+static void *stop_main(void *srv)
 {
-    stopping *st = arg;
-
-    eg_server_stop(st->srv);
-    atomic_store(&st->done, true);
+    eg_server_stop(srv);
     return NULL;
 }
 
 /*
- * eg_server_stop (civetweb's mg_stop, which waits for every thread of civetweb's): false when it
- * has not returned within ms, since a thread stuck in a token call that does not return (a hung
- * HSM, under a request or a handshake signing with the TLS key) would keep it, and estgated,
- * waiting for ever. The stop thread then goes on, and the caller exits without it.
+ * eg_server_stop (civetweb's mg_stop, which waits for every thread of civetweb's) in a thread of
+ * its own: false when it has not returned within ms, since a thread stuck in a token call that
+ * does not return (a hung HSM, under a request or a handshake signing with the TLS key) would
+ * keep it, and estgated, waiting for ever. The stop thread then goes on, and the caller exits
+ * without it.
  */
 static bool server_stopped_within(eg_server *srv, unsigned ms)
 {
-    static stopping st; /* the thread may outlive this call */
+    struct timespec until;
     pthread_t t;
 
-    st.srv = srv;
-    atomic_init(&st.done, false);
-    if (pthread_create(&t, NULL, stop_main, &st) != 0) {
+    if (pthread_create(&t, NULL, stop_main, srv) != 0) {
         eg_server_stop(srv);
         return true;
     }
-    for (unsigned waited = 0; !atomic_load(&st.done) && waited < ms; waited += 10)
-        usleep(10000);
-    if (!atomic_load(&st.done))
-        return false;
-    pthread_join(t, NULL);
-    return true;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += ms / 1000;
+    until.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    return pthread_timedjoin_np(t, NULL, &until) == 0;
 }
 
 static int run(const char *path)
