@@ -1080,7 +1080,7 @@ static void job_slot_give(unsigned i)
 
 static CK_RV run_job(eg_token *tok, int pinned, bool is_long, eg_p11_fn *fn, void *arg)
 {
-    uint64_t deadline = now_ms() + tok->recover_ms;
+    uint64_t start = now_ms(), deadline = start + tok->recover_ms;
     unsigned backoff = 0, mod_gen, l, slot;
     eg_module *m = tok->mod;
     eg_p11_call call;
@@ -1088,7 +1088,7 @@ static CK_RV run_job(eg_token *tok, int pinned, bool is_long, eg_p11_fn *fn, voi
     CK_RV rv;
 
     atomic_fetch_add(&jobs_under_way, 1);
-    slot = job_slot_take(deadline - tok->recover_ms);
+    slot = job_slot_take(start);
     for (;;) {
         /* One instance (every module but p11-kit's client): nothing to choose or count. */
         l = m->nlanes == 1 ? 0 : lane_choose(m, pinned, is_long);
