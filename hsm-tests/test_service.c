@@ -176,6 +176,21 @@ static int enroll_args(const char *name, unsigned port, char *user, char *url, c
     return 0;
 }
 
+/* A configuration of its own at path with [token] hang_s, and the password now in pass (config()
+   writes a new one). 0 or -1. */
+static int hang_config(const char *path, unsigned hang_s)
+{
+    char *text = config(NULL), line[48];
+    int rc;
+
+    if (text == NULL)
+        return -1;
+    snprintf(line, sizeof(line), "\n[token]\nhang_s = %u\n", hang_s);
+    rc = eg_file_write_replaced(path, text, "\n[token]\n", line);
+    free(text);
+    return rc;
+}
+
 /* Starts curl sending that enrollment in the background (its status code into log). */
 static int start_enroll(char *user, char *url, char *body, const char *log, pid_t *curl)
 {
@@ -289,7 +304,7 @@ static int count_messages(int fd, int ms, const char *needle, int *other)
 static void test_the_watchdog_is_fed_until_the_token_hangs(void)
 {
     char sock[PATH_MAX], hung_ini[PATH_MAX], body[PATH_MAX + 1], curl_log[PATH_MAX], url[128],
-        user[160], *pw, *text;
+        user[160], *pw;
     unsigned port = 0;
     pid_t pid = 0, curl = 0;
     int fd, other, rc;
@@ -300,13 +315,7 @@ static void test_the_watchdog_is_fed_until_the_token_hangs(void)
     }
     fd = notify_listen(tpath(sock, "notify-dog.sock"));
     CU_ASSERT_FATAL(fd >= 0);
-    /* A configuration of its own, with the password now in pass (config() writes a new one). */
-    text = config(NULL);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(text);
-    rc = eg_file_write_replaced(tpath(hung_ini, "hang.ini"), text, "\n[token]\n",
-                                "\n[token]\nhang_s = 2\n");
-    free(text);
-    CU_ASSERT_EQUAL_FATAL(rc, 0);
+    CU_ASSERT_EQUAL_FATAL(hang_config(tpath(hung_ini, "hang.ini"), 2), 0);
     setenv("NOTIFY_SOCKET", sock, 1);
     setenv("WATCHDOG_USEC", "1000000", 1);
     rc = eg_fx_daemon_start(hung_ini, daemon_log, &pid, &port, 1);
@@ -378,7 +387,7 @@ static int exits_within(pid_t pid, int ms)
 static void test_sigterm_leaves_a_request_stuck_on_the_token(void)
 {
     char stuck_ini[PATH_MAX], stuck_log[PATH_MAX], body[PATH_MAX + 1], curl_log[PATH_MAX], url[128],
-        user[160], *text;
+        user[160];
     unsigned port = 0;
     pid_t pid = 0, curl = 0;
     uint64_t t0;
@@ -388,12 +397,7 @@ static void test_sigterm_leaves_a_request_stuck_on_the_token(void)
         printf("(only a p11-kit server can be stopped to make a token hang) ");
         return;
     }
-    text = config(NULL);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(text);
-    rc = eg_file_write_replaced(tpath(stuck_ini, "stuck.ini"), text, "\n[token]\n",
-                                "\n[token]\nhang_s = 1\n");
-    free(text);
-    CU_ASSERT_EQUAL_FATAL(rc, 0);
+    CU_ASSERT_EQUAL_FATAL(hang_config(tpath(stuck_ini, "stuck.ini"), 1), 0);
     CU_ASSERT_EQUAL_FATAL(
         eg_fx_daemon_start(stuck_ini, tpath(stuck_log, "stuck.log"), &pid, &port, 1), 0);
     CU_ASSERT_EQUAL_FATAL(enroll_args("stuck", port, user, url, body), 0);
