@@ -248,51 +248,6 @@ static int request(client *c, const char *req, char *body, size_t cap)
 
 #define GET_FULLCMC "GET /.well-known/est/fullcmc HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
-/* stderr into a fresh file while a test reads the audit lines; log_read gives them back. */
-static char log_path[64];
-static int saved_stderr = -1;
-
-static void log_capture(void)
-{
-    int fd;
-
-    fflush(stderr);
-    saved_stderr = dup(2);
-    snprintf(log_path, sizeof(log_path), "/tmp/test_web.XXXXXX");
-    fd = mkstemp(log_path);
-    CU_ASSERT_FATAL(fd >= 0 && saved_stderr >= 0);
-    dup2(fd, 2);
-    close(fd);
-}
-
-static char *log_read(void)
-{
-    char *text = calloc(1, 1 << 16);
-    FILE *f;
-    size_t n = 0;
-
-    fflush(stderr);
-    dup2(saved_stderr, 2);
-    close(saved_stderr);
-    if (text != NULL && (f = fopen(log_path, "r")) != NULL) {
-        n = fread(text, 1, (1 << 16) - 1, f);
-        fclose(f);
-    }
-    unlink(log_path);
-    if (text != NULL)
-        text[n] = '\0';
-    return text;
-}
-
-static int count(const char *text, const char *needle)
-{
-    int n = 0;
-
-    for (const char *p = text; (p = strstr(p, needle)) != NULL; p += strlen(needle))
-        n++;
-    return n;
-}
-
 /*
  * Requests civetweb refuses itself, before on_request, get its answer and one audit line each,
  * naming the status and the device; a refusal of our own still makes one line, not two.
@@ -319,31 +274,31 @@ static void test_requests_civetweb_refuses_are_audited(void)
     snprintf(big, sizeof(big),
              "GET /.well-known/est/cacerts HTTP/1.1\r\nHost: x\r\nX-Big: %0*d\r\n\r\n", 20480, 0);
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        log_capture();
+        eg_stderr_capture();
         CU_ASSERT_EQUAL_FATAL(client_open(&c, 0, TLS1_3_VERSION), 0);
         CU_ASSERT_EQUAL(request(&c, cases[i].req ? cases[i].req : big, body, sizeof(body)),
                         cases[i].status);
         client_close(&c);
-        text = log_read();
+        text = eg_stderr_release();
         CU_ASSERT_PTR_NOT_NULL_FATAL(text);
         snprintf(want, sizeof(want), "reason=\"%d from the HTTP parser: ", cases[i].status);
-        CU_ASSERT_EQUAL(count(text, "estgated audit "), 1);
-        CU_ASSERT_EQUAL(count(text, cases[i].event), 1);
-        CU_ASSERT_EQUAL(count(text, want), 1);
-        CU_ASSERT_EQUAL(count(text, "peer=127.0.0.1:"), 1);
-        if (count(text, want) != 1 || count(text, cases[i].event) != 1)
+        CU_ASSERT_EQUAL(eg_text_count(text, "estgated audit "), 1);
+        CU_ASSERT_EQUAL(eg_text_count(text, cases[i].event), 1);
+        CU_ASSERT_EQUAL(eg_text_count(text, want), 1);
+        CU_ASSERT_EQUAL(eg_text_count(text, "peer=127.0.0.1:"), 1);
+        if (eg_text_count(text, want) != 1 || eg_text_count(text, cases[i].event) != 1)
             printf("\n  case %zu: log:\n%s\n", i, text);
         free(text);
     }
     /* Our own 405: its one line, and no second from civetweb. */
-    log_capture();
+    eg_stderr_capture();
     CU_ASSERT_EQUAL_FATAL(client_open(&c, 0, TLS1_3_VERSION), 0);
     CU_ASSERT_EQUAL(request(&c, GET_FULLCMC, body, sizeof(body)), 405);
     client_close(&c);
-    text = log_read();
+    text = eg_stderr_release();
     CU_ASSERT_PTR_NOT_NULL_FATAL(text);
-    CU_ASSERT_EQUAL(count(text, "estgated audit "), 1);
-    CU_ASSERT_EQUAL(count(text, "HTTP parser"), 0);
+    CU_ASSERT_EQUAL(eg_text_count(text, "estgated audit "), 1);
+    CU_ASSERT_EQUAL(eg_text_count(text, "HTTP parser"), 0);
     free(text);
 }
 

@@ -11,51 +11,6 @@
 #include "audit.h"
 #include "cu_run.h"
 
-static char log_path[] = "/tmp/test_audit.XXXXXX";
-static int saved_stderr = -1;
-
-/* stderr into a fresh file, until log_read. */
-static void log_capture(void)
-{
-    int fd;
-
-    fflush(stderr);
-    saved_stderr = dup(2);
-    strcpy(log_path, "/tmp/test_audit.XXXXXX");
-    fd = mkstemp(log_path);
-    CU_ASSERT_FATAL(fd >= 0 && saved_stderr >= 0);
-    dup2(fd, 2);
-    close(fd);
-}
-
-static char *log_read(void)
-{
-    FILE *f;
-    char *text = calloc(1, 1 << 20);
-    size_t n = 0;
-
-    fflush(stderr);
-    dup2(saved_stderr, 2);
-    close(saved_stderr);
-    if (text != NULL && (f = fopen(log_path, "r")) != NULL) {
-        n = fread(text, 1, (1 << 20) - 1, f);
-        fclose(f);
-    }
-    unlink(log_path);
-    if (text != NULL)
-        text[n] = '\0';
-    return text;
-}
-
-static int count(const char *text, const char *needle)
-{
-    int n = 0;
-
-    for (const char *p = text; (p = strstr(p, needle)) != NULL; p += strlen(needle))
-        n++;
-    return n;
-}
-
 /* Sleeps until early in a second of the monotonic clock, so that a short burst stays in it. */
 static void second_start(void)
 {
@@ -86,18 +41,19 @@ static void test_refusal_lines_are_rationed(void)
 
     eg_log_set_level(EG_LOG_INFO);
     eg_log_set_refusal_limit(5);
-    log_capture();
+    eg_stderr_capture();
     second_start();
     burst(EG_AUDIT_AUTH_MISSING, 20);
     burst(EG_AUDIT_ISSUED, 20);
     sleep(1);
     burst(EG_AUDIT_ISSUED, 1);
-    text = log_read();
+    text = eg_stderr_release();
     CU_ASSERT_PTR_NOT_NULL_FATAL(text);
-    CU_ASSERT_EQUAL(count(text, "event=auth.missing"), 5);
-    CU_ASSERT_EQUAL(count(text, "event=issued"), 21);
-    CU_ASSERT_EQUAL(count(text, "estgated audit: 15 lines of refusals and failures left out "
-                                "since "),
+    CU_ASSERT_EQUAL(eg_text_count(text, "event=auth.missing"), 5);
+    CU_ASSERT_EQUAL(eg_text_count(text, "event=issued"), 21);
+    CU_ASSERT_EQUAL(eg_text_count(text,
+                                  "estgated audit: 15 lines of refusals and failures left out "
+                                  "since "),
                     1);
     CU_ASSERT_PTR_NOT_NULL(strstr(text, "(over log_refusals_per_second = 5); their ledger rows "
                                         "are kept\n"));
@@ -107,37 +63,39 @@ static void test_refusal_lines_are_rationed(void)
 
     /* A flood that stops: its count is said by the flush in a later second, no line needed. */
     eg_log_set_refusal_limit(2);
-    log_capture();
+    eg_stderr_capture();
     second_start();
     burst(EG_AUDIT_LIMIT, 10);
     sleep(1);
     eg_audit_flush();
     eg_audit_flush(); /* once only */
-    text = log_read();
-    CU_ASSERT_EQUAL(count(text, "event=limit"), 2);
-    CU_ASSERT_EQUAL(count(text, "estgated audit: 8 lines of refusals and failures left out"), 1);
-    CU_ASSERT_EQUAL(count(text, "left out"), 1);
+    text = eg_stderr_release();
+    CU_ASSERT_EQUAL(eg_text_count(text, "event=limit"), 2);
+    CU_ASSERT_EQUAL(
+        eg_text_count(text, "estgated audit: 8 lines of refusals and failures left out"), 1);
+    CU_ASSERT_EQUAL(eg_text_count(text, "left out"), 1);
     free(text);
 
     /* At the end (estgated stopping) the count is said in the second it is still in. */
     eg_log_set_refusal_limit(2);
-    log_capture();
+    eg_stderr_capture();
     second_start();
     burst(EG_AUDIT_LIMIT, 5);
     eg_audit_flush_end();
     eg_audit_flush_end(); /* once only */
-    text = log_read();
-    CU_ASSERT_EQUAL(count(text, "estgated audit: 3 lines of refusals and failures left out"), 1);
-    CU_ASSERT_EQUAL(count(text, "left out"), 1);
+    text = eg_stderr_release();
+    CU_ASSERT_EQUAL(
+        eg_text_count(text, "estgated audit: 3 lines of refusals and failures left out"), 1);
+    CU_ASSERT_EQUAL(eg_text_count(text, "left out"), 1);
     free(text);
 
     eg_log_set_refusal_limit(0);
-    log_capture();
+    eg_stderr_capture();
     second_start();
     burst(EG_AUDIT_POLICY, 50);
-    text = log_read();
-    CU_ASSERT_EQUAL(count(text, "event=policy"), 50);
-    CU_ASSERT_EQUAL(count(text, "left out"), 0);
+    text = eg_stderr_release();
+    CU_ASSERT_EQUAL(eg_text_count(text, "event=policy"), 50);
+    CU_ASSERT_EQUAL(eg_text_count(text, "left out"), 0);
     free(text);
     eg_log_set_refusal_limit(100);
 }

@@ -1,3 +1,8 @@
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
 #include <CUnit/Basic.h>
 
 #include "cu_run.h"
@@ -34,4 +39,50 @@ int eg_cu_run_each(const char *suite, CU_SetUpFunc setup, CU_TearDownFunc teardo
     };
 
     return run(suites);
+}
+
+#define CAPTURE_MAX (1 << 20)
+static char capture_path[64];
+static int saved_stderr = -1;
+
+void eg_stderr_capture(void)
+{
+    int fd;
+
+    fflush(stderr);
+    saved_stderr = dup(2);
+    snprintf(capture_path, sizeof(capture_path), "/tmp/eg_stderr.XXXXXX");
+    fd = mkstemp(capture_path);
+    CU_ASSERT_FATAL(fd >= 0 && saved_stderr >= 0);
+    dup2(fd, 2);
+    close(fd);
+}
+
+char *eg_stderr_release(void)
+{
+    char *text = calloc(1, CAPTURE_MAX);
+    FILE *f;
+    size_t n = 0;
+
+    fflush(stderr);
+    dup2(saved_stderr, 2);
+    close(saved_stderr);
+    saved_stderr = -1;
+    if (text != NULL && (f = fopen(capture_path, "r")) != NULL) {
+        n = fread(text, 1, CAPTURE_MAX - 1, f);
+        fclose(f);
+    }
+    unlink(capture_path);
+    if (text != NULL)
+        text[n] = '\0';
+    return text;
+}
+
+int eg_text_count(const char *text, const char *needle)
+{
+    int n = 0;
+
+    for (const char *p = text; p != NULL && (p = strstr(p, needle)) != NULL; p += strlen(needle))
+        n++;
+    return n;
 }

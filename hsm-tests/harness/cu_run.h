@@ -14,4 +14,14 @@ int eg_cu_run(const char *suite, CU_InitializeFunc init, CU_CleanupFunc clean, C
 int eg_cu_run_each(const char *suite, CU_SetUpFunc setup, CU_TearDownFunc teardown,
                    CU_TestInfo *tests);
 
+/*
+ * What a test's code under test writes to stderr (log and audit lines): eg_stderr_capture sends
+ * it to a fresh file, eg_stderr_release puts stderr back and returns what came (malloc'd,
+ * NUL-terminated, up to 1 MiB; NULL when it cannot be read). One capture at a time.
+ */
+void eg_stderr_capture(void);
+char *eg_stderr_release(void);
+/* How many times needle occurs in text (not overlapping). */
+int eg_text_count(const char *text, const char *needle);
+
 #endif
